@@ -1,0 +1,103 @@
+"""Builds the gateway from its configuration and runs it under one supervisor.
+
+Start-up order: spool folders and ledger (blocking, before anything else), then the
+forwarders (one per destination), then the wrapping stage, then the device drivers,
+so that nothing is accepted from a device before every later stage is serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from importlib.metadata import PackageNotFoundError, version
+
+from gateway.capture import GatewayIdentity
+from gateway.config import DermGateConfig
+from gateway.devices.registry import find_driver
+from gateway.forward.forwarder import Forwarder
+from gateway.spool import ledger as db
+from gateway.spool.files import SpoolDirs
+from gateway.spool.intake import Intake
+from gateway.spool.ledger import Ledger
+from gateway.supervise import Supervisor
+from gateway.wrap import Wrapper
+
+log = logging.getLogger(__name__)
+
+
+def software_version() -> str:
+    """The installed DermGate version."""
+    try:
+        return version("dermgate")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def clear_staging(dirs: SpoolDirs) -> int:
+    """Remove staging leftovers of a previous run.
+
+    A staging file was never acknowledged to the device (acknowledgement happens
+    only after it is renamed into ``raw/``), so the device still holds the capture
+    and will offer it again: deleting it loses nothing.
+    """
+    removed = 0
+    for path in dirs.staging.iterdir():
+        path.unlink()
+        removed += 1
+    return removed
+
+
+async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
+    """Run the gateway until ``stop`` is set, then shut down in order."""
+    dirs = SpoolDirs(config.spool_dir())
+    await asyncio.to_thread(dirs.create)
+    removed = await asyncio.to_thread(clear_staging, dirs)
+    if removed:
+        log.info("removed %d unacknowledged staging file(s) left by the last run", removed)
+    ledger = Ledger(config.ledger_path())
+    await asyncio.to_thread(ledger.start)
+    try:
+        names = [d.name for d in config.destinations]
+        await ledger.call(db.add_missing_deliveries, names, time.time())
+        forwarders = [
+            Forwarder(ledger, dirs, config.gateway.ae_title, d) for d in config.destinations
+        ]
+        identity = GatewayIdentity(
+            gateway_id=config.gateway.id,
+            software_version=software_version(),
+            station_name=config.gateway.id[:16],
+        )
+
+        def wrapped() -> None:
+            for forwarder in forwarders:
+                forwarder.notify()
+
+        wrapper = Wrapper(ledger, dirs, identity, names, wrapped)
+        intake = Intake(ledger, dirs, wrapper.notify)
+        if not forwarders:
+            log.warning("no destinations configured: captures are kept in the spool only")
+        async with asyncio.TaskGroup() as group:
+            supervisor = Supervisor(group)
+            for forwarder in forwarders:
+                await supervisor.start(f"forward:{forwarder.name}", forwarder.run)
+            await supervisor.start("wrap", wrapper.run)
+            for index, device in enumerate(config.devices):
+                factory = find_driver(device.driver)
+                options = factory.Options.model_validate(device.options())
+                name = config.device_name(index)
+                driver = factory(options, intake.host_for(device.driver, name), name)
+                supervisor.start_restarting(f"device:{name}", driver.run)
+            log.info(
+                "DermGate %s running as %s: %d device(s), %d destination(s)",
+                identity.software_version,
+                config.gateway.id,
+                len(config.devices),
+                len(forwarders),
+            )
+            await stop.wait()
+            log.info("stopping")
+            await supervisor.stop()
+    finally:
+        await asyncio.to_thread(ledger.close)
+        log.info("stopped")

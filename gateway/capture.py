@@ -1,0 +1,138 @@
+"""Domain types shared by drivers, the spool and the DICOM builders.
+
+A device driver reports a :class:`DeviceIdentity` once per connection and a
+:class:`CaptureOffer` per capture; the bytes of the capture are streamed into the
+spool. Nothing here carries patient identity: patient context is a separate,
+optional input of the builders (:class:`PatientContext`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class DeviceClass(enum.StrEnum):
+    """The kinds of device DermGate serves."""
+
+    DERMATOSCOPE = "dermatoscope"
+    CONFOCAL_MICROSCOPE = "confocal-microscope"
+    BODY_SCANNER = "body-scanner"
+    CAMERA = "camera"
+
+
+class Polarization(enum.StrEnum):
+    """Light Source Polarization (0016,1001) defined terms."""
+
+    POLARIZED = "POLARIZED"
+    NON_POLARIZED = "NON_POLARIZED"
+
+
+class ContactMethod(enum.StrEnum):
+    """Contact Method (0016,1003) defined terms."""
+
+    CONTACT = "CONTACT"
+    NON_CONTACT = "NON_CONTACT"
+
+
+class ImmersionMedium(enum.StrEnum):
+    """Immersion Media (0016,1004) defined terms; only meaningful for CONTACT."""
+
+    ULTRASOUND_GEL = "ULTRASOUND_GEL"
+    ALCOHOL = "ALCOHOL"
+    WATER = "WATER"
+    MINERAL_OIL = "MINERAL_OIL"
+    PLASTIC_CAP = "PLASTIC_CAP"
+
+
+class Laterality(enum.StrEnum):
+    """Image Laterality (0020,0062) enumerated values."""
+
+    RIGHT = "R"
+    LEFT = "L"
+    UNPAIRED = "U"
+    BOTH = "B"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """What a device says about itself (serial dermatoscope: its HELLO frame).
+
+    These fill Enhanced General Equipment, where all four are type 1, so a driver
+    must supply every one; an empty string is a driver bug, not a DICOM default.
+    """
+
+    manufacturer: str
+    model: str
+    serial_number: str
+    software_versions: tuple[str, ...]
+    device_class: DeviceClass = DeviceClass.DERMATOSCOPE
+    capabilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DermoscopySettings:
+    """Optical settings of one dermoscopic capture (Dermoscopic Image Module).
+
+    ``None`` means the device did not say; the builder then writes the type 2
+    attribute empty rather than guessing.
+    """
+
+    polarization: Polarization | None = None
+    contact: ContactMethod | None = None
+    immersion: ImmersionMedium | None = None
+    magnification: float | None = None
+    color_temperature_k: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureOffer:
+    """Metadata a device announces before streaming a capture's bytes.
+
+    ``device_capture_id`` is unique per device serial number; the pair is how a
+    re-offered capture is recognised. ``anatomic_site`` is a SNOMED CT code value
+    from CID 4029 (Dermatology Anatomic Site) chosen on the device, ``lesion_id``
+    the device's lesion label (becomes Tracking ID).
+    """
+
+    device_capture_id: str
+    acquired_at: datetime | None = None
+    settings: DermoscopySettings = field(default_factory=DermoscopySettings)
+    anatomic_site: str | None = None
+    laterality: Laterality | None = None
+    lesion_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PatientContext:
+    """Patient and order context, when known (worklist, technician binding).
+
+    Never invented: when the patient is unknown the builders get ``None`` and write
+    the type 2 patient attributes empty.
+    """
+
+    patient_name: str = ""
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    birth_date: str = ""
+    sex: str = ""
+    accession_number: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceUIDs:
+    """Study, Series and SOP Instance UIDs, assigned once at intake and stored."""
+
+    study: str
+    series: str
+    sop_instance: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayIdentity:
+    """The gateway itself, as it appears in equipment and software fields."""
+
+    gateway_id: str
+    software_version: str
+    station_name: str = ""

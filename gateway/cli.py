@@ -1,0 +1,215 @@
+"""The ``dermgate`` command.
+
+::
+
+    dermgate run --config FILE              run the gateway (the service)
+    dermgate check-config FILE              validate a configuration file
+    dermgate spool list [--json] --config FILE
+    dermgate demo [--workdir DIR] [--captures N]
+    dermgate simulate DRIVER [options]      run a driver's device simulator
+
+Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import importlib
+import json
+import logging
+import signal
+import sqlite3
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import cast
+
+from gateway.config import ConfigError, DermGateConfig, load_config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr, one line per event (journald adds the time on a box)."""
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _load(path: Path) -> DermGateConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a configuration file: 0 if usable, else every problem and 2."""
+    config = _load(args.file)
+    if config is None:
+        return EXIT_USAGE
+    print(
+        f"{args.file}: OK (gateway {config.gateway.id}, {len(config.destinations)} "
+        f"destination(s), {len(config.devices)} device(s))"
+    )
+    return EXIT_OK
+
+
+async def _serve(config: DermGateConfig) -> None:
+    from gateway.app import run_gateway
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await run_gateway(config, stop)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the gateway until SIGTERM or SIGINT."""
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    setup_logging(config.gateway.log_level)
+    try:
+        asyncio.run(_serve(config))
+    except Exception as err:
+        logging.getLogger("gateway").critical("gateway stopped on error: %s", err)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_spool_list(args: argparse.Namespace) -> int:
+    """One line (or JSON object) per capture. No patient data by construction."""
+    from gateway.spool import ledger as db
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    path = config.ledger_path()
+    if not path.exists():
+        print(f"no spool yet at {config.spool_dir()}", file=sys.stderr)
+        return EXIT_OK
+    try:
+        conn = db.open_ledger(path, readonly=True)
+        try:
+            rows = db.listing(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        print(f"cannot read the ledger {path}: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        for row in rows:
+            print(json.dumps(dataclasses.asdict(row), sort_keys=True))
+        return EXIT_OK
+    print(
+        f"{'ID':>6}  {'STATE':<12} {'ATT':>4}  {'SOP INSTANCE UID':<64}  {'DEVICE':<32}  "
+        "CAPTURE  LAST ERROR / REASON"
+    )
+    for row in rows:
+        note = row.reason or row.last_error or ""
+        print(
+            f"{row.id:>6}  {row.state:<12} {row.attempts:>4}  {row.sop_instance_uid:<64}  "
+            f"{row.device:<32}  {row.device_capture_id:<7}  {note}"
+        )
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the embedded default: private Orthanc, the gateway and a simulator."""
+    from gateway.demo import run_demo
+
+    setup_logging("INFO")
+    return run_demo(workdir=args.workdir, captures=args.captures, timeout=args.timeout)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Hand over to the simulator shipped with a driver."""
+    from gateway.devices.registry import UnknownDriver, find_driver
+
+    try:
+        factory = find_driver(args.driver)
+    except UnknownDriver as err:
+        print(f"dermgate simulate: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    target = getattr(factory, "simulator", None)
+    if not isinstance(target, str):
+        print(f"dermgate simulate: driver {args.driver} has no simulator", file=sys.stderr)
+        return EXIT_USAGE
+    module_name, _, func_name = target.partition(":")
+    func = cast(
+        Callable[[list[str]], int], getattr(importlib.import_module(module_name), func_name)
+    )
+    return func(list(args.args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``dermgate``."""
+    parser = argparse.ArgumentParser(
+        prog="dermgate", description="DermGate: dermatology imaging devices to the PACS."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the gateway service")
+    run.add_argument("--config", type=Path, required=True, help="configuration file (TOML)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_check_config)
+
+    spool = sub.add_parser("spool", help="inspect the spool")
+    spool_sub = spool.add_subparsers(dest="spool_command", required=True, metavar="ACTION")
+    spool_list = spool_sub.add_parser("list", help="one line per capture")
+    spool_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    spool_list.add_argument("--config", type=Path, required=True)
+    spool_list.set_defaults(func=cmd_spool_list)
+
+    demo = sub.add_parser("demo", help="run a self-contained demo with simulated devices")
+    demo.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("dermgate-demo"),
+        help="where the demo keeps its state (default: ./dermgate-demo)",
+    )
+    demo.add_argument(
+        "--captures",
+        type=int,
+        default=None,
+        help="exit 0 once N captures are in the PACS (default: run until Ctrl-C)",
+    )
+    demo.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="with --captures: give up (exit 1) after this many seconds",
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    simulate = sub.add_parser("simulate", help="run a device simulator (see DRIVER --help)")
+    simulate.add_argument("driver", help="driver id, e.g. serial-dermatoscope")
+    simulate.add_argument("args", nargs=argparse.REMAINDER, help="options of the simulator")
+    simulate.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dermgate`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = cast(Callable[[argparse.Namespace], int], args.func)
+    return func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

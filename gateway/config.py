@@ -1,0 +1,300 @@
+"""Typed DermGate configuration, read from one TOML file.
+
+Every key is documented here and in README.md. Unknown keys are rejected with a
+message naming the key and the file, so a typo never silently falls back to a
+default. Device options are validated by the driver's own options model.
+
+Example::
+
+    [gateway]
+    id = "derm-box-01"
+    ae_title = "DERMGATE"
+    listen_port = 11113
+    state_dir = "/var/lib/dermgate"
+
+    [[destinations]]
+    name = "pacs"
+    kind = "dicom"
+    ae_title = "ORTHANC"
+    host = "127.0.0.1"
+    port = 4242
+    storage_commitment = true
+
+    [[devices]]
+    driver = "serial-dermatoscope"
+    port = "/dev/ttyACM0"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+_FLEET_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def default_gateway_id() -> str:
+    """A fleet id derived from this machine, stable across restarts.
+
+    The host name (reduced to letters, digits and '-') plus six hex digits of a hash
+    of ``/etc/machine-id``, so two boxes that both kept the stock host name still
+    differ. Never random per start: dashboards key on it.
+    """
+    host = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()).strip("-")[:40] or "dermgate"
+    try:
+        machine = Path("/etc/machine-id").read_text(encoding="ascii").strip()
+    except OSError:
+        machine = ""
+    if not machine:
+        return host
+    return f"{host}-{hashlib.sha256(machine.encode()).hexdigest()[:6]}"
+
+
+def _check_ae_title(value: str) -> str:
+    if not 1 <= len(value) <= 16:
+        raise ValueError("an AE title has 1 to 16 characters")
+    if not value.isascii() or "\\" in value or any(not ch.isprintable() for ch in value):
+        raise ValueError("an AE title uses printable ASCII characters other than '\\'")
+    if not value.strip():
+        raise ValueError("an AE title cannot be all spaces")
+    return value
+
+
+AETitle = Annotated[str, Field(description="DICOM Application Entity title (1-16 chars)")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySettings(_Strict):
+    """``[gateway]``: the box itself."""
+
+    id: str = Field(
+        default_factory=default_gateway_id,
+        description="Fleet id: letters, digits and '-' only; shown on dashboards. "
+        "Never patient data. Default: host name + hash of /etc/machine-id.",
+    )
+    ae_title: AETitle = Field(
+        default="DERMGATE",
+        description="Our AE title: calling AE towards the PACS and the title of "
+        "the storage commitment listener.",
+    )
+    listen_port: Port = Field(
+        default=11113, description="TCP port of our DICOM listener (commitment reports)."
+    )
+    state_dir: Path = Field(
+        default=Path("/var/lib/dermgate"),
+        description="Where the spool (captures, DICOM files) and the ledger live.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log verbosity. Logs never carry patient data."
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _fleet_id(cls, value: str) -> str:
+        if not _FLEET_ID.match(value):
+            raise ValueError("use 1-64 letters, digits or '-' (it is shown on dashboards)")
+        return value
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class DicomDestination(_Strict):
+    """``[[destinations]]`` with ``kind = "dicom"``: a PACS reached by C-STORE."""
+
+    name: str = Field(description="Short name used in logs, listings and the ledger.")
+    kind: Literal["dicom"] = Field(description='Transport; "dicom" (C-STORE).')
+    ae_title: AETitle = Field(description="The PACS's AE title (called AE).")
+    host: str = Field(description="PACS host name or IP address.")
+    port: Port = Field(description="PACS DICOM port.")
+    storage_commitment: bool = Field(
+        default=True,
+        description="Ask the PACS to commit stored instances (Storage Commitment Push).",
+    )
+    connect_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to open the TCP connection."
+    )
+    acse_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds to wait for association accept/release."
+    )
+    dimse_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds to wait for a C-STORE response."
+    )
+    network_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds of network silence before giving up."
+    )
+    retry_initial: float = Field(
+        default=2.0, gt=0, description="First retry delay in seconds (doubles per failure)."
+    )
+    retry_max: float = Field(
+        default=900.0, gt=0, description="Longest retry delay in seconds (jittered)."
+    )
+    batch_size: int = Field(
+        default=20, ge=1, le=1000, description="Instances sent per association."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("use 1-32 letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @model_validator(mode="after")
+    def _retry_order(self) -> DicomDestination:
+        if self.retry_max < self.retry_initial:
+            raise ValueError("retry_max must not be smaller than retry_initial")
+        return self
+
+
+class DeviceSettings(BaseModel):
+    """``[[devices]]``: one attached device. ``driver`` picks the plugin; every
+    other key is an option of that driver, validated by the driver's own model."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    driver: str = Field(description="Driver id, e.g. serial-dermatoscope.")
+    name: str | None = Field(
+        default=None, description="Label for logs and status; default: driver + index."
+    )
+
+    def options(self) -> dict[str, Any]:
+        """The driver-specific keys of this section."""
+        return dict(self.model_extra or {})
+
+
+class DermGateConfig(_Strict):
+    """The whole configuration file."""
+
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    destinations: list[DicomDestination] = Field(default_factory=list)
+    devices: list[DeviceSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DermGateConfig:
+        names = [d.name for d in self.destinations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique: {', '.join(dupes)}")
+        return self
+
+    def device_name(self, index: int) -> str:
+        """The label of device ``index``."""
+        device = self.devices[index]
+        return device.name or f"{device.driver}-{index}"
+
+    def spool_dir(self) -> Path:
+        """Folder holding staging, raw and DICOM files."""
+        return self.gateway.state_dir / "spool"
+
+    def ledger_path(self) -> Path:
+        """The SQLite ledger."""
+        return self.gateway.state_dir / "ledger.sqlite3"
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _format_errors(path: Path, err: ValidationError) -> list[str]:
+    problems = []
+    for item in err.errors():
+        loc = _format_location(tuple(item["loc"]))
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{path}: {loc}: unknown key")
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{path}: {loc}: {msg}")
+    return problems
+
+
+def _validate_device_options(path: Path, config: DermGateConfig) -> list[str]:
+    # Imported here: the registry loads driver plugins, which import this module.
+    from gateway.devices.registry import UnknownDriver, find_driver
+
+    problems = []
+    for index, device in enumerate(config.devices):
+        where = f"devices[{index}]"
+        try:
+            driver = find_driver(device.driver)
+        except UnknownDriver as err:
+            problems.append(f"{path}: {where}.driver: {err}")
+            continue
+        try:
+            driver.Options.model_validate(device.options())
+        except ValidationError as err:
+            for item in err.errors():
+                loc = _format_location((where, *item["loc"]))
+                if item["type"] == "extra_forbidden":
+                    problems.append(f"{path}: {loc}: unknown key for driver {device.driver}")
+                else:
+                    msg = item["msg"].removeprefix("Value error, ")
+                    problems.append(f"{path}: {loc}: {msg}")
+    return problems
+
+
+def parse_config(text: str, path: Path) -> DermGateConfig:
+    """Parse and validate TOML ``text`` (read from ``path``); raise ConfigError."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(path, [f"{path}: not valid TOML: {err}"]) from err
+    try:
+        config = DermGateConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(path, _format_errors(path, err)) from err
+    problems = _validate_device_options(path, config)
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def load_config(path: Path) -> DermGateConfig:
+    """Read, parse and validate the configuration file at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(path, [f"{path}: cannot read: {err.strerror or err}"]) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(path, [f"{path}: not UTF-8 text"]) from err
+    return parse_config(text, path)

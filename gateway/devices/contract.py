@@ -1,0 +1,101 @@
+"""The contract between the gateway and a device driver.
+
+A driver is a class registered in the ``dermgate.drivers`` entry-point group. The
+gateway builds it with its validated options and a :class:`DeviceHost`, then runs
+:meth:`Driver.run` for as long as the gateway runs. The driver streams each capture
+into a :class:`CaptureSink` and tells the device "saved" only after
+:meth:`CaptureSink.commit` returned: at that point the capture is durable.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from pydantic import BaseModel
+
+from gateway.capture import CaptureOffer, DeviceClass, DeviceIdentity
+
+
+class DriverState(enum.StrEnum):
+    """Standard per-driver state shown by status."""
+
+    DISCONNECTED = "DISCONNECTED"
+    CONNECTING = "CONNECTING"
+    READY = "READY"
+    TRANSFERRING = "TRANSFERRING"
+    ERROR = "ERROR"
+
+
+class RefusalReason(enum.StrEnum):
+    """Why the gateway refused to keep a capture (the device keeps it and retries)."""
+
+    DISK_FULL = "DISK_FULL"
+    STORAGE_ERROR = "STORAGE_ERROR"
+    CONFLICT = "CONFLICT"
+    LENGTH = "LENGTH"
+    CHECKSUM = "CHECKSUM"
+
+
+class CaptureRefused(Exception):
+    """The capture was not saved; tell the device ``reason`` (it keeps the capture)."""
+
+    def __init__(self, reason: RefusalReason, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureReceipt:
+    """Proof that a capture is durable; ``duplicate`` is True for a re-offer."""
+
+    spool_id: int
+    sop_instance_uid: str
+    duplicate: bool
+
+
+class CaptureSink(Protocol):
+    """Where a driver streams the bytes of one capture."""
+
+    async def write(self, chunk: bytes) -> None:
+        """Append ``chunk`` to the capture."""
+
+    async def commit(self, *, length: int, sha256: str) -> CaptureReceipt:
+        """Make the capture durable; raise :class:`CaptureRefused` if it cannot be."""
+
+    async def abort(self, reason: str) -> None:
+        """Discard whatever was written; nothing is kept."""
+
+
+class DeviceHost(Protocol):
+    """What the gateway offers a running driver."""
+
+    async def begin_capture(self, identity: DeviceIdentity, offer: CaptureOffer) -> CaptureSink:
+        """Start receiving a capture announced by the device."""
+
+    def set_state(self, state: DriverState, detail: str = "") -> None:
+        """Report the driver's state (logged once per change)."""
+
+
+class Driver(Protocol):
+    """A device driver plugin."""
+
+    id: ClassVar[str]
+    device_class: ClassVar[DeviceClass]
+    Options: ClassVar[type[BaseModel]]
+
+    async def run(self) -> None:
+        """Serve the device until cancelled; reconnect on your own when it goes away."""
+
+
+class DriverFactory(Protocol):
+    """The class registered in the entry-point group."""
+
+    id: ClassVar[str]
+    device_class: ClassVar[DeviceClass]
+    Options: ClassVar[type[BaseModel]]
+
+    def __call__(self, options: BaseModel, host: DeviceHost, name: str) -> Driver:
+        """Build a driver for one configured device."""

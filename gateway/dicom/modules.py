@@ -1,0 +1,271 @@
+"""Modules shared by every DermGate IOD: patient, study, series, equipment, SOP common.
+
+Each ``add_*`` function fills one module (or a pair that always goes together) on a
+:class:`~pydicom.dataset.Dataset` the builder owns. They are pure: no I/O, no clock
+reads (times are passed in), and they only write to the dataset they are given.
+
+Times: ``now`` must be timezone-aware; every date and time written into one object
+is expressed in ``now``'s zone, which is what Timezone Offset From UTC (0008,0201)
+then declares. A device timestamp without a zone is taken to be in that same local
+zone (device clocks are set to local time); one with a zone is converted to it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Final
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from gateway.capture import DeviceIdentity, GatewayIdentity, Laterality, PatientContext
+from gateway.dicom.errors import IncompleteDeviceIdentity
+
+__all__ = [
+    "SPECIFIC_CHARACTER_SET",
+    "add_anatomic_region",
+    "add_enhanced_general_equipment",
+    "add_general_series",
+    "add_general_study",
+    "add_patient",
+    "add_sop_common",
+    "da",
+    "dermatology_site",
+    "dt",
+    "in_zone_of",
+    "tm",
+    "tz_offset",
+]
+
+#: UTF-8; every string DermGate writes may carry any character.
+SPECIFIC_CHARACTER_SET: Final = "ISO_IR 192"
+_LO_MAX: Final = 64
+_SH_MAX: Final = 16
+
+#: CID 244 (Laterality) concepts used as Anatomic Region Modifiers. Unpaired (U)
+#: gets no modifier: the site code alone says where the lesion is.
+_LATERALITY_MODIFIER: Final[dict[Laterality, Code]] = {
+    Laterality.RIGHT: Code("24028007", "SCT", "Right"),
+    Laterality.LEFT: Code("7771000", "SCT", "Left"),
+    Laterality.BOTH: Code("51440002", "SCT", "Bilateral"),
+}
+
+
+# --- dates and times ---------------------------------------------------------------
+
+
+def in_zone_of(moment: datetime, now: datetime) -> datetime:
+    """``moment`` expressed in ``now``'s time zone (naive moments are taken as local)."""
+    _require_aware(now)
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        return moment.replace(tzinfo=now.tzinfo)
+    return moment.astimezone(now.tzinfo)
+
+
+def da(moment: datetime) -> str:
+    """DICOM DA value (YYYYMMDD)."""
+    return moment.strftime("%Y%m%d")
+
+
+def tm(moment: datetime) -> str:
+    """DICOM TM value (HHMMSS, with .ffffff when there are microseconds)."""
+    return moment.strftime("%H%M%S.%f" if moment.microsecond else "%H%M%S")
+
+
+def tz_offset(moment: datetime) -> str:
+    """The "+HHMM"/"-HHMM" offset of an aware ``moment`` (Timezone Offset From UTC)."""
+    offset = moment.utcoffset()
+    if offset is None:
+        raise ValueError("a timezone-aware datetime is required")
+    sign = "-" if offset < timedelta(0) else "+"
+    minutes = abs(offset) // timedelta(minutes=1)
+    return f"{sign}{minutes // 60:02d}{minutes % 60:02d}"
+
+
+def dt(moment: datetime) -> str:
+    """DICOM DT value, with the UTC offset appended when ``moment`` is aware."""
+    value = da(moment) + tm(moment)
+    return value + tz_offset(moment) if moment.utcoffset() is not None else value
+
+
+def _require_aware(now: datetime) -> None:
+    if now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware (pass datetime.now().astimezone())")
+
+
+# --- patient, study, series --------------------------------------------------------
+
+
+def add_patient(ds: Dataset, patient: PatientContext | None) -> None:
+    """Patient Module. Unknown patient: the type 2 attributes present and empty.
+
+    Never writes a placeholder identity: an empty Patient Name/ID is the conformant
+    way to say "not known yet", and a later binding fills them.
+    """
+    context = patient if patient is not None else PatientContext()
+    ds.PatientName = context.patient_name
+    ds.PatientID = context.patient_id
+    if context.patient_id and context.issuer_of_patient_id:
+        ds.IssuerOfPatientID = context.issuer_of_patient_id
+    ds.PatientBirthDate = context.birth_date
+    ds.PatientSex = context.sex
+
+
+def add_general_study(
+    ds: Dataset,
+    *,
+    study_uid: str,
+    started: datetime,
+    accession_number: str = "",
+    study_id: str = "",
+) -> None:
+    """General Study Module. ``started`` is the study's date/time (already local).
+
+    Referring Physician's Name, Study ID and Accession Number are type 2 and are
+    written empty when not known.
+    """
+    ds.StudyInstanceUID = study_uid
+    ds.StudyDate = da(started)
+    ds.StudyTime = tm(started)
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = study_id
+    ds.AccessionNumber = accession_number
+
+
+def add_general_series(
+    ds: Dataset,
+    *,
+    series_uid: str,
+    modality: str,
+    started: datetime,
+    series_number: int | None = None,
+) -> None:
+    """General Series Module (Series Laterality is the IOD builder's decision)."""
+    ds.Modality = modality
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    ds.SeriesDate = da(started)
+    ds.SeriesTime = tm(started)
+
+
+# --- equipment ---------------------------------------------------------------------
+
+
+def add_enhanced_general_equipment(
+    ds: Dataset,
+    identity: DeviceIdentity,
+    gateway: GatewayIdentity,
+    *,
+    institution_name: str | None = None,
+    institution_address: str | None = None,
+    department_name: str | None = None,
+) -> None:
+    """General Equipment and Enhanced General Equipment Modules.
+
+    Manufacturer, Manufacturer's Model Name, Device Serial Number and Software
+    Versions are type 1 in Enhanced General Equipment, so a missing one raises
+    :class:`IncompleteDeviceIdentity`. Software Versions lists the device firmware
+    first and then "DermGate <version>", since the gateway is the software that
+    created the object. Station Name is the gateway's station name, or its id when
+    that fits in 16 characters.
+    """
+    missing = [
+        label
+        for label, value in (
+            ("manufacturer", identity.manufacturer),
+            ("model name", identity.model),
+            ("serial number", identity.serial_number),
+            ("firmware version", "".join(identity.software_versions)),
+        )
+        if not value.strip()
+    ]
+    if missing:
+        raise IncompleteDeviceIdentity(
+            f"the device did not report its {', '.join(missing)}, which DICOM requires; "
+            "check the device driver; the capture is kept and quarantined"
+        )
+    ds.Manufacturer = _clip(identity.manufacturer, _LO_MAX)
+    ds.ManufacturerModelName = _clip(identity.model, _LO_MAX)
+    ds.DeviceSerialNumber = _clip(identity.serial_number, _LO_MAX)
+    versions = [v for v in identity.software_versions if v.strip()]
+    versions.append(f"DermGate {gateway.software_version}")
+    ds.SoftwareVersions = [_clip(v, _LO_MAX) for v in versions]
+    station = gateway.station_name or gateway.gateway_id
+    if station and len(station) <= _SH_MAX:
+        ds.StationName = station
+    if institution_name:
+        ds.InstitutionName = _clip(institution_name, _LO_MAX)
+    if institution_address:
+        ds.InstitutionAddress = institution_address
+    if department_name:
+        ds.InstitutionalDepartmentName = _clip(department_name, _LO_MAX)
+
+
+def _clip(value: str, limit: int) -> str:
+    """Keep a device-reported string within its VR's length (LO: 64 characters)."""
+    return value.strip()[:limit]
+
+
+# --- SOP common --------------------------------------------------------------------
+
+
+def add_sop_common(
+    ds: Dataset, *, sop_class_uid: str, sop_instance_uid: str, now: datetime
+) -> None:
+    """SOP Common Module: UTF-8 character set, instance creation time and UTC offset."""
+    _require_aware(now)
+    ds.SpecificCharacterSet = SPECIFIC_CHARACTER_SET
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = sop_instance_uid
+    ds.InstanceCreationDate = da(now)
+    ds.InstanceCreationTime = tm(now)
+    ds.TimezoneOffsetFromUTC = tz_offset(now)
+
+
+# --- anatomy -----------------------------------------------------------------------
+
+
+@cache
+def _dermatology_sites() -> dict[str, Code]:
+    """CID 4029 (Dermatology Anatomic Site) SNOMED CT concepts by code value."""
+    return {
+        code.value: code
+        for code in codes.CID4029.concepts.values()
+        if code.scheme_designator == "SCT"
+    }
+
+
+def dermatology_site(code_value: str) -> Code | None:
+    """The CID 4029 concept with SNOMED CT ``code_value``, or ``None`` if not in the CID."""
+    return _dermatology_sites().get(code_value.strip())
+
+
+def add_anatomic_region(ds: Dataset, code_value: str | None, laterality: Laterality | None) -> bool:
+    """Anatomic Region Sequence from a CID 4029 site, with a CID 244 laterality modifier.
+
+    An unknown code is left out rather than invented (returns ``False``). The
+    laterality modifier is added for R, L and B (none of CID 4029's SNOMED CT
+    sites names a side itself); U (unpaired) needs none.
+    """
+    if code_value is None:
+        return False
+    site = dermatology_site(code_value)
+    if site is None:
+        return False
+    item = _code_item(site)
+    modifier = _LATERALITY_MODIFIER.get(laterality) if laterality is not None else None
+    if modifier is not None:
+        item.AnatomicRegionModifierSequence = Sequence([_code_item(modifier)])
+    ds.AnatomicRegionSequence = Sequence([item])
+    return True
+
+
+def _code_item(code: Code) -> Dataset:
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme_designator
+    item.CodeMeaning = code.meaning
+    return item

@@ -1,0 +1,211 @@
+"""C-STORE to a DICOM destination: pynetdicom behind one thread seam.
+
+:meth:`CStoreSender.send_batch` is blocking; the forwarder runs it with
+``asyncio.to_thread``. One association carries a batch; it is always closed with
+A-RELEASE (never A-ABORT) unless the peer aborted it first. Files are streamed
+from disk (pynetdicom's chunked send), not decoded into memory.
+
+How the PACS's answer is classified (PS3.4 Annex B.2.3 and PS3.7 Annex C):
+
+=================================  ==============================  ===========
+Status / event                     Meaning                         Verdict
+=================================  ==============================  ===========
+0x0000                             Success                         SUCCESS
+0x0001, 0x0107, 0x0116, 0xB000,    Stored with a warning           WARNING
+0xB006, 0xB007                     (coercion, elements discarded)  (delivered)
+0xA700-0xA7FF, 0x0213              Out of resources                RETRYABLE
+0x0110                             Processing failure              RETRYABLE
+0xFE00                             Cancelled                       RETRYABLE
+0xA900-0xA9FF                      Data set does not match class   PERMANENT
+0xC000-0xCFFF                      Cannot understand               PERMANENT
+0x0117                             Invalid SOP instance            PERMANENT
+0x0122                             SOP class not supported         PERMANENT
+0x0124                             Not authorised                  PERMANENT
+0x0211, 0x0212                     Unrecognised op / mistyped arg  PERMANENT
+any other status                   Unknown                         RETRYABLE
+no response, empty status          Peer silent or gone             RETRYABLE
+association rejected / aborted     Peer unavailable                RETRYABLE
+TCP connection refused / timeout   Peer unreachable                RETRYABLE
+no accepted presentation context   PACS does not take this class   PERMANENT
+=================================  ==============================  ===========
+
+PERMANENT means retrying the same bytes cannot help: the capture is quarantined
+with the reason and stays in the spool until a technician acts. Everything else is
+retried with backoff, for ever, with the same SOP Instance UID.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from gateway.config import DicomDestination
+
+log = logging.getLogger(__name__)
+
+# Stream files from disk instead of decoding them into memory.
+_config.STORE_SEND_CHUNKED_DATASET = True
+# pynetdicom's own logging can print dataset contents at debug level: keep it quiet.
+logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+class Verdict(enum.Enum):
+    """What to do after one C-STORE attempt."""
+
+    SUCCESS = "success"
+    WARNING = "warning"
+    RETRYABLE = "retryable"
+    PERMANENT = "permanent"
+    NOT_ATTEMPTED = "not-attempted"
+
+    @property
+    def delivered(self) -> bool:
+        """True when the PACS stored the instance."""
+        return self in (Verdict.SUCCESS, Verdict.WARNING)
+
+
+_WARNINGS = {0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007}
+_PERMANENT = {0x0117, 0x0122, 0x0124, 0x0211, 0x0212}
+_RETRYABLE = {0x0110, 0x0213, 0xFE00}
+
+
+def classify_status(status: int) -> Verdict:
+    """Classify a C-STORE response status (see the table above)."""
+    if status == 0x0000:
+        return Verdict.SUCCESS
+    if status in _WARNINGS:
+        return Verdict.WARNING
+    if status in _PERMANENT or 0xA900 <= status <= 0xA9FF or 0xC000 <= status <= 0xCFFF:
+        return Verdict.PERMANENT
+    if status in _RETRYABLE or 0xA700 <= status <= 0xA7FF:
+        return Verdict.RETRYABLE
+    return Verdict.RETRYABLE
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """One instance to send, read from its Part 10 file."""
+
+    key: int
+    path: Path
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    """The result of one instance; ``detail`` is safe to log (no patient data)."""
+
+    key: int
+    verdict: Verdict
+    detail: str
+    status: int | None = None
+    unreachable: bool = False
+
+
+class CStoreSender:
+    """Sends batches of Part 10 files to one destination over one association each."""
+
+    def __init__(self, calling_ae: str, destination: DicomDestination) -> None:
+        self.calling_ae = calling_ae
+        self.destination = destination
+
+    def _ae(self) -> AE:
+        ae = AE(ae_title=self.calling_ae)
+        d = self.destination
+        ae.connection_timeout = d.connect_timeout
+        ae.acse_timeout = d.acse_timeout
+        ae.dimse_timeout = d.dimse_timeout
+        ae.network_timeout = d.network_timeout
+        return ae
+
+    def _associate(self, ae: AE) -> Any:
+        d = self.destination
+        return ae.associate(d.host, d.port, ae_title=d.ae_title)
+
+    def _unavailable(self, assoc: Any) -> str:
+        d = self.destination
+        where = f"{d.ae_title}@{d.host}:{d.port}"
+        if assoc.is_rejected:
+            return f"association rejected by {where}"
+        if assoc.is_aborted:
+            return f"association aborted by {where}"
+        return f"{where} unreachable (no association)"
+
+    def echo(self) -> str | None:
+        """C-ECHO the destination; return None on success, else the reason."""
+        ae = self._ae()
+        ae.add_requested_context(Verification)
+        assoc = self._associate(ae)
+        if not assoc.is_established:
+            return self._unavailable(assoc)
+        try:
+            status = assoc.send_c_echo()
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if not status or "Status" not in status:
+            return "no C-ECHO response"
+        return None if status.Status == 0 else f"C-ECHO status 0x{status.Status:04X}"
+
+    def send_batch(
+        self, requests: Sequence[StoreRequest], stop: threading.Event
+    ) -> list[StoreOutcome]:
+        """Send ``requests`` on one association; one outcome per request, in order.
+
+        ``stop`` is checked between instances: the instance in flight finishes, the
+        rest come back NOT_ATTEMPTED, and the association is released.
+        """
+        ae = self._ae()
+        for syntax in sorted({(r.sop_class_uid, r.transfer_syntax_uid) for r in requests}):
+            ae.add_requested_context(syntax[0], [syntax[1]])
+        assoc = self._associate(ae)
+        if not assoc.is_established:
+            reason = self._unavailable(assoc)
+            return [
+                StoreOutcome(r.key, Verdict.RETRYABLE, reason, unreachable=True) for r in requests
+            ]
+        outcomes: list[StoreOutcome] = []
+        try:
+            for request in requests:
+                if stop.is_set() or not assoc.is_established:
+                    break
+                outcomes.append(self._store_one(assoc, request))
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        lost = "association closed before sending" if not stop.is_set() else "shutting down"
+        for request in requests[len(outcomes) :]:
+            verdict = Verdict.NOT_ATTEMPTED if stop.is_set() else Verdict.RETRYABLE
+            outcomes.append(StoreOutcome(request.key, verdict, lost))
+        return outcomes
+
+    def _store_one(self, assoc: Any, request: StoreRequest) -> StoreOutcome:
+        try:
+            status = assoc.send_c_store(request.path)
+        except ValueError:
+            return StoreOutcome(
+                request.key,
+                Verdict.PERMANENT,
+                f"{self.destination.ae_title} accepts no presentation context for "
+                f"{request.sop_class_uid} in {request.transfer_syntax_uid}",
+            )
+        except (OSError, AttributeError) as err:
+            return StoreOutcome(
+                request.key, Verdict.RETRYABLE, f"cannot read DICOM file: {type(err).__name__}"
+            )
+        if not status or "Status" not in status:
+            if assoc.is_aborted:
+                return StoreOutcome(request.key, Verdict.RETRYABLE, "association aborted")
+            return StoreOutcome(request.key, Verdict.RETRYABLE, "no C-STORE response")
+        code = int(status.Status)
+        verdict = classify_status(code)
+        return StoreOutcome(request.key, verdict, f"C-STORE status 0x{code:04X}", code)

@@ -1,0 +1,572 @@
+"""The ledger: one SQLite database recording every capture and every delivery.
+
+SQLite runs in WAL mode with ``synchronous=FULL``: a committed row survives a power
+cut. All access from the service goes through one dedicated thread
+(:class:`Ledger`), fed by a queue; the blocking functions below take a connection
+and are also used directly by the command line (read-only listing).
+
+The schema carries a version (``PRAGMA user_version``); :func:`migrate` upgrades
+older files in place, one step per version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.capture import (
+    CaptureOffer,
+    ContactMethod,
+    DermoscopySettings,
+    DeviceClass,
+    DeviceIdentity,
+    ImmersionMedium,
+    InstanceUIDs,
+    Laterality,
+    Polarization,
+)
+from gateway.spool.states import CaptureState, DeliveryState
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE captures (
+    id                  INTEGER PRIMARY KEY,
+    driver              TEXT NOT NULL,
+    device_serial       TEXT NOT NULL,
+    device_capture_id   TEXT NOT NULL,
+    device_json         TEXT NOT NULL,
+    offer_json          TEXT NOT NULL,
+    raw_name            TEXT NOT NULL,
+    raw_size            INTEGER NOT NULL,
+    raw_sha256          TEXT NOT NULL,
+    study_uid           TEXT NOT NULL,
+    series_uid          TEXT NOT NULL,
+    sop_instance_uid    TEXT NOT NULL UNIQUE,
+    sop_class_uid       TEXT,
+    transfer_syntax_uid TEXT,
+    dicom_name          TEXT,
+    state               TEXT NOT NULL,
+    reason              TEXT,
+    received_at         TEXT NOT NULL,
+    updated_at          TEXT NOT NULL,
+    UNIQUE (device_serial, device_capture_id)
+);
+CREATE INDEX captures_state ON captures (state);
+CREATE TABLE deliveries (
+    capture_id      INTEGER NOT NULL REFERENCES captures (id),
+    destination     TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT,
+    sent_at         TEXT,
+    PRIMARY KEY (capture_id, destination)
+);
+CREATE INDEX deliveries_due ON deliveries (destination, state, next_attempt_at);
+"""
+
+T = TypeVar("T")
+
+
+def utc_now_text() -> str:
+    """The current UTC time as stored in the ledger (ISO 8601)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+# --------------------------------------------------------------------------- codecs
+
+
+def device_to_json(device: DeviceIdentity) -> str:
+    """Serialise a device identity for the ledger."""
+    return json.dumps(
+        {
+            "manufacturer": device.manufacturer,
+            "model": device.model,
+            "serial_number": device.serial_number,
+            "software_versions": list(device.software_versions),
+            "device_class": str(device.device_class),
+            "capabilities": list(device.capabilities),
+        },
+        sort_keys=True,
+    )
+
+
+def device_from_json(text: str) -> DeviceIdentity:
+    """Inverse of :func:`device_to_json`."""
+    raw = json.loads(text)
+    return DeviceIdentity(
+        manufacturer=raw["manufacturer"],
+        model=raw["model"],
+        serial_number=raw["serial_number"],
+        software_versions=tuple(raw["software_versions"]),
+        device_class=DeviceClass(raw["device_class"]),
+        capabilities=tuple(raw["capabilities"]),
+    )
+
+
+def offer_to_json(offer: CaptureOffer) -> str:
+    """Serialise a capture offer for the ledger."""
+    s = offer.settings
+    return json.dumps(
+        {
+            "device_capture_id": offer.device_capture_id,
+            "acquired_at": offer.acquired_at.isoformat() if offer.acquired_at else None,
+            "polarization": s.polarization,
+            "contact": s.contact,
+            "immersion": s.immersion,
+            "magnification": s.magnification,
+            "color_temperature_k": s.color_temperature_k,
+            "anatomic_site": offer.anatomic_site,
+            "laterality": offer.laterality,
+            "lesion_id": offer.lesion_id,
+        },
+        sort_keys=True,
+    )
+
+
+def _opt(kind: Callable[[Any], T], value: Any) -> T | None:
+    return None if value is None else kind(value)
+
+
+def offer_from_json(text: str) -> CaptureOffer:
+    """Inverse of :func:`offer_to_json`."""
+    raw = json.loads(text)
+    return CaptureOffer(
+        device_capture_id=raw["device_capture_id"],
+        acquired_at=_opt(datetime.fromisoformat, raw["acquired_at"]),
+        settings=DermoscopySettings(
+            polarization=_opt(Polarization, raw["polarization"]),
+            contact=_opt(ContactMethod, raw["contact"]),
+            immersion=_opt(ImmersionMedium, raw["immersion"]),
+            magnification=_opt(float, raw["magnification"]),
+            color_temperature_k=_opt(int, raw["color_temperature_k"]),
+        ),
+        anatomic_site=raw["anatomic_site"],
+        laterality=_opt(Laterality, raw["laterality"]),
+        lesion_id=raw["lesion_id"],
+    )
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    """One capture as the ledger knows it."""
+
+    id: int
+    driver: str
+    device: DeviceIdentity
+    offer: CaptureOffer
+    uids: InstanceUIDs
+    raw_name: str
+    raw_size: int
+    raw_sha256: str
+    sop_class_uid: str | None
+    transfer_syntax_uid: str | None
+    dicom_name: str | None
+    state: CaptureState
+    reason: str | None
+    received_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    """A delivery ready to be attempted."""
+
+    capture_id: int
+    destination: str
+    attempts: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    dicom_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListingRow:
+    """One line of ``dermgate spool list``: no patient data by construction."""
+
+    id: int
+    state: str
+    sop_instance_uid: str
+    device: str
+    device_capture_id: str
+    attempts: int
+    last_error: str | None
+    reason: str | None
+    received_at: str
+    updated_at: str
+
+
+_ENTRY_COLUMNS = (
+    "id, driver, device_json, offer_json, study_uid, series_uid, sop_instance_uid, raw_name, "
+    "raw_size, raw_sha256, sop_class_uid, transfer_syntax_uid, dicom_name, state, reason, "
+    "received_at, updated_at"
+)
+
+
+def _entry(row: sqlite3.Row) -> SpoolEntry:
+    return SpoolEntry(
+        id=row["id"],
+        driver=row["driver"],
+        device=device_from_json(row["device_json"]),
+        offer=offer_from_json(row["offer_json"]),
+        uids=InstanceUIDs(row["study_uid"], row["series_uid"], row["sop_instance_uid"]),
+        raw_name=row["raw_name"],
+        raw_size=row["raw_size"],
+        raw_sha256=row["raw_sha256"],
+        sop_class_uid=row["sop_class_uid"],
+        transfer_syntax_uid=row["transfer_syntax_uid"],
+        dicom_name=row["dicom_name"],
+        state=CaptureState(row["state"]),
+        reason=row["reason"],
+        received_at=row["received_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+# --------------------------------------------------------------------------- blocking API
+
+
+class LedgerVersionError(RuntimeError):
+    """The ledger was written by a newer DermGate than this one."""
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`, one committed step at a time."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise LedgerVersionError(
+            f"ledger schema version {version} is newer than this DermGate "
+            f"(knows {SCHEMA_VERSION}); upgrade DermGate, do not downgrade"
+        )
+    if version == 0:
+        with conn:
+            conn.executescript(_SCHEMA_V1)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def open_ledger(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open (and for writers create and migrate) the ledger at ``path``."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn)
+    return conn
+
+
+def insert_capture(
+    conn: sqlite3.Connection,
+    *,
+    driver: str,
+    device: DeviceIdentity,
+    offer: CaptureOffer,
+    uids: InstanceUIDs,
+    raw_name: str,
+    raw_size: int,
+    raw_sha256: str,
+) -> int:
+    """Record a durable capture in state CAPTURED; return its spool id."""
+    now = utc_now_text()
+    with conn:
+        cur = conn.execute(
+            "INSERT INTO captures (driver, device_serial, device_capture_id, device_json, "
+            "offer_json, raw_name, raw_size, raw_sha256, study_uid, series_uid, "
+            "sop_instance_uid, state, received_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                driver,
+                device.serial_number,
+                offer.device_capture_id,
+                device_to_json(device),
+                offer_to_json(offer),
+                raw_name,
+                raw_size,
+                raw_sha256,
+                uids.study,
+                uids.series,
+                uids.sop_instance,
+                CaptureState.CAPTURED,
+                now,
+                now,
+            ),
+        )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def find_capture(
+    conn: sqlite3.Connection, device_serial: str, capture_id: str
+) -> SpoolEntry | None:
+    """The capture a device already delivered under this id, if any."""
+    row = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS} FROM captures WHERE device_serial = ? AND device_capture_id = ?",
+        (device_serial, capture_id),
+    ).fetchone()
+    return _entry(row) if row else None
+
+
+def get_capture(conn: sqlite3.Connection, spool_id: int) -> SpoolEntry | None:
+    """The capture with spool id ``spool_id``."""
+    row = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS} FROM captures WHERE id = ?", (spool_id,)
+    ).fetchone()
+    return _entry(row) if row else None
+
+
+def captures_in_state(
+    conn: sqlite3.Connection, state: CaptureState, limit: int = 100
+) -> list[SpoolEntry]:
+    """Captures in ``state``, newest first (fresh captures go before the backlog)."""
+    rows = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS} FROM captures WHERE state = ? ORDER BY id DESC LIMIT ?",
+        (state, limit),
+    ).fetchall()
+    return [_entry(r) for r in rows]
+
+
+def mark_wrapped(
+    conn: sqlite3.Connection,
+    spool_id: int,
+    *,
+    dicom_name: str,
+    sop_class_uid: str,
+    transfer_syntax_uid: str,
+    destinations: Iterable[str],
+    now: float,
+) -> None:
+    """CAPTURED → WRAPPED, creating a pending delivery for each destination."""
+    with conn:
+        conn.execute(
+            "UPDATE captures SET state = ?, dicom_name = ?, sop_class_uid = ?, "
+            "transfer_syntax_uid = ?, updated_at = ? WHERE id = ? AND state = ?",
+            (
+                CaptureState.WRAPPED,
+                dicom_name,
+                sop_class_uid,
+                transfer_syntax_uid,
+                utc_now_text(),
+                spool_id,
+                CaptureState.CAPTURED,
+            ),
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO deliveries (capture_id, destination, state, next_attempt_at) "
+            "VALUES (?, ?, ?, ?)",
+            [(spool_id, name, DeliveryState.PENDING, now) for name in destinations],
+        )
+
+
+def quarantine(conn: sqlite3.Connection, spool_id: int, reason: str) -> None:
+    """Set a capture aside with a reason a technician can act on. Nothing is deleted."""
+    with conn:
+        conn.execute(
+            "UPDATE captures SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
+            (CaptureState.QUARANTINED, reason, utc_now_text(), spool_id),
+        )
+
+
+def add_missing_deliveries(
+    conn: sqlite3.Connection, destinations: Iterable[str], now: float
+) -> int:
+    """Give WRAPPED captures a pending delivery for destinations added since."""
+    added = 0
+    with conn:
+        for name in destinations:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO deliveries (capture_id, destination, state, "
+                "next_attempt_at) SELECT id, ?, ?, ? FROM captures WHERE state = ?",
+                (name, DeliveryState.PENDING, now, CaptureState.WRAPPED),
+            )
+            added += cur.rowcount
+    return added
+
+
+def due_deliveries(
+    conn: sqlite3.Connection, destination: str, now: float, limit: int
+) -> list[DueDelivery]:
+    """Pending deliveries to ``destination`` whose time has come, newest capture first."""
+    rows = conn.execute(
+        "SELECT d.capture_id, d.destination, d.attempts, c.sop_instance_uid, c.sop_class_uid, "
+        "c.transfer_syntax_uid, c.dicom_name FROM deliveries d JOIN captures c "
+        "ON c.id = d.capture_id WHERE d.destination = ? AND d.state = ? AND c.state = ? "
+        "AND d.next_attempt_at <= ? ORDER BY d.attempts ASC, d.capture_id DESC LIMIT ?",
+        (destination, DeliveryState.PENDING, CaptureState.WRAPPED, now, limit),
+    ).fetchall()
+    return [
+        DueDelivery(
+            capture_id=r["capture_id"],
+            destination=r["destination"],
+            attempts=r["attempts"],
+            sop_instance_uid=r["sop_instance_uid"],
+            sop_class_uid=r["sop_class_uid"],
+            transfer_syntax_uid=r["transfer_syntax_uid"],
+            dicom_name=r["dicom_name"],
+        )
+        for r in rows
+    ]
+
+
+def next_attempt_time(conn: sqlite3.Connection, destination: str) -> float | None:
+    """When the earliest pending delivery to ``destination`` is due, if any."""
+    row = conn.execute(
+        "SELECT MIN(d.next_attempt_at) FROM deliveries d JOIN captures c ON c.id = d.capture_id "
+        "WHERE d.destination = ? AND d.state = ? AND c.state = ?",
+        (destination, DeliveryState.PENDING, CaptureState.WRAPPED),
+    ).fetchone()
+    value = row[0]
+    return None if value is None else float(value)
+
+
+def record_sent(conn: sqlite3.Connection, capture_id: int, destination: str) -> bool:
+    """Mark one delivery done; the capture becomes SENT when all are. Returns that."""
+    now = utc_now_text()
+    with conn:
+        conn.execute(
+            "UPDATE deliveries SET state = ?, attempts = attempts + 1, sent_at = ?, "
+            "last_error = NULL WHERE capture_id = ? AND destination = ?",
+            (DeliveryState.SENT, now, capture_id, destination),
+        )
+        left = conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE capture_id = ? AND state != ?",
+            (capture_id, DeliveryState.SENT),
+        ).fetchone()[0]
+        if left == 0:
+            conn.execute(
+                "UPDATE captures SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
+                (CaptureState.SENT, now, capture_id, CaptureState.WRAPPED),
+            )
+    return bool(left == 0)
+
+
+def record_retry(
+    conn: sqlite3.Connection, capture_id: int, destination: str, error: str, next_attempt_at: float
+) -> None:
+    """Count a failed attempt and schedule the next one."""
+    with conn:
+        conn.execute(
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+            "WHERE capture_id = ? AND destination = ?",
+            (error, next_attempt_at, capture_id, destination),
+        )
+
+
+def record_refused(conn: sqlite3.Connection, capture_id: int, destination: str, error: str) -> None:
+    """The destination refused the instance for good: quarantine the capture."""
+    now = utc_now_text()
+    with conn:
+        conn.execute(
+            "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ? "
+            "WHERE capture_id = ? AND destination = ?",
+            (DeliveryState.FAILED, error, capture_id, destination),
+        )
+        conn.execute(
+            "UPDATE captures SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
+            (CaptureState.QUARANTINED, f"{destination} refused it: {error}", now, capture_id),
+        )
+
+
+def listing(conn: sqlite3.Connection) -> list[ListingRow]:
+    """Every capture, oldest first, with delivery attempts summed over destinations."""
+    rows = conn.execute(
+        "SELECT c.id, c.state, c.sop_instance_uid, c.driver, c.device_serial, "
+        "c.device_capture_id, c.reason, c.received_at, c.updated_at, "
+        "COALESCE(SUM(d.attempts), 0) AS attempts, "
+        "(SELECT d2.last_error FROM deliveries d2 WHERE d2.capture_id = c.id "
+        " AND d2.last_error IS NOT NULL LIMIT 1) AS last_error "
+        "FROM captures c LEFT JOIN deliveries d ON d.capture_id = c.id "
+        "GROUP BY c.id ORDER BY c.id"
+    ).fetchall()
+    return [
+        ListingRow(
+            id=r["id"],
+            state=r["state"],
+            sop_instance_uid=r["sop_instance_uid"],
+            device=f"{r['driver']}:{r['device_serial']}",
+            device_capture_id=r["device_capture_id"],
+            attempts=r["attempts"],
+            last_error=r["last_error"],
+            reason=r["reason"],
+            received_at=r["received_at"],
+            updated_at=r["updated_at"],
+        )
+        for r in rows
+    ]
+
+
+# --------------------------------------------------------------------------- the thread seam
+
+
+class Ledger:
+    """The ledger's single writer thread, used from asyncio.
+
+    ``await ledger.call(fn, *args)`` runs ``fn(conn, *args)`` on the ledger thread
+    and returns its result. Calls are executed one at a time, in order.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._jobs: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None] = (
+            queue.Queue()
+        )
+        self._thread: threading.Thread | None = None
+        self._opened: Future[None] = Future()
+
+    def start(self) -> None:
+        """Open the database on the ledger thread; raises if it cannot be opened."""
+        self._thread = threading.Thread(target=self._serve, name="ledger", daemon=True)
+        self._thread.start()
+        self._opened.result()
+
+    def _serve(self) -> None:
+        try:
+            conn = open_ledger(self.path)
+        except BaseException as err:
+            self._opened.set_exception(err)
+            return
+        self._opened.set_result(None)
+        try:
+            while (job := self._jobs.get()) is not None:
+                fn, fut = job
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                try:
+                    fut.set_result(fn(conn))
+                except BaseException as err:
+                    fut.set_exception(err)
+        finally:
+            conn.close()
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(conn, *args, **kwargs)`` on the ledger thread."""
+        fut: Future[T] = Future()
+        self._jobs.put((lambda conn: fn(conn, *args, **kwargs), fut))
+        # Shielded: once queued, a write completes even if the caller is cancelled.
+        return await asyncio.shield(asyncio.wrap_future(fut))
+
+    def close(self) -> None:
+        """Finish queued work and close the database."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None

@@ -1,0 +1,38 @@
+"""The states a capture goes through in the spool.
+
+::
+
+    CAPTURED ──wrap──▶ WRAPPED ──C-STORE success──▶ SENT ──commitment──▶ COMMITTED ──▶ PURGED
+        │                 │
+        └──────┬──────────┘
+               ▼
+          QUARANTINED(reason)   kept on disk, shown with its reason, never sent
+
+CAPTURED: the device's bytes are durable and the device was told "saved".
+WRAPPED: the DICOM file is written; deliveries to each destination are pending.
+SENT: every destination accepted the instance.
+COMMITTED and PURGED belong to the storage-commitment and purge policies.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class CaptureState(enum.StrEnum):
+    """Lifecycle state of one capture (one SOP instance)."""
+
+    CAPTURED = "CAPTURED"
+    WRAPPED = "WRAPPED"
+    SENT = "SENT"
+    COMMITTED = "COMMITTED"
+    PURGED = "PURGED"
+    QUARANTINED = "QUARANTINED"
+
+
+class DeliveryState(enum.StrEnum):
+    """State of one capture towards one destination."""
+
+    PENDING = "PENDING"
+    SENT = "SENT"
+    FAILED = "FAILED"

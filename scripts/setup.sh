@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up everything DermGate needs on Debian 12 / Raspberry Pi OS Bookworm:
+# Debian packages (apt-get, only when missing), a virtualenv in .venv, and the
+# project installed into it. Usage: scripts/setup.sh [--test]
+#   --test  also install the test and lint tools (pytest, hypothesis, dciodvfy, mypy, ruff)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[[ "${1:-}" == "--test" ]] && extras="[test]"
+
+# Debian packages: Orthanc (the demo's and the tests' PACS), DCMTK (benchmark
+# anchors), Python's venv support.
+packages=(python3 python3-venv python3-dev orthanc dcmtk)
+missing=()
+for pkg in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+python="${PYTHON:-python3}"
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup: DermGate needs Python 3.11 or newer ($python is $("$python" -V 2>&1))" >&2
+  exit 1
+fi
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv"
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".${extras}"
