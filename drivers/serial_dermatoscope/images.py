@@ -38,9 +38,7 @@ def _noise(rng: random.Random, size: tuple[int, int], amplitude: int) -> Image.I
     return mixed.point(lambda v: 128 + (v - 128) * amplitude // 128)
 
 
-def _blotches(
-    rng: random.Random, size: tuple[int, int], scale: int, amplitude: int
-) -> Image.Image:
+def _blotches(rng: random.Random, size: tuple[int, int], scale: int, amplitude: int) -> Image.Image:
     """Low-frequency grey noise (mean 128): noise at ``size/scale``, smoothed, upscaled."""
     small = (max(2, size[0] // scale), max(2, size[1] // scale))
     noise = _noise(rng, small, 127).filter(ImageFilter.GaussianBlur(1.2))

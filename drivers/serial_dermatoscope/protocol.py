@@ -185,9 +185,7 @@ _SCT_CODE = re.compile(r"[0-9]{6,18}")
 
 _POLARIZATIONS: Final = frozenset({"POLARIZED", "NON_POLARIZED"})
 _CONTACTS: Final = frozenset({"CONTACT", "NON_CONTACT"})
-_IMMERSIONS: Final = frozenset(
-    {"ULTRASOUND_GEL", "ALCOHOL", "WATER", "MINERAL_OIL", "PLASTIC_CAP"}
-)
+_IMMERSIONS: Final = frozenset({"ULTRASOUND_GEL", "ALCOHOL", "WATER", "MINERAL_OIL", "PLASTIC_CAP"})
 _LATERALITIES: Final = frozenset({"R", "L", "U", "B"})
 
 
@@ -507,9 +505,7 @@ def _json(obj: dict[str, Any]) -> bytes:
 def _payload(message: Message) -> tuple[MessageType, bytes]:
     match message:
         case HostHello():
-            return MessageType.HOST_HELLO, _json(
-                {"host": message.host, "version": message.version}
-            )
+            return MessageType.HOST_HELLO, _json({"host": message.host, "version": message.version})
         case Hello():
             return MessageType.HELLO, _json(
                 {

@@ -38,8 +38,10 @@ Decisions, with the rule behind each:
 
 from __future__ import annotations
 
+import enum
+from dataclasses import replace
 from datetime import datetime
-from typing import Final
+from typing import Final, TypeVar
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -52,8 +54,11 @@ from gateway.capture import (
     DermoscopySettings,
     DeviceIdentity,
     GatewayIdentity,
+    ImmersionMedium,
     InstanceUIDs,
+    Laterality,
     PatientContext,
+    Polarization,
 )
 from gateway.dicom.errors import InconsistentSettings
 from gateway.dicom.jpeg import JpegInfo, encapsulation_for
@@ -83,6 +88,8 @@ DERMOSCOPIC_PHOTOGRAPHY_SOP_CLASS: Final = str(DermoscopicPhotographyImageStorag
 #: Modality for dermoscopy (XC is an error for this IOD).
 MODALITY: Final = "DMS"
 
+_E = TypeVar("_E", bound=enum.Enum)
+
 
 def build_dermoscopic_photography(
     *,
@@ -107,6 +114,7 @@ def build_dermoscopic_photography(
     Series Number and Instance Number are type 2 and written empty unless the
     caller, which knows how captures are grouped into series, passes them.
     """
+    offer = _coerce(offer)
     _check_settings(offer.settings)
     encapsulation = encapsulation_for(jpeg)
     acquired = in_zone_of(offer.acquired_at or now, now)
@@ -174,6 +182,31 @@ def build_dermoscopic_photography(
 
     _add_dermoscopic_image(ds, identity, offer)
     return ds
+
+
+def _coerce(offer: CaptureOffer) -> CaptureOffer:
+    """The offer with every coded setting as its enum; an unknown term is refused."""
+    settings = offer.settings
+    try:
+        return replace(
+            offer,
+            laterality=_enum(Laterality, offer.laterality),
+            settings=replace(
+                settings,
+                polarization=_enum(Polarization, settings.polarization),
+                contact=_enum(ContactMethod, settings.contact),
+                immersion=_enum(ImmersionMedium, settings.immersion),
+            ),
+        )
+    except ValueError as err:
+        raise InconsistentSettings(
+            f"the device reported a setting DICOM does not define ({err}); check the "
+            "device driver; the capture is kept and quarantined"
+        ) from err
+
+
+def _enum(kind: type[_E], value: object) -> _E | None:
+    return None if value is None else kind(value)
 
 
 def _check_settings(settings: DermoscopySettings) -> None:

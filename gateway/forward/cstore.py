@@ -44,7 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import contextlib
+import socket
+
 from pynetdicom import AE, _config
+from pynetdicom.transport import AssociationSocket
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.config import DicomDestination
@@ -55,6 +59,26 @@ log = logging.getLogger(__name__)
 _config.STORE_SEND_CHUNKED_DATASET = True
 # pynetdicom's own logging can print dataset contents at debug level: keep it quiet.
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _shutdown_socket(self: AssociationSocket) -> None:
+    """Shut down and always close the socket.
+
+    pynetdicom 3.0.4 skips ``close()`` when ``shutdown()`` fails, which it always
+    does for a connection that was refused: every failed attempt then leaves the
+    socket to the garbage collector (a ResourceWarning each time). A PACS that is
+    down for a week means tens of thousands of attempts, so close it here.
+    """
+    sock = self.socket
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+AssociationSocket._shutdown_socket = _shutdown_socket
 
 
 class Verdict(enum.Enum):
@@ -136,9 +160,7 @@ class CStoreSender:
         where = f"{d.ae_title}@{d.host}:{d.port}"
         if assoc.is_rejected:
             return f"association rejected by {where}"
-        if assoc.is_aborted:
-            return f"association aborted by {where}"
-        return f"{where} unreachable (no association)"
+        return f"could not open an association with {where} (unreachable or aborted)"
 
     def echo(self) -> str | None:
         """C-ECHO the destination; return None on success, else the reason."""

@@ -1,0 +1,560 @@
+"""A serial dermatoscope simulated at the wire, on a pseudo-terminal.
+
+Run as ``dermgate simulate serial-dermatoscope --link PATH`` (or ``python -m
+drivers.serial_dermatoscope.simulator``). It creates a pty, links PATH to its
+slave end and behaves like a DS-100 speaking the protocol of :mod:`.protocol`:
+it waits for HOST_HELLO, answers HELLO and offers its captures one at a time
+until the host ACKs each of them. Fault options make it misbehave in the ways the
+host must survive (corrupt, truncated, duplicated frames, garbage, a wrong
+checksum, an unplug mid-transfer, a device that forgets its ACKs).
+
+One thread, one ``select`` loop, non-blocking writes: if the host stops reading,
+the device notices and treats the host as gone, as a real device would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import random
+import select
+import signal
+import sys
+import time
+import tty
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any, cast
+
+from drivers.serial_dermatoscope import protocol as p
+from drivers.serial_dermatoscope.images import make_dermoscopy_jpeg
+
+__all__ = ["main"]
+
+log = logging.getLogger("dermgate.simulate.serial_dermatoscope")
+
+MANUFACTURER = "DermGate Reference Devices"
+MODEL = "DS-100 Dermatoscope"
+FIRMWARE = "2.4.1"
+CAPABILITIES = ("jpeg", "polarization", "contact", "anatomic-site", "lesion-id")
+
+TRANSFER_FAULTS = ("crc", "truncate", "sha", "garbage", "duplicate-frame")
+CONTENT_FAULTS = ("not-jpeg", "jpeg444")
+
+_WRITE_MAX = 16384
+_TICK = 0.05
+
+# (CID 4029 keyword, laterality) pairs the simulated user picks from.
+_SITES = (
+    ("SkinOfAnteriorSurfaceOfForearm", "L"),
+    ("SkinOfBack", "U"),
+    ("SkinOfAnteriorSurfaceOfThigh", "R"),
+    ("SkinOfCheek", "L"),
+    ("SkinOfUpperAbdomen", "U"),
+    ("SkinOfPosteriorSurfaceOfLowerLeg", "R"),
+)
+_IMMERSIONS = ("ULTRASOUND_GEL", "ALCOHOL", "WATER", "MINERAL_OIL", "PLASTIC_CAP")
+
+
+def _anatomic_sites() -> list[tuple[str, str]]:
+    """SNOMED CT code values (from pydicom's CID 4029 table) with a laterality."""
+    from pydicom.sr._cid_dict import cid_concepts
+    from pydicom.sr._concepts_dict import concepts
+
+    allowed = set(cid_concepts[4029]["SCT"])
+    sites: list[tuple[str, str]] = []
+    for keyword, laterality in _SITES:
+        if keyword not in allowed:
+            continue
+        codes = cast(dict[str, tuple[str, list[int]]], concepts["SCT"][keyword])
+        sites.extend((code, laterality) for code, (_meaning, cids) in codes.items() if 4029 in cids)
+    return sites
+
+
+@dataclass(slots=True)
+class SimCapture:
+    """One capture held by the simulated device until the host ACKs it."""
+
+    index: int
+    capture_id: str
+    available_at: float
+    metadata: dict[str, Any]
+    content: bytes | None = None
+    acked: bool = False
+    retry_at: float = 0.0
+    offers: int = 0
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the capture's bytes."""
+        assert self.content is not None
+        return hashlib.sha256(self.content).hexdigest()
+
+
+class PtyLink:
+    """A pty whose slave end is reachable at ``path`` (a symlink), as a USB-CDC port is."""
+
+    def __init__(self, path: Path) -> None:
+        """Prepare a link at ``path``; :meth:`open` creates the pty."""
+        self.path = path
+        self.master: int | None = None
+        self._slave: int | None = None
+        self._tty = ""
+
+    def open(self) -> None:
+        """Create the pty (slave raw at once, kept open) and point the link at it."""
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        self.master, self._slave, self._tty = master, slave, os.ttyname(slave)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(self._tty)
+        os.replace(tmp, self.path)
+        log.info("device plugged in at %s -> %s", self.path, self._tty)
+
+    def close(self) -> None:
+        """Remove the link (if it still points at our pty) and close both ends."""
+        with contextlib.suppress(OSError):
+            if os.readlink(self.path) == self._tty:
+                self.path.unlink()
+        for fd in (self.master, self._slave):
+            if fd is not None:
+                os.close(fd)
+        self.master = self._slave = None
+
+
+class DeviceSimulator:
+    """The simulated device: captures, link, and the offer/ACK state machine."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        """Set up captures and identity from the parsed command line."""
+        self.args = args
+        self.link = PtyLink(Path(args.link))
+        self.report_path: Path | None = Path(args.report) if args.report else None
+        self.faults: set[str] = set(args.fault or ())
+        self.rng = random.Random(args.seed)
+        self.hello = p.Hello(
+            manufacturer=MANUFACTURER,
+            model=MODEL,
+            serial=args.serial or f"DS100-{zlib.crc32(str(args.seed).encode()) % 10**6:06d}",
+            firmware=FIRMWARE,
+            capabilities=CAPABILITIES,
+        )
+        self.started = time.monotonic()
+        self.captures = self._plan_captures()
+        self.decoder = p.FrameDecoder()
+        self.seq = 0
+        self.connected = False
+        self.current: SimCapture | None = None
+        self.outq: collections.deque[bytes] = collections.deque()
+        self.partial = b""
+        self.ack_deadline: float | None = None
+        self.last_progress = self.started
+        self.sent_total = 0
+        self.unplugged_until: float | None = None
+        self.unplug_done = False
+        self.reoffering = False
+        self.reoffer_done = False
+        self.acknowledged: list[dict[str, str]] = []
+        self.refused: list[dict[str, str]] = []
+        self.stop = False
+
+    # -- captures -----------------------------------------------------------------
+
+    def _plan_captures(self) -> list[SimCapture]:
+        sites = _anatomic_sites()
+        clock = datetime.now().replace(microsecond=0)
+        captures = []
+        for k in range(self.args.captures):
+            contact = "NON_CONTACT" if k % 3 == 2 else "CONTACT"
+            site, laterality = sites[k % len(sites)] if sites and k % 4 != 3 else (None, None)
+            metadata: dict[str, Any] = {
+                "timestamp": None
+                if k % 6 == 5
+                else (clock + timedelta(seconds=k * max(self.args.interval, 1.0))).isoformat(),
+                "polarization": "POLARIZED" if k % 2 == 0 else "NON_POLARIZED",
+                "contact": contact,
+                "immersion": _IMMERSIONS[k % len(_IMMERSIONS)] if contact == "CONTACT" else None,
+                "magnification": 10.0 if k % 4 < 2 else 20.0,
+                "color_temperature_k": (4500, 5500, 6500)[k % 3],
+                "anatomic_site": site,
+                "laterality": laterality,
+                "lesion_id": f"L{k // 2 + 1}" if k % 2 == 0 else None,
+            }
+            captures.append(
+                SimCapture(
+                    index=k + 1,
+                    capture_id=f"{k + 1:06d}",
+                    available_at=self.started + k * self.args.interval,
+                    metadata=metadata,
+                )
+            )
+        return captures
+
+    def _content(self, capture: SimCapture) -> bytes:
+        if capture.content is None:
+            seed = capture.index - 1 + self.args.seed
+            if capture.index == 1 and "not-jpeg" in self.faults:
+                capture.content = random.Random(seed).randbytes(50_000)
+            else:
+                capture.content = make_dermoscopy_jpeg(
+                    seed,
+                    width=self.args.width,
+                    height=self.args.height,
+                    subsampling="4:4:4"
+                    if capture.index == 1 and "jpeg444" in self.faults
+                    else "4:2:0",
+                )
+            log.info("capture %s taken (%d bytes)", capture.capture_id, len(capture.content))
+        return capture.content
+
+    # -- frames -------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        seq = self.seq
+        self.seq = (self.seq + 1) & 0xFFFF
+        return seq
+
+    def _frame(self, message: p.Message) -> bytes:
+        return p.encode_frame(message, self._next_seq())
+
+    def _offer_frames(self, capture: SimCapture) -> list[bytes]:
+        content = self._content(capture)
+        faults = self.faults if capture.index == 1 and capture.offers == 1 else set()
+        cid = capture.capture_id
+        frames = [self._frame(p.CaptureBegin(cid, len(content), **capture.metadata))]
+        if "garbage" in faults:
+            frames.append(self.rng.randbytes(48) + b"\x00" + self.rng.randbytes(16) + b"\x00")
+        chunks = [
+            p.CaptureData(cid, offset, content[offset : offset + p.DATA_CHUNK])
+            for offset in range(0, len(content), p.DATA_CHUNK)
+        ]
+        victim = len(chunks) // 2 if "crc" in faults else -1
+        data: list[bytes] = []
+        for number, chunk in enumerate(chunks):
+            if number == victim:
+                body = bytearray(p.encode_body(chunk, self._next_seq()))
+                body[len(body) // 2] ^= 0x5A  # CRC left as it was
+                data.append(p.cobs_encode(bytes(body)) + b"\x00")
+            else:
+                data.append(self._frame(chunk))
+        if "truncate" in faults and data:
+            data.pop()
+        if "duplicate-frame" in faults and data:
+            data.insert(1, data[0])
+        if "garbage" in faults and len(data) > 1:
+            data.insert(1, self.rng.randbytes(32) + b"\x00")
+        frames += data
+        sha = capture.sha256
+        if "sha" in faults:
+            sha = hashlib.sha256(content + b"\x01").hexdigest()
+        frames.append(self._frame(p.CaptureEnd(cid, len(content), sha)))
+        if faults:
+            log.info("offer of %s carries faults: %s", cid, ", ".join(sorted(faults)))
+        return frames
+
+    # -- state changes ------------------------------------------------------------
+
+    def _abort_offer(self) -> None:
+        # A partly written frame is finished (so the next one starts cleanly); the
+        # rest of the offer is dropped.
+        self.outq.clear()
+        self.current = None
+        self.ack_deadline = None
+
+    def _host_gone(self, why: str) -> None:
+        if self.connected:
+            log.info("host gone (%s); waiting for HOST_HELLO", why)
+        self.connected = False
+        self._abort_offer()
+
+    def _on_host_hello(self, hello: p.HostHello) -> None:
+        log.info("HOST_HELLO from %r; offering all unACKed captures", hello.host)
+        self._abort_offer()
+        self.connected = True
+        for capture in self.captures:
+            capture.retry_at = 0.0
+        self.outq.append(b"\x00" + self._frame(self.hello))
+        self.last_progress = time.monotonic()
+
+    def _find(self, capture_id: str) -> SimCapture | None:
+        for capture in self.captures:
+            if capture.capture_id == capture_id:
+                return capture
+        return None
+
+    def _on_ack(self, capture_id: str) -> None:
+        capture = self._find(capture_id)
+        if capture is None or capture.acked:
+            return
+        log.info("ACK %s", capture_id)
+        capture.acked = True
+        if self.reoffering and capture.index == 1:
+            self.reoffer_done = True
+        if not any(item["capture_id"] == capture_id for item in self.acknowledged):
+            self.acknowledged.append({"capture_id": capture_id, "sha256": capture.sha256})
+        if self.current is capture:
+            self._abort_offer()
+        self._write_report()
+
+    def _on_nak(self, capture_id: str, reason: str) -> None:
+        capture = self._find(capture_id)
+        if capture is None or capture.acked:
+            return
+        log.info("NAK %s (%s)", capture_id, reason)
+        self.refused.append({"capture_id": capture_id, "reason": reason})
+        capture.retry_at = time.monotonic() + self.args.retry_delay
+        if self.current is capture:
+            self._abort_offer()
+        self._write_report()
+
+    def _handle_input(self, data: bytes) -> None:
+        for item in self.decoder.feed(data):
+            if isinstance(item, p.FrameError):
+                log.debug("dropped frame from host: %s %s", item.reason, item.detail)
+                continue
+            match item.message:
+                case p.HostHello() as hello:
+                    self._on_host_hello(hello)
+                case p.Ack(capture_id=cid):
+                    self._on_ack(cid)
+                case p.Nak(capture_id=cid, reason=reason):
+                    self._on_nak(cid, str(reason))
+                case _:
+                    log.debug("ignored %s from host", type(item.message).__name__)
+
+    def _all_done(self) -> bool:
+        if not all(capture.acked for capture in self.captures):
+            return False
+        if self.args.reoffer_acked and self.captures and not self.reoffer_done:
+            if not self.reoffering:
+                # The device "forgets" that capture 1 was ACKed and offers it again.
+                log.info("re-offering ACKed capture %s", self.captures[0].capture_id)
+                self.reoffering = True
+                self.captures[0].acked = False
+            return False
+        return True
+
+    def _advance(self, now: float) -> None:
+        for capture in self.captures:
+            if capture.available_at <= now and capture.content is None:
+                self._content(capture)
+                return  # one image per tick: keep the link serviced
+        if self.current is not None:
+            if self.ack_deadline is None and not self.outq and not self.partial:
+                self.ack_deadline = now + self.args.ack_timeout
+            elif self.ack_deadline is not None and now > self.ack_deadline:
+                self._host_gone("no ACK/NAK")
+        if (self.outq or self.partial) and now - self.last_progress > self.args.ack_timeout:
+            self.partial = b""
+            self._host_gone("host stopped reading")
+        if self.connected and self.current is None and not self.outq:
+            for capture in self.captures:
+                if (
+                    not capture.acked
+                    and capture.content is not None
+                    and capture.available_at <= now
+                    and capture.retry_at <= now
+                ):
+                    capture.offers += 1
+                    self.current = capture
+                    self.outq.extend(self._offer_frames(capture))
+                    self.last_progress = now
+                    log.info("offering %s (offer %d)", capture.capture_id, capture.offers)
+                    break
+
+    # -- unplug -------------------------------------------------------------------
+
+    def _maybe_unplug(self, now: float) -> None:
+        if self.unplug_done or self.unplugged_until is not None:
+            return
+        by_bytes = self.args.unplug_after_bytes
+        by_time = self.args.unplug_after
+        if (by_bytes is not None and self.sent_total >= by_bytes) or (
+            by_time is not None and now - self.started >= by_time
+        ):
+            log.info("unplugging for %.1f s after %d bytes", self.args.unplug_for, self.sent_total)
+            self.link.close()
+            self.partial = b""
+            self._host_gone("unplugged")
+            self.decoder.reset()
+            self.unplugged_until = now + self.args.unplug_for
+
+    def _maybe_replug(self, now: float) -> None:
+        if self.unplugged_until is not None and now >= self.unplugged_until:
+            self.unplugged_until = None
+            self.unplug_done = True
+            self.link.open()
+
+    # -- I/O ----------------------------------------------------------------------
+
+    def _write(self, master: int) -> None:
+        if not self.partial:
+            if not self.outq:
+                return
+            self.partial = self.outq.popleft()
+        limit = _WRITE_MAX
+        if self.args.unplug_after_bytes is not None and not self.unplug_done:
+            limit = max(1, min(limit, self.args.unplug_after_bytes - self.sent_total))
+        try:
+            written = os.write(master, self.partial[:limit])
+        except BlockingIOError:
+            return
+        except OSError as err:
+            log.warning("write failed: %s", err)
+            return
+        self.partial = self.partial[written:]
+        self.sent_total += written
+        if written:
+            self.last_progress = time.monotonic()
+
+    def _read(self, master: int) -> None:
+        try:
+            data = os.read(master, 65536)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            if err.errno != errno.EIO:
+                raise
+            time.sleep(_TICK)  # nobody on the other end
+            return
+        self._handle_input(data)
+
+    def _write_report(self) -> None:
+        if self.report_path is None:
+            return
+        report = {"acknowledged": self.acknowledged, "refused": self.refused}
+        tmp = self.report_path.with_name(f".{self.report_path.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.report_path)
+
+    def run(self) -> int:
+        """Run until every capture is ACKed (0), or timeout or signal (1)."""
+        deadline = self.started + self.args.timeout
+        self.link.open()
+        self._write_report()
+        try:
+            while not self.stop:
+                now = time.monotonic()
+                if self._all_done():
+                    log.info("all %d captures ACKed", len(self.captures))
+                    return 0
+                if now > deadline:
+                    log.warning("timeout after %.0f s", self.args.timeout)
+                    return 1
+                self._maybe_replug(now)
+                self._maybe_unplug(now)
+                master = self.link.master
+                if master is None:
+                    time.sleep(_TICK)
+                    continue
+                self._advance(now)
+                want_write = bool(self.partial or self.outq)
+                readable, writable, _ = select.select(
+                    [master], [master] if want_write else [], [], _TICK
+                )
+                if readable:
+                    self._read(master)
+                if writable and self.link.master is not None:
+                    self._write(master)
+            log.info("stopped by signal")
+            return 0 if all(capture.acked for capture in self.captures) else 1
+        finally:
+            self.link.close()
+            self._write_report()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dermgate simulate serial-dermatoscope",
+        description="Simulate a serial dermatoscope (DS-100) on a pty linked at --link.",
+    )
+    parser.add_argument("--link", required=True, help="symlink to create for the device port")
+    parser.add_argument("--captures", type=int, default=3, help="captures to take (default 3)")
+    parser.add_argument(
+        "--interval", type=float, default=0.5, help="seconds between captures (default 0.5)"
+    )
+    parser.add_argument("--report", help="write a JSON report of ACKed/refused captures here")
+    parser.add_argument("--seed", type=int, default=0, help="image and serial number seed")
+    parser.add_argument("--serial", help="device serial number (default derived from --seed)")
+    parser.add_argument(
+        "--ack-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for ACK/NAK or for the host to read before treating it as gone",
+    )
+    parser.add_argument(
+        "--retry-delay", type=float, default=2.0, help="seconds before re-offering a NAKed capture"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="give up (exit 1) after this many seconds"
+    )
+    parser.add_argument(
+        "--unplug-after", type=float, metavar="S", help="unplug once, S seconds after start"
+    )
+    parser.add_argument(
+        "--unplug-after-bytes",
+        type=int,
+        metavar="N",
+        help="unplug once, after N bytes were sent in total (mid-frame if it falls so)",
+    )
+    parser.add_argument(
+        "--unplug-for", type=float, default=1.0, help="seconds to stay unplugged (default 1.0)"
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        choices=TRANSFER_FAULTS + CONTENT_FAULTS,
+        help=(
+            "inject a fault (repeatable). On the first offer of capture 1 only: crc (a DATA"
+            " frame fails its CRC), truncate (last DATA frame missing), sha (wrong SHA-256"
+            " in CAPTURE_END), garbage (random bytes and stray 0x00 between frames),"
+            " duplicate-frame (a DATA frame sent twice). On capture 1 always: not-jpeg"
+            " (random bytes instead of a JPEG), jpeg444 (a 4:4:4 JPEG)."
+        ),
+    )
+    parser.add_argument(
+        "--reoffer-acked",
+        action="store_true",
+        help="after all are ACKed, offer capture 1 once more (a device that lost its ACK)",
+    )
+    parser.add_argument("--width", type=int, default=2592, help=argparse.SUPPRESS)
+    parser.add_argument("--height", type=int, default=1944, help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every frame decision")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``dermgate simulate serial-dermatoscope``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s simulator %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    simulator = DeviceSimulator(args)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        simulator.stop = True
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return simulator.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

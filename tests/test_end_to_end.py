@@ -1,0 +1,129 @@
+"""End to end with real peers: simulator → gateway → Orthanc.
+
+A simulated dermatoscope on a pty offers captures, ``dermgate run`` receives,
+wraps and forwards them, and a real Orthanc stores them. Each instance is found in
+Orthanc by SOP Instance UID, passes dciodvfy with zero errors, and its pixel data is
+byte-identical to the JPEG the device sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+from pydicom.encaps import get_frame
+
+from gateway.local_orthanc import OrthancProcess, free_port
+from tests.conftest import (
+    GatewayProcess,
+    SimulatorProcess,
+    dciodvfy_errors,
+    gateway_config,
+    ledger_rows,
+    states,
+    wait_for,
+)
+
+DERMOSCOPY = "1.2.840.10008.5.1.4.1.1.77.1.7"
+
+
+def fragment(data: bytes) -> bytes:
+    """The single encapsulated JPEG fragment of a Part 10 file."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    return get_frame(ds.PixelData, 0, number_of_frames=1)
+
+
+def test_captures_reach_orthanc_as_valid_dermoscopic_photography(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    config = gateway_config(tmp_path, pacs_port=orthanc.dicom_port)
+    sim = simulator_factory("--captures", "3", "--interval", "0.2", small=False)
+    gateway = gateway_factory(config)
+
+    assert sim.wait(180) == 0, gateway.log()
+    report = sim.result()
+    assert len(report["acknowledged"]) == 3
+    state_dir = tmp_path / "state"
+    wait_for(lambda: states(state_dir) == ["SENT"] * 3, 60, "3 captures SENT")
+
+    rows = {r["device_capture_id"]: r for r in ledger_rows(state_dir)}
+    for acked in report["acknowledged"]:
+        row = rows[acked["capture_id"]]
+        ids = orthanc.find_instances(row["sop_instance_uid"])
+        assert len(ids) == 1, "each capture is stored exactly once"
+        data = orthanc.instance_file(ids[0])
+        stored = tmp_path / f"{row['sop_instance_uid']}.dcm"
+        stored.write_bytes(data)
+        assert dciodvfy_errors(stored) == []
+        ds = pydicom.dcmread(stored)
+        assert ds.SOPClassUID == DERMOSCOPY
+        assert ds.Modality == "DMS"
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+        jpeg = fragment(data)
+        assert len(jpeg) in (row["raw_size"], row["raw_size"] + 1)
+        assert hashlib.sha256(jpeg[: row["raw_size"]]).hexdigest() == acked["sha256"]
+        assert row["raw_size"] > 1_000_000, "the simulator sends realistic, multi-MB JPEGs"
+    assert orthanc.count_instances() == 3
+
+    listing = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "spool", "list", "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    entries = [json.loads(line) for line in listing.stdout.splitlines()]
+    assert [e["state"] for e in entries] == ["SENT"] * 3
+    assert {e["sop_instance_uid"] for e in entries} == {r["sop_instance_uid"] for r in rows.values()}
+    assert all(e["attempts"] == 1 for e in entries)
+
+    assert gateway.stop() == 0
+    assert "stopped" in gateway.log()
+
+
+def test_pacs_down_at_start_then_delivered_with_same_uids(
+    tmp_path: Path,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    """Captures are acknowledged and kept while the PACS is away, and sent once it is back."""
+    dicom_port = free_port()
+    config = gateway_config(tmp_path, pacs_port=dicom_port)
+    sim = simulator_factory("--captures", "2", "--interval", "0.1")
+    gateway = gateway_factory(config)
+    assert sim.wait(120) == 0, gateway.log()
+    state_dir = tmp_path / "state"
+
+    def retried() -> bool:
+        rows = ledger_rows(state_dir)
+        return len(rows) == 2 and all(r["state"] == "WRAPPED" for r in rows)
+
+    wait_for(retried, 30, "captures kept as WRAPPED while the PACS is down")
+    before = {r["id"]: r["sop_instance_uid"] for r in ledger_rows(state_dir)}
+    listing = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "spool", "list", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "unreachable" in listing.stdout
+
+    pacs = OrthancProcess(tmp_path / "late-orthanc", dicom_port=dicom_port)
+    pacs.start()
+    try:
+        wait_for(lambda: states(state_dir) == ["SENT", "SENT"], 60, "delivery after PACS returns")
+        after = {r["id"]: r["sop_instance_uid"] for r in ledger_rows(state_dir)}
+        assert after == before
+        for uid in after.values():
+            assert len(pacs.find_instances(uid)) == 1
+    finally:
+        pacs.stop()
+    assert gateway.stop() == 0
