@@ -116,4 +116,8 @@ class Wrapper:
             gateway=self._gateway,
             patient=None,
             now=now,
+            # Without patient context every capture is its own study and series
+            # (never merge two patients' images), so both numbers are 1.
+            series_number=1,
+            instance_number=1,
         )

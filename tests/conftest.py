@@ -137,15 +137,21 @@ class GatewayProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout)
+        self.close_logs()
+        return code
+
+    def close_logs(self) -> None:
+        """Close the log file handles held by the test."""
         for log in self._logs:
             log.close()
-        return code
+        self._logs.clear()
 
     def kill(self) -> None:
         """SIGKILL (a crash or a power cut of the process)."""
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+        self.close_logs()
 
     def log(self) -> str:
         """Everything the service logged."""
@@ -168,6 +174,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[[Path], GatewayProcess]
         if gw.proc is not None and gw.proc.poll() is None:
             gw.proc.kill()
             gw.proc.wait()
+        gw.close_logs()
 
 
 @dataclass
@@ -193,7 +200,7 @@ def simulator_factory(tmp_path: Path) -> Iterator[Callable[..., SimulatorProcess
     """Start device simulators on a pty linked at ``tmp_path/ttyDERM0``."""
     started: list[SimulatorProcess] = []
 
-    def start(*args: str, link: Path | None = None, small: bool = True) -> SimulatorProcess:
+    def start(*args: str, link: Path | None = None) -> SimulatorProcess:
         link = link or tmp_path / "ttyDERM0"
         report = tmp_path / f"report-{len(started)}.json"
         cmd = [
@@ -209,8 +216,6 @@ def simulator_factory(tmp_path: Path) -> Iterator[Callable[..., SimulatorProcess
             "--timeout",
             "240",
         ]
-        if small:
-            cmd += ["--width", "640", "--height", "480"]
         proc = subprocess.Popen([*cmd, *args])
         sim = SimulatorProcess(link, report, proc)
         started.append(sim)

@@ -46,7 +46,7 @@ def test_captures_reach_orthanc_as_valid_dermoscopic_photography(
     simulator_factory: Callable[..., SimulatorProcess],
 ) -> None:
     config = gateway_config(tmp_path, pacs_port=orthanc.dicom_port)
-    sim = simulator_factory("--captures", "3", "--interval", "0.2", small=False)
+    sim = simulator_factory("--captures", "3", "--interval", "0.2")
     gateway = gateway_factory(config)
 
     assert sim.wait(180) == 0, gateway.log()

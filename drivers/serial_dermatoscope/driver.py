@@ -203,13 +203,13 @@ class SerialDermatoscopeDriver:
         """Open the port, serve the device, and reopen it for ever when it goes."""
         backoff = Backoff(initial=0.5, cap=self.options.reconnect_max)
         while True:
-            self.host.set_state(DriverState.CONNECTING)
             try:
                 link = await SerialLink.open(self.options.port, self.options.baudrate)
             except LinkLost:
                 self.host.set_state(DriverState.DISCONNECTED, "port not available")
                 await asyncio.sleep(backoff.next_delay())
                 continue
+            self.host.set_state(DriverState.CONNECTING, "waiting for the device's HELLO")
             connection = _Connection(link, self.host, self.options, self.name)
             try:
                 await connection.serve()

@@ -1,0 +1,604 @@
+"""The serial dermatoscope protocol on its own: framing, messages, host session."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from datetime import datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from drivers.serial_dermatoscope.protocol import (
+    DATA_CHUNK,
+    MAX_ENCODED,
+    Ack,
+    CaptureBegin,
+    CaptureBytes,
+    CaptureCompleted,
+    CaptureData,
+    CaptureEnd,
+    CaptureFailed,
+    CaptureStarted,
+    CobsError,
+    DeviceIdentified,
+    Event,
+    Frame,
+    FrameDecoder,
+    FrameDropped,
+    FrameError,
+    Hello,
+    HostHello,
+    HostSession,
+    Message,
+    MessageType,
+    Nak,
+    NakReason,
+    cobs_decode,
+    cobs_encode,
+    decode_body,
+    encode_body,
+    encode_frame,
+)
+
+# -- strategies ---------------------------------------------------------------------
+
+text = st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=40)
+capture_ids = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", fullmatch=True)
+seqs = st.integers(0, 0xFFFF)
+
+
+def optional(strategy: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.none() | strategy
+
+
+capture_begins = st.builds(
+    CaptureBegin,
+    capture_id=capture_ids,
+    length=st.integers(0, 2**64 - 1),
+    timestamp=optional(st.datetimes().map(lambda d: d.isoformat())),
+    polarization=optional(st.sampled_from(["POLARIZED", "NON_POLARIZED"])),
+    contact=optional(st.sampled_from(["CONTACT", "NON_CONTACT"])),
+    immersion=optional(
+        st.sampled_from(["ULTRASOUND_GEL", "ALCOHOL", "WATER", "MINERAL_OIL", "PLASTIC_CAP"])
+    ),
+    magnification=optional(st.floats(0.01, 1000.0)),
+    color_temperature_k=optional(st.integers(1, 99_999)),
+    anatomic_site=optional(st.from_regex(r"[0-9]{6,18}", fullmatch=True)),
+    laterality=optional(st.sampled_from(["R", "L", "U", "B"])),
+    lesion_id=optional(text.filter(bool)),
+)
+
+messages: st.SearchStrategy[Message] = st.one_of(
+    st.builds(HostHello, host=text, version=text),
+    st.builds(
+        Hello,
+        manufacturer=text,
+        model=text,
+        serial=text,
+        firmware=text,
+        capabilities=st.lists(text, max_size=5).map(tuple),
+    ),
+    capture_begins,
+    st.builds(
+        CaptureData,
+        capture_id=capture_ids,
+        offset=st.integers(0, 2**64 - 1),
+        data=st.binary(max_size=3000),
+    ),
+    st.builds(
+        CaptureEnd,
+        capture_id=capture_ids,
+        length=st.integers(0, 2**64 - 1),
+        sha256=st.from_regex(r"[0-9a-fA-F]{64}", fullmatch=True),
+    ),
+    st.builds(Ack, capture_id=capture_ids),
+    st.builds(Nak, capture_id=capture_ids, reason=st.sampled_from(NakReason)),
+)
+
+HELLO = Hello("DermGate Reference Devices", "DS-100 Dermatoscope", "DS100-1", "2.4.1", ("jpeg",))
+
+
+def body_with_crc(msg_type: int, seq: int, payload: bytes) -> bytes:
+    head = struct.pack(">BH", msg_type, seq) + payload
+    return head + struct.pack(">I", zlib.crc32(head))
+
+
+def raw_frame(msg_type: int, payload: bytes, seq: int = 0) -> bytes:
+    return cobs_encode(body_with_crc(msg_type, seq, payload)) + b"\x00"
+
+
+def device_stream(capture_id: str, content: bytes, *, chunk: int = 1000, seq: int = 0) -> bytes:
+    """The frames a device sends for one capture (BEGIN, DATA…, END)."""
+    frames = [encode_frame(CaptureBegin(capture_id, len(content), polarization="POLARIZED"), seq)]
+    for offset in range(0, len(content), chunk):
+        frames.append(encode_frame(CaptureData(capture_id, offset, content[offset:][:chunk]), 1))
+    frames.append(encode_frame(CaptureEnd(capture_id, len(content), sha(content)), 2))
+    return b"".join(frames)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def identified_session() -> HostSession:
+    session = HostSession("pytest", "0")
+    session.hello_frame()
+    assert session.receive(encode_frame(HELLO, 0)) == [DeviceIdentified(HELLO)]
+    return session
+
+
+def significant(events: list[Event]) -> list[Event]:
+    """Events without the byte chunks."""
+    return [event for event in events if not isinstance(event, CaptureBytes)]
+
+
+def received_bytes(events: list[Event], capture_id: str) -> bytes:
+    return b"".join(
+        e.data for e in events if isinstance(e, CaptureBytes) and e.capture_id == capture_id
+    )
+
+
+# -- COBS and framing -----------------------------------------------------------------
+
+
+@given(st.binary(max_size=2000))
+def test_cobs_round_trip(data: bytes) -> None:
+    encoded = cobs_encode(data)
+    assert b"\x00" not in encoded
+    assert len(encoded) <= len(data) + len(data) // 254 + 1
+    assert cobs_decode(encoded) == data
+
+
+@pytest.mark.parametrize("size", [0, 1, 253, 254, 255, 508, 509, 1000])
+@pytest.mark.parametrize("fill", [b"\x01", b"\x00", b"\x00\x01"])
+def test_cobs_block_boundaries(size: int, fill: bytes) -> None:
+    data = (fill * size)[:size]
+    assert cobs_decode(cobs_encode(data)) == data
+
+
+def test_cobs_canonical_examples() -> None:
+    # From Cheshire & Baker / the usual published examples.
+    assert cobs_encode(b"\x00") == b"\x01\x01"
+    assert cobs_encode(b"\x11\x22\x00\x33") == b"\x03\x11\x22\x02\x33"
+    assert cobs_encode(bytes(range(1, 255))) == b"\xff" + bytes(range(1, 255))
+    assert cobs_encode(bytes(range(0, 255))) == b"\x01\xff" + bytes(range(1, 255))
+
+
+def test_cobs_rejects_invalid() -> None:
+    with pytest.raises(CobsError):
+        cobs_decode(b"\x05\x01")
+    with pytest.raises(CobsError):
+        cobs_decode(b"\x02\x00")
+
+
+@given(messages, seqs)
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+def test_encode_decode_round_trip(message: Message, seq: int) -> None:
+    assert FrameDecoder().feed(encode_frame(message, seq)) == [Frame(seq, message)]
+    assert decode_body(encode_body(message, seq)) == Frame(seq, message)
+
+
+def test_every_message_type_is_covered() -> None:
+    samples: list[Message] = [
+        HostHello("gw", "1"),
+        HELLO,
+        CaptureBegin("000001", 10),
+        CaptureData("000001", 0, b"\x00" * 10),
+        CaptureEnd("000001", 10, "0" * 64),
+        Ack("000001"),
+        Nak("000001", NakReason.DISK_FULL),
+    ]
+    types = {encode_body(message, 0)[0] for message in samples}
+    assert types == {int(t) for t in MessageType}
+    decoder = FrameDecoder()
+    stream = b"".join(encode_frame(message, n) for n, message in enumerate(samples))
+    assert decoder.feed(stream) == [Frame(n, m) for n, m in enumerate(samples)]
+
+
+def test_wire_format_is_as_documented() -> None:
+    frame = encode_frame(Ack("7"), 0x0102)
+    body = cobs_decode(frame[:-1])
+    assert frame.endswith(b"\x00")
+    assert body[0] == 0x20
+    assert body[1:3] == b"\x01\x02"
+    assert json.loads(body[3:-4]) == {"capture_id": "7"}
+    assert body[-4:] == struct.pack(">I", zlib.crc32(body[:-4]))
+    data = cobs_decode(encode_frame(CaptureData("ab", 5, b"xyz"), 0)[:-1])
+    assert data[3:-4] == b"\x02ab" + (5).to_bytes(8, "big") + b"xyz"
+
+
+@given(messages, seqs, st.data())
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+def test_frame_split_anywhere_still_decodes(message: Message, seq: int, data: st.DataObject) -> None:
+    frame = encode_frame(message, seq)
+    cut = data.draw(st.integers(0, len(frame)))
+    decoder = FrameDecoder()
+    assert decoder.feed(frame[:cut]) + decoder.feed(frame[cut:]) == [Frame(seq, message)]
+
+
+def test_frame_split_at_every_position() -> None:
+    message = CaptureData("000001", 65536, bytes(range(256)) * 3)
+    frame = encode_frame(message, 7)
+    for cut in range(len(frame) + 1):
+        decoder = FrameDecoder()
+        assert decoder.feed(frame[:cut]) + decoder.feed(frame[cut:]) == [Frame(7, message)]
+    decoder = FrameDecoder()
+    results = [item for byte in frame for item in decoder.feed(bytes([byte]))]
+    assert results == [Frame(7, message)]
+
+
+@given(messages, st.data())
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+def test_corrupt_byte_gives_crc_error(message: Message, data: st.DataObject) -> None:
+    body = bytearray(encode_body(message, 1))
+    index = data.draw(st.integers(0, len(body) - 1))
+    body[index] ^= data.draw(st.integers(1, 255))
+    decoder = FrameDecoder()
+    (result,) = decoder.feed(cobs_encode(bytes(body)) + b"\x00")
+    assert isinstance(result, FrameError)
+    assert result.reason == "crc"
+    # The decoder is back in sync for the next frame.
+    assert decoder.feed(encode_frame(message, 2)) == [Frame(2, message)]
+
+
+@given(st.binary(max_size=5000), st.lists(st.integers(0, 5000), max_size=5))
+@settings(deadline=None)
+def test_arbitrary_bytes_never_raise(data: bytes, cuts: list[int]) -> None:
+    decoder = FrameDecoder()
+    session = HostSession()
+    session.hello_frame()
+    session.receive(encode_frame(HELLO, 0))
+    bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        for item in decoder.feed(data[start:end]):
+            assert isinstance(item, Frame | FrameError)
+        session.receive(data[start:end])
+
+
+@given(
+    st.lists(
+        st.one_of(
+            messages,
+            st.builds(
+                CaptureData,
+                capture_id=st.sampled_from(["a", "b"]),
+                offset=st.sampled_from([0, 3, 6, 100]),
+                data=st.binary(max_size=6),
+            ),
+            st.builds(
+                CaptureBegin, capture_id=st.sampled_from(["a", "b"]), length=st.integers(0, 12)
+            ),
+            st.builds(Hello, manufacturer=text, model=text, serial=text, firmware=text),
+            st.binary(max_size=30),
+        ),
+        max_size=30,
+    ),
+    st.data(),
+)
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+def test_session_survives_any_frame_sequence(items: list[object], data: st.DataObject) -> None:
+    session = HostSession()
+    session.hello_frame()
+    stream = bytearray(encode_frame(HELLO, 0))
+    for item in items:
+        if isinstance(item, bytes):
+            stream += item  # garbage, possibly with 0x00 in it
+        else:
+            stream += encode_frame(item, 0)  # type: ignore[arg-type]
+    cut = data.draw(st.integers(0, len(stream)))
+    events = session.receive(bytes(stream[:cut])) + session.receive(bytes(stream[cut:]))
+    if data.draw(st.booleans()):
+        session.fail_current(NakReason.TIMEOUT)
+    for event in events:
+        if isinstance(event, CaptureCompleted):
+            assert event.length >= 0
+
+
+def test_run_without_delimiter_is_discarded_with_bounded_memory() -> None:
+    decoder = FrameDecoder()
+    errors: list[Frame | FrameError] = []
+    for _ in range(40):  # 40 × 16 KiB of junk, no 0x00
+        errors += decoder.feed(b"\x07" * 16384)
+        assert len(decoder._buffer) <= MAX_ENCODED
+    assert errors == [FrameError("too-long", errors[0].detail)]  # type: ignore[union-attr]
+    message = Ack("000001")
+    # The junk run ends at the next 0x00; the frame after it decodes.
+    assert decoder.feed(b"\x00" + encode_frame(message, 3)) == [Frame(3, message)]
+
+
+def test_largest_frame_fits() -> None:
+    message = CaptureData("x" * 64, 0, b"\xaa" * (65536 + 64 - 3 - 4 - 1 - 64 - 8))
+    assert FrameDecoder().feed(encode_frame(message, 0)) == [Frame(0, message)]
+    with pytest.raises(ValueError, match="MAX_BODY"):
+        encode_frame(CaptureData("x", 0, b"\xaa" * 70000), 0)
+
+
+def test_empty_frames_are_ignored() -> None:
+    assert FrameDecoder().feed(b"\x00\x00\x00") == []
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "payload", "reason"),
+    [
+        (0x7F, b"{}", "unknown-type"),
+        (0x20, b"not json", "bad-payload"),
+        (0x20, b"\xff\xfe", "bad-payload"),
+        (0x20, b"[]", "bad-payload"),
+        (0x20, b'{"capture_id": 5}', "bad-payload"),
+        (0x20, b'{"capture_id": "a/b"}', "bad-payload"),
+        (0x20, b'{"capture_id": ""}', "bad-payload"),
+        (0x20, b'{"capture_id": "a", "capture_id": "b"}', "bad-payload"),
+        (0x21, b'{"capture_id": "a", "reason": "BORED"}', "bad-payload"),
+        (0x21, b'{"capture_id": "a"}', "bad-payload"),
+        (0x10, b'{"capture_id": "a", "length": "5"}', "bad-payload"),
+        (0x10, b'{"capture_id": "a", "length": true}', "bad-payload"),
+        (0x10, b'{"capture_id": "a", "length": 1.0}', "bad-payload"),
+        (0x10, b'{"capture_id": "a", "length": -1}', "bad-payload"),
+        (0x10, b'{"capture_id": "a", "length": 1, "magnification": NaN}', "bad-payload"),
+        (0x10, b'{"capture_id": "a", "length": 1, "magnification": true}', "bad-payload"),
+        (0x10, b'{"capture_id": "a", "length": 1, "polarization": "SIDEWAYS"}', "bad-payload"),
+        (0x10, b'{"capture_id": "a", "length": 1, "timestamp": "yesterday"}', "bad-payload"),
+        (0x10, b'{"capture_id": "a", "length": 1, "anatomic_site": "arm"}', "bad-payload"),
+        (0x10, b'{"capture_id": "a", "length": 1, "lesion_id": "\\ud800"}', "bad-payload"),
+        (0x10, b'{"capture_id": "a", "length": 1, "color_temperature_k": 5e3}', "bad-payload"),
+        (0x02, b'{"manufacturer": "m", "model": "m", "serial": "s"}', "bad-payload"),
+        (0x02, b'{"manufacturer":"m","model":"m","serial":"s","firmware":"f",'
+         b'"capabilities":"jpeg"}', "bad-payload"),
+        (0x12, b'{"capture_id": "a", "length": 1, "sha256": "xyz"}', "bad-payload"),
+        (0x11, b"", "bad-payload"),
+        (0x11, b"\x05ab", "bad-payload"),
+        (0x11, b"\x02\xff\xfe" + bytes(8), "bad-payload"),
+        (0x01, b"[" * 100_00 + b"]" * 100_00, "bad-payload"),
+    ],
+)
+def test_malformed_payloads_are_frame_errors(msg_type: int, payload: bytes, reason: str) -> None:
+    (result,) = FrameDecoder().feed(raw_frame(msg_type, payload))
+    assert isinstance(result, FrameError)
+    assert result.reason == reason
+
+
+def test_unknown_json_keys_are_ignored() -> None:
+    payload = b'{"capture_id": "a", "length": 3, "future_field": [1, 2]}'
+    (result,) = FrameDecoder().feed(raw_frame(0x10, payload))
+    assert result == Frame(0, CaptureBegin("a", 3))
+
+
+def test_short_frame() -> None:
+    (result,) = FrameDecoder().feed(cobs_encode(b"\x20\x00") + b"\x00")
+    assert isinstance(result, FrameError)
+    assert result.reason == "short"
+
+
+# -- host session -----------------------------------------------------------------------
+
+
+def test_complete_capture() -> None:
+    content = bytes(range(256)) * 20  # has zeros: exercises COBS too
+    session = identified_session()
+    events = session.receive(device_stream("000001", content))
+    assert significant(events) == [
+        CaptureStarted(CaptureBegin("000001", len(content), polarization="POLARIZED")),
+        CaptureCompleted("000001", len(content), sha(content)),
+    ]
+    assert received_bytes(events, "000001") == content
+    assert session.current is None
+
+
+@given(st.binary(max_size=4000), st.integers(1, 700), st.lists(st.integers(0, 5000), max_size=8))
+@settings(deadline=None)
+def test_complete_capture_any_chunking(content: bytes, chunk: int, cuts: list[int]) -> None:
+    session = identified_session()
+    stream = device_stream("c1", content, chunk=chunk)
+    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
+    events: list[Event] = []
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        events += session.receive(stream[start:end])
+    assert significant(events)[-1] == CaptureCompleted("c1", len(content), sha(content))
+    assert received_bytes(events, "c1") == content
+
+
+def test_zero_length_capture() -> None:
+    events = identified_session().receive(device_stream("empty", b""))
+    assert events[-1] == CaptureCompleted("empty", 0, sha(b""))
+
+
+def test_sha_mismatch_is_checksum_failure() -> None:
+    session = identified_session()
+    content = b"jpeg bytes" * 100
+    stream = device_stream("000001", content).rsplit(b"\x00", 2)[0] + b"\x00"
+    stream += encode_frame(CaptureEnd("000001", len(content), sha(b"other")), 9)
+    events = significant(session.receive(stream))
+    assert events[-1] == CaptureFailed("000001", NakReason.CHECKSUM, "SHA-256 mismatch")
+
+
+def test_gap_is_sequence_failure_and_rest_is_ignored() -> None:
+    session = identified_session()
+    content = bytes(3000)
+    events = significant(
+        session.receive(
+            encode_frame(CaptureBegin("000001", 3000), 0)
+            + encode_frame(CaptureData("000001", 0, content[:1000]), 1)
+            + encode_frame(CaptureData("000001", 2000, content[2000:]), 2)
+            + encode_frame(CaptureData("000001", 1000, content[1000:2000]), 3)
+            + encode_frame(CaptureEnd("000001", 3000, sha(content)), 4)
+        )
+    )
+    assert len(events) == 2
+    assert isinstance(events[1], CaptureFailed)
+    assert events[1].reason is NakReason.SEQUENCE
+    # A re-offer of the same capture starts afresh and completes.
+    events = session.receive(device_stream("000001", content))
+    assert events[-1] == CaptureCompleted("000001", 3000, sha(content))
+
+
+def test_corrupt_data_frame_leads_to_sequence_failure() -> None:
+    session = identified_session()
+    content = bytes(range(200)) * 15
+    frames = device_stream("000001", content).split(b"\x00")[:-1]
+    victim = bytearray(cobs_decode(frames[2]))
+    victim[20] ^= 1
+    frames[2] = cobs_encode(bytes(victim))
+    events = significant(session.receive(b"\x00".join(frames) + b"\x00"))
+    assert FrameDropped("crc", "CRC-32 mismatch") in events
+    failed = [e for e in events if isinstance(e, CaptureFailed)]
+    assert [f.reason for f in failed] == [NakReason.SEQUENCE]
+
+
+def test_duplicate_data_frame_is_ignored() -> None:
+    session = identified_session()
+    content = bytes(range(256)) * 8
+    frames = device_stream("000001", content, chunk=512).split(b"\x00")[:-1]
+    frames.insert(2, frames[1])  # first DATA frame twice
+    frames.insert(5, frames[4])  # and a later one
+    events = session.receive(b"\x00".join(frames) + b"\x00")
+    assert significant(events)[-1] == CaptureCompleted("000001", len(content), sha(content))
+    assert received_bytes(events, "000001") == content
+
+
+def test_same_offset_different_bytes_is_sequence_failure() -> None:
+    session = identified_session()
+    events = significant(
+        session.receive(
+            encode_frame(CaptureBegin("a", 4), 0)
+            + encode_frame(CaptureData("a", 0, b"ab"), 1)
+            + encode_frame(CaptureData("a", 0, b"xy"), 2)
+        )
+    )
+    assert isinstance(events[-1], CaptureFailed)
+    assert events[-1].reason is NakReason.SEQUENCE
+
+
+def test_length_mismatches() -> None:
+    session = identified_session()
+    events = session.receive(
+        encode_frame(CaptureBegin("a", 4), 0) + encode_frame(CaptureData("a", 0, b"abcde"), 1)
+    )
+    assert isinstance(events[-1], CaptureFailed)
+    assert events[-1].reason is NakReason.LENGTH
+
+    events = session.receive(
+        encode_frame(CaptureBegin("b", 4), 0)
+        + encode_frame(CaptureData("b", 0, b"abc"), 1)
+        + encode_frame(CaptureEnd("b", 4, sha(b"abc")), 2)
+    )
+    assert isinstance(events[-1], CaptureFailed)
+    assert events[-1].reason is NakReason.LENGTH
+
+    events = session.receive(
+        encode_frame(CaptureBegin("c", 3), 0)
+        + encode_frame(CaptureData("c", 0, b"abc"), 1)
+        + encode_frame(CaptureEnd("c", 4, sha(b"abc")), 2)
+    )
+    assert isinstance(events[-1], CaptureFailed)
+    assert events[-1].reason is NakReason.LENGTH
+
+
+def test_new_begin_or_foreign_data_fails_capture_in_progress() -> None:
+    session = identified_session()
+    events = significant(
+        session.receive(
+            encode_frame(CaptureBegin("a", 4), 0)
+            + encode_frame(CaptureData("a", 0, b"ab"), 1)
+            + encode_frame(CaptureBegin("b", 2), 2)
+        )
+    )
+    assert isinstance(events[1], CaptureFailed)
+    assert (events[1].capture_id, events[1].reason) == ("a", NakReason.SEQUENCE)
+    assert events[2] == CaptureStarted(CaptureBegin("b", 2))
+
+    events = significant(session.receive(encode_frame(CaptureData("c", 0, b"ab"), 3)))
+    assert [(e.capture_id, e.reason) for e in events if isinstance(e, CaptureFailed)] == [
+        ("b", NakReason.SEQUENCE),
+        ("c", NakReason.SEQUENCE),
+    ]
+    # More of "c" is not reported again.
+    assert session.receive(encode_frame(CaptureData("c", 2, b"cd"), 4)) == []
+
+
+def test_bad_metadata_is_reported_for_the_capture() -> None:
+    session = identified_session()
+    payload = b'{"capture_id": "000004", "length": 3, "contact": "SOMETIMES"}'
+    events = session.receive(
+        raw_frame(0x10, payload)
+        + encode_frame(CaptureData("000004", 0, b"abc"), 1)
+        + encode_frame(CaptureEnd("000004", 3, sha(b"abc")), 2)
+    )
+    assert len(events) == 2
+    assert isinstance(events[0], FrameDropped)
+    assert isinstance(events[1], CaptureFailed)
+    assert (events[1].capture_id, events[1].reason) == ("000004", NakReason.BAD_METADATA)
+
+
+def test_stale_frames_before_hello_are_ignored() -> None:
+    session = HostSession()
+    content = b"stale" * 100
+    # Before we said HOST_HELLO, and between HOST_HELLO and the device's HELLO.
+    assert session.receive(device_stream("000001", content)) == []
+    assert session.receive(encode_frame(HELLO, 0)) == [DeviceIdentified(HELLO)]
+    session.hello_frame()  # reconnect: forget the device until it answers again
+    assert session.identity is None
+    half = device_stream("000002", content)
+    assert session.receive(half[: len(half) // 2]) == []
+    events = session.receive(
+        half[len(half) // 2 :] + b"\x00" + encode_frame(HELLO, 1) + device_stream("000002", content)
+    )
+    assert significant(events)[0] == DeviceIdentified(HELLO)
+    assert significant(events)[-1] == CaptureCompleted("000002", len(content), sha(content))
+
+
+def test_hello_abandons_capture_in_progress() -> None:
+    session = identified_session()
+    session.receive(encode_frame(CaptureBegin("a", 10), 0))
+    assert session.current == CaptureBegin("a", 10)
+    assert session.receive(encode_frame(HELLO, 1)) == [DeviceIdentified(HELLO)]
+    assert session.current is None
+
+
+def test_fail_current() -> None:
+    session = identified_session()
+    assert session.fail_current(NakReason.TIMEOUT) is None
+    session.receive(encode_frame(CaptureBegin("a", 10), 0))
+    session.receive(encode_frame(CaptureData("a", 0, b"12345"), 1))
+    assert session.received == 5
+    failed = session.fail_current(NakReason.TIMEOUT, "no data for 10 s")
+    assert failed == CaptureFailed("a", NakReason.TIMEOUT, "no data for 10 s")
+    assert session.current is None
+    # The rest of that offer is ignored.
+    assert session.receive(encode_frame(CaptureData("a", 5, b"67890"), 2)) == []
+
+
+def test_host_frames_and_sequence_numbers() -> None:
+    session = HostSession("gateway-7", "0.1.0")
+    decoder = FrameDecoder()
+    hello = decoder.feed(session.hello_frame())
+    ack = decoder.feed(session.ack_frame("000001"))
+    nak = decoder.feed(session.nak_frame("000002", NakReason.DISK_FULL))
+    assert hello == [Frame(0, HostHello("gateway-7", "0.1.0"))]
+    assert ack == [Frame(1, Ack("000001"))]
+    assert nak == [Frame(2, Nak("000002", NakReason.DISK_FULL))]
+
+
+def test_host_frames_are_dropped_when_received_by_host() -> None:
+    session = identified_session()
+    assert session.receive(encode_frame(Ack("a"), 0)) == [FrameDropped("unexpected", "Ack")]
+
+
+def test_realistic_size_capture() -> None:
+    content = bytes(range(256)) * 20_000  # ~5 MB
+    session = identified_session()
+    events = session.receive(device_stream("big", content, chunk=DATA_CHUNK))
+    assert events[-1] == CaptureCompleted("big", len(content), sha(content))
+
+
+def test_message_constructors_validate() -> None:
+    with pytest.raises(ValueError, match="capture_id"):
+        Ack("../etc")
+    with pytest.raises(ValueError, match="seq"):
+        encode_frame(Ack("a"), 70000)
+    with pytest.raises(ValueError, match="laterality"):
+        CaptureBegin("a", 1, laterality="X")
+    assert CaptureBegin("a", 1, timestamp=datetime(2024, 5, 1, 10, 31, 7).isoformat())
