@@ -40,7 +40,10 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pynetdicom repeats an ERROR line per failed attempt; our forwarder logs each
+    # change of a destination's state once. Its own lines only when debugging.
+    quiet = logging.WARNING if level == "DEBUG" else logging.CRITICAL
+    logging.getLogger("pynetdicom").setLevel(quiet)
 
 
 def _load(path: Path) -> DermGateConfig | None:

@@ -45,8 +45,9 @@ def test_corrupt_transfers_are_nakked_and_nothing_half_written_is_kept(
     fault: str,
     reason: str | None,
 ) -> None:
-    sim = simulator_factory("--captures", "2", "--interval", "0.1", "--retry-delay", "0.5",
-                            "--fault", fault)
+    sim = simulator_factory(
+        "--captures", "2", "--interval", "0.1", "--retry-delay", "0.5", "--fault", fault
+    )
     gateway = gateway_factory(gateway_config(tmp_path, pacs_port=orthanc.dicom_port))
     assert sim.wait(120) == 0, gateway.log()
     report = sim.result()
@@ -59,7 +60,8 @@ def test_corrupt_transfers_are_nakked_and_nothing_half_written_is_kept(
     assert all(r["raw_sha256"] == acked[r["device_capture_id"]] for r in rows)
     assert staging_files(tmp_path) == []
     wait_for(lambda: states(tmp_path / "state") == ["SENT", "SENT"], 60, "delivery")
-    assert gateway.proc is not None and gateway.proc.poll() is None, "the driver keeps running"
+    assert gateway.proc is not None
+    assert gateway.proc.poll() is None, "the driver keeps running"
     assert gateway.stop() == 0
 
 

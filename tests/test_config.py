@@ -58,13 +58,25 @@ def test_contract_config_is_accepted(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (("listen_port = 11113", "listen_port = 11113\nlisten_prot = 1"), "gateway.listen_prot: unknown key"),
+        (
+            ("listen_port = 11113", "listen_port = 11113\nlisten_prot = 1"),
+            "gateway.listen_prot: unknown key",
+        ),
         (('id = "derm-box-01"', 'id = "derm box/01"'), "gateway.id"),
         (("port = 4242", "port = 70000"), "destinations[0].port"),
         (('kind = "dicom"', 'kind = "ftp"'), "destinations[0].kind"),
-        (('ae_title = "ORTHANC"', 'ae_title = "THIS-AE-TITLE-IS-TOO-LONG"'), "destinations[0].ae_title"),
-        (('port = "/dev/ttyACM0"', 'port = "/dev/ttyACM0"\nbaud = 9600'), "devices[0].baud: unknown key for driver serial-dermatoscope"),
-        (('driver = "serial-dermatoscope"', 'driver = "no-such-driver"'), "unknown driver 'no-such-driver'"),
+        (
+            ('ae_title = "ORTHANC"', 'ae_title = "THIS-AE-TITLE-IS-TOO-LONG"'),
+            "destinations[0].ae_title",
+        ),
+        (
+            ('port = "/dev/ttyACM0"', 'port = "/dev/ttyACM0"\nbaud = 9600'),
+            "devices[0].baud: unknown key for driver serial-dermatoscope",
+        ),
+        (
+            ('driver = "serial-dermatoscope"', 'driver = "no-such-driver"'),
+            "unknown driver 'no-such-driver'",
+        ),
         (('port = "/dev/ttyACM0"', ""), "devices[0].port"),
     ],
 )
@@ -74,7 +86,9 @@ def test_bad_config_names_the_key_and_the_file(
     path = write(tmp_path, CONTRACT.replace(*change, 1))
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert any(expected in p and str(path) in p for p in caught.value.problems), caught.value.problems
+    assert any(expected in p and str(path) in p for p in caught.value.problems), (
+        caught.value.problems
+    )
     result = dermgate("check-config", str(path))
     assert result.returncode == 2
     assert expected in result.stderr

@@ -4,58 +4,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.sop_class import DermoscopicPhotographyImageStorage
 
 from gateway.config import DicomDestination
 from gateway.forward.cstore import CStoreSender, StoreRequest, Verdict, classify_status
 from gateway.local_orthanc import free_port
 from tests.dicom_files import make_dicom
-
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-
-
-@dataclass
-class MisbehavingPacs:
-    """A pynetdicom storage SCP whose answers are scripted per C-STORE."""
-
-    script: list[Any]
-    port: int = field(default_factory=free_port)
-    received: list[str] = field(default_factory=list)
-    server: Any = None
-
-    def handle_store(self, event: Any) -> Any:
-        action = self.script.pop(0) if self.script else 0x0000
-        if action == "abort":
-            event.assoc.abort()
-            return 0x0000
-        if action == "silence":
-            threading.Event().wait(4)
-            return 0x0000
-        if action in (0x0000, 0xB000):
-            self.received.append(str(event.request.AffectedSOPInstanceUID))
-        return action
-
-    def start(self, *, accept_dermoscopy: bool = True) -> None:
-        ae = AE(ae_title="MISBEHAVE")
-        if accept_dermoscopy:
-            ae.add_supported_context(DermoscopicPhotographyImageStorage, JPEG_BASELINE)
-        else:
-            ae.add_supported_context("1.2.840.10008.5.1.4.1.1.7", JPEG_BASELINE)
-        self.server = ae.start_server(
-            ("127.0.0.1", self.port),
-            block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self.handle_store)],
-        )
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
+from tests.peers import JPEG_BASELINE, MisbehavingPacs
 
 
 @pytest.fixture
@@ -144,9 +104,13 @@ def test_silent_peer_times_out_as_retryable(tmp_path: Path, pacs: MisbehavingPac
     assert outcomes[0].verdict is Verdict.RETRYABLE
 
 
-def test_unreachable_and_rejecting_peers_are_retryable(tmp_path: Path, pacs: MisbehavingPacs) -> None:
+def test_unreachable_and_rejecting_peers_are_retryable(
+    tmp_path: Path, pacs: MisbehavingPacs
+) -> None:
     reqs = requests(tmp_path, 2)
-    outcomes = CStoreSender("DERMGATE", destination(free_port())).send_batch(reqs, threading.Event())
+    outcomes = CStoreSender("DERMGATE", destination(free_port())).send_batch(
+        reqs, threading.Event()
+    )
     assert all(o.verdict is Verdict.RETRYABLE and o.unreachable for o in outcomes)
     assert "could not open an association" in outcomes[0].detail
     pacs.start()

@@ -82,7 +82,9 @@ def test_captures_reach_orthanc_as_valid_dermoscopic_photography(
     )
     entries = [json.loads(line) for line in listing.stdout.splitlines()]
     assert [e["state"] for e in entries] == ["SENT"] * 3
-    assert {e["sop_instance_uid"] for e in entries} == {r["sop_instance_uid"] for r in rows.values()}
+    assert {e["sop_instance_uid"] for e in entries} == {
+        r["sop_instance_uid"] for r in rows.values()
+    }
     assert all(e["attempts"] == 1 for e in entries)
 
     assert gateway.stop() == 0

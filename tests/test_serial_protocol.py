@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import struct
 import zlib
@@ -213,7 +214,9 @@ def test_wire_format_is_as_documented() -> None:
 
 @given(messages, seqs, st.data())
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
-def test_frame_split_anywhere_still_decodes(message: Message, seq: int, data: st.DataObject) -> None:
+def test_frame_split_anywhere_still_decodes(
+    message: Message, seq: int, data: st.DataObject
+) -> None:
     frame = encode_frame(message, seq)
     cut = data.draw(st.integers(0, len(frame)))
     decoder = FrameDecoder()
@@ -253,7 +256,7 @@ def test_arbitrary_bytes_never_raise(data: bytes, cuts: list[int]) -> None:
     session.hello_frame()
     session.receive(encode_frame(HELLO, 0))
     bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         for item in decoder.feed(data[start:end]):
             assert isinstance(item, Frame | FrameError)
         session.receive(data[start:end])
@@ -346,8 +349,11 @@ def test_empty_frames_are_ignored() -> None:
         (0x10, b'{"capture_id": "a", "length": 1, "lesion_id": "\\ud800"}', "bad-payload"),
         (0x10, b'{"capture_id": "a", "length": 1, "color_temperature_k": 5e3}', "bad-payload"),
         (0x02, b'{"manufacturer": "m", "model": "m", "serial": "s"}', "bad-payload"),
-        (0x02, b'{"manufacturer":"m","model":"m","serial":"s","firmware":"f",'
-         b'"capabilities":"jpeg"}', "bad-payload"),
+        (
+            0x02,
+            b'{"manufacturer":"m","model":"m","serial":"s","firmware":"f","capabilities":"jpeg"}',
+            "bad-payload",
+        ),
         (0x12, b'{"capture_id": "a", "length": 1, "sha256": "xyz"}', "bad-payload"),
         (0x11, b"", "bad-payload"),
         (0x11, b"\x05ab", "bad-payload"),
@@ -395,7 +401,7 @@ def test_complete_capture_any_chunking(content: bytes, chunk: int, cuts: list[in
     stream = device_stream("c1", content, chunk=chunk)
     bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
     events: list[Event] = []
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         events += session.receive(stream[start:end])
     assert significant(events)[-1] == CaptureCompleted("c1", len(content), sha(content))
     assert received_bytes(events, "c1") == content

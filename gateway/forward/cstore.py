@@ -36,20 +36,19 @@ retried with backoff, for ever, with the same SOP Instance UID.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import contextlib
-import socket
-
 from pynetdicom import AE, _config
-from pynetdicom.transport import AssociationSocket
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import AssociationSocket
 
 from gateway.config import DicomDestination
 
@@ -57,8 +56,9 @@ log = logging.getLogger(__name__)
 
 # Stream files from disk instead of decoding them into memory.
 _config.STORE_SEND_CHUNKED_DATASET = True
-# pynetdicom's own logging can print dataset contents at debug level: keep it quiet.
-logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+# pynetdicom logs every failed association at ERROR (a line per retry) and can print
+# dataset contents at DEBUG. We classify and log outcomes ourselves, once per change.
+logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
 
 def _shutdown_socket(self: AssociationSocket) -> None:

@@ -1,0 +1,121 @@
+"""Delivery through the running gateway when the PACS misbehaves (real pynetdicom SCPs).
+
+The captures are acknowledged and kept whatever the PACS does; they are delivered
+when it behaves again, always with the same SOP Instance UID; a permanent refusal
+quarantines the capture with the PACS's status as the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    GatewayProcess,
+    SimulatorProcess,
+    delivery_rows,
+    gateway_config,
+    ledger_rows,
+    states,
+    wait_for,
+)
+from tests.peers import MisbehavingPacs
+
+
+@pytest.fixture
+def pacs() -> Iterator[MisbehavingPacs]:
+    server = MisbehavingPacs(script=[])
+    yield server
+    server.stop()
+
+
+def test_pacs_aborting_mid_transfer_then_delivered_once_with_same_uid(
+    tmp_path: Path,
+    pacs: MisbehavingPacs,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    pacs.script = ["abort", "abort"]
+    pacs.start()
+    config = gateway_config(tmp_path, pacs_port=pacs.port, pacs_ae="MISBEHAVE")
+    sim = simulator_factory("--captures", "2", "--interval", "0.1")
+    gateway = gateway_factory(config)
+    assert sim.wait(120) == 0
+    state_dir = tmp_path / "state"
+    wait_for(lambda: states(state_dir) == ["SENT", "SENT"], 60, "delivery after aborts")
+    uids = sorted(r["sop_instance_uid"] for r in ledger_rows(state_dir))
+    assert sorted(pacs.received) == uids, "each instance stored once, same UIDs"
+    attempts = sum(d["attempts"] for d in delivery_rows(state_dir))
+    assert attempts >= 4, "two aborted attempts, then one successful one each"
+    assert gateway.stop() == 0
+
+
+def test_pacs_refusing_associations_then_accepting(
+    tmp_path: Path,
+    pacs: MisbehavingPacs,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    pacs.start()
+    pacs.reject_associations(True)
+    config = gateway_config(tmp_path, pacs_port=pacs.port, pacs_ae="MISBEHAVE")
+    sim = simulator_factory("--captures", "1")
+    gateway = gateway_factory(config)
+    assert sim.wait(120) == 0, "acknowledged although the PACS refuses"
+    state_dir = tmp_path / "state"
+
+    def refused_twice() -> bool:
+        rows = delivery_rows(state_dir) if ledger_rows(state_dir) else []
+        return bool(rows) and rows[0]["attempts"] >= 2 and "rejected" in rows[0]["last_error"]
+
+    wait_for(refused_twice, 60, "retries while the PACS refuses")
+    uid = ledger_rows(state_dir)[0]["sop_instance_uid"]
+    pacs.reject_associations(False)
+    wait_for(lambda: states(state_dir) == ["SENT"], 60, "delivery once the PACS accepts")
+    assert pacs.received == [uid]
+    log = gateway.log()
+    assert log.count("destination pacs unavailable") == 1, "a state change is logged once"
+    assert log.count("destination pacs reachable") == 1
+    assert gateway.stop() == 0
+
+
+def test_permanent_refusal_quarantines_with_the_status(
+    tmp_path: Path,
+    pacs: MisbehavingPacs,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    pacs.script = [0xC000]
+    pacs.start()
+    config = gateway_config(tmp_path, pacs_port=pacs.port, pacs_ae="MISBEHAVE")
+    sim = simulator_factory("--captures", "1")
+    gateway = gateway_factory(config)
+    assert sim.wait(120) == 0
+    state_dir = tmp_path / "state"
+    wait_for(lambda: states(state_dir) == ["QUARANTINED"], 60, "quarantine")
+    row = ledger_rows(state_dir)[0]
+    assert "0xC000" in row["reason"]
+    assert (state_dir / "spool" / "dicom" / row["dicom_name"]).exists(), "kept for a technician"
+    assert delivery_rows(state_dir)[0]["attempts"] == 1, "not retried blindly"
+    assert gateway.stop() == 0
+
+
+def test_out_of_resources_is_retried(
+    tmp_path: Path,
+    pacs: MisbehavingPacs,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    pacs.script = [0xA700]
+    pacs.start()
+    config = gateway_config(tmp_path, pacs_port=pacs.port, pacs_ae="MISBEHAVE")
+    sim = simulator_factory("--captures", "1")
+    gateway = gateway_factory(config)
+    assert sim.wait(120) == 0
+    state_dir = tmp_path / "state"
+    wait_for(lambda: states(state_dir) == ["SENT"], 60, "delivery after 0xA700")
+    assert delivery_rows(state_dir)[0]["attempts"] == 2
+    assert pacs.received == [ledger_rows(state_dir)[0]["sop_instance_uid"]]
+    assert gateway.stop() == 0
