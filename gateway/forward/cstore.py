@@ -78,7 +78,7 @@ def _shutdown_socket(self: AssociationSocket) -> None:
         sock.close()
 
 
-AssociationSocket._shutdown_socket = _shutdown_socket
+AssociationSocket._shutdown_socket = _shutdown_socket  # type: ignore[method-assign]
 
 
 class Verdict(enum.Enum):
