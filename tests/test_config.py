@@ -127,3 +127,9 @@ def test_defaults_suit_a_real_box(tmp_path: Path) -> None:
     assert config.gateway.state_dir == Path("/var/lib/dermgate")
     assert config.gateway.id == default_gateway_id() == default_gateway_id()
     assert all(ch.isalnum() or ch == "-" for ch in config.gateway.id)
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).parent.parent / "image" / "dermgate.toml.example"
+    result = dermgate("check-config", str(example))
+    assert result.returncode == 0, result.stderr
