@@ -2,9 +2,11 @@
 # Static checks, the same locally and in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+paths=(gateway drivers tests)
+[[ -d bench ]] && paths+=(bench)
 echo "check: ruff format"
-.venv/bin/ruff format --check gateway drivers tests bench
+.venv/bin/ruff format --check "${paths[@]}"
 echo "check: ruff lint"
-.venv/bin/ruff check gateway drivers tests bench
+.venv/bin/ruff check "${paths[@]}"
 echo "check: mypy --strict"
 .venv/bin/mypy --strict gateway drivers
