@@ -15,6 +15,11 @@ from importlib.metadata import PackageNotFoundError, version
 from gateway.capture import GatewayIdentity
 from gateway.config import DermGateConfig
 from gateway.devices.registry import find_driver
+from gateway.forward.commitment import (
+    CommitmentListener,
+    CommitmentRequester,
+    RetentionConfirmer,
+)
 from gateway.forward.forwarder import Forwarder
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
@@ -60,9 +65,34 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
     try:
         names = [d.name for d in config.destinations]
         await ledger.call(db.add_missing_deliveries, names, time.time())
-        forwarders = [
-            Forwarder(ledger, dirs, config.gateway.ae_title, d) for d in config.destinations
+        requesters = {
+            d.name: CommitmentRequester(ledger, config.gateway.ae_title, d)
+            for d in config.destinations
+            if d.storage_commitment
+        }
+        confirmers = [
+            RetentionConfirmer(ledger, d) for d in config.destinations if not d.storage_commitment
         ]
+        forwarders = [
+            Forwarder(
+                ledger,
+                dirs,
+                config.gateway.ae_title,
+                d,
+                requesters[d.name].notify if d.name in requesters else lambda: None,
+            )
+            for d in config.destinations
+        ]
+        by_name = {f.name: f for f in forwarders}
+        limits = {d.name: d.commitment_max_failures for d in config.destinations}
+        listener = CommitmentListener(
+            ledger,
+            config.gateway.ae_title,
+            config.gateway.listen_address,
+            config.gateway.listen_port,
+            max_failures=lambda name: limits.get(name, 1),
+            on_resend=lambda name: by_name[name].notify() if name in by_name else None,
+        )
         identity = GatewayIdentity(
             gateway_id=config.gateway.id,
             software_version=software_version(),
@@ -79,8 +109,15 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:
             supervisor = Supervisor(group)
+            if requesters:
+                # Reports may arrive before N-ACTION-RSP: listen before any request.
+                await supervisor.start("commitment-listener", listener.run)
             for forwarder in forwarders:
                 await supervisor.start(f"forward:{forwarder.name}", forwarder.run)
+            for name, requester in requesters.items():
+                await supervisor.start(f"commit:{name}", requester.run)
+            for confirmer in confirmers:
+                await supervisor.start(f"retain:{confirmer.destination.name}", confirmer.run)
             await supervisor.start("wrap", wrapper.run)
             for index, device in enumerate(config.devices):
                 factory = find_driver(device.driver)

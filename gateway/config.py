@@ -107,6 +107,10 @@ class GatewaySettings(_Strict):
     listen_port: Port = Field(
         default=11113, description="TCP port of our DICOM listener (commitment reports)."
     )
+    listen_address: str = Field(
+        default="0.0.0.0",
+        description="Address our DICOM listener binds to; the PACS must reach it.",
+    )
     state_dir: Path = Field(
         default=Path("/var/lib/dermgate"),
         description="Where the spool (captures, DICOM files) and the ledger live.",
@@ -160,6 +164,29 @@ class DicomDestination(_Strict):
     )
     batch_size: int = Field(
         default=20, ge=1, le=1000, description="Instances sent per association."
+    )
+    commitment_batch_size: int = Field(
+        default=50, ge=1, le=10000, description="Instances per commitment request."
+    )
+    commitment_batch_delay: float = Field(
+        default=2.0, ge=0, description="Seconds to wait for a fuller commitment batch."
+    )
+    commitment_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds to wait for a commitment report before asking again.",
+    )
+    commitment_max_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Failed commitments of one instance (each followed by a re-send) "
+        "before it is quarantined.",
+    )
+    unconfirmed_retention: float = Field(
+        default=7 * 86400.0,
+        ge=0,
+        description="Without storage commitment: seconds after which a SENT instance "
+        "counts as delivered (and may later be purged).",
     )
 
     @field_validator("name")

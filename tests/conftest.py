@@ -74,14 +74,25 @@ def gateway_config(
     retry_initial: float = 0.5,
     retry_max: float = 2.0,
     extra_destination: str = "",
+    commit_via: OrthancProcess | None = None,
+    listen_port: int | None = None,
+    commitment_timeout: float = 20.0,
 ) -> Path:
-    """Write a gateway configuration for a test; return its path."""
+    """Write a gateway configuration for a test; return its path.
+
+    With ``commit_via`` (an Orthanc from the ``orthanc`` fixture) storage commitment
+    is on and our listener uses the port that Orthanc knows us by.
+    """
     link = link or tmp_path / "ttyDERM0"
+    commit = commit_via is not None or listen_port is not None
+    if commit_via is not None:
+        listen_port = commit_via.modalities["dermgate"][2]
     text = f"""
 [gateway]
 id = "test-box-01"
 ae_title = "{GATEWAY_AE}"
-listen_port = {free_port()}
+listen_port = {listen_port or free_port()}
+listen_address = "127.0.0.1"
 state_dir = "{tmp_path / "state"}"
 log_level = "DEBUG"
 
@@ -91,7 +102,9 @@ kind = "dicom"
 ae_title = "{pacs_ae}"
 host = "127.0.0.1"
 port = {pacs_port}
-storage_commitment = false
+storage_commitment = {"true" if commit else "false"}
+commitment_timeout = {commitment_timeout}
+commitment_batch_delay = 0.2
 retry_initial = {retry_initial}
 retry_max = {retry_max}
 connect_timeout = 3

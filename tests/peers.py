@@ -6,8 +6,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import DermoscopicPhotographyImageStorage
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import DermoscopicPhotographyImageStorage, StorageCommitmentPushModel
 
 from gateway.local_orthanc import free_port
 
@@ -22,6 +23,64 @@ class MisbehavingPacs:
     port: int = field(default_factory=free_port)
     received: list[str] = field(default_factory=list)
     server: Any = None
+    # Storage commitment: what to do per N-ACTION ("commit", "fail", "silent",
+    # "unknown-then-commit"), where to report, and what happened.
+    commit_script: list[str] = field(default_factory=list)
+    report_to: int | None = None
+    actions: list[str] = field(default_factory=list)
+    report_statuses: list[int] = field(default_factory=list)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def handle_action(self, event: Any) -> Any:
+        info = event.action_information
+        txn = str(info.TransactionUID)
+        refs = [
+            (str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID))
+            for i in info.ReferencedSOPSequence
+        ]
+        self.actions.append(txn)
+        plan = self.commit_script.pop(0) if self.commit_script else "commit"
+        if plan != "silent":
+            worker = threading.Thread(target=self._report, args=(plan, txn, refs), daemon=True)
+            self._threads.append(worker)
+            worker.start()
+        return 0x0000, None
+
+    def _report(self, plan: str, txn: str, refs: list[tuple[str, str]]) -> None:
+        assert self.report_to is not None
+        ae = AE(ae_title="MISBEHAVE")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        role = build_role(StorageCommitmentPushModel, scp_role=True)
+        reports = []
+        if plan == "unknown-then-commit":
+            reports.append(("2.25.424242", refs, "commit"))
+            plan = "commit"
+        reports.append((txn, refs, plan))
+        for uid, items, kind in reports:
+            assoc = ae.associate("127.0.0.1", self.report_to, ae_title="DERMGATE", ext_neg=[role])
+            assert assoc.is_established, "the gateway's listener accepts the report association"
+            report = Dataset()
+            report.TransactionUID = uid
+            seq = []
+            for sop_class, sop_instance in items:
+                item = Dataset()
+                item.ReferencedSOPClassUID = sop_class
+                item.ReferencedSOPInstanceUID = sop_instance
+                if kind == "fail":
+                    item.FailureReason = 0x0112
+                seq.append(item)
+            if kind == "fail":
+                report.FailedSOPSequence = seq
+            else:
+                report.ReferencedSOPSequence = seq
+            status, _ = assoc.send_n_event_report(
+                report,
+                2 if kind == "fail" else 1,
+                StorageCommitmentPushModel,
+                "1.2.840.10008.1.20.1.1",
+            )
+            self.report_statuses.append(int(status.Status) if status else -1)
+            assoc.release()
 
     def handle_store(self, event: Any) -> Any:
         action = self.script.pop(0) if self.script else 0x0000
@@ -41,10 +100,14 @@ class MisbehavingPacs:
             ae.add_supported_context(DermoscopicPhotographyImageStorage, JPEG_BASELINE)
         else:
             ae.add_supported_context("1.2.840.10008.5.1.4.1.1.7", JPEG_BASELINE)
+        ae.add_supported_context(StorageCommitmentPushModel)
         self.server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self.handle_store)],
+            evt_handlers=[
+                (evt.EVT_C_STORE, self.handle_store),
+                (evt.EVT_N_ACTION, self.handle_action),
+            ],
         )
 
     def reject_associations(self, reject: bool) -> None:
@@ -55,3 +118,5 @@ class MisbehavingPacs:
     def stop(self) -> None:
         if self.server is not None:
             self.server.shutdown()
+        for worker in self._threads:
+            worker.join(10)

@@ -45,7 +45,7 @@ def test_captures_reach_orthanc_as_valid_dermoscopic_photography(
     gateway_factory: Callable[[Path], GatewayProcess],
     simulator_factory: Callable[..., SimulatorProcess],
 ) -> None:
-    config = gateway_config(tmp_path, pacs_port=orthanc.dicom_port)
+    config = gateway_config(tmp_path, pacs_port=orthanc.dicom_port, commit_via=orthanc)
     sim = simulator_factory("--captures", "3", "--interval", "0.2")
     gateway = gateway_factory(config)
 
@@ -53,7 +53,7 @@ def test_captures_reach_orthanc_as_valid_dermoscopic_photography(
     report = sim.result()
     assert len(report["acknowledged"]) == 3
     state_dir = tmp_path / "state"
-    wait_for(lambda: states(state_dir) == ["SENT"] * 3, 60, "3 captures SENT")
+    wait_for(lambda: states(state_dir) == ["COMMITTED"] * 3, 60, "3 captures COMMITTED")
 
     rows = {r["device_capture_id"]: r for r in ledger_rows(state_dir)}
     for acked in report["acknowledged"]:
@@ -81,7 +81,7 @@ def test_captures_reach_orthanc_as_valid_dermoscopic_photography(
         check=True,
     )
     entries = [json.loads(line) for line in listing.stdout.splitlines()]
-    assert [e["state"] for e in entries] == ["SENT"] * 3
+    assert [e["state"] for e in entries] == ["COMMITTED"] * 3
     assert {e["sop_instance_uid"] for e in entries} == {
         r["sop_instance_uid"] for r in rows.values()
     }

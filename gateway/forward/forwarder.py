@@ -33,8 +33,14 @@ class Forwarder:
     """Delivers wrapped captures to one DICOM destination."""
 
     def __init__(
-        self, ledger: Ledger, dirs: SpoolDirs, calling_ae: str, destination: DicomDestination
+        self,
+        ledger: Ledger,
+        dirs: SpoolDirs,
+        calling_ae: str,
+        destination: DicomDestination,
+        on_sent: Callable[[], None] = lambda: None,
     ) -> None:
+        self._on_sent = on_sent
         self._ledger = ledger
         self._dirs = dirs
         self.destination = destination
@@ -95,6 +101,11 @@ class Forwarder:
         await self._record(due, outcomes)
 
     async def _record(self, due: list[DueDelivery], outcomes: list[StoreOutcome]) -> None:
+        await self._record_outcomes(due, outcomes)
+        if any(o.verdict.delivered for o in outcomes):
+            self._on_sent()
+
+    async def _record_outcomes(self, due: list[DueDelivery], outcomes: list[StoreOutcome]) -> None:
         attempts = {d.capture_id: d.attempts for d in due}
         if outcomes:
             self._log_reachability(not outcomes[0].unreachable, outcomes[0].detail)

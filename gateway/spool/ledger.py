@@ -16,6 +16,7 @@ import json
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from gateway.capture import (
 )
 from gateway.spool.states import CaptureState, DeliveryState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE captures (
@@ -74,6 +75,28 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_due ON deliveries (destination, state, next_attempt_at);
 """
+
+# v2: Storage Commitment. A delivery remembers the commitment transaction that asks
+# about it; transactions are persisted so that a restart neither forgets nor repeats
+# them blindly.
+_SCHEMA_V2 = """
+ALTER TABLE deliveries ADD COLUMN sent_epoch REAL;
+ALTER TABLE deliveries ADD COLUMN commit_txn TEXT;
+ALTER TABLE deliveries ADD COLUMN commit_failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE deliveries ADD COLUMN committed_at TEXT;
+CREATE INDEX deliveries_commit ON deliveries (commit_txn);
+CREATE TABLE commitments (
+    transaction_uid TEXT PRIMARY KEY,
+    destination     TEXT NOT NULL,
+    created_epoch   REAL NOT NULL,
+    requested_epoch REAL,
+    state           TEXT NOT NULL
+);
+CREATE INDEX commitments_open ON commitments (destination, state);
+UPDATE deliveries SET sent_epoch = strftime('%s', 'now') WHERE state = 'SENT';
+"""
+
+_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 T = TypeVar("T")
 
@@ -252,10 +275,12 @@ def migrate(conn: sqlite3.Connection) -> None:
             f"ledger schema version {version} is newer than this DermGate "
             f"(knows {SCHEMA_VERSION}); upgrade DermGate, do not downgrade"
         )
-    if version == 0:
-        with conn:
-            conn.executescript(_SCHEMA_V1)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    for step in range(version + 1, SCHEMA_VERSION + 1):
+        # executescript commits on its own; wrap each step in one explicit transaction
+        # so that a crash mid-upgrade leaves the previous version intact.
+        conn.executescript(
+            f"BEGIN IMMEDIATE;\n{_MIGRATIONS[step]}\nPRAGMA user_version = {step};\nCOMMIT;"
+        )
 
 
 def open_ledger(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -438,25 +463,56 @@ def next_attempt_time(conn: sqlite3.Connection, destination: str) -> float | Non
     return None if value is None else float(value)
 
 
-def record_sent(conn: sqlite3.Connection, capture_id: int, destination: str) -> bool:
-    """Mark one delivery done; the capture becomes SENT when all are. Returns that."""
-    now = utc_now_text()
+def refresh_capture_state(conn: sqlite3.Connection, capture_id: int, now: str) -> None:
+    """Derive a delivered capture's state from its deliveries (inside a transaction).
+
+    All deliveries COMMITTED → COMMITTED; all SENT or COMMITTED → SENT; any still
+    PENDING → WRAPPED (a capture goes back to WRAPPED when the PACS reports that it
+    could not commit it and it is sent again). QUARANTINED captures are left alone.
+    """
+    counts = dict(
+        conn.execute(
+            "SELECT state, COUNT(*) FROM deliveries WHERE capture_id = ? GROUP BY state",
+            (capture_id,),
+        ).fetchall()
+    )
+    total = sum(counts.values())
+    if total == 0 or counts.get(DeliveryState.FAILED):
+        return
+    if counts.get(DeliveryState.COMMITTED, 0) == total:
+        state = CaptureState.COMMITTED
+    elif counts.get(DeliveryState.PENDING, 0) == 0:
+        state = CaptureState.SENT
+    else:
+        state = CaptureState.WRAPPED
+    conn.execute(
+        "UPDATE captures SET state = ?, updated_at = ? WHERE id = ? AND state IN (?, ?, ?) "
+        "AND state != ?",
+        (
+            state,
+            now,
+            capture_id,
+            CaptureState.WRAPPED,
+            CaptureState.SENT,
+            CaptureState.COMMITTED,
+            state,
+        ),
+    )
+
+
+def record_sent(
+    conn: sqlite3.Connection, capture_id: int, destination: str, now: float | None = None
+) -> None:
+    """The destination stored the instance: delivery SENT (capture SENT when all are)."""
+    stamp = utc_now_text()
     with conn:
         conn.execute(
             "UPDATE deliveries SET state = ?, attempts = attempts + 1, sent_at = ?, "
-            "last_error = NULL WHERE capture_id = ? AND destination = ?",
-            (DeliveryState.SENT, now, capture_id, destination),
+            "sent_epoch = ?, last_error = NULL, commit_txn = NULL "
+            "WHERE capture_id = ? AND destination = ?",
+            (DeliveryState.SENT, stamp, now or time.time(), capture_id, destination),
         )
-        left = conn.execute(
-            "SELECT COUNT(*) FROM deliveries WHERE capture_id = ? AND state != ?",
-            (capture_id, DeliveryState.SENT),
-        ).fetchone()[0]
-        if left == 0:
-            conn.execute(
-                "UPDATE captures SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
-                (CaptureState.SENT, now, capture_id, CaptureState.WRAPPED),
-            )
-    return bool(left == 0)
+        refresh_capture_state(conn, capture_id, stamp)
 
 
 def record_retry(

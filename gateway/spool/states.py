@@ -35,4 +35,5 @@ class DeliveryState(enum.StrEnum):
 
     PENDING = "PENDING"
     SENT = "SENT"
+    COMMITTED = "COMMITTED"
     FAILED = "FAILED"
