@@ -25,6 +25,7 @@ from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
 from gateway.spool.intake import Intake
 from gateway.spool.ledger import Ledger
+from gateway.spool.reconcile import reconcile
 from gateway.supervise import Supervisor
 from gateway.wrap import Wrapper
 
@@ -39,30 +40,14 @@ def software_version() -> str:
         return "0+unknown"
 
 
-def clear_staging(dirs: SpoolDirs) -> int:
-    """Remove staging leftovers of a previous run.
-
-    A staging file was never acknowledged to the device (acknowledgement happens
-    only after it is renamed into ``raw/``), so the device still holds the capture
-    and will offer it again: deleting it loses nothing.
-    """
-    removed = 0
-    for path in dirs.staging.iterdir():
-        path.unlink()
-        removed += 1
-    return removed
-
-
 async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
     """Run the gateway until ``stop`` is set, then shut down in order."""
     dirs = SpoolDirs(config.spool_dir())
     await asyncio.to_thread(dirs.create)
-    removed = await asyncio.to_thread(clear_staging, dirs)
-    if removed:
-        log.info("removed %d unacknowledged staging file(s) left by the last run", removed)
     ledger = Ledger(config.ledger_path())
     await asyncio.to_thread(ledger.start)
     try:
+        await ledger.call(reconcile, dirs)
         names = [d.name for d in config.destinations]
         await ledger.call(db.add_missing_deliveries, names, time.time())
         requesters = {
