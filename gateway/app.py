@@ -25,7 +25,9 @@ from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
 from gateway.spool.intake import Intake
 from gateway.spool.ledger import Ledger
+from gateway.spool.purge import Purger
 from gateway.spool.reconcile import reconcile
+from gateway.spool.space import MIB, SpaceGuard
 from gateway.supervise import Supervisor
 from gateway.wrap import Wrapper
 
@@ -89,7 +91,8 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
                 forwarder.notify()
 
         wrapper = Wrapper(ledger, dirs, identity, names, wrapped)
-        intake = Intake(ledger, dirs, wrapper.notify)
+        space = SpaceGuard(dirs.root, config.spool.reserve_mb * MIB)
+        intake = Intake(ledger, dirs, wrapper.notify, space)
         if not forwarders:
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:
@@ -103,6 +106,7 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
                 await supervisor.start(f"commit:{name}", requester.run)
             for confirmer in confirmers:
                 await supervisor.start(f"retain:{confirmer.destination.name}", confirmer.run)
+            await supervisor.start("purge", Purger(ledger, dirs, config.spool).run)
             await supervisor.start("wrap", wrapper.run)
             for index, device in enumerate(config.devices):
                 factory = find_driver(device.driver)

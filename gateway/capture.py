@@ -93,11 +93,13 @@ class CaptureOffer:
     ``device_capture_id`` is unique per device serial number; the pair is how a
     re-offered capture is recognised. ``anatomic_site`` is a SNOMED CT code value
     from CID 4029 (Dermatology Anatomic Site) chosen on the device, ``lesion_id``
-    the device's lesion label (becomes Tracking ID).
+    the device's lesion label (becomes Tracking ID). ``length`` is the announced size
+    in bytes, when the device says it (used to refuse early when the disk is full).
     """
 
     device_capture_id: str
     acquired_at: datetime | None = None
+    length: int | None = None
     settings: DermoscopySettings = field(default_factory=DermoscopySettings)
     anatomic_site: str | None = None
     laterality: Laterality | None = None

@@ -132,6 +132,41 @@ class GatewaySettings(_Strict):
         return _check_ae_title(value)
 
 
+class SpoolSettings(_Strict):
+    """``[spool]``: how much disk the spool may use and when copies are purged."""
+
+    reserve_mb: int = Field(
+        default=1024,
+        ge=1,
+        description="Free space (MiB) always kept on the spool's filesystem: room for a "
+        "ledger checkpoint and the largest capture. Below it new captures are refused at "
+        "the device (NAK DISK_FULL); intake resumes by itself when space is back.",
+    )
+    purge_high_watermark: float = Field(
+        default=80.0,
+        gt=0,
+        le=100,
+        description="Percent of the filesystem used above which local copies of "
+        "confirmed captures are deleted, oldest first.",
+    )
+    purge_low_watermark: float = Field(
+        default=70.0, gt=0, le=100, description="Purging stops below this percentage."
+    )
+    keep_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Local copies of confirmed captures older than this are deleted "
+        "whatever the space.",
+    )
+    purge_interval: float = Field(default=300.0, gt=0, description="Seconds between purge checks.")
+
+    @model_validator(mode="after")
+    def _watermarks(self) -> SpoolSettings:
+        if self.purge_low_watermark > self.purge_high_watermark:
+            raise ValueError("purge_low_watermark must not exceed purge_high_watermark")
+        return self
+
+
 class DicomDestination(_Strict):
     """``[[destinations]]`` with ``kind = "dicom"``: a PACS reached by C-STORE."""
 
@@ -228,6 +263,7 @@ class DermGateConfig(_Strict):
     """The whole configuration file."""
 
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
     destinations: list[DicomDestination] = Field(default_factory=list)
     devices: list[DeviceSettings] = Field(default_factory=list)
 

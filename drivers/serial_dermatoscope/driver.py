@@ -69,6 +69,7 @@ def offer_from_begin(begin: p.CaptureBegin) -> CaptureOffer:
     return CaptureOffer(
         device_capture_id=begin.capture_id,
         acquired_at=datetime.fromisoformat(begin.timestamp) if begin.timestamp else None,
+        length=begin.length,
         settings=DermoscopySettings(
             polarization=Polarization(begin.polarization) if begin.polarization else None,
             contact=ContactMethod(begin.contact) if begin.contact else None,

@@ -34,6 +34,7 @@ from gateway.dicom.uids import new_uid
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs, fsync_dir
 from gateway.spool.ledger import Ledger
+from gateway.spool.space import SpaceGuard
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,17 @@ class KnownCapture:
 class Intake:
     """Receives captures from drivers and commits them to the spool."""
 
-    def __init__(self, ledger: Ledger, dirs: SpoolDirs, on_captured: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        dirs: SpoolDirs,
+        on_captured: Callable[[], None],
+        space: SpaceGuard | None = None,
+    ) -> None:
         self.ledger = ledger
         self.dirs = dirs
         self._on_captured = on_captured
+        self.space = space
 
     def host_for(self, driver: str, device_name: str) -> DriverHost:
         """The :class:`DeviceHost` given to one driver instance."""
@@ -192,6 +200,8 @@ class Intake:
         )
         if known is not None:
             return KnownCapture(known)
+        if self.space is not None and not await asyncio.to_thread(self.space.admits, offer.length):
+            raise CaptureRefused(RefusalReason.DISK_FULL, "spool below its free-space reserve")
         path = self.dirs.staging / f"{uuid.uuid4().hex}.part"
         try:
             fh = await asyncio.to_thread(open, path, "xb")

@@ -1,0 +1,332 @@
+"""Blocking spool operations behind the technician's ``dermgate spool`` commands.
+
+They run in the command's own process, beside a gateway service that may be using
+the same ledger (SQLite WAL): reads use a read-only connection, the one write
+(:func:`retry_capture`) takes the write lock with ``BEGIN IMMEDIATE`` and waits for
+the service up to the ledger's busy timeout. Nothing here returns patient data; the
+DICOM file is read only by ``show --reveal``, in the command module.
+
+Retry rules (the way out of QUARANTINED once a technician has acted), applied in one
+ledger transaction, under the write lock, after re-reading the capture:
+
+* the capture must be QUARANTINED, else :class:`NotPossible`;
+* it has no DICOM file to send — it was never wrapped (``dicom_name`` is NULL), its
+  quarantine came from wrapping (no delivery rows), or the DICOM file is gone — and
+  its raw device file exists → CAPTURED: the service wraps it again, with the same
+  UIDs;
+* otherwise, if its DICOM file exists → WRAPPED: every FAILED delivery goes back to
+  PENDING with ``next_attempt_at`` = now, ``commit_failures`` = 0, ``commit_txn`` =
+  NULL and ``last_error`` = "retry requested by technician"; a configured destination
+  without a delivery row gets a PENDING one; if nothing is left pending (every
+  destination already has it) the state is derived from the deliveries (SENT or
+  COMMITTED) instead;
+* in both cases FAILED deliveries are reset as above (a re-wrapped capture must be
+  sent again) and the ``reason`` column is cleared;
+* neither raw nor DICOM file exists → :class:`NotPossible`, "nothing left to send".
+
+The service's forwarders poll the ledger at least every 60 s, so a retried capture
+is picked up within that interval without restarting the service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.spool.files import SpoolDirs, atomic_writer
+from gateway.spool.ledger import SpoolEntry, get_capture, refresh_capture_state, utc_now_text
+from gateway.spool.states import CaptureState, DeliveryState
+
+RETRY_NOTE = "retry requested by technician"
+SERVICE_POLL_SECONDS = 60
+EXPORT_CHUNK = 1 << 20
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+
+
+class AdminError(Exception):
+    """A spool command cannot do what was asked; the message says why."""
+
+
+class NoSuchCapture(AdminError):
+    """The spool has no capture with that id or SOP Instance UID."""
+
+
+class NotPossible(AdminError):
+    """The capture exists, but the action is not possible in its state."""
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def parse_ref(text: str) -> int | str:
+    """A capture reference from the command line: spool id (int) or SOP Instance UID.
+
+    Raises :class:`ValueError` for anything else.
+    """
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    if len(text) <= 64 and _UID.match(text):
+        return text
+    raise ValueError(f"{text!r} is neither a spool id nor a SOP Instance UID")
+
+
+def find_entry(conn: sqlite3.Connection, ref: int | str) -> SpoolEntry:
+    """The capture ``ref`` names; raises :class:`NoSuchCapture`."""
+    if isinstance(ref, str):
+        row = conn.execute("SELECT id FROM captures WHERE sop_instance_uid = ?", (ref,)).fetchone()
+        entry = None if row is None else get_capture(conn, int(row[0]))
+    else:
+        entry = get_capture(conn, ref)
+    if entry is None:
+        what = f"spool id {ref}" if isinstance(ref, int) else f"SOP Instance UID {ref}"
+        raise NoSuchCapture(f"no capture with {what} in the spool")
+    return entry
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One capture towards one destination, as the ledger records it."""
+
+    destination: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+    commit_failures: int
+    commit_txn: str | None
+    sent_at: str | None
+    committed_at: str | None
+
+
+def deliveries(conn: sqlite3.Connection, capture_id: int) -> list[DeliveryRecord]:
+    """The capture's deliveries, by destination name."""
+    rows = conn.execute(
+        "SELECT destination, state, attempts, next_attempt_at, last_error, commit_failures, "
+        "commit_txn, sent_at, committed_at FROM deliveries WHERE capture_id = ? "
+        "ORDER BY destination",
+        (capture_id,),
+    ).fetchall()
+    return [
+        DeliveryRecord(
+            destination=r["destination"],
+            state=DeliveryState(r["state"]),
+            attempts=r["attempts"],
+            next_attempt_at=r["next_attempt_at"],
+            last_error=r["last_error"],
+            commit_failures=r["commit_failures"],
+            commit_txn=r["commit_txn"],
+            sent_at=r["sent_at"],
+            committed_at=r["committed_at"],
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolFile:
+    """A file of a capture in the spool: what the ledger names and what is on disk."""
+
+    path: Path | None
+    exists: bool
+    size: int | None
+
+
+def spool_file(folder: Path, name: str | None) -> SpoolFile:
+    """Look at ``folder/name`` (``name`` None: the capture has no such file)."""
+    if name is None:
+        return SpoolFile(None, False, None)
+    path = folder / name
+    try:
+        return SpoolFile(path, True, path.stat().st_size)
+    except FileNotFoundError:
+        return SpoolFile(path, False, None)
+
+
+# --------------------------------------------------------------------------- retry
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOutcome:
+    """What a retry changed."""
+
+    spool_id: int
+    sop_instance_uid: str
+    previous_reason: str | None
+    state: CaptureState
+    reset_deliveries: list[str]
+
+
+def retry_capture(
+    conn: sqlite3.Connection,
+    dirs: SpoolDirs,
+    ref: int | str,
+    destinations: Iterable[str],
+    now: float | None = None,
+) -> RetryOutcome:
+    """Release a QUARANTINED capture by the rules of this module's docstring.
+
+    ``conn`` is a writable ledger connection (:func:`~gateway.spool.ledger.open_ledger`);
+    ``destinations`` are the configured destination names. Raises
+    :class:`NoSuchCapture`, :class:`NotPossible` or :class:`sqlite3.Error` (busy).
+    """
+    now = time.time() if now is None else now
+    stamp = utc_now_text()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        outcome = _retry_locked(conn, dirs, ref, list(destinations), now, stamp)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return outcome
+
+
+def _retry_locked(
+    conn: sqlite3.Connection,
+    dirs: SpoolDirs,
+    ref: int | str,
+    destinations: list[str],
+    now: float,
+    stamp: str,
+) -> RetryOutcome:
+    entry = find_entry(conn, ref)
+    if entry.state is not CaptureState.QUARANTINED:
+        raise NotPossible(
+            f"spool id {entry.id} is {entry.state}, not QUARANTINED: "
+            "only a quarantined capture can be retried"
+        )
+    raw = spool_file(dirs.raw, entry.raw_name)
+    dicom = spool_file(dirs.dicom, entry.dicom_name)
+    has_deliveries = conn.execute(
+        "SELECT 1 FROM deliveries WHERE capture_id = ? LIMIT 1", (entry.id,)
+    ).fetchone()
+    if (not dicom.exists or has_deliveries is None) and raw.exists:
+        target = CaptureState.CAPTURED
+    elif dicom.exists:
+        target = CaptureState.WRAPPED
+    else:
+        raise NotPossible(
+            f"spool id {entry.id}: nothing left to send: neither the raw capture "
+            f"({entry.raw_name}) nor a DICOM file is in the spool"
+        )
+    reset = [
+        str(r[0])
+        for r in conn.execute(
+            "SELECT destination FROM deliveries WHERE capture_id = ? AND state = ? "
+            "ORDER BY destination",
+            (entry.id, DeliveryState.FAILED),
+        ).fetchall()
+    ]
+    conn.execute(
+        "UPDATE deliveries SET state = ?, next_attempt_at = ?, commit_failures = 0, "
+        "commit_txn = NULL, last_error = ? WHERE capture_id = ? AND state = ?",
+        (DeliveryState.PENDING, now, RETRY_NOTE, entry.id, DeliveryState.FAILED),
+    )
+    conn.execute(
+        "UPDATE captures SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
+        (target, stamp, entry.id),
+    )
+    state = target
+    if target is CaptureState.WRAPPED:
+        conn.executemany(
+            "INSERT OR IGNORE INTO deliveries (capture_id, destination, state, next_attempt_at) "
+            "VALUES (?, ?, ?, ?)",
+            [(entry.id, name, DeliveryState.PENDING, now) for name in destinations],
+        )
+        refresh_capture_state(conn, entry.id, stamp)
+        row = conn.execute("SELECT state FROM captures WHERE id = ?", (entry.id,)).fetchone()
+        state = CaptureState(row[0])
+    return RetryOutcome(entry.id, entry.uids.sop_instance, entry.reason, state, reset)
+
+
+# --------------------------------------------------------------------------- export
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSource:
+    """The file ``export`` copies and the name it gets in the target folder."""
+
+    path: Path
+    name: str
+    kind: str  # "dicom" or "raw"
+
+
+def _raw_suffix(path: Path) -> str:
+    with path.open("rb") as fh:
+        return ".jpg" if fh.read(3) == b"\xff\xd8\xff" else ".raw"
+
+
+def export_source(entry: SpoolEntry, dirs: SpoolDirs) -> ExportSource:
+    """What to export: the DICOM file, or the raw device file if never wrapped.
+
+    Raises :class:`NotPossible` when that file is no longer in the spool.
+    """
+    uid = entry.uids.sop_instance
+    if entry.dicom_name is not None:
+        dicom = spool_file(dirs.dicom, entry.dicom_name)
+        if dicom.exists and dicom.path is not None:
+            return ExportSource(dicom.path, f"{uid}.dcm", "dicom")
+        raise NotPossible(_gone(entry, f"its DICOM file {entry.dicom_name}"))
+    raw = spool_file(dirs.raw, entry.raw_name)
+    if raw.exists and raw.path is not None:
+        return ExportSource(raw.path, f"{uid}{_raw_suffix(raw.path)}", "raw")
+    raise NotPossible(_gone(entry, f"it was never wrapped and its raw file {entry.raw_name}"))
+
+
+def _gone(entry: SpoolEntry, what: str) -> str:
+    text = f"spool id {entry.id} is {entry.state}: {what} is no longer in the spool"
+    return f"{text} ({entry.reason})" if entry.reason else text
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    """A finished, verified copy."""
+
+    path: Path
+    size: int
+    sha256: str
+    kind: str
+
+
+def export_file(
+    source: ExportSource,
+    folder: Path,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> ExportResult:
+    """Copy ``source`` into ``folder`` (created if missing), durably and verified.
+
+    Streamed in 1 MiB chunks through :func:`~gateway.spool.files.atomic_writer`; the
+    copy appears under its final name only if its size matches the source's.
+    ``progress(done, total)`` is called after each chunk. Raises :class:`OSError`.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / source.name
+    digest = hashlib.sha256()
+    with source.path.open("rb") as src:
+        total = os.fstat(src.fileno()).st_size
+        done = 0
+        with atomic_writer(dest) as out:
+            while chunk := src.read(EXPORT_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                progress(done, total)
+            out.flush()
+            written = os.fstat(out.fileno()).st_size
+            if done != total or written != total:
+                raise OSError(
+                    f"copy of {source.path.name} has {written} bytes, expected {total} "
+                    "(did the file change while it was copied?)"
+                )
+    size = dest.stat().st_size
+    if size != total:
+        raise OSError(f"{dest} has {size} bytes after the copy, expected {total}")
+    return ExportResult(dest, size, digest.hexdigest(), source.kind)

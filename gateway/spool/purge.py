@@ -1,0 +1,117 @@
+"""Purge: deleting local copies that the PACS has confirmed, and only those.
+
+A capture's files (raw device file and DICOM file) are deleted only when it is
+COMMITTED: the PACS confirmed it by Storage Commitment, or, for a destination that
+cannot commit, it has been SENT for the configured retention. Then, oldest first:
+
+* when the spool's filesystem is fuller than ``purge_high_watermark`` percent,
+  until it is below ``purge_low_watermark``;
+* and whatever the space, once a copy is older than ``keep_days``.
+
+Purging runs on its own schedule and is never triggered by a new capture: a full
+disk refuses new captures instead (see :mod:`gateway.spool.space`). Files are
+deleted before the row says PURGED, so a crash in between leaves a COMMITTED row
+whose files are partly gone, which the next purge finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from gateway.config import SpoolSettings
+from gateway.spool.files import SpoolDirs, fsync_dir
+from gateway.spool.ledger import Ledger, utc_now_text
+from gateway.spool.states import CaptureState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeCandidate:
+    """A confirmed capture whose local copies may go."""
+
+    id: int
+    raw_name: str
+    dicom_name: str | None
+    received_at: str
+
+
+def candidates(conn: sqlite3.Connection, limit: int) -> list[PurgeCandidate]:
+    """COMMITTED captures, oldest first."""
+    rows = conn.execute(
+        "SELECT id, raw_name, dicom_name, received_at FROM captures WHERE state = ? "
+        "ORDER BY id LIMIT ?",
+        (CaptureState.COMMITTED, limit),
+    ).fetchall()
+    return [PurgeCandidate(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def mark_purged(conn: sqlite3.Connection, spool_id: int) -> None:
+    """COMMITTED → PURGED (the files are already deleted)."""
+    with conn:
+        conn.execute(
+            "UPDATE captures SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
+            (CaptureState.PURGED, utc_now_text(), spool_id, CaptureState.COMMITTED),
+        )
+
+
+def used_percent(dirs: SpoolDirs) -> float:
+    """How full the spool's filesystem is."""
+    usage = shutil.disk_usage(dirs.root)
+    return 100.0 * (usage.total - usage.free) / usage.total
+
+
+class Purger:
+    """Deletes confirmed local copies by watermark and age."""
+
+    def __init__(self, ledger: Ledger, dirs: SpoolDirs, settings: SpoolSettings) -> None:
+        self._ledger = ledger
+        self._dirs = dirs
+        self._settings = settings
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        """Purge periodically until cancelled."""
+        ready()
+        while True:
+            await self.purge_once(datetime.now(UTC))
+            await asyncio.sleep(self._settings.purge_interval)
+
+    def _delete_files(self, candidate: PurgeCandidate) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self._dirs.raw / candidate.raw_name).unlink()
+        if candidate.dicom_name:
+            with contextlib.suppress(FileNotFoundError):
+                (self._dirs.dicom / candidate.dicom_name).unlink()
+        fsync_dir(self._dirs.raw)
+        fsync_dir(self._dirs.dicom)
+
+    async def purge_once(self, now: datetime) -> int:
+        """One pass; returns how many captures were purged."""
+        s = self._settings
+        cutoff = (now - timedelta(days=s.keep_days)).astimezone(UTC).isoformat()
+        used = await asyncio.to_thread(used_percent, self._dirs)
+        over = used > s.purge_high_watermark
+        purged = 0
+        for candidate in await self._ledger.call(candidates, 10_000):
+            too_old = candidate.received_at < cutoff
+            if not too_old and not (over and used > s.purge_low_watermark):
+                break  # oldest first: nothing later is older or needed for space
+            await asyncio.to_thread(self._delete_files, candidate)
+            await self._ledger.call(mark_purged, candidate.id)
+            purged += 1
+            if over:
+                used = await asyncio.to_thread(used_percent, self._dirs)
+        if purged:
+            log.info(
+                "purged the local copies of %d confirmed capture(s); spool filesystem %.0f%% used",
+                purged,
+                await asyncio.to_thread(used_percent, self._dirs),
+            )
+        return purged
