@@ -4,7 +4,8 @@
 
     dermgate run --config FILE              run the gateway (the service)
     dermgate check-config FILE              validate a configuration file
-    dermgate spool list [--json] --config FILE
+    dermgate spool list|show|retry|export …  the technician's spool commands
+                                            (see gateway/spool_commands.py)
     dermgate demo [--workdir DIR] [--captures N]
     dermgate simulate DRIVER [options]      run a driver's device simulator
 
@@ -15,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import importlib
-import json
 import logging
 import signal
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
 from gateway.config import ConfigError, DermGateConfig, load_config
+from gateway.spool_commands import add_spool_commands
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -91,43 +90,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_spool_list(args: argparse.Namespace) -> int:
-    """One line (or JSON object) per capture. No patient data by construction."""
-    from gateway.spool import ledger as db
-
-    config = _load(args.config)
-    if config is None:
-        return EXIT_USAGE
-    path = config.ledger_path()
-    if not path.exists():
-        print(f"no spool yet at {config.spool_dir()}", file=sys.stderr)
-        return EXIT_OK
-    try:
-        conn = db.open_ledger(path, readonly=True)
-        try:
-            rows = db.listing(conn)
-        finally:
-            conn.close()
-    except sqlite3.Error as err:
-        print(f"cannot read the ledger {path}: {err}", file=sys.stderr)
-        return EXIT_FAILURE
-    if args.json:
-        for row in rows:
-            print(json.dumps(dataclasses.asdict(row), sort_keys=True))
-        return EXIT_OK
-    print(
-        f"{'ID':>6}  {'STATE':<12} {'ATT':>4}  {'SOP INSTANCE UID':<64}  {'DEVICE':<32}  "
-        "CAPTURE  LAST ERROR / REASON"
-    )
-    for row in rows:
-        note = row.reason or row.last_error or ""
-        print(
-            f"{row.id:>6}  {row.state:<12} {row.attempts:>4}  {row.sop_instance_uid:<64}  "
-            f"{row.device:<32}  {row.device_capture_id:<7}  {note}"
-        )
-    return EXIT_OK
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the embedded default: private Orthanc, the gateway and a simulator."""
     from gateway.demo import run_demo
@@ -171,12 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_check_config)
 
-    spool = sub.add_parser("spool", help="inspect the spool")
-    spool_sub = spool.add_subparsers(dest="spool_command", required=True, metavar="ACTION")
-    spool_list = spool_sub.add_parser("list", help="one line per capture")
-    spool_list.add_argument("--json", action="store_true", help="one JSON object per line")
-    spool_list.add_argument("--config", type=Path, required=True)
-    spool_list.set_defaults(func=cmd_spool_list)
+    add_spool_commands(sub)  # list, show, retry, export: gateway/spool_commands.py
 
     demo = sub.add_parser("demo", help="run a self-contained demo with simulated devices")
     demo.add_argument(

@@ -200,6 +200,21 @@ class DicomDestination(_Strict):
     batch_size: int = Field(
         default=20, ge=1, le=1000, description="Instances sent per association."
     )
+    associations: int = Field(
+        default=2, ge=1, le=16, description="Associations used in parallel for sending."
+    )
+    breaker_threshold: int = Field(
+        default=3,
+        ge=1,
+        description="Failed association attempts in a row after which sending pauses and "
+        "the destination is probed with C-ECHO instead; an answer resumes at once.",
+    )
+    stuck_after: float = Field(
+        default=86400.0,
+        gt=0,
+        description="Seconds after arrival at which an undelivered capture raises the "
+        "'stuck' alarm (it is still retried).",
+    )
     commitment_batch_size: int = Field(
         default=50, ge=1, le=10000, description="Instances per commitment request."
     )

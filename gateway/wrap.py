@@ -10,6 +10,7 @@ was acknowledged, so it is kept, never sent, and shown with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from gateway.spool.states import CaptureState
 log = logging.getLogger(__name__)
 
 _RETRY_AFTER_ERROR = 30.0
+_POLL = 60.0
 
 
 class Wrapper:
@@ -59,7 +61,9 @@ class Wrapper:
         self.wanted.set()  # captures left CAPTURED by a previous run
         ready()
         while True:
-            await self.wanted.wait()
+            # Also poll: a technician's `spool retry` puts captures back to CAPTURED.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wanted.wait(), _POLL)
             self.wanted.clear()
             failed = False
             while batch := await self._ledger.call(db.captures_in_state, CaptureState.CAPTURED, 20):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.local_orthanc import OrthancProcess, free_port
 from tests.conftest import (
     GatewayProcess,
     SimulatorProcess,
@@ -118,4 +119,86 @@ def test_out_of_resources_is_retried(
     wait_for(lambda: states(state_dir) == ["SENT"], 60, "delivery after 0xA700")
     assert delivery_rows(state_dir)[0]["attempts"] == 2
     assert pacs.received == [ledger_rows(state_dir)[0]["sop_instance_uid"]]
+    assert gateway.stop() == 0
+
+
+def test_link_restored_by_echo_retries_at_once(
+    tmp_path: Path,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    """The circuit opens on a dead PACS; the first answered C-ECHO makes all due now."""
+    port = free_port()
+    config = gateway_config(
+        tmp_path,
+        pacs_port=port,
+        retry_initial=6.0,
+        retry_max=60.0,
+        extra_destination="breaker_threshold = 1",
+    )
+    sim = simulator_factory("--captures", "1")
+    gateway = gateway_factory(config)
+    assert sim.wait(120) == 0
+    state_dir = tmp_path / "state"
+    wait_for(lambda: "circuit open" in gateway.log(), 60, "the circuit to open")
+    scheduled = delivery_rows(state_dir)[0]["next_attempt_at"]
+    pacs = OrthancProcess(tmp_path / "late-orthanc", dicom_port=port)
+    pacs.start()
+    try:
+        wait_for(lambda: states(state_dir) == ["SENT"], 60, "delivery after the link is back")
+        row = delivery_rows(state_dir)[0]
+        assert row["sent_epoch"] < scheduled, "sent before its backoff ran out"
+        assert row["attempts"] == 2
+        assert "link restored" in gateway.log()
+    finally:
+        pacs.stop()
+    assert gateway.stop() == 0
+
+
+def test_parallel_associations_deliver_everything_once(
+    tmp_path: Path,
+    pacs: MisbehavingPacs,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    pacs.start()
+    config = gateway_config(
+        tmp_path,
+        pacs_port=pacs.port,
+        pacs_ae="MISBEHAVE",
+        extra_destination="associations = 3\nbatch_size = 1",
+    )
+    sim = simulator_factory("--captures", "6", "--interval", "0")
+    gateway = gateway_factory(config)
+    assert sim.wait(120) == 0
+    state_dir = tmp_path / "state"
+    wait_for(lambda: states(state_dir) == ["SENT"] * 6, 60, "delivery of all 6")
+    assert sorted(pacs.received) == sorted(r["sop_instance_uid"] for r in ledger_rows(state_dir))
+    assert all(d["attempts"] == 1 for d in delivery_rows(state_dir))
+    assert gateway.stop() == 0
+
+
+def test_stuck_alarm_is_raised_once_and_cleared(
+    tmp_path: Path,
+    pacs: MisbehavingPacs,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    pacs.start()
+    pacs.reject_associations(True)
+    config = gateway_config(
+        tmp_path,
+        pacs_port=pacs.port,
+        pacs_ae="MISBEHAVE",
+        retry_max=1.0,
+        extra_destination="stuck_after = 2",
+    )
+    sim = simulator_factory("--captures", "1")
+    gateway = gateway_factory(config)
+    assert sim.wait(120) == 0
+    wait_for(lambda: "STUCK: 1 capture(s)" in gateway.log(), 60, "the stuck alarm")
+    pacs.reject_associations(False)
+    wait_for(lambda: "stuck alarm for pacs cleared" in gateway.log(), 60, "the alarm to clear")
+    assert gateway.log().count("STUCK:") == 1
+    assert states(tmp_path / "state") == ["SENT"]
     assert gateway.stop() == 0

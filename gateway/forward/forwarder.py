@@ -1,11 +1,20 @@
 """The forwarding stage for one destination: WRAPPED → SENT.
 
-It takes due deliveries from the ledger (fresh captures first), sends them in a
-batch on one association, and writes each outcome back to the ledger: success →
-SENT; retryable → attempt counted, next attempt scheduled with jittered capped
-backoff, last error kept; permanent → QUARANTINED with the reason. The state, the
-attempt count, the next attempt time and the last error all live in the ledger, so
-a restart continues where it stopped, with the same SOP Instance UIDs.
+Workers (``associations`` of them, default 2) each take a batch of due deliveries
+from the ledger — fresh captures first, then the backlog — and send it on one
+association. Each outcome is written back to the ledger: success → SENT;
+retryable → attempt counted, next attempt scheduled with jittered capped backoff,
+last error kept; permanent → QUARANTINED with the reason. State, attempt count,
+next attempt time and last error all live in the ledger, so a restart continues
+where it stopped, with the same SOP Instance UIDs.
+
+Circuit breaker: after ``breaker_threshold`` batches in a row that could not even
+open an association, the workers stop trying; one of them probes the destination
+with C-ECHO (backing off up to ``retry_max``). When an echo succeeds the link is
+restored: every pending delivery becomes due at once.
+
+Stuck alarm: a capture not delivered ``stuck_after`` seconds after it arrived is
+reported (once, and once again when the alarm clears). Nothing is ever given up.
 """
 
 from __future__ import annotations
@@ -13,20 +22,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from gateway.config import DicomDestination
 from gateway.forward.cstore import CStoreSender, StoreOutcome, StoreRequest, Verdict
-from gateway.forward.schedule import backoff_delay
+from gateway.forward.schedule import Backoff, backoff_delay
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
-from gateway.spool.ledger import DueDelivery, Ledger
+from gateway.spool.ledger import DueDelivery, Ledger, transaction
+from gateway.spool.states import CaptureState, DeliveryState
 
 log = logging.getLogger(__name__)
 
 _IDLE_POLL = 60.0
+_PROBES_PER_TRIAL = 5
+
+
+def retry_now(conn: sqlite3.Connection, destination: str, now: float) -> int:
+    """Make every pending delivery to ``destination`` due now (link restored)."""
+    with transaction(conn):
+        cur = conn.execute(
+            "UPDATE deliveries SET next_attempt_at = ? WHERE destination = ? AND state = ? "
+            "AND next_attempt_at > ?",
+            (now, destination, DeliveryState.PENDING, now),
+        )
+    return cur.rowcount
+
+
+def stuck_count(
+    conn: sqlite3.Connection, destination: str, arrived_before: str, *, unconfirmed: bool
+) -> int:
+    """Undelivered captures that arrived before ``arrived_before``.
+
+    With ``unconfirmed`` (a destination with storage commitment), SENT but not yet
+    committed counts as undelivered too.
+    """
+    open_states = [DeliveryState.PENDING] + ([DeliveryState.SENT] if unconfirmed else [])
+    marks = ", ".join("?" for _ in open_states)
+    row = conn.execute(
+        "SELECT COUNT(*) FROM deliveries d JOIN captures c ON c.id = d.capture_id "
+        f"WHERE d.destination = ? AND d.state IN ({marks}) AND c.state IN (?, ?) "
+        "AND c.received_at < ?",
+        (
+            destination,
+            *open_states,
+            CaptureState.WRAPPED,
+            CaptureState.SENT,
+            arrived_before,
+        ),
+    ).fetchone()
+    return int(row[0])
 
 
 class Forwarder:
@@ -40,14 +89,20 @@ class Forwarder:
         destination: DicomDestination,
         on_sent: Callable[[], None] = lambda: None,
     ) -> None:
-        self._on_sent = on_sent
         self._ledger = ledger
         self._dirs = dirs
         self.destination = destination
+        self._on_sent = on_sent
         self._sender = CStoreSender(calling_ae, destination)
         self.wanted = asyncio.Event()
         self._stop = threading.Event()
+        self._claim_lock = asyncio.Lock()
+        self._inflight: set[int] = set()
         self._reachable: bool | None = None
+        self._failed_batches = 0
+        self.circuit_open = False
+        self._circuit_closed = asyncio.Event()
+        self.stuck = 0
 
     @property
     def name(self) -> str:
@@ -59,22 +114,81 @@ class Forwarder:
         self.wanted.set()
 
     async def run(self, ready: Callable[[], None]) -> None:
-        """Deliver until cancelled; an in-flight instance finishes and the
-        association is released before this returns."""
+        """Deliver until cancelled; instances in flight finish and associations are
+        released before this returns."""
         ready()
+        async with asyncio.TaskGroup() as group:
+            for index in range(self.destination.associations):
+                group.create_task(self._worker(index), name=f"forward:{self.name}:{index}")
+            group.create_task(self._watch_stuck(), name=f"forward:{self.name}:stuck")
+
+    async def _worker(self, index: int) -> None:
         while True:
-            due = await self._ledger.call(
-                db.due_deliveries, self.name, time.time(), self.destination.batch_size
-            )
-            if due:
-                await self._send(due)
+            if self.circuit_open:
+                if index == 0:
+                    await self._probe()
+                else:
+                    await self._circuit_closed.wait()
                 continue
-            next_at = await self._ledger.call(db.next_attempt_time, self.name)
-            wait = _IDLE_POLL if next_at is None else min(_IDLE_POLL, next_at - time.time())
             self.wanted.clear()
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wanted.wait(), wait)
+            batch = await self._claim()
+            if batch:
+                try:
+                    await self._send(batch)
+                finally:
+                    self._inflight.difference_update(d.capture_id for d in batch)
+                continue
+            await self._idle()
+
+    async def _claim(self) -> list[DueDelivery]:
+        size = self.destination.batch_size
+        async with self._claim_lock:
+            due = await self._ledger.call(
+                db.due_deliveries, self.name, time.time(), size + len(self._inflight)
+            )
+            batch = [d for d in due if d.capture_id not in self._inflight][:size]
+            self._inflight.update(d.capture_id for d in batch)
+        return batch
+
+    async def _idle(self) -> None:
+        next_at = await self._ledger.call(db.next_attempt_time, self.name)
+        wait = _IDLE_POLL if next_at is None else min(_IDLE_POLL, next_at - time.time())
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wanted.wait(), wait)
+
+    async def _probe(self) -> None:
+        # Probing is cheap (one C-ECHO): start at 1 s and never wait more than 30 s,
+        # so a PACS that comes back is noticed long before the deliveries' backoff.
+        backoff = Backoff(initial=1.0, cap=min(30.0, self.destination.retry_max))
+        probes = 0
+        while self.circuit_open:
+            await asyncio.sleep(backoff.next_delay())
+            error = await asyncio.to_thread(self._sender.echo)
+            probes += 1
+            if error is None:
+                due = await self._ledger.call(retry_now, self.name, time.time())
+                log.info(
+                    "destination %s answers C-ECHO again: link restored, %d delivery(ies) due now",
+                    self.name,
+                    due,
+                )
+                self._close_circuit()
+                return
+            if probes % _PROBES_PER_TRIAL == 0:
+                # Half-open: a PACS that refuses C-ECHO but takes C-STORE must not
+                # stall delivery for ever, so let the deliveries due by their own
+                # backoff try once; one more failure opens the circuit again.
+                self.circuit_open = False
+                self._circuit_closed.set()
+                self.wanted.set()
+                return
+
+    def _close_circuit(self) -> None:
+        self.circuit_open = False
+        self._failed_batches = 0
+        self._circuit_closed.set()
+        self.wanted.set()
 
     async def _send(self, due: list[DueDelivery]) -> None:
         requests = [
@@ -86,7 +200,6 @@ class Forwarder:
             )
             for d in due
         ]
-        self._stop.clear()
         job = asyncio.ensure_future(
             asyncio.to_thread(self._sender.send_batch, requests, self._stop)
         )
@@ -107,8 +220,8 @@ class Forwarder:
 
     async def _record_outcomes(self, due: list[DueDelivery], outcomes: list[StoreOutcome]) -> None:
         attempts = {d.capture_id: d.attempts for d in due}
-        if outcomes:
-            self._log_reachability(not outcomes[0].unreachable, outcomes[0].detail)
+        if outcomes and outcomes[0].verdict is not Verdict.NOT_ATTEMPTED:
+            self._track_reachability(not outcomes[0].unreachable, outcomes[0].detail)
         for outcome in outcomes:
             if outcome.verdict.delivered:
                 await self._ledger.call(db.record_sent, outcome.key, self.name)
@@ -132,7 +245,20 @@ class Forwarder:
                     db.record_retry, outcome.key, self.name, outcome.detail, time.time() + delay
                 )
 
-    def _log_reachability(self, reachable: bool, detail: str) -> None:
+    def _track_reachability(self, reachable: bool, detail: str) -> None:
+        if reachable:
+            self._failed_batches = 0
+        else:
+            self._failed_batches += 1
+            if not self.circuit_open and self._failed_batches >= self.destination.breaker_threshold:
+                self.circuit_open = True
+                self._circuit_closed.clear()
+                log.warning(
+                    "destination %s: circuit open after %d failed attempts; probing with "
+                    "C-ECHO until it answers",
+                    self.name,
+                    self._failed_batches,
+                )
         if reachable == self._reachable:
             return
         if reachable:
@@ -140,3 +266,26 @@ class Forwarder:
         else:
             log.warning("destination %s unavailable: %s; will keep retrying", self.name, detail)
         self._reachable = reachable
+
+    async def _watch_stuck(self) -> None:
+        limit = self.destination.stuck_after
+        while True:
+            cutoff = (datetime.now(UTC) - timedelta(seconds=limit)).isoformat()
+            count = await self._ledger.call(
+                stuck_count,
+                self.name,
+                cutoff,
+                unconfirmed=self.destination.storage_commitment,
+            )
+            if count and not self.stuck:
+                log.error(
+                    "STUCK: %d capture(s) not delivered to %s within %.0f s of arrival; "
+                    "still retrying",
+                    count,
+                    self.name,
+                    limit,
+                )
+            elif not count and self.stuck:
+                log.info("stuck alarm for %s cleared: everything delivered", self.name)
+            self.stuck = count
+            await asyncio.sleep(min(60.0, max(1.0, limit / 10)))

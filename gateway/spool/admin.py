@@ -14,14 +14,13 @@ ledger transaction, under the write lock, after re-reading the capture:
   quarantine came from wrapping (no delivery rows), or the DICOM file is gone — and
   its raw device file exists → CAPTURED: the service wraps it again, with the same
   UIDs;
-* otherwise, if its DICOM file exists → WRAPPED: every FAILED delivery goes back to
-  PENDING with ``next_attempt_at`` = now, ``commit_failures`` = 0, ``commit_txn`` =
-  NULL and ``last_error`` = "retry requested by technician"; a configured destination
-  without a delivery row gets a PENDING one; if nothing is left pending (every
-  destination already has it) the state is derived from the deliveries (SENT or
+* otherwise, if its DICOM file exists → WRAPPED, and a configured destination
+  without a delivery row gets a PENDING one; if every destination already has the
+  instance (nothing pending) the state is derived from the deliveries (SENT or
   COMMITTED) instead;
-* in both cases FAILED deliveries are reset as above (a re-wrapped capture must be
-  sent again) and the ``reason`` column is cleared;
+* in both cases every FAILED delivery goes back to PENDING with ``next_attempt_at`` =
+  now, ``commit_failures`` = 0, ``commit_txn`` = NULL and ``last_error`` = "retry
+  requested by technician", and the ``reason`` column is cleared;
 * neither raw nor DICOM file exists → :class:`NotPossible`, "nothing left to send".
 
 The service's forwarders poll the ledger at least every 60 s, so a retried capture
@@ -283,6 +282,8 @@ def export_source(entry: SpoolEntry, dirs: SpoolDirs) -> ExportSource:
 
 def _gone(entry: SpoolEntry, what: str) -> str:
     text = f"spool id {entry.id} is {entry.state}: {what} is no longer in the spool"
+    if entry.state is CaptureState.PURGED:
+        text += " (the PACS confirmed it and the purge policy deleted the local copies)"
     return f"{text} ({entry.reason})" if entry.reason else text
 
 

@@ -22,7 +22,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from gateway.spool.ledger import refresh_capture_state, utc_now_text
+from gateway.spool.ledger import refresh_capture_state, transaction, utc_now_text
 from gateway.spool.states import CaptureState, DeliveryState
 
 OPEN = "OPEN"
@@ -85,7 +85,7 @@ def open_transaction(
     now: float,
 ) -> None:
     """Persist a transaction and attach its deliveries, before the request is sent."""
-    with conn:
+    with transaction(conn):
         conn.execute(
             "INSERT INTO commitments (transaction_uid, destination, created_epoch, state) "
             "VALUES (?, ?, ?, ?)",
@@ -99,7 +99,7 @@ def open_transaction(
 
 def mark_requested(conn: sqlite3.Connection, transaction_uid: str, now: float) -> None:
     """The PACS accepted the N-ACTION: the timeout counts from now."""
-    with conn:
+    with transaction(conn):
         conn.execute(
             "UPDATE commitments SET requested_epoch = ? WHERE transaction_uid = ? AND state = ?",
             (now, transaction_uid, OPEN),
@@ -108,7 +108,7 @@ def mark_requested(conn: sqlite3.Connection, transaction_uid: str, now: float) -
 
 def expire(conn: sqlite3.Connection, transaction_uid: str) -> None:
     """Give up on one transaction; its instances will be asked about again."""
-    with conn:
+    with transaction(conn):
         _expire(conn, transaction_uid)
 
 
@@ -130,7 +130,7 @@ def expire_overdue(conn: sqlite3.Connection, destination: str, cutoff: float) ->
         "AND COALESCE(requested_epoch, created_epoch) < ?",
         (destination, OPEN, cutoff),
     ).fetchall()
-    with conn:
+    with transaction(conn):
         for (uid,) in rows:
             _expire(conn, uid)
     return len(rows)
@@ -166,7 +166,7 @@ def apply_report(
     destination = str(row[0])
     stamp = utc_now_text()
     outcome_committed = resend = quarantined = 0
-    with conn:
+    with transaction(conn):
         conn.execute(
             "UPDATE commitments SET state = ? WHERE transaction_uid = ?", (DONE, transaction_uid)
         )
@@ -254,7 +254,7 @@ def confirm_by_retention(conn: sqlite3.Connection, destination: str, cutoff: flo
         (destination, DeliveryState.SENT, cutoff),
     ).fetchall()
     stamp = utc_now_text()
-    with conn:
+    with transaction(conn):
         for (capture_id,) in rows:
             conn.execute(
                 "UPDATE deliveries SET state = ?, committed_at = ? "

@@ -12,12 +12,13 @@ older files in place, one step per version.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -263,6 +264,23 @@ def _entry(row: sqlite3.Row) -> SpoolEntry:
 # --------------------------------------------------------------------------- blocking API
 
 
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One atomic write: BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any error.
+
+    The connection runs in autocommit mode (``isolation_level=None``), where
+    ``with conn:`` would *not* open a transaction; every multi-statement change of
+    the ledger goes through here so that a crash never leaves it half done.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 class LedgerVersionError(RuntimeError):
     """The ledger was written by a newer DermGate than this one."""
 
@@ -317,7 +335,7 @@ def insert_capture(
 ) -> int:
     """Record a durable capture in state CAPTURED; return its spool id."""
     now = utc_now_text()
-    with conn:
+    with transaction(conn):
         cur = conn.execute(
             "INSERT INTO captures (driver, device_serial, device_capture_id, device_json, "
             "offer_json, raw_name, raw_size, raw_sha256, study_uid, series_uid, "
@@ -385,7 +403,7 @@ def mark_wrapped(
     now: float,
 ) -> None:
     """CAPTURED → WRAPPED, creating a pending delivery for each destination."""
-    with conn:
+    with transaction(conn):
         conn.execute(
             "UPDATE captures SET state = ?, dicom_name = ?, sop_class_uid = ?, "
             "transfer_syntax_uid = ?, updated_at = ? WHERE id = ? AND state = ?",
@@ -408,7 +426,7 @@ def mark_wrapped(
 
 def quarantine(conn: sqlite3.Connection, spool_id: int, reason: str) -> None:
     """Set a capture aside with a reason a technician can act on. Nothing is deleted."""
-    with conn:
+    with transaction(conn):
         conn.execute(
             "UPDATE captures SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
             (CaptureState.QUARANTINED, reason, utc_now_text(), spool_id),
@@ -420,7 +438,7 @@ def add_missing_deliveries(
 ) -> int:
     """Give WRAPPED captures a pending delivery for destinations added since."""
     added = 0
-    with conn:
+    with transaction(conn):
         for name in destinations:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO deliveries (capture_id, destination, state, "
@@ -509,7 +527,7 @@ def record_sent(
 ) -> None:
     """The destination stored the instance: delivery SENT (capture SENT when all are)."""
     stamp = utc_now_text()
-    with conn:
+    with transaction(conn):
         conn.execute(
             "UPDATE deliveries SET state = ?, attempts = attempts + 1, sent_at = ?, "
             "sent_epoch = ?, last_error = NULL, commit_txn = NULL "
@@ -523,7 +541,7 @@ def record_retry(
     conn: sqlite3.Connection, capture_id: int, destination: str, error: str, next_attempt_at: float
 ) -> None:
     """Count a failed attempt and schedule the next one."""
-    with conn:
+    with transaction(conn):
         conn.execute(
             "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
             "WHERE capture_id = ? AND destination = ?",
@@ -534,7 +552,7 @@ def record_retry(
 def record_refused(conn: sqlite3.Connection, capture_id: int, destination: str, error: str) -> None:
     """The destination refused the instance for good: quarantine the capture."""
     now = utc_now_text()
-    with conn:
+    with transaction(conn):
         conn.execute(
             "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ? "
             "WHERE capture_id = ? AND destination = ?",

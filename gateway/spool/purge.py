@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from gateway.config import SpoolSettings
 from gateway.spool.files import SpoolDirs, fsync_dir
-from gateway.spool.ledger import Ledger, utc_now_text
+from gateway.spool.ledger import Ledger, transaction, utc_now_text
 from gateway.spool.states import CaptureState
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def candidates(conn: sqlite3.Connection, limit: int) -> list[PurgeCandidate]:
 
 def mark_purged(conn: sqlite3.Connection, spool_id: int) -> None:
     """COMMITTED → PURGED (the files are already deleted)."""
-    with conn:
+    with transaction(conn):
         conn.execute(
             "UPDATE captures SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
             (CaptureState.PURGED, utc_now_text(), spool_id, CaptureState.COMMITTED),

@@ -29,7 +29,7 @@ import sqlite3
 from dataclasses import dataclass, field
 
 from gateway.spool.files import SpoolDirs, fsync_dir
-from gateway.spool.ledger import utc_now_text
+from gateway.spool.ledger import transaction, utc_now_text
 from gateway.spool.states import CaptureState
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def reconcile(conn: sqlite3.Connection, dirs: SpoolDirs) -> ReconcileReport:
         for (r,) in conn.execute("SELECT dicom_name FROM captures WHERE dicom_name IS NOT NULL")
     }
     now = utc_now_text()
-    with conn:
+    with transaction(conn):
         for spool_id, state, raw_name, dicom_name in rows:
             raw_ok = (dirs.raw / raw_name).exists()
             dicom_ok = dicom_name is not None and (dirs.dicom / dicom_name).exists()

@@ -1,0 +1,581 @@
+"""The technician's ``dermgate spool`` commands.
+
+::
+
+    dermgate spool list   [--state STATE] [--json] --config FILE
+    dermgate spool show   ID [--json] [--reveal] --config FILE
+    dermgate spool retry  ID [--json] --config FILE
+    dermgate spool export ID --to DIR [--json] --config FILE
+
+ID is the spool id shown by ``spool list`` or the capture's SOP Instance UID.
+Nothing prints patient data except ``show --reveal``, which says so on stderr.
+They work beside a running service: reads use a read-only ledger connection, the
+retry waits for the service's write lock (see :mod:`gateway.spool.admin`).
+
+Exit codes:
+
+* 0 — success;
+* 1 — failed at run time (I/O error; ledger busy or locked after a timeout);
+* 2 — bad usage or bad configuration;
+* 3 — no such capture (or no spool yet at the configured ``state_dir``);
+* 4 — not possible in the capture's state (retry of a capture that is not
+  QUARANTINED, export of a file that is gone…); the message says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sqlite3
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.config import ConfigError, DermGateConfig, load_config
+from gateway.spool import admin
+from gateway.spool import ledger as db
+from gateway.spool.files import SpoolDirs
+from gateway.spool.states import CaptureState, DeliveryState
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NO_SUCH_CAPTURE = 3
+EXIT_NOT_POSSIBLE = 4
+
+EXIT_CODES_EPILOG = """\
+exit codes:
+  0  success
+  1  failed at run time (I/O error; ledger busy or locked after a timeout)
+  2  bad usage or bad configuration
+  3  no such capture (or no spool yet)
+  4  not possible in the capture's state (the message says why)
+"""
+
+PROGRESS_MIN_BYTES = 8_000_000
+_PROGRESS_WIDTH = 30
+
+
+class _Refusal(Exception):
+    """A command stops with an exit code and a message for stderr."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def _load(path: Path) -> DermGateConfig:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        # Each problem already names the file, as ``dermgate check-config`` prints it.
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        raise _Refusal(EXIT_USAGE, "") from err
+
+
+def _existing_ledger(config: DermGateConfig) -> Path:
+    path = config.ledger_path()
+    if not path.exists():
+        raise _Refusal(EXIT_NO_SUCH_CAPTURE, f"no spool yet at {config.spool_dir()}")
+    return path
+
+
+def _ledger_failure(path: Path, err: Exception) -> _Refusal:
+    text = str(err)
+    if "locked" in text or "busy" in text:
+        return _Refusal(
+            EXIT_FAILURE,
+            f"the ledger {path} is busy (the service is writing to it); try again: {text}",
+        )
+    return _Refusal(EXIT_FAILURE, f"cannot use the ledger {path}: {text}")
+
+
+def _run(name: str, body: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    def command(args: argparse.Namespace) -> int:
+        try:
+            return body(args)
+        except _Refusal as err:
+            for line in str(err).splitlines():
+                print(f"dermgate spool {name}: {line}", file=sys.stderr)
+            return err.code
+
+    command.__doc__ = body.__doc__
+    return command
+
+
+def _local(text: str | None) -> str | None:
+    """A stored UTC ISO time as local time, or None."""
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text).astimezone().isoformat(sep=" ", timespec="seconds")
+    except ValueError:
+        return text
+
+
+def _local_epoch(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value).astimezone().isoformat(sep=" ", timespec="seconds")
+
+
+# --------------------------------------------------------------------------- list
+
+
+def _list(args: argparse.Namespace) -> int:
+    """One line (or JSON object) per capture. No patient data by construction."""
+    config = _load(args.config)
+    path = config.ledger_path()
+    if not path.exists():
+        print(f"no spool yet at {config.spool_dir()}", file=sys.stderr)
+        return EXIT_OK
+    try:
+        conn = db.open_ledger(path, readonly=True)
+        try:
+            rows = db.listing(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise _ledger_failure(path, err) from err
+    if args.state is not None:
+        rows = [row for row in rows if row.state == args.state]
+    if args.json:
+        for row in rows:
+            print(json.dumps(dataclasses.asdict(row), sort_keys=True))
+        return EXIT_OK
+    print(
+        f"{'ID':>6}  {'STATE':<12} {'ATT':>4}  {'SOP INSTANCE UID':<64}  {'DEVICE':<32}  "
+        "CAPTURE  LAST ERROR / REASON"
+    )
+    for row in rows:
+        note = row.reason or row.last_error or ""
+        print(
+            f"{row.id:>6}  {row.state:<12} {row.attempts:>4}  {row.sop_instance_uid:<64}  "
+            f"{row.device:<32}  {row.device_capture_id:<7}  {note}"
+        )
+    return EXIT_OK
+
+
+cmd_spool_list = _run("list", _list)
+
+
+# --------------------------------------------------------------------------- show
+
+
+def _read_capture(
+    config: DermGateConfig, ref: int | str
+) -> tuple[db.SpoolEntry, list[admin.DeliveryRecord]]:
+    path = _existing_ledger(config)
+    try:
+        conn = db.open_ledger(path, readonly=True)
+        try:
+            entry = admin.find_entry(conn, ref)
+            return entry, admin.deliveries(conn, entry.id)
+        finally:
+            conn.close()
+    except admin.NoSuchCapture as err:
+        raise _Refusal(EXIT_NO_SUCH_CAPTURE, str(err)) from err
+    except sqlite3.Error as err:
+        raise _ledger_failure(path, err) from err
+
+
+def _sop_class_name(uid: str | None) -> str | None:
+    if uid is None:
+        return None
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return None if name == uid else name
+
+
+def _file_json(file: admin.SpoolFile) -> dict[str, Any]:
+    return {
+        "name": None if file.path is None else file.path.name,
+        "exists": file.exists,
+        "size": file.size,
+    }
+
+
+def capture_details(
+    entry: db.SpoolEntry, records: list[admin.DeliveryRecord], dirs: SpoolDirs
+) -> dict[str, Any]:
+    """Everything the ledger knows about one capture, as JSON-ready data.
+
+    Device metadata and capture settings only: the ledger holds no patient data.
+    """
+    offer, settings, device = entry.offer, entry.offer.settings, entry.device
+    raw = _file_json(admin.spool_file(dirs.raw, entry.raw_name))
+    raw.update(recorded_size=entry.raw_size, sha256=entry.raw_sha256)
+    return {
+        "id": entry.id,
+        "state": str(entry.state),
+        "reason": entry.reason,
+        "study_instance_uid": entry.uids.study,
+        "series_instance_uid": entry.uids.series,
+        "sop_instance_uid": entry.uids.sop_instance,
+        "sop_class_uid": entry.sop_class_uid,
+        "sop_class_name": _sop_class_name(entry.sop_class_uid),
+        "transfer_syntax_uid": entry.transfer_syntax_uid,
+        "driver": entry.driver,
+        "device": {
+            "manufacturer": device.manufacturer,
+            "model": device.model,
+            "serial_number": device.serial_number,
+            "software_versions": list(device.software_versions),
+            "device_class": str(device.device_class),
+        },
+        "device_capture_id": offer.device_capture_id,
+        "acquired_at": offer.acquired_at.isoformat() if offer.acquired_at else None,
+        "settings": {
+            "polarization": settings.polarization,
+            "contact": settings.contact,
+            "immersion": settings.immersion,
+            "magnification": settings.magnification,
+            "color_temperature_k": settings.color_temperature_k,
+            "anatomic_site": offer.anatomic_site,
+            "laterality": offer.laterality,
+            "lesion_id": offer.lesion_id,
+        },
+        "received_at": entry.received_at,
+        "updated_at": entry.updated_at,
+        "files": {
+            "raw": raw,
+            "dicom": _file_json(admin.spool_file(dirs.dicom, entry.dicom_name)),
+        },
+        "deliveries": [
+            {
+                "destination": r.destination,
+                "state": str(r.state),
+                "attempts": r.attempts,
+                "next_attempt_at": _local_epoch(r.next_attempt_at)
+                if r.state is DeliveryState.PENDING
+                else None,
+                "last_error": r.last_error,
+                "commit_failures": r.commit_failures,
+                "commit_transaction_uid": r.commit_txn,
+                "sent_at": r.sent_at,
+                "committed_at": r.committed_at,
+            }
+            for r in records
+        ],
+    }
+
+
+PATIENT_ATTRIBUTES = (
+    ("PatientName", "Patient's Name"),
+    ("PatientID", "Patient ID"),
+    ("IssuerOfPatientID", "Issuer of Patient ID"),
+    ("PatientBirthDate", "Patient's Birth Date"),
+    ("PatientSex", "Patient's Sex"),
+    ("AccessionNumber", "Accession Number"),
+)
+
+
+def read_patient(path: Path) -> dict[str, str]:
+    """The patient attributes of a DICOM file (absent ones as ""); raises on I/O."""
+    from pydicom import dcmread
+
+    dataset = dcmread(path, stop_before_pixels=True)
+    return {
+        keyword: "" if dataset.get(keyword) is None else str(dataset.get(keyword))
+        for keyword, _ in PATIENT_ATTRIBUTES
+    }
+
+
+def _text(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _print_show(details: dict[str, Any], out: TextIO) -> None:
+    def line(label: str, value: object, indent: str = "") -> None:
+        print(f"{indent}{label:<22}{_text(value)}", file=out)
+
+    device, settings = details["device"], details["settings"]
+    line("Spool id", details["id"])
+    line("State", details["state"])
+    line("Reason", details["reason"])
+    line("Study Instance UID", details["study_instance_uid"])
+    line("Series Instance UID", details["series_instance_uid"])
+    line("SOP Instance UID", details["sop_instance_uid"])
+    sop_class = details["sop_class_uid"]
+    if sop_class and details["sop_class_name"]:
+        sop_class = f"{sop_class} ({details['sop_class_name']})"
+    line("SOP Class UID", sop_class)
+    line("Transfer Syntax UID", details["transfer_syntax_uid"])
+    line("Driver", details["driver"])
+    line("Device class", device["device_class"])
+    line("Manufacturer", device["manufacturer"])
+    line("Model", device["model"])
+    line("Serial number", device["serial_number"])
+    line("Firmware", ", ".join(device["software_versions"]))
+    line("Device capture id", details["device_capture_id"])
+    line("Acquired (device)", details["acquired_at"])
+    line("Polarization", settings["polarization"])
+    line("Contact method", settings["contact"])
+    line("Immersion media", settings["immersion"])
+    line("Magnification", settings["magnification"])
+    kelvin = settings["color_temperature_k"]
+    line("Colour temperature", None if kelvin is None else f"{kelvin} K")
+    line("Anatomic site (code)", settings["anatomic_site"])
+    line("Laterality", settings["laterality"])
+    line("Lesion id", settings["lesion_id"])
+    line("Received", _local(details["received_at"]))
+    line("Updated", _local(details["updated_at"]))
+    for label, key in (("Raw file", "raw"), ("DICOM file", "dicom")):
+        file = details["files"][key]
+        if file["name"] is None:
+            line(label, "(none)")
+        elif file["exists"]:
+            line(label, f"{file['name']} ({file['size']} bytes)")
+        else:
+            line(label, f"{file['name']} (MISSING)")
+    if not details["deliveries"]:
+        line("Deliveries", "(none)")
+    for delivery in details["deliveries"]:
+        print(f"Destination {delivery['destination']}", file=out)
+        line("State", delivery["state"], "  ")
+        line("Attempts", delivery["attempts"], "  ")
+        line("Next attempt", delivery["next_attempt_at"], "  ")
+        line("Last error", delivery["last_error"], "  ")
+        line("Commit failures", delivery["commit_failures"], "  ")
+        line("Commit transaction", delivery["commit_transaction_uid"], "  ")
+        line("Sent", _local(delivery["sent_at"]), "  ")
+        line("Committed", _local(delivery["committed_at"]), "  ")
+
+
+def _show(args: argparse.Namespace) -> int:
+    """Everything the ledger knows about one capture; patient data only with --reveal."""
+    config = _load(args.config)
+    dirs = SpoolDirs(config.spool_dir())
+    entry, records = _read_capture(config, args.ref)
+    details = capture_details(entry, records, dirs)
+    patient: dict[str, str] | None = None
+    if args.reveal:
+        dicom = admin.spool_file(dirs.dicom, entry.dicom_name)
+        if not dicom.exists or dicom.path is None:
+            print(
+                f"spool id {entry.id} has no DICOM file in the spool: no patient data to show",
+                file=sys.stderr,
+            )
+        else:
+            try:
+                patient = read_patient(dicom.path)
+            except Exception as err:  # pydicom raises several kinds for a damaged file
+                raise _Refusal(
+                    EXIT_FAILURE, f"cannot read {dicom.path}: {type(err).__name__}: {err}"
+                ) from err
+            print("warning: patient data shown (--reveal)", file=sys.stderr)
+    if args.json:
+        if patient is not None:
+            details["patient"] = patient
+        print(json.dumps(details, sort_keys=True))
+        return EXIT_OK
+    _print_show(details, sys.stdout)
+    if patient is not None:
+        print("Patient (from the DICOM file)")
+        for keyword, label in PATIENT_ATTRIBUTES:
+            print(f"  {label:<20}  {patient[keyword] or '(empty)'}")
+    return EXIT_OK
+
+
+cmd_spool_show = _run("show", _show)
+
+
+# --------------------------------------------------------------------------- retry
+
+
+def _retry(args: argparse.Namespace) -> int:
+    """Release a QUARANTINED capture after the technician has acted."""
+    config = _load(args.config)
+    path = _existing_ledger(config)
+    dirs = SpoolDirs(config.spool_dir())
+    try:
+        conn = db.open_ledger(path)
+        try:
+            outcome = admin.retry_capture(
+                conn, dirs, args.ref, [d.name for d in config.destinations]
+            )
+        finally:
+            conn.close()
+    except admin.NoSuchCapture as err:
+        raise _Refusal(EXIT_NO_SUCH_CAPTURE, str(err)) from err
+    except admin.NotPossible as err:
+        raise _Refusal(EXIT_NOT_POSSIBLE, str(err)) from err
+    except (sqlite3.Error, db.LedgerVersionError) as err:
+        raise _ledger_failure(path, err) from err
+    if args.json:
+        print(json.dumps(dataclasses.asdict(outcome), sort_keys=True))
+        return EXIT_OK
+    what = f"spool id {outcome.spool_id} ({outcome.sop_instance_uid})"
+    if outcome.state is CaptureState.CAPTURED:
+        print(f"{what} is now CAPTURED: it will be wrapped again, with the same UIDs.")
+    elif outcome.state is CaptureState.WRAPPED:
+        sends = ", ".join(outcome.reset_deliveries) or "its pending destinations"
+        print(f"{what} is now WRAPPED: it will be sent again to {sends}.")
+    else:
+        print(f"{what} is now {outcome.state}: every destination already has it.")
+    if outcome.state in (CaptureState.CAPTURED, CaptureState.WRAPPED):
+        print(
+            "The running service picks it up within its polling interval "
+            f"(it polls the ledger at least every {admin.SERVICE_POLL_SECONDS} s); "
+            f"follow it with: dermgate spool show {outcome.spool_id} --config {args.config}"
+        )
+    return EXIT_OK
+
+
+cmd_spool_retry = _run("retry", _retry)
+
+
+# --------------------------------------------------------------------------- export
+
+
+class ProgressBar:
+    """``\\r[#####     ] 42% 12.3/29.0 MB`` on a terminal, for large copies only."""
+
+    def __init__(self, stream: TextIO, total: int) -> None:
+        self._stream = stream
+        self._total = total
+        self._last = -1
+        self.enabled = total > PROGRESS_MIN_BYTES and stream.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        """Redraw after ``done`` of ``total`` bytes (only when the percentage moves)."""
+        if not self.enabled:
+            return
+        percent = 100 * done // total if total else 100
+        if percent == self._last:
+            return
+        self._last = percent
+        filled = _PROGRESS_WIDTH * percent // 100
+        bar = "#" * filled + " " * (_PROGRESS_WIDTH - filled)
+        self._stream.write(f"\r[{bar}] {percent:3d}% {done / 1e6:.1f}/{total / 1e6:.1f} MB")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        """End the progress line (if one was drawn)."""
+        if self.enabled and self._last >= 0:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Copy a capture's DICOM file (or never-wrapped raw file) into a folder."""
+    config = _load(args.config)
+    dirs = SpoolDirs(config.spool_dir())
+    entry, _ = _read_capture(config, args.ref)
+    try:
+        source = admin.export_source(entry, dirs)
+        bar = ProgressBar(sys.stderr, source.path.stat().st_size)
+        try:
+            result = admin.export_file(source, args.to, bar)
+        finally:
+            bar.finish()
+    except admin.NotPossible as err:
+        raise _Refusal(EXIT_NOT_POSSIBLE, str(err)) from err
+    except FileNotFoundError as err:
+        # Purged between the lookup and the copy.
+        raise _Refusal(
+            EXIT_NOT_POSSIBLE, f"spool id {entry.id}: {err.filename} is no longer in the spool"
+        ) from err
+    except OSError as err:
+        raise _Refusal(EXIT_FAILURE, f"cannot export spool id {entry.id}: {err}") from err
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "id": entry.id,
+                    "path": str(result.path),
+                    "size": result.size,
+                    "sha256": result.sha256,
+                    "kind": result.kind,
+                },
+                sort_keys=True,
+            )
+        )
+    else:
+        print(result.path)
+    return EXIT_OK
+
+
+cmd_spool_export = _run("export", _export)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _capture_ref(text: str) -> int | str:
+    try:
+        return admin.parse_ref(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def add_spool_commands(sub: Any) -> None:
+    """Add ``spool`` and its actions to the ``dermgate`` subparsers ``sub``."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    spool = sub.add_parser(
+        "spool",
+        help="inspect and act on the spool",
+        epilog=EXIT_CODES_EPILOG,
+        formatter_class=formatter,
+    )
+    actions = spool.add_subparsers(dest="spool_command", required=True, metavar="ACTION")
+
+    def action(name: str, help_text: str, func: Callable[..., int]) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXIT_CODES_EPILOG,
+            formatter_class=formatter,
+        )
+        parser.add_argument("--config", type=Path, required=True, help="configuration file (TOML)")
+        parser.set_defaults(func=func)
+        return parser
+
+    ref_help = "spool id (as shown by `spool list`) or SOP Instance UID"
+
+    listing = action("list", "one line per capture", cmd_spool_list)
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.add_argument(
+        "--state", choices=[str(s) for s in CaptureState], help="only captures in this state"
+    )
+
+    show = action(
+        "show", "everything the ledger knows about one capture (no patient data)", cmd_spool_show
+    )
+    show.add_argument("ref", metavar="ID", type=_capture_ref, help=ref_help)
+    show.add_argument("--json", action="store_true", help="one JSON object")
+    show.add_argument(
+        "--reveal",
+        action="store_true",
+        help="also read the DICOM file and show the patient data in it",
+    )
+
+    retry = action(
+        "retry",
+        "release a QUARANTINED capture once its cause is fixed (wrap or send it again)",
+        cmd_spool_retry,
+    )
+    retry.add_argument("ref", metavar="ID", type=_capture_ref, help=ref_help)
+    retry.add_argument("--json", action="store_true", help="one JSON object")
+
+    export = action(
+        "export",
+        "copy a capture's DICOM file (or never-wrapped device file) into a folder",
+        cmd_spool_export,
+    )
+    export.add_argument("ref", metavar="ID", type=_capture_ref, help=ref_help)
+    export.add_argument(
+        "--to", type=Path, required=True, metavar="DIR", help="folder (created if missing)"
+    )
+    export.add_argument(
+        "--json", action="store_true", help="print path, size and sha256 as one JSON object"
+    )
