@@ -128,6 +128,9 @@ class OrthancProcess:
             self._proc.kill()
             self._proc.wait()
             self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def rest(self, method: str, path: str, body: Any = None, *, timeout: float = 10.0) -> Any:
         """Call the REST API; JSON in and out (raw bytes for non-JSON answers)."""

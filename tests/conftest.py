@@ -133,9 +133,11 @@ class GatewayProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     _logs: list[Any] = field(default_factory=list)
+    _runs_before: int = 0
 
     def start(self) -> None:
         """Start the service."""
+        self._runs_before = self.log().count(" running as ") if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115
         self._logs.append(log)
         self.proc = subprocess.Popen(
@@ -165,6 +167,14 @@ class GatewayProcess:
         self.proc.kill()
         self.proc.wait()
         self.close_logs()
+
+    def wait_running(self, timeout: float = 60.0) -> None:
+        """Wait until this start of the service reports that it is running."""
+        wait_for(
+            lambda: self.log().count(" running as ") > self._runs_before,
+            timeout,
+            "the gateway to start",
+        )
 
     def log(self) -> str:
         """Everything the service logged."""
