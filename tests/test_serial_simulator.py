@@ -21,6 +21,9 @@ from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from drivers.serial_dermatoscope.protocol import (
     CaptureBegin,
+    NakReason,
+)
+from drivers.serial_dermatoscope.session import (
     CaptureBytes,
     CaptureCompleted,
     CaptureFailed,
@@ -29,7 +32,6 @@ from drivers.serial_dermatoscope.protocol import (
     Event,
     FrameDropped,
     HostSession,
-    NakReason,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

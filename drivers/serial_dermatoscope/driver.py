@@ -17,6 +17,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.serial_dermatoscope import protocol as p
+from drivers.serial_dermatoscope import session as hs
 from drivers.serial_dermatoscope.transport import LinkLost, SerialLink
 from gateway.capture import (
     CaptureOffer,
@@ -93,7 +94,7 @@ class _Connection:
         self.host = host
         self.options = options
         self.name = name
-        self.session = p.HostSession(host="dermgate")
+        self.session = hs.HostSession(host="dermgate")
         self.identity: DeviceIdentity | None = None
         self.sink: CaptureSink | None = None
         self.dropped = 0
@@ -122,22 +123,22 @@ class _Connection:
                 await self.sink.abort("link lost during transfer")
                 self.sink = None
 
-    async def _handle(self, event: p.Event) -> None:
+    async def _handle(self, event: hs.Event) -> None:
         match event:
-            case p.DeviceIdentified(hello=hello):
+            case hs.DeviceIdentified(hello=hello):
                 if self.sink is not None:
                     await self.sink.abort("device restarted its offers")
                     self.sink = None
                 self.identity = identity_from_hello(hello)
                 self.host.set_state(DriverState.READY, f"{hello.model} {hello.serial}")
-            case p.CaptureStarted(begin=begin):
+            case hs.CaptureStarted(begin=begin):
                 await self._begin(begin)
-            case p.CaptureBytes(data=data):
+            case hs.CaptureBytes(data=data):
                 if self.sink is not None:
                     await self.sink.write(data)
-            case p.CaptureCompleted(capture_id=capture_id, length=length, sha256=sha256):
+            case hs.CaptureCompleted(capture_id=capture_id, length=length, sha256=sha256):
                 await self._complete(capture_id, length, sha256)
-            case p.CaptureFailed(capture_id=capture_id, reason=reason, detail=detail):
+            case hs.CaptureFailed(capture_id=capture_id, reason=reason, detail=detail):
                 if self.sink is not None:
                     await self.sink.abort(f"{reason}: {detail}")
                     self.sink = None
@@ -146,7 +147,7 @@ class _Connection:
                 )
                 await self.link.write(self.session.nak_frame(capture_id, reason))
                 self._idle()
-            case p.FrameDropped():
+            case hs.FrameDropped():
                 self.dropped += 1
 
     def _idle(self) -> None:
