@@ -66,6 +66,30 @@ def machine_summary() -> str:
     )
 
 
+def source_revision() -> str:
+    """The commit the gateway code comes from, and whether it has local changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "gateway", "drivers"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{head}" + (
+        f" + {len(changed)} changed file(s) in gateway/, drivers/" if changed else ""
+    )
+
+
 def require_tools(names: Iterable[str]) -> None:
     """Exit with a message when a program the benchmark needs is missing."""
     missing = [name for name in names if shutil.which(name) is None]
@@ -152,9 +176,7 @@ def build_dicom(jpeg: Path, dest_dir: Path, capture_id: str) -> BuiltFile:
     )
     dest = dest_dir / f"{uids.sop_instance}.dcm"
     write_part10_encapsulated(dataset, jpeg, dest)
-    return BuiltFile(
-        dest, uids, str(dataset.SOPClassUID), str(dataset.file_meta.TransferSyntaxUID)
-    )
+    return BuiltFile(dest, uids, str(dataset.SOPClassUID), str(dataset.file_meta.TransferSyntaxUID))
 
 
 def count_in_states(ledger_path: Path, states: Sequence[str]) -> int:
@@ -303,6 +325,7 @@ def print_header(title: str, lines: Iterable[str]) -> None:
     """Print the benchmark's title, the machine and its parameters."""
     print(f"== {title}")
     print(f"machine: {machine_summary()}")
+    print(f"gateway code: {source_revision()}")
     for line in lines:
         print(line)
     sys.stdout.flush()

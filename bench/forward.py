@@ -53,9 +53,9 @@ DESTINATION = "pacs"
 
 
 @contextlib.contextmanager
-def fresh_orthanc(workdir: Path) -> Iterator[OrthancProcess]:
+def fresh_orthanc(workdir: Path, sync_storage: bool) -> Iterator[OrthancProcess]:
     """A private, empty Orthanc; stopped and its storage removed afterwards."""
-    orthanc = OrthancProcess(workdir=workdir)
+    orthanc = OrthancProcess(workdir=workdir, extra={"SyncStorageArea": sync_storage})
     orthanc.start()
     try:
         yield orthanc
@@ -71,7 +71,9 @@ def check_stored(orthanc: OrthancProcess, wanted: int, side: str) -> None:
         raise RuntimeError(f"{side}: Orthanc stores {stored} instances, expected {wanted}")
 
 
-def time_dcmsend(orthanc: OrthancProcess, groups: Sequence[Sequence[Path]], timeout: float) -> float:
+def time_dcmsend(
+    orthanc: OrthancProcess, groups: Sequence[Sequence[Path]], timeout: float
+) -> float:
     """Seconds for one ``dcmsend`` per group, all started together, to finish."""
     started = time.perf_counter()
     procs = [
@@ -154,6 +156,7 @@ def time_gateway(
     images: TestImages,
     count: int,
     batch_size: int | None,
+    associations: int | None,
     timeout: float,
 ) -> GatewaySide:
     """Seconds from ``dermgate run`` starting to every capture SENT in the ledger."""
@@ -169,6 +172,8 @@ def time_gateway(
     }
     if batch_size is not None:
         destination["batch_size"] = batch_size
+    if associations is not None:
+        destination["associations"] = associations
     config = work / "dermgate.toml"
     config.write_text(
         gateway_config(state_dir, listen_port=free_port(), destination=destination),
@@ -200,6 +205,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--batch-size", type=int, help="destination batch_size (default: the gateway's default)"
     )
+    parser.add_argument(
+        "--associations",
+        type=int,
+        help="destination associations (default: the gateway's default)",
+    )
+    parser.add_argument(
+        "--no-pacs-fsync",
+        action="store_true",
+        help="Orthanc without fsync per stored file (SyncStorageArea false): shows the "
+        "senders' own cost instead of the PACS's disk",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="repeat and take medians")
     parser.add_argument("--timeout", type=float, default=600.0, help="per side, seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -226,26 +242,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"captures: {args.count} x {mean_mb:.2f} MB Part 10 ({images.width}x"
                 f"{images.height} JPEG 4:2:0, {len(images.paths)} distinct, cycled) "
                 f"= {total_mb:.0f} MB",
-                f"gateway batch_size: {args.batch_size or 'default'}; "
-                f"rounds: {args.rounds}; fresh Orthanc per measurement",
+                f"gateway batch_size: {args.batch_size or 'default'}, "
+                f"associations: {args.associations or 'default'}; "
+                f"rounds: {args.rounds}; fresh Orthanc per measurement, "
+                f"fsync per stored file: {'no' if args.no_pacs_fsync else 'yes (default)'}",
             ],
         )
         half = args.count // 2
+        sync = not args.no_pacs_fsync
         one: list[float] = []
         two: list[float] = []
         gateway: list[GatewaySide] = []
         for number in range(args.rounds):
-            with fresh_orthanc(work / f"orthanc-a{number}") as orthanc:
+            with fresh_orthanc(work / f"orthanc-a{number}", sync) as orthanc:
                 one.append(time_dcmsend(orthanc, [files], args.timeout))
                 check_stored(orthanc, args.count, "dcmsend")
-            with fresh_orthanc(work / f"orthanc-b{number}") as orthanc:
+            with fresh_orthanc(work / f"orthanc-b{number}", sync) as orthanc:
                 two.append(time_dcmsend(orthanc, [files[:half], files[half:]], args.timeout))
                 check_stored(orthanc, args.count, "2 x dcmsend")
-            with fresh_orthanc(work / f"orthanc-c{number}") as orthanc:
+            with fresh_orthanc(work / f"orthanc-c{number}", sync) as orthanc:
                 side_dir = work / f"gateway-{number}"
                 gateway.append(
                     time_gateway(
-                        side_dir, orthanc, images, args.count, args.batch_size, args.timeout
+                        side_dir,
+                        orthanc,
+                        images,
+                        args.count,
+                        args.batch_size,
+                        args.associations,
+                        args.timeout,
                     )
                 )
                 shutil.rmtree(side_dir / "state", ignore_errors=True)
@@ -266,14 +291,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"dcmsend, 2 in parallel:      {parallel_s:6.2f} s  {total_mb / parallel_s:6.1f} MB/s"
         )
-        print(
-            f"gateway, process start:      {gateway_s:6.2f} s  {total_mb / gateway_s:6.1f} MB/s"
-        )
+        print(f"gateway, process start:      {gateway_s:6.2f} s  {total_mb / gateway_s:6.1f} MB/s")
         print(
             f"gateway, after start-up:     {after_start_s:6.2f} s  "
             f"{total_mb / after_start_s:6.1f} MB/s"
         )
-        print(f"ratio gateway/dcmsend:                {ratio(gateway_s, dcmsend_s)}  (target <= 1.0x)")
+        print(
+            f"ratio gateway/dcmsend:                {ratio(gateway_s, dcmsend_s)}  (target <= 1.0x)"
+        )
         print(f"ratio gateway/dcmsend after start-up: {ratio(after_start_s, dcmsend_s)}")
         print(f"ratio gateway/2 x dcmsend:            {ratio(gateway_s, parallel_s)}")
     return 0

@@ -141,13 +141,24 @@ class Forwarder:
             await self._idle()
 
     async def _claim(self) -> list[DueDelivery]:
-        size = self.destination.batch_size
+        """Take this worker's share of what is due.
+
+        The due deliveries are shared evenly among the associations (at most
+        ``batch_size`` each), so a backlog of 50 on two associations goes 25 + 25
+        rather than 20 + 20 and then 10 on one association alone.
+        """
+        d = self.destination
         async with self._claim_lock:
             due = await self._ledger.call(
-                db.due_deliveries, self.name, time.time(), size + len(self._inflight)
+                db.due_deliveries,
+                self.name,
+                time.time(),
+                d.batch_size * d.associations + len(self._inflight),
             )
-            batch = [d for d in due if d.capture_id not in self._inflight][:size]
-            self._inflight.update(d.capture_id for d in batch)
+            free = [x for x in due if x.capture_id not in self._inflight]
+            share = min(d.batch_size, max(1, -(-len(free) // d.associations)))
+            batch = free[:share]
+            self._inflight.update(x.capture_id for x in batch)
         return batch
 
     async def _idle(self) -> None:

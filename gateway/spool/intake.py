@@ -120,8 +120,9 @@ class StagedCapture:
             fh.close()
         dirs = self._intake.dirs
         os.replace(self._path, dirs.raw / raw_name)
+        # Only the new name must be durable: a staging entry that survives a crash
+        # is removed at start-up (reconcile), leaving the raw file intact.
         fsync_dir(dirs.raw)
-        fsync_dir(dirs.staging)
 
     def _discard(self) -> None:
         if self._fh is not None:
