@@ -3,7 +3,9 @@
 :meth:`CStoreSender.send_batch` is blocking; the forwarder runs it with
 ``asyncio.to_thread``. One association carries a batch; it is always closed with
 A-RELEASE (never A-ABORT) unless the peer aborted it first. Files are streamed
-from disk (pynetdicom's chunked send), not decoded into memory.
+from disk (pynetdicom's chunked send), not decoded into memory, and paced by what
+the socket takes (:mod:`gateway.forward.stream`), so memory stays flat whatever
+the object's size.
 
 How the PACS's answer is classified (PS3.4 Annex B.2.3 and PS3.7 Annex C):
 
@@ -51,10 +53,12 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket
 
 from gateway.config import DicomDestination
+from gateway.forward.stream import stream_c_store
 
 log = logging.getLogger(__name__)
 
-# Stream files from disk instead of decoding them into memory.
+# Read files from disk in fragments instead of decoding them into memory; the pacing
+# that keeps those fragments from piling up is in gateway.forward.stream.
 _config.STORE_SEND_CHUNKED_DATASET = True
 # pynetdicom logs every failed association at ERROR (a line per retry) and can print
 # dataset contents at DEBUG. We classify and log outcomes ourselves, once per change.
@@ -197,6 +201,7 @@ class CStoreSender:
             ]
         outcomes: list[StoreOutcome] = []
         try:
+            stream_c_store(assoc, stall_timeout=self.destination.network_timeout)
             for request in requests:
                 if stop.is_set() or not assoc.is_established:
                     break
