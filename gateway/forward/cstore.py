@@ -43,7 +43,7 @@ import enum
 import logging
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,36 +183,47 @@ class CStoreSender:
         return None if status.Status == 0 else f"C-ECHO status 0x{status.Status:04X}"
 
     def send_batch(
-        self, requests: Sequence[StoreRequest], stop: threading.Event
+        self,
+        requests: Sequence[StoreRequest],
+        stop: threading.Event,
+        on_outcome: Callable[[StoreOutcome], None] | None = None,
     ) -> list[StoreOutcome]:
         """Send ``requests`` on one association; one outcome per request, in order.
 
         ``stop`` is checked between instances: the instance in flight finishes, the
-        rest come back NOT_ATTEMPTED, and the association is released.
+        rest come back NOT_ATTEMPTED, and the association is released. Each outcome
+        is also passed to ``on_outcome`` (on this thread) as soon as it is known, so
+        the caller can record a delivery while the next instance is on its way.
         """
+        outcomes: list[StoreOutcome] = []
+
+        def done(outcome: StoreOutcome) -> None:
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+
         ae = self._ae()
         for syntax in sorted({(r.sop_class_uid, r.transfer_syntax_uid) for r in requests}):
             ae.add_requested_context(syntax[0], [syntax[1]])
         assoc = self._associate(ae)
         if not assoc.is_established:
             reason = self._unavailable(assoc)
-            return [
-                StoreOutcome(r.key, Verdict.RETRYABLE, reason, unreachable=True) for r in requests
-            ]
-        outcomes: list[StoreOutcome] = []
+            for r in requests:
+                done(StoreOutcome(r.key, Verdict.RETRYABLE, reason, unreachable=True))
+            return outcomes
         try:
             stream_c_store(assoc, stall_timeout=self.destination.network_timeout)
             for request in requests:
                 if stop.is_set() or not assoc.is_established:
                     break
-                outcomes.append(self._store_one(assoc, request))
+                done(self._store_one(assoc, request))
         finally:
             if assoc.is_established:
                 assoc.release()
         lost = "association closed before sending" if not stop.is_set() else "shutting down"
         for request in requests[len(outcomes) :]:
             verdict = Verdict.NOT_ATTEMPTED if stop.is_set() else Verdict.RETRYABLE
-            outcomes.append(StoreOutcome(request.key, verdict, lost))
+            done(StoreOutcome(request.key, verdict, lost))
         return outcomes
 
     def _store_one(self, assoc: Any, request: StoreRequest) -> StoreOutcome:

@@ -202,6 +202,7 @@ class Forwarder:
         self.wanted.set()
 
     async def _send(self, due: list[DueDelivery]) -> None:
+        """Send one batch; each outcome is recorded as soon as it is known."""
         requests = [
             StoreRequest(
                 key=d.capture_id,
@@ -211,50 +212,59 @@ class Forwarder:
             )
             for d in due
         ]
-        job = asyncio.ensure_future(
-            asyncio.to_thread(self._sender.send_batch, requests, self._stop)
-        )
-        try:
-            outcomes = await asyncio.shield(job)
-        except asyncio.CancelledError:
-            # Let the instance in flight finish and release the association.
-            self._stop.set()
-            outcomes = await job
-            await self._record(due, outcomes)
-            raise
-        await self._record(due, outcomes)
-
-    async def _record(self, due: list[DueDelivery], outcomes: list[StoreOutcome]) -> None:
-        await self._record_outcomes(due, outcomes)
-        if any(o.verdict.delivered for o in outcomes):
-            self._on_sent()
-
-    async def _record_outcomes(self, due: list[DueDelivery], outcomes: list[StoreOutcome]) -> None:
         attempts = {d.capture_id: d.attempts for d in due}
-        if outcomes and outcomes[0].verdict is not Verdict.NOT_ATTEMPTED:
-            self._track_reachability(not outcomes[0].unreachable, outcomes[0].detail)
-        for outcome in outcomes:
-            if outcome.verdict.delivered:
-                await self._ledger.call(db.record_sent, outcome.key, self.name)
-                log.info("spool id %d delivered to %s (%s)", outcome.key, self.name, outcome.detail)
-            elif outcome.verdict is Verdict.PERMANENT:
-                await self._ledger.call(db.record_refused, outcome.key, self.name, outcome.detail)
-                log.error(
-                    "spool id %d quarantined: %s refused it (%s)",
-                    outcome.key,
-                    self.name,
-                    outcome.detail,
-                )
-            elif outcome.verdict is Verdict.RETRYABLE:
-                failures = attempts[outcome.key] + 1
-                delay = backoff_delay(
-                    failures,
-                    initial=self.destination.retry_initial,
-                    cap=self.destination.retry_max,
-                )
-                await self._ledger.call(
-                    db.record_retry, outcome.key, self.name, outcome.detail, time.time() + delay
-                )
+        loop = asyncio.get_running_loop()
+        arrived: asyncio.Queue[StoreOutcome | None] = asyncio.Queue()
+
+        def push(outcome: StoreOutcome) -> None:
+            loop.call_soon_threadsafe(arrived.put_nowait, outcome)
+
+        async def record_all() -> None:
+            first = True
+            while (outcome := await arrived.get()) is not None:
+                if first and outcome.verdict is not Verdict.NOT_ATTEMPTED:
+                    self._track_reachability(not outcome.unreachable, outcome.detail)
+                first = False
+                await self._record_one(outcome, attempts[outcome.key])
+
+        job = asyncio.ensure_future(
+            asyncio.to_thread(self._sender.send_batch, requests, self._stop, push)
+        )
+        # Runs after every push of the sender thread (same FIFO): ends the recorder.
+        job.add_done_callback(lambda _: arrived.put_nowait(None))
+        recorder = asyncio.ensure_future(record_all())
+        try:
+            await asyncio.shield(recorder)
+        except asyncio.CancelledError:
+            # Let the instance in flight finish, release the association, and
+            # record every outcome before stopping.
+            self._stop.set()
+            await recorder
+            raise
+        job.result()
+
+    async def _record_one(self, outcome: StoreOutcome, attempts: int) -> None:
+        if outcome.verdict.delivered:
+            await self._ledger.call(db.record_sent, outcome.key, self.name)
+            log.info("spool id %d delivered to %s (%s)", outcome.key, self.name, outcome.detail)
+            self._on_sent()
+        elif outcome.verdict is Verdict.PERMANENT:
+            await self._ledger.call(db.record_refused, outcome.key, self.name, outcome.detail)
+            log.error(
+                "spool id %d quarantined: %s refused it (%s)",
+                outcome.key,
+                self.name,
+                outcome.detail,
+            )
+        elif outcome.verdict is Verdict.RETRYABLE:
+            delay = backoff_delay(
+                attempts + 1,
+                initial=self.destination.retry_initial,
+                cap=self.destination.retry_max,
+            )
+            await self._ledger.call(
+                db.record_retry, outcome.key, self.name, outcome.detail, time.time() + delay
+            )
 
     def _track_reachability(self, reachable: bool, detail: str) -> None:
         if reachable:
