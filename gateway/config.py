@@ -136,7 +136,11 @@ class SpoolSettings(_Strict):
     """``[spool]``: how much disk the spool may use and when copies are purged."""
 
     reserve_mb: int = Field(
-        default=1024,
+        # A WAL checkpoint needs at most a few MiB (SQLite checkpoints every 1000
+        # pages = 4 MiB) and the largest dermoscopic capture is ~10 MB, needed twice
+        # (raw + DICOM); 128 MiB leaves ample room for both. Devices with larger
+        # objects (confocal stacks) need a larger reserve.
+        default=128,
         ge=1,
         description="Free space (MiB) always kept on the spool's filesystem: room for a "
         "ledger checkpoint and the largest capture. Below it new captures are refused at "
