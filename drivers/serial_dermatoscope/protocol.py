@@ -112,7 +112,8 @@ Conversation
    answers it are stale (from before the reconnect) and are ignored. A duplicated
    DATA frame (same offset, same bytes) is ignored.
 
-The host side of this conversation is :class:`~drivers.serial_dermatoscope.session.HostSession`. The device side is small
+The host side of this conversation is
+:class:`~drivers.serial_dermatoscope.session.HostSession`. The device side is small
 enough to be written directly on top of :func:`encode_frame` and
 :class:`FrameDecoder`; the simulator in this package does so.
 """
