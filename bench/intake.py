@@ -66,7 +66,7 @@ from gateway.dicom.jpeg import read_jpeg_info
 from gateway.dicom.uids import new_uid
 from gateway.local_orthanc import free_port
 from gateway.spool.files import SpoolDirs
-from gateway.spool.intake import Intake
+from gateway.spool.intake import InlineWrap, Intake
 from gateway.spool.ledger import Ledger
 from gateway.wrap import Wrapper
 
@@ -163,7 +163,10 @@ async def intake_in_process(
             all_wrapped.set()
 
     wrapper = Wrapper(ledger, dirs, GATEWAY, [DESTINATION], on_wrapped)
-    intake = Intake(ledger, dirs, wrapper.notify)
+    # As gateway.app wires it: a JPEG the builder can describe goes straight into its
+    # DICOM file at intake (one copy); anything else goes through raw/ and the wrapper.
+    inline = InlineWrap(wrapper.build, wrapper.destinations, on_wrapped)
+    intake = Intake(ledger, dirs, wrapper.notify, None, inline)
     latencies: list[float] = []
     try:
         with FsyncMeter() as fsyncs:
@@ -175,9 +178,8 @@ async def intake_in_process(
                 for index in range(count):
                     data, sha256 = payloads[index % len(payloads)]
                     begun = time.perf_counter()
-                    sink = await intake.begin(
-                        DRIVER, DEVICE, CaptureOffer(device_capture_id=f"{index:06d}")
-                    )
+                    offer = CaptureOffer(device_capture_id=f"{index:06d}", length=len(data))
+                    sink = await intake.begin(DRIVER, DEVICE, offer)
                     for offset in range(0, len(data), DATA_CHUNK):
                         await sink.write(data[offset : offset + DATA_CHUNK])
                     await sink.commit(length=len(data), sha256=sha256)

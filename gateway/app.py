@@ -23,7 +23,7 @@ from gateway.forward.commitment import (
 from gateway.forward.forwarder import Forwarder
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
-from gateway.spool.intake import Intake
+from gateway.spool.intake import InlineWrap, Intake
 from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger
 from gateway.spool.reconcile import reconcile
@@ -92,7 +92,8 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
 
         wrapper = Wrapper(ledger, dirs, identity, names, wrapped)
         space = SpaceGuard(dirs.root, config.spool.reserve_mb * MIB)
-        intake = Intake(ledger, dirs, wrapper.notify, space)
+        inline = InlineWrap(wrapper.build, wrapper.destinations, wrapped) if names else None
+        intake = Intake(ledger, dirs, wrapper.notify, space, inline)
         if not forwarders:
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:

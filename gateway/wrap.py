@@ -18,10 +18,16 @@ from datetime import datetime
 
 from pydicom.dataset import Dataset
 
-from gateway.capture import DeviceClass, GatewayIdentity
+from gateway.capture import (
+    CaptureOffer,
+    DeviceClass,
+    DeviceIdentity,
+    GatewayIdentity,
+    InstanceUIDs,
+)
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.errors import WrapError
-from gateway.dicom.jpeg import read_jpeg_info
+from gateway.dicom.jpeg import JpegInfo, read_jpeg_info
 from gateway.dicom.part10 import write_part10_encapsulated
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
@@ -109,13 +115,28 @@ class Wrapper:
         return True
 
     def _build(self, entry: SpoolEntry, now: datetime) -> Dataset:
-        if entry.device.device_class is not DeviceClass.DERMATOSCOPE:
-            raise WrapError(f"no DICOM builder for device class {entry.device.device_class}")
         jpeg = read_jpeg_info(self._dirs.raw / entry.raw_name)
+        return self.build(entry.device, entry.offer, entry.uids, jpeg, now)
+
+    def build(
+        self,
+        identity: DeviceIdentity,
+        offer: CaptureOffer,
+        uids: InstanceUIDs,
+        jpeg: JpegInfo,
+        now: datetime,
+    ) -> Dataset:
+        """The DICOM data set (without Pixel Data) for one capture; raises WrapError.
+
+        Used here for captures in ``raw/`` and by intake, which streams a JPEG it
+        can describe straight into its DICOM file.
+        """
+        if identity.device_class is not DeviceClass.DERMATOSCOPE:
+            raise WrapError(f"no DICOM builder for device class {identity.device_class}")
         return build_dermoscopic_photography(
-            identity=entry.device,
-            offer=entry.offer,
-            uids=entry.uids,
+            identity=identity,
+            offer=offer,
+            uids=uids,
             jpeg=jpeg,
             gateway=self._gateway,
             patient=None,
@@ -125,3 +146,8 @@ class Wrapper:
             series_number=1,
             instance_number=1,
         )
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        """Names of the destinations every capture is delivered to."""
+        return self._destinations

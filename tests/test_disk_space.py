@@ -65,7 +65,7 @@ def test_full_disk_refuses_at_the_device_and_resumes_by_itself(
     text = config.read_text().replace(str(tmp_path / "state"), str(small_disk / "state"))
     config.write_text(text + "\n[spool]\nreserve_mb = 16\n")
     filler = small_disk / "filler"
-    fill(filler, 40)  # ~24 MiB left: room for one ~2.7 MB capture (twice) above 16 MiB
+    fill(filler, 42)  # ~22 MiB left: room for one ~2.7 MB capture (counted twice) above 16 MiB
     sim = simulator_factory("--captures", "3", "--interval", "0.1", "--retry-delay", "0.5")
     gateway = gateway_factory(config)
     state_dir = small_disk / "state"

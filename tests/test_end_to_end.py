@@ -73,6 +73,9 @@ def test_captures_reach_orthanc_as_valid_dermoscopic_photography(
         assert hashlib.sha256(jpeg[: row["raw_size"]]).hexdigest() == acked["sha256"]
         assert row["raw_size"] > 1_000_000, "the simulator sends realistic, multi-MB JPEGs"
     assert orthanc.count_instances() == 3
+    spool = state_dir / "spool"
+    assert list((spool / "raw").iterdir()) == [], "one copy on disk: straight into DICOM"
+    assert len(list((spool / "dicom").glob("*.dcm"))) == 3
 
     listing = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "spool", "list", "--json", "--config", str(config)],

@@ -22,6 +22,7 @@ Blocking; callers run it on a worker thread.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from pathlib import Path
@@ -33,7 +34,7 @@ from pydicom.uid import UID
 
 from gateway.spool.files import atomic_writer, copy_stream
 
-__all__ = ["write_part10_encapsulated"]
+__all__ = ["part10_prefix", "part10_suffix", "write_part10_encapsulated"]
 
 _PIXEL_DATA: Final = 0x7FE00010
 _MAX_ITEM_LENGTH: Final = 0xFFFFFFFE
@@ -41,6 +42,32 @@ _CHUNK: Final = 1 << 20
 _PIXEL_DATA_HEADER: Final = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF)
 _EMPTY_OFFSET_TABLE: Final = struct.pack("<HHI", 0xFFFE, 0xE000, 0)
 _SEQUENCE_DELIMITER: Final = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+
+
+def part10_prefix(dataset: Dataset, fragment_size: int) -> bytes:
+    """Everything of the Part 10 file that comes before the JPEG's first byte.
+
+    Preamble, File Meta Information, the data set, and the Pixel Data header up to
+    the single fragment's item header (sized for ``fragment_size`` JPEG bytes, padded
+    to even). Lets intake stream a device's JPEG straight into its DICOM file.
+    """
+    _check_dataset(dataset)
+    if fragment_size <= 0:
+        raise ValueError("the JPEG is empty")
+    padded = fragment_size + (fragment_size & 1)
+    if padded > _MAX_ITEM_LENGTH:
+        raise ValueError("the JPEG is too large for one fragment")
+    out = io.BytesIO()
+    dcmwrite(out, dataset, enforce_file_format=True)
+    out.write(_PIXEL_DATA_HEADER)
+    out.write(_EMPTY_OFFSET_TABLE)
+    out.write(struct.pack("<HHI", 0xFFFE, 0xE000, padded))
+    return out.getvalue()
+
+
+def part10_suffix(fragment_size: int) -> bytes:
+    """What follows the JPEG's last byte: the pad byte if needed, then the delimiter."""
+    return (b"\x00" if fragment_size & 1 else b"") + _SEQUENCE_DELIMITER
 
 
 def write_part10_encapsulated(dataset: Dataset, pixel_source: Path, dest: Path) -> int:
@@ -57,23 +84,18 @@ def write_part10_encapsulated(dataset: Dataset, pixel_source: Path, dest: Path) 
         size = os.fstat(src.fileno()).st_size
         if size == 0:
             raise ValueError(f"pixel source {pixel_source.name} is empty")
-        padded = size + (size & 1)
-        if padded > _MAX_ITEM_LENGTH:
+        if size + (size & 1) > _MAX_ITEM_LENGTH:
             raise ValueError(f"pixel source {pixel_source.name} is too large for one fragment")
+        prefix = part10_prefix(dataset, size)
         with atomic_writer(dest) as out:
-            dcmwrite(out, dataset, enforce_file_format=True)
-            out.write(_PIXEL_DATA_HEADER)
-            out.write(_EMPTY_OFFSET_TABLE)
-            out.write(struct.pack("<HHI", 0xFFFE, 0xE000, padded))
+            out.write(prefix)
             copied = copy_stream(src, out, chunk_size=_CHUNK)
             if copied != size:
                 raise OSError(
                     f"pixel source {pixel_source.name} changed size while being copied "
                     f"({size} bytes expected, {copied} read)"
                 )
-            if size & 1:
-                out.write(b"\x00")
-            out.write(_SEQUENCE_DELIMITER)
+            out.write(part10_suffix(size))
             return out.tell()
 
 

@@ -139,8 +139,8 @@ class SpoolFile:
 
 
 def spool_file(folder: Path, name: str | None) -> SpoolFile:
-    """Look at ``folder/name`` (``name`` None: the capture has no such file)."""
-    if name is None:
+    """Look at ``folder/name`` (``name`` None or empty: the capture has no such file)."""
+    if not name:
         return SpoolFile(None, False, None)
     path = folder / name
     try:

@@ -14,13 +14,18 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import io
 import logging
 import os
 import sqlite3
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
+
+from pydicom.dataset import Dataset
 
 from gateway.capture import CaptureOffer, DeviceIdentity, InstanceUIDs
 from gateway.devices.contract import (
@@ -30,6 +35,9 @@ from gateway.devices.contract import (
     DriverState,
     RefusalReason,
 )
+from gateway.dicom.errors import WrapError
+from gateway.dicom.jpeg import JpegInfo, read_jpeg_info_from
+from gateway.dicom.part10 import part10_prefix, part10_suffix
 from gateway.dicom.uids import new_uid
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs, fsync_dir
@@ -39,6 +47,9 @@ from gateway.spool.space import SpaceGuard
 log = logging.getLogger(__name__)
 
 _BUFFER = 1 << 20
+# A JPEG header (markers up to Start of Scan, EXIF and ICC included) is found within
+# this many bytes, or the capture is spooled raw and the wrapping stage decides.
+_HEADER_LIMIT = 1 << 20
 
 
 def _refusal_for(err: OSError) -> CaptureRefused:
@@ -47,8 +58,30 @@ def _refusal_for(err: OSError) -> CaptureRefused:
     return CaptureRefused(RefusalReason.STORAGE_ERROR, f"spool write failed: {err.strerror}")
 
 
+@dataclass(frozen=True, slots=True)
+class InlineWrap:
+    """How intake writes a capture straight into its DICOM file (one copy on disk).
+
+    ``build`` is the wrapping stage's builder (raises WrapError for what it cannot
+    describe); ``destinations`` get a pending delivery; ``on_wrapped`` wakes the
+    forwarders.
+    """
+
+    build: Callable[[DeviceIdentity, CaptureOffer, InstanceUIDs, JpegInfo, datetime], Dataset]
+    destinations: tuple[str, ...]
+    on_wrapped: Callable[[], None]
+
+
 class StagedCapture:
-    """A capture being received: bytes go to a staging file, nothing is acknowledged."""
+    """A capture being received: bytes go to a staging file, nothing is acknowledged.
+
+    When the device announced the size and the first bytes are a JPEG header the
+    builder can describe, the staging file *is* the DICOM file: Part 10 header, then
+    the device's bytes as the pixel data fragment, byte for byte (one write, one
+    fsync). Otherwise (unknown size, not a JPEG, a JPEG DICOM cannot carry) the
+    bytes are kept as they came, in ``raw/``, for the wrapping stage to wrap or
+    quarantine with its reason.
+    """
 
     def __init__(
         self,
@@ -68,30 +101,89 @@ class StagedCapture:
         self._buffer = bytearray()
         self._hash = hashlib.sha256()
         self._size = 0
+        self._not_hashed = 0  # leading bytes of the buffer that are our DICOM header
+        self._pending: asyncio.Future[None] | None = None
+        self._decided = intake.inline is None or offer.length is None
+        self._uids: InstanceUIDs | None = None
+        self._wrapped: db.WrappedAtIntake | None = None
 
     async def write(self, chunk: bytes) -> None:
-        """Append ``chunk`` (buffered; flushed to disk in 1 MiB writes)."""
-        self._hash.update(chunk)
+        """Append ``chunk`` (buffered; written and hashed in 1 MiB blocks on a worker
+        thread while the next block arrives)."""
         self._size += len(chunk)
         self._buffer += chunk
-        if len(self._buffer) >= _BUFFER:
+        if not self._decided:
+            await self._decide(final=False)
+        if self._decided and len(self._buffer) >= _BUFFER:
             await self._flush()
 
-    async def _flush(self) -> None:
-        if not self._buffer or self._fh is None:
-            return
-        data, self._buffer = bytes(self._buffer), bytearray()
-        fh = self._fh
+    async def _decide(self, *, final: bool) -> None:
+        """DICOM straight away, or raw first? Decided on the JPEG header."""
+        inline = self._intake.inline
+        assert inline is not None
+        assert self._offer.length is not None
         try:
-            await asyncio.to_thread(fh.write, data)
+            info = read_jpeg_info_from(io.BytesIO(self._buffer))
+        except WrapError:
+            if final or len(self._buffer) >= _HEADER_LIMIT:
+                self._decided = True  # raw: the wrapping stage says why
+            return
+        uids = InstanceUIDs(study=new_uid(), series=new_uid(), sop_instance=new_uid())
+        length = self._offer.length
+
+        def prefix() -> tuple[Dataset, bytes]:
+            dataset = inline.build(
+                self._identity, self._offer, uids, info, datetime.now().astimezone()
+            )
+            return dataset, part10_prefix(dataset, length)
+
+        self._decided = True
+        try:
+            dataset, head = await asyncio.to_thread(prefix)
+        except (WrapError, ValueError):
+            return  # raw: the wrapping stage quarantines it with the reason
+        self._uids = uids
+        self._buffer[:0] = head
+        self._not_hashed = len(head)
+        self._wrapped = db.WrappedAtIntake(
+            dicom_name=f"{uids.sop_instance}.dcm",
+            sop_class_uid=str(dataset.SOPClassUID),
+            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+            destinations=inline.destinations,
+        )
+
+    def _write_block(self, fh: BinaryIO, block: bytes, skip: int) -> None:
+        self._hash.update(memoryview(block)[skip:])
+        fh.write(block)
+
+    async def _settle(self) -> None:
+        """Wait for the block being written; a failed write refuses the capture."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            await pending
         except OSError as err:
             await self.abort("write failed")
             raise _refusal_for(err) from err
 
+    async def _flush(self) -> None:
+        await self._settle()
+        if not self._buffer or self._fh is None:
+            return
+        block, self._buffer = bytes(self._buffer), bytearray()
+        skip, self._not_hashed = self._not_hashed, 0
+        self._pending = asyncio.ensure_future(
+            asyncio.to_thread(self._write_block, self._fh, block, skip)
+        )
+
     async def commit(self, *, length: int, sha256: str) -> CaptureReceipt:
         """Make the capture durable and record it; then the device may be told."""
+        if not self._decided:
+            await self._decide(final=True)
         await self._flush()
-        if self._size != length:
+        await self._settle()
+        if self._size != length or (self._wrapped and self._size != self._offer.length):
             await self.abort("length mismatch")
             raise CaptureRefused(
                 RefusalReason.LENGTH, f"received {self._size} bytes, device said {length}"
@@ -99,30 +191,47 @@ class StagedCapture:
         if self._hash.hexdigest() != sha256.lower():
             await self.abort("checksum mismatch")
             raise CaptureRefused(RefusalReason.CHECKSUM, "SHA-256 of received bytes differs")
+        if self._wrapped:
+            self._buffer += part10_suffix(self._size)
+            self._not_hashed = len(self._buffer)
+            await self._flush()
+            await self._settle()
         assert self._fh is not None
         fh, self._fh = self._fh, None
-        uids = InstanceUIDs(study=new_uid(), series=new_uid(), sop_instance=new_uid())
-        raw_name = f"{uids.sop_instance}.raw"
+        uids = self._uids or InstanceUIDs(study=new_uid(), series=new_uid(), sop_instance=new_uid())
+        dirs = self._intake.dirs
+        if self._wrapped:
+            final, raw_name = dirs.dicom / self._wrapped.dicom_name, ""
+        else:
+            raw_name = f"{uids.sop_instance}.raw"
+            final = dirs.raw / raw_name
         try:
-            await asyncio.to_thread(self._make_durable, fh, raw_name)
+            await asyncio.to_thread(self._make_durable, fh, final)
         except OSError as err:
             self._discard()
             raise _refusal_for(err) from err
         return await self._intake.record(
-            self._driver, self._identity, self._offer, uids, raw_name, self._size, sha256.lower()
+            self._driver,
+            self._identity,
+            self._offer,
+            uids,
+            raw_name,
+            self._size,
+            sha256.lower(),
+            final,
+            self._wrapped,
         )
 
-    def _make_durable(self, fh: BinaryIO, raw_name: str) -> None:
+    def _make_durable(self, fh: BinaryIO, final: Path) -> None:
         try:
             fh.flush()
             os.fsync(fh.fileno())
         finally:
             fh.close()
-        dirs = self._intake.dirs
-        os.replace(self._path, dirs.raw / raw_name)
+        os.replace(self._path, final)
         # Only the new name must be durable: a staging entry that survives a crash
-        # is removed at start-up (reconcile), leaving the raw file intact.
-        fsync_dir(dirs.raw)
+        # is removed at start-up (reconcile), leaving the spooled file intact.
+        fsync_dir(final.parent)
 
     def _discard(self) -> None:
         if self._fh is not None:
@@ -133,6 +242,10 @@ class StagedCapture:
 
     async def abort(self, reason: str) -> None:
         """Drop the staging file; the device still holds the capture."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            with contextlib.suppress(OSError):
+                await pending
         log.info(
             "capture %s from %s discarded: %s",
             self._offer.device_capture_id,
@@ -182,11 +295,13 @@ class Intake:
         dirs: SpoolDirs,
         on_captured: Callable[[], None],
         space: SpaceGuard | None = None,
+        inline: InlineWrap | None = None,
     ) -> None:
         self.ledger = ledger
         self.dirs = dirs
         self._on_captured = on_captured
         self.space = space
+        self.inline = inline
 
     def host_for(self, driver: str, device_name: str) -> DriverHost:
         """The :class:`DeviceHost` given to one driver instance."""
@@ -219,8 +334,10 @@ class Intake:
         raw_name: str,
         size: int,
         sha256: str,
+        path: Path,
+        wrapped: db.WrappedAtIntake | None = None,
     ) -> CaptureReceipt:
-        """Commit the ledger row of a durable raw file."""
+        """Commit the ledger row of a durable spooled file at ``path``."""
         try:
             spool_id = await self.ledger.call(
                 db.insert_capture,
@@ -231,10 +348,11 @@ class Intake:
                 raw_name=raw_name,
                 raw_size=size,
                 raw_sha256=sha256,
+                wrapped=wrapped,
             )
         except sqlite3.IntegrityError:
             # The same capture was committed meanwhile (a re-offer raced it): keep one.
-            await asyncio.to_thread(self._drop_raw, raw_name)
+            await asyncio.to_thread(self._drop, path)
             known = await self.ledger.call(
                 db.find_capture, identity.serial_number, offer.device_capture_id
             )
@@ -242,22 +360,27 @@ class Intake:
                 raise
             return await KnownCapture(known).commit(length=size, sha256=sha256)
         except sqlite3.OperationalError as err:
-            await asyncio.to_thread(self._drop_raw, raw_name)
+            await asyncio.to_thread(self._drop, path)
             reason = RefusalReason.DISK_FULL if "full" in str(err) else RefusalReason.STORAGE_ERROR
             raise CaptureRefused(reason, "ledger write failed") from err
         log.info(
-            "capture %s from %s saved as spool id %d (%d bytes)",
+            "capture %s from %s saved as spool id %d (%d bytes, %s)",
             offer.device_capture_id,
             identity.serial_number,
             spool_id,
             size,
+            "written as DICOM" if wrapped else "raw, to be wrapped",
         )
-        self._on_captured()
+        if wrapped is not None and self.inline is not None:
+            self.inline.on_wrapped()
+        else:
+            self._on_captured()
         return CaptureReceipt(spool_id, uids.sop_instance, duplicate=False)
 
-    def _drop_raw(self, raw_name: str) -> None:
+    @staticmethod
+    def _drop(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
-            (self.dirs.raw / raw_name).unlink()
+            path.unlink()
 
 
 class DriverHost:

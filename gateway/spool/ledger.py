@@ -322,6 +322,16 @@ def open_ledger(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+@dataclass(frozen=True, slots=True)
+class WrappedAtIntake:
+    """The capture was streamed straight into its DICOM file at intake."""
+
+    dicom_name: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    destinations: tuple[str, ...]
+
+
 def insert_capture(
     conn: sqlite3.Connection,
     *,
@@ -332,15 +342,24 @@ def insert_capture(
     raw_name: str,
     raw_size: int,
     raw_sha256: str,
+    wrapped: WrappedAtIntake | None = None,
 ) -> int:
-    """Record a durable capture in state CAPTURED; return its spool id."""
+    """Record a durable capture; return its spool id.
+
+    Normally in state CAPTURED (the raw device file is in ``raw/``). With
+    ``wrapped`` the capture went straight into its DICOM file: ``raw_name`` is
+    empty (the device's bytes are the file's pixel data fragment), the state is
+    WRAPPED and its deliveries are created in the same transaction.
+    """
     now = utc_now_text()
+    state = CaptureState.WRAPPED if wrapped else CaptureState.CAPTURED
     with transaction(conn):
         cur = conn.execute(
             "INSERT INTO captures (driver, device_serial, device_capture_id, device_json, "
             "offer_json, raw_name, raw_size, raw_sha256, study_uid, series_uid, "
-            "sop_instance_uid, state, received_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "sop_instance_uid, state, received_at, updated_at, dicom_name, sop_class_uid, "
+            "transfer_syntax_uid) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 driver,
                 device.serial_number,
@@ -353,12 +372,24 @@ def insert_capture(
                 uids.study,
                 uids.series,
                 uids.sop_instance,
-                CaptureState.CAPTURED,
+                state,
                 now,
                 now,
+                wrapped.dicom_name if wrapped else None,
+                wrapped.sop_class_uid if wrapped else None,
+                wrapped.transfer_syntax_uid if wrapped else None,
             ),
         )
-    assert cur.lastrowid is not None
+        assert cur.lastrowid is not None
+        if wrapped:
+            conn.executemany(
+                "INSERT INTO deliveries (capture_id, destination, state, next_attempt_at) "
+                "VALUES (?, ?, ?, ?)",
+                [
+                    (cur.lastrowid, name, DeliveryState.PENDING, time.time())
+                    for name in wrapped.destinations
+                ],
+            )
     return cur.lastrowid
 
 

@@ -84,8 +84,9 @@ class Purger:
             await asyncio.sleep(self._settings.purge_interval)
 
     def _delete_files(self, candidate: PurgeCandidate) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self._dirs.raw / candidate.raw_name).unlink()
+        if candidate.raw_name:
+            with contextlib.suppress(FileNotFoundError):
+                (self._dirs.raw / candidate.raw_name).unlink()
         if candidate.dicom_name:
             with contextlib.suppress(FileNotFoundError):
                 (self._dirs.dicom / candidate.dicom_name).unlink()

@@ -87,7 +87,8 @@ def reconcile(conn: sqlite3.Connection, dirs: SpoolDirs) -> ReconcileReport:
     now = utc_now_text()
     with transaction(conn):
         for spool_id, state, raw_name, dicom_name in rows:
-            raw_ok = (dirs.raw / raw_name).exists()
+            # An empty raw_name: the device's bytes live only inside the DICOM file.
+            raw_ok = bool(raw_name) and (dirs.raw / raw_name).exists()
             dicom_ok = dicom_name is not None and (dirs.dicom / dicom_name).exists()
             if state == CaptureState.QUARANTINED:
                 continue
