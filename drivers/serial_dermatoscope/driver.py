@@ -133,9 +133,13 @@ class _Connection:
                 self.host.set_state(DriverState.READY, f"{hello.model} {hello.serial}")
             case hs.CaptureStarted(begin=begin):
                 await self._begin(begin)
-            case hs.CaptureBytes(data=data):
+            case hs.CaptureBytes(capture_id=capture_id, data=data):
                 if self.sink is not None:
-                    await self.sink.write(data)
+                    try:
+                        await self.sink.write(data)
+                    except CaptureRefused as err:  # e.g. the disk filled up mid-transfer
+                        self.sink = None
+                        await self._refuse(capture_id, err)
             case hs.CaptureCompleted(capture_id=capture_id, length=length, sha256=sha256):
                 await self._complete(capture_id, length, sha256)
             case hs.CaptureFailed(capture_id=capture_id, reason=reason, detail=detail):
