@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -83,7 +84,11 @@ def _check_ae_title(value: str) -> str:
     return value
 
 
-AETitle = Annotated[str, Field(description="DICOM Application Entity title (1-16 chars)")]
+AETitle = Annotated[
+    str,
+    AfterValidator(_check_ae_title),
+    Field(description="DICOM Application Entity title (1-16 chars)"),
+]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -125,11 +130,6 @@ class GatewaySettings(_Strict):
         if not _FLEET_ID.match(value):
             raise ValueError("use 1-64 letters, digits or '-' (it is shown on dashboards)")
         return value
-
-    @field_validator("ae_title")
-    @classmethod
-    def _ae(cls, value: str) -> str:
-        return _check_ae_title(value)
 
 
 class SpoolSettings(_Strict):
@@ -249,11 +249,6 @@ class DicomDestination(_Strict):
         if not _NAME.match(value):
             raise ValueError("use 1-32 letters, digits, '_' or '-'")
         return value
-
-    @field_validator("ae_title")
-    @classmethod
-    def _ae(cls, value: str) -> str:
-        return _check_ae_title(value)
 
     @model_validator(mode="after")
     def _retry_order(self) -> DicomDestination:
