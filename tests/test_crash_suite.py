@@ -4,7 +4,8 @@ The simulator keeps offering while ``dermgate run`` is killed at random moments 
 during intake, wrapping, mid-C-STORE, between SENT and COMMITTED — and restarted,
 at least 25 times. Afterwards the PACS (real Orthanc, with Storage Commitment)
 holds exactly the acknowledged captures, each once, found by SOP Instance UID, and
-the ledger shows every one COMMITTED.
+the ledger shows every one COMMITTED (or PURGED: the test purges confirmed copies a
+few seconds after arrival, so that kills also land during purges).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def test_random_sigkills_lose_and_duplicate_nothing(
     config = gateway_config(
         tmp_path, pacs_port=orthanc.dicom_port, commit_via=orthanc, commitment_timeout=3.0
     )
+    # Purge confirmed copies a few seconds after arrival, so kills land during purges too.
+    config.write_text(config.read_text() + "\n[spool]\nkeep_days = 0.00005\npurge_interval = 0.5\n")
     sim = simulator_factory(
         "--captures",
         str(CAPTURES),
@@ -62,7 +65,12 @@ def test_random_sigkills_lose_and_duplicate_nothing(
     assert sim.wait(240) == 0, final.log()[-4000:]
     acknowledged = sim.result()["acknowledged"]
     assert len(acknowledged) == CAPTURES
-    wait_for(lambda: states(state_dir) == ["COMMITTED"] * CAPTURES, 120, "all COMMITTED")
+    confirmed = {"COMMITTED", "PURGED"}
+    wait_for(
+        lambda: len(states(state_dir)) == CAPTURES and set(states(state_dir)) <= confirmed,
+        120,
+        "all COMMITTED (or already PURGED)",
+    )
 
     rows = ledger_rows(state_dir)
     by_capture = {r["device_capture_id"]: r for r in rows}
@@ -72,6 +80,9 @@ def test_random_sigkills_lose_and_duplicate_nothing(
         assert row["raw_sha256"] == acked["sha256"]
         assert len(orthanc.find_instances(row["sop_instance_uid"])) == 1
     assert orthanc.count_instances() == CAPTURES, "no capture stored under a second UID"
+    for row in rows:
+        if row["state"] == "PURGED":
+            assert not (state_dir / "spool" / "dicom" / row["dicom_name"]).exists()
     assert final.stop() == 0
     seen = {state for snapshot in kill_states for state in snapshot}
     print(f"states seen at kill time: {sorted(seen)}")
