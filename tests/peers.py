@@ -8,7 +8,11 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
-from pynetdicom.sop_class import DermoscopicPhotographyImageStorage, StorageCommitmentPushModel
+from pynetdicom.sop_class import (
+    DermoscopicPhotographyImageStorage,
+    StorageCommitmentPushModel,
+    Verification,
+)
 
 from gateway.local_orthanc import free_port
 
@@ -94,13 +98,15 @@ class MisbehavingPacs:
             self.received.append(str(event.request.AffectedSOPInstanceUID))
         return action
 
-    def start(self, *, accept_dermoscopy: bool = True) -> None:
+    def start(self, *, accept_dermoscopy: bool = True, echo: bool = True) -> None:
         ae = AE(ae_title="MISBEHAVE")
         if accept_dermoscopy:
             ae.add_supported_context(DermoscopicPhotographyImageStorage, JPEG_BASELINE)
         else:
             ae.add_supported_context("1.2.840.10008.5.1.4.1.1.7", JPEG_BASELINE)
         ae.add_supported_context(StorageCommitmentPushModel)
+        if echo:
+            ae.add_supported_context(Verification)
         self.server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,

@@ -79,6 +79,7 @@ def test_pacs_refusing_associations_then_accepting(
     log = gateway.log()
     assert log.count("destination pacs unavailable") == 1, "a state change is logged once"
     assert log.count("destination pacs reachable") == 1
+    assert log.count("circuit open") <= 1, "an outage is announced once"
     assert gateway.stop() == 0
 
 
@@ -149,7 +150,7 @@ def test_link_restored_by_echo_retries_at_once(
         row = delivery_rows(state_dir)[0]
         assert row["sent_epoch"] < scheduled, "sent before its backoff ran out"
         assert row["attempts"] == 2
-        assert "link restored" in gateway.log()
+        assert "link restored, 1 pending delivery(ies) due now" in gateway.log()
     finally:
         pacs.stop()
     assert gateway.stop() == 0
@@ -201,4 +202,31 @@ def test_stuck_alarm_is_raised_once_and_cleared(
     wait_for(lambda: "stuck alarm for pacs cleared" in gateway.log(), 60, "the alarm to clear")
     assert gateway.log().count("STUCK:") == 1
     assert states(tmp_path / "state") == ["SENT"]
+    assert gateway.stop() == 0
+
+
+def test_pacs_without_c_echo_still_gets_its_captures(
+    tmp_path: Path,
+    pacs: MisbehavingPacs,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    """Half-open trials: a PACS that refuses C-ECHO never keeps the circuit shut."""
+    pacs.start(echo=False)
+    pacs.reject_associations(True)
+    config = gateway_config(
+        tmp_path,
+        pacs_port=pacs.port,
+        pacs_ae="MISBEHAVE",
+        retry_initial=0.2,
+        retry_max=1.0,
+        extra_destination="breaker_threshold = 1",
+    )
+    sim = simulator_factory("--captures", "1")
+    gateway = gateway_factory(config)
+    assert sim.wait(120) == 0
+    wait_for(lambda: "circuit open" in gateway.log(), 60, "the circuit to open")
+    pacs.reject_associations(False)  # stores again, but still answers no C-ECHO
+    wait_for(lambda: states(tmp_path / "state") == ["SENT"], 90, "delivery via a trial")
+    assert "link restored" not in gateway.log()
     assert gateway.stop() == 0

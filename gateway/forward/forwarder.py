@@ -43,12 +43,13 @@ _PROBES_PER_TRIAL = 5
 
 
 def retry_now(conn: sqlite3.Connection, destination: str, now: float) -> int:
-    """Make every pending delivery to ``destination`` due now (link restored)."""
+    """Make every pending delivery to ``destination`` due now (link restored);
+    return how many are pending."""
     with transaction(conn):
         cur = conn.execute(
-            "UPDATE deliveries SET next_attempt_at = ? WHERE destination = ? AND state = ? "
-            "AND next_attempt_at > ?",
-            (now, destination, DeliveryState.PENDING, now),
+            "UPDATE deliveries SET next_attempt_at = MIN(next_attempt_at, ?) "
+            "WHERE destination = ? AND state = ?",
+            (now, destination, DeliveryState.PENDING),
         )
     return cur.rowcount
 
@@ -101,6 +102,7 @@ class Forwarder:
         self._reachable: bool | None = None
         self._failed_batches = 0
         self.circuit_open = False
+        self._circuit_announced = False
         self._circuit_closed = asyncio.Event()
         self.stuck = 0
 
@@ -180,7 +182,8 @@ class Forwarder:
             if error is None:
                 due = await self._ledger.call(retry_now, self.name, time.time())
                 log.info(
-                    "destination %s answers C-ECHO again: link restored, %d delivery(ies) due now",
+                    "destination %s answers C-ECHO again: link restored, %d pending delivery(ies) "
+                    "due now",
                     self.name,
                     due,
                 )
@@ -197,6 +200,7 @@ class Forwarder:
 
     def _close_circuit(self) -> None:
         self.circuit_open = False
+        self._circuit_announced = False
         self._failed_batches = 0
         self._circuit_closed.set()
         self.wanted.set()
@@ -269,17 +273,21 @@ class Forwarder:
     def _track_reachability(self, reachable: bool, detail: str) -> None:
         if reachable:
             self._failed_batches = 0
+            self._circuit_announced = False
         else:
             self._failed_batches += 1
             if not self.circuit_open and self._failed_batches >= self.destination.breaker_threshold:
                 self.circuit_open = True
                 self._circuit_closed.clear()
-                log.warning(
-                    "destination %s: circuit open after %d failed attempts; probing with "
-                    "C-ECHO until it answers",
-                    self.name,
-                    self._failed_batches,
-                )
+                # Announced once per outage, not again after each half-open trial.
+                if not self._circuit_announced:
+                    log.warning(
+                        "destination %s: circuit open after %d failed attempts; probing "
+                        "with C-ECHO until it answers",
+                        self.name,
+                        self._failed_batches,
+                    )
+                    self._circuit_announced = True
         if reachable == self._reachable:
             return
         if reachable:
