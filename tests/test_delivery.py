@@ -133,7 +133,7 @@ def test_link_restored_by_echo_retries_at_once(
     config = gateway_config(
         tmp_path,
         pacs_port=port,
-        retry_initial=6.0,
+        retry_initial=20.0,
         retry_max=60.0,
         extra_destination="breaker_threshold = 1",
     )
