@@ -69,6 +69,8 @@ def test_failed_commitment_is_resent_with_the_same_uid_then_committed(
     uid = ledger_rows(state_dir)[0]["sop_instance_uid"]
     assert pacs.received == [uid, uid], "sent twice, with the same SOP Instance UID"
     assert delivery_rows(state_dir)[0]["commit_failures"] == 1
+    # The peer notes each answer once its N-EVENT-REPORT returns: maybe a moment later.
+    wait_for(lambda: len(pacs.report_statuses) == 2, 30, "both reports answered")
     assert pacs.report_statuses == [0x0000, 0x0000], "every report is answered with success"
     assert gateway.stop() == 0
 
@@ -101,6 +103,7 @@ def test_report_for_an_unknown_transaction_is_answered_and_harmless(
     gateway = start(tmp_path, pacs, gateway_factory, simulator_factory)
     state_dir = tmp_path / "state"
     wait_for(lambda: states(state_dir) == ["COMMITTED"], 60, "commitment")
+    wait_for(lambda: len(pacs.report_statuses) == 2, 30, "both reports answered")
     assert pacs.report_statuses == [0x0000, 0x0000]
     assert "unknown or finished transaction 2.25.424242" in gateway.log()
     assert gateway.stop() == 0
