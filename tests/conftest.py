@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from gateway.local_orthanc import OrthancProcess, free_port
+from tests.peers import MisbehavingPacs
 
 GATEWAY_AE = "DERMGATE"
 
@@ -61,6 +62,14 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
         tmp_path / "orthanc", modalities={"dermgate": (GATEWAY_AE, "127.0.0.1", listen_port)}
     )
     server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pacs() -> Iterator[MisbehavingPacs]:
+    """A scriptable pynetdicom PACS; its commitment reports go to ``report_to``."""
+    server = MisbehavingPacs(script=[], report_to=free_port())
     yield server
     server.stop()
 

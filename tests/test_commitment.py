@@ -8,10 +8,8 @@ report cannot reach the gateway.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from gateway.local_orthanc import OrthancProcess, free_port
 from tests.conftest import (
@@ -24,13 +22,6 @@ from tests.conftest import (
     wait_for,
 )
 from tests.peers import MisbehavingPacs
-
-
-@pytest.fixture
-def pacs() -> Iterator[MisbehavingPacs]:
-    server = MisbehavingPacs(script=[], report_to=free_port())
-    yield server
-    server.stop()
 
 
 def start(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,6 @@ from gateway.forward.cstore import CStoreSender, StoreRequest, Verdict, classify
 from gateway.local_orthanc import free_port
 from tests.dicom_files import make_dicom
 from tests.peers import JPEG_BASELINE, MisbehavingPacs
-
-
-@pytest.fixture
-def pacs() -> Iterator[MisbehavingPacs]:
-    server = MisbehavingPacs(script=[])
-    yield server
-    server.stop()
 
 
 def destination(port: int, **overrides: Any) -> DicomDestination:

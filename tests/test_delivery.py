@@ -7,10 +7,8 @@ quarantines the capture with the PACS's status as the reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from gateway.local_orthanc import OrthancProcess, free_port
 from tests.conftest import (
@@ -23,13 +21,6 @@ from tests.conftest import (
     wait_for,
 )
 from tests.peers import MisbehavingPacs
-
-
-@pytest.fixture
-def pacs() -> Iterator[MisbehavingPacs]:
-    server = MisbehavingPacs(script=[])
-    yield server
-    server.stop()
 
 
 def test_pacs_aborting_mid_transfer_then_delivered_once_with_same_uid(
