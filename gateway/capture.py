@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 class DeviceClass(enum.StrEnum):
@@ -20,6 +21,22 @@ class DeviceClass(enum.StrEnum):
     CONFOCAL_MICROSCOPE = "confocal-microscope"
     BODY_SCANNER = "body-scanner"
     CAMERA = "camera"
+
+
+class ContentType(enum.StrEnum):
+    """What the bytes of a capture are (a MIME type); picks the DICOM builder.
+
+    ``PIXELS`` is raw, uncompressed pixel data (little endian, frame after frame) as a
+    confocal microscope streams it; its geometry is in :attr:`CaptureOffer.extra`.
+    """
+
+    JPEG = "image/jpeg"
+    TIFF = "image/tiff"
+    PNG = "image/png"
+    PIXELS = "application/x-dermgate-pixels"
+    OBJ = "model/obj"
+    MTL = "model/mtl"
+    STL = "model/stl"
 
 
 class Polarization(enum.StrEnum):
@@ -95,6 +112,15 @@ class CaptureOffer:
     from CID 4029 (Dermatology Anatomic Site) chosen on the device, ``lesion_id``
     the device's lesion label (becomes Tracking ID). ``length`` is the announced size
     in bytes, when the device says it (used to refuse early when the disk is full).
+
+    ``content_type`` says what the bytes are; ``extra`` carries class-specific,
+    JSON-compatible metadata that the matching DICOM builder reads through its own
+    typed model (confocal stack geometry, a 3D export's file links, EXIF fields).
+    ``uids`` lets a driver choose the instance's UIDs (derived deterministically, so
+    the files of one 3D export can name each other before all are received);
+    without it intake mints fresh ones. ``patient`` is the patient identity a
+    device supplied (a scanner's export metadata): it goes into the DICOM object
+    and nowhere else (the ledger keeps it in a column only the wrapper reads).
     """
 
     device_capture_id: str
@@ -104,6 +130,10 @@ class CaptureOffer:
     anatomic_site: str | None = None
     laterality: Laterality | None = None
     lesion_id: str | None = None
+    content_type: ContentType = ContentType.JPEG
+    extra: dict[str, Any] = field(default_factory=dict)
+    uids: InstanceUIDs | None = None
+    patient: PatientContext | None = None
 
 
 @dataclass(frozen=True, slots=True)

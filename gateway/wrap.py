@@ -1,10 +1,22 @@
 """The wrapping stage: CAPTURED → WRAPPED (or QUARANTINED with a reason).
 
-For each durable capture it reads the JPEG header, runs the pure builder for the
-device's class, and writes the Part 10 file atomically into ``dicom/``. Then the
-ledger row becomes WRAPPED with a pending delivery per destination. A capture the
-builder refuses (not a JPEG, subsampling DICOM cannot describe) is quarantined: it
-was acknowledged, so it is kept, never sent, and shown with the reason.
+For each durable capture it picks the DICOM writer for what the capture is
+(:func:`writer_for`: the offer's content type and the device class), and writes the
+Part 10 file atomically into ``dicom/``. Then the ledger row becomes WRAPPED with a
+pending delivery per destination. A capture the writer refuses (not a JPEG,
+subsampling DICOM cannot describe, a damaged mesh) is quarantined: it was
+acknowledged, so it is kept, never sent, and shown with the reason.
+
+============================  ======================  ================================
+content type                  device class            DICOM object
+============================  ======================  ================================
+image/jpeg                    dermatoscope            Dermoscopic Photography (…77.1.7)
+image/jpeg                    camera, body scanner    VL Photographic (…77.1.4)
+image/tiff, image/png         camera, body scanner    VL Photographic, native pixels
+raw pixels                    confocal microscope     Confocal Microscopy (…77.1.8/.9)
+model/obj, model/mtl,         body scanner            Encapsulated OBJ, MTL, STL
+model/stl                                             (…104.4, .5, .3)
+============================  ======================  ================================
 """
 
 from __future__ import annotations
@@ -15,20 +27,27 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from gateway.capture import (
     CaptureOffer,
+    ContentType,
     DeviceClass,
     DeviceIdentity,
     GatewayIdentity,
     InstanceUIDs,
 )
+from gateway.dicom.confocal import write_confocal
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.errors import WrapError
+from gateway.dicom.job import ObjectWriter, WrapJob, WrittenObject
 from gateway.dicom.jpeg import JpegInfo, read_jpeg_info
 from gateway.dicom.part10 import write_part10_encapsulated
+from gateway.dicom.photo import build_vl_photographic, write_vl_photographic_native
+from gateway.dicom.surface import write_encapsulated_3d
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
 from gateway.spool.ledger import Ledger, SpoolEntry
@@ -38,6 +57,20 @@ log = logging.getLogger(__name__)
 
 _RETRY_AFTER_ERROR = 30.0
 _POLL = 60.0
+
+_WRITERS: dict[ContentType, ObjectWriter] = {
+    ContentType.PIXELS: write_confocal,
+    ContentType.OBJ: write_encapsulated_3d,
+    ContentType.MTL: write_encapsulated_3d,
+    ContentType.STL: write_encapsulated_3d,
+    ContentType.TIFF: write_vl_photographic_native,
+    ContentType.PNG: write_vl_photographic_native,
+}
+
+
+def writer_for(content_type: ContentType) -> ObjectWriter | None:
+    """The writer for captures that are not JPEGs (JPEGs go through :meth:`Wrapper.build`)."""
+    return _WRITERS.get(content_type)
 
 
 class Wrapper:
@@ -83,12 +116,10 @@ class Wrapper:
                 self.wanted.set()
 
     async def _wrap_one(self, entry: SpoolEntry) -> bool:
-        raw = self._dirs.raw / entry.raw_name
         dicom_name = f"{entry.uids.sop_instance}.dcm"
         try:
-            dataset = await asyncio.to_thread(self._build, entry, datetime.now().astimezone())
-            await asyncio.to_thread(
-                write_part10_encapsulated, dataset, raw, self._dirs.dicom / dicom_name
+            written = await asyncio.to_thread(
+                self._write, entry, self._dirs.dicom / dicom_name, datetime.now().astimezone()
             )
         except WrapError as err:
             log.warning("spool id %d quarantined: %s", entry.id, err)
@@ -105,18 +136,31 @@ class Wrapper:
             db.mark_wrapped,
             entry.id,
             dicom_name=dicom_name,
-            sop_class_uid=str(dataset.SOPClassUID),
-            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+            sop_class_uid=written.sop_class_uid,
+            transfer_syntax_uid=written.transfer_syntax_uid,
             destinations=self._destinations,
             now=time.time(),
         )
-        log.info("spool id %d wrapped as %s", entry.id, dataset.SOPClassUID.name)
+        log.info("spool id %d wrapped as %s", entry.id, UID(written.sop_class_uid).name)
         self._on_wrapped()
         return True
 
-    def _build(self, entry: SpoolEntry, now: datetime) -> Dataset:
-        jpeg = read_jpeg_info(self._dirs.raw / entry.raw_name)
-        return self.build(entry.device, entry.offer, entry.uids, jpeg, now)
+    def _write(self, entry: SpoolEntry, dest: Path, now: datetime) -> WrittenObject:
+        """Write the DICOM file of one captured file (blocking)."""
+        raw = self._dirs.raw / entry.raw_name
+        writer = writer_for(entry.offer.content_type)
+        if writer is not None:
+            job = WrapJob(entry.device, entry.offer, entry.uids, raw, self._gateway, now)
+            return writer(job, dest)
+        if entry.offer.content_type is not ContentType.JPEG:
+            raise WrapError(f"no DICOM writer for content type {entry.offer.content_type}")
+        jpeg = read_jpeg_info(raw)
+        dataset = self.build(entry.device, entry.offer, entry.uids, jpeg, now)
+        write_part10_encapsulated(dataset, raw, dest)
+        return WrittenObject(
+            sop_class_uid=str(dataset.SOPClassUID),
+            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+        )
 
     def build(
         self,
@@ -126,20 +170,30 @@ class Wrapper:
         jpeg: JpegInfo,
         now: datetime,
     ) -> Dataset:
-        """The DICOM data set (without Pixel Data) for one capture; raises WrapError.
+        """The DICOM data set (without Pixel Data) for one JPEG capture; raises WrapError.
 
         Used here for captures in ``raw/`` and by intake, which streams a JPEG it
         can describe straight into its DICOM file.
         """
+        if identity.device_class in (DeviceClass.CAMERA, DeviceClass.BODY_SCANNER):
+            return build_vl_photographic(
+                identity=identity,
+                offer=offer,
+                uids=uids,
+                jpeg=jpeg,
+                gateway=self._gateway,
+                patient=offer.patient,
+                now=now,
+            )
         if identity.device_class is not DeviceClass.DERMATOSCOPE:
-            raise WrapError(f"no DICOM builder for device class {identity.device_class}")
+            raise WrapError(f"no JPEG builder for device class {identity.device_class}")
         return build_dermoscopic_photography(
             identity=identity,
             offer=offer,
             uids=uids,
             jpeg=jpeg,
             gateway=self._gateway,
-            patient=None,
+            patient=offer.patient,
             now=now,
             # Without patient context every capture is its own study and series
             # (never merge two patients' images), so both numbers are 1.

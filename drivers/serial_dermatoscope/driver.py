@@ -29,7 +29,14 @@ from gateway.capture import (
     Laterality,
     Polarization,
 )
-from gateway.devices.contract import CaptureRefused, CaptureSink, DeviceHost, DriverState
+from gateway.devices.contract import (
+    CaptureRefused,
+    CaptureSink,
+    DeviceHost,
+    DriverState,
+    Matcher,
+    SerialMatch,
+)
 from gateway.forward.schedule import Backoff
 
 log = logging.getLogger(__name__)
@@ -197,6 +204,7 @@ class SerialDermatoscopeDriver:
     id: ClassVar[str] = "serial-dermatoscope"
     device_class: ClassVar[DeviceClass] = DeviceClass.DERMATOSCOPE
     Options: ClassVar[type[BaseModel]] = SerialDermatoscopeOptions
+    matchers: ClassVar[tuple[Matcher, ...]] = (SerialMatch("/dev/ttyACM*"),)
     simulator: ClassVar[str] = "drivers.serial_dermatoscope.simulator:main"
 
     def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:

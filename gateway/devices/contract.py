@@ -26,6 +26,29 @@ class DriverState(enum.StrEnum):
     READY = "READY"
     TRANSFERRING = "TRANSFERRING"
     ERROR = "ERROR"
+    #: Set by the gateway, never by a driver: it crashed too often and is stopped.
+    QUARANTINED = "QUARANTINED"
+
+
+@dataclass(frozen=True, slots=True)
+class UsbMatch:
+    """Matches a USB device by vendor and product id (``0x1234``, ``0xabcd``)."""
+
+    vendor_id: int
+    product_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SerialMatch:
+    """Matches a serial port by its device path (fnmatch pattern, e.g.
+    ``/dev/ttyACM*``) and, when given, the USB ids of the adapter behind it."""
+
+    pattern: str
+    vendor_id: int | None = None
+    product_id: int | None = None
+
+
+Matcher = UsbMatch | SerialMatch
 
 
 class RefusalReason(enum.StrEnum):
@@ -62,8 +85,15 @@ class CaptureSink(Protocol):
     async def write(self, chunk: bytes) -> None:
         """Append ``chunk`` to the capture."""
 
-    async def commit(self, *, length: int, sha256: str) -> CaptureReceipt:
-        """Make the capture durable; raise :class:`CaptureRefused` if it cannot be."""
+    async def commit(
+        self, *, length: int, sha256: str, offer: CaptureOffer | None = None
+    ) -> CaptureReceipt:
+        """Make the capture durable; raise :class:`CaptureRefused` if it cannot be.
+
+        ``offer``, when given, replaces the offer made at ``begin_capture`` (same
+        ``device_capture_id``): metadata learned during the transfer, such as each
+        frame's depth in a confocal stack.
+        """
 
     async def abort(self, reason: str) -> None:
         """Discard whatever was written; nothing is kept."""
@@ -85,6 +115,7 @@ class Driver(Protocol):
     id: ClassVar[str]
     device_class: ClassVar[DeviceClass]
     Options: ClassVar[type[BaseModel]]
+    matchers: ClassVar[tuple[Matcher, ...]]
 
     async def run(self) -> None:
         """Serve the device until cancelled; reconnect on your own when it goes away."""
@@ -96,6 +127,7 @@ class DriverFactory(Protocol):
     id: ClassVar[str]
     device_class: ClassVar[DeviceClass]
     Options: ClassVar[type[BaseModel]]
+    matchers: ClassVar[tuple[Matcher, ...]]
 
     def __call__(self, options: BaseModel, host: DeviceHost, name: str) -> Driver:
         """Build a driver for one configured device."""

@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 from pydicom.dataset import Dataset
 
-from gateway.capture import CaptureOffer, DeviceIdentity, InstanceUIDs
+from gateway.capture import CaptureOffer, ContentType, DeviceIdentity, InstanceUIDs
 from gateway.devices.contract import (
     CaptureReceipt,
     CaptureRefused,
@@ -50,6 +50,11 @@ _BUFFER = 1 << 20
 # A JPEG header (markers up to Start of Scan, EXIF and ICC included) is found within
 # this many bytes, or the capture is spooled raw and the wrapping stage decides.
 _HEADER_LIMIT = 1 << 20
+
+
+def fresh_uids() -> InstanceUIDs:
+    """New random Study, Series and SOP Instance UIDs for a capture."""
+    return InstanceUIDs(study=new_uid(), series=new_uid(), sop_instance=new_uid())
 
 
 def _refusal_for(err: OSError) -> CaptureRefused:
@@ -103,7 +108,9 @@ class StagedCapture:
         self._size = 0
         self._not_hashed = 0  # leading bytes of the buffer that are our DICOM header
         self._pending: asyncio.Future[None] | None = None
-        self._decided = intake.inline is None or offer.length is None
+        self._decided = (
+            intake.inline is None or offer.length is None or offer.content_type != ContentType.JPEG
+        )
         self._uids: InstanceUIDs | None = None
         self._wrapped: db.WrappedAtIntake | None = None
 
@@ -128,7 +135,7 @@ class StagedCapture:
             if final or len(self._buffer) >= _HEADER_LIMIT:
                 self._decided = True  # raw: the wrapping stage says why
             return
-        uids = InstanceUIDs(study=new_uid(), series=new_uid(), sop_instance=new_uid())
+        uids = self._offer.uids or fresh_uids()
         length = self._offer.length
 
         def prefix() -> tuple[Dataset, bytes]:
@@ -177,8 +184,18 @@ class StagedCapture:
             asyncio.to_thread(self._write_block, self._fh, block, skip)
         )
 
-    async def commit(self, *, length: int, sha256: str) -> CaptureReceipt:
+    async def commit(
+        self, *, length: int, sha256: str, offer: CaptureOffer | None = None
+    ) -> CaptureReceipt:
         """Make the capture durable and record it; then the device may be told."""
+        if offer is not None:
+            if offer.device_capture_id != self._offer.device_capture_id:
+                await self.abort("final offer names another capture")
+                raise CaptureRefused(
+                    RefusalReason.CONFLICT, "the final offer names a different capture id"
+                )
+            if self._wrapped is None:
+                self._offer = offer
         if not self._decided:
             await self._decide(final=True)
         await self._flush()
@@ -198,7 +215,7 @@ class StagedCapture:
             await self._settle()
         assert self._fh is not None
         fh, self._fh = self._fh, None
-        uids = self._uids or InstanceUIDs(study=new_uid(), series=new_uid(), sop_instance=new_uid())
+        uids = self._uids or self._offer.uids or fresh_uids()
         dirs = self._intake.dirs
         if self._wrapped:
             final, raw_name = dirs.dicom / self._wrapped.dicom_name, ""
@@ -266,7 +283,9 @@ class KnownCapture:
         """Hash and drop ``chunk``."""
         self._hash.update(chunk)
 
-    async def commit(self, *, length: int, sha256: str) -> CaptureReceipt:
+    async def commit(
+        self, *, length: int, sha256: str, offer: CaptureOffer | None = None
+    ) -> CaptureReceipt:
         """Acknowledge again if it is the same capture; refuse a conflicting one."""
         if sha256.lower() != self._entry.raw_sha256:
             raise CaptureRefused(

@@ -28,17 +28,19 @@ from typing import Any, TypeVar
 from gateway.capture import (
     CaptureOffer,
     ContactMethod,
+    ContentType,
     DermoscopySettings,
     DeviceClass,
     DeviceIdentity,
     ImmersionMedium,
     InstanceUIDs,
     Laterality,
+    PatientContext,
     Polarization,
 )
 from gateway.spool.states import CaptureState, DeliveryState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1 = """
 CREATE TABLE captures (
@@ -97,7 +99,14 @@ CREATE INDEX commitments_open ON commitments (destination, state);
 UPDATE deliveries SET sent_epoch = strftime('%s', 'now') WHERE state = 'SENT';
 """
 
-_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+# v3: every device class. Patient identity a device supplies (a 3D scanner's export
+# metadata) is kept apart from the offer, in a column that only the wrapper (and
+# `spool show --reveal`) reads; listings never select it.
+_SCHEMA_V3 = """
+ALTER TABLE captures ADD COLUMN patient_json TEXT;
+"""
+
+_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 
 T = TypeVar("T")
 
@@ -153,17 +162,46 @@ def offer_to_json(offer: CaptureOffer) -> str:
             "anatomic_site": offer.anatomic_site,
             "laterality": offer.laterality,
             "lesion_id": offer.lesion_id,
+            "content_type": str(offer.content_type),
+            "extra": offer.extra,
         },
         sort_keys=True,
     )
+
+
+def patient_to_json(patient: PatientContext | None) -> str | None:
+    """Serialise device-supplied patient identity (its own column; never listed)."""
+    if patient is None:
+        return None
+    return json.dumps(
+        {
+            "patient_name": patient.patient_name,
+            "patient_id": patient.patient_id,
+            "issuer_of_patient_id": patient.issuer_of_patient_id,
+            "birth_date": patient.birth_date,
+            "sex": patient.sex,
+            "accession_number": patient.accession_number,
+        },
+        sort_keys=True,
+    )
+
+
+def patient_from_json(text: str | None) -> PatientContext | None:
+    """Inverse of :func:`patient_to_json`."""
+    if not text:
+        return None
+    raw = json.loads(text)
+    return PatientContext(**{k: str(v) for k, v in raw.items()})
 
 
 def _opt(kind: Callable[[Any], T], value: Any) -> T | None:
     return None if value is None else kind(value)
 
 
-def offer_from_json(text: str) -> CaptureOffer:
-    """Inverse of :func:`offer_to_json`."""
+def offer_from_json(
+    text: str, uids: InstanceUIDs | None = None, patient: PatientContext | None = None
+) -> CaptureOffer:
+    """Inverse of :func:`offer_to_json` (UIDs and patient come from their columns)."""
     raw = json.loads(text)
     return CaptureOffer(
         device_capture_id=raw["device_capture_id"],
@@ -178,6 +216,10 @@ def offer_from_json(text: str) -> CaptureOffer:
         anatomic_site=raw["anatomic_site"],
         laterality=_opt(Laterality, raw["laterality"]),
         lesion_id=raw["lesion_id"],
+        content_type=ContentType(raw.get("content_type", ContentType.JPEG)),
+        extra=dict(raw.get("extra") or {}),
+        uids=uids,
+        patient=patient,
     )
 
 
@@ -237,17 +279,18 @@ class ListingRow:
 _ENTRY_COLUMNS = (
     "id, driver, device_json, offer_json, study_uid, series_uid, sop_instance_uid, raw_name, "
     "raw_size, raw_sha256, sop_class_uid, transfer_syntax_uid, dicom_name, state, reason, "
-    "received_at, updated_at"
+    "received_at, updated_at, patient_json"
 )
 
 
 def _entry(row: sqlite3.Row) -> SpoolEntry:
+    uids = InstanceUIDs(row["study_uid"], row["series_uid"], row["sop_instance_uid"])
     return SpoolEntry(
         id=row["id"],
         driver=row["driver"],
         device=device_from_json(row["device_json"]),
-        offer=offer_from_json(row["offer_json"]),
-        uids=InstanceUIDs(row["study_uid"], row["series_uid"], row["sop_instance_uid"]),
+        offer=offer_from_json(row["offer_json"], uids, patient_from_json(row["patient_json"])),
+        uids=uids,
         raw_name=row["raw_name"],
         raw_size=row["raw_size"],
         raw_sha256=row["raw_sha256"],
@@ -358,8 +401,8 @@ def insert_capture(
             "INSERT INTO captures (driver, device_serial, device_capture_id, device_json, "
             "offer_json, raw_name, raw_size, raw_sha256, study_uid, series_uid, "
             "sop_instance_uid, state, received_at, updated_at, dicom_name, sop_class_uid, "
-            "transfer_syntax_uid) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "transfer_syntax_uid, patient_json) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 driver,
                 device.serial_number,
@@ -378,6 +421,7 @@ def insert_capture(
                 wrapped.dicom_name if wrapped else None,
                 wrapped.sop_class_uid if wrapped else None,
                 wrapped.transfer_syntax_uid if wrapped else None,
+                patient_to_json(offer.patient),
             ),
         )
         assert cur.lastrowid is not None

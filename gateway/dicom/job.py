@@ -1,0 +1,48 @@
+"""What the wrapping stage hands a DICOM writer, and what it gets back.
+
+A writer turns one durable capture file into one DICOM Part 10 file. It is
+blocking (the wrapping stage runs it on a worker thread), streams the capture
+instead of loading it, and writes ``dest`` atomically
+(:func:`gateway.spool.files.atomic_writer`). It raises a
+:class:`~gateway.dicom.errors.WrapError` for a capture that can never be wrapped
+(kept and quarantined with the message as reason) and :class:`OSError` for I/O
+trouble (retried later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from gateway.capture import CaptureOffer, DeviceIdentity, GatewayIdentity, InstanceUIDs
+
+__all__ = ["ObjectWriter", "WrapJob", "WrittenObject"]
+
+
+@dataclass(frozen=True, slots=True)
+class WrapJob:
+    """One capture to wrap: who sent it, what it is, and where its bytes are.
+
+    ``offer.patient`` is the device-supplied patient identity, if any; ``now`` is
+    the timezone-aware wrap time.
+    """
+
+    identity: DeviceIdentity
+    offer: CaptureOffer
+    uids: InstanceUIDs
+    source: Path
+    gateway: GatewayIdentity
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenObject:
+    """The DICOM object a writer produced."""
+
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+
+ObjectWriter = Callable[[WrapJob, Path], WrittenObject]
