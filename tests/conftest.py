@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from gateway.local_orthanc import OrthancProcess, free_port
 from tests.peers import MisbehavingPacs
@@ -86,8 +87,12 @@ def gateway_config(
     commit_via: OrthancProcess | None = None,
     listen_port: int | None = None,
     commitment_timeout: float = 20.0,
+    devices: str | None = None,
 ) -> Path:
     """Write a gateway configuration for a test; return its path.
+
+    ``devices`` replaces the default device (the serial dermatoscope on ``link``)
+    with the given ``[[devices]]`` TOML sections.
 
     With ``commit_via`` (an Orthanc from the ``orthanc`` fixture) storage commitment
     is on and our listener uses the port that Orthanc knows us by.
@@ -121,7 +126,11 @@ acse_timeout = 5
 dimse_timeout = 10
 network_timeout = 10
 {extra_destination}
-
+"""
+    text += (
+        devices
+        if devices is not None
+        else f"""
 [[devices]]
 driver = "serial-dermatoscope"
 name = "scope"
@@ -129,6 +138,7 @@ port = "{link}"
 stall_timeout = 5
 reconnect_max = 1
 """
+    )
     path = tmp_path / "dermgate.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -294,3 +304,10 @@ def delivery_rows(state_dir: Path) -> list[sqlite3.Row]:
 def states(state_dir: Path) -> list[str]:
     """The state of every capture, in spool order."""
     return [str(r["state"]) for r in ledger_rows(state_dir)]
+
+
+# Hypothesis profiles: "ci" (default) keeps the suite fast; "slow" is the deep fuzz
+# run (tens of thousands of examples): HYPOTHESIS_PROFILE=slow scripts/test.sh -k fuzz
+settings.register_profile("ci", max_examples=300, deadline=None)
+settings.register_profile("slow", max_examples=30000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
