@@ -15,10 +15,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.encaps import get_frame
+from pydicom.sr._cid_dict import cid_concepts
+from pydicom.sr._concepts_dict import concepts
 
+from gateway.dicom.uids import tracking_uid
 from gateway.local_orthanc import OrthancProcess, free_port
 from tests.conftest import (
     GatewayProcess,
@@ -73,6 +77,7 @@ def test_captures_reach_orthanc_as_valid_dermoscopic_photography(
         assert hashlib.sha256(jpeg[: row["raw_size"]]).hexdigest() == acked["sha256"]
         assert row["raw_size"] > 1_000_000, "the simulator sends realistic, multi-MB JPEGs"
     assert orthanc.count_instances() == 3
+    assert_site_and_lesion_reach_pacs(orthanc, rows)
     spool = state_dir / "spool"
     assert list((spool / "raw").iterdir()) == [], "one copy on disk: straight into DICOM"
     assert len(list((spool / "dicom").glob("*.dcm"))) == 3
@@ -92,6 +97,38 @@ def test_captures_reach_orthanc_as_valid_dermoscopic_photography(
 
     assert gateway.stop() == 0
     assert "stopped" in gateway.log()
+
+
+def assert_site_and_lesion_reach_pacs(orthanc: OrthancProcess, rows: dict[str, Any]) -> None:
+    """What the clinician chose on the device is in the PACS copy: the anatomic site as
+    a SNOMED CT code of CID 4029 with its CID 244 laterality, and the lesion's Tracking
+    ID/UID (the same lesion keeps its Tracking UID across visits).
+
+    The simulator's first capture (id 000001) names a site with laterality L and lesion
+    L1; its second names a site but no lesion.
+    """
+    first = pydicom.dcmread(
+        io.BytesIO(
+            orthanc.instance_file(orthanc.find_instances(rows["000001"]["sop_instance_uid"])[0])
+        )
+    )
+    cid_4029 = set(cid_concepts[4029]["SCT"])
+    site = first.AnatomicRegionSequence[0]
+    assert site.CodingSchemeDesignator == "SCT"
+    known = {code for keyword in cid_4029 for code in concepts["SCT"][keyword]}
+    assert site.CodeValue in known
+    assert first.ImageLaterality == "L"
+    assert site.AnatomicRegionModifierSequence[0].CodeValue == "7771000"  # SCT "Left"
+    assert first.TrackingID == "L1"
+    serial = json.loads(rows["000001"]["device_json"])["serial_number"]
+    assert first.TrackingUID == tracking_uid(serial, "L1")
+    second = pydicom.dcmread(
+        io.BytesIO(
+            orthanc.instance_file(orthanc.find_instances(rows["000002"]["sop_instance_uid"])[0])
+        )
+    )
+    assert "AnatomicRegionSequence" in second
+    assert "TrackingUID" not in second, "no lesion chosen: no tracking identifiers invented"
 
 
 def test_pacs_down_at_start_then_delivered_with_same_uids(
