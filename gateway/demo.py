@@ -2,9 +2,16 @@
 
 Starts a private Orthanc (Debian's ``/usr/sbin/Orthanc``) on free loopback ports,
 with our commitment listener registered in its ``DicomModalities``; writes a
-gateway configuration pointing at it; starts the serial dermatoscope simulator on
-a pty; and runs the gateway in this process. With ``--captures N`` it exits 0 once
-N captures are stored in Orthanc (found there by SOP Instance UID), 1 on timeout.
+gateway configuration pointing at it; starts one simulator per device class (a
+serial dermatoscope on a pty, a USB confocal microscope behind the emulated pyusb
+backend, a 3D body scanner's export folder, a clinical camera's photo folder); and
+runs the gateway in this process.
+
+With ``--captures N`` every simulated device makes N captures (the scanner N
+exports, the microscope N stacks) and the demo exits 0 once each simulator has had
+all of them acknowledged and every DICOM object they became is stored in Orthanc
+(found there by SOP Instance UID), 1 on timeout. Without it the simulators are
+started again, with fresh content, each time they finish, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import load_config
@@ -27,10 +35,99 @@ from gateway.spool.states import CaptureState
 log = logging.getLogger(__name__)
 
 DEMO_AE = "DERMGATE"
+_FOREVER_PAUSE = 20.0
 
 
-def demo_config(workdir: Path, orthanc: OrthancProcess, listen_port: int) -> str:
+@dataclass
+class DemoDevice:
+    """One simulated device: its ``[[devices]]`` section and its simulator command."""
+
+    name: str
+    section: str
+    simulate: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    runs: int = 0
+    finished: bool = False
+    next_start: float = 0.0
+    report: Path = field(default_factory=Path)
+
+    def start(self, workdir: Path, captures: int | None, timeout: float) -> None:
+        """Start (or, in forever mode, restart) the simulator with fresh content."""
+        self.runs += 1
+        self.report = workdir / f"simulator-{self.name}.json"
+        count = str(captures if captures is not None else 2)
+        argv = [part.replace("{N}", count) for part in self.simulate]
+        argv += ["--seed", str(self.runs), "--report", str(self.report)]
+        argv += ["--timeout", str(timeout if captures is not None else 3600)]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "simulate", *argv],
+            stdout=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        """Stop the simulator if it still runs."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def demo_devices(workdir: Path) -> list[DemoDevice]:
+    """The four simulated devices of the demo."""
+    scans = workdir / "scanner-exports"
+    photos = workdir / "camera-photos"
+    for folder in (scans, photos):
+        folder.mkdir(parents=True, exist_ok=True)
+    link = workdir / "ttyDERM0"
+    usb = workdir / "confocal-usb.sock"
+    return [
+        DemoDevice(
+            "dermatoscope",
+            f'''driver = "serial-dermatoscope"
+port = "{link}"''',
+            ["serial-dermatoscope", "--link", str(link), "--captures", "{N}", "--interval", "1"],
+        ),
+        DemoDevice(
+            "confocal",
+            f'''driver = "usb-confocal"
+usb_backend = "emulated:{usb}"''',
+            [
+                *("usb-confocal", "--socket", str(usb), "--stacks", "{N}"),
+                *("--frames", "8", "--size", "512x512", "--bits", "16"),
+            ],
+        ),
+        DemoDevice(
+            "body-scanner",
+            f'''driver = "scanner-export"
+folder = "{scans}"''',
+            ["scanner-export", "--folder", str(scans), "--scans", "{N}", "--mesh-mb", "4"],
+        ),
+        DemoDevice(
+            "camera",
+            f'''driver = "photo-folder"
+folder = "{photos}"''',
+            ["photo-folder", "--folder", str(photos), "--photos", "{N}"],
+        ),
+    ]
+
+
+def demo_config(
+    workdir: Path, orthanc: OrthancProcess, listen_port: int, devices: list[DemoDevice]
+) -> str:
     """The gateway configuration the demo runs with."""
+    sections = "".join(
+        f"""
+[[devices]]
+name = "{device.name}"
+{device.section}
+"""
+        for device in devices
+    )
     return f"""\
 # Written by `dermgate demo`. A real box keeps its configuration in /etc/dermgate.
 [gateway]
@@ -48,50 +145,101 @@ port = {orthanc.dicom_port}
 storage_commitment = true
 retry_initial = 1.0
 retry_max = 30.0
-
-[[devices]]
-driver = "serial-dermatoscope"
-name = "dermatoscope"
-port = "{workdir / "ttyDERM0"}"
-"""
+{sections}"""
 
 
-def _delivered_uids(ledger_path: Path) -> list[str]:
+def _ledger_states(ledger_path: Path) -> dict[str, str]:
+    """SOP Instance UID → state of every capture in the ledger."""
     if not ledger_path.exists():
-        return []
+        return {}
     conn = db.open_ledger(ledger_path, readonly=True)
     try:
-        rows = conn.execute(
-            "SELECT sop_instance_uid FROM captures WHERE state IN (?, ?)",
-            (CaptureState.SENT, CaptureState.COMMITTED),
-        ).fetchall()
+        rows = conn.execute("SELECT sop_instance_uid, state FROM captures").fetchall()
     finally:
         conn.close()
-    return [str(r[0]) for r in rows]
+    return {str(r[0]): str(r[1]) for r in rows}
 
 
-async def _watch_pacs(
-    orthanc: OrthancProcess, ledger_path: Path, wanted: int, stop: asyncio.Event
+_DELIVERED = {CaptureState.SENT, CaptureState.COMMITTED, CaptureState.PURGED}
+
+
+@dataclass
+class DemoOutcome:
+    """What the watcher found: the exit code and how many objects reached Orthanc."""
+
+    code: int = 1
+    objects: int = 0
+
+
+async def _watch(
+    devices: list[DemoDevice],
+    workdir: Path,
+    orthanc: OrthancProcess,
+    ledger_path: Path,
+    captures: int | None,
+    stop: asyncio.Event,
+    outcome: DemoOutcome,
 ) -> None:
+    """Keep the simulators going; with ``captures``, stop once all is in Orthanc."""
+    loop = asyncio.get_running_loop()
     found: set[str] = set()
-    while len(found) < wanted:
+    warned: set[str] = set()
+    while not stop.is_set():
         await asyncio.sleep(1.0)
+        for device in devices:
+            proc = device.proc
+            if proc is None or proc.poll() is None or device.finished:
+                if proc is None and loop.time() >= device.next_start:
+                    device.start(workdir, captures, _SIM_TIMEOUT)
+                continue
+            if captures is not None:
+                if proc.returncode != 0:
+                    log.error(
+                        "demo: the %s simulator failed (exit %d)", device.name, proc.returncode
+                    )
+                    stop.set()
+                    return
+                device.finished = True
+                log.info("demo: every %s capture was acknowledged", device.name)
+            else:
+                device.proc = None
+                device.next_start = loop.time() + _FOREVER_PAUSE
         try:
-            uids = await asyncio.to_thread(_delivered_uids, ledger_path)
+            ledger = await asyncio.to_thread(_ledger_states, ledger_path)
         except sqlite3.Error:
             continue
-        for uid in uids:
-            if uid in found:
-                continue
-            if await asyncio.to_thread(orthanc.find_instances, uid):
+        for uid, state in ledger.items():
+            if state == CaptureState.QUARANTINED and uid not in warned:
+                warned.add(uid)
+                log.warning("demo: a capture was quarantined (see dermgate spool list)")
+            if (
+                state in _DELIVERED
+                and uid not in found
+                and len(await asyncio.to_thread(orthanc.find_instances, uid)) > 0
+            ):
                 found.add(uid)
-                log.info("demo: %d of %d captures stored in Orthanc", len(found), wanted)
-    stop.set()
+        outcome.objects = len(found)
+        if captures is not None and all(d.finished for d in devices):
+            if warned:
+                stop.set()
+                return
+            if ledger and len(found) == len(ledger):
+                outcome.code = 0
+                stop.set()
+                return
+
+
+_SIM_TIMEOUT = 600.0
 
 
 async def _run(
-    workdir: Path, orthanc: OrthancProcess, config_path: Path, captures: int | None, timeout: float
-) -> int:
+    workdir: Path,
+    orthanc: OrthancProcess,
+    config_path: Path,
+    devices: list[DemoDevice],
+    captures: int | None,
+    timeout: float,
+) -> DemoOutcome:
     from gateway.app import run_gateway
 
     config = load_config(config_path)
@@ -99,28 +247,23 @@ async def _run(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    outcome = DemoOutcome(code=0 if captures is None else 1)
     gateway = asyncio.create_task(run_gateway(config, stop), name="gateway")
-    watcher: asyncio.Task[None] | None = None
-    if captures is not None:
-        watcher = asyncio.create_task(
-            _watch_pacs(orthanc, config.ledger_path(), captures, stop), name="watch-pacs"
-        )
+    watcher = asyncio.create_task(
+        _watch(devices, workdir, orthanc, config.ledger_path(), captures, stop, outcome),
+        name="watch",
+    )
     try:
         await asyncio.wait_for(stop.wait(), timeout if captures is not None else None)
     except TimeoutError:
-        log.error(
-            "demo: timed out after %.0f s before %s captures reached Orthanc", timeout, captures
-        )
+        log.error("demo: timed out after %.0f s before every capture reached Orthanc", timeout)
         stop.set()
-        await gateway
-        return 1
     finally:
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
     await gateway
-    return 0
+    return outcome
 
 
 def run_demo(*, workdir: Path, captures: int | None, timeout: float) -> int:
@@ -136,25 +279,13 @@ def run_demo(*, workdir: Path, captures: int | None, timeout: float) -> int:
     except (OSError, RuntimeError) as err:
         print(f"dermgate demo: cannot start Orthanc: {err}", file=sys.stderr)
         return 1
+    devices = demo_devices(workdir)
     config_path = workdir / "dermgate.toml"
-    config_path.write_text(demo_config(workdir, orthanc, listen_port), encoding="utf-8")
-    link = workdir / "ttyDERM0"
-    simulator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "drivers.serial_dermatoscope.simulator",
-            "--link",
-            str(link),
-            "--captures",
-            str(captures if captures is not None else 100_000),
-            "--interval",
-            "0.5" if captures is not None else "5",
-            "--timeout",
-            str(timeout if captures is not None else 10 * 365 * 86400),
-            "--report",
-            str(workdir / "simulator-report.json"),
-        ],
+    config_path.write_text(demo_config(workdir, orthanc, listen_port, devices), encoding="utf-8")
+    ending = (
+        f"Stops once {captures} captures of each device are in Orthanc."
+        if captures
+        else "Ctrl-C stops."
     )
     print(
         f"""
@@ -162,26 +293,25 @@ DermGate demo is running.
   Orthanc Explorer (the PACS):  {orthanc.url}/app/explorer.html
   Gateway configuration:        {config_path}
   Spool (captures, DICOM):      {workdir / "state" / "spool"}
-  Simulated dermatoscope:       {link}
+  Simulated devices:            serial dermatoscope ({workdir / "ttyDERM0"}),
+                                USB confocal microscope (emulated USB),
+                                3D body scanner ({workdir / "scanner-exports"}),
+                                clinical camera ({workdir / "camera-photos"})
   Watch the spool:              dermgate spool list --config {config_path}
-{"Stops once " + str(captures) + " captures are in Orthanc." if captures else "Ctrl-C stops."}
+{ending}
 """,
         flush=True,
     )
     started = time.monotonic()
     try:
-        code = asyncio.run(_run(workdir, orthanc, config_path, captures, timeout))
+        outcome = asyncio.run(_run(workdir, orthanc, config_path, devices, captures, timeout))
     finally:
-        if simulator.poll() is None:
-            simulator.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                simulator.wait(10)
-            if simulator.poll() is None:
-                simulator.kill()
+        for device in devices:
+            device.stop()
         orthanc.stop()
-    if code == 0 and captures is not None:
+    if outcome.code == 0 and captures is not None:
         print(
-            f"dermgate demo: {captures} captures in Orthanc after "
-            f"{time.monotonic() - started:.1f} s"
+            f"dermgate demo: {captures} captures of each of {len(devices)} devices in Orthanc "
+            f"({outcome.objects} DICOM objects) after {time.monotonic() - started:.1f} s"
         )
-    return code
+    return outcome.code
