@@ -1,25 +1,195 @@
 """VL Photographic Image Storage (PS3.3 A.32.4): clinical photos and 3D textures.
 
-(Stub: filled in by the photo-folder work.)
+Two ways in, one object:
+
+* :func:`build_vl_photographic` describes a camera's (or a scanner texture's) JPEG
+  *without* Pixel Data; :func:`gateway.dicom.part10.write_part10_encapsulated` (or
+  intake, inline) appends the JPEG byte for byte as one fragment. Same photometric
+  rules as dermoscopy (:func:`gateway.dicom.jpeg.encapsulation_for`): 4:2:0 / 4:2:2
+  baseline or extended JPEGs as ``YBR_FULL_422``, Lossy Image Compression ``01``,
+  method ``ISO_10918_1``; 4:4:4, progressive, grayscale … are refused
+  (:class:`~gateway.dicom.errors.UnsupportedJpeg`), never transcoded.
+* :func:`write_vl_photographic_native` takes a TIFF or PNG (scanner textures, some
+  cameras), decodes it with Pillow and writes its pixels *losslessly* as native
+  ``RGB`` (or ``MONOCHROME2``) in Explicit VR Little Endian, streamed band by band.
+  Images that cannot be carried without loss are refused: more than 8 bits per
+  sample (VL images are 8-bit), transparent pixels, CMYK/LAB/float, several pages.
+  A fully opaque alpha channel is dropped (no information is lost) and a palette
+  is expanded to RGB. Decoding holds the whole image once (Pillow cannot decode a
+  PNG in strips), so images above :data:`MAX_NATIVE_PIXELS` are refused with a
+  reason naming the limit; that bounds memory at about 4 bytes per pixel.
+
+The builder is pure (no I/O, no clock reads; the Frame of Reference is not used)
+and the same inputs give an equal dataset, so a re-wrap after a crash gives the
+same object. Decisions, with the rule behind each:
+
+* **Modality** ``XC`` (external-camera photography), as the IOD defines.
+* **Equipment**: the VL Photographic IOD has General Equipment (M), where only
+  Manufacturer is required (type 2: empty when unknown); Manufacturer's Model
+  Name, Device Serial Number and Software Versions are type 3. So, unlike the
+  dermoscopic builder, nothing here is refused for a camera that does not name
+  itself: what the device (EXIF, or the driver's configured fallback) said is
+  written, what it did not say is left out, never invented. Software Versions
+  ends with "DermGate <version>", the software that made the object.
+* **Patient**: only the ``patient`` argument (a scanner export's patient fields);
+  a photo without one has the type 2 patient attributes empty.
+* **Numbers**: Series Number and Instance Number come from ``offer.extra``
+  (``series_number``, ``instance_number``: a scanner numbers its textures). Without
+  them, a capture whose UIDs intake minted is alone in its study and series, so
+  both are 1; a capture with driver-chosen UIDs shares a series with others and
+  gets them empty (type 2) rather than a guessed number.
+* **Dates**: the acquisition time is the offer's (the driver reads EXIF
+  DateTimeOriginal with OffsetTimeOriginal). Study, Series and Content Date/Time
+  use it; without it they use the wrap time and Acquisition DateTime (type 3) is
+  left out rather than claiming a moment nobody recorded.
+* **EXIF**: :class:`PhotoExtra` is the typed view of ``offer.extra``. Lens make,
+  model, serial and specification fill VL Photographic Equipment; exposure time,
+  f-number, focal lengths, ISO and the EXIF version fill VL Photographic
+  Acquisition (group 0016, mirrors of the EXIF tags). GPS position, camera owner,
+  user comments and maker notes are never copied: they may identify a person or a
+  place and the clinic did not ask for them.
+* **Recognizable Visual Features** (0028,0302) is YES: a clinical overview photo
+  usually shows enough of a body to identify the patient, and the gateway never
+  looks at the pixels, so it cannot vouch for NO.
+* **Laterality and anatomy** as for dermoscopy: Image Laterality when the device
+  names a side, else Series Laterality present and empty; a CID 4029 site code
+  fills Anatomic Region Sequence, an unknown one is left out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import struct
+import warnings
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any, BinaryIO, Final
 
-from pydicom.dataset import Dataset
+from PIL import Image, TiffImagePlugin, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import dcmwrite
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, ExplicitVRLittleEndian, VLPhotographicImageStorage
+from pydicom.valuerep import format_number_as_ds
 
 from gateway.capture import (
     CaptureOffer,
+    ContentType,
     DeviceIdentity,
     GatewayIdentity,
     InstanceUIDs,
+    Laterality,
     PatientContext,
 )
-from gateway.dicom.errors import WrapError
+from gateway.dicom.errors import InconsistentSettings, WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
-from gateway.dicom.jpeg import JpegInfo
+from gateway.dicom.jpeg import JpegInfo, encapsulation_for
+from gateway.dicom.modules import (
+    add_anatomic_region,
+    add_general_series,
+    add_general_study,
+    add_patient,
+    add_sop_common,
+    da,
+    dt,
+    in_zone_of,
+    tm,
+)
+from gateway.dicom.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from gateway.spool.files import atomic_writer
+
+__all__ = [
+    "MAX_NATIVE_PIXELS",
+    "MODALITY",
+    "VL_PHOTOGRAPHIC_SOP_CLASS",
+    "ExifFields",
+    "PhotoExtra",
+    "build_vl_photographic",
+    "write_vl_photographic_native",
+]
+
+#: VL Photographic Image Storage.
+VL_PHOTOGRAPHIC_SOP_CLASS: Final = str(VLPhotographicImageStorage)
+#: External-camera photography.
+MODALITY: Final = "XC"
+#: Largest TIFF/PNG transcoded to native pixels: 8192 x 8192 (an 8K texture),
+#: which Pillow decodes into about 270 MB.
+MAX_NATIVE_PIXELS: Final = 8192 * 8192
+
+_LO_MAX: Final = 64
+_BAND_BYTES: Final = 4 << 20
+_PIXEL_DATA_OB: Final = struct.pack("<HH2sH", 0x7FE0, 0x0010, b"OB", 0)
+_QUARANTINED: Final = "the capture is kept and quarantined"
+
+
+# --- the typed view of offer.extra ---------------------------------------------------
+
+
+class ExifFields(BaseModel):
+    """The EXIF fields a driver read from a photo's header, as JSON-compatible values.
+
+    Strings are as the camera wrote them (trimmed); ``date_time_original`` is EXIF's
+    ``YYYY:MM:DD HH:MM:SS`` and ``offset_time_original`` its ``+HH:MM``. The driver
+    also turns both into ``CaptureOffer.acquired_at``; they are kept here as the
+    camera's own record. ``lens_specification`` is EXIF LensSpecification: minimum
+    and maximum focal length (mm), minimum f-number at each.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    make: str | None = None
+    model: str | None = None
+    body_serial_number: str | None = None
+    software: str | None = None
+    lens_make: str | None = None
+    lens_model: str | None = None
+    lens_serial_number: str | None = None
+    lens_specification: tuple[float, float, float, float] | None = None
+    focal_length_mm: float | None = Field(default=None, gt=0)
+    focal_length_35mm: int | None = Field(default=None, gt=0)
+    f_number: float | None = Field(default=None, gt=0)
+    exposure_time_s: float | None = Field(default=None, gt=0)
+    iso: int | None = Field(default=None, gt=0)
+    exif_version: str | None = None
+    date_time_original: str | None = None
+    offset_time_original: str | None = None
+
+
+class PhotoExtra(BaseModel):
+    """What a VL Photographic capture carries in ``CaptureOffer.extra``.
+
+    ``series_number`` / ``instance_number`` number a 3D scanner's textures within
+    its series; ``exif`` is what a camera said about itself and the exposure.
+    Unknown keys are ignored (other metadata may travel alongside).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    series_number: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    instance_number: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    exif: ExifFields | None = None
+
+    def to_extra(self) -> dict[str, Any]:
+        """The JSON-compatible dict for ``CaptureOffer.extra`` (unset fields left out)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> PhotoExtra:
+        """Read ``offer.extra`` back; a malformed value is a driver bug (WrapError)."""
+        try:
+            return cls.model_validate(extra)
+        except ValidationError as err:
+            fields = sorted({".".join(str(p) for p in e["loc"]) for e in err.errors()})
+            raise InconsistentSettings(
+                f"the device driver sent malformed photo metadata ({', '.join(fields)}); "
+                f"check the device driver; {_QUARANTINED}"
+            ) from err
+
+
+# --- the JPEG path ---------------------------------------------------------------------
 
 
 def build_vl_photographic(
@@ -32,10 +202,346 @@ def build_vl_photographic(
     patient: PatientContext | None,
     now: datetime,
 ) -> Dataset:
-    """The VL Photographic dataset of one JPEG, without Pixel Data."""
-    raise WrapError("VL Photographic is not supported yet")
+    """The VL Photographic dataset of one JPEG, without Pixel Data.
+
+    ``now`` (timezone-aware) is the wrap time. Raises a
+    :class:`~gateway.dicom.errors.WrapError` subclass (its message is the
+    quarantine reason) when the JPEG cannot be carried as-is or the offer's
+    metadata is malformed.
+    """
+    encapsulation = encapsulation_for(jpeg)
+    ds = _photo_dataset(identity, offer, uids, gateway, patient, now)
+    ds.file_meta = _file_meta(uids.sop_instance, encapsulation.transfer_syntax_uid)
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = encapsulation.photometric_interpretation
+    ds.PlanarConfiguration = 0
+    ds.Rows = jpeg.rows
+    ds.Columns = jpeg.columns
+    _eight_bits(ds)
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionMethod = "ISO_10918_1"
+    if jpeg.size_bytes > 0:
+        ratio = jpeg.rows * jpeg.columns * 3 / jpeg.size_bytes
+        ds.LossyImageCompressionRatio = format_number_as_ds(round(ratio, 2))
+    return ds
+
+
+# --- the TIFF/PNG path ------------------------------------------------------------------
 
 
 def write_vl_photographic_native(job: WrapJob, dest: Path) -> WrittenObject:
-    """A TIFF or PNG image, losslessly transcoded to native pixels."""
-    raise WrapError("VL Photographic from TIFF/PNG is not supported yet")
+    """A TIFF or PNG image, losslessly transcoded to native pixels, written to ``dest``.
+
+    Blocking. Raises :class:`WrapError` for an image that is damaged, too large
+    (:data:`MAX_NATIVE_PIXELS`) or cannot be carried without loss, and
+    :class:`OSError` for I/O trouble (the source cannot be opened, the disk).
+    """
+    content = ContentType(job.offer.content_type)
+    if content not in (ContentType.TIFF, ContentType.PNG):
+        raise WrapError(f"the native photo writer does not take {content.value}; {_QUARANTINED}")
+    kind = "TIFF" if content is ContentType.TIFF else "PNG"
+    # Build (and check the metadata) before decoding anything.
+    ds = _photo_dataset(job.identity, job.offer, job.uids, job.gateway, job.offer.patient, job.now)
+    ds.file_meta = _file_meta(job.uids.sop_instance, str(ExplicitVRLittleEndian))
+    with job.source.open("rb") as fh, _decoded(fh, kind) as (image, monochrome):
+        columns, rows = image.size
+        samples = 1 if monochrome else 3
+        ds.SamplesPerPixel = samples
+        ds.PhotometricInterpretation = "MONOCHROME2" if monochrome else "RGB"
+        if not monochrome:
+            ds.PlanarConfiguration = 0
+        ds.Rows = rows
+        ds.Columns = columns
+        _eight_bits(ds)
+        ds.LossyImageCompression = "00"
+        length = rows * columns * samples
+        if length + (length & 1) > 0xFFFFFFFE:
+            raise WrapError(f"the {kind} image is too large for one DICOM object; {_QUARANTINED}")
+        with atomic_writer(dest) as out:
+            dcmwrite(out, ds, enforce_file_format=True)
+            out.write(_PIXEL_DATA_OB + struct.pack("<I", length + (length & 1)))
+            written = 0
+            for band in _bands(image, "L" if monochrome else "RGB", kind):
+                out.write(band)
+                written += len(band)
+            if written != length:
+                raise WrapError(f"the {kind} image decoded to an unexpected size; {_QUARANTINED}")
+            if length & 1:
+                out.write(b"\x00")
+    return WrittenObject(
+        sop_class_uid=VL_PHOTOGRAPHIC_SOP_CLASS, transfer_syntax_uid=str(ExplicitVRLittleEndian)
+    )
+
+
+@contextlib.contextmanager
+def _decoded(fh: BinaryIO, kind: str) -> Iterator[tuple[Image.Image, bool]]:
+    """The image decoded (whole, once), and whether it is monochrome; refuses what
+    cannot be carried losslessly. Decoder failures become WrapError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(fh, formats=[kind])
+    except Image.DecompressionBombError as err:
+        raise _too_large(kind) from err
+    except (UnidentifiedImageError, SyntaxError, ValueError, struct.error, EOFError) as err:
+        raise WrapError(f"the capture is not a readable {kind} image; {_QUARANTINED}") from err
+    except OSError as err:
+        if err.errno is not None:
+            raise
+        raise WrapError(f"the capture is not a readable {kind} image; {_QUARANTINED}") from err
+    with image:
+        columns, rows = image.size
+        if columns <= 0 or rows <= 0:
+            raise WrapError(f"the {kind} image has no pixels; {_QUARANTINED}")
+        if columns * rows > MAX_NATIVE_PIXELS:
+            raise _too_large(kind)
+        frames = int(getattr(image, "n_frames", 1))
+        if frames != 1:
+            raise WrapError(
+                f"the {kind} file holds {frames} images; DermGate takes one image "
+                f"per file; {_QUARANTINED}"
+            )
+        _check_depth(image, kind)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image.load()
+        except OSError as err:
+            if err.errno is not None:
+                raise
+            raise WrapError(
+                f"the {kind} image is damaged or truncated ({_plain(err)}); {_QUARANTINED}"
+            ) from err
+        except (SyntaxError, ValueError, struct.error, EOFError, MemoryError) as err:
+            raise WrapError(f"the {kind} image is damaged ({_plain(err)}); {_QUARANTINED}") from err
+        yield image, _monochrome(image, kind)
+
+
+def _too_large(kind: str) -> WrapError:
+    return WrapError(
+        f"the {kind} image has more than {MAX_NATIVE_PIXELS} pixels (8192 x 8192), the "
+        f"largest DermGate transcodes; {_QUARANTINED}"
+    )
+
+
+def _plain(err: Exception) -> str:
+    """A decoder's message, short and without anything but the words (no paths)."""
+    text = str(err).split("\n", 1)[0]
+    return text[:120] if text and "/" not in text else type(err).__name__
+
+
+def _check_depth(image: Image.Image, kind: str) -> None:
+    """Refuse more than 8 bits per sample before decoding (VL images are 8-bit)."""
+    deep = image.mode in ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+    if isinstance(image, TiffImagePlugin.TiffImageFile):
+        bits = image.tag_v2.get(TiffImagePlugin.BITSPERSAMPLE, (8,))
+        values = bits if isinstance(bits, tuple) else (bits,)
+        deep = deep or any(int(b) > 8 for b in values)
+    for tile in getattr(image, "tile", None) or ():
+        args = tile.args if hasattr(tile, "args") else tile[3]
+        rawmode = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(rawmode, str) and (";16" in rawmode or ";32" in rawmode):
+            deep = True
+    if deep:
+        raise WrapError(
+            f"the {kind} image has more than 8 bits per sample; VL Photographic images "
+            f"are 8-bit and DermGate does not reduce precision; {_QUARANTINED}"
+        )
+
+
+def _monochrome(image: Image.Image, kind: str) -> bool:
+    """True for grey images; refuses colour models that cannot become RGB losslessly."""
+    mode = image.mode
+    if mode in ("1", "L"):
+        return True
+    if mode in ("RGB", "P", "PA", "RGBA", "LA", "RGBa", "La"):
+        alpha = _alpha(image)
+        if alpha is not None and alpha != (255, 255):
+            raise WrapError(
+                f"the {kind} image has transparent pixels, which a DICOM image cannot "
+                f"carry; {_QUARANTINED}"
+            )
+        if mode == "LA":
+            return True
+        if mode in ("P", "PA"):
+            palette_mode = image.palette.mode if image.palette is not None else "RGB"
+            return palette_mode == "L"
+        return False
+    raise WrapError(
+        f"the {kind} image uses the {mode} colour model, which cannot be turned into "
+        f"RGB without loss; {_QUARANTINED}"
+    )
+
+
+def _alpha(image: Image.Image) -> tuple[int, int] | None:
+    """(min, max) of the image's transparency, ``None`` when it has none."""
+    if image.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        extrema = image.getchannel("A").getextrema()
+        return (int(extrema[0]), int(extrema[1]))  # type: ignore[arg-type]
+    if image.mode == "P" and "transparency" in image.info:
+        extrema = image.convert("RGBA").getchannel("A").getextrema()
+        return (int(extrema[0]), int(extrema[1]))  # type: ignore[arg-type]
+    return None
+
+
+def _bands(image: Image.Image, mode: str, kind: str) -> Iterator[bytes]:
+    """The pixels as ``mode`` bytes, a band of rows at a time (bounded copies)."""
+    columns, rows = image.size
+    per_row = columns * len(mode)
+    step = max(1, _BAND_BYTES // max(per_row, 1))
+    for top in range(0, rows, step):
+        band = image.crop((0, top, columns, min(rows, top + step)))
+        if band.mode == "P" and "transparency" in image.info:
+            band = band.convert("RGBA")
+        if band.mode != mode:
+            band = band.convert(mode)
+        yield band.tobytes()
+
+
+# --- shared modules -------------------------------------------------------------------
+
+
+def _photo_dataset(
+    identity: DeviceIdentity,
+    offer: CaptureOffer,
+    uids: InstanceUIDs,
+    gateway: GatewayIdentity,
+    patient: PatientContext | None,
+    now: datetime,
+) -> Dataset:
+    """Every module except the image pixel description."""
+    extra = PhotoExtra.from_extra(offer.extra)
+    laterality = _laterality(offer.laterality)
+    acquired = in_zone_of(offer.acquired_at, now) if offer.acquired_at is not None else None
+    started = acquired or in_zone_of(now, now)
+    own_series = offer.uids is None
+    series_number = extra.series_number
+    instance_number = extra.instance_number
+    if own_series:
+        series_number = 1 if series_number is None else series_number
+        instance_number = 1 if instance_number is None else instance_number
+
+    ds = Dataset()
+    add_sop_common(
+        ds, sop_class_uid=VL_PHOTOGRAPHIC_SOP_CLASS, sop_instance_uid=uids.sop_instance, now=now
+    )
+    add_patient(ds, patient)
+    add_general_study(
+        ds,
+        study_uid=uids.study,
+        started=started,
+        accession_number=patient.accession_number if patient is not None else "",
+    )
+    add_general_series(
+        ds,
+        series_uid=uids.series,
+        modality=MODALITY,
+        started=started,
+        series_number=series_number,
+    )
+    if laterality is None:
+        ds.Laterality = ""  # Series Laterality (0020,0060), type 2C
+    _add_general_equipment(ds, identity, gateway)
+    exif = extra.exif or ExifFields()
+    _add_vl_photographic_equipment(ds, exif)
+
+    # General Acquisition, General Image, VL Image (pixel description added by callers)
+    if acquired is not None:
+        ds.AcquisitionDateTime = dt(acquired)
+    ds.InstanceNumber = instance_number
+    ds.PatientOrientation = ""
+    ds.ContentDate = da(started)
+    ds.ContentTime = tm(started)
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    if laterality is not None:
+        ds.ImageLaterality = laterality.value
+    add_anatomic_region(ds, offer.anatomic_site, laterality)
+    ds.RecognizableVisualFeatures = "YES"
+
+    ds.AcquisitionContextSequence = Sequence()
+    _add_vl_photographic_acquisition(ds, exif)
+    return ds
+
+
+def _laterality(value: object) -> Laterality | None:
+    if value is None:
+        return None
+    try:
+        return Laterality(str(value))
+    except ValueError as err:
+        raise InconsistentSettings(
+            f"the device reported a laterality DICOM does not define ({value!r}); check "
+            f"the device driver; {_QUARANTINED}"
+        ) from err
+
+
+def _add_general_equipment(ds: Dataset, identity: DeviceIdentity, gateway: GatewayIdentity) -> None:
+    """General Equipment: Manufacturer type 2 (empty when unknown), the rest type 3."""
+    ds.Manufacturer = _lo(identity.manufacturer)
+    if model := _lo(identity.model):
+        ds.ManufacturerModelName = model
+    if serial := _lo(identity.serial_number):
+        ds.DeviceSerialNumber = serial
+    versions = [_lo(v) for v in identity.software_versions if v.strip()]
+    versions.append(_lo(f"DermGate {gateway.software_version}"))
+    ds.SoftwareVersions = versions
+    station = gateway.station_name or gateway.gateway_id
+    if station and len(station) <= 16:
+        ds.StationName = station
+
+
+def _add_vl_photographic_equipment(ds: Dataset, exif: ExifFields) -> None:
+    """VL Photographic Equipment (U): the lens, as EXIF describes it."""
+    if exif.lens_make:
+        ds.LensMake = exif.lens_make.strip()
+    if exif.lens_model:
+        ds.LensModel = exif.lens_model.strip()
+    if exif.lens_serial_number:
+        ds.LensSerialNumber = exif.lens_serial_number.strip()
+    spec = exif.lens_specification
+    if spec is not None and all(math.isfinite(v) and v > 0 for v in spec):
+        ds.LensSpecification = [format_number_as_ds(round(v, 4)) for v in spec]
+
+
+def _add_vl_photographic_acquisition(ds: Dataset, exif: ExifFields) -> None:
+    """VL Photographic Acquisition (U): the exposure, as EXIF describes it."""
+    if exif.exposure_time_s is not None:
+        ds.ExposureTimeInSeconds = _ds(exif.exposure_time_s)
+    if exif.f_number is not None:
+        ds.FNumber = _ds(exif.f_number)
+    if exif.focal_length_mm is not None:
+        ds.FocalLength = _ds(exif.focal_length_mm)
+    if exif.focal_length_35mm is not None:
+        ds.FocalLengthIn35mmFilm = min(exif.focal_length_35mm, 2**31 - 1)
+    if exif.iso is not None:
+        ds.PhotographicSensitivity = min(exif.iso, 2**31 - 1)
+    if exif.exif_version:
+        ds.EXIFVersion = exif.exif_version.strip()
+
+
+def _ds(value: float) -> str:
+    return format_number_as_ds(float(f"{value:.6g}"))
+
+
+def _lo(value: str) -> str:
+    """A device string within LO's 64 characters, without control characters."""
+    cleaned = "".join(c for c in value if c.isprintable() and c != "\\")
+    return cleaned.strip()[:_LO_MAX].strip()
+
+
+def _eight_bits(ds: Dataset) -> None:
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+
+
+def _file_meta(sop_instance_uid: str, transfer_syntax_uid: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(VL_PHOTOGRAPHIC_SOP_CLASS)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
+    meta.ImplementationClassUID = UID(DERMGATE_IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
