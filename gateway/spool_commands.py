@@ -208,7 +208,8 @@ def capture_details(
 ) -> dict[str, Any]:
     """Everything the ledger knows about one capture, as JSON-ready data.
 
-    Device metadata and capture settings only: the ledger holds no patient data.
+    Device metadata and capture settings only: patient identity a device supplied
+    (a 3D scanner's export) is kept in its own ledger column and never shown here.
     """
     offer, settings, device = entry.offer, entry.offer.settings, entry.device
     raw = _file_json(admin.spool_file(dirs.raw, entry.raw_name))
@@ -232,6 +233,7 @@ def capture_details(
             "device_class": str(device.device_class),
         },
         "device_capture_id": offer.device_capture_id,
+        "content_type": str(offer.content_type),
         "acquired_at": offer.acquired_at.isoformat() if offer.acquired_at else None,
         "settings": {
             "polarization": settings.polarization,
