@@ -1,0 +1,532 @@
+"""Confocal Microscopy objects (…77.1.8 z-stacks, …77.1.9 tiled mosaics).
+
+dciodvfy has **no** IOD checker for Confocal Microscopy (DESIGN §5: "Information
+Object Not found"), so this module replaces dciodvfy for this IOD: :func:`iod_errors`
+checks a written object against the PS3.3 module tables of A.90 (Table A.90.1.3-1
+modules, Table A.90.2.5-1 functional group macros) and C.8.35 (Confocal Microscopy
+Image, Cutaneous Confocal Microscopy Image Acquisition Parameters), plus the
+common modules they include, attribute by attribute with their types: type 1
+present and non-empty, type 2 present (may be empty), 1C/2C by their conditions.
+Functional group macros are checked where PS3.3 puts them (shared or per frame).
+Pixel data is read back and compared frame by frame with what the device sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from gateway.capture import (
+    CaptureOffer,
+    ContentType,
+    DeviceClass,
+    DeviceIdentity,
+    GatewayIdentity,
+    InstanceUIDs,
+    Laterality,
+    PatientContext,
+)
+from gateway.dicom.confocal import (
+    CONFOCAL_IMAGE_SOP_CLASS,
+    CONFOCAL_TILED_SOP_CLASS,
+    MAX_PIXEL_BYTES,
+    ConfocalStack,
+    write_confocal,
+)
+from gateway.dicom.errors import WrapError
+from gateway.dicom.job import WrapJob
+from gateway.dicom.uids import new_uid
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IDENTITY = DeviceIdentity(
+    manufacturer="DermGate Reference Devices",
+    model="RCM-1 Confocal",
+    serial_number="RCM1-0042",
+    software_versions=("3.1.0",),
+    device_class=DeviceClass.CONFOCAL_MICROSCOPE,
+)
+GATEWAY = GatewayIdentity(gateway_id="test-box-01", software_version="0.1.0")
+
+
+# --- PS3.3 tables ------------------------------------------------------------------
+
+Condition = Callable[[Dataset], bool]
+
+
+def _always(_ds: Dataset) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One row of a module table: keyword, type, and for 1C/2C when it is required."""
+
+    keyword: str
+    type: str
+    required_if: Condition = _always
+    values: tuple[str, ...] = ()
+    #: "May be present otherwise" in the table's condition.
+    otherwise_allowed: bool = False
+
+
+def _tiled(ds: Dataset) -> bool:
+    return ds.get("DimensionOrganizationType") == "TILED_FULL"
+
+
+MODULES: dict[str, list[Attr]] = {
+    # C.7.1.1 Patient (M)
+    "Patient": [
+        Attr("PatientName", "2"),
+        Attr("PatientID", "2"),
+        Attr("PatientBirthDate", "2"),
+        Attr("PatientSex", "2"),
+    ],
+    # C.7.2.1 General Study (M)
+    "General Study": [
+        Attr("StudyInstanceUID", "1"),
+        Attr("StudyDate", "2"),
+        Attr("StudyTime", "2"),
+        Attr("ReferringPhysicianName", "2"),
+        Attr("StudyID", "2"),
+        Attr("AccessionNumber", "2"),
+    ],
+    # C.7.3.1 General Series (M); Modality from CID 29/33: CFM
+    "General Series": [
+        Attr("Modality", "1", values=("CFM",)),
+        Attr("SeriesInstanceUID", "1"),
+        Attr("SeriesNumber", "2"),
+        Attr(
+            "Laterality",
+            "2C",
+            lambda ds: "ImageLaterality" not in ds,
+        ),
+    ],
+    # C.7.4.1 Frame of Reference (M)
+    "Frame of Reference": [
+        Attr("FrameOfReferenceUID", "1"),
+        Attr("PositionReferenceIndicator", "2"),
+    ],
+    # C.7.5.1 General Equipment (M), C.7.5.2 Enhanced General Equipment (M)
+    "General Equipment": [Attr("Manufacturer", "2")],
+    "Enhanced General Equipment": [
+        Attr("Manufacturer", "1"),
+        Attr("ManufacturerModelName", "1"),
+        Attr("DeviceSerialNumber", "1"),
+        Attr("SoftwareVersions", "1"),
+    ],
+    # C.7.6.1 General Image (M)
+    "General Image": [Attr("InstanceNumber", "2")],
+    # C.7.6.3 Image Pixel (M); Pixel Data is checked by the round trip
+    "Image Pixel": [
+        Attr("SamplesPerPixel", "1", values=("1",)),
+        Attr("PhotometricInterpretation", "1", values=("MONOCHROME2",)),
+        Attr("Rows", "1"),
+        Attr("Columns", "1"),
+        Attr("BitsAllocated", "1", values=("8", "16")),
+        Attr("BitsStored", "1"),
+        Attr("HighBit", "1"),
+        Attr("PixelRepresentation", "1", values=("0",)),
+        Attr("PlanarConfiguration", "1C", lambda ds: int(ds.get("SamplesPerPixel", 1)) > 1),
+    ],
+    # C.7.6.16 Multi-frame Functional Groups (M)
+    "Multi-frame Functional Groups": [
+        Attr("SharedFunctionalGroupsSequence", "2"),
+        Attr("PerFrameFunctionalGroupsSequence", "1C", lambda ds: not _tiled(ds)),
+        Attr("InstanceNumber", "1"),
+        Attr("ContentDate", "1"),
+        Attr("ContentTime", "1"),
+        Attr("NumberOfFrames", "1"),
+    ],
+    # C.7.6.17 Multi-frame Dimension (M)
+    "Multi-frame Dimension": [
+        Attr("DimensionOrganizationSequence", "1"),
+        Attr("DimensionIndexSequence", "1"),
+        Attr("DimensionOrganizationType", "1C", _tiled, otherwise_allowed=True),
+    ],
+    # C.8.12.5 Optical Path (M)
+    "Optical Path": [
+        Attr("OpticalPathSequence", "1"),
+        Attr("NumberOfOpticalPaths", "1C", _tiled, otherwise_allowed=True),
+    ],
+    # C.8.35.1 Confocal Microscopy Image (M)
+    "Confocal Microscopy Image": [
+        Attr("ImageType", "1"),
+        Attr("PhotometricInterpretation", "1", values=("MONOCHROME2",)),
+        Attr("BitsAllocated", "1"),
+        Attr("BitsStored", "1"),
+        Attr("HighBit", "1"),
+        Attr("PixelRepresentation", "1"),
+        Attr("SamplesPerPixel", "1"),
+        Attr("ConfocalMode", "1", values=("REFLECTANCE", "FLUORESCENCE")),
+    ],
+    # C.8.35.3 Cutaneous Confocal Microscopy Image Acquisition Parameters
+    "Cutaneous Confocal Microscopy Image Acquisition Parameters": [
+        Attr("OpticalMagnificationFactor", "2"),
+        Attr("ImageAcquisitionDepth", "2"),
+        Attr("FieldOfViewShape", "2", values=("RECTANGLE",)),
+        Attr("FieldOfViewDimensions", "2"),
+        Attr("TrackingID", "1C", lambda ds: "TrackingUID" in ds),
+        Attr("TrackingUID", "1C", lambda ds: "TrackingID" in ds),
+    ],
+    # C.12.1 SOP Common (M)
+    "SOP Common": [
+        Attr("SOPClassUID", "1"),
+        Attr("SOPInstanceUID", "1"),
+        Attr("SpecificCharacterSet", "1C"),
+    ],
+}
+
+TILED_MODULES: dict[str, list[Attr]] = {
+    # Tile organization of a TILED_FULL pyramid level (C.8.12.14 via C.8.35.2)
+    "Tiled Pyramidal": [
+        Attr("TotalPixelMatrixRows", "1"),
+        Attr("TotalPixelMatrixColumns", "1"),
+        Attr("TotalPixelMatrixFocalPlanes", "1C", _tiled, otherwise_allowed=True),
+    ],
+}
+
+ITEM_ATTRS: dict[str, list[Attr]] = {
+    "OpticalPathSequence": [
+        Attr("OpticalPathIdentifier", "1"),
+        Attr("IlluminationTypeCodeSequence", "1"),
+        Attr(
+            "IlluminationWaveLength", "1C", lambda item: "IlluminationColorCodeSequence" not in item
+        ),
+    ],
+    "DimensionIndexSequence": [Attr("DimensionIndexPointer", "1")],
+    "DimensionOrganizationSequence": [Attr("DimensionOrganizationUID", "1")],
+    # Functional group macros
+    "PixelMeasuresSequence": [Attr("PixelSpacing", "1C")],
+    "FrameAnatomySequence": [
+        Attr("AnatomicRegionSequence", "1"),
+        Attr("FrameLaterality", "1", values=("R", "L", "U", "B")),
+    ],
+    "ConfocalMicroscopyImageFrameTypeSequence": [Attr("FrameType", "1")],
+    "OpticalPathIdentificationSequence": [Attr("OpticalPathIdentifier", "1")],
+    "FrameContentSequence": [Attr("DimensionIndexValues", "1C")],
+    "AnatomicRegionSequence": [
+        Attr("CodeValue", "1"),
+        Attr("CodingSchemeDesignator", "1"),
+        Attr("CodeMeaning", "1"),
+    ],
+    "IlluminationTypeCodeSequence": [
+        Attr("CodeValue", "1"),
+        Attr("CodingSchemeDesignator", "1"),
+        Attr("CodeMeaning", "1"),
+    ],
+}
+
+# Table A.90.2.5-1 (and the A.90.1 table): macro, usage, where it may be.
+MACROS: list[tuple[str, Condition, str]] = [
+    ("PixelMeasuresSequence", _always, "shared"),
+    ("ConfocalMicroscopyImageFrameTypeSequence", _always, "any"),
+    ("FrameAnatomySequence", _always, "any"),
+    ("OpticalPathIdentificationSequence", lambda ds: not _tiled(ds), "any"),
+    ("FrameContentSequence", lambda ds: False, "per-frame"),
+]
+
+
+def _check_attrs(where: str, ds: Dataset, attrs: list[Attr], errors: list[str]) -> None:
+    for attr in attrs:
+        present = attr.keyword in ds
+        value = ds.get(attr.keyword) if present else None
+        empty = value is None or value == "" or (hasattr(value, "__len__") and len(value) == 0)
+        required = attr.type in ("1", "2") or attr.required_if(ds)
+        if attr.type in ("1", "1C") and required and (not present or empty):
+            errors.append(f"{where}: {attr.keyword} (type {attr.type}) missing or empty")
+        elif attr.type in ("2", "2C") and required and not present:
+            errors.append(f"{where}: {attr.keyword} (type {attr.type}) missing")
+        elif attr.type in ("1C", "2C") and not required and present and not attr.otherwise_allowed:
+            errors.append(f"{where}: {attr.keyword} (type {attr.type}) present, condition unmet")
+        if attr.values and present and not empty:
+            values = (
+                list(value) if isinstance(value, list | pydicom.multival.MultiValue) else [value]
+            )
+            bad = [v for v in values if str(v) not in attr.values]
+            if bad:
+                errors.append(f"{where}: {attr.keyword} has {bad}, allowed {attr.values}")
+
+
+def _check_items(where: str, ds: Dataset, errors: list[str]) -> None:
+    for keyword, attrs in ITEM_ATTRS.items():
+        if keyword in ds:
+            for n, item in enumerate(ds[keyword].value):
+                _check_attrs(f"{where}{keyword}[{n}]", item, attrs, errors)
+                _check_items(f"{where}{keyword}[{n}].", item, errors)
+
+
+def iod_errors(ds: Dataset) -> list[str]:
+    """Every deviation of ``ds`` from the Confocal Microscopy IOD tables (empty: conformant)."""
+    errors: list[str] = []
+    tiled = ds.SOPClassUID == CONFOCAL_TILED_SOP_CLASS
+    modules = dict(MODULES)
+    if tiled:
+        modules.update(TILED_MODULES)
+    for module, attrs in modules.items():
+        _check_attrs(module, ds, attrs, errors)
+    _check_items("", ds, errors)
+    if len(ds.ImageType) != 4 or ds.ImageType[0] not in ("ORIGINAL", "DERIVED"):
+        errors.append(f"Image Type {list(ds.ImageType)} is not ORIGINAL|DERIVED\\PRIMARY\\…")
+    shared = (
+        ds.SharedFunctionalGroupsSequence[0]
+        if ds.get("SharedFunctionalGroupsSequence")
+        else Dataset()
+    )
+    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    if per_frame and len(per_frame) != int(ds.NumberOfFrames):
+        errors.append(f"{len(per_frame)} per-frame items for {ds.NumberOfFrames} frames")
+    for macro, usage, place in MACROS:
+        in_shared = macro in shared
+        in_all_frames = bool(per_frame) and all(macro in item for item in per_frame)
+        in_some_frame = any(macro in item for item in per_frame)
+        if place == "shared" and (not in_shared or in_some_frame):
+            errors.append(f"{macro} must be a shared functional group")
+        if place == "per-frame" and in_shared:
+            errors.append(f"{macro} must not be a shared functional group")
+        if usage(ds) and not (in_shared or in_all_frames):
+            errors.append(f"functional group {macro} (mandatory here) missing")
+        if in_shared and in_some_frame:
+            errors.append(f"{macro} both shared and per-frame")
+        for n, item in enumerate(per_frame):
+            _check_items(f"frame {n + 1}: ", item, errors)
+        _check_items("shared: ", shared, errors)
+    if ds.get("Laterality") is None and "ImageLaterality" not in ds and "Laterality" not in ds:
+        errors.append("neither Image Laterality nor Series Laterality")
+    return sorted(set(errors))
+
+
+# --- helpers -----------------------------------------------------------------------
+
+
+def make_stack(
+    kind: str = "z-stack", *, frames: int = 5, size: int = 64, bits: int = 8, grid: int = 2
+) -> ConfocalStack:
+    if kind == "mosaic":
+        return ConfocalStack(
+            kind="mosaic",
+            frames=grid * grid,
+            rows=size,
+            columns=size,
+            bits=bits,
+            pixel_spacing_um=1.5,
+            wavelength_nm=830,
+            objective="30x/0.9 water",
+            magnification=30.0,
+            tile_rows=grid,
+            tile_columns=grid,
+            tiles=tuple((r, c) for r in range(grid) for c in range(grid)),
+        )
+    return ConfocalStack(
+        kind="z-stack",
+        frames=frames,
+        rows=size,
+        columns=size + 8,
+        bits=bits,
+        pixel_spacing_um=0.5,
+        z_step_um=4.0,
+        wavelength_nm=830,
+        objective="30x/0.9 water",
+        magnification=30.0,
+        numerical_aperture=0.9,
+        depths_um=tuple(4.0 * i for i in range(frames)),
+    )
+
+
+def frames_of(stack: ConfocalStack, seed: int = 1) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(stack.frame_bytes) for _ in range(stack.frames)]
+
+
+def job_for(
+    tmp_path: Path,
+    stack: ConfocalStack,
+    frames: list[bytes],
+    **offer_fields: object,
+) -> WrapJob:
+    source = tmp_path / "capture.raw"
+    source.write_bytes(b"".join(frames))
+    offer = CaptureOffer(
+        device_capture_id="S000001",
+        acquired_at=datetime(2026, 11, 30, 10, 15, 0),
+        length=stack.pixel_bytes,
+        content_type=ContentType.PIXELS,
+        extra=stack.to_extra(),
+        **offer_fields,  # type: ignore[arg-type]
+    )
+    uids = InstanceUIDs(study=new_uid(), series=new_uid(), sop_instance=new_uid())
+    return WrapJob(IDENTITY, offer, uids, source, GATEWAY, datetime.now(UTC).astimezone())
+
+
+def written_frames(ds: Dataset) -> list[bytes]:
+    data = ds.PixelData
+    size = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8
+    return [data[i * size : (i + 1) * size] for i in range(int(ds.NumberOfFrames))]
+
+
+# --- tests -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("kind", ["z-stack", "mosaic"])
+def test_stack_round_trips_and_conforms(tmp_path: Path, kind: str, bits: int) -> None:
+    stack = make_stack(kind, bits=bits)
+    frames = frames_of(stack)
+    job = job_for(tmp_path, stack, frames)
+    dest = tmp_path / "out.dcm"
+    written = write_confocal(job, dest)
+
+    ds = pydicom.dcmread(dest)
+    expected_class = CONFOCAL_TILED_SOP_CLASS if kind == "mosaic" else CONFOCAL_IMAGE_SOP_CLASS
+    assert written.sop_class_uid == expected_class == ds.SOPClassUID
+    assert ds.file_meta.TransferSyntaxUID == EXPLICIT_LE == written.transfer_syntax_uid
+    assert iod_errors(ds) == []
+    assert ds.Modality == "CFM"
+    assert ds.BitsAllocated == bits
+    assert ds.BitsStored == bits
+    assert ds.HighBit == bits - 1
+    assert ("OB" if bits == 8 else "OW") == ds["PixelData"].VR
+    assert written_frames(ds) == frames, "frames read back equal what the device sent"
+    if kind == "z-stack":
+        depths = [
+            item.ConfocalMicroscopyImageFrameTypeSequence[0].ImageAcquisitionDepth
+            for item in ds.PerFrameFunctionalGroupsSequence
+        ]
+        assert depths == [d / 1000 for d in stack.depths_um]
+        assert ds.DimensionOrganizationType == "3D"
+    else:
+        assert ds.DimensionOrganizationType == "TILED_FULL"
+        assert ds.TotalPixelMatrixRows == stack.rows * 2
+        assert "PerFrameFunctionalGroupsSequence" not in ds
+
+
+def test_checker_finds_what_is_missing(tmp_path: Path) -> None:
+    """The checker is not a rubber stamp: removing required attributes is reported."""
+    stack = make_stack()
+    job = job_for(tmp_path, stack, frames_of(stack))
+    dest = tmp_path / "out.dcm"
+    write_confocal(job, dest)
+    ds = pydicom.dcmread(dest)
+    broken = pydicom.dcmread(dest)
+    del broken.ConfocalMode
+    del broken.FieldOfViewShape
+    broken.Modality = "XC"
+    del broken.SharedFunctionalGroupsSequence[0].FrameAnatomySequence
+    broken.TrackingID = "lesion-1"
+    errors = iod_errors(broken)
+    assert any("ConfocalMode" in e for e in errors)
+    assert any("FieldOfViewShape" in e for e in errors)
+    assert any("Modality" in e for e in errors)
+    assert any("FrameAnatomySequence" in e for e in errors)
+    assert any("TrackingUID" in e for e in errors)
+    assert iod_errors(ds) == []
+
+
+def test_patient_lesion_and_site_are_carried(tmp_path: Path) -> None:
+    stack = make_stack()
+    patient = PatientContext(patient_name="Doe^Jane", patient_id="P123", sex="F")
+    job = job_for(
+        tmp_path,
+        stack,
+        frames_of(stack),
+        patient=patient,
+        lesion_id="L7",
+        laterality=Laterality.LEFT,
+        anatomic_site="182329002",  # CID 4029: Anterior triangle of neck
+    )
+    dest = tmp_path / "out.dcm"
+    write_confocal(job, dest)
+    ds = pydicom.dcmread(dest)
+    assert iod_errors(ds) == []
+    assert ds.PatientName == "Doe^Jane"
+    assert ds.PatientID == "P123"
+    assert ds.TrackingID == "L7"
+    assert ds.TrackingUID
+    assert ds.ImageLaterality == "L"
+    anatomy = ds.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0]
+    assert anatomy.AnatomicRegionSequence[0].CodeValue == "182329002"
+    assert ds.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0].FrameLaterality == "L"
+
+
+def test_rewrap_gives_the_same_object(tmp_path: Path) -> None:
+    stack = make_stack()
+    job = job_for(tmp_path, stack, frames_of(stack))
+    write_confocal(job, tmp_path / "a.dcm")
+    write_confocal(job, tmp_path / "b.dcm")
+    assert (tmp_path / "a.dcm").read_bytes() == (tmp_path / "b.dcm").read_bytes()
+
+
+def test_thousands_of_frames_fit_in_the_offer(tmp_path: Path) -> None:
+    stack = make_stack(frames=3000, size=8)
+    assert ConfocalStack.from_extra(stack.to_extra()) == stack
+    frames = frames_of(stack)
+    job = job_for(tmp_path, stack, frames)
+    dest = tmp_path / "out.dcm"
+    write_confocal(job, dest)
+    ds = pydicom.dcmread(dest)
+    assert len(ds.PerFrameFunctionalGroupsSequence) == 3000
+    assert written_frames(ds)[-1] == frames[-1]
+
+
+def test_too_large_for_one_object_is_refused_with_a_reason() -> None:
+    huge = replace(
+        make_stack(frames=2100, size=1024, bits=16),
+        depths_um=tuple(float(i) for i in range(2100)),
+    )
+    assert huge.pixel_bytes > MAX_PIXEL_BYTES
+    with pytest.raises(WrapError, match="more than one DICOM object can hold"):
+        ConfocalStack.from_extra(huge.to_extra())
+
+
+def test_wrong_size_and_bad_geometry_are_quarantined(tmp_path: Path) -> None:
+    stack = make_stack()
+    frames = frames_of(stack)
+    job = job_for(tmp_path, stack, frames[:-1])
+    with pytest.raises(WrapError, match="bytes of pixels"):
+        write_confocal(job, tmp_path / "out.dcm")
+    assert not (tmp_path / "out.dcm").exists()
+    mosaic = make_stack("mosaic")
+    shuffled = replace(mosaic, tiles=tuple(reversed(mosaic.tiles)))
+    with pytest.raises(WrapError, match="row-major"):
+        ConfocalStack.from_extra(shuffled.to_extra())
+    with pytest.raises(WrapError, match="incomplete or invalid"):
+        ConfocalStack.from_extra({"kind": "z-stack"})
+    with pytest.raises(WrapError, match="12 bits"):
+        ConfocalStack.from_extra({**stack.to_extra(), "bits": 12})
+
+
+def test_odd_sized_8bit_stack_is_padded(tmp_path: Path) -> None:
+    stack = replace(make_stack(frames=1, size=3), columns=3, depths_um=(0.0,))
+    frames = frames_of(stack)
+    assert stack.pixel_bytes % 2 == 1
+    job = job_for(tmp_path, stack, frames)
+    write_confocal(job, tmp_path / "out.dcm")
+    ds = pydicom.dcmread(tmp_path / "out.dcm")
+    assert ds.PixelData[: stack.pixel_bytes] == frames[0]
+    assert len(ds.PixelData) == stack.pixel_bytes + 1
+
+
+def test_memory_stays_flat_while_writing(tmp_path: Path) -> None:
+    """A 48 MB stack is written with a few MB of Python memory (1 MiB chunks)."""
+    stack = make_stack(frames=48, size=1024, bits=8)
+    stack = replace(stack, columns=1024)
+    source_frames = [
+        hashlib.sha256(bytes([i])).digest() * (stack.frame_bytes // 32) for i in range(48)
+    ]
+    job = job_for(tmp_path, stack, source_frames)
+    del source_frames
+    tracemalloc.start()
+    try:
+        write_confocal(job, tmp_path / "out.dcm")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, f"peak {peak} bytes"
