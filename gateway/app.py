@@ -8,13 +8,24 @@ so that nothing is accepted from a device before every later stage is serving.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from importlib.metadata import PackageNotFoundError, version
 
 from gateway.capture import GatewayIdentity
 from gateway.config import DermGateConfig
-from gateway.devices.registry import find_driver
+from gateway.devices.contract import DriverFactory, DriverState
+from gateway.devices.host import DriverHost
+from gateway.devices.hotplug import (
+    DeviceEvent,
+    HotplugManager,
+    HotplugSlot,
+    fill_devnode,
+    source_from_config,
+)
+from gateway.devices.registry import BrokenDriver, find_driver
+from gateway.devices.status import StatusBoard
 from gateway.forward.commitment import (
     CommitmentListener,
     CommitmentRequester,
@@ -28,7 +39,7 @@ from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger
 from gateway.spool.reconcile import reconcile
 from gateway.spool.space import MIB, SpaceGuard
-from gateway.supervise import Supervisor
+from gateway.supervise import DriverTask, RestartPolicy, Supervisor
 from gateway.wrap import Wrapper
 
 log = logging.getLogger(__name__)
@@ -40,6 +51,87 @@ def software_version() -> str:
         return version("dermgate")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def restart_policy(config: DermGateConfig) -> RestartPolicy:
+    """The ``[supervision]`` settings as the supervisor takes them."""
+    s = config.supervision
+    return RestartPolicy(
+        initial=s.restart_initial,
+        cap=s.restart_max,
+        quarantine_after=s.quarantine_after,
+        quarantine_window=s.quarantine_window,
+        hang_timeout=s.hang_timeout,
+    )
+
+
+class _Devices:
+    """Builds and starts the configured devices' drivers.
+
+    Devices without ``hotplug`` start at once and run for as long as the gateway
+    does; hotplug devices start when the hotplug manager calls :meth:`launch`. A
+    device whose driver plugin fails to load is shown QUARANTINED (logged once)
+    and the others run on.
+    """
+
+    def __init__(
+        self, config: DermGateConfig, intake: Intake, board: StatusBoard, supervisor: Supervisor
+    ) -> None:
+        self.config = config
+        self.intake = intake
+        self.board = board
+        self.supervisor = supervisor
+        self.policy = restart_policy(config)
+        self.factories: dict[int, DriverFactory] = {}
+
+    def start_all(self) -> list[HotplugSlot]:
+        """Start every static device; return the hotplug-managed ones."""
+        slots = []
+        for index, device in enumerate(self.config.devices):
+            name = self.config.device_name(index)
+            self.board.add(name, device.driver, hotplug=device.hotplug)
+            try:
+                factory = find_driver(device.driver)
+            except BrokenDriver as err:
+                log.error("device %s: %s; this device stays stopped", name, err)
+                self.board.update(
+                    name, state=DriverState.QUARANTINED, detail=f"driver failed to load: {err}"
+                )
+                continue
+            self.factories[index] = factory
+            if device.hotplug:
+                self.board.update(name, detail="waiting for the device to appear")
+                slots.append(
+                    HotplugSlot(
+                        index, name, factory.matchers, device.usb_serial, device.match_devnode
+                    )
+                )
+            else:
+                self.start(index, None)
+        return slots
+
+    def start(self, index: int, devnode: str | None) -> DriverTask | None:
+        """Start the driver of device ``index`` (serving ``devnode`` if hotplugged)."""
+        device = self.config.devices[index]
+        name = self.config.device_name(index)
+        factory = self.factories[index]
+        try:
+            options = factory.Options.model_validate(fill_devnode(device.options(), devnode))
+        except ValueError as err:  # pydantic's ValidationError is a ValueError
+            log.error("device %s: options invalid for %s: %s", name, devnode, err)
+            self.board.update(name, state=DriverState.ERROR, detail=f"options invalid ({devnode})")
+            return None
+        host = DriverHost(name, functools.partial(self.intake.begin, device.driver), self.board)
+        self.board.update(name, devnode=devnode)
+
+        async def run() -> None:
+            await factory(options, host, name).run()
+
+        return self.supervisor.start_driver(name, run, host, self.board, self.policy)
+
+    async def launch(self, slot: HotplugSlot, event: DeviceEvent) -> DriverTask | None:
+        """The hotplug manager's way to start a device that appeared."""
+        return self.start(slot.index, event.devnode)
 
 
 async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
@@ -94,6 +186,7 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
         space = SpaceGuard(dirs.root, config.spool.reserve_mb * MIB)
         inline = InlineWrap(wrapper.build, wrapper.destinations, wrapped) if names else None
         intake = Intake(ledger, dirs, wrapper.notify, space, inline)
+        board = StatusBoard(config.status_path())
         if not forwarders:
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:
@@ -109,12 +202,13 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
                 await supervisor.start(f"retain:{confirmer.destination.name}", confirmer.run)
             await supervisor.start("purge", Purger(ledger, dirs, config.spool).run)
             await supervisor.start("wrap", wrapper.run)
-            for index, device in enumerate(config.devices):
-                factory = find_driver(device.driver)
-                options = factory.Options.model_validate(device.options())
-                name = config.device_name(index)
-                driver = factory(options, intake.host_for(device.driver, name), name)
-                supervisor.start_restarting(f"device:{name}", driver.run)
+            await supervisor.start("status", board.run)
+            devices = _Devices(config, intake, board, supervisor)
+            slots = devices.start_all()
+            source = source_from_config(config.hotplug.source)
+            if source is not None:
+                manager = HotplugManager(source, slots, devices.launch)
+                await supervisor.start("hotplug", manager.run)
             log.info(
                 "DermGate %s running as %s: %d device(s), %d destination(s)",
                 identity.software_version,

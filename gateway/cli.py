@@ -45,9 +45,9 @@ def setup_logging(level: str) -> None:
     logging.getLogger("pynetdicom").setLevel(quiet)
 
 
-def _load(path: Path) -> DermGateConfig | None:
+def _load(path: Path, *, broken_drivers_fatal: bool = True) -> DermGateConfig | None:
     try:
-        return load_config(path)
+        return load_config(path, broken_drivers_fatal=broken_drivers_fatal)
     except ConfigError as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
@@ -78,7 +78,8 @@ async def _serve(config: DermGateConfig) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM or SIGINT."""
-    config = _load(args.config)
+    # A driver plugin that fails to load stops only its devices (shown QUARANTINED).
+    config = _load(args.config, broken_drivers_fatal=False)
     if config is None:
         return EXIT_USAGE
     setup_logging(config.gateway.log_level)

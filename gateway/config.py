@@ -171,6 +171,72 @@ class SpoolSettings(_Strict):
         return self
 
 
+class SupervisionSettings(_Strict):
+    """``[supervision]``: how crashed or hung drivers are restarted and quarantined.
+
+    A driver that raises (or returns) is restarted after a jittered delay that
+    doubles per crash from ``restart_initial`` up to ``restart_max`` (a run that
+    lasted ``restart_max`` seconds resets it). A driver that says TRANSFERRING and
+    makes no progress (no byte written, no capture begun or committed, no change of
+    state) for ``hang_timeout`` seconds is cancelled and restarted: a hang counts as a
+    crash. ``quarantine_after`` crashes within ``quarantine_window`` seconds stop the
+    driver for good (state QUARANTINED); the other devices run on. A quarantined
+    driver runs again after a restart of the gateway, or for a hotplug device, when it
+    is unplugged and plugged in again.
+    """
+
+    restart_initial: float = Field(
+        default=1.0, gt=0, description="Seconds before the first restart of a crashed driver."
+    )
+    restart_max: float = Field(
+        default=60.0, gt=0, description="Longest wait in seconds between restarts (jittered)."
+    )
+    quarantine_after: int = Field(
+        default=5,
+        ge=1,
+        description="Crashes (or hangs) within quarantine_window after which the driver "
+        "is stopped and shown as QUARANTINED.",
+    )
+    quarantine_window: float = Field(
+        default=600.0, gt=0, description="Seconds over which crashes are counted."
+    )
+    hang_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds a driver may stay TRANSFERRING without progress before it is "
+        "cancelled and restarted (counts as a crash).",
+    )
+
+    @model_validator(mode="after")
+    def _restart_order(self) -> SupervisionSettings:
+        if self.restart_max < self.restart_initial:
+            raise ValueError("restart_max must not be smaller than restart_initial")
+        return self
+
+
+def _check_hotplug_source(value: str) -> str:
+    if value in ("none", "udev"):
+        return value
+    if value.startswith("simulated:") and len(value) > len("simulated:"):
+        return value
+    raise ValueError('use "none", "udev" or "simulated:PATH"')
+
+
+class HotplugSettings(_Strict):
+    """``[hotplug]``: where device appear/disappear events come from.
+
+    Devices with ``hotplug = true`` in their ``[[devices]]`` entry are started when a
+    device their driver matches appears and stopped when it goes.
+    """
+
+    source: Annotated[str, AfterValidator(_check_hotplug_source)] = Field(
+        default="none",
+        description='"none" (devices run all the time), "udev" (a box: the kernel\'s '
+        'device events through udev) or "simulated:PATH" (tests and demos: JSON lines '
+        "written to the Unix socket the gateway creates at PATH).",
+    )
+
+
 class DicomDestination(_Strict):
     """``[[destinations]]`` with ``kind = "dicom"``: a PACS reached by C-STORE."""
 
@@ -267,6 +333,20 @@ class DeviceSettings(BaseModel):
     name: str | None = Field(
         default=None, description="Label for logs and status; default: driver + index."
     )
+    hotplug: bool = Field(
+        default=False,
+        description="Start the driver when a device its matchers accept appears and stop "
+        "it when the device goes (needs [hotplug] source). Options may contain "
+        '"{devnode}", replaced by the device node that appeared (e.g. port = "{devnode}").',
+    )
+    usb_serial: str | None = Field(
+        default=None,
+        description="Hotplug: serve only the device with this USB serial number.",
+    )
+    match_devnode: str | None = Field(
+        default=None,
+        description='Hotplug: serve only device nodes matching this pattern (e.g. "/dev/ttyACM1").',
+    )
 
     def options(self) -> dict[str, Any]:
         """The driver-specific keys of this section."""
@@ -278,6 +358,8 @@ class DermGateConfig(_Strict):
 
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    supervision: SupervisionSettings = Field(default_factory=SupervisionSettings)
+    hotplug: HotplugSettings = Field(default_factory=HotplugSettings)
     destinations: list[DicomDestination] = Field(default_factory=list)
     devices: list[DeviceSettings] = Field(default_factory=list)
 
@@ -297,6 +379,10 @@ class DermGateConfig(_Strict):
     def spool_dir(self) -> Path:
         """Folder holding staging, raw and DICOM files."""
         return self.gateway.state_dir / "spool"
+
+    def status_path(self) -> Path:
+        """The device status snapshot (JSON, rewritten on every change)."""
+        return self.gateway.state_dir / "status" / "devices.json"
 
     def ledger_path(self) -> Path:
         """The SQLite ledger."""
@@ -325,18 +411,30 @@ def _format_errors(path: Path, err: ValidationError) -> list[str]:
     return problems
 
 
-def _validate_device_options(path: Path, config: DermGateConfig) -> list[str]:
+def _validate_device_options(
+    path: Path, config: DermGateConfig, *, broken_drivers_fatal: bool
+) -> list[str]:
     # Imported here: the registry loads driver plugins, which import this module.
-    from gateway.devices.registry import UnknownDriver, find_driver
+    from gateway.devices.registry import BrokenDriver, UnknownDriver, find_driver
 
     problems = []
     for index, device in enumerate(config.devices):
         where = f"devices[{index}]"
         try:
             driver = find_driver(device.driver)
+        except BrokenDriver as err:
+            if broken_drivers_fatal:
+                problems.append(f"{path}: {where}.driver: {err}")
+            continue
         except UnknownDriver as err:
             problems.append(f"{path}: {where}.driver: {err}")
             continue
+        if device.hotplug and config.hotplug.source == "none":
+            problems.append(f'{path}: {where}.hotplug: needs [hotplug] source other than "none"')
+        if device.hotplug and not driver.matchers:
+            problems.append(
+                f"{path}: {where}.hotplug: driver {device.driver} declares no device matchers"
+            )
         try:
             driver.Options.model_validate(device.options())
         except ValidationError as err:
@@ -350,8 +448,13 @@ def _validate_device_options(path: Path, config: DermGateConfig) -> list[str]:
     return problems
 
 
-def parse_config(text: str, path: Path) -> DermGateConfig:
-    """Parse and validate TOML ``text`` (read from ``path``); raise ConfigError."""
+def parse_config(text: str, path: Path, *, broken_drivers_fatal: bool = True) -> DermGateConfig:
+    """Parse and validate TOML ``text`` (read from ``path``); raise ConfigError.
+
+    A driver plugin that is installed but fails to load is a problem like any other
+    unless ``broken_drivers_fatal`` is False (``dermgate run``: the gateway starts,
+    and only the devices using that driver are shown QUARANTINED).
+    """
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -360,18 +463,18 @@ def parse_config(text: str, path: Path) -> DermGateConfig:
         config = DermGateConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(path, _format_errors(path, err)) from err
-    problems = _validate_device_options(path, config)
+    problems = _validate_device_options(path, config, broken_drivers_fatal=broken_drivers_fatal)
     if problems:
         raise ConfigError(path, problems)
     return config
 
 
-def load_config(path: Path) -> DermGateConfig:
-    """Read, parse and validate the configuration file at ``path``."""
+def load_config(path: Path, *, broken_drivers_fatal: bool = True) -> DermGateConfig:
+    """Read, parse and validate the configuration file at ``path`` (see parse_config)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(path, [f"{path}: cannot read: {err.strerror or err}"]) from err
     except UnicodeDecodeError as err:
         raise ConfigError(path, [f"{path}: not UTF-8 text"]) from err
-    return parse_config(text, path)
+    return parse_config(text, path, broken_drivers_fatal=broken_drivers_fatal)

@@ -3,37 +3,107 @@
 Stages start in order under one root :class:`asyncio.TaskGroup`: each stage is a
 coroutine function taking a ``ready`` callback, and :meth:`Supervisor.start` returns
 only once the stage called it (AnyIO's ``task_status.started()`` pattern), so a stage
-never starts before the one it depends on is serving. Drivers run under
-:meth:`Supervisor.start_restarting`: a crash is logged and the driver restarted with
-jittered, capped backoff; it never takes the gateway down. :meth:`Supervisor.stop`
-cancels the tasks in reverse start order: devices first (no new captures), then the
-wrapping and forwarding stages, which finish or abandon their work safely.
+never starts before the one it depends on is serving. A stage that fails stops the
+gateway: stages are the gateway's own code.
+
+Drivers are plugins and run under :meth:`Supervisor.start_driver`, which never lets
+one take the gateway down:
+
+- a driver that raises (or returns: a driver serves until cancelled) has *crashed*;
+- a driver that reports TRANSFERRING and shows no progress (see
+  :class:`gateway.devices.host.DriverHost`) for ``hang_timeout`` seconds is *hung*:
+  it is cancelled (its ``finally`` blocks run) and that counts as a crash;
+- after a crash the captures the run left open are aborted (never acknowledged, so
+  the device still holds them) and the driver is built anew and restarted after a
+  jittered delay that doubles from ``initial`` up to ``cap`` (a run that lasted
+  ``cap`` seconds starts the doubling again);
+- ``quarantine_after`` crashes within ``quarantine_window`` seconds: the driver is
+  stopped for good, its state is QUARANTINED, one ERROR line is logged, and every
+  other task runs on. A restart of the gateway (or, for a hotplug device,
+  unplugging and plugging it in again) gives it a fresh start.
+
+:meth:`Supervisor.stop` cancels the tasks in reverse start order: devices first (no
+new captures), then the wrapping and forwarding stages, which finish or abandon
+their work safely.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from gateway.forward.schedule import Backoff
+from gateway.devices.contract import DriverState
+from gateway.devices.host import DriverHost
+from gateway.devices.status import StatusBoard
+from gateway.forward.schedule import backoff_delay
 
 log = logging.getLogger(__name__)
 
 Ready = Callable[[], None]
 Stage = Callable[[Ready], Awaitable[None]]
+Sleep = Callable[[float], Awaitable[None]]
+
+#: A driver that ignores cancellation this long is abandoned (and logged).
+CANCEL_GRACE = 30.0
 
 
 class StartupError(RuntimeError):
     """A stage failed or did not report ready in time."""
 
 
+class DriverHung(Exception):
+    """A driver stayed TRANSFERRING without progress past its deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """How a driver is restarted and when it is quarantined (``[supervision]``)."""
+
+    initial: float = 1.0
+    cap: float = 60.0
+    quarantine_after: int = 5
+    quarantine_window: float = 600.0
+    hang_timeout: float = 120.0
+
+
+class DriverTask:
+    """A supervised driver; :meth:`stop` ends it cleanly (e.g. its device went)."""
+
+    def __init__(self, supervisor: Supervisor, name: str, host: DriverHost) -> None:
+        self.name = name
+        self.host = host
+        self.stop_detail = "gateway stopped"
+        self._supervisor = supervisor
+        self.task: asyncio.Task[None] | None = None
+
+    async def stop(self, detail: str) -> None:
+        """Cancel the driver, wait until its cleanup ran, and show ``detail``."""
+        self.stop_detail = detail
+        if self.task is None:
+            return
+        self.task.cancel()
+        await asyncio.wait({self.task})
+        self._supervisor.forget(self.task)
+
+
 class Supervisor:
     """Starts, restarts and stops the gateway's named tasks."""
 
-    def __init__(self, group: asyncio.TaskGroup) -> None:
+    def __init__(
+        self,
+        group: asyncio.TaskGroup,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
         self._group = group
         self._tasks: list[asyncio.Task[None]] = []
+        self._sleep = sleep
+        self._rng = rng or random.Random()
 
     async def start(self, name: str, stage: Stage, *, timeout: float = 60.0) -> None:
         """Run ``stage`` as task ``name`` and wait until it reports ready."""
@@ -61,38 +131,137 @@ class Supervisor:
             log.critical("%s failed; the gateway stops", name)
             raise
 
-    def start_restarting(
+    def start_driver(
         self,
         name: str,
         run: Callable[[], Awaitable[None]],
-        *,
-        initial: float = 1.0,
-        cap: float = 60.0,
-        healthy_after: float = 60.0,
+        host: DriverHost,
+        board: StatusBoard | None,
+        policy: RestartPolicy,
+    ) -> DriverTask:
+        """Run ``run()`` (a fresh driver each time) as task ``device:name``, supervised."""
+        handle = DriverTask(self, name, host)
+        work = self._keep_running(handle, run, board, policy)
+        handle.task = self._group.create_task(work, name=f"device:{name}")
+        self._tasks.append(handle.task)
+        return handle
+
+    def forget(self, task: asyncio.Task[None]) -> None:
+        """Drop a finished task from the stop list."""
+        if task in self._tasks:
+            self._tasks.remove(task)
+
+    async def _keep_running(
+        self,
+        handle: DriverTask,
+        run: Callable[[], Awaitable[None]],
+        board: StatusBoard | None,
+        policy: RestartPolicy,
     ) -> None:
-        """Run ``run()`` as task ``name``; restart it with backoff whenever it fails.
+        loop = asyncio.get_running_loop()
+        name, host = handle.name, handle.host
+        crashes: collections.deque[float] = collections.deque()
+        failures = 0
+        restarts = board.get(name).restarts if board is not None else 0
 
-        A run that lasted ``healthy_after`` seconds resets the backoff.
-        """
+        def show(**changes: object) -> None:
+            if board is not None:
+                board.update(name, **changes)
 
-        async def keep_running() -> None:
-            backoff = Backoff(initial=initial, cap=cap)
-            loop = asyncio.get_running_loop()
+        try:
             while True:
                 started = loop.time()
+                host.new_run()
+                show(running=True)
                 try:
-                    await run()
-                    log.warning("%s returned; restarting it", name)
-                except asyncio.CancelledError:
-                    raise
+                    await self._run_watched(run, host, policy.hang_timeout)
+                    crash = "returned"
+                    log.error("device %s: driver returned (it must serve until stopped)", name)
+                except DriverHung:
+                    crash = "hang"
+                    log.error(
+                        "device %s: driver hung (TRANSFERRING, no progress for %.0f s); cancelled",
+                        name,
+                        policy.hang_timeout,
+                    )
                 except Exception as err:
-                    log.error("%s crashed (%s); restarting it", name, type(err).__name__)
-                    log.debug("%s crash details", name, exc_info=True)
-                if loop.time() - started >= healthy_after:
-                    backoff.reset()
-                await asyncio.sleep(backoff.next_delay())
+                    crash = type(err).__name__
+                    log.error("device %s: driver crashed (%s)", name, crash)
+                    log.debug("device %s: crash details", name, exc_info=True)
+                finally:
+                    left = await host.abort_open("driver stopped")
+                    if left:
+                        log.info("device %s: %d unfinished capture(s) discarded", name, left)
+                now = loop.time()
+                if now - started >= policy.cap:
+                    failures = 0
+                failures += 1
+                crashes.append(now)
+                while crashes and crashes[0] <= now - policy.quarantine_window:
+                    crashes.popleft()
+                if len(crashes) >= policy.quarantine_after:
+                    host.record(
+                        DriverState.QUARANTINED,
+                        f"stopped after {len(crashes)} crashes within "
+                        f"{policy.quarantine_window:.0f} s (last: {crash}); "
+                        "restart the gateway to try again",
+                    )
+                    show(running=False, last_crash=crash)
+                    log.error(
+                        "device %s: QUARANTINED after %d crashes within %.0f s; "
+                        "the other devices run on",
+                        name,
+                        len(crashes),
+                        policy.quarantine_window,
+                    )
+                    return
+                delay = backoff_delay(
+                    failures, initial=policy.initial, cap=policy.cap, rng=self._rng
+                )
+                restarts += 1
+                what = "hung" if crash == "hang" else f"crashed ({crash})"
+                host.record(DriverState.ERROR, f"driver {what}; restarting in {delay:.1f} s")
+                show(running=False, last_crash=crash, restarts=restarts)
+                await self._sleep(delay)
+        except asyncio.CancelledError:
+            if host.state != DriverState.QUARANTINED:
+                host.record(DriverState.DISCONNECTED, handle.stop_detail)
+            show(devnode=None)
+            raise
+        finally:
+            show(running=False)
 
-        self._tasks.append(self._group.create_task(keep_running(), name=name))
+    @staticmethod
+    async def _run_watched(
+        run: Callable[[], Awaitable[None]], host: DriverHost, hang_timeout: float
+    ) -> None:
+        """Await ``run()``; cancel it and raise :class:`DriverHung` if it hangs."""
+
+        async def call() -> None:
+            await run()
+
+        loop = asyncio.get_running_loop()
+        inner = asyncio.create_task(call())
+        interval = min(1.0, hang_timeout / 4)
+        try:
+            while True:
+                done, _ = await asyncio.wait({inner}, timeout=interval)
+                if done:
+                    if inner.cancelled():
+                        raise RuntimeError("driver cancelled itself")
+                    inner.result()
+                    return
+                idle = host.hung_for(loop.time())
+                if idle is not None and idle >= hang_timeout:
+                    raise DriverHung(f"no progress for {idle:.0f} s")
+        finally:
+            if not inner.done():
+                inner.cancel()
+                done, _ = await asyncio.wait({inner}, timeout=CANCEL_GRACE)
+                if not done:
+                    log.error("device %s: driver ignores cancellation", host.device_name)
+            elif not inner.cancelled():
+                inner.exception()  # retrieved: never "exception was never retrieved"
 
     async def stop(self) -> None:
         """Cancel every task, newest first, waiting for each to finish."""

@@ -3,6 +3,7 @@
 # Debian packages (apt-get, only when missing), a virtualenv in .venv, and the
 # project installed into it. Usage: scripts/setup.sh [--test]
 #   --test  also install the test and lint tools (pytest, hypothesis, dciodvfy, mypy, ruff)
+#           and the test-only driver plugins (tests/plugins/dermgate-testdriver)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,3 +38,8 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".${extras}"
+if [[ -n "$extras" ]]; then
+  # Test-only driver plugins in their own package (tests/plugins/): found through the
+  # dermgate.drivers entry-point group exactly like a vendor's driver package.
+  .venv/bin/python -m pip install -q -e tests/plugins/dermgate-testdriver
+fi

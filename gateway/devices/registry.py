@@ -1,9 +1,22 @@
-"""Driver discovery through the ``dermgate.drivers`` entry-point group."""
+"""Driver discovery through the ``dermgate.drivers`` entry-point group.
+
+Drivers are found only here, never by scanning folders: first-party drivers are
+registered in DermGate's own ``pyproject.toml``, third-party drivers in their own
+package's, and both are found the same way (``pip install`` a driver package and
+its ids appear).
+
+Loading one driver imports only that driver's entry point, so a plugin that fails
+to import (a missing dependency after an upgrade, a syntax error) is an error for
+the devices that use it, never for the others: :func:`find_driver` raises
+:class:`BrokenDriver` naming the plugin, its entry point and the exception class.
+"""
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import cast
+
+from pydantic import BaseModel
 
 from gateway.devices.contract import DriverFactory
 
@@ -11,22 +24,60 @@ ENTRY_POINT_GROUP = "dermgate.drivers"
 
 
 class UnknownDriver(LookupError):
-    """No installed driver has the requested id."""
+    """No installed driver can serve the requested id."""
 
 
-def available_drivers() -> dict[str, DriverFactory]:
-    """Every installed driver, by id."""
+class BrokenDriver(UnknownDriver):
+    """A driver is registered under the id but cannot be loaded (its import fails,
+    or the object is not a driver class). Only the devices using it are affected."""
+
+
+def _plugin(ep: EntryPoint) -> str:
+    dist = ep.dist
+    return f"{dist.name} {dist.version}" if dist is not None else "unknown package"
+
+
+def _load(ep: EntryPoint) -> DriverFactory:
+    """Import one entry point and check it has the shape of a driver class."""
+    where = f"driver {ep.name!r} ({ep.value}, from {_plugin(ep)})"
+    try:
+        loaded = ep.load()
+    except Exception as err:  # any import-time failure of a plugin is that plugin's fault
+        raise BrokenDriver(f"{where} failed to load: {type(err).__name__}: {err}") from err
+    options = getattr(loaded, "Options", None)
+    if not isinstance(loaded, type) or not (
+        isinstance(options, type) and issubclass(options, BaseModel)
+    ):
+        raise BrokenDriver(f"{where} is not a driver class with an Options model")
+    if not isinstance(getattr(loaded, "matchers", ()), tuple):
+        raise BrokenDriver(f"{where}: matchers must be a tuple of UsbMatch/SerialMatch")
+    return cast(DriverFactory, loaded)
+
+
+def installed_ids() -> list[str]:
+    """The ids of every registered driver (nothing is imported)."""
+    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def available_drivers() -> tuple[dict[str, DriverFactory], dict[str, BrokenDriver]]:
+    """Every installed driver by id, and the ones that failed to load, by id."""
     found: dict[str, DriverFactory] = {}
+    broken: dict[str, BrokenDriver] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = cast(DriverFactory, ep.load())
-    return found
+        try:
+            found[ep.name] = _load(ep)
+        except BrokenDriver as err:
+            broken[ep.name] = err
+    return found, broken
 
 
 def find_driver(driver_id: str) -> DriverFactory:
-    """The driver registered as ``driver_id``."""
+    """The driver registered as ``driver_id``.
+
+    Raises :class:`UnknownDriver` if none is, :class:`BrokenDriver` if it fails to load.
+    """
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == driver_id:
-            return cast(DriverFactory, ep.load())
-    names = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
-    known = ", ".join(names) or "none installed"
+            return _load(ep)
+    known = ", ".join(installed_ids()) or "none installed"
     raise UnknownDriver(f"unknown driver {driver_id!r} (installed: {known})")

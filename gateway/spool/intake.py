@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
 import io
 import logging
@@ -32,9 +33,9 @@ from gateway.devices.contract import (
     CaptureReceipt,
     CaptureRefused,
     CaptureSink,
-    DriverState,
     RefusalReason,
 )
+from gateway.devices.host import DriverHost
 from gateway.dicom.errors import WrapError
 from gateway.dicom.jpeg import JpegInfo, read_jpeg_info_from
 from gateway.dicom.part10 import part10_prefix, part10_suffix
@@ -323,8 +324,8 @@ class Intake:
         self.inline = inline
 
     def host_for(self, driver: str, device_name: str) -> DriverHost:
-        """The :class:`DeviceHost` given to one driver instance."""
-        return DriverHost(self, driver, device_name)
+        """A :class:`DeviceHost` for one driver instance (without a status board)."""
+        return DriverHost(device_name, functools.partial(self.begin, driver))
 
     async def begin(
         self, driver: str, identity: DeviceIdentity, offer: CaptureOffer
@@ -400,25 +401,3 @@ class Intake:
     def _drop(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-class DriverHost:
-    """The host API one driver instance sees."""
-
-    def __init__(self, intake: Intake, driver: str, device_name: str) -> None:
-        self._intake = intake
-        self._driver = driver
-        self.device_name = device_name
-        self.state = DriverState.DISCONNECTED
-        self.detail = ""
-
-    async def begin_capture(self, identity: DeviceIdentity, offer: CaptureOffer) -> CaptureSink:
-        """Start receiving a capture announced by the device."""
-        return await self._intake.begin(self._driver, identity, offer)
-
-    def set_state(self, state: DriverState, detail: str = "") -> None:
-        """Record the driver's state; log only changes."""
-        if state != self.state or detail != self.detail:
-            log.info("device %s: %s%s", self.device_name, state, f" ({detail})" if detail else "")
-        self.state = state
-        self.detail = detail

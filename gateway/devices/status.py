@@ -1,0 +1,142 @@
+"""The device status snapshot: one record per configured device, kept current.
+
+Every change (a driver's state, a crash, a restart, quarantine, a hotplug device
+appearing or going) updates the in-memory record and wakes :meth:`StatusBoard.run`,
+which writes the whole snapshot atomically to ``STATE_DIR/status/devices.json``
+(temporary file, fsync, rename). Writes are coalesced: a burst of changes is one
+write of the latest state, never a stale one. Status pages and MQTT read that file.
+
+The document (``version`` 1)::
+
+    {
+      "version": 1,
+      "updated": "2026-11-30T22:58:01.123456+00:00",
+      "devices": [
+        {
+          "name": "scope",                  # [[devices]] name (or driver-index)
+          "driver": "serial-dermatoscope",  # driver id
+          "state": "READY",                 # DISCONNECTED|CONNECTING|READY|TRANSFERRING|
+                                            # ERROR|QUARANTINED
+          "detail": "DS-100 Dermatoscope SN123",  # plain words, no patient data
+          "since": "2026-11-30T22:57:59.001+00:00",  # when state/detail last changed
+          "running": true,                  # a driver instance is running now
+          "restarts": 0,                    # restarts after crashes or hangs since start
+          "last_crash": null,               # exception class of the last crash, or "hang"
+          "hotplug": false,                 # started/stopped by device events
+          "devnode": null                   # hotplug: the device node it serves now
+        }
+      ]
+    }
+
+Only exception *class names* are kept, never messages: a message may quote data
+the driver received from the device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.devices.contract import DriverState
+from gateway.spool.files import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+STATUS_VERSION = 1
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """What status shows about one configured device."""
+
+    name: str
+    driver: str
+    state: DriverState = DriverState.DISCONNECTED
+    detail: str = ""
+    since: str = ""
+    running: bool = False
+    restarts: int = 0
+    last_crash: str | None = None
+    hotplug: bool = False
+    devnode: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written to ``devices.json``."""
+        data = asdict(self)
+        data["state"] = str(self.state)
+        return data
+
+
+class StatusBoard:
+    """Holds every device's :class:`DeviceStatus` and writes the snapshot file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._devices: dict[str, DeviceStatus] = {}
+        self._changed = asyncio.Event()
+
+    def add(self, name: str, driver: str, *, hotplug: bool = False, detail: str = "") -> None:
+        """Register a configured device (DISCONNECTED, not running)."""
+        self._devices[name] = DeviceStatus(
+            name=name, driver=driver, hotplug=hotplug, detail=detail, since=_now()
+        )
+        self._changed.set()
+
+    def get(self, name: str) -> DeviceStatus:
+        """The current record of device ``name``."""
+        return self._devices[name]
+
+    def update(self, name: str, **changes: Any) -> None:
+        """Change fields of device ``name``; ``since`` moves when state or detail does."""
+        old = self._devices[name]
+        new = replace(old, **changes)
+        if new == old:
+            return
+        if (new.state, new.detail) != (old.state, old.detail):
+            new = replace(new, since=_now())
+        self._devices[name] = new
+        self._changed.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole document, as written to the file."""
+        return {
+            "version": STATUS_VERSION,
+            "updated": _now(),
+            "devices": [d.to_json() for d in self._devices.values()],
+        }
+
+    def _write(self, document: dict[str, Any]) -> None:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, json.dumps(document, indent=2).encode() + b"\n")
+
+    async def _flush(self) -> None:
+        self._changed.clear()
+        if self.path is None:
+            return
+        try:
+            await asyncio.to_thread(self._write, self.snapshot())
+        except OSError as err:  # status is advisory: never stop the gateway for it
+            log.warning("cannot write %s: %s", self.path, err.strerror or err)
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        """Write the snapshot now and after every change, until cancelled (then once more)."""
+        await self._flush()
+        ready()
+        try:
+            while True:
+                await self._changed.wait()
+                await self._flush()
+        except asyncio.CancelledError:
+            await self._flush()
+            raise

@@ -1,0 +1,91 @@
+"""Drivers that misbehave on purpose, to test the gateway's supervision.
+
+- ``test-crasher``: says CONNECTING, then raises ``crash_after`` seconds after each
+  start, every time (a driver with a bug).
+- ``test-hanger``: begins a capture, writes ``chunk`` bytes, says TRANSFERRING and then
+  makes no progress at all (a driver stuck on a device that stopped talking).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
+from gateway.devices.contract import DeviceHost, DriverState, Matcher
+
+IDENTITY = DeviceIdentity(
+    manufacturer="DermGate Test Plugins",
+    model="Misbehaving Device",
+    serial_number="TEST-0001",
+    software_versions=("0.1.0",),
+    device_class=DeviceClass.DERMATOSCOPE,
+)
+
+
+class CrasherOptions(BaseModel):
+    """Options of ``driver = "test-crasher"``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    crash_after: float = Field(default=0.2, ge=0, description="Seconds until each crash.")
+
+
+class CrasherDriver:
+    """Driver ``test-crasher``: raises shortly after every start."""
+
+    id: ClassVar[str] = "test-crasher"
+    device_class: ClassVar[DeviceClass] = DeviceClass.DERMATOSCOPE
+    Options: ClassVar[type[BaseModel]] = CrasherOptions
+    matchers: ClassVar[tuple[Matcher, ...]] = ()
+
+    def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
+        assert isinstance(options, CrasherOptions)
+        self.options = options
+        self.host = host
+
+    async def run(self) -> None:
+        """Crash."""
+        self.host.set_state(DriverState.CONNECTING, "about to crash")
+        await asyncio.sleep(self.options.crash_after)
+        raise RuntimeError("test-crasher: simulated driver bug")
+
+
+class HangerOptions(BaseModel):
+    """Options of ``driver = "test-hanger"``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chunk: int = Field(default=4096, ge=1, description="Bytes written before hanging.")
+
+
+class HangerDriver:
+    """Driver ``test-hanger``: starts a capture and stops making progress."""
+
+    id: ClassVar[str] = "test-hanger"
+    device_class: ClassVar[DeviceClass] = DeviceClass.DERMATOSCOPE
+    Options: ClassVar[type[BaseModel]] = HangerOptions
+    matchers: ClassVar[tuple[Matcher, ...]] = ()
+
+    runs: ClassVar[int] = 0
+
+    def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
+        assert isinstance(options, HangerOptions)
+        self.options = options
+        self.host = host
+
+    async def run(self) -> None:
+        """Begin a capture, write a little, then wait for ever."""
+        HangerDriver.runs += 1
+        self.host.set_state(DriverState.READY, "test device")
+        offer = CaptureOffer(
+            device_capture_id=f"hang-{HangerDriver.runs}",
+            length=self.options.chunk * 10,
+            content_type=ContentType.JPEG,
+        )
+        sink = await self.host.begin_capture(IDENTITY, offer)
+        self.host.set_state(DriverState.TRANSFERRING)
+        await sink.write(b"\xff" * self.options.chunk)
+        await asyncio.Event().wait()
