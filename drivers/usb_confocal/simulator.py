@@ -1,0 +1,533 @@
+"""A reflectance confocal microscope (RCM-1) simulated at the USB transfer level.
+
+Run as ``dermgate simulate usb-confocal --socket PATH`` (or ``python -m
+drivers.usb_confocal.simulator``). It listens on a Unix socket and answers the
+requests of :class:`drivers.usb_confocal.emulated.EmulatedBackend` as the device
+would: descriptors, SET_CONFIGURATION, the GET_IDENTITY control requests, a bulk
+IN stream of stacks (:mod:`.protocol`) and ACK/NAK on bulk OUT. Being its own
+process, it keeps its stacks when the gateway is killed, and offers every
+unacknowledged stack again when a host attaches and says HOST_HELLO.
+
+Pixel content is cheap to make yet looks like RCM speckle: one random base frame
+per stack, rotated per frame and darkened with depth through ``bytes.translate``
+(C speed, no numpy), so even a 1 GB stack streams at memory-copy speed and is
+never held whole in memory.
+
+Fault injection (the conformance kit): ``--unplug-mid-transfer`` (the device
+vanishes half-way through the first stack and comes back a second later),
+``--garbage`` (random bytes on the wire before every stack), ``--reoffer`` (after
+each ACK, the device acts as if the ACK was lost and offers the stack once more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from drivers.usb_confocal import protocol as p
+from drivers.usb_confocal.emulated import read_message, write_message
+
+__all__ = ["main"]
+
+log = logging.getLogger("dermgate.simulate.usb_confocal")
+
+MANUFACTURER = "DermGate Reference Devices"
+MODEL = "RCM-1 Confocal Microscope"
+FIRMWARE = "3.1.0"
+WAVELENGTH_NM = 830
+_TICK = 0.05
+
+
+def descriptors() -> dict[str, Any]:
+    """The device's USB descriptors as the emulated backend reports them."""
+    endpoint = {
+        "bLength": 7,
+        "bDescriptorType": 5,
+        "bmAttributes": 0x02,
+        "wMaxPacketSize": 512,
+        "bInterval": 0,
+        "bRefresh": 0,
+        "bSynchAddress": 0,
+    }
+    interface = {
+        "bLength": 9,
+        "bDescriptorType": 4,
+        "bInterfaceNumber": p.INTERFACE,
+        "bAlternateSetting": 0,
+        "bNumEndpoints": 2,
+        "bInterfaceClass": 0xFF,
+        "bInterfaceSubClass": 0,
+        "bInterfaceProtocol": 0,
+        "iInterface": 0,
+        "endpoints": [
+            {**endpoint, "bEndpointAddress": p.EP_IN},
+            {**endpoint, "bEndpointAddress": p.EP_OUT},
+        ],
+    }
+    configuration = {
+        "bLength": 9,
+        "bDescriptorType": 2,
+        "wTotalLength": 32,
+        "bNumInterfaces": 1,
+        "bConfigurationValue": 1,
+        "iConfiguration": 0,
+        "bmAttributes": 0x80,
+        "bMaxPower": 250,
+        "interfaces": [[interface]],
+    }
+    return {
+        "device": {
+            "bLength": 18,
+            "bDescriptorType": 1,
+            "bcdUSB": 0x0200,
+            "bDeviceClass": 0xFF,
+            "bDeviceSubClass": 0,
+            "bDeviceProtocol": 0,
+            "bMaxPacketSize0": 64,
+            "idVendor": p.VENDOR_ID,
+            "idProduct": p.PRODUCT_ID,
+            "bcdDevice": 0x0310,
+            "iManufacturer": 1,
+            "iProduct": 2,
+            "iSerialNumber": 3,
+            "bNumConfigurations": 1,
+            "address": 7,
+            "bus": 1,
+            "port_number": 1,
+            "port_numbers": [1],
+            "speed": 3,
+            "configurations": [configuration],
+        }
+    }
+
+
+@dataclass(slots=True)
+class SimStack:
+    """One stack the device holds until the host ACKs it."""
+
+    index: int
+    header: p.StackHeader
+    acked: bool = False
+    reoffer_pending: bool = False
+    retry_at: float = 0.0
+    offers: int = 0
+    sha256: str = ""
+
+
+class Unplugged(Exception):
+    """The session's connection must be dropped (unplugged, or a newer host took over)."""
+
+
+class DeviceSimulator:
+    """The device: its stacks, the offer/ACK state machine, the socket server."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.socket_path = Path(args.socket)
+        self.report_path = Path(args.report) if args.report else None
+        self.rng = random.Random(args.seed)
+        self.serial = f"RCM1-{args.seed:04d}"
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        self.stacks = [self._plan(i, width, height) for i in range(args.stacks)]
+        self.cond = threading.Condition()
+        self.session = 0
+        self.hello = False
+        self.out_reader = p.HostMessageReader()
+        self.stream: Iterator[bytes] | None = None
+        self.pending = memoryview(b"")
+        self.current: SimStack | None = None
+        self.awaiting: SimStack | None = None
+        self.awaiting_since = 0.0
+        self.unplugged_until = 0.0
+        self.unplug_armed = bool(args.unplug_mid_transfer)
+        self.sent_of_current = 0
+        self.offered = 0
+        self.acknowledged: list[str] = []
+        self.refused: list[dict[str, str]] = []
+        self.stop = False
+
+    def _plan(self, index: int, width: int, height: int) -> SimStack:
+        mosaic = self.args.mosaic
+        frames = self.args.frames
+        rows = cols = 0
+        if mosaic:
+            cols = max(1, int(frames**0.5))
+            rows = max(1, frames // cols)
+            frames = rows * cols
+        header = p.StackHeader(
+            stack_id=f"{self.serial}-{index + 1:05d}",
+            kind="mosaic" if mosaic else "z-stack",
+            frames=frames,
+            width=width,
+            height=height,
+            bits=self.args.bits,
+            pixel_spacing_um=0.5,
+            z_step_um=0.0 if mosaic else 4.0,
+            wavelength_nm=WAVELENGTH_NM,
+            objective="30x/0.9 water immersion",
+            magnification=30.0,
+            numerical_aperture=0.9,
+            acquired_at=datetime.now().replace(microsecond=0).isoformat(),
+            tile_rows=rows,
+            tile_cols=cols,
+        )
+        return SimStack(index, header)
+
+    # -- content --------------------------------------------------------------------
+
+    def _frames(self, stack: SimStack, sha: Any) -> Iterator[tuple[float, bytes]]:
+        header = stack.header
+        rng = random.Random(self.args.seed * 1_000_003 + stack.index)
+        size = header.frame_bytes
+        base = rng.randbytes(size)
+        step = (size // max(header.frames, 1) + 1) | 1
+        for i in range(header.frames):
+            offset = (i * step) % size
+            rotated = base[offset:] + base[:offset]
+            depth = 50.0 if header.kind == "mosaic" else i * header.z_step_um
+            gain = max(0.25, 1.0 - depth / 400.0)
+            table = bytes(min(255, int(v * gain)) for v in range(256))
+            pixels = rotated.translate(table)
+            sha.update(pixels)
+            yield depth, pixels
+
+    def _offer_bytes(self, stack: SimStack) -> Iterator[bytes]:
+        if self.args.garbage:
+            yield self.rng.randbytes(self.rng.randint(50, 300)) + b"DGC" + self.rng.randbytes(9)
+        sha = hashlib.sha256()
+        yield from p.encode_stack(stack.header, self._frames(stack, sha))
+        stack.sha256 = sha.hexdigest()
+
+    # -- the offer/ACK state machine (call with self.cond held) ---------------------
+
+    def _eligible(self, now: float) -> SimStack | None:
+        if self.awaiting is not None:
+            if now - self.awaiting_since < self.args.ack_timeout:
+                return None
+            log.warning("no ACK for %s; offering it again", self.awaiting.header.stack_id)
+            self.awaiting = None
+        for stack in self.stacks:
+            if (not stack.acked or stack.reoffer_pending) and stack.retry_at <= now:
+                return stack
+        return None
+
+    def _abort_offer(self) -> None:
+        self.stream = None
+        self.pending = memoryview(b"")
+        self.current = None
+        self.awaiting = None
+
+    def _take(self, size: int, now: float) -> bytes:
+        if not self.hello:
+            return b""
+        out = bytearray()
+        while len(out) < size:
+            if not self.pending:
+                if self.stream is None:
+                    if out:
+                        break
+                    stack = self._eligible(now)
+                    if stack is None:
+                        break
+                    self.current = stack
+                    stack.offers += 1
+                    self.offered += 1
+                    self.sent_of_current = 0
+                    self.stream = self._offer_bytes(stack)
+                    log.info("offering %s (offer %d)", stack.header.stack_id, stack.offers)
+                chunk = next(self.stream, None)
+                if chunk is None:
+                    self.awaiting, self.awaiting_since = self.current, now
+                    self.stream = None
+                    self.current = None
+                    self._write_report()
+                    break
+                self.pending = memoryview(chunk)
+            piece = self.pending[: size - len(out)]
+            self.pending = self.pending[len(piece) :]
+            out += piece
+            self.sent_of_current += len(piece)
+            if (
+                self.unplug_armed
+                and self.current is not None
+                and self.current.index == 0
+                and self.sent_of_current >= self.current.header.length // 2
+            ):
+                self.unplug_armed = False
+                self.unplugged_until = now + self.args.unplug_for
+                log.info("unplugged mid-transfer (%d bytes sent)", self.sent_of_current)
+                self._abort_offer()
+                raise Unplugged("unplugged")
+        return bytes(out)
+
+    def _on_host(self, message: p.HostMessage, now: float) -> None:
+        stack_id = str(message.data.get("stack_id", ""))
+        if message.kind is p.MessageType.HOST_HELLO:
+            log.info("host hello; (re)offering unacknowledged stacks")
+            self._abort_offer()
+            self.hello = True
+            return
+        stack = next((s for s in self.stacks if s.header.stack_id == stack_id), None)
+        if stack is None:
+            return
+        if message.kind is p.MessageType.ACK:
+            if self.awaiting is stack:
+                self.awaiting = None
+            if stack.acked and stack.reoffer_pending:
+                stack.reoffer_pending = False
+                log.info("%s ACKed again after the re-offer", stack_id)
+            elif not stack.acked:
+                stack.acked = True
+                self.acknowledged.append(stack_id)
+                log.info("%s ACKed", stack_id)
+                if self.args.reoffer:
+                    stack.reoffer_pending = True
+            self._write_report()
+        elif message.kind is p.MessageType.NAK:
+            reason = str(message.data.get("reason", ""))
+            log.info("%s NAKed: %s", stack_id, reason)
+            self.refused.append({"id": stack_id, "reason": reason})
+            if self.awaiting is stack:
+                self.awaiting = None
+            if self.current is stack:
+                self._abort_offer()
+            stack.retry_at = now + self.args.retry_delay
+            self._write_report()
+
+    def done(self) -> bool:
+        """Every stack ACKed (and re-offered once, with --reoffer)."""
+        with self.cond:
+            return all(s.acked and not s.reoffer_pending for s in self.stacks)
+
+    # -- requests ---------------------------------------------------------------------
+
+    def handle(
+        self, session: int, request: dict[str, Any], payload: bytes
+    ) -> tuple[dict[str, Any], bytes]:
+        op = request.get("op")
+        now = time.monotonic()
+        with self.cond:
+            if now < self.unplugged_until:
+                raise Unplugged("device is unplugged")
+            if op == "describe":
+                return {"ok": True, "descriptors": descriptors()}, b""
+            if op == "open":
+                log.info("host attached (session %d)", session)
+                self.session = session
+                self.hello = False
+                self.out_reader = p.HostMessageReader()
+                self._abort_offer()
+                self.cond.notify_all()
+                return {"ok": True}, b""
+            if session != self.session:
+                raise Unplugged("another host session took over")
+            if op in ("set_configuration", "reset"):
+                return {"ok": True}, b""
+            if op == "ctrl":
+                return self._control(request)
+            if op == "bulk_write":
+                for message in self.out_reader.feed(payload):
+                    self._on_host(message, now)
+                self.cond.notify_all()
+                return {"ok": True, "written": len(payload)}, b""
+            if op == "bulk_read":
+                return self._bulk_read(session, request)
+        return {"error": "pipe", "detail": f"unknown request {op}"}, b""
+
+    def _control(self, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        if (
+            request.get("bmRequestType") != p.REQUEST_TYPE_VENDOR_IN
+            or request.get("bRequest") != p.GET_IDENTITY
+        ):
+            return {"error": "pipe", "detail": "unsupported control request"}, b""
+        values = {
+            p.IdentityField.MANUFACTURER: MANUFACTURER,
+            p.IdentityField.MODEL: MODEL,
+            p.IdentityField.SERIAL: self.serial,
+            p.IdentityField.FIRMWARE: FIRMWARE,
+            p.IdentityField.WAVELENGTH_NM: str(WAVELENGTH_NM),
+        }
+        try:
+            value = values[p.IdentityField(int(request.get("wValue", -1)))]
+        except ValueError:
+            return {"error": "pipe", "detail": "unknown identity field"}, b""
+        return {"ok": True}, value.encode()[: int(request.get("length", 64))]
+
+    def _bulk_read(self, session: int, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        size = max(1, min(int(request.get("size", 512)), 4 << 20))
+        deadline = time.monotonic() + max(int(request.get("timeout_ms", 1000)), 1) / 1000
+        while True:
+            now = time.monotonic()
+            if session != self.session or now < self.unplugged_until or self.stop:
+                raise Unplugged("device went away")
+            data = self._take(size, now)
+            if data:
+                return {"ok": True}, data
+            if now >= deadline:
+                return {"error": "timeout"}, b""
+            self.cond.wait(min(deadline - now, _TICK))
+
+    # -- server -----------------------------------------------------------------------
+
+    def _serve(self, conn: socket.socket, session: int) -> None:
+        with conn:
+            conn.settimeout(None)
+            while not self.stop:
+                try:
+                    request, payload = read_message(conn)
+                except (OSError, ValueError):
+                    break
+                try:
+                    answer, data = self.handle(session, request, payload)
+                except Unplugged as why:
+                    log.debug("session %d dropped: %s", session, why)
+                    break
+                try:
+                    write_message(conn, answer, data)
+                except OSError:
+                    break
+        with self.cond:
+            if self.session == session:
+                # The host is gone (unplug, gateway killed): the offer in flight is lost.
+                self.hello = False
+                self._abort_offer()
+
+    def _write_report(self) -> None:
+        if self.report_path is None:
+            return
+        report = {
+            "acknowledged": list(self.acknowledged),
+            "refused": list(self.refused),
+            "offered": self.offered,
+            "stacks": {
+                s.header.stack_id: {
+                    "kind": s.header.kind,
+                    "frames": s.header.frames,
+                    "length": s.header.length,
+                    "sha256": s.sha256,
+                }
+                for s in self.stacks
+            },
+        }
+        tmp = self.report_path.with_name(f".{self.report_path.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.report_path)
+
+    def run(self) -> int:
+        """Serve until every stack is ACKed (0), or timeout (1)."""
+        deadline = time.monotonic() + self.args.timeout
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(self.socket_path))
+        server.listen(8)
+        server.settimeout(_TICK)
+        log.info(
+            "%s %s listening on %s with %d stacks",
+            MODEL,
+            self.serial,
+            self.socket_path,
+            len(self.stacks),
+        )
+        with self.cond:
+            self._write_report()
+        sessions = 0
+        try:
+            while not self.stop:
+                if self.done():
+                    log.info("all %d stacks ACKed", len(self.stacks))
+                    time.sleep(0.2)  # let the host read its last answers
+                    return 0
+                if time.monotonic() > deadline:
+                    log.warning("timeout after %.0f s", self.args.timeout)
+                    return 1
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                sessions += 1
+                threading.Thread(target=self._serve, args=(conn, sessions), daemon=True).start()
+            return 0 if self.done() else 1
+        finally:
+            self.stop = True
+            with self.cond:
+                self.cond.notify_all()
+                self._write_report()
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dermgate simulate usb-confocal",
+        description="Simulate an RCM-1 USB confocal microscope on a Unix socket.",
+    )
+    parser.add_argument("--socket", required=True, help="Unix socket the emulated backend uses")
+    parser.add_argument("--stacks", type=int, default=2, help="stacks to record (default 2)")
+    parser.add_argument("--frames", type=int, default=5, help="frames per stack (default 5)")
+    parser.add_argument("--size", default="64x64", help="frame size WxH (default 64x64)")
+    parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits per pixel")
+    parser.add_argument("--mosaic", action="store_true", help="record mosaics (tile grids)")
+    parser.add_argument("--report", help="write a JSON report of ACKed/refused stacks here")
+    parser.add_argument("--seed", type=int, default=0, help="content and serial number seed")
+    parser.add_argument("--timeout", type=float, default=300.0, help="give up (exit 1) after S s")
+    parser.add_argument(
+        "--unplug-mid-transfer",
+        action="store_true",
+        help="vanish half-way through the first stack, come back after --unplug-for",
+    )
+    parser.add_argument("--unplug-for", type=float, default=1.0, help="seconds unplugged")
+    parser.add_argument("--garbage", action="store_true", help="garbage bytes before each stack")
+    parser.add_argument(
+        "--reoffer", action="store_true", help="after each ACK, offer that stack once more"
+    )
+    parser.add_argument(
+        "--ack-timeout", type=float, default=60.0, help="re-offer a stack not ACKed within S s"
+    )
+    parser.add_argument(
+        "--retry-delay", type=float, default=0.5, help="seconds before re-offering a NAKed stack"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``dermgate simulate usb-confocal``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s simulator %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    simulator = DeviceSimulator(args)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        simulator.stop = True
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return simulator.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
