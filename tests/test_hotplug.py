@@ -20,8 +20,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pyudev
 import pytest
+import pyudev
 
 from drivers.serial_dermatoscope.driver import SerialDermatoscopeDriver
 from gateway.devices.contract import SerialMatch, UsbMatch
@@ -176,7 +176,7 @@ async def test_simulated_source_reads_lines_and_skips_bad_ones(tmp_path: Path) -
     source = SimulatedSource(tmp_path / "hotplug.sock")
     await source.open()
     try:
-        reader, writer = await asyncio.open_unix_connection(str(source.path))
+        _reader, writer = await asyncio.open_unix_connection(str(source.path))
         writer.write(b'garbage\n{"action": "gone", "subsystem": "tty", "devnode": "/dev/x"}\n')
         await writer.drain()
         async with asyncio.timeout(5):
