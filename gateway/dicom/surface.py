@@ -56,6 +56,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
+from urllib.parse import quote
 
 from PIL import ImageCms
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -94,6 +95,7 @@ __all__ = [
     "LinkedInstance",
     "ModelFileLinks",
     "ModelRole",
+    "uri_reference",
     "write_encapsulated_3d",
 ]
 
@@ -119,6 +121,8 @@ _TITLES: Final[dict[ContentType, str]] = {
 _ENCAPSULATED_DOCUMENT: Final = 0x00420011
 _MAX_LENGTH: Final = 0xFFFFFFFE
 _CHUNK: Final = 1 << 20
+#: RFC 3986 path characters kept as they are (unreserved, sub-delims, ":@/").
+_URI_SAFE: Final = "/-._~!$&'()*+,;=:@"
 
 
 class ModelRole(enum.StrEnum):
@@ -334,7 +338,7 @@ def _add_references(ds: Dataset, references: tuple[LinkedInstance, ...]) -> None
         item = Dataset()
         item.ReferencedSOPClassUID = ref.sop_class_uid
         item.ReferencedSOPInstanceUID = ref.sop_instance_uid
-        item.RelativeURIReferenceWithinEncapsulatedDocument = ref.uri
+        item.RelativeURIReferenceWithinEncapsulatedDocument = uri_reference(ref.uri)
         items.append(item)
     ds.ReferencedInstanceSequence = Sequence(items)
 
@@ -354,6 +358,11 @@ def _add_references(ds: Dataset, references: tuple[LinkedInstance, ...]) -> None
         series.ReferencedInstanceSequence = Sequence(instances)
         series_items.append(series)
     ds.ReferencedSeriesSequence = Sequence(series_items)
+
+
+def uri_reference(name: str) -> str:
+    """A file name as used in a document, as a relative URI reference (UR VR)."""
+    return quote(name, safe=_URI_SAFE)
 
 
 def _split_at_document(ds: Dataset) -> tuple[Dataset, Dataset]:
