@@ -133,3 +133,35 @@ def test_the_shipped_example_config_is_valid() -> None:
     example = Path(__file__).parent.parent / "image" / "dermgate.toml.example"
     result = dermgate("check-config", str(example))
     assert result.returncode == 0, result.stderr
+
+
+def test_supervision_and_hotplug_sections(tmp_path: Path) -> None:
+    from gateway.app import restart_policy
+
+    config = load_config(write(tmp_path, CONTRACT))
+    assert config.supervision.quarantine_after == 5
+    assert config.supervision.quarantine_window == 600.0
+    assert config.supervision.hang_timeout == 120.0
+    assert config.hotplug.source == "none"
+    assert config.status_path() == Path("/var/lib/dermgate/status/devices.json")
+    tuned = load_config(
+        write(
+            tmp_path,
+            CONTRACT
+            + "\n[supervision]\nrestart_initial = 0.5\nrestart_max = 30\n"
+            + "quarantine_after = 3\nquarantine_window = 120\nhang_timeout = 45\n"
+            + '\n[hotplug]\nsource = "udev"\n',
+        )
+    )
+    policy = restart_policy(tuned)
+    assert (policy.initial, policy.cap, policy.quarantine_after) == (0.5, 30.0, 3)
+    assert (policy.quarantine_window, policy.hang_timeout) == (120.0, 45.0)
+    assert tuned.hotplug.source == "udev"
+    path = write(tmp_path, CONTRACT + "\n[supervision]\nquarantine = 3\n")
+    result = dermgate("check-config", str(path))
+    assert result.returncode == 2
+    assert f"{path}: supervision.quarantine: unknown key" in result.stderr
+    path = write(tmp_path, CONTRACT + "\n[supervision]\nrestart_initial = 10\nrestart_max = 1\n")
+    result = dermgate("check-config", str(path))
+    assert result.returncode == 2
+    assert "restart_max must not be smaller than restart_initial" in result.stderr

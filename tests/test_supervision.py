@@ -218,3 +218,30 @@ async def test_a_driver_making_progress_is_not_hung(intake: Intake) -> None:
         assert board.get("dev").restarts == 0
         assert board.get("dev").state == DriverState.READY
         await handle.stop("test over")
+
+
+async def test_stopping_a_driver_mid_transfer_aborts_its_partial_capture(intake: Intake) -> None:
+    """A hotplug device going away (or the gateway stopping) cancels the driver: its
+    unfinished capture is discarded (never acknowledged) and status says why."""
+    board = StatusBoard(None)
+    board.add("dev", "test-hanger")
+    host = DriverHost("dev", functools.partial(intake.begin, "test-hanger"), board)
+    runs: list[int] = []
+    async with asyncio.TaskGroup() as group:
+        supervisor = Supervisor(group)
+        handle = supervisor.start_driver(
+            "dev", driver_run("test-hanger", {}, host, runs), host, board, RestartPolicy()
+        )
+        while host.state != DriverState.TRANSFERRING:
+            await asyncio.sleep(0.01)
+        assert len(list(intake.dirs.staging.iterdir())) == 1, "a partial capture is open"
+        await handle.stop("device removed")
+    assert list(intake.dirs.staging.iterdir()) == []
+    status = board.get("dev")
+    assert (status.state, status.detail, status.running) == (
+        DriverState.DISCONNECTED,
+        "device removed",
+        False,
+    )
+    assert status.restarts == 0
+    assert runs == [1]
