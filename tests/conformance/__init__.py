@@ -1,0 +1,1 @@
+"""Driver conformance kit: one battery every driver runs against its simulator."""

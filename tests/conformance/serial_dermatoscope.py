@@ -1,0 +1,69 @@
+"""Conformance adapter for the serial dermatoscope (DS-100 on a pty).
+
+Its simulator predates the kit, so the kit's fault flags are mapped onto its own:
+an unplug after 60 000 bytes (inside the first capture: a 640×480 JPEG is ~170 kB),
+``--fault garbage`` (random bytes and stray frame delimiters inside the first offer)
+and ``--reoffer-acked`` (capture 1 offered again after everything was ACKed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from tests.conformance.kit import DeviceAdapter, Fault, lexists
+
+DERMOSCOPIC_PHOTOGRAPHY = "1.2.840.10008.5.1.4.1.1.77.1.7"
+
+
+class SerialDermatoscopeAdapter(DeviceAdapter):
+    """A DS-100 dermatoscope: one Dermoscopic Photography object per capture."""
+
+    driver: ClassVar[str] = "serial-dermatoscope"
+    objects_per_capture: ClassVar[dict[str, int]] = {DERMOSCOPIC_PHOTOGRAPHY: 1}
+    unplug_evidence: ClassVar[str | None] = "port lost"
+
+    @staticmethod
+    def link(workdir: Path) -> Path:
+        """Where the simulator links its pty (the device's port)."""
+        return workdir / "ttyDERM0"
+
+    def device_toml(self, workdir: Path) -> str:
+        return f"""
+[[devices]]
+driver = "serial-dermatoscope"
+name = "dev"
+port = "{self.link(workdir)}"
+stall_timeout = 5
+reconnect_max = 1
+"""
+
+    def simulator_args(self, workdir: Path, *, captures: int) -> list[str]:
+        return [
+            "--link",
+            str(self.link(workdir)),
+            "--captures",
+            str(captures),
+            "--interval",
+            "0.2",
+            "--width",
+            "640",
+            "--height",
+            "480",
+            "--ack-timeout",
+            "5",
+            "--retry-delay",
+            "0.3",
+        ]
+
+    def fault_args(self, fault: Fault) -> list[str]:
+        match fault:
+            case Fault.UNPLUG:
+                return ["--unplug-after-bytes", "60000", "--unplug-for", "1.0"]
+            case Fault.GARBAGE:
+                return ["--fault", "garbage"]
+            case Fault.REOFFER:
+                return ["--reoffer-acked"]
+
+    def device_present(self, workdir: Path) -> bool:
+        return lexists(self.link(workdir))

@@ -1,0 +1,139 @@
+"""The conformance battery: every registered driver against its own simulator.
+
+Each test runs the real ``dermgate run`` with storage commitment against a real
+Orthanc (one per test) and the driver's simulator as a separate process, and is
+parametrised over :data:`tests.conformance.registered.ADAPTERS`:
+
+- connect: the adapter's configuration passes ``check-config`` and the driver
+  reaches READY with the simulated device;
+- capture: N captures reach Orthanc exactly once each, as the driver's SOP classes;
+- unplug mid-transfer: the partial capture is neither acknowledged nor spooled, and
+  after the replug it arrives exactly once;
+- re-offer: a capture offered again after its ACK is acknowledged again, with no
+  second object;
+- garbage: garbage on the wire (or a junk entry in a folder, which must end in
+  ``.refused/`` with a reason) crashes nothing, leaves nothing partial, and the
+  captures still arrive;
+- gateway restart: SIGKILLs of the gateway mid-stream lose and duplicate nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.local_orthanc import OrthancProcess
+from tests.conformance.kit import ConformanceRun, Fault, conformance_run, distinct
+from tests.conformance.registered import ADAPTERS
+from tests.conftest import GatewayProcess
+
+
+@pytest.fixture(params=ADAPTERS, ids=repr)
+def run(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+) -> Iterator[ConformanceRun]:
+    with conformance_run(request.param, tmp_path, orthanc, gateway_factory) as harness:
+        yield harness
+
+
+def test_connect(run: ConformanceRun) -> None:
+    check = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check-config", str(run.config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    run.start_simulator(captures=1)
+    gateway = run.start_gateway()
+    run.wait_ready()
+    run.assert_driver_never_crashed()
+    assert gateway.stop() == 0
+    assert "stopped" in run.gateway_log()
+
+
+def test_capture(run: ConformanceRun) -> None:
+    run.start_simulator()
+    gateway = run.start_gateway()
+    report = run.simulator_done()
+    assert len(distinct(report.acknowledged)) == run.adapter.captures
+    assert report.refused == (), "a clean capture is never refused"
+    run.assert_delivered_exactly_once(report)
+    run.assert_spool_clean()
+    if run.adapter.drop_folder(run.workdir) is not None:
+        assert run.refused_entries() == []
+    run.assert_driver_never_crashed()
+    assert gateway.stop() == 0
+
+
+def test_unplug_mid_transfer(run: ConformanceRun) -> None:
+    run.start_simulator(fault=Fault.UNPLUG)
+    gateway = run.start_gateway()
+    report = run.simulator_done()
+    assert len(distinct(report.acknowledged)) == run.adapter.captures
+    run.assert_delivered_exactly_once(report)
+    run.assert_spool_clean()
+    if run.adapter.unplug_evidence is not None:
+        assert run.adapter.unplug_evidence in run.gateway_log(), "the unplug went unnoticed"
+    if run.adapter.drop_folder(run.workdir) is not None:
+        assert run.refused_entries() == [], "a half-copied entry was taken up and refused"
+    run.assert_driver_never_crashed()
+    assert gateway.stop() == 0
+
+
+def test_reoffer_after_ack(run: ConformanceRun) -> None:
+    run.start_simulator(fault=Fault.REOFFER)
+    gateway = run.start_gateway()
+    report = run.simulator_done()
+    assert len(distinct(report.acknowledged)) == run.adapter.captures
+    run.assert_delivered_exactly_once(report)
+    assert "acknowledged again" in run.gateway_log(), "the re-offer was not recognised"
+    run.assert_spool_clean()
+    run.assert_driver_never_crashed()
+    assert gateway.stop() == 0
+
+
+def test_garbage(run: ConformanceRun) -> None:
+    run.start_simulator(fault=Fault.GARBAGE)
+    gateway = run.start_gateway()
+    report = run.simulator_done()
+    assert len(distinct(report.acknowledged)) == run.adapter.captures
+    run.assert_delivered_exactly_once(report)
+    run.assert_spool_clean()
+    if run.adapter.drop_folder(run.workdir) is not None:
+        refused = run.refused_entries()
+        assert len(refused) == 1, f"the junk entry should be refused, found {refused}"
+        reason = refused[0].with_name(refused[0].name + ".reason.txt")
+        assert reason.read_text(encoding="utf-8").strip(), "a refused entry needs a reason"
+    assert gateway.proc is not None
+    assert gateway.proc.poll() is None, "the gateway died"
+    run.assert_driver_never_crashed()
+    assert gateway.stop() == 0
+
+
+def test_gateway_restart(run: ConformanceRun) -> None:
+    captures = run.adapter.captures + 1
+    run.start_simulator(captures=captures)
+    first = run.start_gateway()
+    run.wait(lambda: len(run.rows()) >= 1, 60, "a first durable capture")
+    first.kill()  # right after a commit: often before the device heard its ACK
+    second = run.start_gateway()
+    second.wait_running()
+    time.sleep(0.7)
+    second.kill()  # mid-stream
+    final = run.start_gateway()
+    final.wait_running()
+    report = run.simulator_done()
+    assert len(distinct(report.acknowledged)) == captures
+    run.assert_delivered_exactly_once(report)
+    run.assert_spool_clean()
+    run.assert_driver_never_crashed()
+    assert final.stop() == 0
