@@ -23,6 +23,19 @@ Example::
     [[devices]]
     driver = "serial-dermatoscope"
     port = "/dev/ttyACM0"
+
+    [supervision]          # optional: crashed/hung drivers (defaults shown)
+    quarantine_after = 5
+    quarantine_window = 600
+    hang_timeout = 120
+
+    [hotplug]              # optional: start drivers when their device appears
+    source = "udev"
+
+    [[devices]]
+    driver = "serial-dermatoscope"
+    hotplug = true
+    port = "{devnode}"
 """
 
 from __future__ import annotations
