@@ -108,6 +108,7 @@ __all__ = [
     "ExifFields",
     "PhotoExtra",
     "build_vl_photographic",
+    "check_native_image",
     "write_vl_photographic_native",
 ]
 
@@ -271,6 +272,19 @@ def write_vl_photographic_native(job: WrapJob, dest: Path) -> WrittenObject:
     return WrittenObject(
         sop_class_uid=VL_PHOTOGRAPHIC_SOP_CLASS, transfer_syntax_uid=str(ExplicitVRLittleEndian)
     )
+
+
+def check_native_image(source: Path, content_type: ContentType) -> tuple[int, int]:
+    """Decode a TIFF or PNG once, as :func:`write_vl_photographic_native` would, and
+    return its (columns, rows); raise :class:`WrapError` with the reason it cannot be
+    carried. Lets a driver refuse an image before acknowledging it. Blocking.
+    """
+    content = ContentType(content_type)
+    if content not in (ContentType.TIFF, ContentType.PNG):
+        raise WrapError(f"the native photo writer does not take {content.value}; {_QUARANTINED}")
+    kind = "TIFF" if content is ContentType.TIFF else "PNG"
+    with source.open("rb") as fh, _decoded(fh, kind) as (image, _monochrome_image):
+        return image.size
 
 
 @contextlib.contextmanager

@@ -1,0 +1,1 @@
+"""Clinical photo folder: a camera (or its card, or a phone) drops photos into a folder."""

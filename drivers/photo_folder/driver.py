@@ -1,0 +1,360 @@
+"""Photo-folder driver: clinical photos dropped into a folder become VL Photographic images.
+
+The "wire" is a folder (a share the camera app writes to, a card reader's copy
+target, a phone sync folder). The protocol, the same for every camera:
+
+1. A photo is a file directly in the folder; names starting with ``.`` are never
+   touched (copies in progress under a temporary name, our own sub-folders).
+2. A file counts as complete when two looks, ``poll_interval`` apart, see the same
+   size and mtime and nothing was written to it for ``settle_seconds``
+   (:meth:`gateway.devices.folders.DropFolder.settled`). A half-written file is
+   never sent: it is either still moving, or (a copy that stopped for good)
+   refused as truncated below.
+3. It is examined (:func:`.photos.examine`): JPEG carried byte for byte, TIFF/PNG
+   decoded losslessly; what DICOM cannot carry (4:4:4 or progressive JPEG, a
+   damaged or truncated file, something that is not a photo, a folder) goes to
+   ``.refused/`` with a plain ``NAME.reason.txt``, and is never acknowledged.
+4. It is streamed into the spool with its EXIF (make, model, body serial,
+   software, time taken, lens, exposure) and ``device_capture_id`` = a hash of its
+   content; only after ``commit`` returned (durable) is it moved into
+   ``.processed/``: that move is the acknowledgement. A photo dropped again with
+   the same content (and the same camera identity) is recognised by the spool and
+   moved to ``.processed/`` without a second DICOM object.
+5. If the file was replaced or changed after it was examined, it is not moved:
+   the new content is examined and sent on a later look.
+
+Camera identity (General Equipment of VL Photographic; only Manufacturer is
+required there, type 2, and may be empty): EXIF Make, Model, BodySerialNumber and
+Software; the options ``manufacturer``, ``model`` and ``serial_number`` fill in
+what a camera's EXIF lacks (never overriding what the camera said). What neither
+says stays empty or absent in DICOM, never invented. The dedupe key is the
+spool's (device serial number, capture id) pair; since the id is a content hash,
+a re-drop is recognised as long as the serial number (EXIF or fallback) is the
+same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import ClassVar, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivers.photo_folder.exif import CameraExif
+from drivers.photo_folder.photos import NotAPhoto, Photo, examine, file_identity
+from gateway.capture import CaptureOffer, DeviceClass, DeviceIdentity
+from gateway.devices.contract import (
+    CaptureReceipt,
+    CaptureRefused,
+    CaptureSink,
+    DeviceHost,
+    DriverState,
+    Matcher,
+)
+from gateway.devices.folders import DropFolder, EntrySnapshot
+from gateway.dicom.photo import ExifFields, PhotoExtra
+from gateway.forward.schedule import Backoff
+
+__all__ = ["PhotoFolderDriver", "PhotoFolderOptions", "identity_for", "offer_for"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK: Final = 1 << 20
+_LO: Final = 64
+
+
+class PhotoFolderOptions(BaseModel):
+    """Options of a ``[[devices]]`` entry with ``driver = "photo-folder"``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    folder: Path = Field(description="The folder the camera (or its copy tool) writes photos to.")
+    settle_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="A file must be unchanged and unwritten this long before it is taken.",
+    )
+    poll_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between looks at the folder."
+    )
+    truncated_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "A file that ends too early (a stalled copy looks the same) is refused only "
+            "once unchanged this long."
+        ),
+    )
+    manufacturer: str | None = Field(
+        default=None,
+        max_length=_LO,
+        description="Camera manufacturer for photos whose EXIF has no Make.",
+    )
+    model: str | None = Field(
+        default=None, max_length=_LO, description="Camera model for photos whose EXIF has no Model."
+    )
+    serial_number: str | None = Field(
+        default=None,
+        max_length=_LO,
+        description="Camera serial number for photos whose EXIF has no BodySerialNumber.",
+    )
+    accept_tiff_png: bool = Field(
+        default=True,
+        description="Also take TIFF and PNG photos (stored losslessly as native pixels).",
+    )
+
+
+def identity_for(exif: CameraExif, options: PhotoFolderOptions) -> DeviceIdentity:
+    """The camera as EXIF names it, with the configured fallbacks for what it does not."""
+    return DeviceIdentity(
+        manufacturer=(exif.make or options.manufacturer or "").strip()[:_LO],
+        model=(exif.model or options.model or "").strip()[:_LO],
+        serial_number=(exif.body_serial_number or options.serial_number or "").strip()[:_LO],
+        software_versions=(exif.software.strip()[:_LO],) if exif.software else (),
+        device_class=DeviceClass.CAMERA,
+    )
+
+
+def offer_for(photo: Photo) -> CaptureOffer:
+    """The capture offer of an examined photo (EXIF in ``extra``, time taken)."""
+    exif = photo.exif
+    fields = ExifFields(
+        make=exif.make,
+        model=exif.model,
+        body_serial_number=exif.body_serial_number,
+        software=exif.software,
+        lens_make=exif.lens_make,
+        lens_model=exif.lens_model,
+        lens_serial_number=exif.lens_serial_number,
+        lens_specification=exif.lens_specification,
+        focal_length_mm=exif.focal_length_mm,
+        focal_length_35mm=exif.focal_length_35mm,
+        f_number=exif.f_number,
+        exposure_time_s=exif.exposure_time_s,
+        iso=exif.iso,
+        exif_version=exif.exif_version,
+        date_time_original=exif.date_time_original,
+        offset_time_original=exif.offset_time_original,
+    )
+    return CaptureOffer(
+        device_capture_id=photo.capture_id,
+        acquired_at=exif.taken_at(),
+        length=photo.file.size,
+        content_type=photo.content_type,
+        extra=PhotoExtra(exif=fields).to_extra(),
+    )
+
+
+class _Watcher:
+    """One pass after another over the folder; each settled entry handled in turn."""
+
+    def __init__(
+        self, folder: DropFolder, host: DeviceHost, options: PhotoFolderOptions, name: str
+    ) -> None:
+        self.folder = folder
+        self.host = host
+        self.options = options
+        self.name = name
+        self.seen: dict[str, EntrySnapshot] = {}
+        self.not_before: dict[str, float] = {}
+        self.waiting_truncated: set[str] = set()
+
+    async def look(self) -> None:
+        """One look: snapshot every waiting entry, handle those that settled."""
+        loop = asyncio.get_running_loop()
+        entries = await asyncio.to_thread(self.folder.entries)
+        names = {entry.name for entry in entries}
+        for gone in set(self.seen) - names:
+            del self.seen[gone]
+            self.not_before.pop(gone, None)
+            self.waiting_truncated.discard(gone)
+        for entry in entries:
+            try:
+                now_snapshot = await asyncio.to_thread(DropFolder.snapshot, entry)
+            except FileNotFoundError:
+                continue
+            before = self.seen.get(entry.name)
+            self.seen[entry.name] = now_snapshot
+            if before is None or not DropFolder.settled(
+                before, now_snapshot, self.options.settle_seconds
+            ):
+                continue
+            if self.not_before.get(entry.name, 0.0) > loop.time():
+                continue
+            done = await self._handle(entry)
+            if done:
+                self.seen.pop(entry.name, None)
+                self.not_before.pop(entry.name, None)
+                self.waiting_truncated.discard(entry.name)
+            elif entry.name not in self.waiting_truncated:
+                self.not_before[entry.name] = loop.time() + max(5.0, self.options.poll_interval)
+
+    async def _handle(self, entry: Path) -> bool:
+        """Send, refuse or leave one settled entry; True when it left the folder."""
+        if await asyncio.to_thread(entry.is_dir):
+            await self._refuse(
+                entry,
+                "a folder, not a photo: put the photo files themselves into the drop folder",
+            )
+            return True
+        try:
+            photo = await asyncio.to_thread(
+                examine, entry, accept_native=self.options.accept_tiff_png
+            )
+        except NotAPhoto as err:
+            if err.incomplete and not await self._stalled_for_good(entry):
+                return False
+            await self._refuse(entry, str(err))
+            return True
+        except OSError as err:
+            log.info(
+                "%s: a dropped file could not be read (%s); trying later", self.name, _why(err)
+            )
+            return False
+        self.host.set_state(DriverState.TRANSFERRING)
+        try:
+            saved = await self._send(entry, photo)
+        finally:
+            self.ready()
+        if not saved:
+            return False
+        try:
+            current = await asyncio.to_thread(os.stat, entry)
+        except FileNotFoundError:
+            return True
+        if file_identity(current) != photo.file:
+            log.info("%s: a photo was replaced after it was saved; looking at it again", self.name)
+            return False
+        await asyncio.to_thread(self.folder.mark_processed, entry)
+        return True
+
+    async def _send(self, entry: Path, photo: Photo) -> bool:
+        """Stream one examined photo into the spool; True once it is durable."""
+        identity = identity_for(photo.exif, self.options)
+        offer = offer_for(photo)
+        try:
+            sink = await self.host.begin_capture(identity, offer)
+        except CaptureRefused as err:
+            self._refused_by_spool(err)
+            return False
+        try:
+            receipt = await self._stream(entry, photo, sink)
+        except CaptureRefused as err:
+            self._refused_by_spool(err)
+            return False
+        except OSError as err:
+            await sink.abort("the photo could not be read")
+            log.info("%s: a photo could not be read (%s); trying later", self.name, _why(err))
+            return False
+        except BaseException:
+            await sink.abort("driver stopped")
+            raise
+        if receipt.duplicate:
+            log.info(
+                "%s: photo %s was already saved (spool id %d); acknowledged again",
+                self.name,
+                photo.capture_id,
+                receipt.spool_id,
+            )
+        else:
+            log.info(
+                "%s: photo %s saved as spool id %d", self.name, photo.capture_id, receipt.spool_id
+            )
+        return True
+
+    async def _stream(self, entry: Path, photo: Photo, sink: CaptureSink) -> CaptureReceipt:
+        """Stream the examined file; OSError if it is not the file examined any more."""
+        fh = await asyncio.to_thread(entry.open, "rb")
+        try:
+            if file_identity(await asyncio.to_thread(os.fstat, fh.fileno())) != photo.file:
+                raise OSError("the file changed after it was examined")
+            digest = hashlib.sha256()
+            size = 0
+            while chunk := await asyncio.to_thread(fh.read, _CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                await sink.write(chunk)
+        finally:
+            await asyncio.to_thread(fh.close)
+        # Commit what was read; intake checks it against the hash taken when examined.
+        if digest.hexdigest() != photo.sha256:
+            raise OSError("the file changed while being read")
+        return await sink.commit(length=size, sha256=photo.sha256)
+
+    async def _stalled_for_good(self, entry: Path) -> bool:
+        """True when an entry that ends too early has not changed for the grace time."""
+        snapshot = self.seen.get(entry.name)
+        if snapshot is None:
+            return False
+        quiet = (time.time_ns() - snapshot.newest_mtime_ns) / 1e9
+        if quiet >= self.options.truncated_grace_seconds:
+            return True
+        if entry.name not in self.waiting_truncated:
+            self.waiting_truncated.add(entry.name)
+            log.info(
+                "%s: a dropped file ends too early; waiting up to %.0f s for its copy to finish",
+                self.name,
+                self.options.truncated_grace_seconds,
+            )
+        return False
+
+    def _refused_by_spool(self, err: CaptureRefused) -> None:
+        log.warning("%s: the spool refused a photo (%s); it stays in the folder", self.name, err)
+        self.host.set_state(DriverState.ERROR, f"spool refused a photo: {err.reason}")
+
+    async def _refuse(self, entry: Path, reason: str) -> None:
+        log.warning("%s: a dropped file was set aside in .refused: %s", self.name, reason)
+        await asyncio.to_thread(self.folder.refuse, entry, reason)
+
+    def ready(self) -> None:
+        """Show the driver as watching."""
+        self.host.set_state(DriverState.READY, "watching the photo folder")
+
+
+class PhotoFolderDriver:
+    """Driver ``photo-folder``: photos dropped into a folder (camera, card reader, phone)."""
+
+    id: ClassVar[str] = "photo-folder"
+    device_class: ClassVar[DeviceClass] = DeviceClass.CAMERA
+    Options: ClassVar[type[BaseModel]] = PhotoFolderOptions
+    matchers: ClassVar[tuple[Matcher, ...]] = ()
+    simulator: ClassVar[str] = "drivers.photo_folder.simulator:main"
+
+    def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
+        assert isinstance(options, PhotoFolderOptions)
+        self.options = options
+        self.host = host
+        self.name = name
+
+    async def run(self) -> None:
+        """Watch the folder for ever; wait for it when it is missing (unmounted share)."""
+        folder = DropFolder(self.options.folder)
+        backoff = Backoff(initial=1.0, cap=30.0)
+        while True:
+            try:
+                await asyncio.to_thread(folder.prepare)
+            except OSError:
+                self.host.set_state(DriverState.DISCONNECTED, "photo folder not available")
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            watcher = _Watcher(folder, self.host, self.options, self.name)
+            watcher.ready()
+            try:
+                while True:
+                    await watcher.look()
+                    await asyncio.sleep(self.options.poll_interval)
+            except OSError as err:
+                log.warning("%s: the photo folder went away (%s)", self.name, _why(err))
+                self.host.set_state(DriverState.DISCONNECTED, "photo folder lost")
+                await asyncio.sleep(backoff.next_delay())
+
+
+def _why(err: OSError) -> str:
+    """An OSError in words, without the path (file names may hold patient names)."""
+    return err.strerror or (err.args[0] if err.args and isinstance(err.args[0], str) else "")

@@ -1,0 +1,220 @@
+"""Photo folder end to end: simulated camera → folder → ``dermgate run`` → real Orthanc.
+
+The camera simulator writes real JPEG/PNG files with EXIF into a real folder; the
+gateway runs as its own process; Orthanc stores what it receives. Checked: photos
+arrive as VL Photographic exactly once (counted in Orthanc by SOP Instance UID),
+JPEG bytes unchanged in the fragment, EXIF camera identity in the stored copy,
+dciodvfy clean; defective files end in ``.refused/`` with a reason and are never
+spooled; a half-copied file is never sent; a SIGKILLed gateway loses nothing and
+duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pydicom
+from PIL import Image
+from pydicom.encaps import get_frame
+
+from drivers.photo_folder import simulator as camera
+from drivers.photo_folder.exif import read_exif
+from gateway.dicom.modules import dt, in_zone_of
+from gateway.local_orthanc import OrthancProcess
+from tests.conftest import (
+    GatewayProcess,
+    dciodvfy_errors,
+    gateway_config,
+    ledger_rows,
+    states,
+    wait_for,
+)
+from tests.photo_folder_support import photo_folder_toml, start_camera
+
+VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def _capture_id(data: bytes) -> str:
+    return f"photo-{hashlib.sha256(data).hexdigest()[:32]}"
+
+
+def _stored(orthanc: OrthancProcess, sop_instance_uid: str, tmp_path: Path) -> Path:
+    found = orthanc.find_instances(sop_instance_uid)
+    assert len(found) == 1, f"{sop_instance_uid} is in Orthanc {len(found)} times"
+    path = tmp_path / f"{sop_instance_uid}.dcm"
+    path.write_bytes(orthanc.instance_file(found[0]))
+    return path
+
+
+def test_photos_reach_orthanc_once_and_defective_files_are_refused(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    config = gateway_config(
+        tmp_path,
+        pacs_port=orthanc.dicom_port,
+        commit_via=orthanc,
+        devices=photo_folder_toml(folder, grace=1.0),
+    )
+    gateway = gateway_factory(config)
+    sim = start_camera(
+        folder,
+        tmp_path,
+        *("--photos", "3", "--format", "jpeg", "--format", "png"),
+        *("--fault", "corrupt", "--fault", "truncated", "--fault", "jpeg444"),
+        *("--garbage", "--reoffer"),
+    )
+    try:
+        assert sim.wait(150) == 0, sim.log() + gateway.log()
+    finally:
+        sim.stop()
+    report = sim.report()
+    assert sorted(report["acknowledged"]) == ["IMG_0001.JPG", "IMG_0002.PNG", "IMG_0003.JPG"]
+
+    # Every defective entry is set aside with a plain reason, never spooled.
+    refused = {item["id"]: item["reason"] for item in report["refused"]}
+    assert set(refused) == {
+        "BAD_0001_corrupt.JPG",
+        "BAD_0002_truncated.JPG",
+        "BAD_0003_jpeg444.JPG",
+        "NOTES_0001.TXT",
+    }
+    assert "header is damaged" in refused["BAD_0001_corrupt.JPG"]
+    assert "truncated" in refused["BAD_0002_truncated.JPG"]
+    assert "4:4:4" in refused["BAD_0003_jpeg444.JPG"]
+    assert "not a photo" in refused["NOTES_0001.TXT"]
+    for name, reason in refused.items():
+        assert name.split(".")[0] not in reason, "reasons never repeat the file name"
+        assert (folder / ".refused" / f"{name}.reason.txt").is_file()
+        assert not (folder / ".processed" / name).exists(), "a refused file was acknowledged"
+
+    state_dir = tmp_path / "state"
+    wait_for(lambda: states(state_dir) == ["COMMITTED"] * 3, 60, "3 photos COMMITTED")
+    rows = {r["device_capture_id"]: r for r in ledger_rows(state_dir)}
+    assert orthanc.count_instances() == 3, "the re-dropped photo made no second object"
+    log = gateway.log()
+    assert "acknowledged again" in log
+    # The re-dropped copy was acknowledged too (moved next to the first one).
+    assert (folder / ".processed" / "IMG_0001.JPG.2").read_bytes() == (
+        folder / ".processed" / "IMG_0001.JPG"
+    ).read_bytes()
+    assert [p.name for p in folder.iterdir() if not p.name.startswith(".")] == []
+
+    for name in report["acknowledged"]:
+        original = (folder / ".processed" / name).read_bytes()
+        row = rows[_capture_id(original)]
+        assert name not in row["device_capture_id"]
+        assert name.split(".")[0] not in log, "file names (maybe patient names) are never logged"
+        stored = _stored(orthanc, row["sop_instance_uid"], tmp_path)
+        assert dciodvfy_errors(stored) == []
+        ds = pydicom.dcmread(stored)
+        assert ds.SOPClassUID == VL_PHOTOGRAPHIC
+        assert ds.Modality == "XC"
+        assert ds.Manufacturer == camera.MANUFACTURER
+        assert ds.ManufacturerModelName == camera.MODEL
+        assert ds.DeviceSerialNumber == "CP24-000000"
+        versions = list(ds.SoftwareVersions)
+        assert versions[0] == camera.SOFTWARE
+        assert versions[-1].startswith("DermGate ")
+        assert ds.LensModel == camera.LENS_MODEL
+        assert float(ds.FocalLength) == 35.0
+        taken = read_exif(io.BytesIO(original)).taken_at()
+        assert taken is not None
+        box_now = datetime.now().astimezone()
+        assert ds.AcquisitionDateTime == dt(in_zone_of(taken, box_now))
+        assert ds.PatientName == "", "photos carry no patient"
+        assert ds.PatientID == ""
+        if name.endswith(".JPG"):
+            assert ds.file_meta.TransferSyntaxUID == JPEG_BASELINE
+            fragment = get_frame(ds.PixelData, 0, number_of_frames=1)
+            assert fragment[: len(original)] == original, "the JPEG is kept byte for byte"
+        else:
+            assert ds.file_meta.TransferSyntaxUID == EXPLICIT_LE
+            assert ds.PhotometricInterpretation == "RGB"
+            pixels = Image.open(io.BytesIO(original)).convert("RGB").tobytes()
+            assert ds.PixelData[: len(pixels)] == pixels, "PNG pixels carried losslessly"
+
+    listing = json.dumps([dict(r) for r in rows.values()], default=str)
+    for name in (*report["acknowledged"], *refused):
+        assert name not in listing, "no file name in the ledger"
+    assert gateway.stop() == 0
+
+
+def test_half_copied_photo_is_never_sent_nor_refused(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+) -> None:
+    """The first photo sits half-written (no temp name) for longer than the settle
+    time; the driver waits for the copy to finish instead of sending or refusing it."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    config = gateway_config(
+        tmp_path,
+        pacs_port=orthanc.dicom_port,
+        commit_via=orthanc,
+        devices=photo_folder_toml(folder, settle=0.3, grace=30.0),
+    )
+    gateway = gateway_factory(config)
+    sim = start_camera(
+        folder, tmp_path, "--photos", "2", "--unplug-mid-transfer", "--unplug-for", "2.5"
+    )
+    try:
+        assert sim.wait(120) == 0, sim.log() + gateway.log()
+    finally:
+        sim.stop()
+    assert "waiting up to 30 s for its copy to finish" in gateway.log()
+    assert not (folder / ".refused").exists() or list((folder / ".refused").iterdir()) == []
+    state_dir = tmp_path / "state"
+    wait_for(lambda: states(state_dir) == ["COMMITTED"] * 2, 60, "2 photos COMMITTED")
+    whole = (folder / ".processed" / "IMG_0001.JPG").read_bytes()
+    digests = {r["raw_sha256"] for r in ledger_rows(state_dir)}
+    assert hashlib.sha256(whole).hexdigest() in digests, "the complete copy was sent"
+    assert orthanc.count_instances() == 2, "the half copy never reached the PACS"
+    assert gateway.stop() == 0
+
+
+def test_gateway_killed_and_restarted_delivers_every_photo_exactly_once(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    config = gateway_config(
+        tmp_path,
+        pacs_port=orthanc.dicom_port,
+        commit_via=orthanc,
+        devices=photo_folder_toml(folder, settle=0.2, poll=0.1),
+    )
+    sim = start_camera(folder, tmp_path, "--photos", "5", "--interval", "0.1")
+    state_dir = tmp_path / "state"
+    first = gateway_factory(config)
+    try:
+        wait_for(lambda: len(ledger_rows(state_dir)) >= 1, 90, "a first durable photo")
+        first.kill()  # often between the commit and the move into .processed
+        second = gateway_factory(config)
+        second.wait_running()
+        wait_for(lambda: len(ledger_rows(state_dir)) >= 3, 90, "more durable photos")
+        second.kill()
+        final = gateway_factory(config)
+        final.wait_running()
+        assert sim.wait(150) == 0, sim.log() + final.log()
+    finally:
+        sim.stop()
+    wait_for(lambda: states(state_dir) == ["COMMITTED"] * 5, 90, "5 photos COMMITTED")
+    for row in ledger_rows(state_dir):
+        assert len(orthanc.find_instances(row["sop_instance_uid"])) == 1
+    assert orthanc.count_instances() == 5
+    assert len(list((folder / ".processed").iterdir())) == 5
+    assert final.stop() == 0
