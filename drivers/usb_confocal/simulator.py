@@ -402,6 +402,8 @@ class DeviceSimulator:
                     write_message(conn, answer, data)
                 except OSError:
                     break
+                if data and self.args.rate:
+                    time.sleep(len(data) / (self.args.rate * 1e6))  # USB throughput
         with self.cond:
             if self.session == session:
                 # The host is gone (unplug, gateway killed): the offer in flight is lost.
@@ -503,6 +505,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--retry-delay", type=float, default=0.5, help="seconds before re-offering a NAKed stack"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="bulk IN throughput cap in MB/s (default none)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser

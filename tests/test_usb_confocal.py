@@ -1,0 +1,195 @@
+"""End to end: RCM-1 simulator (own process) → emulated USB → ``dermgate run`` → Orthanc.
+
+The simulator serves the device at the USB transfer level over a Unix socket;
+the gateway's driver finds it with ``usb.core.find`` through the emulated pyusb
+backend. Stacks must arrive in a real Orthanc as the right SOP class, exactly once
+(counted by SOP Instance UID), with the pixels the device sent (SHA-256 of the
+stored Pixel Data against the device's own report), across garbage on the wire,
+re-offers of acknowledged stacks, an unplug mid-transfer and a gateway killed
+mid-stack and restarted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from gateway.local_orthanc import OrthancProcess
+from tests.conftest import GatewayProcess, gateway_config, ledger_rows, states, wait_for
+from tests.test_dicom_confocal import iod_errors
+
+Z_STACK = "1.2.840.10008.5.1.4.1.1.77.1.8"
+TILED = "1.2.840.10008.5.1.4.1.1.77.1.9"
+
+
+@dataclass
+class ConfocalSimulator:
+    """``dermgate simulate usb-confocal`` as a child process."""
+
+    socket: Path
+    report: Path
+    proc: subprocess.Popen[bytes]
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the simulator to finish; return its exit code."""
+        return self.proc.wait(timeout)
+
+    def result(self) -> dict[str, Any]:
+        """The simulator's JSON report."""
+        data: dict[str, Any] = json.loads(self.report.read_text(encoding="utf-8"))
+        return data
+
+
+@pytest.fixture
+def confocal_sim(tmp_path: Path) -> Iterator[Callable[..., ConfocalSimulator]]:
+    """Start RCM-1 simulators listening on ``tmp_path/rcm.sock``."""
+    started: list[ConfocalSimulator] = []
+
+    def start(*args: str) -> ConfocalSimulator:
+        sock = tmp_path / "rcm.sock"
+        report = tmp_path / f"rcm-report-{len(started)}.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "simulate",
+            "usb-confocal",
+            "--socket",
+            str(sock),
+            "--report",
+            str(report),
+            "--timeout",
+            "240",
+            *args,
+        ]
+        proc = subprocess.Popen(cmd)
+        sim = ConfocalSimulator(sock, report, proc)
+        started.append(sim)
+        wait_for(lambda: sock.exists() and report.exists(), 60, "the simulator's socket")
+        return sim
+
+    yield start
+    for sim in started:
+        if sim.proc.poll() is None:
+            sim.proc.terminate()
+            try:
+                sim.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                sim.proc.kill()
+                sim.proc.wait()
+
+
+def confocal_config(tmp_path: Path, orthanc: OrthancProcess) -> Path:
+    devices = f"""
+[[devices]]
+driver = "usb-confocal"
+name = "rcm"
+usb_backend = "emulated:{tmp_path / "rcm.sock"}"
+stall_timeout = 5
+reconnect_max = 1
+"""
+    return gateway_config(
+        tmp_path, pacs_port=orthanc.dicom_port, commit_via=orthanc, devices=devices
+    )
+
+
+def check_in_orthanc(
+    tmp_path: Path, orthanc: OrthancProcess, report: dict[str, Any], sop_class: str
+) -> None:
+    """Every acknowledged stack is in Orthanc once, conformant, with the device's pixels."""
+    rows = {r["device_capture_id"]: r for r in ledger_rows(tmp_path / "state")}
+    assert sorted(rows) == sorted(report["acknowledged"]), "one ledger row per stack"
+    for stack_id in report["acknowledged"]:
+        row = rows[stack_id]
+        found = orthanc.find_instances(row["sop_instance_uid"])
+        assert len(found) == 1, f"{stack_id} stored exactly once"
+        ds = pydicom.dcmread(io.BytesIO(orthanc.instance_file(found[0])))
+        assert ds.SOPClassUID == sop_class
+        assert iod_errors(ds) == []
+        device = report["stacks"][stack_id]
+        pixels = ds.PixelData[: device["length"]]
+        assert hashlib.sha256(pixels).hexdigest() == device["sha256"]
+        assert int(ds.NumberOfFrames) == device["frames"]
+
+
+def test_stacks_arrive_once_despite_garbage_and_reoffers(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    confocal_sim: Callable[..., ConfocalSimulator],
+) -> None:
+    sim = confocal_sim(
+        "--stacks", "3", "--frames", "5", "--size", "64x64", "--garbage", "--reoffer"
+    )
+    gateway = gateway_factory(confocal_config(tmp_path, orthanc))
+    assert sim.wait(120) == 0, gateway.log()
+    report = sim.result()
+    assert len(report["acknowledged"]) == 3
+    assert report["offered"] >= 6, "each stack was offered again after its ACK"
+    wait_for(lambda: states(tmp_path / "state") == ["COMMITTED"] * 3, 60, "3 stacks COMMITTED")
+    check_in_orthanc(tmp_path, orthanc, report, Z_STACK)
+    assert orthanc.count_instances() == 3
+    assert gateway.stop() == 0
+
+
+def test_mosaic_16bit_of_a_few_mb_survives_an_unplug_mid_transfer(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    confocal_sim: Callable[..., ConfocalSimulator],
+) -> None:
+    sim = confocal_sim(
+        "--stacks", "2", "--mosaic", "--frames", "16", "--size", "256x256", "--bits", "16",
+        "--unplug-mid-transfer",
+    )  # fmt: skip
+    gateway = gateway_factory(confocal_config(tmp_path, orthanc))
+    assert sim.wait(120) == 0, gateway.log()
+    report = sim.result()
+    assert report["offered"] >= 3, "the unplugged stack was offered again"
+    assert report["stacks"][report["acknowledged"][0]]["length"] == 16 * 256 * 256 * 2
+    wait_for(lambda: states(tmp_path / "state") == ["COMMITTED"] * 2, 60, "2 mosaics COMMITTED")
+    check_in_orthanc(tmp_path, orthanc, report, TILED)
+    assert orthanc.count_instances() == 2
+    assert list((tmp_path / "state" / "spool" / "staging").iterdir()) == []
+    assert gateway.stop() == 0
+
+
+def test_gateway_killed_mid_stack_restarts_and_stores_each_stack_once(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    confocal_sim: Callable[..., ConfocalSimulator],
+) -> None:
+    sim = confocal_sim(
+        "--stacks", "2", "--frames", "20", "--size", "512x512", "--rate", "20",
+    )  # fmt: skip
+    config = confocal_config(tmp_path, orthanc)
+    gateway = gateway_factory(config)
+    staging = tmp_path / "state" / "spool" / "staging"
+
+    def partly_staged() -> bool:
+        return staging.exists() and any(f.stat().st_size > 0 for f in staging.iterdir())
+
+    wait_for(partly_staged, 60, "a stack half-way through")
+    gateway.kill()
+    assert sim.proc.poll() is None, "the device keeps its stacks"
+    assert sim.result()["acknowledged"] == []
+    gateway.start()
+    assert sim.wait(120) == 0, gateway.log()
+    report = sim.result()
+    assert len(report["acknowledged"]) == 2
+    wait_for(lambda: states(tmp_path / "state") == ["COMMITTED"] * 2, 60, "2 stacks COMMITTED")
+    check_in_orthanc(tmp_path, orthanc, report, Z_STACK)
+    assert orthanc.count_instances() == 2
+    assert list(staging.iterdir()) == [], "the partial stack of the killed run is gone"
+    assert gateway.stop() == 0
