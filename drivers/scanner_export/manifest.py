@@ -135,7 +135,7 @@ def parse_manifest(data: bytes, today: date) -> Manifest:
         raise ExportRefused("the manifest is too large to be an export manifest")
     try:
         raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise ExportRefused("the manifest is not valid UTF-8 JSON") from err
     if not isinstance(raw, dict):
         raise ExportRefused("the manifest is not a JSON object")
