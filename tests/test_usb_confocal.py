@@ -156,6 +156,9 @@ def test_mosaic_16bit_of_a_few_mb_survives_an_unplug_mid_transfer(
     assert sim.wait(120) == 0, gateway.log()
     report = sim.result()
     assert report["offered"] >= 3, "the unplugged stack was offered again"
+    log = gateway.log()
+    assert "discarded: link lost during transfer" in log, "the half-received stack was dropped"
+    assert "rcm: DISCONNECTED" in log
     assert report["stacks"][report["acknowledged"][0]]["length"] == 16 * 256 * 256 * 2
     wait_for(lambda: states(tmp_path / "state") == ["COMMITTED"] * 2, 60, "2 mosaics COMMITTED")
     check_in_orthanc(tmp_path, orthanc, report, TILED)

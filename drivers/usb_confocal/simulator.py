@@ -238,6 +238,18 @@ class DeviceSimulator:
             return b""
         out = bytearray()
         while len(out) < size:
+            budget = size - len(out)
+            if self.unplug_armed and self.current is not None and self.current.index == 0:
+                half = self.current.header.length // 2
+                if self.sent_of_current >= half:
+                    if out:
+                        break  # hand over what the host asked for, unplug on its next read
+                    self.unplug_armed = False
+                    self.unplugged_until = now + self.args.unplug_for
+                    log.info("unplugged mid-transfer (%d bytes sent)", self.sent_of_current)
+                    self._abort_offer()
+                    raise Unplugged("unplugged")
+                budget = min(budget, half - self.sent_of_current)
             if not self.pending:
                 if self.stream is None:
                     if out:
@@ -259,21 +271,10 @@ class DeviceSimulator:
                     self._write_report()
                     break
                 self.pending = memoryview(chunk)
-            piece = self.pending[: size - len(out)]
+            piece = self.pending[:budget]
             self.pending = self.pending[len(piece) :]
             out += piece
             self.sent_of_current += len(piece)
-            if (
-                self.unplug_armed
-                and self.current is not None
-                and self.current.index == 0
-                and self.sent_of_current >= self.current.header.length // 2
-            ):
-                self.unplug_armed = False
-                self.unplugged_until = now + self.args.unplug_for
-                log.info("unplugged mid-transfer (%d bytes sent)", self.sent_of_current)
-                self._abort_offer()
-                raise Unplugged("unplugged")
         return bytes(out)
 
     def _on_host(self, message: p.HostMessage, now: float) -> None:
