@@ -23,7 +23,10 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydantic import ValidationError
 
+from drivers.usb_confocal.driver import UsbConfocalDriver, UsbConfocalOptions
+from gateway.devices.contract import UsbMatch
 from gateway.local_orthanc import OrthancProcess
 from tests.conftest import GatewayProcess, gateway_config, ledger_rows, states, wait_for
 from tests.test_dicom_confocal import iod_errors
@@ -196,3 +199,32 @@ def test_gateway_killed_mid_stack_restarts_and_stores_each_stack_once(
     assert orthanc.count_instances() == 2
     assert list(staging.iterdir()) == [], "the partial stack of the killed run is gone"
     assert gateway.stop() == 0
+
+
+def test_device_plugged_in_after_the_gateway_started(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    confocal_sim: Callable[..., ConfocalSimulator],
+) -> None:
+    """No device yet: DISCONNECTED, retried with backoff; plugged in: found and served."""
+    gateway = gateway_factory(confocal_config(tmp_path, orthanc))
+    gateway.wait_running()
+    wait_for(lambda: "rcm: DISCONNECTED (device not found)" in gateway.log(), 30, "DISCONNECTED")
+    sim = confocal_sim("--stacks", "1", "--bits", "16")
+    assert sim.wait(60) == 0, gateway.log()
+    wait_for(lambda: states(tmp_path / "state") == ["COMMITTED"], 60, "the stack COMMITTED")
+    check_in_orthanc(tmp_path, orthanc, sim.result(), Z_STACK)
+    log = gateway.log()
+    assert log.index("rcm: CONNECTING") < log.index("rcm: READY") < log.index("rcm: TRANSFERRING")
+    assert gateway.stop() == 0
+
+
+def test_options_are_checked_at_start_up() -> None:
+    options = UsbConfocalOptions.model_validate({"usb_backend": "emulated:/run/rcm.sock"})
+    assert options.vendor_id == 0x1D50
+    assert options.product_id == 0x6189
+    assert UsbConfocalDriver.matchers == (UsbMatch(0x1D50, 0x6189),)
+    for bad in ({"usb_backend": "usbip:host"}, {"usb_backend": "emulated:"}, {"port": "x"}):
+        with pytest.raises(ValidationError):
+            UsbConfocalOptions.model_validate(bad)

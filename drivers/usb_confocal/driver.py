@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from drivers.usb_confocal import protocol as p
 from drivers.usb_confocal.transport import LinkLost, UsbLink, backend_from_option
@@ -63,6 +63,16 @@ class UsbConfocalOptions(BaseModel):
     reconnect_max: float = Field(
         default=30.0, gt=0, description="Longest wait between attempts to find the device."
     )
+
+    @field_validator("usb_backend")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        if value is None or value == "libusb":
+            return value
+        kind, _, path = value.partition(":")
+        if kind != "emulated" or not path:
+            raise ValueError("use 'libusb' (or leave it out) or 'emulated:/path/to.sock'")
+        return value
 
 
 def identity_from_fields(fields: dict[p.IdentityField, str]) -> DeviceIdentity:
