@@ -530,3 +530,17 @@ def test_memory_stays_flat_while_writing(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 8 * 1024 * 1024, f"peak {peak} bytes"
+
+
+def test_field_of_view_in_whole_mm_only_when_that_is_true(tmp_path: Path) -> None:
+    small = make_stack()  # 72 x 64 pixels of 0.5 um: 0.036 x 0.032 mm
+    job = job_for(tmp_path, small, frames_of(small))
+    write_confocal(job, tmp_path / "small.dcm")
+    ds = pydicom.dcmread(tmp_path / "small.dcm")
+    assert "FieldOfViewDimensions" in ds
+    assert ds.FieldOfViewDimensions in (None, "", [])  # type 2: present, unknown
+    wide = replace(make_stack("mosaic", size=1024, grid=2), pixel_spacing_um=2.0)
+    job = job_for(tmp_path, wide, frames_of(wide))
+    write_confocal(job, tmp_path / "wide.dcm")
+    ds = pydicom.dcmread(tmp_path / "wide.dcm")
+    assert list(ds.FieldOfViewDimensions) == [4, 4]  # 4.096 mm each way

@@ -21,8 +21,9 @@ PS3.16 CID 29/33 as shipped in pydicom 3.0.2):
   Plane Position (Slide) only for slide coordinates, so never for in-vivo skin.
 * **Cutaneous module** (Table C.8.35.3-1): Optical Magnification Factor 2, Image
   Acquisition Depth 2 (mm), Field of View Shape 2 (RECTANGLE), Field of View
-  Dimension(s) 2 (mm, rows then columns), Tracking ID / Tracking UID 1C (each
-  required when the other is present).
+  Dimension(s) 2 (mm, rows then columns; IS, so written empty when whole
+  millimetres would misstate a sub-millimetre field), Tracking ID / Tracking UID 1C
+  (each required when the other is present).
 
 Decisions:
 
@@ -360,13 +361,27 @@ def _add_cutaneous_parameters(ds: Dataset, job: WrapJob, stack: ConfocalStack) -
     else:
         ds.ImageAcquisitionDepth = None
     ds.FieldOfViewShape = "RECTANGLE"
-    # IS, in mm: rounded to whole millimetres (at least 1) as the VR demands.
     height_mm = stack.rows * stack.pixel_spacing_um * max(stack.tile_rows, 1) / _UM_PER_MM
     width_mm = stack.columns * stack.pixel_spacing_um * max(stack.tile_columns, 1) / _UM_PER_MM
-    ds.FieldOfViewDimensions = [max(1, round(height_mm)), max(1, round(width_mm))]
+    ds.FieldOfViewDimensions = _whole_mm(height_mm, width_mm)
     if job.offer.lesion_id:
         ds.TrackingID = job.offer.lesion_id
         ds.TrackingUID = tracking_uid(job.identity.serial_number, job.offer.lesion_id)
+
+
+def _whole_mm(*sizes_mm: float) -> list[int] | None:
+    """Field of View Dimension(s) is IS (whole mm): the sizes, or None when rounding lies.
+
+    A typical RCM field of 0.5 mm cannot be said in whole millimetres; "1" or "0"
+    would be wrong, so the type 2 attribute is written empty ("unknown") whenever
+    rounding changes a size by more than 5 %. Pixel Spacing still gives the geometry.
+    """
+    rounded = [round(size) for size in sizes_mm]
+    if any(
+        r <= 0 or abs(r - size) > 0.05 * size for r, size in zip(rounded, sizes_mm, strict=True)
+    ):
+        return None
+    return rounded
 
 
 def _add_optical_path(ds: Dataset, stack: ConfocalStack) -> None:
