@@ -437,3 +437,21 @@ def test_transparent_and_16_bit_images_are_refused_not_degraded(tmp_path: Path) 
     _pattern("CMYK").save(cmyk)
     with pytest.raises(WrapError, match="CMYK"):
         write_vl_photographic_native(native_job(cmyk, ContentType.TIFF), tmp_path / "x.dcm")
+
+
+def test_multi_page_and_16_bit_tiffs_are_refused(tmp_path: Path) -> None:
+    pages = tmp_path / "pages.tif"
+    first, second = _pattern("RGB"), _pattern("L")
+    first.save(pages, "TIFF", save_all=True, append_images=[second])
+    with pytest.raises(WrapError, match="holds 2 images"):
+        write_vl_photographic_native(native_job(pages, ContentType.TIFF), tmp_path / "x.dcm")
+    deep = tmp_path / "deep.tif"
+    Image.new("I;16", (20, 10), 40000).save(deep, "TIFF")
+    with pytest.raises(WrapError, match="8 bits"):
+        write_vl_photographic_native(native_job(deep, ContentType.TIFF), tmp_path / "x.dcm")
+
+
+def test_wrong_content_type_is_refused(tmp_path: Path) -> None:
+    source = make_jpeg(tmp_path / "a.jpg")
+    with pytest.raises(WrapError, match="does not take image/jpeg"):
+        write_vl_photographic_native(native_job(source, ContentType.JPEG), tmp_path / "x.dcm")

@@ -66,6 +66,9 @@ def test_photos_reach_orthanc_once_and_defective_files_are_refused(
         commit_via=orthanc,
         devices=photo_folder_toml(folder, grace=1.0),
     )
+    visit = folder / "Doe Jane visit"  # a folder dropped by mistake, named after a patient
+    visit.mkdir()
+    (visit / "IMG_9999.JPG").write_bytes(b"not looked at")
     gateway = gateway_factory(config)
     sim = start_camera(
         folder,
@@ -98,10 +101,16 @@ def test_photos_reach_orthanc_once_and_defective_files_are_refused(
         assert (folder / ".refused" / f"{name}.reason.txt").is_file()
         assert not (folder / ".processed" / name).exists(), "a refused file was acknowledged"
 
+    wait_for(lambda: (folder / ".refused" / visit.name).is_dir(), 30, "the folder refused")
+    reason = (folder / ".refused" / f"{visit.name}.reason.txt").read_text(encoding="utf-8")
+    assert "a folder, not a photo" in reason
+    assert "Doe" not in reason
+
     state_dir = tmp_path / "state"
     wait_for(lambda: states(state_dir) == ["COMMITTED"] * 3, 60, "3 photos COMMITTED")
     rows = {r["device_capture_id"]: r for r in ledger_rows(state_dir)}
     assert orthanc.count_instances() == 3, "the re-dropped photo made no second object"
+    assert "Doe" not in gateway.log()
     log = gateway.log()
     assert "acknowledged again" in log
     # The re-dropped copy was acknowledged too (moved next to the first one).

@@ -12,8 +12,12 @@ target, a phone sync folder). The protocol, the same for every camera:
    refused as truncated below.
 3. It is examined (:func:`.photos.examine`): JPEG carried byte for byte, TIFF/PNG
    decoded losslessly; what DICOM cannot carry (4:4:4 or progressive JPEG, a
-   damaged or truncated file, something that is not a photo, a folder) goes to
-   ``.refused/`` with a plain ``NAME.reason.txt``, and is never acknowledged.
+   damaged file, something that is not a photo, a folder) goes to ``.refused/``
+   with a plain ``NAME.reason.txt``, and is never acknowledged. A file that merely
+   ends too early (no JPEG End Of Image marker, a truncated PNG/TIFF) looks exactly
+   like a copy that stalled (card reader, network share), so it is left alone until
+   it has been unchanged for ``truncated_grace_seconds`` and only then refused; a
+   copy that resumes within that time is sent whole and nothing is refused.
 4. It is streamed into the spool with its EXIF (make, model, body serial,
    software, time taken, lens, exposure) and ``device_capture_id`` = a hash of its
    content; only after ``commit`` returned (durable) is it moved into
