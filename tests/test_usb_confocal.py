@@ -110,6 +110,7 @@ def check_in_orthanc(
     tmp_path: Path, orthanc: OrthancProcess, report: dict[str, Any], sop_class: str
 ) -> None:
     """Every acknowledged stack is in Orthanc once, conformant, with the device's pixels."""
+    assert report["unanswered"] == 0, "every complete offer got its ACK or NAK"
     rows = {r["device_capture_id"]: r for r in ledger_rows(tmp_path / "state")}
     assert sorted(rows) == sorted(report["acknowledged"]), "one ledger row per stack"
     for stack_id in report["acknowledged"]:
@@ -228,3 +229,43 @@ def test_options_are_checked_at_start_up() -> None:
     for bad in ({"usb_backend": "usbip:host"}, {"usb_backend": "emulated:"}, {"port": "x"}):
         with pytest.raises(ValidationError):
             UsbConfocalOptions.model_validate(bad)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 MiB filesystem (tmpfs; the tests run as root): ENOSPC from the kernel."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_full_disk_naks_the_stack_and_takes_it_once_there_is_room(
+    tmp_path: Path,
+    small_disk: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    confocal_sim: Callable[..., ConfocalSimulator],
+) -> None:
+    config = confocal_config(tmp_path, orthanc)
+    text = config.read_text().replace(str(tmp_path / "state"), str(small_disk / "state"))
+    config.write_text(text + "\n[spool]\nreserve_mb = 16\n")
+    filler = small_disk / "filler"
+    with filler.open("wb") as fh:
+        for _ in range(44):
+            fh.write(b"\0" * (1 << 20))  # ~20 MiB left: one 5 MB stack (raw + DICOM)
+    sim = confocal_sim("--stacks", "3", "--frames", "10", "--size", "512x512", "--bits", "16")
+    gateway = gateway_factory(config)
+    state_dir = small_disk / "state"
+    wait_for(lambda: any(r["reason"] == "DISK_FULL" for r in sim.result()["refused"]), 60, "NAK")
+    assert len(ledger_rows(state_dir)) <= 1, "nothing accepted beyond the reserve"
+    filler.unlink()
+    assert sim.wait(120) == 0, gateway.log()
+    report = sim.result()
+    assert {r["reason"] for r in report["refused"]} == {"DISK_FULL"}
+    assert report["unanswered"] == 0, "a NAKed offer is not left waiting for its ACK timeout"
+    wait_for(lambda: states(state_dir) == ["COMMITTED"] * 3, 60, "all delivered")
+    assert gateway.stop() == 0

@@ -266,6 +266,10 @@ class _Connection:
         log.warning("%s: stack %s refused: %s", self.name, stack_id, err)
         self.skipping = stack_id
         await self._nak(stack_id, p.NakReason(err.reason.value))
+        if self.reader.current_stack == stack_id:
+            # The device abandons a NAKed offer mid-stream; what is still in flight is
+            # skipped as garbage up to its next message (a re-offer starts clean).
+            self.reader.interrupt("refused by the host")
         self._idle()
 
     async def _nak(self, stack_id: str, reason: p.NakReason) -> None:

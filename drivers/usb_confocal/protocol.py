@@ -42,7 +42,12 @@ restarts offering from its oldest unacknowledged stack); ``0x11 ACK`` JSON
 
 The device keeps every stack until it is ACKed and offers unacknowledged stacks
 again after a NAK, a reconnect or a HOST_HELLO; the host recognises a re-offer of
-a stack it already saved and ACKs it again.
+a stack it already saved and ACKs it again. A NAK may come while the stack is
+still streaming (the host refuses it at its header, e.g. disk full): the device
+then abandons that offer at once, and the host drops its reader state
+(:meth:`StackReader.interrupt`) so the bytes still in flight are skipped as
+garbage up to the next message. (Pixels are unframed, so a reader that kept
+waiting for the rest of an abandoned frame would swallow the next header.)
 
 :class:`StackReader` parses the IN stream: bytes in, :data:`Event`\ s out. It never
 raises on garbage: bytes that are not a valid message are skipped until the next

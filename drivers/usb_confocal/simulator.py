@@ -158,6 +158,7 @@ class DeviceSimulator:
         self.unplug_armed = bool(args.unplug_mid_transfer)
         self.sent_of_current = 0
         self.offered = 0
+        self.unanswered = 0  # complete offers the host never ACKed nor NAKed
         self.acknowledged: list[str] = []
         self.refused: list[dict[str, str]] = []
         self.stop = False
@@ -221,6 +222,7 @@ class DeviceSimulator:
             if now - self.awaiting_since < self.args.ack_timeout:
                 return None
             log.warning("no ACK for %s; offering it again", self.awaiting.header.stack_id)
+            self.unanswered += 1
             self.awaiting = None
         for stack in self.stacks:
             if (not stack.acked or stack.reoffer_pending) and stack.retry_at <= now:
@@ -418,6 +420,7 @@ class DeviceSimulator:
             "acknowledged": list(self.acknowledged),
             "refused": list(self.refused),
             "offered": self.offered,
+            "unanswered": self.unanswered,
             "stacks": {
                 s.header.stack_id: {
                     "kind": s.header.kind,
