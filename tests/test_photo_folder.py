@@ -25,7 +25,7 @@ from pydicom.encaps import get_frame
 from drivers.photo_folder import simulator as camera
 from drivers.photo_folder.exif import read_exif
 from gateway.dicom.modules import dt, in_zone_of
-from gateway.local_orthanc import OrthancProcess
+from gateway.local_orthanc import OrthancProcess, free_port
 from tests.conftest import (
     GatewayProcess,
     dciodvfy_errors,
@@ -227,3 +227,66 @@ def test_gateway_killed_and_restarted_delivers_every_photo_exactly_once(
     assert orthanc.count_instances() == 5
     assert len(list((folder / ".processed").iterdir())) == 5
     assert final.stop() == 0
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def _large_jpeg(path: Path, size: int) -> bytes:
+    """A describable JPEG of ``size`` bytes: a real header, long entropy data, EOI.
+
+    Returns the hex SHA-256 (as bytes). The file is written in 1 MiB blocks to a
+    dot-temp name and renamed into place, as a card copy does.
+    """
+    small = io.BytesIO()
+    Image.effect_noise((64, 48), 30).convert("RGB").save(small, "JPEG", subsampling=2)
+    data = small.getvalue()
+    sos = data.index(b"\xff\xda")
+    header_end = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    header = data[:header_end]
+    digest = hashlib.sha256()
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(header)
+        digest.update(header)
+        remaining = size - len(header) - 2
+        block = b"\x00" * (1 << 20)
+        while remaining > 0:
+            chunk = block[: min(len(block), remaining)]
+            fh.write(chunk)
+            digest.update(chunk)
+            remaining -= len(chunk)
+        fh.write(b"\xff\xd9")
+        digest.update(b"\xff\xd9")
+    tmp.rename(path)
+    return digest.hexdigest().encode()
+
+
+def test_large_photo_is_spooled_with_flat_memory(
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    """A 256 MiB photo goes into the spool without the gateway ever holding it whole
+    (peak RSS grows by far less than the file). No PACS: only intake is measured."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    config = gateway_config(
+        tmp_path,
+        pacs_port=free_port(),
+        devices=photo_folder_toml(folder, settle=0.2, poll=0.1),
+    )
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    assert gateway.proc is not None
+    before = _vm_hwm_kib(gateway.proc.pid)
+    size = 256 << 20
+    digest = _large_jpeg(folder / "BIG.JPG", size).decode()
+    wait_for(lambda: (folder / ".processed" / "BIG.JPG").exists(), 120, "the photo processed")
+    rows = ledger_rows(tmp_path / "state")
+    assert [r["raw_sha256"] for r in rows] == [digest]
+    grown_mib = (_vm_hwm_kib(gateway.proc.pid) - before) / 1024
+    assert grown_mib < 64, f"peak memory grew by {grown_mib:.0f} MiB for a 256 MiB photo"
+    assert gateway.stop() == 0
