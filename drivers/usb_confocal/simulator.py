@@ -374,6 +374,10 @@ class DeviceSimulator:
 
     def _bulk_read(self, session: int, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         size = max(1, min(int(request.get("size", 512)), 4 << 20))
+        if self.args.rate:
+            # Paced: small transfers (20 ms of throughput each) so a stack takes its
+            # time on the wire and an unplug or a host crash can land inside it.
+            size = min(size, max(512, int(self.args.rate * 1e6 * 0.02)))
         deadline = time.monotonic() + max(int(request.get("timeout_ms", 1000)), 1) / 1000
         while True:
             now = time.monotonic()
