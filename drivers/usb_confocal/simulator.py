@@ -491,7 +491,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--socket", required=True, help="Unix socket the emulated backend uses")
     parser.add_argument("--stacks", type=int, default=2, help="stacks to record (default 2)")
-    parser.add_argument("--frames", type=int, default=5, help="frames per stack (default 5)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=5,
+        help="frames per stack (default 5); --mosaic: tiles, made a rows x cols grid",
+    )
     parser.add_argument("--size", default="64x64", help="frame size WxH (default 64x64)")
     parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits per pixel")
     parser.add_argument("--mosaic", action="store_true", help="record mosaics (tile grids)")
