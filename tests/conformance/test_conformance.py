@@ -27,20 +27,33 @@ from pathlib import Path
 
 import pytest
 
-from gateway.local_orthanc import OrthancProcess
+from gateway.local_orthanc import OrthancProcess, free_port
 from tests.conformance.kit import ConformanceRun, Fault, conformance_run, distinct
 from tests.conformance.registered import ADAPTERS
-from tests.conftest import GatewayProcess
+from tests.conftest import GATEWAY_AE, GatewayProcess
+
+
+@pytest.fixture
+def pacs_orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
+    """conftest's ``orthanc`` (it knows the gateway's commitment listener), but killed
+    at the end: a graceful stop costs ~3 s a test and this PACS is thrown away."""
+    server = OrthancProcess(
+        tmp_path / "orthanc",
+        modalities={"dermgate": (GATEWAY_AE, "127.0.0.1", free_port())},
+    )
+    server.start()
+    yield server
+    server.kill()
 
 
 @pytest.fixture(params=ADAPTERS, ids=repr)
 def run(
     request: pytest.FixtureRequest,
     tmp_path: Path,
-    orthanc: OrthancProcess,
+    pacs_orthanc: OrthancProcess,
     gateway_factory: Callable[[Path], GatewayProcess],
 ) -> Iterator[ConformanceRun]:
-    with conformance_run(request.param, tmp_path, orthanc, gateway_factory) as harness:
+    with conformance_run(request.param, tmp_path, pacs_orthanc, gateway_factory) as harness:
         yield harness
 
 
