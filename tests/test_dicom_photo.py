@@ -308,6 +308,15 @@ def test_malformed_extra_is_a_driver_bug_not_a_crash(tmp_path: Path) -> None:
         )
 
 
+def test_sideways_photo_says_how_to_turn_it_upright(tmp_path: Path) -> None:
+    extra = PhotoExtra(exif=EXIF.model_copy(update={"orientation": 6})).to_extra()
+    _, dest, ds = wrap_jpeg(tmp_path, offer=photo_offer(extra=extra))
+    no_errors(dest)
+    assert ds.ImageComments == "Camera orientation: rotate 90 degrees clockwise to display upright"
+    _, _, upright = wrap_jpeg(tmp_path)
+    assert "ImageComments" not in upright
+
+
 def test_extra_round_trips_through_json() -> None:
     extra = PhotoExtra(series_number=2, exif=EXIF)
     assert PhotoExtra.from_extra(extra.to_extra()) == extra

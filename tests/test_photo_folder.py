@@ -141,6 +141,10 @@ def test_photos_reach_orthanc_once_and_defective_files_are_refused(
         assert taken is not None
         box_now = datetime.now().astimezone()
         assert ds.AcquisitionDateTime == dt(in_zone_of(taken, box_now))
+        if name == "IMG_0003.JPG":  # the simulator's third photo was taken sideways
+            assert ds.ImageComments.startswith("Camera orientation: rotate 90 degrees clockwise")
+        else:
+            assert "ImageComments" not in ds
         assert ds.PatientName == "", "photos carry no patient"
         assert ds.PatientID == ""
         if name.endswith(".JPG"):

@@ -79,7 +79,7 @@ def tiff_exif(order: str = "<", *, lens_unknown: bool = False) -> bytes:
         (0x9286, 7, 12, b"ASCII\x00\x00\x00Jane"),  # UserComment: never read
     ]
     ifd0_at = 8
-    ifd0_entries_count = 4
+    ifd0_entries_count = 5
     exif_at_guess = ifd0_at + 2 + 12 * ifd0_entries_count + 4
     ifd0_values = [_ascii("Acme"), _ascii("Derma Cam 2"), _ascii("v2.0.1")]
     values_len = sum(len(d) + (len(d) % 2) for _, _, d in ifd0_values if len(d) > 4)
@@ -89,6 +89,7 @@ def tiff_exif(order: str = "<", *, lens_unknown: bool = False) -> bytes:
         [
             (0x010F, *ifd0_values[0]),
             (0x0110, *ifd0_values[1]),
+            (0x0112, 3, 1, struct.pack(order + "H", 6)),
             (0x0131, *ifd0_values[2]),
             (0x8769, 4, 1, struct.pack(order + "I", exif_at)),
         ],
@@ -113,6 +114,7 @@ def test_tiff_structure_is_parsed_in_both_byte_orders(order: str) -> None:
     assert exif.iso == 200
     assert exif.focal_length_mm == 100.0
     assert exif.exif_version == "0232"
+    assert exif.orientation == 6
     assert exif.taken_at() == datetime(
         2026, 11, 29, 14, 5, 6, 450000, tzinfo=timezone(-timedelta(hours=5))
     )

@@ -144,6 +144,7 @@ def offer_for(photo: Photo) -> CaptureOffer:
         exif_version=exif.exif_version,
         date_time_original=exif.date_time_original,
         offset_time_original=exif.offset_time_original,
+        orientation=exif.orientation,
     )
     return CaptureOffer(
         device_capture_id=photo.capture_id,

@@ -49,6 +49,7 @@ _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 # IFD0
 _MAKE: Final = 0x010F
 _MODEL: Final = 0x0110
+_ORIENTATION: Final = 0x0112
 _SOFTWARE: Final = 0x0131
 _DATE_TIME: Final = 0x0132
 _EXIF_IFD: Final = 0x8769
@@ -72,7 +73,7 @@ _LENS_MAKE: Final = 0xA433
 _LENS_MODEL: Final = 0xA434
 _LENS_SERIAL: Final = 0xA435
 
-_IFD0_TAGS: Final = frozenset({_MAKE, _MODEL, _SOFTWARE, _DATE_TIME, _EXIF_IFD})
+_IFD0_TAGS: Final = frozenset({_MAKE, _MODEL, _ORIENTATION, _SOFTWARE, _DATE_TIME, _EXIF_IFD})
 _EXIF_TAGS: Final = frozenset(
     {
         _EXPOSURE_TIME,
@@ -127,6 +128,7 @@ class CameraExif:
     date_time_original: str | None = None
     offset_time_original: str | None = None
     sub_sec_time_original: str | None = None
+    orientation: int | None = None
 
     def taken_at(self) -> datetime | None:
         """When the photo was taken: DateTimeOriginal (+SubSec, +Offset), as a datetime.
@@ -319,6 +321,7 @@ def _parse(source: _Source) -> CameraExif:
         date_time_original=original,
         offset_time_original=offset,
         sub_sec_time_original=sub_sec,
+        orientation=_orientation(ifd0.get(_ORIENTATION)),
     )
 
 
@@ -420,6 +423,11 @@ def _four(value: _Value | None) -> tuple[float, float, float, float] | None:
     if not all(0 < v < 1e6 for v in numbers):  # also drops NaN (0/0 = unknown)
         return None
     return (numbers[0], numbers[1], numbers[2], numbers[3])
+
+
+def _orientation(value: _Value | None) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None and number in range(1, 9) else None
 
 
 def _version(value: _Value | None) -> str | None:

@@ -70,12 +70,13 @@ def _local_offset() -> str:
     return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
 
 
-def camera_exif(serial: str, taken: datetime, seed: int) -> Image.Exif:
+def camera_exif(serial: str, taken: datetime, seed: int, orientation: int = 1) -> Image.Exif:
     """The EXIF a clinical camera writes (no owner, no GPS, no comments)."""
     rng = random.Random(seed)
     exif = Image.Exif()
     exif[0x010F] = MANUFACTURER
     exif[0x0110] = MODEL
+    exif[0x0112] = orientation
     exif[0x0131] = SOFTWARE
     exif[0x0132] = taken.strftime("%Y:%m:%d %H:%M:%S")
     ifd = exif.get_ifd(0x8769)
@@ -131,11 +132,16 @@ def make_photo(
     taken: datetime | None = None,
     subsampling: int = 2,
     progressive: bool = False,
+    orientation: int = 1,
 ) -> bytes:
-    """One photo's file content (deterministic for a seed and time)."""
+    """One photo's file content (deterministic for a seed and time).
+
+    ``orientation`` is EXIF Orientation: 6 is a camera held sideways (pixels stored
+    unrotated, to be turned 90 degrees clockwise for display).
+    """
     moment = taken or datetime(2026, 11, 30, 9, 0, 0)
     image = _picture(seed, width, height)
-    exif = camera_exif(serial, moment, seed)
+    exif = camera_exif(serial, moment, seed, orientation)
     out = io.BytesIO()
     if fmt == "jpeg":
         image.save(
@@ -202,6 +208,7 @@ class CameraSimulator:
                 fmt=fmt,
                 serial=self.serial,
                 taken=taken,
+                orientation=6 if k % 3 == 2 else 1,  # every third photo taken sideways
             )
             entries.append(Entry(f"IMG_{base + k + 1:04d}.{suffix}", content, "processed"))
         for n, fault in enumerate(args.fault or ()):

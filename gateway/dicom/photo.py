@@ -48,6 +48,11 @@ same object. Decisions, with the rule behind each:
   Acquisition (group 0016, mirrors of the EXIF tags). GPS position, camera owner,
   user comments and maker notes are never copied: they may identify a person or a
   place and the clinic did not ask for them.
+* **Orientation**: a camera held sideways stores the pixels unrotated and says
+  so in EXIF Orientation; DICOM has no display-rotation attribute for this IOD and
+  rotating would mean re-encoding (or, for JPEG, changing the device's bytes), so
+  the pixels stay as they are and Image Comments (0020,4000) tells the reader
+  how to turn the photo upright.
 * **Recognizable Visual Features** (0028,0302) is YES: a clinical overview photo
   usually shows enough of a body to identify the patient, and the gateway never
   looks at the pixels, so it cannot vouch for NO.
@@ -121,6 +126,17 @@ MODALITY: Final = "XC"
 MAX_NATIVE_PIXELS: Final = 8192 * 8192
 
 _LO_MAX: Final = 64
+#: EXIF Orientation -> what a viewer must do to show the photo upright (Image Comments).
+_ORIENTATION_HINTS: Final = {
+    2: "Camera orientation: mirror left-right to display as taken",
+    3: "Camera orientation: rotate 180 degrees to display upright",
+    4: "Camera orientation: mirror top-bottom to display as taken",
+    5: "Camera orientation: mirror left-right, then rotate 90 degrees counter-clockwise "
+    "to display upright",
+    6: "Camera orientation: rotate 90 degrees clockwise to display upright",
+    7: "Camera orientation: mirror left-right, then rotate 90 degrees clockwise to display upright",
+    8: "Camera orientation: rotate 90 degrees counter-clockwise to display upright",
+}
 _BAND_BYTES: Final = 4 << 20
 _PIXEL_DATA_OB: Final = struct.pack("<HH2sH", 0x7FE0, 0x0010, b"OB", 0)
 _QUARANTINED: Final = "the capture is kept and quarantined"
@@ -157,6 +173,7 @@ class ExifFields(BaseModel):
     exif_version: str | None = None
     date_time_original: str | None = None
     offset_time_original: str | None = None
+    orientation: int | None = Field(default=None, ge=1, le=8)
 
 
 class PhotoExtra(BaseModel):
@@ -471,6 +488,8 @@ def _photo_dataset(
         ds.ImageLaterality = laterality.value
     add_anatomic_region(ds, offer.anatomic_site, laterality)
     ds.RecognizableVisualFeatures = "YES"
+    if hint := _ORIENTATION_HINTS.get(exif.orientation or 1):
+        ds.ImageComments = hint
 
     ds.AcquisitionContextSequence = Sequence()
     _add_vl_photographic_acquisition(ds, exif)
