@@ -392,10 +392,14 @@ class ConformanceRun:
             assert unknown == [], f"files in {folder}/ that no capture owns: {unknown}"
 
     def assert_driver_never_crashed(self) -> None:
-        """The device task was never restarted by the supervisor."""
-        log = self.gateway_log()
-        for words in (f"device:{DEVICE_NAME} crashed", f"device:{DEVICE_NAME} returned"):
-            assert words not in log, f"the driver died ({words!r})\n{self.diagnostics()}"
+        """The supervisor never had to restart or quarantine the device's driver."""
+        died = re.compile(
+            rf"ERROR\s.*device {re.escape(DEVICE_NAME)}: driver "  # crashed, returned, hung
+            rf"|device {re.escape(DEVICE_NAME)}: QUARANTINED"
+            rf"|device:{re.escape(DEVICE_NAME)} (crashed|returned)"  # older supervisor wording
+        )
+        lines = [line for line in self.gateway_log().splitlines() if died.search(line)]
+        assert lines == [], f"the driver died: {lines}\n{self.diagnostics()}"
 
     def refused_entries(self) -> list[Path]:
         """Entries a folder driver set aside in ``.refused/`` (reason files excluded)."""
