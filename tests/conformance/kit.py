@@ -116,7 +116,8 @@ class DeviceAdapter(ABC):
     objects_per_capture: ClassVar[Mapping[str, int]]
     #: How many captures the capture/fault tests ask for (keep CI short).
     captures: ClassVar[int] = 3
-    #: A gateway log line (substring) that proves the driver saw the unplug, if any.
+    #: A gateway log substring that proves the unplug hit a transfer, if the device
+    #: class can promise one (a folder driver may never have seen the half copy).
     unplug_evidence: ClassVar[str | None] = None
     #: Files of a processed folder entry that become no object (e.g. a manifest).
     not_objects: ClassVar[frozenset[str]] = frozenset()

@@ -21,7 +21,8 @@ class SerialDermatoscopeAdapter(DeviceAdapter):
 
     driver: ClassVar[str] = "serial-dermatoscope"
     objects_per_capture: ClassVar[dict[str, int]] = {DERMOSCOPIC_PHOTOGRAPHY: 1}
-    unplug_evidence: ClassVar[str | None] = "port lost"
+    #: Intake's word for a partial capture thrown away (never acknowledged).
+    unplug_evidence: ClassVar[str | None] = " discarded: "
 
     @staticmethod
     def link(workdir: Path) -> Path:

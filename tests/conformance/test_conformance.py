@@ -95,7 +95,9 @@ def test_unplug_mid_transfer(run: ConformanceRun) -> None:
     run.assert_delivered_exactly_once(report)
     run.assert_spool_clean()
     if run.adapter.unplug_evidence is not None:
-        assert run.adapter.unplug_evidence in run.gateway_log(), "the unplug went unnoticed"
+        assert run.adapter.unplug_evidence in run.gateway_log(), (
+            "no partial capture was discarded: did the unplug hit a transfer?"
+        )
     if run.adapter.drop_folder(run.workdir) is not None:
         assert run.refused_entries() == [], "a half-copied entry was taken up and refused"
     run.assert_driver_never_crashed()

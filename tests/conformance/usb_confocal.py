@@ -23,6 +23,8 @@ class UsbConfocalAdapter(DeviceAdapter):
 
     driver: ClassVar[str] = "usb-confocal"
     objects_per_capture: ClassVar[dict[str, int]] = {CONFOCAL_MICROSCOPY: 1}
+    #: Intake's word for a partial capture thrown away (never acknowledged).
+    unplug_evidence: ClassVar[str | None] = " discarded: "
 
     @staticmethod
     def socket(workdir: Path) -> Path:
