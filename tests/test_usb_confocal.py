@@ -146,14 +146,14 @@ def test_stacks_arrive_once_despite_garbage_and_reoffers(
     assert gateway.stop() == 0
 
 
-def test_mosaic_16bit_of_a_few_mb_survives_an_unplug_mid_transfer(
+def test_mosaic_of_a_few_mb_survives_an_unplug_mid_transfer(
     tmp_path: Path,
     orthanc: OrthancProcess,
     gateway_factory: Callable[[Path], GatewayProcess],
     confocal_sim: Callable[..., ConfocalSimulator],
 ) -> None:
     sim = confocal_sim(
-        "--stacks", "2", "--mosaic", "--frames", "16", "--size", "256x256", "--bits", "16",
+        "--stacks", "2", "--mosaic", "--frames", "16", "--size", "512x512",
         "--unplug-mid-transfer",
     )  # fmt: skip
     gateway = gateway_factory(confocal_config(tmp_path, orthanc))
@@ -163,7 +163,7 @@ def test_mosaic_16bit_of_a_few_mb_survives_an_unplug_mid_transfer(
     log = gateway.log()
     assert "discarded: link lost during transfer" in log, "the half-received stack was dropped"
     assert "rcm: DISCONNECTED" in log
-    assert report["stacks"][report["acknowledged"][0]]["length"] == 16 * 256 * 256 * 2
+    assert report["stacks"][report["acknowledged"][0]]["length"] == 16 * 512 * 512
     wait_for(lambda: states(tmp_path / "state") == ["COMMITTED"] * 2, 60, "2 mosaics COMMITTED")
     check_in_orthanc(tmp_path, orthanc, report, TILED)
     assert orthanc.count_instances() == 2
@@ -212,7 +212,7 @@ def test_device_plugged_in_after_the_gateway_started(
     gateway = gateway_factory(confocal_config(tmp_path, orthanc))
     gateway.wait_running()
     wait_for(lambda: "rcm: DISCONNECTED (device not found)" in gateway.log(), 30, "DISCONNECTED")
-    sim = confocal_sim("--stacks", "1", "--bits", "16")
+    sim = confocal_sim("--stacks", "1")
     assert sim.wait(60) == 0, gateway.log()
     wait_for(lambda: states(tmp_path / "state") == ["COMMITTED"], 60, "the stack COMMITTED")
     check_in_orthanc(tmp_path, orthanc, sim.result(), Z_STACK)
@@ -257,7 +257,7 @@ def test_full_disk_naks_the_stack_and_takes_it_once_there_is_room(
     with filler.open("wb") as fh:
         for _ in range(44):
             fh.write(b"\0" * (1 << 20))  # ~20 MiB left: one 5 MB stack (raw + DICOM)
-    sim = confocal_sim("--stacks", "3", "--frames", "10", "--size", "512x512", "--bits", "16")
+    sim = confocal_sim("--stacks", "3", "--frames", "20", "--size", "512x512")
     gateway = gateway_factory(config)
     state_dir = small_disk / "state"
     wait_for(lambda: any(r["reason"] == "DISK_FULL" for r in sim.result()["refused"]), 60, "NAK")
