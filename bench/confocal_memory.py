@@ -41,7 +41,7 @@ from common import (
 from gateway.local_orthanc import ORTHANC_BINARY, OrthancProcess, free_port
 
 FRAME_SIDE = 1024
-BITS = 16
+BITS = 8  # the Confocal Microscopy IODs take 8-bit pixels only (PS3.3 C.8.12.1.1.2)
 FRAME_MB = FRAME_SIDE * FRAME_SIDE * BITS / 8 / 1e6
 GROWTH_TARGET = 1.2
 TIMEOUT = 1200.0

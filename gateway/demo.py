@@ -98,7 +98,7 @@ port = "{link}"''',
 usb_backend = "emulated:{usb}"''',
             [
                 *("usb-confocal", "--socket", str(usb), "--stacks", "{N}"),
-                *("--frames", "8", "--size", "512x512", "--bits", "16"),
+                *("--frames", "16", "--size", "512x512"),
             ],
         ),
         DemoDevice(
