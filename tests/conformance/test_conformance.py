@@ -28,9 +28,17 @@ from pathlib import Path
 import pytest
 
 from gateway.local_orthanc import OrthancProcess, free_port
-from tests.conformance.kit import ConformanceRun, Fault, conformance_run, distinct
+from tests.conformance.kit import (
+    DEVICE_NAME,
+    ConformanceRun,
+    Fault,
+    conformance_run,
+    distinct,
+)
 from tests.conformance.registered import ADAPTERS
 from tests.conftest import GATEWAY_AE, GatewayProcess
+
+TRANSFERRING = f"device {DEVICE_NAME}: TRANSFERRING"
 
 
 @pytest.fixture
@@ -140,14 +148,22 @@ def test_gateway_restart(run: ConformanceRun) -> None:
     first = run.start_gateway()
     run.wait(lambda: len(run.rows()) >= 1, 60, "a first durable capture")
     first.kill()  # right after a commit: often before the device heard its ACK
+    durable_at_first_kill = len(run.rows())
+    transfers = run.gateway_log().count(TRANSFERRING)
     second = run.start_gateway()
     second.wait_running()
-    time.sleep(0.7)
-    second.kill()  # mid-stream
+    # Kill the second run as soon as the driver starts a transfer (a staged partial
+    # capture); if none starts within a few seconds, kill it all the same.
+    deadline = time.monotonic() + 5
+    while run.gateway_log().count(TRANSFERRING) == transfers and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second.kill()
     final = run.start_gateway()
     final.wait_running()
     report = run.simulator_done()
     assert len(distinct(report.acknowledged)) == captures
+    expected = sum(run.adapter.expected_objects(report).values())
+    assert durable_at_first_kill < expected, "the first kill came after everything: no test"
     run.assert_delivered_exactly_once(report)
     run.assert_spool_clean()
     run.assert_driver_never_crashed()
