@@ -221,6 +221,31 @@ def test_device_plugged_in_after_the_gateway_started(
     assert gateway.stop() == 0
 
 
+def test_16bit_stack_is_kept_and_quarantined_with_a_reason(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    confocal_sim: Callable[..., ConfocalSimulator],
+) -> None:
+    """The Confocal Microscopy IODs take 8-bit pixels only (PS3.3 C.8.35.1 → C.8.12.1.1.2).
+
+    A microscope set to 16 bits still has its stack acknowledged (it is durable in the
+    spool), but it is set aside with a reason a technician can act on, not sent.
+    """
+    sim = confocal_sim("--stacks", "1", "--bits", "16")
+    gateway = gateway_factory(confocal_config(tmp_path, orthanc))
+    assert sim.wait(60) == 0, gateway.log()
+    report = sim.result()
+    assert len(report["acknowledged"]) == 1
+    wait_for(lambda: states(tmp_path / "state") == ["QUARANTINED"], 60, "quarantined")
+    row = ledger_rows(tmp_path / "state")[0]
+    assert "16 bits per pixel" in row["reason"]
+    assert "record 8-bit images" in row["reason"]
+    assert row["raw_sha256"] == report["stacks"][report["acknowledged"][0]]["sha256"]
+    assert orthanc.count_instances() == 0
+    assert gateway.stop() == 0
+
+
 def test_options_are_checked_at_start_up() -> None:
     options = UsbConfocalOptions.model_validate({"usb_backend": "emulated:/run/rcm.sock"})
     assert options.vendor_id == 0x1D50
