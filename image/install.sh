@@ -6,7 +6,7 @@ src="$(cd "$(dirname "$0")/.." && pwd)"
 
 apt-get update -q
 DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-  python3 python3-venv
+  python3 python3-venv libusb-1.0-0 libudev1
 
 id dermgate >/dev/null 2>&1 || useradd --system --home-dir /var/lib/dermgate \
   --shell /usr/sbin/nologin --groups dialout,plugdev dermgate
@@ -24,9 +24,13 @@ if [[ ! -e /etc/dermgate/dermgate.toml ]]; then
 fi
 install -m 0644 "$src/image/dermgate.service" /etc/systemd/system/dermgate.service
 install -m 0644 "$src/image/dermgate.tmpfiles" /usr/lib/tmpfiles.d/dermgate.conf
+install -m 0644 "$src/image/60-dermgate.rules" /etc/udev/rules.d/60-dermgate.rules
+# Drop folders of the 3D scanner and the camera (point the devices' exports here).
+install -d -m 0770 -o dermgate -g dermgate /srv/dermgate /srv/dermgate/scanner /srv/dermgate/photos
 
 if [[ -d /run/systemd/system ]]; then
   systemd-tmpfiles --create /usr/lib/tmpfiles.d/dermgate.conf
+  udevadm control --reload-rules && udevadm trigger --subsystem-match=usb || true
   systemctl daemon-reload
   systemctl enable --now dermgate
 else
