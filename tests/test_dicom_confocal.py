@@ -344,6 +344,7 @@ def iod_errors(ds: Dataset) -> list[str]:
         _check_items(f"frame {n + 1}: ", item, errors)
     _check_items("shared: ", shared, errors)
     errors.extend(_dimension_errors(ds, shared, per_frame))
+    errors.extend(_timing_errors(shared, per_frame))
     for where, item in [
         ("shared", shared),
         *((f"frame {n + 1}", i) for n, i in enumerate(per_frame)),
@@ -354,6 +355,22 @@ def iod_errors(ds: Dataset) -> list[str]:
     if ds.get("Laterality") is None and "ImageLaterality" not in ds and "Laterality" not in ds:
         errors.append("neither Image Laterality nor Series Laterality")
     return sorted(set(errors))
+
+
+def _timing_errors(shared: Dataset, per_frame: list[Dataset]) -> list[str]:
+    """C.7.6.16.2.2: an ORIGINAL frame's Frame Content carries its timing (1C)."""
+    errors: list[str] = []
+    for n, item in enumerate(per_frame):
+        holder = item if "ConfocalMicroscopyImageFrameTypeSequence" in item else shared
+        types = holder.get("ConfocalMicroscopyImageFrameTypeSequence") or [Dataset()]
+        original = str((types[0].get("FrameType") or [""])[0]) == "ORIGINAL"
+        for content in item.get("FrameContentSequence") or []:
+            for keyword in ("FrameAcquisitionDateTime", "FrameReferenceDateTime"):
+                if original and not content.get(keyword):
+                    errors.append(f"frame {n + 1}: {keyword} (type 1C, ORIGINAL frame) missing")
+            # Frame Acquisition Duration: also 1C, but only written when the device
+            # reports its frame time (open point, see confocal.py); checked by tests.
+    return errors
 
 
 def _dimension_errors(ds: Dataset, shared: Dataset, per_frame: list[Dataset]) -> list[str]:
@@ -409,6 +426,7 @@ def make_stack(
         magnification=30.0,
         numerical_aperture=0.9,
         depths_um=tuple(4.0 * i for i in range(frames)),
+        frame_ms=111.0,
     )
 
 
@@ -477,6 +495,10 @@ def test_stack_round_trips_and_conforms(tmp_path: Path, kind: str) -> None:
         assert depths == [d / 1000 for d in stack.depths_um]
         assert ds.DimensionOrganizationType == "3D"
         assert ds.DimensionIndexSequence[0].DimensionIndexPointer == 0x00209057
+        timing = [item.FrameContentSequence[0] for item in ds.PerFrameFunctionalGroupsSequence]
+        assert [t.FrameAcquisitionDuration for t in timing] == [111.0] * stack.frames
+        assert timing[1].FrameAcquisitionDateTime.startswith("20261130101500.111")
+        assert timing[1].FrameReferenceDateTime.startswith("20261130101500.1665")
     else:
         assert ds.DimensionOrganizationType == "TILED_FULL"
         assert ds.TotalPixelMatrixRows == stack.rows * 2
@@ -493,6 +515,22 @@ def test_16bit_stack_is_refused_with_a_reason(tmp_path: Path) -> None:
     with pytest.raises(WrapError, match=r"16 bits per pixel.*8-bit pixels only"):
         write_confocal(job, tmp_path / "out.dcm")
     assert not (tmp_path / "out.dcm").exists()
+
+
+def test_frame_time_unknown_leaves_the_duration_out(tmp_path: Path) -> None:
+    """Without the device's frame time no duration is invented (open point)."""
+    stack = replace(make_stack(), frame_ms=None)
+    assert ConfocalStack.from_extra(stack.to_extra()) == stack
+    job = job_for(tmp_path, stack, frames_of(stack))
+    write_confocal(job, tmp_path / "out.dcm")
+    ds = pydicom.dcmread(tmp_path / "out.dcm")
+    assert iod_errors(ds) == []
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        content = item.FrameContentSequence[0]
+        assert "FrameAcquisitionDuration" not in content
+        assert content.FrameReferenceDateTime == content.FrameAcquisitionDateTime
+    with pytest.raises(WrapError, match="frame time"):
+        ConfocalStack.from_extra({**stack.to_extra(), "frame_ms": -1})
 
 
 def test_fluorescence_mode_is_epifluorescence_illumination(tmp_path: Path) -> None:
@@ -523,6 +561,7 @@ def test_checker_finds_what_is_missing(tmp_path: Path) -> None:
     broken.HighBit = 15
     broken.DimensionIndexSequence[0].DimensionIndexPointer = 0x0048021F
     broken.SharedFunctionalGroupsSequence[0].PlanePositionSlideSequence = [pydicom.Dataset()]
+    del broken.PerFrameFunctionalGroupsSequence[1].FrameContentSequence[0].FrameReferenceDateTime
     errors = iod_errors(broken)
     assert any("ConfocalMode" in e for e in errors)
     assert any("FieldOfViewShape" in e for e in errors)
@@ -533,6 +572,7 @@ def test_checker_finds_what_is_missing(tmp_path: Path) -> None:
     assert any("HighBit has [15]" in e for e in errors)
     assert any("(0048,021F), present in no functional group" in e for e in errors)
     assert any("PlanePositionSlideSequence present, condition unmet" in e for e in errors)
+    assert "frame 2: FrameReferenceDateTime (type 1C, ORIGINAL frame) missing" in errors
     assert iod_errors(ds) == []
 
 

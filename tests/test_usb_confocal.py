@@ -124,6 +124,9 @@ def check_in_orthanc(
         pixels = ds.PixelData[: device["length"]]
         assert hashlib.sha256(pixels).hexdigest() == device["sha256"]
         assert int(ds.NumberOfFrames) == device["frames"]
+        for item in ds.get("PerFrameFunctionalGroupsSequence") or []:
+            # the device's frame time (protocol ``frame_ms``) as each frame's duration
+            assert item.FrameContentSequence[0].FrameAcquisitionDuration == 111.0
 
 
 def test_stacks_arrive_once_despite_garbage_and_reoffers(

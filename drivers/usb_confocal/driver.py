@@ -110,6 +110,7 @@ def stack_of(
         tile_columns=header.tile_cols,
         depths_um=tuple(depths_um or ()),
         tiles=tuple(tiles or ()),
+        frame_ms=header.frame_ms,
     )
 
 

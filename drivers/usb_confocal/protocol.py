@@ -26,8 +26,10 @@ Device → host (bulk IN):
   device), ``kind`` ("z-stack" | "mosaic"), ``frames``, ``width``, ``height``,
   ``bits`` (8 | 16), ``pixel_spacing_um``, ``z_step_um``, ``wavelength_nm``,
   ``objective`` (text), ``magnification``, optional ``numerical_aperture``,
-  ``acquired_at`` (ISO 8601), and for mosaics ``tile_rows``, ``tile_cols``
-  (rows × cols = frames; tiles are sent row by row).
+  ``acquired_at`` (ISO 8601), optional ``frame_ms`` (time to acquire one frame,
+  ms: DICOM needs it as Frame Acquisition Duration of each original frame), and
+  for mosaics ``tile_rows``, ``tile_cols`` (rows × cols = frames; tiles are sent
+  row by row).
 * ``0x02 FRAME`` binary ``<IdHH``: frame index (0-based, in order), z position
   in µm below the surface, tile row, tile column. It is followed **immediately and
   unframed** by the frame's raw pixels: width × height × bits/8 bytes, little
@@ -164,6 +166,7 @@ class StackHeader:
     acquired_at: str
     tile_rows: int
     tile_cols: int
+    frame_ms: float | None = None
 
     @property
     def frame_bytes(self) -> int:
@@ -192,6 +195,8 @@ class StackHeader:
             "numerical_aperture": self.numerical_aperture,
             "acquired_at": self.acquired_at,
         }
+        if self.frame_ms is not None:
+            data["frame_ms"] = self.frame_ms
         if self.kind == "mosaic":
             data["tile_rows"] = self.tile_rows
             data["tile_cols"] = self.tile_cols
@@ -238,6 +243,7 @@ class StackHeader:
             acquired_at=acquired_at[:40],
             tile_rows=tile_rows,
             tile_cols=tile_cols,
+            frame_ms=_opt_float(data, "frame_ms"),
         )
 
 

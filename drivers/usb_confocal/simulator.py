@@ -51,6 +51,7 @@ MANUFACTURER = "DermGate Reference Devices"
 MODEL = "RCM-1 Confocal Microscope"
 FIRMWARE = "3.1.0"
 WAVELENGTH_NM = 830
+FRAME_MS = 111.0  # ~9 frames a second, as in-vivo reflectance confocal microscopes scan
 _TICK = 0.05
 
 
@@ -187,6 +188,7 @@ class DeviceSimulator:
             acquired_at=datetime.now().replace(microsecond=0).isoformat(),
             tile_rows=rows,
             tile_cols=cols,
+            frame_ms=FRAME_MS,
         )
         return SimStack(index, header)
 

@@ -86,6 +86,12 @@ the VL Image, Whole Slide and Multi-frame Dimension rules these IODs borrow.
   attribute present in no functional group; a TILED_FULL mosaic has no per-frame
   groups, so it gets no Dimension Index Sequence (the tile order is the index).
 
+* **Frame Content of an ORIGINAL frame** (C.7.6.16.2.2): Frame Acquisition
+  DateTime, Frame Reference DateTime and Frame Acquisition Duration are 1C,
+  required when Frame Type Value 1 is ORIGINAL ([D3]: an enhanced MR copy of our
+  z-stack got "Missing attribute Type 1C" for the last two). The duration comes from
+  the device's optional ``frame_ms``; without it the duration stays out (**open**).
+
 Decisions:
 
 * **Z-stacks → Confocal Microscopy Image** (…77.1.8): Dimension Organization Type
@@ -112,7 +118,7 @@ import io
 import os
 import struct
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -209,6 +215,8 @@ class ConfocalStack:
     depths_um: tuple[float, ...] = ()
     tiles: tuple[tuple[int, int], ...] = ()
     confocal_mode: str = "REFLECTANCE"
+    #: Time to acquire one frame (ms), when the device says; see _frame_content.
+    frame_ms: float | None = None
 
     @property
     def bytes_per_pixel(self) -> int:
@@ -241,6 +249,7 @@ class ConfocalStack:
             "magnification": self.magnification,
             "numerical_aperture": self.numerical_aperture,
             "confocal_mode": self.confocal_mode,
+            "frame_ms": self.frame_ms,
         }
         if self.kind == "mosaic":
             data["tile_rows"] = self.tile_rows
@@ -272,6 +281,7 @@ class ConfocalStack:
                 depths_um=tuple(float(d) for d in extra.get("depths_um") or ()),
                 tiles=tuple((int(t[0]), int(t[1])) for t in extra.get("tiles") or ()),
                 confocal_mode=str(extra.get("confocal_mode") or "REFLECTANCE"),
+                frame_ms=_opt_float(extra.get("frame_ms")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise WrapError(
@@ -295,6 +305,8 @@ class ConfocalStack:
             problems.append("no frames")
         if self.pixel_spacing_um <= 0:
             problems.append("no pixel spacing")
+        if self.frame_ms is not None and not self.frame_ms > 0:
+            problems.append(f"frame time {self.frame_ms} ms")
         if self.confocal_mode not in ("REFLECTANCE", "FLUORESCENCE"):
             problems.append(f"confocal mode {self.confocal_mode!r}")
         if self.kind == "z-stack" and len(self.depths_um) != self.frames:
@@ -494,11 +506,9 @@ def _add_functional_groups(
         return  # TILED_FULL: the tile order places every frame; no per-frame groups
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     frames: list[Dataset] = []
-    when = dt(acquired)
     for index, depth_um in enumerate(stack.depths_um):
         item = Dataset()
-        content = Dataset()
-        content.FrameAcquisitionDateTime = when
+        content = _frame_content(acquired, index, stack.frame_ms)
         content.StackID = "1"
         content.InStackPositionNumber = index + 1
         content.DimensionIndexValues = [index + 1]
@@ -509,6 +519,29 @@ def _add_functional_groups(
         )
         frames.append(item)
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+
+
+def _frame_content(acquired: datetime, index: int, frame_ms: float | None) -> Dataset:
+    """Frame Content timing of an ORIGINAL frame (PS3.3 C.7.6.16.2.2).
+
+    Frame Acquisition DateTime, Frame Reference DateTime and Frame Acquisition
+    Duration are 1C, required when Frame Type Value 1 is ORIGINAL (dciodvfy 20260927
+    reports all missing ones in an enhanced image whose frames are ORIGINAL). With
+    the device's frame time, frame *i* starts at ``acquired + i × frame_ms`` and its
+    reference time is the middle of its acquisition. A device that does not report
+    its frame time leaves the duration unknown: all frames get the stack's time and
+    Frame Acquisition Duration is left out (**open point**: no truthful value).
+    """
+    content = Dataset()
+    if frame_ms is None:
+        content.FrameAcquisitionDateTime = dt(acquired)
+        content.FrameReferenceDateTime = dt(acquired)
+        return content
+    start = acquired + timedelta(milliseconds=index * frame_ms)
+    content.FrameAcquisitionDateTime = dt(start)
+    content.FrameReferenceDateTime = dt(start + timedelta(milliseconds=frame_ms / 2))
+    content.FrameAcquisitionDuration = frame_ms
+    return content
 
 
 def _frame_anatomy(job: WrapJob, laterality: Laterality | None) -> Dataset:
