@@ -17,6 +17,8 @@ the VL Image, Whole Slide and Multi-frame Dimension rules these IODs borrow.
 
 * **Modality** ``CFM`` "Confocal Microscopy": a DCM code in CID 29 (Acquisition
   Modality) and CID 33 (Modality) [PY ``_concepts_dict``: ConfocalMicroscopy].
+  [D3]'s own Modality list lags: it warns "Unrecognized defined term <CFM>" when
+  our objects are run through another IOD's checker; CID 33 is the authority.
 * **Modules** of the Confocal Microscopy Image IOD, Table A.90.1.3-1 [P3 sect_A.90,
   rows visible up to Multi-frame Dimension]: Patient M, General Study M, General
   Series M, Frame of Reference M, Synchronization C (time synchronization applied;
