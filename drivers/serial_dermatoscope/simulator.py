@@ -6,7 +6,11 @@ slave end and behaves like a DS-100 speaking the protocol of :mod:`.protocol`:
 it waits for HOST_HELLO, answers HELLO and offers its captures one at a time
 until the host ACKs each of them. Fault options make it misbehave in the ways the
 host must survive (corrupt, truncated, duplicated frames, garbage, a wrong
-checksum, an unplug mid-transfer, a device that forgets its ACKs).
+checksum, an unplug mid-transfer, a device that forgets its ACKs). The conformance
+kit's flags, the same on every simulator, map onto these: ``--unplug-mid-transfer``
+(unplug half-way through the first offer), ``--garbage`` (``--fault garbage``),
+``--reoffer`` (``--reoffer-acked``); its report predates the kit's
+(acknowledged captures are objects with ``capture_id`` and ``sha256``; no ``offered``).
 
 One thread, one ``select`` loop, non-blocking writes: if the host stops reading,
 the device notices and treats the host as gone, as a real device would.
@@ -143,6 +147,8 @@ class DeviceSimulator:
         self.link = PtyLink(Path(args.link))
         self.report_path: Path | None = Path(args.report) if args.report else None
         self.faults: set[str] = set(args.fault or ())
+        if args.garbage:
+            self.faults.add("garbage")
         self.rng = random.Random(args.seed)
         self.hello = p.Hello(
             manufacturer=MANUFACTURER,
@@ -337,7 +343,11 @@ class DeviceSimulator:
     def _all_done(self) -> bool:
         if not all(capture.acked for capture in self.captures):
             return False
-        if self.args.reoffer_acked and self.captures and not self.reoffer_done:
+        if (
+            (self.args.reoffer_acked or self.args.reoffer)
+            and self.captures
+            and not self.reoffer_done
+        ):
             if not self.reoffering:
                 # The device "forgets" that capture 1 was ACKed and offers it again.
                 log.info("re-offering ACKed capture %s", self.captures[0].capture_id)
@@ -370,6 +380,10 @@ class DeviceSimulator:
                     capture.offers += 1
                     self.current = capture
                     self.outq.extend(self._offer_frames(capture))
+                    if self.args.unplug_mid_transfer and self.args.unplug_after_bytes is None:
+                        # Kit fault: the link drops half-way through the first offer.
+                        offer_bytes = sum(len(frame) for frame in self.outq)
+                        self.args.unplug_after_bytes = self.sent_total + offer_bytes // 2
                     self.last_progress = now
                     log.info("offering %s (offer %d)", capture.capture_id, capture.offers)
                     break
@@ -529,6 +543,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after all are ACKed, offer capture 1 once more (a device that lost its ACK)",
     )
+    kit = parser.add_argument_group("conformance-kit faults (the same flags on every simulator)")
+    kit.add_argument(
+        "--unplug-mid-transfer",
+        action="store_true",
+        help="unplug once, half-way through the first offer (as --unplug-after-bytes)",
+    )
+    kit.add_argument("--garbage", action="store_true", help="as --fault garbage")
+    kit.add_argument("--reoffer", action="store_true", help="as --reoffer-acked")
     parser.add_argument("--width", type=int, default=2592, help=argparse.SUPPRESS)
     parser.add_argument("--height", type=int, default=1944, help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every frame decision")

@@ -1,9 +1,10 @@
 """Conformance adapter for the serial dermatoscope (DS-100 on a pty).
 
-Its simulator predates the kit, so the kit's fault flags are mapped onto its own:
-an unplug after 60 000 bytes (inside the first capture: a 640×480 JPEG is ~170 kB),
-``--fault garbage`` (random bytes and stray frame delimiters inside the first offer)
-and ``--reoffer-acked`` (capture 1 offered again after everything was ACKed).
+The simulator takes the kit's fault flags: ``--unplug-mid-transfer`` (the pty closes
+half-way through the first offer), ``--garbage`` (random bytes and stray frame
+delimiters inside the first offer) and ``--reoffer`` (capture 1 offered again after
+everything was ACKed). Its report names each acknowledged capture as an object with
+``capture_id`` and ``sha256``, which the kit reads too. Images are 640×480 (~170 kB).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from tests.conformance.kit import DeviceAdapter, Fault, lexists
+from tests.conformance.kit import DeviceAdapter, lexists
 
 DERMOSCOPIC_PHOTOGRAPHY = "1.2.840.10008.5.1.4.1.1.77.1.7"
 
@@ -56,15 +57,6 @@ reconnect_max = 1
             "--retry-delay",
             "0.3",
         ]
-
-    def fault_args(self, fault: Fault) -> list[str]:
-        match fault:
-            case Fault.UNPLUG:
-                return ["--unplug-after-bytes", "60000", "--unplug-for", "1.0"]
-            case Fault.GARBAGE:
-                return ["--fault", "garbage"]
-            case Fault.REOFFER:
-                return ["--reoffer-acked"]
 
     def device_present(self, workdir: Path) -> bool:
         return lexists(self.link(workdir))
