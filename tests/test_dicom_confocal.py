@@ -508,13 +508,18 @@ def test_stack_round_trips_and_conforms(tmp_path: Path, kind: str) -> None:
         assert "TotalPixelMatrixOriginSequence" not in ds, "no slide coordinates in vivo"
 
 
-def test_16bit_stack_is_refused_with_a_reason(tmp_path: Path) -> None:
-    """PS3.3 C.8.35.1 defers Bits Allocated/Stored/High Bit to C.8.12.1.1.2: 8/8/7."""
+def test_16bit_stack_is_not_a_confocal_object(tmp_path: Path) -> None:
+    """PS3.3 C.8.35.1 defers Bits Allocated/Stored/High Bit to C.8.12.1.1.2: 8/8/7.
+
+    So the description alone is refused for these IODs, and ``write_confocal`` hands
+    a 16-bit stack to Word Secondary Capture (tests/test_dicom_confocal_sc.py).
+    """
     stack = make_stack(bits=16)
-    job = job_for(tmp_path, stack, frames_of(stack))
     with pytest.raises(WrapError, match=r"16 bits per pixel.*8-bit pixels only"):
-        write_confocal(job, tmp_path / "out.dcm")
-    assert not (tmp_path / "out.dcm").exists()
+        ConfocalStack.from_extra(stack.to_extra())
+    job = job_for(tmp_path, stack, frames_of(stack))
+    written = write_confocal(job, tmp_path / "out.dcm")
+    assert written.sop_class_uid == "1.2.840.10008.5.1.4.1.1.7.3"
 
 
 def test_frame_time_unknown_leaves_the_duration_out(tmp_path: Path) -> None:

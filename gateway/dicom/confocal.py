@@ -621,8 +621,14 @@ def write_confocal(job: WrapJob, dest: Path) -> WrittenObject:
     Raises WrapError for a capture DICOM cannot carry (description missing or
     contradictory, more than 0xFFFFFFFE bytes of pixels, a file whose size is not
     what the geometry says) and OSError for I/O trouble; ``dest`` appears only
-    complete and durable.
+    complete and durable. A 16-bit stack, which these IODs cannot hold, is written
+    losslessly as Multi-frame Grayscale Word Secondary Capture by
+    :mod:`gateway.dicom.confocal_sc` instead.
     """
+    if str(job.offer.extra.get("bits")) == "16":
+        from gateway.dicom.confocal_sc import write_confocal_sc  # here: it imports this module
+
+        return write_confocal_sc(job, dest)
     stack = ConfocalStack.from_extra(job.offer.extra)
     with job.source.open("rb") as src:
         size = os.fstat(src.fileno()).st_size

