@@ -6,7 +6,8 @@ backend. Stacks must arrive in a real Orthanc as the right SOP class, exactly on
 (counted by SOP Instance UID), with the pixels the device sent (SHA-256 of the
 stored Pixel Data against the device's own report), across garbage on the wire,
 re-offers of acknowledged stacks, an unplug mid-transfer and a gateway killed
-mid-stack and restarted.
+mid-stack and restarted. 16-bit stacks, which the Confocal Microscopy IODs cannot
+hold, arrive as Multi-frame Grayscale Word Secondary Capture.
 """
 
 from __future__ import annotations
@@ -28,11 +29,19 @@ from pydantic import ValidationError
 from drivers.usb_confocal.driver import UsbConfocalDriver, UsbConfocalOptions
 from gateway.devices.contract import UsbMatch
 from gateway.local_orthanc import OrthancProcess
-from tests.conftest import GatewayProcess, gateway_config, ledger_rows, states, wait_for
+from tests.conftest import (
+    GatewayProcess,
+    dciodvfy_errors,
+    gateway_config,
+    ledger_rows,
+    states,
+    wait_for,
+)
 from tests.test_dicom_confocal import iod_errors
 
 Z_STACK = "1.2.840.10008.5.1.4.1.1.77.1.8"
 TILED = "1.2.840.10008.5.1.4.1.1.77.1.9"
+WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
 
 
 @dataclass
@@ -224,28 +233,43 @@ def test_device_plugged_in_after_the_gateway_started(
     assert gateway.stop() == 0
 
 
-def test_16bit_stack_is_kept_and_quarantined_with_a_reason(
+@pytest.mark.parametrize("kind", ["z-stack", "mosaic"])
+def test_16bit_stack_arrives_losslessly_as_word_secondary_capture(
     tmp_path: Path,
     orthanc: OrthancProcess,
     gateway_factory: Callable[[Path], GatewayProcess],
     confocal_sim: Callable[..., ConfocalSimulator],
+    kind: str,
 ) -> None:
     """The Confocal Microscopy IODs take 8-bit pixels only (PS3.3 C.8.35.1 → C.8.12.1.1.2).
 
-    A microscope set to 16 bits still has its stack acknowledged (it is durable in the
-    spool), but it is set aside with a reason a technician can act on, not sent.
+    A microscope set to 16 bits has its stack acknowledged and stored in the PACS all
+    the same, exactly once, as Multi-frame Grayscale Word Secondary Capture with the
+    device's pixels bit for bit, and Orthanc's copy passes dciodvfy with no error.
     """
-    sim = confocal_sim("--stacks", "1", "--bits", "16")
+    shape = ["--mosaic", "--frames", "4"] if kind == "mosaic" else ["--frames", "5"]
+    sim = confocal_sim("--stacks", "1", "--bits", "16", "--size", "64x48", *shape)
     gateway = gateway_factory(confocal_config(tmp_path, orthanc))
     assert sim.wait(60) == 0, gateway.log()
     report = sim.result()
     assert len(report["acknowledged"]) == 1
-    wait_for(lambda: states(tmp_path / "state") == ["QUARANTINED"], 60, "quarantined")
+    wait_for(lambda: states(tmp_path / "state") == ["COMMITTED"], 60, "the stack COMMITTED")
     row = ledger_rows(tmp_path / "state")[0]
-    assert "16 bits per pixel" in row["reason"]
-    assert "record 8-bit images" in row["reason"]
-    assert row["raw_sha256"] == report["stacks"][report["acknowledged"][0]]["sha256"]
-    assert orthanc.count_instances() == 0
+    device = report["stacks"][report["acknowledged"][0]]
+    assert row["raw_sha256"] == device["sha256"]
+    found = orthanc.find_instances(row["sop_instance_uid"])
+    assert len(found) == 1, "stored exactly once"
+    assert orthanc.count_instances() == 1
+    stored = tmp_path / "from-orthanc.dcm"
+    stored.write_bytes(orthanc.instance_file(found[0]))
+    ds = pydicom.dcmread(stored)
+    assert ds.SOPClassUID == WORD_SC
+    assert (ds.BitsAllocated, ds.BitsStored, int(ds.NumberOfFrames)) == (16, 16, device["frames"])
+    assert len(ds.PixelData) == device["length"]
+    assert hashlib.sha256(ds.PixelData).hexdigest() == device["sha256"], "lossless"
+    assert dciodvfy_errors(stored) == []
+    vector = "FrameLabelVector" if kind == "mosaic" else "SliceLocationVector"
+    assert len(ds[vector].value) == device["frames"]
     assert gateway.stop() == 0
 
 
