@@ -37,8 +37,9 @@ the VL Image, Whole Slide and Multi-frame Dimension rules these IODs borrow.
   Bits Stored 8, High Bit 7: [D3] rejects 16 / 16 / 15 in a VL image with
   "Unrecognized enumerated value" for all three, while it accepts 16 bits in a
   Whole Slide image (whose module has its own rule, which the confocal table does
-  *not* reference). So a 16-bit stack cannot be a Confocal Microscopy object: it is
-  refused with a plain reason (kept and quarantined; the device must record 8-bit).
+  *not* reference). So a 16-bit stack cannot be a Confocal Microscopy object:
+  :func:`write_confocal` hands it to :mod:`gateway.dicom.confocal_sc`, which stores
+  it losslessly as Multi-frame Grayscale Word Secondary Capture (…7.3).
   MONOCHROME2, unsigned, native Explicit VR Little Endian, Pixel Data OB with an
   explicit even length (an odd total gets one 0x00 pad byte).
 * **Confocal Mode** ``REFLECTANCE`` | ``FLUORESCENCE`` and **Tissue Location**
