@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import termios
 
 import serial
 
 READ_SLICE = 0.2
 READ_MAX = 1 << 16
+# A port whose device vanished fails in any of these ways: pyserial's own error, an
+# OSError (EIO on a read), or termios.error (EIO from tcdrain/tcflush), which is not an
+# OSError.
+_GONE = (serial.SerialException, OSError, termios.error)
 
 
 class LinkLost(Exception):
@@ -38,7 +43,7 @@ class SerialLink:
 
         try:
             return cls(await asyncio.to_thread(_open))
-        except (serial.SerialException, OSError, ValueError) as err:
+        except (*_GONE, ValueError) as err:
             raise LinkLost(str(err)) from err
 
     def _read(self) -> bytes:
@@ -49,7 +54,7 @@ class SerialLink:
         """The next bytes (empty after a quiet slice); raise :class:`LinkLost`."""
         try:
             return await asyncio.to_thread(self._read)
-        except (serial.SerialException, OSError) as err:
+        except _GONE as err:
             raise LinkLost(str(err)) from err
 
     async def write(self, data: bytes) -> None:
@@ -61,10 +66,10 @@ class SerialLink:
 
         try:
             await asyncio.to_thread(_write)
-        except (serial.SerialException, OSError) as err:
+        except _GONE as err:
             raise LinkLost(str(err)) from err
 
     async def close(self) -> None:
         """Close the port (errors ignored: it may be gone already)."""
-        with contextlib.suppress(serial.SerialException, OSError):
+        with contextlib.suppress(*_GONE):
             await asyncio.to_thread(self._port.close)
