@@ -93,7 +93,7 @@ def test_16bit_z_stack_is_a_conformant_word_sc_with_its_depths(tmp_path: Path) -
     assert ds.AcquisitionDateTime.startswith("20261130101500")
     assert [float(s) for s in ds.PixelSpacing] == [0.0005, 0.0005]
     assert WHY in ds.ImageComments
-    assert "830 nm" in ds.ImageComments
+    assert "Laser 830 nm, objective 30x/0.9 water" in ds.ImageComments
     # SC rules and display: identity rescale, a window over the range the device used
     assert ds.PresentationLUTShape == "IDENTITY"
     assert (float(ds.RescaleIntercept), float(ds.RescaleSlope)) == (0.0, 1.0)
@@ -105,6 +105,11 @@ def test_16bit_z_stack_is_a_conformant_word_sc_with_its_depths(tmp_path: Path) -
     assert min(words) - low < 256, "the window hugs the data (to 256)"
     assert high - max(words) < 257
     assert "TrackingUID" not in ds, "not part of the Secondary Capture IOD"
+
+
+def test_fluorescence_stack_is_said_to_be_fluorescence(tmp_path: Path) -> None:
+    ds, _ = written(tmp_path, replace(make_stack(bits=16), confocal_mode="FLUORESCENCE"))
+    assert ds.ImageComments.startswith("16-bit fluorescence confocal stack: the Confocal")
 
 
 def test_16bit_mosaic_frames_are_the_tiles_row_by_row(tmp_path: Path) -> None:

@@ -146,8 +146,9 @@ FRAME_LABEL_VECTOR: Final = 0x00182002
 _MAX_SHORT_VALUE: Final = 0xFFFE
 _CHUNK: Final = 1 << 20
 _UM_PER_MM: Final = 1000.0
+#: Image Comments' opening; {mode} is the Confocal Mode in words (reflectance, …).
 _WHY: Final = (
-    "16-bit reflectance confocal stack: the Confocal Microscopy IODs allow 8-bit pixels "
+    "16-bit {mode} confocal stack: the Confocal Microscopy IODs allow 8-bit pixels "
     "only, so it is stored as Multi-frame Grayscale Word Secondary Capture, losslessly"
 )
 
@@ -309,8 +310,8 @@ def _check_vector_length(values: list[str], what: str) -> None:
 
 def _comments(stack: ConfocalStack) -> str:
     """Image Comments (LT, 10240 characters): why SC, and what the frames are."""
-    text = _WHY + "."
-    optics = f" {stack.confocal_mode.lower()} mode, {stack.wavelength_nm} nm"
+    text = _WHY.format(mode=stack.confocal_mode.lower()) + "."
+    optics = f" Laser {stack.wavelength_nm} nm"
     if stack.objective:
         optics += f", objective {stack.objective}"
     text += f"{optics}; pixel spacing {stack.pixel_spacing_um:g} um."
