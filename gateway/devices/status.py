@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -84,6 +85,7 @@ class StatusBoard:
         self.path = path
         self._devices: dict[str, DeviceStatus] = {}
         self._changed = asyncio.Event()
+        self._write_lock = threading.Lock()
 
     def add(self, name: str, driver: str, *, hotplug: bool = False, detail: str = "") -> None:
         """Register a configured device (DISCONNECTED, not running)."""
@@ -117,8 +119,11 @@ class StatusBoard:
 
     def _write(self, document: dict[str, Any]) -> None:
         assert self.path is not None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.path, json.dumps(document, indent=2).encode() + b"\n")
+        # One writer at a time: a write left running on its thread when the stage was
+        # cancelled must not race the final one over the same temporary file.
+        with self._write_lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.path, json.dumps(document, indent=2).encode() + b"\n")
 
     async def _flush(self) -> None:
         self._changed.clear()
