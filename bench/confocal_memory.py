@@ -1,7 +1,7 @@
 """Confocal memory: peak RSS of the gateway taking a 20 MB and a 1 GB confocal stack.
 
 The whole way is exercised: the RCM-1 simulator (its own process) streams one
-z-stack of 1024 × 1024 16-bit frames over the emulated USB backend → the
+z-stack of 1024 × 1024 8-bit frames over the emulated USB backend → the
 ``usb-confocal`` driver → the spool (raw pixels, fsynced) → the Confocal
 Microscopy writer (Part 10, pixels copied in 1 MiB chunks) → C-STORE to a private
 Orthanc. The figure is the peak resident set (``VmHWM``, sampled every 10 ms from
@@ -41,7 +41,7 @@ from common import (
 from gateway.local_orthanc import ORTHANC_BINARY, OrthancProcess, free_port
 
 FRAME_SIDE = 1024
-BITS = 8  # the Confocal Microscopy IODs take 8-bit pixels only (PS3.3 C.8.12.1.1.2)
+BITS = 8  # Confocal Microscopy objects take 8-bit pixels (16-bit stacks go as Word SC)
 FRAME_MB = FRAME_SIDE * FRAME_SIDE * BITS / 8 / 1e6
 GROWTH_TARGET = 1.2
 TIMEOUT = 1200.0
