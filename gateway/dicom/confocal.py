@@ -125,11 +125,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.uid import (
-    UID,
     ConfocalMicroscopyImageStorage,
     ConfocalMicroscopyTiledPyramidalImageStorage,
     ExplicitVRLittleEndian,
@@ -148,12 +147,11 @@ from gateway.dicom.modules import (
     da,
     dermatology_site,
     dt,
+    file_meta,
     in_zone_of,
     tm,
 )
 from gateway.dicom.uids import (
-    DERMGATE_IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
     derived_uid,
     tracking_uid,
 )
@@ -369,7 +367,7 @@ def build_confocal(job: WrapJob, stack: ConfocalStack) -> Dataset:
     laterality = Laterality(offer.laterality) if offer.laterality is not None else None
 
     ds = Dataset()
-    ds.file_meta = _file_meta(sop_class, uids.sop_instance)
+    ds.file_meta = file_meta(sop_class, uids.sop_instance)
     add_sop_common(ds, sop_class_uid=sop_class, sop_instance_uid=uids.sop_instance, now=now)
     add_patient(ds, offer.patient)
     add_general_study(
@@ -594,17 +592,6 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     item.CodingSchemeDesignator = scheme
     item.CodeMeaning = meaning
     return item
-
-
-def _file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = UID(DERMGATE_IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    return meta
 
 
 # --- the file ------------------------------------------------------------------------

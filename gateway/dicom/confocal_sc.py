@@ -96,10 +96,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import (
-    UID,
     ExplicitVRLittleEndian,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
 )
@@ -118,10 +117,10 @@ from gateway.dicom.modules import (
     add_sop_common,
     da,
     dt,
+    file_meta,
     in_zone_of,
     tm,
 )
-from gateway.dicom.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.spool.files import atomic_writer, copy_stream
 
 __all__ = [
@@ -208,7 +207,7 @@ def build_confocal_sc(job: WrapJob, stack: ConfocalStack, pixels: PixelRange) ->
     laterality = Laterality(offer.laterality) if offer.laterality is not None else None
 
     ds = Dataset()
-    ds.file_meta = _file_meta(sop_class, uids.sop_instance)
+    ds.file_meta = file_meta(sop_class, uids.sop_instance)
     add_sop_common(ds, sop_class_uid=sop_class, sop_instance_uid=uids.sop_instance, now=now)
     add_patient(ds, offer.patient)
     add_general_study(
@@ -332,17 +331,6 @@ def _comments(stack: ConfocalStack) -> str:
             "top left first); Frame Label Vector names each tile r<row>c<column>."
         )
     return text[:10240]
-
-
-def _file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = UID(DERMGATE_IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    return meta
 
 
 # --- the file ------------------------------------------------------------------------

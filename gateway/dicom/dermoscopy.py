@@ -43,9 +43,9 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Final, TypeVar
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, DermoscopicPhotographyImageStorage
+from pydicom.uid import DermoscopicPhotographyImageStorage
 from pydicom.valuerep import format_number_as_ds
 
 from gateway.capture import (
@@ -71,12 +71,11 @@ from gateway.dicom.modules import (
     add_sop_common,
     da,
     dt,
+    file_meta,
     in_zone_of,
     tm,
 )
 from gateway.dicom.uids import (
-    DERMGATE_IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
     derived_uid,
     tracking_uid,
 )
@@ -120,7 +119,9 @@ def build_dermoscopic_photography(
     acquired = in_zone_of(offer.acquired_at or now, now)
 
     ds = Dataset()
-    ds.file_meta = _file_meta(uids.sop_instance, encapsulation.transfer_syntax_uid)
+    ds.file_meta = file_meta(
+        DERMOSCOPIC_PHOTOGRAPHY_SOP_CLASS, uids.sop_instance, encapsulation.transfer_syntax_uid
+    )
 
     add_sop_common(
         ds,
@@ -242,14 +243,3 @@ def _add_dermoscopic_image(ds: Dataset, identity: DeviceIdentity, offer: Capture
     if offer.lesion_id:
         ds.TrackingID = offer.lesion_id
         ds.TrackingUID = tracking_uid(identity.serial_number, offer.lesion_id)
-
-
-def _file_meta(sop_instance_uid: str, transfer_syntax_uid: str) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(DERMOSCOPIC_PHOTOGRAPHY_SOP_CLASS)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
-    meta.ImplementationClassUID = UID(DERMGATE_IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    return meta

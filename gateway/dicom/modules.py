@@ -16,13 +16,15 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Final
 
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from gateway.capture import DeviceIdentity, GatewayIdentity, Laterality, PatientContext
 from gateway.dicom.errors import IncompleteDeviceIdentity
+from gateway.dicom.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 __all__ = [
     "SPECIFIC_CHARACTER_SET",
@@ -35,6 +37,7 @@ __all__ = [
     "da",
     "dermatology_site",
     "dt",
+    "file_meta",
     "in_zone_of",
     "tm",
     "tz_offset",
@@ -94,6 +97,23 @@ def dt(moment: datetime) -> str:
 def _require_aware(now: datetime) -> None:
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware (pass datetime.now().astimezone())")
+
+
+# --- the file ------------------------------------------------------------------------
+
+
+def file_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str = ExplicitVRLittleEndian
+) -> FileMetaDataset:
+    """File Meta Information (PS3.10) of a file DermGate writes."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
+    meta.ImplementationClassUID = UID(DERMGATE_IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
 
 
 # --- patient, study, series --------------------------------------------------------

@@ -74,10 +74,10 @@ from typing import Any, BinaryIO, Final
 
 from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, VLPhotographicImageStorage
+from pydicom.uid import ExplicitVRLittleEndian, VLPhotographicImageStorage
 from pydicom.valuerep import format_number_as_ds
 
 from gateway.capture import (
@@ -100,10 +100,10 @@ from gateway.dicom.modules import (
     add_sop_common,
     da,
     dt,
+    file_meta,
     in_zone_of,
     tm,
 )
-from gateway.dicom.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.spool.files import atomic_writer
 
 __all__ = [
@@ -229,7 +229,9 @@ def build_vl_photographic(
     """
     encapsulation = encapsulation_for(jpeg)
     ds = _photo_dataset(identity, offer, uids, gateway, patient, now)
-    ds.file_meta = _file_meta(uids.sop_instance, encapsulation.transfer_syntax_uid)
+    ds.file_meta = file_meta(
+        VL_PHOTOGRAPHIC_SOP_CLASS, uids.sop_instance, encapsulation.transfer_syntax_uid
+    )
     ds.SamplesPerPixel = 3
     ds.PhotometricInterpretation = encapsulation.photometric_interpretation
     ds.PlanarConfiguration = 0
@@ -260,7 +262,7 @@ def write_vl_photographic_native(job: WrapJob, dest: Path) -> WrittenObject:
     kind = "TIFF" if content is ContentType.TIFF else "PNG"
     # Build (and check the metadata) before decoding anything.
     ds = _photo_dataset(job.identity, job.offer, job.uids, job.gateway, job.offer.patient, job.now)
-    ds.file_meta = _file_meta(job.uids.sop_instance, str(ExplicitVRLittleEndian))
+    ds.file_meta = file_meta(VL_PHOTOGRAPHIC_SOP_CLASS, job.uids.sop_instance)
     with job.source.open("rb") as fh, _decoded(fh, kind) as (image, monochrome):
         columns, rows = image.size
         samples = 1 if monochrome else 3
@@ -567,14 +569,3 @@ def _eight_bits(ds: Dataset) -> None:
     ds.BitsStored = 8
     ds.HighBit = 7
     ds.PixelRepresentation = 0
-
-
-def _file_meta(sop_instance_uid: str, transfer_syntax_uid: str) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(VL_PHOTOGRAPHIC_SOP_CLASS)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
-    meta.ImplementationClassUID = UID(DERMGATE_IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    return meta

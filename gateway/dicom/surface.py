@@ -59,12 +59,11 @@ from typing import Any, BinaryIO, Final
 from urllib.parse import quote
 
 from PIL import ImageCms
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
-    UID,
     EncapsulatedMTLStorage,
     EncapsulatedOBJStorage,
     EncapsulatedSTLStorage,
@@ -81,10 +80,10 @@ from gateway.dicom.modules import (
     add_sop_common,
     da,
     dt,
+    file_meta,
     in_zone_of,
     tm,
 )
-from gateway.dicom.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.spool.files import atomic_writer
 
 __all__ = [
@@ -258,14 +257,7 @@ def build_encapsulated_3d(
     patient: PatientContext | None = offer.patient
 
     ds = Dataset()
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class)
-    meta.MediaStorageSOPInstanceUID = UID(uids.sop_instance)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = UID(DERMGATE_IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    ds.file_meta = meta
+    ds.file_meta = file_meta(sop_class, uids.sop_instance)
 
     add_sop_common(ds, sop_class_uid=sop_class, sop_instance_uid=uids.sop_instance, now=now)
     add_patient(ds, patient)
