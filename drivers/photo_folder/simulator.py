@@ -25,24 +25,22 @@ names, refused entries with the reason the gateway wrote, and the count offered.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import io
-import json
 import logging
 import math
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, TiffImagePlugin
+
+from gateway.devices.simulation import run_simulator, write_report
 
 __all__ = ["main", "make_photo"]
 
@@ -319,9 +317,7 @@ class CameraSimulator:
         report = self._state()
         if report == self._last_report:
             return
-        tmp = self.report_path.with_name(f".{self.report_path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.report_path)
+        write_report(self.report_path, report)
         self._last_report = report
 
     def _done(self) -> bool:
@@ -435,23 +431,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Entry point of ``dermgate simulate photo-folder``; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s simulator %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    simulator = CameraSimulator(args)
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        simulator.stop = True
-
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return simulator.run()
-    finally:
-        for sig, handler in previous.items():
-            with contextlib.suppress(ValueError):
-                signal.signal(sig, handler)
+    return run_simulator(CameraSimulator(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

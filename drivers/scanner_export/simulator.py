@@ -30,13 +30,11 @@ import logging
 import os
 import random
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from drivers.scanner_export.bodymesh import (
@@ -47,6 +45,7 @@ from drivers.scanner_export.bodymesh import (
     write_stl,
 )
 from drivers.scanner_export.manifest import FORMAT, MANIFEST_NAME
+from gateway.devices.simulation import run_simulator, write_report
 
 __all__ = ["main"]
 
@@ -83,7 +82,7 @@ class Workstation:
         self.junk: SimExport | None = None
         self.offered = 0
         self.stop = False
-        self._last_report = ""
+        self._last_report: dict[str, Any] | None = None
 
     # -- writing exports ---------------------------------------------------------
 
@@ -268,13 +267,11 @@ class Workstation:
         """Rewrite the report atomically if it changed."""
         if self.report_path is None:
             return
-        text = json.dumps(self.report(), indent=2, ensure_ascii=False) + "\n"
-        if text == self._last_report:
+        report = self.report()
+        if report == self._last_report:
             return
-        tmp = self.report_path.with_name(f".{self.report_path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, self.report_path)
-        self._last_report = text
+        write_report(self.report_path, report)
+        self._last_report = report
 
     def run(self) -> int:
         """Write the scans, then wait for the gateway; 0 when all are answered."""
@@ -345,19 +342,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Entry point of ``dermgate simulate scanner-export``."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s scanner-sim %(levelname)s %(message)s",
-    )
     station = Workstation(args)
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        station.stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     try:
-        return station.run()
+        return run_simulator(station, verbose=False, quiet=not args.verbose)
     finally:
         station.write_report()
 

@@ -23,12 +23,10 @@ import collections
 import contextlib
 import errno
 import hashlib
-import json
 import logging
 import os
 import random
 import select
-import signal
 import sys
 import time
 import tty
@@ -36,11 +34,11 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any, cast
 
 from drivers.serial_dermatoscope import protocol as p
 from drivers.serial_dermatoscope.images import make_dermoscopy_jpeg
+from gateway.devices.simulation import run_simulator, write_report
 
 __all__ = ["main"]
 
@@ -448,10 +446,7 @@ class DeviceSimulator:
     def _write_report(self) -> None:
         if self.report_path is None:
             return
-        report = {"acknowledged": self.acknowledged, "refused": self.refused}
-        tmp = self.report_path.with_name(f".{self.report_path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.report_path)
+        write_report(self.report_path, {"acknowledged": self.acknowledged, "refused": self.refused})
 
     def run(self) -> int:
         """Run until every capture is ACKed (0), or timeout or signal (1)."""
@@ -560,22 +555,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Entry point of ``dermgate simulate serial-dermatoscope``; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s simulator %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    simulator = DeviceSimulator(args)
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        simulator.stop = True
-
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return simulator.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return run_simulator(DeviceSimulator(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import logging
-import os
 import random
-import signal
 import socket
 import sys
 import threading
@@ -37,11 +34,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from drivers.usb_confocal import protocol as p
 from drivers.usb_confocal.emulated import read_message, write_message
+from gateway.devices.simulation import run_simulator, write_report
 
 __all__ = ["main"]
 
@@ -437,9 +434,7 @@ class DeviceSimulator:
                 for s in self.stacks
             },
         }
-        tmp = self.report_path.with_name(f".{self.report_path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.report_path)
+        write_report(self.report_path, report)
 
     def run(self) -> int:
         """Serve until every stack is ACKed (0), or timeout (1)."""
@@ -531,22 +526,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Entry point of ``dermgate simulate usb-confocal``; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s simulator %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    simulator = DeviceSimulator(args)
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        simulator.stop = True
-
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return simulator.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return run_simulator(DeviceSimulator(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":
