@@ -140,15 +140,11 @@ from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.modules import (
     add_enhanced_general_equipment,
-    add_general_series,
-    add_general_study,
-    add_patient,
-    add_sop_common,
     da,
     dermatology_site,
     dt,
-    file_meta,
     in_zone_of,
+    new_instance,
     tm,
 )
 from gateway.dicom.uids import (
@@ -366,18 +362,13 @@ def build_confocal(job: WrapJob, stack: ConfocalStack) -> Dataset:
     acquired = in_zone_of(offer.acquired_at or now, now)
     laterality = Laterality(offer.laterality) if offer.laterality is not None else None
 
-    ds = Dataset()
-    ds.file_meta = file_meta(sop_class, uids.sop_instance)
-    add_sop_common(ds, sop_class_uid=sop_class, sop_instance_uid=uids.sop_instance, now=now)
-    add_patient(ds, offer.patient)
-    add_general_study(
-        ds,
-        study_uid=uids.study,
-        started=acquired,
-        accession_number=offer.patient.accession_number if offer.patient else "",
-    )
-    add_general_series(
-        ds, series_uid=uids.series, modality=MODALITY, started=acquired, series_number=1
+    ds = new_instance(
+        sop_class_uid=sop_class,
+        uids=uids,
+        modality=MODALITY,
+        patient=offer.patient,
+        acquired=acquired,
+        now=now,
     )
     if laterality is None:
         ds.Laterality = ""  # Series Laterality, type 2C without Image/Frame Laterality

@@ -22,7 +22,13 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from gateway.capture import DeviceIdentity, GatewayIdentity, Laterality, PatientContext
+from gateway.capture import (
+    DeviceIdentity,
+    GatewayIdentity,
+    InstanceUIDs,
+    Laterality,
+    PatientContext,
+)
 from gateway.dicom.errors import IncompleteDeviceIdentity
 from gateway.dicom.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -39,6 +45,7 @@ __all__ = [
     "dt",
     "file_meta",
     "in_zone_of",
+    "new_instance",
     "tm",
     "tz_offset",
 ]
@@ -114,6 +121,38 @@ def file_meta(
     meta.ImplementationClassUID = UID(DERMGATE_IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     return meta
+
+
+def new_instance(
+    *,
+    sop_class_uid: str,
+    uids: InstanceUIDs,
+    modality: str,
+    patient: PatientContext | None,
+    acquired: datetime,
+    now: datetime,
+    series_number: int | None = 1,
+    transfer_syntax_uid: str = ExplicitVRLittleEndian,
+) -> Dataset:
+    """A new object's File Meta, SOP Common, Patient, General Study and General Series.
+
+    ``acquired`` (already in ``now``'s zone) dates the study and series. Series
+    Laterality is not written here: whether it is required depends on the IOD.
+    """
+    ds = Dataset()
+    ds.file_meta = file_meta(sop_class_uid, uids.sop_instance, transfer_syntax_uid)
+    add_sop_common(ds, sop_class_uid=sop_class_uid, sop_instance_uid=uids.sop_instance, now=now)
+    add_patient(ds, patient)
+    add_general_study(
+        ds,
+        study_uid=uids.study,
+        started=acquired,
+        accession_number=patient.accession_number if patient is not None else "",
+    )
+    add_general_series(
+        ds, series_uid=uids.series, modality=modality, started=acquired, series_number=series_number
+    )
+    return ds
 
 
 # --- patient, study, series --------------------------------------------------------
