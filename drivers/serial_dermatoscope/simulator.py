@@ -9,8 +9,9 @@ host must survive (corrupt, truncated, duplicated frames, garbage, a wrong
 checksum, an unplug mid-transfer, a device that forgets its ACKs). The conformance
 kit's flags, the same on every simulator, map onto these: ``--unplug-mid-transfer``
 (unplug half-way through the first offer), ``--garbage`` (``--fault garbage``),
-``--reoffer`` (``--reoffer-acked``); its report predates the kit's
-(acknowledged captures are objects with ``capture_id`` and ``sha256``; no ``offered``).
+``--reoffer`` (``--reoffer-acked``). Its report predates the kit's: acknowledged
+captures are objects with ``capture_id`` and ``sha256``; ``offered`` counts the
+CAPTURE_BEGINs sent, as on the other simulators.
 
 One thread, one ``select`` loop, non-blocking writes: if the host stops reading,
 the device notices and treats the host as gone, as a real device would.
@@ -172,6 +173,7 @@ class DeviceSimulator:
         self.reoffer_done = False
         self.acknowledged: list[dict[str, str]] = []
         self.refused: list[dict[str, str]] = []
+        self.offered = 0
         self.stop = False
 
     # -- captures -----------------------------------------------------------------
@@ -237,6 +239,7 @@ class DeviceSimulator:
         content = self._content(capture)
         faults = self.faults if capture.index == 1 and capture.offers == 1 else set()
         cid = capture.capture_id
+        self.offered += 1
         frames = [self._frame(p.CaptureBegin(cid, len(content), **capture.metadata))]
         if "garbage" in faults:
             frames.append(self.rng.randbytes(48) + b"\x00" + self.rng.randbytes(16) + b"\x00")
@@ -446,7 +449,8 @@ class DeviceSimulator:
     def _write_report(self) -> None:
         if self.report_path is None:
             return
-        write_report(self.report_path, {"acknowledged": self.acknowledged, "refused": self.refused})
+        report = {"acknowledged": self.acknowledged, "refused": self.refused}
+        write_report(self.report_path, {**report, "offered": self.offered})
 
     def run(self) -> int:
         """Run until every capture is ACKed (0), or timeout or signal (1)."""
