@@ -10,9 +10,11 @@ cd "$(dirname "$0")/.."
 extras=""
 [[ "${1:-}" == "--test" ]] && extras="[test]"
 
-# Debian packages: Orthanc (the demo's and the tests' PACS), DCMTK (benchmark
-# anchors), Python's venv support.
-packages=(python3 python3-venv python3-dev orthanc dcmtk)
+# Debian packages: Orthanc (the demo's and the tests' PACS), Mosquitto (the demo's
+# and the tests' MQTT broker), DCMTK (benchmark anchors), Python's venv support; with
+# --test also Chromium and a font for the browser tests (never a downloaded browser).
+packages=(python3 python3-venv python3-dev orthanc dcmtk mosquitto mosquitto-clients)
+[[ "${1:-}" == "--test" ]] && packages+=(chromium fonts-dejavu-core)
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
