@@ -8,6 +8,9 @@
                                             (see gateway/spool_commands.py)
     dermgate demo [--workdir DIR] [--captures N]
     dermgate simulate DRIVER [options]      run a driver's device simulator
+    dermgate user add NAME --config FILE [--password-stdin]
+                                            add a login of the local page (or
+                                            change its password)
 
 Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad configuration.
 """
@@ -119,6 +122,47 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return func(list(args.args))
 
 
+def cmd_user_add(args: argparse.Namespace) -> int:
+    """Add a login of the local page, or set a new password for an existing one."""
+    import getpass
+
+    from gateway.users import Users, UsersError, WeakPassword, check_name
+
+    config = _load(args.config, broken_drivers_fatal=False)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        check_name(args.name)
+    except ValueError as err:
+        print(f"dermgate user add: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        try:
+            password = getpass.getpass(f"Password for {args.name}: ")
+            if getpass.getpass("Repeat it: ") != password:
+                print("dermgate user add: the passwords differ; nothing changed", file=sys.stderr)
+                return EXIT_USAGE
+        except (EOFError, KeyboardInterrupt):
+            print("\ndermgate user add: cancelled; nothing changed", file=sys.stderr)
+            return EXIT_USAGE
+    path = config.users_path()
+    try:
+        users = Users.load(path)
+        existed = args.name in users.users
+        users.set_password(args.name, password)
+        users.save(path)
+    except WeakPassword as err:
+        print(f"dermgate user add: password refused: {err}; nothing changed", file=sys.stderr)
+        return EXIT_USAGE
+    except (UsersError, OSError) as err:
+        print(f"dermgate user add: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{'password changed for' if existed else 'added'} user {args.name} in {path}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dermgate``."""
     parser = argparse.ArgumentParser(
@@ -161,6 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("driver", help="driver id, e.g. serial-dermatoscope")
     simulate.add_argument("args", nargs=argparse.REMAINDER, help="options of the simulator")
     simulate.set_defaults(func=cmd_simulate)
+
+    user = sub.add_parser("user", help="logins of the local page")
+    user_actions = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    add = user_actions.add_parser(
+        "add", help="add a login (or set a new password); asks for the password"
+    )
+    add.add_argument("name", help="user name (letters, digits, '.', '_', '-')")
+    add.add_argument("--config", type=Path, required=True, help="configuration file (TOML)")
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin",
+    )
+    add.set_defaults(func=cmd_user_add)
     return parser
 
 

@@ -1,0 +1,149 @@
+"""Logins of the local page: names and salted, slow password hashes in one JSON file.
+
+Rules and decisions:
+
+* Hash: scrypt (``hashlib.scrypt``, no extra dependency) with N=2**15, r=8, p=1 and a
+  random 16-byte salt per user; about 32 MiB and ~0.1 s per check on a Pi-class box,
+  which makes guessing slow while a login stays instant for a person. The parameters
+  are stored with each hash, so stronger ones later keep old entries verifiable.
+* Comparison in constant time (``hmac.compare_digest``). An unknown user costs the
+  same scrypt work as a known one, so timing does not tell which names exist.
+* Passwords: at least :data:`MIN_LENGTH` characters, not all one character, not the
+  user name; anything else is refused with a plain message (:class:`WeakPassword`).
+* The file (``{"version": 1, "users": {NAME: {...}}}``) is written atomically
+  (temporary file, fsync, rename) with mode 0600; it never holds a password.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.spool.files import atomic_write_bytes
+
+USERS_VERSION = 1
+MIN_LENGTH = 10
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+_MAXMEM = 128 * 1024 * 1024
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+
+
+class UsersError(Exception):
+    """The users file cannot be read or written; the message says why."""
+
+
+class WeakPassword(ValueError):
+    """The password is refused; the message says what a good one needs."""
+
+
+def check_name(name: str) -> str:
+    """A valid user name or :class:`ValueError`."""
+    if not _NAME.match(name):
+        raise ValueError("a user name has 1-32 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def check_password(name: str, password: str) -> None:
+    """Refuse empty, short or trivial passwords with :class:`WeakPassword`."""
+    if not password:
+        raise WeakPassword("the password is empty")
+    if len(password) < MIN_LENGTH:
+        raise WeakPassword(f"the password is too short: use at least {MIN_LENGTH} characters")
+    if len(set(password)) < 4:
+        raise WeakPassword("the password repeats too few characters: use a passphrase")
+    if password.lower() == name.lower() or name.lower() in password.lower():
+        raise WeakPassword("the password must not contain the user name")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def hash_password(password: str) -> dict[str, Any]:
+    """A new salted scrypt record for ``password``."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=_MAXMEM
+    )
+    return {"scheme": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P, "salt": _b64(salt),
+            "hash": _b64(digest)}  # fmt: skip
+
+
+def _verify_record(record: dict[str, Any], password: str) -> bool:
+    salt = base64.b64decode(record["salt"])
+    expected = base64.b64decode(record["hash"])
+    digest = hashlib.scrypt(
+        password.encode("utf-8"),
+        salt=salt,
+        n=int(record["n"]),
+        r=int(record["r"]),
+        p=int(record["p"]),
+        maxmem=_MAXMEM,
+        dklen=len(expected),
+    )
+    return hmac.compare_digest(digest, expected)
+
+
+_DUMMY = {"scheme": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P,
+          "salt": _b64(b"\0" * 16), "hash": _b64(b"\0" * 64)}  # fmt: skip
+
+
+@dataclass
+class Users:
+    """The users file's content."""
+
+    users: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, path: Path) -> Users:
+        """Read ``path``; a missing file is no users. Raises :class:`UsersError`."""
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return cls({})
+        except (OSError, ValueError) as err:
+            raise UsersError(f"cannot read the users file {path}: {err}") from err
+        if not isinstance(raw, dict) or raw.get("version") != USERS_VERSION:
+            raise UsersError(f"{path} is not a DermGate users file (version {USERS_VERSION})")
+        users = raw.get("users")
+        if not isinstance(users, dict):
+            raise UsersError(f"{path} has no users table")
+        return cls(dict(users))
+
+    def save(self, path: Path) -> None:
+        """Write atomically with mode 0600 (folder created 0700 if missing)."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = json.dumps({"version": USERS_VERSION, "users": self.users}, indent=2, sort_keys=True)
+        old = os.umask(0o077)
+        try:
+            atomic_write_bytes(path, data.encode("utf-8") + b"\n")
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+
+    def set_password(self, name: str, password: str) -> None:
+        """Add ``name`` or replace its password (checked first)."""
+        check_name(name)
+        check_password(name, password)
+        self.users[name] = hash_password(password)
+
+    def verify(self, name: str, password: str) -> bool:
+        """True if ``password`` is ``name``'s; same work whether or not ``name`` exists."""
+        record = self.users.get(name)
+        if record is None:
+            _verify_record(_DUMMY, password)
+            return False
+        try:
+            return _verify_record(record, password)
+        except (KeyError, ValueError):
+            return False
