@@ -52,6 +52,7 @@ from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
 from gateway.spool.ledger import Ledger, SpoolEntry
 from gateway.spool.states import CaptureState
+from gateway.status import events
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class Wrapper:
         except WrapError as err:
             log.warning("spool id %d quarantined: %s", entry.id, err)
             await self._ledger.call(db.quarantine, entry.id, str(err))
+            events.emit("capture_quarantined", spool_id=entry.id, stage="wrap", destination="")
             return True
         except OSError as err:
             log.error(

@@ -46,10 +46,13 @@ from typing import Any
 
 from gateway.devices.contract import DriverState
 from gateway.spool.files import atomic_write_bytes
+from gateway.status import events
 
 log = logging.getLogger(__name__)
 
 STATUS_VERSION = 1
+
+_CONNECTED = {DriverState.READY, DriverState.TRANSFERRING}
 
 
 def _now() -> str:
@@ -108,6 +111,35 @@ class StatusBoard:
             new = replace(new, since=_now())
         self._devices[name] = new
         self._changed.set()
+        self._announce(old, new)
+
+    def names(self) -> list[str]:
+        """The configured devices' names, in configuration order."""
+        return list(self._devices)
+
+    @staticmethod
+    def _announce(old: DeviceStatus, new: DeviceStatus) -> None:
+        """Events for state changes: device connected/gone, quarantine alarm."""
+        if old.state == new.state:
+            return
+        fields: dict[str, events.Scalar] = {
+            "device": new.name,
+            "driver": new.driver,
+            "state": str(new.state),
+        }
+        if new.state in _CONNECTED and old.state not in _CONNECTED:
+            events.emit("device_connected", **fields)
+        elif old.state in _CONNECTED and new.state not in _CONNECTED:
+            events.emit("device_gone", **fields)
+        if new.state == DriverState.QUARANTINED:
+            events.emit(
+                "alarm_raised",
+                code="driver_quarantined",
+                subject=new.name,
+                message=f"driver of {new.name} stopped after repeated failures",
+            )
+        elif old.state == DriverState.QUARANTINED:
+            events.emit("alarm_cleared", code="driver_quarantined", subject=new.name)
 
     def snapshot(self) -> dict[str, Any]:
         """The whole document, as written to the file."""

@@ -33,6 +33,7 @@ from gateway.forward.schedule import Backoff
 from gateway.spool import commitments as cdb
 from gateway.spool.commitments import CommitCandidate, ReportOutcome
 from gateway.spool.ledger import Ledger
+from gateway.status import events
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,15 @@ class CommitmentListener:
             outcome.resend,
             outcome.quarantined,
         )
+        for spool_id in outcome.committed_ids:
+            events.emit("capture_committed", spool_id=spool_id, destination=outcome.destination)
+        for spool_id in outcome.quarantined_ids:
+            events.emit(
+                "capture_quarantined",
+                spool_id=spool_id,
+                stage="commitment",
+                destination=outcome.destination,
+            )
         if outcome.resend and outcome.destination:
             self._on_resend(outcome.destination)
 

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from pydicom.uid import UID
+
 from gateway.config import DicomDestination
 from gateway.forward.cstore import CStoreSender, StoreOutcome, StoreRequest, Verdict
 from gateway.forward.schedule import Backoff, backoff_delay
@@ -35,6 +37,8 @@ from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
 from gateway.spool.ledger import DueDelivery, Ledger, transaction
 from gateway.spool.states import CaptureState, DeliveryState
+from gateway.status import events
+from gateway.status.snapshot import DESTINATION_UNREACHABLE, STUCK_CAPTURES
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,12 @@ class Forwarder:
         self._circuit_announced = False
         self._circuit_closed = asyncio.Event()
         self.stuck = 0
+        self.last_error: str | None = None
+
+    @property
+    def reachable(self) -> bool | None:
+        """Whether the last attempt reached the destination (None: not tried yet)."""
+        return self._reachable
 
     @property
     def name(self) -> str:
@@ -217,6 +227,7 @@ class Forwarder:
             for d in due
         ]
         attempts = {d.capture_id: d.attempts for d in due}
+        classes = {d.capture_id: d.sop_class_uid for d in due}
         loop = asyncio.get_running_loop()
         arrived: asyncio.Queue[StoreOutcome | None] = asyncio.Queue()
 
@@ -229,7 +240,7 @@ class Forwarder:
                 if first and outcome.verdict is not Verdict.NOT_ATTEMPTED:
                     self._track_reachability(not outcome.unreachable, outcome.detail)
                 first = False
-                await self._record_one(outcome, attempts[outcome.key])
+                await self._record_one(outcome, attempts[outcome.key], classes[outcome.key])
 
         job = asyncio.ensure_future(
             asyncio.to_thread(self._sender.send_batch, requests, self._stop, push)
@@ -247,13 +258,23 @@ class Forwarder:
             raise
         job.result()
 
-    async def _record_one(self, outcome: StoreOutcome, attempts: int) -> None:
+    async def _record_one(self, outcome: StoreOutcome, attempts: int, sop_class: str = "") -> None:
         if outcome.verdict.delivered:
             await self._ledger.call(db.record_sent, outcome.key, self.name)
             log.info("spool id %d delivered to %s (%s)", outcome.key, self.name, outcome.detail)
+            events.emit(
+                "capture_delivered",
+                spool_id=outcome.key,
+                destination=self.name,
+                sop_class=UID(sop_class).name if sop_class else "",
+            )
             self._on_sent()
         elif outcome.verdict is Verdict.PERMANENT:
             await self._ledger.call(db.record_refused, outcome.key, self.name, outcome.detail)
+            self.last_error = outcome.detail
+            events.emit(
+                "capture_quarantined", spool_id=outcome.key, stage="refused", destination=self.name
+            )
             log.error(
                 "spool id %d quarantined: %s refused it (%s)",
                 outcome.key,
@@ -261,6 +282,7 @@ class Forwarder:
                 outcome.detail,
             )
         elif outcome.verdict is Verdict.RETRYABLE:
+            self.last_error = outcome.detail
             delay = backoff_delay(
                 attempts + 1,
                 initial=self.destination.retry_initial,
@@ -292,8 +314,16 @@ class Forwarder:
             return
         if reachable:
             log.info("destination %s reachable", self.name)
+            events.emit("alarm_cleared", code=DESTINATION_UNREACHABLE, subject=self.name)
         else:
             log.warning("destination %s unavailable: %s; will keep retrying", self.name, detail)
+            self.last_error = detail
+            events.emit(
+                "alarm_raised",
+                code=DESTINATION_UNREACHABLE,
+                subject=self.name,
+                message=f"destination {self.name} is not reachable",
+            )
         self._reachable = reachable
 
     async def _watch_stuck(self) -> None:
@@ -314,7 +344,14 @@ class Forwarder:
                     self.name,
                     limit,
                 )
+                events.emit(
+                    "alarm_raised",
+                    code=STUCK_CAPTURES,
+                    subject=self.name,
+                    message=f"captures not delivered to {self.name} within {limit:.0f} s",
+                )
             elif not count and self.stuck:
                 log.info("stuck alarm for %s cleared: everything delivered", self.name)
+                events.emit("alarm_cleared", code=STUCK_CAPTURES, subject=self.name)
             self.stuck = count
             await asyncio.sleep(min(60.0, max(1.0, limit / 10)))

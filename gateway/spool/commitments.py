@@ -64,6 +64,8 @@ class ReportOutcome:
     committed: int = 0
     resend: int = 0
     quarantined: int = 0
+    committed_ids: tuple[int, ...] = ()
+    quarantined_ids: tuple[int, ...] = ()
 
 
 def uncommitted(conn: sqlite3.Connection, destination: str, limit: int) -> list[CommitCandidate]:
@@ -166,6 +168,8 @@ def apply_report(
     destination = str(row[0])
     stamp = utc_now_text()
     outcome_committed = resend = quarantined = 0
+    committed_ids: list[int] = []
+    quarantined_ids: list[int] = []
     with transaction(conn):
         conn.execute(
             "UPDATE commitments SET state = ? WHERE transaction_uid = ?", (DONE, transaction_uid)
@@ -187,7 +191,9 @@ def apply_report(
             )
             if cur.rowcount:
                 outcome_committed += 1
-                _refresh_capture(conn, sop_uid, stamp)
+                refreshed = _refresh_capture(conn, sop_uid, stamp)
+                if refreshed is not None:
+                    committed_ids.append(refreshed)
         for sop_uid, code in failed:
             target = conn.execute(
                 "SELECT d.capture_id, d.commit_failures FROM deliveries d JOIN captures c "
@@ -221,6 +227,7 @@ def apply_report(
                     ),
                 )
                 quarantined += 1
+                quarantined_ids.append(capture_id)
             else:
                 conn.execute(
                     "UPDATE deliveries SET state = ?, commit_failures = ?, commit_txn = NULL, "
@@ -237,13 +244,23 @@ def apply_report(
                 )
                 refresh_capture_state(conn, capture_id, stamp)
                 resend += 1
-    return ReportOutcome(True, destination, outcome_committed, resend, quarantined)
+    return ReportOutcome(
+        True,
+        destination,
+        outcome_committed,
+        resend,
+        quarantined,
+        tuple(committed_ids),
+        tuple(quarantined_ids),
+    )
 
 
-def _refresh_capture(conn: sqlite3.Connection, sop_uid: str, stamp: str) -> None:
+def _refresh_capture(conn: sqlite3.Connection, sop_uid: str, stamp: str) -> int | None:
     row = conn.execute("SELECT id FROM captures WHERE sop_instance_uid = ?", (sop_uid,)).fetchone()
-    if row is not None:
-        refresh_capture_state(conn, int(row[0]), stamp)
+    if row is None:
+        return None
+    refresh_capture_state(conn, int(row[0]), stamp)
+    return int(row[0])
 
 
 def confirm_by_retention(conn: sqlite3.Connection, destination: str, cutoff: float) -> int:

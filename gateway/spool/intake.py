@@ -44,6 +44,7 @@ from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs, fsync_dir
 from gateway.spool.ledger import Ledger
 from gateway.spool.space import SpaceGuard
+from gateway.status import events
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +391,13 @@ class Intake:
             spool_id,
             size,
             "written as DICOM" if wrapped else "raw, to be wrapped",
+        )
+        events.emit(
+            "capture_saved",
+            spool_id=spool_id,
+            driver=driver,
+            device_class=str(identity.device_class),
+            bytes=size,
         )
         if wrapped is not None and self.inline is not None:
             self.inline.on_wrapped()

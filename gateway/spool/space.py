@@ -12,6 +12,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from gateway.status import events
+
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
@@ -43,12 +45,19 @@ class SpaceGuard:
                 log.warning(
                     "disk space is back (%d MiB free): accepting captures again", free // MIB
                 )
+                events.emit("alarm_cleared", code="disk_full", subject="")
             else:
                 log.error(
                     "DISK FULL: %d MiB free, reserve is %d MiB; refusing new captures "
                     "(devices keep them); nothing in the spool is deleted to make room",
                     free // MIB,
                     self.reserve_bytes // MIB,
+                )
+                events.emit(
+                    "alarm_raised",
+                    code="disk_full",
+                    subject="",
+                    message="disk below its free-space reserve: new captures are refused",
                 )
             self.alarm = not ok
         return ok
