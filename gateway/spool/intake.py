@@ -65,6 +65,12 @@ def _refusal_for(err: OSError) -> CaptureRefused:
     return CaptureRefused(RefusalReason.STORAGE_ERROR, f"spool write failed: {err.strerror}")
 
 
+def _uids_in_use() -> CaptureRefused:
+    return CaptureRefused(
+        RefusalReason.CONFLICT, "the capture's UIDs are already used by another capture"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class InlineWrap:
     """How intake writes a capture straight into its DICOM file (one copy on disk).
@@ -225,32 +231,51 @@ class StagedCapture:
             raw_name = f"{uids.sop_instance}.raw"
             final = dirs.raw / raw_name
         try:
-            await asyncio.to_thread(self._make_durable, fh, final)
+            await asyncio.to_thread(self._sync, fh)
         except OSError as err:
             self._discard()
             raise _refusal_for(err) from err
-        return await self._intake.record(
-            self._driver,
-            self._identity,
-            self._offer,
-            uids,
-            raw_name,
-            self._size,
-            sha256.lower(),
-            final,
-            self._wrapped,
-        )
+        # Spooled files are named after the SOP Instance UID, which a driver may
+        # choose: one rename-and-record at a time, and never onto a name that is
+        # taken (that file belongs to an acknowledged capture).
+        async with self._intake.naming:
+            try:
+                placed = await asyncio.to_thread(self._place, final)
+            except OSError as err:
+                self._discard()
+                raise _refusal_for(err) from err
+            if not placed:
+                self._discard()
+                return await self._intake.uids_taken(self._identity, self._offer, length, sha256)
+            return await self._intake.record(
+                self._driver,
+                self._identity,
+                self._offer,
+                uids,
+                raw_name,
+                self._size,
+                sha256.lower(),
+                final,
+                self._wrapped,
+            )
 
-    def _make_durable(self, fh: BinaryIO, final: Path) -> None:
+    @staticmethod
+    def _sync(fh: BinaryIO) -> None:
         try:
             fh.flush()
             os.fsync(fh.fileno())
         finally:
             fh.close()
+
+    def _place(self, final: Path) -> bool:
+        """Rename the staging file to ``final``; False (nothing done) if it exists."""
+        if final.exists():
+            return False
         os.replace(self._path, final)
         # Only the new name must be durable: a staging entry that survives a crash
         # is removed at start-up (reconcile), leaving the spooled file intact.
         fsync_dir(final.parent)
+        return True
 
     def _discard(self) -> None:
         if self._fh is not None:
@@ -323,6 +348,7 @@ class Intake:
         self._on_captured = on_captured
         self.space = space
         self.inline = inline
+        self.naming = asyncio.Lock()
 
     def host_for(self, driver: str, device_name: str) -> DriverHost:
         """A :class:`DeviceHost` for one driver instance (without a status board)."""
@@ -378,7 +404,7 @@ class Intake:
                 db.find_capture, identity.serial_number, offer.device_capture_id
             )
             if known is None:
-                raise
+                raise _uids_in_use() from None
             return await KnownCapture(known).commit(length=size, sha256=sha256)
         except sqlite3.OperationalError as err:
             await asyncio.to_thread(self._drop, path)
@@ -404,6 +430,23 @@ class Intake:
         else:
             self._on_captured()
         return CaptureReceipt(spool_id, uids.sop_instance, duplicate=False)
+
+    async def uids_taken(
+        self, identity: DeviceIdentity, offer: CaptureOffer, length: int, sha256: str
+    ) -> CaptureReceipt:
+        """A capture whose file name (its SOP Instance UID) is already in the spool:
+        the same capture again is a duplicate; another capture is refused."""
+        known = await self.ledger.call(
+            db.find_capture, identity.serial_number, offer.device_capture_id
+        )
+        if known is None:
+            log.warning(
+                "capture %s from %s refused: its UIDs are already used by another capture",
+                offer.device_capture_id,
+                identity.serial_number,
+            )
+            raise _uids_in_use()
+        return await KnownCapture(known).commit(length=length, sha256=sha256)
 
     @staticmethod
     def _drop(path: Path) -> None:
