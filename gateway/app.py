@@ -39,6 +39,9 @@ from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger
 from gateway.spool.reconcile import reconcile
 from gateway.spool.space import MIB, SpaceGuard
+from gateway.status import events
+from gateway.status.mqtt import MqttPublisher
+from gateway.status.snapshot import GatewayState
 from gateway.supervise import DriverTask, RestartPolicy, Supervisor
 from gateway.wrap import Wrapper
 
@@ -187,6 +190,19 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
         inline = InlineWrap(wrapper.build, wrapper.destinations, wrapped) if names else None
         intake = Intake(ledger, dirs, wrapper.notify, space, inline)
         board = StatusBoard(config.status_path())
+        # The event bus and the state document (MQTT, the local page, metrics).
+        bus = events.EventBus()
+        bus.bind(asyncio.get_running_loop())
+        events.install(bus)
+        gateway_state = GatewayState(
+            gateway_id=config.gateway.id,
+            software=identity.software_version,
+            ledger=ledger,
+            space=space,
+            board=board,
+            forwarders=forwarders,
+            bus=bus,
+        )
         if not forwarders:
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:
@@ -203,6 +219,9 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
             await supervisor.start("purge", Purger(ledger, dirs, config.spool).run)
             await supervisor.start("wrap", wrapper.run)
             await supervisor.start("status", board.run)
+            if config.mqtt is not None:
+                mqtt = MqttPublisher(config.mqtt, gateway_state, bus)
+                await supervisor.start("mqtt", mqtt.run)
             devices = _Devices(config, intake, board, supervisor)
             slots = devices.start_all()
             source = source_from_config(config.hotplug.source)
@@ -220,5 +239,6 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
             log.info("stopping")
             await supervisor.stop()
     finally:
+        events.install(None)
         await asyncio.to_thread(ledger.close)
         log.info("stopped")

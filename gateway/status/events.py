@@ -144,8 +144,13 @@ class EventBus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
         self.alarms: dict[tuple[str, str], ActiveAlarm] = {}
-        self.changed = asyncio.Event()
-        """Set on every event (the state publisher clears it)."""
+        self._watchers: list[asyncio.Event] = []
+
+    def watch(self) -> asyncio.Event:
+        """An event of the caller's own, set on every bus event (the caller clears it)."""
+        flag = asyncio.Event()
+        self._watchers.append(flag)
+        return flag
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Deliver on ``loop`` (events emitted on other threads are passed to it)."""
@@ -198,7 +203,8 @@ class EventBus:
         event = {"seq": self.seq, **event}
         for sub in self._subs:
             sub._put(self.seq, event)
-        self.changed.set()
+        for flag in self._watchers:
+            flag.set()
 
 
 _bus: EventBus | None = None

@@ -1,0 +1,312 @@
+"""Fleet status over MQTT: online/offline, the state document, numbered events, HA discovery.
+
+Topics (``P`` = ``<topic_prefix>/<gateway id>``):
+
+``P/status``  retained ``online`` once connected; the same topic is the retained Last
+              Will ``offline``, which the broker publishes when the box vanishes (killed,
+              unplugged) within about 1.5 × keepalive. A clean stop publishes ``offline``
+              itself (a clean DISCONNECT does not fire the Will).
+``P/state``   retained JSON (:mod:`gateway.status.snapshot`), published at connect, on
+              change (at most once per ``state_min_interval``) and every minute, plus the
+              block ``"mqtt": {"events_dropped": N, "reconnects": N}``.
+``P/events``  one JSON object per event, QoS 1, not retained:
+              ``{"seq", "kind", "time", "gateway", "dropped_before", ...fields}``
+              (:mod:`gateway.status.events`). ``seq`` rises by one per event of this run
+              (it starts again at 1 when the gateway restarts: ``uptime_s`` in the state
+              tells); ``dropped_before`` counts events lost from a full buffer just
+              before this one.
+
+Decisions (aiomqtt facts, DESIGN.md §8):
+
+* A **new** ``aiomqtt.Client`` per connection attempt (a client is never reused
+  after a failure), inside our own jittered, capped backoff loop; a reconnect
+  counts only once the broker accepted us (CONNACK). The outage is logged once and
+  the recovery once.
+* Events go through our own bounded outbox (a bus subscription of
+  ``events_buffer`` entries): an entry is removed only after ``publish`` returned
+  (QoS 1: at PUBACK), so events during an outage are sent after reconnect; one in
+  flight when the link broke is sent again (receivers tolerate duplicates by
+  ``seq``). When the outbox is full the oldest entry is dropped and counted.
+* TLS always verifies the broker's certificate and host name; a rejected client
+  certificate shows up only as a time-out, so the log names that likely cause.
+* Home Assistant discovery: one retained ``homeassistant/sensor/<id>_<key>/config``
+  per key sensor, with a ``device`` block and ``availability_topic`` = ``P/status``;
+  sent at every connect and again when ``online`` arrives on ``homeassistant/status``.
+
+Nothing published carries patient data: the state and events hold only counts,
+states and ids the box assigns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+
+from gateway.config import MqttSettings
+from gateway.forward.schedule import Backoff
+from gateway.status.events import EventBus
+from gateway.status.snapshot import GatewayState, stable_part
+
+log = logging.getLogger(__name__)
+
+HA_STATUS = "homeassistant/status"
+_PUBLISH_TIMEOUT = 10.0
+_STATE_POLL = 5.0
+_STATE_HEARTBEAT = 60.0
+
+# Home Assistant sensors: key → (name, value template, unit, device class).
+HA_SENSORS: dict[str, tuple[str, str, str | None, str | None]] = {
+    "undelivered": ("Captures waiting", "{{ value_json.spool.undelivered }}", None, None),
+    "oldest_waiting": (
+        "Oldest waiting capture",
+        "{{ value_json.spool.oldest_undelivered_age_s or 0 }}",
+        "s",
+        "duration",
+    ),
+    "commitment_lag": (
+        "Commitment lag",
+        "{{ value_json.spool.commitment_lag_s or 0 }}",
+        "s",
+        "duration",
+    ),
+    "quarantined": (
+        "Quarantined captures",
+        "{{ value_json.spool.counts.QUARANTINED }}",
+        None,
+        None,
+    ),
+    "disk_free": ("Disk free", "{{ value_json.disk.free_mb }}", "MiB", "data_size"),
+    "alarms": ("Active alarms", "{{ value_json.alarms | length }}", None, None),
+    "uptime": ("Uptime", "{{ value_json.uptime_s }}", "s", "duration"),
+}
+
+
+class MqttPublisher:
+    """The MQTT stage: connect, publish, reconnect for ever."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        state: GatewayState,
+        bus: EventBus,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.gateway_id = state.gateway_id
+        base = f"{settings.topic_prefix}/{self.gateway_id}"
+        self.status_topic = f"{base}/status"
+        self.state_topic = f"{base}/state"
+        self.events_topic = f"{base}/events"
+        # Subscribed now, so events are kept from the start, before any connection.
+        self.outbox = bus.subscribe(settings.events_buffer)
+        self._changed = bus.watch()
+        self._clock = clock
+        self.reconnects = 0
+        self.connected = False
+        self._last_state: dict[str, Any] | None = None
+        self._last_state_at = 0.0
+
+    # ------------------------------------------------------------------ connection
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if not s.tls:
+            return None
+        context = ssl.create_default_context(cafile=str(s.tls_ca) if s.tls_ca is not None else None)
+        if s.tls_cert is not None and s.tls_key is not None:
+            context.load_cert_chain(str(s.tls_cert), str(s.tls_key))
+        return context
+
+    def _password(self) -> str | None:
+        s = self.settings
+        if s.password_file is None:
+            return None
+        text = s.password_file.read_text(encoding="utf-8")
+        return text.splitlines()[0] if text else ""
+
+    def _client(self, password: str | None, tls: ssl.SSLContext | None) -> aiomqtt.Client:
+        s = self.settings
+        return aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=password,
+            identifier=f"dermgate-{self.gateway_id}",
+            keepalive=s.keepalive,
+            will=aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True),
+            tls_context=tls,
+            timeout=_PUBLISH_TIMEOUT,
+        )
+
+    def _likely_cause(self, err: BaseException) -> str:
+        text = str(err) or type(err).__name__
+        if self.settings.tls and "timed out" in text.lower():
+            return f"{text} (with TLS this is often a rejected client certificate)"
+        return text
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        """Stay connected until cancelled; then say ``offline`` and disconnect."""
+        s = self.settings
+        backoff = Backoff(initial=1.0, cap=max(1.0, s.reconnect_max))
+        ready()
+        ever_connected = False
+        down_since: float | None = None
+        while True:
+            try:
+                password, tls = await asyncio.to_thread(self._setup)
+                async with self._client(password, tls) as client:
+                    # Entering the client returned: the broker sent CONNACK.
+                    if ever_connected:
+                        self.reconnects += 1
+                    if down_since is not None:
+                        log.info(
+                            "MQTT broker %s:%d reachable again after %.0f s; %d event(s) to send",
+                            s.host,
+                            s.port,
+                            self._clock() - down_since,
+                            len(self.outbox),
+                        )
+                    else:
+                        log.info("MQTT connected to %s:%d as %s", s.host, s.port, self.status_topic)
+                    ever_connected = True
+                    down_since = None
+                    backoff.reset()
+                    self.connected = True
+                    try:
+                        await self._session(client)
+                    except asyncio.CancelledError:
+                        await self._say_offline(client)
+                        raise
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # MQTT errors, OSError, ssl errors: retry for ever
+                self.connected = False
+                if down_since is None:
+                    down_since = self._clock()
+                    log.warning(
+                        "MQTT broker %s:%d %s: %s; retrying, events are kept (up to %d)",
+                        s.host,
+                        s.port,
+                        "connection lost" if ever_connected else "not reachable",
+                        self._likely_cause(err),
+                        s.events_buffer,
+                    )
+            self.connected = False
+            await asyncio.sleep(backoff.next_delay())
+
+    def _setup(self) -> tuple[str | None, ssl.SSLContext | None]:
+        """Password and TLS context, read anew per attempt (blocking file reads)."""
+        return self._password(), self._tls_context()
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                client.publish(self.status_topic, "offline", qos=1, retain=True), 2.0
+            )
+
+    # ------------------------------------------------------------------ session
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        await client.publish(self.status_topic, "online", qos=1, retain=True)
+        if self.settings.homeassistant_discovery:
+            await client.subscribe(HA_STATUS, qos=1)
+            await self._discovery(client)
+        await self._publish_state(client)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._listen(client))
+                group.create_task(self._drain_events(client))
+                group.create_task(self._state_loop(client))
+        except* aiomqtt.MqttError as errors:
+            raise errors.exceptions[0] from None
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        """Home Assistant's birth message → discovery again; ends with the connection."""
+        async for message in client.messages:
+            if message.topic.matches(HA_STATUS) and message.payload in (b"online", "online"):
+                log.info("Home Assistant announced itself: discovery sent again")
+                await self._discovery(client)
+        raise aiomqtt.MqttError("connection closed")
+
+    async def _drain_events(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self.outbox.wait()
+            seq, event = self.outbox.peek()
+            drops = self.outbox.unreported_drops
+            payload = {**event, "gateway": self.gateway_id, "dropped_before": drops}
+            await client.publish(self.events_topic, json.dumps(payload), qos=1)
+            self.outbox.pop(seq)
+            self.outbox.unreported_drops -= drops
+
+    async def _state_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), _STATE_POLL)
+            wait = self._last_state_at + self.settings.state_min_interval - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._changed.clear()
+            await self._publish_state(client, only_if_changed=True)
+
+    async def state_document(self) -> dict[str, Any]:
+        """The state document as published (with the ``mqtt`` block)."""
+        document = await self.state.snapshot()
+        document["mqtt"] = {"events_dropped": self.outbox.dropped, "reconnects": self.reconnects}
+        return document
+
+    async def _publish_state(
+        self, client: aiomqtt.Client, *, only_if_changed: bool = False
+    ) -> None:
+        document = await self.state_document()
+        stable = stable_part(document)
+        stable["mqtt"] = document["mqtt"]
+        due = self._clock() - self._last_state_at >= _STATE_HEARTBEAT
+        if only_if_changed and stable == self._last_state and not due:
+            return
+        await client.publish(self.state_topic, json.dumps(document), qos=1, retain=True)
+        self._last_state = stable
+        self._last_state_at = self._clock()
+
+    async def _discovery(self, client: aiomqtt.Client) -> None:
+        for topic, config in self.discovery_messages():
+            await client.publish(topic, json.dumps(config), qos=1, retain=True)
+
+    def discovery_messages(self) -> list[tuple[str, dict[str, Any]]]:
+        """Home Assistant discovery: (topic, config) per key sensor."""
+        gid = self.gateway_id
+        device = {
+            "identifiers": [f"dermgate_{gid}"],
+            "name": f"DermGate {gid}",
+            "manufacturer": "DermGate",
+            "model": "DermGate imaging gateway",
+            "sw_version": self.state.software,
+        }
+        out = []
+        for key, (name, template, unit, device_class) in HA_SENSORS.items():
+            config: dict[str, Any] = {
+                "name": name,
+                "unique_id": f"dermgate_{gid}_{key}",
+                "state_topic": self.state_topic,
+                "value_template": template,
+                "availability_topic": self.status_topic,
+                "payload_available": "online",
+                "payload_not_available": "offline",
+                "device": device,
+            }
+            if unit is not None:
+                config["unit_of_measurement"] = unit
+            if device_class is not None:
+                config["device_class"] = device_class
+            if key != "uptime":
+                config["state_class"] = "measurement"
+            out.append((f"homeassistant/sensor/{gid}_{key}/config", config))
+        return out
