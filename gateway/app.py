@@ -42,6 +42,7 @@ from gateway.spool.space import MIB, SpaceGuard
 from gateway.status import events
 from gateway.status.mqtt import MqttPublisher
 from gateway.status.snapshot import GatewayState
+from gateway.status.web.server import WebServer
 from gateway.supervise import DriverTask, RestartPolicy, Supervisor
 from gateway.wrap import Wrapper
 
@@ -222,6 +223,14 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
             if config.mqtt is not None:
                 mqtt = MqttPublisher(config.mqtt, gateway_state, bus)
                 await supervisor.start("mqtt", mqtt.run)
+            if config.web is not None:  # the technicians' page, /healthz, /metrics
+
+                def poke() -> None:  # a retry from the page: look at the ledger now
+                    wrapper.notify()
+                    wrapped()
+
+                page = WebServer(config, gateway_state.snapshot, poke)
+                await supervisor.start("web", page.run)
             devices = _Devices(config, intake, board, supervisor)
             slots = devices.start_all()
             source = source_from_config(config.hotplug.source)

@@ -43,6 +43,12 @@ from gateway.spool.ledger import SpoolEntry, get_capture, refresh_capture_state,
 from gateway.spool.states import CaptureState, DeliveryState
 
 RETRY_NOTE = "retry requested by technician"
+RESOLVED_PREFIX = "resolved by technician"
+RESOLUTIONS = {
+    "sent-another-way": "sent to the PACS another way (exported by hand)",
+    "not-needed": "not needed (test image, duplicate or retaken)",
+    "retaken": "the image was taken again on the device",
+}
 SERVICE_POLL_SECONDS = 60
 EXPORT_CHUNK = 1 << 20
 
@@ -244,6 +250,55 @@ def _retry_locked(
         row = conn.execute("SELECT state FROM captures WHERE id = ?", (entry.id,)).fetchone()
         state = CaptureState(row[0])
     return RetryOutcome(entry.id, entry.uids.sop_instance, entry.reason, state, reset)
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def resolve_capture(
+    conn: sqlite3.Connection, ref: int | str, resolution: str, user: str
+) -> SpoolEntry:
+    """Mark a QUARANTINED capture as dealt with by a technician (the local page).
+
+    The capture stays QUARANTINED and on disk (nothing is deleted, a later
+    ``retry`` still works); its ``reason`` becomes ``"resolved by technician USER:
+    PHRASE (was: OLD REASON)"``, so listings show who acknowledged it and why, and
+    the "set aside" count of the page and its alarm no longer include it. The
+    phrase is one of :data:`RESOLUTIONS` (keys), never free text: a typed note could
+    carry a patient's name into listings. Raises :class:`NoSuchCapture`,
+    :class:`NotPossible` (not quarantined, already resolved, unknown resolution).
+    """
+    if resolution not in RESOLUTIONS:
+        raise NotPossible(f"unknown resolution {resolution!r}")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        spool_id = _resolve_locked(conn, ref, RESOLUTIONS[resolution], user, utc_now_text())
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    resolved = get_capture(conn, spool_id)
+    assert resolved is not None
+    return resolved
+
+
+def _resolve_locked(
+    conn: sqlite3.Connection, ref: int | str, phrase: str, user: str, stamp: str
+) -> int:
+    entry = find_entry(conn, ref)
+    if entry.state is not CaptureState.QUARANTINED:
+        raise NotPossible(
+            f"spool id {entry.id} is {entry.state}, not QUARANTINED: nothing to resolve"
+        )
+    if entry.reason and entry.reason.startswith(RESOLVED_PREFIX):
+        raise NotPossible(f"spool id {entry.id} is already resolved")
+    reason = f"{RESOLVED_PREFIX} {user}: {phrase}"
+    if entry.reason:
+        reason += f" (was: {entry.reason})"
+    conn.execute(
+        "UPDATE captures SET reason = ?, updated_at = ? WHERE id = ?", (reason, stamp, entry.id)
+    )
+    return entry.id
 
 
 # --------------------------------------------------------------------------- export

@@ -1,0 +1,169 @@
+"""``/metrics``: Prometheus text format, collected on each scrape.
+
+Its own :class:`~prometheus_client.CollectorRegistry` (nothing global, no process
+or platform collectors that could differ between boxes). On a scrape the ledger
+is read (read-only, on a worker thread), the device board and the disk looked at,
+and these families are produced — labels are state names, destination names,
+device names, driver ids and device classes, never patient data or capture ids:
+
+=====================================  ========================================
+``dermgate_up``                        1 while the gateway runs
+``dermgate_spool_captures``            captures by ``state``
+``dermgate_spool_quarantined_open``    quarantined and not yet resolved
+``dermgate_delivered_captures``        delivered captures by ``device_class``
+``dermgate_quarantined_captures``      quarantined captures by ``device_class``
+``dermgate_deliveries``                deliveries by ``destination``, ``state``
+``dermgate_delivery_failures``         by ``destination``, ``kind``: retrying
+                                       (last attempt failed, will retry) or
+                                       refused (PACS refused: quarantined)
+``dermgate_destination_failing``       1 if a destination's last attempt failed
+``dermgate_oldest_waiting_seconds``    age of the oldest capture not yet sent
+``dermgate_commitment_lag_seconds``    oldest instance sent but not confirmed
+``dermgate_disk_free_bytes``           free space of the spool's filesystem
+``dermgate_disk_total_bytes``          its size
+``dermgate_disk_reserve_bytes``        the configured reserve
+``dermgate_driver_state``              1 for each device's current ``state``
+                                       (0 for the others), by ``device``,
+                                       ``driver``
+``dermgate_driver_restarts``           restarts after crashes/hangs by device
+=====================================  ========================================
+
+Counts are gauges read from the ledger (they survive restarts and can go down
+when captures are purged or retried), not process-local counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.devices.contract import DriverState
+from gateway.status.web.data import Figures
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _FiguresCollector(Collector):
+    def __init__(self) -> None:
+        self.figures: Figures | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        fig = self.figures
+        up = GaugeMetricFamily("dermgate_up", "1 while the gateway runs")
+        up.add_metric([], 1)
+        yield up
+        if fig is None:
+            return
+        g = GaugeMetricFamily("dermgate_spool_captures", "Captures by state", labels=["state"])
+        for state, n in sorted(fig.counts.items()):
+            g.add_metric([state], n)
+        yield g
+        yield GaugeMetricFamily(
+            "dermgate_spool_quarantined_open",
+            "Quarantined captures not resolved by a technician",
+            value=fig.quarantined_open,
+        )
+        for name, helptext, data in (
+            (
+                "dermgate_delivered_captures",
+                "Delivered captures by device class",
+                fig.delivered_by_class,
+            ),
+            (
+                "dermgate_quarantined_captures",
+                "Quarantined captures by device class",
+                fig.quarantined_by_class,
+            ),
+        ):
+            g = GaugeMetricFamily(name, helptext, labels=["device_class"])
+            for cls, n in sorted(data.items()):
+                g.add_metric([cls], n)
+            yield g
+        deliveries = GaugeMetricFamily(
+            "dermgate_deliveries",
+            "Deliveries by destination and state",
+            labels=["destination", "state"],
+        )
+        failures = GaugeMetricFamily(
+            "dermgate_delivery_failures",
+            "Failed deliveries by destination and kind",
+            labels=["destination", "kind"],
+        )
+        failing = GaugeMetricFamily(
+            "dermgate_destination_failing",
+            "1 if the last attempt to a destination failed",
+            labels=["destination"],
+        )
+        for d in fig.destinations:
+            for state, n in (
+                ("PENDING", d.pending),
+                ("SENT", d.sent),
+                ("COMMITTED", d.committed),
+                ("FAILED", d.refused),
+            ):
+                deliveries.add_metric([d.name, state], n)
+            failures.add_metric([d.name, "retrying"], d.retrying)
+            failures.add_metric([d.name, "refused"], d.refused)
+            failing.add_metric([d.name], 1 if d.failing else 0)
+        yield deliveries
+        yield failures
+        yield failing
+        yield GaugeMetricFamily(
+            "dermgate_oldest_waiting_seconds",
+            "Age of the oldest capture not yet sent (0: none)",
+            value=fig.oldest_waiting_age or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "dermgate_commitment_lag_seconds",
+            "Age of the oldest instance sent but not yet confirmed (0: none)",
+            value=fig.commitment_lag or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "dermgate_disk_free_bytes", "Free bytes on the spool's filesystem", value=fig.disk.free
+        )
+        yield GaugeMetricFamily(
+            "dermgate_disk_total_bytes", "Size of the spool's filesystem", value=fig.disk.total
+        )
+        yield GaugeMetricFamily(
+            "dermgate_disk_reserve_bytes", "Configured free-space reserve", value=fig.disk.reserve
+        )
+        states = GaugeMetricFamily(
+            "dermgate_driver_state",
+            "1 for the current state of each device's driver",
+            labels=["device", "driver", "state"],
+        )
+        restarts = GaugeMetricFamily(
+            "dermgate_driver_restarts",
+            "Driver restarts after crashes or hangs",
+            labels=["device", "driver"],
+        )
+        for dev in fig.devices:
+            name, driver = str(dev.get("name")), str(dev.get("driver"))
+            for state in DriverState:
+                states.add_metric(
+                    [name, driver, str(state)], 1 if str(dev.get("state")) == str(state) else 0
+                )
+            restarts.add_metric([name, driver], int(dev.get("restarts") or 0))
+        yield states
+        yield restarts
+
+
+class Metrics:
+    """Renders ``/metrics``; ``figures`` reads the current :class:`Figures`."""
+
+    def __init__(self, figures: Callable[[], Awaitable[Figures]]) -> None:
+        self._figures = figures
+        self._collector = _FiguresCollector()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self._collector)
+        self._lock = asyncio.Lock()
+
+    async def render(self) -> bytes:
+        """The exposition text of one scrape."""
+        async with self._lock:
+            self._collector.figures = await self._figures()
+            return await asyncio.to_thread(generate_latest, self.registry)

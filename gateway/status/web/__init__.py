@@ -1,0 +1,1 @@
+"""The technicians' local page (aiohttp, server-rendered): see :mod:`.server`."""

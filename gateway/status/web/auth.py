@@ -1,0 +1,124 @@
+"""Sessions, CSRF tokens and login lockout of the local page.
+
+Rules:
+
+* A session is a 32-byte random token in the ``dermgate_session`` cookie
+  (HttpOnly, SameSite=Strict, Path=/, Secure when the page is served over TLS).
+  Sessions live in memory only: a restart logs everybody out, and a stolen users
+  file gives no session. They end at logout or after ``session_lifetime``.
+* Every state-changing request (POST) carries the session's CSRF token in the form
+  field ``csrf``; compared in constant time. The login form itself carries a token
+  bound to a pre-login cookie (``dermgate_login``), so a foreign site cannot log a
+  browser into an account of its choosing.
+* Lockout: ``lockout_failures`` failed logins within ``lockout_window`` seconds,
+  counted per user name and per client address, refuse further attempts (even
+  with the right password) for ``lockout_duration`` seconds. The message says so
+  plainly and for how long; it never says whether the user name exists.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import secrets
+import time
+from dataclasses import dataclass, field
+
+SESSION_COOKIE = "dermgate_session"
+LOGIN_COOKIE = "dermgate_login"
+
+
+@dataclass(slots=True)
+class Session:
+    """One logged-in browser."""
+
+    user: str
+    csrf: str
+    expires: float
+
+
+@dataclass
+class Sessions:
+    """The logged-in browsers, by token."""
+
+    lifetime: float
+    _by_token: dict[str, Session] = field(default_factory=dict)
+
+    def create(self, user: str, now: float | None = None) -> tuple[str, Session]:
+        """A new session for ``user``; returns (cookie token, session)."""
+        now = time.time() if now is None else now
+        self._expire(now)
+        token = secrets.token_urlsafe(32)
+        session = Session(user, secrets.token_urlsafe(32), now + self.lifetime)
+        self._by_token[token] = session
+        return token, session
+
+    def get(self, token: str | None, now: float | None = None) -> Session | None:
+        """The live session of ``token``, if any."""
+        if not token:
+            return None
+        now = time.time() if now is None else now
+        session = self._by_token.get(token)
+        if session is None:
+            return None
+        if session.expires <= now:
+            del self._by_token[token]
+            return None
+        return session
+
+    def end(self, token: str | None) -> None:
+        """Log out."""
+        if token:
+            self._by_token.pop(token, None)
+
+    def _expire(self, now: float) -> None:
+        for token in [t for t, s in self._by_token.items() if s.expires <= now]:
+            del self._by_token[token]
+
+
+def same_token(given: str | None, expected: str) -> bool:
+    """Constant-time comparison of a submitted token."""
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+@dataclass
+class Lockout:
+    """Failed-login counting per key (``user:NAME`` and ``addr:IP``)."""
+
+    failures: int
+    window: float
+    duration: float
+    _failed: dict[str, collections.deque[float]] = field(default_factory=dict)
+    _locked_until: dict[str, float] = field(default_factory=dict)
+
+    def locked(self, keys: list[str], now: float | None = None) -> float:
+        """Seconds left of the longest lockout among ``keys`` (0: not locked)."""
+        now = time.time() if now is None else now
+        left = 0.0
+        for key in keys:
+            until = self._locked_until.get(key, 0.0)
+            if until > now:
+                left = max(left, until - now)
+            elif key in self._locked_until:
+                del self._locked_until[key]
+        return left
+
+    def fail(self, keys: list[str], now: float | None = None) -> None:
+        """Count a failed login against every key; lock those that reach the limit."""
+        now = time.time() if now is None else now
+        for key in keys:
+            times = self._failed.setdefault(key, collections.deque())
+            times.append(now)
+            while times and times[0] <= now - self.window:
+                times.popleft()
+            if len(times) >= self.failures:
+                self._locked_until[key] = now + self.duration
+                times.clear()
+        if len(self._failed) > 10000:  # bounded memory against a flood of names
+            for key in [k for k, v in self._failed.items() if not v][:5000]:
+                del self._failed[key]
+
+    def succeed(self, keys: list[str]) -> None:
+        """A good login clears the counts of its keys."""
+        for key in keys:
+            self._failed.pop(key, None)

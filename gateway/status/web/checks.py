@@ -1,0 +1,285 @@
+""" "Why isn't it sending?": checks run on demand, each with advice in plain words.
+
+Every check is blocking (network, subprocess, files) and runs on a worker thread.
+A check never raises: a check that cannot tell says "unknown" and why. Results
+carry no patient data: host names, ports, AE titles, counts, dates.
+
+Checks: TCP connect + DICOM C-ECHO to each destination; our storage commitment
+listener reachable (TCP connect to our own port); clock synchronised (timedatectl,
+else the kernel's adjtimex status); disk free against the reserve; the page's TLS
+certificate days to expiry (when TLS is configured); devices not ready; captures
+set aside.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.config import DermGateConfig, DicomDestination
+from gateway.status.web.data import Figures, human_bytes
+
+OK, WARN, FAIL, UNKNOWN = "ok", "warn", "fail", "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One line of the panel."""
+
+    name: str
+    status: str  # ok | warn | fail | unknown
+    finding: str
+    advice: str = ""
+
+
+def _tcp(host: str, port: int, timeout: float) -> str | None:
+    """None if a TCP connection opens, else a plain reason."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "timeout"
+    except OSError as err:
+        return err.strerror or type(err).__name__
+
+
+def check_destination(dest: DicomDestination, our_ae: str, timeout: float = 5.0) -> CheckResult:
+    """TCP connect, then a C-ECHO association as our AE title."""
+    name = f"PACS {dest.name} ({dest.ae_title} at {dest.host}:{dest.port})"
+    problem = _tcp(dest.host, dest.port, timeout)
+    if problem == "refused":
+        return CheckResult(
+            name,
+            FAIL,
+            "The computer answers but nothing listens on that port.",
+            "Check that the PACS service is running and that the port in the "
+            "configuration is the PACS's DICOM port.",
+        )
+    if problem == "timeout":
+        return CheckResult(
+            name,
+            FAIL,
+            "No answer from the network.",
+            "Check the network cable and that a firewall lets this box reach "
+            f"{dest.host} on port {dest.port}.",
+        )
+    if problem is not None:
+        return CheckResult(
+            name,
+            FAIL,
+            f"Cannot connect: {problem}.",
+            "Check the host name or address in the configuration, and the network.",
+        )
+    from pynetdicom import AE
+
+    ae = AE(ae_title=our_ae)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    try:
+        if assoc.is_rejected:
+            return CheckResult(
+                name,
+                FAIL,
+                f"The PACS refuses to talk to {our_ae}.",
+                f"Ask the PACS administrator to add the AE title {our_ae} "
+                "(and this box's address) to the PACS's known modalities, and "
+                f"check that the PACS's AE title is {dest.ae_title}.",
+            )
+        if not assoc.is_established:
+            return CheckResult(
+                name,
+                FAIL,
+                "The PACS closed the connection without answering.",
+                "Check the AE titles with the PACS administrator.",
+            )
+        status = assoc.send_c_echo()
+        code = getattr(status, "Status", None) if status else None
+        if code == 0:
+            return CheckResult(name, OK, "Answers a DICOM echo.")
+        return CheckResult(
+            name,
+            FAIL,
+            "Connected, but the echo was not answered.",
+            "The PACS may be overloaded or misconfigured; ask its administrator.",
+        )
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+
+def check_listener(config: DermGateConfig, timeout: float = 3.0) -> CheckResult:
+    """Our storage commitment listener accepts TCP connections."""
+    g = config.gateway
+    host = "127.0.0.1" if g.listen_address in ("0.0.0.0", "", "::") else g.listen_address
+    name = f"Commitment listener (port {g.listen_port})"
+    if not any(d.storage_commitment for d in config.destinations):
+        return CheckResult(name, OK, "Not needed: no destination uses storage commitment.")
+    problem = _tcp(host, g.listen_port, timeout)
+    if problem is None:
+        return CheckResult(name, OK, "Listening: the PACS can send its confirmations.")
+    return CheckResult(
+        name,
+        FAIL,
+        f"Not reachable ({problem}).",
+        f"Restart the DermGate service; if it stays, another program may use port {g.listen_port}.",
+    )
+
+
+class _Timex(ctypes.Structure):
+    _fields_ = [("modes", ctypes.c_uint), ("_rest", ctypes.c_byte * 204)]
+
+
+def clock_synchronised() -> bool | None:
+    """True/False if the system can tell, else None."""
+    if shutil.which("timedatectl"):
+        try:
+            out = subprocess.run(
+                ["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            )
+            value = out.stdout.strip()
+            if out.returncode == 0 and value in ("yes", "no"):
+                return value == "yes"
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        state = int(libc.adjtimex(ctypes.byref(_Timex())))
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != 5  # TIME_ERROR: the kernel clock is not synchronised
+
+
+def check_clock() -> CheckResult:
+    """Is the clock synchronised (captures and certificates depend on it)?"""
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    synced = clock_synchronised()
+    if synced is True:
+        return CheckResult("Clock", OK, f"Synchronised ({now}).")
+    if synced is False:
+        return CheckResult(
+            "Clock",
+            WARN,
+            f"Not synchronised ({now}).",
+            "Check that the box reaches a time server (NTP); a wrong clock "
+            "puts wrong dates on images and breaks TLS.",
+        )
+    return CheckResult(
+        "Clock",
+        UNKNOWN,
+        f"Cannot tell whether it is synchronised ({now}).",
+        "Compare the time shown with a reliable clock.",
+    )
+
+
+def check_disk(path: Path, reserve: int) -> CheckResult:
+    """Free space of the spool's filesystem against the reserve."""
+    usage = shutil.disk_usage(path if path.exists() else path.parent)
+    free, total = human_bytes(usage.free), human_bytes(usage.total)
+    text = f"{free} free of {total} (reserve {human_bytes(reserve)})."
+    if usage.free < reserve:
+        return CheckResult(
+            "Disk",
+            FAIL,
+            text,
+            "New captures are refused. Free space, or fix delivery so that "
+            "confirmed captures can be purged.",
+        )
+    if usage.free < 3 * reserve:
+        return CheckResult("Disk", WARN, text, "Space is getting short; check the backlog.")
+    return CheckResult("Disk", OK, text)
+
+
+def certificate_days_left(cert: Path) -> int:
+    """Days until ``cert`` (PEM) expires (negative: expired). Raises OSError/ValueError."""
+    out = subprocess.run(
+        ["openssl", "x509", "-enddate", "-noout", "-in", str(cert)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    if out.returncode != 0 or "=" not in out.stdout:
+        raise ValueError(out.stderr.strip() or "not a PEM certificate")
+    end = datetime.strptime(out.stdout.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z")
+    return (end.replace(tzinfo=UTC) - datetime.now(UTC)).days
+
+
+def check_certificate(cert: Path) -> CheckResult:
+    """The page's TLS certificate validity."""
+    name = f"TLS certificate ({cert.name})"
+    try:
+        days = certificate_days_left(cert)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as err:
+        return CheckResult(name, UNKNOWN, f"Cannot read it: {err}.", "Check the file path.")
+    if days < 0:
+        return CheckResult(name, FAIL, "Expired.", "Install a new certificate.")
+    if days < 30:
+        return CheckResult(name, WARN, f"Expires in {days} days.", "Renew it soon.")
+    return CheckResult(name, OK, f"Valid for {days} more days.")
+
+
+def run_checks(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
+    """Every check, in the order a technician should read them (blocking)."""
+    results = [check_destination(d, config.gateway.ae_title) for d in config.destinations]
+    if not config.destinations:
+        results.append(
+            CheckResult(
+                "PACS",
+                FAIL,
+                "No destination is configured.",
+                "Add a [[destinations]] section to the configuration.",
+            )
+        )
+    results.append(check_listener(config))
+    results.append(check_clock())
+    results.append(check_disk(config.spool_dir(), figures.disk.reserve))
+    if config.web is not None and config.web.tls_cert is not None:
+        results.append(check_certificate(config.web.tls_cert))
+    for dest in figures.destinations:
+        if dest.failing:
+            results.append(
+                CheckResult(
+                    f"Deliveries to {dest.name}",
+                    FAIL,
+                    f"{dest.retrying} waiting; last error: {dest.last_error}",
+                    "Fix the cause above; DermGate retries by itself.",
+                )
+            )
+    for device in figures.devices:
+        state = str(device.get("state"))
+        if state not in ("READY", "TRANSFERRING"):
+            results.append(
+                CheckResult(
+                    f"Device {device.get('name')}",
+                    WARN,
+                    f"{state}: {device.get('detail') or ''}",
+                    "Check the cable and that the device is on.",
+                )
+            )
+    if figures.quarantined_open:
+        results.append(
+            CheckResult(
+                "Spool",
+                WARN,
+                f"{figures.quarantined_open} capture(s) set aside.",
+                "Open the spool view: each shows why; retry once fixed.",
+            )
+        )
+    return results

@@ -1,0 +1,322 @@
+"""What the local page and ``/metrics`` read: figures from the ledger, the devices, the disk.
+
+Blocking: call :func:`read_figures` and :func:`read_spool` on a worker thread. They
+open the ledger read-only (SQLite WAL: the service keeps writing meanwhile) and
+select only columns without patient data — never ``patient_json``, never file
+names, never device capture ids (they may quote what a device was told). The
+verdict rules ("is it delivering?") are in :func:`verdict`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.spool.admin import RESOLVED_PREFIX, RETRY_NOTE
+from gateway.spool.ledger import open_ledger
+from gateway.spool.states import CaptureState, DeliveryState
+from gateway.status.snapshot import classify_error
+
+WAITING = (CaptureState.CAPTURED, CaptureState.WRAPPED)
+DELIVERED = (CaptureState.SENT, CaptureState.COMMITTED, CaptureState.PURGED)
+STALE_BACKLOG = 600.0  # seconds a capture may wait before the verdict turns amber
+SLOW_COMMITMENT = 3600.0
+
+
+def _age(stamp: str | None, now: float) -> float | None:
+    if not stamp:
+        return None
+    try:
+        return max(0.0, now - datetime.fromisoformat(stamp).timestamp())
+    except ValueError:
+        return None
+
+
+def _phrase(detail: str | None) -> str | None:
+    """A peer's error text reduced to a fixed phrase (it may quote the peer)."""
+    classified = classify_error(detail)
+    return None if classified is None else classified["message"]
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationFigures:
+    """One destination as the ledger shows it."""
+
+    name: str
+    host: str
+    port: int
+    storage_commitment: bool
+    pending: int = 0
+    sent: int = 0
+    committed: int = 0
+    refused: int = 0
+    retrying: int = 0
+    last_error: str | None = None
+    reachable: bool | None = None  # from the state snapshot; None: not known
+
+    @property
+    def failing(self) -> bool:
+        """Deliveries are waiting and the last attempt failed, or it is unreachable."""
+        return self.retrying > 0 or self.reachable is False
+
+
+@dataclass(frozen=True, slots=True)
+class DiskFigures:
+    """The spool's filesystem."""
+
+    free: int
+    total: int
+    reserve: int
+
+    @property
+    def low(self) -> bool:
+        """Below the reserve: new captures are refused at the device."""
+        return self.free < self.reserve
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """Everything the overview and ``/metrics`` show, patient-free by construction."""
+
+    counts: dict[str, int]
+    quarantined_open: int
+    oldest_waiting_age: float | None
+    commitment_lag: float | None
+    destinations: list[DestinationFigures]
+    delivered_by_class: dict[str, int]
+    quarantined_by_class: dict[str, int]
+    disk: DiskFigures
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    alarms: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def backlog(self) -> int:
+        """Captures not yet sent anywhere."""
+        return sum(self.counts.get(s, 0) for s in WAITING)
+
+    @property
+    def delivered(self) -> int:
+        """Captures every destination has stored."""
+        return sum(self.counts.get(s, 0) for s in DELIVERED)
+
+
+def _table_counts(conn: sqlite3.Connection, sql: str, *args: Any) -> dict[str, int]:
+    return {str(k or "unknown"): int(v) for k, v in conn.execute(sql, args).fetchall()}
+
+
+def read_figures(
+    ledger_path: Path,
+    spool_root: Path,
+    reserve: int,
+    destinations: list[tuple[str, str, int, bool]],
+    now: float | None = None,
+) -> Figures:
+    """Read the ledger and the disk (blocking). ``destinations``: (name, host, port, commit)."""
+    now = time.time() if now is None else now
+    usage = shutil.disk_usage(spool_root if spool_root.exists() else spool_root.parent)
+    disk = DiskFigures(free=usage.free, total=usage.total, reserve=reserve)
+    counts: dict[str, int] = {str(s): 0 for s in CaptureState}
+    dests: list[DestinationFigures] = []
+    if not ledger_path.exists():
+        return Figures(
+            counts,
+            0,
+            None,
+            None,
+            [DestinationFigures(n, h, p, c) for n, h, p, c in destinations],
+            {},
+            {},
+            disk,
+        )
+    conn = open_ledger(ledger_path, readonly=True)
+    try:
+        counts.update(_table_counts(conn, "SELECT state, COUNT(*) FROM captures GROUP BY state"))
+        quarantined_open = int(
+            conn.execute(
+                "SELECT COUNT(*) FROM captures WHERE state = ? AND "
+                "(reason IS NULL OR reason NOT LIKE ?)",
+                (CaptureState.QUARANTINED, RESOLVED_PREFIX + "%"),
+            ).fetchone()[0]
+        )
+        oldest = conn.execute(
+            "SELECT MIN(received_at) FROM captures WHERE state IN (?, ?)", WAITING
+        ).fetchone()[0]
+        by_class = "json_extract(device_json, '$.device_class')"
+        delivered_by_class = _table_counts(
+            conn,
+            f"SELECT {by_class}, COUNT(*) FROM captures WHERE state IN (?, ?, ?) GROUP BY 1",
+            *DELIVERED,
+        )
+        quarantined_by_class = _table_counts(
+            conn,
+            f"SELECT {by_class}, COUNT(*) FROM captures WHERE state = ? GROUP BY 1",
+            CaptureState.QUARANTINED,
+        )
+        commit_names = [n for n, _, _, c in destinations if c]
+        lag = None
+        if commit_names:
+            marks = ",".join("?" * len(commit_names))
+            first = conn.execute(
+                f"SELECT MIN(sent_epoch) FROM deliveries WHERE state = ? "
+                f"AND destination IN ({marks})",
+                (DeliveryState.SENT, *commit_names),
+            ).fetchone()[0]
+            lag = None if first is None else max(0.0, now - float(first))
+        for name, host, port, commit in destinations:
+            by_state = _table_counts(
+                conn,
+                "SELECT state, COUNT(*) FROM deliveries WHERE destination = ? GROUP BY state",
+                name,
+            )
+            failing = conn.execute(
+                "SELECT COUNT(*), MAX(last_error) FROM deliveries d JOIN captures c "
+                "ON c.id = d.capture_id WHERE d.destination = ? AND d.state = ? "
+                "AND c.state = ? AND d.last_error IS NOT NULL AND d.last_error != ?",
+                (name, DeliveryState.PENDING, CaptureState.WRAPPED, RETRY_NOTE),
+            ).fetchone()
+            dests.append(
+                DestinationFigures(
+                    name,
+                    host,
+                    port,
+                    commit,
+                    pending=by_state.get(DeliveryState.PENDING, 0),
+                    sent=by_state.get(DeliveryState.SENT, 0),
+                    committed=by_state.get(DeliveryState.COMMITTED, 0),
+                    refused=by_state.get(DeliveryState.FAILED, 0),
+                    retrying=int(failing[0]),
+                    last_error=_phrase(failing[1]),
+                )
+            )
+    finally:
+        conn.close()
+    return Figures(
+        counts=counts,
+        quarantined_open=quarantined_open,
+        oldest_waiting_age=_age(oldest, now),
+        commitment_lag=lag,
+        destinations=dests,
+        delivered_by_class=delivered_by_class,
+        quarantined_by_class=quarantined_by_class,
+        disk=disk,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Is it delivering? ``colour`` green, amber or red, and why in plain words."""
+
+    colour: str
+    headline: str
+    reasons: list[str]
+
+
+def verdict(fig: Figures) -> Verdict:
+    """Red: it cannot deliver or accept; amber: it delivers but needs a look; else green."""
+    red: list[str] = []
+    amber: list[str] = []
+    if fig.disk.low:
+        red.append("The disk is below its reserve: new captures are refused at the device.")
+    if not fig.destinations:
+        red.append("No PACS is configured: captures are only kept here.")
+    for dest in fig.destinations:
+        if dest.failing:
+            why = dest.last_error or "not reachable"
+            red.append(f"{dest.name} does not take captures: {why}")
+    if fig.quarantined_open:
+        amber.append(f"{fig.quarantined_open} capture(s) set aside: see the spool.")
+    if fig.oldest_waiting_age is not None and fig.oldest_waiting_age > STALE_BACKLOG:
+        amber.append("Captures have been waiting for more than 10 minutes.")
+    if fig.commitment_lag is not None and fig.commitment_lag > SLOW_COMMITMENT:
+        amber.append("The PACS has not confirmed some captures for more than an hour.")
+    for device in fig.devices:
+        if device.get("state") in ("ERROR", "QUARANTINED"):
+            amber.append(f"Device {device.get('name')} is {device.get('state')}.")
+    for alarm in fig.alarms:
+        text = str(alarm.get("message") or alarm.get("code") or "alarm")
+        if alarm.get("code") == "disk_full" or alarm.get("code") == "destination_unreachable":
+            if text not in red:
+                red.append(text[:1].upper() + text[1:] + ".")
+        else:
+            amber.append(text[:1].upper() + text[1:] + ".")
+    if red:
+        return Verdict("red", "Not delivering", red + amber)
+    if amber:
+        return Verdict("amber", "Delivering, but needs a look", amber)
+    if fig.backlog:
+        return Verdict("green", f"Delivering: {fig.backlog} on the way", [])
+    return Verdict("green", "Delivering: everything received is in the PACS", [])
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRow:
+    """One line of the spool view (no patient data, no device capture id)."""
+
+    id: int
+    state: str
+    age: float | None
+    device: str
+    device_class: str
+    reason: str | None
+    last_error: str | None
+
+
+def read_spool(
+    ledger_path: Path, state: str | None = None, limit: int = 200, now: float | None = None
+) -> list[SpoolRow]:
+    """The newest ``limit`` captures (optionally in ``state``), blocking."""
+    now = time.time() if now is None else now
+    if not ledger_path.exists():
+        return []
+    conn = open_ledger(ledger_path, readonly=True)
+    try:
+        where, args = ("WHERE c.state = ?", [state]) if state else ("", [])
+        rows = conn.execute(
+            "SELECT c.id, c.state, c.received_at, c.driver, "
+            "json_extract(c.device_json, '$.model') AS model, "
+            "json_extract(c.device_json, '$.device_class') AS device_class, c.reason, "
+            "(SELECT d.last_error FROM deliveries d WHERE d.capture_id = c.id "
+            " AND d.last_error IS NOT NULL LIMIT 1) AS last_error "
+            f"FROM captures c {where} ORDER BY c.id DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [
+        SpoolRow(
+            id=r["id"],
+            state=r["state"],
+            age=_age(r["received_at"], now),
+            device=f"{r['model'] or '?'} ({r['driver']})",
+            device_class=str(r["device_class"] or ""),
+            reason=r["reason"],
+            last_error=r["last_error"],
+        )
+        for r in rows
+    ]
+
+
+def human_age(seconds: float | None) -> str:
+    """``42 s``, ``7 min``, ``3 h 5 min``, ``2 d 4 h``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def human_bytes(n: int) -> str:
+    """Bytes in MB/GB for people."""
+    if n >= 10**9:
+        return f"{n / 10**9:.1f} GB"
+    return f"{n / 10**6:.0f} MB"

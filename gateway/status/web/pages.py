@@ -1,0 +1,247 @@
+"""Server-rendered HTML of the local page. Everything interpolated is escaped.
+
+No patient data is rendered here except by :func:`capture_page` with ``patient``
+given (an audited reveal). Forms that change anything carry the CSRF token.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from gateway.spool.admin import RESOLUTIONS
+from gateway.status.web.checks import CheckResult
+from gateway.status.web.data import Figures, SpoolRow, Verdict, human_age, human_bytes
+
+MASK = "\u2022" * 8
+
+
+def _e(value: object) -> str:
+    return escape("" if value is None else str(value))
+
+
+def layout(title: str, body: str, user: str | None = None, csrf: str | None = None) -> str:
+    """The page frame: header with navigation and logout when logged in."""
+    nav = ""
+    if user is not None and csrf is not None:
+        nav = (
+            '<nav><a href="/">Overview</a> <a href="/why">Why isn\'t it sending?</a> '
+            '<a href="/spool">Spool</a> '
+            f'<form method="post" action="/logout" class="inline">{csrf_field(csrf)}'
+            f'<button type="submit">Log out {_e(user)}</button></form></nav>'
+        )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<title>{_e(title)} - DermGate</title><link rel="stylesheet" href="/static/style.css">'
+        f"</head><body><header><h1>DermGate</h1>{nav}</header><main>{body}</main>"
+        '<script src="/static/live.js" defer></script></body></html>'
+    )
+
+
+def csrf_field(token: str) -> str:
+    """The hidden CSRF field of a form."""
+    return f'<input type="hidden" name="csrf" value="{_e(token)}">'
+
+
+def login_page(token: str, message: str = "") -> str:
+    """The only page without a session."""
+    note = f'<p class="error" role="alert">{_e(message)}</p>' if message else ""
+    body = (
+        f'<section class="login"><h2>Log in</h2>{note}'
+        f'<form method="post" action="/login">{csrf_field(token)}'
+        '<label>User <input name="user" autocomplete="username" required autofocus></label>'
+        '<label>Password <input name="password" type="password" '
+        'autocomplete="current-password" required></label>'
+        '<button type="submit">Log in</button></form></section>'
+    )
+    return layout("Log in", body)
+
+
+def overview_fragment(fig: Figures, verdict: Verdict) -> str:
+    """The live part of the overview (replaced on every server-sent update)."""
+    reasons = "".join(f"<li>{_e(r)}</li>" for r in verdict.reasons)
+    head = (
+        f'<section class="verdict {verdict.colour}" data-verdict="{verdict.colour}">'
+        f"<h2>{_e(verdict.headline)}</h2><ul>{reasons}</ul></section>"
+    )
+    oldest = human_age(fig.oldest_waiting_age) if fig.oldest_waiting_age is not None else "none"
+    lag = human_age(fig.commitment_lag) if fig.commitment_lag is not None else "none"
+    numbers = (
+        '<section class="cards">'
+        f'<div class="card"><b id="delivered">{fig.delivered}</b>delivered</div>'
+        f'<div class="card"><b id="backlog">{fig.backlog}</b>waiting to be sent</div>'
+        f'<div class="card"><b>{_e(oldest)}</b>oldest waiting capture</div>'
+        f'<div class="card"><b>{fig.quarantined_open}</b>set aside</div>'
+        f'<div class="card"><b>{_e(lag)}</b>oldest unconfirmed by the PACS</div>'
+        f'<div class="card{" bad" if fig.disk.low else ""}"><b>{human_bytes(fig.disk.free)}</b>'
+        f"free disk (reserve {human_bytes(fig.disk.reserve)})</div></section>"
+    )
+    devices = "".join(
+        f"<tr><td>{_e(d.get('name'))}</td><td>{_e(d.get('driver'))}</td>"
+        f'<td class="state {_e(str(d.get("state")).lower())}">{_e(d.get("state"))}</td>'
+        f"<td>{_e(d.get('detail'))}</td><td>{_e(d.get('restarts'))}</td></tr>"
+        for d in fig.devices
+    )
+    dests = "".join(
+        f"<tr><td>{_e(d.name)}</td><td>{_e(d.host)}:{d.port}</td>"
+        f'<td class="state {"fail" if d.failing else "ok"}">'
+        f"{'failing' if d.failing else 'OK'}</td><td>{d.pending}</td>"
+        f"<td>{_e(d.last_error) if d.failing else ''}</td></tr>"
+        for d in fig.destinations
+    )
+    alarms = "".join(
+        f"<li>{_e(a.get('code'))}: {_e(a.get('message') or a.get('subject'))}</li>"
+        for a in fig.alarms
+    )
+    return (
+        head
+        + numbers
+        + "<section><h3>Devices</h3><table><tr><th>Device</th><th>Driver</th><th>State</th>"
+        + f"<th>Detail</th><th>Restarts</th></tr>{devices}</table></section>"
+        + "<section><h3>Destinations</h3><table><tr><th>Name</th><th>Address</th><th>State</th>"
+        + f"<th>Waiting</th><th>Reason</th></tr>{dests}</table></section>"
+        + f"<section><h3>Alarms</h3><ul>{alarms or '<li>none</li>'}</ul></section>"
+    )
+
+
+def overview_page(fragment: str, user: str, csrf: str) -> str:
+    """The overview, with live updates from ``/events``."""
+    body = f'<div id="overview" data-live="/events">{fragment}</div>'
+    return layout("Overview", body, user, csrf)
+
+
+def why_page(results: list[CheckResult], user: str, csrf: str) -> str:
+    """The results of the checks, with advice."""
+    rows = "".join(
+        f'<tr class="{r.status}"><td>{_e(r.name)}</td><td class="state {r.status}">'
+        f"{_e(r.status.upper())}</td><td>{_e(r.finding)}</td><td>{_e(r.advice)}</td></tr>"
+        for r in results
+    )
+    failed = [r for r in results if r.status == "fail"]
+    summary = (
+        f"{len(failed)} problem(s) found: fix the first one first."
+        if failed
+        else "No problem found by the checks."
+    )
+    body = (
+        f'<section id="why"><h2>Why isn\'t it sending?</h2><p class="summary">{_e(summary)}</p>'
+        "<table><tr><th>Check</th><th>Result</th><th>Finding</th><th>What to do</th></tr>"
+        f'{rows}</table><p><a class="button" href="/why">Run the checks again</a></p></section>'
+    )
+    return layout("Why isn't it sending?", body, user, csrf)
+
+
+def spool_page(rows: list[SpoolRow], state: str | None, user: str, csrf: str) -> str:
+    """Captures with state, age, device, reason; links to the actions."""
+    states = ["", "CAPTURED", "WRAPPED", "SENT", "COMMITTED", "PURGED", "QUARANTINED"]
+    options = "".join(
+        f'<option value="{s}"{" selected" if (state or "") == s else ""}>{s or "all"}</option>'
+        for s in states
+    )
+    lines = []
+    for r in rows:
+        actions = f'<a href="/spool/{r.id}">details</a>'
+        if r.state == "QUARANTINED":
+            actions += f' <a href="/spool/{r.id}/retry">retry</a>'
+            if not (r.reason or "").startswith("resolved by technician"):
+                actions += f' <a href="/spool/{r.id}/resolve">resolve</a>'
+        lines.append(
+            f'<tr data-id="{r.id}"><td>{r.id}</td><td class="state {r.state.lower()}">'
+            f"{_e(r.state)}</td><td>{_e(human_age(r.age))}</td><td>{_e(r.device)}</td>"
+            f"<td>{_e(r.reason or r.last_error or '')}</td><td>{actions}</td></tr>"
+        )
+    body = (
+        '<section><h2>Spool</h2><form method="get" action="/spool">'
+        f'<label>State <select name="state">{options}</select></label> '
+        '<button type="submit">Show</button></form>'
+        "<table><tr><th>Id</th><th>State</th><th>Age</th><th>Device</th><th>Reason</th>"
+        f"<th></th></tr>{''.join(lines) or '<tr><td colspan=6>empty</td></tr>'}</table></section>"
+    )
+    return layout("Spool", body, user, csrf)
+
+
+def capture_page(
+    details: dict[str, Any],
+    patient: dict[str, str] | None,
+    user: str,
+    csrf: str,
+    message: str = "",
+) -> str:
+    """One capture; patient data masked unless ``patient`` is given (audited reveal)."""
+    from gateway.spool_commands import PATIENT_ATTRIBUTES
+
+    sid = details["id"]
+    note = f'<p class="notice" role="status">{_e(message)}</p>' if message else ""
+    fields = [
+        ("State", details["state"]),
+        ("Reason", details["reason"]),
+        ("Device", f"{details['device']['manufacturer']} {details['device']['model']}"),
+        ("Device class", details["device"]["device_class"]),
+        ("SOP Instance UID", details["sop_instance_uid"]),
+        ("Received", details["received_at"]),
+    ]
+    for d in details["deliveries"]:
+        fields.append((f"To {d['destination']}", f"{d['state']} ({d['attempts']} attempts)"))
+    table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in fields)
+    if patient is None:
+        pat = "".join(
+            f'<tr><th>{_e(label)}</th><td class="masked">{MASK}</td></tr>'
+            for _, label in PATIENT_ATTRIBUTES
+        )
+        reveal = (
+            f'<form method="post" action="/spool/{sid}/reveal">{csrf_field(csrf)}'
+            '<button type="submit" id="reveal">Reveal patient data (recorded in the audit log)'
+            "</button></form>"
+        )
+    else:
+        pat = "".join(
+            f'<tr><th>{_e(label)}</th><td class="revealed">{_e(patient.get(k) or "(empty)")}'
+            "</td></tr>"
+            for k, label in PATIENT_ATTRIBUTES
+        )
+        reveal = '<p class="notice">Shown once; this reveal was recorded in the audit log.</p>'
+    actions = ""
+    if details["state"] == "QUARANTINED":
+        actions = f'<p><a class="button" href="/spool/{sid}/retry">Retry</a>'
+        if not (details["reason"] or "").startswith("resolved by technician"):
+            actions += f' <a class="button" href="/spool/{sid}/resolve">Resolve</a>'
+        actions += "</p>"
+    body = (
+        f"<section><h2>Capture {sid}</h2>{note}<table>{table}</table>{actions}</section>"
+        f'<section><h3>Patient</h3><table id="patient">{pat}</table>{reveal}</section>'
+    )
+    return layout(f"Capture {sid}", body, user, csrf)
+
+
+def confirm_page(sid: int, action: str, reason: str | None, user: str, csrf: str) -> str:
+    """The confirmation step of retry and resolve."""
+    if action == "retry":
+        question = (
+            f"Retry capture {sid}? It will be wrapped or sent again. Do this once the cause "
+            "shown below is fixed."
+        )
+        extra = ""
+    else:
+        question = (
+            f"Mark capture {sid} as resolved? It stays on disk (a retry is still possible) "
+            "but no longer counts as needing attention."
+        )
+        extra = "".join(
+            f'<label class="radio"><input type="radio" name="resolution" value="{_e(k)}"'
+            f"{' checked' if i == 0 else ''}> {_e(v)}</label>"
+            for i, (k, v) in enumerate(RESOLUTIONS.items())
+        )
+    body = (
+        f'<section class="confirm"><h2>Please confirm</h2><p>{_e(question)}</p>'
+        f"<p>Reason it was set aside: {_e(reason or '-')}</p>"
+        f'<form method="post" action="/spool/{sid}/{action}">{csrf_field(csrf)}{extra}'
+        f'<button type="submit" id="confirm">Yes, {_e(action)}</button> '
+        f'<a href="/spool/{sid}">Cancel</a></form></section>'
+    )
+    return layout("Confirm", body, user, csrf)
+
+
+def message_page(title: str, text: str, user: str | None = None, csrf: str | None = None) -> str:
+    """A plain message (errors, refusals)."""
+    return layout(title, f"<section><h2>{_e(title)}</h2><p>{_e(text)}</p></section>", user, csrf)

@@ -1,0 +1,508 @@
+"""The local page for technicians: an aiohttp application run as a gateway stage.
+
+Routes (everything but ``/healthz``, ``/static/`` and ``/login`` — and ``/metrics``
+with ``metrics_public`` — needs a session; without one a GET is sent to the login
+page and anything else gets 401):
+
+=============================  ==================================================
+``GET /healthz``               ``ok``: liveness only, no data, no login
+``GET /metrics``               Prometheus text (:mod:`gateway.status.metrics`)
+``GET/POST /login``            log in (CSRF token bound to a pre-login cookie)
+``POST /logout``               end the session
+``GET /``                      overview; live updates from ``GET /events`` (SSE)
+``GET /why``                   "Why isn't it sending?": runs the checks now
+``GET /spool``                 captures with state, age, device, reason
+``GET /spool/ID``              one capture, patient data masked
+``POST /spool/ID/reveal``      show its patient data, read from its DICOM file;
+                               audited first (no audit line, no data)
+``GET/POST /spool/ID/retry``   confirmation, then :func:`admin.retry_capture`
+``GET/POST /spool/ID/resolve`` confirmation, then :func:`admin.resolve_capture`
+=============================  ==================================================
+
+Every POST must carry the session's CSRF token (see :mod:`.auth`). Responses are
+``Cache-Control: no-store`` (a revealed page never lands in a browser cache), with
+a strict Content-Security-Policy (scripts and styles from ``/static`` only).
+Ledger writes (retry, resolve) use their own connection with ``BEGIN IMMEDIATE``,
+exactly as the ``dermgate spool`` commands do beside the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import logging
+import secrets
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import DermGateConfig, WebSettings
+from gateway.spool import admin
+from gateway.spool.files import SpoolDirs
+from gateway.spool.ledger import open_ledger
+from gateway.spool.states import CaptureState
+from gateway.status.metrics import CONTENT_TYPE, Metrics
+from gateway.status.web import pages
+from gateway.status.web.audit import AuditLog
+from gateway.status.web.auth import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    Lockout,
+    Session,
+    Sessions,
+    same_token,
+)
+from gateway.status.web.checks import run_checks
+from gateway.status.web.data import Figures, read_figures, read_spool, verdict
+from gateway.users import Users, UsersError
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+LIVE_INTERVAL = 2.0
+_OPEN = ("/healthz", "/login")
+_SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+}
+SESSION_KEY = web.RequestKey("session", Session)
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+class WebServer:
+    """The page's state (sessions, lockout) and its aiohttp application."""
+
+    def __init__(
+        self,
+        config: DermGateConfig,
+        snapshot: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        poke: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``snapshot``: the gateway state document (:mod:`gateway.status.snapshot`),
+        for devices, destination reachability and alarms; ``poke`` wakes the wrapper
+        and forwarders after a retry."""
+        assert config.web is not None
+        self.config = config
+        self.web: WebSettings = config.web
+        self.snapshot = snapshot
+        self.poke = poke
+        self.dirs = SpoolDirs(config.spool_dir())
+        self.sessions = Sessions(self.web.session_lifetime)
+        self.lockout = Lockout(
+            self.web.lockout_failures, self.web.lockout_window, self.web.lockout_duration
+        )
+        self.audit = AuditLog(config.audit_path())
+        self.tls = self.web.tls_cert is not None
+        self.metrics = Metrics(self.figures)
+        self._login_key = secrets.token_bytes(32)
+        self._closing = asyncio.Event()
+
+    # ----------------------------------------------------------------- data
+
+    async def figures(self) -> Figures:
+        """Ledger, disk, devices and alarms now."""
+        dests = [(d.name, d.host, d.port, d.storage_commitment) for d in self.config.destinations]
+        fig = await asyncio.to_thread(
+            read_figures,
+            self.config.ledger_path(),
+            self.config.spool_dir(),
+            self.config.spool.reserve_mb * 1024 * 1024,
+            dests,
+        )
+        if self.snapshot is None:
+            return fig
+        doc = await self.snapshot()
+        known = {str(d.get("name")): d for d in doc.get("destinations", [])}
+        overlaid = []
+        for dest in fig.destinations:
+            state = known.get(dest.name, {})
+            error = state.get("last_error")
+            overlaid.append(
+                dataclasses.replace(
+                    dest,
+                    reachable=state.get("reachable"),
+                    last_error=error.get("message") if isinstance(error, dict) else dest.last_error,
+                )
+            )
+        return dataclasses.replace(
+            fig,
+            destinations=overlaid,
+            devices=list(doc.get("devices", [])),
+            alarms=list(doc.get("alarms", [])),
+        )
+
+    async def _fragment(self) -> str:
+        fig = await self.figures()
+        return pages.overview_fragment(fig, verdict(fig))
+
+    # ----------------------------------------------------------------- app
+
+    def app(self) -> web.Application:
+        """The aiohttp application."""
+        app = web.Application(middlewares=[self._headers, self._guard], client_max_size=64 * 1024)
+        r = app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", self.metrics_view)
+        r.add_get("/login", self.login_form)
+        r.add_post("/login", self.login)
+        r.add_post("/logout", self.logout)
+        r.add_get("/", self.overview)
+        r.add_get("/events", self.events)
+        r.add_get("/why", self.why)
+        r.add_get("/spool", self.spool)
+        r.add_get(r"/spool/{sid:\d+}", self.capture)
+        r.add_post(r"/spool/{sid:\d+}/reveal", self.reveal)
+        r.add_get(r"/spool/{sid:\d+}/{action:retry|resolve}", self.confirm)
+        r.add_post(r"/spool/{sid:\d+}/retry", self.retry)
+        r.add_post(r"/spool/{sid:\d+}/resolve", self.resolve)
+        r.add_static("/static/", STATIC)
+        return app
+
+    @web.middleware
+    async def _headers(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+        if not response.prepared:
+            for key, value in _SECURITY_HEADERS.items():
+                if key == "Cache-Control" and request.path.startswith("/static/"):
+                    continue
+                response.headers.setdefault(key, value)
+        if isinstance(response, web.HTTPException):
+            raise response
+        return response
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        path = request.path
+        if path in _OPEN or path.startswith("/static/"):
+            return await handler(request)
+        if path == "/metrics" and self.web.metrics_public:
+            return await handler(request)
+        session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        if session is None:
+            if request.method == "GET" and path != "/events":
+                raise web.HTTPSeeOther("/login")
+            return web.Response(status=401, text="log in first\n")
+        if request.method not in ("GET", "HEAD"):
+            form = await request.post()
+            token = form.get("csrf")
+            if not same_token(token if isinstance(token, str) else None, session.csrf):
+                log.warning("refused a %s to %s without a valid CSRF token", request.method, path)
+                return _html(
+                    pages.message_page(
+                        "Refused",
+                        "This form was not sent from this page (or it expired). Go back, "
+                        "reload the page and try again.",
+                    ),
+                    403,
+                )
+        request[SESSION_KEY] = session
+        return await handler(request)
+
+    # ----------------------------------------------------------------- open routes
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness only."""
+        return web.Response(text="ok\n")
+
+    async def metrics_view(self, request: web.Request) -> web.Response:
+        """Prometheus text format."""
+        body = await self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    def _login_token(self, nonce: str) -> str:
+        return hmac.new(self._login_key, nonce.encode(), hashlib.sha256).hexdigest()
+
+    def _login_response(self, message: str = "", status: int = 200) -> web.Response:
+        nonce = secrets.token_urlsafe(24)
+        response = _html(pages.login_page(self._login_token(nonce), message), status)
+        response.set_cookie(
+            LOGIN_COOKIE,
+            nonce,
+            httponly=True,
+            samesite="Strict",
+            secure=self.tls,
+            path="/login",
+            max_age=3600,
+        )
+        return response
+
+    async def login_form(self, request: web.Request) -> web.StreamResponse:
+        """The login page (or the overview when already logged in)."""
+        if self.sessions.get(request.cookies.get(SESSION_COOKIE)) is not None:
+            raise web.HTTPSeeOther("/")
+        return self._login_response()
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        """Check the form token, the lockout and the password; start a session."""
+        form = await request.post()
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        token = form.get("csrf")
+        if not nonce or not same_token(
+            token if isinstance(token, str) else None, self._login_token(nonce)
+        ):
+            return self._login_response("The login form expired. Please try again.", 403)
+        user = str(form.get("user") or "").strip()
+        password = str(form.get("password") or "")
+        addr = request.remote or "unknown"
+        keys = [f"user:{user.lower()}", f"addr:{addr}"]
+        left = self.lockout.locked(keys)
+        if left:
+            minutes = max(1, round(left / 60))
+            log.warning("login refused for %r from %s: locked out", user, addr)
+            return self._login_response(
+                f"Too many failed logins. Logins are blocked for {minutes} more minute(s); "
+                "wait, then try again.",
+                429,
+            )
+        try:
+            users = await asyncio.to_thread(Users.load, self.config.users_path())
+        except UsersError as err:
+            log.error("%s", err)
+            return self._login_response("The users file cannot be read; see the log.", 500)
+        if not await asyncio.to_thread(users.verify, user, password):
+            self.lockout.fail(keys)
+            log.warning("failed login for %r from %s", user, addr)
+            return self._login_response("Wrong user name or password.", 401)
+        self.lockout.succeed(keys)
+        cookie, _ = self.sessions.create(user)
+        log.info("user %s logged in from %s", user, addr)
+        response = web.HTTPSeeOther("/")
+        response.set_cookie(
+            SESSION_COOKIE,
+            cookie,
+            httponly=True,
+            samesite="Strict",
+            secure=self.tls,
+            path="/",
+            max_age=int(self.web.session_lifetime),
+        )
+        response.del_cookie(LOGIN_COOKIE, path="/login")
+        raise response
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        """End the session."""
+        self.sessions.end(request.cookies.get(SESSION_COOKIE))
+        response = web.HTTPSeeOther("/login")
+        response.del_cookie(SESSION_COOKIE, path="/")
+        raise response
+
+    # ----------------------------------------------------------------- pages
+
+    async def overview(self, request: web.Request) -> web.Response:
+        """The at-a-glance page."""
+        s = request[SESSION_KEY]
+        return _html(pages.overview_page(await self._fragment(), s.user, s.csrf))
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: the overview fragment whenever it changes."""
+        token = request.cookies.get(SESSION_COOKIE)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        last = ""
+        quiet = 0.0
+        while not self._closing.is_set():
+            if self.sessions.get(token) is None:
+                await response.write(b"event: logout\ndata: \n\n")
+                break
+            fragment = await self._fragment()
+            if fragment != last:
+                data = "".join(f"data: {line}\n" for line in fragment.splitlines())
+                await response.write(f"event: overview\n{data}\n".encode())
+                last, quiet = fragment, 0.0
+            elif quiet >= 15:
+                await response.write(b": keep-alive\n\n")
+                quiet = 0.0
+            try:
+                await asyncio.wait_for(self._closing.wait(), LIVE_INTERVAL)
+            except TimeoutError:
+                quiet += LIVE_INTERVAL
+        return response
+
+    async def why(self, request: web.Request) -> web.Response:
+        """Run the checks now."""
+        s = request[SESSION_KEY]
+        fig = await self.figures()
+        results = await asyncio.to_thread(run_checks, self.config, fig)
+        return _html(pages.why_page(results, s.user, s.csrf))
+
+    async def spool(self, request: web.Request) -> web.Response:
+        """The spool view."""
+        s = request[SESSION_KEY]
+        state = request.query.get("state") or None
+        if state is not None and state not in CaptureState.__members__:
+            state = None
+        rows = await asyncio.to_thread(read_spool, self.config.ledger_path(), state)
+        return _html(pages.spool_page(rows, state, s.user, s.csrf))
+
+    def _read_details(self, sid: int) -> dict[str, Any]:
+        from gateway.spool_commands import capture_details
+
+        conn = open_ledger(self.config.ledger_path(), readonly=True)
+        try:
+            entry = admin.find_entry(conn, sid)
+            records = admin.deliveries(conn, entry.id)
+        finally:
+            conn.close()
+        return capture_details(entry, records, self.dirs)
+
+    async def _details(self, request: web.Request) -> tuple[int, dict[str, Any]]:
+        sid = int(request.match_info["sid"])
+        try:
+            return sid, await asyncio.to_thread(self._read_details, sid)
+        except admin.NoSuchCapture as err:
+            raise web.HTTPNotFound(text=f"{err}\n") from err
+
+    async def capture(self, request: web.Request) -> web.Response:
+        """One capture, patient data masked."""
+        s = request[SESSION_KEY]
+        _, details = await self._details(request)
+        return _html(pages.capture_page(details, None, s.user, s.csrf))
+
+    def _read_patient(self, sid: int) -> dict[str, str] | None:
+        from gateway.spool_commands import read_patient
+
+        conn = open_ledger(self.config.ledger_path(), readonly=True)
+        try:
+            entry = admin.find_entry(conn, sid)
+        finally:
+            conn.close()
+        dicom = admin.spool_file(self.dirs.dicom, entry.dicom_name)
+        if not dicom.exists or dicom.path is None:
+            return None
+        return read_patient(dicom.path)
+
+    async def reveal(self, request: web.Request) -> web.Response:
+        """Patient data of one capture, from its DICOM file; audited before it is shown."""
+        s = request[SESSION_KEY]
+        sid, details = await self._details(request)
+        try:
+            await asyncio.to_thread(self.audit.append, s.user, "reveal", sid)
+        except OSError as err:
+            log.error("audit log %s not writable (%s): reveal refused", self.audit.path, err)
+            return _html(
+                pages.message_page(
+                    "Refused",
+                    "The audit log cannot be written, so patient data is not shown. See the log.",
+                    s.user,
+                    s.csrf,
+                ),
+                500,
+            )
+        try:
+            patient = await asyncio.to_thread(self._read_patient, sid)
+        except Exception as err:  # pydicom raises several kinds for a damaged file
+            log.error("spool id %d: cannot read its DICOM file: %s", sid, type(err).__name__)
+            patient = None
+        if patient is None:
+            return _html(
+                pages.capture_page(
+                    details,
+                    None,
+                    s.user,
+                    s.csrf,
+                    "No readable DICOM file: no patient data to show.",
+                )
+            )
+        log.info("user %s revealed the patient data of spool id %d (audited)", s.user, sid)
+        return _html(pages.capture_page(details, patient, s.user, s.csrf))
+
+    async def confirm(self, request: web.Request) -> web.Response:
+        """The confirmation step before retry or resolve."""
+        s = request[SESSION_KEY]
+        sid, details = await self._details(request)
+        action = request.match_info["action"]
+        return _html(pages.confirm_page(sid, action, details["reason"], s.user, s.csrf))
+
+    def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        conn = open_ledger(self.config.ledger_path())
+        try:
+            return fn(conn, *args)
+        finally:
+            conn.close()
+
+    async def _act(self, request: web.Request, action: str, *args: Any) -> web.Response:
+        s = request[SESSION_KEY]
+        sid = int(request.match_info["sid"])
+        fn = admin.retry_capture if action == "retry" else admin.resolve_capture
+        try:
+            outcome = await asyncio.to_thread(self._write, fn, sid, *args)
+        except admin.NoSuchCapture as err:
+            raise web.HTTPNotFound(text=f"{err}\n") from err
+        except admin.NotPossible as err:
+            return _html(pages.message_page("Not possible", str(err), s.user, s.csrf), 409)
+        log.info("user %s: %s of spool id %d", s.user, action, sid)
+        self.poke()
+        if action == "retry":
+            state = outcome.state
+            text = (
+                f"Retry requested: capture {sid} is now {state}"
+                + (" and will be wrapped again." if state == "CAPTURED" else ".")
+                if state in ("CAPTURED", "WRAPPED")
+                else f"Capture {sid} is now {state}: every destination already has it."
+            )
+        else:
+            text = f"Capture {sid} is marked as resolved."
+        _, details = await self._details(request)
+        return _html(pages.capture_page(details, None, s.user, s.csrf, text))
+
+    async def retry(self, request: web.Request) -> web.Response:
+        """Release a quarantined capture (after confirmation)."""
+        names = [d.name for d in self.config.destinations]
+        return await self._act(request, "retry", self.dirs, names)
+
+    async def resolve(self, request: web.Request) -> web.Response:
+        """Mark a quarantined capture as resolved (after confirmation)."""
+        s = request[SESSION_KEY]
+        form = await request.post()
+        resolution = str(form.get("resolution") or "")
+        return await self._act(request, "resolve", resolution, s.user)
+
+    # ----------------------------------------------------------------- stage
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """TLS for the page when ``tls_cert``/``tls_key`` are set."""
+        if self.web.tls_cert is None or self.web.tls_key is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.web.tls_cert, self.web.tls_key)
+        return ctx
+
+    def url(self) -> str:
+        """Where the page is served."""
+        host, port = self.web.host_port()
+        return f"{'https' if self.tls else 'http'}://{host}:{port}/"
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        """Serve until cancelled (the gateway's supervisor runs this as a stage)."""
+        host, port = self.web.host_port()
+        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port, ssl_context=self.ssl_context())
+            await site.start()
+            log.info("local page at %s", self.url())
+            ready()
+            await asyncio.Event().wait()
+        finally:
+            self._closing.set()
+            await runner.cleanup()
