@@ -237,10 +237,10 @@ def test_events_of_a_broker_outage_arrive_after_reconnect(
         got = events(rec)
         seqs = [e["seq"] for e in got]
         unique = sorted(set(seqs))
-        assert unique[0] == 1
         missing = set(range(1, unique[-1] + 1)) - set(unique)
         reported = sum(e["dropped_before"] for e in got)
         if buffer == 1000:
+            assert unique[0] == 1
             assert missing == set(), f"gap in {seqs}"
             assert reported == 0
             assert kinds(rec).count("capture_saved") == 3
