@@ -306,6 +306,18 @@ def check_native_image(source: Path, content_type: ContentType) -> tuple[int, in
         return image.size
 
 
+#: What Pillow raises for a damaged file besides OSError (seen with fuzzed TIFFs).
+_DECODER_ERRORS = (
+    SyntaxError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    struct.error,
+    EOFError,
+)
+
+
 @contextlib.contextmanager
 def _decoded(fh: BinaryIO, kind: str) -> Iterator[tuple[Image.Image, bool]]:
     """The image decoded (whole, once), and whether it is monochrome; refuses what
@@ -328,13 +340,18 @@ def _decoded(fh: BinaryIO, kind: str) -> Iterator[tuple[Image.Image, bool]]:
             raise WrapError(f"the {kind} image has no pixels; {_QUARANTINED}")
         if columns * rows > MAX_NATIVE_PIXELS:
             raise _too_large(kind)
-        frames = int(getattr(image, "n_frames", 1))
+        try:
+            # Counting images reads every directory of a TIFF: a damaged later one
+            # raises whatever the decoder meets (TypeError "Missing dimensions", …).
+            frames = int(getattr(image, "n_frames", 1))
+            _check_depth(image, kind)
+        except _DECODER_ERRORS as err:
+            raise WrapError(f"the capture is not a readable {kind} image; {_QUARANTINED}") from err
         if frames != 1:
             raise WrapError(
                 f"the {kind} file holds {frames} images; DermGate takes one image "
                 f"per file; {_QUARANTINED}"
             )
-        _check_depth(image, kind)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -345,7 +362,7 @@ def _decoded(fh: BinaryIO, kind: str) -> Iterator[tuple[Image.Image, bool]]:
             raise WrapError(
                 f"the {kind} image is damaged or truncated ({_plain(err)}); {_QUARANTINED}"
             ) from err
-        except (SyntaxError, ValueError, struct.error, EOFError, MemoryError) as err:
+        except (*_DECODER_ERRORS, MemoryError) as err:
             raise WrapError(f"the {kind} image is damaged ({_plain(err)}); {_QUARANTINED}") from err
         yield image, _monochrome(image, kind)
 
