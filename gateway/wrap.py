@@ -134,6 +134,21 @@ class Wrapper:
                 err.strerror or type(err).__name__,
             )
             return False
+        except Exception as err:
+            # A writer failing any other way (a driver's unexpected offer.extra, a
+            # decoder's surprise) must not stop the stage: the gateway would stop,
+            # and stop again on this capture at every restart. The capture was
+            # acknowledged: kept and quarantined, with the error's type only (its
+            # message may quote metadata, even patient data).
+            what = type(err).__name__
+            log.error("spool id %d: the DICOM writer failed unexpectedly (%s)", entry.id, what)
+            reason = (
+                f"the DICOM writer failed unexpectedly ({what}); the capture is kept; "
+                "check the device driver, then retry"
+            )
+            await self._ledger.call(db.quarantine, entry.id, reason)
+            events.emit("capture_quarantined", spool_id=entry.id, stage="wrap", destination="")
+            return True
         await self._ledger.call(
             db.mark_wrapped,
             entry.id,

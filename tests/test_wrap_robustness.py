@@ -1,0 +1,105 @@
+"""The wrapping stage survives a capture its writer chokes on.
+
+A driver (a third-party plugin) may describe a capture in ``offer.extra`` in a way
+a writer does not expect and fails on with something other than WrapError (here a
+confocal stack with ``frames`` = infinity: OverflowError). The capture was
+acknowledged, so it is kept and quarantined with a plain reason; the stage must not
+fail, since a failed stage stops the gateway, and at every restart the capture
+would be wrapped again and stop it again: one bad capture would halt every device.
+
+Real intake, ledger, spool and wrapping stage in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.capture import (
+    CaptureOffer,
+    ContentType,
+    DeviceClass,
+    DeviceIdentity,
+    GatewayIdentity,
+)
+from gateway.spool import ledger as db
+from gateway.spool.files import SpoolDirs
+from gateway.spool.intake import Intake
+from gateway.spool.ledger import Ledger
+from gateway.spool.states import CaptureState
+from gateway.wrap import Wrapper
+
+MICROSCOPE = DeviceIdentity("Acme", "RCM", "M-1", ("1",), DeviceClass.CONFOCAL_MICROSCOPE)
+
+
+def stack_extra(frames: float) -> dict[str, object]:
+    """A 2×2, 8-bit z-stack description with ``frames`` frames."""
+    return {
+        "kind": "z-stack",
+        "frames": frames,
+        "rows": 2,
+        "columns": 2,
+        "bits": 8,
+        "pixel_spacing_um": 1.0,
+        "wavelength_nm": 830,
+        "z_step_um": 1.0,
+        "depths_um": [0.0],
+    }
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> AsyncIterator[tuple[Intake, Wrapper]]:
+    dirs = SpoolDirs(tmp_path / "spool")
+    dirs.create()
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    ledger.start()
+    wrapper = Wrapper(ledger, dirs, GatewayIdentity("gw-1", "0.1"), ["pacs"], lambda: None)
+    yield Intake(ledger, dirs, wrapper.notify), wrapper
+    ledger.close()
+
+
+async def capture(intake: Intake, capture_id: str, extra: dict[str, object]) -> None:
+    data = bytes(range(4))
+    offer = CaptureOffer(
+        device_capture_id=capture_id, length=4, content_type=ContentType.PIXELS, extra=extra
+    )
+    sink = await intake.begin("plugin", MICROSCOPE, offer)
+    await sink.write(data)
+    await sink.commit(length=4, sha256=hashlib.sha256(data).hexdigest())
+
+
+async def states(intake: Intake) -> dict[str, tuple[CaptureState, str | None]]:
+    found = {}
+    for state in CaptureState:
+        for entry in await intake.ledger.call(db.captures_in_state, state, 100):
+            found[entry.offer.device_capture_id] = (entry.state, entry.reason)
+    return found
+
+
+async def test_writer_failing_unexpectedly_quarantines_and_the_stage_runs_on(
+    spool: tuple[Intake, Wrapper],
+) -> None:
+    intake, wrapper = spool
+    await capture(intake, "bad", stack_extra(float("inf")))
+    await capture(intake, "good", stack_extra(1))
+    task = asyncio.create_task(wrapper.run(lambda: None))
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                await asyncio.sleep(0.1)
+                assert not task.done(), task.exception()
+                found = await states(intake)
+                if all(state is not CaptureState.CAPTURED for state, _ in found.values()):
+                    break
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert found["good"][0] is CaptureState.WRAPPED
+    state, reason = found["bad"]
+    assert state is CaptureState.QUARANTINED
+    assert reason is not None
+    assert "OverflowError" in reason
