@@ -117,3 +117,17 @@ def test_stable_part_ignores_clock_driven_fields() -> None:
     assert stable_part(a) == stable_part(b)
     b["spool"] = {"undelivered": 0, "oldest_undelivered_age_s": None}
     assert stable_part(a) != stable_part(b)
+
+
+def test_an_entry_dropped_while_in_flight_is_not_counted_once_it_went_out() -> None:
+    bus = events.EventBus()
+    outbox = bus.subscribe(1)
+    bus.emit("capture_committed", spool_id=1, destination="pacs")
+    seq, _ = outbox.peek()  # being published...
+    bus.emit("capture_committed", spool_id=2, destination="pacs")  # overflows meanwhile
+    assert outbox.dropped == 1
+    assert not outbox.pop(seq)
+    outbox.undrop()
+    assert outbox.dropped == 0
+    assert outbox.take_drops() == 0
+    assert outbox.peek()[0] == 2

@@ -115,10 +115,18 @@ class Subscription:
         """The oldest buffered entry, left in the buffer (IndexError if empty)."""
         return self._items[0]
 
-    def pop(self, seq: int) -> None:
-        """Remove the oldest entry if it is still ``seq`` (it may have been dropped)."""
+    def pop(self, seq: int) -> bool:
+        """Remove the oldest entry if it is still ``seq``; False if it was dropped
+        meanwhile (the buffer overflowed while the reader was handling it)."""
         if self._items and self._items[0][0] == seq:
             self._items.popleft()
+            return True
+        return False
+
+    def undrop(self) -> None:
+        """An entry counted as dropped was handled after all (see :meth:`pop`)."""
+        self.dropped -= 1
+        self.unreported_drops -= 1
 
     def take_drops(self) -> int:
         """Drops since the last call (reported with the next event sent)."""

@@ -244,8 +244,9 @@ class MqttPublisher:
             drops = self.outbox.unreported_drops
             payload = {**event, "gateway": self.gateway_id, "dropped_before": drops}
             await client.publish(self.events_topic, json.dumps(payload), qos=1)
-            self.outbox.pop(seq)
             self.outbox.unreported_drops -= drops
+            if not self.outbox.pop(seq):
+                self.outbox.undrop()  # dropped while in flight, but it did go out
 
     async def _state_loop(self, client: aiomqtt.Client) -> None:
         while True:

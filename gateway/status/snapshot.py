@@ -20,7 +20,8 @@ The document (``version`` 1); times are ISO 8601 UTC, ages and durations seconds
       "software": "0.1.0",             # DermGate version
       "generated": "2026-11-30T23:10:00.123+00:00",
       "uptime_s": 3600.5,              # since this run started
-      "seq": 42,                       # snapshot number, +1 per document, from 1 each run
+      "seq": 42,                       # document number, +1 per document made (for any
+                                       # reader: MQTT, page, metrics), from 1 each run
       "last_event_seq": 117,           # seq of the newest event (0: none yet)
       "spool": {
         "counts": {"CAPTURED": 0, "WRAPPED": 2, "SENT": 1, "COMMITTED": 40,
