@@ -119,11 +119,13 @@ def why_page(results: list[CheckResult], user: str, csrf: str) -> str:
         for r in results
     )
     failed = [r for r in results if r.status == "fail"]
-    summary = (
-        f"{len(failed)} problem(s) found: fix the first one first."
-        if failed
-        else "No problem found by the checks."
-    )
+    warned = [r for r in results if r.status in ("warn", "unknown")]
+    if failed:
+        summary = f"{len(failed)} problem(s) found: fix the first one first."
+    elif warned:
+        summary = f"Nothing blocks sending; {len(warned)} thing(s) to look at."
+    else:
+        summary = "No problem found by the checks."
     body = (
         f'<section id="why"><h2>Why isn\'t it sending?</h2><p class="summary">{_e(summary)}</p>'
         "<table><tr><th>Check</th><th>Result</th><th>Finding</th><th>What to do</th></tr>"

@@ -33,7 +33,9 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import re
 import secrets
+import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -65,7 +67,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 LIVE_INTERVAL = 2.0
-_OPEN = ("/healthz", "/login")
+_OPEN = ("/healthz", "/login", "/favicon.ico")
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
@@ -153,6 +155,7 @@ class WebServer:
         app = web.Application(middlewares=[self._headers, self._guard], client_max_size=64 * 1024)
         r = app.router
         r.add_get("/healthz", self.healthz)
+        r.add_get("/favicon.ico", self.no_favicon)
         r.add_get("/metrics", self.metrics_view)
         r.add_get("/login", self.login_form)
         r.add_post("/login", self.login)
@@ -222,6 +225,10 @@ class WebServer:
         """Liveness only."""
         return web.Response(text="ok\n")
 
+    async def no_favicon(self, request: web.Request) -> web.Response:
+        """No icon (and no redirect to the login page for the browser's icon request)."""
+        return web.Response(status=404)
+
     async def metrics_view(self, request: web.Request) -> web.Response:
         """Prometheus text format."""
         body = await self.metrics.render()
@@ -230,8 +237,14 @@ class WebServer:
     def _login_token(self, nonce: str) -> str:
         return hmac.new(self._login_key, nonce.encode(), hashlib.sha256).hexdigest()
 
-    def _login_response(self, message: str = "", status: int = 200) -> web.Response:
-        nonce = secrets.token_urlsafe(24)
+    def _login_response(
+        self, request: web.Request, message: str = "", status: int = 200
+    ) -> web.Response:
+        # Keep a nonce the browser already has: a second login page (another tab, a
+        # redirected favicon request) must not invalidate the form on screen.
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{32}", nonce):
+            nonce = secrets.token_urlsafe(24)
         response = _html(pages.login_page(self._login_token(nonce), message), status)
         response.set_cookie(
             LOGIN_COOKIE,
@@ -248,7 +261,7 @@ class WebServer:
         """The login page (or the overview when already logged in)."""
         if self.sessions.get(request.cookies.get(SESSION_COOKIE)) is not None:
             raise web.HTTPSeeOther("/")
-        return self._login_response()
+        return self._login_response(request)
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         """Check the form token, the lockout and the password; start a session."""
@@ -258,7 +271,7 @@ class WebServer:
         if not nonce or not same_token(
             token if isinstance(token, str) else None, self._login_token(nonce)
         ):
-            return self._login_response("The login form expired. Please try again.", 403)
+            return self._login_response(request, "The login form expired. Please try again.", 403)
         user = str(form.get("user") or "").strip()
         password = str(form.get("password") or "")
         addr = request.remote or "unknown"
@@ -268,6 +281,7 @@ class WebServer:
             minutes = max(1, round(left / 60))
             log.warning("login refused for %r from %s: locked out", user, addr)
             return self._login_response(
+                request,
                 f"Too many failed logins. Logins are blocked for {minutes} more minute(s); "
                 "wait, then try again.",
                 429,
@@ -276,11 +290,11 @@ class WebServer:
             users = await asyncio.to_thread(Users.load, self.config.users_path())
         except UsersError as err:
             log.error("%s", err)
-            return self._login_response("The users file cannot be read; see the log.", 500)
+            return self._login_response(request, "The users file cannot be read; see the log.", 500)
         if not await asyncio.to_thread(users.verify, user, password):
             self.lockout.fail(keys)
             log.warning("failed login for %r from %s", user, addr)
-            return self._login_response("Wrong user name or password.", 401)
+            return self._login_response(request, "Wrong user name or password.", 401)
         self.lockout.succeed(keys)
         cookie, _ = self.sessions.create(user)
         log.info("user %s logged in from %s", user, addr)
@@ -433,19 +447,20 @@ class WebServer:
         action = request.match_info["action"]
         return _html(pages.confirm_page(sid, action, details["reason"], s.user, s.csrf))
 
-    def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _write(self, op: Callable[[sqlite3.Connection], Any]) -> Any:
         conn = open_ledger(self.config.ledger_path())
         try:
-            return fn(conn, *args)
+            return op(conn)
         finally:
             conn.close()
 
-    async def _act(self, request: web.Request, action: str, *args: Any) -> web.Response:
+    async def _act(
+        self, request: web.Request, action: str, op: Callable[[sqlite3.Connection], Any]
+    ) -> web.Response:
         s = request[SESSION_KEY]
         sid = int(request.match_info["sid"])
-        fn = admin.retry_capture if action == "retry" else admin.resolve_capture
         try:
-            outcome = await asyncio.to_thread(self._write, fn, sid, *args)
+            outcome = await asyncio.to_thread(self._write, op)
         except admin.NoSuchCapture as err:
             raise web.HTTPNotFound(text=f"{err}\n") from err
         except admin.NotPossible as err:
@@ -454,12 +469,12 @@ class WebServer:
         self.poke()
         if action == "retry":
             state = outcome.state
-            text = (
-                f"Retry requested: capture {sid} is now {state}"
-                + (" and will be wrapped again." if state == "CAPTURED" else ".")
-                if state in ("CAPTURED", "WRAPPED")
-                else f"Capture {sid} is now {state}: every destination already has it."
-            )
+            if state == CaptureState.CAPTURED:
+                text = f"Retry requested: capture {sid} is now CAPTURED and will be wrapped again."
+            elif state == CaptureState.WRAPPED:
+                text = f"Retry requested: capture {sid} is now WRAPPED and will be sent again."
+            else:
+                text = f"Capture {sid} is now {state}: every destination already has it."
         else:
             text = f"Capture {sid} is marked as resolved."
         _, details = await self._details(request)
@@ -467,15 +482,23 @@ class WebServer:
 
     async def retry(self, request: web.Request) -> web.Response:
         """Release a quarantined capture (after confirmation)."""
+        sid = int(request.match_info["sid"])
         names = [d.name for d in self.config.destinations]
-        return await self._act(request, "retry", self.dirs, names)
+        return await self._act(
+            request, "retry", lambda conn: admin.retry_capture(conn, self.dirs, sid, names)
+        )
 
     async def resolve(self, request: web.Request) -> web.Response:
         """Mark a quarantined capture as resolved (after confirmation)."""
         s = request[SESSION_KEY]
+        sid = int(request.match_info["sid"])
         form = await request.post()
         resolution = str(form.get("resolution") or "")
-        return await self._act(request, "resolve", resolution, s.user)
+        return await self._act(
+            request,
+            "resolve",
+            lambda conn: admin.resolve_capture(conn, sid, resolution, s.user),
+        )
 
     # ----------------------------------------------------------------- stage
 
