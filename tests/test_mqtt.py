@@ -156,6 +156,9 @@ def test_status_state_events_follow_captures_and_sigkill_shows_offline(
     assert final["destinations"][0]["reachable"] is True
     assert final["destinations"][0]["last_error"] is None
     assert final["alarms"] == []
+    assert final["mqtt"]["connected"] is True
+    assert final["mqtt"]["events_dropped"] == 0
+    assert final["mqtt"]["last_error"] is None
 
     gateway.kill()
     rec.wait(lambda: rec.on(STATUS)[-1].payload == b"offline", 15, "offline (the Will)")

@@ -114,6 +114,18 @@ class MqttPublisher:
         self.connected = False
         self._last_state: dict[str, Any] | None = None
         self._last_state_at = 0.0
+        self.last_error: dict[str, str] | None = None
+        state.sections["mqtt"] = self.status
+
+    def status(self) -> dict[str, Any]:
+        """The ``mqtt`` section of the state document."""
+        return {
+            "connected": self.connected,
+            "reconnects": self.reconnects,
+            "events_dropped": self.outbox.dropped,
+            "events_waiting": len(self.outbox),
+            "last_error": self.last_error,
+        }
 
     # ------------------------------------------------------------------ connection
 
@@ -153,6 +165,26 @@ class MqttPublisher:
             return f"{text} (with TLS this is often a rejected client certificate)"
         return text
 
+    def _classify(self, err: BaseException) -> dict[str, str]:
+        """The connection error as a code and a plain phrase (for the state)."""
+        text = (str(err) or type(err).__name__).lower()
+        if isinstance(err, FileNotFoundError | PermissionError):
+            return {"code": "local_file", "message": "cannot read the password or TLS files"}
+        if "not authori" in text or "bad user name or password" in text:
+            code, message = "not_authorised", "the broker refused the user name or password"
+        elif "certificate" in text or isinstance(err, ssl.SSLError):
+            code, message = "tls", "TLS failed: the broker's certificate was not accepted"
+        elif "timed out" in text:
+            code = "timeout"
+            message = "the broker did not answer in time" + (
+                " (with TLS often a rejected client certificate)" if self.settings.tls else ""
+            )
+        elif "refused" in text:
+            code, message = "refused", "nothing accepts connections at the broker's address"
+        else:
+            code, message = "other", "the connection to the broker failed"
+        return {"code": code, "message": message}
+
     async def run(self, ready: Callable[[], None]) -> None:
         """Stay connected until cancelled; then say ``offline`` and disconnect."""
         s = self.settings
@@ -181,6 +213,7 @@ class MqttPublisher:
                     down_since = None
                     backoff.reset()
                     self.connected = True
+                    self.last_error = None
                     try:
                         await self._session(client)
                     except asyncio.CancelledError:
@@ -190,6 +223,7 @@ class MqttPublisher:
                 raise
             except Exception as err:  # MQTT errors, OSError, ssl errors: retry for ever
                 self.connected = False
+                self.last_error = self._classify(err)
                 if down_since is None:
                     down_since = self._clock()
                     log.warning(
@@ -260,16 +294,15 @@ class MqttPublisher:
 
     async def state_document(self) -> dict[str, Any]:
         """The state document as published (with the ``mqtt`` block)."""
-        document = await self.state.snapshot()
-        document["mqtt"] = {"events_dropped": self.outbox.dropped, "reconnects": self.reconnects}
-        return document
+        return await self.state.snapshot()
 
     async def _publish_state(
         self, client: aiomqtt.Client, *, only_if_changed: bool = False
     ) -> None:
         document = await self.state_document()
         stable = stable_part(document)
-        stable["mqtt"] = document["mqtt"]
+        mqtt = document["mqtt"]
+        stable["mqtt"] = {"dropped": mqtt["events_dropped"], "reconnects": mqtt["reconnects"]}
         due = self._clock() - self._last_state_at >= _STATE_HEARTBEAT
         if only_if_changed and stable == self._last_state and not due:
             return

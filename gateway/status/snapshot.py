@@ -59,8 +59,18 @@ Alarm codes: ``disk_full`` (subject ""), ``stuck_captures`` (subject: destinatio
 ``destination_unreachable`` (destination), ``driver_quarantined`` (device name).
 Error codes: see :data:`ERROR_PHRASES`.
 
-The MQTT publisher adds one block of its own, ``"mqtt": {"events_dropped": N,
-"reconnects": N}``, to what it publishes.
+Stages may add a section of their own (:attr:`GatewayState.sections`). With
+``[mqtt]`` configured the document has::
+
+      "mqtt": {
+        "connected": true,             # connected to the broker now
+        "reconnects": 0,               # reconnections (counted at CONNACK) this run
+        "events_dropped": 0,           # events lost from the full outbox this run
+        "events_waiting": 0,           # events in the outbox, not yet acknowledged
+        "last_error": null             # or {"code": "not_authorised", "message": "..."}
+      }
+
+(on MQTT itself ``connected`` is of course always true; the local page shows it.)
 """
 
 from __future__ import annotations
@@ -218,6 +228,8 @@ class GatewayState:
         self._started = clock()
         self.seq = 0
         self._lock = asyncio.Lock()
+        self.sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        """Extra top-level sections: name → function returning it (e.g. "mqtt")."""
 
     def uptime(self) -> float:
         """Seconds since this run started."""
@@ -268,7 +280,7 @@ class GatewayState:
             if figures.oldest_sent_epoch is None
             else round(max(0.0, time.time() - figures.oldest_sent_epoch), 1)
         )
-        return {
+        document: dict[str, Any] = {
             "version": STATE_VERSION,
             "gateway": self.gateway_id,
             "software": self.software,
@@ -292,6 +304,9 @@ class GatewayState:
             "destinations": destinations,
             "alarms": alarms,
         }
+        for name, section in self.sections.items():
+            document[name] = section()
+        return document
 
 
 def stable_part(document: dict[str, Any]) -> dict[str, Any]:
