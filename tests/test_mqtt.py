@@ -375,3 +375,59 @@ def test_no_patient_data_in_any_mqtt_payload(
         for secret in secrets:
             assert secret.encode() not in message.payload, f"{secret!r} in {message.topic}"
             assert secret not in message.topic
+
+
+def test_a_pacs_outage_raises_and_clears_alarms_in_events_and_state(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    mosquitto: Mosquitto,
+    recorder_factory: Callable[..., Recorder],
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    orthanc.stop()
+    rec = recorder_factory(mosquitto, [EVENTS, STATE])
+    config = with_mqtt(
+        gateway_config(
+            tmp_path,
+            pacs_port=orthanc.dicom_port,
+            commit_via=orthanc,
+            extra_destination="stuck_after = 2",
+        ),
+        mosquitto,
+    )
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    sim = simulator_factory("--captures", "1")
+    assert sim.wait(120) == 0, gateway.log()
+
+    def alarm_codes() -> set[str]:
+        state = latest_state(rec)
+        return {a["code"] for a in state["alarms"]} if state else set()
+
+    rec.wait(
+        lambda: {"destination_unreachable", "stuck_captures"} <= alarm_codes(), 60, "both alarms"
+    )
+    state = latest_state(rec)
+    assert state is not None
+    (pacs,) = state["destinations"]
+    assert pacs["reachable"] is False
+    assert pacs["last_error"]["code"] == "unreachable"
+    assert pacs["pending"] == 1
+    assert pacs["stuck"] == 1
+    assert state["spool"]["undelivered"] == 1
+    assert state["spool"]["oldest_undelivered_age_s"] >= 2
+    assert all(a["subject"] == "pacs" and a["message"] for a in state["alarms"])
+    raised = [e for e in events(rec) if e["kind"] == "alarm_raised"]
+    assert sorted(e["code"] for e in raised) == ["destination_unreachable", "stuck_captures"]
+
+    orthanc.start()
+    wait_for(lambda: states(tmp_path / "state") == ["COMMITTED"], 90, "delivered after the outage")
+    rec.wait(lambda: not alarm_codes() and latest_state(rec), 60, "alarms cleared in state")
+    cleared = [e for e in events(rec) if e["kind"] == "alarm_cleared"]
+    assert sorted(e["code"] for e in cleared) == ["destination_unreachable", "stuck_captures"]
+    final = latest_state(rec)
+    assert final is not None
+    assert final["destinations"][0]["reachable"] is True
+    assert final["destinations"][0]["last_error"] is None
+    assert final["spool"]["counts"]["COMMITTED"] == 1

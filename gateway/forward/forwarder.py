@@ -262,6 +262,7 @@ class Forwarder:
         if outcome.verdict.delivered:
             await self._ledger.call(db.record_sent, outcome.key, self.name)
             log.info("spool id %d delivered to %s (%s)", outcome.key, self.name, outcome.detail)
+            self.last_error = None  # the error of the latest attempt, if it failed
             events.emit(
                 "capture_delivered",
                 spool_id=outcome.key,

@@ -47,7 +47,8 @@ The document (``version`` 1); times are ISO 8601 UTC, ages and durations seconds
          "circuit_open": false,        # sending paused, probing with C-ECHO
          "pending": 2,                 # deliveries waiting to be sent
          "stuck": 0,                   # captures past stuck_after, still undelivered
-         "last_error": null}           # or {"code": "unreachable", "message": "..."}
+         "last_error": null}           # latest failed attempt, null once one succeeds:
+                                       # {"code": "unreachable", "message": "..."}
       ],
       "alarms": [
         {"code": "destination_unreachable", "subject": "pacs",
