@@ -3,12 +3,15 @@ a real ``dermgate run``: simulated dermatoscope on a pty, real Orthanc.
 
 Login, the overview (device and delivered count, live), "Why isn't it sending?",
 a confirmed retry of a quarantined capture, and a reveal that writes one audit line
-without patient data. Saves the screenshots committed in docs/screenshots/.
+without patient data. Takes screenshots of the overview and the checks; with
+``DERMGATE_UPDATE_SCREENSHOTS=1`` they replace the ones committed in
+docs/screenshots/ (otherwise a test run leaves the working tree alone).
 Chromium missing makes this test fail, never skip.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -41,7 +44,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-extensions",
 ]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+DOC_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 AUDIT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ user=tech action=reveal spool_id=\d+$")
 
 
@@ -91,7 +94,9 @@ def test_technician_page_in_chromium(
     delivered = next(r for r in rows if r["state"] == "COMMITTED")
     before = quarantined["updated_at"]
 
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    update = os.environ.get("DERMGATE_UPDATE_SCREENSHOTS") == "1"
+    shots = DOC_SCREENSHOTS if update else tmp_path / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
@@ -108,7 +113,7 @@ def test_technician_page_in_chromium(
             expect(page.locator(".verdict")).to_have_attribute("data-verdict", "amber")
             page.wait_for_timeout(2500)  # one live update from /events
             expect(page.locator("#delivered")).to_have_text("2")
-            page.screenshot(path=str(SCREENSHOTS / "overview.png"))
+            page.screenshot(path=str(shots / "overview.png"))
 
             # Why isn't it sending? The checks run against the real Orthanc.
             page.click("text=Why isn't it sending?")
@@ -116,7 +121,7 @@ def test_technician_page_in_chromium(
             expect(page.locator("#why")).to_contain_text("Listening")
             expect(page.locator("#why")).to_contain_text("Clock")
             expect(page.locator("#why")).to_contain_text("1 capture(s) set aside")
-            page.screenshot(path=str(SCREENSHOTS / "why-not-sending.png"))
+            page.screenshot(path=str(shots / "why-not-sending.png"))
 
             # Spool view, retry with a confirmation step.
             page.click("nav >> text=Spool")
@@ -161,6 +166,6 @@ def test_technician_page_in_chromium(
         if value:
             assert value not in lines[0]
     for shot in ("overview.png", "why-not-sending.png"):
-        data = (SCREENSHOTS / shot).read_bytes()
+        data = (shots / shot).read_bytes()
         assert data.startswith(b"\x89PNG")
         assert len(data) < 400_000
