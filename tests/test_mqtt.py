@@ -137,6 +137,12 @@ def test_status_state_events_follow_captures_and_sigkill_shows_offline(
     for kind in ("capture_saved", "capture_delivered", "capture_committed"):
         assert kinds(rec).count(kind) == 2, kinds(rec)
     assert "device_connected" in kinds(rec)
+    # The simulator has exited: its port is gone, and so is the device.
+    rec.wait(lambda: "device_gone" in kinds(rec), 30, "device_gone")
+    gone = next(e for e in events(rec) if e["kind"] == "device_gone")
+    assert gone["device"] == "scope"
+    assert gone["driver"] == "serial-dermatoscope"
+    assert gone["state"] in ("DISCONNECTED", "CONNECTING", "ERROR")
     saved = [e for e in got if e["kind"] == "capture_saved"]
     delivered = [e for e in got if e["kind"] == "capture_delivered"]
     assert {e["spool_id"] for e in saved} == {e["spool_id"] for e in delivered} == {1, 2}
