@@ -42,6 +42,7 @@ from gateway.spool.space import MIB, SpaceGuard
 from gateway.status import events
 from gateway.status.mqtt import MqttPublisher
 from gateway.status.snapshot import GatewayState
+from gateway.status.web.live import live_view
 from gateway.status.web.server import WebServer
 from gateway.supervise import DriverTask, RestartPolicy, Supervisor
 from gateway.wrap import Wrapper
@@ -229,7 +230,7 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
                     wrapper.notify()
                     wrapped()
 
-                page = WebServer(config, gateway_state.snapshot, poke)
+                page = WebServer(config, functools.partial(live_view, gateway_state), poke)
                 await supervisor.start("web", page.run)
             devices = _Devices(config, intake, board, supervisor)
             slots = devices.start_all()

@@ -91,9 +91,9 @@ class WebServer:
         snapshot: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         poke: Callable[[], None] = lambda: None,
     ) -> None:
-        """``snapshot``: the gateway state document (:mod:`gateway.status.snapshot`),
-        for devices, destination reachability and alarms; ``poke`` wakes the wrapper
-        and forwarders after a retry."""
+        """``snapshot``: devices, destinations and alarms as in the gateway state
+        document (:func:`.live.live_view`); ``poke`` wakes the wrapper and the
+        forwarders after a retry."""
         assert config.web is not None
         self.config = config
         self.web: WebSettings = config.web
