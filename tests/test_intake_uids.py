@@ -109,3 +109,19 @@ async def test_same_capture_committed_twice_at_once_keeps_its_file(intake: Intak
 
     assert sorted(r.duplicate for r in receipts) == [False, True]
     assert list(spooled_files(intake).values()) == [data]
+
+
+async def test_leftover_of_an_interrupted_commit_does_not_block_the_capture(
+    intake: Intake,
+) -> None:
+    """A commit cancelled between its rename and its ledger row (the driver restarted
+    in that instant) leaves an unrecorded file under the capture's name; it was never
+    acknowledged, so the re-offer replaces it instead of being refused until the next
+    start-up's reconciliation."""
+    uids = InstanceUIDs(new_uid(), new_uid(), new_uid())
+    data = b"solid body\n" * 100
+    (intake.dirs.raw / f"{uids.sop_instance}.raw").write_bytes(data)
+
+    assert await deliver(intake, scanner("A-1"), offer("cap-1", uids, data), data)
+
+    assert list(spooled_files(intake).values()) == [data]

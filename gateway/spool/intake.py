@@ -65,6 +65,16 @@ def _refusal_for(err: OSError) -> CaptureRefused:
     return CaptureRefused(RefusalReason.STORAGE_ERROR, f"spool write failed: {err.strerror}")
 
 
+def _recorded(conn: sqlite3.Connection, sop_instance_uid: str, name: str) -> bool:
+    """Does a ledger row hold this SOP Instance UID or a spooled file of this name?"""
+    row = conn.execute(
+        "SELECT 1 FROM captures WHERE sop_instance_uid = ? OR raw_name = ? OR dicom_name = ? "
+        "LIMIT 1",
+        (sop_instance_uid, name, name),
+    ).fetchone()
+    return row is not None
+
+
 def _uids_in_use() -> CaptureRefused:
     return CaptureRefused(
         RefusalReason.CONFLICT, "the capture's UIDs are already used by another capture"
@@ -240,7 +250,14 @@ class StagedCapture:
         # taken (that file belongs to an acknowledged capture).
         async with self._intake.naming:
             try:
-                placed = await asyncio.to_thread(self._place, final)
+                placed = await asyncio.to_thread(self._place, final, False)
+                if not placed and not await self._intake.ledger.call(
+                    _recorded, uids.sop_instance, final.name
+                ):
+                    # No row names it: the leftover of a commit interrupted between
+                    # its rename and its row, never acknowledged (start-up would move
+                    # it to orphans/). This capture takes the name.
+                    placed = await asyncio.to_thread(self._place, final, True)
             except OSError as err:
                 self._discard()
                 raise _refusal_for(err) from err
@@ -267,9 +284,10 @@ class StagedCapture:
         finally:
             fh.close()
 
-    def _place(self, final: Path) -> bool:
-        """Rename the staging file to ``final``; False (nothing done) if it exists."""
-        if final.exists():
+    def _place(self, final: Path, replace: bool) -> bool:
+        """Rename the staging file to ``final``; False (nothing done) if it exists,
+        unless ``replace``."""
+        if final.exists() and not replace:
             return False
         os.replace(self._path, final)
         # Only the new name must be durable: a staging entry that survives a crash
