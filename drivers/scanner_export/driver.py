@@ -171,6 +171,20 @@ class ScannerExportDriver:
             watch.retry_at = now + self.options.poll_interval
             return
         if await self._capture(plan):
+            # The move is the acknowledgement: only of the export as it was planned. A
+            # re-export into the same folder meanwhile (its manifest rewritten) is
+            # looked at again; what was already captured is recognised then.
+            try:
+                after = await asyncio.to_thread(self.folder.snapshot, entry)
+            except OSError:
+                after = None
+            if after != watch.snapshot:
+                log.info(
+                    "%s: %s changed while it was captured; looking again", self.name, plan.label
+                )
+                self._watches.pop(entry.name, None)
+                self._idle()
+                return
             try:
                 await asyncio.to_thread(self.folder.mark_processed, entry)
             except OSError as err:

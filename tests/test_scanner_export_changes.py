@@ -1,0 +1,57 @@
+"""An export rewritten while it is being captured is not acknowledged as it was.
+
+Moving an export into ``.processed/`` is the acknowledgement: whatever is in the
+folder at that moment must be what was captured. A scanner workstation that
+re-exports into the same folder name while the gateway is still streaming (a
+corrected patient id, say) changes the manifest after it was planned; the files
+streamed afterwards still match the plan, so only a look at the export after the
+last commit shows the change. The export must then be looked at again (the new
+manifest captured) rather than moved away with a manifest no capture came from.
+
+A real ``dermgate run`` watches a real folder; the PACS is unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.local_orthanc import free_port
+from tests.conftest import GatewayProcess, gateway_config, ledger_rows, wait_for
+from tests.scanner_export_support import devices_toml, manifest_for, write_export
+
+TRIANGLES = 4_000_000  # a 200 MB binary STL: its capture takes a while
+
+
+def test_manifest_rewritten_during_capture_is_captured_before_acknowledgement(
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    config = gateway_config(tmp_path, pacs_port=free_port(), devices=devices_toml(folder))
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    stl = b"binary stl".ljust(80, b" ") + struct.pack("<I", TRIANGLES) + bytes(50 * TRIANGLES)
+    files = {"body.stl": stl}
+    export = write_export(folder, "export-1", files, patient={"id": "P-OLD"})
+    staging = tmp_path / "state" / "spool" / "staging"
+
+    deadline = time.monotonic() + 60
+    while not any(staging.glob("*.part")):
+        assert time.monotonic() < deadline, "the capture never started"
+        time.sleep(0.005)
+    (export / "manifest.json").write_bytes(manifest_for(files, patient={"id": "P-NEW"}))
+
+    processed = folder / ".processed" / "export-1"
+    wait_for(processed.exists, 120, "the export acknowledged")
+    assert json.loads((processed / "manifest.json").read_bytes())["patient"]["id"] == "P-NEW"
+    patients = [
+        json.loads(r["patient_json"])["patient_id"]
+        for r in ledger_rows(tmp_path / "state")
+        if r["patient_json"]
+    ]
+    assert "P-NEW" in patients, "the acknowledged manifest was never captured"
+    assert gateway.stop() == 0
