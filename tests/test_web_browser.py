@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -153,6 +154,13 @@ def test_technician_page_in_chromium(
             page.click("#reveal")
             expect(page.locator("#patient td").first).to_have_class("revealed")
             expect(page.locator(".notice")).to_contain_text("recorded in the audit log")
+
+            # A browser left on the live overview does not hold up a service stop.
+            page.goto(base + "/")
+            expect(page.locator("#delivered")).to_have_text("2")
+            started = time.monotonic()
+            assert gateway.stop(timeout=30) == 0
+            assert time.monotonic() - started < 15, "the open event stream delayed the stop"
         finally:
             browser.close()
 
