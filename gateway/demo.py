@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import sqlite3
 import subprocess
@@ -31,10 +32,12 @@ from gateway.config import load_config
 from gateway.local_orthanc import OrthancProcess, free_port
 from gateway.spool import ledger as db
 from gateway.spool.states import CaptureState
+from gateway.users import Users
 
 log = logging.getLogger(__name__)
 
 DEMO_AE = "DERMGATE"
+DEMO_USER = "demo"
 _FOREVER_PAUSE = 20.0
 
 
@@ -77,6 +80,15 @@ class DemoDevice:
             proc.wait()
 
 
+def one_time_login(users_file: Path) -> str:
+    """Give the demo user a fresh random password (a new one every demo run)."""
+    password = secrets.token_urlsafe(12)
+    users = Users.load(users_file)  # a missing file is no users
+    users.set_password(DEMO_USER, password)
+    users.save(users_file)
+    return password
+
+
 def demo_devices(workdir: Path) -> list[DemoDevice]:
     """The four simulated devices of the demo."""
     scans = workdir / "scanner-exports"
@@ -117,7 +129,11 @@ folder = "{photos}"''',
 
 
 def demo_config(
-    workdir: Path, orthanc: OrthancProcess, listen_port: int, devices: list[DemoDevice]
+    workdir: Path,
+    orthanc: OrthancProcess,
+    listen_port: int,
+    devices: list[DemoDevice],
+    web_port: int,
 ) -> str:
     """The gateway configuration the demo runs with."""
     sections = "".join(
@@ -145,6 +161,9 @@ port = {orthanc.dicom_port}
 storage_commitment = true
 retry_initial = 1.0
 retry_max = 30.0
+
+[web]
+listen = "127.0.0.1:{web_port}"
 {sections}"""
 
 
@@ -280,8 +299,12 @@ def run_demo(*, workdir: Path, captures: int | None, timeout: float) -> int:
         print(f"dermgate demo: cannot start Orthanc: {err}", file=sys.stderr)
         return 1
     devices = demo_devices(workdir)
+    web_port = free_port()
     config_path = workdir / "dermgate.toml"
-    config_path.write_text(demo_config(workdir, orthanc, listen_port, devices), encoding="utf-8")
+    config_path.write_text(
+        demo_config(workdir, orthanc, listen_port, devices, web_port), encoding="utf-8"
+    )
+    password = one_time_login(load_config(config_path).users_path())
     ending = (
         f"Stops once {captures} captures of each device are in Orthanc."
         if captures
@@ -290,6 +313,8 @@ def run_demo(*, workdir: Path, captures: int | None, timeout: float) -> int:
     print(
         f"""
 DermGate demo is running.
+  The technician's page:        http://127.0.0.1:{web_port}/
+    one-time login:             user "{DEMO_USER}", password "{password}"
   Orthanc Explorer (the PACS):  {orthanc.url}/app/explorer.html
   Gateway configuration:        {config_path}
   Spool (captures, DICOM):      {workdir / "state" / "spool"}

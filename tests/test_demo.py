@@ -1,22 +1,47 @@
 """``dermgate demo --captures N``: the embedded default, exactly as a newcomer runs it.
 
 All four simulated devices (serial dermatoscope, USB confocal microscope, 3D scanner
-export folder, camera photo folder) deliver through one gateway into one Orthanc.
+export folder, camera photo folder) deliver through one gateway into one Orthanc,
+and the technician's page is served with the one-time login the demo prints.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import aiohttp
+
 from gateway.local_orthanc import OrthancProcess
+from tests.web_support import login
 
 
-def test_demo_delivers_captures_and_cleans_up(tmp_path: Path) -> None:
+async def _log_in(base: str, password: str) -> str:
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as session:
+        for _ in range(300):  # the page starts with the gateway, after the banner
+            try:
+                async with session.get(f"{base}/healthz") as health:
+                    assert (await health.text()).strip() == "ok"
+                    break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the page never answered /healthz")
+        wrong = await login(session, base, user="demo", password=password + "x")
+        assert "/login" in str(wrong.url), "a wrong password does not get in"
+        response = await login(session, base, user="demo", password=password)
+        assert response.status == 200
+        return await response.text()
+
+
+def test_demo_delivers_captures_and_serves_the_page(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
-    result = subprocess.run(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -29,18 +54,46 @@ def test_demo_delivers_captures_and_cleans_up(tmp_path: Path) -> None:
             "--timeout",
             "180",
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
-        check=False,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Orthanc Explorer" in result.stdout
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    try:
+        errors: list[str] = []
+        drain = threading.Thread(target=lambda: errors.extend(proc.stderr or []), daemon=True)
+        drain.start()
+        head = ""
+        for line in proc.stdout:
+            head += line
+            if "Orthanc Explorer" in line:
+                break
+        page = re.search(r"The technician's page:\s+(http://\S+)/", head)
+        credentials = re.search(r'one-time login:\s+user "demo", password "(\S+)"', head)
+        assert page, head
+        assert credentials, head
+        overview = asyncio.run(_log_in(page.group(1), credentials.group(1)))
+        assert "Overview" in overview
+        rest = proc.stdout.read()
+        code = proc.wait(240)
+        drain.join(10)
+        proc.stdout.close()
+        proc.stderr.close()
+        assert code == 0, "".join(errors)[-3000:]
+    finally:
+        if proc.poll() is None:  # a failed assertion: do not leave the demo running
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+    stdout = head + rest
     summary = re.search(
-        r"2 captures of each of 4 devices in Orthanc \((\d+) DICOM objects\)", result.stdout
+        r"2 captures of each of 4 devices in Orthanc \((\d+) DICOM objects\)", stdout
     )
-    assert summary, result.stdout[-2000:]
+    assert summary, stdout[-2000:]
     objects = int(summary.group(1))
+    assert credentials.group(1) not in "".join(errors), "the password is not logged"
     assert not (workdir / "ttyDERM0").exists(), "the simulator is gone"
     # Orthanc was stopped: its storage can be opened by a fresh server and holds every
     # object, of every device class.
