@@ -1,7 +1,9 @@
 """``dermgate demo``: the embedded default, all on this machine.
 
 Starts a private Orthanc (Debian's ``/usr/sbin/Orthanc``) on free loopback ports,
-with our commitment listener registered in its ``DicomModalities``; writes a
+with our commitment listener registered in its ``DicomModalities``, and a private
+Mosquitto broker for the fleet status (MQTT); serves the technician's page with a
+one-time login it prints; writes a
 gateway configuration pointing at it; starts one simulator per device class (a
 serial dermatoscope on a pty, a USB confocal microscope behind the emulated pyusb
 backend, a 3D body scanner's export folder, a clinical camera's photo folder); and
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import load_config
+from gateway.local_mosquitto import MosquittoProcess
 from gateway.local_orthanc import OrthancProcess, free_port
 from gateway.spool import ledger as db
 from gateway.spool.states import CaptureState
@@ -134,6 +137,7 @@ def demo_config(
     listen_port: int,
     devices: list[DemoDevice],
     web_port: int,
+    mqtt_port: int,
 ) -> str:
     """The gateway configuration the demo runs with."""
     sections = "".join(
@@ -161,6 +165,12 @@ port = {orthanc.dicom_port}
 storage_commitment = true
 retry_initial = 1.0
 retry_max = 30.0
+
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+topic_prefix = "dermgate"
+homeassistant_discovery = true
 
 [web]
 listen = "127.0.0.1:{web_port}"
@@ -298,11 +308,19 @@ def run_demo(*, workdir: Path, captures: int | None, timeout: float) -> int:
     except (OSError, RuntimeError) as err:
         print(f"dermgate demo: cannot start Orthanc: {err}", file=sys.stderr)
         return 1
+    broker = MosquittoProcess(workdir / "mosquitto")
+    try:
+        broker.start()
+    except (OSError, RuntimeError) as err:
+        orthanc.stop()
+        print(f"dermgate demo: cannot start Mosquitto: {err}", file=sys.stderr)
+        return 1
     devices = demo_devices(workdir)
     web_port = free_port()
     config_path = workdir / "dermgate.toml"
     config_path.write_text(
-        demo_config(workdir, orthanc, listen_port, devices, web_port), encoding="utf-8"
+        demo_config(workdir, orthanc, listen_port, devices, web_port, broker.port),
+        encoding="utf-8",
     )
     password = one_time_login(load_config(config_path).users_path())
     ending = (
@@ -316,6 +334,7 @@ DermGate demo is running.
   The technician's page:        http://127.0.0.1:{web_port}/
     one-time login:             user "{DEMO_USER}", password "{password}"
   Orthanc Explorer (the PACS):  {orthanc.url}/app/explorer.html
+  MQTT (fleet status):          mqtt://127.0.0.1:{broker.port}  topics dermgate/dermgate-demo/#
   Gateway configuration:        {config_path}
   Spool (captures, DICOM):      {workdir / "state" / "spool"}
   Simulated devices:            serial dermatoscope ({workdir / "ttyDERM0"}),
@@ -334,6 +353,7 @@ DermGate demo is running.
         for device in devices:
             device.stop()
         orthanc.stop()
+        broker.stop()
     if outcome.code == 0 and captures is not None:
         print(
             f"dermgate demo: {captures} captures of each of {len(devices)} devices in Orthanc "

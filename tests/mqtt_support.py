@@ -12,21 +12,19 @@ included. A missing broker or tool fails the test (no skips).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
 
-from gateway.local_orthanc import free_port
+from gateway.local_mosquitto import MosquittoProcess
 
-MOSQUITTO = Path("/usr/sbin/mosquitto")
 PASSWORD = "s3cret-broker-pw"
 USER = "dermgate"
 
@@ -79,37 +77,19 @@ def make_tls(folder: Path) -> TlsFiles:
 
 
 @dataclass
-class Mosquitto:
-    """One Mosquitto broker process with its own configuration and log."""
+class Mosquitto(MosquittoProcess):
+    """The product's private broker, plus what the tests need: TLS and passwords."""
 
-    workdir: Path
-    port: int = field(default_factory=free_port)
     tls: TlsFiles | None = None
     password_file: Path | None = None
-    persistent: bool = False
-    proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def log_path(self) -> Path:
-        """The broker's log file."""
-        return self.workdir / "mosquitto.log"
-
-    def _write_conf(self) -> Path:
-        store = self.workdir / "store"
-        store.mkdir(exist_ok=True)
-        lines = [
-            "per_listener_settings false",
-            f"persistence {'true' if self.persistent else 'false'}",
-            f"persistence_location {store}/",
-            f"log_dest file {self.log_path}",
-            "log_type all",
-            "user root",
-            f"listener {self.port} 127.0.0.1",
-        ]
-        if self.password_file is not None:
-            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
-        else:
-            lines.append("allow_anonymous true")
+    def security_lines(self) -> list[str]:
+        """Password file and TLS listener settings when the test asks for them."""
+        lines = (
+            ["allow_anonymous false", f"password_file {self.password_file}"]
+            if self.password_file is not None
+            else ["allow_anonymous true"]
+        )
         if self.tls is not None:
             lines += [
                 f"cafile {self.tls.ca}",
@@ -117,47 +97,7 @@ class Mosquitto:
                 f"keyfile {self.tls.server_key}",
                 "require_certificate true",
             ]
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text("\n".join(lines) + "\n", encoding="ascii")
-        return conf
-
-    def start(self) -> None:
-        """Start the broker and wait until it accepts connections."""
-        assert MOSQUITTO.exists(), "Debian's mosquitto package is required"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self._write_conf()
-        self.proc = subprocess.Popen(
-            [str(MOSQUITTO), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"mosquitto exited: {self.log()}"
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"mosquitto did not listen on {self.port}: {self.log()}")
-
-    def stop(self) -> None:
-        """Stop the broker (clients see the connection drop)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def log(self) -> str:
-        """The broker's log so far."""
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
-        except OSError:
-            return "(no log)"
+        return lines
 
     def config_section(self, **extra: Any) -> str:
         """A ``[mqtt]`` TOML section for a gateway using this broker."""

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import aiohttp
+import paho.mqtt.client as paho
 
 from gateway.local_orthanc import OrthancProcess
 from tests.web_support import login
@@ -37,6 +38,28 @@ async def _log_in(base: str, password: str) -> str:
         response = await login(session, base, user="demo", password=password)
         assert response.status == 200
         return await response.text()
+
+
+def _retained_status(port: int, topic: str) -> str:
+    """The retained payload on ``topic`` of the demo's broker (waits up to 30 s)."""
+    got: list[str] = []
+    arrived = threading.Event()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+
+    def on_message(_c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+        got.append(msg.payload.decode())
+        arrived.set()
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        assert arrived.wait(30), f"nothing retained on {topic}"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return got[0]
 
 
 def test_demo_delivers_captures_and_serves_the_page(tmp_path: Path) -> None:
@@ -67,7 +90,7 @@ def test_demo_delivers_captures_and_serves_the_page(tmp_path: Path) -> None:
         head = ""
         for line in proc.stdout:
             head += line
-            if "Orthanc Explorer" in line:
+            if "Watch the spool" in line:
                 break
         page = re.search(r"The technician's page:\s+(http://\S+)/", head)
         credentials = re.search(r'one-time login:\s+user "demo", password "(\S+)"', head)
@@ -75,6 +98,10 @@ def test_demo_delivers_captures_and_serves_the_page(tmp_path: Path) -> None:
         assert credentials, head
         overview = asyncio.run(_log_in(page.group(1), credentials.group(1)))
         assert "Overview" in overview
+        broker = re.search(r"MQTT \(fleet status\):\s+mqtt://127.0.0.1:(\d+)", head)
+        assert broker, head
+        status = _retained_status(int(broker.group(1)), "dermgate/dermgate-demo/status")
+        assert status == "online"
         rest = proc.stdout.read()
         code = proc.wait(240)
         drain.join(10)
