@@ -5,8 +5,8 @@ directory makes it raise ``TypeError("Missing dimensions")`` (found by fuzzing t
 native photo writer). Uncaught, that error took down the wrapping stage, and with
 it the gateway, again at every restart (the capture stays CAPTURED); in the
 photo-folder driver it crashed the driver on every look until it was quarantined.
-It must be a WrapError like any other damaged image: refused before the
-acknowledgement where the driver checks, quarantined with a reason otherwise.
+It must be a WrapError like any other damaged image, refused before the
+acknowledgement (photo folder, scanner export), quarantined with a reason otherwise.
 """
 
 from __future__ import annotations
@@ -75,9 +75,12 @@ def test_damaged_second_directory_is_a_wrap_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out.dcm").exists()
 
 
-def test_export_with_such_a_texture_is_kept_and_the_gateway_runs_on(
+def test_export_with_such_a_texture_is_refused_whole_and_the_gateway_runs_on(
     tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
 ) -> None:
+    """The scanner-export driver decodes TIFF/PNG textures as the writer would before
+    taking anything: an export whose texture cannot be carried is refused whole (it
+    would otherwise reach the PACS as a mesh naming a texture that never follows)."""
     folder = tmp_path / "exports"
     folder.mkdir()
     config = gateway_config(tmp_path, pacs_port=free_port(), devices=devices_toml(folder))
@@ -90,15 +93,9 @@ def test_export_with_such_a_texture_is_kept_and_the_gateway_runs_on(
         "skin.tif": tiff_with_a_damaged_second_directory(),
     }
     write_export(folder, "export-1", files)
-    state_dir = tmp_path / "state"
 
-    def settled() -> bool:
-        rows = ledger_rows(state_dir)
-        return len(rows) == 3 and all(r["state"] != "CAPTURED" for r in rows)
-
-    wait_for(settled, 60, "the export's three files spooled and wrapped or quarantined")
-    rows = {r["device_capture_id"]: r for r in ledger_rows(state_dir)}
-    quarantined = [r for r in rows.values() if r["state"] == "QUARANTINED"]
-    assert len(quarantined) == 1, rows
-    assert "not a readable TIFF image" in quarantined[0]["reason"]
+    reason = folder / ".refused" / "export-1.reason.txt"
+    wait_for(reason.exists, 60, "the export refused")
+    assert "not a readable TIFF image" in reason.read_text(encoding="utf-8")
+    assert ledger_rows(tmp_path / "state") == [], "nothing of a refused export is spooled"
     assert gateway.stop() == 0, gateway.log()

@@ -13,15 +13,18 @@ A real ``dermgate run`` watches a real folder; the PACS is unreachable.
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from PIL import Image
+
 from gateway.local_orthanc import free_port
 from tests.conftest import GatewayProcess, gateway_config, ledger_rows, wait_for
-from tests.scanner_export_support import devices_toml, manifest_for, write_export
+from tests.scanner_export_support import devices_toml, manifest_for, textured_files, write_export
 
 TRIANGLES = 4_000_000  # a 200 MB binary STL: its capture takes a while
 
@@ -54,4 +57,27 @@ def test_manifest_rewritten_during_capture_is_captured_before_acknowledgement(
         if r["patient_json"]
     ]
     assert "P-NEW" in patients, "the acknowledged manifest was never captured"
+    assert gateway.stop() == 0
+
+
+def test_texture_dicom_cannot_carry_refuses_the_export_before_anything_is_captured(
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    """A 4:4:4 JPEG texture (common at high quality settings) cannot be carried
+    unchanged; found only at wrapping, the mesh and material would reach the PACS
+    naming a texture that never follows. The export is refused whole instead."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    config = gateway_config(tmp_path, pacs_port=free_port(), devices=devices_toml(folder))
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 160, 140)).save(out, "JPEG", quality=95, subsampling="4:4:4")
+    files = {**textured_files(), "skin.jpg": out.getvalue()}
+    write_export(folder, "export-2", files, patient={"id": "P-2"})
+
+    reason = folder / ".refused" / "export-2.reason.txt"
+    wait_for(reason.exists, 60, "the export refused")
+    assert "4:4:4" in reason.read_text(encoding="utf-8")
+    assert ledger_rows(tmp_path / "state") == [], "nothing of a refused export is spooled"
     assert gateway.stop() == 0

@@ -49,6 +49,8 @@ from gateway.capture import (
     InstanceUIDs,
     PatientContext,
 )
+from gateway.dicom.errors import WrapError
+from gateway.dicom.photo import check_native_image
 from gateway.dicom.surface import (
     SOP_CLASS_FOR,
     VL_PHOTOGRAPHIC_SOP_CLASS,
@@ -198,7 +200,15 @@ def _check(f: _Found) -> tuple[str, ...]:
             check_stl(fh)
             return ()
         check_image(fh, f.content_type.name)
-        return ()
+    if f.content_type in (ContentType.PNG, ContentType.TIFF):
+        # Decoded as the writer will (bounded: 8192 x 8192): found only at wrapping,
+        # the mesh would reach the PACS naming a texture that never follows.
+        try:
+            check_native_image(f.path, f.content_type)
+        except WrapError as err:
+            why = str(err).split("; the capture is kept")[0]
+            raise ExportRefused(f"a texture cannot be carried in DICOM: {why}") from err
+    return ()
 
 
 def _assign(

@@ -36,7 +36,7 @@ from typing import BinaryIO, Final
 
 from drivers.scanner_export.manifest import ExportRefused
 from gateway.dicom.errors import WrapError
-from gateway.dicom.jpeg import read_jpeg_info_from
+from gateway.dicom.jpeg import encapsulation_for, read_jpeg_info_from
 
 __all__ = [
     "MAX_LINE",
@@ -259,9 +259,15 @@ def check_image(stream: BinaryIO, kind: str) -> None:
     stream.seek(0)
     if kind == "JPEG":
         try:
-            read_jpeg_info_from(stream)
+            info = read_jpeg_info_from(stream)
         except WrapError as err:
             raise ExportRefused("a texture JPEG is damaged or not a JPEG") from err
+        try:
+            # Found only at wrapping, the mesh would reach the PACS without it.
+            encapsulation_for(info)
+        except WrapError as err:
+            why = str(err).split("; the capture is kept")[0].split(", so the capture is kept")[0]
+            raise ExportRefused(f"a texture cannot be carried in DICOM unchanged: {why}") from err
         stream.seek(max(0, size - 2))
         if stream.read(2) != b"\xff\xd9":
             raise ExportRefused("a texture JPEG ends without its End Of Image marker: truncated")

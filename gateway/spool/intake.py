@@ -75,6 +75,12 @@ def _recorded(conn: sqlite3.Connection, sop_instance_uid: str, name: str) -> boo
     return row is not None
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Consume the outcome of an abandoned write (its failure matters to no one)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _uids_in_use() -> CaptureRefused:
     return CaptureRefused(
         RefusalReason.CONFLICT, "the capture's UIDs are already used by another capture"
@@ -206,6 +212,24 @@ class StagedCapture:
         self, *, length: int, sha256: str, offer: CaptureOffer | None = None
     ) -> CaptureReceipt:
         """Make the capture durable and record it; then the device may be told."""
+        try:
+            return await self._commit(length, sha256, offer)
+        except asyncio.CancelledError:
+            # The driver was stopped mid-commit (hung, unplugged, gateway stopping):
+            # nothing was acknowledged. Its staging file goes now, not at the next
+            # start-up (once renamed into the spool, this finds nothing to remove).
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                pending.add_done_callback(_retrieve)
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+            fh, self._fh = self._fh, None
+            if fh is not None:
+                with contextlib.suppress(Exception):  # a worker may be writing to it
+                    fh.close()
+            raise
+
+    async def _commit(self, length: int, sha256: str, offer: CaptureOffer | None) -> CaptureReceipt:
         if offer is not None:
             if offer.device_capture_id != self._offer.device_capture_id:
                 await self.abort("final offer names another capture")
