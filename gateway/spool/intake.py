@@ -255,8 +255,8 @@ class StagedCapture:
             self._not_hashed = len(self._buffer)
             await self._flush()
             await self._settle()
-        assert self._fh is not None
-        fh, self._fh = self._fh, None
+        fh = self._fh
+        assert fh is not None
         uids = self._uids or self._offer.uids or fresh_uids()
         dirs = self._intake.dirs
         if self._wrapped:
@@ -269,6 +269,7 @@ class StagedCapture:
         except OSError as err:
             self._discard()
             raise _refusal_for(err) from err
+        self._fh = None  # closed by _sync (until then a cancelled commit closes it)
         # Spooled files are named after the SOP Instance UID, which a driver may
         # choose: one rename-and-record at a time, and never onto a name that is
         # taken (that file belongs to an acknowledged capture).
