@@ -1,0 +1,351 @@
+"""Privacy proof: patient data reaches the PACS and nothing else, end to end.
+
+Three simulated scanner exports for three patients (a name with Polish and German
+letters, a Japanese one, a three-component one; distinctive ids and birth dates)
+go through ``dermgate run`` (a real process) to the real Orthanc with storage
+commitment, while MQTT (a real Mosquitto, a subscriber on ``#`` from the start)
+and the local page are live. Two paths produce error messages on purpose: an
+export whose manifest has an impossible birth date (refused with a reason file)
+and the PACS down while the captures arrive (destination errors, alarms).
+
+Once everything is COMMITTED, every side door is searched for every seeded string
+(full name, each name part longer than two characters, the id, the birth date as
+YYYYMMDD and YYYY-MM-DD; case-insensitively, also HTML-, URL- and JSON-escaped):
+every MQTT topic and payload received, every line of the gateway's log,
+``/healthz``, ``/metrics``, the logged-in overview (and its live update), the
+"why" panel, the spool and capture pages (reveal not clicked), the reason files,
+``devices.json``, ``spool list`` (plain and ``--json``) and ``spool show`` (plain
+and ``--json``, without ``--reveal``). A hit fails the test naming where it was
+found and which field it was, not the value. The data must still be where it
+belongs: in every object in Orthanc (as decoded by pydicom and by Orthanc), and
+in ``spool show --reveal``, the one sanctioned way to see it on the box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import io
+import json
+import subprocess
+import sys
+import unicodedata
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import aiohttp
+import pydicom
+import pytest
+
+from gateway.cli import main as cli_main
+from gateway.local_orthanc import OrthancProcess, free_port
+from tests.conftest import GatewayProcess, gateway_config, ledger_rows, states, wait_for
+from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
+from tests.scanner_export_support import (
+    Simulator,
+    devices_toml,
+    start_simulator,
+    textured_files,
+    write_export,
+)
+from tests.web_support import PASSWORD, login
+
+__all__ = ["mosquitto", "recorder_factory"]  # fixtures used here
+
+STATE_TOPIC = "dermgate/test-box-01/state"
+EVENTS_TOPIC = "dermgate/test-box-01/events"
+
+
+@dataclass(frozen=True)
+class Patient:
+    """A seeded patient: DICOM PN, id, birth date as the manifest gives it."""
+
+    name: str
+    id: str
+    birth_date: str
+
+    def secrets(self, label: str) -> list[tuple[str, str]]:
+        """(what it is, value) for every string that must not leave the DICOM objects."""
+        found = [(f"{label} full name", self.name), (f"{label} id", self.id)]
+        parts: list[str] = []
+        for component in self.name.replace("=", "^").split("^"):
+            parts.append(component)
+            parts += component.replace("-", " ").split()
+        for n, part in enumerate(dict.fromkeys(parts), 1):
+            if len(part) > 2:
+                found.append((f"{label} name part {n}", part))
+        digits = self.birth_date.replace("-", "")
+        found.append((f"{label} birth date YYYYMMDD", digits))
+        found.append((f"{label} birth date YYYY-MM-DD", f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"))
+        return found
+
+
+PATIENTS = (
+    Patient("Müller-Łukasiewicz^Zoë", "PRV-7731902", "19470823"),
+    Patient("長谷川^美穂子", "KX99-410-556", "19880229"),
+    Patient("Vanderheyden^Quintus^Aurelius", "Q0042-77810", "20011105"),
+)
+# Refused: 13th month. Its manifest never becomes a capture, but its fields are seeded
+# too: the refusal reason (file, log, events) must name the field, not the value.
+REFUSED = Patient("Kowalczyk-Ørsted^Bartholomew", "RF-5512093", "1985-13-45")
+REFUSED_FOLDER = "Kowalczyk-Ørsted_Bartholomew_001"  # named after the patient, as scanners do
+OBJECTS_PER_EXPORT = 4  # OBJ, MTL, two textures
+
+
+def _secrets() -> list[tuple[str, str]]:
+    found = [s for n, p in enumerate(PATIENTS, 1) for s in p.secrets(f"patient {n}")]
+    return found + REFUSED.secrets("refused patient")
+
+
+def _norm(text: str) -> str:
+    return unicodedata.normalize("NFC", text).casefold()
+
+
+class LeakScanner:
+    """Searches texts for the seeded strings; collects where each hit was."""
+
+    def __init__(self, secrets: list[tuple[str, str]]) -> None:
+        self.needles: list[tuple[str, set[str]]] = []
+        for label, value in secrets:
+            forms = {_norm(value), _norm(json.dumps(value)[1:-1])}
+            self.needles.append((label, forms))
+        self.hits: list[str] = []
+        self.scanned: dict[str, int] = defaultdict(int)
+
+    def scan(self, where: str, text: str | bytes, kind: str) -> None:
+        """Search ``text`` (plus its HTML- and URL-unescaped forms); ``kind`` counts sources."""
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        self.scanned[kind] += 1
+        views = {_norm(text), _norm(html.unescape(text)), _norm(unquote(text))}
+        for label, forms in self.needles:
+            if any(form in view for form in forms for view in views):
+                self.hits.append(f"{label} found in {where}")
+
+    def assert_clean(self) -> None:
+        """Fail listing every place a seeded string was found."""
+        assert not self.hits, "patient data outside the DICOM objects:\n" + "\n".join(self.hits)
+
+
+@pytest.fixture
+def simulators() -> Iterator[list[Simulator]]:
+    """Scanner simulators started by the test; killed at the end if still running."""
+    started: list[Simulator] = []
+    yield started
+    for sim in started:
+        sim.close()
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def _latest_state(rec: Recorder) -> dict[str, Any] | None:
+    got = rec.on(STATE_TOPIC)
+    return got[-1].json() if got else None
+
+
+def _committed_events(rec: Recorder) -> int:
+    return sum(1 for m in rec.on(EVENTS_TOPIC) if m.json()["kind"] == "capture_committed")
+
+
+async def _pages(base: str, capture_ids: list[int]) -> dict[str, tuple[int, str]]:
+    """Log in and fetch every page a technician sees (reveal not clicked): path → (status, body)."""
+    got: dict[str, tuple[int, str]] = {}
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as session:
+        async with session.get(f"{base}/healthz") as r:
+            got["/healthz (no login)"] = (r.status, await r.text())
+        response = await login(session, base, "tech", PASSWORD)
+        assert str(response.url) == f"{base}/", f"login failed: {response.status}"
+        paths = ["/", "/spool", "/why", "/metrics", "/healthz"]
+        paths += [f"/spool/{cid}" for cid in capture_ids]
+        for path in paths:
+            async with session.get(base + path) as r:
+                got[path] = (r.status, await r.text())
+        # The overview's live update (server-sent events): its first event.
+        async with session.get(f"{base}/events") as r:
+            first = b""
+            while b"\n\n" not in first:
+                first += await asyncio.wait_for(r.content.read(4096), 10)
+            got["/events (first overview event)"] = (r.status, first.decode())
+    return got
+
+
+def test_no_patient_data_through_any_side_door(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    mosquitto: Mosquitto,
+    recorder_factory: Callable[..., Recorder],
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulators: list[Simulator],
+) -> None:
+    rec = recorder_factory(mosquitto, ["#"])
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    state_dir = tmp_path / "state"
+    web_port = free_port()
+    base = f"http://127.0.0.1:{web_port}"
+    config = gateway_config(
+        tmp_path, pacs_port=orthanc.dicom_port, commit_via=orthanc, devices=devices_toml(folder)
+    )
+    with config.open("a", encoding="utf-8") as fh:
+        fh.write("\n" + mosquitto.config_section())
+        fh.write(f'\n[web]\nlisten = "127.0.0.1:{web_port}"\n')
+    added = _cli("user", "add", "tech", "--config", str(config), "--password-stdin",
+                 stdin=PASSWORD + "\n")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+
+    # The PACS is down while the exports arrive: destination errors are produced.
+    orthanc.stop()
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    write_export(
+        folder,
+        REFUSED_FOLDER,
+        textured_files(9),
+        patient={"name": REFUSED.name, "id": REFUSED.id, "birth_date": REFUSED.birth_date},
+    )
+    for seed, patient in enumerate(PATIENTS, 1):
+        seeded = ["--patient-name", patient.name, "--patient-id", patient.id]
+        seeded += ["--birth-date", patient.birth_date, "--mesh-mb", "1", "--seed", str(seed)]
+        simulators.append(start_simulator(folder, tmp_path / f"report-{seed}.json", *seeded))
+    for sim in simulators:
+        assert sim.wait(120) == 0, gateway.log()[-3000:]
+        assert len(sim.result()["acknowledged"]) == 1
+    total = OBJECTS_PER_EXPORT * len(PATIENTS)
+    assert len(ledger_rows(state_dir)) == total
+    reasons = wait_for(
+        lambda: sorted((folder / ".refused").glob("*.reason.txt")), 30, "the refusal's reason file"
+    )
+    assert len(reasons) == 1
+    assert "birth date" in reasons[0].read_text(encoding="utf-8")
+
+    def destination_error() -> Any:
+        state = _latest_state(rec)
+        return state and state["destinations"][0]["last_error"]
+
+    rec.wait(destination_error, 60, "a destination error in the state document")
+    orthanc.start()
+    wait_for(lambda: states(state_dir) == ["COMMITTED"] * total, 90, "every object COMMITTED")
+    rec.wait(lambda: _committed_events(rec) >= total, 30, "every capture_committed event")
+    rec.wait(
+        lambda: (
+            (s := _latest_state(rec))
+            and s["spool"]["counts"].get("COMMITTED") == total
+            and not s["alarms"]
+        ),
+        30,
+        "the state document: all COMMITTED, no alarms",
+    )
+    rows = ledger_rows(state_dir)
+    capture_ids = [int(r["id"]) for r in rows]
+
+    # Everything a person or a program can see while the gateway runs.
+    scanner = LeakScanner(_secrets())
+    pages = asyncio.run(_pages(base, capture_ids))
+    for path, (status, body) in pages.items():
+        assert status == 200, f"{path}: HTTP {status}"
+        scanner.scan(f"local page {path}", body, "page")
+    assert "dermgate_" in pages["/metrics"][1]
+    devices_json = state_dir / "status" / "devices.json"
+    scanner.scan("devices.json", devices_json.read_bytes(), "status file")
+    for reason in reasons:
+        scanner.scan(f"refusal reason file #{reasons.index(reason) + 1}", reason.read_bytes(), "r")
+    assert gateway.stop() == 0
+
+    # After the stop: the whole MQTT record (the offline status too), the whole log, the CLI.
+    messages = rec.all()
+    assert len(messages) > 30
+    for n, message in enumerate(messages, 1):
+        scanner.scan(f"MQTT topic of message #{n} ({message.topic!r})", message.topic, "mqtt")
+        scanner.scan(f"MQTT payload of message #{n} on {message.topic!r}", message.payload, "mqtt")
+    log_lines = gateway.log().splitlines()
+    assert any("refused" in line.casefold() for line in log_lines), "the refusal is logged"
+    for n, line in enumerate(log_lines, 1):
+        scanner.scan(f"gateway log line {n}", line, "log")
+    for args in (("spool", "list"), ("spool", "list", "--json")):
+        listed = _cli(*args, "--config", str(config))
+        assert listed.returncode == 0, listed.stderr
+        scanner.scan(f"`dermgate {' '.join(args)}` output", listed.stdout + listed.stderr, "cli")
+        for cid in capture_ids:
+            assert str(cid) in listed.stdout, f"capture {cid} is listed"
+    # `spool show` of every capture, in this process (a child each would cost seconds).
+    for cid in capture_ids:
+        for extra in ((), ("--json",)):
+            what = " ".join(("spool", "show", str(cid), *extra))
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = cli_main(["spool", "show", str(cid), *extra, "--config", str(config)])
+            assert code == 0, f"{what}: {err.getvalue()}"
+            assert "COMMITTED" in out.getvalue()
+            scanner.scan(f"`dermgate {what}` output", out.getvalue() + err.getvalue(), "cli")
+    scanner.assert_clean()
+    assert scanner.scanned["page"] == len(pages)
+    assert scanner.scanned["log"] > 30
+
+    # The data is still where it belongs: every object of each export in Orthanc.
+    by_study: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    into = tmp_path / "stored"
+    into.mkdir()
+    for row in rows:
+        (orthanc_id,) = orthanc.find_instances(str(row["sop_instance_uid"]))
+        path = into / f"{orthanc_id}.dcm"
+        path.write_bytes(orthanc.instance_file(orthanc_id))
+        ds = pydicom.dcmread(path)
+        assert ds.SOPInstanceUID == row["sop_instance_uid"]
+        tags = orthanc.rest("GET", f"/instances/{orthanc_id}/simplified-tags")
+        stored = (str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate))
+        assert (tags["PatientName"], tags["PatientID"], tags["PatientBirthDate"]) == stored, (
+            "Orthanc decodes the patient as pydicom does (Specific Character Set)"
+        )
+        by_study[str(row["study_uid"])].append(stored)
+    assert len(by_study) == len(PATIENTS)
+    for study, patients in by_study.items():
+        assert len(patients) == OBJECTS_PER_EXPORT, study
+        assert len(set(patients)) == 1, f"study {study}: one patient in all its objects"
+    assert {p[0] for p in by_study.values()} == {(p.name, p.id, p.birth_date) for p in PATIENTS}
+
+    # ...and `spool show --reveal` (the one sanctioned way on the box) shows it.
+    for patients in by_study.values():
+        name, pid, birth = patients[0]
+        row = next(r for r in rows if (by_study[str(r["study_uid"])][0][0]) == name)
+        shown = _cli("spool", "show", str(row["id"]), "--reveal", "--config", str(config))
+        assert shown.returncode == 0, shown.stderr
+        assert name in shown.stdout
+        assert pid in shown.stdout
+        assert birth in shown.stdout
+
+
+def test_the_leak_scanner_sees_escaped_and_recased_forms() -> None:
+    """The search above would find a leak written escaped, re-cased or decomposed."""
+    patient = PATIENTS[0]
+    leaks = {
+        "json": json.dumps({"n": patient.name}),
+        "html": html.escape(patient.name).replace("ü", "&uuml;"),
+        "url": "/x?name=" + quote(patient.name.split("^")[1]),
+        "upper": patient.name.split("^")[0].upper(),
+        "nfd": unicodedata.normalize("NFD", patient.name.split("^")[1]),
+        "dashed date": "born 1947-08-23",
+        "id in a sentence": f"id={patient.id};",
+    }
+    for where, text in leaks.items():
+        scanner = LeakScanner(patient.secrets("patient 1"))
+        scanner.scan(where, text, "self-test")
+        assert scanner.hits, f"{where}: not found"
+        assert all(patient.name not in hit for hit in scanner.hits)
+    clean = LeakScanner(_secrets())
+    clean.scan("an ordinary line", "spool id 12 delivered to pacs (C-STORE status 0x0000)", "t")
+    clean.assert_clean()
