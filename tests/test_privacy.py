@@ -274,6 +274,10 @@ def test_no_patient_data_through_any_side_door(
         scanner.scan(f"MQTT payload of message #{n} on {message.topic!r}", message.payload, "mqtt")
     log_lines = gateway.log().splitlines()
     assert any("refused" in line.casefold() for line in log_lines), "the refusal is logged"
+    assert any("destination pacs unavailable" in line for line in log_lines), "the outage too"
+    kinds = {m.json()["kind"] for m in rec.on(EVENTS_TOPIC)}
+    assert {"alarm_raised", "alarm_cleared", "capture_committed"} <= kinds
+    assert not (state_dir / "web" / "audit.log").exists(), "nothing was revealed on the page"
     for n, line in enumerate(log_lines, 1):
         scanner.scan(f"gateway log line {n}", line, "log")
     for args in (("spool", "list"), ("spool", "list", "--json")):
