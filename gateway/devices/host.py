@@ -120,8 +120,15 @@ class DriverHost:
             self._board.update(self.device_name, state=state, detail=detail)
 
     def hung_for(self, now: float) -> float | None:
-        """Seconds without progress while TRANSFERRING; None in any other state."""
+        """Seconds without progress while TRANSFERRING; None in any other state.
+
+        None too while a commit is under way: that is the spool making the capture
+        durable (an fsync of a gigabyte stack on a slow SD card can take minutes), not
+        the driver hanging, and cancelling it would only make the device send it again.
+        """
         if self.state != DriverState.TRANSFERRING:
+            return None
+        if any(sink.committing for sink in self.open_sinks):
             return None
         return now - self.last_progress
 
