@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from gateway.capture import CaptureOffer, DeviceIdentity
 from gateway.devices.contract import CaptureReceipt, CaptureSink, DriverState
 from gateway.devices.host import DriverHost
@@ -42,7 +44,7 @@ async def test_a_slow_commit_is_not_a_hung_driver() -> None:
     host.set_state(DriverState.TRANSFERRING)
     await sink.write(b"x" * 1024)
     later = host.last_progress + 3600.0
-    assert host.hung_for(later) == 3600.0, "a transfer that stopped moving is hung"
+    assert host.hung_for(later) == pytest.approx(3600.0), "a transfer that stopped moving is hung"
 
     committing = asyncio.create_task(sink.commit(length=1024, sha256="0" * 64))
     await asyncio.sleep(0)  # the commit is now waiting for its fsync
@@ -50,4 +52,4 @@ async def test_a_slow_commit_is_not_a_hung_driver() -> None:
 
     spool.release.set()
     await committing
-    assert host.hung_for(host.last_progress + 3600.0) == 3600.0
+    assert host.hung_for(host.last_progress + 3600.0) == pytest.approx(3600.0)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from gateway.local_orthanc import OrthancProcess, free_port
+from gateway.status.mqtt import HA_SENSORS
 from tests.conftest import (
     GatewayProcess,
     SimulatorProcess,
@@ -31,6 +32,7 @@ from tests.mqtt_support import (
     PASSWORD,
     USER,
     Mosquitto,
+    Received,
     Recorder,
     mosquitto,
     mosquitto_secure,
@@ -185,9 +187,15 @@ def test_clean_stop_says_offline_and_discovery_is_sent_again_for_home_assistant(
     gateway = gateway_factory(config)
     gateway.wait_running()
     configs = rec.wait(lambda: rec.on(f"homeassistant/sensor/{GID}_undelivered/config"), 30, "HA")
-    discovery = [m for m in rec.all() if m.topic.startswith("homeassistant/sensor/")]
-    assert len(discovery) >= 5
     assert configs
+
+    def discovery_sent() -> list[Received]:
+        return [m for m in rec.all() if m.topic.startswith("homeassistant/sensor/")]
+
+    # The configs arrive one publish after another: wait for the whole set.
+    wanted = len(HA_SENSORS)
+    assert wanted >= 5, "the key sensors: waiting, oldest, lag, quarantined, disk, alarms…"
+    discovery = rec.wait(lambda: len(discovery_sent()) >= wanted and discovery_sent(), 30, "HA")
     late = recorder_factory(mosquitto, ["homeassistant/sensor/#"])
     late.wait(lambda: len(late.all()) >= len(discovery), 10, "retained discovery")
     assert all(m.retain for m in late.all())
