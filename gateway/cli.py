@@ -29,6 +29,7 @@ from typing import cast
 
 from gateway.config import ConfigError, DermGateConfig, load_config
 from gateway.spool_commands import add_spool_commands
+from gateway.stop_deadline import StopDeadline, enable_stack_dumps
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -73,9 +74,15 @@ async def _serve(config: DermGateConfig) -> None:
     from gateway.app import run_gateway
 
     stop = asyncio.Event()
+    deadline = StopDeadline(config.supervision.stop_timeout)
+
+    def request_stop() -> None:
+        stop.set()
+        deadline.arm()  # a stage that will not finish must not keep the box from stopping
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, request_stop)
     await run_gateway(config, stop)
 
 
@@ -86,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_USAGE
     setup_logging(config.gateway.log_level)
+    enable_stack_dumps()
     try:
         asyncio.run(_serve(config))
     except Exception as err:

@@ -222,6 +222,13 @@ class SupervisionSettings(_Strict):
         description="Seconds a driver may stay TRANSFERRING without progress before it is "
         "cancelled and restarted (counts as a crash).",
     )
+    stop_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        le=80,
+        description="Seconds a stop (SIGTERM) may take before the service exits anyway, "
+        "logging what was still running; below the unit's TimeoutStopSec (90).",
+    )
 
     @model_validator(mode="after")
     def _restart_order(self) -> SupervisionSettings:

@@ -49,6 +49,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 #: A driver that ignores cancellation this long is abandoned (and logged).
 CANCEL_GRACE = 30.0
+#: A stage still stopping after this long is named in the log (once).
+SLOW_STOP = 5.0
 
 
 class StartupError(RuntimeError):
@@ -267,5 +269,8 @@ class Supervisor:
         """Cancel every task, newest first, waiting for each to finish."""
         for task in reversed(self._tasks):
             task.cancel()
-            await asyncio.wait({task})
+            done, _ = await asyncio.wait({task}, timeout=SLOW_STOP)
+            if not done:
+                log.warning("%s is slow to stop; still waiting for it", task.get_name())
+                await asyncio.wait({task})
         self._tasks.clear()

@@ -170,7 +170,13 @@ class GatewayProcess:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # the service writes its thread stacks
+            time.sleep(1)
+            self.kill()
+            pytest.fail(f"the gateway did not stop within {timeout:.0f} s:\n{self.log()[-6000:]}")
         self.close_logs()
         return code
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gateway.local_orthanc import OrthancProcess
+from gateway.local_orthanc import OrthancProcess, free_port
 from tests.conftest import GatewayProcess, SimulatorProcess, gateway_config, states, wait_for
 from tests.test_plugins import broken_plugin_site
 
@@ -146,3 +146,39 @@ crash_after = 0.1
         "the driver to run (and be quarantined) again after the restart",
     )
     assert gateway.stop() == 0
+
+
+def test_a_stage_that_will_not_stop_does_not_keep_the_service_from_stopping(
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    """``systemctl stop`` must end the service even when a driver's cleanup never returns.
+
+    ``test-stubborn`` blocks in a thread for an hour when stopped and ignores being
+    cancelled again. The service exits 0 after ``stop_timeout`` and its log names the
+    stage that would not stop and holds every thread's stack, for whoever must find out
+    why.
+    """
+    config = gateway_config(
+        tmp_path,
+        pacs_port=free_port(),
+        devices="""
+[supervision]
+stop_timeout = 8
+
+[[devices]]
+driver = "test-stubborn"
+name = "stubborn"
+""",
+    )
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    wait_for(
+        lambda: device_status(tmp_path / "state").get("stubborn", {}).get("state") == "READY",
+        30,
+        "the stubborn driver to be READY",
+    )
+    assert gateway.stop(timeout=40) == 0, gateway.log()[-3000:]
+    log = gateway.log()
+    assert "device:stubborn is slow to stop" in log
+    assert "stopping took longer than 8 s; exiting anyway" in log
+    assert "most recent call first" in log  # the thread stacks

@@ -119,6 +119,10 @@ class DeviceAdapter(ABC):
     #: A gateway log substring that proves the unplug hit a transfer, if the device
     #: class can promise one (a folder driver may never have seen the half copy).
     unplug_evidence: ClassVar[str | None] = None
+    #: Simulator flags that space captures out (appended last, so they win) for the
+    #: restart test, which must kill the gateway while captures are still coming. A
+    #: device that waits for each acknowledgement is paced by the gateway already.
+    paced_args: ClassVar[tuple[str, ...]] = ()
     #: Files of a processed folder entry that become no object (e.g. a manifest).
     not_objects: ClassVar[frozenset[str]] = frozenset()
 
@@ -232,7 +236,12 @@ class ConformanceRun:
     # -- processes -----------------------------------------------------------------
 
     def start_simulator(
-        self, *, captures: int | None = None, fault: Fault | None = None, timeout: float = 150
+        self,
+        *,
+        captures: int | None = None,
+        fault: Fault | None = None,
+        timeout: float = 150,
+        extra: Sequence[str] = (),
     ) -> SimulatorRun:
         """Start the simulator and wait until its device can be found."""
         self.adapter.prepare(self.workdir)
@@ -254,6 +263,7 @@ class ConformanceRun:
             "--timeout",
             str(timeout),
             *(self.adapter.fault_args(fault) if fault is not None else []),
+            *extra,
         ]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -21,6 +21,8 @@ class PhotoFolderAdapter(DeviceAdapter):
     driver: ClassVar[str] = "photo-folder"
     objects_per_capture: ClassVar[dict[str, int]] = {VL_PHOTOGRAPHIC: 1}
 
+    paced_args: ClassVar[tuple[str, ...]] = ("--interval", "1.5")
+
     def drop_folder(self, workdir: Path) -> Path:
         return workdir / "photos"
 

@@ -30,6 +30,8 @@ class ScannerExportAdapter(DeviceAdapter):
     captures: ClassVar[int] = 2
     not_objects: ClassVar[frozenset[str]] = frozenset({"manifest.json"})
 
+    paced_args: ClassVar[tuple[str, ...]] = ("--interval", "1.5")
+
     def drop_folder(self, workdir: Path) -> Path:
         return workdir / "exports"
 

@@ -4,11 +4,15 @@
   start, every time (a driver with a bug).
 - ``test-hanger``: begins a capture, writes ``chunk`` bytes, says TRANSFERRING and then
   makes no progress at all (a driver stuck on a device that stopped talking).
+- ``test-stubborn``: says READY; when stopped, its cleanup blocks in a thread for
+  ``cleanup_seconds`` and ignores being cancelled again (a driver whose device call
+  never returns).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -89,3 +93,40 @@ class HangerDriver:
         self.host.set_state(DriverState.TRANSFERRING)
         await sink.write(b"\xff" * self.options.chunk)
         await asyncio.Event().wait()
+
+
+class StubbornOptions(BaseModel):
+    """Options of ``driver = "test-stubborn"``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cleanup_seconds: float = Field(default=3600, gt=0, description="How long cleanup blocks.")
+
+
+class StubbornDriver:
+    """Driver ``test-stubborn``: its cleanup does not finish when the gateway stops."""
+
+    id: ClassVar[str] = "test-stubborn"
+    device_class: ClassVar[DeviceClass] = DeviceClass.DERMATOSCOPE
+    Options: ClassVar[type[BaseModel]] = StubbornOptions
+    matchers: ClassVar[tuple[Matcher, ...]] = ()
+
+    def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
+        assert isinstance(options, StubbornOptions)
+        self.options = options
+        self.host = host
+
+    async def run(self) -> None:
+        """Wait for ever; on cancellation, block in a blocking call that never returns."""
+        self.host.set_state(DriverState.READY, "test device")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            closing = asyncio.ensure_future(
+                asyncio.to_thread(time.sleep, self.options.cleanup_seconds)
+            )
+            while not closing.done():
+                try:
+                    await asyncio.shield(closing)
+                except asyncio.CancelledError:
+                    continue
