@@ -318,6 +318,7 @@ def _print_show(details: dict[str, Any], out: TextIO) -> None:
     line("Serial number", device["serial_number"])
     line("Firmware", ", ".join(device["software_versions"]))
     line("Device capture id", details["device_capture_id"])
+    line("Content type", details["content_type"])
     line("Acquired (device)", details["acquired_at"])
     line("Polarization", settings["polarization"])
     line("Contact method", settings["contact"])

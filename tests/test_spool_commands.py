@@ -22,6 +22,7 @@ import pytest
 
 from gateway.capture import (
     CaptureOffer,
+    ContentType,
     DermoscopySettings,
     InstanceUIDs,
     Laterality,
@@ -62,6 +63,7 @@ class Spool:
         content: bytes | None = None,
         wrap: bool = True,
         patient: PatientContext | None = None,
+        content_type: ContentType = ContentType.JPEG,
     ) -> tuple[int, str]:
         """Record a capture (device file ``content``, a JPEG by default); return id and UID."""
         self.seed += 1
@@ -70,6 +72,7 @@ class Spool:
         raw.write_bytes(content if content is not None else make_jpeg(self.seed))
         offer = CaptureOffer(
             device_capture_id=f"{self.seed:06d}",
+            content_type=content_type,
             settings=DermoscopySettings(polarization=Polarization.POLARIZED, magnification=10.0),
             anatomic_site="39937001",
             laterality=Laterality.LEFT,
@@ -183,6 +186,7 @@ def test_show_prints_the_ledger_but_no_patient_data(spool: Spool) -> None:
         "POLARIZED",
         "39937001",
         "LES-7",
+        "image/jpeg",
         f"{uid}.raw",
         f"{uid}.dcm",
         "Destination pacs",
@@ -406,13 +410,21 @@ def test_export_copies_the_dicom_file(spool: Spool, tmp_path: Path) -> None:
 def test_export_of_a_never_wrapped_capture_copies_the_device_file(
     spool: Spool, tmp_path: Path
 ) -> None:
+    """The copy is named by what the device said it sent, so it opens in the right program."""
     jpeg_id, jpeg_uid = spool.add(wrap=False)
-    other_id, other_uid = spool.add(content=b"\x00vendor format", wrap=False)
-    for spool_id, name in ((jpeg_id, f"{jpeg_uid}.jpg"), (other_id, f"{other_uid}.raw")):
+    mesh_id, mesh_uid = spool.add(content=b"solid body\n", wrap=False, content_type=ContentType.STL)
+    pixels = b"\x00\x01" * 64
+    frames_id, frames_uid = spool.add(content=pixels, wrap=False, content_type=ContentType.PIXELS)
+    for spool_id, name in (
+        (jpeg_id, f"{jpeg_uid}.jpg"),
+        (mesh_id, f"{mesh_uid}.stl"),
+        (frames_id, f"{frames_uid}.raw"),
+    ):
         result = dermgate("export", spool_id, "--to", tmp_path / "out", config=spool.config)
         assert result.returncode == 0, result.stderr
         assert Path(result.stdout.strip()).name == name
-    assert (tmp_path / "out" / f"{other_uid}.raw").read_bytes() == b"\x00vendor format"
+    assert (tmp_path / "out" / f"{mesh_uid}.stl").read_bytes() == b"solid body\n"
+    assert (tmp_path / "out" / f"{frames_uid}.raw").read_bytes() == pixels
 
 
 def test_export_of_a_purged_capture_exits_4(spool: Spool, tmp_path: Path) -> None:
@@ -433,7 +445,7 @@ def test_export_of_a_purged_capture_exits_4(spool: Spool, tmp_path: Path) -> Non
 
 def test_export_shows_progress_on_a_terminal_for_large_files(spool: Spool, tmp_path: Path) -> None:
     content = os.urandom(9_500_000)
-    spool_id, uid = spool.add(content=content, wrap=False)
+    spool_id, uid = spool.add(content=content, wrap=False, content_type=ContentType.PIXELS)
     primary, secondary = os.openpty()
     try:
         proc = subprocess.run(

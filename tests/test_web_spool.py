@@ -16,7 +16,9 @@ from gateway.capture import CaptureOffer, DeviceIdentity, InstanceUIDs
 from gateway.config import DermGateConfig
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
+from gateway.status.web.checks import WARN, certificate_checks
 from gateway.status.web.server import WebServer
+from tests.mqtt_support import make_tls
 from tests.web_support import PASSWORD, add_user, csrf_of, login, served, web_config
 
 NAME, PID, BIRTH = "Doe^Janet", "PID-778899", "19610203"
@@ -196,3 +198,20 @@ def test_over_tls_the_session_cookie_is_secure(tmp_path: Path) -> None:
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def test_why_panel_warns_of_mqtt_certificates_about_to_expire(tmp_path: Path) -> None:
+    """A client certificate that runs out silently cuts the box off the fleet dashboard."""
+    tls = make_tls(tmp_path / "pki")  # valid for 2 days
+    config = web_config(
+        tmp_path,
+        f'\n[mqtt]\nhost = "127.0.0.1"\ntls_ca = "{tls.ca}"\n'
+        f'tls_cert = "{tls.client_cert}"\ntls_key = "{tls.client_key}"\n',
+    )
+    results = {r.name: r for r in certificate_checks(config)}
+    client = results["MQTT client certificate (client.pem)"]
+    ca = results["MQTT broker's CA certificate (ca.pem)"]
+    for result in (client, ca):
+        assert result.status == WARN
+        assert result.finding == "Expires in 1 day."
+        assert result.advice == "Renew it soon."

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.capture import ContentType
 from gateway.spool.files import SpoolDirs, atomic_writer
 from gateway.spool.ledger import SpoolEntry, get_capture, refresh_capture_state, utc_now_text
 from gateway.spool.states import CaptureState, DeliveryState
@@ -313,9 +314,16 @@ class ExportSource:
     kind: str  # "dicom" or "raw"
 
 
-def _raw_suffix(path: Path) -> str:
-    with path.open("rb") as fh:
-        return ".jpg" if fh.read(3) == b"\xff\xd8\xff" else ".raw"
+#: The file name suffix of a never-wrapped capture, by what the device said it is.
+RAW_SUFFIXES = {
+    ContentType.JPEG: ".jpg",
+    ContentType.TIFF: ".tif",
+    ContentType.PNG: ".png",
+    ContentType.PIXELS: ".raw",  # uncompressed frames; geometry in `spool show --json`
+    ContentType.OBJ: ".obj",
+    ContentType.MTL: ".mtl",
+    ContentType.STL: ".stl",
+}
 
 
 def export_source(entry: SpoolEntry, dirs: SpoolDirs) -> ExportSource:
@@ -331,7 +339,7 @@ def export_source(entry: SpoolEntry, dirs: SpoolDirs) -> ExportSource:
         raise NotPossible(_gone(entry, f"its DICOM file {entry.dicom_name}"))
     raw = spool_file(dirs.raw, entry.raw_name)
     if raw.exists and raw.path is not None:
-        return ExportSource(raw.path, f"{uid}{_raw_suffix(raw.path)}", "raw")
+        return ExportSource(raw.path, f"{uid}{RAW_SUFFIXES[entry.offer.content_type]}", "raw")
     raise NotPossible(_gone(entry, f"it was never wrapped and its raw file {entry.raw_name}"))
 
 

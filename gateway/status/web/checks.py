@@ -221,9 +221,9 @@ def certificate_days_left(cert: Path) -> int:
     return (end.replace(tzinfo=UTC) - datetime.now(UTC)).days
 
 
-def check_certificate(cert: Path) -> CheckResult:
-    """The page's TLS certificate validity."""
-    name = f"TLS certificate ({cert.name})"
+def check_certificate(cert: Path, what: str = "TLS certificate") -> CheckResult:
+    """How long the certificate ``cert`` (PEM) stays valid."""
+    name = f"{what} ({cert.name})"
     try:
         days = certificate_days_left(cert)
     except (OSError, ValueError, subprocess.TimeoutExpired) as err:
@@ -231,8 +231,20 @@ def check_certificate(cert: Path) -> CheckResult:
     if days < 0:
         return CheckResult(name, FAIL, "Expired.", "Install a new certificate.")
     if days < 30:
-        return CheckResult(name, WARN, f"Expires in {days} days.", "Renew it soon.")
+        unit = "day" if days == 1 else "days"
+        return CheckResult(name, WARN, f"Expires in {days} {unit}.", "Renew it soon.")
     return CheckResult(name, OK, f"Valid for {days} more days.")
+
+
+def certificate_checks(config: DermGateConfig) -> list[CheckResult]:
+    """Expiry of every certificate the box presents or trusts (page, MQTT)."""
+    certs: list[tuple[Path | None, str]] = []
+    if config.web is not None:
+        certs.append((config.web.tls_cert, "TLS certificate"))
+    if config.mqtt is not None:
+        certs.append((config.mqtt.tls_cert, "MQTT client certificate"))
+        certs.append((config.mqtt.tls_ca, "MQTT broker's CA certificate"))
+    return [check_certificate(path, what) for path, what in certs if path is not None]
 
 
 def run_checks(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
@@ -250,8 +262,7 @@ def run_checks(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
     results.append(check_listener(config))
     results.append(check_clock())
     results.append(check_disk(config.spool_dir(), figures.disk.reserve))
-    if config.web is not None and config.web.tls_cert is not None:
-        results.append(check_certificate(config.web.tls_cert))
+    results += certificate_checks(config)
     for dest in figures.destinations:
         if dest.failing:
             results.append(
