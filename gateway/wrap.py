@@ -91,6 +91,7 @@ class Wrapper:
         self._destinations = tuple(destinations)
         self._on_wrapped = on_wrapped
         self.wanted = asyncio.Event()
+        self._write_errors: dict[int, str] = {}  # spool id -> the error last logged
 
     def notify(self) -> None:
         """A new capture is waiting."""
@@ -128,11 +129,12 @@ class Wrapper:
             events.emit("capture_quarantined", spool_id=entry.id, stage="wrap", destination="")
             return True
         except OSError as err:
-            log.error(
-                "spool id %d: cannot write DICOM file (%s); will retry",
-                entry.id,
-                err.strerror or type(err).__name__,
-            )
+            problem = err.strerror or type(err).__name__
+            if self._write_errors.get(entry.id) != problem:  # once, not every retry
+                log.error(
+                    "spool id %d: cannot write DICOM file (%s); will retry", entry.id, problem
+                )
+            self._write_errors[entry.id] = problem
             return False
         except Exception as err:
             # A writer failing any other way (a driver's unexpected offer.extra, a
@@ -149,6 +151,8 @@ class Wrapper:
             await self._ledger.call(db.quarantine, entry.id, reason)
             events.emit("capture_quarantined", spool_id=entry.id, stage="wrap", destination="")
             return True
+        if self._write_errors.pop(entry.id, None) is not None:
+            log.info("spool id %d: DICOM file written after all", entry.id)
         await self._ledger.call(
             db.mark_wrapped,
             entry.id,
@@ -165,6 +169,8 @@ class Wrapper:
     def _write(self, entry: SpoolEntry, dest: Path, now: datetime) -> WrittenObject:
         """Write the DICOM file of one captured file (blocking)."""
         raw = self._dirs.raw / entry.raw_name
+        if not raw.exists():  # deleted by hand: waiting would not bring it back
+            raise WrapError("raw capture file missing")
         writer = writer_for(entry.offer.content_type)
         if writer is not None:
             job = WrapJob(entry.device, entry.offer, entry.uids, raw, self._gateway, now)

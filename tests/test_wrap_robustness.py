@@ -103,3 +103,35 @@ async def test_writer_failing_unexpectedly_quarantines_and_the_stage_runs_on(
     assert state is CaptureState.QUARANTINED
     assert reason is not None
     assert "OverflowError" in reason
+
+
+async def test_capture_whose_raw_file_was_deleted_is_quarantined_at_once(
+    spool: tuple[Intake, Wrapper], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Someone deleted a device file from the spool by hand while the gateway ran.
+
+    Waiting cannot bring it back: the capture is quarantined with the same reason a
+    start-up check gives (visible in ``spool list``), not retried and logged every 30 s,
+    and the capture beside it is wrapped as usual.
+    """
+    intake, wrapper = spool
+    await capture(intake, "deleted", stack_extra(1))
+    await capture(intake, "kept", stack_extra(1))
+    (deleted,) = [
+        e
+        for e in await intake.ledger.call(db.captures_in_state, CaptureState.CAPTURED, 10)
+        if e.offer.device_capture_id == "deleted"
+    ]
+    (intake.dirs.raw / deleted.raw_name).unlink()
+    task = asyncio.create_task(wrapper.run(lambda: None))
+    try:
+        async with asyncio.timeout(10):
+            while any(s is CaptureState.CAPTURED for s, _ in (await states(intake)).values()):
+                await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    found = await states(intake)
+    assert found["deleted"] == (CaptureState.QUARANTINED, "raw capture file missing")
+    assert found["kept"][0] is CaptureState.WRAPPED
+    assert "will retry" not in caplog.text
