@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -293,4 +295,56 @@ def test_large_photo_is_spooled_with_flat_memory(
     assert [r["raw_sha256"] for r in rows] == [digest]
     grown_mib = (_vm_hwm_kib(gateway.proc.pid) - before) / 1024
     assert grown_mib < 64, f"peak memory grew by {grown_mib:.0f} MiB for a 256 MiB photo"
+    assert gateway.stop() == 0
+
+
+def test_a_file_server_clock_off_by_an_hour_neither_delays_nor_rushes_photos(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+) -> None:
+    """The share's clock runs an hour ahead (every file time is in the box's future)
+    or an hour behind (a copy in progress looks an hour old).
+
+    Whether a file settled is timed by the box's own clock: the photo from the fast
+    clock is delivered at once, and the copy in progress under the slow clock is not
+    taken (and not refused as truncated) before it is complete.
+    """
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    config = gateway_config(
+        tmp_path,
+        pacs_port=orthanc.dicom_port,
+        commit_via=orthanc,
+        devices=photo_folder_toml(folder, settle=1.5, poll=0.1, grace=30.0),
+    )
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    hour = 3600.0
+
+    ahead = folder / "ahead.jpg"
+    ahead.write_bytes(camera.make_photo(1, width=640, height=480))
+    future = time.time() + hour
+    os.utime(ahead, (future, future))
+    wait_for(lambda: (folder / ".processed" / "ahead.jpg").exists(), 30, "the photo stamped ahead")
+
+    behind = folder / "behind.jpg"
+    whole = camera.make_photo(2, width=640, height=480)
+    past = time.time() - hour
+    with behind.open("wb") as fh:  # a copy that pauses between its chunks
+        for start in range(0, len(whole), len(whole) // 4 + 1):
+            fh.write(whole[start : start + len(whole) // 4 + 1])
+            fh.flush()
+            os.utime(behind, (past, past))
+            time.sleep(0.6)  # longer than two polls, shorter than settle_seconds
+            assert behind.exists(), "taken (or refused) while the copy was still running"
+    wait_for(
+        lambda: (folder / ".processed" / "behind.jpg").exists(), 30, "the photo stamped behind"
+    )
+    assert not list((folder / ".refused").iterdir())
+    wait_for(lambda: states(tmp_path / "state") == ["COMMITTED"] * 2, 60, "both photos COMMITTED")
+    digests = {
+        hashlib.sha256(f.read_bytes()).hexdigest() for f in (folder / ".processed").iterdir()
+    }
+    assert hashlib.sha256(whole).hexdigest() in digests
     assert gateway.stop() == 0

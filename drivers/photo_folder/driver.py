@@ -5,8 +5,8 @@ target, a phone sync folder). The protocol, the same for every camera:
 
 1. A photo is a file directly in the folder; names starting with ``.`` are never
    touched (copies in progress under a temporary name, our own sub-folders).
-2. A file counts as complete when two looks, ``poll_interval`` apart, see the same
-   size and mtime and nothing was written to it for ``settle_seconds``
+2. A file counts as complete when every look for ``settle_seconds`` (by the box's
+   own clock, never the file server's) saw the same size and mtime
    (:meth:`gateway.devices.folders.DropFolder.settled`). A half-written file is
    never sent: it is either still moving, or (a copy that stopped for good)
    refused as truncated below.
@@ -43,7 +43,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import time
 from pathlib import Path
 from typing import ClassVar, Final
 
@@ -81,7 +80,7 @@ class PhotoFolderOptions(BaseModel):
     settle_seconds: float = Field(
         default=2.0,
         ge=0,
-        description="A file must be unchanged and unwritten this long before it is taken.",
+        description="A file must look unchanged this long (by the box's clock) before it is taken.",
     )
     poll_interval: float = Field(
         default=1.0, gt=0, description="Seconds between looks at the folder."
@@ -165,7 +164,8 @@ class _Watcher:
         self.host = host
         self.options = options
         self.name = name
-        self.seen: dict[str, EntrySnapshot] = {}
+        #: entry name -> how it looks and since when (monotonic) it has looked so
+        self.seen: dict[str, tuple[EntrySnapshot, float]] = {}
         self.not_before: dict[str, float] = {}
         self.waiting_truncated: set[str] = set()
 
@@ -183,11 +183,12 @@ class _Watcher:
                 now_snapshot = await asyncio.to_thread(DropFolder.snapshot, entry)
             except FileNotFoundError:
                 continue
+            now = loop.time()  # monotonic
             before = self.seen.get(entry.name)
-            self.seen[entry.name] = now_snapshot
-            if before is None or not DropFolder.settled(
-                before, now_snapshot, self.options.settle_seconds
-            ):
+            if before is None or before[0] != now_snapshot:
+                self.seen[entry.name] = (now_snapshot, now)  # new, or changed: count anew
+                continue
+            if not DropFolder.settled(before[1], self.options.settle_seconds, now):
                 continue
             if self.not_before.get(entry.name, 0.0) > loop.time():
                 continue
@@ -293,11 +294,10 @@ class _Watcher:
 
     async def _stalled_for_good(self, entry: Path) -> bool:
         """True when an entry that ends too early has not changed for the grace time."""
-        snapshot = self.seen.get(entry.name)
-        if snapshot is None:
+        seen = self.seen.get(entry.name)
+        if seen is None:
             return False
-        quiet = (time.time_ns() - snapshot.newest_mtime_ns) / 1e9
-        if quiet >= self.options.truncated_grace_seconds:
+        if DropFolder.settled(seen[1], self.options.truncated_grace_seconds):
             return True
         if entry.name not in self.waiting_truncated:
             self.waiting_truncated.add(entry.name)

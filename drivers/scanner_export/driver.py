@@ -145,7 +145,7 @@ class ScannerExportDriver:
                 continue
             if now < watch.retry_at:
                 continue
-            if not self.folder.settled(watch.snapshot, snapshot, self.options.settle_seconds):
+            if not self.folder.settled(watch.since, self.options.settle_seconds, now):
                 continue
             await self._process(entry, watch, now)
 

@@ -35,11 +35,6 @@ class EntrySnapshot:
 
     files: tuple[tuple[str, int, int], ...]
 
-    @property
-    def newest_mtime_ns(self) -> int:
-        """The most recent modification among the entry's files."""
-        return max((mtime for _, _, mtime in self.files), default=0)
-
 
 class DropFolder:
     """One watched folder with its ``.processed`` and ``.refused`` sub-folders."""
@@ -76,12 +71,15 @@ class DropFolder:
         return EntrySnapshot(tuple(files))
 
     @staticmethod
-    def settled(before: EntrySnapshot, after: EntrySnapshot, quiet_for: float) -> bool:
-        """True when nothing changed between two snapshots and nothing was written for
-        ``quiet_for`` seconds."""
-        if before != after:
-            return False
-        return time.time_ns() - after.newest_mtime_ns >= quiet_for * 1e9
+    def settled(unchanged_since: float, quiet_for: float, now: float | None = None) -> bool:
+        """True when an entry has looked the same (names, sizes, times) for ``quiet_for``
+        seconds since ``unchanged_since``, both on the box's monotonic clock.
+
+        Never judged by the files' modification times against the box's clock: a file
+        server's clock that runs ahead would hold every entry back by the difference,
+        and one that runs behind would make a copy in progress look finished.
+        """
+        return (time.monotonic() if now is None else now) - unchanged_since >= quiet_for
 
     def mark_processed(self, entry: Path) -> Path:
         """Acknowledge ``entry``: move it into ``.processed/`` (durably)."""
