@@ -40,6 +40,8 @@ stall_timeout = 5
 reconnect_max = 1
 """
 
+    paced_args: ClassVar[tuple[str, ...]] = ("--interval", "1.5")
+
     def simulator_args(self, workdir: Path, *, captures: int) -> list[str]:
         return [
             "--link",

@@ -144,16 +144,14 @@ def test_garbage(run: ConformanceRun) -> None:
 
 def test_gateway_restart(run: ConformanceRun) -> None:
     captures = run.adapter.captures + 1
-    if run.adapter.drop_folder(run.workdir) is not None:
-        # A folder does not wait for the gateway: watch it before the first entry lands,
-        # so that the first kill comes while entries are still arriving.
-        run.adapter.prepare(run.workdir)
-        first = run.start_gateway()
-        first.wait_running()
-        run.start_simulator(captures=captures, extra=run.adapter.paced_args)
-    else:
-        run.start_simulator(captures=captures, extra=run.adapter.paced_args)
-        first = run.start_gateway()
+    # The gateway waits for the device, not the other way round, and the device takes
+    # its captures spaced out: however slowly the gateway starts, the first kill comes
+    # while captures are still arriving (a device that took them all before the
+    # gateway started would hand them over in one burst).
+    run.adapter.prepare(run.workdir)
+    first = run.start_gateway()
+    first.wait_running()
+    run.start_simulator(captures=captures, extra=run.adapter.paced_args)
     run.wait(lambda: len(run.rows()) >= 1, 60, "a first durable capture")
     first.kill()  # right after a commit: often before the device heard its ACK
     durable_at_first_kill = len(run.rows())
