@@ -321,3 +321,67 @@ def test_full_disk_naks_the_stack_and_takes_it_once_there_is_room(
     assert report["unanswered"] == 0, "a NAKed offer is not left waiting for its ACK timeout"
     wait_for(lambda: states(state_dir) == ["COMMITTED"] * 3, 60, "all delivered")
     assert gateway.stop() == 0
+
+
+def test_identical_microscopes_are_told_apart_by_usb_port(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+) -> None:
+    """Two RCM-1s (same VID:PID) on one box: each device entry serves the one on its port.
+
+    The emulated bus is a folder with one socket per device; the simulators say they
+    sit on ports 1-2 and 1-3. A third entry names a port with nothing on it and waits.
+    """
+    bus = tmp_path / "usb"
+    bus.mkdir()
+    sims = []
+    for seed, port in ((1, "1-2"), (2, "1-3")):
+        sock, report = bus / f"rcm-{seed}.sock", tmp_path / f"report-{seed}.json"
+        cmd = [sys.executable, "-m", "gateway.cli", "simulate", "usb-confocal",
+               "--socket", str(sock), "--report", str(report), "--stacks", "2",
+               "--frames", "3", "--seed", str(seed), "--usb-port", port,
+               "--usb-address", str(10 + seed), "--timeout", "120"]  # fmt: skip
+        sims.append((subprocess.Popen(cmd), report))
+        wait_for(sock.exists, 60, f"simulator {seed}'s socket")
+    devices = "".join(
+        f"""
+[[devices]]
+driver = "usb-confocal"
+name = "{name}"
+usb_backend = "emulated:{bus}"
+usb_port = "{port}"
+reconnect_max = 1
+"""
+        for name, port in (("left", "1-2"), ("right", "/dev/bus/usb/001/012"), ("spare", "1-4"))
+    )
+    config = gateway_config(
+        tmp_path, pacs_port=orthanc.dicom_port, commit_via=orthanc, devices=devices
+    )
+    gateway = gateway_factory(config)
+    try:
+        for proc, _ in sims:
+            assert proc.wait(120) == 0, gateway.log()[-3000:]
+    finally:
+        for proc, _ in sims:
+            if proc.poll() is None:
+                proc.kill()
+    wait_for(lambda: states(tmp_path / "state") == ["COMMITTED"] * 4, 60, "4 stacks COMMITTED")
+    serials = sorted(r["device_serial"] for r in ledger_rows(tmp_path / "state"))
+    assert serials == ["RCM1-0001", "RCM1-0001", "RCM1-0002", "RCM1-0002"]
+    log = gateway.log()
+    assert "left: READY (RCM-1 Confocal Microscope RCM1-0001)" in log
+    assert "right: READY (RCM-1 Confocal Microscope RCM1-0002)" in log
+    assert "left: TRANSFERRING (RCM1-0002" not in log
+    assert "right: TRANSFERRING (RCM1-0001" not in log
+    assert "spare: DISCONNECTED (no device 1d50:6189 at USB port 1-4)" in log
+    assert "spare: READY" not in log
+    assert gateway.stop() == 0
+
+
+def test_usb_port_option_is_checked_at_start_up() -> None:
+    for good in ("1-1", "3-1.4.2", "/dev/bus/usb/002/017"):
+        assert UsbConfocalOptions.model_validate({"usb_port": good}).usb_port == good
+    for bad in ("1", "1-", "usb1-1", "/dev/bus/usb/2/17", "/dev/ttyACM0"):
+        with pytest.raises(ValidationError, match="USB port"):
+            UsbConfocalOptions.model_validate({"usb_port": bad})

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from drivers.usb_confocal import protocol as p
-from drivers.usb_confocal.transport import LinkLost, UsbLink, backend_from_option
+from drivers.usb_confocal.transport import LinkLost, UsbLink, UsbLocation, backend_from_option
 from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
 from gateway.devices.contract import (
     CaptureRefused,
@@ -51,6 +51,12 @@ class UsbConfocalOptions(BaseModel):
     )
     vendor_id: int = Field(default=p.VENDOR_ID, ge=0, le=0xFFFF, description="USB vendor id.")
     product_id: int = Field(default=p.PRODUCT_ID, ge=0, le=0xFFFF, description="USB product id.")
+    usb_port: str | None = Field(
+        default=None,
+        description='Serve only the device at this place: a port such as "1-1.3" (stays '
+        'the same across plug-ins) or a device node "/dev/bus/usb/001/007" (hotplug: '
+        '"{devnode}"). Needed when identical microscopes share one box.',
+    )
     read_size: int = Field(
         default=1 << 20, ge=512, le=16 << 20, description="Bytes asked per bulk IN transfer."
     )
@@ -63,6 +69,13 @@ class UsbConfocalOptions(BaseModel):
     reconnect_max: float = Field(
         default=30.0, gt=0, description="Longest wait between attempts to find the device."
     )
+
+    @field_validator("usb_port")
+    @classmethod
+    def _usb_location(cls, value: str | None) -> str | None:
+        if value is not None:
+            UsbLocation.parse(value)
+        return value
 
     @field_validator("usb_backend")
     @classmethod
@@ -294,6 +307,8 @@ class UsbConfocalDriver:
         self.host = host
         self.name = name
         self.backend: Any = backend_from_option(options.usb_backend)
+        port = options.usb_port
+        self.where = None if port is None else UsbLocation.parse(port)
 
     async def run(self) -> None:
         """Find the device, serve it, and find it again for ever when it goes."""
@@ -301,7 +316,7 @@ class UsbConfocalDriver:
         while True:
             try:
                 link = await UsbLink.open(
-                    self.options.vendor_id, self.options.product_id, self.backend
+                    self.options.vendor_id, self.options.product_id, self.backend, self.where
                 )
             except LinkLost as err:
                 self.host.set_state(DriverState.DISCONNECTED, str(err))

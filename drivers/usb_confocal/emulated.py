@@ -6,7 +6,8 @@ the simulator (:mod:`.simulator`, its own process) into pyusb through this
 backend=EmulatedBackend(path))`` finds the device while the simulator listens on
 ``path``, and every descriptor look-up, ``set_configuration``, control and bulk
 transfer becomes one request on the socket. Select it with the driver option
-``usb_backend = "emulated:/path/to.sock"``.
+``usb_backend = "emulated:/path/to.sock"``; ``"emulated:/path/to/folder"`` is a bus
+with one device per ``*.sock`` in the folder (identical microscopes side by side).
 
 Behaviour as a real libusb backend shows it:
 
@@ -28,10 +29,12 @@ from __future__ import annotations
 import array
 import errno
 import json
+import os
 import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import usb.backend
@@ -108,6 +111,7 @@ class _Device:
     """An enumerated device: its descriptors, as the simulator described them."""
 
     descriptors: dict[str, Any]
+    socket_path: str
 
 
 @dataclass(slots=True)
@@ -123,25 +127,32 @@ class EmulatedBackend(usb.backend.IBackend):  # type: ignore[misc]
     """pyusb backend for one emulated device listening on a Unix socket."""
 
     def __init__(self, socket_path: str) -> None:
-        """Reach the device whose simulator listens on ``socket_path``."""
+        """Reach the device whose simulator listens on ``socket_path``; a folder is a
+        bus: every ``*.sock`` in it is one attached device."""
         super().__init__()
         self.socket_path = socket_path
+
+    def _sockets(self) -> list[str]:
+        if os.path.isdir(self.socket_path):
+            return sorted(str(p) for p in Path(self.socket_path).glob("*.sock"))
+        return [self.socket_path]
 
     # -- enumeration and descriptors ------------------------------------------------
 
     def enumerate_devices(self) -> Iterator[_Device]:
-        """The emulated device, if its simulator answers (else nothing: unplugged)."""
-        try:
-            sock = self._connect()
-        except OSError:
-            return
-        try:
-            header, _ = self._call(sock, {"op": "describe"}, timeout=_CONNECT_TIMEOUT)
-        except usb.core.USBError:
-            return
-        finally:
-            sock.close()
-        yield _Device(header["descriptors"])
+        """The emulated devices whose simulators answer (the others: unplugged)."""
+        for path in self._sockets():
+            try:
+                sock = self._connect(path)
+            except OSError:
+                continue
+            try:
+                header, _ = self._call(sock, {"op": "describe"}, timeout=_CONNECT_TIMEOUT)
+            except usb.core.USBError:
+                continue
+            finally:
+                sock.close()
+            yield _Device(header["descriptors"], path)
 
     def get_device_descriptor(self, dev: _Device) -> _Descriptor:
         """The device descriptor (plus bus/address/port/speed as libusb reports them)."""
@@ -188,7 +199,7 @@ class EmulatedBackend(usb.backend.IBackend):  # type: ignore[misc]
     def open_device(self, dev: _Device) -> _Handle:
         """Open a session (the host attaches to the device)."""
         try:
-            sock = self._connect()
+            sock = self._connect(dev.socket_path)
         except OSError as err:
             raise _no_device(str(err)) from err
         handle = _Handle(sock)
@@ -293,11 +304,12 @@ class EmulatedBackend(usb.backend.IBackend):  # type: ignore[misc]
 
     # -- plumbing -------------------------------------------------------------------
 
-    def _connect(self) -> socket.socket:
+    @staticmethod
+    def _connect(path: str) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(_CONNECT_TIMEOUT)
         try:
-            sock.connect(self.socket_path)
+            sock.connect(path)
         except OSError:
             sock.close()
             raise

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import re
 import socket
 import sys
 import threading
@@ -52,7 +53,13 @@ FRAME_MS = 111.0  # ~9 frames a second, as in-vivo reflectance confocal microsco
 _TICK = 0.05
 
 
-def descriptors() -> dict[str, Any]:
+def _usb_port(text: str) -> str:
+    if not re.fullmatch(r"\d{1,3}-\d{1,3}(\.\d{1,3})*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not BUS-PORT[.PORT...], e.g. 1-1.3")
+    return text
+
+
+def descriptors(port: str = "1-1", address: int = 7) -> dict[str, Any]:
     """The device's USB descriptors as the emulated backend reports them."""
     endpoint = {
         "bLength": 7,
@@ -89,6 +96,8 @@ def descriptors() -> dict[str, Any]:
         "bMaxPower": 250,
         "interfaces": [[interface]],
     }
+    bus_text, _, path = port.partition("-")
+    bus, ports = int(bus_text), [int(n) for n in path.split(".")]
     return {
         "device": {
             "bLength": 18,
@@ -105,10 +114,10 @@ def descriptors() -> dict[str, Any]:
             "iProduct": 2,
             "iSerialNumber": 3,
             "bNumConfigurations": 1,
-            "address": 7,
-            "bus": 1,
-            "port_number": 1,
-            "port_numbers": [1],
+            "address": address,
+            "bus": bus,
+            "port_number": ports[-1],
+            "port_numbers": ports,
             "speed": 3,
             "configurations": [configuration],
         }
@@ -328,7 +337,10 @@ class DeviceSimulator:
             if now < self.unplugged_until:
                 raise Unplugged("device is unplugged")
             if op == "describe":
-                return {"ok": True, "descriptors": descriptors()}, b""
+                return {
+                    "ok": True,
+                    "descriptors": descriptors(self.args.usb_port, self.args.usb_address),
+                }, b""
             if op == "open":
                 log.info("host attached (session %d)", session)
                 self.session = session
@@ -498,6 +510,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits per pixel")
     parser.add_argument("--mosaic", action="store_true", help="record mosaics (tile grids)")
     parser.add_argument("--report", help="write a JSON report of ACKed/refused stacks here")
+    parser.add_argument(
+        "--usb-port",
+        default="1-1",
+        type=_usb_port,
+        help="the USB port the device seems plugged into, BUS-PORT[.PORT...] (default 1-1)",
+    )
+    parser.add_argument(
+        "--usb-address", type=int, default=7, help="its USB device address (default 7)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="content and serial number seed")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up (exit 1) after S s")
     parser.add_argument(

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import usb.core
@@ -19,7 +22,9 @@ import usb.util
 
 from drivers.usb_confocal import protocol as p
 
-__all__ = ["LinkLost", "UsbLink", "backend_from_option"]
+__all__ = ["LinkLost", "UsbLink", "UsbLocation", "backend_from_option"]
+
+log = logging.getLogger(__name__)
 
 _WRITE_TIMEOUT_MS = 5000
 _CONTROL_TIMEOUT_MS = 2000
@@ -41,6 +46,58 @@ def backend_from_option(option: str | None) -> Any:
     return EmulatedBackend(path)
 
 
+_PORT = re.compile(r"^(\d{1,3})-(\d{1,3}(?:\.\d{1,3})*)$")
+_DEVNODE = re.compile(r"^/dev/bus/usb/(\d{3})/(\d{3})$")
+
+
+@dataclass(frozen=True, slots=True)
+class UsbLocation:
+    """Where on the box a device must be, to tell identical devices apart.
+
+    Either a physical port (``"1-1.3"``: bus 1, port 3 of the hub on port 1, as
+    Linux names it under /sys/bus/usb/devices; stays the same when the device is
+    plugged in again) or a device node (``/dev/bus/usb/001/007``: bus 1, address 7;
+    changes with every plug-in, so for hotplug's ``"{devnode}"``).
+    """
+
+    bus: int
+    ports: tuple[int, ...] | None = None
+    address: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> UsbLocation:
+        """``"BUS-PORT[.PORT...]"`` or ``"/dev/bus/usb/BBB/DDD"``; ValueError otherwise."""
+        if match := _PORT.match(text):
+            return cls(int(match[1]), ports=tuple(int(n) for n in match[2].split(".")))
+        if match := _DEVNODE.match(text):
+            return cls(int(match[1]), address=int(match[2]))
+        raise ValueError(
+            f"{text!r} is neither a USB port such as '1-1.3' nor a device node such as "
+            "'/dev/bus/usb/001/007'"
+        )
+
+    def matches(self, device: Any) -> bool:
+        """True if pyusb's ``device`` sits here."""
+        if device.bus != self.bus:
+            return False
+        if self.address is not None:
+            return bool(device.address == self.address)
+        return tuple(getattr(device, "port_numbers", None) or ()) == self.ports
+
+    def __str__(self) -> str:
+        if self.ports is not None:
+            return f"USB port {self.bus}-{'.'.join(map(str, self.ports))}"
+        return f"/dev/bus/usb/{self.bus:03d}/{self.address or 0:03d}"
+
+
+def describe(device: Any) -> str:
+    """Where a found device sits, in the form ``usb_port`` takes."""
+    ports = tuple(getattr(device, "port_numbers", None) or ())
+    if device.bus is None or not ports:
+        return f"bus {device.bus} address {device.address}"
+    return f"USB port {device.bus}-{'.'.join(map(str, ports))}"
+
+
 class UsbLink:
     """One attached device: configured, interface claimed."""
 
@@ -48,16 +105,42 @@ class UsbLink:
         self.device = device
 
     @classmethod
-    async def open(cls, vendor_id: int, product_id: int, backend: Any) -> UsbLink:
-        """Find, configure and claim the device; LinkLost if it is not there."""
-        return await asyncio.to_thread(cls._open, vendor_id, product_id, backend)
+    async def open(
+        cls, vendor_id: int, product_id: int, backend: Any, where: UsbLocation | None = None
+    ) -> UsbLink:
+        """Find, configure and claim the device; LinkLost if it is not there.
+
+        Without ``where``, the first device with these ids is taken; when there are
+        several, a warning names where each sits, so that ``usb_port`` can choose.
+        """
+        return await asyncio.to_thread(cls._open, vendor_id, product_id, backend, where)
 
     @classmethod
-    def _open(cls, vendor_id: int, product_id: int, backend: Any) -> UsbLink:
+    def _open(
+        cls, vendor_id: int, product_id: int, backend: Any, where: UsbLocation | None
+    ) -> UsbLink:
         try:
-            device = usb.core.find(idVendor=vendor_id, idProduct=product_id, backend=backend)
-            if device is None:
+            found = list(
+                usb.core.find(
+                    find_all=True, idVendor=vendor_id, idProduct=product_id, backend=backend
+                )
+            )
+            if where is not None:
+                found = [d for d in found if where.matches(d)]
+                if not found:
+                    raise LinkLost(f"no device {vendor_id:04x}:{product_id:04x} at {where}")
+            if not found:
                 raise LinkLost("device not found")
+            if len(found) > 1:
+                log.warning(
+                    "%d devices %04x:%04x are attached (%s); serving the first. Set usb_port "
+                    "on each device entry to choose",
+                    len(found),
+                    vendor_id,
+                    product_id,
+                    ", ".join(describe(d) for d in found),
+                )
+            device = found[0]
             device.set_configuration()
             usb.util.claim_interface(device, p.INTERFACE)
         except usb.core.USBError as err:
