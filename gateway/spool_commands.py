@@ -291,6 +291,30 @@ def read_patient(path: Path) -> dict[str, str]:
     }
 
 
+def patient_of(entry: db.SpoolEntry, dirs: SpoolDirs) -> tuple[dict[str, str], str] | None:
+    """The patient of a capture and where it was read, or None if nothing holds one.
+
+    The DICOM file when there is one (what the PACS gets); else the patient fields a
+    device supplied (a 3D scanner's metadata), kept in the ledger, so that a
+    technician can tell whose capture a never-wrapped, quarantined one is. Raises
+    what pydicom raises for a damaged DICOM file.
+    """
+    dicom = admin.spool_file(dirs.dicom, entry.dicom_name)
+    if dicom.exists and dicom.path is not None:
+        return read_patient(dicom.path), "the DICOM file"
+    supplied = entry.offer.patient
+    if supplied is None:
+        return None
+    return {
+        "PatientName": supplied.patient_name,
+        "PatientID": supplied.patient_id,
+        "IssuerOfPatientID": supplied.issuer_of_patient_id,
+        "PatientBirthDate": supplied.birth_date,
+        "PatientSex": supplied.sex,
+        "AccessionNumber": supplied.accession_number,
+    }, "the device's metadata"
+
+
 def _text(value: object) -> str:
     return "-" if value is None or value == "" else str(value)
 
@@ -360,20 +384,23 @@ def _show(args: argparse.Namespace) -> int:
     entry, records = _read_capture(config, args.ref)
     details = capture_details(entry, records, dirs)
     patient: dict[str, str] | None = None
+    source = ""
     if args.reveal:
-        dicom = admin.spool_file(dirs.dicom, entry.dicom_name)
-        if not dicom.exists or dicom.path is None:
+        try:
+            found = patient_of(entry, dirs)
+        except Exception as err:  # pydicom raises several kinds for a damaged file
+            raise _Refusal(
+                EXIT_FAILURE,
+                f"cannot read the DICOM file of spool id {entry.id}: {type(err).__name__}",
+            ) from err
+        if found is None:
             print(
-                f"spool id {entry.id} has no DICOM file in the spool: no patient data to show",
+                f"spool id {entry.id} has no DICOM file in the spool and its device sent no "
+                "patient data: no patient data to show",
                 file=sys.stderr,
             )
         else:
-            try:
-                patient = read_patient(dicom.path)
-            except Exception as err:  # pydicom raises several kinds for a damaged file
-                raise _Refusal(
-                    EXIT_FAILURE, f"cannot read {dicom.path}: {type(err).__name__}: {err}"
-                ) from err
+            patient, source = found
             print("warning: patient data shown (--reveal)", file=sys.stderr)
     if args.json:
         if patient is not None:
@@ -382,7 +409,7 @@ def _show(args: argparse.Namespace) -> int:
         return EXIT_OK
     _print_show(details, sys.stdout)
     if patient is not None:
-        print("Patient (from the DICOM file)")
+        print(f"Patient (from {source})")
         for keyword, label in PATIENT_ATTRIBUTES:
             print(f"  {label:<20}  {patient[keyword] or '(empty)'}")
     return EXIT_OK

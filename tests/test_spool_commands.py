@@ -64,6 +64,7 @@ class Spool:
         wrap: bool = True,
         patient: PatientContext | None = None,
         content_type: ContentType = ContentType.JPEG,
+        supplied: PatientContext | None = None,
     ) -> tuple[int, str]:
         """Record a capture (device file ``content``, a JPEG by default); return id and UID."""
         self.seed += 1
@@ -73,6 +74,7 @@ class Spool:
         offer = CaptureOffer(
             device_capture_id=f"{self.seed:06d}",
             content_type=content_type,
+            patient=supplied,  # patient fields the device itself sent (a 3D scanner)
             settings=DermoscopySettings(polarization=Polarization.POLARIZED, magnification=10.0),
             anatomic_site="39937001",
             laterality=Laterality.LEFT,
@@ -232,6 +234,29 @@ def test_show_reveal_reads_the_patient_from_the_dicom_file(spool: Spool) -> None
         "PatientSex": "F",
         "AccessionNumber": "ACC-0815",
     }
+
+
+def test_show_reveal_of_a_never_wrapped_capture_reads_what_the_device_sent(
+    spool: Spool,
+) -> None:
+    """A scanner export quarantined before it became DICOM: whose is it?"""
+    spool_id, _ = spool.add(wrap=False, supplied=PATIENT)
+    db.quarantine(spool.conn, spool_id, "the DICOM writer failed unexpectedly (ValueError)")
+    plain = dermgate("show", spool_id, config=spool.config)
+    assert plain.returncode == 0, plain.stderr
+    for secret in SECRETS:
+        assert secret not in plain.stdout + plain.stderr
+    text = dermgate("show", spool_id, "--reveal", config=spool.config)
+    assert text.returncode == 0, text.stderr
+    assert "Patient (from the device's metadata)" in text.stdout
+    assert "Doe^Jane" in text.stdout
+    assert "PID-4711" in text.stdout
+    assert "patient data shown" in text.stderr
+    nothing_id, _ = spool.add(wrap=False)
+    none = dermgate("show", nothing_id, "--reveal", config=spool.config)
+    assert none.returncode == 0
+    assert "no patient data to show" in none.stderr
+    assert "Patient (" not in none.stdout
 
 
 def test_show_of_pending_delivery_has_next_attempt(spool: Spool) -> None:

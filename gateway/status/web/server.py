@@ -393,17 +393,15 @@ class WebServer:
         return _html(pages.capture_page(details, None, s.user, s.csrf))
 
     def _read_patient(self, sid: int) -> dict[str, str] | None:
-        from gateway.spool_commands import read_patient
+        from gateway.spool_commands import patient_of
 
         conn = open_ledger(self.config.ledger_path(), readonly=True)
         try:
             entry = admin.find_entry(conn, sid)
         finally:
             conn.close()
-        dicom = admin.spool_file(self.dirs.dicom, entry.dicom_name)
-        if not dicom.exists or dicom.path is None:
-            return None
-        return read_patient(dicom.path)
+        found = patient_of(entry, self.dirs)
+        return None if found is None else found[0]
 
     async def reveal(self, request: web.Request) -> web.Response:
         """Patient data of one capture, from its DICOM file; audited before it is shown."""
@@ -434,7 +432,7 @@ class WebServer:
                     None,
                     s.user,
                     s.csrf,
-                    "No readable DICOM file: no patient data to show.",
+                    "No readable DICOM file and no patient data from the device: nothing to show.",
                 )
             )
         log.info("user %s revealed the patient data of spool id %d (audited)", s.user, sid)
