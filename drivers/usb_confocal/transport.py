@@ -46,6 +46,7 @@ def backend_from_option(option: str | None) -> Any:
     return EmulatedBackend(path)
 
 
+_WARNED: set[str] = set()  # the sets of identical devices already warned about
 _PORT = re.compile(r"^(\d{1,3})-(\d{1,3}(?:\.\d{1,3})*)$")
 _DEVNODE = re.compile(r"^/dev/bus/usb/(\d{3})/(\d{3})$")
 
@@ -131,14 +132,16 @@ class UsbLink:
                     raise LinkLost(f"no device {vendor_id:04x}:{product_id:04x} at {where}")
             if not found:
                 raise LinkLost("device not found")
-            if len(found) > 1:
+            places = ", ".join(describe(d) for d in found)
+            if len(found) > 1 and places not in _WARNED:  # once per set of devices
+                _WARNED.add(places)
                 log.warning(
                     "%d devices %04x:%04x are attached (%s); serving the first. Set usb_port "
                     "on each device entry to choose",
                     len(found),
                     vendor_id,
                     product_id,
-                    ", ".join(describe(d) for d in found),
+                    places,
                 )
             device = found[0]
             device.set_configuration()
