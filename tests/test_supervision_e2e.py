@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -177,8 +179,15 @@ name = "stubborn"
         30,
         "the stubborn driver to be READY",
     )
+    # A technician's `kill -USR1`: the stacks, and the service runs on.
+    assert gateway.proc is not None
+    gateway.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: "most recent call first" in gateway.log(), 10, "the thread stacks")
+    dumps = gateway.log().count("most recent call first")
+    time.sleep(0.5)
+    assert gateway.proc.poll() is None, "SIGUSR1 must not stop the service"
     assert gateway.stop(timeout=40) == 0, gateway.log()[-3000:]
     log = gateway.log()
     assert "device:stubborn is slow to stop" in log
     assert "stopping took longer than 8 s; exiting anyway" in log
-    assert "most recent call first" in log  # the thread stacks
+    assert log.count("most recent call first") > dumps  # the stacks at the forced stop
