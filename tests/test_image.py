@@ -1,0 +1,92 @@
+"""What ``image/`` installs on a box is consistent with the service it runs.
+
+A Pi cannot be booted here, so these check the files themselves: the unit passes
+systemd's own checker, its stop timeout leaves the service's forced stop room to
+happen first, and every USB device a first-party driver serves has a udev rule that
+lets the service user open it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from drivers.usb_confocal.driver import UsbConfocalDriver
+from gateway.config import SupervisionSettings
+from gateway.devices.contract import UsbMatch
+from gateway.devices.registry import find_driver, installed_ids
+
+IMAGE = Path(__file__).parent.parent / "image"
+
+
+def _unit_value(key: str) -> str:
+    values = [
+        line.split("=", 1)[1].strip()
+        for line in (IMAGE / "dermgate.service").read_text(encoding="utf-8").splitlines()
+        if line.startswith(f"{key}=")
+    ]
+    assert len(values) == 1, f"{key} is set {len(values)} times in the unit"
+    return values[0]
+
+
+def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """No unknown keys, no bad values: systemd would run it as written.
+
+    The box's install path of ``dermgate`` is replaced by this venv's, the only
+    difference from the installed unit.
+    """
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None, "systemd-analyze is missing: run scripts/setup.sh --test"
+    dermgate = Path(sys.executable).parent / "dermgate"
+    assert dermgate.exists(), f"{dermgate} missing: the project is not installed in the venv"
+    unit = tmp_path / "dermgate.service"
+    text = (IMAGE / "dermgate.service").read_text(encoding="utf-8")
+    assert "/opt/dermgate/venv/bin/dermgate" in text
+    unit.write_text(text.replace("/opt/dermgate/venv/bin/dermgate", str(dermgate)))
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    problems = [line for line in result.stderr.splitlines() if "dermgate.service" in line]
+    assert not problems, result.stderr
+    assert result.returncode == 0, result.stderr
+
+
+def test_unit_leaves_the_service_time_to_stop_by_itself() -> None:
+    """systemd kills after TimeoutStopSec; the service's own deadline must come first,
+    so a stuck stop is logged with its stacks instead of ending in a bare SIGKILL."""
+    timeout_stop = float(_unit_value("TimeoutStopSec"))
+    longest = SupervisionSettings.model_fields["stop_timeout"].metadata
+    ceiling = next(m.le for m in longest if getattr(m, "le", None) is not None)
+    assert ceiling + 5 <= timeout_stop
+    assert SupervisionSettings().stop_timeout < ceiling
+    assert _unit_value("KillSignal") == "SIGTERM"
+
+
+def test_every_first_party_usb_device_has_a_udev_rule() -> None:
+    rules = (IMAGE / "60-dermgate.rules").read_text(encoding="utf-8")
+    allowed = {
+        (int(vid, 16), int(pid, 16))
+        for vid, pid in re.findall(
+            r'ATTR\{idVendor\}=="([0-9a-f]{4})", ATTR\{idProduct\}=="([0-9a-f]{4})", '
+            r'MODE="0660", GROUP="plugdev"',
+            rules,
+        )
+    }
+    first_party = [n for n in installed_ids() if find_driver(n).__module__.startswith("drivers.")]
+    usb = [
+        (name, m)
+        for name in first_party
+        for m in find_driver(name).matchers
+        if isinstance(m, UsbMatch)
+    ]
+    assert usb, "no first-party driver declares a USB device"
+    assert any(m in UsbConfocalDriver.matchers for _, m in usb)
+    for name, match in usb:
+        assert (match.vendor_id, match.product_id) in allowed, (
+            f"driver {name}: no udev rule lets group plugdev open "
+            f"{match.vendor_id:04x}:{match.product_id:04x}"
+        )
+    assert "plugdev" in _unit_value("SupplementaryGroups").split()
