@@ -25,11 +25,21 @@ ORTHANC_BINARY = Path(os.environ.get("DERMGATE_ORTHANC", "/usr/sbin/Orthanc"))
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that is free on 127.0.0.1 right now, and not handed out before by
+    this process (the kernel may offer a just-released port again: two ports taken in
+    a row, such as Orthanc's HTTP and DICOM ports, must differ)."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            break
+    _HANDED_OUT.add(port)
+    return port
 
 
 @dataclass
@@ -100,6 +110,7 @@ class OrthancProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                self.stop()  # closes the log
                 raise RuntimeError(f"Orthanc exited at start-up; see {self.log_path}")
             with contextlib.suppress(OSError):
                 self.rest("GET", "/system")
