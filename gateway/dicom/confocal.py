@@ -348,6 +348,25 @@ def _opt_float(value: object) -> float | None:
 # --- the data set --------------------------------------------------------------------
 
 
+def start_instance(job: WrapJob, sop_class: str) -> tuple[Dataset, datetime, Laterality | None]:
+    """A confocal capture's new data set (common modules) with its acquisition time
+    and laterality; shared with the 16-bit Secondary Capture writer."""
+    offer, now = job.offer, job.now
+    acquired = in_zone_of(offer.acquired_at or now, now)
+    laterality = Laterality(offer.laterality) if offer.laterality is not None else None
+    ds = new_instance(
+        sop_class_uid=sop_class,
+        uids=job.uids,
+        modality=MODALITY,
+        patient=offer.patient,
+        acquired=acquired,
+        now=now,
+    )
+    if laterality is None:
+        ds.Laterality = ""  # Series Laterality, type 2C without Image (or Frame) Laterality
+    return ds, acquired, laterality
+
+
 def build_confocal(job: WrapJob, stack: ConfocalStack) -> Dataset:
     """The data set of one confocal capture, without Pixel Data (pure).
 
@@ -357,21 +376,7 @@ def build_confocal(job: WrapJob, stack: ConfocalStack) -> Dataset:
     tiled = stack.kind == "mosaic"
     sop_class = CONFOCAL_TILED_SOP_CLASS if tiled else CONFOCAL_IMAGE_SOP_CLASS
     uids = job.uids
-    offer = job.offer
-    now = job.now
-    acquired = in_zone_of(offer.acquired_at or now, now)
-    laterality = Laterality(offer.laterality) if offer.laterality is not None else None
-
-    ds = new_instance(
-        sop_class_uid=sop_class,
-        uids=uids,
-        modality=MODALITY,
-        patient=offer.patient,
-        acquired=acquired,
-        now=now,
-    )
-    if laterality is None:
-        ds.Laterality = ""  # Series Laterality, type 2C without Image/Frame Laterality
+    ds, acquired, laterality = start_instance(job, sop_class)
 
     # Frame of Reference
     ds.FrameOfReferenceUID = derived_uid("frame-of-reference", uids.sop_instance)

@@ -104,8 +104,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
-from gateway.capture import Laterality
-from gateway.dicom.confocal import BITS, MAX_PIXEL_BYTES, MODALITY, ConfocalStack
+from gateway.dicom.confocal import BITS, MAX_PIXEL_BYTES, ConfocalStack, start_instance
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.modules import (
@@ -113,8 +112,6 @@ from gateway.dicom.modules import (
     add_enhanced_general_equipment,
     da,
     dt,
-    in_zone_of,
-    new_instance,
     tm,
 )
 from gateway.spool.files import atomic_writer, copy_stream
@@ -195,23 +192,8 @@ def sc_stack(extra: dict[str, Any]) -> ConfocalStack:
 
 def build_confocal_sc(job: WrapJob, stack: ConfocalStack, pixels: PixelRange) -> Dataset:
     """The data set of one 16-bit confocal capture, without Pixel Data (pure)."""
-    sop_class = SC_WORD_SOP_CLASS
-    uids = job.uids
     offer = job.offer
-    now = job.now
-    acquired = in_zone_of(offer.acquired_at or now, now)
-    laterality = Laterality(offer.laterality) if offer.laterality is not None else None
-
-    ds = new_instance(
-        sop_class_uid=sop_class,
-        uids=uids,
-        modality=MODALITY,
-        patient=offer.patient,
-        acquired=acquired,
-        now=now,
-    )
-    if laterality is None:
-        ds.Laterality = ""  # Series Laterality, type 2C without Image Laterality
+    ds, acquired, laterality = start_instance(job, SC_WORD_SOP_CLASS)
 
     # General Equipment (device identity) and SC Equipment (DermGate made the object)
     add_enhanced_general_equipment(ds, job.identity, job.gateway)
@@ -251,8 +233,8 @@ def build_confocal_sc(job: WrapJob, stack: ConfocalStack, pixels: PixelRange) ->
     _add_frame_vector(ds, stack)
 
     # SC Image, SC Multi-frame Image
-    ds.DateOfSecondaryCapture = da(now)
-    ds.TimeOfSecondaryCapture = tm(now)
+    ds.DateOfSecondaryCapture = da(job.now)
+    ds.TimeOfSecondaryCapture = tm(job.now)
     ds.PresentationLUTShape = "IDENTITY"
     ds.RescaleIntercept = "0"
     ds.RescaleSlope = "1"
