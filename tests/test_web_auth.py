@@ -134,3 +134,68 @@ def test_state_changing_requests_need_the_csrf_token(tmp_path: Path) -> None:
             assert not config.audit_path().exists()
 
     asyncio.run(scenario())
+
+
+def test_parallel_wrong_passwords_cannot_outrun_the_lockout(tmp_path: Path) -> None:
+    """60 wrong passwords sent at once from one address: at most ``lockout_failures``
+    are ever checked, the rest are refused, and the right password is refused after."""
+    config = web_config(tmp_path, "lockout_failures = 5\nlockout_duration = 600")
+    add_user(config)
+
+    async def scenario() -> None:
+        async with served(WebServer(config)) as (base, session):
+            async with session.get(f"{base}/login") as page:
+                token = csrf_of(await page.text())
+
+            async def attempt(password: str) -> int:
+                async with session.post(
+                    f"{base}/login",
+                    data={"csrf": token, "user": "tech", "password": password},
+                    allow_redirects=False,
+                ) as r:
+                    await r.read()
+                    return r.status
+
+            statuses = await asyncio.gather(
+                *(attempt(f"wrong password {n:03d}") for n in range(60))
+            )
+            checked = statuses.count(401)
+            assert 1 <= checked <= 5, statuses
+            assert statuses.count(429) == 60 - checked, statuses
+            # Locked now: the right password is refused, and no session was started.
+            assert await attempt(PASSWORD) == 429
+            async with session.get(f"{base}/") as r:
+                assert r.url.path == "/login"
+
+    asyncio.run(scenario())
+
+
+def test_a_right_password_in_a_parallel_burst_is_held_back_too(tmp_path: Path) -> None:
+    """The right password sent while wrong ones are still being checked does not slip
+    in between: the attempts in flight count against the limit."""
+    config = web_config(tmp_path, "lockout_failures = 5\nlockout_duration = 600")
+    add_user(config)
+
+    async def scenario() -> None:
+        async with served(WebServer(config)) as (base, session):
+            async with session.get(f"{base}/login") as page:
+                token = csrf_of(await page.text())
+
+            async def attempt(password: str) -> int:
+                async with session.post(
+                    f"{base}/login",
+                    data={"csrf": token, "user": "tech", "password": password},
+                    allow_redirects=False,
+                ) as r:
+                    await r.read()
+                    return r.status
+
+            wrong = [asyncio.create_task(attempt(f"wrong password {n:03d}")) for n in range(60)]
+            # Once the first answer is back, every wrong attempt has reached the server.
+            await asyncio.wait(wrong, return_when=asyncio.FIRST_COMPLETED)
+            right = await attempt(PASSWORD)
+            statuses = await asyncio.gather(*wrong)
+            assert right == 429, statuses
+            assert statuses.count(401) <= 5, statuses
+
+    asyncio.run(scenario())

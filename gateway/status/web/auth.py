@@ -14,6 +14,10 @@ Rules:
   counted per user name and per client address, refuse further attempts (even
   with the right password) for ``lockout_duration`` seconds. The message says so
   plainly and for how long; it never says whether the user name exists.
+* An attempt counts the moment it starts, before its slow password hash runs
+  (:meth:`Lockout.begin`): attempts still being checked count against the limit
+  as if they had failed, so a burst of parallel guesses gets no more than
+  ``lockout_failures`` checks. A success frees its place and clears the count.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ class Lockout:
     duration: float
     _failed: dict[str, collections.deque[float]] = field(default_factory=dict)
     _locked_until: dict[str, float] = field(default_factory=dict)
+    _checking: dict[str, int] = field(default_factory=dict)
 
     def locked(self, keys: list[str], now: float | None = None) -> float:
         """Seconds left of the longest lockout among ``keys`` (0: not locked)."""
@@ -103,22 +108,76 @@ class Lockout:
                 del self._locked_until[key]
         return left
 
-    def fail(self, keys: list[str], now: float | None = None) -> None:
-        """Count a failed login against every key; lock those that reach the limit."""
+    def begin(self, keys: list[str], now: float | None = None) -> LoginAttempt:
+        """Reserve a place for one attempt before its password is checked.
+
+        Refused (``attempt.admitted`` false) when a key is locked, or when its
+        recent failures plus the attempts still being checked reach the limit.
+        An admitted attempt is handed back with :meth:`release` once its password
+        has been checked, then counted with :meth:`fail` or :meth:`succeed`
+        (without an ``await`` in between, so no other attempt sees the gap).
+        """
         now = time.time() if now is None else now
+        left = self.locked(keys, now)
+        if left:
+            return LoginAttempt(keys, admitted=False, locked_for=left)
+        for key in keys:
+            times = self._failed.get(key)
+            recent = 0 if times is None else sum(1 for t in times if t > now - self.window)
+            if recent + self._checking.get(key, 0) >= self.failures:
+                return LoginAttempt(keys, admitted=False, locked_for=0.0)
+        for key in keys:
+            self._checking[key] = self._checking.get(key, 0) + 1
+        return LoginAttempt(keys, admitted=True, locked_for=0.0)
+
+    def release(self, attempt: LoginAttempt) -> None:
+        """Free an admitted attempt's place (once; later calls do nothing)."""
+        if not attempt.admitted or attempt.ended:
+            return
+        attempt.ended = True
+        for key in attempt.keys:
+            left = self._checking.get(key, 0) - 1
+            if left > 0:
+                self._checking[key] = left
+            else:
+                self._checking.pop(key, None)
+
+    def fail(self, keys: list[str], now: float | None = None) -> bool:
+        """Count a failed login against every key; lock those that reach the limit.
+
+        Returns True when this failure started a lockout.
+        """
+        now = time.time() if now is None else now
+        started = False
         for key in keys:
             times = self._failed.setdefault(key, collections.deque())
             times.append(now)
             while times and times[0] <= now - self.window:
                 times.popleft()
             if len(times) >= self.failures:
+                started = started or self._locked_until.get(key, 0.0) <= now
                 self._locked_until[key] = now + self.duration
                 times.clear()
         if len(self._failed) > 10000:  # bounded memory against a flood of names
             for key in [k for k, v in self._failed.items() if not v][:5000]:
                 del self._failed[key]
+        return started
 
     def succeed(self, keys: list[str]) -> None:
         """A good login clears the counts of its keys."""
         for key in keys:
             self._failed.pop(key, None)
+
+
+@dataclass(slots=True)
+class LoginAttempt:
+    """One login attempt's place in the :class:`Lockout` counts.
+
+    ``locked_for``: seconds of lockout left when refused because of a lockout;
+    0 when refused because too many attempts are being checked at once.
+    """
+
+    keys: list[str]
+    admitted: bool
+    locked_for: float
+    ended: bool = False

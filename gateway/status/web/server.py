@@ -263,6 +263,17 @@ class WebServer:
             raise web.HTTPSeeOther("/")
         return self._login_response(request)
 
+    def _refused_login(self, request: web.Request, locked_for: float) -> web.Response:
+        if locked_for:
+            minutes = max(1, round(locked_for / 60))
+            text = (
+                f"Too many failed logins. Logins are blocked for {minutes} more minute(s); "
+                "wait, then try again."
+            )
+        else:
+            text = "Too many login attempts at once. Wait a minute, then try again."
+        return self._login_response(request, text, 429)
+
     async def login(self, request: web.Request) -> web.StreamResponse:
         """Check the form token, the lockout and the password; start a session."""
         form = await request.post()
@@ -276,26 +287,32 @@ class WebServer:
         password = str(form.get("password") or "")
         addr = request.remote or "unknown"
         keys = [f"user:{user.lower()}", f"addr:{addr}"]
-        left = self.lockout.locked(keys)
-        if left:
-            minutes = max(1, round(left / 60))
-            log.warning("login refused for %r from %s: locked out", user, addr)
-            return self._login_response(
-                request,
-                f"Too many failed logins. Logins are blocked for {minutes} more minute(s); "
-                "wait, then try again.",
-                429,
-            )
+        # The attempt counts from here on, before the slow hash: parallel guesses
+        # cannot all pass the check while none of them has failed yet.
+        attempt = self.lockout.begin(keys)
+        if not attempt.admitted:
+            log.debug("login refused for %r from %s: locked out", user, addr)
+            return self._refused_login(request, attempt.locked_for)
         try:
             users = await asyncio.to_thread(Users.load, self.config.users_path())
+            good = await asyncio.to_thread(users.verify, user, password)
         except UsersError as err:
             log.error("%s", err)
             return self._login_response(request, "The users file cannot be read; see the log.", 500)
-        if not await asyncio.to_thread(users.verify, user, password):
-            self.lockout.fail(keys)
-            log.warning("failed login for %r from %s", user, addr)
+        finally:
+            self.lockout.release(attempt)
+        if not good:
+            if self.lockout.fail(attempt.keys):
+                log.warning(
+                    "failed login for %r from %s: logins locked for %.0f s",
+                    user,
+                    addr,
+                    self.web.lockout_duration,
+                )
+            else:
+                log.warning("failed login for %r from %s", user, addr)
             return self._login_response(request, "Wrong user name or password.", 401)
-        self.lockout.succeed(keys)
+        self.lockout.succeed(attempt.keys)
         cookie, _ = self.sessions.create(user)
         log.info("user %s logged in from %s", user, addr)
         response = web.HTTPSeeOther("/")
