@@ -11,6 +11,8 @@
     dermgate user add NAME --config FILE [--password-stdin]
                                             add a login of the local page (or
                                             change its password)
+    dermgate user list --config FILE        the logins (names only)
+    dermgate user remove NAME --config FILE remove a login
 
 Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad configuration.
 """
@@ -63,6 +65,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
         return EXIT_USAGE
+    if config.web is not None:
+        from gateway.users import users_file_problem
+
+        problem = users_file_problem(config.users_path())
+        if problem is not None:
+            print(f"[web] users file: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     print(
         f"{args.file}: OK (gateway {config.gateway.id}, {len(config.destinations)} "
         f"destination(s), {len(config.devices)} device(s))"
@@ -160,7 +169,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         users = Users.load(path)
         existed = args.name in users.users
         users.set_password(args.name, password)
-        users.save(path)
+        users.save_for_service(path, config.gateway.state_dir)
     except WeakPassword as err:
         print(f"dermgate user add: password refused: {err}; nothing changed", file=sys.stderr)
         return EXIT_USAGE
@@ -168,6 +177,47 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         print(f"dermgate user add: {err}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"{'password changed for' if existed else 'added'} user {args.name} in {path}")
+    return EXIT_OK
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    """Print the logins of the local page, one name a line (never their hashes)."""
+    from gateway.users import Users, UsersError
+
+    config = _load(args.config, broken_drivers_fatal=False)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        users = Users.load(config.users_path())
+    except UsersError as err:
+        print(f"dermgate user list: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    for name in users.names():
+        print(name)
+    if not users.users:
+        print(f"dermgate user list: no users in {config.users_path()}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    """Remove a login; its sessions on the running page end at once."""
+    from gateway.users import Users, UsersError
+
+    config = _load(args.config, broken_drivers_fatal=False)
+    if config is None:
+        return EXIT_USAGE
+    path = config.users_path()
+    try:
+        users = Users.load(path)
+        if not users.remove(args.name):
+            print(f"dermgate user remove: no user {args.name} in {path}; nothing changed",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_FAILURE
+        users.save_for_service(path, config.gateway.state_dir)
+    except (UsersError, OSError) as err:
+        print(f"dermgate user remove: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"removed user {args.name} from {path}")
     return EXIT_OK
 
 
@@ -227,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the password from the first line of stdin",
     )
     add.set_defaults(func=cmd_user_add)
+    listing = user_actions.add_parser("list", help="the logins (names only)")
+    listing.add_argument("--config", type=Path, required=True, help="configuration file (TOML)")
+    listing.set_defaults(func=cmd_user_list)
+    remove = user_actions.add_parser("remove", help="remove a login (its sessions end at once)")
+    remove.add_argument("name", help="user name")
+    remove.add_argument("--config", type=Path, required=True, help="configuration file (TOML)")
+    remove.set_defaults(func=cmd_user_remove)
     return parser
 
 

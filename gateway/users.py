@@ -11,12 +11,20 @@ Rules and decisions:
 * Passwords: at least :data:`MIN_LENGTH` characters, not all one character, not the
   user name; anything else is refused with a plain message (:class:`WeakPassword`).
 * The file (``{"version": 1, "users": {NAME: {...}}}``) is written atomically
-  (temporary file, fsync, rename) with mode 0600; it never holds a password.
+  (temporary file, fsync, rename) with mode 0600; it never holds a password. Written
+  by root for a service that runs as another user, it is handed to that user
+  before it appears (see :mod:`gateway.state_owner`).
+* Each entry has a fingerprint (:meth:`Users.fingerprint`, a digest of its salted
+  hash): a session remembers the one it logged in with, so a new password or a
+  removed user ends the sessions started before.
+* A damaged file is refused as a whole with a message that names the file and
+  the kind of damage, never its content (:class:`UsersError`).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -27,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.spool.files import atomic_write_bytes
+from gateway.spool.files import atomic_writer
+from gateway.state_owner import hand_over, state_owner
 
 USERS_VERSION = 1
 MIN_LENGTH = 10
@@ -94,6 +103,30 @@ def _verify_record(record: dict[str, Any], password: str) -> bool:
     return hmac.compare_digest(digest, expected)
 
 
+def _record_ok(record: object) -> bool:
+    """True if ``record`` has the shape :func:`hash_password` writes."""
+    if not isinstance(record, dict) or record.get("scheme") != "scrypt":
+        return False
+    if not all(isinstance(record.get(k), int) and record[k] > 0 for k in ("n", "r", "p")):
+        return False
+    try:
+        return all(
+            isinstance(record.get(k), str) and base64.b64decode(record[k], validate=True)
+            for k in ("salt", "hash")
+        )
+    except (binascii.Error, ValueError):
+        return False
+
+
+def users_file_problem(path: Path) -> str | None:
+    """What is wrong with the users file at ``path`` (None: usable or absent)."""
+    try:
+        Users.load(path)
+    except UsersError as err:
+        return str(err)
+    return None
+
+
 _DUMMY = {"scheme": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P,
           "salt": _b64(b"\0" * 16), "hash": _b64(b"\0" * 64)}  # fmt: skip
 
@@ -108,28 +141,68 @@ class Users:
     def load(cls, path: Path) -> Users:
         """Read ``path``; a missing file is no users. Raises :class:`UsersError`."""
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
             return cls({})
-        except (OSError, ValueError) as err:
-            raise UsersError(f"cannot read the users file {path}: {err}") from err
+        except OSError as err:
+            raise UsersError(f"cannot read the users file {path}: {err.strerror}") from err
+        except UnicodeDecodeError as err:
+            raise UsersError(f"the users file {path} is damaged: not UTF-8 text") from err
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UsersError(
+                f"the users file {path} is damaged: not valid JSON "
+                f"(line {err.lineno}, column {err.colno})"
+            ) from err
         if not isinstance(raw, dict) or raw.get("version") != USERS_VERSION:
             raise UsersError(f"{path} is not a DermGate users file (version {USERS_VERSION})")
         users = raw.get("users")
         if not isinstance(users, dict):
             raise UsersError(f"{path} has no users table")
+        for name, record in users.items():
+            if not _NAME.match(str(name)) or not _record_ok(record):
+                raise UsersError(f"the users file {path} is damaged: a user entry is unreadable")
         return cls(dict(users))
 
-    def save(self, path: Path) -> None:
-        """Write atomically with mode 0600 (folder created 0700 if missing)."""
+    def save(self, path: Path, owner: tuple[int, int] | None = None) -> None:
+        """Write atomically with mode 0600 (folder created 0700 if missing); with
+        ``owner`` (uid, gid) the file belongs to them before it appears."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = json.dumps({"version": USERS_VERSION, "users": self.users}, indent=2, sort_keys=True)
         old = os.umask(0o077)
         try:
-            atomic_write_bytes(path, data.encode("utf-8") + b"\n")
+            with atomic_writer(path) as fh:
+                fh.write(data.encode("utf-8") + b"\n")
+                os.fchmod(fh.fileno(), 0o600)
+                if owner is not None:
+                    os.fchown(fh.fileno(), *owner)
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+
+    def save_for_service(self, path: Path, state_dir: Path) -> None:
+        """:meth:`save` as a command does it: run as root, the file and the folders
+        it creates under ``state_dir`` get ``state_dir``'s owner and group, so the
+        service (its own user) can read them."""
+        owner = state_owner(state_dir)
+        self.save(path, owner)
+        hand_over(path.parent, state_dir, owner)
+
+    def names(self) -> list[str]:
+        """The user names, sorted."""
+        return sorted(self.users)
+
+    def remove(self, name: str) -> bool:
+        """Remove ``name``; False if there is no such user."""
+        return self.users.pop(name, None) is not None
+
+    def fingerprint(self, name: str) -> str | None:
+        """A digest of ``name``'s entry (changes with every new password); None if unknown."""
+        record = self.users.get(name)
+        if record is None:
+            return None
+        canonical = json.dumps(record, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
     def set_password(self, name: str, password: str) -> None:
         """Add ``name`` or replace its password (checked first)."""

@@ -5,7 +5,9 @@ Rules:
 * A session is a 32-byte random token in the ``dermgate_session`` cookie
   (HttpOnly, SameSite=Strict, Path=/, Secure when the page is served over TLS).
   Sessions live in memory only: a restart logs everybody out, and a stolen users
-  file gives no session. They end at logout or after ``session_lifetime``.
+  file gives no session. They end at logout, after ``session_lifetime``, and as
+  soon as their user gets a new password or is removed (each session keeps the
+  fingerprint of the users-file entry it logged in with; :meth:`Sessions.retain`).
 * Every state-changing request (POST) carries the session's CSRF token in the form
   field ``csrf``; compared in constant time. The login form itself carries a token
   bound to a pre-login cookie (``dermgate_login``), so a foreign site cannot log a
@@ -26,6 +28,7 @@ import collections
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 SESSION_COOKIE = "dermgate_session"
@@ -39,6 +42,7 @@ class Session:
     user: str
     csrf: str
     expires: float
+    fingerprint: str = ""
 
 
 @dataclass
@@ -48,12 +52,14 @@ class Sessions:
     lifetime: float
     _by_token: dict[str, Session] = field(default_factory=dict)
 
-    def create(self, user: str, now: float | None = None) -> tuple[str, Session]:
+    def create(
+        self, user: str, now: float | None = None, fingerprint: str = ""
+    ) -> tuple[str, Session]:
         """A new session for ``user``; returns (cookie token, session)."""
         now = time.time() if now is None else now
         self._expire(now)
         token = secrets.token_urlsafe(32)
-        session = Session(user, secrets.token_urlsafe(32), now + self.lifetime)
+        session = Session(user, secrets.token_urlsafe(32), now + self.lifetime, fingerprint)
         self._by_token[token] = session
         return token, session
 
@@ -74,6 +80,13 @@ class Sessions:
         """Log out."""
         if token:
             self._by_token.pop(token, None)
+
+    def retain(self, keep: Callable[[Session], bool]) -> list[str]:
+        """End every session ``keep`` refuses; return their users (one per session)."""
+        ended = [(t, s.user) for t, s in self._by_token.items() if not keep(s)]
+        for token, _ in ended:
+            del self._by_token[token]
+        return [user for _, user in ended]
 
     def _expire(self, now: float) -> None:
         for token in [t for t, s in self._by_token.items() if s.expires <= now]:

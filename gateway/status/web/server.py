@@ -61,7 +61,8 @@ from gateway.status.web.auth import (
 )
 from gateway.status.web.checks import run_checks
 from gateway.status.web.data import Figures, read_figures, read_spool, verdict
-from gateway.users import Users, UsersError
+from gateway.status.web.logins import LoginFile, Unavailable, Why
+from gateway.users import Users
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ class WebServer:
             self.web.lockout_failures, self.web.lockout_window, self.web.lockout_duration
         )
         self.audit = AuditLog(config.audit_path())
+        self.logins = LoginFile(config.users_path())
+        self._logins_generation = 0
         self.tls = self.web.tls_cert is not None
         self.metrics = Metrics(self.figures)
         self._login_key = secrets.token_bytes(32)
@@ -147,6 +150,44 @@ class WebServer:
     async def _fragment(self) -> str:
         fig = await self.figures()
         return pages.overview_fragment(fig, verdict(fig))
+
+    # ----------------------------------------------------------------- logins
+
+    def _users(self) -> Users | Unavailable:
+        """The logins now. When the users file changed, the sessions it no longer
+        backs (new password, user removed, no users at all) end here, at once."""
+        current = self.logins.current()
+        if self.logins.generation == self._logins_generation:
+            return current
+        self._logins_generation = self.logins.generation
+        if isinstance(current, Users):
+            users = current
+            ended = self.sessions.retain(lambda s: users.fingerprint(s.user) == s.fingerprint)
+        elif current.why is Why.NO_USERS:
+            ended = self.sessions.retain(lambda s: False)
+        else:
+            ended = []  # cannot tell who changed: pages refuse until it is readable
+        for name in sorted(set(ended)):
+            log.info("sessions of user %s ended: new password or user removed", name)
+        return current
+
+    def _unavailable(self, problem: Unavailable) -> web.Response:
+        """The page shown instead of any other while nobody can log in."""
+        if problem.why is Why.UNREADABLE:
+            title = "Logins unavailable"
+            text = (
+                "The users file of this page cannot be read (it is damaged, or the service "
+                "may not read it), so nobody can log in. On the box, run dermgate "
+                "check-config with the configuration file to see what is wrong; dermgate "
+                "user add writes the file again."
+            )
+        else:
+            title = "No logins yet"
+            text = (
+                "Nobody can log in: no login has been set up. On the box, run "
+                "dermgate user add NAME --config FILE to add one."
+            )
+        return _html(pages.message_page(title, text), 503)
 
     # ----------------------------------------------------------------- app
 
@@ -198,6 +239,9 @@ class WebServer:
             return await handler(request)
         if path == "/metrics" and self.web.metrics_public:
             return await handler(request)
+        users = self._users()
+        if isinstance(users, Unavailable):
+            return self._unavailable(users)
         session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
         if session is None:
             if request.method == "GET" and path != "/events":
@@ -259,6 +303,9 @@ class WebServer:
 
     async def login_form(self, request: web.Request) -> web.StreamResponse:
         """The login page (or the overview when already logged in)."""
+        users = self._users()
+        if isinstance(users, Unavailable):
+            return self._unavailable(users)
         if self.sessions.get(request.cookies.get(SESSION_COOKIE)) is not None:
             raise web.HTTPSeeOther("/")
         return self._login_response(request)
@@ -276,6 +323,9 @@ class WebServer:
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         """Check the form token, the lockout and the password; start a session."""
+        users = self._users()
+        if isinstance(users, Unavailable):
+            return self._unavailable(users)
         form = await request.post()
         nonce = request.cookies.get(LOGIN_COOKIE, "")
         token = form.get("csrf")
@@ -294,13 +344,11 @@ class WebServer:
             log.debug("login refused for %r from %s: locked out", user, addr)
             return self._refused_login(request, attempt.locked_for)
         try:
-            users = await asyncio.to_thread(Users.load, self.config.users_path())
             good = await asyncio.to_thread(users.verify, user, password)
-        except UsersError as err:
-            log.error("%s", err)
-            return self._login_response(request, "The users file cannot be read; see the log.", 500)
         finally:
             self.lockout.release(attempt)
+        if self._users() is not users:  # changed during the check: its verdict is stale
+            return self._login_response(request, "The logins changed meanwhile; try again.", 409)
         if not good:
             if self.lockout.fail(attempt.keys):
                 log.warning(
@@ -313,7 +361,7 @@ class WebServer:
                 log.warning("failed login for %r from %s", user, addr)
             return self._login_response(request, "Wrong user name or password.", 401)
         self.lockout.succeed(attempt.keys)
-        cookie, _ = self.sessions.create(user)
+        cookie, _ = self.sessions.create(user, fingerprint=users.fingerprint(user) or "")
         log.info("user %s logged in from %s", user, addr)
         response = web.HTTPSeeOther("/")
         response.set_cookie(
@@ -352,6 +400,7 @@ class WebServer:
         last = ""
         quiet = 0.0
         while not self._closing.is_set():
+            self._users()  # ends this session at once if its user changed
             if self.sessions.get(token) is None:
                 await response.write(b"event: logout\ndata: \n\n")
                 break

@@ -1,0 +1,44 @@
+"""What the ``dermgate`` commands write under ``state_dir`` belongs to the service.
+
+The README runs ``dermgate user add`` as root while the service runs as its own
+user (``dermgate``): a file, or a folder, that root creates there would be closed
+to the service (the page then could not read its logins). So a command running as
+root gives what it creates or rewrites the owner and group of ``state_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["hand_over", "state_owner"]
+
+
+def state_owner(state_dir: Path) -> tuple[int, int] | None:
+    """``(uid, gid)`` of ``state_dir`` when running as root; None otherwise (a
+    normal user's files are already its own) or when ``state_dir`` is missing."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = os.stat(state_dir)
+    except OSError:
+        return None
+    return st.st_uid, st.st_gid
+
+
+def hand_over(path: Path, state_dir: Path, owner: tuple[int, int] | None) -> None:
+    """Give ``path`` and every folder between ``state_dir`` and it to ``owner``.
+
+    A path outside ``state_dir`` (a ``users_file`` set elsewhere) is given over
+    alone. Links are never followed. Raises OSError.
+    """
+    if owner is None:
+        return
+    try:
+        parts = path.relative_to(state_dir).parts
+    except ValueError:
+        targets = [path]
+    else:
+        targets = [state_dir.joinpath(*parts[: i + 1]) for i in range(len(parts))]
+    for target in targets:
+        os.chown(target, *owner, follow_symlinks=False)

@@ -1,0 +1,213 @@
+"""The local page of a real ``dermgate run``: logins changed or removed by the CLI end
+their sessions at once, a damaged or missing users file gets a clear page, bad spool
+ids get 404, and a browser leaving the live overview is not an error."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from gateway.local_orthanc import free_port
+from tests.conftest import GatewayProcess, wait_for
+from tests.web_support import PASSWORD, csrf_of
+
+OTHER_PASSWORD = "second good passphrase"
+NEW_PASSWORD = "a brand new passphrase"
+
+
+def _service_config(tmp_path: Path) -> tuple[Path, str]:
+    """A gateway with the page on, no devices, a PACS nobody listens on."""
+    port = free_port()
+    text = f"""
+[gateway]
+id = "web-service-test"
+state_dir = "{tmp_path / "state"}"
+listen_address = "127.0.0.1"
+listen_port = {free_port()}
+log_level = "DEBUG"
+
+[[destinations]]
+name = "pacs"
+kind = "dicom"
+ae_title = "ORTHANC"
+host = "127.0.0.1"
+port = {free_port()}
+connect_timeout = 2
+
+[web]
+listen = "127.0.0.1:{port}"
+"""
+    path = tmp_path / "dermgate.toml"
+    path.write_text(text, encoding="utf-8")
+    return path, f"http://127.0.0.1:{port}"
+
+
+def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        input=stdin, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+def _user_add(config: Path, name: str, password: str) -> None:
+    result = _cli("user", "add", name, "--config", str(config), "--password-stdin",
+                  stdin=password + "\n")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def _start(
+    gateway_factory: Callable[[Path], GatewayProcess], config: Path, base: str
+) -> GatewayProcess:
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+
+    async def up() -> bool:
+        try:
+            async with aiohttp.ClientSession() as s, s.get(f"{base}/healthz") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    wait_for(lambda: asyncio.run(up()), 30, "the page to answer")
+    return gateway
+
+
+def _client() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+async def _login(session: aiohttp.ClientSession, base: str, user: str, password: str) -> int:
+    async with session.get(f"{base}/login") as page:
+        token = csrf_of(await page.text())
+    async with session.post(
+        f"{base}/login",
+        data={"csrf": token, "user": user, "password": password},
+        allow_redirects=False,
+    ) as r:
+        await r.read()
+        return r.status
+
+
+async def _where(session: aiohttp.ClientSession, base: str, path: str = "/") -> str:
+    """Where a GET of ``path`` ends up: ``path`` itself, or the login page."""
+    async with session.get(base + path) as r:
+        await r.read()
+        assert r.status == 200, (path, r.status)
+        return r.url.path
+
+
+def test_changing_or_removing_a_user_ends_its_sessions_at_once(
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    config, base = _service_config(tmp_path)
+    _user_add(config, "tech", PASSWORD)
+    _user_add(config, "other", OTHER_PASSWORD)
+    _start(gateway_factory, config, base)
+
+    async def scenario() -> None:
+        async with _client() as tech, _client() as other, _client() as watcher:
+            assert await _login(tech, base, "tech", PASSWORD) == 303
+            assert await _login(other, base, "other", OTHER_PASSWORD) == 303
+            assert await _login(watcher, base, "tech", PASSWORD) == 303
+            assert await _where(tech, base) == "/"
+            assert await _where(other, base, "/spool") == "/spool"
+            async with watcher.get(f"{base}/events") as live:
+                first = await asyncio.wait_for(live.content.readuntil(b"\n\n"), 10)
+                assert first.startswith(b"event: overview\n")
+
+                # A new password for tech (the service keeps running): tech's sessions
+                # end at once, including the live overview; other's session stays.
+                await asyncio.to_thread(_user_add, config, "tech", NEW_PASSWORD)
+                assert await _where(tech, base) == "/login"
+                assert await _where(tech, base, "/spool") == "/login"
+                async with tech.post(f"{base}/logout", data={"csrf": "x"}) as r:
+                    assert r.status == 401
+                ended = b""
+                while b"event: logout" not in ended:
+                    ended = await asyncio.wait_for(live.content.readuntil(b"\n\n"), 10)
+            assert await _where(other, base) == "/"
+            assert await _login(tech, base, "tech", PASSWORD) == 401
+            assert await _login(tech, base, "tech", NEW_PASSWORD) == 303
+            assert await _where(tech, base) == "/"
+
+            # Removing other ends other's session; tech's new one stays.
+            result = await asyncio.to_thread(_cli, "user", "remove", "other", "--config",
+                                             str(config))  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            assert "removed user other" in result.stdout
+            assert await _where(other, base) == "/login"
+            assert await _login(other, base, "other", OTHER_PASSWORD) == 401
+            assert await _where(tech, base) == "/"
+
+    asyncio.run(scenario())
+
+    listed = _cli("user", "list", "--config", str(config))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["tech"]
+    assert "scrypt" not in listed.stdout
+    missing = _cli("user", "remove", "nobody", "--config", str(config))
+    assert missing.returncode == 1
+    assert "no user nobody" in missing.stderr
+    assert "nothing changed" in missing.stderr
+
+
+def test_a_damaged_or_missing_users_file_gets_a_clear_page_and_one_log_line(
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    config, base = _service_config(tmp_path)
+    _user_add(config, "tech", PASSWORD)
+    users_file = tmp_path / "state" / "web" / "users.json"
+    gateway = _start(gateway_factory, config, base)
+
+    async def scenario() -> None:
+        async with _client() as tech, _client() as stranger:
+            assert await _login(tech, base, "tech", PASSWORD) == 303
+            users_file.write_text('{"version": 1, "users": {"tech": SECRET-ISH', encoding="utf-8")
+            for client, path in ((tech, "/"), (tech, "/spool"), (stranger, "/login")) * 3:
+                async with client.get(base + path) as r:
+                    text = await r.text()
+                    assert r.status == 503, (path, r.status, text)
+                    assert "users file" in text
+                    assert "cannot be read" in text
+                    assert "check-config" in text
+                    assert "SECRET" not in text
+                    assert "Traceback" not in text
+            async with stranger.post(
+                f"{base}/login", data={"csrf": "x", "user": "tech", "password": PASSWORD}
+            ) as r:
+                assert r.status == 503
+                assert "cannot be read" in await r.text()
+
+            # check-config names the file and the problem, never its content.
+            result = await asyncio.to_thread(_cli, "check-config", str(config))
+            assert result.returncode == 2, result.stdout
+            assert str(users_file) in result.stderr
+            assert "SECRET" not in result.stderr + result.stdout
+
+            # Missing: nobody can log in, and the page says how to add a login.
+            users_file.unlink()
+            for _ in range(3):
+                async with stranger.get(f"{base}/login") as r:
+                    text = await r.text()
+                    assert r.status == 503
+                    assert "dermgate user add" in text
+
+            # Fixed with the CLI: logins work again without a restart.
+            await asyncio.to_thread(_user_add, config, "tech", PASSWORD)
+            assert await _login(stranger, base, "tech", PASSWORD) == 303
+            assert await _where(stranger, base) == "/"
+
+    asyncio.run(scenario())
+    log = gateway.log()
+    assert "Traceback" not in log
+    damaged = [line for line in log.splitlines() if "users file" in line and "ERROR" in line]
+    assert len(damaged) == 1, damaged
+    assert str(users_file) in damaged[0]
+    assert "SECRET" not in log
+    missing = [line for line in log.splitlines() if "no users file" in line]
+    assert len(missing) == 1, missing
