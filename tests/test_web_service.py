@@ -5,6 +5,7 @@ ids get 404, and a browser leaving the live overview is not an error."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import aiohttp
 
+from gateway.config import load_config
 from gateway.local_orthanc import free_port
 from tests.conftest import GatewayProcess, wait_for
+from tests.test_web_spool import _seed
 from tests.web_support import PASSWORD, csrf_of
 
 OTHER_PASSWORD = "second good passphrase"
@@ -211,3 +214,71 @@ def test_a_damaged_or_missing_users_file_gets_a_clear_page_and_one_log_line(
     assert "SECRET" not in log
     missing = [line for line in log.splitlines() if "no users file" in line]
     assert len(missing) == 1, missing
+
+
+def test_bad_spool_ids_are_not_found(
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    config, base = _service_config(tmp_path)
+    _user_add(config, "tech", PASSWORD)
+    gateway = _start(gateway_factory, config, base)
+
+    async def scenario() -> None:
+        async with _client() as tech:
+            assert await _login(tech, base, "tech", PASSWORD) == 303
+            async with tech.get(f"{base}/") as r:
+                csrf = csrf_of(await r.text())
+            # Capture 1 exists; its id written in other digits names nothing.
+            await asyncio.to_thread(_seed, load_config(config))
+            async with tech.get(f"{base}/spool/1") as r:
+                assert r.status == 200
+            for path in ("/spool/\u0661", "/spool/\u0661/retry", "/spool/\uff11"):
+                async with tech.get(base + path) as r:
+                    assert r.status == 404, (path, r.status)
+            huge = "99999999999999999999999"
+            for path in (f"/spool/{huge}", "/spool/\u0663", "/spool/\u0663/retry", f"/spool/{2**64}",
+                         "/spool/9223372036854775808", "/spool/9223372036854775808/retry",
+                         f"/spool/{huge}/resolve", "/spool/\uff11"):  # fmt: skip
+                async with tech.get(base + path) as r:
+                    assert r.status == 404, (path, r.status)
+                    assert "Traceback" not in await r.text()
+            for path in (f"/spool/{huge}/reveal", f"/spool/{huge}/retry", "/spool/\u0663/reveal",
+                         "/spool/9223372036854775808/reveal",
+                         "/spool/9223372036854775808/resolve"):  # fmt: skip
+                async with tech.post(base + path, data={"csrf": csrf}) as r:
+                    assert r.status == 404, (path, r.status)
+
+    asyncio.run(scenario())
+    assert "Traceback" not in gateway.log()
+
+
+def test_a_browser_leaving_the_live_overview_logs_nothing_above_debug(
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    config, base = _service_config(tmp_path)
+    _user_add(config, "tech", PASSWORD)
+    gateway = _start(gateway_factory, config, base)
+
+    async def scenario() -> None:
+        # A browser that leaves the live overview: the connection just goes away.
+        mark = len(gateway.log())
+        for _ in range(3):
+            async with _client() as viewer:
+                assert await _login(viewer, base, "tech", PASSWORD) == 303
+                live = await viewer.get(f"{base}/events")
+                await asyncio.wait_for(live.content.readuntil(b"\n\n"), 10)
+                assert live.connection is not None
+                live.connection.transport.abort()  # type: ignore[union-attr]
+                live.release()
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(18)  # past the next keep-alive (15 s) of each stream
+        tail = gateway.log()[mark:]
+        noisy = [
+            line
+            for line in tail.splitlines()
+            if re.search(r"\b(INFO|WARNING|ERROR|CRITICAL)\b", line) and "logged in" not in line
+        ]
+        assert noisy == [], noisy
+        assert "Traceback" not in tail
+
+    asyncio.run(scenario())

@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 LIVE_INTERVAL = 2.0
+MAX_SPOOL_ID = 2**63 - 1  # SQLite's largest INTEGER
 _OPEN = ("/healthz", "/login", "/favicon.ico")
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -81,6 +82,15 @@ SESSION_KEY = web.RequestKey("session", Session)
 
 def _html(text: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+def _spool_id(request: web.Request) -> int:
+    """The spool id in the path (ASCII digits by the route); beyond SQLite's
+    integers it can name no capture: 404, like any unknown id."""
+    sid = int(request.match_info["sid"])
+    if sid > MAX_SPOOL_ID:
+        raise web.HTTPNotFound(text=f"no capture with spool id {sid}\n")
+    return sid
 
 
 class WebServer:
@@ -205,11 +215,11 @@ class WebServer:
         r.add_get("/events", self.events)
         r.add_get("/why", self.why)
         r.add_get("/spool", self.spool)
-        r.add_get(r"/spool/{sid:\d+}", self.capture)
-        r.add_post(r"/spool/{sid:\d+}/reveal", self.reveal)
-        r.add_get(r"/spool/{sid:\d+}/{action:retry|resolve}", self.confirm)
-        r.add_post(r"/spool/{sid:\d+}/retry", self.retry)
-        r.add_post(r"/spool/{sid:\d+}/resolve", self.resolve)
+        r.add_get(r"/spool/{sid:[0-9]{1,19}}", self.capture)
+        r.add_post(r"/spool/{sid:[0-9]{1,19}}/reveal", self.reveal)
+        r.add_get(r"/spool/{sid:[0-9]{1,19}}/{action:retry|resolve}", self.confirm)
+        r.add_post(r"/spool/{sid:[0-9]{1,19}}/retry", self.retry)
+        r.add_post(r"/spool/{sid:[0-9]{1,19}}/resolve", self.resolve)
         r.add_static("/static/", STATIC)
         return app
 
@@ -396,14 +406,27 @@ class WebServer:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+            await self._stream(request, response, token)
+        except ConnectionError:
+            # The browser left (another page, a closed tab): normal, not an error.
+            log.debug("live overview: the browser left")
+        return response
+
+    async def _stream(
+        self, request: web.Request, response: web.StreamResponse, token: str | None
+    ) -> None:
         last = ""
         quiet = 0.0
         while not self._closing.is_set():
+            if request.transport is None or request.transport.is_closing():
+                log.debug("live overview: the browser left")
+                return
             self._users()  # ends this session at once if its user changed
             if self.sessions.get(token) is None:
                 await response.write(b"event: logout\ndata: \n\n")
-                break
+                return
             fragment = await self._fragment()
             if fragment != last:
                 data = "".join(f"data: {line}\n" for line in fragment.splitlines())
@@ -416,7 +439,6 @@ class WebServer:
                 await asyncio.wait_for(self._closing.wait(), LIVE_INTERVAL)
             except TimeoutError:
                 quiet += LIVE_INTERVAL
-        return response
 
     async def why(self, request: web.Request) -> web.Response:
         """Run the checks now."""
@@ -446,7 +468,7 @@ class WebServer:
         return capture_details(entry, records, self.dirs)
 
     async def _details(self, request: web.Request) -> tuple[int, dict[str, Any]]:
-        sid = int(request.match_info["sid"])
+        sid = _spool_id(request)
         try:
             return sid, await asyncio.to_thread(self._read_details, sid)
         except admin.NoSuchCapture as err:
@@ -522,7 +544,7 @@ class WebServer:
         self, request: web.Request, action: str, op: Callable[[sqlite3.Connection], Any]
     ) -> web.Response:
         s = request[SESSION_KEY]
-        sid = int(request.match_info["sid"])
+        sid = _spool_id(request)
         try:
             outcome = await asyncio.to_thread(self._write, op)
         except admin.NoSuchCapture as err:
@@ -546,7 +568,7 @@ class WebServer:
 
     async def retry(self, request: web.Request) -> web.Response:
         """Release a quarantined capture (after confirmation)."""
-        sid = int(request.match_info["sid"])
+        sid = _spool_id(request)
         names = [d.name for d in self.config.destinations]
         return await self._act(
             request, "retry", lambda conn: admin.retry_capture(conn, self.dirs, sid, names)
@@ -555,7 +577,7 @@ class WebServer:
     async def resolve(self, request: web.Request) -> web.Response:
         """Mark a quarantined capture as resolved (after confirmation)."""
         s = request[SESSION_KEY]
-        sid = int(request.match_info["sid"])
+        sid = _spool_id(request)
         form = await request.post()
         resolution = str(form.get("resolution") or "")
         return await self._act(
