@@ -19,7 +19,11 @@ page and anything else gets 401):
 ``GET/POST /spool/ID/resolve`` confirmation, then :func:`admin.resolve_capture`
 =============================  ==================================================
 
-Every POST must carry the session's CSRF token (see :mod:`.auth`). Responses are
+Every POST must carry the session's CSRF token (see :mod:`.auth`). Every request
+but the open routes first looks at the users file (:mod:`.logins`): a changed file
+ends the sessions it no longer backs, a missing or damaged one gets a 503 page that
+says so. A spool id is ASCII digits up to SQLite's largest integer; anything else
+is 404. Responses are
 ``Cache-Control: no-store`` (a revealed page never lands in a browser cache), with
 a strict Content-Security-Policy (scripts and styles from ``/static`` only).
 Ledger writes (retry, resolve) use their own connection with ``BEGIN IMMEDIATE``,
