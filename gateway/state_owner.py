@@ -27,10 +27,11 @@ def state_owner(state_dir: Path) -> tuple[int, int] | None:
 
 
 def hand_over(path: Path, state_dir: Path, owner: tuple[int, int] | None) -> None:
-    """Give ``path`` and every folder between ``state_dir`` and it to ``owner``.
+    """Give ``path`` and every folder between ``state_dir`` and it to ``owner``
+    (``state_dir`` itself is left alone).
 
     A path outside ``state_dir`` (a ``users_file`` set elsewhere) is given over
-    alone. Links are never followed. Raises OSError.
+    alone, never its folder. Links are never followed. Raises OSError.
     """
     if owner is None:
         return

@@ -186,7 +186,7 @@ class Users:
         service (its own user) can read them."""
         owner = state_owner(state_dir)
         self.save(path, owner)
-        hand_over(path.parent, state_dir, owner)
+        hand_over(path, state_dir, owner)
 
     def names(self) -> list[str]:
         """The user names, sorted."""

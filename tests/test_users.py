@@ -142,3 +142,21 @@ def test_check_config_reports_a_damaged_users_file(tmp_path: Path) -> None:
         assert result.returncode == 2, damage
         assert str(path) in result.stderr
         assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_a_users_file_outside_state_dir_is_handed_over_alone(tmp_path: Path) -> None:
+    assert os.geteuid() == 0, "this test needs root (as the README's commands do)"
+    state, elsewhere = tmp_path / "state", tmp_path / "etc"
+    state.mkdir()
+    elsewhere.mkdir()
+    os.chown(state, 12345, 23456)
+    config = tmp_path / "dermgate.toml"
+    config.write_text(
+        f'[gateway]\nid = "t"\nstate_dir = "{state}"\n\n[web]\n'
+        f'users_file = "{elsewhere / "users.json"}"\n',
+        encoding="utf-8",
+    )
+    assert _add(config, "tech", "correct horse battery\n").returncode == 0
+    st = (elsewhere / "users.json").stat()
+    assert (st.st_uid, st.st_gid) == (12345, 23456)
+    assert (elsewhere.stat().st_uid, elsewhere.stat().st_gid) == (0, 0)

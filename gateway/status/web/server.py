@@ -192,8 +192,8 @@ class WebServer:
             text = (
                 "The users file of this page cannot be read (it is damaged, or the service "
                 "may not read it), so nobody can log in. On the box, run dermgate "
-                "check-config with the configuration file to see what is wrong; dermgate "
-                "user add writes the file again."
+                "check-config with the configuration file: it names the file and what is "
+                "wrong with it."
             )
         else:
             title = "No logins yet"
