@@ -176,6 +176,7 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
             config.gateway.listen_port,
             max_failures=lambda name: limits.get(name, 1),
             on_resend=lambda name: by_name[name].notify() if name in by_name else None,
+            destinations=[d for d in config.destinations if d.storage_commitment],
         )
         identity = GatewayIdentity(
             gateway_id=config.gateway.id,
