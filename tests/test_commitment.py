@@ -133,7 +133,11 @@ def test_listener_unreachable_keeps_captures_sent_and_asks_again(
     orthanc.start()
     try:
         config = gateway_config(
-            tmp_path, pacs_port=orthanc.dicom_port, listen_port=free_port(), commitment_timeout=2
+            tmp_path,
+            pacs_port=orthanc.dicom_port,
+            listen_port=free_port(),
+            commitment_timeout=2,
+            extra_destination="commitment_alarm_after = 3",
         )
         sim = simulator_factory("--captures", "1")
         gateway = gateway_factory(config)
@@ -144,6 +148,12 @@ def test_listener_unreachable_keeps_captures_sent_and_asks_again(
         uid = ledger_rows(state_dir)[0]["sop_instance_uid"]
         assert len(orthanc.find_instances(uid)) == 1
         assert orthanc.count_instances() == 1, "re-requests do not re-send"
+        # Asking again does not restart the clock: the technician is told.
+        wait_for(
+            lambda: "pacs stores captures but does not confirm them" in gateway.log(),
+            60,
+            "the commitment_overdue alarm",
+        )
         assert gateway.stop() == 0
     finally:
         orthanc.stop()
