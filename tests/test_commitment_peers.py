@@ -296,3 +296,42 @@ def test_open_transactions_of_an_older_ledger_keep_what_they_asked_about(tmp_pat
         assert got == ["COMMITTED", "SENT"]
     finally:
         conn.close()
+
+
+def test_ended_transactions_are_forgotten_after_a_while(tmp_path: Path) -> None:
+    """A PACS that never answers is asked again and again: the ledger must not grow for ever."""
+    from gateway.capture import CaptureOffer, InstanceUIDs
+    from gateway.spool import commitments
+    from gateway.spool import ledger as db
+    from tests.dicom_files import DEVICE
+
+    conn = db.open_ledger(tmp_path / "ledger.sqlite3")
+    try:
+        spool_id = db.insert_capture(
+            conn,
+            driver="d",
+            device=DEVICE,
+            offer=CaptureOffer("1"),
+            uids=InstanceUIDs("1.2", "1.3", "1.4"),
+            raw_name="r",
+            raw_size=1,
+            raw_sha256="x",
+            wrapped=db.WrappedAtIntake(
+                "f.dcm", "1.2.840.10008.5.1.4.1.1.77.1.4.1", "1.2", ("pacs",)
+            ),
+        )
+        db.record_sent(conn, spool_id, "pacs", now=50.0)
+        for n, created in enumerate((100.0, 200.0, 300.0)):
+            commitments.open_transaction(conn, "pacs", f"2.25.{n}", [spool_id], created)
+            commitments.mark_requested(conn, f"2.25.{n}", created)
+            if n < 2:
+                commitments.expire(conn, f"2.25.{n}")
+        assert commitments.overdue(conn, "pacs", 150.0) == 1, "counted from the first request"
+        assert commitments.forget_ended(conn, "pacs", 250.0) == 2
+        assert commitments.forget_ended(conn, "pacs", 1000.0) == 0, "the open one stays"
+        assert conn.execute("SELECT COUNT(*) FROM commitment_items").fetchone()[0] == 1
+        late = commitments.apply_report(conn, "2.25.0", ["1.4"], [], 3, "pacs")
+        assert not late.known, "a forgotten transaction is refused like an unknown one"
+        assert db.get_capture(conn, spool_id).state == "SENT"  # type: ignore[union-attr]
+    finally:
+        conn.close()

@@ -270,6 +270,10 @@ class CommitmentRequester:
                     expired,
                     d.commitment_timeout,
                 )
+            # Ended transactions are kept long enough for late reports and for the
+            # commitment_overdue clock (which counts from an instance's first request).
+            keep = max(3600.0, 3 * d.commitment_timeout, 2 * d.commitment_alarm_after)
+            await self._ledger.call(cdb.forget_ended, d.name, time.time() - keep)
             batch = await self._ledger.call(cdb.uncommitted, d.name, d.commitment_batch_size)
             if not batch:
                 await self._wait(min(d.commitment_timeout / 2, 30.0))

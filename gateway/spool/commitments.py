@@ -148,6 +148,25 @@ def expire_overdue(conn: sqlite3.Connection, destination: str, cutoff: float) ->
     return len(rows)
 
 
+def forget_ended(conn: sqlite3.Connection, destination: str, cutoff: float) -> int:
+    """Drop transactions that ended (DONE or EXPIRED) and were made before ``cutoff``.
+
+    A PACS that never answers is asked again every ``commitment_timeout``, each time
+    in a new transaction: without this the ledger would grow by every unconfirmed
+    instance on each round. A report for a forgotten transaction is refused like
+    one for a transaction never sent (its instances are in newer transactions).
+    """
+    ended = (
+        "SELECT transaction_uid FROM commitments WHERE destination = ? AND state != ? "
+        "AND created_epoch < ?"
+    )
+    args = (destination, OPEN, cutoff)
+    with transaction(conn):
+        conn.execute(f"DELETE FROM commitment_items WHERE transaction_uid IN ({ended})", args)
+        cur = conn.execute(f"DELETE FROM commitments WHERE transaction_uid IN ({ended})", args)
+    return cur.rowcount
+
+
 def open_transactions(conn: sqlite3.Connection, destination: str) -> int:
     """How many transactions to ``destination`` await their report."""
     row = conn.execute(
