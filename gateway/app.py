@@ -32,6 +32,7 @@ from gateway.forward.commitment import (
     RetentionConfirmer,
 )
 from gateway.forward.forwarder import Forwarder
+from gateway.forward.overdue import CommitmentOverdueWatch
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
 from gateway.spool.intake import InlineWrap, Intake
@@ -168,6 +169,13 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
             for d in config.destinations
         ]
         by_name = {f.name: f for f in forwarders}
+        overdue = {
+            d.name: CommitmentOverdueWatch(
+                ledger, d, config.gateway.ae_title, config.gateway.listen_port
+            )
+            for d in config.destinations
+            if d.storage_commitment
+        }
         limits = {d.name: d.commitment_max_failures for d in config.destinations}
         listener = CommitmentListener(
             ledger,
@@ -176,6 +184,8 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
             config.gateway.listen_port,
             max_failures=lambda name: limits.get(name, 1),
             on_resend=lambda name: by_name[name].notify() if name in by_name else None,
+            destinations=[d for d in config.destinations if d.storage_commitment],
+            on_report=lambda name: overdue[name].reported() if name in overdue else None,
         )
         identity = GatewayIdentity(
             gateway_id=config.gateway.id,
@@ -216,6 +226,8 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
                 await supervisor.start(f"forward:{forwarder.name}", forwarder.run)
             for name, requester in requesters.items():
                 await supervisor.start(f"commit:{name}", requester.run)
+            for name, watch in overdue.items():
+                await supervisor.start(f"commit-overdue:{name}", watch.run)
             for confirmer in confirmers:
                 await supervisor.start(f"retain:{confirmer.destination.name}", confirmer.run)
             await supervisor.start("purge", Purger(ledger, dirs, config.spool).run)

@@ -412,6 +412,29 @@ class DicomDestination(_Strict):
         description="Failed commitments of one instance (each followed by a re-send) "
         "before it is quarantined.",
     )
+    commitment_from: list[str] = Field(
+        default_factory=list,
+        description="More IP addresses this PACS may send its commitment reports from "
+        '(e.g. ["10.0.0.5"] for a cluster node), besides the addresses of `host`. A report '
+        "counts only when it comes from this PACS's AE title at one of these addresses.",
+    )
+    commitment_alarm_after: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds a commitment request may go without a report before the "
+        "'commitment_overdue' alarm is raised (cleared when the reports arrive).",
+    )
+
+    @field_validator("commitment_from")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        import ipaddress  # here, not at the top: keeps these keys in one hunk
+
+        try:
+            return [ipaddress.ip_address(v.strip()).compressed for v in value]
+        except ValueError as err:
+            raise ValueError(f"list IP addresses, not host names: {err}") from err
+
     unconfirmed_retention: float = Field(
         default=7 * 86400.0,
         ge=0,

@@ -261,7 +261,7 @@ def capture_details(
                 else None,
                 "last_error": r.last_error,
                 "commit_failures": r.commit_failures,
-                "commit_transaction_uid": r.commit_txn,
+                "awaiting_commitment": r.commit_txn is not None,
                 "sent_at": r.sent_at,
                 "committed_at": r.committed_at,
             }
@@ -372,7 +372,7 @@ def _print_show(details: dict[str, Any], out: TextIO) -> None:
         line("Next attempt", delivery["next_attempt_at"], "  ")
         line("Last error", delivery["last_error"], "  ")
         line("Commit failures", delivery["commit_failures"], "  ")
-        line("Commit transaction", delivery["commit_transaction_uid"], "  ")
+        line("Awaiting commitment", "yes" if delivery["awaiting_commitment"] else "no", "  ")
         line("Sent", _local(delivery["sent_at"]), "  ")
         line("Committed", _local(delivery["committed_at"]), "  ")
 

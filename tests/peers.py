@@ -28,10 +28,15 @@ class MisbehavingPacs:
     received: list[str] = field(default_factory=list)
     server: Any = None
     # Storage commitment: what to do per N-ACTION ("commit", "fail", "silent",
-    # "unknown-then-commit"), where to report, and what happened.
+    # "unknown-then-commit", "hold": accept and keep the report until
+    # :meth:`release_held`, "refuse": answer the N-ACTION with 0x0110), where to
+    # report (and from which local address), and what happened.
     commit_script: list[str] = field(default_factory=list)
     report_to: int | None = None
+    report_from: str | None = None
     actions: list[str] = field(default_factory=list)
+    requested: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    held: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
     report_statuses: list[int] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -43,12 +48,26 @@ class MisbehavingPacs:
             for i in info.ReferencedSOPSequence
         ]
         self.actions.append(txn)
+        self.requested[txn] = refs
         plan = self.commit_script.pop(0) if self.commit_script else "commit"
-        if plan != "silent":
-            worker = threading.Thread(target=self._report, args=(plan, txn, refs), daemon=True)
-            self._threads.append(worker)
-            worker.start()
+        if plan == "refuse":
+            return 0x0110, None
+        if plan == "hold":
+            self.held.append((txn, refs))
+        elif plan != "silent":
+            self._start_report(plan, txn, refs)
         return 0x0000, None
+
+    def release_held(self) -> None:
+        """Send the reports kept back by "hold" (committing everything they name)."""
+        while self.held:
+            txn, refs = self.held.pop(0)
+            self._start_report("commit", txn, refs)
+
+    def _start_report(self, plan: str, txn: str, refs: list[tuple[str, str]]) -> None:
+        worker = threading.Thread(target=self._report, args=(plan, txn, refs), daemon=True)
+        self._threads.append(worker)
+        worker.start()
 
     def _report(self, plan: str, txn: str, refs: list[tuple[str, str]]) -> None:
         assert self.report_to is not None
@@ -60,8 +79,11 @@ class MisbehavingPacs:
             reports.append(("2.25.424242", refs, "commit"))
             plan = "commit"
         reports.append((txn, refs, plan))
+        bind = None if self.report_from is None else (self.report_from, 0)
         for uid, items, kind in reports:
-            assoc = ae.associate("127.0.0.1", self.report_to, ae_title="DERMGATE", ext_neg=[role])
+            assoc = ae.associate(
+                "127.0.0.1", self.report_to, ae_title="DERMGATE", ext_neg=[role], bind_address=bind
+            )
             assert assoc.is_established, "the gateway's listener accepts the report association"
             report = Dataset()
             report.TransactionUID = uid
@@ -126,3 +148,38 @@ class MisbehavingPacs:
             self.server.shutdown()
         for worker in self._threads:
             worker.join(10)
+
+
+def send_report(
+    port: int,
+    transaction_uid: str,
+    committed: list[tuple[str, str]],
+    *,
+    calling_ae: str = "MISBEHAVE",
+    source: str = "127.0.0.1",
+) -> int:
+    """Send one commitment N-EVENT-REPORT (event type 1) to the gateway's listener,
+    as any AE title from any local address; return the status it answered (-1: none)."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(StorageCommitmentPushModel)
+    role = build_role(StorageCommitmentPushModel, scp_role=True)
+    assoc = ae.associate(
+        "127.0.0.1", port, ae_title="DERMGATE", ext_neg=[role], bind_address=(source, 0)
+    )
+    assert assoc.is_established, "the listener accepts the association (it is the report it judges)"
+    try:
+        report = Dataset()
+        report.TransactionUID = transaction_uid
+        items = []
+        for sop_class, sop_instance in committed:
+            item = Dataset()
+            item.ReferencedSOPClassUID = sop_class
+            item.ReferencedSOPInstanceUID = sop_instance
+            items.append(item)
+        report.ReferencedSOPSequence = items
+        status, _ = assoc.send_n_event_report(
+            report, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1"
+        )
+        return int(status.Status) if status and "Status" in status else -1
+    finally:
+        assoc.release()

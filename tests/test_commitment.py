@@ -84,7 +84,7 @@ def test_repeated_commitment_failure_quarantines_with_the_reason(
     assert gateway.stop() == 0
 
 
-def test_report_for_an_unknown_transaction_is_answered_and_harmless(
+def test_report_for_an_unknown_transaction_is_refused_and_harmless(
     tmp_path: Path,
     pacs: MisbehavingPacs,
     gateway_factory: Callable[[Path], GatewayProcess],
@@ -95,8 +95,9 @@ def test_report_for_an_unknown_transaction_is_answered_and_harmless(
     state_dir = tmp_path / "state"
     wait_for(lambda: states(state_dir) == ["COMMITTED"], 60, "commitment")
     wait_for(lambda: len(pacs.report_statuses) == 2, 30, "both reports answered")
-    assert pacs.report_statuses == [0x0000, 0x0000]
-    assert "unknown or finished transaction 2.25.424242" in gateway.log()
+    # A transaction we never requested is refused (0x0110), the real one applied.
+    assert pacs.report_statuses == [0x0110, 0x0000]
+    assert "refused (a transaction we never requested)" in gateway.log()
     assert gateway.stop() == 0
 
 
@@ -132,7 +133,11 @@ def test_listener_unreachable_keeps_captures_sent_and_asks_again(
     orthanc.start()
     try:
         config = gateway_config(
-            tmp_path, pacs_port=orthanc.dicom_port, listen_port=free_port(), commitment_timeout=2
+            tmp_path,
+            pacs_port=orthanc.dicom_port,
+            listen_port=free_port(),
+            commitment_timeout=2,
+            extra_destination="commitment_alarm_after = 3",
         )
         sim = simulator_factory("--captures", "1")
         gateway = gateway_factory(config)
@@ -143,6 +148,12 @@ def test_listener_unreachable_keeps_captures_sent_and_asks_again(
         uid = ledger_rows(state_dir)[0]["sop_instance_uid"]
         assert len(orthanc.find_instances(uid)) == 1
         assert orthanc.count_instances() == 1, "re-requests do not re-send"
+        # Asking again does not restart the clock: the technician is told.
+        wait_for(
+            lambda: "pacs stores captures but does not confirm them" in gateway.log(),
+            60,
+            "the commitment_overdue alarm",
+        )
         assert gateway.stop() == 0
     finally:
         orthanc.stop()

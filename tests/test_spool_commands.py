@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -265,6 +266,21 @@ def test_show_of_pending_delivery_has_next_attempt(spool: Spool) -> None:
     assert details["state"] == "WRAPPED"
     assert details["deliveries"][0]["state"] == "PENDING"
     assert details["deliveries"][0]["next_attempt_at"] is not None
+
+
+def test_show_does_not_print_the_commitment_transaction_uid(spool: Spool) -> None:
+    """Knowing it is half of forging a report: the page and the CLI never show it."""
+    spool_id, _ = spool.add()
+    db.record_sent(spool.conn, spool_id, "pacs")
+    txn = new_uid()
+    commitments.open_transaction(spool.conn, "pacs", txn, [spool_id], time.time())
+    text = dermgate("show", spool_id, config=spool.config)
+    by_json = dermgate("show", spool_id, "--json", config=spool.config)
+    assert text.returncode == 0, text.stderr
+    assert by_json.returncode == 0, by_json.stderr
+    assert txn not in text.stdout + by_json.stdout
+    assert re.search(r"^  Awaiting commitment +yes$", text.stdout, re.MULTILINE)
+    assert json.loads(by_json.stdout)["deliveries"][0]["awaiting_commitment"] is True
 
 
 def test_unknown_capture_exits_3(spool: Spool) -> None:

@@ -5,9 +5,21 @@ The PACS confirms that it keeps what we sent by an N-EVENT-REPORT that arrives o
 before the N-ACTION-RSP is back. So the listener (pynetdicom server in its own
 threads) starts before anything is requested, and every transaction is written to
 the ledger before its N-ACTION is sent. The listener answers a report only after
-the ledger recorded it; a report for an unknown transaction is logged and answered
-with success, never crashes anything. See :mod:`gateway.spool.commitments` for the
-ledger rules (re-send of failed instances, quarantine, expiry and re-request).
+the ledger recorded it. See :mod:`gateway.spool.commitments` for the ledger rules
+(re-send of failed instances, quarantine, expiry and re-request).
+
+A report is applied only when it comes from the destination its transaction was
+sent to (:mod:`gateway.forward.peer_check`: that destination's AE title, from its
+host's address or one in ``commitment_from``), and only to the instances that
+transaction asked about. Anything else — a stranger, a transaction we never sent
+or sent elsewhere, instances it did not ask about — is refused: answered with
+0x0110 Processing failure and logged once per peer and reason, and the ledger is
+not touched. (PS3.4 J.3.3 defines no status of its own for the N-EVENT-REPORT of
+Storage Commitment; of PS3.7's general N-EVENT-REPORT statuses, 0x0110 "a general
+failure in processing the operation" is the one that fits "not accepted from you".
+0x0119 Class-instance conflict would claim that the SOP Instance is not of the SOP
+Class, which is not the problem, and 0x0124 Refused: not authorised is not an
+N-EVENT-REPORT status.)
 """
 
 from __future__ import annotations
@@ -15,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import enum
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -29,6 +43,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from gateway.config import DicomDestination
 from gateway.dicom.uids import new_uid
+from gateway.forward.peer_check import PeerCheck
 from gateway.forward.schedule import Backoff
 from gateway.spool import commitments as cdb
 from gateway.spool.commitments import CommitCandidate, ReportOutcome
@@ -39,6 +54,18 @@ log = logging.getLogger(__name__)
 
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 _REPORT_TIMEOUT = 30.0
+PROCESSING_FAILURE = 0x0110
+_LOGGED_PEERS_MAX = 256
+
+
+class Refusal(enum.Enum):
+    """Why a commitment report was not applied (the value is the log's wording)."""
+
+    STRANGER = "not the AE title and address of a PACS asked for storage commitment"
+    NO_TRANSACTION = "no transaction UID"
+    UNKNOWN_TRANSACTION = "a transaction we never requested"
+    OTHER_DESTINATION = "a transaction requested from another PACS"
+    NOT_ASKED = "it names instances its transaction did not ask about"
 
 
 def _references(items: Any) -> list[Dataset]:
@@ -56,15 +83,23 @@ class CommitmentListener:
         port: int,
         max_failures: Callable[[str], int],
         on_resend: Callable[[str], None],
+        destinations: Sequence[DicomDestination] = (),
+        on_report: Callable[[str], None] = lambda _name: None,
     ) -> None:
+        """``destinations``: those that use storage commitment (the only accepted
+        senders); ``on_report(name)`` runs on the loop after a report was applied."""
         self._ledger = ledger
         self._ae_title = ae_title
         self._address = address
         self._port = port
         self._max_failures = max_failures
         self._on_resend = on_resend
+        self._on_report = on_report
+        self._peers = PeerCheck(destinations)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
+        self._logged: set[tuple[str, str, Refusal]] = set()
+        self._logged_lock = threading.Lock()
 
     async def run(self, ready: Callable[[], None]) -> None:
         """Serve until cancelled."""
@@ -75,7 +110,7 @@ class CommitmentListener:
         ae.acse_timeout = 30
         ae.dimse_timeout = 30
         ae.network_timeout = 60
-        handlers: list[Any] = [(evt.EVT_N_EVENT_REPORT, self._on_report)]
+        handlers: list[Any] = [(evt.EVT_N_EVENT_REPORT, self._on_event_report)]
         try:
             self._server = await asyncio.to_thread(
                 ae.start_server,
@@ -96,10 +131,39 @@ class CommitmentListener:
         finally:
             await asyncio.to_thread(self._server.shutdown)
 
-    def _on_report(self, event: Any) -> tuple[int, Dataset | None]:
+    def _refuse(self, ae_title: str, address: str, why: Refusal) -> tuple[int, None]:
+        """Answer a failure; log the first refusal per peer and reason only."""
+        key = (ae_title, address, why)
+        with self._logged_lock:
+            first = key not in self._logged and len(self._logged) < _LOGGED_PEERS_MAX
+            if first:
+                self._logged.add(key)
+                if len(self._logged) == _LOGGED_PEERS_MAX:
+                    log.warning("many peers sent refused commitment reports; no longer logged")
+        if first:
+            log.warning(
+                "commitment report from %r at %s refused (%s); answered 0x%04X, nothing "
+                "changed; further refusals like this one from this peer are not logged",
+                ae_title,
+                address,
+                why.value,
+                PROCESSING_FAILURE,
+            )
+        else:
+            log.debug("commitment report from %r at %s refused (%s)", ae_title, address, why.name)
+        return PROCESSING_FAILURE, None
+
+    def _on_event_report(self, event: Any) -> tuple[int, Dataset | None]:
         """Runs on a pynetdicom thread; waits for the ledger before answering."""
+        requestor = event.assoc.requestor
+        ae_title = str(requestor.ae_title or "").strip()
+        address = str(requestor.address or "")
+        if not self._peers.any_destination(ae_title, address):
+            return self._refuse(ae_title, address, Refusal.STRANGER)
         info = event.event_information
         txn = str(getattr(info, "TransactionUID", "") or "")
+        if not txn or self._loop is None:
+            return self._refuse(ae_title, address, Refusal.NO_TRANSACTION)
         committed = [
             str(item.ReferencedSOPInstanceUID)
             for item in _references(getattr(info, "ReferencedSOPSequence", None))
@@ -111,53 +175,64 @@ class CommitmentListener:
             )
             for item in _references(getattr(info, "FailedSOPSequence", None))
         ]
-        if not txn or self._loop is None:
-            log.warning("commitment report without a transaction UID ignored")
-            return 0x0000, None
-        future = asyncio.run_coroutine_threadsafe(self._apply(txn, committed, failed), self._loop)
         try:
-            future.result(_REPORT_TIMEOUT)
+            destination = self._wait(self._ledger.call(cdb.transaction_destination, txn))
+            if destination is None:
+                return self._refuse(ae_title, address, Refusal.UNKNOWN_TRANSACTION)
+            # Matched here, on this thread: it may look up a host name.
+            if not self._peers.matches(destination, ae_title, address):
+                return self._refuse(ae_title, address, Refusal.OTHER_DESTINATION)
+            outcome = self._wait(self._apply(destination, txn, committed, failed))
         except (concurrent.futures.TimeoutError, RuntimeError, OSError) as err:
-            log.error("commitment report %s could not be recorded (%s)", txn, type(err).__name__)
-            return 0x0110, None
+            log.error("a commitment report could not be recorded (%s)", type(err).__name__)
+            return PROCESSING_FAILURE, None
+        if not outcome.known:
+            return self._refuse(ae_title, address, Refusal.UNKNOWN_TRANSACTION)
+        if outcome.not_asked:
+            return self._refuse(ae_title, address, Refusal.NOT_ASKED)
         return 0x0000, None
 
+    def _wait(self, work: Any) -> Any:
+        """Run a coroutine on the gateway's loop and wait for its result (this thread)."""
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(work, self._loop)
+        return future.result(_REPORT_TIMEOUT)
+
     async def _apply(
-        self, txn: str, committed: list[str], failed: list[tuple[str, int | None]]
-    ) -> None:
-        destination = await self._ledger.call(_destination_of, txn)
-        limit = self._max_failures(destination) if destination else 1
+        self,
+        destination: str,
+        txn: str,
+        committed: list[str],
+        failed: list[tuple[str, int | None]],
+    ) -> ReportOutcome:
+        limit = self._max_failures(destination)
         outcome: ReportOutcome = await self._ledger.call(
-            cdb.apply_report, txn, committed, failed, limit
+            cdb.apply_report, txn, committed, failed, limit, destination
         )
-        if not outcome.known:
-            log.warning("commitment report for unknown or finished transaction %s answered", txn)
-            return
+        if not outcome.known or not (
+            outcome.committed_ids or outcome.resend or outcome.quarantined
+        ):
+            return outcome
         log.info(
             "commitment report from %s: %d committed, %d to send again, %d quarantined",
-            outcome.destination,
+            destination,
             outcome.committed,
             outcome.resend,
             outcome.quarantined,
         )
         for spool_id in outcome.committed_ids:
-            events.emit("capture_committed", spool_id=spool_id, destination=outcome.destination)
+            events.emit("capture_committed", spool_id=spool_id, destination=destination)
         for spool_id in outcome.quarantined_ids:
             events.emit(
                 "capture_quarantined",
                 spool_id=spool_id,
                 stage="commitment",
-                destination=outcome.destination,
+                destination=destination,
             )
-        if outcome.resend and outcome.destination:
-            self._on_resend(outcome.destination)
-
-
-def _destination_of(conn: Any, txn: str) -> str | None:
-    row = conn.execute(
-        "SELECT destination FROM commitments WHERE transaction_uid = ?", (txn,)
-    ).fetchone()
-    return None if row is None else str(row[0])
+        if outcome.resend:
+            self._on_resend(destination)
+        self._on_report(destination)
+        return outcome
 
 
 class CommitmentRequester:
@@ -195,6 +270,10 @@ class CommitmentRequester:
                     expired,
                     d.commitment_timeout,
                 )
+            # Ended transactions are kept long enough for late reports and for the
+            # commitment_overdue clock (which counts from an instance's first request).
+            keep = max(3600.0, 3 * d.commitment_timeout, 2 * d.commitment_alarm_after)
+            await self._ledger.call(cdb.forget_ended, d.name, time.time() - keep)
             batch = await self._ledger.call(cdb.uncommitted, d.name, d.commitment_batch_size)
             if not batch:
                 await self._wait(min(d.commitment_timeout / 2, 30.0))

@@ -7,6 +7,10 @@ N-ACTION-RSP) always finds it, and a restart still knows it. Rules:
 
 * a transaction is OPEN until its report arrives (DONE) or it times out (EXPIRED);
   the deliveries of an expired transaction are asked about again in a new one;
+* a report touches only the instances its own transaction asked about (kept in
+  ``commitment_items``, also after the transaction ended): a late report for an
+  expired transaction still confirms those, never any other instance; instances a
+  report leaves out are asked about again;
 * a committed instance's delivery becomes COMMITTED; the capture becomes COMMITTED
   when all its deliveries are;
 * a failed instance is sent again (same SOP Instance UID): its delivery goes back to
@@ -66,6 +70,8 @@ class ReportOutcome:
     quarantined: int = 0
     committed_ids: tuple[int, ...] = ()
     quarantined_ids: tuple[int, ...] = ()
+    not_asked: int = 0
+    """Instances the report named that its transaction did not ask about (untouched)."""
 
 
 def uncommitted(conn: sqlite3.Connection, destination: str, limit: int) -> list[CommitCandidate]:
@@ -96,6 +102,10 @@ def open_transaction(
         conn.executemany(
             "UPDATE deliveries SET commit_txn = ? WHERE capture_id = ? AND destination = ?",
             [(transaction_uid, cid, destination) for cid in capture_ids],
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO commitment_items (transaction_uid, capture_id) VALUES (?, ?)",
+            [(transaction_uid, cid) for cid in capture_ids],
         )
 
 
@@ -138,6 +148,25 @@ def expire_overdue(conn: sqlite3.Connection, destination: str, cutoff: float) ->
     return len(rows)
 
 
+def forget_ended(conn: sqlite3.Connection, destination: str, cutoff: float) -> int:
+    """Drop transactions that ended (DONE or EXPIRED) and were made before ``cutoff``.
+
+    A PACS that never answers is asked again every ``commitment_timeout``, each time
+    in a new transaction: without this the ledger would grow by every unconfirmed
+    instance on each round. A report for a forgotten transaction is refused like
+    one for a transaction never sent (its instances are in newer transactions).
+    """
+    ended = (
+        "SELECT transaction_uid FROM commitments WHERE destination = ? AND state != ? "
+        "AND created_epoch < ?"
+    )
+    args = (destination, OPEN, cutoff)
+    with transaction(conn):
+        conn.execute(f"DELETE FROM commitment_items WHERE transaction_uid IN ({ended})", args)
+        cur = conn.execute(f"DELETE FROM commitments WHERE transaction_uid IN ({ended})", args)
+    return cur.rowcount
+
+
 def open_transactions(conn: sqlite3.Connection, destination: str) -> int:
     """How many transactions to ``destination`` await their report."""
     row = conn.execute(
@@ -147,25 +176,60 @@ def open_transactions(conn: sqlite3.Connection, destination: str) -> int:
     return int(row[0])
 
 
+def transaction_destination(conn: sqlite3.Connection, transaction_uid: str) -> str | None:
+    """The destination a transaction was sent to (None: we never sent it)."""
+    row = conn.execute(
+        "SELECT destination FROM commitments WHERE transaction_uid = ?", (transaction_uid,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _asked(conn: sqlite3.Connection, transaction_uid: str) -> dict[str, int]:
+    """SOP Instance UID → capture id of every instance the transaction asked about."""
+    return {
+        str(uid): int(cid)
+        for uid, cid in conn.execute(
+            "SELECT c.sop_instance_uid, c.id FROM commitment_items i JOIN captures c "
+            "ON c.id = i.capture_id WHERE i.transaction_uid = ?",
+            (transaction_uid,),
+        )
+    }
+
+
 def apply_report(
     conn: sqlite3.Connection,
     transaction_uid: str,
     committed: list[str],
     failed: list[tuple[str, int | None]],
     max_failures: int,
+    destination: str | None = None,
 ) -> ReportOutcome:
-    """Record an N-EVENT-REPORT. Unknown or finished transactions change nothing.
+    """Record an N-EVENT-REPORT from the PACS the transaction was sent to.
 
-    A report for an EXPIRED transaction is still applied for its committed
-    instances (the PACS did commit them), so a slow PACS never causes extra sends.
+    ``destination`` is the destination the sender was matched to: a transaction
+    sent elsewhere, or unknown, changes nothing (``known`` False). Only instances
+    the transaction asked about are touched; the others are counted in
+    ``not_asked`` and left alone. A report for an EXPIRED (or DONE) transaction
+    still confirms its committed instances (the PACS did commit them, so a slow
+    PACS never causes extra sends); its failures count only while the delivery is
+    still attached to this transaction. A report that names none of its
+    transaction's instances changes nothing at all.
     """
     row = conn.execute(
         "SELECT destination, state FROM commitments WHERE transaction_uid = ?",
         (transaction_uid,),
     ).fetchone()
-    if row is None or row[1] == DONE:
+    if row is None or (destination is not None and str(row[0]) != destination):
         return ReportOutcome(known=False)
     destination = str(row[0])
+    asked = _asked(conn, transaction_uid)
+    not_asked = sum(1 for uid in committed if uid not in asked) + sum(
+        1 for uid, _ in failed if uid not in asked
+    )
+    own_committed = [asked[uid] for uid in committed if uid in asked]
+    own_failed = [(asked[uid], code) for uid, code in failed if uid in asked]
+    if not own_committed and not own_failed:
+        return ReportOutcome(True, destination, not_asked=not_asked)
     stamp = utc_now_text()
     outcome_committed = resend = quarantined = 0
     committed_ids: list[int] = []
@@ -174,36 +238,25 @@ def apply_report(
         conn.execute(
             "UPDATE commitments SET state = ? WHERE transaction_uid = ?", (DONE, transaction_uid)
         )
-        for sop_uid in committed:
+        for capture_id in own_committed:
             cur = conn.execute(
                 "UPDATE deliveries SET state = ?, committed_at = ?, commit_txn = NULL "
-                "WHERE destination = ? AND state = ? AND capture_id = "
-                "(SELECT id FROM captures WHERE sop_instance_uid = ?) "
-                "AND (commit_txn = ? OR commit_txn IS NULL)",
-                (
-                    DeliveryState.COMMITTED,
-                    stamp,
-                    destination,
-                    DeliveryState.SENT,
-                    sop_uid,
-                    transaction_uid,
-                ),
+                "WHERE destination = ? AND state = ? AND capture_id = ?",
+                (DeliveryState.COMMITTED, stamp, destination, DeliveryState.SENT, capture_id),
             )
             if cur.rowcount:
                 outcome_committed += 1
-                refreshed = _refresh_capture(conn, sop_uid, stamp)
-                if refreshed is not None:
-                    committed_ids.append(refreshed)
-        for sop_uid, code in failed:
+                refresh_capture_state(conn, capture_id, stamp)
+                committed_ids.append(capture_id)
+        for capture_id, code in own_failed:
             target = conn.execute(
-                "SELECT d.capture_id, d.commit_failures FROM deliveries d JOIN captures c "
-                "ON c.id = d.capture_id WHERE c.sop_instance_uid = ? AND d.destination = ? "
-                "AND d.state = ? AND d.commit_txn = ?",
-                (sop_uid, destination, DeliveryState.SENT, transaction_uid),
+                "SELECT commit_failures FROM deliveries WHERE capture_id = ? AND destination = ? "
+                "AND state = ? AND commit_txn = ?",
+                (capture_id, destination, DeliveryState.SENT, transaction_uid),
             ).fetchone()
             if target is None:
                 continue
-            capture_id, failures = int(target[0]), int(target[1]) + 1
+            failures = int(target[0]) + 1
             reason = describe_failure(code)
             if failures >= max_failures:
                 conn.execute(
@@ -244,6 +297,11 @@ def apply_report(
                 )
                 refresh_capture_state(conn, capture_id, stamp)
                 resend += 1
+        # Instances the report left out: ask about them again in a new transaction.
+        conn.execute(
+            "UPDATE deliveries SET commit_txn = NULL WHERE commit_txn = ? AND state = ?",
+            (transaction_uid, DeliveryState.SENT),
+        )
     return ReportOutcome(
         True,
         destination,
@@ -252,14 +310,26 @@ def apply_report(
         quarantined,
         tuple(committed_ids),
         tuple(quarantined_ids),
+        not_asked,
     )
 
 
-def _refresh_capture(conn: sqlite3.Connection, sop_uid: str, stamp: str) -> int | None:
-    row = conn.execute("SELECT id FROM captures WHERE sop_instance_uid = ?", (sop_uid,)).fetchone()
-    if row is None:
-        return None
-    refresh_capture_state(conn, int(row[0]), stamp)
+def overdue(conn: sqlite3.Connection, destination: str, cutoff: float) -> int:
+    """Instances ``destination`` stores but has not confirmed although asked before ``cutoff``.
+
+    SENT deliveries (capture not quarantined) whose commitment the PACS accepted to
+    give (N-ACTION answered with success) at or before ``cutoff``, in a request made
+    after their latest send, and that no report has confirmed or failed since.
+    """
+    row = conn.execute(
+        "SELECT COUNT(*) FROM deliveries d JOIN captures c ON c.id = d.capture_id "
+        "WHERE d.destination = ? AND d.state = ? AND c.state != ? AND EXISTS ("
+        " SELECT 1 FROM commitment_items i JOIN commitments t "
+        " ON t.transaction_uid = i.transaction_uid WHERE i.capture_id = d.capture_id "
+        " AND t.destination = d.destination AND t.requested_epoch IS NOT NULL "
+        " AND t.requested_epoch <= ? AND t.created_epoch >= COALESCE(d.sent_epoch, 0))",
+        (destination, DeliveryState.SENT, CaptureState.QUARANTINED, cutoff),
+    ).fetchone()
     return int(row[0])
 
 

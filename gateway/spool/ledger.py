@@ -40,7 +40,7 @@ from gateway.capture import (
 )
 from gateway.spool.states import CaptureState, DeliveryState
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA_V1 = """
 CREATE TABLE captures (
@@ -106,7 +106,22 @@ _SCHEMA_V3 = """
 ALTER TABLE captures ADD COLUMN patient_json TEXT;
 """
 
-_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
+# v4: what each commitment transaction asked about, kept after it ends, so that a
+# report (even a late one, for an expired transaction) can touch only those
+# instances. Open transactions of older ledgers take theirs from the deliveries.
+_SCHEMA_V4 = """
+CREATE TABLE commitment_items (
+    transaction_uid TEXT NOT NULL,
+    capture_id      INTEGER NOT NULL REFERENCES captures (id),
+    PRIMARY KEY (transaction_uid, capture_id)
+);
+CREATE INDEX commitment_items_capture ON commitment_items (capture_id);
+INSERT OR IGNORE INTO commitment_items (transaction_uid, capture_id)
+    SELECT d.commit_txn, d.capture_id FROM deliveries d JOIN commitments t
+    ON t.transaction_uid = d.commit_txn AND t.destination = d.destination;
+"""
+
+_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
 
 T = TypeVar("T")
 

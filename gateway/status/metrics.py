@@ -26,6 +26,9 @@ device names, driver ids and device classes, never patient data or capture ids:
                                        (0 for the others), by ``device``,
                                        ``driver``
 ``dermgate_driver_restarts``           restarts after crashes/hangs by device
+``dermgate_alarm``                     1 for each active alarm, by ``code``
+                                       and ``subject`` (e.g. ``commitment_overdue``
+                                       / destination; absent when none is active)
 =====================================  ========================================
 
 Counts are gauges read from the ledger (they survive restarts and can go down
@@ -150,6 +153,12 @@ class _FiguresCollector(Collector):
             restarts.add_metric([name, driver], int(dev.get("restarts") or 0))
         yield states
         yield restarts
+        alarms = GaugeMetricFamily(
+            "dermgate_alarm", "1 for each active alarm", labels=["code", "subject"]
+        )
+        for alarm in fig.alarms:
+            alarms.add_metric([str(alarm.get("code")), str(alarm.get("subject") or "")], 1)
+        yield alarms
 
 
 class Metrics:

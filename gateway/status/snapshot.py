@@ -57,7 +57,9 @@ The document (``version`` 1); times are ISO 8601 UTC, ages and durations seconds
     }
 
 Alarm codes: ``disk_full`` (subject ""), ``stuck_captures`` (subject: destination),
-``destination_unreachable`` (destination), ``driver_quarantined`` (device name).
+``destination_unreachable`` (destination), ``driver_quarantined`` (device name),
+``commitment_overdue`` (destination: it stores but its commitment reports do not
+arrive, see :mod:`gateway.forward.overdue`).
 Error codes: see :data:`ERROR_PHRASES`.
 
 Stages may add a section of their own (:attr:`GatewayState.sections`). With
@@ -101,6 +103,7 @@ DISK_FULL = "disk_full"
 STUCK_CAPTURES = "stuck_captures"
 DESTINATION_UNREACHABLE = "destination_unreachable"
 DRIVER_QUARANTINED = "driver_quarantined"
+COMMITMENT_OVERDUE = "commitment_overdue"
 
 ERROR_PHRASES: dict[str, str] = {
     "unreachable": "cannot open a connection to the PACS (network, address or port)",

@@ -5,7 +5,8 @@ A check never raises: a check that cannot tell says "unknown" and why. Results
 carry no patient data: host names, ports, AE titles, counts, dates.
 
 Checks: TCP connect + DICOM C-ECHO to each destination; our storage commitment
-listener reachable (TCP connect to our own port); clock synchronised (timedatectl,
+listener reachable (TCP connect to our own port); each PACS confirms what it stores
+(no ``commitment_overdue`` alarm); clock synchronised (timedatectl,
 else the kernel's adjtimex status); disk free against the reserve; the page's TLS
 certificate days to expiry (when TLS is configured); devices not ready; captures
 set aside.
@@ -22,7 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.config import DermGateConfig, DicomDestination
-from gateway.status.web.data import Figures, human_bytes
+from gateway.status.snapshot import COMMITMENT_OVERDUE
+from gateway.status.web.data import Figures, human_age, human_bytes
 
 OK, WARN, FAIL, UNKNOWN = "ok", "warn", "fail", "unknown"
 
@@ -118,22 +120,79 @@ def check_destination(dest: DicomDestination, our_ae: str, timeout: float = 5.0)
         ae.shutdown()
 
 
-def check_listener(config: DermGateConfig, timeout: float = 3.0) -> CheckResult:
-    """Our storage commitment listener accepts TCP connections."""
+def check_listener(
+    config: DermGateConfig, timeout: float = 3.0, *, overdue: bool = False
+) -> CheckResult:
+    """Our storage commitment listener accepts TCP connections (from this box).
+
+    ``overdue``: a PACS's confirmations are not arriving although we listen.
+    """
     g = config.gateway
     host = "127.0.0.1" if g.listen_address in ("0.0.0.0", "", "::") else g.listen_address
     name = f"Commitment listener (port {g.listen_port})"
     if not any(d.storage_commitment for d in config.destinations):
         return CheckResult(name, OK, "Not needed: no destination uses storage commitment.")
     problem = _tcp(host, g.listen_port, timeout)
+    if problem is None and overdue:
+        return CheckResult(
+            name,
+            WARN,
+            "Listening here, but a PACS's confirmations do not arrive (see below).",
+            "The listener works; the PACS sends its reports elsewhere or is blocked.",
+        )
     if problem is None:
-        return CheckResult(name, OK, "Listening: the PACS can send its confirmations.")
+        return CheckResult(name, OK, "Listening for the PACS's confirmations.")
     return CheckResult(
         name,
         FAIL,
         f"Not reachable ({problem}).",
         f"Restart the DermGate service; if it stays, another program may use port {g.listen_port}.",
     )
+
+
+def _address_towards(host: str, port: int) -> str | None:
+    """This box's own address on the way to ``host`` (no packet is sent), if known."""
+    try:
+        family, kind, proto, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(target)
+            return str(probe.getsockname()[0])
+    except (OSError, UnicodeError, IndexError):
+        return None
+
+
+def check_confirmations(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
+    """Does each PACS with storage commitment confirm what it stores?
+
+    Told by the ``commitment_overdue`` alarm: the PACS stored the captures and
+    accepted to confirm them, but its reports never reached our listener.
+    """
+    overdue = {str(a.get("subject")) for a in figures.alarms if a.get("code") == COMMITMENT_OVERDUE}
+    g = config.gateway
+    results = []
+    for dest in config.destinations:
+        if not dest.storage_commitment:
+            continue
+        name = f"Confirmations from {dest.name}"
+        if dest.name not in overdue:
+            results.append(CheckResult(name, OK, "No confirmation is overdue."))
+            continue
+        ours = _address_towards(dest.host, dest.port)
+        where = f"this box's address ({ours})" if ours else "this box's address"
+        results.append(
+            CheckResult(
+                name,
+                FAIL,
+                f"{dest.name} stores the captures but does not confirm them: no storage "
+                f"commitment report for more than {human_age(dest.commitment_alarm_after)}. "
+                "Nothing is deleted here until it confirms, so the disk slowly fills.",
+                f"Ask the PACS administrator to check the PACS's entry for this box: AE "
+                f"title {g.ae_title}, {where}, port {g.listen_port} (our listen_port). "
+                f"Check that a firewall lets {dest.host} reach this box on port "
+                f"{g.listen_port}.",
+            )
+        )
+    return results
 
 
 class _Timex(ctypes.Structure):
@@ -259,7 +318,9 @@ def run_checks(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
                 "Add a [[destinations]] section to the configuration.",
             )
         )
-    results.append(check_listener(config))
+    confirmations = check_confirmations(config, figures)
+    results.append(check_listener(config, overdue=any(r.status == FAIL for r in confirmations)))
+    results += confirmations
     results.append(check_clock())
     results.append(check_disk(config.spool_dir(), figures.disk.reserve))
     results += certificate_checks(config)
