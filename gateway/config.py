@@ -162,6 +162,14 @@ class SpoolSettings(_Strict):
         "ledger checkpoint and the largest capture. Below it new captures are refused at "
         "the device (NAK DISK_FULL); intake resumes by itself when space is back.",
     )
+    max_capture_mb: int = Field(
+        default=4096,
+        ge=1,
+        le=1 << 30,
+        description="Largest capture (MiB) intake accepts. A capture announced larger, or "
+        "streaming past it, is refused with its own reason (NAK TOO_LARGE at the device, "
+        "kept there), never taken for a full disk.",
+    )
     purge_high_watermark: float = Field(
         default=80.0,
         gt=0,
