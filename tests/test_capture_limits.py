@@ -35,6 +35,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
+from tests.photo_folder_support import photo_folder_toml, start_camera
 from tests.test_usb_confocal import ConfocalSimulator, confocal_config, confocal_sim
 
 __all__ = ["confocal_sim", "mosquitto", "recorder_factory"]  # fixtures used here
@@ -137,6 +138,32 @@ def test_max_capture_mb_sets_the_limit(
     assert "the limit is 1 MiB ([spool] max_capture_mb)" in gateway.log()
     assert ledger_rows(tmp_path / "state") == []
     assert gateway.stop() == 0
+
+
+def test_a_dropped_photo_over_the_limit_is_refused_as_too_large_by_intake(
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    """Folder drivers go through intake like every driver: the limit holds for them.
+
+    Where the refused file then goes (left in place, or set aside in ``.refused/``)
+    is the folder driver's business; here: nothing is spooled or acknowledged.
+    """
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    config = gateway_config(tmp_path, pacs_port=free_port(), devices=photo_folder_toml(folder))
+    config.write_text(config.read_text() + "\n[spool]\nmax_capture_mb = 1\n")
+    camera = start_camera(folder, tmp_path, "--photos", "1", "--width", "3000", "--height", "2000")
+    try:
+        gateway = gateway_factory(config)
+        wait_for(lambda: "TOO_LARGE" in gateway.log(), 60, "the photo refused as too large")
+        photos = [p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")]
+        assert [p.stat().st_size > MIB for p in photos] == [True], "one photo, over 1 MiB"
+        assert ledger_rows(tmp_path / "state") == []
+        assert not (folder / ".processed").exists() or not any((folder / ".processed").iterdir())
+        assert "DISK FULL" not in gateway.log()
+        assert gateway.stop() == 0
+    finally:
+        camera.stop()
 
 
 # --- the intake itself: every driver goes through it -------------------------------
