@@ -223,7 +223,18 @@ def intake_over_pty(work: Path, images: TestImages, count: int, timeout: float) 
     config = work / "dermgate.toml"
     config.write_text(
         gateway_config(
-            state_dir, listen_port=free_port(), device={"driver": DRIVER, "port": str(link)}
+            state_dir,
+            listen_port=free_port(),
+            # `run` needs a destination; nothing listens there (captures stay WRAPPED).
+            destination={
+                "name": DESTINATION,
+                "kind": "dicom",
+                "ae_title": "PACS",
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "storage_commitment": False,
+            },
+            device={"driver": DRIVER, "port": str(link)},
         ),
         encoding="utf-8",
     )

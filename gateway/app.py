@@ -200,7 +200,9 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
         wrapper = Wrapper(ledger, dirs, identity, names, wrapped)
         space = SpaceGuard(dirs.root, config.spool.reserve_mb * MIB)
         inline = InlineWrap(wrapper.build, wrapper.destinations, wrapped) if names else None
-        intake = Intake(ledger, dirs, wrapper.notify, space, inline)
+        intake = Intake(
+            ledger, dirs, wrapper.notify, space, inline, config.spool.max_capture_mb * MIB
+        )
         board = StatusBoard(config.status_path())
         # The event bus and the state document (MQTT, the local page, metrics).
         bus = events.EventBus()

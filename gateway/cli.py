@@ -51,9 +51,11 @@ def setup_logging(level: str) -> None:
     logging.getLogger("pynetdicom").setLevel(quiet)
 
 
-def _load(path: Path, *, broken_drivers_fatal: bool = True) -> DermGateConfig | None:
+def _load(
+    path: Path, *, broken_drivers_fatal: bool = True, service: bool = False
+) -> DermGateConfig | None:
     try:
-        return load_config(path, broken_drivers_fatal=broken_drivers_fatal)
+        return load_config(path, broken_drivers_fatal=broken_drivers_fatal, service=service)
     except ConfigError as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
@@ -62,7 +64,7 @@ def _load(path: Path, *, broken_drivers_fatal: bool = True) -> DermGateConfig | 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a configuration file: 0 if usable, else every problem and 2."""
-    config = _load(args.file)
+    config = _load(args.file, service=True)
     if config is None:
         return EXIT_USAGE
     if config.web is not None:
@@ -98,7 +100,7 @@ async def _serve(config: DermGateConfig) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM or SIGINT."""
     # A driver plugin that fails to load stops only its devices (shown QUARANTINED).
-    config = _load(args.config, broken_drivers_fatal=False)
+    config = _load(args.config, broken_drivers_fatal=False, service=True)
     if config is None:
         return EXIT_USAGE
     setup_logging(config.gateway.log_level)

@@ -44,11 +44,13 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import NoneType
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -56,6 +58,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -108,8 +111,40 @@ AETitle = Annotated[
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+def _number_problem(annotation: Any, value: object) -> str | None:
+    """Why ``value``, as TOML gave it, is no value for a field of type ``annotation``.
+
+    TOML has types, so the file says what it means: ``port = true`` is not port 1,
+    ``"4242"`` is text and ``20.0`` no count; ``inf`` and ``nan`` are no durations
+    (a timeout of ``inf`` would wait for ever). Pydantic's lax mode would take all of
+    these; only number fields are checked here, the rest is pydantic's.
+    """
+    kinds = set(get_args(annotation)) - {NoneType} or {annotation}
+    if bool in kinds or not kinds & {int, float}:
+        return None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        shown = str(value).lower() if isinstance(value, bool) else f"text ({str(value)[:20]!r})"
+        return f"expected a number, not {shown}"
+    if float not in kinds and isinstance(value, float):
+        return "expected a whole number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "expected a finite number (inf and nan are not allowed)"
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: object, info: ValidationInfo) -> object:
+        field = cls.model_fields.get(info.field_name or "")
+        problem = _number_problem(field.annotation, value) if field is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 class GatewaySettings(_Strict):
@@ -147,6 +182,17 @@ class GatewaySettings(_Strict):
             raise ValueError("use 1-64 letters, digits or '-' (it is shown on dashboards)")
         return value
 
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _absolute_state_dir(cls, value: object) -> object:
+        # A relative state_dir would depend on the folder the service started in:
+        # another start, another spool (and acknowledged captures left behind).
+        if isinstance(value, str) and not value.strip():
+            raise ValueError('must not be empty; use an absolute path, e.g. "/var/lib/dermgate"')
+        if isinstance(value, str | Path) and not Path(value).is_absolute():
+            raise ValueError('must be an absolute path, e.g. "/var/lib/dermgate"')
+        return value
+
 
 class SpoolSettings(_Strict):
     """``[spool]``: how much disk the spool may use and when copies are purged."""
@@ -161,6 +207,14 @@ class SpoolSettings(_Strict):
         description="Free space (MiB) always kept on the spool's filesystem: room for a "
         "ledger checkpoint and the largest capture. Below it new captures are refused at "
         "the device (NAK DISK_FULL); intake resumes by itself when space is back.",
+    )
+    max_capture_mb: int = Field(
+        default=4096,
+        ge=1,
+        le=1 << 30,
+        description="Largest capture (MiB) intake accepts. A capture announced larger, or "
+        "streaming past it, is refused with its own reason (NAK TOO_LARGE at the device, "
+        "kept there), never taken for a full disk.",
     )
     purge_high_watermark: float = Field(
         default=80.0,
@@ -643,9 +697,10 @@ def _validate_device_options(
     # Imported here: the registry loads driver plugins, which import this module.
     from gateway.devices.registry import BrokenDriver, UnknownDriver, find_driver
 
-    problems = []
+    problems: list[str] = []
     for index, device in enumerate(config.devices):
         where = f"devices[{index}]"
+        before = len(problems)
         try:
             driver = find_driver(device.driver)
         except BrokenDriver as err:
@@ -661,8 +716,16 @@ def _validate_device_options(
             problems.append(
                 f"{path}: {where}.hotplug: driver {device.driver} declares no device matchers"
             )
+        options = device.options()
+        for key, value in options.items():
+            field = driver.Options.model_fields.get(key)
+            problem = _number_problem(field.annotation, value) if field is not None else None
+            if problem is not None:
+                problems.append(f"{path}: {where}.{key}: {problem}")
+        if len(problems) > before:
+            continue
         try:
-            driver.Options.model_validate(device.options())
+            driver.Options.model_validate(options)
         except ValidationError as err:
             for item in err.errors():
                 loc = _format_location((where, *item["loc"]))
@@ -674,28 +737,60 @@ def _validate_device_options(
     return problems
 
 
-def parse_config(text: str, path: Path, *, broken_drivers_fatal: bool = True) -> DermGateConfig:
+def _no_destination(path: Path) -> str:
+    return (
+        f"{path}: destinations: no destination: add a [[destinations]] section (the PACS the "
+        "captures go to); without one nothing would ever leave the box"
+    )
+
+
+def _service_problems(path: Path, config: DermGateConfig) -> list[str]:
+    """What ``dermgate run`` needs beyond a valid file (checked by check-config too)."""
+    problems: list[str] = [] if config.destinations else [_no_destination(path)]
+    # The nearest existing folder on the way to state_dir must be a folder.
+    existing = config.gateway.state_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is" if existing == config.gateway.state_dir else f"is inside {existing}, which is"
+        problems.append(f"{path}: gateway.state_dir: {what} a file, not a folder")
+    return problems
+
+
+def parse_config(
+    text: str, path: Path, *, broken_drivers_fatal: bool = True, service: bool = False
+) -> DermGateConfig:
     """Parse and validate TOML ``text`` (read from ``path``); raise ConfigError.
 
     A driver plugin that is installed but fails to load is a problem like any other
     unless ``broken_drivers_fatal`` is False (``dermgate run``: the gateway starts,
-    and only the devices using that driver are shown QUARANTINED).
+    and only the devices using that driver are shown QUARANTINED). With ``service``
+    (``run`` and ``check-config``) the file must also be one a service can run on:
+    at least one destination, and a ``state_dir`` that is not a file.
     """
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(path, [f"{path}: not valid TOML: {err}"]) from err
+    if not raw:
+        # An empty file is a mistake (a truncated copy, the wrong file), never "all defaults".
+        empty = f"{path}: (top level): the file is empty (only comments or nothing)"
+        raise ConfigError(path, [empty] + ([_no_destination(path)] if service else []))
     try:
         config = DermGateConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(path, _format_errors(path, err)) from err
     problems = _validate_device_options(path, config, broken_drivers_fatal=broken_drivers_fatal)
+    if service:
+        problems += _service_problems(path, config)
     if problems:
         raise ConfigError(path, problems)
     return config
 
 
-def load_config(path: Path, *, broken_drivers_fatal: bool = True) -> DermGateConfig:
+def load_config(
+    path: Path, *, broken_drivers_fatal: bool = True, service: bool = False
+) -> DermGateConfig:
     """Read, parse and validate the configuration file at ``path`` (see parse_config)."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -703,4 +798,4 @@ def load_config(path: Path, *, broken_drivers_fatal: bool = True) -> DermGateCon
         raise ConfigError(path, [f"{path}: cannot read: {err.strerror or err}"]) from err
     except UnicodeDecodeError as err:
         raise ConfigError(path, [f"{path}: not UTF-8 text"]) from err
-    return parse_config(text, path, broken_drivers_fatal=broken_drivers_fatal)
+    return parse_config(text, path, broken_drivers_fatal=broken_drivers_fatal, service=service)

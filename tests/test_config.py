@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,8 @@ def test_run_refuses_a_bad_config_without_starting(tmp_path: Path) -> None:
 
 
 def test_defaults_suit_a_real_box(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, ""))
+    destination = CONTRACT[CONTRACT.index("[[destinations]]") : CONTRACT.index("[[devices]]")]
+    config = load_config(write(tmp_path, destination), service=True)
     assert config.gateway.ae_title == "DERMGATE"
     assert config.gateway.state_dir == Path("/var/lib/dermgate")
     assert config.gateway.id == default_gateway_id() == default_gateway_id()
@@ -165,3 +167,111 @@ def test_supervision_and_hotplug_sections(tmp_path: Path) -> None:
     result = dermgate("check-config", str(path))
     assert result.returncode == 2
     assert "restart_max must not be smaller than restart_initial" in result.stderr
+
+
+def _without_destination(text: str) -> str:
+    head, _, rest = text.partition("[[destinations]]")
+    return head + rest[rest.index("[[devices]]") :]
+
+
+def _state_dir(value: str) -> Callable[[str, Path], str]:
+    return lambda text, _tmp: text.replace('state_dir = "STATE"', f"state_dir = {value}")
+
+
+def _state_dir_is_a_file(text: str, tmp: Path) -> str:
+    (tmp / "state-file").write_text("not a folder\n", encoding="utf-8")
+    return text.replace('"STATE"', f'"{tmp / "state-file"}"')
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        pytest.param(lambda _text, _tmp: "", "destinations", id="empty-file"),
+        pytest.param(lambda _t, _tmp: "# nothing yet\n\n", "destinations", id="only-comments"),
+        pytest.param(lambda t, _tmp: _without_destination(t), "destinations", id="no-destination"),
+        pytest.param(
+            lambda t, _tmp: t.replace("port = 4242", "port = true"),
+            "destinations[0].port",
+            id="port-true",
+        ),
+        pytest.param(
+            lambda t, _tmp: t.replace("listen_port = 11113", "listen_port = true"),
+            "gateway.listen_port",
+            id="listen-port-true",
+        ),
+        pytest.param(
+            lambda t, _tmp: t.replace("port = 4242", 'port = "4242"'),
+            "destinations[0].port",
+            id="port-quoted",
+        ),
+        pytest.param(
+            lambda t, _tmp: t.replace("port = 4242", "port = 4242\nbatch_size = 20.0"),
+            "destinations[0].batch_size",
+            id="count-decimal",
+        ),
+        pytest.param(
+            lambda t, _tmp: t.replace("port = 4242", "port = 4242\nconnect_timeout = inf"),
+            "destinations[0].connect_timeout",
+            id="timeout-inf",
+        ),
+        pytest.param(
+            lambda t, _tmp: t.replace("port = 4242", "port = 4242\ndimse_timeout = nan"),
+            "destinations[0].dimse_timeout",
+            id="timeout-nan",
+        ),
+        pytest.param(
+            lambda t, _tmp: t.replace("port = 4242", "port = 4242\nnetwork_timeout = true"),
+            "destinations[0].network_timeout",
+            id="timeout-true",
+        ),
+        pytest.param(
+            lambda t, _tmp: t + "\n[supervision]\nhang_timeout = inf\n",
+            "supervision.hang_timeout",
+            id="supervision-inf",
+        ),
+        pytest.param(
+            lambda t, _tmp: t + "\n[spool]\nkeep_days = -inf\n",
+            "spool.keep_days",
+            id="spool-minus-inf",
+        ),
+        pytest.param(
+            lambda t, _tmp: t.replace('"/dev/ttyACM0"', '"/dev/ttyACM0"\nstall_timeout = inf'),
+            "devices[0].stall_timeout",
+            id="device-option-inf",
+        ),
+        pytest.param(
+            lambda t, _tmp: t.replace('"/dev/ttyACM0"', '"/dev/ttyACM0"\nbaudrate = true'),
+            "devices[0].baudrate",
+            id="device-option-true",
+        ),
+        pytest.param(_state_dir('""'), "gateway.state_dir", id="state-dir-empty"),
+        pytest.param(
+            _state_dir('"var/lib/dermgate"'), "gateway.state_dir", id="state-dir-relative"
+        ),
+        pytest.param(_state_dir_is_a_file, "gateway.state_dir", id="state-dir-is-a-file"),
+    ],
+)
+def test_check_config_and_run_refuse_a_careless_config_naming_the_key(
+    tmp_path: Path, make: Callable[[str, Path], str], expected: str
+) -> None:
+    """The real CLI on a real file: exit 2, the key named, no traceback, nothing started."""
+    state = tmp_path / "state"
+    text = make(CONTRACT.replace('"/var/lib/dermgate"', '"STATE"'), tmp_path)
+    path = write(tmp_path, text.replace('"STATE"', f'"{state}"'))
+    checked = dermgate("check-config", str(path))
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert f"{path}: {expected}" in checked.stderr
+    assert "Traceback" not in checked.stdout + checked.stderr
+    ran = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        timeout=30,
+    )
+    assert ran.returncode == 2, ran.stderr
+    assert f"{path}: {expected}" in ran.stderr
+    assert "Traceback" not in ran.stdout + ran.stderr
+    assert not state.exists(), "nothing may be created by a refused configuration"
+    assert not (tmp_path / "var").exists()

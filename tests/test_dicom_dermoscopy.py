@@ -648,3 +648,21 @@ def test_plain_strings_are_coerced_and_unknown_terms_refused() -> None:
     bad = replace(OFFER, settings=replace(CONTACT_WATER, contact="TOUCHING"))  # type: ignore[arg-type]
     with pytest.raises(InconsistentSettings, match="TOUCHING"):
         build(info, offer=bad)
+
+
+def test_a_device_string_dicom_cannot_hold_as_one_value_is_made_safe(tmp_path: Path) -> None:
+    """A backslash separates values in LO/SH: a device name must never become two."""
+    device = DeviceIdentity(
+        manufacturer="ACME\\Evil",
+        model="Derma\\Scope\x07 3\x1b",
+        serial_number="SN\\" + "9" * 80,
+        software_versions=("1.0\\2.0\r\n",),
+    )
+    dest, ds = wrap(tmp_path, make_jpeg(tmp_path / "a.jpg"), identity=device)
+    assert set(dciodvfy(dest)) <= EXPECTED_WARNINGS
+    for keyword in ("Manufacturer", "ManufacturerModelName", "DeviceSerialNumber"):
+        assert ds[keyword].VM == 1, keyword
+    assert ds.Manufacturer == "ACME/Evil"
+    assert ds.ManufacturerModelName == "Derma/Scope 3"
+    assert ds.DeviceSerialNumber == ("SN/" + "9" * 80)[:64]
+    assert list(ds.SoftwareVersions) == ["1.0/2.0", "DermGate 0.1.0"], "one value per version"

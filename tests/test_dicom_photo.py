@@ -198,6 +198,25 @@ def test_exif_fields_become_equipment_and_acquisition_attributes(tmp_path: Path)
     assert (ds.SeriesNumber, ds.InstanceNumber) == (1, 1)
 
 
+def test_camera_strings_with_a_backslash_stay_one_value(tmp_path: Path) -> None:
+    exif = ExifFields(make="ACME\\Evil", lens_make="Lens\\Co", lens_model="RF\\24")
+    camera = DeviceIdentity("ACME\\Evil", "Cam\\1", "S\\N", ("1\\2",), DeviceClass.CAMERA)
+    _, dest, ds = wrap_jpeg(
+        tmp_path, identity=camera, offer=photo_offer(extra=PhotoExtra(exif=exif).to_extra())
+    )
+    no_errors(dest)
+    for keyword in ("Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "LensMake"):
+        assert ds[keyword].VM == 1, keyword
+    assert (ds.Manufacturer, ds.ManufacturerModelName, ds.DeviceSerialNumber) == (
+        "ACME/Evil",
+        "Cam/1",
+        "S/N",
+    )
+    assert list(ds.SoftwareVersions) == ["1/2", "DermGate 0.1.0"]
+    # The lens attributes are UT, a single value whatever it holds: kept as EXIF says.
+    assert (ds.LensMake, ds.LensModel) == ("Lens\\Co", "RF\\24")
+
+
 def test_acquisition_time_in_another_zone_is_expressed_in_the_box_zone(tmp_path: Path) -> None:
     offer = photo_offer(acquired_at=datetime(2026, 11, 29, 9, 1, 2, tzinfo=UTC))
     _, _, ds = wrap_jpeg(tmp_path, offer=offer)

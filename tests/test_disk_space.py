@@ -7,6 +7,7 @@ space is real: ENOSPC and watermarks come from the kernel, not from a mock.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -70,6 +71,9 @@ def test_full_disk_refuses_at_the_device_and_resumes_by_itself(
     gateway = gateway_factory(config)
     state_dir = small_disk / "state"
     wait_for(lambda: len(ledger_rows(state_dir)) == 1, 60, "the first capture")
+    # Something else fills the disk: now it really is below the reserve.
+    with filler.open("ab") as fh:
+        fh.write(b"\0" * (shutil.disk_usage(small_disk).free - 8 * MIB))
     wait_for(lambda: "DISK FULL" in gateway.log(), 60, "the disk-full alarm")
     time.sleep(2)
     assert len(ledger_rows(state_dir)) == 1, "nothing more accepted while below the reserve"
@@ -82,6 +86,35 @@ def test_full_disk_refuses_at_the_device_and_resumes_by_itself(
     wait_for(lambda: states(state_dir) == ["COMMITTED"] * 3, 60, "all delivered")
     assert gateway.log().count("DISK FULL") == 1, "the alarm is raised once"
     assert "accepting captures again" in gateway.log()
+    assert gateway.stop() == 0
+
+
+def test_a_capture_that_does_not_fit_is_refused_alone_without_the_disk_full_alarm(
+    tmp_path: Path,
+    small_disk: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    """Free space above the reserve, but not enough for this capture: the device is
+    told DISK_FULL for it (it keeps the capture and offers it again), the box raises no
+    alarm, since its disk is not below the reserve; once there is room it goes through."""
+    config = gateway_config(tmp_path, pacs_port=orthanc.dicom_port, commit_via=orthanc)
+    text = config.read_text().replace(str(tmp_path / "state"), str(small_disk / "state"))
+    config.write_text(text + "\n[spool]\nreserve_mb = 16\n")
+    filler = small_disk / "filler"
+    fill(filler, 45)  # ~19 MiB left: above the reserve, short of 2 x 2.7 MB above it
+    sim = simulator_factory("--captures", "1", "--retry-delay", "0.5")
+    gateway = gateway_factory(config)
+    wait_for(lambda: len(sim.result()["refused"]) >= 3, 60, "the capture refused a few times")
+    assert shutil.disk_usage(small_disk).free >= 16 * MIB, "the disk is above its reserve"
+    assert {r["reason"] for r in sim.result()["refused"]} == {"DISK_FULL"}
+    assert "not enough space for this capture" in gateway.log()
+    assert "DISK FULL" not in gateway.log(), "no global alarm for one capture that does not fit"
+    filler.unlink()
+    assert sim.wait(120) == 0, gateway.log()
+    wait_for(lambda: states(small_disk / "state") == ["COMMITTED"], 60, "delivered")
+    assert "DISK FULL" not in gateway.log()
     assert gateway.stop() == 0
 
 

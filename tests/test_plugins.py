@@ -21,6 +21,13 @@ HEAD = """
 [gateway]
 id = "derm-box-01"
 state_dir = "/var/lib/dermgate"
+
+[[destinations]]
+name = "pacs"
+kind = "dicom"
+ae_title = "ORTHANC"
+host = "127.0.0.1"
+port = 4242
 """
 
 

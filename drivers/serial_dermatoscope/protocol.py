@@ -102,6 +102,9 @@ Conversation
 4. NAK carries a reason (:class:`NakReason`). The device keeps the capture and offers
    it again later (after a short delay, or on the next HOST_HELLO). A host may NAK a
    capture while its data is still arriving; the device should stop sending it.
+   ``length`` in CAPTURE_BEGIN is a claim the host checks against its limits, never
+   an allocation: a capture larger than the host accepts is NAKed ``TOO_LARGE``
+   right at its BEGIN (a device should then offer its other captures first).
 5. A host that sees a re-offer of a capture it already saved (same serial and
    capture id, same SHA-256) ACKs it again without storing a second copy. Same id
    with different content is refused with ``CONFLICT``.
@@ -204,7 +207,10 @@ class NakReason(enum.StrEnum):
     TIMEOUT = "TIMEOUT"
     """The transfer stalled."""
     DISK_FULL = "DISK_FULL"
-    """The host has no room for new captures; try again later."""
+    """The host has no room for this capture now; try again later."""
+    TOO_LARGE = "TOO_LARGE"
+    """The capture is larger than the host accepts (its configured limit); it is
+    refused whenever offered, until the host's limit is raised."""
     STORAGE_ERROR = "STORAGE_ERROR"
     """The host could not store the capture for another reason."""
     CONFLICT = "CONFLICT"

@@ -50,7 +50,7 @@ MODEL = "DS-100 Dermatoscope"
 FIRMWARE = "2.4.1"
 CAPABILITIES = ("jpeg", "polarization", "contact", "anatomic-site", "lesion-id")
 
-TRANSFER_FAULTS = ("crc", "truncate", "sha", "garbage", "duplicate-frame")
+TRANSFER_FAULTS = ("crc", "truncate", "sha", "garbage", "duplicate-frame", "huge-length")
 CONTENT_FAULTS = ("not-jpeg", "jpeg444")
 
 _WRITE_MAX = 16384
@@ -240,7 +240,9 @@ class DeviceSimulator:
         faults = self.faults if capture.index == 1 and capture.offers == 1 else set()
         cid = capture.capture_id
         self.offered += 1
-        frames = [self._frame(p.CaptureBegin(cid, len(content), **capture.metadata))]
+        # huge-length: a CAPTURE_BEGIN announcing 2^63-1 bytes (a claim, not the truth).
+        announced = 2**63 - 1 if "huge-length" in faults else len(content)
+        frames = [self._frame(p.CaptureBegin(cid, announced, **capture.metadata))]
         if "garbage" in faults:
             frames.append(self.rng.randbytes(48) + b"\x00" + self.rng.randbytes(16) + b"\x00")
         chunks = [
@@ -533,7 +535,8 @@ def _parser() -> argparse.ArgumentParser:
             "inject a fault (repeatable). On the first offer of capture 1 only: crc (a DATA"
             " frame fails its CRC), truncate (last DATA frame missing), sha (wrong SHA-256"
             " in CAPTURE_END), garbage (random bytes and stray 0x00 between frames),"
-            " duplicate-frame (a DATA frame sent twice). On capture 1 always: not-jpeg"
+            " duplicate-frame (a DATA frame sent twice), huge-length (CAPTURE_BEGIN announces"
+            " 2^63-1 bytes). On capture 1 always: not-jpeg"
             " (random bytes instead of a JPEG), jpeg444 (a 4:4:4 JPEG)."
         ),
     )

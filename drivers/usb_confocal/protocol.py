@@ -45,7 +45,8 @@ restarts offering from its oldest unacknowledged stack); ``0x11 ACK`` JSON
 The device keeps every stack until it is ACKed and offers unacknowledged stacks
 again after a NAK, a reconnect or a HOST_HELLO; the host recognises a re-offer of
 a stack it already saved and ACKs it again. A NAK may come while the stack is
-still streaming (the host refuses it at its header, e.g. disk full): the device
+still streaming (the host refuses it at its header, e.g. disk full, or TOO_LARGE
+when frames × width × height × bits/8 is more than it accepts): the device
 then abandons that offer at once, and the host drops its reader state
 (:meth:`StackReader.interrupt`) so the bytes still in flight are skipped as
 garbage up to the next message. (Pixels are unframed, so a reader that kept
@@ -145,6 +146,9 @@ class NakReason(enum.StrEnum):
     DISK_FULL = "DISK_FULL"
     STORAGE_ERROR = "STORAGE_ERROR"
     CONFLICT = "CONFLICT"
+    #: The stack is larger than the host accepts (the size its header announces, or
+    #: what it streams); refused at its header whenever offered.
+    TOO_LARGE = "TOO_LARGE"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ Fault injection (the conformance kit): ``--unplug-mid-transfer`` (the device
 vanishes half-way through the first stack and comes back a second later),
 ``--garbage`` (random bytes on the wire before every stack), ``--reoffer`` (after
 each ACK, the device acts as if the ACK was lost and offers the stack once more).
+``--announce-huge`` makes the first offer a header claiming an absurd size (the
+host must refuse it as too large, not take it for a full disk).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -217,6 +219,12 @@ class DeviceSimulator:
             yield depth, pixels
 
     def _offer_bytes(self, stack: SimStack) -> Iterator[bytes]:
+        if self.args.announce_huge and stack.index == 0 and stack.offers == 1:
+            # A claim to check against limits, not an allocation: only the header is sent.
+            huge = replace(stack.header, frames=1 << 20, width=0xFFFF, height=0xFFFF, bits=16)
+            log.info("offering %s as a %d-byte stack", stack.header.stack_id, huge.length)
+            yield p.encode_json(p.MessageType.STACK_HEADER, huge.to_json())
+            return
         if self.args.garbage:
             yield self.rng.randbytes(self.rng.randint(50, 300)) + b"DGC" + self.rng.randbytes(9)
         sha = hashlib.sha256()
@@ -530,6 +538,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--garbage", action="store_true", help="garbage bytes before each stack")
     parser.add_argument(
         "--reoffer", action="store_true", help="after each ACK, offer that stack once more"
+    )
+    parser.add_argument(
+        "--announce-huge",
+        action="store_true",
+        help="the first offer of stack 1 is a header claiming 2^20 frames of 65535x65535 "
+        "16-bit pixels (about 9 PB), and nothing more; later offers are the real stack",
     )
     parser.add_argument(
         "--ack-timeout", type=float, default=60.0, help="re-offer a stack not ACKed within S s"

@@ -59,6 +59,8 @@ class RefusalReason(enum.StrEnum):
     CONFLICT = "CONFLICT"
     LENGTH = "LENGTH"
     CHECKSUM = "CHECKSUM"
+    #: Larger than ``[spool] max_capture_mb`` (announced, or streamed beyond it).
+    TOO_LARGE = "TOO_LARGE"
 
 
 class CaptureRefused(Exception):

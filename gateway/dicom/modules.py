@@ -42,6 +42,7 @@ __all__ = [
     "add_sop_common",
     "da",
     "dermatology_site",
+    "device_string",
     "dt",
     "file_meta",
     "in_zone_of",
@@ -232,41 +233,53 @@ def add_enhanced_general_equipment(
     created the object. Station Name is the gateway's station name, or its id when
     that fits in 16 characters.
     """
+    manufacturer = device_string(identity.manufacturer)
+    model = device_string(identity.model)
+    serial = device_string(identity.serial_number)
+    versions = [v for v in map(device_string, identity.software_versions) if v]
     missing = [
         label
         for label, value in (
-            ("manufacturer", identity.manufacturer),
-            ("model name", identity.model),
-            ("serial number", identity.serial_number),
-            ("firmware version", "".join(identity.software_versions)),
+            ("manufacturer", manufacturer),
+            ("model name", model),
+            ("serial number", serial),
+            ("firmware version", "".join(versions)),
         )
-        if not value.strip()
+        if not value
     ]
     if missing:
         raise IncompleteDeviceIdentity(
             f"the device did not report its {', '.join(missing)}, which DICOM requires; "
             "check the device driver; the capture is kept and quarantined"
         )
-    ds.Manufacturer = _clip(identity.manufacturer, _LO_MAX)
-    ds.ManufacturerModelName = _clip(identity.model, _LO_MAX)
-    ds.DeviceSerialNumber = _clip(identity.serial_number, _LO_MAX)
-    versions = [v for v in identity.software_versions if v.strip()]
-    versions.append(f"DermGate {gateway.software_version}")
-    ds.SoftwareVersions = [_clip(v, _LO_MAX) for v in versions]
+    ds.Manufacturer = manufacturer
+    ds.ManufacturerModelName = model
+    ds.DeviceSerialNumber = serial
+    versions.append(device_string(f"DermGate {gateway.software_version}"))
+    ds.SoftwareVersions = versions
     station = gateway.station_name or gateway.gateway_id
     if station and len(station) <= _SH_MAX:
         ds.StationName = station
     if institution_name:
-        ds.InstitutionName = _clip(institution_name, _LO_MAX)
+        ds.InstitutionName = device_string(institution_name)
     if institution_address:
         ds.InstitutionAddress = institution_address
     if department_name:
-        ds.InstitutionalDepartmentName = _clip(department_name, _LO_MAX)
+        ds.InstitutionalDepartmentName = device_string(department_name)
 
 
-def _clip(value: str, limit: int) -> str:
-    """Keep a device-reported string within its VR's length (LO: 64 characters)."""
-    return value.strip()[:limit]
+def device_string(value: str, max_chars: int = _LO_MAX) -> str:
+    """A device-reported string made safe as *one* value of a string VR (LO, SH).
+
+    A device names itself as it likes, but in LO and SH a backslash separates
+    values: "ACME\\Evil" as a Manufacturer would be two manufacturers (VM 2, an
+    invalid object). The backslash becomes "/", control and other non-printable
+    characters are dropped, and the text is clipped to the VR's length (LO: 64
+    characters, SH: 16) without leading or trailing spaces. Every device string
+    written into a value-multiplicity-1 string attribute goes through here.
+    """
+    text = "".join(ch for ch in value if ch.isprintable()).replace("\\", "/")
+    return text.strip()[:max_chars].strip()
 
 
 # --- SOP common --------------------------------------------------------------------

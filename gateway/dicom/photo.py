@@ -99,6 +99,7 @@ from gateway.dicom.modules import (
     add_patient,
     add_sop_common,
     da,
+    device_string,
     dt,
     file_meta,
     in_zone_of,
@@ -576,9 +577,8 @@ def _ds(value: float) -> str:
 
 
 def _lo(value: str) -> str:
-    """A device string within LO's 64 characters, without control characters."""
-    cleaned = "".join(c for c in value if c.isprintable() and c != "\\")
-    return cleaned.strip()[:_LO_MAX].strip()
+    """A device string as one LO value (see :func:`device_string`)."""
+    return device_string(value, _LO_MAX)
 
 
 def _eight_bits(ds: Dataset) -> None:

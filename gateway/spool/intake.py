@@ -43,7 +43,7 @@ from gateway.dicom.uids import new_uid
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs, fsync_dir
 from gateway.spool.ledger import Ledger
-from gateway.spool.space import SpaceGuard
+from gateway.spool.space import DEFAULT_MAX_CAPTURE_BYTES, SpaceGuard, too_large
 from gateway.status import events
 
 log = logging.getLogger(__name__)
@@ -140,8 +140,11 @@ class StagedCapture:
 
     async def write(self, chunk: bytes) -> None:
         """Append ``chunk`` (buffered; written and hashed in 1 MiB blocks on a worker
-        thread while the next block arrives)."""
+        thread while the next block arrives); past ``max_capture_bytes``, refuse."""
         self._size += len(chunk)
+        if self._size > self._intake.max_capture_bytes:
+            await self.abort("larger than max_capture_mb")
+            raise too_large(self._intake.max_capture_bytes)
         self._buffer += chunk
         if not self._decided:
             await self._decide(final=False)
@@ -385,8 +388,10 @@ class Intake:
         on_captured: Callable[[], None],
         space: SpaceGuard | None = None,
         inline: InlineWrap | None = None,
+        max_capture_bytes: int = DEFAULT_MAX_CAPTURE_BYTES,
     ) -> None:
         self.ledger = ledger
+        self.max_capture_bytes = max_capture_bytes
         self.dirs = dirs
         self._on_captured = on_captured
         self.space = space
@@ -406,8 +411,10 @@ class Intake:
         )
         if known is not None:
             return KnownCapture(known)
-        if self.space is not None and not await asyncio.to_thread(self.space.admits, offer.length):
-            raise CaptureRefused(RefusalReason.DISK_FULL, "spool below its free-space reserve")
+        if offer.length is not None and offer.length > self.max_capture_bytes:
+            raise too_large(self.max_capture_bytes, offer.length)
+        if self.space is not None:
+            await asyncio.to_thread(self.space.check, offer.length)
         path = self.dirs.staging / f"{uuid.uuid4().hex}.part"
         try:
             fh = await asyncio.to_thread(open, path, "xb")

@@ -4,6 +4,14 @@ Below the reserve, new captures are refused at the device (NAK DISK_FULL) and an
 alarm is raised; nothing already acknowledged is ever evicted to make room. When
 space comes back (a purge ran, the PACS confirmed and copies were deleted, someone
 freed the disk), intake resumes by itself at the next offer.
+
+The alarm says what the disk *is*, never what a device claims: a capture whose
+announced size does not fit above the reserve, on a disk that is not below it, is
+refused for itself alone ("not enough space for this capture", NAK DISK_FULL so
+the device keeps it and offers it again once purging made room) and raises no
+alarm. Otherwise a device announcing an absurd length could raise the global
+DISK FULL alarm, and make it flap, while the disk has plenty of room. Sizes over
+``[spool] max_capture_mb`` never get here: intake refuses them as TOO_LARGE.
 """
 
 from __future__ import annotations
@@ -12,11 +20,23 @@ import logging
 import shutil
 from pathlib import Path
 
+from gateway.devices.contract import CaptureRefused, RefusalReason
 from gateway.status import events
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+#: ``[spool] max_capture_mb``'s default, in bytes: the largest capture intake takes.
+DEFAULT_MAX_CAPTURE_BYTES = 4096 * MIB
+
+
+def too_large(limit: int, size: int | None = None) -> CaptureRefused:
+    """The refusal of a capture over ``limit`` bytes (``size`` when it was announced)."""
+    what = f"{size} bytes announced" if size is not None else "more bytes sent"
+    return CaptureRefused(
+        RefusalReason.TOO_LARGE,
+        f"capture too large: {what}, the limit is {limit // MIB} MiB ([spool] max_capture_mb)",
+    )
 
 
 class SpaceGuard:
@@ -31,33 +51,44 @@ class SpaceGuard:
         """Free bytes on the spool's filesystem."""
         return shutil.disk_usage(self.folder).free
 
-    def admits(self, incoming: int | None) -> bool:
-        """True if a capture of ``incoming`` bytes fits above the reserve.
+    def check(self, incoming: int | None) -> None:
+        """Raise :class:`CaptureRefused` (DISK_FULL) unless ``incoming`` bytes fit.
 
-        The capture needs room twice (the raw file and its DICOM file); an unknown
-        size is counted as zero (the write path still refuses on ENOSPC).
+        The ``disk_full`` alarm follows the disk alone (free space below the
+        reserve). A capture needs room twice (the raw file and its DICOM file); an
+        unknown size is counted as zero (the write path still refuses on ENOSPC).
         """
-        need = 2 * (incoming or 0)
         free = self.free_bytes()
-        ok = free - need >= self.reserve_bytes
-        if ok == self.alarm:  # state changes: log once each way
-            if ok:
-                log.warning(
-                    "disk space is back (%d MiB free): accepting captures again", free // MIB
-                )
-                events.emit("alarm_cleared", code="disk_full", subject="")
-            else:
-                log.error(
-                    "DISK FULL: %d MiB free, reserve is %d MiB; refusing new captures "
-                    "(devices keep them); nothing in the spool is deleted to make room",
-                    free // MIB,
-                    self.reserve_bytes // MIB,
-                )
-                events.emit(
-                    "alarm_raised",
-                    code="disk_full",
-                    subject="",
-                    message="disk below its free-space reserve: new captures are refused",
-                )
-            self.alarm = not ok
-        return ok
+        self._follow(free)
+        if self.alarm:
+            raise CaptureRefused(RefusalReason.DISK_FULL, "spool below its free-space reserve")
+        need = 2 * (incoming or 0)
+        if free - need < self.reserve_bytes:
+            raise CaptureRefused(
+                RefusalReason.DISK_FULL,
+                f"not enough space for this capture: it needs {-(-need // MIB)} MiB, "
+                f"{(free - self.reserve_bytes) // MIB} MiB are free above the reserve",
+            )
+
+    def _follow(self, free: int) -> None:
+        """Raise or clear the alarm when the disk crosses the reserve (logged once)."""
+        below = free < self.reserve_bytes
+        if below == self.alarm:
+            return
+        if below:
+            log.error(
+                "DISK FULL: %d MiB free, reserve is %d MiB; refusing new captures "
+                "(devices keep them); nothing in the spool is deleted to make room",
+                free // MIB,
+                self.reserve_bytes // MIB,
+            )
+            events.emit(
+                "alarm_raised",
+                code="disk_full",
+                subject="",
+                message="disk below its free-space reserve: new captures are refused",
+            )
+        else:
+            log.warning("disk space is back (%d MiB free): accepting captures again", free // MIB)
+            events.emit("alarm_cleared", code="disk_full", subject="")
+        self.alarm = below
