@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import cast
 
 from gateway.config import ConfigError, DermGateConfig, load_config
+from gateway.spool.rebuild import LedgerLost
 from gateway.spool_commands import add_spool_commands
+from gateway.state_lock import StateLocked
 from gateway.stop_deadline import StopDeadline, enable_stack_dumps
 
 EXIT_OK = 0
@@ -96,6 +98,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     enable_stack_dumps()
     try:
         asyncio.run(_serve(config))
+    except (StateLocked, LedgerLost) as refused:  # nothing was read or changed
+        if isinstance(refused, LedgerLost):
+            refused.config_file = str(args.config)
+        print(f"dermgate run: {refused}", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception as err:
         logging.getLogger("gateway").critical("gateway stopped on error: %s", err)
         return EXIT_FAILURE

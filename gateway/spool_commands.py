@@ -6,11 +6,14 @@
     dermgate spool show   ID [--json] [--reveal] --config FILE
     dermgate spool retry  ID [--json] --config FILE
     dermgate spool export ID --to DIR [--json] --config FILE
+    dermgate spool rebuild --config FILE
 
 ID is the spool id shown by ``spool list`` or the capture's SOP Instance UID.
 Nothing prints patient data except ``show --reveal``, which says so on stderr.
 They work beside a running service: reads use a read-only ledger connection, the
-retry waits for the service's write lock (see :mod:`gateway.spool.admin`).
+retry waits for the service's write lock (see :mod:`gateway.spool.admin`). ``rebuild``
+replaces a lost ledger (:mod:`gateway.spool.rebuild`) and so takes the state folder's
+lock: it refuses while the service runs.
 
 Exit codes:
 
@@ -35,10 +38,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.config import ConfigError, DermGateConfig, load_config
-from gateway.spool import admin
+from gateway.spool import admin, rebuild
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
 from gateway.spool.states import CaptureState, DeliveryState
+from gateway.state_lock import StateLock, StateLocked
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -537,6 +541,65 @@ def _export(args: argparse.Namespace) -> int:
 cmd_spool_export = _run("export", _export)
 
 
+# --------------------------------------------------------------------------- rebuild
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    """Rebuild a missing or empty ledger from the spool's own files (service stopped)."""
+    config = _load(args.config)
+    dirs = SpoolDirs(config.spool_dir())
+    ledger = config.ledger_path()
+    names = [d.name for d in config.destinations]
+    try:
+        with StateLock.acquire(config.gateway.state_dir):
+            if not (dirs.dicom.is_dir() or dirs.raw.is_dir()):
+                print(f"no spool at {dirs.root}: nothing to rebuild")
+                return EXIT_OK
+            report = rebuild.rebuild_ledger(ledger, dirs, names)
+    except StateLocked as err:
+        raise _Refusal(EXIT_FAILURE, f"{err}; nothing rebuilt") from err
+    except rebuild.RebuildRefused as err:
+        raise _Refusal(EXIT_FAILURE, str(err)) from err
+    except (OSError, sqlite3.Error) as err:
+        raise _Refusal(
+            EXIT_FAILURE, f"cannot write a new ledger at {ledger}: {err}; nothing changed"
+        ) from err
+    _print_rebuild(report, dirs, names)
+    return EXIT_OK
+
+
+def _print_rebuild(report: rebuild.RebuildReport, dirs: SpoolDirs, names: list[str]) -> None:
+    print(f"rebuilt the ledger {report.ledger} from the spool {dirs.root}:")
+    sends = f"sent again to {', '.join(names)}" if names else "kept (no destination configured)"
+    print(
+        f"  {len(report.rebuilt)} capture(s) recorded as WRAPPED from {dirs.dicom}: each will "
+        f"be {sends} under its own SOP Instance UID once the service starts (a PACS that "
+        "already has one keeps a single copy)"
+    )
+    for item in report.rebuilt:
+        print(f"    spool id {item.spool_id:>6}  {item.sop_instance_uid}")
+    if report.raw_only:
+        print(
+            f"  {len(report.raw_only)} raw capture file(s) in {dirs.raw} that no DICOM file "
+            "stands for, kept in place. What device sent them and what they are was in the "
+            "lost ledger, so DermGate cannot wrap them; the service moves them to "
+            f"{dirs.root / 'orphans'} when it starts (never deletes them): look at them there "
+            "and take again or send by hand any capture that the PACS does not have:"
+        )
+        for name in report.raw_only:
+            print(f"    {name}")
+    if report.skipped:
+        print(f"  {len(report.skipped)} file(s) in {dirs.dicom} not recorded, kept in place:")
+        for name, why in report.skipped:
+            print(f"    {name}: {why}")
+    if report.wal_kept is not None:
+        print(f"  the lost ledger's write-ahead log was kept as {report.wal_kept}")
+    print("Start the service again (dermgate run, or systemctl start dermgate).")
+
+
+cmd_spool_rebuild = _run("rebuild", _rebuild)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -608,4 +671,10 @@ def add_spool_commands(sub: Any) -> None:
     )
     export.add_argument(
         "--json", action="store_true", help="print path, size and sha256 as one JSON object"
+    )
+
+    action(
+        "rebuild",
+        "rebuild a missing or empty ledger from the spool's own files (service stopped)",
+        cmd_spool_rebuild,
     )
