@@ -10,6 +10,8 @@
 
 ID is the spool id shown by ``spool list`` or the capture's SOP Instance UID.
 Nothing prints patient data except ``show --reveal``, which says so on stderr.
+``show --reveal`` and ``export`` (a copy of patient data) first append a line to the
+audit log, as the page's reveal does (who is the OS user); no line, no data.
 They work beside a running service: reads use a read-only ledger connection, the
 retry waits for the service's write lock (see :mod:`gateway.spool.admin`). ``rebuild``
 replaces a lost ledger (:mod:`gateway.spool.rebuild`) and so takes the state folder's
@@ -30,6 +32,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import pwd
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -128,6 +132,39 @@ def _local_epoch(value: float | None) -> str | None:
     if value is None:
         return None
     return datetime.fromtimestamp(value).astimezone().isoformat(sep=" ", timespec="seconds")
+
+
+def os_user() -> str:
+    """Who runs this command: the OS user name (its uid if it has no name)."""
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
+def _audit(config: DermGateConfig, action: str, spool_id: int) -> None:
+    """Append the audit line for a look at patient data, before it is shown or copied.
+
+    The same log and line as the page's reveal (:mod:`gateway.status.web.audit`),
+    with the OS user as who. Run as root, what it creates belongs to the owner of
+    ``state_dir`` (the service's user writes the same log). No line, no data:
+    raises :class:`_Refusal` (exit 1) if the log cannot be written.
+    """
+    from gateway.ownership import missing_folders, owned_like
+    from gateway.status.web.audit import AuditLog
+
+    log = AuditLog(config.audit_path())
+    try:
+        created = missing_folders(log.path)
+        log.append(os_user(), action, spool_id)
+        owned_like(config.gateway.state_dir, *created, log.path)
+    except OSError as err:
+        raise _Refusal(
+            EXIT_FAILURE,
+            f"cannot write the audit log {log.path} ({err.strerror or err}): "
+            f"spool id {spool_id}: patient data neither shown nor copied",
+        ) from err
 
 
 # --------------------------------------------------------------------------- list
@@ -390,6 +427,7 @@ def _show(args: argparse.Namespace) -> int:
     patient: dict[str, str] | None = None
     source = ""
     if args.reveal:
+        _audit(config, "cli-reveal", entry.id)
         try:
             found = patient_of(entry, dirs)
         except Exception as err:  # pydicom raises several kinds for a damaged file
@@ -506,6 +544,7 @@ def _export(args: argparse.Namespace) -> int:
     entry, _ = _read_capture(config, args.ref)
     try:
         source = admin.export_source(entry, dirs)
+        _audit(config, "cli-export", entry.id)
         bar = ProgressBar(sys.stderr, source.path.stat().st_size)
         try:
             result = admin.export_file(source, args.to, bar)

@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from gateway.ownership import owned_like
+
 LOCK_NAME = "dermgate.lock"
 
 
@@ -40,16 +42,6 @@ class StateLocked(RuntimeError):
 def _holder_pid(fd: int) -> int | None:
     text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
     return int(text) if text.isascii() and text.isdigit() else None
-
-
-def _owned_like_state_dir(fd: int, state_dir: Path) -> None:
-    """Run as root (an admin's command), give the file to the state folder's owner."""
-    if os.geteuid() != 0:
-        return
-    folder = state_dir.stat()
-    mine = os.fstat(fd)
-    if (mine.st_uid, mine.st_gid) != (folder.st_uid, folder.st_gid):
-        os.fchown(fd, folder.st_uid, folder.st_gid)
 
 
 class StateLock:
@@ -74,7 +66,7 @@ class StateLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise StateLocked(path, _holder_pid(fd)) from None
-            _owned_like_state_dir(fd, state_dir)
+            owned_like(state_dir, path)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         except BaseException:

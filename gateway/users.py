@@ -126,7 +126,7 @@ class Users:
         data = json.dumps({"version": USERS_VERSION, "users": self.users}, indent=2, sort_keys=True)
         old = os.umask(0o077)
         try:
-            atomic_write_bytes(path, data.encode("utf-8") + b"\n")
+            atomic_write_bytes(path, data.encode("utf-8") + b"\n", mode=0o600)
         finally:
             os.umask(old)
         os.chmod(path, 0o600)

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity, InstanceUIDs
+from gateway.ownership import owned_like
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs, fsync_dir
 
@@ -255,13 +256,6 @@ def _remove(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _give_to_owner_of(path: Path, folder: Path) -> None:
-    """Run as root, the new ledger belongs to whoever owns the state folder."""
-    if os.geteuid() == 0:
-        owner = folder.stat()
-        os.chown(path, owner.st_uid, owner.st_gid)
-
-
 def rebuild_ledger(ledger: Path, dirs: SpoolDirs, destinations: Sequence[str]) -> RebuildReport:
     """Write a new ledger for the captures in ``dirs`` (blocking; under the state lock).
 
@@ -317,7 +311,7 @@ def rebuild_ledger(ledger: Path, dirs: SpoolDirs, destinations: Sequence[str]) -
             os.fsync(fd)
         finally:
             os.close(fd)
-        _give_to_owner_of(tmp, ledger.parent)
+        owned_like(ledger.parent, tmp)  # run as root, for the service's user
         wal, shm = _sidecars(ledger)
         if wal.exists() and wal.stat().st_size > 0:
             # What a lost ledger's WAL held is kept for inspection, never replayed
