@@ -12,7 +12,8 @@
                                             add a login of the local page (or
                                             change its password)
 
-Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad configuration.
+Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad configuration;
+141 (128 + SIGPIPE) when the reader of the output went away (``… | head``), quietly.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -36,6 +38,7 @@ from gateway.stop_deadline import StopDeadline, enable_stack_dumps
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: the reader closed the pipe
 
 
 def setup_logging(level: str) -> None:
@@ -242,7 +245,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func = cast(Callable[[argparse.Namespace], int], args.func)
-    return func(args)
+    try:
+        code = func(args)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe is a traceback
+    except BrokenPipeError:
+        # Whoever read our output stopped (`dermgate spool list | head -1`): end quietly
+        # with the status of a process killed by SIGPIPE, as coreutils' commands do.
+        # Python's own advice: point stdout at /dev/null so the final flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 if __name__ == "__main__":
