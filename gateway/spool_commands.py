@@ -25,6 +25,7 @@ Exit codes:
 * 3 — no such capture (or no spool yet at the configured ``state_dir``);
 * 4 — not possible in the capture's state (retry of a capture that is not
   QUARANTINED, export of a file that is gone…); the message says why.
+* 141 — the reader of the output went away (``spool list | head``), quietly.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ exit codes:
   2  bad usage or bad configuration
   3  no such capture (or no spool yet)
   4  not possible in the capture's state (the message says why)
+  141  the reader of the output went away (`... | head`); nothing is printed
 """
 
 PROGRESS_MIN_BYTES = 8_000_000
