@@ -19,7 +19,7 @@ import pytest
 from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
 from gateway.config import SpoolSettings
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs, atomic_write_bytes
+from gateway.spool.files import SpoolDirs, atomic_writer
 from gateway.spool.intake import Intake
 from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger, forget_purged_patients
@@ -168,7 +168,8 @@ def test_spool_files_are_written_0640_whatever_the_umask(tmp_path: Path, open_um
     dirs = SpoolDirs(tmp_path / "spool")
     dirs.create()
     written = dirs.dicom / "x.dcm"
-    atomic_write_bytes(written, b"DICM")  # how the wrapping stage writes DICOM files
+    with atomic_writer(written) as out:  # how the wrapping stage writes DICOM files
+        out.write(b"DICM")
     assert mode(written) == 0o640
 
     async def capture() -> Path:

@@ -36,10 +36,11 @@ def tmp_path_for(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}{TMP_SUFFIX}")
 
 
-def _open_for_writing(path: Path, flags: int, mode: int) -> BinaryIO:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, mode)
+def _open_for_writing(path: Path, flags: int, mode: int | None) -> BinaryIO:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o666)
     try:
-        os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
+        if mode is not None:
+            os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
         return os.fdopen(fd, "wb")
     except BaseException:
         os.close(fd)
@@ -52,12 +53,13 @@ def create_new(path: Path, mode: int = SPOOL_FILE_MODE) -> BinaryIO:
 
 
 @contextlib.contextmanager
-def atomic_writer(dest: Path, mode: int = SPOOL_FILE_MODE) -> Iterator[BinaryIO]:
+def atomic_writer(dest: Path, mode: int | None = SPOOL_FILE_MODE) -> Iterator[BinaryIO]:
     """Open a file that appears at ``dest`` only once it is complete and durable.
 
     On a clean exit of the ``with`` block the data is fsynced, renamed to ``dest``
     and the directory fsynced. On an exception the temporary file is removed and
-    ``dest`` is left as it was. The file gets exactly ``mode``.
+    ``dest`` is left as it was. The file gets exactly ``mode`` (spool files: DICOM
+    files, exported copies); ``None``: what the umask allows.
     """
     tmp = tmp_path_for(dest)
     fh = _open_for_writing(tmp, os.O_TRUNC, mode)
@@ -75,8 +77,12 @@ def atomic_writer(dest: Path, mode: int = SPOOL_FILE_MODE) -> Iterator[BinaryIO]
         raise
 
 
-def atomic_write_bytes(dest: Path, data: bytes, mode: int = SPOOL_FILE_MODE) -> None:
-    """Write ``data`` to ``dest`` atomically and durably, with exactly ``mode``."""
+def atomic_write_bytes(dest: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``dest`` atomically and durably.
+
+    For small files outside the spool (device status, a folder driver's notes):
+    their mode is what the umask allows unless ``mode`` says otherwise.
+    """
     with atomic_writer(dest, mode) as fh:
         fh.write(data)
 
