@@ -591,11 +591,11 @@ def _rebuild(args: argparse.Namespace) -> int:
     dirs = SpoolDirs(config.spool_dir())
     ledger = config.ledger_path()
     names = [d.name for d in config.destinations]
+    if not (dirs.dicom.is_dir() or dirs.raw.is_dir()):
+        print(f"no spool at {dirs.root}: nothing to rebuild")
+        return EXIT_OK
     try:
         with StateLock.acquire(config.gateway.state_dir):
-            if not (dirs.dicom.is_dir() or dirs.raw.is_dir()):
-                print(f"no spool at {dirs.root}: nothing to rebuild")
-                return EXIT_OK
             report = rebuild.rebuild_ledger(ledger, dirs, names)
     except StateLocked as err:
         raise _Refusal(EXIT_FAILURE, f"{err}; nothing rebuilt") from err
