@@ -1,8 +1,11 @@
 """Builds the gateway from its configuration and runs it under one supervisor.
 
-Start-up order: spool folders and ledger (blocking, before anything else), then the
-forwarders (one per destination), then the wrapping stage, then the device drivers,
-so that nothing is accepted from a device before every later stage is serving.
+Start-up order: the state folder's lock (one service per ``state_dir``, see
+:mod:`gateway.state_lock`), a check that the ledger was not lost while the spool holds
+captures (:mod:`gateway.spool.rebuild`), spool folders and ledger (blocking, before
+anything else), then the forwarders (one per destination), then the wrapping stage,
+then the device drivers, so that nothing is accepted from a device before every
+later stage is serving.
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ from gateway.spool.files import SpoolDirs
 from gateway.spool.intake import InlineWrap, Intake
 from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger
+from gateway.spool.rebuild import refuse_spool_without_ledger
 from gateway.spool.reconcile import reconcile
 from gateway.spool.space import MIB, SpaceGuard
+from gateway.state_lock import StateLock
 from gateway.status import events
 from gateway.status.mqtt import MqttPublisher
 from gateway.status.snapshot import GatewayState
@@ -141,7 +146,22 @@ class _Devices:
 
 
 async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
-    """Run the gateway until ``stop`` is set, then shut down in order."""
+    """Run the gateway until ``stop`` is set, then shut down in order.
+
+    Raises :class:`~gateway.state_lock.StateLocked` (another service holds the state
+    folder) or :class:`~gateway.spool.rebuild.LedgerLost` before touching anything.
+    """
+    lock = await asyncio.to_thread(StateLock.acquire, config.gateway.state_dir)
+    try:
+        await asyncio.to_thread(
+            refuse_spool_without_ledger, config.ledger_path(), SpoolDirs(config.spool_dir())
+        )
+        await _run_locked(config, stop)
+    finally:
+        lock.release()  # (the process ends right after; closing the file drops the lock)
+
+
+async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
     dirs = SpoolDirs(config.spool_dir())
     await asyncio.to_thread(dirs.create)
     ledger = Ledger(config.ledger_path())

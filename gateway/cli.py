@@ -14,7 +14,8 @@
     dermgate user list --config FILE        the logins (names only)
     dermgate user remove NAME --config FILE remove a login
 
-Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad configuration.
+Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad configuration;
+141 (128 + SIGPIPE) when the reader of the output went away (``… | head``), quietly.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -30,12 +32,15 @@ from pathlib import Path
 from typing import cast
 
 from gateway.config import ConfigError, DermGateConfig, load_config
+from gateway.spool.rebuild import LedgerLost
 from gateway.spool_commands import add_spool_commands
+from gateway.state_lock import StateLocked
 from gateway.stop_deadline import StopDeadline, enable_stack_dumps
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: the reader closed the pipe
 
 
 def setup_logging(level: str) -> None:
@@ -107,6 +112,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     enable_stack_dumps()
     try:
         asyncio.run(_serve(config))
+    except (StateLocked, LedgerLost) as refused:  # nothing was read or changed
+        if isinstance(refused, LedgerLost):
+            refused.config_file = str(args.config)
+        print(f"dermgate run: {refused}", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception as err:
         logging.getLogger("gateway").critical("gateway stopped on error: %s", err)
         return EXIT_FAILURE
@@ -294,7 +304,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func = cast(Callable[[argparse.Namespace], int], args.func)
-    return func(args)
+    try:
+        code = func(args)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe is a traceback
+    except BrokenPipeError:
+        # Whoever read our output stopped (`dermgate spool list | head -1`): end quietly
+        # with the status of a process killed by SIGPIPE, as coreutils' commands do.
+        # Python's own advice: point stdout at /dev/null so the final flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ from gateway.config import load_config
 from gateway.local_mosquitto import MosquittoProcess
 from gateway.local_orthanc import OrthancProcess, free_port
 from gateway.spool import ledger as db
+from gateway.spool.rebuild import LedgerLost
 from gateway.spool.states import CaptureState
+from gateway.state_lock import StateLocked
 from gateway.users import Users
 
 log = logging.getLogger(__name__)
@@ -278,6 +280,7 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
     outcome = DemoOutcome(code=0 if captures is None else 1)
     gateway = asyncio.create_task(run_gateway(config, stop), name="gateway")
+    gateway.add_done_callback(lambda _: stop.set())  # refused at start (lock, lost ledger)
     watcher = asyncio.create_task(
         _watch(devices, workdir, orthanc, config.ledger_path(), captures, stop, outcome),
         name="watch",
@@ -349,6 +352,11 @@ DermGate demo is running.
     started = time.monotonic()
     try:
         outcome = asyncio.run(_run(workdir, orthanc, config_path, devices, captures, timeout))
+    except (StateLocked, LedgerLost) as refused:
+        if isinstance(refused, LedgerLost):
+            refused.config_file = str(config_path)
+        print(f"dermgate demo: {refused}", file=sys.stderr)
+        return 1
     finally:
         for device in devices:
             device.stop()

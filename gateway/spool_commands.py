@@ -6,11 +6,16 @@
     dermgate spool show   ID [--json] [--reveal] --config FILE
     dermgate spool retry  ID [--json] --config FILE
     dermgate spool export ID --to DIR [--json] --config FILE
+    dermgate spool rebuild --config FILE
 
 ID is the spool id shown by ``spool list`` or the capture's SOP Instance UID.
 Nothing prints patient data except ``show --reveal``, which says so on stderr.
+``show --reveal`` and ``export`` (a copy of patient data) first append a line to the
+audit log, as the page's reveal does (who is the OS user); no line, no data.
 They work beside a running service: reads use a read-only ledger connection, the
-retry waits for the service's write lock (see :mod:`gateway.spool.admin`).
+retry waits for the service's write lock (see :mod:`gateway.spool.admin`). ``rebuild``
+replaces a lost ledger (:mod:`gateway.spool.rebuild`) and so takes the state folder's
+lock: it refuses while the service runs.
 
 Exit codes:
 
@@ -20,6 +25,7 @@ Exit codes:
 * 3 — no such capture (or no spool yet at the configured ``state_dir``);
 * 4 — not possible in the capture's state (retry of a capture that is not
   QUARANTINED, export of a file that is gone…); the message says why.
+* 141 — the reader of the output went away (``spool list | head``), quietly.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import pwd
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -35,10 +43,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.config import ConfigError, DermGateConfig, load_config
-from gateway.spool import admin
+from gateway.spool import admin, rebuild
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
 from gateway.spool.states import CaptureState, DeliveryState
+from gateway.state_lock import StateLock, StateLocked
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -53,6 +62,7 @@ exit codes:
   2  bad usage or bad configuration
   3  no such capture (or no spool yet)
   4  not possible in the capture's state (the message says why)
+  141  the reader of the output went away (`... | head`); nothing is printed
 """
 
 PROGRESS_MIN_BYTES = 8_000_000
@@ -124,6 +134,39 @@ def _local_epoch(value: float | None) -> str | None:
     if value is None:
         return None
     return datetime.fromtimestamp(value).astimezone().isoformat(sep=" ", timespec="seconds")
+
+
+def os_user() -> str:
+    """Who runs this command: the OS user name (its uid if it has no name)."""
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
+def _audit(config: DermGateConfig, action: str, spool_id: int) -> None:
+    """Append the audit line for a look at patient data, before it is shown or copied.
+
+    The same log and line as the page's reveal (:mod:`gateway.status.web.audit`),
+    with the OS user as who. Run as root, what it creates belongs to the owner of
+    ``state_dir`` (the service's user writes the same log). No line, no data:
+    raises :class:`_Refusal` (exit 1) if the log cannot be written.
+    """
+    from gateway.state_owner import missing_folders, owned_like
+    from gateway.status.web.audit import AuditLog
+
+    log = AuditLog(config.audit_path())
+    try:
+        created = missing_folders(log.path)
+        log.append(os_user(), action, spool_id)
+        owned_like(config.gateway.state_dir, *created, log.path)
+    except OSError as err:
+        raise _Refusal(
+            EXIT_FAILURE,
+            f"cannot write the audit log {log.path} ({err.strerror or err}): "
+            f"spool id {spool_id}: patient data neither shown nor copied",
+        ) from err
 
 
 # --------------------------------------------------------------------------- list
@@ -386,6 +429,7 @@ def _show(args: argparse.Namespace) -> int:
     patient: dict[str, str] | None = None
     source = ""
     if args.reveal:
+        _audit(config, "cli-reveal", entry.id)
         try:
             found = patient_of(entry, dirs)
         except Exception as err:  # pydicom raises several kinds for a damaged file
@@ -502,6 +546,7 @@ def _export(args: argparse.Namespace) -> int:
     entry, _ = _read_capture(config, args.ref)
     try:
         source = admin.export_source(entry, dirs)
+        _audit(config, "cli-export", entry.id)
         bar = ProgressBar(sys.stderr, source.path.stat().st_size)
         try:
             result = admin.export_file(source, args.to, bar)
@@ -535,6 +580,65 @@ def _export(args: argparse.Namespace) -> int:
 
 
 cmd_spool_export = _run("export", _export)
+
+
+# --------------------------------------------------------------------------- rebuild
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    """Rebuild a missing or empty ledger from the spool's own files (service stopped)."""
+    config = _load(args.config)
+    dirs = SpoolDirs(config.spool_dir())
+    ledger = config.ledger_path()
+    names = [d.name for d in config.destinations]
+    if not (dirs.dicom.is_dir() or dirs.raw.is_dir()):
+        print(f"no spool at {dirs.root}: nothing to rebuild")
+        return EXIT_OK
+    try:
+        with StateLock.acquire(config.gateway.state_dir):
+            report = rebuild.rebuild_ledger(ledger, dirs, names)
+    except StateLocked as err:
+        raise _Refusal(EXIT_FAILURE, f"{err}; nothing rebuilt") from err
+    except rebuild.RebuildRefused as err:
+        raise _Refusal(EXIT_FAILURE, str(err)) from err
+    except (OSError, sqlite3.Error) as err:
+        raise _Refusal(
+            EXIT_FAILURE, f"cannot write a new ledger at {ledger}: {err}; nothing changed"
+        ) from err
+    _print_rebuild(report, dirs, names)
+    return EXIT_OK
+
+
+def _print_rebuild(report: rebuild.RebuildReport, dirs: SpoolDirs, names: list[str]) -> None:
+    print(f"rebuilt the ledger {report.ledger} from the spool {dirs.root}:")
+    sends = f"sent again to {', '.join(names)}" if names else "kept (no destination configured)"
+    print(
+        f"  {len(report.rebuilt)} capture(s) recorded as WRAPPED from {dirs.dicom}: each will "
+        f"be {sends} under its own SOP Instance UID once the service starts (a PACS that "
+        "already has one keeps a single copy)"
+    )
+    for item in report.rebuilt:
+        print(f"    spool id {item.spool_id:>6}  {item.sop_instance_uid}")
+    if report.raw_only:
+        print(
+            f"  {len(report.raw_only)} raw capture file(s) in {dirs.raw} that no DICOM file "
+            "stands for, kept in place. What device sent them and what they are was in the "
+            "lost ledger, so DermGate cannot wrap them; the service moves them to "
+            f"{dirs.root / 'orphans'} when it starts (never deletes them): look at them there "
+            "and take again or send by hand any capture that the PACS does not have:"
+        )
+        for name in report.raw_only:
+            print(f"    {name}")
+    if report.skipped:
+        print(f"  {len(report.skipped)} file(s) in {dirs.dicom} not recorded, kept in place:")
+        for name, why in report.skipped:
+            print(f"    {name}: {why}")
+    if report.wal_kept is not None:
+        print(f"  the lost ledger's write-ahead log was kept as {report.wal_kept}")
+    print("Start the service again (dermgate run, or systemctl start dermgate).")
+
+
+cmd_spool_rebuild = _run("rebuild", _rebuild)
 
 
 # --------------------------------------------------------------------------- parser
@@ -608,4 +712,10 @@ def add_spool_commands(sub: Any) -> None:
     )
     export.add_argument(
         "--json", action="store_true", help="print path, size and sha256 as one JSON object"
+    )
+
+    action(
+        "rebuild",
+        "rebuild a missing or empty ledger from the spool's own files (service stopped)",
+        cmd_spool_rebuild,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["hand_over", "state_owner"]
+__all__ = ["hand_over", "missing_folders", "owned_like", "state_owner"]
 
 
 def state_owner(state_dir: Path) -> tuple[int, int] | None:
@@ -43,3 +43,23 @@ def hand_over(path: Path, state_dir: Path, owner: tuple[int, int] | None) -> Non
         targets = [state_dir.joinpath(*parts[: i + 1]) for i in range(len(parts))]
     for target in targets:
         os.chown(target, *owner, follow_symlinks=False)
+
+
+def owned_like(reference: Path, *paths: Path) -> None:
+    """Run as root, give each of ``paths`` the owner and group of ``reference``.
+
+    Does nothing for any other user (their files are theirs, as the service's are).
+    Raises :class:`OSError`.
+    """
+    if os.geteuid() != 0:
+        return
+    owner = reference.stat()
+    for path in paths:
+        info = path.stat()
+        if (info.st_uid, info.st_gid) != (owner.st_uid, owner.st_gid):
+            os.chown(path, owner.st_uid, owner.st_gid)
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet (nearest first)."""
+    return [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]

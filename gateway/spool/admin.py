@@ -71,21 +71,36 @@ class NotPossible(AdminError):
 # --------------------------------------------------------------------------- lookup
 
 
+MAX_SPOOL_ID = 2**63 - 1  # SQLite's largest INTEGER
+
+
 def parse_ref(text: str) -> int | str:
     """A capture reference from the command line: spool id (int) or SOP Instance UID.
 
-    Raises :class:`ValueError` for anything else.
+    A spool id is written in ASCII digits. A number that no spool id can be (larger
+    than :data:`MAX_SPOOL_ID`, or in other digits: "٣", "３", "³") is returned as
+    text, for :func:`find_entry` to answer "no such capture". Raises
+    :class:`ValueError` for anything else.
     """
     text = text.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit() and len(text) <= len(str(MAX_SPOOL_ID)):
         return int(text)
-    if len(text) <= 64 and _UID.match(text):
+    if text.isnumeric() or (len(text) <= 64 and _UID.match(text)):
         return text
     raise ValueError(f"{text!r} is neither a spool id nor a SOP Instance UID")
 
 
 def find_entry(conn: sqlite3.Connection, ref: int | str) -> SpoolEntry:
     """The capture ``ref`` names; raises :class:`NoSuchCapture`."""
+    if isinstance(ref, int) and not 0 <= ref <= MAX_SPOOL_ID:
+        shown = "of that size" if ref > MAX_SPOOL_ID else str(ref)
+        raise NoSuchCapture(f"no capture with spool id {shown} in the spool")
+    if isinstance(ref, str) and ref.isnumeric():
+        shown = ref if len(ref) <= 24 else f"{ref[:24]}… ({len(ref)} digits)"
+        raise NoSuchCapture(
+            f"no capture with spool id {shown} in the spool "
+            "(spool ids are numbers up to 2^63-1 in the digits 0-9, as `spool list` shows them)"
+        )
     if isinstance(ref, str):
         row = conn.execute("SELECT id FROM captures WHERE sop_instance_uid = ?", (ref,)).fetchone()
         entry = None if row is None else get_capture(conn, int(row[0]))

@@ -4,6 +4,10 @@ Every file that must survive a power cut is written the same way: to a temporary
 name in the destination directory, fsynced, renamed over the final name, and the
 directory fsynced so that the rename itself is durable. These helpers are blocking;
 callers run them on a worker thread.
+
+Spool files hold patient data: they are created with mode :data:`SPOOL_FILE_MODE`
+(0640: the service's user and its group, for backups), set explicitly so that no
+umask can widen it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 TMP_SUFFIX = ".tmp"
+SPOOL_FILE_MODE = 0o640
 
 
 def fsync_dir(directory: Path) -> None:
@@ -31,16 +36,33 @@ def tmp_path_for(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}{TMP_SUFFIX}")
 
 
+def _open_for_writing(path: Path, flags: int, mode: int | None) -> BinaryIO:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o666)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def create_new(path: Path, mode: int = SPOOL_FILE_MODE) -> BinaryIO:
+    """Create ``path`` (which must not exist) for writing, with exactly ``mode``."""
+    return _open_for_writing(path, os.O_EXCL, mode)
+
+
 @contextlib.contextmanager
-def atomic_writer(dest: Path) -> Iterator[BinaryIO]:
+def atomic_writer(dest: Path, mode: int | None = SPOOL_FILE_MODE) -> Iterator[BinaryIO]:
     """Open a file that appears at ``dest`` only once it is complete and durable.
 
     On a clean exit of the ``with`` block the data is fsynced, renamed to ``dest``
     and the directory fsynced. On an exception the temporary file is removed and
-    ``dest`` is left as it was.
+    ``dest`` is left as it was. The file gets exactly ``mode`` (spool files: DICOM
+    files, exported copies); ``None``: what the umask allows.
     """
     tmp = tmp_path_for(dest)
-    fh = open(tmp, "wb")  # noqa: SIM115 - closed below on every path
+    fh = _open_for_writing(tmp, os.O_TRUNC, mode)
     try:
         yield fh
         fh.flush()
@@ -55,9 +77,13 @@ def atomic_writer(dest: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write_bytes(dest: Path, data: bytes) -> None:
-    """Write ``data`` to ``dest`` atomically and durably."""
-    with atomic_writer(dest) as fh:
+def atomic_write_bytes(dest: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``dest`` atomically and durably.
+
+    For small files outside the spool (device status, a folder driver's notes):
+    their mode is what the umask allows unless ``mode`` says otherwise.
+    """
+    with atomic_writer(dest, mode) as fh:
         fh.write(data)
 
 

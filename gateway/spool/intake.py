@@ -41,7 +41,7 @@ from gateway.dicom.jpeg import JpegInfo, read_jpeg_info_from
 from gateway.dicom.part10 import part10_prefix, part10_suffix
 from gateway.dicom.uids import new_uid
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs, fsync_dir
+from gateway.spool.files import SpoolDirs, create_new, fsync_dir
 from gateway.spool.ledger import Ledger
 from gateway.spool.space import DEFAULT_MAX_CAPTURE_BYTES, SpaceGuard, too_large
 from gateway.status import events
@@ -417,7 +417,7 @@ class Intake:
             await asyncio.to_thread(self.space.check, offer.length)
         path = self.dirs.staging / f"{uuid.uuid4().hex}.part"
         try:
-            fh = await asyncio.to_thread(open, path, "xb")
+            fh = await asyncio.to_thread(create_new, path)  # 0640, whatever the umask
         except OSError as err:
             raise _refusal_for(err) from err
         return StagedCapture(self, driver, identity, offer, path, fh)

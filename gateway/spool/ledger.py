@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import queue
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -359,12 +361,31 @@ def migrate(conn: sqlite3.Connection) -> None:
         )
 
 
+LEDGER_FILE_MODE = 0o600
+
+
+def _owner_only(path: Path) -> None:
+    """Create the ledger 0600 (whatever the umask), or narrow an older, wider one.
+
+    It holds device-supplied patient fields. SQLite gives its ``-wal`` and ``-shm``
+    files the database file's mode (and, run as root, its owner).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, LEDGER_FILE_MODE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != LEDGER_FILE_MODE:
+            with contextlib.suppress(PermissionError):  # not ours to change: leave it
+                os.fchmod(fd, LEDGER_FILE_MODE)
+    finally:
+        os.close(fd)
+
+
 def open_ledger(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open (and for writers create and migrate) the ledger at ``path``."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _owner_only(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 10000")

@@ -11,7 +11,8 @@ cannot commit, it has been SENT for the configured retention. Then, oldest first
 Purging runs on its own schedule and is never triggered by a new capture: a full
 disk refuses new captures instead (see :mod:`gateway.spool.space`). Files are
 deleted before the row says PURGED, so a crash in between leaves a COMMITTED row
-whose files are partly gone, which the next purge finishes.
+whose files are partly gone, which the next purge finishes. A PURGED row no longer
+holds the patient fields a device supplied.
 """
 
 from __future__ import annotations
@@ -54,12 +55,27 @@ def candidates(conn: sqlite3.Connection, limit: int) -> list[PurgeCandidate]:
 
 
 def mark_purged(conn: sqlite3.Connection, spool_id: int) -> None:
-    """COMMITTED → PURGED (the files are already deleted)."""
+    """COMMITTED → PURGED (the files are already deleted).
+
+    The patient fields a device supplied go with the files: the row keeps only its
+    UIDs, device, states and times, which is what a technician needs afterwards.
+    """
     with transaction(conn):
         conn.execute(
-            "UPDATE captures SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
+            "UPDATE captures SET state = ?, patient_json = NULL, updated_at = ? "
+            "WHERE id = ? AND state = ?",
             (CaptureState.PURGED, utc_now_text(), spool_id, CaptureState.COMMITTED),
         )
+
+
+def forget_purged_patients(conn: sqlite3.Connection) -> int:
+    """Clear the patient fields of rows purged before purging did so itself."""
+    with transaction(conn):
+        cur = conn.execute(
+            "UPDATE captures SET patient_json = NULL WHERE state = ? AND patient_json IS NOT NULL",
+            (CaptureState.PURGED,),
+        )
+    return cur.rowcount
 
 
 def used_percent(dirs: SpoolDirs) -> float:
@@ -78,6 +94,7 @@ class Purger:
 
     async def run(self, ready: Callable[[], None]) -> None:
         """Purge periodically until cancelled."""
+        await self._ledger.call(forget_purged_patients)
         ready()
         while True:
             await self.purge_once(datetime.now(UTC))

@@ -1,0 +1,329 @@
+"""A lost ledger: refuse to start over it, and rebuild it from the spool's own files.
+
+The ledger is the only record of which files in the spool were acknowledged. When it
+is missing or empty (0 bytes: a failed disk, a bad restore, a careless ``rm``) but
+``spool/`` still holds captures, starting the service would create a new, empty
+ledger and its start-up reconciliation would set every capture aside in
+``orphans/`` as never recorded: nothing would be sent, and nothing would say why.
+So ``dermgate run`` refuses (:func:`refuse_spool_without_ledger`) and the
+technician runs ``dermgate spool rebuild`` (:func:`rebuild_ledger`):
+
+* every ``spool/dicom/*.dcm`` that reads as DICOM becomes a WRAPPED row with the
+  UIDs, SOP class and transfer syntax read from the file, and a pending delivery to
+  each configured destination: the PACS receives it again under the same SOP
+  Instance UID (a PACS that already has it keeps one copy);
+* its raw device file (``spool/raw/<SOP Instance UID>.raw``), when present, is
+  recorded as its own, so that the purge deletes both;
+* every other file (a raw capture that no DICOM file stands for, a damaged or
+  foreign file in ``dicom/``) is reported and left where it is: without the lost
+  row nothing says what device sent it or what it is, so DermGate cannot wrap it.
+
+The new ledger is written to a temporary file beside the old one and renamed over it
+only when complete: a rebuild interrupted half way leaves the empty ledger (and so
+the refusal to start) as it was. A non-empty ledger is never replaced: the
+technician moves a damaged one aside first, deliberately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity, InstanceUIDs
+from gateway.spool import ledger as db
+from gateway.spool.files import SpoolDirs, fsync_dir
+from gateway.state_owner import owned_like
+
+REBUILT_DRIVER = "rebuilt"
+_HASH_CHUNK = 1 << 20
+
+_DEVICE_CLASS_OF_SOP_CLASS = {
+    "1.2.840.10008.5.1.4.1.1.77.1.7": DeviceClass.DERMATOSCOPE,
+    "1.2.840.10008.5.1.4.1.1.77.1.8": DeviceClass.CONFOCAL_MICROSCOPE,
+    "1.2.840.10008.5.1.4.1.1.77.1.9": DeviceClass.CONFOCAL_MICROSCOPE,
+    "1.2.840.10008.5.1.4.1.1.7.3": DeviceClass.CONFOCAL_MICROSCOPE,
+    "1.2.840.10008.5.1.4.1.1.104.3": DeviceClass.BODY_SCANNER,
+    "1.2.840.10008.5.1.4.1.1.104.4": DeviceClass.BODY_SCANNER,
+    "1.2.840.10008.5.1.4.1.1.104.5": DeviceClass.BODY_SCANNER,
+}
+_CONTENT_OF_SOP_CLASS = {
+    "1.2.840.10008.5.1.4.1.1.104.3": ContentType.STL,
+    "1.2.840.10008.5.1.4.1.1.104.4": ContentType.OBJ,
+    "1.2.840.10008.5.1.4.1.1.104.5": ContentType.MTL,
+}
+_JPEG_TRANSFER_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
+
+
+class LedgerLost(RuntimeError):
+    """The ledger is missing or empty while the spool holds captures: no start."""
+
+    def __init__(self, ledger: Path, how: str, dicom: int, raw: int, spool: Path) -> None:
+        super().__init__(ledger, how, dicom, raw, spool)
+        self.ledger = ledger
+        self.how = how
+        self.dicom = dicom
+        self.raw = raw
+        self.spool = spool
+        #: The configuration file to name in the advice (the command line knows it).
+        self.config_file = "FILE"
+
+    def __str__(self) -> str:
+        return (
+            f"the ledger {self.ledger} is {self.how}, but the spool {self.spool} holds "
+            f"{self.dicom} DICOM file(s) and {self.raw} raw capture file(s); the service did "
+            "not start and nothing was moved. Starting over an empty ledger would set every "
+            "one of them aside as unrecorded. If the ledger was lost, rebuild it from the "
+            f"spool with: dermgate spool rebuild --config {self.config_file} "
+            '(see README, "After a crash"), then start the service again.'
+        )
+
+
+class RebuildRefused(RuntimeError):
+    """``spool rebuild`` did not write a ledger; the message says why."""
+
+
+def _capture_files(folder: Path) -> list[Path]:
+    """The spooled files in ``folder`` (hidden and temporary names are not captures)."""
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    return sorted(
+        Path(e.path)
+        for e in entries
+        if not e.name.startswith(".") and e.is_file(follow_symlinks=False)
+    )
+
+
+def _ledger_state(ledger: Path) -> str | None:
+    """``"missing"``, ``"empty (0 bytes)"``, or None for a ledger with content."""
+    try:
+        size = ledger.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    return "empty (0 bytes)" if size == 0 else None
+
+
+def refuse_spool_without_ledger(ledger: Path, dirs: SpoolDirs) -> None:
+    """Raise :class:`LedgerLost` if the ledger is missing or empty beside captures.
+
+    Blocking; ``dermgate run`` calls it under the state lock, before it creates or
+    opens anything. A new box (no ledger, empty spool) passes.
+    """
+    how = _ledger_state(ledger)
+    if how is None:
+        return
+    dicom, raw = _capture_files(dirs.dicom), _capture_files(dirs.raw)
+    if dicom or raw:
+        raise LedgerLost(ledger, how, len(dicom), len(raw), dirs.root)
+
+
+# --------------------------------------------------------------------------- rebuild
+
+
+@dataclass(frozen=True, slots=True)
+class RebuiltCapture:
+    """One row the rebuild wrote."""
+
+    spool_id: int
+    sop_instance_uid: str
+    dicom_name: str
+    raw_name: str
+
+
+@dataclass
+class RebuildReport:
+    """What :func:`rebuild_ledger` did and what it left alone."""
+
+    ledger: Path
+    rebuilt: list[RebuiltCapture] = field(default_factory=list)
+    raw_only: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # dicom/ name, why
+    wal_kept: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    path: Path
+    uids: InstanceUIDs
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    device: DeviceIdentity
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _read_dicom(path: Path) -> _Found:
+    """The UIDs and device of a spooled DICOM file; raises ValueError if it has none."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError) as err:
+        raise ValueError(f"not a readable DICOM file ({type(err).__name__})") from err
+    meta = getattr(ds, "file_meta", None)
+    syntax = _text(getattr(meta, "TransferSyntaxUID", None))
+    uids = InstanceUIDs(
+        _text(ds.get("StudyInstanceUID")),
+        _text(ds.get("SeriesInstanceUID")),
+        _text(ds.get("SOPInstanceUID")),
+    )
+    sop_class = _text(ds.get("SOPClassUID"))
+    if not (uids.study and uids.series and uids.sop_instance and sop_class and syntax):
+        raise ValueError("no Study, Series or SOP Instance UID, SOP class or transfer syntax")
+    versions = ds.get("SoftwareVersions")
+    listed = [] if versions is None else [versions] if isinstance(versions, str) else versions
+    device = DeviceIdentity(
+        manufacturer=_text(ds.get("Manufacturer")) or "unknown",
+        model=_text(ds.get("ManufacturerModelName")) or "unknown",
+        serial_number=_text(ds.get("DeviceSerialNumber")) or "unknown",
+        software_versions=tuple(
+            str(v) for v in listed if str(v).strip() and not str(v).startswith("DermGate ")
+        ),
+        device_class=_DEVICE_CLASS_OF_SOP_CLASS.get(sop_class, DeviceClass.CAMERA),
+    )
+    return _Found(path, uids, sop_class, syntax, device)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _content_type(found: _Found) -> ContentType:
+    if found.sop_class_uid in _CONTENT_OF_SOP_CLASS:
+        return _CONTENT_OF_SOP_CLASS[found.sop_class_uid]
+    if found.transfer_syntax_uid in _JPEG_TRANSFER_SYNTAXES:
+        return ContentType.JPEG
+    return ContentType.PIXELS
+
+
+def _record(
+    conn: sqlite3.Connection, found: _Found, dirs: SpoolDirs, destinations: Sequence[str]
+) -> RebuiltCapture:
+    raw = dirs.raw / f"{found.uids.sop_instance}.raw"
+    if raw.is_file() and not raw.is_symlink():
+        raw_name, raw_size, raw_sha256 = raw.name, raw.stat().st_size, _sha256(raw)
+    else:  # wrapped at intake: the device's bytes live only inside the DICOM file
+        raw_name, raw_size, raw_sha256 = "", 0, ""
+    offer = CaptureOffer(
+        device_capture_id=f"{REBUILT_DRIVER}-{found.uids.sop_instance}",
+        content_type=_content_type(found),
+    )
+    spool_id = db.insert_capture(
+        conn,
+        driver=REBUILT_DRIVER,
+        device=found.device,
+        offer=offer,
+        uids=found.uids,
+        raw_name=raw_name,
+        raw_size=raw_size,
+        raw_sha256=raw_sha256,
+        wrapped=db.WrappedAtIntake(
+            dicom_name=found.path.name,
+            sop_class_uid=found.sop_class_uid,
+            transfer_syntax_uid=found.transfer_syntax_uid,
+            destinations=tuple(destinations),
+        ),
+    )
+    # Received when its file was written (so keep_days counts from then, not now).
+    received = datetime.fromtimestamp(found.path.stat().st_mtime, UTC)
+    conn.execute(
+        "UPDATE captures SET received_at = ? WHERE id = ?",
+        (received.isoformat(timespec="milliseconds"), spool_id),
+    )
+    return RebuiltCapture(spool_id, found.uids.sop_instance, found.path.name, raw_name)
+
+
+def _sidecars(path: Path) -> tuple[Path, Path]:
+    return Path(f"{path}-wal"), Path(f"{path}-shm")
+
+
+def _remove(path: Path) -> None:
+    for stale in (path, *_sidecars(path)):
+        stale.unlink(missing_ok=True)
+
+
+def rebuild_ledger(ledger: Path, dirs: SpoolDirs, destinations: Sequence[str]) -> RebuildReport:
+    """Write a new ledger for the captures in ``dirs`` (blocking; under the state lock).
+
+    Raises :class:`RebuildRefused` if the ledger at ``ledger`` has content, and
+    :class:`OSError` or :class:`sqlite3.Error` if it cannot be written (the old,
+    empty one then stays as it was).
+    """
+    how = _ledger_state(ledger)
+    if how is None:
+        size = ledger.stat().st_size
+        raise RebuildRefused(
+            f"the ledger {ledger} is not empty ({size} bytes): nothing rebuilt. A rebuild only "
+            "replaces a missing or empty ledger. If that one is damaged (the service cannot "
+            f"open it), move it aside first (mv {ledger} {ledger}.damaged, with its -wal file "
+            "if there is one) and run spool rebuild again"
+        )
+    report = RebuildReport(ledger)
+    found: list[_Found] = []
+    for path in _capture_files(dirs.dicom):
+        if path.suffix != ".dcm":
+            report.skipped.append((path.name, "not a .dcm file"))
+            continue
+        try:
+            found.append(_read_dicom(path))
+        except ValueError as err:
+            report.skipped.append((path.name, str(err)))
+    found.sort(key=lambda f: (f.path.stat().st_mtime, f.path.name))
+
+    tmp = ledger.with_name(f".{ledger.name}.rebuild")
+    _remove(tmp)
+    conn = db.open_ledger(tmp)
+    try:
+        conn.execute("PRAGMA synchronous = OFF")  # made durable as a whole below
+        seen: dict[str, str] = {}
+        for item in found:
+            uid = item.uids.sop_instance
+            if uid in seen:
+                report.skipped.append((item.path.name, f"same SOP Instance UID as {seen[uid]}"))
+                continue
+            seen[uid] = item.path.name
+            report.rebuilt.append(_record(conn, item, dirs, destinations))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode = DELETE")  # one self-contained file to rename
+    except BaseException:
+        conn.close()
+        _remove(tmp)
+        raise
+    conn.close()
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(_remove, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        owned_like(ledger.parent, tmp)  # run as root, for the service's user
+        wal, shm = _sidecars(ledger)
+        if wal.exists() and wal.stat().st_size > 0:
+            # What a lost ledger's WAL held is kept for inspection, never replayed
+            # onto the rebuilt one.
+            report.wal_kept = wal.with_name(f"{wal.name}.before-rebuild")
+            os.replace(wal, report.wal_kept)
+        wal.unlink(missing_ok=True)
+        shm.unlink(missing_ok=True)
+        os.replace(tmp, ledger)
+        cleanup.pop_all()
+    fsync_dir(ledger.parent)
+
+    used = {r.raw_name for r in report.rebuilt}
+    report.raw_only = [p.name for p in _capture_files(dirs.raw) if p.name not in used]
+    return report

@@ -1,0 +1,216 @@
+"""A lost ledger: ``dermgate run`` refuses to start, ``dermgate spool rebuild`` recovers.
+
+Before, a missing or 0-byte ledger was silently replaced by an empty one and every
+acknowledged capture was moved to ``orphans/``, never sent, with no alarm.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+
+from gateway.local_orthanc import OrthancProcess
+from gateway.spool import ledger as db
+from tests.conftest import (
+    GatewayProcess,
+    SimulatorProcess,
+    gateway_config,
+    ledger_rows,
+    states,
+    wait_for,
+)
+from tests.test_spool_commands import PATIENT, SECRETS, Spool, dermgate, spool
+
+__all__ = ["spool"]  # the fixture, imported for the tests below
+
+
+def spool_files(state_dir: Path) -> dict[str, int]:
+    """Every file under ``state_dir/spool`` with its size."""
+    root = state_dir / "spool"
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def run_once(config: Path, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """``dermgate run`` expected to refuse: it must exit by itself within ``timeout``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"`dermgate run` started instead of refusing:\n{err[-3000:]}"
+        ) from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def lose_ledger(state_dir: Path) -> Path:
+    """Truncate the ledger to 0 bytes (and drop its WAL files), as a bad crash can."""
+    ledger = state_dir / "ledger.sqlite3"
+    for suffix in ("-wal", "-shm"):
+        Path(f"{ledger}{suffix}").unlink(missing_ok=True)
+    ledger.write_bytes(b"")
+    return ledger
+
+
+def test_a_lost_ledger_is_refused_then_rebuilt_and_sent_again_under_the_same_uids(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    config = gateway_config(tmp_path, pacs_port=orthanc.dicom_port, commit_via=orthanc)
+    state_dir = tmp_path / "state"
+    sim = simulator_factory("--captures", "3", "--interval", "0.2")
+    gateway = gateway_factory(config)
+    assert sim.wait(180) == 0, gateway.log()[-4000:]
+    wait_for(lambda: states(state_dir) == ["COMMITTED"] * 3, 90, "3 captures COMMITTED")
+    before = {
+        r["sop_instance_uid"]: (r["study_uid"], r["series_uid"], r["sop_class_uid"])
+        for r in ledger_rows(state_dir)
+    }
+    assert gateway.stop() == 0
+    # The PACS forgets them, so that what arrives below arrives because of the rebuild.
+    for uid in before:
+        for orthanc_id in orthanc.find_instances(uid):
+            orthanc.rest("DELETE", f"/instances/{orthanc_id}")
+    assert orthanc.count_instances() == 0
+
+    ledger = lose_ledger(state_dir)
+    files = spool_files(state_dir)
+    assert len([name for name in files if name.startswith("dicom/")]) == 3
+
+    refused = run_once(config)
+    assert refused.returncode == 1, refused.stderr
+    assert str(ledger) in refused.stderr
+    assert "empty" in refused.stderr
+    assert "3 DICOM file(s)" in refused.stderr
+    assert f"dermgate spool rebuild --config {config}" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert spool_files(state_dir) == files, "nothing moved, nothing deleted"
+    assert ledger.stat().st_size == 0, "the empty ledger was not replaced"
+
+    rebuilt = dermgate("rebuild", config=config)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "3 capture(s) recorded as WRAPPED" in rebuilt.stdout
+    assert spool_files(state_dir) == files, "rebuild reads the spool, moves nothing"
+    assert sorted(r["sop_instance_uid"] for r in ledger_rows(state_dir)) == sorted(before)
+    assert set(states(state_dir)) == {"WRAPPED"}
+
+    again = gateway_factory(config)
+    wait_for(
+        lambda: all(orthanc.find_instances(uid) for uid in before), 90, "the PACS to get all 3"
+    )
+    wait_for(lambda: states(state_dir) == ["COMMITTED"] * 3, 90, "3 captures COMMITTED again")
+    assert orthanc.count_instances() == 3, "no instance under a new UID"
+    for uid, (study, series, sop_class) in before.items():
+        [orthanc_id] = orthanc.find_instances(uid)
+        stored = pydicom.dcmread(io.BytesIO(orthanc.instance_file(orthanc_id)))
+        assert (stored.StudyInstanceUID, stored.SeriesInstanceUID, stored.SOPClassUID) == (
+            study,
+            series,
+            sop_class,
+        )
+    assert not (state_dir / "spool" / "orphans").exists()
+    assert again.stop() == 0
+
+
+def test_a_missing_ledger_beside_captures_is_refused(spool: Spool) -> None:
+    spool.add()
+    spool.conn.close()
+    ledger = spool.config.parent / "state" / "ledger.sqlite3"
+    ledger.unlink()
+    files = spool_files(ledger.parent)
+
+    refused = run_once(spool.config)
+    assert refused.returncode == 1, refused.stderr
+    assert "missing" in refused.stderr
+    assert "1 DICOM file(s) and 1 raw capture file(s)" in refused.stderr
+    assert spool_files(ledger.parent) == files
+    assert not ledger.exists()
+
+
+def test_rebuild_keeps_raw_captures_without_a_dicom_file_and_reports_them(
+    spool: Spool, tmp_path: Path
+) -> None:
+    wrapped_id, wrapped_uid = spool.add(patient=PATIENT)
+    _, raw_uid = spool.add(wrap=False)
+    (spool.dirs.dicom / "damaged.dcm").write_bytes(b"not DICOM at all")
+    (spool.dirs.staging / "abc.part").write_bytes(b"never acknowledged")
+    spool.conn.close()
+    state_dir = spool.dirs.root.parent
+    lose_ledger(state_dir)
+    files = spool_files(state_dir)
+
+    result = dermgate("rebuild", config=spool.config)
+    assert result.returncode == 0, result.stderr
+    assert "1 capture(s) recorded as WRAPPED" in result.stdout
+    assert f"{raw_uid}.raw" in result.stdout, "the raw capture is reported"
+    assert "damaged.dcm" in result.stdout, "an unreadable file is reported"
+    assert spool_files(state_dir) == files, "every file kept in place"
+    for secret in SECRETS:
+        assert secret not in result.stdout + result.stderr
+
+    [row] = ledger_rows(state_dir)
+    assert row["sop_instance_uid"] == wrapped_uid
+    assert row["state"] == "WRAPPED"
+    assert row["raw_name"] == f"{wrapped_uid}.raw", "the raw file it came from is its own"
+    assert row["dicom_name"] == f"{wrapped_uid}.dcm"
+    conn = db.open_ledger(state_dir / "ledger.sqlite3", readonly=True)
+    try:
+        [delivery] = conn.execute("SELECT destination, state FROM deliveries").fetchall()
+    finally:
+        conn.close()
+    assert tuple(delivery) == ("pacs", "PENDING")
+
+    shown = dermgate("show", row["id"], "--json", config=spool.config)
+    assert shown.returncode == 0, shown.stderr
+    exported = dermgate("export", row["id"], "--to", tmp_path / "out", config=spool.config)
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "out" / f"{wrapped_uid}.dcm").read_bytes() == (
+        spool.dirs.dicom / f"{wrapped_uid}.dcm"
+    ).read_bytes()
+    assert wrapped_id  # (its old spool id is gone with the old ledger)
+
+
+def test_rebuild_refuses_an_existing_ledger(spool: Spool) -> None:
+    spool.add()
+    spool.conn.close()
+    ledger = spool.config.parent / "state" / "ledger.sqlite3"
+    before = ledger.read_bytes()
+
+    result = dermgate("rebuild", config=spool.config)
+    assert result.returncode == 1
+    assert "not empty" in result.stderr
+    assert ledger.read_bytes() == before
+
+
+def test_rebuild_refuses_while_the_service_holds_the_state(spool: Spool) -> None:
+    spool.add()
+    spool.conn.close()
+    state_dir = spool.dirs.root.parent
+    lose_ledger(state_dir)
+    lock = state_dir / "dermgate.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        result = dermgate("rebuild", config=spool.config)
+    finally:
+        os.close(fd)
+    assert result.returncode == 1
+    assert str(lock) in result.stderr
+    assert f"PID {os.getpid()}" in result.stderr
+    assert (state_dir / "ledger.sqlite3").stat().st_size == 0
