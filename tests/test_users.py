@@ -15,7 +15,10 @@ from gateway.users import Users
 def _config(tmp_path: Path) -> Path:
     path = tmp_path / "dermgate.toml"
     path.write_text(
-        f'[gateway]\nid = "t"\nstate_dir = "{tmp_path / "state"}"\n\n[web]\n', encoding="utf-8"
+        f'[gateway]\nid = "t"\nstate_dir = "{tmp_path / "state"}"\n\n'
+        '[[destinations]]\nname = "pacs"\nkind = "dicom"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 11112\n\n'
+        "[web]\n",
+        encoding="utf-8",
     )
     return path
 
