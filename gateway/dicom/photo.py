@@ -240,8 +240,9 @@ def build_vl_photographic(
     _eight_bits(ds)
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionMethod = "ISO_10918_1"
-    if jpeg.size_bytes > 0:
-        ratio = jpeg.rows * jpeg.columns * 3 / jpeg.size_bytes
+    if jpeg.encapsulated_size > 0:
+        # Uncompressed size (3 samples of 8 bits) over the JPEG as encapsulated.
+        ratio = jpeg.rows * jpeg.columns * 3 / jpeg.encapsulated_size
         ds.LossyImageCompressionRatio = format_number_as_ds(round(ratio, 2))
     return ds
 

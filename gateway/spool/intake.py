@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -37,7 +38,7 @@ from gateway.devices.contract import (
 )
 from gateway.devices.host import DriverHost
 from gateway.dicom.errors import WrapError
-from gateway.dicom.jpeg import JpegInfo, read_jpeg_info_from
+from gateway.dicom.jpeg import JpegInfo, read_jpeg_info_from, strip_metadata
 from gateway.dicom.part10 import part10_prefix, part10_suffix
 from gateway.dicom.uids import new_uid
 from gateway.spool import ledger as db
@@ -106,10 +107,13 @@ class StagedCapture:
 
     When the device announced the size and the first bytes are a JPEG header the
     builder can describe, the staging file *is* the DICOM file: Part 10 header, then
-    the device's bytes as the pixel data fragment, byte for byte (one write, one
-    fsync). Otherwise (unknown size, not a JPEG, a JPEG DICOM cannot carry) the
-    bytes are kept as they came, in ``raw/``, for the wrapping stage to wrap or
-    quarantine with its reason.
+    the device's bytes as the pixel data fragment (one write, one fsync), without
+    the JPEG's metadata segments (EXIF, XMP, comments: all in the header, so they
+    are dropped from the buffered header before its first byte is written; the
+    image data follows byte for byte). The checksum is of the device's bytes.
+    Otherwise (unknown size, not a JPEG, a JPEG DICOM cannot carry) the bytes are
+    kept as they came, in ``raw/``, for the wrapping stage to wrap or quarantine
+    with its reason.
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class StagedCapture:
         )
         self._uids: InstanceUIDs | None = None
         self._wrapped: db.WrappedAtIntake | None = None
+        self._fragment = 0  # bytes of the pixel data fragment (the JPEG as encapsulated)
 
     async def write(self, chunk: bytes) -> None:
         """Append ``chunk`` (buffered; written and hashed in 1 MiB blocks on a worker
@@ -160,22 +165,28 @@ class StagedCapture:
                 self._decided = True  # raw: the wrapping stage says why
             return
         uids = self._offer.uids or fresh_uids()
-        length = self._offer.length
+        # The header was read from the buffer; the JPEG is as long as announced.
+        info = dataclasses.replace(info, size_bytes=self._offer.length)
+        received = bytes(self._buffer)
 
         def prefix() -> tuple[Dataset, bytes]:
             dataset = inline.build(
                 self._identity, self._offer, uids, info, datetime.now().astimezone()
             )
-            return dataset, part10_prefix(dataset, length)
+            head = part10_prefix(dataset, info.encapsulated_size)
+            stripped = strip_metadata(received, info)
+            self._hash.update(received)  # the device's bytes, before any is dropped
+            return dataset, head + stripped
 
         self._decided = True
         try:
-            dataset, head = await asyncio.to_thread(prefix)
+            dataset, start = await asyncio.to_thread(prefix)
         except (WrapError, ValueError):
             return  # raw: the wrapping stage quarantines it with the reason
         self._uids = uids
-        self._buffer[:0] = head
-        self._not_hashed = len(head)
+        self._fragment = info.encapsulated_size
+        self._buffer = bytearray(start)
+        self._not_hashed = len(start)
         self._wrapped = db.WrappedAtIntake(
             dicom_name=f"{uids.sop_instance}.dcm",
             sop_class_uid=str(dataset.SOPClassUID),
@@ -251,7 +262,7 @@ class StagedCapture:
             await self.abort("checksum mismatch")
             raise CaptureRefused(RefusalReason.CHECKSUM, "SHA-256 of received bytes differs")
         if self._wrapped:
-            self._buffer += part10_suffix(self._size)
+            self._buffer += part10_suffix(self._fragment)
             self._not_hashed = len(self._buffer)
             await self._flush()
             await self._settle()
