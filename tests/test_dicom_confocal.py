@@ -20,6 +20,7 @@ standard: they check what we chose, not what PS3.3 demands.
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 import tracemalloc
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset
 
 from gateway.capture import (
@@ -48,10 +50,12 @@ from gateway.dicom.confocal import (
     ConfocalStack,
     write_confocal,
 )
+from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob
+from gateway.dicom.jpeg import read_jpeg_info_from
 from gateway.dicom.modules import dermatology_site
-from gateway.dicom.uids import new_uid
+from gateway.dicom.uids import new_uid, tracking_uid
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IDENTITY = DeviceIdentity(
@@ -629,7 +633,7 @@ def test_patient_lesion_and_site_are_carried(tmp_path: Path) -> None:
     assert ds.PatientName == "Doe^Jane"
     assert ds.PatientID == "P123"
     assert ds.TrackingID == "L7"
-    assert ds.TrackingUID
+    assert ds.TrackingUID == tracking_uid("", "P123", "L7")
     assert ds.ImageLaterality == "L"
     anatomy = ds.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0]
     assert anatomy.AnatomicRegionSequence[0].CodeValue == "182329002"
@@ -665,6 +669,55 @@ def test_laterality_only_when_known_and_skin_as_cid_4029_names_it(
     assert ds.ImageLaterality == "R"
     assert "Laterality" not in ds
     assert ds.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0].FrameLaterality == "R"
+
+
+def test_same_lesion_of_one_patient_has_one_tracking_uid_on_both_devices(
+    tmp_path: Path,
+) -> None:
+    """The dermatoscope's and the confocal's image of lesion L7 of patient P123
+    (issuer HOSP) carry the same Tracking UID; another patient's L7 does not."""
+    stack = make_stack()
+    patient = PatientContext(patient_id="P123", issuer_of_patient_id="HOSP")
+    write_confocal(
+        job_for(tmp_path, stack, frames_of(stack), patient=patient, lesion_id="L7"),
+        tmp_path / "a.dcm",
+    )
+    confocal = pydicom.dcmread(tmp_path / "a.dcm")
+    dermoscopy = build_dermoscopic_photography(
+        identity=DeviceIdentity("Acme", "DS", "DS-1", ("1",)),
+        offer=CaptureOffer(device_capture_id="d1", lesion_id="L7"),
+        uids=InstanceUIDs(new_uid(), new_uid(), new_uid()),
+        jpeg=read_jpeg_info_from(io.BytesIO(_jpeg())),
+        gateway=GATEWAY,
+        patient=patient,
+        now=datetime.now(UTC),
+    )
+    assert confocal.TrackingUID == dermoscopy.TrackingUID
+    other = replace(patient, patient_id="P124")
+    write_confocal(
+        job_for(tmp_path, stack, frames_of(stack), patient=other, lesion_id="L7"),
+        tmp_path / "b.dcm",
+    )
+    assert pydicom.dcmread(tmp_path / "b.dcm").TrackingUID != confocal.TrackingUID
+
+
+@pytest.mark.parametrize("kind", ["z-stack", "mosaic"])
+def test_unknown_patient_gets_no_tracking_uid_but_keeps_the_label(
+    tmp_path: Path, kind: str
+) -> None:
+    stack = make_stack(kind)
+    write_confocal(job_for(tmp_path, stack, frames_of(stack), lesion_id="L7"), tmp_path / "a.dcm")
+    ds = pydicom.dcmread(tmp_path / "a.dcm")
+    assert iod_errors(ds) == []
+    assert "TrackingID" not in ds
+    assert "TrackingUID" not in ds
+    assert "L7" in ds.ImageComments
+
+
+def _jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise((64, 48), 40).convert("RGB").save(out, "JPEG", subsampling=2)
+    return out.getvalue()
 
 
 def test_rewrap_gives_the_same_object(tmp_path: Path) -> None:

@@ -148,8 +148,8 @@ def test_photos_reach_orthanc_once_and_defective_files_are_refused(
             assert ds.ImageComments.startswith("Camera orientation: rotate 90 degrees clockwise")
         else:
             assert "ImageComments" not in ds
-        assert ds.PatientName == "", "photos carry no patient"
-        assert ds.PatientID == ""
+        assert ds.PatientName == "", "photos carry no patient name"
+        assert ds.PatientID == f"TMP-test-box-01-{row['id']}", "each its temporary patient"
         if name.endswith(".JPG"):
             assert ds.file_meta.TransferSyntaxUID == JPEG_BASELINE
             fragment = get_frame(ds.PixelData, 0, number_of_frames=1)

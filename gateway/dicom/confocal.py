@@ -59,7 +59,10 @@ the VL Image, Whole Slide and Multi-frame Dimension rules these IODs borrow.
   Field of View Shape 2 (Defined Term RECTANGLE), Field of View Dimension(s) 2 (mm,
   rows then columns; IS, so written empty when whole millimetres would misstate a
   sub-millimetre field), Tracking ID / Tracking UID 1C (each required when the
-  other is present). The image-level depth of a z-stack is its shallowest frame.
+  other is present): written for a known patient only (UID from issuer, patient id
+  and lesion id); for a temporary patient the device's lesion label goes into Image
+  Comments instead (:mod:`gateway.dicom.patient`). The image-level depth of a
+  z-stack is its shallowest frame.
 * **Functional groups of the tiled IOD**, Table A.90.2.5-1 [P3 sect_a.90.2.5,
   whole table visible]: Pixel Measures M (shared), Derivation Image C (derived
   images; never here), Optical Path Identification C (required unless
@@ -155,6 +158,7 @@ from gateway.dicom.modules import (
     new_instance,
     tm,
 )
+from gateway.dicom.patient import ObjectPatient, lesion_label_comment, object_patient
 from gateway.dicom.uids import (
     derived_uid,
     tracking_uid,
@@ -374,13 +378,18 @@ def start_instance(
         sop_class_uid=sop_class,
         uids=job.uids,
         modality=MODALITY,
-        patient=offer.patient,
+        patient=job_patient(job).context,
         acquired=acquired,
         now=now,
     )
     if laterality is None and not frame_laterality:
         ds.Laterality = ""  # Series Laterality, type 2C without Image (or Frame) Laterality
     return ds, acquired, laterality
+
+
+def job_patient(job: WrapJob) -> ObjectPatient:
+    """The patient of a confocal object: the device's, or the temporary one."""
+    return object_patient(job.offer.patient, job.gateway.gateway_id, job.patient_spool_id)
 
 
 def build_confocal(job: WrapJob, stack: ConfocalStack) -> Dataset:
@@ -452,9 +461,14 @@ def _add_cutaneous_parameters(ds: Dataset, job: WrapJob, stack: ConfocalStack) -
     height_mm = stack.rows * stack.pixel_spacing_um * max(stack.tile_rows, 1) / _UM_PER_MM
     width_mm = stack.columns * stack.pixel_spacing_um * max(stack.tile_columns, 1) / _UM_PER_MM
     ds.FieldOfViewDimensions = _whole_mm(height_mm, width_mm)
-    if job.offer.lesion_id:
-        ds.TrackingID = job.offer.lesion_id
-        ds.TrackingUID = tracking_uid(job.identity.serial_number, job.offer.lesion_id)
+    lesion = job.offer.lesion_id
+    subject = job_patient(job)
+    if lesion and subject.known:
+        patient = subject.context
+        ds.TrackingID = lesion
+        ds.TrackingUID = tracking_uid(patient.issuer_of_patient_id, patient.patient_id, lesion)
+    elif lesion:  # unknown patient: the label, without an identity claim (General Image)
+        ds.ImageComments = lesion_label_comment(lesion)
 
 
 def _whole_mm(*sizes_mm: float) -> list[int] | None:

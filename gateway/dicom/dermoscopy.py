@@ -31,9 +31,14 @@ Decisions, with the rule behind each:
   satisfies both.
 * **Anatomic site**: only a SNOMED CT code in CID 4029 is written, with its meaning
   from the standard's table; an unknown code is left out rather than invented.
-* **Lesion tracking**: when the device gives a lesion id, Tracking ID is that id and
-  Tracking UID is derived from the device serial number and the lesion id, so the
-  same lesion keeps the same Tracking UID across visits on that device.
+* **Patient**: the device's when it named a Patient ID, else a temporary patient
+  ``TMP-<gateway id>-<spool id>`` (:mod:`gateway.dicom.patient`), so a PACS never
+  files different people's images under one blank patient.
+* **Lesion tracking**: when the device gives a lesion id for a known patient,
+  Tracking ID is that id and Tracking UID is derived from the issuer, patient id and
+  lesion id, so the same lesion keeps its Tracking UID across visits and devices.
+  For a temporary patient both are left out (type 1C; a UID that may merge two
+  people's lesions is worse than none) and the label goes into Image Comments.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ from gateway.dicom.modules import (
     in_zone_of,
     tm,
 )
+from gateway.dicom.patient import ObjectPatient, lesion_label_comment, object_patient
 from gateway.dicom.uids import (
     derived_uid,
     tracking_uid,
@@ -101,8 +107,12 @@ def build_dermoscopic_photography(
     now: datetime,
     series_number: int | None = None,
     instance_number: int | None = None,
+    patient_spool_id: int | None = None,
 ) -> Dataset:
     """Build the Dermoscopic Photography dataset of one capture, without Pixel Data.
+
+    ``patient_spool_id`` names the temporary patient when ``patient`` has no
+    Patient ID (see :mod:`gateway.dicom.patient`).
 
     ``now`` (timezone-aware) is the wrap time: Instance Creation Date/Time, and the
     acquisition time when the device gave none. Raises a
@@ -129,12 +139,13 @@ def build_dermoscopic_photography(
         sop_instance_uid=uids.sop_instance,
         now=now,
     )
-    add_patient(ds, patient)
+    subject = object_patient(patient, gateway.gateway_id, patient_spool_id)
+    add_patient(ds, subject.context)
     add_general_study(
         ds,
         study_uid=uids.study,
         started=acquired,
-        accession_number=patient.accession_number if patient is not None else "",
+        accession_number=subject.context.accession_number,
     )
     add_general_series(
         ds,
@@ -182,7 +193,7 @@ def build_dermoscopic_photography(
     # Acquisition Context: present, nothing to say yet
     ds.AcquisitionContextSequence = Sequence()
 
-    _add_dermoscopic_image(ds, identity, offer)
+    _add_dermoscopic_image(ds, offer, subject)
     return ds
 
 
@@ -227,7 +238,7 @@ def _check_settings(settings: DermoscopySettings) -> None:
         )
 
 
-def _add_dermoscopic_image(ds: Dataset, identity: DeviceIdentity, offer: CaptureOffer) -> None:
+def _add_dermoscopic_image(ds: Dataset, offer: CaptureOffer, subject: ObjectPatient) -> None:
     """Dermoscopic Image Module: optics from the device, lesion tracking."""
     settings = offer.settings
     ds.RecognizableVisualFeatures = "YES"
@@ -241,6 +252,11 @@ def _add_dermoscopic_image(ds: Dataset, identity: DeviceIdentity, offer: Capture
     ds.OpticalMagnificationFactor = (
         format_number_as_ds(settings.magnification) if settings.magnification is not None else ""
     )
-    if offer.lesion_id:
+    if offer.lesion_id and subject.known:
+        patient = subject.context
         ds.TrackingID = offer.lesion_id
-        ds.TrackingUID = tracking_uid(identity.serial_number, offer.lesion_id)
+        ds.TrackingUID = tracking_uid(
+            patient.issuer_of_patient_id, patient.patient_id, offer.lesion_id
+        )
+    elif offer.lesion_id:
+        ds.ImageComments = lesion_label_comment(offer.lesion_id)
