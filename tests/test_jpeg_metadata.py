@@ -50,6 +50,9 @@ GATEWAY = GatewayIdentity(gateway_id="gw-meta", software_version="0.1.0", statio
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 CAMERA = DeviceIdentity("Nikon", "Z 7II", "NZ7-3001234", ("1.40",), device_class=DeviceClass.CAMERA)
 DERMATOSCOPE = DeviceIdentity("DermGate Reference Devices", "DS-100", "DS100-7", ("2.4.1",))
+SCANNER = DeviceIdentity(
+    "DermGate Reference Devices", "TB-3D", "TB3D-1", ("3.2",), device_class=DeviceClass.BODY_SCANNER
+)
 
 #: What must never reach Pixel Data (each is in exactly one metadata segment).
 ARTIST = b"Dr. Artist Owner-Name"
@@ -299,7 +302,9 @@ async def stream(
     return dicom[0]
 
 
-@pytest.mark.parametrize("identity", [CAMERA, DERMATOSCOPE], ids=["camera", "dermatoscope"])
+@pytest.mark.parametrize(
+    "identity", [CAMERA, DERMATOSCOPE, SCANNER], ids=["camera", "dermatoscope", "texture"]
+)
 @pytest.mark.parametrize("chunk", [7, 4096, 1 << 20])
 async def test_intake_streams_the_jpeg_without_its_metadata(
     intake: Intake, identity: DeviceIdentity, chunk: int

@@ -2,7 +2,8 @@
 
 :func:`build_dermoscopic_photography` turns one dermatoscope capture into a DICOM
 dataset *without* Pixel Data: :func:`gateway.dicom.part10.write_part10_encapsulated`
-appends the device's JPEG bytes, unchanged, while streaming the file out. The
+appends the device's JPEG, its image data unchanged and its metadata segments
+dropped (:mod:`gateway.dicom.jpeg`), while streaming the file out. The
 builder is pure: no I/O, no clock reads, no random UIDs (the Frame of Reference UID
 is derived from the SOP Instance UID), inputs are not modified, and the same inputs
 give an equal dataset, so a re-wrap after a crash produces the same object.

@@ -4,7 +4,8 @@ Two ways in, one object:
 
 * :func:`build_vl_photographic` describes a camera's (or a scanner texture's) JPEG
   *without* Pixel Data; :func:`gateway.dicom.part10.write_part10_encapsulated` (or
-  intake, inline) appends the JPEG byte for byte as one fragment. Same photometric
+  intake, inline) appends the JPEG as one fragment, its metadata segments (EXIF,
+  XMP, comments) dropped and its image data byte for byte. Same photometric
   rules as dermoscopy (:func:`gateway.dicom.jpeg.encapsulation_for`): 4:2:0 / 4:2:2
   baseline or extended JPEGs as ``YBR_FULL_422``, Lossy Image Compression ``01``,
   method ``ISO_10918_1``; 4:4:4, progressive, grayscale … are refused
