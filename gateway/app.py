@@ -132,7 +132,10 @@ class _Devices:
             log.error("device %s: options invalid for %s: %s", name, devnode, err)
             self.board.update(name, state=DriverState.ERROR, detail=f"options invalid ({devnode})")
             return None
-        host = DriverHost(name, functools.partial(self.intake.begin, device.driver), self.board)
+        begin = functools.partial(
+            self.intake.begin, device.driver, issuer_of_patient_id=device.issuer_of_patient_id
+        )
+        host = DriverHost(name, begin, self.board)
         self.board.update(name, devnode=devnode)
 
         async def run() -> None:

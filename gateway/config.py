@@ -609,6 +609,21 @@ class DeviceSettings(BaseModel):
         default=None,
         description='Hotplug: serve only device nodes matching this pattern (e.g. "/dev/ttyACM1").',
     )
+    issuer_of_patient_id: str | None = Field(
+        default=None,
+        description="Issuer of Patient ID (e.g. the hospital's MRN domain) given to a Patient "
+        "ID this device supplies without an issuer of its own. Captures without a patient "
+        "get a temporary ID TMP-<gateway id>-<spool id> whatever this says.",
+    )
+
+    @field_validator("issuer_of_patient_id")
+    @classmethod
+    def _issuer(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip() or len(value) > 64 or "\\" in value or not value.isprintable():
+            raise ValueError("use 1-64 printable characters without a backslash (DICOM LO)")
+        return value
 
     def options(self) -> dict[str, Any]:
         """The driver-specific keys of this section."""

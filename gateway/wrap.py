@@ -51,6 +51,7 @@ from gateway.dicom.surface import write_encapsulated_3d
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
 from gateway.spool.ledger import Ledger, SpoolEntry
+from gateway.spool.spool_ids import first_in_study
 from gateway.spool.states import CaptureState
 from gateway.status import events
 
@@ -120,8 +121,13 @@ class Wrapper:
     async def _wrap_one(self, entry: SpoolEntry) -> bool:
         dicom_name = f"{entry.uids.sop_instance}.dcm"
         try:
+            patient_key = await self._patient_spool_id(entry)
             written = await asyncio.to_thread(
-                self._write, entry, self._dirs.dicom / dicom_name, datetime.now().astimezone()
+                self._write,
+                entry,
+                self._dirs.dicom / dicom_name,
+                datetime.now().astimezone(),
+                patient_key,
             )
         except WrapError as err:
             log.warning("spool id %d quarantined: %s", entry.id, err)
@@ -166,19 +172,32 @@ class Wrapper:
         self._on_wrapped()
         return True
 
-    def _write(self, entry: SpoolEntry, dest: Path, now: datetime) -> WrittenObject:
+    async def _patient_spool_id(self, entry: SpoolEntry) -> int:
+        """The spool id that names the capture's temporary patient: its own, or the
+        first one's of the study it shares (driver-chosen UIDs; see
+        :mod:`gateway.dicom.patient`)."""
+        if entry.offer.uids is None:
+            return entry.id
+        first = await self._ledger.call(first_in_study, entry.uids.study)
+        return entry.id if first is None else min(first, entry.id)
+
+    def _write(
+        self, entry: SpoolEntry, dest: Path, now: datetime, patient_key: int
+    ) -> WrittenObject:
         """Write the DICOM file of one captured file (blocking)."""
         raw = self._dirs.raw / entry.raw_name
         if not raw.exists():  # deleted by hand: waiting would not bring it back
             raise WrapError("raw capture file missing")
         writer = writer_for(entry.offer.content_type)
         if writer is not None:
-            job = WrapJob(entry.device, entry.offer, entry.uids, raw, self._gateway, now)
+            job = WrapJob(
+                entry.device, entry.offer, entry.uids, raw, self._gateway, now, patient_key
+            )
             return writer(job, dest)
         if entry.offer.content_type is not ContentType.JPEG:
             raise WrapError(f"no DICOM writer for content type {entry.offer.content_type}")
         jpeg = read_jpeg_info(raw)
-        dataset = self.build(entry.device, entry.offer, entry.uids, jpeg, now)
+        dataset = self.build(entry.device, entry.offer, entry.uids, jpeg, now, patient_key)
         write_part10_encapsulated(dataset, raw, dest)
         return WrittenObject(
             sop_class_uid=str(dataset.SOPClassUID),
@@ -192,11 +211,13 @@ class Wrapper:
         uids: InstanceUIDs,
         jpeg: JpegInfo,
         now: datetime,
+        patient_spool_id: int | None = None,
     ) -> Dataset:
         """The DICOM data set (without Pixel Data) for one JPEG capture; raises WrapError.
 
         Used here for captures in ``raw/`` and by intake, which streams a JPEG it
-        can describe straight into its DICOM file.
+        can describe straight into its DICOM file. ``patient_spool_id`` names the
+        temporary patient of a capture without a Patient ID.
         """
         if identity.device_class in (DeviceClass.CAMERA, DeviceClass.BODY_SCANNER):
             return build_vl_photographic(
@@ -207,6 +228,7 @@ class Wrapper:
                 gateway=self._gateway,
                 patient=offer.patient,
                 now=now,
+                patient_spool_id=patient_spool_id,
             )
         if identity.device_class is not DeviceClass.DERMATOSCOPE:
             raise WrapError(f"no JPEG builder for device class {identity.device_class}")
@@ -222,6 +244,7 @@ class Wrapper:
             # (never merge two patients' images), so both numbers are 1.
             series_number=1,
             instance_number=1,
+            patient_spool_id=patient_spool_id,
         )
 
     @property

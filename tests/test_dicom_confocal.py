@@ -20,6 +20,7 @@ standard: they check what we chose, not what PS3.3 demands.
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 import tracemalloc
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset
 
 from gateway.capture import (
@@ -48,9 +50,12 @@ from gateway.dicom.confocal import (
     ConfocalStack,
     write_confocal,
 )
+from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob
-from gateway.dicom.uids import new_uid
+from gateway.dicom.jpeg import read_jpeg_info_from
+from gateway.dicom.modules import dermatology_site
+from gateway.dicom.uids import new_uid, tracking_uid
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IDENTITY = DeviceIdentity(
@@ -92,6 +97,19 @@ def _never(_ds: Dataset) -> bool:
     return False
 
 
+def _frame_laterality(ds: Dataset) -> bool:
+    """Is Frame Laterality present (shared or in every frame)?"""
+    groups = [
+        *(ds.get("SharedFunctionalGroupsSequence") or []),
+        *(ds.get("PerFrameFunctionalGroupsSequence") or []),
+    ]
+    return any(
+        "FrameLaterality" in anatomy
+        for group in groups
+        for anatomy in group.get("FrameAnatomySequence") or []
+    )
+
+
 MODULES: dict[str, list[Attr]] = {
     # C.7.1.1 Patient (M)
     "Patient": [
@@ -114,10 +132,12 @@ MODULES: dict[str, list[Attr]] = {
         Attr("Modality", "1", values=("CFM",)),
         Attr("SeriesInstanceUID", "1"),
         Attr("SeriesNumber", "2"),
+        # C.7.3.1: required if the body part is paired and neither Image nor Frame
+        # Laterality is present; not allowed otherwise
         Attr(
             "Laterality",
             "2C",
-            lambda ds: "ImageLaterality" not in ds,
+            lambda ds: "ImageLaterality" not in ds and not _frame_laterality(ds),
         ),
     ],
     # C.7.4.1 Frame of Reference (M)
@@ -133,8 +153,12 @@ MODULES: dict[str, list[Attr]] = {
         Attr("DeviceSerialNumber", "1"),
         Attr("SoftwareVersions", "1"),
     ],
-    # C.7.6.1 General Image (M)
-    "General Image": [Attr("InstanceNumber", "2")],
+    # C.7.6.1 General Image (M). Patient Orientation 2C: required unless the image
+    # needs Image Orientation (Patient) or (Slide); an in-vivo confocal image has
+    # neither, so it is present, empty when no orientation is known.
+    "General Image": [Attr("InstanceNumber", "2"), Attr("PatientOrientation", "2C")],
+    # C.7.6.14 Acquisition Context (M)
+    "Acquisition Context": [Attr("AcquisitionContextSequence", "2")],
     # C.7.6.3 Image Pixel (M); Pixel Data is checked by the round trip
     "Image Pixel": [
         Attr("SamplesPerPixel", "1", values=("1",)),
@@ -352,8 +376,17 @@ def iod_errors(ds: Dataset) -> list[str]:
         for frame_type in item.get("ConfocalMicroscopyImageFrameTypeSequence") or []:
             if "FrameType" in frame_type and list(frame_type.FrameType) != list(ds.ImageType):
                 errors.append(f"{where}: Frame Type {list(frame_type.FrameType)} is not Image Type")
-    if ds.get("Laterality") is None and "ImageLaterality" not in ds and "Laterality" not in ds:
-        errors.append("neither Image Laterality nor Series Laterality")
+    if "ImageLaterality" not in ds and "Laterality" not in ds and not _frame_laterality(ds):
+        errors.append("neither Image, Frame nor Series Laterality")
+    for group in [shared, *per_frame]:
+        for anatomy in group.get("FrameAnatomySequence") or []:
+            for region in anatomy.get("AnatomicRegionSequence") or []:
+                site = dermatology_site(str(region.get("CodeValue", "")))
+                if site is not None and region.get("CodeMeaning") != site.meaning:
+                    errors.append(
+                        f"Frame Anatomy code meaning {region.get('CodeMeaning')!r} is not "
+                        f"CID 4029's {site.meaning!r}"
+                    )
     return sorted(set(errors))
 
 
@@ -600,11 +633,91 @@ def test_patient_lesion_and_site_are_carried(tmp_path: Path) -> None:
     assert ds.PatientName == "Doe^Jane"
     assert ds.PatientID == "P123"
     assert ds.TrackingID == "L7"
-    assert ds.TrackingUID
+    assert ds.TrackingUID == tracking_uid("", "P123", "L7")
     assert ds.ImageLaterality == "L"
     anatomy = ds.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0]
     assert anatomy.AnatomicRegionSequence[0].CodeValue == "182329002"
     assert ds.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0].FrameLaterality == "L"
+
+
+@pytest.mark.parametrize("kind", ["z-stack", "mosaic"])
+def test_laterality_only_when_known_and_skin_as_cid_4029_names_it(
+    tmp_path: Path, kind: str
+) -> None:
+    stack = make_stack(kind)
+    unknown = job_for(tmp_path, stack, frames_of(stack))
+    write_confocal(unknown, tmp_path / "unknown.dcm")
+    ds = pydicom.dcmread(tmp_path / "unknown.dcm")
+    assert iod_errors(ds) == []
+    assert "ImageLaterality" not in ds
+    assert "Laterality" not in ds, "no Series Laterality beside Frame Laterality"
+    anatomy = ds.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0]
+    region = anatomy.AnatomicRegionSequence[0]
+    assert (region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning) == (
+        "39937001",
+        "SCT",
+        "Skin",
+    )
+    assert anatomy.FrameLaterality == "U", "type 1: the skin organ, unpaired"
+    assert ds.AcquisitionContextSequence == []
+    assert ds.PatientOrientation == ""
+
+    known = job_for(tmp_path, stack, frames_of(stack), laterality=Laterality.RIGHT)
+    write_confocal(known, tmp_path / "known.dcm")
+    ds = pydicom.dcmread(tmp_path / "known.dcm")
+    assert iod_errors(ds) == []
+    assert ds.ImageLaterality == "R"
+    assert "Laterality" not in ds
+    assert ds.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0].FrameLaterality == "R"
+
+
+def test_same_lesion_of_one_patient_has_one_tracking_uid_on_both_devices(
+    tmp_path: Path,
+) -> None:
+    """The dermatoscope's and the confocal's image of lesion L7 of patient P123
+    (issuer HOSP) carry the same Tracking UID; another patient's L7 does not."""
+    stack = make_stack()
+    patient = PatientContext(patient_id="P123", issuer_of_patient_id="HOSP")
+    write_confocal(
+        job_for(tmp_path, stack, frames_of(stack), patient=patient, lesion_id="L7"),
+        tmp_path / "a.dcm",
+    )
+    confocal = pydicom.dcmread(tmp_path / "a.dcm")
+    dermoscopy = build_dermoscopic_photography(
+        identity=DeviceIdentity("Acme", "DS", "DS-1", ("1",)),
+        offer=CaptureOffer(device_capture_id="d1", lesion_id="L7"),
+        uids=InstanceUIDs(new_uid(), new_uid(), new_uid()),
+        jpeg=read_jpeg_info_from(io.BytesIO(_jpeg())),
+        gateway=GATEWAY,
+        patient=patient,
+        now=datetime.now(UTC),
+    )
+    assert confocal.TrackingUID == dermoscopy.TrackingUID
+    other = replace(patient, patient_id="P124")
+    write_confocal(
+        job_for(tmp_path, stack, frames_of(stack), patient=other, lesion_id="L7"),
+        tmp_path / "b.dcm",
+    )
+    assert pydicom.dcmread(tmp_path / "b.dcm").TrackingUID != confocal.TrackingUID
+
+
+@pytest.mark.parametrize("kind", ["z-stack", "mosaic"])
+def test_unknown_patient_gets_no_tracking_uid_but_keeps_the_label(
+    tmp_path: Path, kind: str
+) -> None:
+    stack = make_stack(kind)
+    write_confocal(job_for(tmp_path, stack, frames_of(stack), lesion_id="L7"), tmp_path / "a.dcm")
+    ds = pydicom.dcmread(tmp_path / "a.dcm")
+    assert iod_errors(ds) == []
+    assert "TrackingID" not in ds
+    assert "TrackingUID" not in ds
+    assert "L7" in ds.ImageComments
+
+
+def _jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise((64, 48), 40).convert("RGB").save(out, "JPEG", subsampling=2)
+    return out.getvalue()
 
 
 def test_rewrap_gives_the_same_object(tmp_path: Path) -> None:

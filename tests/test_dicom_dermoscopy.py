@@ -328,13 +328,15 @@ def test_uids() -> None:
     assert len(IMPLEMENTATION_VERSION_NAME) <= 16
 
 
-def test_tracking_uid_is_stable_per_lesion() -> None:
-    first = tracking_uid("DS3-000123", "L-07")
+def test_tracking_uid_is_stable_per_patient_and_lesion() -> None:
+    first = tracking_uid("HOSP", "MRN-1", "L-07")
     assert first.startswith("2.25.")
     assert len(first) <= 64
-    assert tracking_uid("DS3-000123", "L-07") == first
-    assert tracking_uid("DS3-000123", "L-08") != first
-    assert tracking_uid("DS3-000124", "L-07") != first
+    assert tracking_uid("HOSP", "MRN-1", "L-07") == first
+    assert tracking_uid("HOSP", "MRN-1", "L-08") != first
+    assert tracking_uid("HOSP", "MRN-2", "L-07") != first, "another patient, another lesion"
+    assert tracking_uid("CLINIC", "MRN-1", "L-07") != first, "another issuer's MRN-1"
+    assert tracking_uid("HOSP", "MRN-1L", "-07") != first, "fields cannot run together"
 
 
 # --- full objects, validated ---------------------------------------------------------
@@ -384,9 +386,19 @@ def test_contact_capture_is_valid_and_carries_the_jpeg(tmp_path: Path, subsampli
         assert decoded.tobytes() == direct.tobytes()
 
 
-@pytest.mark.parametrize("comment", [b"a", b"ab"], ids=["one", "two"])
-def test_odd_and_even_jpegs_round_trip(tmp_path: Path, comment: bytes) -> None:
-    jpeg_path = make_jpeg(tmp_path / "a.jpg", comment=comment)
+def jpeg_of_parity(folder: Path, parity: int) -> Path:
+    """A test JPEG whose length is odd (1) or even (0); the seed varies the size (a
+    comment would not: comments are dropped before encapsulation)."""
+    for seed in range(1, 40):
+        path = make_jpeg(folder / f"{parity}-{seed}.jpg", seed=seed)
+        if path.stat().st_size % 2 == parity:
+            return path
+    raise AssertionError("no JPEG of that parity")
+
+
+@pytest.mark.parametrize("parity", [1, 0], ids=["one", "two"])
+def test_odd_and_even_jpegs_round_trip(tmp_path: Path, parity: int) -> None:
+    jpeg_path = jpeg_of_parity(tmp_path, parity)
     original = jpeg_path.read_bytes()
     _, ds = wrap(tmp_path, jpeg_path)
     fragment = single_fragment(ds)
@@ -396,11 +408,14 @@ def test_odd_and_even_jpegs_round_trip(tmp_path: Path, comment: bytes) -> None:
         assert fragment == original
 
 
-def test_both_paddings_are_exercised(tmp_path: Path) -> None:
-    sizes = {
-        len(make_jpeg(tmp_path / f"{c!r}.jpg", comment=c).read_bytes()) % 2 for c in (b"a", b"ab")
-    }
-    assert sizes == {0, 1}
+def test_comment_is_dropped_and_the_pixels_stay(tmp_path: Path) -> None:
+    plain = make_jpeg(tmp_path / "plain.jpg").read_bytes()
+    commented = make_jpeg(tmp_path / "c.jpg", comment=b"patient Jane Roe").read_bytes()
+    _, ds = wrap(tmp_path, tmp_path / "c.jpg")
+    fragment = single_fragment(ds)
+    assert b"Jane" not in fragment
+    assert fragment[: len(plain)] == plain
+    assert len(commented) > len(plain)
 
 
 def test_non_contact_has_no_immersion_media(tmp_path: Path) -> None:
@@ -529,19 +544,42 @@ def test_unknown_anatomic_code_is_left_out() -> None:
     assert "AnatomicRegionSequence" not in ds
 
 
-def test_tracking_uid_follows_the_lesion() -> None:
+KNOWN = PatientContext(patient_id="MRN-1", issuer_of_patient_id="HOSP")
+
+
+def test_tracking_uid_follows_the_patients_lesion() -> None:
     info = read_jpeg_info_from(io.BytesIO(VALID_JPEG.getvalue()))
-    first = build(info, uids=InstanceUIDs(new_uid(), new_uid(), new_uid()))
+    first = build(info, uids=InstanceUIDs(new_uid(), new_uid(), new_uid()), patient=KNOWN)
     later_visit = build(
         info,
         uids=InstanceUIDs(new_uid(), new_uid(), new_uid()),
         offer=replace(OFFER, device_capture_id="cap-99", acquired_at=NOW + timedelta(days=90)),
+        patient=KNOWN,
     )
-    other_lesion = build(info, offer=replace(OFFER, lesion_id="L-08"))
+    other_device = build(info, identity=replace(IDENTITY, serial_number="DS3-9"), patient=KNOWN)
+    other_lesion = build(info, offer=replace(OFFER, lesion_id="L-08"), patient=KNOWN)
+    other_patient = build(info, patient=replace(KNOWN, patient_id="MRN-2"))
     assert first.TrackingID == "L-07"
     assert first.TrackingUID == later_visit.TrackingUID
-    assert first.TrackingUID == tracking_uid(IDENTITY.serial_number, "L-07")
+    assert first.TrackingUID == other_device.TrackingUID, "the lesion, not the device"
+    assert first.TrackingUID == tracking_uid("HOSP", "MRN-1", "L-07")
     assert other_lesion.TrackingUID != first.TrackingUID
+    assert other_patient.TrackingUID != first.TrackingUID, "L-07 of another patient"
+
+
+def test_without_a_known_patient_the_lesion_label_is_only_a_comment(tmp_path: Path) -> None:
+    """Tracking ID/UID are an identity claim (1C); a lesion of an unknown patient
+    would share "L-07" with every other patient on this device. The label stays."""
+    dest, ds = wrap(tmp_path, make_jpeg(tmp_path / "a.jpg"))
+    dciodvfy(dest)
+    assert "TrackingID" not in ds
+    assert "TrackingUID" not in ds
+    assert "L-07" in ds.ImageComments
+    unnamed = build(
+        read_jpeg_info_from(io.BytesIO(VALID_JPEG.getvalue())),
+        patient=PatientContext(patient_name="Roe^Jane"),
+    )
+    assert "TrackingUID" not in unnamed, "a name without an ID is not a known patient"
 
 
 def test_extended_sof1_is_carried_as_jpeg_extended(tmp_path: Path) -> None:

@@ -22,7 +22,6 @@ from pydicom.encaps import get_frame
 from pydicom.sr._cid_dict import cid_concepts
 from pydicom.sr._concepts_dict import concepts
 
-from gateway.dicom.uids import tracking_uid
 from gateway.local_orthanc import OrthancProcess, free_port
 from tests.conftest import (
     GatewayProcess,
@@ -101,8 +100,10 @@ def test_captures_reach_orthanc_as_valid_dermoscopic_photography(
 
 def assert_site_and_lesion_reach_pacs(orthanc: OrthancProcess, rows: dict[str, Any]) -> None:
     """What the clinician chose on the device is in the PACS copy: the anatomic site as
-    a SNOMED CT code of CID 4029 with its CID 244 laterality, and the lesion's Tracking
-    ID/UID (the same lesion keeps its Tracking UID across visits).
+    a SNOMED CT code of CID 4029 with its CID 244 laterality, and the lesion label. The
+    simulator names no patient, so each capture has its temporary patient and the
+    label is in Image Comments, not a Tracking ID/UID that would be the same "L1" for
+    every patient on this dermatoscope.
 
     The simulator's first capture (id 000001) names a site with laterality L and lesion
     L1; its second names a site but no lesion.
@@ -119,9 +120,10 @@ def assert_site_and_lesion_reach_pacs(orthanc: OrthancProcess, rows: dict[str, A
     assert site.CodeValue in known
     assert first.ImageLaterality == "L"
     assert site.AnatomicRegionModifierSequence[0].CodeValue == "7771000"  # SCT "Left"
-    assert first.TrackingID == "L1"
-    serial = json.loads(rows["000001"]["device_json"])["serial_number"]
-    assert first.TrackingUID == tracking_uid(serial, "L1")
+    assert first.PatientID == f"TMP-test-box-01-{rows['000001']['id']}"
+    assert "TrackingID" not in first
+    assert "TrackingUID" not in first
+    assert "L1" in first.ImageComments
     second = pydicom.dcmread(
         io.BytesIO(
             orthanc.instance_file(orthanc.find_instances(rows["000002"]["sop_instance_uid"])[0])
@@ -129,6 +131,40 @@ def assert_site_and_lesion_reach_pacs(orthanc: OrthancProcess, rows: dict[str, A
     )
     assert "AnatomicRegionSequence" in second
     assert "TrackingUID" not in second, "no lesion chosen: no tracking identifiers invented"
+
+
+def test_captures_without_patient_are_separate_patients_in_orthanc(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    """Two captures without a patient (each also re-offered by the device) become two
+    patients in Orthanc, not one blank patient, each named TMP-<gateway id>-<spool id>
+    with issuer <gateway id>-TEMP and an empty name."""
+    sim = simulator_factory("--captures", "2", "--interval", "0.1", "--reoffer-acked")
+    gateway = gateway_factory(gateway_config(tmp_path, pacs_port=orthanc.dicom_port))
+    assert sim.wait(180) == 0, gateway.log()
+    state_dir = tmp_path / "state"
+    wait_for(lambda: states(state_dir) == ["SENT", "SENT"], 60, "delivery")
+    assert "acknowledged again" in gateway.log()
+    rows = ledger_rows(state_dir)
+    assert len(rows) == 2
+    patients = orthanc.rest("GET", "/patients?expand")
+    assert len(patients) == 2, "one Orthanc patient per capture"
+    found = {
+        (p["MainDicomTags"].get("PatientID"), p["MainDicomTags"].get("PatientName", ""))
+        for p in patients
+    }
+    assert found == {(f"TMP-test-box-01-{row['id']}", "") for row in rows}
+    for row in rows:
+        (instance,) = orthanc.find_instances(row["sop_instance_uid"])
+        ds = pydicom.dcmread(io.BytesIO(orthanc.instance_file(instance)))
+        assert ds.PatientID == f"TMP-test-box-01-{row['id']}"
+        assert ds.IssuerOfPatientID == "test-box-01-TEMP"
+        assert ds.PatientName == ""
+    assert orthanc.count_instances() == 2
+    assert gateway.stop() == 0
 
 
 def test_pacs_down_at_start_then_delivered_with_same_uids(
@@ -164,8 +200,10 @@ def test_pacs_down_at_start_then_delivered_with_same_uids(
         wait_for(lambda: states(state_dir) == ["SENT", "SENT"], 60, "delivery after PACS returns")
         after = {r["id"]: r["sop_instance_uid"] for r in ledger_rows(state_dir)}
         assert after == before
-        for uid in after.values():
-            assert len(pacs.find_instances(uid)) == 1
+        for spool_id, uid in after.items():
+            (instance,) = pacs.find_instances(uid)
+            resent = pydicom.dcmread(io.BytesIO(pacs.instance_file(instance)))
+            assert resent.PatientID == f"TMP-test-box-01-{spool_id}", "same ID on the re-send"
     finally:
         pacs.stop()
     assert gateway.stop() == 0

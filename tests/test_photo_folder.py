@@ -3,7 +3,7 @@
 The camera simulator writes real JPEG/PNG files with EXIF into a real folder; the
 gateway runs as its own process; Orthanc stores what it receives. Checked: photos
 arrive as VL Photographic exactly once (counted in Orthanc by SOP Instance UID),
-JPEG bytes unchanged in the fragment, EXIF camera identity in the stored copy,
+JPEG image data unchanged in the fragment (its EXIF segment dropped), EXIF camera identity in the stored copy,
 dciodvfy clean; defective files end in ``.refused/`` with a reason and are never
 spooled; a half-copied file is never sent; a SIGKILLed gateway loses nothing and
 duplicates nothing.
@@ -26,6 +26,7 @@ from pydicom.encaps import get_frame
 
 from drivers.photo_folder import simulator as camera
 from drivers.photo_folder.exif import read_exif
+from gateway.dicom.jpeg import strip_metadata
 from gateway.dicom.modules import dt, in_zone_of
 from gateway.local_orthanc import OrthancProcess, free_port
 from tests.conftest import (
@@ -147,12 +148,16 @@ def test_photos_reach_orthanc_once_and_defective_files_are_refused(
             assert ds.ImageComments.startswith("Camera orientation: rotate 90 degrees clockwise")
         else:
             assert "ImageComments" not in ds
-        assert ds.PatientName == "", "photos carry no patient"
-        assert ds.PatientID == ""
+        assert ds.PatientName == "", "photos carry no patient name"
+        assert ds.PatientID == f"TMP-test-box-01-{row['id']}", "each its temporary patient"
         if name.endswith(".JPG"):
             assert ds.file_meta.TransferSyntaxUID == JPEG_BASELINE
             fragment = get_frame(ds.PixelData, 0, number_of_frames=1)
-            assert fragment[: len(original)] == original, "the JPEG is kept byte for byte"
+            jpeg = strip_metadata(original)
+            assert b"Exif" in original
+            assert b"Exif" not in fragment, "EXIF is not carried"
+            assert fragment[: len(jpeg)] == jpeg, "the image data is kept byte for byte"
+            assert original.endswith(jpeg[jpeg.rindex(b"\xff\xda") :])
         else:
             assert ds.file_meta.TransferSyntaxUID == EXPLICIT_LE
             assert ds.PhotometricInterpretation == "RGB"

@@ -163,12 +163,18 @@ def test_non_latin_name_is_kept_and_correctable_fields_corrected(watched: Watche
     assert "山田" not in watched.gateway.log()
 
 
-def test_export_without_patient_has_empty_patient_attributes(watched: Watched) -> None:
+def test_export_without_patient_is_one_temporary_patient(watched: Watched) -> None:
+    """No name is invented; the export's objects share one study, so they share one
+    temporary patient: the one named after the export's first spool id."""
     write_export(watched.folder, "anon", textured_files())
     watched.processed("anon")
-    for ds in watched.wrapped(3):
+    objects = watched.wrapped(3)
+    first = min(int(row["id"]) for row in ledger_rows(watched.state_dir))
+    for ds in objects:
         assert ds.PatientName == ""
-        assert ds.PatientID == ""
+        assert ds.PatientID == f"TMP-test-box-01-{first}"
+        assert ds.IssuerOfPatientID == "test-box-01-TEMP"
+    assert len({ds.StudyInstanceUID for ds in objects}) == 1
 
 
 def test_half_copied_export_is_never_sent(watched: Watched) -> None:

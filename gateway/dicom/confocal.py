@@ -59,7 +59,10 @@ the VL Image, Whole Slide and Multi-frame Dimension rules these IODs borrow.
   Field of View Shape 2 (Defined Term RECTANGLE), Field of View Dimension(s) 2 (mm,
   rows then columns; IS, so written empty when whole millimetres would misstate a
   sub-millimetre field), Tracking ID / Tracking UID 1C (each required when the
-  other is present). The image-level depth of a z-stack is its shallowest frame.
+  other is present): written for a known patient only (UID from issuer, patient id
+  and lesion id); for a temporary patient the device's lesion label goes into Image
+  Comments instead (:mod:`gateway.dicom.patient`). The image-level depth of a
+  z-stack is its shallowest frame.
 * **Functional groups of the tiled IOD**, Table A.90.2.5-1 [P3 sect_a.90.2.5,
   whole table visible]: Pixel Measures M (shared), Derivation Image C (derived
   images; never here), Optical Path Identification C (required unless
@@ -111,8 +114,16 @@ Decisions:
   into fragments, so a larger stack cannot be one object: :class:`WrapError`
   (quarantined, kept; it needs splitting into several stacks on the device).
 * **Frame Anatomy**: the device's CID 4029 site when it gave one, else SNOMED CT
-  "Skin structure"; Frame Laterality (type 1, R/L/U/B) is the device's laterality
-  or U when it did not say (the standard has no "unknown" value).
+  39937001 with CID 4029's meaning "Skin"; Frame Laterality (type 1 in C.7.6.16.2.8,
+  R/L/U/B; dciodvfy reports it missing otherwise) is the device's laterality, or U
+  when it did not say (the region is then the skin organ, which is unpaired; the
+  standard has no "unknown" value).
+* **Laterality elsewhere only when known**: Image Laterality (type 3) only when the
+  device named a side; no Series Laterality, since C.7.3.1 requires it (2C) only
+  when neither Image nor Frame Laterality is present, and Frame Laterality always is.
+* **Patient Orientation** (C.7.6.1, 2C: required unless Image Orientation (Patient)
+  or (Slide) is) is present and empty: no patient axes are known for a hand-held
+  probe. **Acquisition Context** (M) has its type 2 sequence, empty.
 """
 
 from __future__ import annotations
@@ -147,6 +158,7 @@ from gateway.dicom.modules import (
     new_instance,
     tm,
 )
+from gateway.dicom.patient import ObjectPatient, lesion_label_comment, object_patient
 from gateway.dicom.uids import (
     derived_uid,
     tracking_uid,
@@ -175,7 +187,8 @@ BITS: Final = 8
 OPTICAL_PATH_ID: Final = "1"
 
 _CHUNK: Final = 1 << 20
-_SKIN: Final = ("39937001", "SCT", "Skin structure")
+#: CID 4029's own meaning for SNOMED CT 39937001 (PS3.16 writes it "Skin").
+_SKIN: Final = ("39937001", "SCT", "Skin")
 #: CID 8123 Microscopy Illumination Method [PY ``_concepts_dict``], by Confocal Mode.
 _ILLUMINATION: Final = {
     "REFLECTANCE": ("111742", "DCM", "Reflection illumination"),
@@ -348,9 +361,16 @@ def _opt_float(value: object) -> float | None:
 # --- the data set --------------------------------------------------------------------
 
 
-def start_instance(job: WrapJob, sop_class: str) -> tuple[Dataset, datetime, Laterality | None]:
+def start_instance(
+    job: WrapJob, sop_class: str, *, frame_laterality: bool = False
+) -> tuple[Dataset, datetime, Laterality | None]:
     """A confocal capture's new data set (common modules) with its acquisition time
-    and laterality; shared with the 16-bit Secondary Capture writer."""
+    and laterality; shared with the 16-bit Secondary Capture writer.
+
+    Series Laterality (type 2C) is written empty when the side is unknown, unless
+    the object carries Frame Laterality (``frame_laterality``): C.7.3.1 requires it
+    only when neither Image nor Frame Laterality is present.
+    """
     offer, now = job.offer, job.now
     acquired = in_zone_of(offer.acquired_at or now, now)
     laterality = Laterality(offer.laterality) if offer.laterality is not None else None
@@ -358,13 +378,18 @@ def start_instance(job: WrapJob, sop_class: str) -> tuple[Dataset, datetime, Lat
         sop_class_uid=sop_class,
         uids=job.uids,
         modality=MODALITY,
-        patient=offer.patient,
+        patient=job_patient(job).context,
         acquired=acquired,
         now=now,
     )
-    if laterality is None:
+    if laterality is None and not frame_laterality:
         ds.Laterality = ""  # Series Laterality, type 2C without Image (or Frame) Laterality
     return ds, acquired, laterality
+
+
+def job_patient(job: WrapJob) -> ObjectPatient:
+    """The patient of a confocal object: the device's, or the temporary one."""
+    return object_patient(job.offer.patient, job.gateway.gateway_id, job.patient_spool_id)
 
 
 def build_confocal(job: WrapJob, stack: ConfocalStack) -> Dataset:
@@ -376,7 +401,7 @@ def build_confocal(job: WrapJob, stack: ConfocalStack) -> Dataset:
     tiled = stack.kind == "mosaic"
     sop_class = CONFOCAL_TILED_SOP_CLASS if tiled else CONFOCAL_IMAGE_SOP_CLASS
     uids = job.uids
-    ds, acquired, laterality = start_instance(job, sop_class)
+    ds, acquired, laterality = start_instance(job, sop_class, frame_laterality=True)
 
     # Frame of Reference
     ds.FrameOfReferenceUID = derived_uid("frame-of-reference", uids.sop_instance)
@@ -393,8 +418,12 @@ def build_confocal(job: WrapJob, stack: ConfocalStack) -> Dataset:
     ds.ImageType = list(IMAGE_TYPE)
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
+    ds.PatientOrientation = ""  # 2C: no Image Orientation (Patient/Slide); none known
     if laterality is not None:
         ds.ImageLaterality = laterality.value
+
+    # Acquisition Context (M): type 2, nothing to say yet
+    ds.AcquisitionContextSequence = Sequence()
 
     # Image Pixel (Pixel Data is appended while streaming)
     ds.SamplesPerPixel = 1
@@ -432,9 +461,14 @@ def _add_cutaneous_parameters(ds: Dataset, job: WrapJob, stack: ConfocalStack) -
     height_mm = stack.rows * stack.pixel_spacing_um * max(stack.tile_rows, 1) / _UM_PER_MM
     width_mm = stack.columns * stack.pixel_spacing_um * max(stack.tile_columns, 1) / _UM_PER_MM
     ds.FieldOfViewDimensions = _whole_mm(height_mm, width_mm)
-    if job.offer.lesion_id:
-        ds.TrackingID = job.offer.lesion_id
-        ds.TrackingUID = tracking_uid(job.identity.serial_number, job.offer.lesion_id)
+    lesion = job.offer.lesion_id
+    subject = job_patient(job)
+    if lesion and subject.known:
+        patient = subject.context
+        ds.TrackingID = lesion
+        ds.TrackingUID = tracking_uid(patient.issuer_of_patient_id, patient.patient_id, lesion)
+    elif lesion:  # unknown patient: the label, without an identity claim (General Image)
+        ds.ImageComments = lesion_label_comment(lesion)
 
 
 def _whole_mm(*sizes_mm: float) -> list[int] | None:

@@ -2,7 +2,8 @@
 
 :func:`build_dermoscopic_photography` turns one dermatoscope capture into a DICOM
 dataset *without* Pixel Data: :func:`gateway.dicom.part10.write_part10_encapsulated`
-appends the device's JPEG bytes, unchanged, while streaming the file out. The
+appends the device's JPEG, its image data unchanged and its metadata segments
+dropped (:mod:`gateway.dicom.jpeg`), while streaming the file out. The
 builder is pure: no I/O, no clock reads, no random UIDs (the Frame of Reference UID
 is derived from the SOP Instance UID), inputs are not modified, and the same inputs
 give an equal dataset, so a re-wrap after a crash produces the same object.
@@ -31,9 +32,14 @@ Decisions, with the rule behind each:
   satisfies both.
 * **Anatomic site**: only a SNOMED CT code in CID 4029 is written, with its meaning
   from the standard's table; an unknown code is left out rather than invented.
-* **Lesion tracking**: when the device gives a lesion id, Tracking ID is that id and
-  Tracking UID is derived from the device serial number and the lesion id, so the
-  same lesion keeps the same Tracking UID across visits on that device.
+* **Patient**: the device's when it named a Patient ID, else a temporary patient
+  ``TMP-<gateway id>-<spool id>`` (:mod:`gateway.dicom.patient`), so a PACS never
+  files different people's images under one blank patient.
+* **Lesion tracking**: when the device gives a lesion id for a known patient,
+  Tracking ID is that id and Tracking UID is derived from the issuer, patient id and
+  lesion id, so the same lesion keeps its Tracking UID across visits and devices.
+  For a temporary patient both are left out (type 1C; a UID that may merge two
+  people's lesions is worse than none) and the label goes into Image Comments.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ from gateway.dicom.modules import (
     in_zone_of,
     tm,
 )
+from gateway.dicom.patient import ObjectPatient, lesion_label_comment, object_patient
 from gateway.dicom.uids import (
     derived_uid,
     tracking_uid,
@@ -101,8 +108,12 @@ def build_dermoscopic_photography(
     now: datetime,
     series_number: int | None = None,
     instance_number: int | None = None,
+    patient_spool_id: int | None = None,
 ) -> Dataset:
     """Build the Dermoscopic Photography dataset of one capture, without Pixel Data.
+
+    ``patient_spool_id`` names the temporary patient when ``patient`` has no
+    Patient ID (see :mod:`gateway.dicom.patient`).
 
     ``now`` (timezone-aware) is the wrap time: Instance Creation Date/Time, and the
     acquisition time when the device gave none. Raises a
@@ -129,12 +140,13 @@ def build_dermoscopic_photography(
         sop_instance_uid=uids.sop_instance,
         now=now,
     )
-    add_patient(ds, patient)
+    subject = object_patient(patient, gateway.gateway_id, patient_spool_id)
+    add_patient(ds, subject.context)
     add_general_study(
         ds,
         study_uid=uids.study,
         started=acquired,
-        accession_number=patient.accession_number if patient is not None else "",
+        accession_number=subject.context.accession_number,
     )
     add_general_series(
         ds,
@@ -174,14 +186,15 @@ def build_dermoscopic_photography(
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionMethod = "ISO_10918_1"
-    if jpeg.size_bytes > 0:
-        ratio = jpeg.rows * jpeg.columns * 3 / jpeg.size_bytes
+    if jpeg.encapsulated_size > 0:
+        # Uncompressed size (3 samples of 8 bits) over the JPEG as encapsulated.
+        ratio = jpeg.rows * jpeg.columns * 3 / jpeg.encapsulated_size
         ds.LossyImageCompressionRatio = format_number_as_ds(round(ratio, 2))
 
     # Acquisition Context: present, nothing to say yet
     ds.AcquisitionContextSequence = Sequence()
 
-    _add_dermoscopic_image(ds, identity, offer)
+    _add_dermoscopic_image(ds, offer, subject)
     return ds
 
 
@@ -226,7 +239,7 @@ def _check_settings(settings: DermoscopySettings) -> None:
         )
 
 
-def _add_dermoscopic_image(ds: Dataset, identity: DeviceIdentity, offer: CaptureOffer) -> None:
+def _add_dermoscopic_image(ds: Dataset, offer: CaptureOffer, subject: ObjectPatient) -> None:
     """Dermoscopic Image Module: optics from the device, lesion tracking."""
     settings = offer.settings
     ds.RecognizableVisualFeatures = "YES"
@@ -240,6 +253,11 @@ def _add_dermoscopic_image(ds: Dataset, identity: DeviceIdentity, offer: Capture
     ds.OpticalMagnificationFactor = (
         format_number_as_ds(settings.magnification) if settings.magnification is not None else ""
     )
-    if offer.lesion_id:
+    if offer.lesion_id and subject.known:
+        patient = subject.context
         ds.TrackingID = offer.lesion_id
-        ds.TrackingUID = tracking_uid(identity.serial_number, offer.lesion_id)
+        ds.TrackingUID = tracking_uid(
+            patient.issuer_of_patient_id, patient.patient_id, offer.lesion_id
+        )
+    elif offer.lesion_id:
+        ds.ImageComments = lesion_label_comment(offer.lesion_id)

@@ -26,7 +26,10 @@ class WrapJob:
     """One capture to wrap: who sent it, what it is, and where its bytes are.
 
     ``offer.patient`` is the device-supplied patient identity, if any; ``now`` is
-    the timezone-aware wrap time.
+    the timezone-aware wrap time. ``patient_spool_id`` is the spool id that names
+    the temporary patient when the device named none (the capture's own, or the
+    first capture's of a shared study; see :mod:`gateway.dicom.patient`); ``None``
+    outside the spool.
     """
 
     identity: DeviceIdentity
@@ -35,6 +38,7 @@ class WrapJob:
     source: Path
     gateway: GatewayIdentity
     now: datetime
+    patient_spool_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,29 @@
 """What a device JPEG is, read from its header alone, and whether DICOM can carry it as-is.
 
-DermGate never decodes or re-encodes a device image: the JPEG bytes are put into
-the DICOM file unchanged (one fragment of encapsulated Pixel Data). So the only
+DermGate never decodes or re-encodes a device image: the JPEG's image data goes
+into the DICOM file unchanged (one fragment of encapsulated Pixel Data). So the only
 questions are what the header says (size, precision, process, sampling) and whether
 a transfer syntax and Photometric Interpretation exist that describe those exact
 bytes. :func:`read_jpeg_info` answers the first by streaming through the marker
 segments up to Start of Scan with bounded reads (at most one segment, <= 64 KiB, is
 held at a time; the entropy-coded data is never read). :func:`encapsulation_for`
 answers the second.
+
+**Metadata segments are dropped** before encapsulation. A camera JPEG carries EXIF
+(GPS position, owner/Artist, maker notes with serial numbers, a thumbnail), XMP,
+IPTC (APP13) and comments in marker segments before its image data; de-identification
+tools do not look inside Pixel Data, so none of it may travel there. Kept are the
+segments a decoder needs, so the decoded pixels are identical: APP0 ``JFIF``, APP2
+``ICC_PROFILE`` (colour), APP14 ``Adobe`` (colour transform), and every non-APP
+segment (tables, restart interval, frame and scan headers); dropped are every other
+APPn (APP1 Exif/XMP, APP2 MPF/FlashPix, APP13, JFXX thumbnails, vendor APPn) and
+COM. The reader records where the dropped segments are (:attr:`JpegInfo.dropped`),
+all before Start of Scan, so intake can drop them while streaming (:func:`strip_metadata`
+on the buffered header) and the wrapping stage while copying
+(:func:`copy_without_metadata`); :attr:`JpegInfo.encapsulated_size` is the length
+of what is encapsulated, known before the first byte is written. The values
+DermGate maps into DICOM attributes are read by the drivers from the source file,
+which the spool keeps as the device sent it.
 
 What is accepted (everything else raises :class:`UnsupportedJpeg`):
 
@@ -52,9 +68,11 @@ __all__ = [
     "JpegEncapsulation",
     "JpegInfo",
     "JpegProcess",
+    "copy_without_metadata",
     "encapsulation_for",
     "read_jpeg_info",
     "read_jpeg_info_from",
+    "strip_metadata",
 ]
 
 _QUARANTINED: Final = (
@@ -67,7 +85,13 @@ _EOI: Final = 0xD9
 _SOS: Final = 0xDA
 _DHP: Final = 0xDE
 _APP0: Final = 0xE0
+_APP2: Final = 0xE2
 _APP14: Final = 0xEE
+_APP15: Final = 0xEF
+_COM: Final = 0xFE
+#: The APPn segments a decoder needs, by marker and identifier (all others go).
+_KEPT_APP: Final = {_APP0: b"JFIF\x00", _APP2: b"ICC_PROFILE\x00", _APP14: b"Adobe"}
+_APP_ID_BYTES: Final = 12
 _STANDALONE: Final = frozenset({0x01, *range(0xD0, 0xD8)})
 
 
@@ -108,6 +132,8 @@ class JpegInfo:
     frame order; ``component_ids`` the component identifiers. ``adobe_transform`` is
     the colour transform flag of an Adobe APP14 segment (0: RGB/CMYK as stored,
     1: YCbCr, 2: YCCK), ``None`` without one. ``size_bytes`` is the whole file size.
+    ``dropped`` lists the metadata segments (offset from the JPEG's first byte,
+    length, fill bytes included) that are left out of the DICOM object.
     """
 
     rows: int
@@ -121,6 +147,13 @@ class JpegInfo:
     jfif: bool
     adobe_transform: int | None
     size_bytes: int
+    dropped: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def encapsulated_size(self) -> int:
+        """Bytes of the JPEG as encapsulated: the whole JPEG without its metadata
+        segments (the Lossy Image Compression Ratio's compressed size)."""
+        return self.size_bytes - sum(length for _, length in self.dropped)
 
     @property
     def is_ycbcr(self) -> bool:
@@ -180,6 +213,50 @@ def read_jpeg_info_from(stream: BinaryIO) -> JpegInfo:
     return _HeaderReader(stream, start, size).read()
 
 
+def strip_metadata(jpeg: bytes | bytearray, info: JpegInfo | None = None) -> bytes:
+    """``jpeg`` (the whole JPEG, or its first bytes up to at least Start of Scan)
+    without the metadata segments ``info`` found (read here when not given)."""
+    if info is None:
+        info = read_jpeg_info_from(io.BytesIO(jpeg))
+    view = memoryview(jpeg)
+    out = bytearray()
+    position = 0
+    for offset, length in info.dropped:
+        out += view[position:offset]
+        position = offset + length
+    out += view[position:]
+    return bytes(out)
+
+
+def copy_without_metadata(
+    src: BinaryIO, out: BinaryIO, info: JpegInfo, *, chunk_size: int = 1 << 20
+) -> int:
+    """Copy the JPEG ``src`` (positioned at its first byte) to ``out`` without the
+    metadata segments ``info`` found in it, ``chunk_size`` bytes at a time; return
+    the bytes written (``info.encapsulated_size`` unless ``src`` changed)."""
+    start = src.tell()
+    written = 0
+
+    def copy(count: int | None) -> None:
+        nonlocal written
+        while count is None or count > 0:
+            block = src.read(chunk_size if count is None else min(chunk_size, count))
+            if not block:
+                return
+            out.write(block)
+            written += len(block)
+            if count is not None:
+                count -= len(block)
+
+    position = 0
+    for offset, length in info.dropped:
+        copy(offset - position)
+        position = offset + length
+        src.seek(start + position)
+    copy(None)
+    return written
+
+
 def encapsulation_for(info: JpegInfo) -> JpegEncapsulation:
     """Say how ``info``'s JPEG is carried unchanged in DICOM, or raise :class:`UnsupportedJpeg`.
 
@@ -234,7 +311,9 @@ class _HeaderReader:
 
     def __init__(self, stream: BinaryIO, start: int, size: int) -> None:
         self._stream = stream
+        self._start = start
         self._end = start + size
+        self._dropped: list[tuple[int, int]] = []
         self._size = size
         self._jfif = False
         self._adobe_transform: int | None = None
@@ -248,6 +327,7 @@ class _HeaderReader:
             raise NotAJpeg(f"capture is not a JPEG (starts with {head.hex()})")
         self._stream.seek(-len(head) + 2, io.SEEK_CUR)
         for _ in range(_MAX_SEGMENTS):
+            begins = self._stream.tell()
             marker = self._next_marker()
             if marker in _STANDALONE:
                 continue
@@ -263,26 +343,33 @@ class _HeaderReader:
                 )
             if marker == _SOS:
                 return self._info()
-            self._segment(marker, length - 2)
+            if not self._segment(marker, length - 2):
+                self._dropped.append((begins - self._start, self._stream.tell() - begins))
         raise NotAJpeg(
             f"JPEG header is damaged: more than {_MAX_SEGMENTS} segments before the image data"
         )
 
-    def _segment(self, marker: int, length: int) -> None:
+    def _segment(self, marker: int, length: int) -> bool:
+        """Read or skip one segment's payload; False for a metadata segment to drop."""
         if marker in _SOF or marker == _DHP:
             payload = self._exact(length, "the frame header")
             if self._frame is None:
                 self._frame = (marker, payload)
-        elif marker == _APP0 and length >= 5:
-            self._jfif = self._jfif or self._exact(5, "an APP0 segment") == b"JFIF\x00"
-            self._skip(length - 5)
-        elif marker == _APP14 and length >= 12:
-            payload = self._exact(12, "an APP14 segment")
-            if payload[:5] == b"Adobe":
-                self._adobe_transform = payload[11]
-            self._skip(length - 12)
-        else:
+            return True
+        if marker == _COM:
             self._skip(length)
+            return False
+        if not _APP0 <= marker <= _APP15:
+            self._skip(length)
+            return True
+        head = self._exact(min(length, _APP_ID_BYTES), "an APP segment")
+        if marker == _APP14 and head[:5] == b"Adobe" and length >= 12:
+            self._adobe_transform = head[11]
+        if marker == _APP0 and head[:5] == b"JFIF\x00":
+            self._jfif = True
+        self._skip(length - len(head))
+        wanted = _KEPT_APP.get(marker)
+        return wanted is not None and head.startswith(wanted)
 
     def _info(self) -> JpegInfo:
         if self._frame is None:
@@ -320,6 +407,7 @@ class _HeaderReader:
             jfif=self._jfif,
             adobe_transform=self._adobe_transform,
             size_bytes=self._size,
+            dropped=tuple(self._dropped),
         )
 
     def _next_marker(self) -> int:

@@ -162,9 +162,9 @@ def new_instance(
 def add_patient(ds: Dataset, patient: PatientContext | None) -> None:
     """Patient Module. Unknown patient: the type 2 attributes present and empty.
 
-    Never writes a placeholder identity: an empty Patient Name/ID is the conformant
-    way to say "not known yet", and a later binding fills them. Issuer of Patient
-    ID is written only with a Patient ID it qualifies.
+    Writes what it is given; the IOD builders first replace a missing Patient ID by
+    a temporary one (:func:`gateway.dicom.patient.object_patient`). Issuer of
+    Patient ID is written only with a Patient ID it qualifies.
     """
     context = patient if patient is not None else PatientContext()
     ds.PatientName = context.patient_name

@@ -7,8 +7,11 @@ JPEG in bounded chunks, so memory stays flat whatever the image size (DESIGN §2
 
     (7FE0,0010) "OB" 0000 FFFFFFFF        Pixel Data, undefined length
     (FFFE,E000) 00000000                  empty Basic Offset Table (one frame)
-    (FFFE,E000) <even length>             one fragment: the JPEG, byte for byte,
-                                          plus one 0x00 if its length is odd
+    (FFFE,E000) <even length>             one fragment: the JPEG without its
+                                          metadata segments (EXIF, XMP, comments;
+                                          see gateway.dicom.jpeg), its image data
+                                          byte for byte, plus one 0x00 if its
+                                          length is odd
     (FFFE,E0DD) 00000000                  Sequence Delimitation Item
 
 Items must have even length, so an odd-sized JPEG gets one trailing 0x00. That is
@@ -32,7 +35,8 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 
-from gateway.spool.files import atomic_writer, copy_stream
+from gateway.dicom.jpeg import copy_without_metadata, read_jpeg_info_from
+from gateway.spool.files import atomic_writer
 
 __all__ = ["part10_prefix", "part10_suffix", "write_part10_encapsulated"]
 
@@ -73,29 +77,35 @@ def part10_suffix(fragment_size: int) -> bytes:
 def write_part10_encapsulated(dataset: Dataset, pixel_source: Path, dest: Path) -> int:
     """Write ``dataset`` plus the JPEG at ``pixel_source`` as one fragment to ``dest``.
 
-    ``dataset`` must carry ``file_meta`` with an encapsulated (compressed) transfer
-    syntax and must not contain Pixel Data or anything after it; it is not
-    modified. Returns the number of bytes written. Raises :class:`ValueError` for a
-    dataset that breaks those rules and :class:`OSError` for I/O failures (also
-    when the JPEG changes size while being copied); ``dest`` is then untouched.
+    The JPEG's metadata segments are left out (:func:`copy_without_metadata`); its
+    image data is copied byte for byte. ``dataset`` must carry ``file_meta`` with an
+    encapsulated (compressed) transfer syntax and must not contain Pixel Data or
+    anything after it; it is not modified. Returns the number of bytes written.
+    Raises :class:`ValueError` for a dataset that breaks those rules,
+    :class:`~gateway.dicom.errors.NotAJpeg` for a source that is not a JPEG, and
+    :class:`OSError` for I/O failures (also when the JPEG changes size while being
+    copied); ``dest`` is then untouched.
     """
     _check_dataset(dataset)
     with pixel_source.open("rb") as src:
         size = os.fstat(src.fileno()).st_size
         if size == 0:
             raise ValueError(f"pixel source {pixel_source.name} is empty")
-        if size + (size & 1) > _MAX_ITEM_LENGTH:
+        info = read_jpeg_info_from(src)
+        src.seek(0)
+        fragment = info.encapsulated_size
+        if fragment + (fragment & 1) > _MAX_ITEM_LENGTH:
             raise ValueError(f"pixel source {pixel_source.name} is too large for one fragment")
-        prefix = part10_prefix(dataset, size)
+        prefix = part10_prefix(dataset, fragment)
         with atomic_writer(dest) as out:
             out.write(prefix)
-            copied = copy_stream(src, out, chunk_size=_CHUNK)
-            if copied != size:
+            copied = copy_without_metadata(src, out, info, chunk_size=_CHUNK)
+            if copied != fragment:
                 raise OSError(
                     f"pixel source {pixel_source.name} changed size while being copied "
-                    f"({size} bytes expected, {copied} read)"
+                    f"({fragment} bytes expected, {copied} read)"
                 )
-            out.write(part10_suffix(size))
+            out.write(part10_suffix(fragment))
             return out.tell()
 
 

@@ -4,7 +4,8 @@ Two ways in, one object:
 
 * :func:`build_vl_photographic` describes a camera's (or a scanner texture's) JPEG
   *without* Pixel Data; :func:`gateway.dicom.part10.write_part10_encapsulated` (or
-  intake, inline) appends the JPEG byte for byte as one fragment. Same photometric
+  intake, inline) appends the JPEG as one fragment, its metadata segments (EXIF,
+  XMP, comments) dropped and its image data byte for byte. Same photometric
   rules as dermoscopy (:func:`gateway.dicom.jpeg.encapsulation_for`): 4:2:0 / 4:2:2
   baseline or extended JPEGs as ``YBR_FULL_422``, Lossy Image Compression ``01``,
   method ``ISO_10918_1``; 4:4:4, progressive, grayscale … are refused
@@ -32,7 +33,8 @@ same object. Decisions, with the rule behind each:
   written, what it did not say is left out, never invented. Software Versions
   ends with "DermGate <version>", the software that made the object.
 * **Patient**: only the ``patient`` argument (a scanner export's patient fields);
-  a photo without one has the type 2 patient attributes empty.
+  a photo without a Patient ID gets a temporary patient
+  ``TMP-<gateway id>-<spool id>`` (:mod:`gateway.dicom.patient`).
 * **Numbers**: Series Number and Instance Number come from ``offer.extra``
   (``series_number``, ``instance_number``: a scanner numbers its textures). Without
   them, a capture whose UIDs intake minted is alone in its study and series, so
@@ -105,6 +107,7 @@ from gateway.dicom.modules import (
     in_zone_of,
     tm,
 )
+from gateway.dicom.patient import object_patient
 from gateway.spool.files import atomic_writer
 
 __all__ = [
@@ -220,16 +223,18 @@ def build_vl_photographic(
     gateway: GatewayIdentity,
     patient: PatientContext | None,
     now: datetime,
+    patient_spool_id: int | None = None,
 ) -> Dataset:
     """The VL Photographic dataset of one JPEG, without Pixel Data.
 
-    ``now`` (timezone-aware) is the wrap time. Raises a
+    ``now`` (timezone-aware) is the wrap time; ``patient_spool_id`` names the
+    temporary patient when ``patient`` has no Patient ID. Raises a
     :class:`~gateway.dicom.errors.WrapError` subclass (its message is the
     quarantine reason) when the JPEG cannot be carried as-is or the offer's
     metadata is malformed.
     """
     encapsulation = encapsulation_for(jpeg)
-    ds = _photo_dataset(identity, offer, uids, gateway, patient, now)
+    ds = _photo_dataset(identity, offer, uids, gateway, patient, now, patient_spool_id)
     ds.file_meta = file_meta(
         VL_PHOTOGRAPHIC_SOP_CLASS, uids.sop_instance, encapsulation.transfer_syntax_uid
     )
@@ -241,8 +246,9 @@ def build_vl_photographic(
     _eight_bits(ds)
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionMethod = "ISO_10918_1"
-    if jpeg.size_bytes > 0:
-        ratio = jpeg.rows * jpeg.columns * 3 / jpeg.size_bytes
+    if jpeg.encapsulated_size > 0:
+        # Uncompressed size (3 samples of 8 bits) over the JPEG as encapsulated.
+        ratio = jpeg.rows * jpeg.columns * 3 / jpeg.encapsulated_size
         ds.LossyImageCompressionRatio = format_number_as_ds(round(ratio, 2))
     return ds
 
@@ -262,7 +268,15 @@ def write_vl_photographic_native(job: WrapJob, dest: Path) -> WrittenObject:
         raise WrapError(f"the native photo writer does not take {content.value}; {_QUARANTINED}")
     kind = "TIFF" if content is ContentType.TIFF else "PNG"
     # Build (and check the metadata) before decoding anything.
-    ds = _photo_dataset(job.identity, job.offer, job.uids, job.gateway, job.offer.patient, job.now)
+    ds = _photo_dataset(
+        job.identity,
+        job.offer,
+        job.uids,
+        job.gateway,
+        job.offer.patient,
+        job.now,
+        job.patient_spool_id,
+    )
     ds.file_meta = file_meta(VL_PHOTOGRAPHIC_SOP_CLASS, job.uids.sop_instance)
     with job.source.open("rb") as fh, _decoded(fh, kind) as (image, monochrome):
         columns, rows = image.size
@@ -459,6 +473,7 @@ def _photo_dataset(
     gateway: GatewayIdentity,
     patient: PatientContext | None,
     now: datetime,
+    patient_spool_id: int | None,
 ) -> Dataset:
     """Every module except the image pixel description."""
     extra = PhotoExtra.from_extra(offer.extra)
@@ -476,12 +491,13 @@ def _photo_dataset(
     add_sop_common(
         ds, sop_class_uid=VL_PHOTOGRAPHIC_SOP_CLASS, sop_instance_uid=uids.sop_instance, now=now
     )
-    add_patient(ds, patient)
+    subject = object_patient(patient, gateway.gateway_id, patient_spool_id).context
+    add_patient(ds, subject)
     add_general_study(
         ds,
         study_uid=uids.study,
         started=started,
-        accession_number=patient.accession_number if patient is not None else "",
+        accession_number=subject.accession_number,
     )
     add_general_series(
         ds,

@@ -84,6 +84,7 @@ from gateway.dicom.modules import (
     in_zone_of,
     tm,
 )
+from gateway.dicom.patient import object_patient
 from gateway.spool.files import atomic_writer
 
 __all__ = [
@@ -254,7 +255,9 @@ def build_encapsulated_3d(
     offer, uids, now = job.offer, job.uids, job.now
     content_type = offer.content_type
     acquired = in_zone_of(offer.acquired_at or now, now)
-    patient: PatientContext | None = offer.patient
+    patient: PatientContext = object_patient(
+        offer.patient, job.gateway.gateway_id, job.patient_spool_id
+    ).context
 
     ds = Dataset()
     ds.file_meta = file_meta(sop_class, uids.sop_instance)
@@ -265,7 +268,7 @@ def build_encapsulated_3d(
         ds,
         study_uid=uids.study,
         started=acquired,
-        accession_number=patient.accession_number if patient is not None else "",
+        accession_number=patient.accession_number,
     )
 
     # Encapsulated Document Series (Series Number is type 1 here)

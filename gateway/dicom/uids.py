@@ -2,12 +2,14 @@
 
 All UIDs are in the ``2.25`` arc (PS3.5 B.2: a UUID written as one decimal
 integer), so no organisational root has to be registered. Instance UIDs are
-random and minted once at intake (then stored); Tracking UIDs are derived, so that
-the same lesion on the same device gets the same Tracking UID at every visit.
+random and minted once at intake (then stored); Tracking UIDs are derived from the
+patient and the lesion, so that the same lesion of the same patient gets the same
+Tracking UID at every visit and on every device.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Final
 
@@ -38,14 +40,17 @@ def new_uid() -> str:
     return str(generate_uid(prefix=None))
 
 
-def tracking_uid(device_serial: str, lesion_id: str) -> str:
-    """The Tracking UID (0062,0021) of a lesion, stable across visits.
+def tracking_uid(issuer_of_patient_id: str, patient_id: str, lesion_id: str) -> str:
+    """The Tracking UID (0062,0021) of a known patient's lesion, stable across visits.
 
-    Derived with uuid5 from a fixed DermGate namespace and the device serial number
-    and lesion id, so re-imaging the same lesion on the same device gives the same
-    UID without any stored state, and a different lesion or device gives another.
+    Derived with uuid5 from a fixed DermGate namespace, a domain label and the
+    issuer, patient id and lesion id (as a JSON list, so no two triples give the
+    same name), so re-imaging the same lesion of the same patient gives the same UID
+    on any device without stored state, and another patient's lesion of the same
+    label another. Only for a patient the device named (see
+    :mod:`gateway.dicom.patient`).
     """
-    name = f"tracking\x00{device_serial}\x00{lesion_id}"
+    name = "lesion-tracking\x00" + json.dumps([issuer_of_patient_id, patient_id, lesion_id])
     return f"2.25.{uuid.uuid5(_DERMGATE_NAMESPACE, name).int}"
 
 

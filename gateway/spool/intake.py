@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -37,13 +38,15 @@ from gateway.devices.contract import (
 )
 from gateway.devices.host import DriverHost
 from gateway.dicom.errors import WrapError
-from gateway.dicom.jpeg import JpegInfo, read_jpeg_info_from
+from gateway.dicom.jpeg import JpegInfo, read_jpeg_info_from, strip_metadata
 from gateway.dicom.part10 import part10_prefix, part10_suffix
+from gateway.dicom.patient import with_device_issuer
 from gateway.dicom.uids import new_uid
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs, create_new, fsync_dir
 from gateway.spool.ledger import Ledger
 from gateway.spool.space import DEFAULT_MAX_CAPTURE_BYTES, SpaceGuard, too_large
+from gateway.spool.spool_ids import first_in_study, highest_spool_id
 from gateway.status import events
 
 log = logging.getLogger(__name__)
@@ -92,11 +95,14 @@ class InlineWrap:
     """How intake writes a capture straight into its DICOM file (one copy on disk).
 
     ``build`` is the wrapping stage's builder (raises WrapError for what it cannot
-    describe); ``destinations`` get a pending delivery; ``on_wrapped`` wakes the
-    forwarders.
+    describe; its last argument names the temporary patient, see
+    :mod:`gateway.dicom.patient`); ``destinations`` get a pending delivery;
+    ``on_wrapped`` wakes the forwarders.
     """
 
-    build: Callable[[DeviceIdentity, CaptureOffer, InstanceUIDs, JpegInfo, datetime], Dataset]
+    build: Callable[
+        [DeviceIdentity, CaptureOffer, InstanceUIDs, JpegInfo, datetime, int | None], Dataset
+    ]
     destinations: tuple[str, ...]
     on_wrapped: Callable[[], None]
 
@@ -106,10 +112,13 @@ class StagedCapture:
 
     When the device announced the size and the first bytes are a JPEG header the
     builder can describe, the staging file *is* the DICOM file: Part 10 header, then
-    the device's bytes as the pixel data fragment, byte for byte (one write, one
-    fsync). Otherwise (unknown size, not a JPEG, a JPEG DICOM cannot carry) the
-    bytes are kept as they came, in ``raw/``, for the wrapping stage to wrap or
-    quarantine with its reason.
+    the device's bytes as the pixel data fragment (one write, one fsync), without
+    the JPEG's metadata segments (EXIF, XMP, comments: all in the header, so they
+    are dropped from the buffered header before its first byte is written; the
+    image data follows byte for byte). The checksum is of the device's bytes.
+    Otherwise (unknown size, not a JPEG, a JPEG DICOM cannot carry) the bytes are
+    kept as they came, in ``raw/``, for the wrapping stage to wrap or quarantine
+    with its reason.
     """
 
     def __init__(
@@ -137,6 +146,8 @@ class StagedCapture:
         )
         self._uids: InstanceUIDs | None = None
         self._wrapped: db.WrappedAtIntake | None = None
+        self._fragment = 0  # bytes of the pixel data fragment (the JPEG as encapsulated)
+        self._spool_id: int | None = None  # reserved when the DICOM file is begun
 
     async def write(self, chunk: bytes) -> None:
         """Append ``chunk`` (buffered; written and hashed in 1 MiB blocks on a worker
@@ -163,22 +174,31 @@ class StagedCapture:
                 self._decided = True  # raw: the wrapping stage says why
             return
         uids = self._offer.uids or fresh_uids()
-        length = self._offer.length
+        # The header was read from the buffer; the JPEG is as long as announced.
+        info = dataclasses.replace(info, size_bytes=self._offer.length)
+        received = bytes(self._buffer)
+        spool_id = await self._intake.reserve_spool_id()
+        patient_key = await self._intake.patient_spool_id(spool_id, self._offer, uids)
 
         def prefix() -> tuple[Dataset, bytes]:
             dataset = inline.build(
-                self._identity, self._offer, uids, info, datetime.now().astimezone()
+                self._identity, self._offer, uids, info, datetime.now().astimezone(), patient_key
             )
-            return dataset, part10_prefix(dataset, length)
+            head = part10_prefix(dataset, info.encapsulated_size)
+            stripped = strip_metadata(received, info)
+            self._hash.update(received)  # the device's bytes, before any is dropped
+            return dataset, head + stripped
 
         self._decided = True
         try:
-            dataset, head = await asyncio.to_thread(prefix)
+            dataset, start = await asyncio.to_thread(prefix)
         except (WrapError, ValueError):
             return  # raw: the wrapping stage quarantines it with the reason
         self._uids = uids
-        self._buffer[:0] = head
-        self._not_hashed = len(head)
+        self._spool_id = spool_id
+        self._fragment = info.encapsulated_size
+        self._buffer = bytearray(start)
+        self._not_hashed = len(start)
         self._wrapped = db.WrappedAtIntake(
             dicom_name=f"{uids.sop_instance}.dcm",
             sop_class_uid=str(dataset.SOPClassUID),
@@ -254,7 +274,7 @@ class StagedCapture:
             await self.abort("checksum mismatch")
             raise CaptureRefused(RefusalReason.CHECKSUM, "SHA-256 of received bytes differs")
         if self._wrapped:
-            self._buffer += part10_suffix(self._size)
+            self._buffer += part10_suffix(self._fragment)
             self._not_hashed = len(self._buffer)
             await self._flush()
             await self._settle()
@@ -302,6 +322,7 @@ class StagedCapture:
                 sha256.lower(),
                 final,
                 self._wrapped,
+                self._spool_id,
             )
 
     @staticmethod
@@ -397,15 +418,45 @@ class Intake:
         self.space = space
         self.inline = inline
         self.naming = asyncio.Lock()
+        self._reserving = asyncio.Lock()
+        self._last_spool_id = 0
 
     def host_for(self, driver: str, device_name: str) -> DriverHost:
         """A :class:`DeviceHost` for one driver instance (without a status board)."""
         return DriverHost(device_name, functools.partial(self.begin, driver))
 
+    async def reserve_spool_id(self) -> int:
+        """A spool id no capture has, for a row inserted later (a gap if never used)."""
+        async with self._reserving:
+            highest = await self.ledger.call(highest_spool_id)
+            self._last_spool_id = max(highest, self._last_spool_id) + 1
+            return self._last_spool_id
+
+    async def patient_spool_id(self, spool_id: int, offer: CaptureOffer, uids: InstanceUIDs) -> int:
+        """The spool id that names the capture's temporary patient: its own, or the
+        first one's of the study it shares (driver-chosen UIDs)."""
+        if offer.uids is None:
+            return spool_id
+        first = await self.ledger.call(first_in_study, uids.study)
+        return spool_id if first is None else min(first, spool_id)
+
     async def begin(
-        self, driver: str, identity: DeviceIdentity, offer: CaptureOffer
+        self,
+        driver: str,
+        identity: DeviceIdentity,
+        offer: CaptureOffer,
+        *,
+        issuer_of_patient_id: str | None = None,
     ) -> CaptureSink:
-        """Start receiving a capture (or recognise a re-offer)."""
+        """Start receiving a capture (or recognise a re-offer).
+
+        ``issuer_of_patient_id`` is the device's configured issuer, given to a
+        device-supplied Patient ID that came without one.
+        """
+        if issuer_of_patient_id:
+            offer = dataclasses.replace(
+                offer, patient=with_device_issuer(offer.patient, issuer_of_patient_id)
+            )
         known = await self.ledger.call(
             db.find_capture, identity.serial_number, offer.device_capture_id
         )
@@ -433,8 +484,12 @@ class Intake:
         sha256: str,
         path: Path,
         wrapped: db.WrappedAtIntake | None = None,
+        reserved: int | None = None,
     ) -> CaptureReceipt:
-        """Commit the ledger row of a durable spooled file at ``path``."""
+        """Commit the ledger row of a durable spooled file at ``path`` (with spool id
+        ``reserved`` when the file already names it)."""
+        if reserved is None:
+            reserved = await self.reserve_spool_id()
         try:
             spool_id = await self.ledger.call(
                 db.insert_capture,
@@ -446,6 +501,7 @@ class Intake:
                 raw_size=size,
                 raw_sha256=sha256,
                 wrapped=wrapped,
+                spool_id=reserved,
             )
         except sqlite3.IntegrityError:
             # The same capture was committed meanwhile (a re-offer raced it): keep one.

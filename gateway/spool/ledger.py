@@ -422,8 +422,10 @@ def insert_capture(
     raw_size: int,
     raw_sha256: str,
     wrapped: WrappedAtIntake | None = None,
+    spool_id: int | None = None,
 ) -> int:
-    """Record a durable capture; return its spool id.
+    """Record a durable capture; return its spool id (``spool_id`` when given: intake
+    reserves it before the DICOM file that names it is written).
 
     Normally in state CAPTURED (the raw device file is in ``raw/``). With
     ``wrapped`` the capture went straight into its DICOM file: ``raw_name`` is
@@ -434,12 +436,13 @@ def insert_capture(
     state = CaptureState.WRAPPED if wrapped else CaptureState.CAPTURED
     with transaction(conn):
         cur = conn.execute(
-            "INSERT INTO captures (driver, device_serial, device_capture_id, device_json, "
+            "INSERT INTO captures (id, driver, device_serial, device_capture_id, device_json, "
             "offer_json, raw_name, raw_size, raw_sha256, study_uid, series_uid, "
             "sop_instance_uid, state, received_at, updated_at, dicom_name, sop_class_uid, "
             "transfer_syntax_uid, patient_json) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
+                spool_id,
                 driver,
                 device.serial_number,
                 offer.device_capture_id,
