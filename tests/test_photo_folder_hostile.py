@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from drivers.photo_folder import simulator as camera
-from gateway.local_orthanc import OrthancProcess
+from gateway.local_orthanc import OrthancProcess, free_port
 from tests.conftest import GatewayProcess, gateway_config, ledger_rows, states, wait_for
 from tests.photo_folder_support import photo_folder_toml
 
@@ -269,4 +269,25 @@ def test_a_copy_stalled_at_zero_bytes_is_waited_for_and_taken_back_when_it_resum
     digests = {r["raw_sha256"] for r in ledger_rows(state_dir)}
     assert digests == {_sha(photo(n)) for n in (1, 2, 3)}
     assert orthanc.count_instances() == 3
+    assert gateway.stop() == 0
+
+
+def test_the_configured_folder_may_itself_be_reached_through_a_link(
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    """Links inside the folder are refused; the folder the administrator configured
+    may be a link (a mount point reached through /srv/photos, say)."""
+    real = tmp_path / "mnt" / "share"
+    real.mkdir(parents=True)
+    (tmp_path / "photos").symlink_to(real)
+    config = gateway_config(
+        tmp_path,
+        pacs_port=free_port(),
+        devices=photo_folder_toml(tmp_path / "photos", settle=0.3, poll=0.2),
+    )
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    (real / "IMG_0001.JPG").write_bytes(photo(1))
+    wait_for((real / ".processed" / "IMG_0001.JPG").exists, 60, "the photo processed")
+    assert [r["raw_sha256"] for r in ledger_rows(tmp_path / "state")] == [_sha(photo(1))]
     assert gateway.stop() == 0

@@ -218,6 +218,8 @@ class _Watcher:
         for entry in entries:
             try:
                 await self._look_at(entry)
+            except FileNotFoundError:
+                continue  # gone while we looked (moved by the copy tool, deleted)
             except OSError as err:
                 # One entry's trouble never stops the entries behind it.
                 self._entry_trouble(entry, _why(err))

@@ -96,8 +96,11 @@ def special_kind(st: os.stat_result) -> str | None:
 def open_regular(path: Path, *, under: Path | None = None) -> BinaryIO:
     """Open a regular file with a single name for reading, following no link (blocking).
 
-    With ``under``, ``path`` lies inside that folder and every folder between them
-    is opened without following links too (a linked sub-folder is refused). Raises
+    Without ``under``, only the last part of ``path`` is a folder entry (its folder,
+    the configured one, may be reached through a link the administrator set up).
+    With ``under`` (itself an entry of the watched folder), ``path`` lies inside it
+    and ``under`` and every folder between them are opened without following links
+    too (a linked sub-folder is refused). Raises
     :class:`NotARegularFile` for anything else, :class:`OSError` when it cannot be
     read (``FileNotFoundError`` when it is not there). Never blocks on a pipe.
     """
@@ -105,7 +108,7 @@ def open_regular(path: Path, *, under: Path | None = None) -> BinaryIO:
     start = under if under is not None else path.parent
     if not parts:
         raise IsADirectoryError(f"{path} is the folder itself")
-    dir_fd = os.open(start, _DIR_FLAGS)
+    dir_fd = os.open(start, _DIR_FLAGS if under is not None else _DIR_FLAGS & ~os.O_NOFOLLOW)
     try:
         for part in parts[:-1]:
             st = os.stat(part, dir_fd=dir_fd, follow_symlinks=False)
