@@ -245,7 +245,9 @@ class _Watcher:
             self.not_before.pop(entry.name, None)
             self.waiting_truncated.discard(entry.name)
             if self.trouble.pop(entry.name, None) is not None:
-                log.info("%s: a dropped file that could not be handled was handled", self.name)
+                log.info(
+                    "%s: a dropped file that could not be handled before was handled now", self.name
+                )
         elif entry.name not in self.waiting_truncated:
             self._later(entry)
 

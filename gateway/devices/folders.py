@@ -253,7 +253,11 @@ class DropFolder:
         target = self._free_name(self.refused, entry.name)
         reason_path = self.refused / reason_file_name(target.name, self._name_max())
         _write_durably(reason_path, (reason.rstrip() + "\n").encode())
-        moved = self._move(entry, self.refused, target)
+        try:
+            moved = self._move(entry, self.refused, target)
+        except BaseException:
+            reason_path.unlink(missing_ok=True)  # no reason without its entry
+            raise
         st = moved.lstat()
         if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
             self._refusals[moved.name] = _Refusal(entry.name, st.st_ino, st.st_size, st.st_mtime_ns)
