@@ -34,7 +34,7 @@ from gateway.dicom.job import WrapJob
 from gateway.dicom.jpeg import read_jpeg_info
 from gateway.dicom.part10 import write_part10_encapsulated
 from gateway.dicom.photo import (
-    MAX_NATIVE_PIXELS,
+    DEFAULT_MAX_PIXELS,
     ExifFields,
     PhotoExtra,
     build_vl_photographic,
@@ -410,7 +410,7 @@ def test_native_image_above_the_pixel_limit_is_refused_naming_the_limit(
 ) -> None:
     source = tmp_path / "huge.png"
     source.write_bytes(_png_header_only(side, side))
-    with pytest.raises(WrapError, match=str(MAX_NATIVE_PIXELS)):
+    with pytest.raises(WrapError, match=str(DEFAULT_MAX_PIXELS)):
         write_vl_photographic_native(native_job(source, ContentType.PNG), tmp_path / "x.dcm")
     assert not (tmp_path / "x.dcm").exists()
 

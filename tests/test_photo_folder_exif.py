@@ -184,7 +184,7 @@ def test_options_reject_unknown_keys(tmp_path: Path) -> None:
         (lambda: make_photo(1, width=96, height=64)[:-300], "End Of Image", True),
         (lambda: make_photo(1, width=96, height=64)[:300], "truncated", True),
         (lambda: make_photo(1, width=96, height=64, fmt="png")[:-2000], "PNG", True),
-        (lambda: b"", "empty", False),
+        (lambda: b"", "empty", True),  # a copy that stalled at 0 bytes looks the same
         (lambda: b"%PDF-1.7\n" + b"x" * 100, "not a photo", False),
     ],
 )

@@ -3,8 +3,12 @@
 The "wire" is a folder (a share the camera app writes to, a card reader's copy
 target, a phone sync folder). The protocol, the same for every camera:
 
-1. A photo is a file directly in the folder; names starting with ``.`` are never
-   touched (copies in progress under a temporary name, our own sub-folders).
+1. A photo is a regular file directly in the folder; names starting with ``.`` are
+   never touched (copies in progress under a temporary name, our own sub-folders).
+   A symbolic link, named pipe, socket, device node or a file with a second hard
+   link is set aside unopened (:func:`gateway.devices.folders.special_kind`): only
+   a file that is really in the folder is ever read, and nothing can block the
+   driver (a pipe is never opened).
 2. A file counts as complete when every look for ``settle_seconds`` (by the box's
    own clock, never the file server's) saw the same size and mtime
    (:meth:`gateway.devices.folders.DropFolder.settled`). A half-written file is
@@ -12,12 +16,15 @@ target, a phone sync folder). The protocol, the same for every camera:
    refused as truncated below.
 3. It is examined (:func:`.photos.examine`): JPEG carried byte for byte, TIFF/PNG
    decoded losslessly; what DICOM cannot carry (4:4:4 or progressive JPEG, a
-   damaged file, something that is not a photo, a folder) goes to ``.refused/``
-   with a plain ``NAME.reason.txt``, and is never acknowledged. A file that merely
-   ends too early (no JPEG End Of Image marker, a truncated PNG/TIFF) looks exactly
-   like a copy that stalled (card reader, network share), so it is left alone until
-   it has been unchanged for ``truncated_grace_seconds`` and only then refused; a
-   copy that resumes within that time is sent whole and nothing is refused.
+   damaged file, something that is not a photo, a folder, a TIFF/PNG of more than
+   ``max_pixels``) goes to ``.refused/`` with a plain ``NAME.reason.txt``, and is
+   never acknowledged. A file that is empty or merely ends too early (no JPEG End
+   Of Image marker, a truncated PNG/TIFF) looks exactly like a copy that stalled
+   (card reader, network share, a phone sync that created the file and waits), so
+   it is left alone until it has been unchanged for ``truncated_grace_seconds`` and
+   only then refused; a copy that resumes within that time is sent whole and
+   nothing is refused, and one that resumes later, into the file set aside, is
+   noticed and the file taken back to be looked at again.
 4. It is streamed into the spool with its EXIF (make, model, body serial,
    software, time taken, lens, exposure) and ``device_capture_id`` = a hash of its
    content; only after ``commit`` returned (durable) is it moved into
@@ -26,6 +33,9 @@ target, a phone sync folder). The protocol, the same for every camera:
    moved to ``.processed/`` without a second DICOM object.
 5. If the file was replaced or changed after it was examined, it is not moved:
    the new content is examined and sent on a later look.
+6. Trouble with one entry (it cannot be read or moved) is logged once and that
+   entry tried again later; the entries behind it go on. Only a folder that cannot
+   be listed any more counts as the folder gone.
 
 Camera identity (General Equipment of VL Photographic; only Manufacturer is
 required there, type 2, and may be empty): EXIF Make, Model, BodySerialNumber and
@@ -43,6 +53,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import ClassVar, Final
 
@@ -50,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.photo_folder.exif import CameraExif
 from drivers.photo_folder.photos import NotAPhoto, Photo, examine, file_identity
-from gateway.capture import CaptureOffer, DeviceClass, DeviceIdentity
+from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
 from gateway.devices.contract import (
     CaptureReceipt,
     CaptureRefused,
@@ -59,8 +70,15 @@ from gateway.devices.contract import (
     DriverState,
     Matcher,
 )
-from gateway.devices.folders import DropFolder, EntrySnapshot
-from gateway.dicom.photo import ExifFields, PhotoExtra
+from gateway.devices.folders import (
+    ONLY_REGULAR_FILES,
+    DropFolder,
+    EntrySnapshot,
+    NotARegularFile,
+    open_regular,
+    special_kind,
+)
+from gateway.dicom.photo import DEFAULT_MAX_PIXELS, MAX_NATIVE_PIXELS, ExifFields, PhotoExtra
 from gateway.forward.schedule import Backoff
 
 __all__ = ["PhotoFolderDriver", "PhotoFolderOptions", "identity_for", "offer_for"]
@@ -110,6 +128,15 @@ class PhotoFolderOptions(BaseModel):
         default=True,
         description="Also take TIFF and PNG photos (stored losslessly as native pixels).",
     )
+    max_pixels: int = Field(
+        default=DEFAULT_MAX_PIXELS,
+        gt=0,
+        le=MAX_NATIVE_PIXELS,
+        description=(
+            "TIFF and PNG photos (decoded whole) of more pixels than this are refused, "
+            "judged from their header before decoding; JPEGs are not limited."
+        ),
+    )
 
 
 def identity_for(exif: CameraExif, options: PhotoFolderOptions) -> DeviceIdentity:
@@ -123,8 +150,9 @@ def identity_for(exif: CameraExif, options: PhotoFolderOptions) -> DeviceIdentit
     )
 
 
-def offer_for(photo: Photo) -> CaptureOffer:
-    """The capture offer of an examined photo (EXIF in ``extra``, time taken)."""
+def offer_for(photo: Photo, max_pixels: int | None = None) -> CaptureOffer:
+    """The capture offer of an examined photo (EXIF in ``extra``, time taken); for a
+    photo DermGate decodes, the device's ``max_pixels`` too (checked again at wrapping)."""
     exif = photo.exif
     fields = ExifFields(
         make=exif.make,
@@ -150,7 +178,10 @@ def offer_for(photo: Photo) -> CaptureOffer:
         acquired_at=exif.taken_at(),
         length=photo.file.size,
         content_type=photo.content_type,
-        extra=PhotoExtra(exif=fields).to_extra(),
+        extra=PhotoExtra(
+            exif=fields,
+            max_pixels=None if photo.content_type is ContentType.JPEG else max_pixels,
+        ).to_extra(),
     )
 
 
@@ -168,50 +199,110 @@ class _Watcher:
         self.seen: dict[str, tuple[EntrySnapshot, float]] = {}
         self.not_before: dict[str, float] = {}
         self.waiting_truncated: set[str] = set()
+        #: entry name -> the trouble last logged for it (logged once, not every look)
+        self.trouble: dict[str, str] = {}
 
     async def look(self) -> None:
-        """One look: snapshot every waiting entry, handle those that settled."""
-        loop = asyncio.get_running_loop()
+        """One look: snapshot every waiting entry, handle those that settled.
+
+        Raises OSError only when the folder itself cannot be read (gone).
+        """
+        await self._take_back_changed_refusals()
         entries = await asyncio.to_thread(self.folder.entries)
         names = {entry.name for entry in entries}
         for gone in set(self.seen) - names:
             del self.seen[gone]
             self.not_before.pop(gone, None)
             self.waiting_truncated.discard(gone)
+            self.trouble.pop(gone, None)
         for entry in entries:
             try:
-                now_snapshot = await asyncio.to_thread(DropFolder.snapshot, entry)
+                await self._look_at(entry)
             except FileNotFoundError:
-                continue
-            now = loop.time()  # monotonic
-            before = self.seen.get(entry.name)
-            if before is None or before[0] != now_snapshot:
-                self.seen[entry.name] = (now_snapshot, now)  # new, or changed: count anew
-                continue
-            if not DropFolder.settled(before[1], self.options.settle_seconds, now):
-                continue
-            if self.not_before.get(entry.name, 0.0) > loop.time():
-                continue
-            done = await self._handle(entry)
-            if done:
-                self.seen.pop(entry.name, None)
-                self.not_before.pop(entry.name, None)
-                self.waiting_truncated.discard(entry.name)
-            elif entry.name not in self.waiting_truncated:
-                self.not_before[entry.name] = loop.time() + max(5.0, self.options.poll_interval)
+                continue  # gone while we looked (moved by the copy tool, deleted)
+            except OSError as err:
+                # One entry's trouble never stops the entries behind it.
+                self._entry_trouble(entry, _why(err))
+
+    async def _look_at(self, entry: Path) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            now_snapshot = await asyncio.to_thread(DropFolder.snapshot, entry)
+        except FileNotFoundError:
+            return
+        now = loop.time()  # monotonic
+        before = self.seen.get(entry.name)
+        if before is None or before[0] != now_snapshot:
+            self.seen[entry.name] = (now_snapshot, now)  # new, or changed: count anew
+            return
+        if not DropFolder.settled(before[1], self.options.settle_seconds, now):
+            return
+        if self.not_before.get(entry.name, 0.0) > loop.time():
+            return
+        done = await self._handle(entry)
+        if done:
+            self.seen.pop(entry.name, None)
+            self.not_before.pop(entry.name, None)
+            self.waiting_truncated.discard(entry.name)
+            if self.trouble.pop(entry.name, None) is not None:
+                log.info(
+                    "%s: a dropped file that could not be handled before was handled now", self.name
+                )
+        elif entry.name not in self.waiting_truncated:
+            self._later(entry)
+
+    def _later(self, entry: Path) -> None:
+        loop = asyncio.get_running_loop()
+        self.not_before[entry.name] = loop.time() + max(5.0, self.options.poll_interval)
+
+    def _entry_trouble(self, entry: Path, problem: str) -> None:
+        """Log a problem with one entry once (not at every look); try it later."""
+        if self.trouble.get(entry.name) != problem:
+            log.warning(
+                "%s: a dropped file could not be handled (%s); it stays, tried again later",
+                self.name,
+                problem,
+            )
+        self.trouble[entry.name] = problem
+        self._later(entry)
+
+    async def _take_back_changed_refusals(self) -> None:
+        """A file set aside that changed since (a stalled copy that went on) is moved
+        back into the folder and looked at again."""
+        try:
+            changed = await asyncio.to_thread(self.folder.changed_refusals)
+            for refused in changed:
+                if await asyncio.to_thread(self.folder.take_back, refused):
+                    log.info(
+                        "%s: a file set aside in .refused changed since (a copy that "
+                        "resumed); looking at it again",
+                        self.name,
+                    )
+        except OSError as err:
+            log.warning("%s: could not look into .refused (%s)", self.name, _why(err))
 
     async def _handle(self, entry: Path) -> bool:
         """Send, refuse or leave one settled entry; True when it left the folder."""
-        if await asyncio.to_thread(entry.is_dir):
+        st = await asyncio.to_thread(os.lstat, entry)
+        if stat.S_ISDIR(st.st_mode):
             await self._refuse(
                 entry,
                 "a folder, not a photo: put the photo files themselves into the drop folder",
             )
             return True
+        if (kind := special_kind(st)) is not None:
+            await self._refuse(entry, _not_a_file(kind))
+            return True
         try:
             photo = await asyncio.to_thread(
-                examine, entry, accept_native=self.options.accept_tiff_png
+                examine,
+                entry,
+                accept_native=self.options.accept_tiff_png,
+                max_pixels=self.options.max_pixels,
             )
+        except NotARegularFile as err:  # replaced between the look and the open
+            await self._refuse(entry, _not_a_file(str(err)))
+            return True
         except NotAPhoto as err:
             if err.incomplete and not await self._stalled_for_good(entry):
                 return False
@@ -230,7 +321,7 @@ class _Watcher:
         if not saved:
             return False
         try:
-            current = await asyncio.to_thread(os.stat, entry)
+            current = await asyncio.to_thread(os.lstat, entry)
         except FileNotFoundError:
             return True
         if file_identity(current) != photo.file:
@@ -242,7 +333,7 @@ class _Watcher:
     async def _send(self, entry: Path, photo: Photo) -> bool:
         """Stream one examined photo into the spool; True once it is durable."""
         identity = identity_for(photo.exif, self.options)
-        offer = offer_for(photo)
+        offer = offer_for(photo, self.options.max_pixels)
         try:
             sink = await self.host.begin_capture(identity, offer)
         except CaptureRefused as err:
@@ -253,9 +344,10 @@ class _Watcher:
         except CaptureRefused as err:
             self._refused_by_spool(err)
             return False
-        except OSError as err:
+        except (OSError, NotARegularFile) as err:
             await sink.abort("the photo could not be read")
-            log.info("%s: a photo could not be read (%s); trying later", self.name, _why(err))
+            why = _why(err) if isinstance(err, OSError) else "it is not a regular file any more"
+            log.info("%s: a photo could not be read (%s); trying later", self.name, why)
             return False
         except BaseException:
             await sink.abort("driver stopped")
@@ -275,7 +367,7 @@ class _Watcher:
 
     async def _stream(self, entry: Path, photo: Photo, sink: CaptureSink) -> CaptureReceipt:
         """Stream the examined file; OSError if it is not the file examined any more."""
-        fh = await asyncio.to_thread(entry.open, "rb")
+        fh = await asyncio.to_thread(open_regular, entry)
         try:
             if file_identity(await asyncio.to_thread(os.fstat, fh.fileno())) != photo.file:
                 raise OSError("the file changed after it was examined")
@@ -302,7 +394,8 @@ class _Watcher:
         if entry.name not in self.waiting_truncated:
             self.waiting_truncated.add(entry.name)
             log.info(
-                "%s: a dropped file ends too early; waiting up to %.0f s for its copy to finish",
+                "%s: a dropped file is empty or ends too early; waiting up to %.0f s for its "
+                "copy to finish",
                 self.name,
                 self.options.truncated_grace_seconds,
             )
@@ -313,8 +406,9 @@ class _Watcher:
         self.host.set_state(DriverState.ERROR, f"spool refused a photo: {err.reason}")
 
     async def _refuse(self, entry: Path, reason: str) -> None:
-        log.warning("%s: a dropped file was set aside in .refused: %s", self.name, reason)
+        """Set ``entry`` aside; OSError (logged once by the caller) if it cannot be."""
         await asyncio.to_thread(self.folder.refuse, entry, reason)
+        log.warning("%s: a dropped file was set aside in .refused: %s", self.name, reason)
 
     def ready(self) -> None:
         """Show the driver as watching."""
@@ -358,6 +452,10 @@ class PhotoFolderDriver:
                 log.warning("%s: the photo folder went away (%s)", self.name, _why(err))
                 self.host.set_state(DriverState.DISCONNECTED, "photo folder lost")
                 await asyncio.sleep(backoff.next_delay())
+
+
+def _not_a_file(kind: str) -> str:
+    return f"{kind}, not a photo file: {ONLY_REGULAR_FILES}"
 
 
 def _why(err: OSError) -> str:

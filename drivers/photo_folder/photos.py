@@ -1,7 +1,10 @@
 """What a file dropped in the photo folder is, and whether DICOM can carry it.
 
 :func:`examine` is the check done *before* anything is acknowledged. It opens the
-file once and, on that one descriptor, decides:
+file once, without following a link and only if it is a regular file with a single
+name (:func:`gateway.devices.folders.open_regular`; anything else raises
+:class:`~gateway.devices.folders.NotARegularFile` unopened), and, on that one
+descriptor, decides:
 
 * the kind, by content (never by name): JPEG (``FFD8``), TIFF (``II*\\0``/``MM\\0*``)
   or PNG (its signature); anything else is :class:`NotAPhoto`;
@@ -11,12 +14,16 @@ file once and, on that one descriptor, decides:
   and the file ends with the End Of Image marker ``FFD9`` (a truncated copy does
   not; neither does a phone's "motion photo" that appends a video after the image,
   which is refused with the same reason rather than sent with hidden content);
-* for a TIFF or PNG: the image decodes and can be carried losslessly
-  (:func:`gateway.dicom.photo.check_native_image`, bounded by its pixel limit);
+* for a TIFF or PNG: the image is at most ``max_pixels`` by its header (checked
+  before decoding), decodes, and can be carried losslessly
+  (:func:`gateway.dicom.photo.check_native_image`);
 * its EXIF (:mod:`.exif`), from the header only; a damaged EXIF block is not a
   reason to refuse the photo: it is then treated as absent;
 * its SHA-256, which becomes the capture id: content, never the file name, which
   may hold a patient's name.
+
+An empty file is treated as one that ends too early (``incomplete``): a copy that
+created the file and stalled looks exactly like that.
 
 Reasons are plain words without file names or patient data; they go into the
 ``.reason.txt`` file beside the refused entry.
@@ -33,9 +40,10 @@ from typing import Final
 
 from drivers.photo_folder.exif import CameraExif, ExifError, read_exif
 from gateway.capture import ContentType
+from gateway.devices.folders import open_regular
 from gateway.dicom.errors import WrapError
 from gateway.dicom.jpeg import encapsulation_for, read_jpeg_info_from
-from gateway.dicom.photo import check_native_image
+from gateway.dicom.photo import DEFAULT_MAX_PIXELS, check_native_image
 
 __all__ = ["FileIdentity", "NotAPhoto", "Photo", "examine", "file_identity", "refusal_reason"]
 
@@ -100,13 +108,15 @@ def refusal_reason(err: Exception) -> str:
     return text
 
 
-def examine(path: Path, *, accept_native: bool) -> Photo:
+def examine(path: Path, *, accept_native: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     """Check one settled file (blocking). Raises :class:`NotAPhoto` with the reason,
-    :class:`OSError` when the file cannot be read (it may be gone: try again later)."""
-    with path.open("rb") as fh:
+    :class:`~gateway.devices.folders.NotARegularFile` for a link, pipe … (never
+    opened), :class:`OSError` when the file cannot be read (it may be gone: try
+    again later)."""
+    with open_regular(path) as fh:
         st = os.fstat(fh.fileno())
         if st.st_size == 0:
-            raise NotAPhoto("the file is empty (0 bytes)")
+            raise NotAPhoto("the file is empty (0 bytes)", incomplete=True)
         head = fh.read(8)
         fh.seek(0)
         if head[:2] == b"\xff\xd8":
@@ -131,7 +141,7 @@ def examine(path: Path, *, accept_native: bool) -> Photo:
                     "configuration (accept_tiff_png = false); only JPEG"
                 )
             try:
-                check_native_image(path, content_type)
+                check_native_image(fh, content_type, max_pixels)
             except WrapError as err:
                 reason = refusal_reason(err)
                 raise NotAPhoto(reason, incomplete="truncated" in reason) from err

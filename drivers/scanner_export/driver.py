@@ -10,7 +10,9 @@ texture images, or an STL mesh, and ``manifest.json`` **last**
 2. plans it (:func:`.export.plan_export`): no manifest or a listed file still short
    means "being copied, wait"; every file is checked (OBJ/MTL parsed line by line,
    STL and textures checked, links resolved) **before** anything is captured, so a
-   damaged export is refused whole and never half-sent;
+   damaged export is refused whole and never half-sent; so is an export with a
+   symbolic link, pipe, socket, device node or hard-linked file anywhere in it, or
+   a PNG/TIFF texture of more than ``max_pixels``, and none of its files is opened;
 3. streams each file into the spool (1 MiB blocks; textures, then materials, then
    meshes) with deterministic capture ids and UIDs, re-hashing while it streams: a
    file that changed since it was checked aborts the export for now;
@@ -30,7 +32,9 @@ are stored. So an export is acknowledged exactly when all its files are durable,
 and each file reaches the PACS once.
 
 Logs and states name an export by a prefix of its manifest's SHA-256, never by its
-folder name (which may hold a patient name).
+folder name (which may hold a patient name). Trouble with one entry (it cannot be
+read or moved) is logged once and the entry tried again later; the entries behind
+it go on.
 """
 
 from __future__ import annotations
@@ -42,15 +46,16 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.scanner_export.export import ExportIncomplete, ExportPlan, PlannedFile, plan_export
 from drivers.scanner_export.manifest import ExportRefused
-from gateway.capture import CaptureOffer, DeviceClass
+from gateway.capture import CaptureOffer, ContentType, DeviceClass
 from gateway.devices.contract import CaptureRefused, CaptureSink, DeviceHost, DriverState, Matcher
-from gateway.devices.folders import DropFolder, EntrySnapshot
+from gateway.devices.folders import DropFolder, EntrySnapshot, NotARegularFile, open_regular
+from gateway.dicom.photo import DEFAULT_MAX_PIXELS, MAX_NATIVE_PIXELS
 
 __all__ = ["ScannerExportDriver", "ScannerExportOptions"]
 
@@ -77,6 +82,15 @@ class ScannerExportOptions(BaseModel):
     retry_interval: float = Field(
         default=30.0, gt=0, description="Wait before retrying an export whose capture failed."
     )
+    max_pixels: int = Field(
+        default=DEFAULT_MAX_PIXELS,
+        gt=0,
+        le=MAX_NATIVE_PIXELS,
+        description=(
+            "An export with a PNG or TIFF texture (decoded whole) of more pixels than "
+            "this is refused, judged from the header before decoding; JPEGs are not limited."
+        ),
+    )
 
 
 @dataclass(slots=True)
@@ -87,6 +101,7 @@ class _Watch:
     since: float
     retry_at: float = 0.0
     waiting_logged: bool = False
+    trouble: str = ""
 
 
 class ScannerExportDriver:
@@ -135,23 +150,46 @@ class ScannerExportDriver:
             del self._watches[gone]
         for entry in entries:
             try:
-                snapshot = await asyncio.to_thread(self.folder.snapshot, entry)
-            except FileNotFoundError:
-                continue  # removed while we looked (an unplugged disk, a moved copy)
-            now = time.monotonic()
-            watch = self._watches.get(entry.name)
-            if watch is None or watch.snapshot != snapshot:
-                self._watches[entry.name] = _Watch(snapshot, now)
-                continue
-            if now < watch.retry_at:
-                continue
-            if not self.folder.settled(watch.since, self.options.settle_seconds, now):
-                continue
-            await self._process(entry, watch, now)
+                await self._look_at(entry)
+            except OSError as err:
+                # One entry's trouble never stops the entries behind it.
+                self._entry_trouble(entry, err.strerror or type(err).__name__)
+
+    async def _look_at(self, entry: Path) -> None:
+        try:
+            snapshot = await asyncio.to_thread(self.folder.snapshot, entry)
+        except FileNotFoundError:
+            return  # removed while we looked (an unplugged disk, a moved copy)
+        now = time.monotonic()
+        watch = self._watches.get(entry.name)
+        if watch is None or watch.snapshot != snapshot:
+            self._watches[entry.name] = _Watch(snapshot, now)
+            return
+        if now < watch.retry_at:
+            return
+        if not self.folder.settled(watch.since, self.options.settle_seconds, now):
+            return
+        await self._process(entry, watch, now)
+
+    def _entry_trouble(self, entry: Path, problem: str) -> None:
+        """Log a problem with one entry once (not at every scan); try it later."""
+        watch = self._watches.get(entry.name)
+        if watch is None:
+            watch = self._watches[entry.name] = _Watch(EntrySnapshot(()), time.monotonic())
+        if watch.trouble != problem:
+            log.warning(
+                "%s: an export could not be handled (%s); it stays, tried again later",
+                self.name,
+                problem,
+            )
+        watch.trouble = problem
+        watch.retry_at = time.monotonic() + self.options.retry_interval
 
     async def _process(self, entry: Path, watch: _Watch, now: float) -> None:
         try:
-            plan = await asyncio.to_thread(plan_export, entry, date.today())
+            plan = await asyncio.to_thread(
+                plan_export, entry, date.today(), self.options.max_pixels
+            )
         except ExportIncomplete as err:
             if now - watch.since >= self.options.incomplete_timeout:
                 await self._refuse(
@@ -170,7 +208,7 @@ class ScannerExportDriver:
             log.info("%s: an export changed while it was checked (%s)", self.name, err.strerror)
             watch.retry_at = now + self.options.poll_interval
             return
-        if await self._capture(plan):
+        if await self._capture(entry, plan):
             # The move is the acknowledgement: only of the export as it was planned. A
             # re-export into the same folder meanwhile (its manifest rewritten) is
             # looked at again; what was already captured is recognised then.
@@ -209,11 +247,12 @@ class ScannerExportDriver:
         self._idle()
 
     async def _refuse(self, entry: Path, reason: str) -> None:
-        log.warning("%s: an export was refused: %s", self.name, reason)
+        """Set the export aside; OSError (logged once by the caller) if it cannot be."""
         await asyncio.to_thread(self.folder.refuse, entry, reason)
+        log.warning("%s: an export was refused: %s", self.name, reason)
         self._watches.pop(entry.name, None)
 
-    async def _capture(self, plan: ExportPlan) -> bool:
+    async def _capture(self, entry: Path, plan: ExportPlan) -> bool:
         """Stream every file of the plan into the spool; True when all are durable."""
         self.host.set_state(DriverState.TRANSFERRING, plan.label)
         duplicates = 0
@@ -223,13 +262,13 @@ class ScannerExportDriver:
                 acquired_at=plan.manifest.scan_time,
                 length=planned.size,
                 content_type=planned.content_type,
-                extra=planned.links.to_extra(),
+                extra=self._extra(planned),
                 uids=planned.uids,
                 patient=plan.patient,
             )
             try:
                 sink = await self.host.begin_capture(plan.identity, offer)
-                done = await self._stream(planned, sink)
+                done = await self._stream(entry, planned, sink)
             except CaptureRefused as err:
                 self.host.set_state(DriverState.ERROR, f"{plan.label}: {err.reason}")
                 log.warning("%s: %s not saved: %s; will retry", self.name, plan.label, err)
@@ -243,12 +282,20 @@ class ScannerExportDriver:
             )
         return True
 
-    async def _stream(self, planned: PlannedFile, sink: CaptureSink) -> int | None:
+    def _extra(self, planned: PlannedFile) -> dict[str, Any]:
+        """The offer's extra: the links, and for a texture DermGate decodes, the limit
+        (checked again when it is wrapped)."""
+        extra = planned.links.to_extra()
+        if planned.content_type in (ContentType.PNG, ContentType.TIFF):
+            extra["max_pixels"] = self.options.max_pixels
+        return extra
+
+    async def _stream(self, entry: Path, planned: PlannedFile, sink: CaptureSink) -> int | None:
         """Copy one file into ``sink``; 1 if it was a re-offer, 0 if new, None if it failed."""
         digest = hashlib.sha256()
         length = 0
         try:
-            fh = await asyncio.to_thread(planned.path.open, "rb")
+            fh = await asyncio.to_thread(open_regular, planned.path, under=entry)
             try:
                 while chunk := await asyncio.to_thread(fh.read, _CHUNK):
                     digest.update(chunk)
@@ -256,9 +303,10 @@ class ScannerExportDriver:
                     await sink.write(chunk)
             finally:
                 await asyncio.to_thread(fh.close)
-        except OSError as err:
+        except (OSError, NotARegularFile) as err:
             await sink.abort("export file unreadable")
-            log.warning("%s: an export file became unreadable (%s)", self.name, err.strerror)
+            why = err.strerror if isinstance(err, OSError) else "not a regular file any more"
+            log.warning("%s: an export file became unreadable (%s)", self.name, why)
             return None
         if digest.hexdigest() != planned.sha256 or length != planned.size:
             await sink.abort("export file changed after it was checked")

@@ -2,7 +2,14 @@
 
 :func:`plan_export` reads the manifest, finds the export's files, checks every one
 of them (:mod:`.mesh`), resolves the links (OBJ → MTL → textures) and decides,
-before a single byte is captured, everything each capture will carry:
+before a single byte is captured, everything each capture will carry. An export
+is a real folder holding only folders and regular files with a single name: a
+symbolic link anywhere in it (to a file, a folder, or the export folder itself),
+a named pipe, socket or device node, or a file with a second hard link refuses
+the whole export, and no file of it is opened (never half an export; nothing
+from outside the export; nothing that could block). Every file is opened without
+following links (:func:`gateway.devices.folders.open_regular`). PNG and TIFF
+textures larger than ``max_pixels`` (by their header) are refused too.
 
 * **Export key**: the SHA-256 of the manifest's bytes. It, not the folder name,
   identifies the export (folder and file names may hold patient names, and
@@ -28,11 +35,13 @@ manifest yet, a listed file missing or shorter than listed) and
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
+import stat
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from drivers.scanner_export.manifest import (
     MANIFEST_NAME,
@@ -49,8 +58,14 @@ from gateway.capture import (
     InstanceUIDs,
     PatientContext,
 )
+from gateway.devices.folders import (
+    ONLY_REGULAR_FILES,
+    NotARegularFile,
+    open_regular,
+    special_kind,
+)
 from gateway.dicom.errors import WrapError
-from gateway.dicom.photo import check_native_image
+from gateway.dicom.photo import DEFAULT_MAX_PIXELS, check_native_image
 from gateway.dicom.surface import (
     SOP_CLASS_FOR,
     VL_PHOTOGRAPHIC_SOP_CLASS,
@@ -133,17 +148,20 @@ class _Found:
     sha256: str
 
 
-def plan_export(entry: Path, today: date) -> ExportPlan:
+def plan_export(entry: Path, today: date, max_pixels: int = DEFAULT_MAX_PIXELS) -> ExportPlan:
     """Check the export at ``entry`` and plan its captures (blocking)."""
-    if not entry.is_dir():
+    st = entry.lstat()
+    if (kind := special_kind(st)) is not None:
+        raise ExportRefused(f"not an export folder but {kind}: {ONLY_REGULAR_FILES}")
+    if not stat.S_ISDIR(st.st_mode):
         raise ExportRefused("not an export: a single file instead of an export folder")
-    manifest_path = entry / MANIFEST_NAME
-    if not manifest_path.is_file():
+    regular = _regular_files(entry)
+    if MANIFEST_NAME not in regular:
         raise ExportIncomplete("no manifest yet")
-    with manifest_path.open("rb") as fh:
+    with _open(entry, MANIFEST_NAME) as fh:
         data = fh.read(MAX_MANIFEST_BYTES + 1)
     manifest = parse_manifest(data, today)
-    found = _collect(entry, manifest)
+    found = _collect(entry, manifest, regular)
     meshes = [f for f in found if _ROLE[f.content_type] is ModelRole.MESH]
     if not meshes:
         raise ExportRefused("the export holds no mesh (no OBJ or STL file)")
@@ -151,47 +169,78 @@ def plan_export(entry: Path, today: date) -> ExportPlan:
 
     names: dict[str, tuple[str, ...]] = {}
     for f in found:
-        names[f.rel] = _check(f)
+        names[f.rel] = _check(entry, f, max_pixels)
     plan = _assign(entry, manifest, found, names, by_rel)
     return plan
 
 
-def _collect(entry: Path, manifest: Manifest) -> list[_Found]:
+def _regular_files(entry: Path) -> list[str]:
+    """Every file of the export (relative, ``/``-separated; hidden ones left out),
+    by ``lstat`` and without following links; refuses the export when any entry
+    is not a folder or a regular file with a single name."""
+    files: list[str] = []
+    pending = [""]
+    while pending:
+        prefix = pending.pop()
+        with os.scandir(entry / prefix if prefix else entry) as it:
+            items = sorted(it, key=lambda item: item.name)
+        for item in items:
+            if item.name.startswith("."):
+                continue
+            rel = f"{prefix}{item.name}"
+            st = item.stat(follow_symlinks=False)
+            if (kind := special_kind(st)) is not None:
+                raise ExportRefused(f"the export holds {kind}: {ONLY_REGULAR_FILES}")
+            if stat.S_ISDIR(st.st_mode):
+                pending.append(rel + "/")
+            else:
+                files.append(rel)
+    return sorted(files)
+
+
+def _open(entry: Path, rel: str) -> BinaryIO:
+    """Open one file of the export without following links (never a pipe)."""
+    try:
+        return open_regular(entry / rel, under=entry)
+    except NotARegularFile as err:  # replaced since the export was listed
+        raise ExportRefused(f"the export holds {err}: {ONLY_REGULAR_FILES}") from err
+
+
+def _collect(entry: Path, manifest: Manifest, regular: list[str]) -> list[_Found]:
     """The export's files, sized and hashed; listed ones checked against the manifest."""
     found: list[_Found] = []
     if manifest.files is None:
-        for path in sorted(entry.rglob("*")):
-            rel = path.relative_to(entry).as_posix()
-            if not path.is_file() or rel == MANIFEST_NAME or _hidden(rel):
+        for rel in regular:
+            if rel == MANIFEST_NAME:
                 continue
-            content_type = CONTENT_TYPES.get(path.suffix.lower())
+            content_type = CONTENT_TYPES.get(posixpath.splitext(rel)[1].lower())
             if content_type is not None:
-                size, sha = _hash(path)
-                found.append(_Found(rel, path, content_type, size, sha))
+                size, sha = _hash(entry, rel)
+                found.append(_Found(rel, entry / rel, content_type, size, sha))
         return found
     for listed in manifest.files:
         rel = _safe_relative(listed.name)
         content_type = CONTENT_TYPES.get(posixpath.splitext(rel)[1].lower())
         if content_type is None:
             raise ExportRefused("the manifest lists a file that is not a mesh, material or image")
-        path = entry / rel
-        if not path.is_file():
+        if rel not in regular:
             raise ExportIncomplete("a listed file is not there yet")
-        current = path.stat().st_size
+        path = entry / rel
+        current = path.lstat().st_size
         if listed.size is not None and current < listed.size:
             raise ExportIncomplete("a listed file is shorter than listed")
         if listed.size is not None and current > listed.size:
             raise ExportRefused("a file is larger than the manifest says")
-        size, sha = _hash(path)
+        size, sha = _hash(entry, rel)
         if listed.sha256 is not None and sha != listed.sha256:
             raise ExportRefused("a file's content differs from the manifest's checksum")
         found.append(_Found(rel, path, content_type, size, sha))
     return found
 
 
-def _check(f: _Found) -> tuple[str, ...]:
+def _check(entry: Path, f: _Found, max_pixels: int) -> tuple[str, ...]:
     """Check one file; return the names it uses (MTL libraries or textures)."""
-    with f.path.open("rb") as fh:
+    with _open(entry, f.rel) as fh:
         if f.content_type is ContentType.OBJ:
             return scan_obj(fh).material_libraries
         if f.content_type is ContentType.MTL:
@@ -200,14 +249,15 @@ def _check(f: _Found) -> tuple[str, ...]:
             check_stl(fh)
             return ()
         check_image(fh, f.content_type.name)
-    if f.content_type in (ContentType.PNG, ContentType.TIFF):
-        # Decoded as the writer will (bounded: 8192 x 8192): found only at wrapping,
-        # the mesh would reach the PACS naming a texture that never follows.
-        try:
-            check_native_image(f.path, f.content_type)
-        except WrapError as err:
-            why = str(err).split("; the capture is kept")[0]
-            raise ExportRefused(f"a texture cannot be carried in DICOM: {why}") from err
+        if f.content_type in (ContentType.PNG, ContentType.TIFF):
+            # Decoded as the writer will (at most max_pixels, by the header, before
+            # decoding): found only at wrapping, the mesh would reach the PACS naming
+            # a texture that never follows.
+            try:
+                check_native_image(fh, f.content_type, max_pixels)
+            except WrapError as err:
+                why = str(err).split("; the capture is kept")[0]
+                raise ExportRefused(f"a texture cannot be carried in DICOM: {why}") from err
     return ()
 
 
@@ -336,10 +386,10 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/"))
 
 
-def _hash(path: Path) -> tuple[int, str]:
+def _hash(entry: Path, rel: str) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as fh:
+    with _open(entry, rel) as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)

@@ -17,8 +17,12 @@ Two ways in, one object:
   sample (VL images are 8-bit), transparent pixels, CMYK/LAB/float, several pages.
   A fully opaque alpha channel is dropped (no information is lost) and a palette
   is expanded to RGB. Decoding holds the whole image once (Pillow cannot decode a
-  PNG in strips), so images above :data:`MAX_NATIVE_PIXELS` are refused with a
-  reason naming the limit; that bounds memory at about 4 bytes per pixel.
+  PNG in strips), so the declared size (read from the header, before anything is
+  decoded) is checked first: images above the device's ``max_pixels``
+  (``PhotoExtra.max_pixels``, default :data:`DEFAULT_MAX_PIXELS`, at most
+  :data:`MAX_NATIVE_PIXELS`) are refused with a reason naming the limit; that
+  bounds memory at about 4 bytes per pixel, and a small file declaring a huge
+  image (a decompression bomb) costs nothing.
 
 The builder is pure (no I/O, no clock reads; the Frame of Reference is not used)
 and the same inputs give an equal dataset, so a re-wrap after a crash gives the
@@ -111,6 +115,7 @@ from gateway.dicom.patient import object_patient
 from gateway.spool.files import atomic_writer
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "MAX_NATIVE_PIXELS",
     "MODALITY",
     "VL_PHOTOGRAPHIC_SOP_CLASS",
@@ -128,6 +133,9 @@ MODALITY: Final = "XC"
 #: Largest TIFF/PNG transcoded to native pixels: 8192 x 8192 (an 8K texture),
 #: which Pillow decodes into about 270 MB.
 MAX_NATIVE_PIXELS: Final = 8192 * 8192
+#: The ``max_pixels`` of a device that does not set it: 40 megapixels (about 160 MB
+#: decoded). JPEGs are carried without decoding and are not limited by it.
+DEFAULT_MAX_PIXELS: Final = 40_000_000
 
 _LO_MAX: Final = 64
 #: EXIF Orientation -> what a viewer must do to show the photo upright (Image Comments).
@@ -193,6 +201,8 @@ class PhotoExtra(BaseModel):
     series_number: int | None = Field(default=None, ge=0, le=2**31 - 1)
     instance_number: int | None = Field(default=None, ge=0, le=2**31 - 1)
     exif: ExifFields | None = None
+    #: The device's limit for images DermGate decodes (TIFF, PNG); None: the default.
+    max_pixels: int | None = Field(default=None, gt=0, le=MAX_NATIVE_PIXELS)
 
     def to_extra(self) -> dict[str, Any]:
         """The JSON-compatible dict for ``CaptureOffer.extra`` (unset fields left out)."""
@@ -260,7 +270,8 @@ def write_vl_photographic_native(job: WrapJob, dest: Path) -> WrittenObject:
     """A TIFF or PNG image, losslessly transcoded to native pixels, written to ``dest``.
 
     Blocking. Raises :class:`WrapError` for an image that is damaged, too large
-    (:data:`MAX_NATIVE_PIXELS`) or cannot be carried without loss, and
+    (``max_pixels`` in ``offer.extra``, else :data:`DEFAULT_MAX_PIXELS`) or cannot
+    be carried without loss, and
     :class:`OSError` for I/O trouble (the source cannot be opened, the disk).
     """
     content = ContentType(job.offer.content_type)
@@ -278,7 +289,8 @@ def write_vl_photographic_native(job: WrapJob, dest: Path) -> WrittenObject:
         job.patient_spool_id,
     )
     ds.file_meta = file_meta(VL_PHOTOGRAPHIC_SOP_CLASS, job.uids.sop_instance)
-    with job.source.open("rb") as fh, _decoded(fh, kind) as (image, monochrome):
+    limit = PhotoExtra.from_extra(job.offer.extra).max_pixels or DEFAULT_MAX_PIXELS
+    with job.source.open("rb") as fh, _decoded(fh, kind, limit) as (image, monochrome):
         columns, rows = image.size
         samples = 1 if monochrome else 3
         ds.SamplesPerPixel = samples
@@ -308,16 +320,23 @@ def write_vl_photographic_native(job: WrapJob, dest: Path) -> WrittenObject:
     )
 
 
-def check_native_image(source: Path, content_type: ContentType) -> tuple[int, int]:
+def check_native_image(
+    source: Path | BinaryIO, content_type: ContentType, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
     """Decode a TIFF or PNG once, as :func:`write_vl_photographic_native` would, and
     return its (columns, rows); raise :class:`WrapError` with the reason it cannot be
     carried. Lets a driver refuse an image before acknowledging it. Blocking.
+    ``source`` is a path or a file opened for reading (read from its start).
     """
     content = ContentType(content_type)
     if content not in (ContentType.TIFF, ContentType.PNG):
         raise WrapError(f"the native photo writer does not take {content.value}; {_QUARANTINED}")
     kind = "TIFF" if content is ContentType.TIFF else "PNG"
-    with source.open("rb") as fh, _decoded(fh, kind) as (image, _monochrome_image):
+    if not isinstance(source, Path):
+        source.seek(0)
+        with _decoded(source, kind, max_pixels) as (image, _monochrome_image):
+            return image.size
+    with source.open("rb") as fh, _decoded(fh, kind, max_pixels) as (image, _monochrome_image):
         return image.size
 
 
@@ -334,15 +353,16 @@ _DECODER_ERRORS = (
 
 
 @contextlib.contextmanager
-def _decoded(fh: BinaryIO, kind: str) -> Iterator[tuple[Image.Image, bool]]:
+def _decoded(fh: BinaryIO, kind: str, max_pixels: int) -> Iterator[tuple[Image.Image, bool]]:
     """The image decoded (whole, once), and whether it is monochrome; refuses what
-    cannot be carried losslessly. Decoder failures become WrapError."""
+    cannot be carried losslessly, and, from the header before decoding, images of
+    more than ``max_pixels``. Decoder failures become WrapError."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(fh, formats=[kind])
     except Image.DecompressionBombError as err:
-        raise _too_large(kind) from err
+        raise _too_large(kind, None, max_pixels) from err
     except (UnidentifiedImageError, SyntaxError, ValueError, struct.error, EOFError) as err:
         raise WrapError(f"the capture is not a readable {kind} image; {_QUARANTINED}") from err
     except OSError as err:
@@ -353,8 +373,8 @@ def _decoded(fh: BinaryIO, kind: str) -> Iterator[tuple[Image.Image, bool]]:
         columns, rows = image.size
         if columns <= 0 or rows <= 0:
             raise WrapError(f"the {kind} image has no pixels; {_QUARANTINED}")
-        if columns * rows > MAX_NATIVE_PIXELS:
-            raise _too_large(kind)
+        if columns * rows > min(max_pixels, MAX_NATIVE_PIXELS):
+            raise _too_large(kind, (columns, rows), min(max_pixels, MAX_NATIVE_PIXELS))
         try:
             # Counting images reads every directory of a TIFF: a damaged later one
             # raises whatever the decoder meets (TypeError "Missing dimensions", …).
@@ -382,10 +402,12 @@ def _decoded(fh: BinaryIO, kind: str) -> Iterator[tuple[Image.Image, bool]]:
         yield image, _monochrome(image, kind)
 
 
-def _too_large(kind: str) -> WrapError:
+def _too_large(kind: str, size: tuple[int, int] | None, limit: int) -> WrapError:
+    declared = f"{size[0]} x {size[1]} pixels" if size is not None else "too many pixels"
     return WrapError(
-        f"the {kind} image has more than {MAX_NATIVE_PIXELS} pixels (8192 x 8192), the "
-        f"largest DermGate transcodes; {_QUARANTINED}"
+        f"the {kind} image declares {declared}, more than this device's max_pixels "
+        f"({limit}); DermGate decodes TIFF and PNG images whole, so larger ones are "
+        f"refused (JPEGs are not limited); {_QUARANTINED}"
     )
 
 

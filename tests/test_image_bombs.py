@@ -1,0 +1,212 @@
+"""Decompression bombs: small files that declare huge images, against ``max_pixels``.
+
+A 200 KB PNG or TIFF can declare 8192 x 8192 pixels (200 MB decoded). DermGate reads
+the declared size from the header before decoding and refuses TIFF/PNG images of
+more than the device's ``max_pixels`` (default 40 megapixels); a JPEG is carried
+without decoding and is not limited (a 61-megapixel camera photo goes through).
+Checked with a real ``dermgate run`` on real folders (photo folder and scanner
+export): refused with a reason, the gateway's peak memory stays low, nothing of a
+bomb reaches the real Orthanc. At wrap time the writer checks again (a capture that
+reached the spool by another way is quarantined with the reason).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from gateway.dicom.jpeg import read_jpeg_info
+from gateway.local_orthanc import OrthancProcess, free_port
+from tests.conftest import GatewayProcess, gateway_config, ledger_rows, states, wait_for
+from tests.photo_folder_support import photo_folder_toml
+from tests.scanner_export_support import OBJ_TEXT, devices_toml, write_export
+
+BOMB_SIDE = 8192
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A complete, valid RGB PNG of one colour: tiny on disk, ``width*height*3`` decoded."""
+    row = b"\x00" + b"\x00" * (width * 3)
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    )
+
+
+def tiff_bomb(width: int, height: int) -> bytes:
+    """A complete, valid RGB TIFF (one Deflate strip) of one colour, tiny on disk."""
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (width * 3)
+    strip = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    entries = [  # (tag, type, count, value)
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 3, 0),  # BitsPerSample 8,8,8: value at an offset, filled below
+        (259, 3, 1, 8),  # Deflate
+        (262, 3, 1, 2),  # RGB
+        (273, 4, 1, 0),  # StripOffsets, filled below
+        (277, 3, 1, 3),
+        (278, 4, 1, height),
+        (279, 4, 1, len(strip)),
+        (284, 3, 1, 1),
+    ]
+    ifd_offset = 8
+    ifd_size = 2 + 12 * len(entries) + 4
+    bits_offset = ifd_offset + ifd_size
+    strip_offset = bits_offset + 6
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_offset))
+    out += struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if tag == 258:
+            value = bits_offset
+        elif tag == 273:
+            value = strip_offset
+        if kind == 3 and count == 1:
+            out += struct.pack("<HHIHH", tag, kind, count, value, 0)
+        else:
+            out += struct.pack("<HHII", tag, kind, count, value)
+    out += struct.pack("<I", 0)
+    out += struct.pack("<HHH", 8, 8, 8)
+    out += strip
+    return bytes(out)
+
+
+def flat_jpeg(width: int, height: int) -> bytes:
+    """A real 4:2:0 baseline JPEG of one colour: its SOF declares ``width x height``."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (180, 150, 140)).save(out, "JPEG", quality=5)
+    return out.getvalue()
+
+
+def small_png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise((width, height), 40).convert("RGB").save(out, "PNG")
+    return out.getvalue()
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def test_the_bombs_are_what_they_claim() -> None:
+    png = png_bomb(BOMB_SIDE, BOMB_SIDE)
+    tif = tiff_bomb(BOMB_SIDE, BOMB_SIDE)
+    assert len(png) < 300_000
+    assert len(tif) < 300_000
+    for data, kind in ((png, "PNG"), (tif, "TIFF")):
+        with Image.open(io.BytesIO(data), formats=[kind]) as image:
+            assert image.size == (BOMB_SIDE, BOMB_SIDE)
+            assert image.mode == "RGB"
+    jpeg = flat_jpeg(9504, 6336)
+    assert len(jpeg) < 2_000_000
+    with Image.open(io.BytesIO(jpeg)) as image:
+        assert image.size == (9504, 6336)
+
+
+def test_photo_folder_refuses_bombs_before_decoding_and_takes_a_61_megapixel_jpeg(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+) -> None:
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    devices = photo_folder_toml(camera, settle=0.3, poll=0.2)
+    config = gateway_config(
+        tmp_path, pacs_port=orthanc.dicom_port, commit_via=orthanc, devices=devices
+    )
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    assert gateway.proc is not None
+    before = _vm_hwm_kib(gateway.proc.pid)
+
+    (camera / "bomb.png").write_bytes(png_bomb(BOMB_SIDE, BOMB_SIDE))
+    (camera / "bomb.tif").write_bytes(tiff_bomb(BOMB_SIDE, BOMB_SIDE))
+    big = flat_jpeg(9504, 6336)  # 61 megapixels: carried as it is, never decoded
+    (camera / "IMG_0061.JPG").write_bytes(big)
+    (camera / "IMG_0002.PNG").write_bytes(small_png(320, 240))
+
+    for name in ("bomb.png", "bomb.tif"):
+        wait_for((camera / ".refused" / name).exists, 60, f"{name} refused")
+        reason = (camera / ".refused" / f"{name}.reason.txt").read_text(encoding="utf-8")
+        assert "8192 x 8192 pixels" in reason
+        assert f"max_pixels ({DEFAULT_MAX_PIXELS})" in reason
+    for name in ("IMG_0061.JPG", "IMG_0002.PNG"):
+        wait_for((camera / ".processed" / name).exists, 60, f"{name} processed")
+
+    state_dir = tmp_path / "state"
+    wait_for(lambda: states(state_dir) == ["COMMITTED"] * 2, 90, "2 photos COMMITTED")
+    assert orthanc.count_instances() == 2, "no bomb reached the PACS"
+    grown_mib = (_vm_hwm_kib(gateway.proc.pid) - before) / 1024
+    assert grown_mib < 150, f"peak memory grew by {grown_mib:.0f} MiB"
+    sizes = sorted(int(r["raw_size"]) for r in ledger_rows(state_dir))
+    assert sizes[-1] == len(big)
+    assert gateway.stop() == 0
+
+
+def test_scanner_export_with_a_bomb_texture_is_refused_whole(
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    config = gateway_config(tmp_path, pacs_port=free_port(), devices=devices_toml(folder))
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    assert gateway.proc is not None
+    before = _vm_hwm_kib(gateway.proc.pid)
+    mtl = b"newmtl skin\nKd 1 1 1\nmap_Kd skin.png\n"
+    files = {"body.obj": OBJ_TEXT, "body.mtl": mtl, "skin.png": png_bomb(BOMB_SIDE, BOMB_SIDE)}
+    write_export(folder, "export-1", files, patient={"id": "P-1"})
+    reason_file = folder / ".refused" / "export-1.reason.txt"
+    wait_for(reason_file.exists, 60, "the export refused")
+    reason = reason_file.read_text(encoding="utf-8")
+    assert "a texture cannot be carried in DICOM" in reason
+    assert "max_pixels" in reason
+    assert ledger_rows(tmp_path / "state") == [], "nothing of the export is in the spool"
+    grown_mib = (_vm_hwm_kib(gateway.proc.pid) - before) / 1024
+    assert grown_mib < 150, f"peak memory grew by {grown_mib:.0f} MiB"
+    assert gateway.stop() == 0
+
+
+def test_a_61_megapixel_jpeg_is_described_without_decoding(tmp_path: Path) -> None:
+    source = tmp_path / "big.jpg"
+    source.write_bytes(flat_jpeg(9504, 6336))
+    info = read_jpeg_info(source)
+    assert (info.columns, info.rows) == (9504, 6336)
+
+
+def test_a_devices_own_max_pixels_refuses_smaller_images(
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    strict = tmp_path / "strict"
+    strict.mkdir()
+    devices = photo_folder_toml(
+        strict, name="strict", settle=0.3, poll=0.2, extra="max_pixels = 100000"
+    )
+    config = gateway_config(tmp_path, pacs_port=free_port(), devices=devices)
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    (strict / "IMG_0003.PNG").write_bytes(small_png(400, 300))  # 120 000 pixels
+    (strict / "IMG_0004.PNG").write_bytes(small_png(300, 300))  # 90 000 pixels
+    wait_for((strict / ".refused" / "IMG_0003.PNG").exists, 60, "the PNG over 100000 pixels")
+    reason = (strict / ".refused" / "IMG_0003.PNG.reason.txt").read_text(encoding="utf-8")
+    assert "400 x 300 pixels" in reason
+    assert "max_pixels (100000)" in reason
+    wait_for((strict / ".processed" / "IMG_0004.PNG").exists, 60, "the PNG within the limit")
+    dicom = tmp_path / "state" / "spool" / "dicom"
+    wait_for(lambda: len(list(dicom.glob("*.dcm"))) == 1, 30, "the PNG wrapped")
+    assert gateway.stop() == 0
