@@ -2,7 +2,8 @@
 
 Start-up order: the state folder's lock (one service per ``state_dir``, see
 :mod:`gateway.state_lock`), a check that the ledger was not lost while the spool holds
-captures (:mod:`gateway.spool.rebuild`), spool folders and ledger (blocking, before
+captures (:mod:`gateway.spool.rebuild`) and that the spool id mark is readable
+(:mod:`gateway.spool.spool_ids`), spool folders and ledger (blocking, before
 anything else), then the forwarders (one per destination), then the wrapping stage,
 then the device drivers, so that nothing is accepted from a device before every
 later stage is serving.
@@ -44,6 +45,12 @@ from gateway.spool.purge import Purger
 from gateway.spool.rebuild import refuse_spool_without_ledger
 from gateway.spool.reconcile import reconcile
 from gateway.spool.space import MIB, SpaceGuard
+from gateway.spool.spool_ids import (
+    SpoolIdCounter,
+    high_water_path,
+    highest_spool_id,
+    read_high_water,
+)
 from gateway.state_lock import StateLock
 from gateway.status import events
 from gateway.status.mqtt import MqttPublisher
@@ -159,6 +166,8 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
         await asyncio.to_thread(
             refuse_spool_without_ledger, config.ledger_path(), SpoolDirs(config.spool_dir())
         )
+        # A damaged spool id mark refuses here too (SpoolIdMarkDamaged), before anything.
+        await asyncio.to_thread(read_high_water, high_water_path(config.gateway.state_dir))
         await _run_locked(config, stop)
     finally:
         lock.release()  # (the process ends right after; closing the file drops the lock)
@@ -171,6 +180,11 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
     await asyncio.to_thread(ledger.start)
     try:
         await ledger.call(reconcile, dirs)
+        spool_ids = await asyncio.to_thread(
+            SpoolIdCounter.open,
+            high_water_path(config.gateway.state_dir),
+            await ledger.call(highest_spool_id),
+        )
         names = [d.name for d in config.destinations]
         await ledger.call(db.add_missing_deliveries, names, time.time())
         requesters = {
@@ -224,7 +238,13 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
         space = SpaceGuard(dirs.root, config.spool.reserve_mb * MIB)
         inline = InlineWrap(wrapper.build, wrapper.destinations, wrapped) if names else None
         intake = Intake(
-            ledger, dirs, wrapper.notify, space, inline, config.spool.max_capture_mb * MIB
+            ledger,
+            dirs,
+            wrapper.notify,
+            space,
+            inline,
+            config.spool.max_capture_mb * MIB,
+            spool_ids,
         )
         board = StatusBoard(config.status_path())
         # The event bus and the state document (MQTT, the local page, metrics).
@@ -285,6 +305,7 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             await stop.wait()
             log.info("stopping")
             await supervisor.stop()
+            await asyncio.to_thread(spool_ids.close)  # no capture left: record the exact next
     finally:
         events.install(None)
         await asyncio.to_thread(ledger.close)

@@ -33,6 +33,7 @@ from typing import cast
 
 from gateway.config import ConfigError, DermGateConfig, load_config
 from gateway.spool.rebuild import LedgerLost
+from gateway.spool.spool_ids import SpoolIdMarkDamaged
 from gateway.spool_commands import add_spool_commands
 from gateway.state_lock import StateLocked
 from gateway.stop_deadline import StopDeadline, enable_stack_dumps
@@ -112,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     enable_stack_dumps()
     try:
         asyncio.run(_serve(config))
-    except (StateLocked, LedgerLost) as refused:  # nothing was read or changed
+    except (StateLocked, LedgerLost, SpoolIdMarkDamaged) as refused:  # nothing changed
         if isinstance(refused, LedgerLost):
             refused.config_file = str(args.config)
         print(f"dermgate run: {refused}", file=sys.stderr)

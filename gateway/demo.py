@@ -35,6 +35,7 @@ from gateway.local_mosquitto import MosquittoProcess
 from gateway.local_orthanc import OrthancProcess, free_port
 from gateway.spool import ledger as db
 from gateway.spool.rebuild import LedgerLost
+from gateway.spool.spool_ids import SpoolIdMarkDamaged
 from gateway.spool.states import CaptureState
 from gateway.state_lock import StateLocked
 from gateway.users import Users
@@ -352,7 +353,7 @@ DermGate demo is running.
     started = time.monotonic()
     try:
         outcome = asyncio.run(_run(workdir, orthanc, config_path, devices, captures, timeout))
-    except (StateLocked, LedgerLost) as refused:
+    except (StateLocked, LedgerLost, SpoolIdMarkDamaged) as refused:
         if isinstance(refused, LedgerLost):
             refused.config_file = str(config_path)
         print(f"dermgate demo: {refused}", file=sys.stderr)

@@ -46,6 +46,7 @@ from gateway.config import ConfigError, DermGateConfig, load_config
 from gateway.spool import admin, rebuild
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
+from gateway.spool.spool_ids import high_water_path
 from gateway.spool.states import CaptureState, DeliveryState
 from gateway.state_lock import StateLock, StateLocked
 
@@ -596,7 +597,13 @@ def _rebuild(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         with StateLock.acquire(config.gateway.state_dir):
-            report = rebuild.rebuild_ledger(ledger, dirs, names)
+            report = rebuild.rebuild_ledger(
+                ledger,
+                dirs,
+                names,
+                gateway_id=config.gateway.id,
+                spool_id_mark=high_water_path(config.gateway.state_dir),
+            )
     except StateLocked as err:
         raise _Refusal(EXIT_FAILURE, f"{err}; nothing rebuilt") from err
     except rebuild.RebuildRefused as err:
@@ -619,6 +626,19 @@ def _print_rebuild(report: rebuild.RebuildReport, dirs: SpoolDirs, names: list[s
     )
     for item in report.rebuilt:
         print(f"    spool id {item.spool_id:>6}  {item.sop_instance_uid}")
+    print(
+        f"  spool ids: {report.kept_ids} capture(s) kept the spool id of their temporary "
+        f"Patient ID (TMP-<gateway id>-N), the others got new ones; new captures get spool "
+        f"ids from {report.next_spool_id} on (an id is never handed out twice)"
+    )
+    if report.mark_missing:
+        print(
+            f"  warning: there was no spool id mark ({report.spool_id_mark}), so ids continue "
+            "above the highest one found in the spool: a capture purged earlier under a "
+            "higher spool id could share its temporary Patient ID with a new one. If the "
+            "PACS holds a TMP-<gateway id>-N above that, write a larger number into "
+            f"{report.spool_id_mark} before starting the service"
+        )
     if report.raw_only:
         print(
             f"  {len(report.raw_only)} raw capture file(s) in {dirs.raw} that no DICOM file "

@@ -6,8 +6,9 @@ patient. So an object whose device named no Patient ID gets a unique **temporary
 patient**: Patient ID ``TMP-<gateway id>-<spool id>`` and Issuer of Patient ID
 ``<gateway id>-TEMP``, with Patient's Name left as the device gave it (empty when it
 gave none: a name is never invented). The spool id is the capture's ledger row
-(``dermgate spool show ID`` finds it), so every retry and re-wrap of the capture
-names the same patient; captures that share one study (the files of a 3D export
+(``dermgate spool show ID`` finds it; never handed out twice, even across a lost
+ledger, see :mod:`gateway.spool.spool_ids`), so every retry and re-wrap of the
+capture names the same patient; captures that share one study (the files of a 3D export
 with driver-chosen UIDs) use the first one's id, so a study never spans two
 patients. Patient ID and Issuer are LO (64 characters): a gateway id longer than
 :data:`_GATEWAY_PART_MAX` is cut and completed with a hash of the whole id, the same
@@ -39,6 +40,7 @@ __all__ = [
     "lesion_label_comment",
     "object_patient",
     "temporary_patient",
+    "temporary_spool_id",
     "with_device_issuer",
 ]
 
@@ -72,6 +74,20 @@ def temporary_patient(gateway_id: str, spool_id: int) -> PatientContext:
         patient_id=f"{TEMPORARY_ID_PREFIX}{part}-{spool_id}",
         issuer_of_patient_id=f"{part}{TEMPORARY_ISSUER_SUFFIX}",
     )
+
+
+def temporary_spool_id(patient_id: str, issuer: str, gateway_id: str) -> int | None:
+    """The spool id that ``patient_id`` (with ``issuer``) names as a temporary patient
+    of gateway ``gateway_id``; None for any other patient (a device's, another
+    gateway's, or a form :func:`temporary_patient` never writes)."""
+    part = _gateway_part(gateway_id)
+    prefix = f"{TEMPORARY_ID_PREFIX}{part}-"
+    if issuer != f"{part}{TEMPORARY_ISSUER_SUFFIX}" or not patient_id.startswith(prefix):
+        return None
+    digits = patient_id[len(prefix) :]
+    if not (digits.isascii() and digits.isdigit()) or digits.startswith("0"):
+        return None
+    return int(digits)
 
 
 def object_patient(

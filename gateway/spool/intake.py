@@ -46,7 +46,7 @@ from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs, create_new, fsync_dir
 from gateway.spool.ledger import Ledger
 from gateway.spool.space import DEFAULT_MAX_CAPTURE_BYTES, SpaceGuard, too_large
-from gateway.spool.spool_ids import first_in_study, highest_spool_id
+from gateway.spool.spool_ids import SpoolIdCounter, first_in_study, highest_spool_id
 from gateway.status import events
 
 log = logging.getLogger(__name__)
@@ -410,8 +410,10 @@ class Intake:
         space: SpaceGuard | None = None,
         inline: InlineWrap | None = None,
         max_capture_bytes: int = DEFAULT_MAX_CAPTURE_BYTES,
+        spool_ids: SpoolIdCounter | None = None,
     ) -> None:
         self.ledger = ledger
+        self.spool_ids = spool_ids
         self.max_capture_bytes = max_capture_bytes
         self.dirs = dirs
         self._on_captured = on_captured
@@ -426,7 +428,14 @@ class Intake:
         return DriverHost(device_name, functools.partial(self.begin, driver))
 
     async def reserve_spool_id(self) -> int:
-        """A spool id no capture has, for a row inserted later (a gap if never used)."""
+        """A spool id no capture has, for a row inserted later (a gap if never used).
+
+        The service's ids come from its :class:`SpoolIdCounter`: never handed out
+        before on this box, even if the ledger was lost. Without one (tests, tools
+        that build an intake over a scratch spool) they continue the ledger's.
+        """
+        if self.spool_ids is not None:
+            return await asyncio.to_thread(self.spool_ids.take)
         async with self._reserving:
             highest = await self.ledger.call(highest_spool_id)
             self._last_spool_id = max(highest, self._last_spool_id) + 1

@@ -12,6 +12,13 @@ technician runs ``dermgate spool rebuild`` (:func:`rebuild_ledger`):
   UIDs, SOP class and transfer syntax read from the file, and a pending delivery to
   each configured destination: the PACS receives it again under the same SOP
   Instance UID (a PACS that already has it keeps one copy);
+* a file whose Patient ID is a temporary patient of this gateway
+  (``TMP-<gateway id>-N``, issuer ``<gateway id>-TEMP``) keeps spool id N, so
+  ``spool show N`` finds it again (files of one 3D export share their first file's
+  N: the first of them by time keeps it); every other row gets a new spool id above
+  every id seen and above the box's spool id mark (:mod:`gateway.spool.spool_ids`),
+  and the mark is then moved above them all: an id a purged capture took to the
+  PACS is never handed out again;
 * its raw device file (``spool/raw/<SOP Instance UID>.raw``), when present, is
   recorded as its own, so that the purge deletes both;
 * every other file (a raw capture that no DICOM file stands for, a damaged or
@@ -30,14 +37,22 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity, InstanceUIDs
+from gateway.dicom.patient import temporary_spool_id
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs, fsync_dir
+from gateway.spool.spool_ids import (
+    MAX_SPOOL_ID,
+    SpoolIdMarkDamaged,
+    read_high_water,
+    write_high_water,
+)
 from gateway.state_owner import owned_like
 
 REBUILT_DRIVER = "rebuilt"
@@ -146,6 +161,13 @@ class RebuildReport:
     raw_only: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # dicom/ name, why
     wal_kept: Path | None = None
+    #: Rows that kept the spool id their temporary Patient ID names.
+    kept_ids: int = 0
+    #: The spool id mark written: the next capture's spool id is at least this.
+    next_spool_id: int = 1
+    #: There was no mark (a box that never ran a DermGate that writes one).
+    mark_missing: bool = False
+    spool_id_mark: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,14 +177,17 @@ class _Found:
     sop_class_uid: str
     transfer_syntax_uid: str
     device: DeviceIdentity
+    #: The spool id its temporary Patient ID names, when it is one of this gateway's.
+    temporary: int | None
 
 
 def _text(value: object) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _read_dicom(path: Path) -> _Found:
-    """The UIDs and device of a spooled DICOM file; raises ValueError if it has none."""
+def _read_dicom(path: Path, gateway_id: str) -> _Found:
+    """The UIDs, device and temporary patient's spool id of a spooled DICOM file;
+    raises ValueError if it has no UIDs."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
@@ -191,7 +216,31 @@ def _read_dicom(path: Path) -> _Found:
         ),
         device_class=_DEVICE_CLASS_OF_SOP_CLASS.get(sop_class, DeviceClass.CAMERA),
     )
-    return _Found(path, uids, sop_class, syntax, device)
+    temporary = temporary_spool_id(
+        _text(ds.get("PatientID")), _text(ds.get("IssuerOfPatientID")), gateway_id
+    )
+    if temporary is not None and temporary > MAX_SPOOL_ID:
+        temporary = None
+    return _Found(path, uids, sop_class, syntax, device, temporary)
+
+
+def _spool_ids(found: Sequence[_Found], mark: int | None) -> list[int]:
+    """The spool id of each of ``found``: the one its temporary Patient ID names
+    (only the first file naming it keeps it), else a new one above every id seen
+    and above ``mark``."""
+    keeps: dict[int, int] = {}  # spool id -> index of the file that keeps it
+    for index, item in enumerate(found):
+        if item.temporary is not None:
+            keeps.setdefault(item.temporary, index)
+    fresh = max([mark or 1, *(n + 1 for n in keeps)])
+    ids: list[int] = []
+    for index, item in enumerate(found):
+        if item.temporary is not None and keeps[item.temporary] == index:
+            ids.append(item.temporary)
+        else:
+            ids.append(fresh)
+            fresh += 1
+    return ids
 
 
 def _sha256(path: Path) -> str:
@@ -211,7 +260,12 @@ def _content_type(found: _Found) -> ContentType:
 
 
 def _record(
-    conn: sqlite3.Connection, found: _Found, dirs: SpoolDirs, destinations: Sequence[str]
+    conn: sqlite3.Connection,
+    found: _Found,
+    dirs: SpoolDirs,
+    destinations: Sequence[str],
+    spool_id: int,
+    shares_patient: bool,
 ) -> RebuiltCapture:
     raw = dirs.raw / f"{found.uids.sop_instance}.raw"
     if raw.is_file() and not raw.is_symlink():
@@ -221,8 +275,11 @@ def _record(
     offer = CaptureOffer(
         device_capture_id=f"{REBUILT_DRIVER}-{found.uids.sop_instance}",
         content_type=_content_type(found),
+        # Files sharing a temporary patient share a study (driver-chosen UIDs): so
+        # marked, a re-wrap names the study's first spool id, as the file does.
+        uids=found.uids if shares_patient else None,
     )
-    spool_id = db.insert_capture(
+    db.insert_capture(
         conn,
         driver=REBUILT_DRIVER,
         device=found.device,
@@ -237,6 +294,7 @@ def _record(
             transfer_syntax_uid=found.transfer_syntax_uid,
             destinations=tuple(destinations),
         ),
+        spool_id=spool_id,
     )
     # Received when its file was written (so keep_days counts from then, not now).
     received = datetime.fromtimestamp(found.path.stat().st_mtime, UTC)
@@ -256,12 +314,23 @@ def _remove(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def rebuild_ledger(ledger: Path, dirs: SpoolDirs, destinations: Sequence[str]) -> RebuildReport:
+def rebuild_ledger(
+    ledger: Path,
+    dirs: SpoolDirs,
+    destinations: Sequence[str],
+    *,
+    gateway_id: str,
+    spool_id_mark: Path,
+) -> RebuildReport:
     """Write a new ledger for the captures in ``dirs`` (blocking; under the state lock).
 
-    Raises :class:`RebuildRefused` if the ledger at ``ledger`` has content, and
-    :class:`OSError` or :class:`sqlite3.Error` if it cannot be written (the old,
-    empty one then stays as it was).
+    ``gateway_id`` tells this gateway's temporary patients from others;
+    ``spool_id_mark`` is the box's spool id high-water mark, moved above every id
+    the new ledger holds before that ledger takes the old one's place.
+
+    Raises :class:`RebuildRefused` if the ledger at ``ledger`` has content or the
+    mark is damaged, and :class:`OSError` or :class:`sqlite3.Error` if it cannot be
+    written (the old, empty one then stays as it was).
     """
     how = _ledger_state(ledger)
     if how is None:
@@ -272,31 +341,43 @@ def rebuild_ledger(ledger: Path, dirs: SpoolDirs, destinations: Sequence[str]) -
             f"open it), move it aside first (mv {ledger} {ledger}.damaged, with its -wal file "
             "if there is one) and run spool rebuild again"
         )
-    report = RebuildReport(ledger)
+    try:
+        mark = read_high_water(spool_id_mark)
+    except SpoolIdMarkDamaged as err:
+        raise RebuildRefused(f"{err}; nothing rebuilt") from err
+    report = RebuildReport(ledger, mark_missing=mark is None, spool_id_mark=spool_id_mark)
     found: list[_Found] = []
     for path in _capture_files(dirs.dicom):
         if path.suffix != ".dcm":
             report.skipped.append((path.name, "not a .dcm file"))
             continue
         try:
-            found.append(_read_dicom(path))
+            found.append(_read_dicom(path, gateway_id))
         except ValueError as err:
             report.skipped.append((path.name, str(err)))
     found.sort(key=lambda f: (f.path.stat().st_mtime, f.path.name))
+    unique: list[_Found] = []
+    seen: dict[str, str] = {}
+    for item in found:
+        uid = item.uids.sop_instance
+        if uid in seen:
+            report.skipped.append((item.path.name, f"same SOP Instance UID as {seen[uid]}"))
+            continue
+        seen[uid] = item.path.name
+        unique.append(item)
+    ids = _spool_ids(unique, mark)
+    shared = Counter(item.temporary for item in unique if item.temporary is not None)
+    report.kept_ids = sum(1 for item, n in zip(unique, ids, strict=True) if item.temporary == n)
+    report.next_spool_id = max([mark or 1, *(n + 1 for n in ids)])
 
     tmp = ledger.with_name(f".{ledger.name}.rebuild")
     _remove(tmp)
     conn = db.open_ledger(tmp)
     try:
         conn.execute("PRAGMA synchronous = OFF")  # made durable as a whole below
-        seen: dict[str, str] = {}
-        for item in found:
-            uid = item.uids.sop_instance
-            if uid in seen:
-                report.skipped.append((item.path.name, f"same SOP Instance UID as {seen[uid]}"))
-                continue
-            seen[uid] = item.path.name
-            report.rebuilt.append(_record(conn, item, dirs, destinations))
+        for item, spool_id in zip(unique, ids, strict=True):
+            grouped = item.temporary is not None and shared[item.temporary] > 1
+            report.rebuilt.append(_record(conn, item, dirs, destinations, spool_id, grouped))
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("PRAGMA journal_mode = DELETE")  # one self-contained file to rename
     except BaseException:
@@ -312,6 +393,10 @@ def rebuild_ledger(ledger: Path, dirs: SpoolDirs, destinations: Sequence[str]) -
         finally:
             os.close(fd)
         owned_like(ledger.parent, tmp)  # run as root, for the service's user
+        # The mark moves first: once the new ledger is in place, its ids and every
+        # id handed out before are below it.
+        if report.next_spool_id != mark:
+            write_high_water(spool_id_mark, report.next_spool_id)
         wal, shm = _sidecars(ledger)
         if wal.exists() and wal.stat().st_size > 0:
             # What a lost ledger's WAL held is kept for inspection, never replayed
