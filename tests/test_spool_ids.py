@@ -98,7 +98,7 @@ _TAKER = """
 import sys
 from pathlib import Path
 from gateway.spool.spool_ids import SpoolIdCounter, read_high_water
-counter = SpoolIdCounter.open(Path(sys.argv[1]), ledger_highest=0, block=3)
+counter = SpoolIdCounter.open(Path(sys.argv[1]), ledger_highest=0, block=int(sys.argv[2]))
 while True:
     spool_id = counter.take()
     assert read_high_water(counter.path) > spool_id  # durable before it is handed out
@@ -107,15 +107,16 @@ while True:
 
 
 def test_a_crash_anywhere_leaves_a_gap_never_a_reuse(tmp_path: Path) -> None:
-    """A process taking ids is SIGKILLed at random points (mid-write of the mark
-    included), and started again over an empty ledger (the worst case: the ledger
-    was lost too): no id is ever handed out twice."""
+    """A process taking ids is SIGKILLed at random points and started again over an
+    empty ledger (the worst case: the ledger was lost too): no id is ever handed
+    out twice. With blocks of one id, the mark is written at every take, so most
+    kills land in the middle of a write."""
     mark = tmp_path / "spool-ids.next"
     rng = random.Random(10)
     handed_out: list[int] = []
-    for _ in range(12):
+    for round_ in range(12):
         proc = subprocess.Popen(
-            [sys.executable, "-c", _TAKER, str(mark)],
+            [sys.executable, "-c", _TAKER, str(mark), str(1 if round_ % 2 else 3)],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -427,6 +427,11 @@ def insert_capture(
     """Record a durable capture; return its spool id (``spool_id`` when given: intake
     reserves it before the DICOM file that names it is written).
 
+    The service and ``spool rebuild`` always give it (:mod:`gateway.spool.spool_ids`:
+    never handed out before on this box). Without it SQLite takes the table's
+    highest id + 1, which after a lost ledger may be one used before: only for
+    scratch ledgers (tests, benchmarks).
+
     Normally in state CAPTURED (the raw device file is in ``raw/``). With
     ``wrapped`` the capture went straight into its DICOM file: ``raw_name`` is
     empty (the device's bytes are the file's pixel data fragment), the state is
