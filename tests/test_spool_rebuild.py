@@ -168,6 +168,8 @@ def test_rebuild_keeps_raw_captures_without_a_dicom_file_and_reports_them(
     assert row["state"] == "WRAPPED"
     assert row["raw_name"] == f"{wrapped_uid}.raw", "the raw file it came from is its own"
     assert row["dicom_name"] == f"{wrapped_uid}.dcm"
+    # The patient the file names is kept, so a later re-wrap names the same patient.
+    assert db.patient_from_json(row["patient_json"]) == PATIENT
     conn = db.open_ledger(state_dir / "ledger.sqlite3", readonly=True)
     try:
         [delivery] = conn.execute("SELECT destination, state FROM deliveries").fetchall()

@@ -42,8 +42,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity, InstanceUIDs
+from gateway.capture import (
+    CaptureOffer,
+    ContentType,
+    DeviceClass,
+    DeviceIdentity,
+    InstanceUIDs,
+    PatientContext,
+)
 from gateway.dicom.patient import temporary_spool_id
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs, fsync_dir
@@ -179,6 +187,9 @@ class _Found:
     device: DeviceIdentity
     #: The spool id its temporary Patient ID names, when it is one of this gateway's.
     temporary: int | None
+    #: The patient a device or another gateway named (kept in the row, so a later
+    #: re-wrap names the same patient as the file); None for a temporary patient.
+    patient: PatientContext | None = None
 
 
 def _text(value: object) -> str:
@@ -221,7 +232,21 @@ def _read_dicom(path: Path, gateway_id: str) -> _Found:
     )
     if temporary is not None and temporary > MAX_SPOOL_ID:
         temporary = None
-    return _Found(path, uids, sop_class, syntax, device, temporary)
+    return _Found(path, uids, sop_class, syntax, device, temporary, _named_patient(ds, temporary))
+
+
+def _named_patient(ds: Any, temporary: int | None) -> PatientContext | None:
+    """The patient the file names, unless it is one of this gateway's temporary ones."""
+    if temporary is not None or not _text(ds.get("PatientID")):
+        return None
+    return PatientContext(
+        patient_name=_text(ds.get("PatientName")),
+        patient_id=_text(ds.get("PatientID")),
+        issuer_of_patient_id=_text(ds.get("IssuerOfPatientID")),
+        birth_date=_text(ds.get("PatientBirthDate")),
+        sex=_text(ds.get("PatientSex")),
+        accession_number=_text(ds.get("AccessionNumber")),
+    )
 
 
 def _spool_ids(found: Sequence[_Found], mark: int | None) -> list[int]:
@@ -278,6 +303,7 @@ def _record(
         # Files sharing a temporary patient share a study (driver-chosen UIDs): so
         # marked, a re-wrap names the study's first spool id, as the file does.
         uids=found.uids if shares_patient else None,
+        patient=found.patient,
     )
     db.insert_capture(
         conn,
