@@ -141,7 +141,7 @@ class PatientContext:
     """Patient and order context, when known (worklist, technician binding).
 
     Never invented: when the patient is unknown the builders get ``None`` and write
-    the type 2 patient attributes empty.
+    a temporary patient (:mod:`gateway.dicom.patient`: a unique Patient ID, no name).
     """
 
     patient_name: str = ""
