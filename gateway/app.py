@@ -142,7 +142,7 @@ class _Devices:
         begin = functools.partial(
             self.intake.begin, device.driver, issuer_of_patient_id=device.issuer_of_patient_id
         )
-        host = DriverHost(name, begin, self.board)
+        host = DriverHost(name, begin, self.board, self.intake.max_capture_bytes)
         self.board.update(name, devnode=devnode)
 
         async def run() -> None:

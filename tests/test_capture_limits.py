@@ -7,21 +7,34 @@ only when the disk really is below its reserve (tests/test_disk_space.py), never
 because a device claimed 2^63-1 bytes.
 
 Devices are the real simulators at their wire (a pty for the serial dermatoscope,
-the emulated USB backend for the confocal microscope) against ``dermgate run``;
-the alarm is looked for where a fleet sees it, in the MQTT events and state.
+the emulated USB backend for the confocal microscope, real files in real folders
+for the folder drivers) against ``dermgate run``; the alarm is looked for where a
+fleet sees it, in the MQTT events and state. For a folder driver too large is
+permanent (the entry goes to ``.refused/``), while a full disk is not (the entry
+waits, and the driver says so once, not at every retry).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import hashlib
+import json
+import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from drivers.photo_folder import simulator as camera
+from drivers.photo_folder.driver import PhotoFolderDriver, PhotoFolderOptions
+from drivers.scanner_export.driver import ScannerExportDriver, ScannerExportOptions
 from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
-from gateway.devices.contract import CaptureRefused, RefusalReason
+from gateway.devices.contract import CaptureRefused, DriverState, RefusalReason
+from gateway.devices.host import DriverHost
 from gateway.local_orthanc import OrthancProcess, free_port
 from gateway.spool.files import SpoolDirs
 from gateway.spool.intake import Intake
@@ -35,10 +48,12 @@ from tests.conftest import (
     wait_for,
 )
 from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
-from tests.photo_folder_support import photo_folder_toml, start_camera
+from tests.photo_folder_support import photo_folder_toml
+from tests.scanner_export_support import OBJ_TEXT, devices_toml, textured_files, write_export
+from tests.test_disk_space import small_disk
 from tests.test_usb_confocal import ConfocalSimulator, confocal_config, confocal_sim
 
-__all__ = ["confocal_sim", "mosquitto", "recorder_factory"]  # fixtures used here
+__all__ = ["confocal_sim", "mosquitto", "recorder_factory", "small_disk"]  # fixtures used here
 
 MIB = 1024 * 1024
 BASE = "dermgate/test-box-01"
@@ -140,30 +155,143 @@ def test_max_capture_mb_sets_the_limit(
     assert gateway.stop() == 0
 
 
-def test_a_dropped_photo_over_the_limit_is_refused_as_too_large_by_intake(
-    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
-) -> None:
-    """Folder drivers go through intake like every driver: the limit holds for them.
+def limited(config: Path, max_capture_mb: int = 1) -> Path:
+    """Append ``[spool] max_capture_mb`` to a gateway configuration."""
+    config.write_text(config.read_text() + f"\n[spool]\nmax_capture_mb = {max_capture_mb}\n")
+    return config
 
-    Where the refused file then goes (left in place, or set aside in ``.refused/``)
-    is the folder driver's business; here: nothing is spooled or acknowledged.
-    """
+
+def device_state(state_dir: Path, name: str) -> str:
+    """The device's state in the gateway's status snapshot ("" before the first write)."""
+    path = state_dir / "status" / "devices.json"
+    if not path.exists():
+        return ""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    return next((str(d["state"]) for d in document["devices"] if d["name"] == name), "")
+
+
+def lines_with(log: str, *fragments: str) -> list[str]:
+    """The log lines that hold every one of ``fragments``."""
+    return [line for line in log.splitlines() if all(f in line for f in fragments)]
+
+
+def test_a_dropped_photo_over_the_limit_is_set_aside_and_the_next_photo_arrives(
+    tmp_path: Path, orthanc: OrthancProcess, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    """Too large is permanent: retrying cannot make the photo smaller. It goes to
+    ``.refused/`` with a reason naming the limit (logged once), the driver stays READY
+    (no ERROR) and the photo dropped after it reaches the PACS."""
     folder = tmp_path / "photos"
     folder.mkdir()
-    config = gateway_config(tmp_path, pacs_port=free_port(), devices=photo_folder_toml(folder))
-    config.write_text(config.read_text() + "\n[spool]\nmax_capture_mb = 1\n")
-    camera = start_camera(folder, tmp_path, "--photos", "1", "--width", "3000", "--height", "2000")
-    try:
-        gateway = gateway_factory(config)
-        wait_for(lambda: "TOO_LARGE" in gateway.log(), 60, "the photo refused as too large")
-        photos = [p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")]
-        assert [p.stat().st_size > MIB for p in photos] == [True], "one photo, over 1 MiB"
-        assert ledger_rows(tmp_path / "state") == []
-        assert not (folder / ".processed").exists() or not any((folder / ".processed").iterdir())
-        assert "DISK FULL" not in gateway.log()
-        assert gateway.stop() == 0
-    finally:
-        camera.stop()
+    devices = photo_folder_toml(folder)
+    config = limited(gateway_config(tmp_path, pacs_port=orthanc.dicom_port, devices=devices))
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    big = camera.make_photo(1, width=3800, height=2500)
+    assert len(big) > 2 * MIB
+    (folder / "IMG_0001.JPG").write_bytes(big)
+    wait_for((folder / ".refused" / "IMG_0001.JPG").exists, 30, "the large photo set aside")
+    reason = (folder / ".refused" / "IMG_0001.JPG.reason.txt").read_text(encoding="utf-8")
+    assert "the limit is 1 MiB ([spool] max_capture_mb)" in reason
+    assert str(len(big)) in reason, "the reason says how large the photo is"
+
+    (folder / "IMG_0002.JPG").write_bytes(camera.make_photo(2, width=640, height=480))
+    wait_for((folder / ".processed" / "IMG_0002.JPG").exists, 30, "the small photo processed")
+    wait_for(lambda: orthanc.count_instances() == 1, 30, "the small photo in Orthanc")
+    state_dir = tmp_path / "state"
+    assert len(ledger_rows(state_dir)) == 1, "nothing of the large photo was spooled"
+    time.sleep(6)  # longer than a retry of an entry left in the folder (5 s)
+    log = gateway.log()
+    assert len(lines_with(log, "max_capture_mb")) == 1, "the refusal is logged once"
+    assert not lines_with(log, "device camera: ERROR"), "no ERROR state"
+    assert device_state(state_dir, "camera") == "READY"
+    assert (folder / ".refused" / "IMG_0001.JPG").read_bytes() == big
+    assert "DISK FULL" not in log
+    assert gateway.stop() == 0
+
+
+def test_a_scanner_export_with_a_mesh_over_the_limit_is_refused_whole(
+    tmp_path: Path, orthanc: OrthancProcess, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    """An export with one file over the limit is refused as a whole before any of its
+    files is captured (no partial scan reaches the PACS); the next export arrives."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    devices = devices_toml(folder)
+    config = limited(gateway_config(tmp_path, pacs_port=orthanc.dicom_port, devices=devices))
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    padding = b"# " + b"x" * 61 + b"\n"
+    mesh = OBJ_TEXT + padding * (2 * MIB // len(padding) + 1)
+    assert len(mesh) > 2 * MIB
+    write_export(folder, "export-1", {**textured_files(1), "body.obj": mesh}, patient={"id": "P1"})
+    reason_file = folder / ".refused" / "export-1.reason.txt"
+    wait_for(reason_file.exists, 30, "the export with the large mesh refused")
+    reason = reason_file.read_text(encoding="utf-8")
+    assert "the limit is 1 MiB ([spool] max_capture_mb)" in reason
+    assert str(len(mesh)) in reason
+
+    write_export(folder, "export-2", textured_files(2), patient={"id": "P2"})
+    wait_for((folder / ".processed" / "export-2").exists, 30, "the next export processed")
+    wait_for(lambda: orthanc.count_instances() == 3, 30, "the next export in Orthanc")
+    state_dir = tmp_path / "state"
+    assert len(ledger_rows(state_dir)) == 3, "nothing of the refused export was spooled"
+    time.sleep(3)  # several retry intervals (1 s)
+    log = gateway.log()
+    assert len(lines_with(log, "max_capture_mb")) == 1, "the refusal is logged once"
+    assert not lines_with(log, "device scanner: ERROR"), "no ERROR state"
+    assert device_state(state_dir, "scanner") == "READY"
+    assert orthanc.count_instances() == 3
+    assert gateway.stop() == 0
+
+
+def test_a_full_disk_keeps_folder_entries_waiting_and_says_so_once(
+    tmp_path: Path,
+    small_disk: Path,
+    orthanc: OrthancProcess,
+    gateway_factory: Callable[[Path], GatewayProcess],
+) -> None:
+    """DISK_FULL is transient: the photo and the export stay where they are and are
+    tried again, but the refusal is logged, and the ERROR state entered, once (not at
+    every retry); when space is back both go through and the drivers are READY."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    devices = photo_folder_toml(photos) + devices_toml(exports)
+    config = gateway_config(tmp_path, pacs_port=orthanc.dicom_port, devices=devices)
+    text = config.read_text().replace(str(tmp_path / "state"), str(small_disk / "state"))
+    config.write_text(text + "\n[spool]\nreserve_mb = 16\n")
+    state_dir = small_disk / "state"
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+    filler = small_disk / "filler"
+    with filler.open("wb") as fh:
+        fh.write(b"\0" * (shutil.disk_usage(small_disk).free - 8 * MIB))
+    (photos / "IMG_0001.JPG").write_bytes(camera.make_photo(1, width=640, height=480))
+    write_export(exports, "export-1", textured_files(1), patient={"id": "P1"})
+    wait_for(lambda: "DISK FULL" in gateway.log(), 30, "the disk-full alarm")
+    time.sleep(12)  # two retries of the photo (5 s), many of the export (1 s)
+    log = gateway.log()
+    assert len(lines_with(log, "camera:", "DISK_FULL", "WARNING")) == 1, log
+    assert len(lines_with(log, "scanner:", "DISK_FULL", "WARNING")) == 1, log
+    assert len(lines_with(log, "device camera: ERROR")) == 1, log
+    assert len(lines_with(log, "device scanner: ERROR")) == 1, log
+    assert device_state(state_dir, "camera") == "ERROR"
+    assert device_state(state_dir, "scanner") == "ERROR"
+    assert (photos / "IMG_0001.JPG").exists()
+    assert (exports / "export-1").exists()
+    assert ledger_rows(state_dir) == []
+
+    filler.unlink()
+    wait_for((photos / ".processed" / "IMG_0001.JPG").exists, 30, "the photo processed")
+    wait_for((exports / ".processed" / "export-1").exists, 30, "the export processed")
+    wait_for(lambda: orthanc.count_instances() == 4, 30, "all in Orthanc")
+    wait_for(lambda: device_state(state_dir, "camera") == "READY", 10, "camera READY")
+    wait_for(lambda: device_state(state_dir, "scanner") == "READY", 10, "scanner READY")
+    assert not (photos / ".refused").exists() or not any((photos / ".refused").iterdir())
+    assert not (exports / ".refused").exists() or not any((exports / ".refused").iterdir())
+    assert gateway.stop() == 0
 
 
 # --- the intake itself: every driver goes through it -------------------------------
@@ -222,3 +350,68 @@ async def test_bytes_streamed_beyond_the_limit_are_refused_and_discarded(
     await sink.write(data)
     receipt = await sink.commit(length=len(data), sha256=hashlib.sha256(data).hexdigest())
     assert not receipt.duplicate
+
+
+# --- a folder driver whose host does not announce the limit: intake's refusal ------
+
+
+async def _until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+    assert predicate(), what
+
+
+async def test_a_photo_intake_refuses_as_too_large_is_set_aside_not_retried(
+    intake: Intake, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The driver's own size check needs the host to announce the limit; without it
+    intake refuses the offer (TOO_LARGE) and that refusal is just as final."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    # The host's default limit (4096 MiB) is not intake's: the driver cannot check first.
+    host = DriverHost("camera", functools.partial(intake.begin, "photo-folder"))
+    options = PhotoFolderOptions(folder=folder, settle_seconds=0.1, poll_interval=0.05)
+    (folder / "IMG_0001.JPG").write_bytes(camera.make_photo(1, width=3800, height=2500))
+    (folder / "IMG_0002.JPG").write_bytes(camera.make_photo(2, width=640, height=480))
+    task = asyncio.create_task(PhotoFolderDriver(options, host, "camera").run())
+    try:
+        await _until((folder / ".processed" / "IMG_0002.JPG").exists, "the small photo")
+        await _until((folder / ".refused" / "IMG_0001.JPG").exists, "the large photo")
+        await asyncio.sleep(0.5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    reason = (folder / ".refused" / "IMG_0001.JPG.reason.txt").read_text(encoding="utf-8")
+    assert "the limit is 1 MiB ([spool] max_capture_mb)" in reason
+    assert host.state is DriverState.READY
+    assert len([r for r in caplog.records if "max_capture_mb" in r.getMessage()]) == 1
+    assert len(ledger_rows(intake.ledger.path.parent)) == 1
+
+
+async def test_an_export_intake_refuses_as_too_large_is_refused_whole(
+    intake: Intake, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused as a whole, not retried. (The files offered before the mesh are in the
+    spool by then: only the driver's own check before capturing, which the gateway's
+    host makes possible, keeps such an export out entirely; see above.)"""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    host = DriverHost("scanner", functools.partial(intake.begin, "scanner-export"))
+    options = ScannerExportOptions(folder=folder, settle_seconds=0.1, poll_interval=0.05)
+    padding = b"# " + b"x" * 61 + b"\n"
+    mesh = OBJ_TEXT + padding * (2 * MIB // len(padding) + 1)
+    write_export(folder, "export-1", {**textured_files(1), "body.obj": mesh}, patient={"id": "P1"})
+    task = asyncio.create_task(ScannerExportDriver(options, host, "scanner").run())
+    try:
+        await _until((folder / ".refused" / "export-1").exists, "the export refused")
+        await asyncio.sleep(0.5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    reason = (folder / ".refused" / "export-1.reason.txt").read_text(encoding="utf-8")
+    assert "the limit is 1 MiB ([spool] max_capture_mb)" in reason
+    assert host.state is DriverState.READY
+    assert len([r for r in caplog.records if "max_capture_mb" in r.getMessage()]) == 1

@@ -17,9 +17,11 @@ target, a phone sync folder). The protocol, the same for every camera:
 3. It is examined (:func:`.photos.examine`): JPEG carried byte for byte, TIFF/PNG
    decoded losslessly; what DICOM cannot carry (4:4:4 or progressive JPEG, a
    damaged file, something that is not a photo, a folder, a TIFF/PNG of more than
-   ``max_pixels``) goes to ``.refused/`` with a plain ``NAME.reason.txt``, and is
-   never acknowledged. A file that is empty or merely ends too early (no JPEG End
-   Of Image marker, a truncated PNG/TIFF) looks exactly like a copy that stalled
+   ``max_pixels``, a file larger than the gateway keeps, ``[spool] max_capture_mb``,
+   judged by its size before it is read) goes to ``.refused/`` with a plain
+   ``NAME.reason.txt``, and is never acknowledged. A file that is empty or merely
+   ends too early (no JPEG End Of Image marker, a truncated PNG/TIFF) looks exactly
+   like a copy that stalled
    (card reader, network share, a phone sync that created the file and waits), so
    it is left alone until it has been unchanged for ``truncated_grace_seconds`` and
    only then refused; a copy that resumes within that time is sent whole and
@@ -35,7 +37,11 @@ target, a phone sync folder). The protocol, the same for every camera:
    the new content is examined and sent on a later look.
 6. Trouble with one entry (it cannot be read or moved) is logged once and that
    entry tried again later; the entries behind it go on. Only a folder that cannot
-   be listed any more counts as the folder gone.
+   be listed any more counts as the folder gone. A refusal by the spool that may
+   pass (a full disk) leaves the photo in the folder to be tried again: it is logged
+   when the spool's reason changes, not at every try, and the driver shows ERROR
+   while photos wait for the spool. A refusal that cannot pass (TOO_LARGE) sets the
+   photo aside in ``.refused/`` like any photo DermGate cannot take.
 
 Camera identity (General Equipment of VL Photographic; only Manufacturer is
 required there, type 2, and may be empty): EXIF Make, Model, BodySerialNumber and
@@ -69,6 +75,7 @@ from gateway.devices.contract import (
     DeviceHost,
     DriverState,
     Matcher,
+    RefusalReason,
 )
 from gateway.devices.folders import (
     ONLY_REGULAR_FILES,
@@ -77,6 +84,7 @@ from gateway.devices.folders import (
     NotARegularFile,
     open_regular,
     special_kind,
+    too_large,
 )
 from gateway.dicom.photo import DEFAULT_MAX_PIXELS, MAX_NATIVE_PIXELS, ExifFields, PhotoExtra
 from gateway.forward.schedule import Backoff
@@ -201,6 +209,10 @@ class _Watcher:
         self.waiting_truncated: set[str] = set()
         #: entry name -> the trouble last logged for it (logged once, not every look)
         self.trouble: dict[str, str] = {}
+        #: entry name -> why the spool refused it for now (it waits; the driver is ERROR)
+        self.spool_refused: dict[str, RefusalReason] = {}
+        #: the spool's refusal last logged (logged when it changes, not at every retry)
+        self.spool_refusal: RefusalReason | None = None
 
     async def look(self) -> None:
         """One look: snapshot every waiting entry, handle those that settled.
@@ -215,6 +227,7 @@ class _Watcher:
             self.not_before.pop(gone, None)
             self.waiting_truncated.discard(gone)
             self.trouble.pop(gone, None)
+            self.spool_refused.pop(gone, None)
         for entry in entries:
             try:
                 await self._look_at(entry)
@@ -223,6 +236,7 @@ class _Watcher:
             except OSError as err:
                 # One entry's trouble never stops the entries behind it.
                 self._entry_trouble(entry, _why(err))
+        self.ready()
 
     async def _look_at(self, entry: Path) -> None:
         loop = asyncio.get_running_loop()
@@ -244,6 +258,7 @@ class _Watcher:
             self.seen.pop(entry.name, None)
             self.not_before.pop(entry.name, None)
             self.waiting_truncated.discard(entry.name)
+            self.spool_refused.pop(entry.name, None)
             if self.trouble.pop(entry.name, None) is not None:
                 log.info(
                     "%s: a dropped file that could not be handled before was handled now", self.name
@@ -293,6 +308,10 @@ class _Watcher:
         if (kind := special_kind(st)) is not None:
             await self._refuse(entry, _not_a_file(kind))
             return True
+        if st.st_size > (limit := self.host.max_capture_bytes):
+            # For good: retrying cannot make it smaller. Never read, never offered.
+            await self._refuse(entry, f"the photo is too large: {too_large(st.st_size, limit)}")
+            return True
         try:
             photo = await asyncio.to_thread(
                 examine,
@@ -313,9 +332,11 @@ class _Watcher:
                 "%s: a dropped file could not be read (%s); trying later", self.name, _why(err)
             )
             return False
-        self.host.set_state(DriverState.TRANSFERRING)
         try:
             saved = await self._send(entry, photo)
+        except CaptureRefused as err:  # TOO_LARGE: retrying cannot change it
+            await self._refuse(entry, err.detail)
+            return True
         finally:
             self.ready()
         if not saved:
@@ -331,19 +352,25 @@ class _Watcher:
         return True
 
     async def _send(self, entry: Path, photo: Photo) -> bool:
-        """Stream one examined photo into the spool; True once it is durable."""
+        """Stream one examined photo into the spool; True once it is durable, False when
+        it stays for a later try. Raises :class:`CaptureRefused` when the spool will never
+        take it (TOO_LARGE)."""
         identity = identity_for(photo.exif, self.options)
         offer = offer_for(photo, self.options.max_pixels)
         try:
             sink = await self.host.begin_capture(identity, offer)
         except CaptureRefused as err:
-            self._refused_by_spool(err)
-            return False
+            if err.reason is RefusalReason.TOO_LARGE:
+                raise
+            return self._refused_by_spool(entry, err)
+        self.spool_refused.pop(entry.name, None)
+        self.host.set_state(DriverState.TRANSFERRING)
         try:
             receipt = await self._stream(entry, photo, sink)
         except CaptureRefused as err:
-            self._refused_by_spool(err)
-            return False
+            if err.reason is RefusalReason.TOO_LARGE:
+                raise
+            return self._refused_by_spool(entry, err)
         except (OSError, NotARegularFile) as err:
             await sink.abort("the photo could not be read")
             why = _why(err) if isinstance(err, OSError) else "it is not a regular file any more"
@@ -401,9 +428,19 @@ class _Watcher:
             )
         return False
 
-    def _refused_by_spool(self, err: CaptureRefused) -> None:
-        log.warning("%s: the spool refused a photo (%s); it stays in the folder", self.name, err)
-        self.host.set_state(DriverState.ERROR, f"spool refused a photo: {err.reason}")
+    def _refused_by_spool(self, entry: Path, err: CaptureRefused) -> bool:
+        """A refusal that may pass (a full disk): the photo stays and is tried again; the
+        driver shows ERROR while photos wait for the spool. Logged when the reason
+        changes, not at every retry. Always False (not saved)."""
+        self.spool_refused[entry.name] = err.reason
+        if err.reason != self.spool_refusal:
+            log.warning(
+                "%s: the spool refused a photo (%s); it stays in the folder and is tried again",
+                self.name,
+                err,
+            )
+            self.spool_refusal = err.reason
+        return False
 
     async def _refuse(self, entry: Path, reason: str) -> None:
         """Set ``entry`` aside; OSError (logged once by the caller) if it cannot be."""
@@ -411,7 +448,13 @@ class _Watcher:
         log.warning("%s: a dropped file was set aside in .refused: %s", self.name, reason)
 
     def ready(self) -> None:
-        """Show the driver as watching."""
+        """Show the driver as watching, or as ERROR while photos wait for the spool."""
+        if self.spool_refused:
+            self.host.set_state(DriverState.ERROR, f"spool refuses photos: {self.spool_refusal}")
+            return
+        if self.spool_refusal is not None:
+            log.info("%s: no photo waits for the spool any more", self.name)
+            self.spool_refusal = None
         self.host.set_state(DriverState.READY, "watching the photo folder")
 
 

@@ -12,7 +12,8 @@ texture images, or an STL mesh, and ``manifest.json`` **last**
    STL and textures checked, links resolved) **before** anything is captured, so a
    damaged export is refused whole and never half-sent; so is an export with a
    symbolic link, pipe, socket, device node or hard-linked file anywhere in it, or
-   a PNG/TIFF texture of more than ``max_pixels``, and none of its files is opened;
+   a PNG/TIFF texture of more than ``max_pixels``, or a file larger than the gateway
+   keeps (``[spool] max_capture_mb``, by its size), and none of its files is opened;
 3. streams each file into the spool (1 MiB blocks; textures, then materials, then
    meshes) with deterministic capture ids and UIDs, re-hashing while it streams: a
    file that changed since it was checked aborts the export for now;
@@ -25,7 +26,10 @@ stays missing or short, or no manifest ever appears) is refused after
 ``incomplete_timeout`` seconds of standing still.
 
 Partial failure: if capturing stops half-way (spool full, the disk unplugged, the
-gateway killed), the export stays in the folder. The next attempt offers every
+gateway killed), the export stays in the folder; a refusal by the spool is logged
+when its reason changes (not at every retry) and the driver shows ERROR while
+exports wait for the spool. A refusal that cannot pass (TOO_LARGE) refuses the
+export whole into ``.refused/``. The next attempt offers every
 file again; those already in the spool are recognised by their capture ids (same
 content, same ids, same UIDs) and acknowledged without a second object, the rest
 are stored. So an export is acknowledged exactly when all its files are durable,
@@ -53,7 +57,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from drivers.scanner_export.export import ExportIncomplete, ExportPlan, PlannedFile, plan_export
 from drivers.scanner_export.manifest import ExportRefused
 from gateway.capture import CaptureOffer, ContentType, DeviceClass
-from gateway.devices.contract import CaptureRefused, CaptureSink, DeviceHost, DriverState, Matcher
+from gateway.devices.contract import (
+    CaptureRefused,
+    CaptureSink,
+    DeviceHost,
+    DriverState,
+    Matcher,
+    RefusalReason,
+)
 from gateway.devices.folders import DropFolder, EntrySnapshot, NotARegularFile, open_regular
 from gateway.dicom.photo import DEFAULT_MAX_PIXELS, MAX_NATIVE_PIXELS
 
@@ -120,6 +131,10 @@ class ScannerExportDriver:
         self.name = name
         self.folder = DropFolder(options.folder)
         self._watches: dict[str, _Watch] = {}
+        #: entry name -> why the spool refused it for now (it waits; the driver is ERROR)
+        self._spool_refused: dict[str, RefusalReason] = {}
+        #: the spool's refusal last logged (logged when it changes, not at every retry)
+        self._spool_refusal: RefusalReason | None = None
 
     async def run(self) -> None:
         """Watch the folder until cancelled; a missing folder is waited for."""
@@ -140,6 +155,13 @@ class ScannerExportDriver:
             await asyncio.sleep(self.options.poll_interval)
 
     def _idle(self) -> None:
+        """Show the driver as watching, or as ERROR while exports wait for the spool."""
+        if self._spool_refused:
+            self.host.set_state(DriverState.ERROR, f"spool refuses exports: {self._spool_refusal}")
+            return
+        if self._spool_refusal is not None:
+            log.info("%s: no export waits for the spool any more", self.name)
+            self._spool_refusal = None
         self.host.set_state(DriverState.READY, "watching the export folder")
 
     async def scan_once(self) -> None:
@@ -148,6 +170,8 @@ class ScannerExportDriver:
         present = {entry.name for entry in entries}
         for gone in set(self._watches) - present:
             del self._watches[gone]
+        for gone in set(self._spool_refused) - present:
+            del self._spool_refused[gone]
         for entry in entries:
             try:
                 await self._look_at(entry)
@@ -188,7 +212,11 @@ class ScannerExportDriver:
     async def _process(self, entry: Path, watch: _Watch, now: float) -> None:
         try:
             plan = await asyncio.to_thread(
-                plan_export, entry, date.today(), self.options.max_pixels
+                plan_export,
+                entry,
+                date.today(),
+                self.options.max_pixels,
+                self.host.max_capture_bytes,
             )
         except ExportIncomplete as err:
             if now - watch.since >= self.options.incomplete_timeout:
@@ -208,7 +236,13 @@ class ScannerExportDriver:
             log.info("%s: an export changed while it was checked (%s)", self.name, err.strerror)
             watch.retry_at = now + self.options.poll_interval
             return
-        if await self._capture(entry, plan):
+        try:
+            captured = await self._capture(entry, plan)
+        except CaptureRefused as err:  # TOO_LARGE: retrying cannot change it
+            await self._refuse(entry, err.detail)
+            self._idle()
+            return
+        if captured:
             # The move is the acknowledgement: only of the export as it was planned. A
             # re-export into the same folder meanwhile (its manifest rewritten) is
             # looked at again; what was already captured is recognised then.
@@ -221,6 +255,7 @@ class ScannerExportDriver:
                     "%s: %s changed while it was captured; looking again", self.name, plan.label
                 )
                 self._watches.pop(entry.name, None)
+                self._spool_refused.pop(entry.name, None)
                 self._idle()
                 return
             try:
@@ -236,6 +271,7 @@ class ScannerExportDriver:
                 watch.retry_at = now + self.options.retry_interval
                 return
             del self._watches[entry.name]
+            self._spool_refused.pop(entry.name, None)
             log.info(
                 "%s: %s acknowledged (%d files durable; moved to .processed)",
                 self.name,
@@ -251,10 +287,12 @@ class ScannerExportDriver:
         await asyncio.to_thread(self.folder.refuse, entry, reason)
         log.warning("%s: an export was refused: %s", self.name, reason)
         self._watches.pop(entry.name, None)
+        self._spool_refused.pop(entry.name, None)
 
     async def _capture(self, entry: Path, plan: ExportPlan) -> bool:
-        """Stream every file of the plan into the spool; True when all are durable."""
-        self.host.set_state(DriverState.TRANSFERRING, plan.label)
+        """Stream every file of the plan into the spool; True when all are durable, False
+        when the export stays for a later try. Raises :class:`CaptureRefused` when the
+        spool will never take it (TOO_LARGE)."""
         duplicates = 0
         for planned in plan.files:
             offer = CaptureOffer(
@@ -268,10 +306,13 @@ class ScannerExportDriver:
             )
             try:
                 sink = await self.host.begin_capture(plan.identity, offer)
+                self._spool_refused.pop(entry.name, None)
+                self.host.set_state(DriverState.TRANSFERRING, plan.label)
                 done = await self._stream(entry, planned, sink)
             except CaptureRefused as err:
-                self.host.set_state(DriverState.ERROR, f"{plan.label}: {err.reason}")
-                log.warning("%s: %s not saved: %s; will retry", self.name, plan.label, err)
+                if err.reason is RefusalReason.TOO_LARGE:
+                    raise
+                self._refused_by_spool(entry, plan, err)
                 return False
             if done is None:
                 return False
@@ -281,6 +322,15 @@ class ScannerExportDriver:
                 "%s: %s: %d files were already in the spool", self.name, plan.label, duplicates
             )
         return True
+
+    def _refused_by_spool(self, entry: Path, plan: ExportPlan, err: CaptureRefused) -> None:
+        """A refusal that may pass (a full disk): the export stays and is tried again; the
+        driver shows ERROR while exports wait for the spool. Logged when the reason
+        changes, not at every retry."""
+        self._spool_refused[entry.name] = err.reason
+        if err.reason != self._spool_refusal:
+            log.warning("%s: %s not saved: %s; will retry", self.name, plan.label, err)
+            self._spool_refusal = err.reason
 
     def _extra(self, planned: PlannedFile) -> dict[str, Any]:
         """The offer's extra: the links, and for a texture DermGate decodes, the limit

@@ -9,7 +9,9 @@ a named pipe, socket or device node, or a file with a second hard link refuses
 the whole export, and no file of it is opened (never half an export; nothing
 from outside the export; nothing that could block). Every file is opened without
 following links (:func:`gateway.devices.folders.open_regular`). PNG and TIFF
-textures larger than ``max_pixels`` (by their header) are refused too.
+textures larger than ``max_pixels`` (by their header) are refused too, and so is
+an export with a file larger than the gateway keeps (``[spool] max_capture_mb``),
+judged by its size before it is read.
 
 * **Export key**: the SHA-256 of the manifest's bytes. It, not the folder name,
   identifies the export (folder and file names may hold patient names, and
@@ -63,6 +65,7 @@ from gateway.devices.folders import (
     NotARegularFile,
     open_regular,
     special_kind,
+    too_large,
 )
 from gateway.dicom.errors import WrapError
 from gateway.dicom.photo import DEFAULT_MAX_PIXELS, check_native_image
@@ -148,8 +151,14 @@ class _Found:
     sha256: str
 
 
-def plan_export(entry: Path, today: date, max_pixels: int = DEFAULT_MAX_PIXELS) -> ExportPlan:
-    """Check the export at ``entry`` and plan its captures (blocking)."""
+def plan_export(
+    entry: Path,
+    today: date,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int | None = None,
+) -> ExportPlan:
+    """Check the export at ``entry`` and plan its captures (blocking); a file larger
+    than ``max_file_bytes`` (the gateway's capture limit) refuses the export."""
     st = entry.lstat()
     if (kind := special_kind(st)) is not None:
         raise ExportRefused(f"not an export folder but {kind}: {ONLY_REGULAR_FILES}")
@@ -161,7 +170,7 @@ def plan_export(entry: Path, today: date, max_pixels: int = DEFAULT_MAX_PIXELS) 
     with _open(entry, MANIFEST_NAME) as fh:
         data = fh.read(MAX_MANIFEST_BYTES + 1)
     manifest = parse_manifest(data, today)
-    found = _collect(entry, manifest, regular)
+    found = _collect(entry, manifest, regular, max_file_bytes)
     meshes = [f for f in found if _ROLE[f.content_type] is ModelRole.MESH]
     if not meshes:
         raise ExportRefused("the export holds no mesh (no OBJ or STL file)")
@@ -206,8 +215,11 @@ def _open(entry: Path, rel: str) -> BinaryIO:
         raise ExportRefused(f"the export holds {err}: {ONLY_REGULAR_FILES}") from err
 
 
-def _collect(entry: Path, manifest: Manifest, regular: list[str]) -> list[_Found]:
-    """The export's files, sized and hashed; listed ones checked against the manifest."""
+def _collect(
+    entry: Path, manifest: Manifest, regular: list[str], max_file_bytes: int | None
+) -> list[_Found]:
+    """The export's files, sized and hashed; listed ones checked against the manifest.
+    A file over ``max_file_bytes`` refuses the export before it is read."""
     found: list[_Found] = []
     if manifest.files is None:
         for rel in regular:
@@ -215,6 +227,7 @@ def _collect(entry: Path, manifest: Manifest, regular: list[str]) -> list[_Found
                 continue
             content_type = CONTENT_TYPES.get(posixpath.splitext(rel)[1].lower())
             if content_type is not None:
+                _within(entry.joinpath(rel).lstat().st_size, max_file_bytes)
                 size, sha = _hash(entry, rel)
                 found.append(_Found(rel, entry / rel, content_type, size, sha))
         return found
@@ -231,11 +244,18 @@ def _collect(entry: Path, manifest: Manifest, regular: list[str]) -> list[_Found
             raise ExportIncomplete("a listed file is shorter than listed")
         if listed.size is not None and current > listed.size:
             raise ExportRefused("a file is larger than the manifest says")
+        _within(current, max_file_bytes)
         size, sha = _hash(entry, rel)
         if listed.sha256 is not None and sha != listed.sha256:
             raise ExportRefused("a file's content differs from the manifest's checksum")
         found.append(_Found(rel, path, content_type, size, sha))
     return found
+
+
+def _within(size: int, max_file_bytes: int | None) -> None:
+    """Refuse the export when one of its files is larger than the gateway keeps."""
+    if max_file_bytes is not None and size > max_file_bytes:
+        raise ExportRefused(f"a file of the export is too large: {too_large(size, max_file_bytes)}")
 
 
 def _check(entry: Path, f: _Found, max_pixels: int) -> tuple[str, ...]:

@@ -110,6 +110,15 @@ class DeviceHost(Protocol):
     def set_state(self, state: DriverState, detail: str = "") -> None:
         """Report the driver's state (logged once per change)."""
 
+    @property
+    def max_capture_bytes(self) -> int:
+        """The largest capture the gateway keeps (``[spool] max_capture_mb``).
+
+        A larger one is refused with :attr:`RefusalReason.TOO_LARGE`, a refusal that
+        retrying cannot change. A driver that knows a capture's size before offering
+        it (a file in a folder) may refuse it itself, without streaming it.
+        """
+
 
 class Driver(Protocol):
     """A device driver plugin."""

@@ -51,6 +51,7 @@ __all__ = [
     "open_regular",
     "reason_file_name",
     "special_kind",
+    "too_large",
 ]
 
 PROCESSED = ".processed"
@@ -91,6 +92,12 @@ def special_kind(st: os.stat_result) -> str | None:
     if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
         return "not a regular file"
     return None
+
+
+def too_large(size: int, limit: int) -> str:
+    """Why a file of ``size`` bytes is refused under a capture limit of ``limit`` bytes
+    (``[spool] max_capture_mb``), in words for a reason file; the caller says what."""
+    return f"{size} bytes, the limit is {limit // (1 << 20)} MiB ([spool] max_capture_mb)"
 
 
 def open_regular(path: Path, *, under: Path | None = None) -> BinaryIO:

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from gateway.capture import CaptureOffer, DeviceIdentity
 from gateway.devices.contract import CaptureReceipt, CaptureSink, DriverState
 from gateway.devices.status import StatusBoard
+from gateway.spool.space import DEFAULT_MAX_CAPTURE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,11 @@ class DriverHost:
         device_name: str,
         begin: BeginCapture,
         board: StatusBoard | None = None,
+        max_capture_bytes: int = DEFAULT_MAX_CAPTURE_BYTES,
     ) -> None:
         self.device_name = device_name
+        #: ``[spool] max_capture_mb`` in bytes, for drivers that know sizes beforehand
+        self.max_capture_bytes = max_capture_bytes
         self._begin = begin
         self._board = board
         self.state = DriverState.DISCONNECTED

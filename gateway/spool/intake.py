@@ -425,7 +425,8 @@ class Intake:
 
     def host_for(self, driver: str, device_name: str) -> DriverHost:
         """A :class:`DeviceHost` for one driver instance (without a status board)."""
-        return DriverHost(device_name, functools.partial(self.begin, driver))
+        begin = functools.partial(self.begin, driver)
+        return DriverHost(device_name, begin, max_capture_bytes=self.max_capture_bytes)
 
     async def reserve_spool_id(self) -> int:
         """A spool id no capture has, for a row inserted later (a gap if never used).
