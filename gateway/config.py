@@ -572,6 +572,22 @@ class WebSettings(_Strict):
         description="PEM certificate: serve HTTPS (the session cookie is then Secure).",
     )
     tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    request_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a complete request (TLS handshake, "
+        "head and body) on a new or idle connection; then the connection is closed.",
+    )
+    max_connections: int = Field(
+        default=0,
+        ge=0,
+        description="Connections the page holds at once, all clients together; past it "
+        "new ones are closed at once. 0: a quarter of the process's file-descriptor "
+        "limit, at most 256 (the rest stays for the devices, the spool and the PACS).",
+    )
+    max_connections_per_client: int = Field(
+        default=32, ge=1, description="Connections one client address may hold at once."
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> WebSettings:

@@ -33,6 +33,7 @@ exactly as the ``dermgate spool`` commands do beside the service.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import hashlib
 import hmac
@@ -45,7 +46,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from gateway.config import DermGateConfig, WebSettings
 from gateway.spool import admin
@@ -65,6 +66,14 @@ from gateway.status.web.auth import (
 )
 from gateway.status.web.checks import run_checks
 from gateway.status.web.data import Figures, read_figures, read_spool, verdict
+from gateway.status.web.gate import (
+    Condition,
+    ConditionLog,
+    Gate,
+    Limits,
+    default_max_connections,
+    listen_sockets,
+)
 from gateway.status.web.logins import LoginFile, Unavailable, Why
 from gateway.users import Users
 
@@ -82,6 +91,11 @@ _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
 }
 SESSION_KEY = web.RequestKey("session", Session)
+#: Live overview streams (``/events``) one login may hold, and all logins together.
+EVENT_STREAMS_PER_SESSION = 4
+EVENT_STREAMS_TOTAL = 32
+#: Browsers that saw the page over valid TLS keep to https for a year.
+HSTS = "max-age=31536000"
 
 
 def _html(text: str, status: int = 200) -> web.Response:
@@ -126,6 +140,9 @@ class WebServer:
         self.metrics = Metrics(self.figures)
         self._login_key = secrets.token_bytes(32)
         self._closing = asyncio.Event()
+        self.conditions = ConditionLog()
+        self.gate: Gate | None = None
+        self._streams: collections.Counter[str] = collections.Counter()
 
     # ----------------------------------------------------------------- data
 
@@ -207,7 +224,10 @@ class WebServer:
 
     def app(self) -> web.Application:
         """The aiohttp application."""
-        app = web.Application(middlewares=[self._headers, self._guard], client_max_size=64 * 1024)
+        app = web.Application(
+            middlewares=[self._bounded, self._headers, self._guard], client_max_size=64 * 1024
+        )
+        app.on_response_prepare.append(self._identity_headers)
         r = app.router
         r.add_get("/healthz", self.healthz)
         r.add_get("/favicon.ico", self.no_favicon)
@@ -226,6 +246,29 @@ class WebServer:
         r.add_post(r"/spool/{sid:[0-9]{1,19}}/resolve", self.resolve)
         r.add_static("/static/", STATIC)
         return app
+
+    @web.middleware
+    async def _bounded(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """The body is read under the connection's request deadline (a trickled body
+        is cut off like a trickled head); the handler then runs without it."""
+        connection = None if self.gate is None else self.gate.connection_of(request.protocol)
+        if connection is None:
+            return await handler(request)
+        if request.body_exists:
+            await request.read()  # bounded by client_max_size
+        connection.request_started(stream=request.path == "/events")
+        try:
+            return await handler(request)
+        finally:
+            connection.waiting()
+
+    async def _identity_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """No ``Server`` header naming aiohttp and Python; HSTS when served over TLS."""
+        response.headers.popall("Server", None)
+        if self.tls:
+            response.headers["Strict-Transport-Security"] = HSTS
 
     @web.middleware
     async def _headers(
@@ -405,17 +448,34 @@ class WebServer:
         return _html(pages.overview_page(await self._fragment(), s.user, s.csrf))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        """Server-sent events: the overview fragment whenever it changes."""
+        """Server-sent events: the overview fragment whenever it changes. At most
+        :data:`EVENT_STREAMS_PER_SESSION` per login and :data:`EVENT_STREAMS_TOTAL`
+        in all; past that 429."""
         token = request.cookies.get(SESSION_COOKIE)
+        key = hashlib.sha256((token or "").encode()).hexdigest()
+        if (
+            self._streams[key] >= EVENT_STREAMS_PER_SESSION
+            or sum(self._streams.values()) >= EVENT_STREAMS_TOTAL
+        ):
+            self.conditions.note(Condition.EVENT_STREAMS, f"user {request[SESSION_KEY].user}")
+            return web.Response(
+                status=429,
+                text="Too many live overviews open: close another tab of this page.\n",
+            )
+        self._streams[key] += 1
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )
         try:
             await response.prepare(request)
             await self._stream(request, response, token)
-        except ConnectionError:
-            # The browser left (another page, a closed tab): normal, not an error.
+        except (ConnectionError, TimeoutError):
+            # The browser left (another page, a closed tab) or stopped reading.
             log.debug("live overview: the browser left")
+        finally:
+            self._streams[key] -= 1
+            if self._streams[key] <= 0:
+                del self._streams[key]
         return response
 
     async def _stream(
@@ -429,20 +489,25 @@ class WebServer:
                 return
             self._users()  # ends this session at once if its user changed
             if self.sessions.get(token) is None:
-                await response.write(b"event: logout\ndata: \n\n")
+                await self._send(response, b"event: logout\ndata: \n\n")
                 return
             fragment = await self._fragment()
             if fragment != last:
                 data = "".join(f"data: {line}\n" for line in fragment.splitlines())
-                await response.write(f"event: overview\n{data}\n".encode())
+                await self._send(response, f"event: overview\n{data}\n".encode())
                 last, quiet = fragment, 0.0
             elif quiet >= 15:
-                await response.write(b": keep-alive\n\n")
+                await self._send(response, b": keep-alive\n\n")
                 quiet = 0.0
             try:
                 await asyncio.wait_for(self._closing.wait(), LIVE_INTERVAL)
             except TimeoutError:
                 quiet += LIVE_INTERVAL
+
+    async def _send(self, response: web.StreamResponse, data: bytes) -> None:
+        """One write to a live stream; a browser that stops reading is dropped."""
+        async with asyncio.timeout(self.web.request_timeout):
+            await response.write(data)
 
     async def why(self, request: web.Request) -> web.Response:
         """Run the checks now."""
@@ -605,17 +670,38 @@ class WebServer:
         host, port = self.web.host_port()
         return f"{'https' if self.tls else 'http'}://{host}:{port}/"
 
+    def limits(self) -> Limits:
+        """The page's connection limits (``max_connections`` 0: from RLIMIT_NOFILE)."""
+        return Limits(
+            max_connections=self.web.max_connections or default_max_connections(),
+            per_client=self.web.max_connections_per_client,
+            request_timeout=self.web.request_timeout,
+        )
+
     async def run(self, ready: Callable[[], None]) -> None:
-        """Serve until cancelled (the gateway's supervisor runs this as a stage)."""
+        """Serve until cancelled (the gateway's supervisor runs this as a stage).
+
+        Connections are accepted by a :class:`.gate.Gate` (caps, deadlines, the
+        redirect of plain HTTP on the TLS port), which hands them to aiohttp."""
+        # aiohttp's own answers to malformed requests bypass on_response_prepare:
+        # keep versions out of their Server header too.
+        web_response.SERVER_SOFTWARE = "DermGate"  # type: ignore[attr-defined]
         host, port = self.web.host_port()
         runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port, ssl_context=self.ssl_context())
-            await site.start()
-            log.info("local page at %s", self.url())
+            assert runner.server is not None
+            limits = self.limits()
+            self.gate = Gate(runner.server, limits, self.ssl_context(), self.conditions)
+            listeners = listen_sockets(host, port)
+            log.info(
+                "local page at %s (at most %d connections, %d per client address)",
+                self.url(),
+                limits.max_connections,
+                limits.per_client,
+            )
             ready()
-            await asyncio.Event().wait()
+            await self.gate.serve(listeners)
         finally:
             self._closing.set()
             await runner.cleanup()
