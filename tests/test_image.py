@@ -18,6 +18,7 @@ from drivers.usb_confocal.driver import UsbConfocalDriver
 from gateway.config import SupervisionSettings
 from gateway.devices.contract import UsbMatch
 from gateway.devices.registry import find_driver, installed_ids
+from gateway.status.web.gate import DEFAULT_MAX_CONNECTIONS
 
 IMAGE = Path(__file__).parent.parent / "image"
 
@@ -90,3 +91,11 @@ def test_every_first_party_usb_device_has_a_udev_rule() -> None:
             f"{match.vendor_id:04x}:{match.product_id:04x}"
         )
     assert "plugdev" in _unit_value("SupplementaryGroups").split()
+
+
+def test_unit_gives_the_page_and_the_rest_their_descriptors() -> None:
+    """The page takes at most a quarter of the soft limit (and 256 at most): the unit's
+    limit leaves the devices, spool, SQLite and the listener at least 3,000."""
+    soft = int(_unit_value("LimitNOFILE").split(":")[0])
+    page = min(DEFAULT_MAX_CONNECTIONS, soft // 4)
+    assert soft - page >= 3000
