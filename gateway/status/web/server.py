@@ -27,7 +27,9 @@ is 404. Responses are
 ``Cache-Control: no-store`` (a revealed page never lands in a browser cache), with
 a strict Content-Security-Policy (scripts and styles from ``/static`` only).
 Ledger writes (retry, resolve) use their own connection with ``BEGIN IMMEDIATE``,
-exactly as the ``dermgate spool`` commands do beside the service.
+exactly as the ``dermgate spool`` commands do beside the service. Connections come in
+through :mod:`.gate` (connection caps, the request deadline, the redirect of plain
+HTTP on the TLS port); ``/events`` streams are capped per login and in all.
 """
 
 from __future__ import annotations
