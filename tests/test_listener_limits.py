@@ -253,3 +253,69 @@ def test_why_page_listener_check_needs_a_real_association(
         held.release()
     wait_for(lambda: check_listener(config).status == OK, 60, "the listener free again")
     assert gateway.stop() == 0
+
+
+def _own_other_address() -> str | None:
+    """One of this box's own addresses that is not loopback (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))
+            address = str(probe.getsockname()[0])
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
+def _echo_from(port: int, source: str) -> bool:
+    """An association and C-ECHO from ``source``; True if answered."""
+    ae = AE(ae_title="STRANGER")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = 10
+    assoc = ae.associate("127.0.0.1", port, ae_title="DERMGATE", bind_address=(source, 0))
+    assert assoc.is_established, f"an association from {source}"
+    try:
+        return bool(assoc.send_c_echo())
+    finally:
+        assoc.release()
+
+
+def _closed_at_once(port: int, source: str) -> bool:
+    """True if a connection from ``source`` is closed before it could send a PDU
+    (well within the time allowed for an association request)."""
+    with socket.create_connection(("127.0.0.1", port), 10, (source, 0)) as conn:
+        conn.settimeout(5)  # the listener gives an admitted peer 10 s
+        try:
+            conn.sendall(b"\x01\x00")
+            return conn.recv(1) == b""
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+
+def test_only_the_destinations_addresses_are_let_in(
+    tmp_path: Path,
+    pacs: MisbehavingPacs,
+    limited_gateway: Callable[[Path], LimitedGateway],
+) -> None:
+    other = _own_other_address()
+    if other is None:
+        pytest.skip("this machine has no address but loopback")
+    gateway = limited_gateway(_config(tmp_path, pacs))
+    assert pacs.report_to is not None
+    assert _echo_from(pacs.report_to, "127.0.0.1"), "loopback is let in"
+    assert _closed_at_once(pacs.report_to, other), "an address no destination has is not"
+    assert _closed_at_once(pacs.report_to, other)
+    assert _log_lines(gateway.log(), "not the address of a configured PACS", other) == 1
+    assert gateway.stop() == 0
+
+    # Listed in commitment_from: let in.
+    with gateway.config.open("a", encoding="utf-8") as fh:
+        fh.write(
+            f'\n[[destinations]]\nname = "other"\nkind = "dicom"\nae_title = "OTHER"\n'
+            f'host = "127.0.0.1"\nport = {pacs.port}\nstorage_commitment = true\n'
+            f'commitment_from = ["{other}"]\n'
+        )
+    gateway = limited_gateway(gateway.config)
+    assert _echo_from(pacs.report_to, other)
+    assert gateway.stop() == 0

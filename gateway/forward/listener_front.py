@@ -152,7 +152,7 @@ class ListenerFront:
     async def start(self) -> None:
         """Bind ``address:port``; raises OSError if it cannot."""
         self._admitted = await asyncio.to_thread(self._admitted_lookup)
-        host = None if self._address in ("", "0.0.0.0", "::") else self._address
+        host = None if self._address in ("", "::") else self._address  # "::": every family
         self._server = await asyncio.start_server(
             self._serve, host, self._port, limit=_CHUNK, reuse_address=True
         )
