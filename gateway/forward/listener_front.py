@@ -185,6 +185,9 @@ class ListenerFront:
         )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # drain() then waits until everything is handed to the kernel, so nothing
+        # written (a reject, the last PDUs) is dropped when the transport is closed.
+        writer.transport.set_write_buffer_limits(0)
         peername = writer.get_extra_info("peername")
         peer = parse_address(str(peername[0])) if peername else None
         try:
