@@ -223,6 +223,7 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             on_resend=lambda name: by_name[name].notify() if name in by_name else None,
             destinations=[d for d in config.destinations if d.storage_commitment],
             on_report=lambda name: overdue[name].reported() if name in overdue else None,
+            admit_from=config.destinations,
         )
         identity = GatewayIdentity(
             gateway_id=config.gateway.id,

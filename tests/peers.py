@@ -183,3 +183,56 @@ def send_report(
         return int(status.Status) if status and "Status" in status else -1
     finally:
         assoc.release()
+
+
+class HeldAssociations:
+    """Associations opened to a listener and kept open (a C-ECHO every few seconds
+    keeps them from idling out), as a peer that takes every slot would."""
+
+    def __init__(self, port: int, *, source: str = "127.0.0.1") -> None:
+        self.port = port
+        self.source = source
+        self.assocs: list[Any] = []
+        self._stop = threading.Event()
+        self._keeper = threading.Thread(target=self._keep, daemon=True)
+        self._lock = threading.Lock()
+        self._keeper.start()
+
+    def open_one(self) -> bool:
+        """Open one more association (C-ECHO); False if the listener would not take it."""
+        ae = AE(ae_title="HOLDER")
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = 15
+        ae.network_timeout = 15
+        assoc = ae.associate(
+            "127.0.0.1", self.port, ae_title="DERMGATE", bind_address=(self.source, 0)
+        )
+        if not assoc.is_established:
+            return False
+        with self._lock:
+            self.assocs.append(assoc)
+        return True
+
+    def fill(self, most: int = 16) -> int:
+        """Open associations until the listener refuses one; return how many are held."""
+        for _ in range(most):
+            if not self.open_one():
+                break
+        return len(self.assocs)
+
+    def _keep(self) -> None:
+        while not self._stop.wait(5):
+            with self._lock:
+                held = list(self.assocs)
+            for assoc in held:
+                if assoc.is_established:
+                    assoc.send_c_echo()
+
+    def release(self) -> None:
+        """Release every held association."""
+        self._stop.set()
+        self._keeper.join(30)
+        for assoc in self.assocs:
+            if assoc.is_established:
+                assoc.release()
+        self.assocs.clear()

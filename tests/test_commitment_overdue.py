@@ -21,7 +21,7 @@ from gateway.config import load_config
 from gateway.local_orthanc import free_port
 from tests.conftest import GatewayProcess, SimulatorProcess, gateway_config, states, wait_for
 from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
-from tests.peers import MisbehavingPacs
+from tests.peers import HeldAssociations, MisbehavingPacs
 from tests.web_support import add_user, login
 
 __all__ = ["mosquitto", "recorder_factory"]  # fixtures used here
@@ -118,4 +118,51 @@ def test_commitment_overdue_is_raised_everywhere_and_clears_on_the_report(
     assert "does not confirm" not in pages["why"]
     log = gateway.log()
     assert log.count("stores captures but does not confirm") == 1, "logged once when raised"
+    assert gateway.stop() == 0
+
+
+def test_a_listener_that_cannot_associate_is_named_as_the_cause(
+    tmp_path: Path,
+    pacs: MisbehavingPacs,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    """Every association slot of our listener taken (by a peer at the PACS's own
+    address): the alarm is raised and the "why" page says the listener cannot
+    associate, not that it works; once the slots are free the report commits."""
+    pacs.commit_script = ["hold"]
+    pacs.start()
+    assert pacs.report_to is not None
+    web_port = free_port()
+    config = gateway_config(
+        tmp_path,
+        pacs_port=pacs.port,
+        pacs_ae="MISBEHAVE",
+        listen_port=pacs.report_to,
+        commitment_timeout=300.0,
+        extra_destination="commitment_alarm_after = 2",
+    )
+    with config.open("a", encoding="utf-8") as fh:
+        fh.write(f'\n[web]\nlisten = "127.0.0.1:{web_port}"\n')
+    add_user(load_config(config))
+    base = f"http://127.0.0.1:{web_port}"
+    simulator_factory("--captures", "1")
+    gateway = gateway_factory(config)
+    state_dir = tmp_path / "state"
+    wait_for(lambda: pacs.held and states(state_dir) == ["SENT"], 90, "a report held back")
+
+    held = HeldAssociations(pacs.report_to)
+    try:
+        assert held.fill() >= 1
+        wait_for(lambda: "does not confirm" in gateway.log(), 60, "commitment_overdue raised")
+        why = asyncio.run(_pages(base))["why"]
+        assert "stores the captures but does not confirm" in why
+        assert "cannot arrive either" in why, "the listener check fails"
+        assert "Listening here" not in why, "not told that the listener works"
+    finally:
+        held.release()
+    pacs.release_held()
+    wait_for(lambda: states(state_dir) == ["COMMITTED"], 60, "the report applied")
+    wait_for(lambda: "confirms again" in gateway.log(), 30, "commitment_overdue cleared")
+    assert "cannot arrive either" not in asyncio.run(_pages(base))["why"]
     assert gateway.stop() == 0

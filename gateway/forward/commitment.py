@@ -43,7 +43,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from gateway.config import DicomDestination
 from gateway.dicom.uids import new_uid
-from gateway.forward.peer_check import PeerCheck
+from gateway.forward.listener_front import ASSOCIATIONS_TOTAL, MAX_PDU, ListenerFront
+from gateway.forward.peer_check import Address, PeerCheck
 from gateway.forward.schedule import Backoff
 from gateway.spool import commitments as cdb
 from gateway.spool.commitments import CommitCandidate, ReportOutcome
@@ -85,9 +86,12 @@ class CommitmentListener:
         on_resend: Callable[[str], None],
         destinations: Sequence[DicomDestination] = (),
         on_report: Callable[[str], None] = lambda _name: None,
+        admit_from: Sequence[DicomDestination] | None = None,
     ) -> None:
         """``destinations``: those that use storage commitment (the only accepted
-        senders); ``on_report(name)`` runs on the loop after a report was applied."""
+        senders); ``on_report(name)`` runs on the loop after a report was applied;
+        ``admit_from``: the destinations whose addresses may connect at all (default:
+        ``destinations``; loopback and our own address always may)."""
         self._ledger = ledger
         self._ae_title = ae_title
         self._address = address
@@ -98,11 +102,13 @@ class CommitmentListener:
         self._peers = PeerCheck(destinations)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
+        self._front: ListenerFront | None = None
+        self._admit_from = list(admit_from) if admit_from is not None else list(destinations)
         self._logged: set[tuple[str, str, Refusal]] = set()
         self._logged_lock = threading.Lock()
 
     async def run(self, ready: Callable[[], None]) -> None:
-        """Serve until cancelled."""
+        """Serve until cancelled: pynetdicom on loopback, behind the bounded front."""
         self._loop = asyncio.get_running_loop()
         ae = AE(ae_title=self._ae_title)
         ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
@@ -110,26 +116,39 @@ class CommitmentListener:
         ae.acse_timeout = 30
         ae.dimse_timeout = 30
         ae.network_timeout = 60
+        ae.maximum_pdu_size = MAX_PDU
+        # The front lets at most ASSOCIATIONS_TOTAL through; pynetdicom keeps a
+        # margin for associations the front has closed and pynetdicom not yet ended.
+        ae.maximum_associations = ASSOCIATIONS_TOTAL + 4
         handlers: list[Any] = [(evt.EVT_N_EVENT_REPORT, self._on_event_report)]
+        self._server = await asyncio.to_thread(
+            ae.start_server, ("127.0.0.1", 0), block=False, evt_handlers=handlers
+        )
         try:
-            self._server = await asyncio.to_thread(
-                ae.start_server,
-                (self._address, self._port),
-                block=False,
-                evt_handlers=handlers,
+            upstream = int(self._server.server_address[1])
+            self._front = ListenerFront(self._address, self._port, upstream, self._admitted)
+            try:
+                await self._front.start()
+            except OSError as err:
+                raise OSError(
+                    err.errno,
+                    f"cannot listen on {self._address}:{self._port} for commitment "
+                    f"reports ({err.strerror}); is [gateway] listen_port in use?",
+                ) from err
+            log.info(
+                "commitment listener on %s:%d as %s", self._address, self._port, self._ae_title
             )
-        except OSError as err:
-            raise OSError(
-                err.errno,
-                f"cannot listen on {self._address}:{self._port} for commitment reports "
-                f"({err.strerror}); is [gateway] listen_port in use?",
-            ) from err
-        log.info("commitment listener on %s:%d as %s", self._address, self._port, self._ae_title)
-        ready()
-        try:
-            await asyncio.Event().wait()
+            ready()
+            await self._front.serve()
         finally:
             await asyncio.to_thread(self._server.shutdown)
+
+    def _admitted(self) -> frozenset[Address]:
+        """Remote addresses let in (blocking: resolves the destinations' hosts)."""
+        found: set[Address] = set()
+        for destination in self._admit_from:
+            found |= self._peers.allowed(destination)
+        return frozenset(found)
 
     def _refuse(self, ae_title: str, address: str, why: Refusal) -> tuple[int, None]:
         """Answer a failure; log the first refusal per peer and reason only."""
@@ -157,7 +176,9 @@ class CommitmentListener:
         """Runs on a pynetdicom thread; waits for the ledger before answering."""
         requestor = event.assoc.requestor
         ae_title = str(requestor.ae_title or "").strip()
-        address = str(requestor.address or "")
+        # pynetdicom's peer is the front's relay; the front knows whose it is.
+        front = self._front
+        address = (front.peer_of(int(requestor.port)) if front else None) or "unknown"
         if not self._peers.any_destination(ae_title, address):
             return self._refuse(ae_title, address, Refusal.STRANGER)
         info = event.event_information

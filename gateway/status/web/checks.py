@@ -5,9 +5,10 @@ A check never raises: a check that cannot tell says "unknown" and why. Results
 carry no patient data: host names, ports, AE titles, counts, dates.
 
 Checks: TCP connect + DICOM C-ECHO to each destination; our storage commitment
-listener reachable (TCP connect to our own port); each PACS confirms what it stores
-(no ``commitment_overdue`` alarm); clock synchronised (timedatectl,
-else the kernel's adjtimex status); disk free against the reserve; the page's TLS
+listener answers (an association and C-ECHO to our own port, as our AE title: a
+listener that accepts TCP but whose association slots are all taken fails); each
+PACS confirms what it stores (no ``commitment_overdue`` alarm); clock synchronised
+(timedatectl, else the kernel's adjtimex status); disk free against the reserve; the page's TLS
 certificate days to expiry (when TLS is configured); devices not ready; captures
 set aside.
 """
@@ -120,10 +121,37 @@ def check_destination(dest: DicomDestination, our_ae: str, timeout: float = 5.0)
         ae.shutdown()
 
 
+def _echo(host: str, port: int, ae_title: str, timeout: float) -> str | None:
+    """None if ``ae_title`` at ``host:port`` accepts an association and answers a C-ECHO
+    (asked as ``ae_title`` itself), else a plain reason."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=ae_title)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    assoc = ae.associate(host, port, ae_title=ae_title)
+    try:
+        if assoc.is_rejected:
+            return "it rejected the association: all its connections may be taken"
+        if not assoc.is_established:
+            return "it accepts connections but does not answer a DICOM association request"
+        status = assoc.send_c_echo()
+        code = getattr(status, "Status", None) if status else None
+        if code == 0:
+            return None
+        return "it accepted an association but did not answer the echo"
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+
 def check_listener(
-    config: DermGateConfig, timeout: float = 3.0, *, overdue: bool = False
+    config: DermGateConfig, timeout: float = 5.0, *, overdue: bool = False
 ) -> CheckResult:
-    """Our storage commitment listener accepts TCP connections (from this box).
+    """Our storage commitment listener answers an association from this box.
 
     ``overdue``: a PACS's confirmations are not arriving although we listen.
     """
@@ -133,21 +161,32 @@ def check_listener(
     if not any(d.storage_commitment for d in config.destinations):
         return CheckResult(name, OK, "Not needed: no destination uses storage commitment.")
     problem = _tcp(host, g.listen_port, timeout)
-    if problem is None and overdue:
+    if problem is not None:
+        return CheckResult(
+            name,
+            FAIL,
+            f"Not reachable ({problem}).",
+            "Restart the DermGate service; if it stays, another program may use port "
+            f"{g.listen_port}.",
+        )
+    problem = _echo(host, g.listen_port, g.ae_title, timeout)
+    if problem is not None:
+        return CheckResult(
+            name,
+            FAIL,
+            f"Reachable, but {problem}, so a PACS's confirmations cannot arrive either.",
+            "The log names the addresses whose connections were closed (too many, too "
+            "slow, too long). If it stays, restart the DermGate service; if another "
+            f"program uses port {g.listen_port}, stop it.",
+        )
+    if overdue:
         return CheckResult(
             name,
             WARN,
             "Listening here, but a PACS's confirmations do not arrive (see below).",
             "The listener works; the PACS sends its reports elsewhere or is blocked.",
         )
-    if problem is None:
-        return CheckResult(name, OK, "Listening for the PACS's confirmations.")
-    return CheckResult(
-        name,
-        FAIL,
-        f"Not reachable ({problem}).",
-        f"Restart the DermGate service; if it stays, another program may use port {g.listen_port}.",
-    )
+    return CheckResult(name, OK, "Answers an association and a DICOM echo.")
 
 
 def _address_towards(host: str, port: int) -> str | None:
