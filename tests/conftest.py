@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -144,9 +145,19 @@ reconnect_max = 1
     return path
 
 
+#: The descriptor limit systemd gives a service (soft ``LimitNOFILE``): every test
+#: runs the gateway under it, as a box does.
+SERVICE_NOFILE = 1024
+
+
+def _service_limits() -> None:
+    """In the child, before exec: the descriptor limit of a systemd service."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (SERVICE_NOFILE, SERVICE_NOFILE))
+
+
 @dataclass
 class GatewayProcess:
-    """``dermgate run --config FILE`` as a child process."""
+    """``dermgate run --config FILE`` as a child process, under ``ulimit -n 1024``."""
 
     config: Path
     log_path: Path
@@ -163,7 +174,16 @@ class GatewayProcess:
             [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_service_limits,
         )
+
+    def vm_hwm(self) -> int:
+        """The process's peak resident memory (bytes)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM")
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; return the exit code."""

@@ -14,11 +14,8 @@ accepts TCP but answers no association from one that works.
 from __future__ import annotations
 
 import errno
-import resource
 import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,39 +33,12 @@ from tests.peers import HeldAssociations, MisbehavingPacs
 MIB = 1024 * 1024
 
 
-def _service_limits() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
-
-
-class LimitedGateway(GatewayProcess):
-    """``dermgate run`` with the descriptor limit of a systemd service (1024)."""
-
-    def start(self) -> None:
-        self._runs_before = self.log().count(" running as ") if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self._logs.append(log)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_service_limits,
-        )
-
-    def vm_hwm(self) -> int:
-        """The process's peak resident memory (bytes)."""
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmHWM")
-
-
 @pytest.fixture
-def limited_gateway(tmp_path: Path) -> Iterator[Callable[[Path], LimitedGateway]]:
-    started: list[LimitedGateway] = []
+def limited_gateway(tmp_path: Path) -> Iterator[Callable[[Path], GatewayProcess]]:
+    started: list[GatewayProcess] = []
 
-    def start(config: Path) -> LimitedGateway:
-        gw = LimitedGateway(config, tmp_path / "gateway.log")
+    def start(config: Path) -> GatewayProcess:
+        gw = GatewayProcess(config, tmp_path / "gateway.log")
         gw.start()
         started.append(gw)
         gw.wait_running()
@@ -122,7 +92,7 @@ def _log_lines(log: str, needle: str, peer: str) -> int:
 def test_a_giant_pdu_is_refused_before_it_is_read(
     tmp_path: Path,
     pacs: MisbehavingPacs,
-    limited_gateway: Callable[[Path], LimitedGateway],
+    limited_gateway: Callable[[Path], GatewayProcess],
 ) -> None:
     gateway = limited_gateway(_config(tmp_path, pacs))
     assert pacs.report_to is not None
@@ -191,7 +161,7 @@ class Trickle:
 def test_trickling_connections_do_not_block_commitment_reports(
     tmp_path: Path,
     pacs: MisbehavingPacs,
-    limited_gateway: Callable[[Path], LimitedGateway],
+    limited_gateway: Callable[[Path], GatewayProcess],
     simulator_factory: Callable[..., SimulatorProcess],
 ) -> None:
     pacs.commit_script = ["hold"]
@@ -224,7 +194,7 @@ def test_trickling_connections_do_not_block_commitment_reports(
 def test_why_page_listener_check_needs_a_real_association(
     tmp_path: Path,
     pacs: MisbehavingPacs,
-    limited_gateway: Callable[[Path], LimitedGateway],
+    limited_gateway: Callable[[Path], GatewayProcess],
 ) -> None:
     # Something accepts TCP on the port but never answers an association.
     (tmp_path / "mute").mkdir()
@@ -296,7 +266,7 @@ def _closed_at_once(port: int, source: str) -> bool:
 def test_only_the_destinations_addresses_are_let_in(
     tmp_path: Path,
     pacs: MisbehavingPacs,
-    limited_gateway: Callable[[Path], LimitedGateway],
+    limited_gateway: Callable[[Path], GatewayProcess],
 ) -> None:
     other = _own_other_address()
     if other is None:

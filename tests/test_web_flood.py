@@ -17,7 +17,6 @@ import os
 import resource
 import ssl
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,28 +27,9 @@ from tests.photo_folder_support import photo_folder_toml
 from tests.test_web_service import _user_add
 from tests.web_support import PASSWORD
 
-SERVICE_NOFILE = 1024  # systemd's default soft limit for a service
 FLOOD_TLS = 1000  # TLS connections with an incomplete request
 FLOOD_RAW = 100  # TCP connections that never finish the TLS handshake
 FLOOD_SOURCES = 40  # client addresses 127.0.0.10..: each under the per-client cap
-
-
-class LimitedGateway(GatewayProcess):
-    """``dermgate run`` with the service's descriptor limit."""
-
-    def start(self) -> None:
-        """Start the service under ``ulimit -n 1024``."""
-        self._runs_before = self.log().count(" running as ") if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self._logs.append(log)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: resource.setrlimit(
-                resource.RLIMIT_NOFILE, (SERVICE_NOFILE, SERVICE_NOFILE)
-            ),
-        )
 
 
 def _raise_own_nofile(wanted: int = 8192) -> None:
@@ -193,7 +173,7 @@ def test_a_tls_connection_flood_on_the_page_does_not_stop_intake(
     with config.open("a", encoding="utf-8") as fh:
         fh.write(_web_section(port, cert, key, request_timeout=3))
     _user_add(config, "tech", PASSWORD)
-    gateway = LimitedGateway(config, tmp_path / "gateway.log")
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
     gateway.start()
     try:
         gateway.wait_running()
@@ -252,7 +232,7 @@ def test_one_client_address_gets_only_its_share_of_connections(tmp_path: Path) -
     config = gateway_config(tmp_path, pacs_port=free_port(), devices="")
     with config.open("a", encoding="utf-8") as fh:
         fh.write(_web_section(port, cert, key, request_timeout=120))
-    gateway = LimitedGateway(config, tmp_path / "gateway.log")
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
     gateway.start()
     try:
         gateway.wait_running()
