@@ -63,7 +63,7 @@ __all__ = ["confocal_sim"]  # fixture used here
 NOFILE = 1024
 #: The gateway wrapping 100,000 one-pixel frames may peak this much above 1,000.
 GROWTH = 1.3
-PEAK_LIMIT_MB = 120
+PEAK_LIMIT_MB = 150  # the gateway peaks near 85 MB here; 100,000 frames took 800 MB on 20766cc
 
 
 def _nofile() -> None:
@@ -243,6 +243,7 @@ def test_wrapping_100_000_one_pixel_frames_takes_no_more_memory_than_1_000(
     assert state == "WRAPPED"
     large_peak = large.peak_mb()
     assert large.stop() == 0
+    print(f"peak: {small_peak:.1f} MB at 1000 frames, {large_peak:.1f} MB at {MAX_FRAMES}")
     assert large_peak < small_peak * GROWTH, (small_peak, large_peak)
     dicom = next((tmp_path / f"frames-{MAX_FRAMES}" / "state" / "spool" / "dicom").iterdir())
     ds = pydicom.dcmread(dicom, stop_before_pixels=True)
