@@ -257,7 +257,9 @@ class _Connection:
             self.transfer = None
         self.skipping = None
         assert self.identity is not None
-        if header.frames > self.options.max_frames:
+        if header.frames > self.options.max_frames and header.length <= self.host.max_capture_bytes:
+            # (Too large in bytes as well: intake refuses it as TOO_LARGE just below,
+            # naming the gateway-wide limit, which comes first.)
             await self._refuse_frames(header)
             return
         self.host.set_state(DriverState.TRANSFERRING, header.stack_id)
