@@ -300,7 +300,7 @@ def test_streamed_file_is_byte_for_byte_the_builders_data_set(
     assert iod_errors(pydicom.dcmread(tmp_path / "out.dcm")) == []
 
 
-def test_old_offers_with_depth_lists_still_wrap(tmp_path: Path) -> None:
+def test_old_offers_with_depth_and_tile_lists_are_still_read(tmp_path: Path) -> None:
     """Stacks spooled by an older version carry JSON lists of depths and tiles."""
     for kind in ("z-stack", "mosaic"):
         stack = make_stack(kind, frames=4)
