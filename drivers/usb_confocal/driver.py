@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from array import array
+from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar
@@ -32,7 +34,7 @@ from gateway.devices.contract import (
     Matcher,
     UsbMatch,
 )
-from gateway.dicom.confocal import ConfocalStack
+from gateway.dicom.confocal import MAX_FRAMES, ConfocalStack, RowMajorTiles
 from gateway.forward.schedule import Backoff
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,15 @@ class UsbConfocalOptions(BaseModel):
     reconnect_max: float = Field(
         default=30.0, gt=0, description="Longest wait between attempts to find the device."
     )
+    max_frames: int = Field(
+        default=10_000,
+        ge=1,
+        le=MAX_FRAMES,
+        description="A stack announcing more frames than this is refused at its header "
+        "(NAK TOO_MANY_FRAMES), before anything is stored or acknowledged. Real RCMs "
+        "record tens to a few hundred frames a stack and mosaics of up to a few "
+        f"thousand tiles; at most {MAX_FRAMES} (what the DICOM writer takes).",
+    )
 
     @field_validator("usb_port")
     @classmethod
@@ -103,8 +114,8 @@ def identity_from_fields(fields: dict[p.IdentityField, str]) -> DeviceIdentity:
 
 def stack_of(
     header: p.StackHeader,
-    depths_um: list[float] | None = None,
-    tiles: list[tuple[int, int]] | None = None,
+    depths_um: array[float] | None = None,
+    tiles: RowMajorTiles | None = None,
 ) -> ConfocalStack:
     """The DICOM builder's description of a stack (per-frame data when known)."""
     return ConfocalStack(
@@ -121,8 +132,8 @@ def stack_of(
         numerical_aperture=header.numerical_aperture,
         tile_rows=header.tile_rows,
         tile_columns=header.tile_cols,
-        depths_um=tuple(depths_um or ()),
-        tiles=tuple(tiles or ()),
+        depths_um=depths_um if depths_um is not None else (),
+        tiles=tiles if tiles is not None else (),
         frame_ms=header.frame_ms,
     )
 
@@ -143,16 +154,23 @@ def offer_for(header: p.StackHeader) -> CaptureOffer:
 
 
 class _Transfer:
-    """The stack being received."""
+    """The stack being received: 8 bytes a frame (its depth), whatever the count.
 
-    __slots__ = ("depths", "header", "offer", "sink", "tiles")
+    The tiles of a mosaic are not recorded: the reader takes them only in row-major
+    order (:class:`~drivers.usb_confocal.protocol.StackReader`), so the grid says it.
+    """
+
+    __slots__ = ("depths", "header", "offer", "sink")
 
     def __init__(self, header: p.StackHeader, offer: CaptureOffer, sink: CaptureSink) -> None:
         self.header = header
         self.offer = offer
         self.sink = sink
-        self.depths: list[float] = []
-        self.tiles: list[tuple[int, int]] = []
+        self.depths = array("d")
+
+
+#: Stack ids whose refusal for too many frames was logged (not again at each re-offer).
+_REMEMBERED_REFUSALS = 64
 
 
 class _Connection:
@@ -170,6 +188,7 @@ class _Connection:
         self.transfer: _Transfer | None = None
         self.skipping: str | None = None  # a refused stack whose bytes are ignored
         self.resynchronised = 0
+        self.too_many_frames: OrderedDict[str, None] = OrderedDict()
 
     async def serve(self) -> None:
         self.host.set_state(DriverState.CONNECTING, "reading the device identity")
@@ -206,10 +225,9 @@ class _Connection:
         match event:
             case p.StackStarted(header=header):
                 await self._begin(header)
-            case p.FrameStarted(z_um=z_um, tile_row=row, tile_col=col):
+            case p.FrameStarted(z_um=z_um):
                 if self.transfer is not None:
                     self.transfer.depths.append(z_um)
-                    self.transfer.tiles.append((row, col))
             case p.PixelBytes(stack_id=stack_id, data=data):
                 if self.transfer is not None:
                     try:
@@ -239,6 +257,11 @@ class _Connection:
             self.transfer = None
         self.skipping = None
         assert self.identity is not None
+        if header.frames > self.options.max_frames and header.length <= self.host.max_capture_bytes:
+            # (Too large in bytes as well: intake refuses it as TOO_LARGE just below,
+            # naming the gateway-wide limit, which comes first.)
+            await self._refuse_frames(header)
+            return
         self.host.set_state(DriverState.TRANSFERRING, header.stack_id)
         offer = offer_for(header)
         try:
@@ -253,12 +276,13 @@ class _Connection:
         if transfer is None or transfer.header.stack_id != stack_id:
             return
         header = transfer.header
+        mosaic = header.kind == "mosaic"
         final = replace(
             transfer.offer,
             extra=stack_of(
                 header,
-                depths_um=transfer.depths if header.kind == "z-stack" else None,
-                tiles=transfer.tiles if header.kind == "mosaic" else None,
+                depths_um=None if mosaic else transfer.depths,
+                tiles=RowMajorTiles(header.tile_rows, header.tile_cols) if mosaic else None,
             ).to_extra(),
         )
         try:
@@ -284,6 +308,32 @@ class _Connection:
             # The device abandons a NAKed offer mid-stream; what is still in flight is
             # skipped as garbage up to its next message (a re-offer starts clean).
             self.reader.interrupt("refused by the host")
+        self._idle()
+
+    async def _refuse_frames(self, header: p.StackHeader) -> None:
+        """NAK TOO_MANY_FRAMES at the header: nothing is staged, the device keeps it.
+
+        Logged once per stack (the device offers it again and again), not at each offer.
+        """
+        stack_id = header.stack_id
+        level = logging.DEBUG if stack_id in self.too_many_frames else logging.WARNING
+        log.log(
+            level,
+            "%s: stack %s refused: %d frames, more than max_frames (%d); it stays on "
+            "the device (NAK TOO_MANY_FRAMES)",
+            self.name,
+            stack_id,
+            header.frames,
+            self.options.max_frames,
+        )
+        self.too_many_frames[stack_id] = None
+        self.too_many_frames.move_to_end(stack_id)
+        while len(self.too_many_frames) > _REMEMBERED_REFUSALS:
+            self.too_many_frames.popitem(last=False)
+        self.skipping = stack_id
+        await self._nak(stack_id, p.NakReason.TOO_MANY_FRAMES)
+        if self.reader.current_stack == stack_id:
+            self.reader.interrupt("refused by the host")  # see _refuse
         self._idle()
 
     async def _nak(self, stack_id: str, reason: p.NakReason) -> None:

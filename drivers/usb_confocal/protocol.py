@@ -45,8 +45,9 @@ restarts offering from its oldest unacknowledged stack); ``0x11 ACK`` JSON
 The device keeps every stack until it is ACKed and offers unacknowledged stacks
 again after a NAK, a reconnect or a HOST_HELLO; the host recognises a re-offer of
 a stack it already saved and ACKs it again. A NAK may come while the stack is
-still streaming (the host refuses it at its header, e.g. disk full, or TOO_LARGE
-when frames × width × height × bits/8 is more than it accepts): the device
+still streaming (the host refuses it at its header, e.g. disk full, TOO_LARGE
+when frames × width × height × bits/8 is more than it accepts, or TOO_MANY_FRAMES
+when ``frames`` is more than it accepts, however small each frame): the device
 then abandons that offer at once, and the host drops its reader state
 (:meth:`StackReader.interrupt`) so the bytes still in flight are skipped as
 garbage up to the next message. (Pixels are unframed, so a reader that kept
@@ -149,6 +150,10 @@ class NakReason(enum.StrEnum):
     #: The stack is larger than the host accepts (the size its header announces, or
     #: what it streams); refused at its header whenever offered.
     TOO_LARGE = "TOO_LARGE"
+    #: The stack has more frames than the host accepts (the host's ``max_frames``;
+    #: the header announces the count, and no frame beyond it is ever taken);
+    #: refused at its header whenever offered.
+    TOO_MANY_FRAMES = "TOO_MANY_FRAMES"
 
 
 @dataclass(frozen=True, slots=True)

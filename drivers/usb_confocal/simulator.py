@@ -18,7 +18,10 @@ vanishes half-way through the first stack and comes back a second later),
 ``--garbage`` (random bytes on the wire before every stack), ``--reoffer`` (after
 each ACK, the device acts as if the ACK was lost and offers the stack once more).
 ``--announce-huge`` makes the first offer a header claiming an absurd size (the
-host must refuse it as too large, not take it for a full disk).
+host must refuse it as too large, not take it for a full disk). ``--first-frames N``
+gives stack 1 (and only it) N frames: with ``--size 1x1``, a stack of many tiny
+frames, small in bytes but absurd in count (the host's ``max_frames`` refuses it;
+the device keeps it and offers it again after each refusal).
 """
 
 from __future__ import annotations
@@ -175,6 +178,8 @@ class DeviceSimulator:
     def _plan(self, index: int, width: int, height: int) -> SimStack:
         mosaic = self.args.mosaic
         frames = self.args.frames
+        if index == 0 and self.args.first_frames:
+            frames = self.args.first_frames
         rows = cols = 0
         if mosaic:
             cols = max(1, int(frames**0.5))
@@ -208,12 +213,17 @@ class DeviceSimulator:
         size = header.frame_bytes
         base = rng.randbytes(size)
         step = (size // max(header.frames, 1) + 1) | 1
+        tables: dict[float, bytes] = {}  # by gain: deep frames share one (many tiny frames)
         for i in range(header.frames):
             offset = (i * step) % size
             rotated = base[offset:] + base[:offset]
             depth = 50.0 if header.kind == "mosaic" else i * header.z_step_um
             gain = max(0.25, 1.0 - depth / 400.0)
-            table = bytes(min(255, int(v * gain)) for v in range(256))
+            table = tables.get(gain)
+            if table is None:
+                table = bytes(min(255, int(v * gain)) for v in range(256))
+                if len(tables) < 1024:
+                    tables[gain] = table
             pixels = rotated.translate(table)
             sha.update(pixels)
             yield depth, pixels
@@ -255,6 +265,7 @@ class DeviceSimulator:
         if not self.hello:
             return b""
         out = bytearray()
+        new_offer = False
         while len(out) < size:
             budget = size - len(out)
             if self.unplug_armed and self.current is not None and self.current.index == 0:
@@ -280,6 +291,7 @@ class DeviceSimulator:
                     self.offered += 1
                     self.sent_of_current = 0
                     self.stream = self._offer_bytes(stack)
+                    new_offer = True
                     log.info("offering %s (offer %d)", stack.header.stack_id, stack.offers)
                 chunk = next(self.stream, None)
                 if chunk is None:
@@ -293,6 +305,10 @@ class DeviceSimulator:
             self.pending = self.pending[len(piece) :]
             out += piece
             self.sent_of_current += len(piece)
+            if new_offer and not self.pending:
+                # A new offer's first message ends its transfer (a short packet), so
+                # the host can refuse the header before the frames are even made.
+                break
         return bytes(out)
 
     def _on_host(self, message: p.HostMessage, now: float) -> None:
@@ -513,6 +529,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=5,
         help="frames per stack (default 5); --mosaic: tiles, made a rows x cols grid",
+    )
+    parser.add_argument(
+        "--first-frames",
+        type=int,
+        default=0,
+        help="stack 1 has this many frames instead of --frames (e.g. 200000 with --size "
+        "1x1: a stack absurd in frame count, not in bytes)",
     )
     parser.add_argument("--size", default="64x64", help="frame size WxH (default 64x64)")
     parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits per pixel")

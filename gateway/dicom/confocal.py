@@ -128,13 +128,19 @@ Decisions:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import os
 import struct
+import sys
+from array import array
+from collections.abc import Iterator
+from collections.abc import Sequence as FrameValues
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, BinaryIO, Final, Literal, overload
 
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
@@ -147,6 +153,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from gateway.capture import Laterality
+from gateway.dicom.elements import Element, encode_item, sequence_header, tag_of, to_dataset
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.modules import (
@@ -169,9 +176,11 @@ __all__ = [
     "BITS",
     "CONFOCAL_IMAGE_SOP_CLASS",
     "CONFOCAL_TILED_SOP_CLASS",
+    "MAX_FRAMES",
     "MAX_PIXEL_BYTES",
     "MODALITY",
     "ConfocalStack",
+    "RowMajorTiles",
     "build_confocal",
     "write_confocal",
 ]
@@ -181,6 +190,12 @@ CONFOCAL_TILED_SOP_CLASS: Final = str(ConfocalMicroscopyTiledPyramidalImageStora
 MODALITY: Final = "CFM"
 #: Largest explicit length of one data element (0xFFFFFFFF means "undefined").
 MAX_PIXEL_BYTES: Final = 0xFFFFFFFE
+#: Most frames one confocal object is written with: a hard safety bound, ten times the
+#: usb-confocal driver's default ``max_frames``. Real reflectance confocal microscopes
+#: record stacks of tens to a few hundred frames and mosaics of up to a few thousand
+#: tiles; a capture beyond this (spooled by an older version, or by a plugin driver)
+#: is quarantined with the reason instead of wrapped.
+MAX_FRAMES: Final = 100_000
 IMAGE_TYPE: Final = ("ORIGINAL", "PRIMARY", "VOLUME", "NONE")
 #: Bits Allocated = Bits Stored (High Bit 7): PS3.3 C.8.35.1 defers to C.8.12.1.1.2.
 BITS: Final = 8
@@ -203,10 +218,12 @@ Kind = Literal["z-stack", "mosaic"]
 class ConfocalStack:
     """Geometry and per-frame positions of one confocal capture (``offer.extra``).
 
-    ``depths_um`` has one depth below the skin surface (µm) per frame of a z-stack;
+    ``depths_um`` has one depth below the skin surface (µm) per frame of a z-stack,
+    kept as an ``array('d')`` (8 bytes a frame, not a Python float object each);
     ``tiles`` one (row, column) grid position per tile of a mosaic, in the order the
-    frames are stored. Serialises to and from JSON-compatible dicts: thousands of
-    frames are a few tens of kB in the ledger.
+    frames are stored (:class:`RowMajorTiles` for the usual full grid sent row by
+    row: nothing stored per tile). Serialises to and from JSON-compatible dicts, the
+    depths as one base64 string of little-endian doubles (see :meth:`to_extra`).
     """
 
     kind: Kind
@@ -222,11 +239,19 @@ class ConfocalStack:
     numerical_aperture: float | None = None
     tile_rows: int = 0
     tile_columns: int = 0
-    depths_um: tuple[float, ...] = ()
-    tiles: tuple[tuple[int, int], ...] = ()
+    depths_um: FrameValues[float] = ()
+    tiles: FrameValues[tuple[int, int]] = ()
     confocal_mode: str = "REFLECTANCE"
     #: Time to acquire one frame (ms), when the device says; see _frame_content.
     frame_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.depths_um, array) or self.depths_um.typecode != "d":
+            object.__setattr__(self, "depths_um", array("d", self.depths_um))
+        if not isinstance(self.tiles, RowMajorTiles):
+            tiles = tuple(self.tiles)
+            grid = RowMajorTiles(self.tile_rows, self.tile_columns)
+            object.__setattr__(self, "tiles", grid if tiles and grid == tiles else tiles)
 
     @property
     def bytes_per_pixel(self) -> int:
@@ -264,9 +289,12 @@ class ConfocalStack:
         if self.kind == "mosaic":
             data["tile_rows"] = self.tile_rows
             data["tile_columns"] = self.tile_columns
-            data["tiles"] = [list(t) for t in self.tiles]
+            tiles = self.tiles
+            data["tiles"] = (
+                _ROW_MAJOR if isinstance(tiles, RowMajorTiles) else [list(t) for t in tiles]
+            )
         else:
-            data["depths_um"] = list(self.depths_um)
+            data["depths_um_f64"] = _pack_depths(self.depths_um)
         return data
 
     @classmethod
@@ -274,6 +302,7 @@ class ConfocalStack:
         """Read and check ``offer.extra``; a missing or wrong field raises WrapError."""
         try:
             kind = _kind(extra["kind"])
+            _check_frame_count(int(extra["frames"]))  # before reading anything per frame
             stack = cls(
                 kind=kind,
                 frames=int(extra["frames"]),
@@ -288,12 +317,12 @@ class ConfocalStack:
                 numerical_aperture=_opt_float(extra.get("numerical_aperture")),
                 tile_rows=int(extra.get("tile_rows") or 0),
                 tile_columns=int(extra.get("tile_columns") or 0),
-                depths_um=tuple(float(d) for d in extra.get("depths_um") or ()),
-                tiles=tuple((int(t[0]), int(t[1])) for t in extra.get("tiles") or ()),
+                depths_um=_depths_from(extra),
+                tiles=_tiles_from(extra),
                 confocal_mode=str(extra.get("confocal_mode") or "REFLECTANCE"),
                 frame_ms=_opt_float(extra.get("frame_ms")),
             )
-        except (KeyError, TypeError, ValueError, IndexError) as err:
+        except (KeyError, TypeError, ValueError, IndexError, binascii.Error) as err:
             raise WrapError(
                 f"the confocal stack description is incomplete or invalid ({err}); "
                 "check the device driver; the capture is kept and quarantined"
@@ -303,6 +332,7 @@ class ConfocalStack:
 
     def check(self) -> None:
         """Refuse geometry DICOM cannot describe, with a reason a technician can act on."""
+        _check_frame_count(self.frames)
         problems: list[str] = []
         if self.bits != BITS:
             problems.append(
@@ -322,12 +352,11 @@ class ConfocalStack:
         if self.kind == "z-stack" and len(self.depths_um) != self.frames:
             problems.append(f"{len(self.depths_um)} frame depths for {self.frames} frames")
         if self.kind == "mosaic":
-            expected = [(r, c) for r in range(self.tile_rows) for c in range(self.tile_columns)]
             if self.tile_rows * self.tile_columns != self.frames:
                 problems.append(
                     f"a {self.tile_rows}x{self.tile_columns} tile grid for {self.frames} tiles"
                 )
-            elif list(self.tiles) != expected:
+            elif RowMajorTiles(self.tile_rows, self.tile_columns) != self.tiles:
                 problems.append("tiles not in row-major order (TILED_FULL needs a full grid)")
         if problems:
             raise WrapError(
@@ -342,6 +371,108 @@ class ConfocalStack:
                 "Data); record shorter stacks on the device; the capture is kept and "
                 "quarantined"
             )
+
+
+class RowMajorTiles(FrameValues[tuple[int, int]]):
+    """The (row, column) of every tile of a full grid sent row by row, computed.
+
+    What a mosaic's ``tiles`` almost always is (the USB protocol enforces it), held
+    as two numbers however many tiles there are. Equal to any sequence of the same
+    positions in the same order.
+    """
+
+    __slots__ = ("columns", "rows")
+
+    def __init__(self, rows: int, columns: int) -> None:
+        self.rows = max(rows, 0)
+        self.columns = max(columns, 0)
+
+    def __len__(self) -> int:
+        return self.rows * self.columns
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, int]: ...
+    @overload
+    def __getitem__(self, index: slice) -> FrameValues[tuple[int, int]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[int, int] | FrameValues[tuple[int, int]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("tile index out of range")
+        return divmod(index, self.columns)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for row in range(self.rows):
+            for column in range(self.columns):
+                yield row, column
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RowMajorTiles):
+            return len(self) == len(other) == 0 or (
+                (self.rows, self.columns) == (other.rows, other.columns)
+            )
+        if not isinstance(other, FrameValues) or len(other) != len(self):
+            return False
+        return all(
+            isinstance(tile, tuple | list) and tuple(tile) == expected
+            for tile, expected in zip(other, self, strict=True)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.rows, self.columns))
+
+    def __repr__(self) -> str:
+        return f"RowMajorTiles({self.rows}, {self.columns})"
+
+
+#: ``tiles`` in ``offer.extra`` for a full grid sent row by row.
+_ROW_MAJOR: Final = "row-major"
+
+
+def _check_frame_count(frames: int) -> None:
+    if frames > MAX_FRAMES:
+        raise WrapError(
+            f"the confocal stack has {frames} frames, more than the gateway writes into "
+            f"one DICOM object ({MAX_FRAMES}); no microscope records stacks that long, "
+            "so the capture is kept and quarantined, not wrapped (check the device; the "
+            "usb-confocal driver refuses such stacks before acknowledging them, see "
+            "max_frames)"
+        )
+
+
+def _pack_depths(depths: FrameValues[float]) -> str:
+    """Frame depths as base64 of little-endian doubles (one string, not a list)."""
+    values = depths if isinstance(depths, array) else array("d", depths)
+    if sys.byteorder != "little":
+        values = array("d", values)
+        values.byteswap()
+    return base64.b64encode(values.tobytes()).decode("ascii")
+
+
+def _depths_from(extra: dict[str, Any]) -> array[float]:
+    """The frame depths of ``offer.extra``: packed (this version) or a JSON list."""
+    packed = extra.get("depths_um_f64")
+    if packed is None:  # spooled by an older version: a JSON list of numbers
+        return array("d", (float(d) for d in extra.get("depths_um") or ()))
+    raw = base64.b64decode(str(packed), validate=True)
+    if len(raw) % 8:
+        raise ValueError("packed frame depths are not whole doubles")
+    depths = array("d")
+    depths.frombytes(raw)
+    if sys.byteorder != "little":
+        depths.byteswap()
+    return depths
+
+
+def _tiles_from(extra: dict[str, Any]) -> FrameValues[tuple[int, int]]:
+    tiles = extra.get("tiles") or ()
+    if tiles == _ROW_MAJOR:
+        return RowMajorTiles(int(extra.get("tile_rows") or 0), int(extra.get("tile_columns") or 0))
+    if isinstance(tiles, str):
+        raise ValueError(f"tiles {tiles[:20]!r}")  # noqa: TRY004
+    return tuple((int(t[0]), int(t[1])) for t in tiles)
 
 
 def _kind(value: object) -> Kind:
@@ -397,7 +528,20 @@ def build_confocal(job: WrapJob, stack: ConfocalStack) -> Dataset:
 
     Same inputs, equal data set: the Frame of Reference and Dimension Organization
     UIDs are derived from the SOP Instance UID, so a re-wrap gives the same object.
+    The whole data set in memory, per-frame groups included: for tests and small
+    stacks; :func:`write_confocal` writes the per-frame groups one frame at a time.
     """
+    ds, acquired = _build_without_per_frame_groups(job, stack)
+    if stack.kind == "z-stack":
+        ds.PerFrameFunctionalGroupsSequence = Sequence(
+            [to_dataset(group) for group in _per_frame_groups(stack, acquired)]
+        )
+    return ds
+
+
+def _build_without_per_frame_groups(job: WrapJob, stack: ConfocalStack) -> tuple[Dataset, datetime]:
+    """Everything of :func:`build_confocal` but the Per-Frame Functional Groups
+    Sequence (the last attribute before Pixel Data), and the acquisition time."""
     tiled = stack.kind == "mosaic"
     sop_class = CONFOCAL_TILED_SOP_CLASS if tiled else CONFOCAL_IMAGE_SOP_CLASS
     uids = job.uids
@@ -445,7 +589,7 @@ def build_confocal(job: WrapJob, stack: ConfocalStack) -> Dataset:
     _add_dimensions(ds, stack, uids.sop_instance)
     if tiled:
         _add_tile_organization(ds, stack)
-    return ds
+    return ds, acquired
 
 
 def _add_cutaneous_parameters(ds: Dataset, job: WrapJob, stack: ConfocalStack) -> None:
@@ -505,11 +649,11 @@ def _add_optical_path(ds: Dataset, stack: ConfocalStack) -> None:
         ds.NumberOfOpticalPaths = 1
 
 
-def _frame_type(depth_mm: float | None) -> Dataset:
-    item = Dataset()
-    item.FrameType = list(IMAGE_TYPE)
+def _frame_type(depth_mm: float | None) -> list[Element]:
+    """Confocal Microscopy Image Frame Type item (with the frame's depth, if one)."""
+    item: list[Element] = [("FrameType", list(IMAGE_TYPE))]
     if depth_mm is not None:
-        item.ImageAcquisitionDepth = depth_mm
+        item.append(("ImageAcquisitionDepth", depth_mm))
     return item
 
 
@@ -520,6 +664,7 @@ def _add_functional_groups(
     acquired: datetime,
     laterality: Laterality | None,
 ) -> None:
+    """Shared Functional Groups (the per-frame ones: :func:`_per_frame_groups`)."""
     shared = Dataset()
     measures = Dataset()
     spacing_mm = format_number_as_ds(stack.pixel_spacing_um / _UM_PER_MM)
@@ -532,27 +677,28 @@ def _add_functional_groups(
     identification.OpticalPathIdentifier = OPTICAL_PATH_ID
     shared.OpticalPathIdentificationSequence = Sequence([identification])
     if stack.kind == "mosaic":
-        shared.ConfocalMicroscopyImageFrameTypeSequence = Sequence([_frame_type(None)])
-        ds.SharedFunctionalGroupsSequence = Sequence([shared])
-        return  # TILED_FULL: the tile order places every frame; no per-frame groups
+        # TILED_FULL: the tile order places every frame; no per-frame groups
+        shared.ConfocalMicroscopyImageFrameTypeSequence = Sequence([to_dataset(_frame_type(None))])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    frames: list[Dataset] = []
+
+
+def _per_frame_groups(stack: ConfocalStack, acquired: datetime) -> Iterator[list[Element]]:
+    """The Per-Frame Functional Groups item of each frame of a z-stack, one at a time."""
     for index, depth_um in enumerate(stack.depths_um):
-        item = Dataset()
         content = _frame_content(acquired, index, stack.frame_ms)
-        content.StackID = "1"
-        content.InStackPositionNumber = index + 1
-        content.DimensionIndexValues = [index + 1]
-        content.FrameLabel = f"depth {depth_um:g} um"
-        item.FrameContentSequence = Sequence([content])
-        item.ConfocalMicroscopyImageFrameTypeSequence = Sequence(
-            [_frame_type(depth_um / _UM_PER_MM)]
-        )
-        frames.append(item)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+        content += [
+            ("StackID", "1"),
+            ("InStackPositionNumber", index + 1),
+            ("DimensionIndexValues", [index + 1]),
+            ("FrameLabel", f"depth {depth_um:g} um"),
+        ]
+        yield [
+            ("FrameContentSequence", [content]),
+            ("ConfocalMicroscopyImageFrameTypeSequence", [_frame_type(depth_um / _UM_PER_MM)]),
+        ]
 
 
-def _frame_content(acquired: datetime, index: int, frame_ms: float | None) -> Dataset:
+def _frame_content(acquired: datetime, index: int, frame_ms: float | None) -> list[Element]:
     """Frame Content timing of an ORIGINAL frame (PS3.3 C.7.6.16.2.2).
 
     Frame Acquisition DateTime, Frame Reference DateTime and Frame Acquisition
@@ -563,16 +709,17 @@ def _frame_content(acquired: datetime, index: int, frame_ms: float | None) -> Da
     its frame time leaves the duration unknown: all frames get the stack's time and
     Frame Acquisition Duration is left out (**open point**: no truthful value).
     """
-    content = Dataset()
     if frame_ms is None:
-        content.FrameAcquisitionDateTime = dt(acquired)
-        content.FrameReferenceDateTime = dt(acquired)
-        return content
+        return [
+            ("FrameAcquisitionDateTime", dt(acquired)),
+            ("FrameReferenceDateTime", dt(acquired)),
+        ]
     start = acquired + timedelta(milliseconds=index * frame_ms)
-    content.FrameAcquisitionDateTime = dt(start)
-    content.FrameReferenceDateTime = dt(start + timedelta(milliseconds=frame_ms / 2))
-    content.FrameAcquisitionDuration = frame_ms
-    return content
+    return [
+        ("FrameAcquisitionDateTime", dt(start)),
+        ("FrameReferenceDateTime", dt(start + timedelta(milliseconds=frame_ms / 2))),
+        ("FrameAcquisitionDuration", frame_ms),
+    ]
 
 
 def _frame_anatomy(job: WrapJob, laterality: Laterality | None) -> Dataset:
@@ -637,11 +784,16 @@ def write_confocal(job: WrapJob, dest: Path) -> WrittenObject:
     """Write a confocal z-stack or mosaic from its raw pixel stream (blocking).
 
     Raises WrapError for a capture DICOM cannot carry (description missing or
-    contradictory, more than 0xFFFFFFFE bytes of pixels, a file whose size is not
-    what the geometry says) and OSError for I/O trouble; ``dest`` appears only
-    complete and durable. A 16-bit stack, which these IODs cannot hold, is written
-    losslessly as Multi-frame Grayscale Word Secondary Capture by
-    :mod:`gateway.dicom.confocal_sc` instead.
+    contradictory, more than :data:`MAX_FRAMES` frames or 0xFFFFFFFE bytes of
+    pixels, a file whose size is not what the geometry says) and OSError for I/O
+    trouble; ``dest`` appears only complete and durable. A 16-bit stack, which
+    these IODs cannot hold, is written losslessly as Multi-frame Grayscale Word
+    Secondary Capture by :mod:`gateway.dicom.confocal_sc` instead.
+
+    Memory does not grow with the frame count: the per-frame groups are encoded
+    one frame at a time straight into the file (:func:`write_per_frame_groups`) and
+    the pixels are copied in 1 MiB chunks. The bytes are those pydicom writes for
+    :func:`build_confocal`'s data set.
     """
     if str(job.offer.extra.get("bits")) == "16":
         from gateway.dicom.confocal_sc import write_confocal_sc  # here: it imports this module
@@ -656,11 +808,15 @@ def write_confocal(job: WrapJob, dest: Path) -> WrittenObject:
                 f"({stack.frames} frames of {stack.columns}x{stack.rows}, {stack.bits}-bit) "
                 f"needs {stack.pixel_bytes}; the capture is kept and quarantined"
             )
-        dataset = build_confocal(job, stack)
+        dataset, acquired = _build_without_per_frame_groups(job, stack)
+        if max(int(elem.tag) for elem in dataset) >= _PER_FRAME_GROUPS:
+            raise ValueError("the per-frame groups must be the data set's last attribute")
         header = io.BytesIO()
         dcmwrite(header, dataset, enforce_file_format=True)
         with atomic_writer(dest) as out:
             out.write(header.getvalue())
+            if stack.kind == "z-stack":
+                write_per_frame_groups(out, stack, acquired)
             out.write(pixel_data_header(stack))
             copied = copy_stream(src, out, chunk_size=_CHUNK)
             if copied != size:
@@ -670,3 +826,28 @@ def write_confocal(job: WrapJob, dest: Path) -> WrittenObject:
     return WrittenObject(
         sop_class_uid=str(dataset.SOPClassUID), transfer_syntax_uid=str(ExplicitVRLittleEndian)
     )
+
+
+_PER_FRAME_GROUPS: Final = tag_of("PerFrameFunctionalGroupsSequence")
+
+
+def write_per_frame_groups(out: BinaryIO, stack: ConfocalStack, acquired: datetime) -> int:
+    """Write the Per-Frame Functional Groups Sequence of a z-stack, frame by frame.
+
+    Each item is made, written and dropped. The sequence gets an explicit length, as
+    pydicom writes it (so readers can skip it without parsing 100,000 items): its
+    header is written with a placeholder and filled in once the items are written
+    (``out`` must be seekable). Returns the bytes written.
+    """
+    start = out.tell()
+    out.write(sequence_header("PerFrameFunctionalGroupsSequence", 0))
+    length = 0
+    for group in _per_frame_groups(stack, acquired):
+        item = encode_item(group)
+        out.write(item)
+        length += len(item)
+    end = out.tell()
+    out.seek(start)
+    out.write(sequence_header("PerFrameFunctionalGroupsSequence", length))
+    out.seek(end)
+    return end - start

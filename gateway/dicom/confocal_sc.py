@@ -94,7 +94,7 @@ import os
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, NoReturn
 
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
@@ -258,6 +258,8 @@ def _add_frame_vector(ds: Dataset, stack: ConfocalStack) -> None:
     """
     if stack.frames == 1:
         return
+    if stack.frames > (_MAX_SHORT_VALUE + 1) // 2:  # a value is 1 character and a "\\"
+        _refuse_vector(stack.frames, "frame values")  # before making one value per frame
     if stack.kind == "z-stack":
         depths = [format_number_as_ds(d / _UM_PER_MM) for d in stack.depths_um]
         _check_vector_length(depths, "frame depths")
@@ -273,11 +275,15 @@ def _add_frame_vector(ds: Dataset, stack: ConfocalStack) -> None:
 def _check_vector_length(values: list[str], what: str) -> None:
     length = sum(len(v) for v in values) + len(values) - 1
     if length + (length & 1) > _MAX_SHORT_VALUE:
-        raise WrapError(
-            f"the confocal stack has {len(values)} frames, too many {what} for one DICOM "
-            "Secondary Capture object; record shorter stacks on the device; the capture "
-            "is kept and quarantined"
-        )
+        _refuse_vector(len(values), what)
+
+
+def _refuse_vector(frames: int, what: str) -> NoReturn:
+    raise WrapError(
+        f"the confocal stack has {frames} frames, too many {what} for one DICOM "
+        "Secondary Capture object; record shorter stacks on the device; the capture "
+        "is kept and quarantined"
+    )
 
 
 def _comments(stack: ConfocalStack) -> str:
