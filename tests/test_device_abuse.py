@@ -9,23 +9,30 @@ simulated device, and a real Orthanc is the PACS:
   capture makes no progress toward its end, so it is NAKed TIMEOUT after
   ``stall_timeout`` whatever bytes keep arriving. The driver stays healthy (never
   cancelled as hung, never restarted or quarantined) and the honest re-offer and
-  the captures after it are acknowledged and reach the PACS.
+  the captures after it are acknowledged and reach the PACS;
+- a microscope whose serial number holds a newline and a backslash: the string is
+  cleaned where it enters, so the log has no forged line, ``dermgate spool list``
+  one line per capture, and Device Serial Number one value without a backslash.
 """
 
 from __future__ import annotations
 
+import io
 import resource
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from gateway.local_orthanc import OrthancProcess
 from tests.conftest import GatewayProcess, SimulatorProcess, gateway_config, states, wait_for
 from tests.test_supervision_e2e import device_status
 from tests.test_usb_confocal import ConfocalSimulator, confocal_sim  # noqa: F401
+
+HOSTILE_SERIAL = "SN1\nFAKE LOG LINE\\x"
 
 # The watchdog would cancel a driver TRANSFERRING without progress after
 # hang_timeout; the stall must be caught well before that, by the driver itself.
@@ -168,4 +175,44 @@ def test_usb_stack_trickling_garbage_is_naked_timeout(
     wait_for(lambda: states(state_dir) == ["COMMITTED"] * 2, 60, "2 stacks COMMITTED")
     assert orthanc.count_instances() == 2
     assert_driver_stayed_healthy(gateway, state_dir, "rcm", "stack RCM1-0000-00001 failed: TIMEOUT")
+    assert gateway.stop() == 0
+
+
+def test_a_hostile_usb_serial_number_is_cleaned_where_it_enters(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    service: Callable[[Path], ServiceGateway],
+    confocal_sim: Callable[..., ConfocalSimulator],  # noqa: F811
+) -> None:
+    sim = confocal_sim("--stacks", "2", "--frames", "2", "--serial-number", HOSTILE_SERIAL)
+    config = gateway_config(
+        tmp_path,
+        pacs_port=orthanc.dicom_port,
+        commit_via=orthanc,
+        devices=confocal_devices(tmp_path),
+    )
+    gateway = service(config)
+    assert sim.wait(120) == 0, gateway.log()[-6000:]
+    state_dir = tmp_path / "state"
+    wait_for(lambda: states(state_dir) == ["COMMITTED"] * 2, 60, "2 stacks COMMITTED")
+
+    log = gateway.log()
+    assert "SN1FAKE LOG LINE/x" in log, "the cleaned serial number is what the log shows"
+    assert not [line for line in log.splitlines() if line.startswith("FAKE")], "no forged line"
+
+    listing = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "spool", "list", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert len(listing) == 1 + 2, listing  # the heading and one line per capture
+    assert all("usb-confocal:SN1FAKE LOG LINE/x" in line for line in listing[1:]), listing
+
+    instances = orthanc.rest("GET", "/instances")
+    assert len(instances) == 2
+    for instance in instances:
+        ds = pydicom.dcmread(io.BytesIO(orthanc.instance_file(instance)))
+        assert ds["DeviceSerialNumber"].VM == 1
+        assert ds.DeviceSerialNumber == "SN1FAKE LOG LINE/x"
     assert gateway.stop() == 0

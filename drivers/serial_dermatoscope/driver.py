@@ -143,7 +143,7 @@ class _Connection:
                     await self.sink.abort("device restarted its offers")
                     self.sink = None
                 self.identity = identity_from_hello(hello)
-                self.host.set_state(DriverState.READY, f"{hello.model} {hello.serial}")
+                self._idle()
             case hs.CaptureStarted(begin=begin):
                 await self._begin(begin)
             case hs.CaptureBytes(capture_id=capture_id, data=data):
