@@ -11,7 +11,24 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
+
+DEVICE_STRING_MAX: Final = 64
+"""The longest device-supplied identity string kept (DICOM LO holds 64 characters)."""
+
+
+def clean_device_string(value: str, max_chars: int = DEVICE_STRING_MAX) -> str:
+    """A device-supplied string made safe for every place it goes.
+
+    A device names itself as it likes: a newline in a serial number would forge a log
+    line or split a ``dermgate spool list`` row, an ESC would drive the terminal, and
+    in DICOM LO/SH a backslash separates values ("ACME\\Evil" would be two
+    manufacturers). Control and other non-printable characters (newline, CR, ESC,
+    NUL, Unicode line separators…) are dropped, a backslash becomes "/", and the
+    text is clipped to ``max_chars`` without leading or trailing spaces. Idempotent.
+    """
+    text = "".join(ch for ch in value if ch.isprintable()).replace("\\", "/")
+    return text.strip()[:max_chars].strip()
 
 
 class DeviceClass(enum.StrEnum):
@@ -78,6 +95,10 @@ class DeviceIdentity:
 
     These fill Enhanced General Equipment, where all four are type 1, so a driver
     must supply every one; an empty string is a driver bug, not a DICOM default.
+
+    Every string is device-supplied, so it is cleaned here, where it enters the
+    gateway (:func:`clean_device_string`): logs, the ledger and ``spool list``,
+    status, MQTT and DICOM all see the same safe text.
     """
 
     manufacturer: str
@@ -86,6 +107,13 @@ class DeviceIdentity:
     software_versions: tuple[str, ...]
     device_class: DeviceClass = DeviceClass.DERMATOSCOPE
     capabilities: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("manufacturer", "model", "serial_number"):
+            object.__setattr__(self, name, clean_device_string(getattr(self, name)))
+        for name in ("software_versions", "capabilities"):
+            values = tuple(clean_device_string(v) for v in getattr(self, name))
+            object.__setattr__(self, name, values)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,10 @@ class SerialDermatoscopeOptions(BaseModel):
         default=5.0, gt=0, description="Seconds to wait for HELLO before asking again."
     )
     stall_timeout: float = Field(
-        default=30.0, gt=0, description="A transfer silent this long is NAKed (TIMEOUT)."
+        default=30.0,
+        gt=0,
+        description="A transfer that gets no new data this long is NAKed (TIMEOUT), "
+        "whatever other bytes (keep-alive 0x00, repeated frames) keep arriving.",
     )
     reconnect_max: float = Field(
         default=30.0, gt=0, description="Longest wait between attempts to reopen the port."
@@ -109,19 +112,22 @@ class _Connection:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         await self.link.write(self.session.hello_frame())
-        asked = last_data = loop.time()
+        asked = progress = loop.time()
         try:
             while True:
                 data = await self.link.read()
                 now = loop.time()
-                if data:
-                    last_data = now
-                    for event in self.session.receive(data):
-                        await self._handle(event)
+                for event in self.session.receive(data) if data else ():
+                    await self._handle(event)
+                    if isinstance(event, hs.CaptureStarted | hs.CaptureBytes):
+                        # only new, in-order bytes bring a capture closer to its end
+                        progress = now = loop.time()
                 if self.identity is None and now - asked > self.options.handshake_timeout:
                     await self.link.write(self.session.hello_frame())
                     asked = now
-                if self.sink is not None and now - last_data > self.options.stall_timeout:
+                if self.sink is not None and now - progress > self.options.stall_timeout:
+                    # Bytes that bring the capture no closer to its end (lone 0x00, a
+                    # repeated DATA frame, garbage) do not keep it alive.
                     failed = self.session.fail_current(p.NakReason.TIMEOUT, "transfer stalled")
                     if failed is not None:
                         await self._handle(failed)
@@ -137,7 +143,7 @@ class _Connection:
                     await self.sink.abort("device restarted its offers")
                     self.sink = None
                 self.identity = identity_from_hello(hello)
-                self.host.set_state(DriverState.READY, f"{hello.model} {hello.serial}")
+                self._idle()
             case hs.CaptureStarted(begin=begin):
                 await self._begin(begin)
             case hs.CaptureBytes(capture_id=capture_id, data=data):

@@ -110,7 +110,8 @@ Conversation
    with different content is refused with ``CONFLICT``.
 6. A device that gets neither ACK nor NAK within its timeout (30 s suggested) treats
    the host as gone and waits for the next HOST_HELLO. A host whose transfer stalls
-   NAKs the capture with ``TIMEOUT``.
+   (no new, in-order data for its stall timeout: lone 0x00 bytes, duplicated or
+   unreadable frames do not count) NAKs the capture with ``TIMEOUT``.
 7. Frames the host receives after sending HOST_HELLO and before the HELLO that
    answers it are stale (from before the reconnect) and are ignored. A duplicated
    DATA frame (same offset, same bytes) is ignored.

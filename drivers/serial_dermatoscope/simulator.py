@@ -6,7 +6,9 @@ slave end and behaves like a DS-100 speaking the protocol of :mod:`.protocol`:
 it waits for HOST_HELLO, answers HELLO and offers its captures one at a time
 until the host ACKs each of them. Fault options make it misbehave in the ways the
 host must survive (corrupt, truncated, duplicated frames, garbage, a wrong
-checksum, an unplug mid-transfer, a device that forgets its ACKs). The conformance
+checksum, an unplug mid-transfer, a device that forgets its ACKs, a device that
+keeps the line busy without finishing: lone 0x00 bytes or its last DATA frame
+again and again instead of CAPTURE_END). The conformance
 kit's flags, the same on every simulator, map onto these: ``--unplug-mid-transfer``
 (unplug half-way through the first offer), ``--garbage`` (``--fault garbage``),
 ``--reoffer`` (``--reoffer-acked``). Its report predates the kit's: acknowledged
@@ -51,10 +53,14 @@ FIRMWARE = "2.4.1"
 CAPABILITIES = ("jpeg", "polarization", "contact", "anatomic-site", "lesion-id")
 
 TRANSFER_FAULTS = ("crc", "truncate", "sha", "garbage", "duplicate-frame", "huge-length")
+# The offer never ends: after part of its data the device keeps sending bytes that
+# bring the capture no closer to its end, until the host NAKs it.
+KEEPALIVE_FAULTS = ("keepalive-zeros", "repeat-last-data")
 CONTENT_FAULTS = ("not-jpeg", "jpeg444")
 
 _WRITE_MAX = 16384
 _TICK = 0.05
+_KEEPALIVE_EVERY = 0.05
 
 # (CID 4029 keyword, laterality) pairs the simulated user picks from.
 _SITES = (
@@ -164,6 +170,9 @@ class DeviceSimulator:
         self.current: SimCapture | None = None
         self.outq: collections.deque[bytes] = collections.deque()
         self.partial = b""
+        # (capture, bytes) sent again and again while that capture's offer stands
+        self.keepalive: tuple[SimCapture, bytes] | None = None
+        self.keepalive_at = 0.0
         self.ack_deadline: float | None = None
         self.last_progress = self.started
         self.sent_total = 0
@@ -264,6 +273,15 @@ class DeviceSimulator:
             data.insert(1, data[0])
         if "garbage" in faults and len(data) > 1:
             data.insert(1, self.rng.randbytes(32) + b"\x00")
+        if "keepalive-zeros" in faults or ("repeat-last-data" in faults and data):
+            # Part of the data, then filler that brings the capture no closer to its
+            # end: lone 0x00 bytes (a frame delimiter, allowed at any time) after half
+            # the data, or the last DATA frame again after all of it. No CAPTURE_END.
+            zeros = "keepalive-zeros" in faults
+            frames += data[: max(1, len(data) // 2)] if zeros else data
+            self.keepalive = (capture, b"\x00" if zeros else data[-1])
+            log.info("offer of %s carries faults: %s", cid, ", ".join(sorted(faults)))
+            return frames
         frames += data
         sha = capture.sha256
         if "sha" in faults:
@@ -280,6 +298,7 @@ class DeviceSimulator:
         # rest of the offer is dropped.
         self.outq.clear()
         self.current = None
+        self.keepalive = None
         self.ack_deadline = None
 
     def _host_gone(self, why: str) -> None:
@@ -364,8 +383,13 @@ class DeviceSimulator:
             if capture.available_at <= now and capture.content is None:
                 self._content(capture)
                 return  # one image per tick: keep the link serviced
-        if self.current is not None:
-            if self.ack_deadline is None and not self.outq and not self.partial:
+        idle_line = not self.outq and not self.partial
+        if self.keepalive is not None and self.current is self.keepalive[0]:
+            if idle_line and now >= self.keepalive_at:
+                self.outq.append(self.keepalive[1])
+                self.keepalive_at = now + _KEEPALIVE_EVERY
+        elif self.current is not None:
+            if self.ack_deadline is None and idle_line:
                 self.ack_deadline = now + self.args.ack_timeout
             elif self.ack_deadline is not None and now > self.ack_deadline:
                 self._host_gone("no ACK/NAK")
@@ -530,13 +554,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fault",
         action="append",
-        choices=TRANSFER_FAULTS + CONTENT_FAULTS,
+        choices=TRANSFER_FAULTS + KEEPALIVE_FAULTS + CONTENT_FAULTS,
         help=(
             "inject a fault (repeatable). On the first offer of capture 1 only: crc (a DATA"
             " frame fails its CRC), truncate (last DATA frame missing), sha (wrong SHA-256"
             " in CAPTURE_END), garbage (random bytes and stray 0x00 between frames),"
             " duplicate-frame (a DATA frame sent twice), huge-length (CAPTURE_BEGIN announces"
-            " 2^63-1 bytes). On capture 1 always: not-jpeg"
+            " 2^63-1 bytes), keepalive-zeros (half the data, then a lone 0x00 every 50 ms"
+            " until NAKed), repeat-last-data (all the data, then the last DATA frame every"
+            " 50 ms instead of CAPTURE_END, until NAKed). On capture 1 always: not-jpeg"
             " (random bytes instead of a JPEG), jpeg444 (a 4:4:4 JPEG)."
         ),
     )

@@ -66,7 +66,10 @@ class UsbConfocalOptions(BaseModel):
         default=500, gt=0, description="Milliseconds one bulk IN transfer waits for data."
     )
     stall_timeout: float = Field(
-        default=30.0, gt=0, description="A stack silent this long is NAKed (TIMEOUT)."
+        default=30.0,
+        gt=0,
+        description="A stack that gets no new frame or pixel bytes this long is NAKed "
+        "(TIMEOUT), whatever other bytes (garbage) keep arriving.",
     )
     reconnect_max: float = Field(
         default=30.0, gt=0, description="Longest wait between attempts to find the device."
@@ -153,6 +156,10 @@ def offer_for(header: p.StackHeader) -> CaptureOffer:
     )
 
 
+#: Events that bring the stack in progress closer to its end.
+_PROGRESS = (p.StackStarted, p.FrameStarted, p.PixelBytes)
+
+
 class _Transfer:
     """The stack being received: 8 bytes a frame (its depth), whatever the count.
 
@@ -196,18 +203,20 @@ class _Connection:
         await self.link.write(p.encode_json(p.MessageType.HOST_HELLO, {"host": "dermgate"}))
         self._idle()
         loop = asyncio.get_running_loop()
-        last_data = loop.time()
+        progress = loop.time()
         try:
             while True:
                 data = await self.link.read(self.options.read_size, self.options.read_timeout_ms)
                 now = loop.time()
-                if data:
-                    last_data = now
-                    for event in self.reader.feed(data):
-                        await self._handle(event)
-                elif self.reader.current_stack is not None and (
-                    now - last_data > self.options.stall_timeout
+                for event in self.reader.feed(data) if data else ():
+                    await self._handle(event)
+                    if isinstance(event, _PROGRESS):
+                        progress = now = loop.time()
+                if self.reader.current_stack is not None and (
+                    now - progress > self.options.stall_timeout
                 ):
+                    # Bytes that bring the stack no closer to its end (garbage skipped
+                    # while resynchronising) do not keep it alive.
                     for event in self.reader.interrupt("transfer stalled"):
                         await self._handle(event, reason=p.NakReason.TIMEOUT)
         finally:

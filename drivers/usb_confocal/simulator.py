@@ -22,6 +22,10 @@ host must refuse it as too large, not take it for a full disk). ``--first-frames
 gives stack 1 (and only it) N frames: with ``--size 1x1``, a stack of many tiny
 frames, small in bytes but absurd in count (the host's ``max_frames`` refuses it;
 the device keeps it and offers it again after each refusal).
+``--fault trickle-garbage`` makes the first offer of stack 1 stop after its first
+frame and trickle a few garbage bytes every 50 ms, never finishing, until the host
+NAKs it (the host must not take bytes for progress). ``--serial-number`` sets the
+serial number the device reports, whatever it contains (the host must clean it).
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ FIRMWARE = "3.1.0"
 WAVELENGTH_NM = 830
 FRAME_MS = 111.0  # ~9 frames a second, as in-vivo reflectance confocal microscopes scan
 _TICK = 0.05
+_TRICKLE_EVERY = 0.05
+FAULTS = ("trickle-garbage",)
 
 
 def _usb_port(text: str) -> str:
@@ -154,7 +160,13 @@ class DeviceSimulator:
         self.socket_path = Path(args.socket)
         self.report_path = Path(args.report) if args.report else None
         self.rng = random.Random(args.seed)
-        self.serial = f"RCM1-{args.seed:04d}"
+        # Stack ids keep the seed's name: a hostile --serial-number is the host's problem
+        # in the identity, not in the protocol's stack ids.
+        self.stack_prefix = f"RCM1-{args.seed:04d}"
+        self.serial: str = args.serial_number or self.stack_prefix
+        self.faults: set[str] = set(args.fault or ())
+        self.trickling = False
+        self.trickle_at = 0.0
         width, height = (int(v) for v in args.size.lower().split("x"))
         self.stacks = [self._plan(i, width, height) for i in range(args.stacks)]
         self.cond = threading.Condition()
@@ -186,7 +198,7 @@ class DeviceSimulator:
             rows = max(1, frames // cols)
             frames = rows * cols
         header = p.StackHeader(
-            stack_id=f"{self.serial}-{index + 1:05d}",
+            stack_id=f"{self.stack_prefix}-{index + 1:05d}",
             kind="mosaic" if mosaic else "z-stack",
             frames=frames,
             width=width,
@@ -238,6 +250,14 @@ class DeviceSimulator:
         if self.args.garbage:
             yield self.rng.randbytes(self.rng.randint(50, 300)) + b"DGC" + self.rng.randbytes(9)
         sha = hashlib.sha256()
+        if "trickle-garbage" in self.faults and stack.index == 0 and stack.offers == 1:
+            log.info("offering %s: one frame, then garbage until NAKed", stack.header.stack_id)
+            stream = p.encode_stack(stack.header, self._frames(stack, sha))
+            for _header_frame_pixels in range(3):  # the header, frame 0 and its pixels
+                yield next(stream)
+            self.trickling, self.trickle_at = True, 0.0
+            yield b""
+            return
         yield from p.encode_stack(stack.header, self._frames(stack, sha))
         stack.sha256 = sha.hexdigest()
 
@@ -256,6 +276,7 @@ class DeviceSimulator:
         return None
 
     def _abort_offer(self) -> None:
+        self.trickling = False
         self.stream = None
         self.pending = memoryview(b"")
         self.current = None
@@ -267,6 +288,12 @@ class DeviceSimulator:
         out = bytearray()
         new_offer = False
         while len(out) < size:
+            if self.trickling:
+                if not out and now >= self.trickle_at:
+                    self.trickle_at = now + _TRICKLE_EVERY
+                    # never "DGCF": garbage that cannot start a message
+                    out += self.rng.randbytes(3).replace(b"D", b"d")
+                break
             budget = size - len(out)
             if self.unplug_armed and self.current is not None and self.current.index == 0:
                 half = self.current.header.length // 2
@@ -551,6 +578,18 @@ def _parser() -> argparse.ArgumentParser:
         "--usb-address", type=int, default=7, help="its USB device address (default 7)"
     )
     parser.add_argument("--seed", type=int, default=0, help="content and serial number seed")
+    parser.add_argument(
+        "--serial-number",
+        help="the serial number the device reports (default from --seed); may hold any "
+        "characters, e.g. a newline or a backslash",
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        choices=FAULTS,
+        help="trickle-garbage: the first offer of stack 1 sends one frame, then 3 garbage "
+        "bytes every 50 ms and never ends, until the host NAKs it",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="give up (exit 1) after S s")
     parser.add_argument(
         "--unplug-mid-transfer",

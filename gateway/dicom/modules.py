@@ -28,6 +28,7 @@ from gateway.capture import (
     InstanceUIDs,
     Laterality,
     PatientContext,
+    clean_device_string,
 )
 from gateway.dicom.errors import IncompleteDeviceIdentity
 from gateway.dicom.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -276,10 +277,11 @@ def device_string(value: str, max_chars: int = _LO_MAX) -> str:
     invalid object). The backslash becomes "/", control and other non-printable
     characters are dropped, and the text is clipped to the VR's length (LO: 64
     characters, SH: 16) without leading or trailing spaces. Every device string
-    written into a value-multiplicity-1 string attribute goes through here.
+    written into a value-multiplicity-1 string attribute goes through here. A
+    :class:`DeviceIdentity` is already clean (the same rule, applied where it
+    enters); strings from other sources (EXIF, settings) are cleaned here.
     """
-    text = "".join(ch for ch in value if ch.isprintable()).replace("\\", "/")
-    return text.strip()[:max_chars].strip()
+    return clean_device_string(value, max_chars)
 
 
 # --- SOP common --------------------------------------------------------------------
