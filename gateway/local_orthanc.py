@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,11 +29,42 @@ PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 _HANDED_OUT: set[int] = set()
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
+    """True if ``port`` can be listened on, on every address, right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now, and not handed out before by
-    this process (the kernel may offer a just-released port again: two ports taken in
-    a row, such as Orthanc's HTTP and DICOM ports, must differ)."""
+    """A TCP port that is free right now, and not handed out before by this process.
+
+    Chosen below the kernel's ephemeral range: a port from that range (``bind(0)``)
+    can be taken by any outgoing connection (a C-STORE, an HTTP request, a test's
+    flood of clients) between the moment it is handed out and the moment Orthanc or
+    the gateway binds it ("Address already in use"). Two ports taken in a row, such
+    as Orthanc's HTTP and DICOM ports, always differ.
+    """
+    low, _ = _ephemeral_range()
+    first = 10000 if low > 12000 else 1024
     for _ in range(1000):
+        port = random.randrange(first, low)
+        if port not in _HANDED_OUT and _bindable(port):
+            _HANDED_OUT.add(port)
+            return port
+    for _ in range(1000):  # a crowded machine: fall back to the kernel's choice
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])

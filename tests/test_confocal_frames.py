@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import resource
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -59,39 +56,17 @@ from tests.test_usb_confocal import ConfocalSimulator, confocal_config, confocal
 
 __all__ = ["confocal_sim"]  # fixture used here
 
-#: The file-descriptor limit systemd gives a service (LimitNOFILE's default soft limit).
-NOFILE = 1024
 #: The gateway wrapping 100,000 one-pixel frames may peak this much above 1,000.
 GROWTH = 1.3
 PEAK_LIMIT_MB = 150  # the gateway peaks near 85 MB here; 100,000 frames took 800 MB on 20766cc
 
 
-def _nofile() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
-
-
 class LimitedGateway(GatewayProcess):
-    """``dermgate run`` under ``ulimit -n 1024``."""
-
-    def start(self) -> None:
-        """Start the service with systemd's file-descriptor limit."""
-        self._runs_before = self.log().count(" running as ") if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self._logs.append(log)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_nofile,
-        )
+    """``dermgate run`` (under ``ulimit -n 1024``, as every test gateway) with its peak memory."""
 
     def peak_mb(self) -> float:
         """The process's peak resident set so far (VmHWM), in MB."""
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmHWM")
+        return self.vm_hwm() / (1024 * 1024)
 
 
 @pytest.fixture

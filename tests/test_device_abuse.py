@@ -18,7 +18,6 @@ simulated device, and a real Orthanc is the PACS:
 from __future__ import annotations
 
 import io
-import resource
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -46,33 +45,13 @@ hang_timeout = 12
 """
 
 
-def _service_fd_limit() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
-
-
-class ServiceGateway(GatewayProcess):
-    """``dermgate run`` under ``ulimit -n 1024``, as systemd starts the service."""
-
-    def start(self) -> None:
-        """Start the service with the unit's file-descriptor limit."""
-        self._runs_before = self.log().count(" running as ") if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self._logs.append(log)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_service_fd_limit,
-        )
-
-
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Callable[[Path], ServiceGateway]]:
+def service(tmp_path: Path) -> Iterator[Callable[[Path], GatewayProcess]]:
     """Start ``dermgate run`` under the service's limits; killed at the end if still up."""
-    started: list[ServiceGateway] = []
+    started: list[GatewayProcess] = []
 
-    def start(config: Path) -> ServiceGateway:
-        gateway = ServiceGateway(config, tmp_path / "gateway.log")
+    def start(config: Path) -> GatewayProcess:
+        gateway = GatewayProcess(config, tmp_path / "gateway.log")
         gateway.start()
         started.append(gateway)
         return gateway
@@ -107,7 +86,7 @@ def assert_driver_stayed_healthy(
 def test_serial_capture_kept_alive_without_progress_is_naked_timeout(
     tmp_path: Path,
     orthanc: OrthancProcess,
-    service: Callable[[Path], ServiceGateway],
+    service: Callable[[Path], GatewayProcess],
     simulator_factory: Callable[..., SimulatorProcess],
     fault: str,
 ) -> None:
@@ -154,7 +133,7 @@ reconnect_max = 1
 def test_usb_stack_trickling_garbage_is_naked_timeout(
     tmp_path: Path,
     orthanc: OrthancProcess,
-    service: Callable[[Path], ServiceGateway],
+    service: Callable[[Path], GatewayProcess],
     confocal_sim: Callable[..., ConfocalSimulator],  # noqa: F811
 ) -> None:
     sim = confocal_sim(
@@ -181,7 +160,7 @@ def test_usb_stack_trickling_garbage_is_naked_timeout(
 def test_a_hostile_usb_serial_number_is_cleaned_where_it_enters(
     tmp_path: Path,
     orthanc: OrthancProcess,
-    service: Callable[[Path], ServiceGateway],
+    service: Callable[[Path], GatewayProcess],
     confocal_sim: Callable[..., ConfocalSimulator],  # noqa: F811
 ) -> None:
     sim = confocal_sim("--stacks", "2", "--frames", "2", "--serial-number", HOSTILE_SERIAL)
