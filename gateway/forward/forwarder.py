@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydicom.uid import UID
 
@@ -254,9 +255,33 @@ class Forwarder:
             # Let the instance in flight finish, release the association, and
             # record every outcome before stopping.
             self._stop.set()
-            await recorder
+            await self._finish_recording(job, recorder)
             raise
         job.result()
+
+    async def _finish_recording(
+        self, job: asyncio.Future[Any], recorder: asyncio.Future[None]
+    ) -> None:
+        """Wait (stopping) until every outcome is recorded, unless the disk is full.
+
+        On a full disk the outcomes left are given up once the sender is done: a
+        delivery whose SENT was not recorded is sent again at the next start, under
+        the same SOP Instance UID (the PACS keeps one instance).
+        """
+        while True:
+            done, _ = await asyncio.wait({recorder}, timeout=1.0)
+            if done:
+                recorder.result()
+                return
+            if job.done() and self._ledger.waiting_for_space:
+                recorder.cancel()
+                await asyncio.wait({recorder})
+                log.warning(
+                    "destination %s: stopping with outcomes not recorded (the disk is full); "
+                    "they are sent again at the next start",
+                    self.name,
+                )
+                return
 
     async def _record_one(self, outcome: StoreOutcome, attempts: int, sop_class: str = "") -> None:
         if outcome.verdict.delivered:
