@@ -35,6 +35,7 @@ from gateway.config import DicomDestination
 from gateway.forward.cstore import CStoreSender, StoreOutcome, StoreRequest, Verdict
 from gateway.forward.schedule import Backoff, backoff_delay
 from gateway.spool import ledger as db
+from gateway.spool.clock import clamp_retry_times
 from gateway.spool.files import SpoolDirs
 from gateway.spool.ledger import DueDelivery, Ledger, transaction
 from gateway.spool.states import CaptureState, DeliveryState
@@ -175,7 +176,20 @@ class Forwarder:
         return batch
 
     async def _idle(self) -> None:
+        now = time.time()
         next_at = await self._ledger.call(db.next_attempt_time, self.name)
+        horizon = self.destination.retry_max
+        if next_at is not None and next_at > now + horizon:
+            # Beyond the longest backoff: scheduled before the clock went back.
+            moved = await self._ledger.call(clamp_retry_times, self.name, now, horizon)
+            log.warning(
+                "destination %s: %d retry time(s) lay beyond the longest backoff (the clock "
+                "went back); retrying within %.0f s",
+                self.name,
+                moved,
+                horizon,
+            )
+            next_at = now + horizon
         wait = _IDLE_POLL if next_at is None else min(_IDLE_POLL, next_at - time.time())
         if wait > 0:
             with contextlib.suppress(TimeoutError):
