@@ -739,6 +739,14 @@ def _roll_back(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
+def _attempt(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    try:
+        return fn(conn)
+    except BaseException:
+        _roll_back(conn)
+        raise
+
+
 #: The longest a write waiting for disk space waits between two tries.
 FULL_RETRY_MAX = 5.0
 
@@ -805,26 +813,22 @@ class Ledger:
 
     def _run(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
-            return fn(conn)
+            return _attempt(conn, fn)
         except sqlite3.OperationalError as err:
-            _roll_back(conn)
             if not is_disk_full(err):
                 raise
-            if self.reserve is not None and self.reserve.release():
-                log.warning(
-                    "ledger: the disk is full; released its reserve (%d MiB) to go on recording",
-                    self.reserve.size // (1024 * 1024),
-                )
-                try:
-                    return fn(conn)
-                except sqlite3.OperationalError as again:
-                    _roll_back(conn)
-                    if not is_disk_full(again):
-                        raise
-            raise LedgerFull(str(err)) from err
-        except BaseException:
-            _roll_back(conn)
-            raise
+            full = err
+        if self.reserve is not None and self.reserve.release():
+            log.warning(
+                "ledger: the disk is full; released its reserve (%d MiB) to go on recording",
+                self.reserve.size // (1024 * 1024),
+            )
+            try:
+                return _attempt(conn, fn)
+            except sqlite3.OperationalError as again:
+                if not is_disk_full(again):
+                    raise
+        raise LedgerFull(str(full)) from full
 
     async def _submit(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         fut: Future[T] = Future()
