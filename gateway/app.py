@@ -44,6 +44,7 @@ from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger
 from gateway.spool.rebuild import refuse_spool_without_ledger
 from gateway.spool.reconcile import reconcile
+from gateway.spool.reserve import RESERVE_NAME, LedgerReserve, reserve_size
 from gateway.spool.space import MIB, SpaceGuard
 from gateway.spool.spool_ids import (
     SpoolIdCounter,
@@ -176,7 +177,10 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
 async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
     dirs = SpoolDirs(config.spool_dir())
     await asyncio.to_thread(dirs.create)
-    ledger = Ledger(config.ledger_path())
+    reserve = LedgerReserve(
+        config.gateway.state_dir / RESERVE_NAME, reserve_size(config.spool.reserve_mb * MIB)
+    )
+    ledger = Ledger(config.ledger_path(), reserve)
     await asyncio.to_thread(ledger.start)
     try:
         await ledger.call(reconcile, dirs)
@@ -236,7 +240,7 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
                 forwarder.notify()
 
         wrapper = Wrapper(ledger, dirs, identity, names, wrapped)
-        space = SpaceGuard(dirs.root, config.spool.reserve_mb * MIB)
+        space = SpaceGuard(dirs.root, config.spool.reserve_mb * MIB, ledger)
         inline = InlineWrap(wrapper.build, wrapper.destinations, wrapped) if names else None
         intake = Intake(
             ledger,
@@ -265,6 +269,7 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:
             supervisor = Supervisor(group)
+            await supervisor.start("space", space.watch)  # the disk_full alarm, the reserve
             if requesters:
                 # Reports may arrive before N-ACTION-RSP: listen before any request.
                 await supervisor.start("commitment-listener", listener.run)
@@ -306,7 +311,10 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             await stop.wait()
             log.info("stopping")
             await supervisor.stop()
-            await asyncio.to_thread(spool_ids.close)  # no capture left: record the exact next
+            try:
+                await asyncio.to_thread(spool_ids.close)  # no capture left: record the exact next
+            except OSError as err:  # a full disk: the mark on disk is ahead, ids skip a few
+                log.warning("cannot record the next spool id (%s)", err.strerror or err)
     finally:
         events.install(None)
         await asyncio.to_thread(ledger.close)

@@ -89,6 +89,7 @@ class StatusBoard:
         self._devices: dict[str, DeviceStatus] = {}
         self._changed = asyncio.Event()
         self._write_lock = threading.Lock()
+        self._write_problem: str | None = None
 
     def add(self, name: str, driver: str, *, hotplug: bool = False, detail: str = "") -> None:
         """Register a configured device (DISCONNECTED, not running)."""
@@ -164,7 +165,14 @@ class StatusBoard:
         try:
             await asyncio.to_thread(self._write, self.snapshot())
         except OSError as err:  # status is advisory: never stop the gateway for it
-            log.warning("cannot write %s: %s", self.path, err.strerror or err)
+            problem = str(err.strerror or err)
+            if problem != self._write_problem:  # once per condition (a full disk), not per write
+                log.warning("cannot write %s: %s", self.path, problem)
+            self._write_problem = problem
+            return
+        if self._write_problem is not None:
+            log.info("%s written again", self.path)
+            self._write_problem = None
 
     async def run(self, ready: Callable[[], None]) -> None:
         """Write the snapshot now and after every change, until cancelled (then once more)."""

@@ -47,6 +47,7 @@ from gateway.forward.listener_front import ASSOCIATIONS_TOTAL, MAX_PDU, Listener
 from gateway.forward.peer_check import Address, PeerCheck
 from gateway.forward.schedule import Backoff
 from gateway.spool import commitments as cdb
+from gateway.spool.clock import clamp_commitment_times, clamp_sent_times
 from gateway.spool.commitments import CommitCandidate, ReportOutcome
 from gateway.spool.ledger import Ledger
 from gateway.status import events
@@ -281,6 +282,7 @@ class CommitmentRequester:
         backoff = Backoff(initial=d.retry_initial, cap=d.retry_max)
         ready()
         while True:
+            await self._clamp_clock_steps()
             expired = await self._ledger.call(
                 cdb.expire_overdue, d.name, time.time() - d.commitment_timeout
             )
@@ -315,6 +317,19 @@ class CommitmentRequester:
             await self._ledger.call(cdb.expire, txn)
             self._log_reachability(False, error)
             await asyncio.sleep(backoff.next_delay())
+
+    async def _clamp_clock_steps(self) -> None:
+        """Times stored before the clock went back count from now (not a step later)."""
+        now = time.time()
+        moved = await self._ledger.call(clamp_commitment_times, self.destination.name, now)
+        moved += await self._ledger.call(clamp_sent_times, self.destination.name, now)
+        if moved:
+            log.warning(
+                "%s: %d commitment time(s) lay in the future (the clock went back); "
+                "counted from now",
+                self.destination.name,
+                moved,
+            )
 
     def _request(self, txn: str, batch: list[CommitCandidate]) -> str | None:
         """N-ACTION (blocking); None on success, else the reason."""
@@ -375,6 +390,7 @@ class RetentionConfirmer:
         d = self.destination
         ready()
         while True:
+            await self._ledger.call(clamp_sent_times, d.name, time.time())  # clock went back
             confirmed = await self._ledger.call(
                 cdb.confirm_by_retention, d.name, time.time() - d.unconfirmed_retention
             )

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydicom.uid import UID
 
@@ -34,6 +35,7 @@ from gateway.config import DicomDestination
 from gateway.forward.cstore import CStoreSender, StoreOutcome, StoreRequest, Verdict
 from gateway.forward.schedule import Backoff, backoff_delay
 from gateway.spool import ledger as db
+from gateway.spool.clock import clamp_retry_times
 from gateway.spool.files import SpoolDirs
 from gateway.spool.ledger import DueDelivery, Ledger, transaction
 from gateway.spool.states import CaptureState, DeliveryState
@@ -174,7 +176,20 @@ class Forwarder:
         return batch
 
     async def _idle(self) -> None:
+        now = time.time()
         next_at = await self._ledger.call(db.next_attempt_time, self.name)
+        horizon = self.destination.retry_max
+        if next_at is not None and next_at > now + horizon:
+            # Beyond the longest backoff: scheduled before the clock went back.
+            moved = await self._ledger.call(clamp_retry_times, self.name, now, horizon)
+            log.warning(
+                "destination %s: %d retry time(s) lay beyond the longest backoff (the clock "
+                "went back); retrying within %.0f s",
+                self.name,
+                moved,
+                horizon,
+            )
+            next_at = now + horizon
         wait = _IDLE_POLL if next_at is None else min(_IDLE_POLL, next_at - time.time())
         if wait > 0:
             with contextlib.suppress(TimeoutError):
@@ -254,9 +269,33 @@ class Forwarder:
             # Let the instance in flight finish, release the association, and
             # record every outcome before stopping.
             self._stop.set()
-            await recorder
+            await self._finish_recording(job, recorder)
             raise
         job.result()
+
+    async def _finish_recording(
+        self, job: asyncio.Future[Any], recorder: asyncio.Future[None]
+    ) -> None:
+        """Wait (stopping) until every outcome is recorded, unless the disk is full.
+
+        On a full disk the outcomes left are given up once the sender is done: a
+        delivery whose SENT was not recorded is sent again at the next start, under
+        the same SOP Instance UID (the PACS keeps one instance).
+        """
+        while True:
+            done, _ = await asyncio.wait({recorder}, timeout=1.0)
+            if done:
+                recorder.result()
+                return
+            if job.done() and self._ledger.waiting_for_space:
+                recorder.cancel()
+                await asyncio.wait({recorder})
+                log.warning(
+                    "destination %s: stopping with outcomes not recorded (the disk is full); "
+                    "they are sent again at the next start",
+                    self.name,
+                )
+                return
 
     async def _record_one(self, outcome: StoreOutcome, attempts: int, sop_class: str = "") -> None:
         if outcome.verdict.delivered:

@@ -436,7 +436,10 @@ class Intake:
         that build an intake over a scratch spool) they continue the ledger's.
         """
         if self.spool_ids is not None:
-            return await asyncio.to_thread(self.spool_ids.take)
+            try:
+                return await asyncio.to_thread(self.spool_ids.take)
+            except OSError as err:  # the mark could not be written (a full disk)
+                raise _refusal_for(err) from err
         async with self._reserving:
             highest = await self.ledger.call(highest_spool_id)
             self._last_spool_id = max(highest, self._last_spool_id) + 1
@@ -501,7 +504,8 @@ class Intake:
         if reserved is None:
             reserved = await self.reserve_spool_id()
         try:
-            spool_id = await self.ledger.call(
+            # On a full disk: refused at the device (it keeps the capture), not waited for.
+            spool_id = await self.ledger.try_call(
                 db.insert_capture,
                 driver=driver,
                 device=identity,

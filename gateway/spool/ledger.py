@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import queue
 import sqlite3
@@ -40,7 +41,10 @@ from gateway.capture import (
     PatientContext,
     Polarization,
 )
+from gateway.spool.reserve import LedgerReserve
 from gateway.spool.states import CaptureState, DeliveryState
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 4
 
@@ -714,23 +718,76 @@ def listing(conn: sqlite3.Connection) -> list[ListingRow]:
 # --------------------------------------------------------------------------- the thread seam
 
 
+class LedgerFull(sqlite3.OperationalError):
+    """The ledger could not write: its disk is full, even without its reserve.
+
+    The write was rolled back (nothing half done). :meth:`Ledger.call` waits for
+    space and writes again; :meth:`Ledger.try_call` raises this to its caller.
+    """
+
+
+def is_disk_full(err: sqlite3.Error) -> bool:
+    """Whether SQLite failed for want of space (``SQLITE_FULL``)."""
+    return getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    # A failed COMMIT (SQLITE_FULL) may leave its transaction open: end it, or the
+    # next BEGIN fails ("cannot start a transaction within a transaction").
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _attempt(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    try:
+        return fn(conn)
+    except BaseException:
+        _roll_back(conn)
+        raise
+
+
+#: The longest a write waiting for disk space waits between two tries.
+FULL_RETRY_MAX = 5.0
+
+
 class Ledger:
     """The ledger's single writer thread, used from asyncio.
 
     ``await ledger.call(fn, *args)`` runs ``fn(conn, *args)`` on the ledger thread
     and returns its result. Calls are executed one at a time, in order.
+
+    A full disk never ends a stage. When SQLite reports it full, the thread releases
+    the ledger's reserve (:mod:`gateway.spool.reserve`), if it still holds it, and
+    runs the call again; if the disk is still full, :meth:`call` waits for space and
+    tries again (its caller pauses; logged once), while :meth:`try_call` raises
+    :class:`LedgerFull` (intake refuses the capture at the device instead).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reserve: LedgerReserve | None = None) -> None:
         self.path = path
+        self.reserve = reserve
         self._jobs: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None] = (
             queue.Queue()
         )
         self._thread: threading.Thread | None = None
         self._opened: Future[None] = Future()
+        self._waiting = 0
+
+    @property
+    def full(self) -> bool:
+        """Whether writes wait for space, or the reserve was used and not yet made again."""
+        return self._waiting > 0 or (self.reserve is not None and not self.reserve.held)
+
+    @property
+    def waiting_for_space(self) -> bool:
+        """Whether some write waits for disk space right now."""
+        return self._waiting > 0
 
     def start(self) -> None:
         """Open the database on the ledger thread; raises if it cannot be opened."""
+        if self.reserve is not None:
+            self.reserve.make()
         self._thread = threading.Thread(target=self._serve, name="ledger", daemon=True)
         self._thread.start()
         self._opened.result()
@@ -748,18 +805,73 @@ class Ledger:
                 if not fut.set_running_or_notify_cancel():
                     continue
                 try:
-                    fut.set_result(fn(conn))
+                    fut.set_result(self._run(conn, fn))
                 except BaseException as err:
                     fut.set_exception(err)
         finally:
             conn.close()
 
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(conn, *args, **kwargs)`` on the ledger thread."""
+    def _run(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return _attempt(conn, fn)
+        except sqlite3.OperationalError as err:
+            if not is_disk_full(err):
+                raise
+            full = err
+        if self.reserve is not None and self.reserve.release():
+            log.warning(
+                "ledger: the disk is full; released its reserve (%d MiB) to go on recording",
+                self.reserve.size // (1024 * 1024),
+            )
+            try:
+                return _attempt(conn, fn)
+            except sqlite3.OperationalError as again:
+                if not is_disk_full(again):
+                    raise
+        raise LedgerFull(str(full)) from full
+
+    async def _submit(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         fut: Future[T] = Future()
         self._jobs.put((lambda conn: fn(conn, *args, **kwargs), fut))
         # Shielded: once queued, a write completes even if the caller is cancelled.
         return await asyncio.shield(asyncio.wrap_future(fut))
+
+    async def try_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like :meth:`call`, but raise :class:`LedgerFull` rather than wait for space."""
+        return await self._submit(fn, args, kwargs)
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(conn, *args, **kwargs)`` on the ledger thread.
+
+        On a full disk, wait for space and run it again (each try is one rolled-back
+        or committed transaction). A caller cancelled while waiting gives the write
+        up: what it would have recorded is done again later (a delivery whose SENT
+        was not recorded is sent again under the same SOP Instance UID).
+        """
+        try:
+            return await self._submit(fn, args, kwargs)
+        except LedgerFull:
+            pass
+        self._waiting += 1
+        if self._waiting == 1:
+            log.error(
+                "the ledger cannot write: the disk is full; delivery and confirmation "
+                "pause until there is space (nothing is lost)"
+            )
+        written = False
+        try:
+            delay = 0.5
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, FULL_RETRY_MAX)
+                with contextlib.suppress(LedgerFull):
+                    result = await self._submit(fn, args, kwargs)
+                    written = True
+                    return result
+        finally:
+            self._waiting -= 1
+            if written and self._waiting == 0:
+                log.warning("the ledger writes again")
 
     def close(self) -> None:
         """Finish queued work and close the database."""

@@ -6,7 +6,14 @@ cannot commit, it has been SENT for the configured retention. Then, oldest first
 
 * when the spool's filesystem is fuller than ``purge_high_watermark`` percent,
   until it is below ``purge_low_watermark``;
-* and whatever the space, once a copy is older than ``keep_days``.
+* and whatever the space, once a copy is older than ``keep_days``: every confirmed
+  copy by its own age (arrival time), in whatever order they arrived.
+
+Space pressure goes by spool id (the order of arrival, which no clock can upset).
+An arrival time in the future (the box's clock was wrong when the capture came) is
+set to the moment purge sees it: the copy then ages like any other and goes
+``keep_days`` later, instead of holding its patient data for as long as the clock
+was ahead.
 
 Purging runs on its own schedule and is never triggered by a new capture: a full
 disk refuses new captures instead (see :mod:`gateway.spool.space`). Files are
@@ -45,13 +52,33 @@ class PurgeCandidate:
 
 
 def candidates(conn: sqlite3.Connection, limit: int) -> list[PurgeCandidate]:
-    """COMMITTED captures, oldest first."""
+    """COMMITTED captures, oldest first (spool order)."""
     rows = conn.execute(
         "SELECT id, raw_name, dicom_name, received_at FROM captures WHERE state = ? "
         "ORDER BY id LIMIT ?",
         (CaptureState.COMMITTED, limit),
     ).fetchall()
     return [PurgeCandidate(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def old_candidates(conn: sqlite3.Connection, cutoff: str, limit: int) -> list[PurgeCandidate]:
+    """COMMITTED captures that arrived before ``cutoff``, each by its own age."""
+    rows = conn.execute(
+        "SELECT id, raw_name, dicom_name, received_at FROM captures WHERE state = ? "
+        "AND received_at < ? ORDER BY id LIMIT ?",
+        (CaptureState.COMMITTED, cutoff, limit),
+    ).fetchall()
+    return [PurgeCandidate(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def clamp_future_arrivals(conn: sqlite3.Connection, now: str) -> int:
+    """Confirmed captures stamped after ``now`` (a clock that was ahead) arrive now."""
+    with transaction(conn):
+        cur = conn.execute(
+            "UPDATE captures SET received_at = ? WHERE state = ? AND received_at > ?",
+            (now, CaptureState.COMMITTED, now),
+        )
+    return cur.rowcount
 
 
 def mark_purged(conn: sqlite3.Connection, spool_id: int) -> None:
@@ -100,6 +127,10 @@ class Purger:
             await self.purge_once(datetime.now(UTC))
             await asyncio.sleep(self._settings.purge_interval)
 
+    async def _purge(self, candidate: PurgeCandidate) -> None:
+        await asyncio.to_thread(self._delete_files, candidate)
+        await self._ledger.call(mark_purged, candidate.id)
+
     def _delete_files(self, candidate: PurgeCandidate) -> None:
         if candidate.raw_name:
             with contextlib.suppress(FileNotFoundError):
@@ -113,18 +144,26 @@ class Purger:
     async def purge_once(self, now: datetime) -> int:
         """One pass; returns how many captures were purged."""
         s = self._settings
+        now_text = now.astimezone(UTC).isoformat(timespec="milliseconds")
+        clamped = await self._ledger.call(clamp_future_arrivals, now_text)
+        if clamped:
+            log.warning(
+                "%d confirmed capture(s) were dated in the future (a clock was wrong): "
+                "their age counts from now",
+                clamped,
+            )
         cutoff = (now - timedelta(days=s.keep_days)).astimezone(UTC).isoformat()
-        used = await asyncio.to_thread(used_percent, self._dirs)
-        over = used > s.purge_high_watermark
         purged = 0
-        for candidate in await self._ledger.call(candidates, 10_000):
-            too_old = candidate.received_at < cutoff
-            if not too_old and not (over and used > s.purge_low_watermark):
-                break  # oldest first: nothing later is older or needed for space
-            await asyncio.to_thread(self._delete_files, candidate)
-            await self._ledger.call(mark_purged, candidate.id)
+        for candidate in await self._ledger.call(old_candidates, cutoff, 10_000):
+            await self._purge(candidate)
             purged += 1
-            if over:
+        used = await asyncio.to_thread(used_percent, self._dirs)
+        if used > s.purge_high_watermark:
+            for candidate in await self._ledger.call(candidates, 10_000):
+                if used <= s.purge_low_watermark:
+                    break  # oldest first (spool order): down to the low watermark
+                await self._purge(candidate)
+                purged += 1
                 used = await asyncio.to_thread(used_percent, self._dirs)
         if purged:
             log.info(

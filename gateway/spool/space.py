@@ -12,18 +12,33 @@ the device keeps it and offers it again once purging made room) and raises no
 alarm. Otherwise a device announcing an absurd length could raise the global
 DISK FULL alarm, and make it flap, while the disk has plenty of room. Sizes over
 ``[spool] max_capture_mb`` never get here: intake refuses them as TOO_LARGE.
+
+The ledger keeps part of the reserve as a preallocated file (see
+:mod:`gateway.spool.reserve`), counted here as free. The space watch (stage
+``space``) follows the disk every few seconds, whether or not captures are
+offered: the alarm is also up while the ledger cannot write or has used its reserve,
+and clears once the reserve is made again (the disk has room for it twice over).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.devices.contract import CaptureRefused, RefusalReason
 from gateway.status import events
 
+if TYPE_CHECKING:
+    from gateway.spool.ledger import Ledger
+
 log = logging.getLogger(__name__)
+
+#: Seconds between two looks at the disk by the space watch.
+WATCH_INTERVAL = 2.0
 
 MIB = 1024 * 1024
 #: ``[spool] max_capture_mb``'s default, in bytes: the largest capture intake takes.
@@ -42,14 +57,36 @@ def too_large(limit: int, size: int | None = None) -> CaptureRefused:
 class SpaceGuard:
     """Decides whether a new capture of a given size may be accepted."""
 
-    def __init__(self, folder: Path, reserve_bytes: int) -> None:
+    def __init__(self, folder: Path, reserve_bytes: int, ledger: Ledger | None = None) -> None:
         self.folder = folder
         self.reserve_bytes = reserve_bytes
+        self.ledger = ledger
         self.alarm = False
 
     def free_bytes(self) -> int:
-        """Free bytes on the spool's filesystem."""
-        return shutil.disk_usage(self.folder).free
+        """Free bytes on the spool's filesystem (the ledger's reserve counted as free)."""
+        free = shutil.disk_usage(self.folder).free
+        reserve = self.ledger.reserve if self.ledger is not None else None
+        return free + (reserve.held_bytes() if reserve is not None else 0)
+
+    async def watch(self, ready: Callable[[], None]) -> None:
+        """The ``space`` stage: follow the disk (and remake the ledger's reserve)."""
+        ready()
+        while True:
+            await asyncio.to_thread(self.tend)
+            await asyncio.sleep(WATCH_INTERVAL)
+
+    def tend(self) -> None:
+        """One look at the disk (blocking): remake the reserve if room, follow the alarm."""
+        reserve = self.ledger.reserve if self.ledger is not None else None
+        if (
+            reserve is not None
+            and not reserve.held
+            and shutil.disk_usage(self.folder).free >= 2 * reserve.size
+            and reserve.make()
+        ):
+            log.info("the ledger's reserve is in place again")
+        self._follow(self.free_bytes())
 
     def check(self, incoming: int | None) -> None:
         """Raise :class:`CaptureRefused` (DISK_FULL) unless ``incoming`` bytes fit.
@@ -72,7 +109,7 @@ class SpaceGuard:
 
     def _follow(self, free: int) -> None:
         """Raise or clear the alarm when the disk crosses the reserve (logged once)."""
-        below = free < self.reserve_bytes
+        below = free < self.reserve_bytes or (self.ledger is not None and self.ledger.full)
         if below == self.alarm:
             return
         if below:
