@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -62,21 +60,6 @@ def fill_to_the_last_byte(path: Path) -> None:
     assert shutil.disk_usage(path.parent).free == 0
 
 
-class ServiceProcess(GatewayProcess):
-    """``dermgate run`` under ``ulimit -n 1024``, as systemd starts the service."""
-
-    def start(self) -> None:
-        self._runs_before = self.log().count(" running as ") if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()/kill()
-        self._logs.append(log)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)),
-        )
-
-
 def running_until(gateway: GatewayProcess, predicate: Callable[[], bool], what: str) -> None:
     """Wait for ``predicate``; fail at once if the service stopped meanwhile."""
     assert gateway.proc is not None
@@ -86,8 +69,8 @@ def running_until(gateway: GatewayProcess, predicate: Callable[[], bool], what: 
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[list[ServiceProcess]]:
-    started: list[ServiceProcess] = []
+def service(tmp_path: Path) -> Iterator[list[GatewayProcess]]:
+    started: list[GatewayProcess] = []
     yield started
     for gw in started:
         if gw.proc is not None and gw.proc.poll() is None:
@@ -100,9 +83,9 @@ def _full_while_forwarding(
     tmp_path: Path,
     state_dir: Path,
     orthanc: OrthancProcess,
-    service: list[ServiceProcess],
+    service: list[GatewayProcess],
     simulator_factory: Callable[..., SimulatorProcess],
-) -> ServiceProcess:
+) -> GatewayProcess:
     """Captures WRAPPED and retried (PACS down), then a disk full to the last byte,
     twice: the second time takes the room the ledger freed for itself."""
     config = gateway_config(
@@ -116,7 +99,7 @@ def _full_while_forwarding(
     text = config.read_text().replace(str(tmp_path / "state"), str(state_dir))
     config.write_text(text + "\n[spool]\nreserve_mb = 16\n")
     orthanc.stop()  # the PACS is down while the captures pile up: WRAPPED, retried
-    gateway = ServiceProcess(config, tmp_path / "gateway.log")
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
     service.append(gateway)
     gateway.start()
     sim = simulator_factory("--captures", str(CAPTURES), "--interval", "0.1")
@@ -146,7 +129,7 @@ def test_a_disk_full_to_the_last_byte_pauses_delivery_and_resumes_by_itself(
     tmp_path: Path,
     small_disk: Path,
     orthanc: OrthancProcess,
-    service: list[ServiceProcess],
+    service: list[GatewayProcess],
     simulator_factory: Callable[..., SimulatorProcess],
 ) -> None:
     state_dir = small_disk / "state"
@@ -168,7 +151,7 @@ def test_a_stop_while_the_ledger_waits_for_space_ends_and_nothing_is_sent_twice(
     tmp_path: Path,
     small_disk: Path,
     orthanc: OrthancProcess,
-    service: list[ServiceProcess],
+    service: list[GatewayProcess],
     simulator_factory: Callable[..., SimulatorProcess],
 ) -> None:
     state_dir = small_disk / "state"
