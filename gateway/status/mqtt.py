@@ -29,6 +29,15 @@ Decisions (aiomqtt facts, DESIGN.md §8):
   ``seq``). When the outbox is full the oldest entry is dropped and counted.
 * TLS always verifies the broker's certificate and host name; a rejected client
   certificate shows up only as a time-out, so the log names that likely cause.
+* A stop (cancellation) always ends the stage within :data:`STOP_BUDGET` seconds:
+  ``offline`` is published (retained) and the client disconnects, each bounded, with
+  a broker that is up, gone or hanging. Python 3.11's ``asyncio.wait_for`` (used
+  inside aiomqtt's ``publish``, ``subscribe`` and connect) returns normally when what
+  it waits for completes in the same loop iteration as the cancellation
+  (CPython gh-86296), so a stop that lands just as a PUBACK or an event arrives would
+  be lost and the loops around it would run on until ``stop_timeout``. Every such
+  await is followed by :func:`_raise_if_stopping`, our own waits use
+  ``asyncio.timeout``, and an error while stopping is treated as the stop it is.
 * Home Assistant discovery: one retained ``homeassistant/sensor/<id>_<key>/config``
   per key sensor, with a ``device`` block and ``availability_topic`` = ``P/status``;
   sent at every connect and again when ``online`` arrives on ``homeassistant/status``.
@@ -59,6 +68,10 @@ log = logging.getLogger(__name__)
 
 HA_STATUS = "homeassistant/status"
 _PUBLISH_TIMEOUT = 10.0
+#: Longest a stop may spend on ``offline`` and the disconnect, broker up or not.
+STOP_BUDGET = 3.0
+#: Part of :data:`STOP_BUDGET` left for the disconnect after ``offline``.
+_DISCONNECT_SHARE = 1.0
 _STATE_POLL = 5.0
 _STATE_HEARTBEAT = 60.0
 
@@ -87,6 +100,18 @@ HA_SENSORS: dict[str, tuple[str, str, str | None, str | None]] = {
     "alarms": ("Active alarms", "{{ value_json.alarms | length }}", None, None),
     "uptime": ("Uptime", "{{ value_json.uptime_s }}", "s", "duration"),
 }
+
+
+def _stop_requested() -> bool:
+    """Whether the running task was asked to stop (even if the request was swallowed)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _raise_if_stopping() -> None:
+    """Re-raise a stop that ``asyncio.wait_for`` swallowed (see the module docstring)."""
+    if _stop_requested():
+        raise asyncio.CancelledError
 
 
 class MqttPublisher:
@@ -215,14 +240,17 @@ class MqttPublisher:
                     self.connected = True
                     self.last_error = None
                     try:
+                        _raise_if_stopping()  # a stop that came with the CONNACK
                         await self._session(client)
-                    except asyncio.CancelledError:
-                        await self._say_offline(client)
-                        raise
+                    finally:
+                        if _stop_requested():
+                            await self._say_offline(client)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # MQTT errors, OSError, ssl errors: retry for ever
                 self.connected = False
+                if _stop_requested():  # e.g. the disconnect timed out: the stop goes on
+                    raise asyncio.CancelledError from err
                 self.last_error = self._classify(err)
                 if down_since is None:
                     down_since = self._clock()
@@ -234,7 +262,8 @@ class MqttPublisher:
                         self._likely_cause(err),
                         s.events_buffer,
                     )
-            self.connected = False
+            finally:
+                self.connected = False
             await asyncio.sleep(backoff.next_delay())
 
     def _setup(self) -> tuple[str | None, ssl.SSLContext | None]:
@@ -242,17 +271,42 @@ class MqttPublisher:
         return self._password(), self._tls_context()
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                client.publish(self.status_topic, "offline", qos=1, retain=True), 2.0
+        """Publish ``offline`` and bound the disconnect that follows (the stop path).
+
+        Together they take at most :data:`STOP_BUDGET` seconds: a broker that does not
+        confirm ``offline`` in time is left (its DISCONNECT still goes out).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_BUDGET
+        try:
+            await client.publish(
+                self.status_topic,
+                "offline",
+                qos=1,
+                retain=True,
+                timeout=STOP_BUDGET - _DISCONNECT_SHARE,
             )
+        except aiomqtt.MqttError as err:
+            log.warning(
+                "MQTT: the broker did not take 'offline' at the stop (%s)", self._likely_cause(err)
+            )
+        # aiomqtt waits this long for the DISCONNECT to go out when the client exits.
+        client.timeout = max(0.1, deadline - loop.time())
 
     # ------------------------------------------------------------------ session
 
+    async def _publish(
+        self, client: aiomqtt.Client, topic: str, payload: str, *, retain: bool = False
+    ) -> None:
+        """Publish at QoS 1 (returns at PUBACK); a stop requested meanwhile is not lost."""
+        await client.publish(topic, payload, qos=1, retain=retain)
+        _raise_if_stopping()
+
     async def _session(self, client: aiomqtt.Client) -> None:
-        await client.publish(self.status_topic, "online", qos=1, retain=True)
+        await self._publish(client, self.status_topic, "online", retain=True)
         if self.settings.homeassistant_discovery:
             await client.subscribe(HA_STATUS, qos=1)
+            _raise_if_stopping()
             await self._discovery(client)
         await self._publish_state(client)
         try:
@@ -277,7 +331,7 @@ class MqttPublisher:
             seq, event = self.outbox.peek()
             drops = self.outbox.unreported_drops
             payload = {**event, "gateway": self.gateway_id, "dropped_before": drops}
-            await client.publish(self.events_topic, json.dumps(payload), qos=1)
+            await self._publish(client, self.events_topic, json.dumps(payload))
             self.outbox.unreported_drops -= drops
             if not self.outbox.pop(seq):
                 self.outbox.undrop()  # dropped while in flight, but it did go out
@@ -285,7 +339,8 @@ class MqttPublisher:
     async def _state_loop(self, client: aiomqtt.Client) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), _STATE_POLL)
+                async with asyncio.timeout(_STATE_POLL):  # not wait_for: see the docstring
+                    await self._changed.wait()
             wait = self._last_state_at + self.settings.state_min_interval - self._clock()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -306,13 +361,13 @@ class MqttPublisher:
         due = self._clock() - self._last_state_at >= _STATE_HEARTBEAT
         if only_if_changed and stable == self._last_state and not due:
             return
-        await client.publish(self.state_topic, json.dumps(document), qos=1, retain=True)
+        await self._publish(client, self.state_topic, json.dumps(document), retain=True)
         self._last_state = stable
         self._last_state_at = self._clock()
 
     async def _discovery(self, client: aiomqtt.Client) -> None:
         for topic, config in self.discovery_messages():
-            await client.publish(topic, json.dumps(config), qos=1, retain=True)
+            await self._publish(client, topic, json.dumps(config), retain=True)
 
     def discovery_messages(self) -> list[tuple[str, dict[str, Any]]]:
         """Home Assistant discovery: (topic, config) per key sensor."""
