@@ -11,11 +11,8 @@ service (1024).
 from __future__ import annotations
 
 import asyncio
-import resource
-import subprocess
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,52 +21,14 @@ from gateway.local_orthanc import free_port
 from tests.conftest import GatewayProcess, gateway_config, wait_for
 from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
 from tests.photo_folder_support import photo_folder_toml
+from tests.service_support import ServiceProcess, service
 
-__all__ = ["mosquitto", "recorder_factory"]  # fixtures used here
+__all__ = ["mosquitto", "recorder_factory", "service"]  # fixtures used here
 
 GID = "test-box-01"
 STATUS = f"dermgate/{GID}/status"
 EVENTS = f"dermgate/{GID}/events"
 SLOW = ("slow to stop", "stopping took longer")
-
-
-def _service_limits() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
-
-
-class ServiceProcess(GatewayProcess):
-    """``dermgate run`` under the service's descriptor limit (``LimitNOFILE``)."""
-
-    def start(self) -> None:
-        """Start the service with ``ulimit -n 1024``."""
-        self._runs_before = self.log().count(" running as ") if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self._logs.append(log)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_service_limits,
-        )
-
-
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[Callable[[Path], ServiceProcess]]:
-    """Start gateways under the service limits; killed at the end if still running."""
-    started: list[ServiceProcess] = []
-
-    def start(config: Path) -> ServiceProcess:
-        gw = ServiceProcess(config, tmp_path / "gateway.log")
-        gw.start()
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        if gw.proc is not None and gw.proc.poll() is None:
-            gw.proc.kill()
-            gw.proc.wait()
-        gw.close_logs()
 
 
 def _config(tmp_path: Path, mqtt_port: int) -> Path:

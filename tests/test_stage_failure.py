@@ -9,7 +9,6 @@ address and port, and the hint to look at ``listen_port``.
 from __future__ import annotations
 
 import re
-import resource
 import socket
 import subprocess
 import sys
@@ -17,13 +16,10 @@ from pathlib import Path
 
 from gateway.local_orthanc import free_port
 from tests.conftest import gateway_config
+from tests.service_support import service_limits
 
 HINT = "is [gateway] listen_port in use?"
 _LEVEL = re.compile(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
-
-
-def _service_limits() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
 
 
 def test_a_listen_port_in_use_is_named_in_the_log_once_and_the_service_exits_1(
@@ -40,7 +36,7 @@ def test_a_listen_port_in_use_is_named_in_the_log_once_and_the_service_exits_1(
             text=True,
             timeout=120,
             check=False,
-            preexec_fn=_service_limits,
+            preexec_fn=service_limits,
         )
     log = done.stdout + done.stderr
     assert done.returncode == 1, log

@@ -102,6 +102,79 @@ HA_SENSORS: dict[str, tuple[str, str, str | None, str | None]] = {
 }
 
 
+def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    """The TLS context of ``[mqtt]`` (None without TLS); reads the files (blocking)."""
+    if not settings.tls:
+        return None
+    ca = str(settings.tls_ca) if settings.tls_ca is not None else None
+    context = ssl.create_default_context(cafile=ca)
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    return context
+
+
+def read_password(settings: MqttSettings) -> str | None:
+    """The first line of ``password_file`` (None without one); blocking."""
+    if settings.password_file is None:
+        return None
+    text = settings.password_file.read_text(encoding="utf-8")
+    return text.splitlines()[0] if text else ""
+
+
+def classify_link_error(err: BaseException, *, tls: bool) -> dict[str, str]:
+    """A connection error as ``{"code", "message"}``: a fixed phrase, never the
+    broker's text or a secret. Codes: ``local_file``, ``not_authorised``, ``tls``,
+    ``timeout``, ``refused``, ``unknown_host``, ``other``."""
+    text = (str(err) or type(err).__name__).lower()
+    if isinstance(err, FileNotFoundError | PermissionError):
+        return {"code": "local_file", "message": "cannot read the password or TLS files"}
+    if "not authori" in text or "bad user name or password" in text:
+        code, message = "not_authorised", "the broker refused the user name or password"
+    elif "certificate" in text or isinstance(err, ssl.SSLError):
+        code, message = "tls", "TLS failed: the broker's certificate was not accepted"
+    elif "timed out" in text:
+        code = "timeout"
+        message = "the broker did not answer in time" + (
+            " (with TLS often a rejected client certificate)" if tls else ""
+        )
+    elif "refused" in text:
+        code, message = "refused", "nothing accepts connections at the broker's address"
+    elif "name or service not known" in text or "name resolution" in text:
+        code, message = "unknown_host", "the broker's host name is not known"
+    else:
+        code, message = "other", "the connection to the broker failed"
+    return {"code": code, "message": message}
+
+
+async def probe_broker(
+    settings: MqttSettings, gateway_id: str, timeout: float = 5.0
+) -> dict[str, str] | None:
+    """Connect as the link does (address, login, TLS) and disconnect at once.
+
+    None when the broker accepted us (CONNACK), else the error as
+    :func:`classify_link_error` gives it. The client id differs from the link's
+    (``dermgate-<id>-check``), so the link's own session is not taken over, and
+    there is no Will: the probe says nothing on the status topic.
+    """
+    try:
+        password = await asyncio.to_thread(read_password, settings)
+        tls = await asyncio.to_thread(tls_context, settings)
+        client = aiomqtt.Client(
+            settings.host,
+            settings.port,
+            username=settings.username,
+            password=password,
+            identifier=f"dermgate-{gateway_id}-check",
+            keepalive=settings.keepalive,
+            tls_context=tls,
+            timeout=timeout,
+        )
+        async with client:
+            return None
+    except (aiomqtt.MqttError, OSError, ssl.SSLError, ValueError) as err:
+        return classify_link_error(err, tls=settings.tls)
+
+
 def _stop_requested() -> bool:
     """Whether the running task was asked to stop (even if the request was swallowed)."""
     task = asyncio.current_task()
@@ -155,20 +228,10 @@ class MqttPublisher:
     # ------------------------------------------------------------------ connection
 
     def _tls_context(self) -> ssl.SSLContext | None:
-        s = self.settings
-        if not s.tls:
-            return None
-        context = ssl.create_default_context(cafile=str(s.tls_ca) if s.tls_ca is not None else None)
-        if s.tls_cert is not None and s.tls_key is not None:
-            context.load_cert_chain(str(s.tls_cert), str(s.tls_key))
-        return context
+        return tls_context(self.settings)
 
     def _password(self) -> str | None:
-        s = self.settings
-        if s.password_file is None:
-            return None
-        text = s.password_file.read_text(encoding="utf-8")
-        return text.splitlines()[0] if text else ""
+        return read_password(self.settings)
 
     def _client(self, password: str | None, tls: ssl.SSLContext | None) -> aiomqtt.Client:
         s = self.settings
@@ -192,23 +255,7 @@ class MqttPublisher:
 
     def _classify(self, err: BaseException) -> dict[str, str]:
         """The connection error as a code and a plain phrase (for the state)."""
-        text = (str(err) or type(err).__name__).lower()
-        if isinstance(err, FileNotFoundError | PermissionError):
-            return {"code": "local_file", "message": "cannot read the password or TLS files"}
-        if "not authori" in text or "bad user name or password" in text:
-            code, message = "not_authorised", "the broker refused the user name or password"
-        elif "certificate" in text or isinstance(err, ssl.SSLError):
-            code, message = "tls", "TLS failed: the broker's certificate was not accepted"
-        elif "timed out" in text:
-            code = "timeout"
-            message = "the broker did not answer in time" + (
-                " (with TLS often a rejected client certificate)" if self.settings.tls else ""
-            )
-        elif "refused" in text:
-            code, message = "refused", "nothing accepts connections at the broker's address"
-        else:
-            code, message = "other", "the connection to the broker failed"
-        return {"code": code, "message": message}
+        return classify_link_error(err, tls=self.settings.tls)
 
     async def run(self, ready: Callable[[], None]) -> None:
         """Stay connected until cancelled; then say ``offline`` and disconnect."""
