@@ -36,8 +36,9 @@ Decisions (aiomqtt facts, DESIGN.md §8):
   it waits for completes in the same loop iteration as the cancellation
   (CPython gh-86296), so a stop that lands just as a PUBACK or an event arrives would
   be lost and the loops around it would run on until ``stop_timeout``. Every such
-  await is followed by :func:`_raise_if_stopping`, our own waits use
-  ``asyncio.timeout``, and an error while stopping is treated as the stop it is.
+  await is followed by :func:`_raise_if_stopping` (the task's pending cancellation
+  count), our own waits use ``asyncio.timeout``, and an error while stopping is
+  treated as the stop it is.
 * Home Assistant discovery: one retained ``homeassistant/sensor/<id>_<key>/config``
   per key sensor, with a ``device`` block and ``availability_topic`` = ``P/status``;
   sent at every connect and again when ``online`` arrives on ``homeassistant/status``.
@@ -356,6 +357,14 @@ class MqttPublisher:
             _raise_if_stopping()
             await self._discovery(client)
         await self._publish_state(client)
+        # The loops run in a task of their own: when a child fails, Python 3.11's
+        # TaskGroup leaves its parent task counted as cancelled for good (CPython
+        # gh-116720), and in this task that count must mean "stop" and nothing else.
+        await asyncio.create_task(self._loops(client), name="mqtt-session")
+        _raise_if_stopping()
+
+    async def _loops(self, client: aiomqtt.Client) -> None:
+        """Listen, send events, send the state; ends with the connection (MqttError)."""
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._listen(client))
