@@ -119,7 +119,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"dermgate run: {refused}", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as err:
-        logging.getLogger("gateway").critical("gateway stopped on error: %s", err)
+        from gateway.supervise import stop_reason
+
+        logging.getLogger("gateway").critical("gateway stopped on error: %s", stop_reason(err))
         return EXIT_FAILURE
     return EXIT_OK
 

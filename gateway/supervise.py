@@ -4,7 +4,9 @@ Stages start in order under one root :class:`asyncio.TaskGroup`: each stage is a
 coroutine function taking a ``ready`` callback, and :meth:`Supervisor.start` returns
 only once the stage called it (AnyIO's ``task_status.started()`` pattern), so a stage
 never starts before the one it depends on is serving. A stage that fails stops the
-gateway: stages are the gateway's own code.
+gateway: stages are the gateway's own code. Its cause (type and message, e.g. "is
+[gateway] listen_port in use?") is logged once, when it fails, as a
+:class:`StageFailed`; the service's last line (:func:`stop_reason`) names the stage.
 
 Drivers are plugins and run under :meth:`Supervisor.start_driver`, which never lets
 one take the gateway down:
@@ -55,6 +57,34 @@ SLOW_STOP = 5.0
 
 class StartupError(RuntimeError):
     """A stage failed or did not report ready in time."""
+
+
+class StageFailed(RuntimeError):
+    """A stage of the gateway raised: the gateway stops. ``__cause__`` is the error."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"{stage} failed: {describe_error(cause)}")
+        self.stage = stage
+
+
+def describe_error(err: BaseException) -> str:
+    """``Type: message`` of an error (the first one of an exception group)."""
+    while isinstance(err, BaseExceptionGroup) and err.exceptions:
+        err = err.exceptions[0]
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def stop_reason(err: BaseException) -> str:
+    """Why the gateway stopped on ``err``, for the service's last log line: the failed
+    stage (its cause was logged when it failed), else the error itself."""
+    while isinstance(err, BaseExceptionGroup) and err.exceptions:
+        err = err.exceptions[0]
+    if isinstance(err, StartupError) and isinstance(err.__cause__, StageFailed):
+        err = err.__cause__
+    if isinstance(err, StageFailed):
+        return f"the {err.stage} stage failed (cause logged above)"
+    return describe_error(err)
 
 
 class DriverHung(Exception):
@@ -129,9 +159,11 @@ class Supervisor:
             await work
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.critical("%s failed; the gateway stops", name)
-            raise
+        except Exception as err:
+            failed = StageFailed(name, err)
+            log.critical("the gateway stops: %s", failed)
+            log.debug("%s: traceback", name, exc_info=True)
+            raise failed from err
 
     def start_driver(
         self,

@@ -29,6 +29,16 @@ Decisions (aiomqtt facts, DESIGN.md §8):
   ``seq``). When the outbox is full the oldest entry is dropped and counted.
 * TLS always verifies the broker's certificate and host name; a rejected client
   certificate shows up only as a time-out, so the log names that likely cause.
+* A stop (cancellation) always ends the stage within :data:`STOP_BUDGET` seconds:
+  ``offline`` is published (retained) and the client disconnects, each bounded, with
+  a broker that is up, gone or hanging. Python 3.11's ``asyncio.wait_for`` (used
+  inside aiomqtt's ``publish``, ``subscribe`` and connect) returns normally when what
+  it waits for completes in the same loop iteration as the cancellation
+  (CPython gh-86296), so a stop that lands just as a PUBACK or an event arrives would
+  be lost and the loops around it would run on until ``stop_timeout``. Every such
+  await is followed by :func:`_raise_if_stopping` (the task's pending cancellation
+  count), our own waits use ``asyncio.timeout``, and an error while stopping is
+  treated as the stop it is.
 * Home Assistant discovery: one retained ``homeassistant/sensor/<id>_<key>/config``
   per key sensor, with a ``device`` block and ``availability_topic`` = ``P/status``;
   sent at every connect and again when ``online`` arrives on ``homeassistant/status``.
@@ -59,6 +69,10 @@ log = logging.getLogger(__name__)
 
 HA_STATUS = "homeassistant/status"
 _PUBLISH_TIMEOUT = 10.0
+#: Longest a stop may spend on ``offline`` and the disconnect, broker up or not.
+STOP_BUDGET = 3.0
+#: Part of :data:`STOP_BUDGET` left for the disconnect after ``offline``.
+_DISCONNECT_SHARE = 1.0
 _STATE_POLL = 5.0
 _STATE_HEARTBEAT = 60.0
 
@@ -87,6 +101,91 @@ HA_SENSORS: dict[str, tuple[str, str, str | None, str | None]] = {
     "alarms": ("Active alarms", "{{ value_json.alarms | length }}", None, None),
     "uptime": ("Uptime", "{{ value_json.uptime_s }}", "s", "duration"),
 }
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    """The TLS context of ``[mqtt]`` (None without TLS); reads the files (blocking)."""
+    if not settings.tls:
+        return None
+    ca = str(settings.tls_ca) if settings.tls_ca is not None else None
+    context = ssl.create_default_context(cafile=ca)
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    return context
+
+
+def read_password(settings: MqttSettings) -> str | None:
+    """The first line of ``password_file`` (None without one); blocking."""
+    if settings.password_file is None:
+        return None
+    text = settings.password_file.read_text(encoding="utf-8")
+    return text.splitlines()[0] if text else ""
+
+
+def classify_link_error(err: BaseException, *, tls: bool) -> dict[str, str]:
+    """A connection error as ``{"code", "message"}``: a fixed phrase, never the
+    broker's text or a secret. Codes: ``local_file``, ``not_authorised``, ``tls``,
+    ``timeout``, ``refused``, ``unknown_host``, ``other``."""
+    text = (str(err) or type(err).__name__).lower()
+    if isinstance(err, FileNotFoundError | PermissionError):
+        return {"code": "local_file", "message": "cannot read the password or TLS files"}
+    if "not authori" in text or "bad user name or password" in text:
+        code, message = "not_authorised", "the broker refused the user name or password"
+    elif "certificate" in text or isinstance(err, ssl.SSLError):
+        code, message = "tls", "TLS failed: the broker's certificate was not accepted"
+    elif "timed out" in text:
+        code = "timeout"
+        message = "the broker did not answer in time" + (
+            " (with TLS often a rejected client certificate)" if tls else ""
+        )
+    elif "refused" in text:
+        code, message = "refused", "nothing accepts connections at the broker's address"
+    elif "name or service not known" in text or "name resolution" in text:
+        code, message = "unknown_host", "the broker's host name is not known"
+    else:
+        code, message = "other", "the connection to the broker failed"
+    return {"code": code, "message": message}
+
+
+async def probe_broker(
+    settings: MqttSettings, gateway_id: str, timeout: float = 5.0
+) -> dict[str, str] | None:
+    """Connect as the link does (address, login, TLS) and disconnect at once.
+
+    None when the broker accepted us (CONNACK), else the error as
+    :func:`classify_link_error` gives it. The client id differs from the link's
+    (``dermgate-<id>-check``), so the link's own session is not taken over, and
+    there is no Will: the probe says nothing on the status topic.
+    """
+    try:
+        password = await asyncio.to_thread(read_password, settings)
+        tls = await asyncio.to_thread(tls_context, settings)
+        client = aiomqtt.Client(
+            settings.host,
+            settings.port,
+            username=settings.username,
+            password=password,
+            identifier=f"dermgate-{gateway_id}-check",
+            keepalive=settings.keepalive,
+            tls_context=tls,
+            timeout=timeout,
+        )
+        async with client:
+            return None
+    except (aiomqtt.MqttError, OSError, ssl.SSLError, ValueError) as err:
+        return classify_link_error(err, tls=settings.tls)
+
+
+def _stop_requested() -> bool:
+    """Whether the running task was asked to stop (even if the request was swallowed)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _raise_if_stopping() -> None:
+    """Re-raise a stop that ``asyncio.wait_for`` swallowed (see the module docstring)."""
+    if _stop_requested():
+        raise asyncio.CancelledError
 
 
 class MqttPublisher:
@@ -130,20 +229,10 @@ class MqttPublisher:
     # ------------------------------------------------------------------ connection
 
     def _tls_context(self) -> ssl.SSLContext | None:
-        s = self.settings
-        if not s.tls:
-            return None
-        context = ssl.create_default_context(cafile=str(s.tls_ca) if s.tls_ca is not None else None)
-        if s.tls_cert is not None and s.tls_key is not None:
-            context.load_cert_chain(str(s.tls_cert), str(s.tls_key))
-        return context
+        return tls_context(self.settings)
 
     def _password(self) -> str | None:
-        s = self.settings
-        if s.password_file is None:
-            return None
-        text = s.password_file.read_text(encoding="utf-8")
-        return text.splitlines()[0] if text else ""
+        return read_password(self.settings)
 
     def _client(self, password: str | None, tls: ssl.SSLContext | None) -> aiomqtt.Client:
         s = self.settings
@@ -167,23 +256,7 @@ class MqttPublisher:
 
     def _classify(self, err: BaseException) -> dict[str, str]:
         """The connection error as a code and a plain phrase (for the state)."""
-        text = (str(err) or type(err).__name__).lower()
-        if isinstance(err, FileNotFoundError | PermissionError):
-            return {"code": "local_file", "message": "cannot read the password or TLS files"}
-        if "not authori" in text or "bad user name or password" in text:
-            code, message = "not_authorised", "the broker refused the user name or password"
-        elif "certificate" in text or isinstance(err, ssl.SSLError):
-            code, message = "tls", "TLS failed: the broker's certificate was not accepted"
-        elif "timed out" in text:
-            code = "timeout"
-            message = "the broker did not answer in time" + (
-                " (with TLS often a rejected client certificate)" if self.settings.tls else ""
-            )
-        elif "refused" in text:
-            code, message = "refused", "nothing accepts connections at the broker's address"
-        else:
-            code, message = "other", "the connection to the broker failed"
-        return {"code": code, "message": message}
+        return classify_link_error(err, tls=self.settings.tls)
 
     async def run(self, ready: Callable[[], None]) -> None:
         """Stay connected until cancelled; then say ``offline`` and disconnect."""
@@ -215,14 +288,17 @@ class MqttPublisher:
                     self.connected = True
                     self.last_error = None
                     try:
+                        _raise_if_stopping()  # a stop that came with the CONNACK
                         await self._session(client)
-                    except asyncio.CancelledError:
-                        await self._say_offline(client)
-                        raise
+                    finally:
+                        if _stop_requested():
+                            await self._say_offline(client)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # MQTT errors, OSError, ssl errors: retry for ever
                 self.connected = False
+                if _stop_requested():  # e.g. the disconnect timed out: the stop goes on
+                    raise asyncio.CancelledError from err
                 self.last_error = self._classify(err)
                 if down_since is None:
                     down_since = self._clock()
@@ -234,7 +310,8 @@ class MqttPublisher:
                         self._likely_cause(err),
                         s.events_buffer,
                     )
-            self.connected = False
+            finally:
+                self.connected = False
             await asyncio.sleep(backoff.next_delay())
 
     def _setup(self) -> tuple[str | None, ssl.SSLContext | None]:
@@ -242,19 +319,52 @@ class MqttPublisher:
         return self._password(), self._tls_context()
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                client.publish(self.status_topic, "offline", qos=1, retain=True), 2.0
+        """Publish ``offline`` and bound the disconnect that follows (the stop path).
+
+        Together they take at most :data:`STOP_BUDGET` seconds: a broker that does not
+        confirm ``offline`` in time is left (its DISCONNECT still goes out).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_BUDGET
+        try:
+            await client.publish(
+                self.status_topic,
+                "offline",
+                qos=1,
+                retain=True,
+                timeout=STOP_BUDGET - _DISCONNECT_SHARE,
             )
+        except aiomqtt.MqttError as err:
+            log.warning(
+                "MQTT: the broker did not take 'offline' at the stop (%s)", self._likely_cause(err)
+            )
+        # aiomqtt waits this long for the DISCONNECT to go out when the client exits.
+        client.timeout = max(0.1, deadline - loop.time())
 
     # ------------------------------------------------------------------ session
 
+    async def _publish(
+        self, client: aiomqtt.Client, topic: str, payload: str, *, retain: bool = False
+    ) -> None:
+        """Publish at QoS 1 (returns at PUBACK); a stop requested meanwhile is not lost."""
+        await client.publish(topic, payload, qos=1, retain=retain)
+        _raise_if_stopping()
+
     async def _session(self, client: aiomqtt.Client) -> None:
-        await client.publish(self.status_topic, "online", qos=1, retain=True)
+        await self._publish(client, self.status_topic, "online", retain=True)
         if self.settings.homeassistant_discovery:
             await client.subscribe(HA_STATUS, qos=1)
+            _raise_if_stopping()
             await self._discovery(client)
         await self._publish_state(client)
+        # The loops run in a task of their own: when a child fails, Python 3.11's
+        # TaskGroup leaves its parent task counted as cancelled for good (CPython
+        # gh-116720), and in this task that count must mean "stop" and nothing else.
+        await asyncio.create_task(self._loops(client), name="mqtt-session")
+        _raise_if_stopping()
+
+    async def _loops(self, client: aiomqtt.Client) -> None:
+        """Listen, send events, send the state; ends with the connection (MqttError)."""
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._listen(client))
@@ -277,7 +387,7 @@ class MqttPublisher:
             seq, event = self.outbox.peek()
             drops = self.outbox.unreported_drops
             payload = {**event, "gateway": self.gateway_id, "dropped_before": drops}
-            await client.publish(self.events_topic, json.dumps(payload), qos=1)
+            await self._publish(client, self.events_topic, json.dumps(payload))
             self.outbox.unreported_drops -= drops
             if not self.outbox.pop(seq):
                 self.outbox.undrop()  # dropped while in flight, but it did go out
@@ -285,7 +395,8 @@ class MqttPublisher:
     async def _state_loop(self, client: aiomqtt.Client) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), _STATE_POLL)
+                async with asyncio.timeout(_STATE_POLL):  # not wait_for: see the docstring
+                    await self._changed.wait()
             wait = self._last_state_at + self.settings.state_min_interval - self._clock()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -306,13 +417,13 @@ class MqttPublisher:
         due = self._clock() - self._last_state_at >= _STATE_HEARTBEAT
         if only_if_changed and stable == self._last_state and not due:
             return
-        await client.publish(self.state_topic, json.dumps(document), qos=1, retain=True)
+        await self._publish(client, self.state_topic, json.dumps(document), retain=True)
         self._last_state = stable
         self._last_state_at = self._clock()
 
     async def _discovery(self, client: aiomqtt.Client) -> None:
         for topic, config in self.discovery_messages():
-            await client.publish(topic, json.dumps(config), qos=1, retain=True)
+            await self._publish(client, topic, json.dumps(config), retain=True)
 
     def discovery_messages(self) -> list[tuple[str, dict[str, Any]]]:
         """Home Assistant discovery: (topic, config) per key sensor."""

@@ -10,11 +10,13 @@ listener that accepts TCP but whose association slots are all taken fails); each
 PACS confirms what it stores (no ``commitment_overdue`` alarm); clock synchronised
 (timedatectl, else the kernel's adjtimex status); disk free against the reserve; the page's TLS
 certificate days to expiry (when TLS is configured); devices not ready; captures
-set aside.
+set aside; the MQTT broker accepts this box (a real MQTT connection with the
+link's address, login and TLS, when ``[mqtt]`` is configured).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import shutil
 import socket
@@ -24,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.config import DermGateConfig, DicomDestination
+from gateway.status.mqtt import probe_broker
 from gateway.status.snapshot import COMMITMENT_OVERDUE
 from gateway.status.web.data import Figures, human_age, human_bytes
 
@@ -234,6 +237,48 @@ def check_confirmations(config: DermGateConfig, figures: Figures) -> list[CheckR
     return results
 
 
+#: What to do per MQTT link error code (:func:`gateway.status.mqtt.classify_link_error`).
+_MQTT_ADVICE = {
+    "refused": "Check that the broker is running and that [mqtt] host and port are its "
+    "address and port (8883 is usual with TLS, 1883 without).",
+    "timeout": "Check the network and any firewall between this box and the broker; with "
+    "TLS, also that the broker accepts this box's client certificate (tls_cert).",
+    "not_authorised": "Check [mqtt] username and the password in password_file with the "
+    "broker's administrator.",
+    "tls": "Check tls_ca (the CA that signed the broker's certificate) and that the "
+    "broker's certificate names the host in [mqtt] host.",
+    "local_file": "Check that password_file, tls_cert and tls_key exist and that the "
+    "service can read them.",
+    "unknown_host": "Check [mqtt] host (spelling, or use the broker's IP address) and this "
+    "box's DNS settings.",
+}
+
+
+def check_mqtt(config: DermGateConfig, timeout: float = 5.0) -> CheckResult | None:
+    """Does the broker accept this box? A real MQTT CONNECT, as the link makes it.
+
+    None without ``[mqtt]``. MQTT carries only the fleet status: captures do not
+    depend on it, so the finding says so.
+    """
+    m = config.mqtt
+    if m is None:
+        return None
+    name = f"MQTT broker ({m.host}:{m.port})"
+    try:
+        error = asyncio.run(probe_broker(m, config.gateway.id, timeout))
+    except Exception as err:  # a check never raises
+        return CheckResult(name, UNKNOWN, f"Cannot tell ({type(err).__name__}).", "")
+    if error is None:
+        return CheckResult(name, OK, "Accepts this box: the fleet status is published.")
+    return CheckResult(
+        name,
+        FAIL,
+        f"Cannot connect: {error['message']} ({error['code']}). The fleet status "
+        "(online, state, events) does not reach the broker; captures are not affected.",
+        _MQTT_ADVICE.get(error["code"], "Check [mqtt] host and port, and the network."),
+    )
+
+
 class _Timex(ctypes.Structure):
     _fields_ = [("modes", ctypes.c_uint), ("_rest", ctypes.c_byte * 204)]
 
@@ -362,6 +407,9 @@ def run_checks(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
     results += confirmations
     results.append(check_clock())
     results.append(check_disk(config.spool_dir(), figures.disk.reserve))
+    mqtt = check_mqtt(config)
+    if mqtt is not None:
+        results.append(mqtt)
     results += certificate_checks(config)
     for dest in figures.destinations:
         if dest.failing:
