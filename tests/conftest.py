@@ -150,7 +150,7 @@ reconnect_max = 1
 SERVICE_NOFILE = 1024
 
 
-def _service_limits() -> None:
+def service_limits() -> None:
     """In the child, before exec: the descriptor limit of a systemd service."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (SERVICE_NOFILE, SERVICE_NOFILE))
 
@@ -174,7 +174,7 @@ class GatewayProcess:
             [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_service_limits,
+            preexec_fn=service_limits,
         )
 
     def vm_hwm(self) -> int:

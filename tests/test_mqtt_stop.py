@@ -21,7 +21,7 @@ from gateway.local_orthanc import free_port
 from tests.conftest import GatewayProcess, gateway_config, wait_for
 from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
 from tests.photo_folder_support import photo_folder_toml
-from tests.service_support import ServiceProcess, service
+from tests.service_support import service
 
 __all__ = ["mosquitto", "recorder_factory", "service"]  # fixtures used here
 
@@ -65,7 +65,7 @@ def _slow_lines(gw: GatewayProcess) -> list[str]:
 
 
 def _stop_after_ready(
-    gateway: ServiceProcess,
+    gateway: GatewayProcess,
     rec: Recorder,
     run: int,
     broker: Mosquitto,
@@ -88,7 +88,7 @@ def test_ten_stops_with_a_broker_up_each_say_offline_and_none_is_slow(
     tmp_path: Path,
     mosquitto: Mosquitto,
     recorder_factory: Callable[..., Recorder],
-    service: Callable[[Path], ServiceProcess],
+    service: Callable[[Path], GatewayProcess],
 ) -> None:
     config = _config(tmp_path, mosquitto.port)
     rec = recorder_factory(mosquitto, [STATUS, EVENTS])
@@ -102,7 +102,7 @@ def test_ten_stops_with_a_broker_up_each_say_offline_and_none_is_slow(
 
 
 def test_a_stop_with_the_broker_down_is_not_slow(
-    tmp_path: Path, service: Callable[[Path], ServiceProcess]
+    tmp_path: Path, service: Callable[[Path], GatewayProcess]
 ) -> None:
     gateway = service(_config(tmp_path, free_port()))
     gateway.wait_running()
@@ -164,7 +164,7 @@ class StallingBroker:
 
 @pytest.mark.parametrize("connack", [False, True], ids=["silent", "connack-then-silent"])
 def test_a_stop_with_a_broker_that_stalls_is_not_slow(
-    tmp_path: Path, service: Callable[[Path], ServiceProcess], connack: bool
+    tmp_path: Path, service: Callable[[Path], GatewayProcess], connack: bool
 ) -> None:
     with StallingBroker(connack=connack) as broker:
         gateway = service(_config(tmp_path, broker.port))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import wait_for
+from tests.conftest import GatewayProcess, wait_for
 from tests.mqtt_support import (
     PASSWORD as BROKER_PASSWORD,
 )
@@ -22,7 +22,7 @@ from tests.mqtt_support import (
     mosquitto,
     mosquitto_secure,
 )
-from tests.service_support import ServiceProcess, service
+from tests.service_support import service
 from tests.test_web_service import _client, _login, _service_config, _user_add
 from tests.web_support import PASSWORD
 
@@ -38,7 +38,7 @@ def _with_mqtt(config: Path, host_port: tuple[str, int], extra: str = "") -> Non
 
 
 def _mqtt_row(
-    service: Callable[[Path], ServiceProcess], config: Path, base: str
+    service: Callable[[Path], GatewayProcess], config: Path, base: str
 ) -> tuple[str, str]:
     """Start the gateway, log in, open the why page: the MQTT row's status and text."""
     _user_add(config, "tech", PASSWORD)
@@ -73,7 +73,7 @@ def _mqtt_row(
 
 
 def test_a_broker_nobody_listens_for_fails_the_mqtt_check_with_the_reason(
-    tmp_path: Path, mosquitto: Mosquitto, service: Callable[[Path], ServiceProcess]
+    tmp_path: Path, mosquitto: Mosquitto, service: Callable[[Path], GatewayProcess]
 ) -> None:
     mosquitto.stop()  # a real port that was a broker's: nothing listens now
     config, base = _service_config(tmp_path)
@@ -85,7 +85,7 @@ def test_a_broker_nobody_listens_for_fails_the_mqtt_check_with_the_reason(
 
 
 def test_a_refused_password_fails_the_mqtt_check_without_showing_it(
-    tmp_path: Path, mosquitto_secure: Mosquitto, service: Callable[[Path], ServiceProcess]
+    tmp_path: Path, mosquitto_secure: Mosquitto, service: Callable[[Path], GatewayProcess]
 ) -> None:
     broker = mosquitto_secure
     assert broker.tls is not None
@@ -108,7 +108,7 @@ def test_a_refused_password_fails_the_mqtt_check_without_showing_it(
 
 
 def test_a_real_broker_passes_the_mqtt_check(
-    tmp_path: Path, mosquitto: Mosquitto, service: Callable[[Path], ServiceProcess]
+    tmp_path: Path, mosquitto: Mosquitto, service: Callable[[Path], GatewayProcess]
 ) -> None:
     config, base = _service_config(tmp_path)
     _with_mqtt(config, ("127.0.0.1", mosquitto.port))
