@@ -287,7 +287,8 @@ async def _run(
         name="watch",
     )
     try:
-        await asyncio.wait_for(stop.wait(), timeout if captures is not None else None)
+        async with asyncio.timeout(timeout if captures is not None else None):
+            await stop.wait()  # not wait_for: 3.11's can swallow Ctrl-C's cancellation
     except TimeoutError:
         log.error("demo: timed out after %.0f s before every capture reached Orthanc", timeout)
         stop.set()

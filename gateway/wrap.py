@@ -105,7 +105,8 @@ class Wrapper:
         while True:
             # Also poll: a technician's `spool retry` puts captures back to CAPTURED.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wanted.wait(), _POLL)
+                async with asyncio.timeout(_POLL):  # not wait_for: 3.11's can swallow a stop
+                    await self.wanted.wait()
             self.wanted.clear()
             failed = False
             while batch := await self._ledger.call(db.captures_in_state, CaptureState.CAPTURED, 20):

@@ -273,7 +273,8 @@ class CommitmentRequester:
 
     async def _wait(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wanted.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for (3.11 can swallow a stop)
+                await self.wanted.wait()
         self.wanted.clear()
 
     async def run(self, ready: Callable[[], None]) -> None:

@@ -193,7 +193,8 @@ class Forwarder:
         wait = _IDLE_POLL if next_at is None else min(_IDLE_POLL, next_at - time.time())
         if wait > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wanted.wait(), wait)
+                async with asyncio.timeout(wait):  # not wait_for (3.11 can swallow a stop)
+                    await self.wanted.wait()
 
     async def _probe(self) -> None:
         # Probing is cheap (one C-ECHO): start at 1 s and never wait more than 30 s,

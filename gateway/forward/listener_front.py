@@ -206,7 +206,8 @@ class ListenerFront:
                 self._note(peer, Closed.BUSY)
                 writer.write(_REJECT_BUSY)
                 with contextlib.suppress(OSError, TimeoutError):
-                    await asyncio.wait_for(writer.drain(), 5)
+                    async with asyncio.timeout(5):  # not wait_for (3.11 can swallow a stop)
+                        await writer.drain()
                 return
             self._associated.add(peer)
             try:

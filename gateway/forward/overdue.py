@@ -56,7 +56,8 @@ class CommitmentOverdueWatch:
             )
             self._update(count)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), interval)
+                async with asyncio.timeout(interval):  # not wait_for (3.11 can swallow a stop)
+                    await self._woken.wait()
             self._woken.clear()
 
     def _update(self, count: int) -> None:

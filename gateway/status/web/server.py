@@ -502,7 +502,8 @@ class WebServer:
                 await self._send(response, b": keep-alive\n\n")
                 quiet = 0.0
             try:
-                await asyncio.wait_for(self._closing.wait(), LIVE_INTERVAL)
+                async with asyncio.timeout(LIVE_INTERVAL):  # not wait_for (3.11)
+                    await self._closing.wait()
             except TimeoutError:
                 quiet += LIVE_INTERVAL
 
