@@ -119,7 +119,7 @@ def test_technician_page_in_chromium(
             # Why isn't it sending? The checks run against the real Orthanc.
             page.click("text=Why isn't it sending?")
             expect(page.locator("#why")).to_contain_text("Answers a DICOM echo")
-            expect(page.locator("#why")).to_contain_text("Listening")
+            expect(page.locator("#why")).to_contain_text("Answers an association and a DICOM echo")
             expect(page.locator("#why")).to_contain_text("Clock")
             expect(page.locator("#why")).to_contain_text("1 capture(s) set aside")
             page.screenshot(path=str(shots / "why-not-sending.png"))
