@@ -642,13 +642,13 @@ def _print_rebuild(report: rebuild.RebuildReport, dirs: SpoolDirs, names: list[s
     if report.raw_only:
         print(
             f"  {len(report.raw_only)} raw capture file(s) in {dirs.raw} that no DICOM file "
-            "stands for, kept in place. What device sent them and what they are was in the "
-            "lost ledger, so DermGate cannot wrap them; the service moves them to "
-            f"{dirs.root / 'orphans'} when it starts (never deletes them): look at them there "
-            "and take again or send by hand any capture that the PACS does not have:"
+            "stands for, recorded as QUARANTINED and kept in place. What device sent them, "
+            "their patient and what they show was in the lost ledger, so DermGate cannot "
+            "wrap them: export each (dermgate spool export ID --to DIR) and take it again "
+            "or send it by hand if the PACS does not have it:"
         )
-        for name in report.raw_only:
-            print(f"    {name}")
+        for spool_id, name in report.raw_only:
+            print(f"    spool id {spool_id}: {name}")
     if report.skipped:
         print(f"  {len(report.skipped)} file(s) in {dirs.dicom} not recorded, kept in place:")
         for name, why in report.skipped:

@@ -163,7 +163,26 @@ def test_rebuild_keeps_raw_captures_without_a_dicom_file_and_reports_them(
     for secret in SECRETS:
         assert secret not in result.stdout + result.stderr
 
-    [row] = ledger_rows(state_dir)
+    # The raw capture was acknowledged to its device: it stays visible in the spool,
+    # set aside with a reason (never silently moved to orphans/), and can be exported.
+    row, raw_row = ledger_rows(state_dir)
+    assert raw_row["state"] == "QUARANTINED"
+    assert raw_row["raw_name"] == f"{raw_uid}.raw"
+    assert "lost ledger" in raw_row["reason"]
+    assert f"spool id {raw_row['id']}: {raw_uid}.raw" in result.stdout
+    listed = dermgate("list", config=spool.config)
+    assert listed.returncode == 0, listed.stderr
+    assert any(
+        line.split()[:2] == [str(raw_row["id"]), "QUARANTINED"]
+        for line in listed.stdout.splitlines()
+    ), listed.stdout
+    refused = dermgate("retry", raw_row["id"], config=spool.config)
+    assert refused.returncode == 4, "it cannot be wrapped without its device and patient"
+    assert "export it" in refused.stderr
+    raw_out = dermgate("export", raw_row["id"], "--to", tmp_path / "raw_out", config=spool.config)
+    assert raw_out.returncode == 0, raw_out.stderr
+    [copied] = (tmp_path / "raw_out").iterdir()
+    assert copied.read_bytes() == (spool.dirs.raw / f"{raw_uid}.raw").read_bytes()
     assert row["sop_instance_uid"] == wrapped_uid
     assert row["state"] == "WRAPPED"
     assert row["raw_name"] == f"{wrapped_uid}.raw", "the raw file it came from is its own"

@@ -40,7 +40,13 @@ from pathlib import Path
 
 from gateway.capture import ContentType
 from gateway.spool.files import SpoolDirs, atomic_writer
-from gateway.spool.ledger import SpoolEntry, get_capture, refresh_capture_state, utc_now_text
+from gateway.spool.ledger import (
+    REBUILT_DRIVER,
+    SpoolEntry,
+    get_capture,
+    refresh_capture_state,
+    utc_now_text,
+)
 from gateway.spool.states import CaptureState, DeliveryState
 
 RETRY_NOTE = "retry requested by technician"
@@ -223,6 +229,12 @@ def _retry_locked(
         raise NotPossible(
             f"spool id {entry.id} is {entry.state}, not QUARANTINED: "
             "only a quarantined capture can be retried"
+        )
+    if entry.driver == REBUILT_DRIVER and not entry.dicom_name:
+        raise NotPossible(
+            f"spool id {entry.id} came back from a lost ledger without its device, patient "
+            "and kind, so it cannot be wrapped: export it (dermgate spool export "
+            f"{entry.id} --to DIR) and take it again or send it by hand"
         )
     raw = spool_file(dirs.raw, entry.raw_name)
     dicom = spool_file(dirs.dicom, entry.dicom_name)

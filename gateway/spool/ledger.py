@@ -132,6 +132,11 @@ _MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
 T = TypeVar("T")
 
 
+#: The driver name of a capture recorded by ``dermgate spool rebuild`` from the spool's
+#: own files (:mod:`gateway.spool.rebuild`): its real driver was in the lost ledger.
+REBUILT_DRIVER = "rebuilt"
+
+
 def utc_now_text() -> str:
     """The current UTC time as stored in the ledger (ISO 8601)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -21,9 +21,12 @@ technician runs ``dermgate spool rebuild`` (:func:`rebuild_ledger`):
   PACS is never handed out again;
 * its raw device file (``spool/raw/<SOP Instance UID>.raw``), when present, is
   recorded as its own, so that the purge deletes both;
-* every other file (a raw capture that no DICOM file stands for, a damaged or
-  foreign file in ``dicom/``) is reported and left where it is: without the lost
-  row nothing says what device sent it or what it is, so DermGate cannot wrap it.
+* a raw capture that no DICOM file stands for becomes a QUARANTINED row (reason:
+  :data:`RAW_ONLY_REASON`), its file left where it is: it was acknowledged, so it
+  stays in ``spool list`` and on the page, and ``spool export`` copies it out; without
+  the lost row nothing says what device sent it, its patient or what it is, so
+  DermGate cannot wrap it (``spool retry`` refuses it);
+* a damaged or foreign file in ``dicom/`` is reported and left where it is.
 
 The new ledger is written to a temporary file beside the old one and renamed over it
 only when complete: a rebuild interrupted half way leaves the empty ledger (and so
@@ -53,6 +56,7 @@ from gateway.capture import (
     PatientContext,
 )
 from gateway.dicom.patient import temporary_spool_id
+from gateway.dicom.uids import new_uid
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs, fsync_dir
 from gateway.spool.spool_ids import (
@@ -63,7 +67,7 @@ from gateway.spool.spool_ids import (
 )
 from gateway.state_owner import owned_like
 
-REBUILT_DRIVER = "rebuilt"
+REBUILT_DRIVER = db.REBUILT_DRIVER
 _HASH_CHUNK = 1 << 20
 
 _DEVICE_CLASS_OF_SOP_CLASS = {
@@ -166,7 +170,8 @@ class RebuildReport:
 
     ledger: Path
     rebuilt: list[RebuiltCapture] = field(default_factory=list)
-    raw_only: list[str] = field(default_factory=list)
+    #: Raw captures no DICOM file stands for: (spool id, file name), recorded QUARANTINED.
+    raw_only: list[tuple[int, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # dicom/ name, why
     wal_kept: Path | None = None
     #: Rows that kept the spool id their temporary Patient ID names.
@@ -266,6 +271,75 @@ def _spool_ids(found: Sequence[_Found], mark: int | None) -> list[int]:
             ids.append(fresh)
             fresh += 1
     return ids
+
+
+#: Why a raw capture of a rebuilt ledger is set aside (``spool retry`` refuses it too).
+RAW_ONLY_REASON = (
+    "the ledger was rebuilt and this capture had not become DICOM yet: the device that "
+    "sent it, its patient and what it shows were in the lost ledger, so DermGate cannot "
+    "wrap it; export it (dermgate spool export ID --to DIR) and take it again or send "
+    "it by hand if the PACS does not have it"
+)
+
+_MAGIC: tuple[tuple[bytes, ContentType], ...] = (
+    (b"\xff\xd8\xff", ContentType.JPEG),
+    (b"\x89PNG\r\n\x1a\n", ContentType.PNG),
+    (b"II*\x00", ContentType.TIFF),
+    (b"MM\x00*", ContentType.TIFF),
+    (b"newmtl", ContentType.MTL),
+    (b"solid", ContentType.STL),
+)
+
+
+def _sniff(path: Path) -> ContentType:
+    """What a raw capture is, from its first bytes (for ``spool export``'s name)."""
+    with path.open("rb") as fh:
+        head = fh.read(512)
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    text = head.lstrip()
+    if text[:2] in (b"v ", b"o ", b"g ", b"# ", b"mt") or b"\nv " in text:
+        return ContentType.OBJ
+    if b"\nnewmtl" in text:
+        return ContentType.MTL
+    return ContentType.PIXELS
+
+
+def _record_raw_only(conn: sqlite3.Connection, path: Path, spool_id: int) -> None:
+    """A raw capture without its DICOM file: a QUARANTINED row, so that it is listed,
+    counted among the captures set aside and can be exported, never silently kept
+    aside in ``orphans/`` (it was acknowledged to its device)."""
+    stem = path.name.removesuffix(".raw")
+    sop = stem if stem and len(stem) <= 64 and set(stem) <= set("0123456789.") else new_uid()
+    uids = InstanceUIDs(new_uid(), new_uid(), sop)
+    device = DeviceIdentity(
+        manufacturer="unknown",
+        model="unknown",
+        serial_number="unknown",
+        software_versions=(),
+        device_class=DeviceClass.CAMERA,
+    )
+    offer = CaptureOffer(
+        device_capture_id=f"{REBUILT_DRIVER}-raw-{stem}"[:128], content_type=_sniff(path)
+    )
+    db.insert_capture(
+        conn,
+        driver=REBUILT_DRIVER,
+        device=device,
+        offer=offer,
+        uids=uids,
+        raw_name=path.name,
+        raw_size=path.stat().st_size,
+        raw_sha256=_sha256(path),
+        spool_id=spool_id,
+    )
+    db.quarantine(conn, spool_id, RAW_ONLY_REASON)
+    received = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    conn.execute(
+        "UPDATE captures SET received_at = ? WHERE id = ?",
+        (received.isoformat(timespec="milliseconds"), spool_id),
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -395,6 +469,10 @@ def rebuild_ledger(
     shared = Counter(item.temporary for item in unique if item.temporary is not None)
     report.kept_ids = sum(1 for item, n in zip(unique, ids, strict=True) if item.temporary == n)
     report.next_spool_id = max([mark or 1, *(n + 1 for n in ids)])
+    wrapped_raw = {f"{item.uids.sop_instance}.raw" for item in unique}
+    raw_only = [p for p in _capture_files(dirs.raw) if p.name not in wrapped_raw]
+    raw_ids = list(range(report.next_spool_id, report.next_spool_id + len(raw_only)))
+    report.next_spool_id += len(raw_only)
 
     tmp = ledger.with_name(f".{ledger.name}.rebuild")
     _remove(tmp)
@@ -404,6 +482,9 @@ def rebuild_ledger(
         for item, spool_id in zip(unique, ids, strict=True):
             grouped = item.temporary is not None and shared[item.temporary] > 1
             report.rebuilt.append(_record(conn, item, dirs, destinations, spool_id, grouped))
+        for path, spool_id in zip(raw_only, raw_ids, strict=True):
+            _record_raw_only(conn, path, spool_id)
+            report.raw_only.append((spool_id, path.name))
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("PRAGMA journal_mode = DELETE")  # one self-contained file to rename
     except BaseException:
@@ -434,7 +515,4 @@ def rebuild_ledger(
         os.replace(tmp, ledger)
         cleanup.pop_all()
     fsync_dir(ledger.parent)
-
-    used = {r.raw_name for r in report.rebuilt}
-    report.raw_only = [p.name for p in _capture_files(dirs.raw) if p.name not in used]
     return report
