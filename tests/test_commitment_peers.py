@@ -101,6 +101,16 @@ def test_reports_from_strangers_are_refused_and_change_nothing(
     state_dir = tmp_path / "state"
     wait_for(lambda: pacs.held and states(state_dir) == ["SENT"], 90, "a request held by the PACS")
     txn, refs = pacs.held[0]
+    # The gateway records the request as accepted once the N-ACTION answer is back:
+    # only then is the ledger still, for the comparison below.
+    wait_for(
+        lambda: any(
+            r["transaction_uid"] == txn and r["requested_epoch"] is not None
+            for r in _ledger(state_dir)["commitments"]
+        ),
+        30,
+        "the accepted request recorded",
+    )
     before = _ledger(state_dir)
     assert pacs.report_to is not None
 
