@@ -13,9 +13,10 @@ extras=""
 # Debian packages: Orthanc (the demo's and the tests' PACS), Mosquitto (the demo's
 # and the tests' MQTT broker), DCMTK (benchmark anchors), Python's venv support; with
 # --test also Chromium and a font for the browser tests (never a downloaded browser),
-# and systemd's tools to check the box's unit file (systemd-analyze verify).
+# systemd's tools to check the box's unit file (systemd-analyze verify), and iproute2
+# (a test adds an address to lo).
 packages=(python3 python3-venv python3-dev orthanc dcmtk mosquitto mosquitto-clients)
-[[ "${1:-}" == "--test" ]] && packages+=(chromium fonts-dejavu-core systemd)
+[[ "${1:-}" == "--test" ]] && packages+=(chromium fonts-dejavu-core systemd iproute2)
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

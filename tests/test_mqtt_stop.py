@@ -21,9 +21,8 @@ from gateway.local_orthanc import free_port
 from tests.conftest import GatewayProcess, gateway_config, wait_for
 from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
 from tests.photo_folder_support import photo_folder_toml
-from tests.service_support import service
 
-__all__ = ["mosquitto", "recorder_factory", "service"]  # fixtures used here
+__all__ = ["mosquitto", "recorder_factory"]  # fixtures used here
 
 GID = "test-box-01"
 STATUS = f"dermgate/{GID}/status"
@@ -88,11 +87,11 @@ def test_ten_stops_with_a_broker_up_each_say_offline_and_none_is_slow(
     tmp_path: Path,
     mosquitto: Mosquitto,
     recorder_factory: Callable[..., Recorder],
-    service: Callable[[Path], GatewayProcess],
+    gateway_factory: Callable[[Path], GatewayProcess],
 ) -> None:
     config = _config(tmp_path, mosquitto.port)
     rec = recorder_factory(mosquitto, [STATUS, EVENTS])
-    gateway = service(config)
+    gateway = gateway_factory(config)
     for run in range(1, 11):
         if run > 1:
             gateway.start()
@@ -102,9 +101,9 @@ def test_ten_stops_with_a_broker_up_each_say_offline_and_none_is_slow(
 
 
 def test_a_stop_with_the_broker_down_is_not_slow(
-    tmp_path: Path, service: Callable[[Path], GatewayProcess]
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
 ) -> None:
-    gateway = service(_config(tmp_path, free_port()))
+    gateway = gateway_factory(_config(tmp_path, free_port()))
     gateway.wait_running()
     wait_for(lambda: "MQTT broker" in gateway.log(), 30, "the broker to be found missing")
     assert gateway.stop(timeout=60) == 0
@@ -164,10 +163,10 @@ class StallingBroker:
 
 @pytest.mark.parametrize("connack", [False, True], ids=["silent", "connack-then-silent"])
 def test_a_stop_with_a_broker_that_stalls_is_not_slow(
-    tmp_path: Path, service: Callable[[Path], GatewayProcess], connack: bool
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess], connack: bool
 ) -> None:
     with StallingBroker(connack=connack) as broker:
-        gateway = service(_config(tmp_path, broker.port))
+        gateway = gateway_factory(_config(tmp_path, broker.port))
         gateway.wait_running()
         wait_for(lambda: broker.connections >= 1, 30, "the gateway to connect")
         if connack:  # stop in the session, with "online" waiting for its PUBACK

@@ -22,11 +22,10 @@ from tests.mqtt_support import (
     mosquitto,
     mosquitto_secure,
 )
-from tests.service_support import service
 from tests.test_web_service import _client, _login, _service_config, _user_add
 from tests.web_support import PASSWORD
 
-__all__ = ["mosquitto", "mosquitto_secure", "service"]  # fixtures used here
+__all__ = ["mosquitto", "mosquitto_secure"]  # fixtures used here
 
 _ROW = re.compile(r'<tr class="(\w+)"><td>(MQTT broker \([^<]*)</td>.*?</tr>', re.S)
 
@@ -38,11 +37,11 @@ def _with_mqtt(config: Path, host_port: tuple[str, int], extra: str = "") -> Non
 
 
 def _mqtt_row(
-    service: Callable[[Path], GatewayProcess], config: Path, base: str
+    gateway_factory: Callable[[Path], GatewayProcess], config: Path, base: str
 ) -> tuple[str, str]:
     """Start the gateway, log in, open the why page: the MQTT row's status and text."""
     _user_add(config, "tech", PASSWORD)
-    gateway = service(config)
+    gateway = gateway_factory(config)
     gateway.wait_running()
 
     async def up() -> bool:
@@ -73,19 +72,19 @@ def _mqtt_row(
 
 
 def test_a_broker_nobody_listens_for_fails_the_mqtt_check_with_the_reason(
-    tmp_path: Path, mosquitto: Mosquitto, service: Callable[[Path], GatewayProcess]
+    tmp_path: Path, mosquitto: Mosquitto, gateway_factory: Callable[[Path], GatewayProcess]
 ) -> None:
     mosquitto.stop()  # a real port that was a broker's: nothing listens now
     config, base = _service_config(tmp_path)
     _with_mqtt(config, ("127.0.0.1", mosquitto.port))
-    status, text = _mqtt_row(service, config, base)
+    status, text = _mqtt_row(gateway_factory, config, base)
     assert status == "fail", text
     assert "nothing accepts connections at the broker's address" in text
     assert "host and port" in text  # what to do
 
 
 def test_a_refused_password_fails_the_mqtt_check_without_showing_it(
-    tmp_path: Path, mosquitto_secure: Mosquitto, service: Callable[[Path], GatewayProcess]
+    tmp_path: Path, mosquitto_secure: Mosquitto, gateway_factory: Callable[[Path], GatewayProcess]
 ) -> None:
     broker = mosquitto_secure
     assert broker.tls is not None
@@ -100,7 +99,7 @@ def test_a_refused_password_fails_the_mqtt_check_without_showing_it(
         f'tls_ca = "{broker.tls.ca}"\ntls_cert = "{broker.tls.client_cert}"\n'
         f'tls_key = "{broker.tls.client_key}"\n',
     )
-    status, text = _mqtt_row(service, config, base)
+    status, text = _mqtt_row(gateway_factory, config, base)
     assert status == "fail", text
     assert "refused the user name or password" in text
     assert wrong not in text
@@ -108,10 +107,10 @@ def test_a_refused_password_fails_the_mqtt_check_without_showing_it(
 
 
 def test_a_real_broker_passes_the_mqtt_check(
-    tmp_path: Path, mosquitto: Mosquitto, service: Callable[[Path], GatewayProcess]
+    tmp_path: Path, mosquitto: Mosquitto, gateway_factory: Callable[[Path], GatewayProcess]
 ) -> None:
     config, base = _service_config(tmp_path)
     _with_mqtt(config, ("127.0.0.1", mosquitto.port))
-    status, text = _mqtt_row(service, config, base)
+    status, text = _mqtt_row(gateway_factory, config, base)
     assert status == "ok", text
     assert "Accepts this box" in text
