@@ -245,6 +245,7 @@ def test_commitment_from_lets_the_pacs_report_from_another_address(
     )
     state_dir = tmp_path / "state"
     wait_for(lambda: states(state_dir) == ["COMMITTED"], 90, "commitment from the listed address")
+    wait_for(lambda: pacs.report_statuses, 30, "the report answered")
     assert pacs.report_statuses == [0x0000]
     assert gateway.stop() == 0
 

@@ -80,7 +80,9 @@ def _stream(port: int, header: bytes, total: int, sock: socket.socket | None = N
     except (BrokenPipeError, ConnectionResetError):
         pass
     except OSError as err:
-        if err.errno not in (errno.EPIPE, errno.ECONNRESET):
+        # EBADF: the socket belongs to a pynetdicom association whose own reader thread
+        # closed it when the listener ended the connection under us.
+        if err.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
             raise
     finally:
         conn.close()
