@@ -1,0 +1,51 @@
+"""The driver SDK: the only module a device driver imports from DermGate.
+
+What is exported here is the contract between the gateway and a driver; anything
+else in ``gateway`` may change without notice. A driver checks
+:data:`CONTRACT_VERSION` if it relies on something added after version 1.
+"""
+
+from __future__ import annotations
+
+from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
+from gateway.devices.contract import (
+    CaptureReceipt,
+    CaptureRefused,
+    CaptureSink,
+    DeviceHost,
+    Driver,
+    DriverFactory,
+    DriverState,
+    Matcher,
+    RefusalReason,
+    SerialMatch,
+    UsbMatch,
+)
+from gateway.devices.simulation import Simulator, run_simulator, write_report
+from gateway.forward.schedule import Backoff
+
+#: Bumped when the contract changes in a way a driver can notice.
+CONTRACT_VERSION = 1
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "Backoff",
+    "CaptureOffer",
+    "CaptureReceipt",
+    "CaptureRefused",
+    "CaptureSink",
+    "ContentType",
+    "DeviceClass",
+    "DeviceHost",
+    "DeviceIdentity",
+    "Driver",
+    "DriverFactory",
+    "DriverState",
+    "Matcher",
+    "RefusalReason",
+    "SerialMatch",
+    "Simulator",
+    "UsbMatch",
+    "run_simulator",
+    "write_report",
+]
