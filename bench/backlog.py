@@ -64,9 +64,9 @@ from common import (
 from PIL import Image
 
 from drivers.serial_dermatoscope.images import make_dermoscopy_jpeg
-from gateway.capture import CaptureOffer
-from gateway.local_orthanc import ORTHANC_BINARY, OrthancProcess, free_port
-from gateway.spool.files import SpoolDirs
+from gateway.core.capture import CaptureOffer
+from gateway.demo.local_orthanc import ORTHANC_BINARY, OrthancProcess, free_port
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import insert_capture, mark_wrapped, open_ledger
 
 DESTINATION = "pacs"

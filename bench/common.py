@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import IO
 
 from drivers.serial_dermatoscope.images import make_dermoscopy_jpeg
-from gateway.capture import CaptureOffer, DeviceIdentity, GatewayIdentity, InstanceUIDs
+from gateway.core.capture import CaptureOffer, DeviceIdentity, GatewayIdentity, InstanceUIDs
+from gateway.core.uids import new_uid
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.jpeg import read_jpeg_info
 from gateway.dicom.part10 import write_part10_encapsulated
-from gateway.dicom.uids import new_uid
 
 REPO = Path(__file__).resolve().parent.parent
 DERMGATE = Path(sys.executable).parent / "dermgate"

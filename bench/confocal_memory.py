@@ -38,7 +38,7 @@ from common import (
     stop_process,
 )
 
-from gateway.local_orthanc import ORTHANC_BINARY, OrthancProcess, free_port
+from gateway.demo.local_orthanc import ORTHANC_BINARY, OrthancProcess, free_port
 
 FRAME_SIDE = 1024
 BITS = 8  # Confocal Microscopy objects take 8-bit pixels (16-bit stacks go as Word SC)

@@ -43,9 +43,9 @@ from common import (
     run_gateway_until,
 )
 
-from gateway.capture import CaptureOffer
-from gateway.local_orthanc import ORTHANC_BINARY, OrthancProcess, free_port
-from gateway.spool.files import SpoolDirs
+from gateway.core.capture import CaptureOffer
+from gateway.demo.local_orthanc import ORTHANC_BINARY, OrthancProcess, free_port
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import insert_capture, mark_wrapped, open_ledger
 
 DELIVERED = ("SENT", "COMMITTED")

@@ -60,13 +60,13 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from drivers.serial_dermatoscope.protocol import DATA_CHUNK
-from gateway.capture import CaptureOffer, InstanceUIDs
+from gateway.core.capture import CaptureOffer, InstanceUIDs
+from gateway.core.uids import new_uid
+from gateway.demo.local_orthanc import free_port
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.jpeg import read_jpeg_info
-from gateway.dicom.uids import new_uid
-from gateway.local_orthanc import free_port
-from gateway.spool.files import SpoolDirs
-from gateway.spool.intake import InlineWrap, Intake
+from gateway.intake import InlineWrap, Intake
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
 from gateway.wrap import Wrapper
 
@@ -163,7 +163,7 @@ async def intake_in_process(
             all_wrapped.set()
 
     wrapper = Wrapper(ledger, dirs, GATEWAY, [DESTINATION], on_wrapped)
-    # As gateway.app wires it: a JPEG the builder can describe goes straight into its
+    # As gateway.service.app wires it: a JPEG the builder can describe goes straight into its
     # DICOM file at intake (one copy); anything else goes through raw/ and the wrapper.
     inline = InlineWrap(wrapper.build, wrapper.destinations, on_wrapped)
     intake = Intake(ledger, dirs, wrapper.notify, None, inline)

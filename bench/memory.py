@@ -40,12 +40,12 @@ from pathlib import Path
 from common import DEVICE, GATEWAY, bench_dir, print_header, ratio, require_tools
 
 from drivers.serial_dermatoscope.images import make_dermoscopy_jpeg
-from gateway.capture import CaptureOffer, InstanceUIDs
+from gateway.core.capture import CaptureOffer, InstanceUIDs
+from gateway.core.uids import new_uid
+from gateway.demo.local_orthanc import ORTHANC_BINARY, OrthancProcess
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.jpeg import read_jpeg_info
 from gateway.dicom.part10 import write_part10_encapsulated
-from gateway.dicom.uids import new_uid
-from gateway.local_orthanc import ORTHANC_BINARY, OrthancProcess
 
 PEAK_TARGET_MB = 150.0
 GROWTH_TARGET = 1.2
@@ -55,7 +55,7 @@ CHILD_TIMEOUT = 600.0
 SENDER = """
 import sys, threading
 from pathlib import Path
-from gateway.config import DicomDestination
+from gateway.core.config import DicomDestination
 import gateway.forward.cstore as cstore
 path, port, sop_class, syntax, paced = sys.argv[1:]
 if paced != "paced":

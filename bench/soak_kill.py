@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 
 from common import DERMGATE, DRIVER, bench_dir, gateway_config, print_header, stop_process
 
-from gateway.local_orthanc import ORTHANC_BINARY, OrthancProcess, free_port
+from gateway.demo.local_orthanc import ORTHANC_BINARY, OrthancProcess, free_port
 
 GATEWAY_AE = "DERMGATE"
 SERIAL = "DS100-SOAK"

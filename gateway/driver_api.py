@@ -7,22 +7,27 @@ else in ``gateway`` may change without notice. A driver checks
 
 from __future__ import annotations
 
-from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
+from gateway.core.backoff import Backoff
+from gateway.core.capture import (
+    CaptureOffer,
+    CaptureRefused,
+    ContentType,
+    DeviceClass,
+    DeviceIdentity,
+    RefusalReason,
+)
 from gateway.devices.contract import (
     CaptureReceipt,
-    CaptureRefused,
     CaptureSink,
     DeviceHost,
     Driver,
     DriverFactory,
     DriverState,
     Matcher,
-    RefusalReason,
     SerialMatch,
     UsbMatch,
 )
 from gateway.devices.simulation import Simulator, run_simulator, write_report
-from gateway.forward.schedule import Backoff
 
 #: Bumped when the contract changes in a way a driver can notice.
 CONTRACT_VERSION = 1

@@ -32,7 +32,8 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from gateway.capture import (
+from gateway.core import events
+from gateway.core.capture import (
     CaptureOffer,
     ContentType,
     DeviceClass,
@@ -49,11 +50,10 @@ from gateway.dicom.part10 import write_part10_encapsulated
 from gateway.dicom.photo import build_vl_photographic, write_vl_photographic_native
 from gateway.dicom.surface import write_encapsulated_3d
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger, SpoolEntry
 from gateway.spool.spool_ids import first_in_study
 from gateway.spool.states import CaptureState
-from gateway.status import events
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class Wrapper:
     async def _patient_spool_id(self, entry: SpoolEntry) -> int:
         """The spool id that names the capture's temporary patient: its own, or the
         first one's of the study it shares (driver-chosen UIDs; see
-        :mod:`gateway.dicom.patient`)."""
+        :mod:`gateway.core.patient`)."""
         if entry.offer.uids is None:
             return entry.id
         first = await self._ledger.call(first_in_study, entry.uids.study)

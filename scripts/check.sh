@@ -10,3 +10,5 @@ echo "check: ruff lint"
 .venv/bin/ruff check "${paths[@]}"
 echo "check: mypy --strict"
 .venv/bin/mypy --strict gateway drivers
+echo "check: import contracts (lint-imports: layers, drivers see only gateway.driver_api, no cycles)"
+.venv/bin/lint-imports --no-logo --no-cache

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from gateway.local_orthanc import OrthancProcess, free_port
+from gateway.demo.local_orthanc import OrthancProcess, free_port
 from tests.peers import MisbehavingPacs
 
 GATEWAY_AE = "DERMGATE"

@@ -8,16 +8,16 @@ from pathlib import Path
 
 from PIL import Image
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     DeviceIdentity,
     GatewayIdentity,
     InstanceUIDs,
 )
+from gateway.core.uids import new_uid
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.jpeg import read_jpeg_info
 from gateway.dicom.part10 import write_part10_encapsulated
-from gateway.dicom.uids import new_uid
 
 DEVICE = DeviceIdentity(
     manufacturer="DermGate Reference Devices",

@@ -23,7 +23,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from gateway.local_mosquitto import MosquittoProcess
+from gateway.demo.local_mosquitto import MosquittoProcess
 
 PASSWORD = "s3cret-broker-pw"
 USER = "dermgate"

@@ -14,7 +14,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from gateway.local_orthanc import free_port
+from gateway.demo.local_orthanc import free_port
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 

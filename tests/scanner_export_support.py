@@ -20,7 +20,7 @@ from typing import Any
 import pydicom
 from PIL import Image
 
-from gateway.local_orthanc import OrthancProcess
+from gateway.demo.local_orthanc import OrthancProcess
 
 OBJ_SOP = "1.2.840.10008.5.1.4.1.1.104.4"
 MTL_SOP = "1.2.840.10008.5.1.4.1.1.104.5"

@@ -32,12 +32,19 @@ import pytest
 from drivers.photo_folder import simulator as camera
 from drivers.photo_folder.driver import PhotoFolderDriver, PhotoFolderOptions
 from drivers.scanner_export.driver import ScannerExportDriver, ScannerExportOptions
-from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
-from gateway.devices.contract import CaptureRefused, DriverState, RefusalReason
+from gateway.core.capture import (
+    CaptureOffer,
+    CaptureRefused,
+    ContentType,
+    DeviceClass,
+    DeviceIdentity,
+    RefusalReason,
+)
+from gateway.demo.local_orthanc import OrthancProcess, free_port
+from gateway.devices.contract import DriverState
 from gateway.devices.host import DriverHost
-from gateway.local_orthanc import OrthancProcess, free_port
-from gateway.spool.files import SpoolDirs
-from gateway.spool.intake import Intake
+from gateway.intake import Intake
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
 from tests.conftest import (
     GatewayProcess,

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.capture import CaptureOffer, InstanceUIDs
-from gateway.dicom.uids import new_uid
+from gateway.core.capture import CaptureOffer, InstanceUIDs
+from gateway.core.uids import new_uid
 from gateway.spool import ledger as db
 from tests.dicom_files import DEVICE
 from tests.test_spool_commands import Spool, dermgate, spool

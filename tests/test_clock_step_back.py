@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.local_orthanc import free_port
+from gateway.demo.local_orthanc import free_port
 from tests.conftest import (
     GatewayProcess,
     SimulatorProcess,

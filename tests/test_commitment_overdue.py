@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from gateway.config import load_config
-from gateway.local_orthanc import free_port
+from gateway.demo.local_orthanc import free_port
+from gateway.service.config import load_config
 from tests.conftest import GatewayProcess, SimulatorProcess, gateway_config, states, wait_for
 from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
 from tests.peers import HeldAssociations, MisbehavingPacs

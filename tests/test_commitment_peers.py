@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.config import DicomDestination
+from gateway.core.config import DicomDestination
 from tests.conftest import (
     GatewayProcess,
     SimulatorProcess,
@@ -280,7 +280,7 @@ def test_peer_check_resolves_host_names_and_compares_addresses() -> None:
 
 
 def test_open_transactions_of_an_older_ledger_keep_what_they_asked_about(tmp_path: Path) -> None:
-    from gateway.capture import CaptureOffer
+    from gateway.core.capture import CaptureOffer
     from gateway.spool import commitments
     from gateway.spool import ledger as db
     from tests.dicom_files import DEVICE
@@ -320,7 +320,7 @@ def test_open_transactions_of_an_older_ledger_keep_what_they_asked_about(tmp_pat
 
 def test_ended_transactions_are_forgotten_after_a_while(tmp_path: Path) -> None:
     """A PACS that never answers is asked again and again: the ledger must not grow for ever."""
-    from gateway.capture import CaptureOffer, InstanceUIDs
+    from gateway.core.capture import CaptureOffer, InstanceUIDs
     from gateway.spool import commitments
     from gateway.spool import ledger as db
     from tests.dicom_files import DEVICE

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, default_gateway_id, load_config
+from gateway.core.config import ConfigError, default_gateway_id
+from gateway.service.config import load_config
 
 CONTRACT = """
 [gateway]
@@ -138,7 +139,7 @@ def test_the_shipped_example_config_is_valid() -> None:
 
 
 def test_supervision_and_hotplug_sections(tmp_path: Path) -> None:
-    from gateway.app import restart_policy
+    from gateway.service.app import restart_policy
 
     config = load_config(write(tmp_path, CONTRACT))
     assert config.supervision.quarantine_after == 5

@@ -32,7 +32,9 @@ import pydicom
 import pytest
 from pydicom.filewriter import dcmwrite
 
-from gateway.capture import CaptureOffer, ContentType, InstanceUIDs
+from gateway.core.capture import CaptureOffer, ContentType, InstanceUIDs
+from gateway.core.uids import new_uid
+from gateway.demo.local_orthanc import OrthancProcess, free_port
 from gateway.dicom.confocal import (
     MAX_FRAMES,
     ConfocalStack,
@@ -40,9 +42,7 @@ from gateway.dicom.confocal import (
     pixel_data_header,
     write_confocal,
 )
-from gateway.dicom.uids import new_uid
-from gateway.local_orthanc import OrthancProcess, free_port
-from gateway.spool.files import SpoolDirs
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import insert_capture, open_ledger
 from tests.conftest import GatewayProcess, gateway_config, ledger_rows, states, wait_for
 from tests.test_dicom_confocal import (

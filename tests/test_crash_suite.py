@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.local_orthanc import OrthancProcess
+from gateway.demo.local_orthanc import OrthancProcess
 from tests.conftest import (
     GatewayProcess,
     SimulatorProcess,

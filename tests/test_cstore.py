@@ -10,9 +10,9 @@ import pytest
 from pynetdicom import evt
 from pynetdicom.sop_class import DermoscopicPhotographyImageStorage
 
-from gateway.config import DicomDestination
+from gateway.core.config import DicomDestination
+from gateway.demo.local_orthanc import free_port
 from gateway.forward.cstore import CStoreSender, StoreRequest, Verdict, classify_status
-from gateway.local_orthanc import free_port
 from tests.dicom_files import make_dicom
 from tests.peers import JPEG_BASELINE, MisbehavingPacs
 

@@ -29,12 +29,12 @@ from typing import BinaryIO
 import pytest
 from pydicom.filereader import read_file_meta_info
 
-from gateway.capture import CaptureOffer, InstanceUIDs
+from gateway.core.capture import CaptureOffer, InstanceUIDs
+from gateway.core.uids import new_uid
+from gateway.demo.local_orthanc import ORTHANC_BINARY, OrthancProcess
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.jpeg import read_jpeg_info
 from gateway.dicom.part10 import write_part10_encapsulated
-from gateway.dicom.uids import new_uid
-from gateway.local_orthanc import ORTHANC_BINARY, OrthancProcess
 from tests.dicom_files import DEVICE, GATEWAY, make_dicom, make_jpeg
 
 LARGE_BYTES = 256 * 1024 * 1024
@@ -46,7 +46,7 @@ CHILD_TIMEOUT = 90.0
 SENDER = """
 import json, sys, threading
 from pathlib import Path
-from gateway.config import DicomDestination
+from gateway.core.config import DicomDestination
 from gateway.forward.cstore import CStoreSender, StoreRequest
 path, port, sop_class, syntax, timeout = sys.argv[1:]
 destination = DicomDestination(

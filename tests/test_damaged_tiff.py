@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     ContentType,
     DeviceClass,
@@ -28,11 +28,11 @@ from gateway.capture import (
     GatewayIdentity,
     InstanceUIDs,
 )
+from gateway.core.uids import new_uid
+from gateway.demo.local_orthanc import free_port
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob
 from gateway.dicom.photo import check_native_image, write_vl_photographic_native
-from gateway.dicom.uids import new_uid
-from gateway.local_orthanc import free_port
 from tests.conftest import GatewayProcess, gateway_config, ledger_rows, wait_for
 from tests.scanner_export_support import (
     MTL_TEXT,

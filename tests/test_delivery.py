@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.local_orthanc import OrthancProcess, free_port
+from gateway.demo.local_orthanc import OrthancProcess, free_port
 from tests.conftest import (
     GatewayProcess,
     SimulatorProcess,

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import paho.mqtt.client as paho
 
-from gateway.local_orthanc import OrthancProcess
+from gateway.demo.local_orthanc import OrthancProcess
 from tests.web_support import login
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from gateway.local_orthanc import OrthancProcess
+from gateway.demo.local_orthanc import OrthancProcess
 from tests.conftest import GatewayProcess, SimulatorProcess, gateway_config, states, wait_for
 from tests.test_supervision_e2e import device_status
 from tests.test_usb_confocal import ConfocalSimulator, confocal_sim  # noqa: F401

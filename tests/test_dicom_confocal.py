@@ -33,7 +33,7 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     ContentType,
     DeviceClass,
@@ -43,6 +43,7 @@ from gateway.capture import (
     Laterality,
     PatientContext,
 )
+from gateway.core.uids import new_uid, tracking_uid
 from gateway.dicom.confocal import (
     CONFOCAL_IMAGE_SOP_CLASS,
     CONFOCAL_TILED_SOP_CLASS,
@@ -55,7 +56,6 @@ from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob
 from gateway.dicom.jpeg import read_jpeg_info_from
 from gateway.dicom.modules import dermatology_site
-from gateway.dicom.uids import new_uid, tracking_uid
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IDENTITY = DeviceIdentity(

@@ -20,7 +20,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from gateway.capture import Laterality, PatientContext
+from gateway.core.capture import Laterality, PatientContext
 from gateway.dicom.confocal import ConfocalStack, write_confocal
 from gateway.dicom.confocal_sc import SC_WORD_SOP_CLASS, sc_stack, write_confocal_sc
 from gateway.dicom.errors import WrapError

@@ -25,7 +25,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     ContactMethod,
     DermoscopySettings,
@@ -37,6 +37,12 @@ from gateway.capture import (
     PatientContext,
     Polarization,
 )
+from gateway.core.uids import (
+    DERMGATE_IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    new_uid,
+    tracking_uid,
+)
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.errors import (
     IncompleteDeviceIdentity,
@@ -47,12 +53,6 @@ from gateway.dicom.errors import (
 )
 from gateway.dicom.jpeg import JpegInfo, JpegProcess, read_jpeg_info, read_jpeg_info_from
 from gateway.dicom.part10 import write_part10_encapsulated
-from gateway.dicom.uids import (
-    DERMGATE_IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    new_uid,
-    tracking_uid,
-)
 
 DERMOSCOPIC_PHOTOGRAPHY = "1.2.840.10008.5.1.4.1.1.77.1.7"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"

@@ -19,7 +19,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     ContentType,
     DeviceClass,
@@ -29,6 +29,7 @@ from gateway.capture import (
     Laterality,
     PatientContext,
 )
+from gateway.core.uids import new_uid
 from gateway.dicom.errors import InconsistentSettings, UnsupportedJpeg, WrapError
 from gateway.dicom.job import WrapJob
 from gateway.dicom.jpeg import read_jpeg_info
@@ -40,7 +41,6 @@ from gateway.dicom.photo import (
     build_vl_photographic,
     write_vl_photographic_native,
 )
-from gateway.dicom.uids import new_uid
 from tests.conftest import dciodvfy_errors
 
 VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     ContentType,
     DeviceClass,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.local_orthanc import OrthancProcess
+from gateway.demo.local_orthanc import OrthancProcess
 from tests.conftest import (
     GatewayProcess,
     SimulatorProcess,

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.capture import CaptureOffer, InstanceUIDs
-from gateway.config import SpoolSettings
-from gateway.dicom.uids import new_uid
-from gateway.local_orthanc import OrthancProcess
+from gateway.core.capture import CaptureOffer, InstanceUIDs
+from gateway.core.config import SpoolSettings
+from gateway.core.uids import new_uid
+from gateway.demo.local_orthanc import OrthancProcess
 from gateway.spool import commitments as cdb
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger, used_percent
 from tests.conftest import (

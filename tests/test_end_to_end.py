@@ -22,7 +22,7 @@ from pydicom.encaps import get_frame
 from pydicom.sr._cid_dict import cid_concepts
 from pydicom.sr._concepts_dict import concepts
 
-from gateway.local_orthanc import OrthancProcess, free_port
+from gateway.demo.local_orthanc import OrthancProcess, free_port
 from tests.conftest import (
     GatewayProcess,
     SimulatorProcess,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from gateway.local_orthanc import free_port
+from gateway.demo.local_orthanc import free_port
 
 
 def test_ports_taken_one_after_another_never_repeat() -> None:

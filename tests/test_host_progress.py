@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.capture import CaptureOffer, DeviceIdentity
+from gateway.core.capture import CaptureOffer, DeviceIdentity
 from gateway.devices.contract import CaptureReceipt, CaptureSink, DriverState
 from gateway.devices.host import DriverHost
 

@@ -24,6 +24,7 @@ import pytest
 import pyudev
 
 from drivers.serial_dermatoscope.driver import SerialDermatoscopeDriver
+from gateway.demo.local_orthanc import OrthancProcess
 from gateway.devices.contract import SerialMatch, UsbMatch
 from gateway.devices.hotplug import (
     DeviceEvent,
@@ -34,7 +35,6 @@ from gateway.devices.hotplug import (
     event_from_udev,
     fill_devnode,
 )
-from gateway.local_orthanc import OrthancProcess
 from tests.conftest import GatewayProcess, SimulatorProcess, gateway_config, states, wait_for
 from tests.test_supervision_e2e import device_status
 
@@ -190,7 +190,8 @@ async def test_simulated_source_reads_lines_and_skips_bad_ones(tmp_path: Path) -
 
 
 def test_hotplug_device_needs_a_source(tmp_path: Path) -> None:
-    from gateway.config import ConfigError, parse_config
+    from gateway.core.config import ConfigError
+    from gateway.service.config import parse_config
 
     text = '[[devices]]\ndriver = "serial-dermatoscope"\nhotplug = true\nport = "{devnode}"\n'
     with pytest.raises(ConfigError) as err:

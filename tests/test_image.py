@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from drivers.usb_confocal.driver import UsbConfocalDriver
-from gateway.config import SupervisionSettings
+from gateway.core.config import SupervisionSettings
 from gateway.devices.contract import UsbMatch
 from gateway.devices.registry import find_driver, installed_ids
 from gateway.status.web.gate import DEFAULT_MAX_CONNECTIONS

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from gateway.demo.local_orthanc import OrthancProcess, free_port
 from gateway.dicom.jpeg import read_jpeg_info
-from gateway.local_orthanc import OrthancProcess, free_port
 from tests.conftest import GatewayProcess, gateway_config, ledger_rows, states, wait_for
 from tests.photo_folder_support import photo_folder_toml
 from tests.scanner_export_support import OBJ_TEXT, devices_toml, write_export

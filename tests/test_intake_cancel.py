@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
-from gateway.spool.files import SpoolDirs
-from gateway.spool.intake import Intake
+from gateway.core.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
+from gateway.intake import Intake
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
 
 MICROSCOPE = DeviceIdentity("Acme", "RCM", "M-1", ("1",), DeviceClass.CONFOCAL_MICROSCOPE)

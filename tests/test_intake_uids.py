@@ -21,11 +21,18 @@ from pathlib import Path
 
 import pytest
 
-from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity, InstanceUIDs
-from gateway.devices.contract import CaptureRefused, RefusalReason
-from gateway.dicom.uids import new_uid
-from gateway.spool.files import SpoolDirs
-from gateway.spool.intake import Intake
+from gateway.core.capture import (
+    CaptureOffer,
+    CaptureRefused,
+    ContentType,
+    DeviceClass,
+    DeviceIdentity,
+    InstanceUIDs,
+    RefusalReason,
+)
+from gateway.core.uids import new_uid
+from gateway.intake import Intake
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
 
 

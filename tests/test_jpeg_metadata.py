@@ -28,20 +28,20 @@ import pytest
 from PIL import Image, ImageCms
 from pydicom.encaps import generate_fragments
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     DeviceClass,
     DeviceIdentity,
     GatewayIdentity,
     InstanceUIDs,
 )
+from gateway.core.uids import new_uid
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.jpeg import read_jpeg_info
 from gateway.dicom.part10 import write_part10_encapsulated
 from gateway.dicom.photo import build_vl_photographic
-from gateway.dicom.uids import new_uid
-from gateway.spool.files import SpoolDirs
-from gateway.spool.intake import InlineWrap, Intake
+from gateway.intake import InlineWrap, Intake
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
 from gateway.wrap import Wrapper
 from tests.conftest import dciodvfy_errors

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     ContentType,
     DeviceClass,
@@ -21,10 +21,10 @@ from gateway.capture import (
     GatewayIdentity,
     InstanceUIDs,
 )
+from gateway.core.uids import new_uid
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob
 from gateway.dicom.photo import PhotoExtra, write_vl_photographic_native
-from gateway.dicom.uids import new_uid
 from tests.test_image_bombs import png_bomb, small_png, tiff_bomb
 
 

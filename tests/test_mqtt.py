@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gateway.local_orthanc import OrthancProcess, free_port
+from gateway.demo.local_orthanc import OrthancProcess, free_port
 from gateway.status.mqtt import HA_SENSORS
 from tests.conftest import (
     GatewayProcess,

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from gateway.config import MqttSettings
+from gateway.core.config import MqttSettings
+from gateway.core.events import EventBus
 from gateway.devices.status import StatusBoard
 from gateway.spool.ledger import Ledger
 from gateway.spool.space import SpaceGuard
-from gateway.status.events import EventBus
 from gateway.status.mqtt import MqttPublisher
 from gateway.status.snapshot import GatewayState
 from tests.mqtt_support import (

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.local_orthanc import free_port
+from gateway.demo.local_orthanc import free_port
 from tests.conftest import GatewayProcess, gateway_config, wait_for
 from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
 from tests.photo_folder_support import photo_folder_toml

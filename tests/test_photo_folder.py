@@ -26,9 +26,9 @@ from pydicom.encaps import get_frame
 
 from drivers.photo_folder import simulator as camera
 from drivers.photo_folder.exif import read_exif
+from gateway.demo.local_orthanc import OrthancProcess, free_port
 from gateway.dicom.jpeg import strip_metadata
 from gateway.dicom.modules import dt, in_zone_of
-from gateway.local_orthanc import OrthancProcess, free_port
 from tests.conftest import (
     GatewayProcess,
     dciodvfy_errors,

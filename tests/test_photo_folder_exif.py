@@ -24,7 +24,7 @@ from drivers.photo_folder.driver import PhotoFolderOptions, identity_for, offer_
 from drivers.photo_folder.exif import CameraExif, ExifError, parse_tiff_exif, read_exif
 from drivers.photo_folder.photos import NotAPhoto, examine
 from drivers.photo_folder.simulator import MANUFACTURER, MODEL, SOFTWARE, make_photo
-from gateway.capture import ContentType, DeviceClass
+from gateway.core.capture import ContentType, DeviceClass
 from gateway.dicom.photo import PhotoExtra
 
 TAKEN = datetime(2026, 11, 29, 14, 5, 6, 450000)

@@ -42,8 +42,8 @@ import aiohttp
 import pydicom
 import pytest
 
-from gateway.cli import main as cli_main
-from gateway.local_orthanc import OrthancProcess, free_port
+from gateway.cli.main import main as cli_main
+from gateway.demo.local_orthanc import OrthancProcess, free_port
 from tests.conftest import GatewayProcess, gateway_config, ledger_rows, states, wait_for
 from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
 from tests.scanner_export_support import (

@@ -11,12 +11,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway.capture import CaptureOffer, InstanceUIDs, PatientContext
-from gateway.config import SpoolSettings
-from gateway.dicom.uids import new_uid
+from gateway.core.capture import CaptureOffer, InstanceUIDs, PatientContext
+from gateway.core.config import SpoolSettings
+from gateway.core.uids import new_uid
 from gateway.spool import commitments as cdb
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger
 from tests.conftest import ledger_rows

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from gateway.local_orthanc import free_port
+from gateway.demo.local_orthanc import free_port
 from tests.conftest import GatewayProcess, gateway_config, ledger_rows, wait_for
 from tests.scanner_export_support import devices_toml, manifest_for, textured_files, write_export
 

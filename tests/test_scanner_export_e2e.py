@@ -22,7 +22,7 @@ from urllib.parse import unquote
 import pydicom
 import pytest
 
-from gateway.local_orthanc import OrthancProcess
+from gateway.demo.local_orthanc import OrthancProcess
 from tests.conftest import (
     GatewayProcess,
     dciodvfy_errors,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from gateway.local_orthanc import free_port
+from gateway.demo.local_orthanc import free_port
 from tests.conftest import GatewayProcess, gateway_config, ledger_rows, wait_for
 from tests.scanner_export_support import (
     MTL_TEXT,

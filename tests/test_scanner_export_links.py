@@ -15,7 +15,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.local_orthanc import free_port
+from gateway.demo.local_orthanc import free_port
 from tests.conftest import GatewayProcess, gateway_config, ledger_rows, wait_for
 from tests.scanner_export_support import (
     MTL_TEXT,

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from drivers.scanner_export.export import ExportIncomplete, plan_export
 from drivers.scanner_export.manifest import ExportRefused, parse_manifest
 from drivers.scanner_export.mesh import check_image, check_stl, scan_mtl, scan_obj
-from gateway.capture import ContentType
+from gateway.core.capture import ContentType
 from gateway.dicom.surface import ModelFileLinks, ModelRole
 from tests.scanner_export_support import (
     MTL_TEXT,

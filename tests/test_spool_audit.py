@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
-from gateway.config import SpoolSettings
+from gateway.core.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
+from gateway.core.config import SpoolSettings
+from gateway.core.files import atomic_writer
+from gateway.intake import Intake
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs, atomic_writer
-from gateway.spool.intake import Intake
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger, forget_purged_patients
 from tests.test_spool_commands import PATIENT, SECRETS, Spool, dermgate, spool

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     ContentType,
     DermoscopySettings,
@@ -30,13 +30,13 @@ from gateway.capture import (
     PatientContext,
     Polarization,
 )
+from gateway.core.uids import new_uid
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.jpeg import read_jpeg_info
 from gateway.dicom.part10 import write_part10_encapsulated
-from gateway.dicom.uids import new_uid
 from gateway.spool import commitments
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs
+from gateway.spool.dirs import SpoolDirs
 from tests.dicom_files import DEVICE, GATEWAY, make_jpeg
 
 PATIENT = PatientContext(

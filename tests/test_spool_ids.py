@@ -22,9 +22,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from gateway.capture import PatientContext
-from gateway.dicom.patient import temporary_patient, temporary_spool_id
-from gateway.local_orthanc import OrthancProcess
+from gateway.core.capture import PatientContext
+from gateway.core.patient import temporary_patient, temporary_spool_id
+from gateway.demo.local_orthanc import OrthancProcess
 from gateway.spool.spool_ids import (
     SpoolIdCounter,
     SpoolIdMarkDamaged,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pydicom
 
-from gateway.local_orthanc import OrthancProcess
+from gateway.demo.local_orthanc import OrthancProcess
 from gateway.spool import ledger as db
 from tests.conftest import (
     GatewayProcess,

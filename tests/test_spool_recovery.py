@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.capture import CaptureOffer, InstanceUIDs
-from gateway.dicom.uids import new_uid
+from gateway.core.capture import CaptureOffer, InstanceUIDs
+from gateway.core.uids import new_uid
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.reconcile import reconcile
 from tests.dicom_files import DEVICE
 

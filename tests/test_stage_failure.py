@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.local_orthanc import free_port
+from gateway.demo.local_orthanc import free_port
 from tests.conftest import gateway_config, service_limits
 
 HINT = "is [gateway] listen_port in use?"

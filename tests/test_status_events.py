@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from gateway.status import events
+from gateway.core import events
 from gateway.status.snapshot import classify_error, stable_part
 
 

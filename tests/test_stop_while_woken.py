@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import DicomDestination
+from gateway.core.config import DicomDestination
 from gateway.forward.commitment import CommitmentRequester
 from gateway.spool.ledger import Ledger
 

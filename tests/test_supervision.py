@@ -22,10 +22,10 @@ from gateway.devices.contract import DriverState
 from gateway.devices.host import DriverHost
 from gateway.devices.registry import find_driver
 from gateway.devices.status import StatusBoard
-from gateway.spool.files import SpoolDirs
-from gateway.spool.intake import Intake
+from gateway.intake import Intake
+from gateway.service.supervise import RestartPolicy, Supervisor
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
-from gateway.supervise import RestartPolicy, Supervisor
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ async def test_hung_driver_is_cancelled_restarted_and_its_partial_capture_aborte
     hung = [
         r
         for r in caplog.records
-        if r.name == "gateway.supervise" and "driver hung" in r.getMessage()
+        if r.name == "gateway.service.supervise" and "driver hung" in r.getMessage()
     ]
     assert len(hung) == 3
     status = board.get("dev")
@@ -199,7 +199,7 @@ async def test_a_driver_making_progress_is_not_hung(intake: Intake) -> None:
     policy = RestartPolicy(hang_timeout=0.3)
     from dermgate_testdriver.drivers import IDENTITY
 
-    from gateway.capture import CaptureOffer
+    from gateway.core.capture import CaptureOffer
 
     async def slow_transfer() -> None:
         sink = await host.begin_capture(IDENTITY, CaptureOffer(device_capture_id="slow-1"))

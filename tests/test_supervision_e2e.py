@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway.local_orthanc import OrthancProcess, free_port
+from gateway.demo.local_orthanc import OrthancProcess, free_port
 from tests.conftest import GatewayProcess, SimulatorProcess, gateway_config, states, wait_for
 from tests.test_plugins import broken_plugin_site
 

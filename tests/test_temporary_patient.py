@@ -28,7 +28,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     ContentType,
     DeviceClass,
@@ -36,11 +36,11 @@ from gateway.capture import (
     GatewayIdentity,
     PatientContext,
 )
-from gateway.config import load_config
 from gateway.devices.contract import CaptureReceipt
 from gateway.dicom.confocal import ConfocalStack
-from gateway.spool.files import SpoolDirs
-from gateway.spool.intake import InlineWrap, Intake
+from gateway.intake import InlineWrap, Intake
+from gateway.service.config import load_config
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
 from gateway.wrap import Wrapper
 from tests.conftest import dciodvfy_errors
@@ -233,7 +233,7 @@ port = "/dev/ttyACM0"
 
 
 def test_long_gateway_ids_still_fit_patient_id_and_issuer() -> None:
-    from gateway.dicom.patient import temporary_patient
+    from gateway.core.patient import temporary_patient
 
     long_id = "x" * 64
     patient = temporary_patient(long_id, 2**63 - 1)

@@ -27,8 +27,8 @@ import pytest
 from pydantic import ValidationError
 
 from drivers.usb_confocal.driver import UsbConfocalDriver, UsbConfocalOptions
+from gateway.demo.local_orthanc import OrthancProcess
 from gateway.devices.contract import UsbMatch
-from gateway.local_orthanc import OrthancProcess
 from tests.conftest import (
     GatewayProcess,
     dciodvfy_errors,

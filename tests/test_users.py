@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.users import Users
+from gateway.status.web.users import Users
 
 
 def _config(tmp_path: Path) -> Path:

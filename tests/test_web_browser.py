@@ -21,8 +21,8 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect, sync_playwright
 
-from gateway.local_orthanc import OrthancProcess, free_port
-from gateway.spool_commands import read_patient
+from gateway.demo.local_orthanc import OrthancProcess, free_port
+from gateway.spool.details import read_patient
 from tests.conftest import (
     GatewayProcess,
     SimulatorProcess,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from drivers.photo_folder import simulator as camera
-from gateway.local_orthanc import OrthancProcess, free_port
+from gateway.demo.local_orthanc import OrthancProcess, free_port
 from tests.conftest import GatewayProcess, gateway_config, states, wait_for
 from tests.photo_folder_support import photo_folder_toml
 from tests.test_web_service import _user_add

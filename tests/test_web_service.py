@@ -13,8 +13,8 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.config import load_config
-from gateway.local_orthanc import free_port
+from gateway.demo.local_orthanc import free_port
+from gateway.service.config import load_config
 from tests.conftest import GatewayProcess, wait_for
 from tests.test_web_spool import _seed
 from tests.web_support import PASSWORD, csrf_of

@@ -12,10 +12,10 @@ import aiohttp
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from gateway.capture import CaptureOffer, DeviceIdentity, InstanceUIDs
-from gateway.config import DermGateConfig
+from gateway.core.capture import CaptureOffer, DeviceIdentity, InstanceUIDs
+from gateway.core.config import DermGateConfig
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs
+from gateway.spool.dirs import SpoolDirs
 from gateway.status.web.checks import WARN, certificate_checks
 from gateway.status.web.server import WebServer
 from tests.mqtt_support import make_tls

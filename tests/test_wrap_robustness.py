@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     ContentType,
     DeviceClass,
     DeviceIdentity,
     GatewayIdentity,
 )
+from gateway.intake import Intake
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs
-from gateway.spool.intake import Intake
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
 from gateway.spool.states import CaptureState
 from gateway.wrap import Wrapper

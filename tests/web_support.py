@@ -10,10 +10,11 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from gateway.config import DermGateConfig, parse_config
-from gateway.local_orthanc import free_port
+from gateway.core.config import DermGateConfig
+from gateway.demo.local_orthanc import free_port
+from gateway.service.config import parse_config
 from gateway.status.web.server import WebServer
-from gateway.users import Users
+from gateway.status.web.users import Users
 
 PASSWORD = "correct horse battery"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')

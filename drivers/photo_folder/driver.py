@@ -67,16 +67,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.photo_folder.exif import CameraExif
 from drivers.photo_folder.photos import NotAPhoto, Photo, examine, file_identity
-from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
-from gateway.devices.contract import (
-    CaptureReceipt,
+from gateway.core.backoff import Backoff
+from gateway.core.capture import (
+    CaptureOffer,
     CaptureRefused,
-    CaptureSink,
-    DeviceHost,
-    DriverState,
-    Matcher,
+    ContentType,
+    DeviceClass,
+    DeviceIdentity,
     RefusalReason,
 )
+from gateway.devices.contract import CaptureReceipt, CaptureSink, DeviceHost, DriverState, Matcher
 from gateway.devices.folders import (
     ONLY_REGULAR_FILES,
     DropFolder,
@@ -87,7 +87,6 @@ from gateway.devices.folders import (
     too_large,
 )
 from gateway.dicom.photo import DEFAULT_MAX_PIXELS, MAX_NATIVE_PIXELS, ExifFields, PhotoExtra
-from gateway.forward.schedule import Backoff
 
 __all__ = ["PhotoFolderDriver", "PhotoFolderOptions", "identity_for", "offer_for"]
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Final
 
 from drivers.photo_folder.exif import CameraExif, ExifError, read_exif
-from gateway.capture import ContentType
+from gateway.core.capture import ContentType
 from gateway.devices.folders import open_regular
 from gateway.dicom.errors import WrapError
 from gateway.dicom.jpeg import encapsulation_for, read_jpeg_info_from

@@ -56,15 +56,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.scanner_export.export import ExportIncomplete, ExportPlan, PlannedFile, plan_export
 from drivers.scanner_export.manifest import ExportRefused
-from gateway.capture import CaptureOffer, ContentType, DeviceClass
-from gateway.devices.contract import (
+from gateway.core.capture import (
+    CaptureOffer,
     CaptureRefused,
-    CaptureSink,
-    DeviceHost,
-    DriverState,
-    Matcher,
+    ContentType,
+    DeviceClass,
     RefusalReason,
 )
+from gateway.devices.contract import CaptureSink, DeviceHost, DriverState, Matcher
 from gateway.devices.folders import DropFolder, EntrySnapshot, NotARegularFile, open_regular
 from gateway.dicom.photo import DEFAULT_MAX_PIXELS, MAX_NATIVE_PIXELS
 

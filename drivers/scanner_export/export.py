@@ -53,13 +53,14 @@ from drivers.scanner_export.manifest import (
     parse_manifest,
 )
 from drivers.scanner_export.mesh import check_image, check_stl, scan_mtl, scan_obj
-from gateway.capture import (
+from gateway.core.capture import (
     ContentType,
     DeviceClass,
     DeviceIdentity,
     InstanceUIDs,
     PatientContext,
 )
+from gateway.core.uids import derived_uid
 from gateway.devices.folders import (
     ONLY_REGULAR_FILES,
     NotARegularFile,
@@ -76,7 +77,6 @@ from gateway.dicom.surface import (
     ModelFileLinks,
     ModelRole,
 )
-from gateway.dicom.uids import derived_uid
 
 __all__ = ["ExportIncomplete", "ExportPlan", "PlannedFile", "plan_export"]
 

@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from drivers.serial_dermatoscope import protocol as p
 from drivers.serial_dermatoscope import session as hs
 from drivers.serial_dermatoscope.transport import LinkLost, SerialLink
-from gateway.capture import (
+from gateway.core.backoff import Backoff
+from gateway.core.capture import (
     CaptureOffer,
+    CaptureRefused,
     ContactMethod,
     DermoscopySettings,
     DeviceClass,
@@ -29,15 +31,7 @@ from gateway.capture import (
     Laterality,
     Polarization,
 )
-from gateway.devices.contract import (
-    CaptureRefused,
-    CaptureSink,
-    DeviceHost,
-    DriverState,
-    Matcher,
-    SerialMatch,
-)
-from gateway.forward.schedule import Backoff
+from gateway.devices.contract import CaptureSink, DeviceHost, DriverState, Matcher, SerialMatch
 
 log = logging.getLogger(__name__)
 

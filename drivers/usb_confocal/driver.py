@@ -25,17 +25,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from drivers.usb_confocal import protocol as p
 from drivers.usb_confocal.transport import LinkLost, UsbLink, UsbLocation, backend_from_option
-from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
-from gateway.devices.contract import (
+from gateway.core.backoff import Backoff
+from gateway.core.capture import (
+    CaptureOffer,
     CaptureRefused,
-    CaptureSink,
-    DeviceHost,
-    DriverState,
-    Matcher,
-    UsbMatch,
+    ContentType,
+    DeviceClass,
+    DeviceIdentity,
 )
+from gateway.devices.contract import CaptureSink, DeviceHost, DriverState, Matcher, UsbMatch
 from gateway.dicom.confocal import MAX_FRAMES, ConfocalStack, RowMajorTiles
-from gateway.forward.schedule import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,27 @@ from typing import ClassVar, Protocol
 
 from pydantic import BaseModel
 
-from gateway.capture import CaptureOffer, DeviceClass, DeviceIdentity
+from gateway.core.capture import (
+    CaptureOffer,
+    CaptureRefused,
+    DeviceClass,
+    DeviceIdentity,
+    RefusalReason,
+)
+
+__all__ = [
+    "CaptureReceipt",
+    "CaptureRefused",
+    "CaptureSink",
+    "DeviceHost",
+    "Driver",
+    "DriverFactory",
+    "DriverState",
+    "Matcher",
+    "RefusalReason",
+    "SerialMatch",
+    "UsbMatch",
+]
 
 
 class DriverState(enum.StrEnum):
@@ -49,27 +69,6 @@ class SerialMatch:
 
 
 Matcher = UsbMatch | SerialMatch
-
-
-class RefusalReason(enum.StrEnum):
-    """Why the gateway refused to keep a capture (the device keeps it and retries)."""
-
-    DISK_FULL = "DISK_FULL"
-    STORAGE_ERROR = "STORAGE_ERROR"
-    CONFLICT = "CONFLICT"
-    LENGTH = "LENGTH"
-    CHECKSUM = "CHECKSUM"
-    #: Larger than ``[spool] max_capture_mb`` (announced, or streamed beyond it).
-    TOO_LARGE = "TOO_LARGE"
-
-
-class CaptureRefused(Exception):
-    """The capture was not saved; tell the device ``reason`` (it keeps the capture)."""
-
-    def __init__(self, reason: RefusalReason, detail: str) -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
 
 
 @dataclass(frozen=True, slots=True)

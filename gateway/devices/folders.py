@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from gateway.spool.files import fsync_dir
+from gateway.core.files import fsync_dir
 
 __all__ = [
     "ONLY_REGULAR_FILES",

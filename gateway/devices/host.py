@@ -24,10 +24,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from gateway.capture import CaptureOffer, DeviceIdentity
+from gateway.core.capture import DEFAULT_MAX_CAPTURE_BYTES, CaptureOffer, DeviceIdentity
 from gateway.devices.contract import CaptureReceipt, CaptureSink, DriverState
 from gateway.devices.status import StatusBoard
-from gateway.spool.space import DEFAULT_MAX_CAPTURE_BYTES
 
 log = logging.getLogger(__name__)
 

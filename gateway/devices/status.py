@@ -44,9 +44,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.core import events
+from gateway.core.files import atomic_write_bytes
 from gateway.devices.contract import DriverState
-from gateway.spool.files import atomic_write_bytes
-from gateway.status import events
 
 log = logging.getLogger(__name__)
 

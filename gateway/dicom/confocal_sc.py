@@ -104,7 +104,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
-from gateway.dicom.confocal import BITS, MAX_PIXEL_BYTES, ConfocalStack, start_instance
+from gateway.core.files import atomic_writer, copy_stream
+from gateway.dicom.confocal_stack import BITS, MAX_PIXEL_BYTES, ConfocalStack, start_instance
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.modules import (
@@ -114,7 +115,6 @@ from gateway.dicom.modules import (
     dt,
     tm,
 )
-from gateway.spool.files import atomic_writer, copy_stream
 
 __all__ = [
     "SC_BITS",

@@ -33,7 +33,7 @@ Decisions, with the rule behind each:
 * **Anatomic site**: only a SNOMED CT code in CID 4029 is written, with its meaning
   from the standard's table; an unknown code is left out rather than invented.
 * **Patient**: the device's when it named a Patient ID, else a temporary patient
-  ``TMP-<gateway id>-<spool id>`` (:mod:`gateway.dicom.patient`), so a PACS never
+  ``TMP-<gateway id>-<spool id>`` (:mod:`gateway.core.patient`), so a PACS never
   files different people's images under one blank patient.
 * **Lesion tracking**: when the device gives a lesion id for a known patient,
   Tracking ID is that id and Tracking UID is derived from the issuer, patient id and
@@ -54,7 +54,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DermoscopicPhotographyImageStorage
 from pydicom.valuerep import format_number_as_ds
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     ContactMethod,
     DermoscopySettings,
@@ -65,6 +65,11 @@ from gateway.capture import (
     Laterality,
     PatientContext,
     Polarization,
+)
+from gateway.core.patient import ObjectPatient, lesion_label_comment, object_patient
+from gateway.core.uids import (
+    derived_uid,
+    tracking_uid,
 )
 from gateway.dicom.errors import InconsistentSettings
 from gateway.dicom.jpeg import JpegInfo, encapsulation_for
@@ -80,11 +85,6 @@ from gateway.dicom.modules import (
     file_meta,
     in_zone_of,
     tm,
-)
-from gateway.dicom.patient import ObjectPatient, lesion_label_comment, object_patient
-from gateway.dicom.uids import (
-    derived_uid,
-    tracking_uid,
 )
 
 __all__ = ["DERMOSCOPIC_PHOTOGRAPHY_SOP_CLASS", "MODALITY", "build_dermoscopic_photography"]
@@ -113,7 +113,7 @@ def build_dermoscopic_photography(
     """Build the Dermoscopic Photography dataset of one capture, without Pixel Data.
 
     ``patient_spool_id`` names the temporary patient when ``patient`` has no
-    Patient ID (see :mod:`gateway.dicom.patient`).
+    Patient ID (see :mod:`gateway.core.patient`).
 
     ``now`` (timezone-aware) is the wrap time: Instance Creation Date/Time, and the
     acquisition time when the device gave none. Raises a

@@ -3,7 +3,7 @@
 A writer turns one durable capture file into one DICOM Part 10 file. It is
 blocking (the wrapping stage runs it on a worker thread), streams the capture
 instead of loading it, and writes ``dest`` atomically
-(:func:`gateway.spool.files.atomic_writer`). It raises a
+(:func:`gateway.core.files.atomic_writer`). It raises a
 :class:`~gateway.dicom.errors.WrapError` for a capture that can never be wrapped
 (kept and quarantined with the message as reason) and :class:`OSError` for I/O
 trouble (retried later).
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from gateway.capture import CaptureOffer, DeviceIdentity, GatewayIdentity, InstanceUIDs
+from gateway.core.capture import CaptureOffer, DeviceIdentity, GatewayIdentity, InstanceUIDs
 
 __all__ = ["ObjectWriter", "WrapJob", "WrittenObject"]
 
@@ -28,7 +28,7 @@ class WrapJob:
     ``offer.patient`` is the device-supplied patient identity, if any; ``now`` is
     the timezone-aware wrap time. ``patient_spool_id`` is the spool id that names
     the temporary patient when the device named none (the capture's own, or the
-    first capture's of a shared study; see :mod:`gateway.dicom.patient`); ``None``
+    first capture's of a shared study; see :mod:`gateway.core.patient`); ``None``
     outside the spool.
     """
 

@@ -22,7 +22,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from gateway.capture import (
+from gateway.core.capture import (
     DeviceIdentity,
     GatewayIdentity,
     InstanceUIDs,
@@ -30,8 +30,8 @@ from gateway.capture import (
     PatientContext,
     clean_device_string,
 )
+from gateway.core.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.dicom.errors import IncompleteDeviceIdentity
-from gateway.dicom.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 __all__ = [
     "SPECIFIC_CHARACTER_SET",
@@ -164,7 +164,7 @@ def add_patient(ds: Dataset, patient: PatientContext | None) -> None:
     """Patient Module. Unknown patient: the type 2 attributes present and empty.
 
     Writes what it is given; the IOD builders first replace a missing Patient ID by
-    a temporary one (:func:`gateway.dicom.patient.object_patient`). Issuer of
+    a temporary one (:func:`gateway.core.patient.object_patient`). Issuer of
     Patient ID is written only with a Patient ID it qualifies.
     """
     context = patient if patient is not None else PatientContext()

@@ -18,7 +18,7 @@ Items must have even length, so an odd-sized JPEG gets one trailing 0x00. That i
 harmless: a JPEG decoder stops at the End Of Image marker (FFD9) and ignores what
 follows, and PS3.5 A.4 allows exactly this padding.
 
-The file is written through :func:`gateway.spool.files.atomic_writer`: it appears at
+The file is written through :func:`gateway.core.files.atomic_writer`: it appears at
 ``dest`` only when complete and durable (tmp, fsync, rename, directory fsync).
 Blocking; callers run it on a worker thread.
 """
@@ -35,8 +35,8 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 
+from gateway.core.files import atomic_writer
 from gateway.dicom.jpeg import copy_without_metadata, read_jpeg_info_from
-from gateway.spool.files import atomic_writer
 
 __all__ = ["part10_prefix", "part10_suffix", "write_part10_encapsulated"]
 

@@ -38,7 +38,7 @@ same object. Decisions, with the rule behind each:
   ends with "DermGate <version>", the software that made the object.
 * **Patient**: only the ``patient`` argument (a scanner export's patient fields);
   a photo without a Patient ID gets a temporary patient
-  ``TMP-<gateway id>-<spool id>`` (:mod:`gateway.dicom.patient`).
+  ``TMP-<gateway id>-<spool id>`` (:mod:`gateway.core.patient`).
 * **Numbers**: Series Number and Instance Number come from ``offer.extra``
   (``series_number``, ``instance_number``: a scanner numbers its textures). Without
   them, a capture whose UIDs intake minted is alone in its study and series, so
@@ -86,7 +86,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, VLPhotographicImageStorage
 from pydicom.valuerep import format_number_as_ds
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     ContentType,
     DeviceIdentity,
@@ -95,6 +95,8 @@ from gateway.capture import (
     Laterality,
     PatientContext,
 )
+from gateway.core.files import atomic_writer
+from gateway.core.patient import object_patient
 from gateway.dicom.errors import InconsistentSettings, WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.jpeg import JpegInfo, encapsulation_for
@@ -111,8 +113,6 @@ from gateway.dicom.modules import (
     in_zone_of,
     tm,
 )
-from gateway.dicom.patient import object_patient
-from gateway.spool.files import atomic_writer
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

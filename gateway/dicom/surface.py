@@ -70,7 +70,9 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
 
-from gateway.capture import ContentType, PatientContext
+from gateway.core.capture import ContentType, PatientContext
+from gateway.core.files import atomic_writer
+from gateway.core.patient import object_patient
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.modules import (
@@ -84,8 +86,6 @@ from gateway.dicom.modules import (
     in_zone_of,
     tm,
 )
-from gateway.dicom.patient import object_patient
-from gateway.spool.files import atomic_writer
 
 __all__ = [
     "MODALITY",

@@ -1,0 +1,4 @@
+"""Forwarding: delivering spooled DICOM objects to each destination (C-STORE) and
+having the PACS confirm it keeps them (Storage Commitment), behind the listener
+front that bounds every inbound connection.
+"""

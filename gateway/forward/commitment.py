@@ -41,16 +41,16 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from gateway.config import DicomDestination
-from gateway.dicom.uids import new_uid
+from gateway.core import events
+from gateway.core.backoff import Backoff
+from gateway.core.config import DicomDestination
+from gateway.core.uids import new_uid
 from gateway.forward.listener_front import ASSOCIATIONS_TOTAL, MAX_PDU, ListenerFront
 from gateway.forward.peer_check import Address, PeerCheck
-from gateway.forward.schedule import Backoff
 from gateway.spool import commitments as cdb
 from gateway.spool.clock import clamp_commitment_times, clamp_sent_times
 from gateway.spool.commitments import CommitCandidate, ReportOutcome
 from gateway.spool.ledger import Ledger
-from gateway.status import events
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket
 
-from gateway.config import DicomDestination
+from gateway.core.config import DicomDestination
 from gateway.forward.stream import stream_c_store
 
 log = logging.getLogger(__name__)

@@ -31,16 +31,16 @@ from typing import Any
 
 from pydicom.uid import UID
 
-from gateway.config import DicomDestination
+from gateway.core import events
+from gateway.core.alarms import DESTINATION_UNREACHABLE, STUCK_CAPTURES
+from gateway.core.backoff import Backoff, backoff_delay
+from gateway.core.config import DicomDestination
 from gateway.forward.cstore import CStoreSender, StoreOutcome, StoreRequest, Verdict
-from gateway.forward.schedule import Backoff, backoff_delay
 from gateway.spool import ledger as db
 from gateway.spool.clock import clamp_retry_times
-from gateway.spool.files import SpoolDirs
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import DueDelivery, Ledger, transaction
 from gateway.spool.states import CaptureState, DeliveryState
-from gateway.status import events
-from gateway.status.snapshot import DESTINATION_UNREACHABLE, STUCK_CAPTURES
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from gateway.config import DicomDestination
+from gateway.core import events
+from gateway.core.alarms import COMMITMENT_OVERDUE
+from gateway.core.config import DicomDestination
 from gateway.spool import commitments as cdb
 from gateway.spool.ledger import Ledger
-from gateway.status import events
-from gateway.status.snapshot import COMMITMENT_OVERDUE
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from gateway.config import DicomDestination
+from gateway.core.config import DicomDestination
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

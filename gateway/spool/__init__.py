@@ -1,0 +1,6 @@
+"""The spool: the ledger (SQLite, all of the box's SQL) and the spooled files.
+
+What is durable, in which state, and why; purge, reconcile, rebuild after a lost
+ledger, disk space, and the capture details people see. Stages hand work to one
+another only through it.
+"""

@@ -38,8 +38,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.capture import ContentType
-from gateway.spool.files import SpoolDirs, atomic_writer
+from gateway.core.capture import ContentType
+from gateway.core.files import atomic_writer
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import (
     REBUILT_DRIVER,
     SpoolEntry,
@@ -394,7 +395,7 @@ def export_file(
 ) -> ExportResult:
     """Copy ``source`` into ``folder`` (created if missing), durably and verified.
 
-    Streamed in 1 MiB chunks through :func:`~gateway.spool.files.atomic_writer`; the
+    Streamed in 1 MiB chunks through :func:`~gateway.core.files.atomic_writer`; the
     copy appears under its final name only if its size matches the source's.
     ``progress(done, total)`` is called after each chunk. Raises :class:`OSError`.
     """

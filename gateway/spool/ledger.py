@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     ContactMethod,
     ContentType,

@@ -33,8 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from gateway.config import SpoolSettings
-from gateway.spool.files import SpoolDirs, fsync_dir
+from gateway.core.config import SpoolSettings
+from gateway.core.files import fsync_dir
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger, transaction, utc_now_text
 from gateway.spool.states import CaptureState
 

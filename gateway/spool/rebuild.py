@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.capture import (
+from gateway.core.capture import (
     CaptureOffer,
     ContentType,
     DeviceClass,
@@ -55,17 +55,18 @@ from gateway.capture import (
     InstanceUIDs,
     PatientContext,
 )
-from gateway.dicom.patient import temporary_spool_id
-from gateway.dicom.uids import new_uid
+from gateway.core.files import fsync_dir
+from gateway.core.patient import temporary_spool_id
+from gateway.core.state_owner import owned_like
+from gateway.core.uids import new_uid
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs, fsync_dir
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.spool_ids import (
     MAX_SPOOL_ID,
     SpoolIdMarkDamaged,
     read_high_water,
     write_high_water,
 )
-from gateway.state_owner import owned_like
 
 REBUILT_DRIVER = db.REBUILT_DRIVER
 _HASH_CHUNK = 1 << 20

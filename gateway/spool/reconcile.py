@@ -28,7 +28,8 @@ import os
 import sqlite3
 from dataclasses import dataclass, field
 
-from gateway.spool.files import SpoolDirs, fsync_dir
+from gateway.core.files import fsync_dir
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import transaction, utc_now_text
 from gateway.spool.states import CaptureState
 

@@ -20,7 +20,7 @@ import os
 import threading
 from pathlib import Path
 
-from gateway.spool.files import fsync_dir
+from gateway.core.files import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.devices.contract import CaptureRefused, RefusalReason
-from gateway.status import events
+from gateway.core import events
+from gateway.core.capture import CaptureRefused, RefusalReason
 
 if TYPE_CHECKING:
     from gateway.spool.ledger import Ledger
@@ -42,7 +42,6 @@ WATCH_INTERVAL = 2.0
 
 MIB = 1024 * 1024
 #: ``[spool] max_capture_mb``'s default, in bytes: the largest capture intake takes.
-DEFAULT_MAX_CAPTURE_BYTES = 4096 * MIB
 
 
 def too_large(limit: int, size: int | None = None) -> CaptureRefused:

@@ -1,7 +1,7 @@
 """Spool ids: handed out once for the life of the box, even across a lost ledger.
 
 A temporary patient is named after the capture's spool id
-(:mod:`gateway.dicom.patient`), and intake writes a JPEG's DICOM header before the
+(:mod:`gateway.core.patient`), and intake writes a JPEG's DICOM header before the
 row is committed; so intake reserves the id first (:meth:`Intake.reserve_spool_id`)
 and inserts the row with it. Captures sharing one study (a 3D export with
 driver-chosen UIDs) are named after the study's first capture
@@ -36,8 +36,8 @@ import threading
 from pathlib import Path
 from typing import Final
 
-from gateway.spool.files import fsync_dir
-from gateway.state_owner import owned_like
+from gateway.core.files import fsync_dir
+from gateway.core.state_owner import owned_like
 
 __all__ = [
     "BLOCK",

@@ -11,7 +11,7 @@ Topics (``P`` = ``<topic_prefix>/<gateway id>``):
               block ``"mqtt": {"events_dropped": N, "reconnects": N}``.
 ``P/events``  one JSON object per event, QoS 1, not retained:
               ``{"seq", "kind", "time", "gateway", "dropped_before", ...fields}``
-              (:mod:`gateway.status.events`). ``seq`` rises by one per event of this run
+              (:mod:`gateway.core.events`). ``seq`` rises by one per event of this run
               (it starts again at 1 when the gateway restarts: ``uptime_s`` in the state
               tells); ``dropped_before`` counts events lost from a full buffer just
               before this one.
@@ -60,9 +60,9 @@ from typing import Any
 
 import aiomqtt
 
-from gateway.config import MqttSettings
-from gateway.forward.schedule import Backoff
-from gateway.status.events import EventBus
+from gateway.core.backoff import Backoff
+from gateway.core.config import MqttSettings
+from gateway.core.events import EventBus
 from gateway.status.snapshot import GatewayState, stable_part
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The gateway's state document: one schema-versioned JSON snapshot for dashboards.
 
-:class:`GatewayState` (built once in :mod:`gateway.app`) reads the live parts of the
+:class:`GatewayState` (built once in :mod:`gateway.service.app`) reads the live parts of the
 box — the ledger, the disk, the status board, the forwarders, the event bus — and
 ``await state.snapshot()`` returns the document below. MQTT publishes it retained on
 ``<prefix>/<id>/state``; the local page and the metrics read the same object.
@@ -86,9 +86,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.events import EventBus
 from gateway.devices.contract import DriverState
 from gateway.spool.states import CaptureState, DeliveryState
-from gateway.status.events import EventBus
 
 if TYPE_CHECKING:
     from gateway.devices.status import StatusBoard
@@ -97,13 +97,6 @@ if TYPE_CHECKING:
     from gateway.spool.space import SpaceGuard
 
 STATE_VERSION = 1
-
-# Alarm codes.
-DISK_FULL = "disk_full"
-STUCK_CAPTURES = "stuck_captures"
-DESTINATION_UNREACHABLE = "destination_unreachable"
-DRIVER_QUARANTINED = "driver_quarantined"
-COMMITMENT_OVERDUE = "commitment_overdue"
 
 ERROR_PHRASES: dict[str, str] = {
     "unreachable": "cannot open a connection to the PACS (network, address or port)",

@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from gateway.local_orthanc import OrthancProcess
+from gateway.demo.local_orthanc import OrthancProcess
 from tests.conftest import GatewayProcess, gateway_config, ledger_rows
 
 #: The name every adapter's device gets in the gateway configuration.

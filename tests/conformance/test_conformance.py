@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.local_orthanc import OrthancProcess, free_port
+from gateway.demo.local_orthanc import OrthancProcess, free_port
 from tests.conformance.kit import (
     DEVICE_NAME,
     ConformanceRun,

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.config import DermGateConfig, DicomDestination
+from gateway.core.alarms import COMMITMENT_OVERDUE
+from gateway.core.config import DermGateConfig, DicomDestination
 from gateway.status.mqtt import probe_broker
-from gateway.status.snapshot import COMMITMENT_OVERDUE
 from gateway.status.web.data import Figures, human_age, human_bytes
 
 OK, WARN, FAIL, UNKNOWN = "ok", "warn", "fail", "unknown"

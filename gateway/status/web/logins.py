@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.users import Users, UsersError
+from gateway.status.web.users import Users, UsersError
 
 log = logging.getLogger(__name__)
 

@@ -171,7 +171,7 @@ def capture_page(
     message: str = "",
 ) -> str:
     """One capture; patient data masked unless ``patient`` is given (audited reveal)."""
-    from gateway.spool_commands import PATIENT_ATTRIBUTES
+    from gateway.spool.details import PATIENT_ATTRIBUTES
 
     sid = details["id"]
     note = f'<p class="notice" role="status">{_e(message)}</p>' if message else ""

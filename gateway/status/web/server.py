@@ -6,7 +6,7 @@ page and anything else gets 401):
 
 =============================  ==================================================
 ``GET /healthz``               ``ok``: liveness only, no data, no login
-``GET /metrics``               Prometheus text (:mod:`gateway.status.metrics`)
+``GET /metrics``               Prometheus text (:mod:`gateway.status.web.metrics`)
 ``GET/POST /login``            log in (CSRF token bound to a pre-login cookie)
 ``POST /logout``               end the session
 ``GET /``                      overview; live updates from ``GET /events`` (SSE)
@@ -50,12 +50,11 @@ from typing import Any
 
 from aiohttp import web, web_response
 
-from gateway.config import DermGateConfig, WebSettings
+from gateway.core.config import DermGateConfig, WebSettings
 from gateway.spool import admin
-from gateway.spool.files import SpoolDirs
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import open_ledger
 from gateway.spool.states import CaptureState
-from gateway.status.metrics import CONTENT_TYPE, Metrics
 from gateway.status.web import pages
 from gateway.status.web.audit import AuditLog
 from gateway.status.web.auth import (
@@ -77,7 +76,8 @@ from gateway.status.web.gate import (
     listen_sockets,
 )
 from gateway.status.web.logins import LoginFile, Unavailable, Why
-from gateway.users import Users
+from gateway.status.web.metrics import CONTENT_TYPE, Metrics
+from gateway.status.web.users import Users
 
 log = logging.getLogger(__name__)
 
@@ -529,7 +529,7 @@ class WebServer:
         return _html(pages.spool_page(rows, state, s.user, s.csrf))
 
     def _read_details(self, sid: int) -> dict[str, Any]:
-        from gateway.spool_commands import capture_details
+        from gateway.spool.details import capture_details
 
         conn = open_ledger(self.config.ledger_path(), readonly=True)
         try:
@@ -553,7 +553,7 @@ class WebServer:
         return _html(pages.capture_page(details, None, s.user, s.csrf))
 
     def _read_patient(self, sid: int) -> dict[str, str] | None:
-        from gateway.spool_commands import patient_of
+        from gateway.spool.details import patient_of
 
         conn = open_ledger(self.config.ledger_path(), readonly=True)
         try:

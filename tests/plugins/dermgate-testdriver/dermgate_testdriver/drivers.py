@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
+from gateway.core.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
 from gateway.devices.contract import DeviceHost, DriverState, Matcher
 
 IDENTITY = DeviceIdentity(

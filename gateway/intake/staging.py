@@ -1,4 +1,4 @@
-"""Intake: where device bytes become a durable, acknowledged capture.
+"""Staging one capture: its bytes streamed to a staging file, then made durable.
 
 A driver streams a capture into a :class:`StagedCapture`. On ``commit`` the staging
 file is fsynced, renamed into ``raw/`` (directory fsynced), and a ledger row with
@@ -14,40 +14,37 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
-import functools
 import hashlib
 import io
 import logging
 import os
 import sqlite3
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from pydicom.dataset import Dataset
 
-from gateway.capture import CaptureOffer, ContentType, DeviceIdentity, InstanceUIDs
-from gateway.devices.contract import (
-    CaptureReceipt,
+from gateway.core.capture import (
+    CaptureOffer,
     CaptureRefused,
-    CaptureSink,
+    ContentType,
+    DeviceIdentity,
+    InstanceUIDs,
     RefusalReason,
 )
-from gateway.devices.host import DriverHost
+from gateway.core.files import fsync_dir
+from gateway.core.uids import new_uid
+from gateway.devices.contract import CaptureReceipt
 from gateway.dicom.errors import WrapError
 from gateway.dicom.jpeg import JpegInfo, read_jpeg_info_from, strip_metadata
 from gateway.dicom.part10 import part10_prefix, part10_suffix
-from gateway.dicom.patient import with_device_issuer
-from gateway.dicom.uids import new_uid
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs, create_new, fsync_dir
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
-from gateway.spool.space import DEFAULT_MAX_CAPTURE_BYTES, SpaceGuard, too_large
-from gateway.spool.spool_ids import SpoolIdCounter, first_in_study, highest_spool_id
-from gateway.status import events
+from gateway.spool.space import too_large
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +59,7 @@ def fresh_uids() -> InstanceUIDs:
     return InstanceUIDs(study=new_uid(), series=new_uid(), sop_instance=new_uid())
 
 
-def _refusal_for(err: OSError) -> CaptureRefused:
+def refusal_for(err: OSError) -> CaptureRefused:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return CaptureRefused(RefusalReason.DISK_FULL, "no space left in the spool")
     return CaptureRefused(RefusalReason.STORAGE_ERROR, f"spool write failed: {err.strerror}")
@@ -84,7 +81,7 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-def _uids_in_use() -> CaptureRefused:
+def uids_in_use() -> CaptureRefused:
     return CaptureRefused(
         RefusalReason.CONFLICT, "the capture's UIDs are already used by another capture"
     )
@@ -96,7 +93,7 @@ class InlineWrap:
 
     ``build`` is the wrapping stage's builder (raises WrapError for what it cannot
     describe; its last argument names the temporary patient, see
-    :mod:`gateway.dicom.patient`); ``destinations`` get a pending delivery;
+    :mod:`gateway.core.patient`); ``destinations`` get a pending delivery;
     ``on_wrapped`` wakes the forwarders.
     """
 
@@ -105,6 +102,42 @@ class InlineWrap:
     ]
     destinations: tuple[str, ...]
     on_wrapped: Callable[[], None]
+
+
+class IntakeStage(Protocol):
+    """What a :class:`StagedCapture` needs of the intake stage that made it."""
+
+    ledger: Ledger
+    dirs: SpoolDirs
+    inline: InlineWrap | None
+    max_capture_bytes: int
+    naming: asyncio.Lock
+
+    async def reserve_spool_id(self) -> int:
+        """A spool id no capture has."""
+
+    async def patient_spool_id(self, spool_id: int, offer: CaptureOffer, uids: InstanceUIDs) -> int:
+        """The spool id naming the capture's temporary patient."""
+
+    async def uids_taken(
+        self, identity: DeviceIdentity, offer: CaptureOffer, length: int, sha256: str
+    ) -> CaptureReceipt:
+        """A duplicate's receipt, or a refusal for a capture whose UIDs are taken."""
+
+    async def record(
+        self,
+        driver: str,
+        identity: DeviceIdentity,
+        offer: CaptureOffer,
+        uids: InstanceUIDs,
+        raw_name: str,
+        size: int,
+        sha256: str,
+        path: Path,
+        wrapped: db.WrappedAtIntake | None = None,
+        reserved: int | None = None,
+    ) -> CaptureReceipt:
+        """Commit the ledger row of a durable spooled file."""
 
 
 class StagedCapture:
@@ -123,7 +156,7 @@ class StagedCapture:
 
     def __init__(
         self,
-        intake: Intake,
+        intake: IntakeStage,
         driver: str,
         identity: DeviceIdentity,
         offer: CaptureOffer,
@@ -219,7 +252,7 @@ class StagedCapture:
             await pending
         except OSError as err:
             await self.abort("write failed")
-            raise _refusal_for(err) from err
+            raise refusal_for(err) from err
 
     async def _flush(self) -> None:
         await self._settle()
@@ -291,7 +324,7 @@ class StagedCapture:
             await asyncio.to_thread(self._sync, fh)
         except OSError as err:
             self._discard()
-            raise _refusal_for(err) from err
+            raise refusal_for(err) from err
         self._fh = None  # closed by _sync (until then a cancelled commit closes it)
         # Spooled files are named after the SOP Instance UID, which a driver may
         # choose: one rename-and-record at a time, and never onto a name that is
@@ -308,7 +341,7 @@ class StagedCapture:
                     placed = await asyncio.to_thread(self._place, final, True)
             except OSError as err:
                 self._discard()
-                raise _refusal_for(err) from err
+                raise refusal_for(err) from err
             if not placed:
                 self._discard()
                 return await self._intake.uids_taken(self._identity, self._offer, length, sha256)
@@ -364,211 +397,3 @@ class StagedCapture:
             reason,
         )
         await asyncio.to_thread(self._discard)
-
-
-class KnownCapture:
-    """A re-offer of a capture the spool already holds: bytes are read and dropped."""
-
-    def __init__(self, entry: db.SpoolEntry) -> None:
-        self._entry = entry
-        self._hash = hashlib.sha256()
-
-    async def write(self, chunk: bytes) -> None:
-        """Hash and drop ``chunk``."""
-        self._hash.update(chunk)
-
-    async def commit(
-        self, *, length: int, sha256: str, offer: CaptureOffer | None = None
-    ) -> CaptureReceipt:
-        """Acknowledge again if it is the same capture; refuse a conflicting one."""
-        if sha256.lower() != self._entry.raw_sha256:
-            raise CaptureRefused(
-                RefusalReason.CONFLICT,
-                f"capture id {self._entry.offer.device_capture_id} was already saved "
-                "with different content",
-            )
-        log.info(
-            "re-offered capture %s from %s recognised (spool id %d); acknowledged again",
-            self._entry.offer.device_capture_id,
-            self._entry.device.serial_number,
-            self._entry.id,
-        )
-        return CaptureReceipt(self._entry.id, self._entry.uids.sop_instance, duplicate=True)
-
-    async def abort(self, reason: str) -> None:
-        """Nothing to discard."""
-
-
-class Intake:
-    """Receives captures from drivers and commits them to the spool."""
-
-    def __init__(
-        self,
-        ledger: Ledger,
-        dirs: SpoolDirs,
-        on_captured: Callable[[], None],
-        space: SpaceGuard | None = None,
-        inline: InlineWrap | None = None,
-        max_capture_bytes: int = DEFAULT_MAX_CAPTURE_BYTES,
-        spool_ids: SpoolIdCounter | None = None,
-    ) -> None:
-        self.ledger = ledger
-        self.spool_ids = spool_ids
-        self.max_capture_bytes = max_capture_bytes
-        self.dirs = dirs
-        self._on_captured = on_captured
-        self.space = space
-        self.inline = inline
-        self.naming = asyncio.Lock()
-        self._reserving = asyncio.Lock()
-        self._last_spool_id = 0
-
-    def host_for(self, driver: str, device_name: str) -> DriverHost:
-        """A :class:`DeviceHost` for one driver instance (without a status board)."""
-        begin = functools.partial(self.begin, driver)
-        return DriverHost(device_name, begin, max_capture_bytes=self.max_capture_bytes)
-
-    async def reserve_spool_id(self) -> int:
-        """A spool id no capture has, for a row inserted later (a gap if never used).
-
-        The service's ids come from its :class:`SpoolIdCounter`: never handed out
-        before on this box, even if the ledger was lost. Without one (tests, tools
-        that build an intake over a scratch spool) they continue the ledger's.
-        """
-        if self.spool_ids is not None:
-            try:
-                return await asyncio.to_thread(self.spool_ids.take)
-            except OSError as err:  # the mark could not be written (a full disk)
-                raise _refusal_for(err) from err
-        async with self._reserving:
-            highest = await self.ledger.call(highest_spool_id)
-            self._last_spool_id = max(highest, self._last_spool_id) + 1
-            return self._last_spool_id
-
-    async def patient_spool_id(self, spool_id: int, offer: CaptureOffer, uids: InstanceUIDs) -> int:
-        """The spool id that names the capture's temporary patient: its own, or the
-        first one's of the study it shares (driver-chosen UIDs)."""
-        if offer.uids is None:
-            return spool_id
-        first = await self.ledger.call(first_in_study, uids.study)
-        return spool_id if first is None else min(first, spool_id)
-
-    async def begin(
-        self,
-        driver: str,
-        identity: DeviceIdentity,
-        offer: CaptureOffer,
-        *,
-        issuer_of_patient_id: str | None = None,
-    ) -> CaptureSink:
-        """Start receiving a capture (or recognise a re-offer).
-
-        ``issuer_of_patient_id`` is the device's configured issuer, given to a
-        device-supplied Patient ID that came without one.
-        """
-        if issuer_of_patient_id:
-            offer = dataclasses.replace(
-                offer, patient=with_device_issuer(offer.patient, issuer_of_patient_id)
-            )
-        known = await self.ledger.call(
-            db.find_capture, identity.serial_number, offer.device_capture_id
-        )
-        if known is not None:
-            return KnownCapture(known)
-        if offer.length is not None and offer.length > self.max_capture_bytes:
-            raise too_large(self.max_capture_bytes, offer.length)
-        if self.space is not None:
-            await asyncio.to_thread(self.space.check, offer.length)
-        path = self.dirs.staging / f"{uuid.uuid4().hex}.part"
-        try:
-            fh = await asyncio.to_thread(create_new, path)  # 0640, whatever the umask
-        except OSError as err:
-            raise _refusal_for(err) from err
-        return StagedCapture(self, driver, identity, offer, path, fh)
-
-    async def record(
-        self,
-        driver: str,
-        identity: DeviceIdentity,
-        offer: CaptureOffer,
-        uids: InstanceUIDs,
-        raw_name: str,
-        size: int,
-        sha256: str,
-        path: Path,
-        wrapped: db.WrappedAtIntake | None = None,
-        reserved: int | None = None,
-    ) -> CaptureReceipt:
-        """Commit the ledger row of a durable spooled file at ``path`` (with spool id
-        ``reserved`` when the file already names it)."""
-        if reserved is None:
-            reserved = await self.reserve_spool_id()
-        try:
-            # On a full disk: refused at the device (it keeps the capture), not waited for.
-            spool_id = await self.ledger.try_call(
-                db.insert_capture,
-                driver=driver,
-                device=identity,
-                offer=offer,
-                uids=uids,
-                raw_name=raw_name,
-                raw_size=size,
-                raw_sha256=sha256,
-                wrapped=wrapped,
-                spool_id=reserved,
-            )
-        except sqlite3.IntegrityError:
-            # The same capture was committed meanwhile (a re-offer raced it): keep one.
-            await asyncio.to_thread(self._drop, path)
-            known = await self.ledger.call(
-                db.find_capture, identity.serial_number, offer.device_capture_id
-            )
-            if known is None:
-                raise _uids_in_use() from None
-            return await KnownCapture(known).commit(length=size, sha256=sha256)
-        except sqlite3.OperationalError as err:
-            await asyncio.to_thread(self._drop, path)
-            reason = RefusalReason.DISK_FULL if "full" in str(err) else RefusalReason.STORAGE_ERROR
-            raise CaptureRefused(reason, "ledger write failed") from err
-        log.info(
-            "capture %s from %s saved as spool id %d (%d bytes, %s)",
-            offer.device_capture_id,
-            identity.serial_number,
-            spool_id,
-            size,
-            "written as DICOM" if wrapped else "raw, to be wrapped",
-        )
-        events.emit(
-            "capture_saved",
-            spool_id=spool_id,
-            driver=driver,
-            device_class=str(identity.device_class),
-            bytes=size,
-        )
-        if wrapped is not None and self.inline is not None:
-            self.inline.on_wrapped()
-        else:
-            self._on_captured()
-        return CaptureReceipt(spool_id, uids.sop_instance, duplicate=False)
-
-    async def uids_taken(
-        self, identity: DeviceIdentity, offer: CaptureOffer, length: int, sha256: str
-    ) -> CaptureReceipt:
-        """A capture whose file name (its SOP Instance UID) is already in the spool:
-        the same capture again is a duplicate; another capture is refused."""
-        known = await self.ledger.call(
-            db.find_capture, identity.serial_number, offer.device_capture_id
-        )
-        if known is None:
-            log.warning(
-                "capture %s from %s refused: its UIDs are already used by another capture",
-                offer.device_capture_id,
-                identity.serial_number,
-            )
-            raise _uids_in_use()
-        return await KnownCapture(known).commit(length=length, sha256=sha256)
-
-    @staticmethod
-    def _drop(path: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()

@@ -13,7 +13,7 @@ Rules and decisions:
 * The file (``{"version": 1, "users": {NAME: {...}}}``) is written atomically
   (temporary file, fsync, rename) with mode 0600; it never holds a password. Written
   by root for a service that runs as another user, it is handed to that user
-  before it appears (see :mod:`gateway.state_owner`).
+  before it appears (see :mod:`gateway.core.state_owner`).
 * Each entry has a fingerprint (:meth:`Users.fingerprint`, a digest of its salted
   hash): a session remembers the one it logged in with, so a new password or a
   removed user ends the sessions started before.
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.spool.files import atomic_writer
-from gateway.state_owner import hand_over, state_owner
+from gateway.core.files import atomic_writer
+from gateway.core.state_owner import hand_over, state_owner
 
 USERS_VERSION = 1
 MIN_LENGTH = 10

@@ -38,10 +38,10 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from gateway.core.backoff import backoff_delay
 from gateway.devices.contract import DriverState
 from gateway.devices.host import DriverHost
 from gateway.devices.status import StatusBoard
-from gateway.forward.schedule import backoff_delay
 
 log = logging.getLogger(__name__)
 

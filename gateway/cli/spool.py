@@ -38,17 +38,23 @@ import pwd
 import sqlite3
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.config import ConfigError, DermGateConfig, load_config
+from gateway.core.config import ConfigError, DermGateConfig
+from gateway.service.config import load_config
+from gateway.service.state_lock import StateLock, StateLocked
 from gateway.spool import admin, rebuild
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs
+from gateway.spool.details import (
+    PATIENT_ATTRIBUTES,
+    capture_details,
+    local_time,
+    patient_of,
+)
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.spool_ids import high_water_path
-from gateway.spool.states import CaptureState, DeliveryState
-from gateway.state_lock import StateLock, StateLocked
+from gateway.spool.states import CaptureState
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -121,22 +127,6 @@ def _run(name: str, body: Callable[[argparse.Namespace], int]) -> Callable[..., 
     return command
 
 
-def _local(text: str | None) -> str | None:
-    """A stored UTC ISO time as local time, or None."""
-    if text is None:
-        return None
-    try:
-        return datetime.fromisoformat(text).astimezone().isoformat(sep=" ", timespec="seconds")
-    except ValueError:
-        return text
-
-
-def _local_epoch(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(value).astimezone().isoformat(sep=" ", timespec="seconds")
-
-
 def os_user() -> str:
     """Who runs this command: the OS user name (its uid if it has no name)."""
     uid = os.getuid()
@@ -154,7 +144,7 @@ def _audit(config: DermGateConfig, action: str, spool_id: int) -> None:
     ``state_dir`` (the service's user writes the same log). No line, no data:
     raises :class:`_Refusal` (exit 1) if the log cannot be written.
     """
-    from gateway.state_owner import missing_folders, owned_like
+    from gateway.core.state_owner import missing_folders, owned_like
     from gateway.status.web.audit import AuditLog
 
     log = AuditLog(config.audit_path())
@@ -230,135 +220,6 @@ def _read_capture(
         raise _ledger_failure(path, err) from err
 
 
-def _sop_class_name(uid: str | None) -> str | None:
-    if uid is None:
-        return None
-    from pydicom.uid import UID
-
-    name = UID(uid).name
-    return None if name == uid else name
-
-
-def _file_json(file: admin.SpoolFile) -> dict[str, Any]:
-    return {
-        "name": None if file.path is None else file.path.name,
-        "exists": file.exists,
-        "size": file.size,
-    }
-
-
-def capture_details(
-    entry: db.SpoolEntry, records: list[admin.DeliveryRecord], dirs: SpoolDirs
-) -> dict[str, Any]:
-    """Everything the ledger knows about one capture, as JSON-ready data.
-
-    Device metadata and capture settings only: patient identity a device supplied
-    (a 3D scanner's export) is kept in its own ledger column and never shown here.
-    """
-    offer, settings, device = entry.offer, entry.offer.settings, entry.device
-    raw = _file_json(admin.spool_file(dirs.raw, entry.raw_name))
-    raw.update(recorded_size=entry.raw_size, sha256=entry.raw_sha256)
-    return {
-        "id": entry.id,
-        "state": str(entry.state),
-        "reason": entry.reason,
-        "study_instance_uid": entry.uids.study,
-        "series_instance_uid": entry.uids.series,
-        "sop_instance_uid": entry.uids.sop_instance,
-        "sop_class_uid": entry.sop_class_uid,
-        "sop_class_name": _sop_class_name(entry.sop_class_uid),
-        "transfer_syntax_uid": entry.transfer_syntax_uid,
-        "driver": entry.driver,
-        "device": {
-            "manufacturer": device.manufacturer,
-            "model": device.model,
-            "serial_number": device.serial_number,
-            "software_versions": list(device.software_versions),
-            "device_class": str(device.device_class),
-        },
-        "device_capture_id": offer.device_capture_id,
-        "content_type": str(offer.content_type),
-        "acquired_at": offer.acquired_at.isoformat() if offer.acquired_at else None,
-        "settings": {
-            "polarization": settings.polarization,
-            "contact": settings.contact,
-            "immersion": settings.immersion,
-            "magnification": settings.magnification,
-            "color_temperature_k": settings.color_temperature_k,
-            "anatomic_site": offer.anatomic_site,
-            "laterality": offer.laterality,
-            "lesion_id": offer.lesion_id,
-        },
-        "received_at": entry.received_at,
-        "updated_at": entry.updated_at,
-        "files": {
-            "raw": raw,
-            "dicom": _file_json(admin.spool_file(dirs.dicom, entry.dicom_name)),
-        },
-        "deliveries": [
-            {
-                "destination": r.destination,
-                "state": str(r.state),
-                "attempts": r.attempts,
-                "next_attempt_at": _local_epoch(r.next_attempt_at)
-                if r.state is DeliveryState.PENDING
-                else None,
-                "last_error": r.last_error,
-                "commit_failures": r.commit_failures,
-                "awaiting_commitment": r.commit_txn is not None,
-                "sent_at": r.sent_at,
-                "committed_at": r.committed_at,
-            }
-            for r in records
-        ],
-    }
-
-
-PATIENT_ATTRIBUTES = (
-    ("PatientName", "Patient's Name"),
-    ("PatientID", "Patient ID"),
-    ("IssuerOfPatientID", "Issuer of Patient ID"),
-    ("PatientBirthDate", "Patient's Birth Date"),
-    ("PatientSex", "Patient's Sex"),
-    ("AccessionNumber", "Accession Number"),
-)
-
-
-def read_patient(path: Path) -> dict[str, str]:
-    """The patient attributes of a DICOM file (absent ones as ""); raises on I/O."""
-    from pydicom import dcmread
-
-    dataset = dcmread(path, stop_before_pixels=True)
-    return {
-        keyword: "" if dataset.get(keyword) is None else str(dataset.get(keyword))
-        for keyword, _ in PATIENT_ATTRIBUTES
-    }
-
-
-def patient_of(entry: db.SpoolEntry, dirs: SpoolDirs) -> tuple[dict[str, str], str] | None:
-    """The patient of a capture and where it was read, or None if nothing holds one.
-
-    The DICOM file when there is one (what the PACS gets); else the patient fields a
-    device supplied (a 3D scanner's metadata), kept in the ledger, so that a
-    technician can tell whose capture a never-wrapped, quarantined one is. Raises
-    what pydicom raises for a damaged DICOM file.
-    """
-    dicom = admin.spool_file(dirs.dicom, entry.dicom_name)
-    if dicom.exists and dicom.path is not None:
-        return read_patient(dicom.path), "the DICOM file"
-    supplied = entry.offer.patient
-    if supplied is None:
-        return None
-    return {
-        "PatientName": supplied.patient_name,
-        "PatientID": supplied.patient_id,
-        "IssuerOfPatientID": supplied.issuer_of_patient_id,
-        "PatientBirthDate": supplied.birth_date,
-        "PatientSex": supplied.sex,
-        "AccessionNumber": supplied.accession_number,
-    }, "the device's metadata"
-
-
 def _text(value: object) -> str:
     return "-" if value is None or value == "" else str(value)
 
@@ -397,8 +258,8 @@ def _print_show(details: dict[str, Any], out: TextIO) -> None:
     line("Anatomic site (code)", settings["anatomic_site"])
     line("Laterality", settings["laterality"])
     line("Lesion id", settings["lesion_id"])
-    line("Received", _local(details["received_at"]))
-    line("Updated", _local(details["updated_at"]))
+    line("Received", local_time(details["received_at"]))
+    line("Updated", local_time(details["updated_at"]))
     for label, key in (("Raw file", "raw"), ("DICOM file", "dicom")):
         file = details["files"][key]
         if file["name"] is None:
@@ -417,8 +278,8 @@ def _print_show(details: dict[str, Any], out: TextIO) -> None:
         line("Last error", delivery["last_error"], "  ")
         line("Commit failures", delivery["commit_failures"], "  ")
         line("Awaiting commitment", "yes" if delivery["awaiting_commitment"] else "no", "  ")
-        line("Sent", _local(delivery["sent_at"]), "  ")
-        line("Committed", _local(delivery["committed_at"]), "  ")
+        line("Sent", local_time(delivery["sent_at"]), "  ")
+        line("Committed", local_time(delivery["committed_at"]), "  ")
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """Builds the gateway from its configuration and runs it under one supervisor.
 
 Start-up order: the state folder's lock (one service per ``state_dir``, see
-:mod:`gateway.state_lock`), a check that the ledger was not lost while the spool holds
+:mod:`gateway.service.state_lock`), a check that the ledger was not lost while the spool holds
 captures (:mod:`gateway.spool.rebuild`) and that the spool id mark is readable
 (:mod:`gateway.spool.spool_ids`), spool folders and ledger (blocking, before
 anything else), then the forwarders (one per destination), then the wrapping stage,
@@ -17,8 +17,9 @@ import logging
 import time
 from importlib.metadata import PackageNotFoundError, version
 
-from gateway.capture import GatewayIdentity
-from gateway.config import DermGateConfig
+from gateway.core import events
+from gateway.core.capture import GatewayIdentity
+from gateway.core.config import DermGateConfig
 from gateway.devices.contract import DriverFactory, DriverState
 from gateway.devices.host import DriverHost
 from gateway.devices.hotplug import (
@@ -37,9 +38,11 @@ from gateway.forward.commitment import (
 )
 from gateway.forward.forwarder import Forwarder
 from gateway.forward.overdue import CommitmentOverdueWatch
+from gateway.intake import InlineWrap, Intake
+from gateway.service.state_lock import StateLock
+from gateway.service.supervise import DriverTask, RestartPolicy, Supervisor
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs
-from gateway.spool.intake import InlineWrap, Intake
+from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger
 from gateway.spool.rebuild import refuse_spool_without_ledger
@@ -52,13 +55,10 @@ from gateway.spool.spool_ids import (
     highest_spool_id,
     read_high_water,
 )
-from gateway.state_lock import StateLock
-from gateway.status import events
 from gateway.status.mqtt import MqttPublisher
 from gateway.status.snapshot import GatewayState
 from gateway.status.web.live import live_view
 from gateway.status.web.server import WebServer
-from gateway.supervise import DriverTask, RestartPolicy, Supervisor
 from gateway.wrap import Wrapper
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class _Devices:
 async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
     """Run the gateway until ``stop`` is set, then shut down in order.
 
-    Raises :class:`~gateway.state_lock.StateLocked` (another service holds the state
+    Raises :class:`~gateway.service.state_lock.StateLocked` (another service holds the state
     folder) or :class:`~gateway.spool.rebuild.LedgerLost` before touching anything.
     """
     lock = await asyncio.to_thread(StateLock.acquire, config.gateway.state_dir)

@@ -169,7 +169,7 @@ class PatientContext:
     """Patient and order context, when known (worklist, technician binding).
 
     Never invented: when the patient is unknown the builders get ``None`` and write
-    a temporary patient (:mod:`gateway.dicom.patient`: a unique Patient ID, no name).
+    a temporary patient (:mod:`gateway.core.patient`: a unique Patient ID, no name).
     """
 
     patient_name: str = ""
@@ -196,3 +196,28 @@ class GatewayIdentity:
     gateway_id: str
     software_version: str
     station_name: str = ""
+
+
+#: The largest capture kept unless ``[spool] max_capture_mb`` says otherwise.
+DEFAULT_MAX_CAPTURE_BYTES = 4096 * 1024 * 1024
+
+
+class RefusalReason(enum.StrEnum):
+    """Why the gateway refused to keep a capture (the device keeps it and retries)."""
+
+    DISK_FULL = "DISK_FULL"
+    STORAGE_ERROR = "STORAGE_ERROR"
+    CONFLICT = "CONFLICT"
+    LENGTH = "LENGTH"
+    CHECKSUM = "CHECKSUM"
+    #: Larger than ``[spool] max_capture_mb`` (announced, or streamed beyond it).
+    TOO_LARGE = "TOO_LARGE"
+
+
+class CaptureRefused(Exception):
+    """The capture was not saved; tell the device ``reason`` (it keeps the capture)."""
+
+    def __init__(self, reason: RefusalReason, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")

@@ -94,25 +94,3 @@ def copy_stream(src: BinaryIO, dst: BinaryIO, *, chunk_size: int = 1 << 20) -> i
         dst.write(chunk)
         total += len(chunk)
     return total
-
-
-class SpoolDirs:
-    """The spool's folders under ``<state_dir>/spool``.
-
-    ``staging``: bytes still arriving from a device (never acknowledged);
-    ``raw``: durable device captures, named by SOP Instance UID;
-    ``dicom``: the Part 10 files built from them.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.staging = root / "staging"
-        self.raw = root / "raw"
-        self.dicom = root / "dicom"
-
-    def create(self) -> None:
-        """Create the folders (and make their creation durable)."""
-        for folder in (self.root, self.staging, self.raw, self.dicom):
-            folder.mkdir(parents=True, exist_ok=True)
-        fsync_dir(self.root)
-        fsync_dir(self.root.parent)

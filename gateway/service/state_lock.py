@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from gateway.state_owner import owned_like
+from gateway.core.state_owner import owned_like
 
 LOCK_NAME = "dermgate.lock"
 

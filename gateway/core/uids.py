@@ -48,7 +48,7 @@ def tracking_uid(issuer_of_patient_id: str, patient_id: str, lesion_id: str) -> 
     same name), so re-imaging the same lesion of the same patient gives the same UID
     on any device without stored state, and another patient's lesion of the same
     label another. Only for a patient the device named (see
-    :mod:`gateway.dicom.patient`).
+    :mod:`gateway.core.patient`).
     """
     name = "lesion-tracking\x00" + json.dumps([issuer_of_patient_id, patient_id, lesion_id])
     return f"2.25.{uuid.uuid5(_DERMGATE_NAMESPACE, name).int}"

@@ -30,15 +30,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.config import load_config
-from gateway.local_mosquitto import MosquittoProcess
-from gateway.local_orthanc import OrthancProcess, free_port
+from gateway.demo.local_mosquitto import MosquittoProcess
+from gateway.demo.local_orthanc import OrthancProcess, free_port
+from gateway.service.config import load_config
+from gateway.service.state_lock import StateLocked
 from gateway.spool import ledger as db
 from gateway.spool.rebuild import LedgerLost
 from gateway.spool.spool_ids import SpoolIdMarkDamaged
 from gateway.spool.states import CaptureState
-from gateway.state_lock import StateLocked
-from gateway.users import Users
+from gateway.status.web.users import Users
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ async def _run(
     captures: int | None,
     timeout: float,
 ) -> DemoOutcome:
-    from gateway.app import run_gateway
+    from gateway.service.app import run_gateway
 
     config = load_config(config_path)
     stop = asyncio.Event()

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.local_orthanc import free_port
+from gateway.demo.local_orthanc import free_port
 
 MOSQUITTO_BINARY = Path("/usr/sbin/mosquitto")
 

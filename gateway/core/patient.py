@@ -15,7 +15,7 @@ patients. Patient ID and Issuer are LO (64 characters): a gateway id longer than
 for every capture.
 
 A **known** patient is one the device named by Patient ID. Only then is a lesion's
-Tracking UID derived (:func:`gateway.dicom.uids.tracking_uid` from issuer, patient
+Tracking UID derived (:func:`gateway.core.uids.tracking_uid` from issuer, patient
 id and lesion id); for a temporary patient Tracking ID/UID are left out (a UID that
 may merge two people's lesions is worse than none) and the device's lesion label
 goes into Image Comments (:func:`lesion_label_comment`), which claims no identity.
@@ -31,7 +31,7 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Final
 
-from gateway.capture import PatientContext
+from gateway.core.capture import PatientContext
 
 __all__ = [
     "TEMPORARY_ID_PREFIX",

@@ -5,7 +5,7 @@
     dermgate run --config FILE              run the gateway (the service)
     dermgate check-config FILE              validate a configuration file
     dermgate spool list|show|retry|export …  the technician's spool commands
-                                            (see gateway/spool_commands.py)
+                                            (see gateway/cli/spool.py)
     dermgate demo [--workdir DIR] [--captures N]
     dermgate simulate DRIVER [options]      run a driver's device simulator
     dermgate user add NAME --config FILE [--password-stdin]
@@ -31,12 +31,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
-from gateway.config import ConfigError, DermGateConfig, load_config
+from gateway.cli.spool import add_spool_commands
+from gateway.core.config import ConfigError, DermGateConfig
+from gateway.service.config import load_config
+from gateway.service.state_lock import StateLocked
+from gateway.service.stop_deadline import StopDeadline, enable_stack_dumps
 from gateway.spool.rebuild import LedgerLost
 from gateway.spool.spool_ids import SpoolIdMarkDamaged
-from gateway.spool_commands import add_spool_commands
-from gateway.state_lock import StateLocked
-from gateway.stop_deadline import StopDeadline, enable_stack_dumps
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -74,7 +75,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_USAGE
     if config.web is not None:
-        from gateway.users import users_file_problem
+        from gateway.status.web.users import users_file_problem
 
         problem = users_file_problem(config.users_path())
         if problem is not None:
@@ -88,7 +89,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: DermGateConfig) -> None:
-    from gateway.app import run_gateway
+    from gateway.service.app import run_gateway
 
     stop = asyncio.Event()
     deadline = StopDeadline(config.supervision.stop_timeout)
@@ -119,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"dermgate run: {refused}", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as err:
-        from gateway.supervise import stop_reason
+        from gateway.service.supervise import stop_reason
 
         logging.getLogger("gateway").critical("gateway stopped on error: %s", stop_reason(err))
         return EXIT_FAILURE
@@ -128,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the embedded default: private Orthanc, the gateway and a simulator."""
-    from gateway.demo import run_demo
+    from gateway.demo.run import run_demo
 
     setup_logging("INFO")
     return run_demo(workdir=args.workdir, captures=args.captures, timeout=args.timeout)
@@ -158,7 +159,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     """Add a login of the local page, or set a new password for an existing one."""
     import getpass
 
-    from gateway.users import Users, UsersError, WeakPassword, check_name
+    from gateway.status.web.users import Users, UsersError, WeakPassword, check_name
 
     config = _load(args.config, broken_drivers_fatal=False)
     if config is None:
@@ -197,7 +198,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def cmd_user_list(args: argparse.Namespace) -> int:
     """Print the logins of the local page, one name a line (never their hashes)."""
-    from gateway.users import Users, UsersError
+    from gateway.status.web.users import Users, UsersError
 
     config = _load(args.config, broken_drivers_fatal=False)
     if config is None:
@@ -216,7 +217,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 def cmd_user_remove(args: argparse.Namespace) -> int:
     """Remove a login; its sessions on the running page end at once."""
-    from gateway.users import Users, UsersError
+    from gateway.status.web.users import Users, UsersError
 
     config = _load(args.config, broken_drivers_fatal=False)
     if config is None:
@@ -251,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_check_config)
 
-    add_spool_commands(sub)  # list, show, retry, export: gateway/spool_commands.py
+    add_spool_commands(sub)  # list, show, retry, export: gateway/cli/spool.py
 
     demo = sub.add_parser("demo", help="run a self-contained demo with simulated devices")
     demo.add_argument(

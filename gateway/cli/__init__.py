@@ -1,0 +1,10 @@
+"""The ``dermgate`` command: every subcommand's parsing, wording and exit code.
+
+The top of the layers: it may import any stage (and the demo); nothing imports it.
+:mod:`.main` holds the entry point and the service commands, :mod:`.spool` the
+technician's ``dermgate spool`` commands.
+"""
+
+from gateway.cli.main import main
+
+__all__ = ["main"]

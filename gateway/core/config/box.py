@@ -1,0 +1,182 @@
+"""``[gateway]``, ``[spool]``, ``[supervision]`` and ``[hotplug]``: the box itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from gateway.core.config.base import _FLEET_ID, AETitle, Port, _Strict, default_gateway_id
+
+
+class GatewaySettings(_Strict):
+    """``[gateway]``: the box itself."""
+
+    id: str = Field(
+        default_factory=default_gateway_id,
+        description="Fleet id: letters, digits and '-' only; shown on dashboards. "
+        "Never patient data. Default: host name + hash of /etc/machine-id.",
+    )
+    ae_title: AETitle = Field(
+        default="DERMGATE",
+        description="Our AE title: calling AE towards the PACS and the title of "
+        "the storage commitment listener.",
+    )
+    listen_port: Port = Field(
+        default=11113, description="TCP port of our DICOM listener (commitment reports)."
+    )
+    listen_address: str = Field(
+        default="0.0.0.0",
+        description="Address our DICOM listener binds to; the PACS must reach it.",
+    )
+    state_dir: Path = Field(
+        default=Path("/var/lib/dermgate"),
+        description="Where the spool (captures, DICOM files) and the ledger live.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log verbosity. Logs never carry patient data."
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _fleet_id(cls, value: str) -> str:
+        if not _FLEET_ID.match(value):
+            raise ValueError("use 1-64 letters, digits or '-' (it is shown on dashboards)")
+        return value
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _absolute_state_dir(cls, value: object) -> object:
+        # A relative state_dir would depend on the folder the service started in:
+        # another start, another spool (and acknowledged captures left behind).
+        if isinstance(value, str) and not value.strip():
+            raise ValueError('must not be empty; use an absolute path, e.g. "/var/lib/dermgate"')
+        if isinstance(value, str | Path) and not Path(value).is_absolute():
+            raise ValueError('must be an absolute path, e.g. "/var/lib/dermgate"')
+        return value
+
+
+class SpoolSettings(_Strict):
+    """``[spool]``: how much disk the spool may use and when copies are purged."""
+
+    reserve_mb: int = Field(
+        # A WAL checkpoint needs at most a few MiB (SQLite checkpoints every 1000
+        # pages = 4 MiB) and the largest dermoscopic capture is ~10 MB, needed twice
+        # (raw + DICOM); 128 MiB leaves ample room for both. Devices with larger
+        # objects (confocal stacks) need a larger reserve.
+        default=128,
+        ge=1,
+        description="Free space (MiB) always kept on the spool's filesystem: room for a "
+        "ledger checkpoint and the largest capture. Below it new captures are refused at "
+        "the device (NAK DISK_FULL); intake resumes by itself when space is back.",
+    )
+    max_capture_mb: int = Field(
+        default=4096,
+        ge=1,
+        le=1 << 30,
+        description="Largest capture (MiB) intake accepts. A capture announced larger, or "
+        "streaming past it, is refused with its own reason (NAK TOO_LARGE at the device, "
+        "kept there), never taken for a full disk.",
+    )
+    purge_high_watermark: float = Field(
+        default=80.0,
+        gt=0,
+        le=100,
+        description="Percent of the filesystem used above which local copies of "
+        "confirmed captures are deleted, oldest first.",
+    )
+    purge_low_watermark: float = Field(
+        default=70.0, gt=0, le=100, description="Purging stops below this percentage."
+    )
+    keep_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Local copies of confirmed captures older than this are deleted "
+        "whatever the space.",
+    )
+    purge_interval: float = Field(default=300.0, gt=0, description="Seconds between purge checks.")
+
+    @model_validator(mode="after")
+    def _watermarks(self) -> SpoolSettings:
+        if self.purge_low_watermark > self.purge_high_watermark:
+            raise ValueError("purge_low_watermark must not exceed purge_high_watermark")
+        return self
+
+
+class SupervisionSettings(_Strict):
+    """``[supervision]``: how crashed or hung drivers are restarted and quarantined.
+
+    A driver that raises (or returns) is restarted after a jittered delay that
+    doubles per crash from ``restart_initial`` up to ``restart_max`` (a run that
+    lasted ``restart_max`` seconds resets it). A driver that says TRANSFERRING and
+    makes no progress (no byte written, no capture begun or committed, no change of
+    state) for ``hang_timeout`` seconds is cancelled and restarted: a hang counts as a
+    crash. ``quarantine_after`` crashes within ``quarantine_window`` seconds stop the
+    driver for good (state QUARANTINED); the other devices run on. A quarantined
+    driver runs again after a restart of the gateway, or for a hotplug device, when it
+    is unplugged and plugged in again.
+    """
+
+    restart_initial: float = Field(
+        default=1.0, gt=0, description="Seconds before the first restart of a crashed driver."
+    )
+    restart_max: float = Field(
+        default=60.0, gt=0, description="Longest wait in seconds between restarts (jittered)."
+    )
+    quarantine_after: int = Field(
+        default=5,
+        ge=1,
+        description="Crashes (or hangs) within quarantine_window after which the driver "
+        "is stopped and shown as QUARANTINED.",
+    )
+    quarantine_window: float = Field(
+        default=600.0, gt=0, description="Seconds over which crashes are counted."
+    )
+    hang_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds a driver may stay TRANSFERRING without progress before it is "
+        "cancelled and restarted (counts as a crash).",
+    )
+    stop_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        le=80,
+        description="Seconds a stop (SIGTERM) may take before the service exits anyway, "
+        "logging what was still running; below the unit's TimeoutStopSec (90).",
+    )
+
+    @model_validator(mode="after")
+    def _restart_order(self) -> SupervisionSettings:
+        if self.restart_max < self.restart_initial:
+            raise ValueError("restart_max must not be smaller than restart_initial")
+        return self
+
+
+def _check_hotplug_source(value: str) -> str:
+    if value in ("none", "udev"):
+        return value
+    if value.startswith("simulated:") and len(value) > len("simulated:"):
+        return value
+    raise ValueError('use "none", "udev" or "simulated:PATH"')
+
+
+class HotplugSettings(_Strict):
+    """``[hotplug]``: where device appear/disappear events come from.
+
+    Devices with ``hotplug = true`` in their ``[[devices]]`` entry are started when a
+    device their driver matches appears and stopped when it goes.
+    """
+
+    source: Annotated[str, AfterValidator(_check_hotplug_source)] = Field(
+        default="none",
+        description='"none" (devices run all the time), "udev" (a box: the kernel\'s '
+        'device events through udev) or "simulated:PATH" (tests and demos: JSON lines '
+        "written to the Unix socket the gateway creates at PATH).",
+    )

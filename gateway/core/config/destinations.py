@@ -1,0 +1,122 @@
+"""``[[destinations]]``: the PACS every capture goes to."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from gateway.core.config.base import _NAME, AETitle, Port, _Strict
+
+
+class DicomDestination(_Strict):
+    """``[[destinations]]`` with ``kind = "dicom"``: a PACS reached by C-STORE."""
+
+    name: str = Field(description="Short name used in logs, listings and the ledger.")
+    kind: Literal["dicom"] = Field(description='Transport; "dicom" (C-STORE).')
+    ae_title: AETitle = Field(description="The PACS's AE title (called AE).")
+    host: str = Field(description="PACS host name or IP address.")
+    port: Port = Field(description="PACS DICOM port.")
+    storage_commitment: bool = Field(
+        default=True,
+        description="Ask the PACS to commit stored instances (Storage Commitment Push).",
+    )
+    connect_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to open the TCP connection."
+    )
+    acse_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds to wait for association accept/release."
+    )
+    dimse_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds to wait for a C-STORE response."
+    )
+    network_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds of network silence before giving up."
+    )
+    retry_initial: float = Field(
+        default=2.0, gt=0, description="First retry delay in seconds (doubles per failure)."
+    )
+    retry_max: float = Field(
+        default=900.0, gt=0, description="Longest retry delay in seconds (jittered)."
+    )
+    batch_size: int = Field(
+        default=20, ge=1, le=1000, description="Instances sent per association."
+    )
+    associations: int = Field(
+        default=2, ge=1, le=16, description="Associations used in parallel for sending."
+    )
+    breaker_threshold: int = Field(
+        default=3,
+        ge=1,
+        description="Failed association attempts in a row after which sending pauses and "
+        "the destination is probed with C-ECHO instead; an answer resumes at once.",
+    )
+    stuck_after: float = Field(
+        default=86400.0,
+        gt=0,
+        description="Seconds after arrival at which an undelivered capture raises the "
+        "'stuck' alarm (it is still retried).",
+    )
+    commitment_batch_size: int = Field(
+        default=50, ge=1, le=10000, description="Instances per commitment request."
+    )
+    commitment_batch_delay: float = Field(
+        default=2.0, ge=0, description="Seconds to wait for a fuller commitment batch."
+    )
+    commitment_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds to wait for a commitment report before asking again.",
+    )
+    commitment_max_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Failed commitments of one instance (each followed by a re-send) "
+        "before it is quarantined.",
+    )
+    commitment_from: list[str] = Field(
+        default_factory=list,
+        description="More IP addresses this PACS may send its commitment reports from "
+        '(e.g. ["10.0.0.5"] for a cluster node), besides the addresses of `host`. A report '
+        "counts only when it comes from this PACS's AE title at one of these addresses.",
+    )
+    commitment_alarm_after: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds a commitment request may go without a report before the "
+        "'commitment_overdue' alarm is raised (cleared when the reports arrive).",
+    )
+
+    @field_validator("commitment_from")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        import ipaddress  # here, not at the top: keeps these keys in one hunk
+
+        try:
+            return [ipaddress.ip_address(v.strip()).compressed for v in value]
+        except ValueError as err:
+            raise ValueError(f"list IP addresses, not host names: {err}") from err
+
+    unconfirmed_retention: float = Field(
+        default=7 * 86400.0,
+        ge=0,
+        description="Without storage commitment: seconds after which a SENT instance "
+        "counts as delivered (and may later be purged).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("use 1-32 letters, digits, '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _retry_order(self) -> DicomDestination:
+        if self.retry_max < self.retry_initial:
+            raise ValueError("retry_max must not be smaller than retry_initial")
+        return self

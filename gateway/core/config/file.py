@@ -1,0 +1,76 @@
+"""The whole configuration file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import (
+    Field,
+    model_validator,
+)
+
+from gateway.core.config.base import _Strict
+from gateway.core.config.box import (
+    GatewaySettings,
+    HotplugSettings,
+    SpoolSettings,
+    SupervisionSettings,
+)
+from gateway.core.config.destinations import DicomDestination
+from gateway.core.config.devices import DeviceSettings
+from gateway.core.config.mqtt import MqttSettings
+from gateway.core.config.web import WebSettings
+
+
+class DermGateConfig(_Strict):
+    """The whole configuration file."""
+
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    supervision: SupervisionSettings = Field(default_factory=SupervisionSettings)
+    hotplug: HotplugSettings = Field(default_factory=HotplugSettings)
+    mqtt: MqttSettings | None = Field(
+        default=None, description="Fleet status over MQTT; absent = off (see MqttSettings)."
+    )
+    destinations: list[DicomDestination] = Field(default_factory=list)
+    devices: list[DeviceSettings] = Field(default_factory=list)
+    web: WebSettings | None = Field(
+        default=None, description="The local page; absent = no page (see WebSettings)."
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DermGateConfig:
+        names = [d.name for d in self.destinations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique: {', '.join(dupes)}")
+        return self
+
+    def device_name(self, index: int) -> str:
+        """The label of device ``index``."""
+        device = self.devices[index]
+        return device.name or f"{device.driver}-{index}"
+
+    def spool_dir(self) -> Path:
+        """Folder holding staging, raw and DICOM files."""
+        return self.gateway.state_dir / "spool"
+
+    def status_path(self) -> Path:
+        """The device status snapshot (JSON, rewritten on every change)."""
+        return self.gateway.state_dir / "status" / "devices.json"
+
+    def ledger_path(self) -> Path:
+        """The SQLite ledger."""
+        return self.gateway.state_dir / "ledger.sqlite3"
+
+    def users_path(self) -> Path:
+        """The local page's users file (``[web] users_file`` or its default)."""
+        if self.web is not None and self.web.users_file is not None:
+            return self.web.users_file
+        return self.gateway.state_dir / "web" / "users.json"
+
+    def audit_path(self) -> Path:
+        """The reveal audit log (``[web] audit_log`` or its default)."""
+        if self.web is not None and self.web.audit_log is not None:
+            return self.web.audit_log
+        return self.gateway.state_dir / "web" / "audit.log"

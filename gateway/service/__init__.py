@@ -1,0 +1,7 @@
+"""The service: reading the configuration, holding the state folder's lock, starting
+every stage in order under one supervisor, and stopping within a deadline.
+
+:mod:`.app` wires the stages together, :mod:`.supervise` restarts or quarantines a
+failing driver, :mod:`.stop_deadline` bounds the stop, :mod:`.state_lock` keeps a
+second instance off the state folder, :mod:`.config` reads the file.
+"""
