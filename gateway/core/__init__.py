@@ -5,3 +5,15 @@ Captures and their identities (:mod:`.capture`), patients (:mod:`.patient`), UID
 durable file writes (:mod:`.files`), backoff (:mod:`.backoff`), the state folder's
 owner (:mod:`.state_owner`) and the configuration models (:mod:`.config`).
 """
+
+__all__ = [
+    "alarms",
+    "backoff",
+    "capture",
+    "config",
+    "events",
+    "files",
+    "patient",
+    "state_owner",
+    "uids",
+]

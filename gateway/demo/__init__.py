@@ -3,3 +3,9 @@
 Above the service in the layers (it starts one); only the CLI imports it. Also the
 peers the demo and the tests start: :mod:`.local_orthanc`, :mod:`.local_mosquitto`.
 """
+
+__all__ = [
+    "local_mosquitto",
+    "local_orthanc",
+    "run",
+]

@@ -5,3 +5,18 @@ One module per IOD family (:mod:`.dermoscopy`, :mod:`.photo`, :mod:`.confocal`,
 (:mod:`.jpeg`) and the file writer (:mod:`.part10`). Pure builders: no ledger,
 no network.
 """
+
+__all__ = [
+    "confocal",
+    "confocal_sc",
+    "confocal_stack",
+    "dermoscopy",
+    "elements",
+    "errors",
+    "job",
+    "jpeg",
+    "modules",
+    "part10",
+    "photo",
+    "surface",
+]

@@ -2,3 +2,13 @@
 having the PACS confirm it keeps them (Storage Commitment), behind the listener
 front that bounds every inbound connection.
 """
+
+__all__ = [
+    "commitment",
+    "cstore",
+    "forwarder",
+    "listener_front",
+    "overdue",
+    "peer_check",
+    "stream",
+]

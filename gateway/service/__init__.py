@@ -5,3 +5,11 @@ every stage in order under one supervisor, and stopping within a deadline.
 failing driver, :mod:`.stop_deadline` bounds the stop, :mod:`.state_lock` keeps a
 second instance off the state folder, :mod:`.config` reads the file.
 """
+
+__all__ = [
+    "app",
+    "config",
+    "state_lock",
+    "stop_deadline",
+    "supervise",
+]

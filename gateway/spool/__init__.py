@@ -4,3 +4,19 @@ What is durable, in which state, and why; purge, reconcile, rebuild after a lost
 ledger, disk space, and the capture details people see. Stages hand work to one
 another only through it.
 """
+
+__all__ = [
+    "admin",
+    "clock",
+    "commitments",
+    "details",
+    "dirs",
+    "ledger",
+    "purge",
+    "rebuild",
+    "reconcile",
+    "reserve",
+    "space",
+    "spool_ids",
+    "states",
+]

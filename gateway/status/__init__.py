@@ -1,1 +1,9 @@
-"""What the box tells the outside: the state snapshot, the event bus, MQTT, the page."""
+"""Status: what the box tells the outside — the state snapshot, MQTT, the page and
+/metrics. It reads the ledger and the event bus; no stage below imports it.
+"""
+
+__all__ = [
+    "mqtt",
+    "snapshot",
+    "web",
+]

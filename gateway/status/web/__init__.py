@@ -1,1 +1,15 @@
 """The technicians' local page (aiohttp, server-rendered): see :mod:`.server`."""
+
+__all__ = [
+    "audit",
+    "auth",
+    "checks",
+    "data",
+    "gate",
+    "live",
+    "logins",
+    "metrics",
+    "pages",
+    "server",
+    "users",
+]
