@@ -12,7 +12,8 @@ from pydantic import Field
 
 from gateway.core.config import DermGateConfig, GatewaySettings
 
-ROOT = Path(__file__).resolve().parent.parent
+# The repository root, wherever in tests/ this file sits.
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 README = ROOT / "README.md"
 
 
