@@ -89,3 +89,20 @@ def test_a_key_without_description_is_refused() -> None:
 
     with pytest.raises(SystemExit, match="extra_key"):
         _generator().reference(Root)
+
+
+def test_driver_tables_are_generated_inside_their_markers() -> None:
+    """Once README carries the driver-options markers, the tables come from the models."""
+    gen = _generator()
+    readme = README.read_text(encoding="utf-8")
+    with_block = readme + f"\n{gen.DRIVERS_START}\nhand-written\n{gen.DRIVERS_END}\n"
+    rendered = gen.render(with_block)
+    block = rendered[rendered.index(gen.DRIVERS_START) : rendered.index(gen.DRIVERS_END)]
+    assert "hand-written" not in block
+    assert 'Options of `driver = "serial-dermatoscope"` (matches `/dev/ttyACM*`):' in block
+    assert "USB `1d50:6189`" in block
+    for driver_id, options in gen.first_party_options().items():
+        assert f'`driver = "{driver_id}"`' in block
+        for key in options.model_fields:
+            assert f"| `{key}` |" in block, f"{driver_id} {key}"
+    assert gen.driver_table_problems(rendered) == []
