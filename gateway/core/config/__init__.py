@@ -4,7 +4,9 @@ These are the models only, low in the layers so that every stage can take its ow
 section; reading a file (which needs the driver registry to check device options)
 is :mod:`gateway.service.config`.
 
-Every key is documented here and in README.md. Unknown keys are rejected with a
+Every key is documented here, in its ``Field`` description (and, for a section, in
+:class:`DermGateConfig`'s field for it); README.md's reference tables are generated
+from these by ``scripts/config_reference.py``. Unknown keys are rejected with a
 message naming the key and the file, so a typo never silently falls back to a
 default. Device options are validated by the driver's own options model.
 

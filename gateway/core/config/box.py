@@ -20,24 +20,30 @@ class GatewaySettings(_Strict):
 
     id: str = Field(
         default_factory=default_gateway_id,
-        description="Fleet id: letters, digits and '-' only; shown on dashboards. "
-        "Never patient data. Default: host name + hash of /etc/machine-id.",
+        description="The box's fleet id: letters, digits and `-` only, at most 64. Shown on "
+        "dashboards; never patient data. Stable across restarts.",
+        json_schema_extra={
+            "doc_default": "host name + 6 hex digits of a hash of `/etc/machine-id`"
+        },
     )
     ae_title: AETitle = Field(
         default="DERMGATE",
-        description="Our AE title: calling AE towards the PACS and the title of "
-        "the storage commitment listener.",
+        description="Our DICOM AE title: the calling AE towards the PACS, and the title of "
+        "our storage-commitment listener. 1–16 printable ASCII characters, no `\\`.",
     )
     listen_port: Port = Field(
-        default=11113, description="TCP port of our DICOM listener (commitment reports)."
+        default=11113,
+        description="TCP port of our DICOM listener, where the PACS sends storage commitment "
+        "reports. Register our AE title, this box's address and this port in the PACS.",
     )
     listen_address: str = Field(
         default="0.0.0.0",
-        description="Address our DICOM listener binds to; the PACS must reach it.",
+        description="Address our DICOM listener binds to (the PACS must be able to reach it).",
     )
     state_dir: Path = Field(
         default=Path("/var/lib/dermgate"),
-        description="Where the spool (captures, DICOM files) and the ledger live.",
+        description="An absolute path: where the spool (`spool/staging`, `spool/raw`, "
+        "`spool/dicom`) and the ledger (`ledger.sqlite3`) live.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log verbosity. Logs never carry patient data."
@@ -72,32 +78,37 @@ class SpoolSettings(_Strict):
         # objects (confocal stacks) need a larger reserve.
         default=128,
         ge=1,
-        description="Free space (MiB) always kept on the spool's filesystem: room for a "
-        "ledger checkpoint and the largest capture. Below it new captures are refused at "
-        "the device (NAK DISK_FULL); intake resumes by itself when space is back.",
+        description="Free space (MiB) always kept on the spool's disk: room for a ledger "
+        "checkpoint (a quarter of it, at most 4 MiB, held as `STATE_DIR/.reserve`) and the "
+        "largest capture twice (raw and DICOM; ~10 MB for a dermatoscope). Below it, new "
+        "captures are refused at the device (NAK DISK_FULL) with a DISK FULL alarm; intake "
+        "resumes by itself. Raise it for devices with larger objects.",
     )
     max_capture_mb: int = Field(
         default=4096,
         ge=1,
         le=1 << 30,
-        description="Largest capture (MiB) intake accepts. A capture announced larger, or "
-        "streaming past it, is refused with its own reason (NAK TOO_LARGE at the device, "
-        "kept there), never taken for a full disk.",
+        description="Largest capture (MiB) accepted. A capture announced larger, or sending "
+        "more, is refused at the device with its own reason (NAK TOO_LARGE; the device keeps "
+        "it), never mistaken for a full disk.",
     )
     purge_high_watermark: float = Field(
         default=80.0,
         gt=0,
         le=100,
-        description="Percent of the filesystem used above which local copies of "
-        "confirmed captures are deleted, oldest first.",
+        description="Percent of the disk used above which confirmed local copies are "
+        "deleted, oldest first, until usage is below `purge_low_watermark`.",
     )
     purge_low_watermark: float = Field(
-        default=70.0, gt=0, le=100, description="Purging stops below this percentage."
+        default=70.0,
+        gt=0,
+        le=100,
+        description="Purging stops below this percentage (at most `purge_high_watermark`).",
     )
     keep_days: float = Field(
         default=30.0,
         gt=0,
-        description="Local copies of confirmed captures older than this are deleted "
+        description="Confirmed local copies older than this many days are deleted "
         "whatever the space.",
     )
     purge_interval: float = Field(default=300.0, gt=0, description="Seconds between purge checks.")
@@ -127,12 +138,15 @@ class SupervisionSettings(_Strict):
         default=1.0, gt=0, description="Seconds before the first restart of a crashed driver."
     )
     restart_max: float = Field(
-        default=60.0, gt=0, description="Longest wait in seconds between restarts (jittered)."
+        default=60.0,
+        gt=0,
+        description="Longest wait in seconds between restarts; delays double from "
+        "`restart_initial`, with random jitter; a run this long resets the doubling.",
     )
     quarantine_after: int = Field(
         default=5,
         ge=1,
-        description="Crashes (or hangs) within quarantine_window after which the driver "
+        description="Crashes (or hangs) within `quarantine_window` after which the driver "
         "is stopped and shown as QUARANTINED.",
     )
     quarantine_window: float = Field(
@@ -141,15 +155,18 @@ class SupervisionSettings(_Strict):
     hang_timeout: float = Field(
         default=120.0,
         gt=0,
-        description="Seconds a driver may stay TRANSFERRING without progress before it is "
-        "cancelled and restarted (counts as a crash).",
+        description="Seconds a driver may say TRANSFERRING without progress (no byte, no "
+        "capture begun or saved, no change of state) before it is cancelled and restarted; "
+        "counts as a crash.",
     )
     stop_timeout: float = Field(
         default=20.0,
         gt=0,
         le=80,
-        description="Seconds a stop (SIGTERM) may take before the service exits anyway, "
-        "logging what was still running; below the unit's TimeoutStopSec (90).",
+        description="Seconds a stop (`systemctl stop`, SIGTERM) may take. Past it the "
+        "service exits anyway and logs which stages and threads were still running, with "
+        "their stacks; nothing acknowledged is lost, since it is already in the spool. Must "
+        "stay below the unit's `TimeoutStopSec` (90).",
     )
 
     @model_validator(mode="after")
@@ -176,7 +193,8 @@ class HotplugSettings(_Strict):
 
     source: Annotated[str, AfterValidator(_check_hotplug_source)] = Field(
         default="none",
-        description='"none" (devices run all the time), "udev" (a box: the kernel\'s '
-        'device events through udev) or "simulated:PATH" (tests and demos: JSON lines '
-        "written to the Unix socket the gateway creates at PATH).",
+        description='`"none"`: devices run all the time. `"udev"` (a box): the kernel\'s '
+        'device events through udev. `"simulated:PATH"` (tests, demos): JSON lines such as '
+        '`{"action": "appeared", "subsystem": "tty", "devnode": "/dev/ttyACM0"}` written to '
+        "the Unix socket the gateway creates at PATH.",
     )

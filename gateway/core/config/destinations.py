@@ -16,35 +16,48 @@ from gateway.core.config.base import _NAME, AETitle, Port, _Strict
 class DicomDestination(_Strict):
     """``[[destinations]]`` with ``kind = "dicom"``: a PACS reached by C-STORE."""
 
-    name: str = Field(description="Short name used in logs, listings and the ledger.")
-    kind: Literal["dicom"] = Field(description='Transport; "dicom" (C-STORE).')
+    name: str = Field(
+        description="Short name used in logs, listings and the ledger: 1–32 letters, digits, "
+        "`_` or `-`; unique."
+    )
+    kind: Literal["dicom"] = Field(
+        description='`"dicom"` (C-STORE). DICOMweb arrives in a later release.'
+    )
     ae_title: AETitle = Field(description="The PACS's AE title (called AE).")
     host: str = Field(description="PACS host name or IP address.")
     port: Port = Field(description="PACS DICOM port.")
     storage_commitment: bool = Field(
         default=True,
-        description="Ask the PACS to commit stored instances (Storage Commitment Push).",
+        description="Ask the PACS to confirm storage (Storage Commitment Push Model); local "
+        "copies are purged only after its confirmation.",
     )
     connect_timeout: float = Field(
         default=10.0, gt=0, description="Seconds to open the TCP connection."
     )
     acse_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds to wait for association accept/release."
+        default=30.0,
+        gt=0,
+        description="Seconds to wait for the association to be accepted or released.",
     )
     dimse_timeout: float = Field(
         default=60.0, gt=0, description="Seconds to wait for a C-STORE response."
     )
     network_timeout: float = Field(
-        default=60.0, gt=0, description="Seconds of network silence before giving up."
+        default=60.0,
+        gt=0,
+        description="Seconds of network silence before the association is dropped.",
     )
     retry_initial: float = Field(
         default=2.0, gt=0, description="First retry delay in seconds (doubles per failure)."
     )
     retry_max: float = Field(
-        default=900.0, gt=0, description="Longest retry delay in seconds (jittered)."
+        default=900.0,
+        gt=0,
+        description="Longest retry delay in seconds (each delay is drawn between half and all "
+        "of it, so boxes do not retry in lockstep).",
     )
     batch_size: int = Field(
-        default=20, ge=1, le=1000, description="Instances sent per association."
+        default=20, ge=1, le=1000, description="Instances sent on one association."
     )
     associations: int = Field(
         default=2, ge=1, le=16, description="Associations used in parallel for sending."
@@ -52,14 +65,16 @@ class DicomDestination(_Strict):
     breaker_threshold: int = Field(
         default=3,
         ge=1,
-        description="Failed association attempts in a row after which sending pauses and "
-        "the destination is probed with C-ECHO instead; an answer resumes at once.",
+        description="Failed connection attempts in a row after which sending pauses and the "
+        "PACS is probed with C-ECHO (every 1 s, backing off to 30 s); an answer sends "
+        "everything waiting at once. Every 5th probe lets one real attempt through, for a "
+        "PACS that refuses C-ECHO.",
     )
     stuck_after: float = Field(
         default=86400.0,
         gt=0,
-        description="Seconds after arrival at which an undelivered capture raises the "
-        "'stuck' alarm (it is still retried).",
+        description="Seconds after arrival at which an undelivered (or, with commitment, "
+        "unconfirmed) capture raises the `stuck_captures` alarm (it is still retried).",
     )
     commitment_batch_size: int = Field(
         default=50, ge=1, le=10000, description="Instances per commitment request."
@@ -70,7 +85,7 @@ class DicomDestination(_Strict):
     commitment_timeout: float = Field(
         default=600.0,
         gt=0,
-        description="Seconds to wait for a commitment report before asking again.",
+        description="Seconds to wait for the PACS's commitment report before asking again.",
     )
     commitment_max_failures: int = Field(
         default=3,
@@ -81,14 +96,17 @@ class DicomDestination(_Strict):
     commitment_from: list[str] = Field(
         default_factory=list,
         description="More IP addresses this PACS may send its commitment reports from "
-        '(e.g. ["10.0.0.5"] for a cluster node), besides the addresses of `host`. A report '
-        "counts only when it comes from this PACS's AE title at one of these addresses.",
+        '(e.g. `["10.0.0.5"]` for a cluster node), besides the addresses of `host`. A '
+        "report counts only when it comes from this PACS's AE title at one of these "
+        "addresses; reports from anywhere else are refused.",
     )
     commitment_alarm_after: float = Field(
         default=600.0,
         gt=0,
-        description="Seconds a commitment request may go without a report before the "
-        "'commitment_overdue' alarm is raised (cleared when the reports arrive).",
+        description="Seconds a commitment request may go without the PACS's report before "
+        "the `commitment_overdue` alarm is raised (the PACS stores but does not confirm: "
+        "check its entry for our AE title, address and `listen_port`). It clears when the "
+        "reports arrive.",
     )
 
     @field_validator("commitment_from")

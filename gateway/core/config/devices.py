@@ -18,15 +18,21 @@ class DeviceSettings(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    driver: str = Field(description="Driver id, e.g. serial-dermatoscope.")
+    driver: str = Field(
+        description="Which driver serves it, e.g. `serial-dermatoscope`; `dermgate "
+        "check-config` lists the installed ones when it does not know the name."
+    )
     name: str | None = Field(
-        default=None, description="Label for logs and status; default: driver + index."
+        default=None,
+        description="Label in logs and status.",
+        json_schema_extra={"doc_default": "`<driver>-<index>`"},
     )
     hotplug: bool = Field(
         default=False,
-        description="Start the driver when a device its matchers accept appears and stop "
-        "it when the device goes (needs [hotplug] source). Options may contain "
-        '"{devnode}", replaced by the device node that appeared (e.g. port = "{devnode}").',
+        description="Start the driver when a device its matchers accept appears (USB "
+        "vendor/product id, serial port pattern) and stop it cleanly when it goes. Needs a "
+        '`[hotplug]` source. Write `"{devnode}"` in an option to get the device node that '
+        'appeared, e.g. `port = "{devnode}"`. One entry serves one device at a time.',
     )
     usb_serial: str | None = Field(
         default=None,
@@ -34,13 +40,15 @@ class DeviceSettings(BaseModel):
     )
     match_devnode: str | None = Field(
         default=None,
-        description='Hotplug: serve only device nodes matching this pattern (e.g. "/dev/ttyACM1").',
+        description="Hotplug: serve only device nodes matching this pattern "
+        '(e.g. `"/dev/ttyACM1"`).',
     )
     issuer_of_patient_id: str | None = Field(
         default=None,
-        description="Issuer of Patient ID (e.g. the hospital's MRN domain) given to a Patient "
-        "ID this device supplies without an issuer of its own. Captures without a patient "
-        "get a temporary ID TMP-<gateway id>-<spool id> whatever this says.",
+        description="Issuer of Patient ID for a Patient ID this device supplies without an "
+        'issuer (e.g. a scanner export\'s MRN: `"HOSP-MRN"`); an issuer the device sends '
+        "wins. Captures without a patient always get the temporary Patient ID "
+        "`TMP-<gateway id>-<spool id>` with issuer `<gateway id>-TEMP`, whatever this says.",
     )
 
     @field_validator("issuer_of_patient_id")

@@ -25,17 +25,43 @@ from gateway.core.config.web import WebSettings
 class DermGateConfig(_Strict):
     """The whole configuration file."""
 
-    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
-    spool: SpoolSettings = Field(default_factory=SpoolSettings)
-    supervision: SupervisionSettings = Field(default_factory=SupervisionSettings)
-    hotplug: HotplugSettings = Field(default_factory=HotplugSettings)
-    mqtt: MqttSettings | None = Field(
-        default=None, description="Fleet status over MQTT; absent = off (see MqttSettings)."
+    # Each section's description opens its table in README.md's configuration
+    # reference (scripts/config_reference.py).
+    gateway: GatewaySettings = Field(
+        default_factory=GatewaySettings,
+        description="The box itself: its fleet id, its DICOM identity and listener, where "
+        "its state lives.",
     )
-    destinations: list[DicomDestination] = Field(default_factory=list)
-    devices: list[DeviceSettings] = Field(default_factory=list)
+    spool: SpoolSettings = Field(
+        default_factory=SpoolSettings,
+        description="How much disk the spool may use, and when confirmed local copies are purged.",
+    )
+    supervision: SupervisionSettings = Field(
+        default_factory=SupervisionSettings,
+        description="Optional: how crashed or hung drivers are restarted and quarantined.",
+    )
+    hotplug: HotplugSettings = Field(
+        default_factory=HotplugSettings,
+        description="Optional: start drivers when their device is plugged in, stop them "
+        "when it goes.",
+    )
+    mqtt: MqttSettings | None = Field(
+        default=None,
+        description='Optional: fleet status over MQTT (topics and payloads: see "Fleet '
+        'status over MQTT"). Absent: MQTT off.',
+    )
+    destinations: list[DicomDestination] = Field(
+        default_factory=list,
+        description="One table per PACS; every capture goes to each. At least one is required.",
+    )
+    devices: list[DeviceSettings] = Field(
+        default_factory=list, description="One table per attached device."
+    )
     web: WebSettings | None = Field(
-        default=None, description="The local page; absent = no page (see WebSettings)."
+        default=None,
+        description="Optional: the technicians' local page, `/healthz` and `/metrics` (see "
+        '"Watching it"). Absent: no page; an empty `[web]` takes every default. Logins are '
+        "added with `dermgate user add`.",
     )
 
     @model_validator(mode="after")

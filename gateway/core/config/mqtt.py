@@ -29,27 +29,27 @@ class MqttSettings(_Strict):
     port: Port = Field(default=1883, description="Broker port (8883 is usual for TLS).")
     topic_prefix: str = Field(
         default="dermgate",
-        description="First topic level(s): topics are <topic_prefix>/<gateway id>/...",
+        description="First topic level(s): topics are `<topic_prefix>/<gateway id>/...`",
     )
     username: str | None = Field(default=None, description="User name at the broker.")
     password_file: Path | None = Field(
         default=None,
-        description="File holding the broker password (first line); needs username. "
+        description="File holding the broker password (first line); needs `username`. "
         "Kept out of the configuration so the config can be shared.",
     )
     tls_ca: Path | None = Field(
         default=None,
         description="CA certificate (PEM) that signed the broker's certificate; turns TLS on. "
-        "Without it (but with tls_cert) the system's CAs are used.",
+        "Without it (but with `tls_cert`) the system's CAs are used.",
     )
     tls_cert: Path | None = Field(
         default=None, description="Client certificate (PEM) for brokers that require one."
     )
-    tls_key: Path | None = Field(default=None, description="Private key (PEM) of tls_cert.")
+    tls_key: Path | None = Field(default=None, description="Private key (PEM) of `tls_cert`.")
     homeassistant_discovery: bool = Field(
         default=True,
         description="Publish Home Assistant MQTT discovery configs (retained) for the key "
-        "sensors, again whenever Home Assistant announces itself on homeassistant/status.",
+        "sensors, again whenever Home Assistant announces itself on `homeassistant/status`.",
     )
     keepalive: int = Field(
         default=30,

@@ -36,17 +36,18 @@ class WebSettings(_Strict):
 
     listen: Annotated[str, AfterValidator(_check_listen)] = Field(
         default="127.0.0.1:8080",
-        description='"HOST:PORT" the page listens on. Loopback by default.',
+        description="`HOST:PORT` the page listens on; loopback by default.",
     )
     users_file: Path | None = Field(
         default=None,
-        description="Logins (name + salted scrypt hash; written by `dermgate user add`). "
-        "Default: STATE_DIR/web/users.json.",
+        description="Logins (name + salted scrypt hash; written by `dermgate user add`).",
+        json_schema_extra={"doc_default": "`STATE_DIR/web/users.json`"},
     )
     audit_log: Path | None = Field(
         default=None,
-        description="Append-only log of patient-data reveals (who, when, spool id; never "
-        "the data). Default: STATE_DIR/web/audit.log.",
+        description="Append-only log of patient-data reveals and `dermgate spool show "
+        "--reveal` / `export` (who, when, spool id; never the data).",
+        json_schema_extra={"doc_default": "`STATE_DIR/web/audit.log`"},
     )
     session_lifetime: float = Field(
         default=8 * 3600.0,
@@ -58,7 +59,7 @@ class WebSettings(_Strict):
         default=5,
         ge=1,
         description="Failed logins (per user name, and per client address) within "
-        "lockout_window after which further attempts are refused for lockout_duration.",
+        "`lockout_window` after which further attempts are refused for `lockout_duration`.",
     )
     lockout_window: float = Field(
         default=900.0, gt=0, description="Seconds over which failed logins are counted."
@@ -68,14 +69,15 @@ class WebSettings(_Strict):
     )
     metrics_public: bool = Field(
         default=True,
-        description="Serve /metrics without a login (it holds no patient data) so that "
-        "Prometheus can scrape it; false: only with a session.",
+        description="Serve `/metrics` without a login (it holds no patient data) so that "
+        "Prometheus can scrape it; `false`: only with a session.",
     )
     tls_cert: Path | None = Field(
         default=None,
-        description="PEM certificate: serve HTTPS (the session cookie is then Secure).",
+        description="PEM certificate: with `tls_key`, serve HTTPS (the session cookie is then "
+        "marked Secure).",
     )
-    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    tls_key: Path | None = Field(default=None, description="PEM private key of `tls_cert`.")
     request_timeout: float = Field(
         default=10.0,
         gt=0,
