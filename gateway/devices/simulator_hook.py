@@ -213,14 +213,18 @@ def load_adapter(factory: type[Any] | object) -> SimulatorAdapter:
     driver_id = getattr(factory, "id", repr(factory))
     target = getattr(factory, "conformance", None)
     if target is None:
-        raise HookError(f"driver {driver_id} has no conformance hook (class attribute "
-                        "conformance = 'module:AdapterClass')")  # fmt: skip
+        raise HookError(
+            f"driver {driver_id} has no conformance hook "
+            "(class attribute conformance = 'module:AdapterClass')"
+        )
     if not isinstance(target, str) or ":" not in target:
-        raise HookError(f"driver {driver_id}: conformance must be 'module:AdapterClass', "
-                        f"not {target!r}")  # fmt: skip
+        raise HookError(
+            f"driver {driver_id}: conformance must be 'module:AdapterClass', not {target!r}"
+        )
     if not isinstance(getattr(factory, "simulator", None), str):
-        raise HookError(f"driver {driver_id} has no simulator (class attribute "
-                        "simulator = 'module:main')")  # fmt: skip
+        raise HookError(
+            f"driver {driver_id} has no simulator (class attribute simulator = 'module:main')"
+        )
     module_name, _, attr = target.partition(":")
     try:
         loaded = getattr(importlib.import_module(module_name), attr)
