@@ -54,3 +54,15 @@ __all__ = [
     "run_simulator",
     "write_report",
 ]
+
+# The simulator hook: a driver's ``conformance = "module:AdapterClass"`` names a
+# SimulatorAdapter, which ``dermgate conformance DRIVER`` uses to run the kit
+# against the driver's simulator (gateway/devices/simulator_hook.py says how).
+from gateway.devices.simulator_hook import (  # noqa: E402 - kept in one block
+    DEVICE_NAME,
+    Fault,
+    SimulatorAdapter,
+    SimulatorReport,
+)
+
+__all__ += ["DEVICE_NAME", "Fault", "SimulatorAdapter", "SimulatorReport"]

@@ -465,6 +465,8 @@ class PhotoFolderDriver:
     Options: ClassVar[type[BaseModel]] = PhotoFolderOptions
     matchers: ClassVar[tuple[Matcher, ...]] = ()
     simulator: ClassVar[str] = "drivers.photo_folder.simulator:main"
+    #: How ``dermgate conformance`` drives the simulator (the kit's simulator hook).
+    conformance: ClassVar[str] = "drivers.photo_folder.conformance:PhotoFolderAdapter"
 
     def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
         assert isinstance(options, PhotoFolderOptions)

@@ -122,6 +122,8 @@ class ScannerExportDriver:
     Options: ClassVar[type[BaseModel]] = ScannerExportOptions
     matchers: ClassVar[tuple[Matcher, ...]] = ()
     simulator: ClassVar[str] = "drivers.scanner_export.simulator:main"
+    #: How ``dermgate conformance`` drives the simulator (the kit's simulator hook).
+    conformance: ClassVar[str] = "drivers.scanner_export.conformance:ScannerExportAdapter"
 
     def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
         assert isinstance(options, ScannerExportOptions)

@@ -206,6 +206,8 @@ class SerialDermatoscopeDriver:
     Options: ClassVar[type[BaseModel]] = SerialDermatoscopeOptions
     matchers: ClassVar[tuple[Matcher, ...]] = (SerialMatch("/dev/ttyACM*"),)
     simulator: ClassVar[str] = "drivers.serial_dermatoscope.simulator:main"
+    #: How ``dermgate conformance`` drives the simulator (the kit's simulator hook).
+    conformance: ClassVar[str] = "drivers.serial_dermatoscope.conformance:SerialDermatoscopeAdapter"
 
     def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
         assert isinstance(options, SerialDermatoscopeOptions)

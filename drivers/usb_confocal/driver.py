@@ -358,6 +358,8 @@ class UsbConfocalDriver:
     Options: ClassVar[type[BaseModel]] = UsbConfocalOptions
     matchers: ClassVar[tuple[Matcher, ...]] = (UsbMatch(p.VENDOR_ID, p.PRODUCT_ID),)
     simulator: ClassVar[str] = "drivers.usb_confocal.simulator:main"
+    #: How ``dermgate conformance`` drives the simulator (the kit's simulator hook).
+    conformance: ClassVar[str] = "drivers.usb_confocal.conformance:UsbConfocalAdapter"
 
     def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
         assert isinstance(options, UsbConfocalOptions)

@@ -8,6 +8,9 @@
                                             (see gateway/cli/spool.py)
     dermgate demo [--workdir DIR] [--captures N]
     dermgate simulate DRIVER [options]      run a driver's device simulator
+    dermgate conformance DRIVER [--check NAME] [--workdir DIR]
+                                            run the driver conformance kit against
+                                            an installed driver and its simulator
     dermgate user add NAME --config FILE [--password-stdin]
                                             add a login of the local page (or
                                             change its password)
@@ -279,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("driver", help="driver id, e.g. serial-dermatoscope")
     simulate.add_argument("args", nargs=argparse.REMAINDER, help="options of the simulator")
     simulate.set_defaults(func=cmd_simulate)
+
+    # conformance DRIVER [--check NAME] [--workdir DIR]: the driver conformance kit
+    # (gateway/conformance/command.py; exit 0 pass, 1 failing checks, 2 no such driver).
+    from gateway.conformance.command import add_conformance_command
+
+    add_conformance_command(sub)
 
     user = sub.add_parser("user", help="logins of the local page")
     user_actions = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")

@@ -5,6 +5,13 @@ gateway builds it with its validated options and a :class:`DeviceHost`, then run
 :meth:`Driver.run` for as long as the gateway runs. The driver streams each capture
 into a :class:`CaptureSink` and tells the device "saved" only after
 :meth:`CaptureSink.commit` returned: at that point the capture is durable.
+
+Two optional class attributes make the driver's device simulator part of the
+contract (:mod:`gateway.devices.simulator_hook` says why they are class attributes):
+``simulator = "module:main"`` is what ``dermgate simulate DRIVER`` runs, and
+``conformance = "module:AdapterClass"`` names a
+:class:`~gateway.devices.simulator_hook.SimulatorAdapter`, which ``dermgate
+conformance DRIVER`` uses to run the conformance kit against that simulator.
 """
 
 from __future__ import annotations
