@@ -40,6 +40,7 @@ from gateway.conformance.peers import (
     wait_until,
     write_gateway_config,
 )
+from gateway.demo.local_orthanc import OrthancProcess
 from gateway.devices.simulator_hook import (
     DEVICE_NAME,
     Fault,
@@ -47,7 +48,6 @@ from gateway.devices.simulator_hook import (
     SimulatorAdapter,
     SimulatorReport,
 )
-from gateway.demo.local_orthanc import OrthancProcess
 
 #: Ledger state that means "in the PACS, and the PACS said it keeps it".
 CONFIRMED = "COMMITTED"
