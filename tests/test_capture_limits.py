@@ -39,21 +39,14 @@ from gateway.local_orthanc import OrthancProcess, free_port
 from gateway.spool.files import SpoolDirs
 from gateway.spool.intake import Intake
 from gateway.spool.ledger import Ledger
-from tests.conftest import (
-    GatewayProcess,
-    SimulatorProcess,
-    gateway_config,
-    ledger_rows,
-    states,
-    wait_for,
-)
-from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
-from tests.photo_folder_support import photo_folder_toml
-from tests.scanner_export_support import OBJ_TEXT, devices_toml, textured_files, write_export
-from tests.test_disk_space import small_disk
-from tests.test_usb_confocal import ConfocalSimulator, confocal_config, confocal_sim
-
-__all__ = ["confocal_sim", "mosquitto", "recorder_factory", "small_disk"]  # fixtures used here
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.mqtt import Mosquitto, Recorder
+from tests.support.photo_folder import photo_folder_toml
+from tests.support.scanner_export import OBJ_TEXT, devices_toml, textured_files, write_export
+from tests.support.simulator import SimulatorProcess
+from tests.support.state import ledger_rows, states
+from tests.support.usb_confocal import ConfocalSimulator, confocal_config
+from tests.support.waiting import wait_for
 
 MIB = 1024 * 1024
 BASE = "dermgate/test-box-01"

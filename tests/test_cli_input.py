@@ -10,10 +10,8 @@ from pathlib import Path
 from gateway.capture import CaptureOffer, InstanceUIDs
 from gateway.dicom.uids import new_uid
 from gateway.spool import ledger as db
-from tests.dicom_files import DEVICE
-from tests.test_spool_commands import Spool, dermgate, spool
-
-__all__ = ["spool"]  # the fixture, imported for the tests below
+from tests.support.dicom_files import DEVICE
+from tests.support.spool import Spool, dermgate
 
 HUGE = "99999999999999999999999"
 

@@ -12,16 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.local_orthanc import OrthancProcess, free_port
-from tests.conftest import (
-    GatewayProcess,
-    SimulatorProcess,
-    delivery_rows,
-    gateway_config,
-    ledger_rows,
-    states,
-    wait_for,
-)
-from tests.peers import MisbehavingPacs
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.peers import MisbehavingPacs
+from tests.support.simulator import SimulatorProcess
+from tests.support.state import delivery_rows, ledger_rows, states
+from tests.support.waiting import wait_for
 
 
 def start(

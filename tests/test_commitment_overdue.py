@@ -19,12 +19,13 @@ import aiohttp
 
 from gateway.config import load_config
 from gateway.local_orthanc import free_port
-from tests.conftest import GatewayProcess, SimulatorProcess, gateway_config, states, wait_for
-from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
-from tests.peers import HeldAssociations, MisbehavingPacs
-from tests.web_support import add_user, login
-
-__all__ = ["mosquitto", "recorder_factory"]  # fixtures used here
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.mqtt import Mosquitto, Recorder
+from tests.support.peers import HeldAssociations, MisbehavingPacs
+from tests.support.simulator import SimulatorProcess
+from tests.support.state import states
+from tests.support.waiting import wait_for
+from tests.support.web import add_user, login
 
 BASE = "dermgate/test-box-01"
 STATE, EVENTS = f"{BASE}/state", f"{BASE}/events"

@@ -18,15 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import DicomDestination
-from tests.conftest import (
-    GatewayProcess,
-    SimulatorProcess,
-    gateway_config,
-    ledger_rows,
-    states,
-    wait_for,
-)
-from tests.peers import MisbehavingPacs, send_report
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.peers import MisbehavingPacs, send_report
+from tests.support.simulator import SimulatorProcess
+from tests.support.state import ledger_rows, states
+from tests.support.waiting import wait_for
 
 PROCESSING_FAILURE = 0x0110
 
@@ -283,7 +279,7 @@ def test_open_transactions_of_an_older_ledger_keep_what_they_asked_about(tmp_pat
     from gateway.capture import CaptureOffer
     from gateway.spool import commitments
     from gateway.spool import ledger as db
-    from tests.dicom_files import DEVICE
+    from tests.support.dicom_files import DEVICE
 
     path = tmp_path / "ledger.sqlite3"
     old = sqlite3.connect(path, isolation_level=None)
@@ -323,7 +319,7 @@ def test_ended_transactions_are_forgotten_after_a_while(tmp_path: Path) -> None:
     from gateway.capture import CaptureOffer, InstanceUIDs
     from gateway.spool import commitments
     from gateway.spool import ledger as db
-    from tests.dicom_files import DEVICE
+    from tests.support.dicom_files import DEVICE
 
     conn = db.open_ledger(tmp_path / "ledger.sqlite3")
     try:

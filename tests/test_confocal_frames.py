@@ -44,17 +44,12 @@ from gateway.dicom.uids import new_uid
 from gateway.local_orthanc import OrthancProcess, free_port
 from gateway.spool.files import SpoolDirs
 from gateway.spool.ledger import insert_capture, open_ledger
-from tests.conftest import GatewayProcess, gateway_config, ledger_rows, states, wait_for
-from tests.test_dicom_confocal import (
-    IDENTITY,
-    frames_of,
-    iod_errors,
-    job_for,
-    make_stack,
-)
-from tests.test_usb_confocal import ConfocalSimulator, confocal_config, confocal_sim
-
-__all__ = ["confocal_sim"]  # fixture used here
+from tests.support.confocal_iod import iod_errors
+from tests.support.confocal_stacks import IDENTITY, frames_of, job_for, make_stack
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.state import ledger_rows, states
+from tests.support.usb_confocal import ConfocalSimulator, confocal_config
+from tests.support.waiting import wait_for
 
 #: The gateway wrapping 100,000 one-pixel frames may peak this much above 1,000.
 GROWTH = 1.3

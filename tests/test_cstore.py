@@ -13,8 +13,8 @@ from pynetdicom.sop_class import DermoscopicPhotographyImageStorage
 from gateway.config import DicomDestination
 from gateway.forward.cstore import CStoreSender, StoreRequest, Verdict, classify_status
 from gateway.local_orthanc import free_port
-from tests.dicom_files import make_dicom
-from tests.peers import JPEG_BASELINE, MisbehavingPacs
+from tests.support.dicom_files import make_dicom
+from tests.support.peers import JPEG_BASELINE, MisbehavingPacs
 
 
 def destination(port: int, **overrides: Any) -> DicomDestination:

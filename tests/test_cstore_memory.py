@@ -35,7 +35,7 @@ from gateway.dicom.jpeg import read_jpeg_info
 from gateway.dicom.part10 import write_part10_encapsulated
 from gateway.dicom.uids import new_uid
 from gateway.local_orthanc import ORTHANC_BINARY, OrthancProcess
-from tests.dicom_files import DEVICE, GATEWAY, make_dicom, make_jpeg
+from tests.support.dicom_files import DEVICE, GATEWAY, make_dicom, make_jpeg
 
 LARGE_BYTES = 256 * 1024 * 1024
 PEAK_LIMIT_MB = 150

@@ -33,13 +33,10 @@ from gateway.dicom.job import WrapJob
 from gateway.dicom.photo import check_native_image, write_vl_photographic_native
 from gateway.dicom.uids import new_uid
 from gateway.local_orthanc import free_port
-from tests.conftest import GatewayProcess, gateway_config, ledger_rows, wait_for
-from tests.scanner_export_support import (
-    MTL_TEXT,
-    OBJ_TEXT,
-    devices_toml,
-    write_export,
-)
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.scanner_export import MTL_TEXT, OBJ_TEXT, devices_toml, write_export
+from tests.support.state import ledger_rows
+from tests.support.waiting import wait_for
 
 
 def tiff_with_a_damaged_second_directory() -> bytes:

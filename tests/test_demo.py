@@ -18,7 +18,7 @@ import aiohttp
 import paho.mqtt.client as paho
 
 from gateway.local_orthanc import OrthancProcess
-from tests.web_support import login
+from tests.support.web import login
 
 
 async def _log_in(base: str, password: str) -> str:

@@ -27,9 +27,11 @@ import pydicom
 import pytest
 
 from gateway.local_orthanc import OrthancProcess
-from tests.conftest import GatewayProcess, SimulatorProcess, gateway_config, states, wait_for
-from tests.test_supervision_e2e import device_status
-from tests.test_usb_confocal import ConfocalSimulator, confocal_sim  # noqa: F401
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.simulator import SimulatorProcess
+from tests.support.state import device_status, states
+from tests.support.usb_confocal import ConfocalSimulator
+from tests.support.waiting import wait_for
 
 HOSTILE_SERIAL = "SN1\nFAKE LOG LINE\\x"
 
@@ -134,7 +136,7 @@ def test_usb_stack_trickling_garbage_is_naked_timeout(
     tmp_path: Path,
     orthanc: OrthancProcess,
     service: Callable[[Path], GatewayProcess],
-    confocal_sim: Callable[..., ConfocalSimulator],  # noqa: F811
+    confocal_sim: Callable[..., ConfocalSimulator],
 ) -> None:
     sim = confocal_sim(
         "--stacks", "2", "--frames", "3", "--fault", "trickle-garbage", "--retry-delay", "0.5"
@@ -161,7 +163,7 @@ def test_a_hostile_usb_serial_number_is_cleaned_where_it_enters(
     tmp_path: Path,
     orthanc: OrthancProcess,
     service: Callable[[Path], GatewayProcess],
-    confocal_sim: Callable[..., ConfocalSimulator],  # noqa: F811
+    confocal_sim: Callable[..., ConfocalSimulator],
 ) -> None:
     sim = confocal_sim("--stacks", "2", "--frames", "2", "--serial-number", HOSTILE_SERIAL)
     config = gateway_config(

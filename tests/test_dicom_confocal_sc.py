@@ -24,8 +24,8 @@ from gateway.capture import Laterality, PatientContext
 from gateway.dicom.confocal import ConfocalStack, write_confocal
 from gateway.dicom.confocal_sc import SC_WORD_SOP_CLASS, sc_stack, write_confocal_sc
 from gateway.dicom.errors import WrapError
-from tests.conftest import dciodvfy_path
-from tests.test_dicom_confocal import EXPLICIT_LE, frames_of, job_for, make_stack
+from tests.support.confocal_stacks import EXPLICIT_LE, frames_of, job_for, make_stack
+from tests.support.dciodvfy import dciodvfy_path
 
 WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
 WHY = (

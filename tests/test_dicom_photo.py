@@ -41,7 +41,7 @@ from gateway.dicom.photo import (
     write_vl_photographic_native,
 )
 from gateway.dicom.uids import new_uid
-from tests.conftest import dciodvfy_errors
+from tests.support.dciodvfy import dciodvfy_errors
 
 VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"

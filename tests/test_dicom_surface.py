@@ -34,8 +34,8 @@ from gateway.dicom.surface import (
     ModelRole,
     write_encapsulated_3d,
 )
-from tests.conftest import dciodvfy_errors
-from tests.scanner_export_support import MTL_SOP, MTL_TEXT, OBJ_SOP, OBJ_TEXT, STL_SOP, STL_TEXT
+from tests.support.dciodvfy import dciodvfy_errors
+from tests.support.scanner_export import MTL_SOP, MTL_TEXT, OBJ_SOP, OBJ_TEXT, STL_SOP, STL_TEXT
 
 IDENTITY = DeviceIdentity(
     "DermGate Reference Devices", "TB-3D", "TB3D-1", ("4.2.0",), DeviceClass.BODY_SCANNER

@@ -18,14 +18,10 @@ from pathlib import Path
 import pytest
 
 from gateway.local_orthanc import OrthancProcess
-from tests.conftest import (
-    GatewayProcess,
-    SimulatorProcess,
-    gateway_config,
-    ledger_rows,
-    states,
-    wait_for,
-)
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.simulator import SimulatorProcess
+from tests.support.state import ledger_rows, states
+from tests.support.waiting import wait_for
 
 MIB = 1024 * 1024
 CAPTURES = 5

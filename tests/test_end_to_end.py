@@ -23,15 +23,11 @@ from pydicom.sr._cid_dict import cid_concepts
 from pydicom.sr._concepts_dict import concepts
 
 from gateway.local_orthanc import OrthancProcess, free_port
-from tests.conftest import (
-    GatewayProcess,
-    SimulatorProcess,
-    dciodvfy_errors,
-    gateway_config,
-    ledger_rows,
-    states,
-    wait_for,
-)
+from tests.support.dciodvfy import dciodvfy_errors
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.simulator import SimulatorProcess
+from tests.support.state import ledger_rows, states
+from tests.support.waiting import wait_for
 
 DERMOSCOPY = "1.2.840.10008.5.1.4.1.1.77.1.7"
 

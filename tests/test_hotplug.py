@@ -35,8 +35,10 @@ from gateway.devices.hotplug import (
     fill_devnode,
 )
 from gateway.local_orthanc import OrthancProcess
-from tests.conftest import GatewayProcess, SimulatorProcess, gateway_config, states, wait_for
-from tests.test_supervision_e2e import device_status
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.simulator import SimulatorProcess
+from tests.support.state import device_status, states
+from tests.support.waiting import wait_for
 
 USB_TTY = "/devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0/tty/ttyACM0"
 

@@ -13,8 +13,6 @@ reached the spool by another way is quarantined with the reason).
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,77 +20,21 @@ from PIL import Image
 
 from gateway.dicom.jpeg import read_jpeg_info
 from gateway.local_orthanc import OrthancProcess, free_port
-from tests.conftest import GatewayProcess, gateway_config, ledger_rows, states, wait_for
-from tests.photo_folder_support import photo_folder_toml
-from tests.scanner_export_support import OBJ_TEXT, devices_toml, write_export
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.images import png_bomb, small_png, tiff_bomb
+from tests.support.photo_folder import photo_folder_toml
+from tests.support.scanner_export import OBJ_TEXT, devices_toml, write_export
+from tests.support.state import ledger_rows, states
+from tests.support.waiting import wait_for
 
 BOMB_SIDE = 8192
 DEFAULT_MAX_PIXELS = 40_000_000
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A complete, valid RGB PNG of one colour: tiny on disk, ``width*height*3`` decoded."""
-    row = b"\x00" + b"\x00" * (width * 3)
-    packer = zlib.compressobj(9)
-    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-    )
-
-
-def tiff_bomb(width: int, height: int) -> bytes:
-    """A complete, valid RGB TIFF (one Deflate strip) of one colour, tiny on disk."""
-    packer = zlib.compressobj(9)
-    row = b"\x00" * (width * 3)
-    strip = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    entries = [  # (tag, type, count, value)
-        (256, 4, 1, width),
-        (257, 4, 1, height),
-        (258, 3, 3, 0),  # BitsPerSample 8,8,8: value at an offset, filled below
-        (259, 3, 1, 8),  # Deflate
-        (262, 3, 1, 2),  # RGB
-        (273, 4, 1, 0),  # StripOffsets, filled below
-        (277, 3, 1, 3),
-        (278, 4, 1, height),
-        (279, 4, 1, len(strip)),
-        (284, 3, 1, 1),
-    ]
-    ifd_offset = 8
-    ifd_size = 2 + 12 * len(entries) + 4
-    bits_offset = ifd_offset + ifd_size
-    strip_offset = bits_offset + 6
-    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_offset))
-    out += struct.pack("<H", len(entries))
-    for tag, kind, count, value in entries:
-        if tag == 258:
-            value = bits_offset
-        elif tag == 273:
-            value = strip_offset
-        if kind == 3 and count == 1:
-            out += struct.pack("<HHIHH", tag, kind, count, value, 0)
-        else:
-            out += struct.pack("<HHII", tag, kind, count, value)
-    out += struct.pack("<I", 0)
-    out += struct.pack("<HHH", 8, 8, 8)
-    out += strip
-    return bytes(out)
 
 
 def flat_jpeg(width: int, height: int) -> bytes:
     """A real 4:2:0 baseline JPEG of one colour: its SOF declares ``width x height``."""
     out = io.BytesIO()
     Image.new("RGB", (width, height), (180, 150, 140)).save(out, "JPEG", quality=5)
-    return out.getvalue()
-
-
-def small_png(width: int, height: int) -> bytes:
-    out = io.BytesIO()
-    Image.effect_noise((width, height), 40).convert("RGB").save(out, "PNG")
     return out.getvalue()
 
 

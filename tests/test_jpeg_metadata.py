@@ -44,7 +44,7 @@ from gateway.spool.files import SpoolDirs
 from gateway.spool.intake import InlineWrap, Intake
 from gateway.spool.ledger import Ledger
 from gateway.wrap import Wrapper
-from tests.conftest import dciodvfy_errors
+from tests.support.dciodvfy import dciodvfy_errors
 
 GATEWAY = GatewayIdentity(gateway_id="gw-meta", software_version="0.1.0", station_name="GWMETA")
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

@@ -29,8 +29,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.config import load_config
 from gateway.status.web.checks import FAIL, OK, check_listener
-from tests.conftest import GatewayProcess, SimulatorProcess, gateway_config, states, wait_for
-from tests.peers import HeldAssociations, MisbehavingPacs
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.peers import HeldAssociations, MisbehavingPacs
+from tests.support.simulator import SimulatorProcess
+from tests.support.state import states
+from tests.support.waiting import wait_for
 
 MIB = 1024 * 1024
 

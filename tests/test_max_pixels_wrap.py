@@ -25,7 +25,7 @@ from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob
 from gateway.dicom.photo import PhotoExtra, write_vl_photographic_native
 from gateway.dicom.uids import new_uid
-from tests.test_image_bombs import png_bomb, small_png, tiff_bomb
+from tests.support.images import png_bomb, small_png, tiff_bomb
 
 
 def _job(source: Path, content_type: ContentType, max_pixels: int | None) -> WrapJob:

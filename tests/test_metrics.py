@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.spool.ledger import open_ledger
 from gateway.status.web.server import WebServer
-from tests.web_support import served, web_config
+from tests.support.web import served, web_config
 
 EXPECTED = {
     "dermgate_up",

@@ -20,33 +20,18 @@ import pytest
 
 from gateway.local_orthanc import OrthancProcess, free_port
 from gateway.status.mqtt import HA_SENSORS
-from tests.conftest import (
-    GatewayProcess,
-    SimulatorProcess,
-    gateway_config,
-    ledger_rows,
-    states,
-    wait_for,
-)
-from tests.mqtt_support import (
-    PASSWORD,
-    USER,
-    Mosquitto,
-    Received,
-    Recorder,
-    mosquitto,
-    mosquitto_secure,
-    recorder_factory,
-)
-from tests.scanner_export_support import (
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.mqtt import PASSWORD, USER, Mosquitto, Received, Recorder
+from tests.support.scanner_export import (
     Simulator,
     devices_toml,
     start_simulator,
     stored_datasets,
     study_instances,
 )
-
-__all__ = ["mosquitto", "mosquitto_secure", "recorder_factory"]  # fixtures used here
+from tests.support.simulator import SimulatorProcess
+from tests.support.state import ledger_rows, states
+from tests.support.waiting import wait_for
 
 GID = "test-box-01"
 BASE = f"dermgate/{GID}"

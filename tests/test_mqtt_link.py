@@ -21,17 +21,7 @@ from gateway.spool.space import SpaceGuard
 from gateway.status.events import EventBus
 from gateway.status.mqtt import MqttPublisher
 from gateway.status.snapshot import GatewayState
-from tests.mqtt_support import (
-    PASSWORD,
-    USER,
-    Mosquitto,
-    Recorder,
-    mosquitto,
-    mosquitto_secure,
-    recorder_factory,
-)
-
-__all__ = ["mosquitto", "mosquitto_secure", "recorder_factory"]  # fixtures used here
+from tests.support.mqtt import PASSWORD, USER, Mosquitto, Recorder
 
 
 @pytest.fixture

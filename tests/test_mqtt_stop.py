@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from gateway.local_orthanc import free_port
-from tests.conftest import GatewayProcess, gateway_config, wait_for
-from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
-from tests.photo_folder_support import photo_folder_toml
-
-__all__ = ["mosquitto", "recorder_factory"]  # fixtures used here
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.mqtt import Mosquitto, Recorder
+from tests.support.photo_folder import photo_folder_toml
+from tests.support.waiting import wait_for
 
 GID = "test-box-01"
 STATUS = f"dermgate/{GID}/status"

@@ -29,15 +29,11 @@ from drivers.photo_folder.exif import read_exif
 from gateway.dicom.jpeg import strip_metadata
 from gateway.dicom.modules import dt, in_zone_of
 from gateway.local_orthanc import OrthancProcess, free_port
-from tests.conftest import (
-    GatewayProcess,
-    dciodvfy_errors,
-    gateway_config,
-    ledger_rows,
-    states,
-    wait_for,
-)
-from tests.photo_folder_support import photo_folder_toml, start_camera
+from tests.support.dciodvfy import dciodvfy_errors
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.photo_folder import photo_folder_toml, start_camera
+from tests.support.state import ledger_rows, states
+from tests.support.waiting import wait_for
 
 VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"

@@ -18,34 +18,16 @@ from pathlib import Path
 
 from drivers.photo_folder import simulator as camera
 from gateway.local_orthanc import OrthancProcess, free_port
-from tests.conftest import GatewayProcess, gateway_config, ledger_rows, states, wait_for
-from tests.photo_folder_support import photo_folder_toml
-
-SUFFIX = b".reason.txt"
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.photo_folder import photo_folder_toml
+from tests.support.refused import reason_of
+from tests.support.state import ledger_rows, states
+from tests.support.waiting import wait_for
 
 
 def photo(seed: int) -> bytes:
     """A small camera JPEG (EXIF and all), different for every seed."""
     return camera.make_photo(seed, width=320, height=240)
-
-
-def reason_of(refused_dir: Path, name: bytes) -> str:
-    """The reason file of a refused entry, found by the rule README documents:
-    ``NAME.reason.txt``, or for a name too long for that, the start of the name,
-    ``~``, 8 hex digits of the SHA-256 of the name's bytes, ``.reason.txt``."""
-    base = os.fsencode(refused_dir)
-    plain = name + SUFFIX
-    if len(plain) <= 255:
-        path = os.path.join(base, plain)
-        assert os.path.isfile(path), f"no reason file for {name!r}"
-    else:
-        tag = b"~" + hashlib.sha256(name).hexdigest()[:8].encode() + SUFFIX
-        found = [n for n in os.listdir(base) if n.endswith(tag) and name.startswith(n[: -len(tag)])]
-        assert len(found) == 1, f"reason file of a long name: {found}"
-        assert len(found[0]) <= 255
-        path = os.path.join(base, found[0])
-    with open(path, encoding="utf-8") as fh:
-        return fh.read()
 
 
 def _present(folder: Path, name: bytes) -> bool:

@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from gateway.devices.registry import ENTRY_POINT_GROUP, available_drivers, find_driver
+from tests.support.plugins import broken_plugin_site
 
 HEAD = """
 [gateway]
@@ -29,21 +30,6 @@ ae_title = "ORTHANC"
 host = "127.0.0.1"
 port = 4242
 """
-
-
-def broken_plugin_site(tmp_path: Path) -> Path:
-    """A site folder holding one installed distribution with a broken driver."""
-    site = tmp_path / "site"
-    dist = site / "dermgate_broken_plugin-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: dermgate-broken-plugin\nVersion: 1.0\n", encoding="utf-8"
-    )
-    (dist / "entry_points.txt").write_text(
-        "[dermgate.drivers]\ntest-broken = dermgate_missing_module.driver:Driver\n",
-        encoding="utf-8",
-    )
-    return site
 
 
 def check_config(

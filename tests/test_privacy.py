@@ -44,18 +44,18 @@ import pytest
 
 from gateway.cli import main as cli_main
 from gateway.local_orthanc import OrthancProcess, free_port
-from tests.conftest import GatewayProcess, gateway_config, ledger_rows, states, wait_for
-from tests.mqtt_support import Mosquitto, Recorder, mosquitto, recorder_factory
-from tests.scanner_export_support import (
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.mqtt import Mosquitto, Recorder
+from tests.support.scanner_export import (
     Simulator,
     devices_toml,
     start_simulator,
     textured_files,
     write_export,
 )
-from tests.web_support import PASSWORD, login
-
-__all__ = ["mosquitto", "recorder_factory"]  # fixtures used here
+from tests.support.state import ledger_rows, states
+from tests.support.waiting import wait_for
+from tests.support.web import PASSWORD, login
 
 STATE_TOPIC = "dermgate/test-box-01/state"
 EVENTS_TOPIC = "dermgate/test-box-01/events"

@@ -19,8 +19,8 @@ from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
 from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger
-from tests.conftest import ledger_rows
-from tests.dicom_files import DEVICE
+from tests.support.dicom_files import DEVICE
+from tests.support.state import ledger_rows
 
 PATIENT = PatientContext(patient_name="Doe^Jane", patient_id="P-0042")
 

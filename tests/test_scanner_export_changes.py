@@ -23,8 +23,10 @@ from pathlib import Path
 from PIL import Image
 
 from gateway.local_orthanc import free_port
-from tests.conftest import GatewayProcess, gateway_config, ledger_rows, wait_for
-from tests.scanner_export_support import devices_toml, manifest_for, textured_files, write_export
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.scanner_export import devices_toml, manifest_for, textured_files, write_export
+from tests.support.state import ledger_rows
+from tests.support.waiting import wait_for
 
 TRIANGLES = 4_000_000  # a 200 MB binary STL: its capture takes a while
 

@@ -23,15 +23,9 @@ import pydicom
 import pytest
 
 from gateway.local_orthanc import OrthancProcess
-from tests.conftest import (
-    GatewayProcess,
-    dciodvfy_errors,
-    gateway_config,
-    ledger_rows,
-    states,
-    wait_for,
-)
-from tests.scanner_export_support import (
+from tests.support.dciodvfy import dciodvfy_errors
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.scanner_export import (
     MTL_SOP,
     OBJ_SOP,
     STL_SOP,
@@ -43,6 +37,8 @@ from tests.scanner_export_support import (
     stored_datasets,
     study_instances,
 )
+from tests.support.state import ledger_rows, states
+from tests.support.waiting import wait_for
 
 PATIENT_NAME = "Lindqvist^Åsa"
 PATIENT_ID = "PID-778812"

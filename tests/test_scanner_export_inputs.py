@@ -18,8 +18,8 @@ import pydicom
 import pytest
 
 from gateway.local_orthanc import free_port
-from tests.conftest import GatewayProcess, gateway_config, ledger_rows, wait_for
-from tests.scanner_export_support import (
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.scanner_export import (
     MTL_TEXT,
     OBJ_TEXT,
     devices_toml,
@@ -27,6 +27,8 @@ from tests.scanner_export_support import (
     textured_files,
     write_export,
 )
+from tests.support.state import ledger_rows
+from tests.support.waiting import wait_for
 
 NAME = "Okonkwo^Chiamaka"
 PATIENT = {"name": NAME, "id": "SECRET-4711", "birth_date": "19850214", "sex": "F"}

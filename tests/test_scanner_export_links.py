@@ -16,15 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.local_orthanc import free_port
-from tests.conftest import GatewayProcess, gateway_config, ledger_rows, wait_for
-from tests.scanner_export_support import (
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.refused import reason_of
+from tests.support.scanner_export import (
     MTL_TEXT,
     devices_toml,
     texture_jpeg,
     textured_files,
     write_export,
 )
-from tests.test_photo_folder_hostile import reason_of
+from tests.support.state import ledger_rows
+from tests.support.waiting import wait_for
 
 PATIENT = {"name": "Okonkwo^Chiamaka", "id": "SECRET-4711"}
 

@@ -23,7 +23,7 @@ from drivers.scanner_export.manifest import ExportRefused, parse_manifest
 from drivers.scanner_export.mesh import check_image, check_stl, scan_mtl, scan_obj
 from gateway.capture import ContentType
 from gateway.dicom.surface import ModelFileLinks, ModelRole
-from tests.scanner_export_support import (
+from tests.support.scanner_export import (
     MTL_TEXT,
     OBJ_TEXT,
     STL_TEXT,

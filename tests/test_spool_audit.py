@@ -23,9 +23,7 @@ from gateway.spool.files import SpoolDirs, atomic_writer
 from gateway.spool.intake import Intake
 from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger, forget_purged_patients
-from tests.test_spool_commands import PATIENT, SECRETS, Spool, dermgate, spool
-
-__all__ = ["spool"]  # the fixture, imported for the tests below
+from tests.support.spool import PATIENT, SECRETS, Spool, dermgate
 
 AUDIT_LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ user=(?P<user>\S+) action=(?P<action>\S+) "

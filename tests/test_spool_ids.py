@@ -32,18 +32,11 @@ from gateway.spool.spool_ids import (
     read_high_water,
     write_high_water,
 )
-from tests.conftest import (
-    GatewayProcess,
-    SimulatorProcess,
-    gateway_config,
-    ledger_rows,
-    states,
-    wait_for,
-)
-from tests.test_spool_commands import PATIENT, Spool, dermgate, spool
-from tests.test_spool_rebuild import lose_ledger, run_once
-
-__all__ = ["spool"]  # the fixture, imported for the tests below
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.simulator import SimulatorProcess
+from tests.support.spool import PATIENT, Spool, dermgate, lose_ledger, run_once
+from tests.support.state import ledger_rows, states
+from tests.support.waiting import wait_for
 
 GATEWAY_ID = "test-box-01"  # gateway_config's and write_config's
 FAST_PURGE = """

@@ -9,8 +9,6 @@ from __future__ import annotations
 import fcntl
 import io
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,51 +16,17 @@ import pydicom
 
 from gateway.local_orthanc import OrthancProcess
 from gateway.spool import ledger as db
-from tests.conftest import (
-    GatewayProcess,
-    SimulatorProcess,
-    gateway_config,
-    ledger_rows,
-    states,
-    wait_for,
-)
-from tests.test_spool_commands import PATIENT, SECRETS, Spool, dermgate, spool
-
-__all__ = ["spool"]  # the fixture, imported for the tests below
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.simulator import SimulatorProcess
+from tests.support.spool import PATIENT, SECRETS, Spool, dermgate, lose_ledger, run_once
+from tests.support.state import ledger_rows, states
+from tests.support.waiting import wait_for
 
 
 def spool_files(state_dir: Path) -> dict[str, int]:
     """Every file under ``state_dir/spool`` with its size."""
     root = state_dir / "spool"
     return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
-
-
-def run_once(config: Path, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """``dermgate run`` expected to refuse: it must exit by itself within ``timeout``."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(
-            f"`dermgate run` started instead of refusing:\n{err[-3000:]}"
-        ) from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def lose_ledger(state_dir: Path) -> Path:
-    """Truncate the ledger to 0 bytes (and drop its WAL files), as a bad crash can."""
-    ledger = state_dir / "ledger.sqlite3"
-    for suffix in ("-wal", "-shm"):
-        Path(f"{ledger}{suffix}").unlink(missing_ok=True)
-    ledger.write_bytes(b"")
-    return ledger
 
 
 def test_a_lost_ledger_is_refused_then_rebuilt_and_sent_again_under_the_same_uids(

@@ -13,7 +13,7 @@ from gateway.dicom.uids import new_uid
 from gateway.spool import ledger as db
 from gateway.spool.files import SpoolDirs
 from gateway.spool.reconcile import reconcile
-from tests.dicom_files import DEVICE
+from tests.support.dicom_files import DEVICE
 
 
 def add(conn: sqlite3.Connection, dirs: SpoolDirs, n: int, *, raw: bool = True) -> tuple[int, str]:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from gateway.local_orthanc import free_port
-from tests.conftest import gateway_config, service_limits
+from tests.support.gateway_process import gateway_config, service_limits
 
 HINT = "is [gateway] listen_port in use?"
 _LEVEL = re.compile(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")

@@ -14,15 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import (
-    GatewayProcess,
-    SimulatorProcess,
-    gateway_config,
-    ledger_rows,
-    states,
-    wait_for,
-)
-from tests.peers import MisbehavingPacs
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.peers import MisbehavingPacs
+from tests.support.simulator import SimulatorProcess
+from tests.support.state import ledger_rows, states
+from tests.support.waiting import wait_for
 
 CAPTURES = 8
 

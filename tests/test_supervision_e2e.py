@@ -7,29 +7,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.local_orthanc import OrthancProcess, free_port
-from tests.conftest import GatewayProcess, SimulatorProcess, gateway_config, states, wait_for
-from tests.test_plugins import broken_plugin_site
-
-
-def device_status(state_dir: Path) -> dict[str, dict[str, Any]]:
-    """The gateway's device status snapshot, by device name ({} before the first write)."""
-    path = state_dir / "status" / "devices.json"
-    if not path.exists():
-        return {}
-    document = json.loads(path.read_text(encoding="utf-8"))
-    assert document["version"] == 1
-    return {d["name"]: d for d in document["devices"]}
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.plugins import broken_plugin_site
+from tests.support.simulator import SimulatorProcess
+from tests.support.state import device_status, states
+from tests.support.waiting import wait_for
 
 
 def test_crashing_driver_is_quarantined_while_the_dermatoscope_delivers(

@@ -43,7 +43,7 @@ from gateway.spool.files import SpoolDirs
 from gateway.spool.intake import InlineWrap, Intake
 from gateway.spool.ledger import Ledger
 from gateway.wrap import Wrapper
-from tests.conftest import dciodvfy_errors
+from tests.support.dciodvfy import dciodvfy_errors
 
 GATEWAY = GatewayIdentity(gateway_id="derm-box-07", software_version="0.1.0")
 SCOPE = DeviceIdentity("DermGate Reference Devices", "DS-100", "DS100-1", ("2.4.1",))

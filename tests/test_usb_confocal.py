@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,90 +27,16 @@ from pydantic import ValidationError
 from drivers.usb_confocal.driver import UsbConfocalDriver, UsbConfocalOptions
 from gateway.devices.contract import UsbMatch
 from gateway.local_orthanc import OrthancProcess
-from tests.conftest import (
-    GatewayProcess,
-    dciodvfy_errors,
-    gateway_config,
-    ledger_rows,
-    states,
-    wait_for,
-)
-from tests.test_dicom_confocal import iod_errors
+from tests.support.confocal_iod import iod_errors
+from tests.support.dciodvfy import dciodvfy_errors
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.state import ledger_rows, states
+from tests.support.usb_confocal import ConfocalSimulator, confocal_config
+from tests.support.waiting import wait_for
 
 Z_STACK = "1.2.840.10008.5.1.4.1.1.77.1.8"
 TILED = "1.2.840.10008.5.1.4.1.1.77.1.9"
 WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
-
-
-@dataclass
-class ConfocalSimulator:
-    """``dermgate simulate usb-confocal`` as a child process."""
-
-    socket: Path
-    report: Path
-    proc: subprocess.Popen[bytes]
-
-    def wait(self, timeout: float) -> int:
-        """Wait for the simulator to finish; return its exit code."""
-        return self.proc.wait(timeout)
-
-    def result(self) -> dict[str, Any]:
-        """The simulator's JSON report."""
-        data: dict[str, Any] = json.loads(self.report.read_text(encoding="utf-8"))
-        return data
-
-
-@pytest.fixture
-def confocal_sim(tmp_path: Path) -> Iterator[Callable[..., ConfocalSimulator]]:
-    """Start RCM-1 simulators listening on ``tmp_path/rcm.sock``."""
-    started: list[ConfocalSimulator] = []
-
-    def start(*args: str) -> ConfocalSimulator:
-        sock = tmp_path / "rcm.sock"
-        report = tmp_path / f"rcm-report-{len(started)}.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "simulate",
-            "usb-confocal",
-            "--socket",
-            str(sock),
-            "--report",
-            str(report),
-            "--timeout",
-            "240",
-            *args,
-        ]
-        proc = subprocess.Popen(cmd)
-        sim = ConfocalSimulator(sock, report, proc)
-        started.append(sim)
-        wait_for(lambda: sock.exists() and report.exists(), 60, "the simulator's socket")
-        return sim
-
-    yield start
-    for sim in started:
-        if sim.proc.poll() is None:
-            sim.proc.terminate()
-            try:
-                sim.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                sim.proc.kill()
-                sim.proc.wait()
-
-
-def confocal_config(tmp_path: Path, orthanc: OrthancProcess) -> Path:
-    devices = f"""
-[[devices]]
-driver = "usb-confocal"
-name = "rcm"
-usb_backend = "emulated:{tmp_path / "rcm.sock"}"
-stall_timeout = 5
-reconnect_max = 1
-"""
-    return gateway_config(
-        tmp_path, pacs_port=orthanc.dicom_port, commit_via=orthanc, devices=devices
-    )
 
 
 def check_in_orthanc(
@@ -281,18 +205,6 @@ def test_options_are_checked_at_start_up() -> None:
     for bad in ({"usb_backend": "usbip:host"}, {"usb_backend": "emulated:"}, {"port": "x"}):
         with pytest.raises(ValidationError):
             UsbConfocalOptions.model_validate(bad)
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 64 MiB filesystem (tmpfs; the tests run as root): ENOSPC from the kernel."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_full_disk_naks_the_stack_and_takes_it_once_there_is_room(

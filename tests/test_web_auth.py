@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 
 from gateway.status.web.server import WebServer
-from tests.web_support import PASSWORD, add_user, csrf_of, login, served, web_config
+from tests.support.web import PASSWORD, add_user, csrf_of, login, served, web_config
 
 PROTECTED = ["/", "/why", "/spool", "/spool/1", "/spool/1/retry", "/spool/1/resolve", "/nowhere"]
 

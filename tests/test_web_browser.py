@@ -23,15 +23,11 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from gateway.local_orthanc import OrthancProcess, free_port
 from gateway.spool_commands import read_patient
-from tests.conftest import (
-    GatewayProcess,
-    SimulatorProcess,
-    gateway_config,
-    ledger_rows,
-    states,
-    wait_for,
-)
-from tests.web_support import PASSWORD
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.simulator import SimulatorProcess
+from tests.support.state import ledger_rows, states
+from tests.support.waiting import wait_for
+from tests.support.web import PASSWORD
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

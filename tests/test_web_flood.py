@@ -16,16 +16,16 @@ import contextlib
 import os
 import resource
 import ssl
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from drivers.photo_folder import simulator as camera
 from gateway.local_orthanc import OrthancProcess, free_port
-from tests.conftest import GatewayProcess, gateway_config, states, wait_for
-from tests.photo_folder_support import photo_folder_toml
-from tests.test_web_service import _user_add
-from tests.web_support import PASSWORD
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.photo_folder import photo_folder_toml
+from tests.support.state import states
+from tests.support.waiting import wait_for
+from tests.support.web import PASSWORD, client_tls, self_signed, user_add
 
 FLOOD_TLS = 1000  # TLS connections with an incomplete request
 FLOOD_RAW = 100  # TCP connections that never finish the TLS handshake
@@ -37,23 +37,6 @@ def _raise_own_nofile(wanted: int = 8192) -> None:
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "page.crt", tmp_path / "page.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "30", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out",
-         str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return cert, key
-
-
-def _client_tls(cert: Path) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(cert))
-    ctx.check_hostname = False
-    return ctx
 
 
 def _web_section(port: int, cert: Path, key: Path, request_timeout: float) -> str:
@@ -159,8 +142,8 @@ def test_a_tls_connection_flood_on_the_page_does_not_stop_intake(
     tmp_path: Path, orthanc: OrthancProcess
 ) -> None:
     _raise_own_nofile()
-    cert, key = _self_signed(tmp_path)
-    ctx = _client_tls(cert)
+    cert, key = self_signed(tmp_path)
+    ctx = client_tls(cert)
     folder = tmp_path / "photos"
     folder.mkdir()
     port = free_port()
@@ -172,7 +155,7 @@ def test_a_tls_connection_flood_on_the_page_does_not_stop_intake(
     )
     with config.open("a", encoding="utf-8") as fh:
         fh.write(_web_section(port, cert, key, request_timeout=3))
-    _user_add(config, "tech", PASSWORD)
+    user_add(config, "tech", PASSWORD)
     gateway = GatewayProcess(config, tmp_path / "gateway.log")
     gateway.start()
     try:
@@ -226,8 +209,8 @@ def test_one_client_address_gets_only_its_share_of_connections(tmp_path: Path) -
     """Past the per-client cap a connection is closed at once (not after the request
     timeout), while another client is served."""
     _raise_own_nofile()
-    cert, key = _self_signed(tmp_path)
-    ctx = _client_tls(cert)
+    cert, key = self_signed(tmp_path)
+    ctx = client_tls(cert)
     port = free_port()
     config = gateway_config(tmp_path, pacs_port=free_port(), devices="")
     with config.open("a", encoding="utf-8") as fh:

@@ -14,13 +14,12 @@ from pathlib import Path
 import aiohttp
 
 from gateway.status.web.server import EVENT_STREAMS_PER_SESSION, WebServer
-from tests.test_web_flood import _client_tls, _self_signed
-from tests.web_support import add_user, login, web_config
+from tests.support.web import add_user, client_tls, login, self_signed, web_config
 
 
 @contextlib.asynccontextmanager
 async def _running(tmp_path: Path, keys: str = "") -> AsyncIterator[tuple[WebServer, int]]:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     config = web_config(tmp_path, f'tls_cert = "{cert}"\ntls_key = "{key}"\n{keys}')
     add_user(config)
     server = WebServer(config)
@@ -67,7 +66,7 @@ def test_plain_http_on_the_tls_port_gets_a_redirect_to_https(tmp_path: Path) -> 
 def test_answers_over_tls_carry_hsts_and_name_no_software_versions(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with _running(tmp_path) as (_, port):
-            trust = _client_tls(tmp_path / "page.crt")
+            trust = client_tls(tmp_path / "page.crt")
             base = f"https://127.0.0.1:{port}"
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as s:
                 for path in ("/login", "/healthz", "/no-such-page", "/static/style.css"):
@@ -88,7 +87,7 @@ def test_answers_over_tls_carry_hsts_and_name_no_software_versions(tmp_path: Pat
 def test_a_trickled_request_body_is_cut_off(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with _running(tmp_path, "request_timeout = 2") as (_, port):
-            trust = _client_tls(tmp_path / "page.crt")
+            trust = client_tls(tmp_path / "page.crt")
             reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trust)
             try:
                 writer.write(
@@ -108,7 +107,7 @@ def test_a_trickled_request_body_is_cut_off(tmp_path: Path) -> None:
 def test_one_login_gets_a_bounded_number_of_live_streams(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with _running(tmp_path) as (_, port):
-            trust = _client_tls(tmp_path / "page.crt")
+            trust = client_tls(tmp_path / "page.crt")
             base = f"https://127.0.0.1:{port}"
             jar = aiohttp.CookieJar(unsafe=True)
             connector = aiohttp.TCPConnector(ssl=trust, limit=0)

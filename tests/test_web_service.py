@@ -6,61 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 
 from gateway.config import load_config
-from gateway.local_orthanc import free_port
-from tests.conftest import GatewayProcess, wait_for
-from tests.test_web_spool import _seed
-from tests.web_support import PASSWORD, csrf_of
+from tests.support.gateway_process import GatewayProcess
+from tests.support.waiting import wait_for
+from tests.support.web import (
+    PASSWORD,
+    cookie_client,
+    csrf_of,
+    login_status,
+    run_cli,
+    seed_spool,
+    service_config,
+    user_add,
+)
 
 OTHER_PASSWORD = "second good passphrase"
 NEW_PASSWORD = "a brand new passphrase"
-
-
-def _service_config(tmp_path: Path) -> tuple[Path, str]:
-    """A gateway with the page on, no devices, a PACS nobody listens on."""
-    port = free_port()
-    text = f"""
-[gateway]
-id = "web-service-test"
-state_dir = "{tmp_path / "state"}"
-listen_address = "127.0.0.1"
-listen_port = {free_port()}
-log_level = "DEBUG"
-
-[[destinations]]
-name = "pacs"
-kind = "dicom"
-ae_title = "ORTHANC"
-host = "127.0.0.1"
-port = {free_port()}
-connect_timeout = 2
-
-[web]
-listen = "127.0.0.1:{port}"
-"""
-    path = tmp_path / "dermgate.toml"
-    path.write_text(text, encoding="utf-8")
-    return path, f"http://127.0.0.1:{port}"
-
-
-def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        input=stdin, capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-
-
-def _user_add(config: Path, name: str, password: str) -> None:
-    result = _cli("user", "add", name, "--config", str(config), "--password-stdin",
-                  stdin=password + "\n")  # fmt: skip
-    assert result.returncode == 0, result.stderr
 
 
 def _start(
@@ -80,22 +46,6 @@ def _start(
     return gateway
 
 
-def _client() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-
-
-async def _login(session: aiohttp.ClientSession, base: str, user: str, password: str) -> int:
-    async with session.get(f"{base}/login") as page:
-        token = csrf_of(await page.text())
-    async with session.post(
-        f"{base}/login",
-        data={"csrf": token, "user": user, "password": password},
-        allow_redirects=False,
-    ) as r:
-        await r.read()
-        return r.status
-
-
 async def _where(session: aiohttp.ClientSession, base: str, path: str = "/") -> str:
     """Where a GET of ``path`` ends up: ``path`` itself, or the login page."""
     async with session.get(base + path) as r:
@@ -107,16 +57,16 @@ async def _where(session: aiohttp.ClientSession, base: str, path: str = "/") -> 
 def test_changing_or_removing_a_user_ends_its_sessions_at_once(
     tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
 ) -> None:
-    config, base = _service_config(tmp_path)
-    _user_add(config, "tech", PASSWORD)
-    _user_add(config, "other", OTHER_PASSWORD)
+    config, base = service_config(tmp_path)
+    user_add(config, "tech", PASSWORD)
+    user_add(config, "other", OTHER_PASSWORD)
     _start(gateway_factory, config, base)
 
     async def scenario() -> None:
-        async with _client() as tech, _client() as other, _client() as watcher:
-            assert await _login(tech, base, "tech", PASSWORD) == 303
-            assert await _login(other, base, "other", OTHER_PASSWORD) == 303
-            assert await _login(watcher, base, "tech", PASSWORD) == 303
+        async with cookie_client() as tech, cookie_client() as other, cookie_client() as watcher:
+            assert await login_status(tech, base, "tech", PASSWORD) == 303
+            assert await login_status(other, base, "other", OTHER_PASSWORD) == 303
+            assert await login_status(watcher, base, "tech", PASSWORD) == 303
             assert await _where(tech, base) == "/"
             assert await _where(other, base, "/spool") == "/spool"
             async with watcher.get(f"{base}/events") as live:
@@ -125,7 +75,7 @@ def test_changing_or_removing_a_user_ends_its_sessions_at_once(
 
                 # A new password for tech (the service keeps running): tech's sessions
                 # end at once, including the live overview; other's session stays.
-                await asyncio.to_thread(_user_add, config, "tech", NEW_PASSWORD)
+                await asyncio.to_thread(user_add, config, "tech", NEW_PASSWORD)
                 assert await _where(tech, base) == "/login"
                 assert await _where(tech, base, "/spool") == "/login"
                 async with tech.post(f"{base}/logout", data={"csrf": "x"}) as r:
@@ -134,26 +84,26 @@ def test_changing_or_removing_a_user_ends_its_sessions_at_once(
                 while b"event: logout" not in ended:
                     ended = await asyncio.wait_for(live.content.readuntil(b"\n\n"), 10)
             assert await _where(other, base) == "/"
-            assert await _login(tech, base, "tech", PASSWORD) == 401
-            assert await _login(tech, base, "tech", NEW_PASSWORD) == 303
+            assert await login_status(tech, base, "tech", PASSWORD) == 401
+            assert await login_status(tech, base, "tech", NEW_PASSWORD) == 303
             assert await _where(tech, base) == "/"
 
             # Removing other ends other's session; tech's new one stays.
-            result = await asyncio.to_thread(_cli, "user", "remove", "other", "--config",
+            result = await asyncio.to_thread(run_cli, "user", "remove", "other", "--config",
                                              str(config))  # fmt: skip
             assert result.returncode == 0, result.stderr
             assert "removed user other" in result.stdout
             assert await _where(other, base) == "/login"
-            assert await _login(other, base, "other", OTHER_PASSWORD) == 401
+            assert await login_status(other, base, "other", OTHER_PASSWORD) == 401
             assert await _where(tech, base) == "/"
 
     asyncio.run(scenario())
 
-    listed = _cli("user", "list", "--config", str(config))
+    listed = run_cli("user", "list", "--config", str(config))
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.split() == ["tech"]
     assert "scrypt" not in listed.stdout
-    missing = _cli("user", "remove", "nobody", "--config", str(config))
+    missing = run_cli("user", "remove", "nobody", "--config", str(config))
     assert missing.returncode == 1
     assert "no user nobody" in missing.stderr
     assert "nothing changed" in missing.stderr
@@ -162,14 +112,14 @@ def test_changing_or_removing_a_user_ends_its_sessions_at_once(
 def test_a_damaged_or_missing_users_file_gets_a_clear_page_and_one_log_line(
     tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
 ) -> None:
-    config, base = _service_config(tmp_path)
-    _user_add(config, "tech", PASSWORD)
+    config, base = service_config(tmp_path)
+    user_add(config, "tech", PASSWORD)
     users_file = tmp_path / "state" / "web" / "users.json"
     gateway = _start(gateway_factory, config, base)
 
     async def scenario() -> None:
-        async with _client() as tech, _client() as stranger:
-            assert await _login(tech, base, "tech", PASSWORD) == 303
+        async with cookie_client() as tech, cookie_client() as stranger:
+            assert await login_status(tech, base, "tech", PASSWORD) == 303
             users_file.write_text('{"version": 1, "users": {"tech": SECRET-ISH', encoding="utf-8")
             for client, path in ((tech, "/"), (tech, "/spool"), (stranger, "/login")) * 3:
                 async with client.get(base + path) as r:
@@ -187,7 +137,7 @@ def test_a_damaged_or_missing_users_file_gets_a_clear_page_and_one_log_line(
                 assert "cannot be read" in await r.text()
 
             # check-config names the file and the problem, never its content.
-            result = await asyncio.to_thread(_cli, "check-config", str(config))
+            result = await asyncio.to_thread(run_cli, "check-config", str(config))
             assert result.returncode == 2, result.stdout
             assert str(users_file) in result.stderr
             assert "SECRET" not in result.stderr + result.stdout
@@ -201,8 +151,8 @@ def test_a_damaged_or_missing_users_file_gets_a_clear_page_and_one_log_line(
                     assert "dermgate user add" in text
 
             # Fixed with the CLI: logins work again without a restart.
-            await asyncio.to_thread(_user_add, config, "tech", PASSWORD)
-            assert await _login(stranger, base, "tech", PASSWORD) == 303
+            await asyncio.to_thread(user_add, config, "tech", PASSWORD)
+            assert await login_status(stranger, base, "tech", PASSWORD) == 303
             assert await _where(stranger, base) == "/"
 
     asyncio.run(scenario())
@@ -219,17 +169,17 @@ def test_a_damaged_or_missing_users_file_gets_a_clear_page_and_one_log_line(
 def test_bad_spool_ids_are_not_found(
     tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
 ) -> None:
-    config, base = _service_config(tmp_path)
-    _user_add(config, "tech", PASSWORD)
+    config, base = service_config(tmp_path)
+    user_add(config, "tech", PASSWORD)
     gateway = _start(gateway_factory, config, base)
 
     async def scenario() -> None:
-        async with _client() as tech:
-            assert await _login(tech, base, "tech", PASSWORD) == 303
+        async with cookie_client() as tech:
+            assert await login_status(tech, base, "tech", PASSWORD) == 303
             async with tech.get(f"{base}/") as r:
                 csrf = csrf_of(await r.text())
             # Capture 1 exists; its id written in other digits names nothing.
-            await asyncio.to_thread(_seed, load_config(config))
+            await asyncio.to_thread(seed_spool, load_config(config))
             async with tech.get(f"{base}/spool/1") as r:
                 assert r.status == 200
             for path in ("/spool/\u0661", "/spool/\u0661/retry", "/spool/\uff11"):
@@ -255,16 +205,16 @@ def test_bad_spool_ids_are_not_found(
 def test_a_browser_leaving_the_live_overview_logs_nothing_above_debug(
     tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
 ) -> None:
-    config, base = _service_config(tmp_path)
-    _user_add(config, "tech", PASSWORD)
+    config, base = service_config(tmp_path)
+    user_add(config, "tech", PASSWORD)
     gateway = _start(gateway_factory, config, base)
 
     async def scenario() -> None:
         # A browser that leaves the live overview: the connection just goes away.
         mark = len(gateway.log())
         for _ in range(3):
-            async with _client() as viewer:
-                assert await _login(viewer, base, "tech", PASSWORD) == 303
+            async with cookie_client() as viewer:
+                assert await login_status(viewer, base, "tech", PASSWORD) == 303
                 live = await viewer.get(f"{base}/events")
                 await asyncio.wait_for(live.content.readuntil(b"\n\n"), 10)
                 assert live.connection is not None

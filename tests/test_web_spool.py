@@ -9,61 +9,29 @@ import subprocess
 from pathlib import Path
 
 import aiohttp
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
 
-from gateway.capture import CaptureOffer, DeviceIdentity, InstanceUIDs
-from gateway.config import DermGateConfig
 from gateway.spool import ledger as db
-from gateway.spool.files import SpoolDirs
 from gateway.status.web.checks import WARN, certificate_checks
 from gateway.status.web.server import WebServer
-from tests.mqtt_support import make_tls
-from tests.web_support import PASSWORD, add_user, csrf_of, login, served, web_config
-
-NAME, PID, BIRTH = "Doe^Janet", "PID-778899", "19610203"
-SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.4"
-
-
-def _seed(config: DermGateConfig) -> tuple[int, int]:
-    """One WRAPPED capture with patient data in its DICOM file, one QUARANTINED."""
-    dirs = SpoolDirs(config.spool_dir())
-    dirs.create()
-    conn = db.open_ledger(config.ledger_path())
-    ids = []
-    for n in (1, 2):
-        uids = InstanceUIDs(f"1.2.3.{n}.1", f"1.2.3.{n}.2", f"1.2.3.{n}.3")
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = SOP_CLASS
-        ds.file_meta.MediaStorageSOPInstanceUID = uids.sop_instance
-        ds.SOPClassUID, ds.SOPInstanceUID = SOP_CLASS, uids.sop_instance
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate = NAME, PID, BIRTH
-        name = f"{uids.sop_instance}.dcm"
-        ds.save_as(dirs.dicom / name, enforce_file_format=True)
-        ids.append(
-            db.insert_capture(
-                conn,
-                driver="scanner-export",
-                device=DeviceIdentity("Acme", "Scan 3", f"SN{n}", ("1.0",)),
-                offer=CaptureOffer(device_capture_id=f"c{n}"),
-                uids=uids,
-                raw_name="",
-                raw_size=1,
-                raw_sha256="0" * 64,
-                wrapped=db.WrappedAtIntake(name, SOP_CLASS, ExplicitVRLittleEndian, ("pacs",)),
-            )
-        )
-    db.quarantine(conn, ids[1], "the PACS does not accept this kind of object")
-    conn.close()
-    return ids[0], ids[1]
+from tests.support.mqtt import make_tls
+from tests.support.web import (
+    PASSWORD,
+    SEEDED_BIRTH,
+    SEEDED_NAME,
+    SEEDED_PID,
+    add_user,
+    csrf_of,
+    login,
+    seed_spool,
+    served,
+    web_config,
+)
 
 
 def test_reveal_is_audited_and_resolve_needs_confirmation(tmp_path: Path) -> None:
     config = web_config(tmp_path)
     add_user(config)
-    wrapped, quarantined = _seed(config)
+    wrapped, quarantined = seed_spool(config)
 
     async def scenario() -> None:
         async with served(WebServer(config)) as (base, session):
@@ -73,7 +41,7 @@ def test_reveal_is_audited_and_resolve_needs_confirmation(tmp_path: Path) -> Non
                 async with session.get(base + path) as r:
                     text = await r.text()
                     assert r.status == 200, path
-                    for value in (NAME, "Doe", PID, BIRTH):
+                    for value in (SEEDED_NAME, "Doe", SEEDED_PID, SEEDED_BIRTH):
                         assert value not in text, (path, value)
             async with session.get(f"{base}/spool/{wrapped}") as r:
                 page = await r.text()
@@ -84,12 +52,12 @@ def test_reveal_is_audited_and_resolve_needs_confirmation(tmp_path: Path) -> Non
                 shown = await r.text()
                 assert r.headers["Cache-Control"] == "no-store"
             assert "Doe^Janet" in shown
-            assert PID in shown
-            assert BIRTH in shown
+            assert SEEDED_PID in shown
+            assert SEEDED_BIRTH in shown
             audit = config.audit_path().read_text(encoding="ascii")
             assert audit.count("\n") == 1
             assert f"user=tech action=reveal spool_id={wrapped}" in audit
-            for value in ("Doe", "Janet", PID, BIRTH):
+            for value in ("Doe", "Janet", SEEDED_PID, SEEDED_BIRTH):
                 assert value not in audit
 
             # Resolve: a confirmation page first, then a fixed reason (no free text).
@@ -133,7 +101,7 @@ def test_reveal_is_audited_and_resolve_needs_confirmation(tmp_path: Path) -> Non
 def test_overview_is_pushed_by_server_sent_events(tmp_path: Path) -> None:
     config = web_config(tmp_path)
     add_user(config)
-    _seed(config)
+    seed_spool(config)
 
     async def scenario() -> None:
         async with served(WebServer(config)) as (base, session):

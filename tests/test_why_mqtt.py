@@ -12,20 +12,11 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import GatewayProcess, wait_for
-from tests.mqtt_support import (
-    PASSWORD as BROKER_PASSWORD,
-)
-from tests.mqtt_support import (
-    USER,
-    Mosquitto,
-    mosquitto,
-    mosquitto_secure,
-)
-from tests.test_web_service import _client, _login, _service_config, _user_add
-from tests.web_support import PASSWORD
-
-__all__ = ["mosquitto", "mosquitto_secure"]  # fixtures used here
+from tests.support.gateway_process import GatewayProcess
+from tests.support.mqtt import PASSWORD as BROKER_PASSWORD
+from tests.support.mqtt import USER, Mosquitto
+from tests.support.waiting import wait_for
+from tests.support.web import PASSWORD, cookie_client, login_status, service_config, user_add
 
 _ROW = re.compile(r'<tr class="(\w+)"><td>(MQTT broker \([^<]*)</td>.*?</tr>', re.S)
 
@@ -40,7 +31,7 @@ def _mqtt_row(
     gateway_factory: Callable[[Path], GatewayProcess], config: Path, base: str
 ) -> tuple[str, str]:
     """Start the gateway, log in, open the why page: the MQTT row's status and text."""
-    _user_add(config, "tech", PASSWORD)
+    user_add(config, "tech", PASSWORD)
     gateway = gateway_factory(config)
     gateway.wait_running()
 
@@ -54,8 +45,8 @@ def _mqtt_row(
     wait_for(lambda: asyncio.run(up()), 30, "the page to answer")
 
     async def why() -> str:
-        async with _client() as tech:
-            assert await _login(tech, base, "tech", PASSWORD) == 303
+        async with cookie_client() as tech:
+            assert await login_status(tech, base, "tech", PASSWORD) == 303
             async with tech.get(f"{base}/why") as r:
                 assert r.status == 200
                 return await r.text()
@@ -75,7 +66,7 @@ def test_a_broker_nobody_listens_for_fails_the_mqtt_check_with_the_reason(
     tmp_path: Path, mosquitto: Mosquitto, gateway_factory: Callable[[Path], GatewayProcess]
 ) -> None:
     mosquitto.stop()  # a real port that was a broker's: nothing listens now
-    config, base = _service_config(tmp_path)
+    config, base = service_config(tmp_path)
     _with_mqtt(config, ("127.0.0.1", mosquitto.port))
     status, text = _mqtt_row(gateway_factory, config, base)
     assert status == "fail", text
@@ -91,7 +82,7 @@ def test_a_refused_password_fails_the_mqtt_check_without_showing_it(
     wrong = "not-the-broker-password"
     password_file = tmp_path / "mqtt-password"
     password_file.write_text(wrong + "\n", encoding="utf-8")
-    config, base = _service_config(tmp_path)
+    config, base = service_config(tmp_path)
     _with_mqtt(
         config,
         ("127.0.0.1", broker.port),
@@ -109,7 +100,7 @@ def test_a_refused_password_fails_the_mqtt_check_without_showing_it(
 def test_a_real_broker_passes_the_mqtt_check(
     tmp_path: Path, mosquitto: Mosquitto, gateway_factory: Callable[[Path], GatewayProcess]
 ) -> None:
-    config, base = _service_config(tmp_path)
+    config, base = service_config(tmp_path)
     _with_mqtt(config, ("127.0.0.1", mosquitto.port))
     status, text = _mqtt_row(gateway_factory, config, base)
     assert status == "ok", text

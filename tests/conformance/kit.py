@@ -47,7 +47,8 @@ from typing import Any, ClassVar
 import pytest
 
 from gateway.local_orthanc import OrthancProcess
-from tests.conftest import GatewayProcess, gateway_config, ledger_rows
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.state import ledger_rows
 
 #: The name every adapter's device gets in the gateway configuration.
 DEVICE_NAME = "dev"

@@ -36,7 +36,7 @@ from tests.conformance.kit import (
     distinct,
 )
 from tests.conformance.registered import ADAPTERS
-from tests.conftest import GATEWAY_AE, GatewayProcess
+from tests.support.gateway_process import GATEWAY_AE, GatewayProcess
 
 TRANSFERRING = f"device {DEVICE_NAME}: TRANSFERRING"
 

@@ -1,11 +1,14 @@
-"""Real pynetdicom peers that misbehave on purpose."""
+"""Real pynetdicom peers that misbehave on purpose, and the `orthanc` and `pacs` fixtures."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
@@ -14,7 +17,8 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from gateway.local_orthanc import free_port
+from gateway.local_orthanc import OrthancProcess, free_port
+from tests.support.gateway_process import GATEWAY_AE
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 
@@ -236,3 +240,23 @@ class HeldAssociations:
             if assoc.is_established:
                 assoc.release()
         self.assocs.clear()
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
+    """A private Orthanc that knows the gateway's commitment listener."""
+    listen_port = free_port()
+    server = OrthancProcess(
+        tmp_path / "orthanc", modalities={"dermgate": (GATEWAY_AE, "127.0.0.1", listen_port)}
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pacs() -> Iterator[MisbehavingPacs]:
+    """A scriptable pynetdicom PACS; its commitment reports go to ``report_to``."""
+    server = MisbehavingPacs(script=[], report_to=free_port())
+    yield server
+    server.stop()
