@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, default_gateway_id, load_config
+from tests.support.paths import REPO_ROOT
 
 CONTRACT = """
 [gateway]
@@ -132,7 +133,7 @@ def test_defaults_suit_a_real_box(tmp_path: Path) -> None:
 
 
 def test_the_shipped_example_config_is_valid() -> None:
-    example = Path(__file__).parent.parent / "image" / "dermgate.toml.example"
+    example = REPO_ROOT / "image" / "dermgate.toml.example"
     result = dermgate("check-config", str(example))
     assert result.returncode == 0, result.stderr
 

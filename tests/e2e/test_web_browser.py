@@ -24,6 +24,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from gateway.local_orthanc import OrthancProcess, free_port
 from gateway.spool_commands import read_patient
 from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.paths import REPO_ROOT
 from tests.support.simulator import SimulatorProcess
 from tests.support.state import ledger_rows, states
 from tests.support.waiting import wait_for
@@ -41,7 +42,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-extensions",
 ]
-DOC_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+DOC_SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 AUDIT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ user=tech action=reveal spool_id=\d+$")
 
 

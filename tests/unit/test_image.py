@@ -19,8 +19,9 @@ from gateway.config import SupervisionSettings
 from gateway.devices.contract import UsbMatch
 from gateway.devices.registry import find_driver, installed_ids
 from gateway.status.web.gate import DEFAULT_MAX_CONNECTIONS
+from tests.support.paths import REPO_ROOT
 
-IMAGE = Path(__file__).parent.parent / "image"
+IMAGE = REPO_ROOT / "image"
 
 
 def _unit_value(key: str) -> str:

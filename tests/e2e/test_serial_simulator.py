@@ -34,8 +34,8 @@ from drivers.serial_dermatoscope.session import (
     FrameDropped,
     HostSession,
 )
+from tests.support.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--width", "640", "--height", "480"]  # ~5 DATA frames per capture
 
 
@@ -81,7 +81,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Simulator]]:
                     "60",
                     *args,
                 ],
-                cwd=ROOT,
+                cwd=REPO_ROOT,
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,
             )
@@ -378,7 +378,7 @@ def test_sigterm_writes_report_and_removes_link(start: Callable[..., Simulator])
 def test_help_documents_faults() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "drivers.serial_dermatoscope.simulator", "--help"],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         check=True,
