@@ -6,12 +6,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pynetdicom import evt
 from pynetdicom.sop_class import DermoscopicPhotographyImageStorage
 
 from gateway.config import DicomDestination
-from gateway.forward.cstore import CStoreSender, StoreRequest, Verdict, classify_status
+from gateway.forward.cstore import CStoreSender, StoreRequest, Verdict
 from gateway.local_orthanc import free_port
 from tests.support.dicom_files import make_dicom
 from tests.support.peers import JPEG_BASELINE, MisbehavingPacs
@@ -39,26 +38,6 @@ def requests(tmp_path: Path, count: int) -> list[StoreRequest]:
         path, _ = make_dicom(tmp_path, i)
         out.append(StoreRequest(i, path, str(DermoscopicPhotographyImageStorage), JPEG_BASELINE))
     return out
-
-
-@pytest.mark.parametrize(
-    ("status", "verdict"),
-    [
-        (0x0000, Verdict.SUCCESS),
-        (0xB000, Verdict.WARNING),
-        (0xB007, Verdict.WARNING),
-        (0xA700, Verdict.RETRYABLE),
-        (0xA7FF, Verdict.RETRYABLE),
-        (0x0110, Verdict.RETRYABLE),
-        (0xA900, Verdict.PERMANENT),
-        (0xC000, Verdict.PERMANENT),
-        (0xCFFF, Verdict.PERMANENT),
-        (0x0122, Verdict.PERMANENT),
-        (0x1234, Verdict.RETRYABLE),
-    ],
-)
-def test_status_table(status: int, verdict: Verdict) -> None:
-    assert classify_status(status) is verdict
 
 
 def test_scripted_statuses_reach_the_right_verdicts(tmp_path: Path, pacs: MisbehavingPacs) -> None:

@@ -12,10 +12,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 
-from gateway.devices.registry import ENTRY_POINT_GROUP, available_drivers, find_driver
 from tests.support.plugins import broken_plugin_site
 
 HEAD = """
@@ -47,17 +45,6 @@ def check_config(
         check=False,
         env=env,
     )
-
-
-def test_test_plugins_are_a_separate_distribution_found_by_entry_point() -> None:
-    eps = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    for driver_id in ("test-crasher", "test-hanger"):
-        ep = eps[driver_id]
-        assert ep.dist is not None
-        assert ep.dist.name == "dermgate-testdriver", "not part of dermgate itself"
-        assert find_driver(driver_id).id == driver_id
-    found, _broken = available_drivers()
-    assert {"serial-dermatoscope", "test-crasher", "test-hanger"} <= set(found)
 
 
 def test_check_config_validates_a_third_party_drivers_options(tmp_path: Path) -> None:

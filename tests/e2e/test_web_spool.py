@@ -98,24 +98,6 @@ def test_reveal_is_audited_and_resolve_needs_confirmation(tmp_path: Path) -> Non
     asyncio.run(scenario())
 
 
-def test_overview_is_pushed_by_server_sent_events(tmp_path: Path) -> None:
-    config = web_config(tmp_path)
-    add_user(config)
-    seed_spool(config)
-
-    async def scenario() -> None:
-        async with served(WebServer(config)) as (base, session):
-            await login(session, base)
-            async with session.get(f"{base}/events") as r:
-                assert r.headers["Content-Type"].startswith("text/event-stream")
-                first = await asyncio.wait_for(r.content.readuntil(b"\n\n"), 10)
-            assert first.startswith(b"event: overview\n")
-            assert b'data-verdict="amber"' in first  # one capture set aside
-            assert b'id="backlog">1<' in first
-
-    asyncio.run(scenario())
-
-
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "page.crt", tmp_path / "page.key"
     subprocess.run(
