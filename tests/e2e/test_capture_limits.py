@@ -3,7 +3,7 @@
 A capture larger than ``[spool] max_capture_mb`` (announced, or streamed beyond it
 when no size was announced) is refused with its own reason, TOO_LARGE, and the
 next capture goes through. The global ``disk_full`` alarm stays down: it is raised
-only when the disk really is below its reserve (tests/test_disk_space.py), never
+only when the disk really is below its reserve (tests/e2e/test_disk_space.py), never
 because a device claimed 2^63-1 bytes.
 
 Devices are the real simulators at their wire (a pty for the serial dermatoscope,
@@ -16,29 +16,15 @@ waits, and the driver says so once, not at every retry).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import hashlib
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from drivers.photo_folder import simulator as camera
-from drivers.photo_folder.driver import PhotoFolderDriver, PhotoFolderOptions
-from drivers.scanner_export.driver import ScannerExportDriver, ScannerExportOptions
-from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
-from gateway.devices.contract import CaptureRefused, DriverState, RefusalReason
-from gateway.devices.host import DriverHost
 from gateway.local_orthanc import OrthancProcess, free_port
-from gateway.spool.files import SpoolDirs
-from gateway.spool.intake import Intake
-from gateway.spool.ledger import Ledger
 from tests.support.gateway_process import GatewayProcess, gateway_config
 from tests.support.mqtt import Mosquitto, Recorder
 from tests.support.photo_folder import photo_folder_toml
@@ -290,121 +276,4 @@ def test_a_full_disk_keeps_folder_entries_waiting_and_says_so_once(
 # --- the intake itself: every driver goes through it -------------------------------
 
 
-@pytest.fixture
-async def intake(tmp_path: Path) -> AsyncIterator[Intake]:
-    """The real intake on a fresh spool, with a 1 MiB capture limit."""
-    dirs = SpoolDirs(tmp_path / "spool")
-    dirs.create()
-    ledger = Ledger(tmp_path / "ledger.sqlite3")
-    ledger.start()
-    yield Intake(ledger, dirs, lambda: None, max_capture_bytes=MIB)
-    ledger.close()
-
-
-CAMERA = DeviceIdentity("Acme", "Cam 1", "CAM-1", ("1.0",), DeviceClass.CAMERA)
-
-
-def staged(intake: Intake) -> list[Path]:
-    """Files left in the staging folder."""
-    return list(intake.dirs.staging.iterdir())
-
-
-async def test_an_announced_size_over_the_limit_is_refused_before_anything_is_staged(
-    intake: Intake,
-) -> None:
-    offer = CaptureOffer("big", length=MIB + 1, content_type=ContentType.TIFF)
-    with pytest.raises(CaptureRefused) as caught:
-        await intake.begin("photo-folder", CAMERA, offer)
-    assert caught.value.reason is RefusalReason.TOO_LARGE
-    assert "max_capture_mb" in caught.value.detail
-    assert staged(intake) == []
-    exact = CaptureOffer("exact", length=MIB, content_type=ContentType.TIFF)
-    sink = await intake.begin("photo-folder", CAMERA, exact)
-    await sink.abort("test")
-
-
-@pytest.mark.parametrize("announced", [None, 1000], ids=["unannounced", "understated"])
-async def test_bytes_streamed_beyond_the_limit_are_refused_and_discarded(
-    intake: Intake, announced: int | None
-) -> None:
-    offer = CaptureOffer("stream", length=announced, content_type=ContentType.TIFF)
-    sink = await intake.begin("photo-folder", CAMERA, offer)
-    chunk = b"\x00" * (256 * 1024)
-    for _ in range(4):  # exactly the limit: accepted so far
-        await sink.write(chunk)
-    with pytest.raises(CaptureRefused) as caught:
-        await sink.write(b"\x00")
-    assert caught.value.reason is RefusalReason.TOO_LARGE
-    assert staged(intake) == [], "the staging file is gone"
-    assert ledger_rows(intake.ledger.path.parent) == []
-    # A capture within the limit goes through afterwards.
-    data = chunk * 4
-    sink = await intake.begin("photo-folder", CAMERA, CaptureOffer("fits", length=len(data)))
-    await sink.write(data)
-    receipt = await sink.commit(length=len(data), sha256=hashlib.sha256(data).hexdigest())
-    assert not receipt.duplicate
-
-
 # --- a folder driver whose host does not announce the limit: intake's refusal ------
-
-
-async def _until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
-    assert predicate(), what
-
-
-async def test_a_photo_intake_refuses_as_too_large_is_set_aside_not_retried(
-    intake: Intake, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The driver's own size check needs the host to announce the limit; without it
-    intake refuses the offer (TOO_LARGE) and that refusal is just as final."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    # The host's default limit (4096 MiB) is not intake's: the driver cannot check first.
-    host = DriverHost("camera", functools.partial(intake.begin, "photo-folder"))
-    options = PhotoFolderOptions(folder=folder, settle_seconds=0.1, poll_interval=0.05)
-    (folder / "IMG_0001.JPG").write_bytes(camera.make_photo(1, width=3800, height=2500))
-    (folder / "IMG_0002.JPG").write_bytes(camera.make_photo(2, width=640, height=480))
-    task = asyncio.create_task(PhotoFolderDriver(options, host, "camera").run())
-    try:
-        await _until((folder / ".processed" / "IMG_0002.JPG").exists, "the small photo")
-        await _until((folder / ".refused" / "IMG_0001.JPG").exists, "the large photo")
-        await asyncio.sleep(0.5)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    reason = (folder / ".refused" / "IMG_0001.JPG.reason.txt").read_text(encoding="utf-8")
-    assert "the limit is 1 MiB ([spool] max_capture_mb)" in reason
-    assert host.state is DriverState.READY
-    assert len([r for r in caplog.records if "max_capture_mb" in r.getMessage()]) == 1
-    assert len(ledger_rows(intake.ledger.path.parent)) == 1
-
-
-async def test_an_export_intake_refuses_as_too_large_is_refused_whole(
-    intake: Intake, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Refused as a whole, not retried. (The files offered before the mesh are in the
-    spool by then: only the driver's own check before capturing, which the gateway's
-    host makes possible, keeps such an export out entirely; see above.)"""
-    folder = tmp_path / "exports"
-    folder.mkdir()
-    host = DriverHost("scanner", functools.partial(intake.begin, "scanner-export"))
-    options = ScannerExportOptions(folder=folder, settle_seconds=0.1, poll_interval=0.05)
-    padding = b"# " + b"x" * 61 + b"\n"
-    mesh = OBJ_TEXT + padding * (2 * MIB // len(padding) + 1)
-    write_export(folder, "export-1", {**textured_files(1), "body.obj": mesh}, patient={"id": "P1"})
-    task = asyncio.create_task(ScannerExportDriver(options, host, "scanner").run())
-    try:
-        await _until((folder / ".refused" / "export-1").exists, "the export refused")
-        await asyncio.sleep(0.5)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    reason = (folder / ".refused" / "export-1.reason.txt").read_text(encoding="utf-8")
-    assert "the limit is 1 MiB ([spool] max_capture_mb)" in reason
-    assert host.state is DriverState.READY
-    assert len([r for r in caplog.records if "max_capture_mb" in r.getMessage()]) == 1
