@@ -12,30 +12,18 @@ reached the spool by another way is quarantined with the reason).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image
-
-from gateway.dicom.jpeg import read_jpeg_info
 from gateway.local_orthanc import OrthancProcess, free_port
 from tests.support.gateway_process import GatewayProcess, gateway_config
-from tests.support.images import png_bomb, small_png, tiff_bomb
+from tests.support.images import BOMB_SIDE, flat_jpeg, png_bomb, small_png, tiff_bomb
 from tests.support.photo_folder import photo_folder_toml
 from tests.support.scanner_export import OBJ_TEXT, devices_toml, write_export
 from tests.support.state import ledger_rows, states
 from tests.support.waiting import wait_for
 
-BOMB_SIDE = 8192
 DEFAULT_MAX_PIXELS = 40_000_000
-
-
-def flat_jpeg(width: int, height: int) -> bytes:
-    """A real 4:2:0 baseline JPEG of one colour: its SOF declares ``width x height``."""
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), (180, 150, 140)).save(out, "JPEG", quality=5)
-    return out.getvalue()
 
 
 def _vm_hwm_kib(pid: int) -> int:
@@ -43,21 +31,6 @@ def _vm_hwm_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise AssertionError("no VmHWM in /proc status")
-
-
-def test_the_bombs_are_what_they_claim() -> None:
-    png = png_bomb(BOMB_SIDE, BOMB_SIDE)
-    tif = tiff_bomb(BOMB_SIDE, BOMB_SIDE)
-    assert len(png) < 300_000
-    assert len(tif) < 300_000
-    for data, kind in ((png, "PNG"), (tif, "TIFF")):
-        with Image.open(io.BytesIO(data), formats=[kind]) as image:
-            assert image.size == (BOMB_SIDE, BOMB_SIDE)
-            assert image.mode == "RGB"
-    jpeg = flat_jpeg(9504, 6336)
-    assert len(jpeg) < 2_000_000
-    with Image.open(io.BytesIO(jpeg)) as image:
-        assert image.size == (9504, 6336)
 
 
 def test_photo_folder_refuses_bombs_before_decoding_and_takes_a_61_megapixel_jpeg(
@@ -122,13 +95,6 @@ def test_scanner_export_with_a_bomb_texture_is_refused_whole(
     grown_mib = (_vm_hwm_kib(gateway.proc.pid) - before) / 1024
     assert grown_mib < 150, f"peak memory grew by {grown_mib:.0f} MiB"
     assert gateway.stop() == 0
-
-
-def test_a_61_megapixel_jpeg_is_described_without_decoding(tmp_path: Path) -> None:
-    source = tmp_path / "big.jpg"
-    source.write_bytes(flat_jpeg(9504, 6336))
-    info = read_jpeg_info(source)
-    assert (info.columns, info.rows) == (9504, 6336)
 
 
 def test_a_devices_own_max_pixels_refuses_smaller_images(

@@ -25,18 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import io
-import json
 import subprocess
 import sys
-import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 import aiohttp
 import pydicom
@@ -46,6 +41,7 @@ from gateway.cli import main as cli_main
 from gateway.local_orthanc import OrthancProcess, free_port
 from tests.support.gateway_process import GatewayProcess, gateway_config
 from tests.support.mqtt import Mosquitto, Recorder
+from tests.support.privacy import PATIENTS, REFUSED, LeakScanner, patient_secrets
 from tests.support.scanner_export import (
     Simulator,
     devices_toml,
@@ -61,75 +57,8 @@ STATE_TOPIC = "dermgate/test-box-01/state"
 EVENTS_TOPIC = "dermgate/test-box-01/events"
 
 
-@dataclass(frozen=True)
-class Patient:
-    """A seeded patient: DICOM PN, id, birth date as the manifest gives it."""
-
-    name: str
-    id: str
-    birth_date: str
-
-    def secrets(self, label: str) -> list[tuple[str, str]]:
-        """(what it is, value) for every string that must not leave the DICOM objects."""
-        found = [(f"{label} full name", self.name), (f"{label} id", self.id)]
-        parts: list[str] = []
-        for component in self.name.replace("=", "^").split("^"):
-            parts.append(component)
-            parts += component.replace("-", " ").split()
-        for n, part in enumerate(dict.fromkeys(parts), 1):
-            if len(part) > 2:
-                found.append((f"{label} name part {n}", part))
-        digits = self.birth_date.replace("-", "")
-        found.append((f"{label} birth date YYYYMMDD", digits))
-        found.append((f"{label} birth date YYYY-MM-DD", f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"))
-        return found
-
-
-PATIENTS = (
-    Patient("Müller-Łukasiewicz^Zoë", "PRV-7731902", "19470823"),
-    Patient("長谷川^美穂子", "KX99-410-556", "19880229"),
-    Patient("Vanderheyden^Quintus^Aurelius", "Q0042-77810", "20011105"),
-)
-# Refused: 13th month. Its manifest never becomes a capture, but its fields are seeded
-# too: the refusal reason (file, log, events) must name the field, not the value.
-REFUSED = Patient("Kowalczyk-Ørsted^Bartholomew", "RF-5512093", "1985-13-45")
 REFUSED_FOLDER = "Kowalczyk-Ørsted_Bartholomew_001"  # named after the patient, as scanners do
 OBJECTS_PER_EXPORT = 4  # OBJ, MTL, two textures
-
-
-def _secrets() -> list[tuple[str, str]]:
-    found = [s for n, p in enumerate(PATIENTS, 1) for s in p.secrets(f"patient {n}")]
-    return found + REFUSED.secrets("refused patient")
-
-
-def _norm(text: str) -> str:
-    return unicodedata.normalize("NFC", text).casefold()
-
-
-class LeakScanner:
-    """Searches texts for the seeded strings; collects where each hit was."""
-
-    def __init__(self, secrets: list[tuple[str, str]]) -> None:
-        self.needles: list[tuple[str, set[str]]] = []
-        for label, value in secrets:
-            forms = {_norm(value), _norm(json.dumps(value)[1:-1])}
-            self.needles.append((label, forms))
-        self.hits: list[str] = []
-        self.scanned: dict[str, int] = defaultdict(int)
-
-    def scan(self, where: str, text: str | bytes, kind: str) -> None:
-        """Search ``text`` (plus its HTML- and URL-unescaped forms); ``kind`` counts sources."""
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
-        self.scanned[kind] += 1
-        views = {_norm(text), _norm(html.unescape(text)), _norm(unquote(text))}
-        for label, forms in self.needles:
-            if any(form in view for form in forms for view in views):
-                self.hits.append(f"{label} found in {where}")
-
-    def assert_clean(self) -> None:
-        """Fail listing every place a seeded string was found."""
-        assert not self.hits, "patient data outside the DICOM objects:\n" + "\n".join(self.hits)
 
 
 @pytest.fixture
@@ -254,7 +183,7 @@ def test_no_patient_data_through_any_side_door(
     capture_ids = [int(r["id"]) for r in rows]
 
     # Everything a person or a program can see while the gateway runs.
-    scanner = LeakScanner(_secrets())
+    scanner = LeakScanner(patient_secrets())
     pages = asyncio.run(_pages(base, capture_ids))
     for path, (status, body) in pages.items():
         assert status == 200, f"{path}: HTTP {status}"
@@ -331,25 +260,3 @@ def test_no_patient_data_through_any_side_door(
         assert name in shown.stdout
         assert pid in shown.stdout
         assert birth in shown.stdout
-
-
-def test_the_leak_scanner_sees_escaped_and_recased_forms() -> None:
-    """The search above would find a leak written escaped, re-cased or decomposed."""
-    patient = PATIENTS[0]
-    leaks = {
-        "json": json.dumps({"n": patient.name}),
-        "html": html.escape(patient.name).replace("ü", "&uuml;"),
-        "url": "/x?name=" + quote(patient.name.split("^")[1]),
-        "upper": patient.name.split("^")[0].upper(),
-        "nfd": unicodedata.normalize("NFD", patient.name.split("^")[1]),
-        "dashed date": "born 1947-08-23",
-        "id in a sentence": f"id={patient.id};",
-    }
-    for where, text in leaks.items():
-        scanner = LeakScanner(patient.secrets("patient 1"))
-        scanner.scan(where, text, "self-test")
-        assert scanner.hits, f"{where}: not found"
-        assert all(patient.name not in hit for hit in scanner.hits)
-    clean = LeakScanner(_secrets())
-    clean.scan("an ordinary line", "spool id 12 delivered to pacs (C-STORE status 0x0000)", "t")
-    clean.assert_clean()

@@ -1,4 +1,5 @@
-"""Image bombs: valid PNG and TIFF files, tiny on disk, huge once decoded; and small images."""
+"""Image bombs (valid PNG and TIFF files, tiny on disk, huge once decoded), flat and
+small images, and a TIFF whose second directory is damaged."""
 
 from __future__ import annotations
 
@@ -67,3 +68,28 @@ def small_png(width: int, height: int) -> bytes:
     out = io.BytesIO()
     Image.effect_noise((width, height), 40).convert("RGB").save(out, "PNG")
     return out.getvalue()
+
+
+BOMB_SIDE = 8192
+
+
+def flat_jpeg(width: int, height: int) -> bytes:
+    """A real 4:2:0 baseline JPEG of one colour: its SOF declares ``width x height``."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (180, 150, 140)).save(out, "JPEG", quality=5)
+    return out.getvalue()
+
+
+def tiff_with_a_damaged_second_directory() -> bytes:
+    """A valid one-image RGB TIFF whose next-directory pointer leads to a directory
+    without ImageWidth/ImageLength."""
+    out = io.BytesIO()
+    Image.new("RGB", (37, 23), (200, 30, 30)).save(out, "TIFF")
+    data = bytearray(out.getvalue())
+    first = struct.unpack_from("<I", data, 4)[0]
+    entries = struct.unpack_from("<H", data, first)[0]
+    if len(data) % 2:
+        data += b"\0"
+    struct.pack_into("<I", data, first + 2 + 12 * entries, len(data))
+    data += struct.pack("<H", 1) + struct.pack("<HHII", 259, 3, 1, 1) + struct.pack("<I", 0)
+    return bytes(data)
