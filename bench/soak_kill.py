@@ -1,6 +1,6 @@
 """Soak: hundreds of random SIGKILLs of ``dermgate run`` while a dermatoscope keeps offering.
 
-The long version of the fault suite (tests/test_crash_suite.py kills 25 times).
+The long version of the fault suite (tests/e2e/test_crash_suite.py kills 25 times).
 ``dermgate simulate serial-dermatoscope`` offers ``--captures`` images on a pty, one
 every ``--interval`` seconds, re-offering whatever it was not ACKed for. Meanwhile
 ``dermgate run`` (one serial dermatoscope, one destination: a private Orthanc with

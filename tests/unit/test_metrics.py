@@ -1,0 +1,67 @@
+"""/metrics is Prometheus text with the documented families, and nothing private."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.spool.ledger import open_ledger
+from gateway.status.web.server import WebServer
+from tests.support.web import served, web_config
+
+EXPECTED = {
+    "dermgate_up",
+    "dermgate_spool_captures",
+    "dermgate_spool_quarantined_open",
+    "dermgate_delivered_captures",
+    "dermgate_quarantined_captures",
+    "dermgate_deliveries",
+    "dermgate_delivery_failures",
+    "dermgate_destination_failing",
+    "dermgate_oldest_waiting_seconds",
+    "dermgate_commitment_lag_seconds",
+    "dermgate_disk_free_bytes",
+    "dermgate_disk_total_bytes",
+    "dermgate_disk_reserve_bytes",
+    "dermgate_driver_state",
+    "dermgate_driver_restarts",
+}
+
+
+def test_metrics_parse_and_name_the_documented_families(tmp_path: Path) -> None:
+    config = web_config(tmp_path)
+    open_ledger(config.ledger_path()).close()
+
+    async def snapshot() -> dict[str, object]:
+        return {
+            "devices": [{"name": "scope", "driver": "serial-dermatoscope", "state": "READY",
+                         "restarts": 2}],
+            "destinations": [{"name": "pacs", "reachable": False,
+                              "last_error": {"code": "unreachable", "message": "x"}}],
+            "alarms": [],
+        }  # fmt: skip
+
+    async def scenario() -> str:
+        async with served(WebServer(config, snapshot)) as (base, session):
+            r = await session.get(f"{base}/metrics")
+            assert r.status == 200
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            return await r.text()
+
+    text = asyncio.run(scenario())
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert set(families) >= EXPECTED
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert samples[("dermgate_up", ())] == 1
+    assert samples[("dermgate_spool_captures", (("state", "QUARANTINED"),))] == 0
+    key = ("dermgate_driver_state", (("device", "scope"), ("driver", "serial-dermatoscope"),
+                                      ("state", "READY")))  # fmt: skip
+    assert samples[key] == 1
+    assert samples[("dermgate_destination_failing", (("destination", "pacs"),))] == 1
+    assert samples[("dermgate_disk_reserve_bytes", ())] == 128 * 1024 * 1024
