@@ -46,7 +46,7 @@ def test_a_spool_id_in_other_digits_is_no_such_capture(spool: Spool) -> None:
 
 def test_listing_into_head_ends_quietly(spool: Spool) -> None:
     """`spool list --json | head -1`: no BrokenPipeError, the status a closed pipe gives."""
-    for n in range(400):  # far more than a pipe buffer holds
+    for n in range(2000):  # several times what a pipe buffer (64 KiB) and `head` hold
         uids = InstanceUIDs(new_uid(), new_uid(), new_uid())
         db.insert_capture(
             spool.conn,
@@ -58,6 +58,12 @@ def test_listing_into_head_ends_quietly(spool: Spool) -> None:
             raw_size=1,
             raw_sha256=hashlib.sha256(b"x").hexdigest(),
         )
+    listed = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "spool", "list", "--config", str(spool.config)],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert len(listed) > 4 * 65536, "the listing must overflow the pipe, or nothing breaks it"
     for listing in ("list --json", "list"):
         command = (
             f"{sys.executable} -m gateway.cli spool {listing} --config {spool.config} | head -1"
