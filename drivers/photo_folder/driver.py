@@ -6,12 +6,12 @@ target, a phone sync folder). The protocol, the same for every camera:
 1. A photo is a regular file directly in the folder; names starting with ``.`` are
    never touched (copies in progress under a temporary name, our own sub-folders).
    A symbolic link, named pipe, socket, device node or a file with a second hard
-   link is set aside unopened (:func:`gateway.devices.folders.special_kind`): only
+   link is set aside unopened (:func:`gateway.driver_api.special_kind`): only
    a file that is really in the folder is ever read, and nothing can block the
    driver (a pipe is never opened).
 2. A file counts as complete when every look for ``settle_seconds`` (by the box's
    own clock, never the file server's) saw the same size and mtime
-   (:meth:`gateway.devices.folders.DropFolder.settled`). A half-written file is
+   (:meth:`gateway.driver_api.DropFolder.settled`). A half-written file is
    never sent: it is either still moving, or (a copy that stopped for good)
    refused as truncated below.
 3. It is examined (:func:`.photos.examine`): JPEG carried byte for byte, TIFF/PNG
@@ -67,27 +67,32 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.photo_folder.exif import CameraExif
 from drivers.photo_folder.photos import NotAPhoto, Photo, examine, file_identity
-from gateway.capture import CaptureOffer, ContentType, DeviceClass, DeviceIdentity
-from gateway.devices.contract import (
+from gateway.driver_api import (
+    DEFAULT_MAX_PIXELS,
+    MAX_NATIVE_PIXELS,
+    ONLY_REGULAR_FILES,
+    Backoff,
+    BaseDriver,
+    CaptureOffer,
     CaptureReceipt,
     CaptureRefused,
     CaptureSink,
+    ContentType,
+    DeviceClass,
     DeviceHost,
+    DeviceIdentity,
     DriverState,
-    Matcher,
-    RefusalReason,
-)
-from gateway.devices.folders import (
-    ONLY_REGULAR_FILES,
     DropFolder,
     EntrySnapshot,
+    ExifFields,
+    Matcher,
     NotARegularFile,
+    PhotoExtra,
+    RefusalReason,
     open_regular,
     special_kind,
     too_large,
 )
-from gateway.dicom.photo import DEFAULT_MAX_PIXELS, MAX_NATIVE_PIXELS, ExifFields, PhotoExtra
-from gateway.forward.schedule import Backoff
 
 __all__ = ["PhotoFolderDriver", "PhotoFolderOptions", "identity_for", "offer_for"]
 
@@ -458,20 +463,14 @@ class _Watcher:
         self.host.set_state(DriverState.READY, "watching the photo folder")
 
 
-class PhotoFolderDriver:
+class PhotoFolderDriver(BaseDriver[PhotoFolderOptions]):
     """Driver ``photo-folder``: photos dropped into a folder (camera, card reader, phone)."""
 
     id: ClassVar[str] = "photo-folder"
     device_class: ClassVar[DeviceClass] = DeviceClass.CAMERA
-    Options: ClassVar[type[BaseModel]] = PhotoFolderOptions
+    Options = PhotoFolderOptions
     matchers: ClassVar[tuple[Matcher, ...]] = ()
     simulator: ClassVar[str] = "drivers.photo_folder.simulator:main"
-
-    def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
-        assert isinstance(options, PhotoFolderOptions)
-        self.options = options
-        self.host = host
-        self.name = name
 
     async def run(self) -> None:
         """Watch the folder for ever; wait for it when it is missing (unmounted share)."""

@@ -41,7 +41,7 @@ from typing import Any, cast
 
 from drivers.serial_dermatoscope import protocol as p
 from drivers.serial_dermatoscope.images import make_dermoscopy_jpeg
-from gateway.devices.simulation import run_simulator, write_report
+from gateway.driver_api import run_simulator, write_report
 
 __all__ = ["main"]
 

@@ -48,7 +48,7 @@ from typing import Any
 
 from drivers.usb_confocal import protocol as p
 from drivers.usb_confocal.emulated import read_message, write_message
-from gateway.devices.simulation import run_simulator, write_report
+from gateway.driver_api import run_simulator, write_report
 
 __all__ = ["main"]
 
