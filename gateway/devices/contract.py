@@ -177,6 +177,7 @@ class BaseDriver(abc.ABC, Generic[OptionsT]):
     matchers: ClassVar[tuple[Matcher, ...]] = ()
 
     def __init__(self, options: OptionsT, host: DeviceHost, name: str) -> None:
+        """Keep the device's validated ``options``, the ``host`` and the device's ``name``."""
         self.options = options
         self.host = host
         self.name = name
