@@ -2,21 +2,20 @@
 
 :func:`examine` is the check done *before* anything is acknowledged. It opens the
 file once, without following a link and only if it is a regular file with a single
-name (:func:`gateway.devices.folders.open_regular`; anything else raises
-:class:`~gateway.devices.folders.NotARegularFile` unopened), and, on that one
+name (:func:`gateway.driver_api.open_regular`; anything else raises
+:class:`~gateway.driver_api.NotARegularFile` unopened), and, on that one
 descriptor, decides:
 
 * the kind, by content (never by name): JPEG (``FFD8``), TIFF (``II*\\0``/``MM\\0*``)
   or PNG (its signature); anything else is :class:`NotAPhoto`;
 * for a JPEG: the header says DICOM can carry it as-is
-  (:func:`gateway.dicom.jpeg.read_jpeg_info_from` and
-  :func:`~gateway.dicom.jpeg.encapsulation_for`: 4:2:0 or 4:2:2 baseline/extended),
+  (:func:`gateway.driver_api.check_can_carry`: 4:2:0 or 4:2:2 baseline/extended),
   and the file ends with the End Of Image marker ``FFD9`` (a truncated copy does
   not; neither does a phone's "motion photo" that appends a video after the image,
   which is refused with the same reason rather than sent with hidden content);
 * for a TIFF or PNG: the image is at most ``max_pixels`` by its header (checked
-  before decoding), decodes, and can be carried losslessly
-  (:func:`gateway.dicom.photo.check_native_image`);
+  before decoding), decodes, and can be carried losslessly (the same
+  :func:`~gateway.driver_api.check_can_carry`);
 * its EXIF (:mod:`.exif`), from the header only; a damaged EXIF block is not a
   reason to refuse the photo: it is then treated as absent;
 * its SHA-256, which becomes the capture id: content, never the file name, which
@@ -39,22 +38,20 @@ from pathlib import Path
 from typing import Final
 
 from drivers.photo_folder.exif import CameraExif, ExifError, read_exif
-from gateway.core.capture import ContentType
-from gateway.devices.folders import open_regular
-from gateway.dicom.errors import WrapError
-from gateway.dicom.jpeg import encapsulation_for, read_jpeg_info_from
-from gateway.dicom.photo import DEFAULT_MAX_PIXELS, check_native_image
+from gateway.driver_api import (
+    DEFAULT_MAX_PIXELS,
+    CannotCarry,
+    ContentType,
+    check_can_carry,
+    open_regular,
+)
 
-__all__ = ["FileIdentity", "NotAPhoto", "Photo", "examine", "file_identity", "refusal_reason"]
+__all__ = ["FileIdentity", "NotAPhoto", "Photo", "examine", "file_identity"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK: Final = 1 << 20
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
-_QUARANTINE_TAILS: Final = (
-    ", so the capture is kept and quarantined",
-    "; the capture is kept and quarantined",
-)
 
 
 class NotAPhoto(Exception):
@@ -100,17 +97,9 @@ def file_identity(st: os.stat_result) -> FileIdentity:
     return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def refusal_reason(err: Exception) -> str:
-    """A builder's quarantine message reworded for a refused file (it is not kept)."""
-    text = str(err)
-    for tail in _QUARANTINE_TAILS:
-        text = text.replace(tail, "")
-    return text
-
-
 def examine(path: Path, *, accept_native: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     """Check one settled file (blocking). Raises :class:`NotAPhoto` with the reason,
-    :class:`~gateway.devices.folders.NotARegularFile` for a link, pipe … (never
+    :class:`~gateway.driver_api.NotARegularFile` for a link, pipe … (never
     opened), :class:`OSError` when the file cannot be read (it may be gone: try
     again later)."""
     with open_regular(path) as fh:
@@ -122,10 +111,9 @@ def examine(path: Path, *, accept_native: bool, max_pixels: int = DEFAULT_MAX_PI
         if head[:2] == b"\xff\xd8":
             content_type = ContentType.JPEG
             try:
-                encapsulation_for(read_jpeg_info_from(fh))
-            except WrapError as err:
-                reason = refusal_reason(err)
-                raise NotAPhoto(reason, incomplete="truncated" in reason) from err
+                check_can_carry(fh, content_type)
+            except CannotCarry as err:
+                raise NotAPhoto(str(err), incomplete=err.truncated) from err
             fh.seek(-2, os.SEEK_END)
             if fh.read(2) != b"\xff\xd9":
                 raise NotAPhoto(
@@ -141,10 +129,9 @@ def examine(path: Path, *, accept_native: bool, max_pixels: int = DEFAULT_MAX_PI
                     "configuration (accept_tiff_png = false); only JPEG"
                 )
             try:
-                check_native_image(fh, content_type, max_pixels)
-            except WrapError as err:
-                reason = refusal_reason(err)
-                raise NotAPhoto(reason, incomplete="truncated" in reason) from err
+                check_can_carry(fh, content_type, max_pixels)
+            except CannotCarry as err:
+                raise NotAPhoto(str(err), incomplete=err.truncated) from err
         else:
             raise NotAPhoto("not a photo: the file is not a JPEG, TIFF or PNG image")
         fh.seek(0)

@@ -40,7 +40,7 @@ from typing import Any, Final
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, TiffImagePlugin
 
-from gateway.devices.simulation import run_simulator, write_report
+from gateway.driver_api import run_simulator, write_report
 
 __all__ = ["main", "make_photo"]
 

@@ -5,7 +5,7 @@ The scanner workstation writes each export as a sub-folder of the watched folder
 texture images, or an STL mesh, and ``manifest.json`` **last**
 (:mod:`.manifest` documents the format). The driver:
 
-1. watches the folder (:class:`gateway.devices.folders.DropFolder`); an entry is
+1. watches the folder (:class:`gateway.driver_api.DropFolder`); an entry is
    looked at only once nothing in it changed for ``settle_seconds``;
 2. plans it (:func:`.export.plan_export`): no manifest or a listed file still short
    means "being copied, wait"; every file is checked (OBJ/MTL parsed line by line,
@@ -56,16 +56,24 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.scanner_export.export import ExportIncomplete, ExportPlan, PlannedFile, plan_export
 from drivers.scanner_export.manifest import ExportRefused
-from gateway.core.capture import (
+from gateway.driver_api import (
+    DEFAULT_MAX_PIXELS,
+    MAX_NATIVE_PIXELS,
+    BaseDriver,
     CaptureOffer,
     CaptureRefused,
+    CaptureSink,
     ContentType,
     DeviceClass,
+    DeviceHost,
+    DriverState,
+    DropFolder,
+    EntrySnapshot,
+    Matcher,
+    NotARegularFile,
     RefusalReason,
+    open_regular,
 )
-from gateway.devices.contract import CaptureSink, DeviceHost, DriverState, Matcher
-from gateway.devices.folders import DropFolder, EntrySnapshot, NotARegularFile, open_regular
-from gateway.dicom.photo import DEFAULT_MAX_PIXELS, MAX_NATIVE_PIXELS
 
 __all__ = ["ScannerExportDriver", "ScannerExportOptions"]
 
@@ -114,22 +122,19 @@ class _Watch:
     trouble: str = ""
 
 
-class ScannerExportDriver:
+class ScannerExportDriver(BaseDriver[ScannerExportOptions]):
     """Driver ``scanner-export``: exports of a 3D total-body scanner in a folder."""
 
     id: ClassVar[str] = "scanner-export"
     device_class: ClassVar[DeviceClass] = DeviceClass.BODY_SCANNER
-    Options: ClassVar[type[BaseModel]] = ScannerExportOptions
+    Options = ScannerExportOptions
     matchers: ClassVar[tuple[Matcher, ...]] = ()
     simulator: ClassVar[str] = "drivers.scanner_export.simulator:main"
     #: How ``dermgate conformance`` drives the simulator (the kit's simulator hook).
     conformance: ClassVar[str] = "drivers.scanner_export.conformance:ScannerExportAdapter"
 
-    def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
-        assert isinstance(options, ScannerExportOptions)
-        self.options = options
-        self.host = host
-        self.name = name
+    def __init__(self, options: ScannerExportOptions, host: DeviceHost, name: str) -> None:
+        super().__init__(options, host, name)
         self.folder = DropFolder(options.folder)
         self._watches: dict[str, _Watch] = {}
         #: entry name -> why the spool refused it for now (it waits; the driver is ERROR)

@@ -8,7 +8,7 @@ symbolic link anywhere in it (to a file, a folder, or the export folder itself),
 a named pipe, socket or device node, or a file with a second hard link refuses
 the whole export, and no file of it is opened (never half an export; nothing
 from outside the export; nothing that could block). Every file is opened without
-following links (:func:`gateway.devices.folders.open_regular`). PNG and TIFF
+following links (:func:`gateway.driver_api.open_regular`). PNG and TIFF
 textures larger than ``max_pixels`` (by their header) are refused too, and so is
 an export with a file larger than the gateway keeps (``[spool] max_capture_mb``),
 judged by its size before it is read.
@@ -20,12 +20,13 @@ judged by its size before it is read.
   hashes and a position, nothing from a name. A re-offer of the same export (after
   a crash, or the same export copied again) gives the same ids, so intake
   recognises what it already holds.
-* **UIDs** (derived, uuid5 in DermGate's namespace): the Study from the scanner
-  serial and the export key; a Series per role (meshes 1, materials 2, textures 3);
-  each SOP Instance from the study, its position and its content hash; one Frame
-  of Reference per export. Files can therefore name each other's UIDs before any
+* **UIDs** (:func:`gateway.driver_api.plan_model_export`, which derives them in
+  DermGate's namespace): the Study from the scanner serial and the export key; a
+  Series per role (meshes 1, materials 2, textures 3); each SOP Instance from the
+  study, its position in offer order and its content hash; one Frame of Reference
+  per export. Files can therefore name each other's UIDs before any
   of them is received, and a re-offer produces the same objects.
-* **Links** (``offer.extra``, :class:`gateway.dicom.surface.ModelFileLinks`): for
+* **Links** (``offer.extra``, :class:`gateway.driver_api.ModelFileLinks`): for
   an OBJ the MTL files it names (``mtllib``) with the exact string used; for an
   MTL each texture (``map_Kd`` …); series and instance numbers for everyone.
 
@@ -53,29 +54,25 @@ from drivers.scanner_export.manifest import (
     parse_manifest,
 )
 from drivers.scanner_export.mesh import check_image, check_stl, scan_mtl, scan_obj
-from gateway.core.capture import (
+from gateway.driver_api import (
+    DEFAULT_MAX_PIXELS,
+    ONLY_REGULAR_FILES,
+    CannotCarry,
     ContentType,
     DeviceClass,
     DeviceIdentity,
     InstanceUIDs,
-    PatientContext,
-)
-from gateway.core.uids import derived_uid
-from gateway.devices.folders import (
-    ONLY_REGULAR_FILES,
-    NotARegularFile,
-    open_regular,
-    special_kind,
-    too_large,
-)
-from gateway.dicom.errors import WrapError
-from gateway.dicom.photo import DEFAULT_MAX_PIXELS, check_native_image
-from gateway.dicom.surface import (
-    SOP_CLASS_FOR,
-    VL_PHOTOGRAPHIC_SOP_CLASS,
-    LinkedInstance,
+    ModelFile,
     ModelFileLinks,
     ModelRole,
+    NotARegularFile,
+    PatientContext,
+    check_can_carry,
+    model_role,
+    open_regular,
+    plan_model_export,
+    special_kind,
+    too_large,
 )
 
 __all__ = ["ExportIncomplete", "ExportPlan", "PlannedFile", "plan_export"]
@@ -89,19 +86,6 @@ CONTENT_TYPES: Final[dict[str, ContentType]] = {
     ".png": ContentType.PNG,
     ".tif": ContentType.TIFF,
     ".tiff": ContentType.TIFF,
-}
-_ROLE: Final[dict[ContentType, ModelRole]] = {
-    ContentType.OBJ: ModelRole.MESH,
-    ContentType.STL: ModelRole.MESH,
-    ContentType.MTL: ModelRole.MATERIAL,
-    ContentType.JPEG: ModelRole.TEXTURE,
-    ContentType.PNG: ModelRole.TEXTURE,
-    ContentType.TIFF: ModelRole.TEXTURE,
-}
-SERIES_NUMBER: Final[dict[ModelRole, int]] = {
-    ModelRole.MESH: 1,
-    ModelRole.MATERIAL: 2,
-    ModelRole.TEXTURE: 3,
 }
 #: Captures are offered textures first and meshes last, so that when a mesh
 #: reaches the PACS what it names is usually there already.
@@ -171,7 +155,7 @@ def plan_export(
         data = fh.read(MAX_MANIFEST_BYTES + 1)
     manifest = parse_manifest(data, today)
     found = _collect(entry, manifest, regular, max_file_bytes)
-    meshes = [f for f in found if _ROLE[f.content_type] is ModelRole.MESH]
+    meshes = [f for f in found if _role(f) is ModelRole.MESH]
     if not meshes:
         raise ExportRefused("the export holds no mesh (no OBJ or STL file)")
     by_rel = {f.rel: f for f in found}
@@ -179,8 +163,7 @@ def plan_export(
     names: dict[str, tuple[str, ...]] = {}
     for f in found:
         names[f.rel] = _check(entry, f, max_pixels)
-    plan = _assign(entry, manifest, found, names, by_rel)
-    return plan
+    return _assign(manifest, found, names, by_rel)
 
 
 def _regular_files(entry: Path) -> list[str]:
@@ -274,92 +257,48 @@ def _check(entry: Path, f: _Found, max_pixels: int) -> tuple[str, ...]:
             # decoding): found only at wrapping, the mesh would reach the PACS naming
             # a texture that never follows.
             try:
-                check_native_image(fh, f.content_type, max_pixels)
-            except WrapError as err:
-                why = str(err).split("; the capture is kept")[0]
-                raise ExportRefused(f"a texture cannot be carried in DICOM: {why}") from err
+                check_can_carry(fh, f.content_type, max_pixels)
+            except CannotCarry as err:
+                raise ExportRefused(f"a texture cannot be carried in DICOM: {err}") from err
     return ()
 
 
 def _assign(
-    entry: Path,
     manifest: Manifest,
     found: list[_Found],
     names: dict[str, tuple[str, ...]],
     by_rel: dict[str, _Found],
 ) -> ExportPlan:
+    ordered = sorted(found, key=lambda f: (_OFFER_ORDER.index(_role(f)), f.rel))
+    files = [
+        ModelFile(
+            key=f.rel,
+            content_type=f.content_type,
+            sha256=f.sha256,
+            names=_named(f, names, by_rel),
+        )
+        for f in ordered
+    ]
+    dicom = plan_model_export(
+        scanner_serial=manifest.scanner.serial,
+        export_key=manifest.key,
+        units=manifest.units,
+        files=files,
+    )
+    planned = [
+        PlannedFile(
+            path=f.path,
+            content_type=f.content_type,
+            role=model.role,
+            size=f.size,
+            sha256=f.sha256,
+            capture_id=f"{manifest.key[:16]}-{n:02d}-{f.sha256[:16]}",
+            uids=model.uids,
+            links=model.links,
+        )
+        for n, (f, model) in enumerate(zip(ordered, dicom, strict=True), start=1)
+    ]
     scanner = manifest.scanner
-    study = derived_uid("scanner-export-study", f"{scanner.serial}\x00{manifest.key}")
-    frame = derived_uid("scanner-export-frame-of-reference", study)
-    series = {role: derived_uid(f"scanner-export-series-{role.value}", study) for role in ModelRole}
-    ordered = sorted(found, key=lambda f: (_OFFER_ORDER.index(_ROLE[f.content_type]), f.rel))
-    numbers: dict[ModelRole, int] = {}
-    uids: dict[str, InstanceUIDs] = {}
-    position: dict[str, int] = {}
-    for n, f in enumerate(ordered, start=1):
-        role = _ROLE[f.content_type]
-        numbers[role] = numbers.get(role, 0) + 1
-        position[f.rel] = numbers[role]
-        uids[f.rel] = InstanceUIDs(
-            study=study,
-            series=series[role],
-            sop_instance=derived_uid(f"scanner-export-instance-{n}-{f.sha256}", study),
-        )
-
-    def linked(
-        source: _Found, wanted: tuple[ContentType, ...], what: str
-    ) -> tuple[LinkedInstance, ...]:
-        refs = []
-        for name in names[source.rel]:
-            target_rel = _resolve(source.rel, name)
-            target = by_rel.get(target_rel) if target_rel is not None else None
-            if target is None or target.content_type not in wanted:
-                raise ExportRefused(f"{what} is missing from the export")
-            sop_class = SOP_CLASS_FOR.get(target.content_type, VL_PHOTOGRAPHIC_SOP_CLASS)
-            refs.append(
-                LinkedInstance(
-                    uri=name,
-                    sop_class_uid=sop_class,
-                    series_uid=uids[target.rel].series,
-                    sop_instance_uid=uids[target.rel].sop_instance,
-                )
-            )
-        return tuple(refs)
-
-    planned = []
-    for n, f in enumerate(ordered, start=1):
-        role = _ROLE[f.content_type]
-        if f.content_type is ContentType.OBJ:
-            refs = linked(f, (ContentType.MTL,), "a material library the mesh names")
-        elif f.content_type is ContentType.MTL:
-            refs = linked(
-                f,
-                (ContentType.JPEG, ContentType.PNG, ContentType.TIFF),
-                "a texture the material library names",
-            )
-        else:
-            refs = ()
-        links = ModelFileLinks(
-            role=role,
-            series_number=SERIES_NUMBER[role],
-            instance_number=position[f.rel],
-            export_key=manifest.key,
-            references=refs,
-            frame_of_reference_uid=frame if role is ModelRole.MESH else "",
-            units=manifest.units,
-        )
-        planned.append(
-            PlannedFile(
-                path=f.path,
-                content_type=f.content_type,
-                role=role,
-                size=f.size,
-                sha256=f.sha256,
-                capture_id=f"{manifest.key[:16]}-{n:02d}-{f.sha256[:16]}",
-                uids=uids[f.rel],
-                links=links,
-            )
-        )
     patient = manifest.patient
     return ExportPlan(
         manifest=manifest,
@@ -381,6 +320,35 @@ def _assign(
         ),
         files=tuple(planned),
     )
+
+
+def _named(
+    source: _Found, names: dict[str, tuple[str, ...]], by_rel: dict[str, _Found]
+) -> tuple[tuple[str, str], ...]:
+    """The files ``source`` names, as (the string it uses, the file's path in the
+    export); refuses the export when one is missing or of the wrong kind."""
+    if source.content_type is ContentType.OBJ:
+        wanted: tuple[ContentType, ...] = (ContentType.MTL,)
+        what = "a material library the mesh names"
+    elif source.content_type is ContentType.MTL:
+        wanted = (ContentType.JPEG, ContentType.PNG, ContentType.TIFF)
+        what = "a texture the material library names"
+    else:
+        return ()
+    resolved = []
+    for name in names[source.rel]:
+        target_rel = _resolve(source.rel, name)
+        target = by_rel.get(target_rel) if target_rel is not None else None
+        if target is None or target.content_type not in wanted:
+            raise ExportRefused(f"{what} is missing from the export")
+        resolved.append((name, target.rel))
+    return tuple(resolved)
+
+
+def _role(f: _Found) -> ModelRole:
+    role = model_role(f.content_type)
+    assert role is not None  # every type of CONTENT_TYPES is a file of a 3D model
+    return role
 
 
 def _safe_relative(name: str) -> str:

@@ -20,7 +20,8 @@ file's name (names may hold patient names).
 * **STL**: binary (80-byte header, a triangle count, 50 bytes per triangle, the
   size must match exactly) or ASCII (``solid`` … ``facet normal`` / ``outer loop`` /
   ``vertex`` ×3 / ``endloop`` / ``endfacet`` … ``endsolid``); at least one triangle.
-* **Textures**: JPEG (a readable header and the End Of Image marker at the end),
+* **Textures**: JPEG (a header DICOM can carry unchanged,
+  :func:`gateway.driver_api.check_can_carry`, and the End Of Image marker at the end),
   PNG (signature and final IEND chunk), TIFF (byte-order header).
 """
 
@@ -35,8 +36,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Final
 
 from drivers.scanner_export.manifest import ExportRefused
-from gateway.dicom.errors import WrapError
-from gateway.dicom.jpeg import encapsulation_for, read_jpeg_info_from
+from gateway.driver_api import CannotCarry, ContentType, UnreadableImage, check_can_carry
 
 __all__ = [
     "MAX_LINE",
@@ -259,15 +259,12 @@ def check_image(stream: BinaryIO, kind: str) -> None:
     stream.seek(0)
     if kind == "JPEG":
         try:
-            info = read_jpeg_info_from(stream)
-        except WrapError as err:
-            raise ExportRefused("a texture JPEG is damaged or not a JPEG") from err
-        try:
             # Found only at wrapping, the mesh would reach the PACS without it.
-            encapsulation_for(info)
-        except WrapError as err:
-            why = str(err).split("; the capture is kept")[0].split(", so the capture is kept")[0]
-            raise ExportRefused(f"a texture cannot be carried in DICOM unchanged: {why}") from err
+            check_can_carry(stream, ContentType.JPEG)
+        except UnreadableImage as err:
+            raise ExportRefused("a texture JPEG is damaged or not a JPEG") from err
+        except CannotCarry as err:
+            raise ExportRefused(f"a texture cannot be carried in DICOM unchanged: {err}") from err
         stream.seek(max(0, size - 2))
         if stream.read(2) != b"\xff\xd9":
             raise ExportRefused("a texture JPEG ends without its End Of Image marker: truncated")

@@ -45,7 +45,7 @@ from drivers.scanner_export.bodymesh import (
     write_stl,
 )
 from drivers.scanner_export.manifest import FORMAT, MANIFEST_NAME
-from gateway.devices.simulation import run_simulator, write_report
+from gateway.driver_api import run_simulator, write_report
 
 __all__ = ["main"]
 

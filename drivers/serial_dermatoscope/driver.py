@@ -19,19 +19,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from drivers.serial_dermatoscope import protocol as p
 from drivers.serial_dermatoscope import session as hs
 from drivers.serial_dermatoscope.transport import LinkLost, SerialLink
-from gateway.core.backoff import Backoff
-from gateway.core.capture import (
+from gateway.driver_api import (
+    Backoff,
+    BaseDriver,
     CaptureOffer,
     CaptureRefused,
+    CaptureSink,
     ContactMethod,
     DermoscopySettings,
     DeviceClass,
+    DeviceHost,
     DeviceIdentity,
+    DriverState,
     ImmersionMedium,
     Laterality,
+    Matcher,
     Polarization,
+    SerialMatch,
 )
-from gateway.devices.contract import CaptureSink, DeviceHost, DriverState, Matcher, SerialMatch
 
 log = logging.getLogger(__name__)
 
@@ -198,22 +203,16 @@ class _Connection:
         self._idle()
 
 
-class SerialDermatoscopeDriver:
+class SerialDermatoscopeDriver(BaseDriver[SerialDermatoscopeOptions]):
     """Driver ``serial-dermatoscope``: a handheld dermatoscope on USB-CDC serial."""
 
     id: ClassVar[str] = "serial-dermatoscope"
     device_class: ClassVar[DeviceClass] = DeviceClass.DERMATOSCOPE
-    Options: ClassVar[type[BaseModel]] = SerialDermatoscopeOptions
+    Options = SerialDermatoscopeOptions
     matchers: ClassVar[tuple[Matcher, ...]] = (SerialMatch("/dev/ttyACM*"),)
     simulator: ClassVar[str] = "drivers.serial_dermatoscope.simulator:main"
     #: How ``dermgate conformance`` drives the simulator (the kit's simulator hook).
     conformance: ClassVar[str] = "drivers.serial_dermatoscope.conformance:SerialDermatoscopeAdapter"
-
-    def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
-        assert isinstance(options, SerialDermatoscopeOptions)
-        self.options = options
-        self.host = host
-        self.name = name
 
     async def run(self) -> None:
         """Open the port, serve the device, and reopen it for ever when it goes."""

@@ -23,124 +23,40 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import errno
-import hashlib
 import logging
 import os
 import random
 import select
 import sys
 import time
-import tty
 import zlib
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
 
 from drivers.serial_dermatoscope import protocol as p
-from drivers.serial_dermatoscope.images import make_dermoscopy_jpeg
-from gateway.devices.simulation import run_simulator, write_report
+from drivers.serial_dermatoscope.pty_link import PtyLink
+from drivers.serial_dermatoscope.sim_captures import (
+    CAPABILITIES,
+    CONTENT_FAULTS,
+    FIRMWARE,
+    KEEPALIVE_FAULTS,
+    MANUFACTURER,
+    MODEL,
+    TRANSFER_FAULTS,
+    OfferEncoder,
+    SimCapture,
+    plan_captures,
+    take_content,
+)
+from gateway.driver_api import run_simulator, write_report
 
 __all__ = ["main"]
 
 log = logging.getLogger("dermgate.simulate.serial_dermatoscope")
 
-MANUFACTURER = "DermGate Reference Devices"
-MODEL = "DS-100 Dermatoscope"
-FIRMWARE = "2.4.1"
-CAPABILITIES = ("jpeg", "polarization", "contact", "anatomic-site", "lesion-id")
-
-TRANSFER_FAULTS = ("crc", "truncate", "sha", "garbage", "duplicate-frame", "huge-length")
-# The offer never ends: after part of its data the device keeps sending bytes that
-# bring the capture no closer to its end, until the host NAKs it.
-KEEPALIVE_FAULTS = ("keepalive-zeros", "repeat-last-data")
-CONTENT_FAULTS = ("not-jpeg", "jpeg444")
-
 _WRITE_MAX = 16384
 _TICK = 0.05
 _KEEPALIVE_EVERY = 0.05
-
-# (CID 4029 keyword, laterality) pairs the simulated user picks from.
-_SITES = (
-    ("SkinOfAnteriorSurfaceOfForearm", "L"),
-    ("SkinOfBack", "U"),
-    ("SkinOfAnteriorSurfaceOfThigh", "R"),
-    ("SkinOfCheek", "L"),
-    ("SkinOfUpperAbdomen", "U"),
-    ("SkinOfPosteriorSurfaceOfLowerLeg", "R"),
-)
-_IMMERSIONS = ("ULTRASOUND_GEL", "ALCOHOL", "WATER", "MINERAL_OIL", "PLASTIC_CAP")
-
-
-def _anatomic_sites() -> list[tuple[str, str]]:
-    """SNOMED CT code values (from pydicom's CID 4029 table) with a laterality."""
-    from pydicom.sr._cid_dict import cid_concepts
-    from pydicom.sr._concepts_dict import concepts
-
-    allowed = set(cid_concepts[4029]["SCT"])
-    sites: list[tuple[str, str]] = []
-    for keyword, laterality in _SITES:
-        if keyword not in allowed:
-            continue
-        codes = cast(dict[str, tuple[str, list[int]]], concepts["SCT"][keyword])
-        sites.extend((code, laterality) for code, (_meaning, cids) in codes.items() if 4029 in cids)
-    return sites
-
-
-@dataclass(slots=True)
-class SimCapture:
-    """One capture held by the simulated device until the host ACKs it."""
-
-    index: int
-    capture_id: str
-    available_at: float
-    metadata: dict[str, Any]
-    content: bytes | None = None
-    acked: bool = False
-    retry_at: float = 0.0
-    offers: int = 0
-
-    @property
-    def sha256(self) -> str:
-        """Hex SHA-256 of the capture's bytes."""
-        assert self.content is not None
-        return hashlib.sha256(self.content).hexdigest()
-
-
-class PtyLink:
-    """A pty whose slave end is reachable at ``path`` (a symlink), as a USB-CDC port is."""
-
-    def __init__(self, path: Path) -> None:
-        """Prepare a link at ``path``; :meth:`open` creates the pty."""
-        self.path = path
-        self.master: int | None = None
-        self._slave: int | None = None
-        self._tty = ""
-
-    def open(self) -> None:
-        """Create the pty (slave raw at once, kept open) and point the link at it."""
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self.master, self._slave, self._tty = master, slave, os.ttyname(slave)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        tmp.symlink_to(self._tty)
-        os.replace(tmp, self.path)
-        log.info("device plugged in at %s -> %s", self.path, self._tty)
-
-    def close(self) -> None:
-        """Remove the link (if it still points at our pty) and close both ends."""
-        with contextlib.suppress(OSError):
-            if os.readlink(self.path) == self._tty:
-                self.path.unlink()
-        for fd in (self.master, self._slave):
-            if fd is not None:
-                os.close(fd)
-        self.master = self._slave = None
 
 
 class DeviceSimulator:
@@ -154,7 +70,7 @@ class DeviceSimulator:
         self.faults: set[str] = set(args.fault or ())
         if args.garbage:
             self.faults.add("garbage")
-        self.rng = random.Random(args.seed)
+        self.offers = OfferEncoder(self.faults, random.Random(args.seed))
         self.hello = p.Hello(
             manufacturer=MANUFACTURER,
             model=MODEL,
@@ -163,9 +79,8 @@ class DeviceSimulator:
             capabilities=CAPABILITIES,
         )
         self.started = time.monotonic()
-        self.captures = self._plan_captures()
+        self.captures = plan_captures(args.captures, args.interval, self.started)
         self.decoder = p.FrameDecoder()
-        self.seq = 0
         self.connected = False
         self.current: SimCapture | None = None
         self.outq: collections.deque[bytes] = collections.deque()
@@ -187,108 +102,21 @@ class DeviceSimulator:
 
     # -- captures -----------------------------------------------------------------
 
-    def _plan_captures(self) -> list[SimCapture]:
-        sites = _anatomic_sites()
-        clock = datetime.now().replace(microsecond=0)
-        captures = []
-        for k in range(self.args.captures):
-            contact = "NON_CONTACT" if k % 3 == 2 else "CONTACT"
-            site, laterality = sites[k % len(sites)] if sites and k % 4 != 3 else (None, None)
-            metadata: dict[str, Any] = {
-                "timestamp": None
-                if k % 6 == 5
-                else (clock + timedelta(seconds=k * max(self.args.interval, 1.0))).isoformat(),
-                "polarization": "POLARIZED" if k % 2 == 0 else "NON_POLARIZED",
-                "contact": contact,
-                "immersion": _IMMERSIONS[k % len(_IMMERSIONS)] if contact == "CONTACT" else None,
-                "magnification": 10.0 if k % 4 < 2 else 20.0,
-                "color_temperature_k": (4500, 5500, 6500)[k % 3],
-                "anatomic_site": site,
-                "laterality": laterality,
-                "lesion_id": f"L{k // 2 + 1}" if k % 2 == 0 else None,
-            }
-            captures.append(
-                SimCapture(
-                    index=k + 1,
-                    capture_id=f"{k + 1:06d}",
-                    available_at=self.started + k * self.args.interval,
-                    metadata=metadata,
-                )
-            )
-        return captures
-
     def _content(self, capture: SimCapture) -> bytes:
-        if capture.content is None:
-            seed = capture.index - 1 + self.args.seed
-            if capture.index == 1 and "not-jpeg" in self.faults:
-                capture.content = random.Random(seed).randbytes(50_000)
-            else:
-                capture.content = make_dermoscopy_jpeg(
-                    seed,
-                    width=self.args.width,
-                    height=self.args.height,
-                    subsampling="4:4:4"
-                    if capture.index == 1 and "jpeg444" in self.faults
-                    else "4:2:0",
-                )
-            log.info("capture %s taken (%d bytes)", capture.capture_id, len(capture.content))
-        return capture.content
-
-    # -- frames -------------------------------------------------------------------
-
-    def _next_seq(self) -> int:
-        seq = self.seq
-        self.seq = (self.seq + 1) & 0xFFFF
-        return seq
-
-    def _frame(self, message: p.Message) -> bytes:
-        return p.encode_frame(message, self._next_seq())
+        return take_content(
+            capture,
+            seed=self.args.seed,
+            faults=self.faults,
+            width=self.args.width,
+            height=self.args.height,
+        )
 
     def _offer_frames(self, capture: SimCapture) -> list[bytes]:
-        content = self._content(capture)
-        faults = self.faults if capture.index == 1 and capture.offers == 1 else set()
-        cid = capture.capture_id
+        self._content(capture)
         self.offered += 1
-        # huge-length: a CAPTURE_BEGIN announcing 2^63-1 bytes (a claim, not the truth).
-        announced = 2**63 - 1 if "huge-length" in faults else len(content)
-        frames = [self._frame(p.CaptureBegin(cid, announced, **capture.metadata))]
-        if "garbage" in faults:
-            frames.append(self.rng.randbytes(48) + b"\x00" + self.rng.randbytes(16) + b"\x00")
-        chunks = [
-            p.CaptureData(cid, offset, content[offset : offset + p.DATA_CHUNK])
-            for offset in range(0, len(content), p.DATA_CHUNK)
-        ]
-        victim = len(chunks) // 2 if "crc" in faults else -1
-        data: list[bytes] = []
-        for number, chunk in enumerate(chunks):
-            if number == victim:
-                body = bytearray(p.encode_body(chunk, self._next_seq()))
-                body[len(body) // 2] ^= 0x5A  # CRC left as it was
-                data.append(p.cobs_encode(bytes(body)) + b"\x00")
-            else:
-                data.append(self._frame(chunk))
-        if "truncate" in faults and data:
-            data.pop()
-        if "duplicate-frame" in faults and data:
-            data.insert(1, data[0])
-        if "garbage" in faults and len(data) > 1:
-            data.insert(1, self.rng.randbytes(32) + b"\x00")
-        if "keepalive-zeros" in faults or ("repeat-last-data" in faults and data):
-            # Part of the data, then filler that brings the capture no closer to its
-            # end: lone 0x00 bytes (a frame delimiter, allowed at any time) after half
-            # the data, or the last DATA frame again after all of it. No CAPTURE_END.
-            zeros = "keepalive-zeros" in faults
-            frames += data[: max(1, len(data) // 2)] if zeros else data
-            self.keepalive = (capture, b"\x00" if zeros else data[-1])
-            log.info("offer of %s carries faults: %s", cid, ", ".join(sorted(faults)))
-            return frames
-        frames += data
-        sha = capture.sha256
-        if "sha" in faults:
-            sha = hashlib.sha256(content + b"\x01").hexdigest()
-        frames.append(self._frame(p.CaptureEnd(cid, len(content), sha)))
-        if faults:
-            log.info("offer of %s carries faults: %s", cid, ", ".join(sorted(faults)))
+        frames, filler = self.offers.offer(capture)
+        if filler is not None:
+            self.keepalive = (capture, filler)
         return frames
 
     # -- state changes ------------------------------------------------------------
@@ -313,7 +141,7 @@ class DeviceSimulator:
         self.connected = True
         for capture in self.captures:
             capture.retry_at = 0.0
-        self.outq.append(b"\x00" + self._frame(self.hello))
+        self.outq.append(b"\x00" + self.offers.frame(self.hello))
         self.last_progress = time.monotonic()
 
     def _find(self, capture_id: str) -> SimCapture | None:

@@ -5,7 +5,7 @@ sans-I/O :class:`~.protocol.StackReader` turns them into events; this adapter
 streams each stack's pixels into the spool and ACKs the stack only after the spool
 says it is durable. Each frame's depth (or tile position) learned during the
 transfer goes with the final offer at commit, in ``offer.extra`` as a
-:class:`~gateway.dicom.confocal.ConfocalStack`. The driver finds the device with
+:class:`~gateway.driver_api.ConfocalStack`. The driver finds the device with
 ``usb.core.find`` and re-finds it for ever when it goes (jittered, capped
 backoff); states: DISCONNECTED (not found), CONNECTING (attached, reading its
 identity), READY, TRANSFERRING.
@@ -25,16 +25,23 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from drivers.usb_confocal import protocol as p
 from drivers.usb_confocal.transport import LinkLost, UsbLink, UsbLocation, backend_from_option
-from gateway.core.backoff import Backoff
-from gateway.core.capture import (
+from gateway.driver_api import (
+    MAX_FRAMES,
+    Backoff,
+    BaseDriver,
     CaptureOffer,
     CaptureRefused,
+    CaptureSink,
+    ConfocalStack,
     ContentType,
     DeviceClass,
+    DeviceHost,
     DeviceIdentity,
+    DriverState,
+    Matcher,
+    RowMajorTiles,
+    UsbMatch,
 )
-from gateway.devices.contract import CaptureSink, DeviceHost, DriverState, Matcher, UsbMatch
-from gateway.dicom.confocal import MAX_FRAMES, ConfocalStack, RowMajorTiles
 
 log = logging.getLogger(__name__)
 
@@ -350,22 +357,19 @@ class _Connection:
         )
 
 
-class UsbConfocalDriver:
+class UsbConfocalDriver(BaseDriver[UsbConfocalOptions]):
     """Driver ``usb-confocal``: a reflectance confocal microscope on USB (bulk)."""
 
     id: ClassVar[str] = "usb-confocal"
     device_class: ClassVar[DeviceClass] = DeviceClass.CONFOCAL_MICROSCOPE
-    Options: ClassVar[type[BaseModel]] = UsbConfocalOptions
+    Options = UsbConfocalOptions
     matchers: ClassVar[tuple[Matcher, ...]] = (UsbMatch(p.VENDOR_ID, p.PRODUCT_ID),)
     simulator: ClassVar[str] = "drivers.usb_confocal.simulator:main"
     #: How ``dermgate conformance`` drives the simulator (the kit's simulator hook).
     conformance: ClassVar[str] = "drivers.usb_confocal.conformance:UsbConfocalAdapter"
 
-    def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
-        assert isinstance(options, UsbConfocalOptions)
-        self.options = options
-        self.host = host
-        self.name = name
+    def __init__(self, options: UsbConfocalOptions, host: DeviceHost, name: str) -> None:
+        super().__init__(options, host, name)
         self.backend: Any = backend_from_option(options.usb_backend)
         port = options.usb_port
         self.where = None if port is None else UsbLocation.parse(port)

@@ -35,117 +35,36 @@ import contextlib
 import hashlib
 import logging
 import random
-import re
 import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from drivers.usb_confocal import protocol as p
 from drivers.usb_confocal.emulated import read_message, write_message
-from gateway.devices.simulation import run_simulator, write_report
+from drivers.usb_confocal.sim_device import (
+    FIRMWARE,
+    MANUFACTURER,
+    MODEL,
+    WAVELENGTH_NM,
+    SimStack,
+    descriptors,
+    plan_stack,
+    stack_frames,
+)
+from drivers.usb_confocal.sim_options import simulator_parser
+from gateway.driver_api import run_simulator, write_report
 
 __all__ = ["main"]
 
 log = logging.getLogger("dermgate.simulate.usb_confocal")
 
-MANUFACTURER = "DermGate Reference Devices"
-MODEL = "RCM-1 Confocal Microscope"
-FIRMWARE = "3.1.0"
-WAVELENGTH_NM = 830
-FRAME_MS = 111.0  # ~9 frames a second, as in-vivo reflectance confocal microscopes scan
 _TICK = 0.05
 _TRICKLE_EVERY = 0.05
-FAULTS = ("trickle-garbage",)
-
-
-def _usb_port(text: str) -> str:
-    if not re.fullmatch(r"\d{1,3}-\d{1,3}(\.\d{1,3})*", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not BUS-PORT[.PORT...], e.g. 1-1.3")
-    return text
-
-
-def descriptors(port: str = "1-1", address: int = 7) -> dict[str, Any]:
-    """The device's USB descriptors as the emulated backend reports them."""
-    endpoint = {
-        "bLength": 7,
-        "bDescriptorType": 5,
-        "bmAttributes": 0x02,
-        "wMaxPacketSize": 512,
-        "bInterval": 0,
-        "bRefresh": 0,
-        "bSynchAddress": 0,
-    }
-    interface = {
-        "bLength": 9,
-        "bDescriptorType": 4,
-        "bInterfaceNumber": p.INTERFACE,
-        "bAlternateSetting": 0,
-        "bNumEndpoints": 2,
-        "bInterfaceClass": 0xFF,
-        "bInterfaceSubClass": 0,
-        "bInterfaceProtocol": 0,
-        "iInterface": 0,
-        "endpoints": [
-            {**endpoint, "bEndpointAddress": p.EP_IN},
-            {**endpoint, "bEndpointAddress": p.EP_OUT},
-        ],
-    }
-    configuration = {
-        "bLength": 9,
-        "bDescriptorType": 2,
-        "wTotalLength": 32,
-        "bNumInterfaces": 1,
-        "bConfigurationValue": 1,
-        "iConfiguration": 0,
-        "bmAttributes": 0x80,
-        "bMaxPower": 250,
-        "interfaces": [[interface]],
-    }
-    bus_text, _, path = port.partition("-")
-    bus, ports = int(bus_text), [int(n) for n in path.split(".")]
-    return {
-        "device": {
-            "bLength": 18,
-            "bDescriptorType": 1,
-            "bcdUSB": 0x0200,
-            "bDeviceClass": 0xFF,
-            "bDeviceSubClass": 0,
-            "bDeviceProtocol": 0,
-            "bMaxPacketSize0": 64,
-            "idVendor": p.VENDOR_ID,
-            "idProduct": p.PRODUCT_ID,
-            "bcdDevice": 0x0310,
-            "iManufacturer": 1,
-            "iProduct": 2,
-            "iSerialNumber": 3,
-            "bNumConfigurations": 1,
-            "address": address,
-            "bus": bus,
-            "port_number": ports[-1],
-            "port_numbers": ports,
-            "speed": 3,
-            "configurations": [configuration],
-        }
-    }
-
-
-@dataclass(slots=True)
-class SimStack:
-    """One stack the device holds until the host ACKs it."""
-
-    index: int
-    header: p.StackHeader
-    acked: bool = False
-    reoffer_pending: bool = False
-    retry_at: float = 0.0
-    offers: int = 0
-    sha256: str = ""
 
 
 class Unplugged(Exception):
@@ -168,7 +87,19 @@ class DeviceSimulator:
         self.trickling = False
         self.trickle_at = 0.0
         width, height = (int(v) for v in args.size.lower().split("x"))
-        self.stacks = [self._plan(i, width, height) for i in range(args.stacks)]
+        self.stacks = [
+            plan_stack(
+                i,
+                prefix=self.stack_prefix,
+                frames=args.frames,
+                first_frames=args.first_frames,
+                mosaic=args.mosaic,
+                width=width,
+                height=height,
+                bits=args.bits,
+            )
+            for i in range(args.stacks)
+        ]
         self.cond = threading.Condition()
         self.session = 0
         self.hello = False
@@ -187,58 +118,7 @@ class DeviceSimulator:
         self.refused: list[dict[str, str]] = []
         self.stop = False
 
-    def _plan(self, index: int, width: int, height: int) -> SimStack:
-        mosaic = self.args.mosaic
-        frames = self.args.frames
-        if index == 0 and self.args.first_frames:
-            frames = self.args.first_frames
-        rows = cols = 0
-        if mosaic:
-            cols = max(1, int(frames**0.5))
-            rows = max(1, frames // cols)
-            frames = rows * cols
-        header = p.StackHeader(
-            stack_id=f"{self.stack_prefix}-{index + 1:05d}",
-            kind="mosaic" if mosaic else "z-stack",
-            frames=frames,
-            width=width,
-            height=height,
-            bits=self.args.bits,
-            pixel_spacing_um=0.5,
-            z_step_um=0.0 if mosaic else 4.0,
-            wavelength_nm=WAVELENGTH_NM,
-            objective="30x/0.9 water immersion",
-            magnification=30.0,
-            numerical_aperture=0.9,
-            acquired_at=datetime.now().replace(microsecond=0).isoformat(),
-            tile_rows=rows,
-            tile_cols=cols,
-            frame_ms=FRAME_MS,
-        )
-        return SimStack(index, header)
-
     # -- content --------------------------------------------------------------------
-
-    def _frames(self, stack: SimStack, sha: Any) -> Iterator[tuple[float, bytes]]:
-        header = stack.header
-        rng = random.Random(self.args.seed * 1_000_003 + stack.index)
-        size = header.frame_bytes
-        base = rng.randbytes(size)
-        step = (size // max(header.frames, 1) + 1) | 1
-        tables: dict[float, bytes] = {}  # by gain: deep frames share one (many tiny frames)
-        for i in range(header.frames):
-            offset = (i * step) % size
-            rotated = base[offset:] + base[:offset]
-            depth = 50.0 if header.kind == "mosaic" else i * header.z_step_um
-            gain = max(0.25, 1.0 - depth / 400.0)
-            table = tables.get(gain)
-            if table is None:
-                table = bytes(min(255, int(v * gain)) for v in range(256))
-                if len(tables) < 1024:
-                    tables[gain] = table
-            pixels = rotated.translate(table)
-            sha.update(pixels)
-            yield depth, pixels
 
     def _offer_bytes(self, stack: SimStack) -> Iterator[bytes]:
         if self.args.announce_huge and stack.index == 0 and stack.offers == 1:
@@ -252,13 +132,13 @@ class DeviceSimulator:
         sha = hashlib.sha256()
         if "trickle-garbage" in self.faults and stack.index == 0 and stack.offers == 1:
             log.info("offering %s: one frame, then garbage until NAKed", stack.header.stack_id)
-            stream = p.encode_stack(stack.header, self._frames(stack, sha))
+            stream = p.encode_stack(stack.header, stack_frames(stack, self.args.seed, sha))
             for _header_frame_pixels in range(3):  # the header, frame 0 and its pixels
                 yield next(stream)
             self.trickling, self.trickle_at = True, 0.0
             yield b""
             return
-        yield from p.encode_stack(stack.header, self._frames(stack, sha))
+        yield from p.encode_stack(stack.header, stack_frames(stack, self.args.seed, sha))
         stack.sha256 = sha.hexdigest()
 
     # -- the offer/ACK state machine (call with self.cond held) ---------------------
@@ -544,85 +424,9 @@ class DeviceSimulator:
                 self.socket_path.unlink()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dermgate simulate usb-confocal",
-        description="Simulate an RCM-1 USB confocal microscope on a Unix socket.",
-    )
-    parser.add_argument("--socket", required=True, help="Unix socket the emulated backend uses")
-    parser.add_argument("--stacks", type=int, default=2, help="stacks to record (default 2)")
-    parser.add_argument(
-        "--frames",
-        type=int,
-        default=5,
-        help="frames per stack (default 5); --mosaic: tiles, made a rows x cols grid",
-    )
-    parser.add_argument(
-        "--first-frames",
-        type=int,
-        default=0,
-        help="stack 1 has this many frames instead of --frames (e.g. 200000 with --size "
-        "1x1: a stack absurd in frame count, not in bytes)",
-    )
-    parser.add_argument("--size", default="64x64", help="frame size WxH (default 64x64)")
-    parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits per pixel")
-    parser.add_argument("--mosaic", action="store_true", help="record mosaics (tile grids)")
-    parser.add_argument("--report", help="write a JSON report of ACKed/refused stacks here")
-    parser.add_argument(
-        "--usb-port",
-        default="1-1",
-        type=_usb_port,
-        help="the USB port the device seems plugged into, BUS-PORT[.PORT...] (default 1-1)",
-    )
-    parser.add_argument(
-        "--usb-address", type=int, default=7, help="its USB device address (default 7)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="content and serial number seed")
-    parser.add_argument(
-        "--serial-number",
-        help="the serial number the device reports (default from --seed); may hold any "
-        "characters, e.g. a newline or a backslash",
-    )
-    parser.add_argument(
-        "--fault",
-        action="append",
-        choices=FAULTS,
-        help="trickle-garbage: the first offer of stack 1 sends one frame, then 3 garbage "
-        "bytes every 50 ms and never ends, until the host NAKs it",
-    )
-    parser.add_argument("--timeout", type=float, default=300.0, help="give up (exit 1) after S s")
-    parser.add_argument(
-        "--unplug-mid-transfer",
-        action="store_true",
-        help="vanish half-way through the first stack, come back after --unplug-for",
-    )
-    parser.add_argument("--unplug-for", type=float, default=1.0, help="seconds unplugged")
-    parser.add_argument("--garbage", action="store_true", help="garbage bytes before each stack")
-    parser.add_argument(
-        "--reoffer", action="store_true", help="after each ACK, offer that stack once more"
-    )
-    parser.add_argument(
-        "--announce-huge",
-        action="store_true",
-        help="the first offer of stack 1 is a header claiming 2^20 frames of 65535x65535 "
-        "16-bit pixels (about 9 PB), and nothing more; later offers are the real stack",
-    )
-    parser.add_argument(
-        "--ack-timeout", type=float, default=60.0, help="re-offer a stack not ACKed within S s"
-    )
-    parser.add_argument(
-        "--retry-delay", type=float, default=0.5, help="seconds before re-offering a NAKed stack"
-    )
-    parser.add_argument(
-        "--rate", type=float, default=0.0, help="bulk IN throughput cap in MB/s (default none)"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser
-
-
 def main(argv: list[str]) -> int:
     """Entry point of ``dermgate simulate usb-confocal``; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = simulator_parser().parse_args(argv)
     return run_simulator(DeviceSimulator(args), verbose=args.verbose)
 
 

@@ -12,13 +12,20 @@ contract (:mod:`gateway.devices.simulator_hook` says why they are class attribut
 ``conformance = "module:AdapterClass"`` names a
 :class:`~gateway.devices.simulator_hook.SimulatorAdapter`, which ``dermgate
 conformance DRIVER`` uses to run the conformance kit against that simulator.
+
+The contract is generic over the driver's options model: a driver class is a
+:class:`DriverFactory` of its own ``Options`` (the gateway validates a device's
+options with ``Options`` and hands the result to the class), and a driver that
+derives from :class:`BaseDriver` ``[MyOptions]`` gets ``self.options`` typed as
+``MyOptions``, checked by mypy, with no ``isinstance`` at run time.
 """
 
 from __future__ import annotations
 
+import abc
 import enum
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -31,6 +38,7 @@ from gateway.core.capture import (
 )
 
 __all__ = [
+    "BaseDriver",
     "CaptureReceipt",
     "CaptureRefused",
     "CaptureSink",
@@ -39,10 +47,14 @@ __all__ = [
     "DriverFactory",
     "DriverState",
     "Matcher",
+    "OptionsT",
     "RefusalReason",
     "SerialMatch",
     "UsbMatch",
 ]
+
+#: A driver's options model (a pydantic model, ``extra="forbid"``).
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
 class DriverState(enum.StrEnum):
@@ -127,24 +139,57 @@ class DeviceHost(Protocol):
 
 
 class Driver(Protocol):
-    """A device driver plugin."""
-
-    id: ClassVar[str]
-    device_class: ClassVar[DeviceClass]
-    Options: ClassVar[type[BaseModel]]
-    matchers: ClassVar[tuple[Matcher, ...]]
+    """A running device driver: what :meth:`DriverFactory.__call__` returns."""
 
     async def run(self) -> None:
         """Serve the device until cancelled; reconnect on your own when it goes away."""
 
 
-class DriverFactory(Protocol):
-    """The class registered in the entry-point group."""
+class DriverFactory(Protocol[OptionsT]):
+    """The class registered in the entry-point group, generic over its options model.
+
+    Read-only members, so that a class (whose members are class variables) matches.
+    """
+
+    @property
+    def id(self) -> str:
+        """The driver id of ``[[devices]] driver = "..."``."""
+
+    @property
+    def device_class(self) -> DeviceClass:
+        """The kind of device the driver serves."""
+
+    @property
+    def Options(self) -> type[OptionsT]:
+        """The pydantic model of the driver's ``[[devices]]`` options."""
+
+    @property
+    def matchers(self) -> tuple[Matcher, ...]:
+        """USB and serial matchers for hotplug (empty: not hotpluggable)."""
+
+    def __call__(self, options: OptionsT, host: DeviceHost, name: str) -> Driver:
+        """Build a driver for one configured device."""
+
+
+class BaseDriver(abc.ABC, Generic[OptionsT]):
+    """A convenient base for a driver class: ``class MyDriver(BaseDriver[MyOptions])``.
+
+    Keeps ``options`` (typed ``MyOptions``), ``host`` and ``name``; a subclass sets
+    ``id``, ``device_class``, ``Options = MyOptions`` (mypy checks it is the model
+    named in brackets) and ``matchers``, and implements :meth:`run`.
+    """
 
     id: ClassVar[str]
     device_class: ClassVar[DeviceClass]
-    Options: ClassVar[type[BaseModel]]
-    matchers: ClassVar[tuple[Matcher, ...]]
+    Options: type[OptionsT]
+    matchers: ClassVar[tuple[Matcher, ...]] = ()
 
-    def __call__(self, options: BaseModel, host: DeviceHost, name: str) -> Driver:
-        """Build a driver for one configured device."""
+    def __init__(self, options: OptionsT, host: DeviceHost, name: str) -> None:
+        """Keep the device's validated ``options``, the ``host`` and the device's ``name``."""
+        self.options = options
+        self.host = host
+        self.name = name
+
+    @abc.abstractmethod
+    async def run(self) -> None:
+        """Serve the device until cancelled; reconnect on your own when it goes away."""

@@ -14,7 +14,7 @@ the devices that use it, never for the others: :func:`find_driver` raises
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
-from typing import cast
+from typing import Any, cast
 
 from pydantic import BaseModel
 
@@ -37,7 +37,7 @@ def _plugin(ep: EntryPoint) -> str:
     return f"{dist.name} {dist.version}" if dist is not None else "unknown package"
 
 
-def _load(ep: EntryPoint) -> DriverFactory:
+def _load(ep: EntryPoint) -> DriverFactory[Any]:
     """Import one entry point and check it has the shape of a driver class."""
     where = f"driver {ep.name!r} ({ep.value}, from {_plugin(ep)})"
     try:
@@ -51,7 +51,7 @@ def _load(ep: EntryPoint) -> DriverFactory:
         raise BrokenDriver(f"{where} is not a driver class with an Options model")
     if not isinstance(getattr(loaded, "matchers", ()), tuple):
         raise BrokenDriver(f"{where}: matchers must be a tuple of UsbMatch/SerialMatch")
-    return cast(DriverFactory, loaded)
+    return cast(DriverFactory[Any], loaded)
 
 
 def installed_ids() -> list[str]:
@@ -59,9 +59,9 @@ def installed_ids() -> list[str]:
     return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
-def available_drivers() -> tuple[dict[str, DriverFactory], dict[str, BrokenDriver]]:
+def available_drivers() -> tuple[dict[str, DriverFactory[Any]], dict[str, BrokenDriver]]:
     """Every installed driver by id, and the ones that failed to load, by id."""
-    found: dict[str, DriverFactory] = {}
+    found: dict[str, DriverFactory[Any]] = {}
     broken: dict[str, BrokenDriver] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
@@ -71,7 +71,7 @@ def available_drivers() -> tuple[dict[str, DriverFactory], dict[str, BrokenDrive
     return found, broken
 
 
-def find_driver(driver_id: str) -> DriverFactory:
+def find_driver(driver_id: str) -> DriverFactory[Any]:
     """The driver registered as ``driver_id``.
 
     Raises :class:`UnknownDriver` if none is, :class:`BrokenDriver` if it fails to load.

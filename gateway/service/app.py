@@ -16,6 +16,7 @@ import functools
 import logging
 import time
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from gateway.core import events
 from gateway.core.capture import GatewayIdentity
@@ -101,7 +102,7 @@ class _Devices:
         self.board = board
         self.supervisor = supervisor
         self.policy = restart_policy(config)
-        self.factories: dict[int, DriverFactory] = {}
+        self.factories: dict[int, DriverFactory[Any]] = {}
 
     def start_all(self) -> list[HotplugSlot]:
         """Start every static device; return the hotplug-managed ones."""
