@@ -139,11 +139,11 @@ class StagedCapture:
     """A capture being received: bytes go to a staging file, nothing is acknowledged.
 
     When the device announced the size and the first bytes are a JPEG header the
-    builder can describe, the staging file *is* the DICOM file: Part 10 header, then
-    the device's bytes as the pixel data fragment (one write, one fsync), without
-    the JPEG's metadata segments (EXIF, XMP, comments: all in the header, so they
-    are dropped from the buffered header before its first byte is written; the
-    image data follows byte for byte). The checksum is of the device's bytes.
+    builder can describe (:mod:`gateway.dicom.writers` decides), the staging file
+    *is* the DICOM file: Part 10 header, then the device's bytes as the pixel data
+    fragment (one write, one fsync), without the JPEG's metadata segments (EXIF,
+    XMP, comments: all in the header, so they are dropped from the buffered header
+    before its first byte is written; the image data follows byte for byte). The checksum is of the device's bytes.
     Otherwise (unknown size, not a JPEG, a JPEG DICOM cannot carry) the bytes are
     kept as they came, in ``raw/``, for the wrapping stage to wrap or quarantine
     with its reason.
