@@ -165,7 +165,7 @@ async def intake_in_process(
     wrapper = Wrapper(ledger, dirs, GATEWAY, [DESTINATION], on_wrapped)
     # As gateway.service.app wires it: a JPEG the builder can describe goes straight into its
     # DICOM file at intake (one copy); anything else goes through raw/ and the wrapper.
-    inline = InlineWrap(wrapper.build, wrapper.destinations, on_wrapped)
+    inline = InlineWrap(GATEWAY, wrapper.destinations, on_wrapped)
     intake = Intake(ledger, dirs, wrapper.notify, None, inline)
     latencies: list[float] = []
     try:

@@ -1,22 +1,12 @@
 """The wrapping stage: CAPTURED → WRAPPED (or QUARANTINED with a reason).
 
-For each durable capture it picks the DICOM writer for what the capture is
-(:func:`writer_for`: the offer's content type and the device class), and writes the
-Part 10 file atomically into ``dicom/``. Then the ledger row becomes WRAPPED with a
-pending delivery per destination. A capture the writer refuses (not a JPEG,
-subsampling DICOM cannot describe, a damaged mesh) is quarantined: it was
-acknowledged, so it is kept, never sent, and shown with the reason.
-
-============================  ======================  ================================
-content type                  device class            DICOM object
-============================  ======================  ================================
-image/jpeg                    dermatoscope            Dermoscopic Photography (…77.1.7)
-image/jpeg                    camera, body scanner    VL Photographic (…77.1.4)
-image/tiff, image/png         camera, body scanner    VL Photographic, native pixels
-raw pixels                    confocal microscope     Confocal Microscopy (…77.1.8/.9)
-model/obj, model/mtl,         body scanner            Encapsulated OBJ, MTL, STL
-model/stl                                             (…104.4, .5, .3)
-============================  ======================  ================================
+For each durable capture it writes the Part 10 file atomically into ``dicom/``,
+with the writer :mod:`gateway.dicom.writers` picks for what the capture is (the
+offer's content type and the device class; the table is there). Then the ledger
+row becomes WRAPPED with a pending delivery per destination. A capture the writer
+refuses (not a JPEG, subsampling DICOM cannot describe, a damaged mesh) is
+quarantined: it was acknowledged, so it is kept, never sent, and shown with the
+reason.
 """
 
 from __future__ import annotations
@@ -29,26 +19,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from gateway.core import events
-from gateway.core.capture import (
-    CaptureOffer,
-    ContentType,
-    DeviceClass,
-    DeviceIdentity,
-    GatewayIdentity,
-    InstanceUIDs,
-)
-from gateway.dicom.confocal import write_confocal
-from gateway.dicom.dermoscopy import build_dermoscopic_photography
+from gateway.core.capture import GatewayIdentity
 from gateway.dicom.errors import WrapError
-from gateway.dicom.job import ObjectWriter, WrapJob, WrittenObject
-from gateway.dicom.jpeg import JpegInfo, read_jpeg_info
-from gateway.dicom.part10 import write_part10_encapsulated
-from gateway.dicom.photo import build_vl_photographic, write_vl_photographic_native
-from gateway.dicom.surface import write_encapsulated_3d
+from gateway.dicom.job import WrapJob, WrittenObject
+from gateway.dicom.writers import write_capture
 from gateway.spool import ledger as db
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger, SpoolEntry
@@ -59,20 +36,6 @@ log = logging.getLogger(__name__)
 
 _RETRY_AFTER_ERROR = 30.0
 _POLL = 60.0
-
-_WRITERS: dict[ContentType, ObjectWriter] = {
-    ContentType.PIXELS: write_confocal,
-    ContentType.OBJ: write_encapsulated_3d,
-    ContentType.MTL: write_encapsulated_3d,
-    ContentType.STL: write_encapsulated_3d,
-    ContentType.TIFF: write_vl_photographic_native,
-    ContentType.PNG: write_vl_photographic_native,
-}
-
-
-def writer_for(content_type: ContentType) -> ObjectWriter | None:
-    """The writer for captures that are not JPEGs (JPEGs go through :meth:`Wrapper.build`)."""
-    return _WRITERS.get(content_type)
 
 
 class Wrapper:
@@ -189,64 +152,8 @@ class Wrapper:
         raw = self._dirs.raw / entry.raw_name
         if not raw.exists():  # deleted by hand: waiting would not bring it back
             raise WrapError("raw capture file missing")
-        writer = writer_for(entry.offer.content_type)
-        if writer is not None:
-            job = WrapJob(
-                entry.device, entry.offer, entry.uids, raw, self._gateway, now, patient_key
-            )
-            return writer(job, dest)
-        if entry.offer.content_type is not ContentType.JPEG:
-            raise WrapError(f"no DICOM writer for content type {entry.offer.content_type}")
-        jpeg = read_jpeg_info(raw)
-        dataset = self.build(entry.device, entry.offer, entry.uids, jpeg, now, patient_key)
-        write_part10_encapsulated(dataset, raw, dest)
-        return WrittenObject(
-            sop_class_uid=str(dataset.SOPClassUID),
-            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
-        )
-
-    def build(
-        self,
-        identity: DeviceIdentity,
-        offer: CaptureOffer,
-        uids: InstanceUIDs,
-        jpeg: JpegInfo,
-        now: datetime,
-        patient_spool_id: int | None = None,
-    ) -> Dataset:
-        """The DICOM data set (without Pixel Data) for one JPEG capture; raises WrapError.
-
-        Used here for captures in ``raw/`` and by intake, which streams a JPEG it
-        can describe straight into its DICOM file. ``patient_spool_id`` names the
-        temporary patient of a capture without a Patient ID.
-        """
-        if identity.device_class in (DeviceClass.CAMERA, DeviceClass.BODY_SCANNER):
-            return build_vl_photographic(
-                identity=identity,
-                offer=offer,
-                uids=uids,
-                jpeg=jpeg,
-                gateway=self._gateway,
-                patient=offer.patient,
-                now=now,
-                patient_spool_id=patient_spool_id,
-            )
-        if identity.device_class is not DeviceClass.DERMATOSCOPE:
-            raise WrapError(f"no JPEG builder for device class {identity.device_class}")
-        return build_dermoscopic_photography(
-            identity=identity,
-            offer=offer,
-            uids=uids,
-            jpeg=jpeg,
-            gateway=self._gateway,
-            patient=offer.patient,
-            now=now,
-            # Without patient context every capture is its own study and series
-            # (never merge two patients' images), so both numbers are 1.
-            series_number=1,
-            instance_number=1,
-            patient_spool_id=patient_spool_id,
-        )
+        job = WrapJob(entry.device, entry.offer, entry.uids, raw, self._gateway, now, patient_key)
+        return write_capture(job, dest)
 
     @property
     def destinations(self) -> tuple[str, ...]:

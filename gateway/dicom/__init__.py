@@ -1,9 +1,12 @@
 """DICOM: the only place that picks an IOD, builds a dataset and writes a Part 10 file.
 
 One module per IOD family (:mod:`.dermoscopy`, :mod:`.photo`, :mod:`.confocal`,
-:mod:`.surface`), the modules they share (:mod:`.modules`), JPEG encapsulation
-(:mod:`.jpeg`) and the file writer (:mod:`.part10`). Pure builders: no ledger,
-no network.
+:mod:`.confocal_sc`, :mod:`.surface`), each starting from the modules they share
+(:mod:`.modules`, :func:`~.modules.new_instance`); JPEG encapsulation
+(:mod:`.jpeg`); the one Part 10 writer every builder uses (:mod:`.part10`); and
+the one module that picks the writer for a capture (:mod:`.writers`), used by the
+wrapping stage and by intake's inline JPEG path. Pure builders: no ledger, no
+network.
 """
 
 __all__ = [

@@ -7,16 +7,13 @@ The rules followed, with the standard's sections, are in docs/dicom/confocal.md.
 
 from __future__ import annotations
 
-import io
 import os
-import struct
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, Final
 
 from pydicom.dataset import Dataset
-from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -24,12 +21,12 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from gateway.core.capture import Laterality
-from gateway.core.files import atomic_writer, copy_stream
 from gateway.core.patient import lesion_label_comment
 from gateway.core.uids import (
     derived_uid,
     tracking_uid,
 )
+from gateway.dicom.confocal_sc import write_confocal_sc
 from gateway.dicom.confocal_stack import (
     BITS,
     CONFOCAL_IMAGE_SOP_CLASS,
@@ -52,6 +49,7 @@ from gateway.dicom.modules import (
     dt,
     tm,
 )
+from gateway.dicom.part10 import PIXEL_DATA, element_header, file_value, write_part10
 
 __all__ = [
     "BITS",
@@ -69,7 +67,6 @@ __all__ = [
 IMAGE_TYPE: Final = ("ORIGINAL", "PRIMARY", "VOLUME", "NONE")
 OPTICAL_PATH_ID: Final = "1"
 
-_CHUNK: Final = 1 << 20
 #: CID 4029's own meaning for SNOMED CT 39937001 (PS3.16 writes it "Skin").
 _SKIN: Final = ("39937001", "SCT", "Skin")
 #: CID 8123 Microscopy Illumination Method [PY ``_concepts_dict``], by Confocal Mode.
@@ -333,8 +330,7 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
 
 def pixel_data_header(stack: ConfocalStack) -> bytes:
     """The Pixel Data element header: OB (8-bit pixels), explicit even length."""
-    length = stack.pixel_bytes + (stack.pixel_bytes & 1)
-    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, length)
+    return element_header(PIXEL_DATA, "OB", stack.pixel_bytes)
 
 
 def write_confocal(job: WrapJob, dest: Path) -> WrittenObject:
@@ -348,13 +344,12 @@ def write_confocal(job: WrapJob, dest: Path) -> WrittenObject:
     Secondary Capture by :mod:`gateway.dicom.confocal_sc` instead.
 
     Memory does not grow with the frame count: the per-frame groups are encoded
-    one frame at a time straight into the file (:func:`write_per_frame_groups`) and
-    the pixels are copied in 1 MiB chunks. The bytes are those pydicom writes for
-    :func:`build_confocal`'s data set.
+    one frame at a time straight into the file (:func:`write_per_frame_groups`,
+    between the header and the pixels of :func:`~gateway.dicom.part10.write_part10`)
+    and the pixels are copied in 1 MiB chunks. The bytes are those pydicom writes
+    for :func:`build_confocal`'s data set.
     """
     if str(job.offer.extra.get("bits")) == "16":
-        from gateway.dicom.confocal_sc import write_confocal_sc  # here: it imports this module
-
         return write_confocal_sc(job, dest)
     stack = ConfocalStack.from_extra(job.offer.extra)
     with job.source.open("rb") as src:
@@ -368,18 +363,12 @@ def write_confocal(job: WrapJob, dest: Path) -> WrittenObject:
         dataset, acquired = _build_without_per_frame_groups(job, stack)
         if max(int(elem.tag) for elem in dataset) >= _PER_FRAME_GROUPS:
             raise ValueError("the per-frame groups must be the data set's last attribute")
-        header = io.BytesIO()
-        dcmwrite(header, dataset, enforce_file_format=True)
-        with atomic_writer(dest) as out:
-            out.write(header.getvalue())
+
+        def per_frame_groups(out: BinaryIO) -> None:
             if stack.kind == "z-stack":
                 write_per_frame_groups(out, stack, acquired)
-            out.write(pixel_data_header(stack))
-            copied = copy_stream(src, out, chunk_size=_CHUNK)
-            if copied != size:
-                raise OSError(f"pixel source changed size while being copied ({copied})")
-            if size & 1:
-                out.write(b"\x00")
+
+        write_part10(dest, dataset, file_value(src, size), before_value=per_frame_groups)
     return WrittenObject(
         sop_class_uid=str(dataset.SOPClassUID), transfer_syntax_uid=str(ExplicitVRLittleEndian)
     )

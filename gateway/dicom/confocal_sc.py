@@ -81,30 +81,26 @@ into Image Comments in words instead). The Multi-frame Functional Groups that A.
 allows (U) are not used: the SC vectors say everything we know per frame, and a
 plain multi-frame SC is what PACS viewers display best.
 
-Streaming: pydicom writes the header; the Pixel Data element header is packed here
-and the raw file is copied in 1 MiB chunks into :func:`atomic_writer`; memory stays
-flat whatever the stack size. More than 0xFFFFFFFE bytes of pixels cannot be one
+Streaming: :func:`gateway.dicom.part10.write_part10` writes the header and copies
+the raw file in 1 MiB chunks into the Pixel Data (OW) element; memory stays flat
+whatever the stack size. More than 0xFFFFFFFE bytes of pixels cannot be one
 native Pixel Data element (a 32-bit length; 0xFFFFFFFF means undefined): WrapError.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Final, NoReturn
 
 from pydicom.dataset import Dataset
-from pydicom.filewriter import dcmwrite
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
 )
 from pydicom.valuerep import format_number_as_ds
 
-from gateway.core.files import atomic_writer, copy_stream
 from gateway.dicom.confocal_stack import BITS, MAX_PIXEL_BYTES, ConfocalStack, start_instance
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
@@ -115,6 +111,7 @@ from gateway.dicom.modules import (
     dt,
     tm,
 )
+from gateway.dicom.part10 import PIXEL_DATA, element_header, file_value, write_part10
 
 __all__ = [
     "SC_BITS",
@@ -340,16 +337,17 @@ def pixel_range(src: BinaryIO) -> PixelRange:
 
 def pixel_data_header(stack: ConfocalStack) -> bytes:
     """The Pixel Data element header: OW (16-bit words), explicit (always even) length."""
-    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, stack.pixel_bytes)
+    return element_header(PIXEL_DATA, "OW", stack.pixel_bytes)
 
 
 def write_confocal_sc(job: WrapJob, dest: Path) -> WrittenObject:
     """Write a 16-bit confocal z-stack or mosaic as Word Secondary Capture (blocking).
 
-    Two streaming passes over the raw file (pixel range, then the copy), 1 MiB at a
-    time. Raises WrapError for a capture that cannot be carried (description missing
-    or contradictory, too large, file size not what the geometry says) and OSError
-    for I/O trouble; ``dest`` appears only complete and durable.
+    Two streaming passes over the raw file (pixel range, then the copy by
+    :func:`~gateway.dicom.part10.write_part10`), 1 MiB at a time. Raises WrapError
+    for a capture that cannot be carried (description missing or contradictory, too
+    large, file size not what the geometry says) and OSError for I/O trouble;
+    ``dest`` appears only complete and durable.
     """
     stack = sc_stack(job.offer.extra)
     with job.source.open("rb") as src:
@@ -363,14 +361,7 @@ def write_confocal_sc(job: WrapJob, dest: Path) -> WrittenObject:
         pixels = pixel_range(src)
         src.seek(0)
         dataset = build_confocal_sc(job, stack, pixels)
-        header = io.BytesIO()
-        dcmwrite(header, dataset, enforce_file_format=True)
-        with atomic_writer(dest) as out:
-            out.write(header.getvalue())
-            out.write(pixel_data_header(stack))
-            copied = copy_stream(src, out, chunk_size=_CHUNK)
-            if copied != size:
-                raise OSError(f"pixel source changed size while being copied ({copied})")
+        write_part10(dest, dataset, file_value(src, size, vr="OW"))
     return WrittenObject(
         sop_class_uid=SC_WORD_SOP_CLASS, transfer_syntax_uid=str(ExplicitVRLittleEndian)
     )

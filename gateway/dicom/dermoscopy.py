@@ -1,9 +1,11 @@
 """Dermoscopic Photography Image Storage (PS3.3 A.32.11, C.8.12.13; Sup 221).
 
 :func:`build_dermoscopic_photography` turns one dermatoscope capture into a DICOM
-dataset *without* Pixel Data: :func:`gateway.dicom.part10.write_part10_encapsulated`
-appends the device's JPEG, its image data unchanged and its metadata segments
-dropped (:mod:`gateway.dicom.jpeg`), while streaming the file out. The
+dataset *without* Pixel Data, starting from the common modules
+(:func:`gateway.dicom.modules.new_instance`);
+:func:`gateway.dicom.part10.write_part10_encapsulated` appends the device's JPEG,
+its image data unchanged and its metadata segments dropped
+(:mod:`gateway.dicom.jpeg`), while streaming the file out. The
 builder is pure: no I/O, no clock reads, no random UIDs (the Frame of Reference UID
 is derived from the SOP Instance UID), inputs are not modified, and the same inputs
 give an equal dataset, so a re-wrap after a crash produces the same object.
@@ -76,14 +78,10 @@ from gateway.dicom.jpeg import JpegInfo, encapsulation_for
 from gateway.dicom.modules import (
     add_anatomic_region,
     add_enhanced_general_equipment,
-    add_general_series,
-    add_general_study,
-    add_patient,
-    add_sop_common,
     da,
     dt,
-    file_meta,
     in_zone_of,
+    new_instance,
     tm,
 )
 
@@ -129,31 +127,16 @@ def build_dermoscopic_photography(
     encapsulation = encapsulation_for(jpeg)
     acquired = in_zone_of(offer.acquired_at or now, now)
 
-    ds = Dataset()
-    ds.file_meta = file_meta(
-        DERMOSCOPIC_PHOTOGRAPHY_SOP_CLASS, uids.sop_instance, encapsulation.transfer_syntax_uid
-    )
-
-    add_sop_common(
-        ds,
-        sop_class_uid=DERMOSCOPIC_PHOTOGRAPHY_SOP_CLASS,
-        sop_instance_uid=uids.sop_instance,
-        now=now,
-    )
     subject = object_patient(patient, gateway.gateway_id, patient_spool_id)
-    add_patient(ds, subject.context)
-    add_general_study(
-        ds,
-        study_uid=uids.study,
-        started=acquired,
-        accession_number=subject.context.accession_number,
-    )
-    add_general_series(
-        ds,
-        series_uid=uids.series,
+    ds = new_instance(
+        sop_class_uid=DERMOSCOPIC_PHOTOGRAPHY_SOP_CLASS,
+        uids=uids,
         modality=MODALITY,
-        started=acquired,
+        patient=subject.context,
+        acquired=acquired,
+        now=now,
         series_number=series_number,
+        transfer_syntax_uid=encapsulation.transfer_syntax_uid,
     )
     if offer.laterality is None:
         ds.Laterality = ""  # Series Laterality (0020,0060)

@@ -81,7 +81,6 @@ from typing import Any, BinaryIO, Final
 from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydicom.dataset import Dataset
-from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, VLPhotographicImageStorage
 from pydicom.valuerep import format_number_as_ds
@@ -95,24 +94,20 @@ from gateway.core.capture import (
     Laterality,
     PatientContext,
 )
-from gateway.core.files import atomic_writer
 from gateway.core.patient import object_patient
 from gateway.dicom.errors import InconsistentSettings, WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.jpeg import JpegInfo, encapsulation_for
 from gateway.dicom.modules import (
     add_anatomic_region,
-    add_general_series,
-    add_general_study,
-    add_patient,
-    add_sop_common,
     da,
     device_string,
     dt,
-    file_meta,
     in_zone_of,
+    new_instance,
     tm,
 )
+from gateway.dicom.part10 import StreamedValue, write_part10
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -150,7 +145,6 @@ _ORIENTATION_HINTS: Final = {
     8: "Camera orientation: rotate 90 degrees counter-clockwise to display upright",
 }
 _BAND_BYTES: Final = 4 << 20
-_PIXEL_DATA_OB: Final = struct.pack("<HH2sH", 0x7FE0, 0x0010, b"OB", 0)
 _QUARANTINED: Final = "the capture is kept and quarantined"
 
 
@@ -244,9 +238,15 @@ def build_vl_photographic(
     metadata is malformed.
     """
     encapsulation = encapsulation_for(jpeg)
-    ds = _photo_dataset(identity, offer, uids, gateway, patient, now, patient_spool_id)
-    ds.file_meta = file_meta(
-        VL_PHOTOGRAPHIC_SOP_CLASS, uids.sop_instance, encapsulation.transfer_syntax_uid
+    ds = _photo_dataset(
+        identity,
+        offer,
+        uids,
+        gateway,
+        patient,
+        now,
+        patient_spool_id,
+        transfer_syntax_uid=encapsulation.transfer_syntax_uid,
     )
     ds.SamplesPerPixel = 3
     ds.PhotometricInterpretation = encapsulation.photometric_interpretation
@@ -288,7 +288,6 @@ def write_vl_photographic_native(job: WrapJob, dest: Path) -> WrittenObject:
         job.now,
         job.patient_spool_id,
     )
-    ds.file_meta = file_meta(VL_PHOTOGRAPHIC_SOP_CLASS, job.uids.sop_instance)
     limit = PhotoExtra.from_extra(job.offer.extra).max_pixels or DEFAULT_MAX_PIXELS
     with job.source.open("rb") as fh, _decoded(fh, kind, limit) as (image, monochrome):
         columns, rows = image.size
@@ -304,17 +303,18 @@ def write_vl_photographic_native(job: WrapJob, dest: Path) -> WrittenObject:
         length = rows * columns * samples
         if length + (length & 1) > 0xFFFFFFFE:
             raise WrapError(f"the {kind} image is too large for one DICOM object; {_QUARANTINED}")
-        with atomic_writer(dest) as out:
-            dcmwrite(out, ds, enforce_file_format=True)
-            out.write(_PIXEL_DATA_OB + struct.pack("<I", length + (length & 1)))
+
+        def copy_bands(out: BinaryIO) -> int:
             written = 0
             for band in _bands(image, "L" if monochrome else "RGB", kind):
                 out.write(band)
                 written += len(band)
-            if written != length:
-                raise WrapError(f"the {kind} image decoded to an unexpected size; {_QUARANTINED}")
-            if length & 1:
-                out.write(b"\x00")
+            return written
+
+        def mismatch(_written: int) -> WrapError:
+            return WrapError(f"the {kind} image decoded to an unexpected size; {_QUARANTINED}")
+
+        write_part10(dest, ds, StreamedValue(length, copy_bands, mismatch=mismatch))
     return WrittenObject(
         sop_class_uid=VL_PHOTOGRAPHIC_SOP_CLASS, transfer_syntax_uid=str(ExplicitVRLittleEndian)
     )
@@ -496,8 +496,10 @@ def _photo_dataset(
     patient: PatientContext | None,
     now: datetime,
     patient_spool_id: int | None,
+    *,
+    transfer_syntax_uid: str = ExplicitVRLittleEndian,
 ) -> Dataset:
-    """Every module except the image pixel description."""
+    """Every module (and the File Meta) except the image pixel description."""
     extra = PhotoExtra.from_extra(offer.extra)
     laterality = _laterality(offer.laterality)
     acquired = in_zone_of(offer.acquired_at, now) if offer.acquired_at is not None else None
@@ -509,24 +511,15 @@ def _photo_dataset(
         series_number = 1 if series_number is None else series_number
         instance_number = 1 if instance_number is None else instance_number
 
-    ds = Dataset()
-    add_sop_common(
-        ds, sop_class_uid=VL_PHOTOGRAPHIC_SOP_CLASS, sop_instance_uid=uids.sop_instance, now=now
-    )
-    subject = object_patient(patient, gateway.gateway_id, patient_spool_id).context
-    add_patient(ds, subject)
-    add_general_study(
-        ds,
-        study_uid=uids.study,
-        started=started,
-        accession_number=subject.accession_number,
-    )
-    add_general_series(
-        ds,
-        series_uid=uids.series,
+    ds = new_instance(
+        sop_class_uid=VL_PHOTOGRAPHIC_SOP_CLASS,
+        uids=uids,
         modality=MODALITY,
-        started=started,
+        patient=object_patient(patient, gateway.gateway_id, patient_spool_id).context,
+        acquired=started,
+        now=now,
         series_number=series_number,
+        transfer_syntax_uid=transfer_syntax_uid,
     )
     if laterality is None:
         ds.Laterality = ""  # Series Laterality (0020,0060), type 2C

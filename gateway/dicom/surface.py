@@ -13,12 +13,12 @@ General and Enhanced General Equipment, Encapsulated Document, Manufacturing 3D
 Model, SOP Common, and Common Instance Reference when the document names other
 files. Decisions, with the rule behind each:
 
-* **Streaming.** The document may be tens or hundreds of MB. pydicom writes the
-  File Meta Information and every attribute that sorts before (0042,0011); this
-  module then writes the Encapsulated Document element header itself (``OB`` with
-  an explicit, even length), copies the file in 1 MiB chunks, pads an odd length
-  with one 0x00, and appends the attributes after it (MIME type, Encapsulated
-  Document Length) serialised by pydicom. Memory stays flat. Encapsulated Document
+* **Streaming.** The document may be tens or hundreds of MB. The Part 10 writer
+  (:func:`gateway.dicom.part10.write_part10`) writes the File Meta Information and
+  every attribute that sorts before (0042,0011), then the Encapsulated Document
+  element header (``OB`` with an explicit, even length), copies the file in 1 MiB
+  chunks, pads an odd length with one 0x00, and appends the attributes after it
+  (MIME type, Encapsulated Document Length). Memory stays flat. Encapsulated Document
   Length (0042,0015) is the length *before* padding, so a reader gets the file back
   exactly.
 * **Links.** A document that names another file (``mtllib body.mtl`` in the OBJ,
@@ -55,13 +55,11 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, Final
 from urllib.parse import quote
 
 from PIL import ImageCms
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     EncapsulatedMTLStorage,
@@ -71,21 +69,18 @@ from pydicom.uid import (
 )
 
 from gateway.core.capture import ContentType, PatientContext
-from gateway.core.files import atomic_writer
 from gateway.core.patient import object_patient
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.modules import (
     add_enhanced_general_equipment,
-    add_general_study,
-    add_patient,
-    add_sop_common,
     da,
     dt,
-    file_meta,
     in_zone_of,
+    new_instance,
     tm,
 )
+from gateway.dicom.part10 import file_value, write_part10
 
 __all__ = [
     "MODALITY",
@@ -120,7 +115,6 @@ _TITLES: Final[dict[ContentType, str]] = {
 }
 _ENCAPSULATED_DOCUMENT: Final = 0x00420011
 _MAX_LENGTH: Final = 0xFFFFFFFE
-_CHUNK: Final = 1 << 20
 #: RFC 3986 path characters kept as they are (unreserved, sub-delims, ":@/").
 _URI_SAFE: Final = "/-._~!$&'()*+,;=:@"
 
@@ -235,16 +229,12 @@ def write_encapsulated_3d(job: WrapJob, dest: Path) -> WrittenObject:
         if size + (size & 1) > _MAX_LENGTH:
             raise WrapError("the 3D model file exceeds the 4 GiB a DICOM element can hold")
         dataset = build_encapsulated_3d(job, links, sop_class, size)
-        head, tail = _split_at_document(dataset)
-        with atomic_writer(dest) as out:
-            out.write(_part10_head(head))
-            out.write(struct.pack("<HH2sHI", 0x0042, 0x0011, b"OB", 0, size + (size & 1)))
-            copied = _copy(src, out)
-            if copied != size:
-                raise OSError(f"the model file changed size while being copied ({copied}/{size})")
-            if size & 1:
-                out.write(b"\x00")
-            out.write(_encode_tail(tail))
+
+        def changed(copied: int) -> OSError:
+            return OSError(f"the model file changed size while being copied ({copied}/{size})")
+
+        document = file_value(src, size, tag=_ENCAPSULATED_DOCUMENT, mismatch=changed)
+        write_part10(dest, dataset, document)
     return WrittenObject(sop_class_uid=sop_class, transfer_syntax_uid=str(ExplicitVRLittleEndian))
 
 
@@ -259,24 +249,16 @@ def build_encapsulated_3d(
         offer.patient, job.gateway.gateway_id, job.patient_spool_id
     ).context
 
-    ds = Dataset()
-    ds.file_meta = file_meta(sop_class, uids.sop_instance)
-
-    add_sop_common(ds, sop_class_uid=sop_class, sop_instance_uid=uids.sop_instance, now=now)
-    add_patient(ds, patient)
-    add_general_study(
-        ds,
-        study_uid=uids.study,
-        started=acquired,
-        accession_number=patient.accession_number,
+    # General Series is the Encapsulated Document Series (Series Number is type 1 here)
+    ds = new_instance(
+        sop_class_uid=sop_class,
+        uids=uids,
+        modality=MODALITY,
+        patient=patient,
+        acquired=acquired,
+        now=now,
+        series_number=links.series_number,
     )
-
-    # Encapsulated Document Series (Series Number is type 1 here)
-    ds.Modality = MODALITY
-    ds.SeriesInstanceUID = uids.series
-    ds.SeriesNumber = links.series_number
-    ds.SeriesDate = da(acquired)
-    ds.SeriesTime = tm(acquired)
 
     if content_type is not ContentType.MTL:
         if not links.frame_of_reference_uid:
@@ -358,35 +340,3 @@ def _add_references(ds: Dataset, references: tuple[LinkedInstance, ...]) -> None
 def uri_reference(name: str) -> str:
     """A file name as used in a document, as a relative URI reference (UR VR)."""
     return quote(name, safe=_URI_SAFE)
-
-
-def _split_at_document(ds: Dataset) -> tuple[Dataset, Dataset]:
-    """The attributes before and after (0042,0011), as two datasets."""
-    head, tail = Dataset(), Dataset()
-    head.file_meta = ds.file_meta
-    for elem in ds:
-        target = head if int(elem.tag) < _ENCAPSULATED_DOCUMENT else tail
-        target.add(elem)
-    return head, tail
-
-
-def _part10_head(head: Dataset) -> bytes:
-    out = DicomBytesIO()
-    dcmwrite(out, head, enforce_file_format=True)
-    return out.getvalue()
-
-
-def _encode_tail(tail: Dataset) -> bytes:
-    out = DicomBytesIO()
-    out.is_little_endian = True
-    out.is_implicit_VR = False
-    write_dataset(out, tail)
-    return out.getvalue()
-
-
-def _copy(src: BinaryIO, dst: BinaryIO) -> int:
-    total = 0
-    while chunk := src.read(_CHUNK):
-        dst.write(chunk)
-        total += len(chunk)
-    return total

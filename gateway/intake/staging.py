@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
 import hashlib
-import io
 import logging
 import os
 import sqlite3
@@ -25,22 +23,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from pydicom.dataset import Dataset
-
 from gateway.core.capture import (
     CaptureOffer,
     CaptureRefused,
-    ContentType,
     DeviceIdentity,
+    GatewayIdentity,
     InstanceUIDs,
     RefusalReason,
 )
 from gateway.core.files import fsync_dir
 from gateway.core.uids import new_uid
 from gateway.devices.contract import CaptureReceipt
-from gateway.dicom.errors import WrapError
-from gateway.dicom.jpeg import JpegInfo, read_jpeg_info_from, strip_metadata
-from gateway.dicom.part10 import part10_prefix, part10_suffix
+from gateway.dicom.writers import (
+    InlineHeader,
+    InlineStart,
+    begin_inline,
+    may_write_inline,
+    read_inline_header,
+)
 from gateway.spool import ledger as db
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
@@ -49,9 +49,6 @@ from gateway.spool.space import too_large
 log = logging.getLogger(__name__)
 
 _BUFFER = 1 << 20
-# A JPEG header (markers up to Start of Scan, EXIF and ICC included) is found within
-# this many bytes, or the capture is spooled raw and the wrapping stage decides.
-_HEADER_LIMIT = 1 << 20
 
 
 def fresh_uids() -> InstanceUIDs:
@@ -91,15 +88,13 @@ def uids_in_use() -> CaptureRefused:
 class InlineWrap:
     """How intake writes a capture straight into its DICOM file (one copy on disk).
 
-    ``build`` is the wrapping stage's builder (raises WrapError for what it cannot
-    describe; its last argument names the temporary patient, see
-    :mod:`gateway.core.patient`); ``destinations`` get a pending delivery;
-    ``on_wrapped`` wakes the forwarders.
+    Whether a capture can, and which object it becomes, is
+    :mod:`gateway.dicom.writers`'s decision; ``gateway`` is the identity written
+    into the object; ``destinations`` get a pending delivery; ``on_wrapped``
+    wakes the forwarders.
     """
 
-    build: Callable[
-        [DeviceIdentity, CaptureOffer, InstanceUIDs, JpegInfo, datetime, int | None], Dataset
-    ]
+    gateway: GatewayIdentity
     destinations: tuple[str, ...]
     on_wrapped: Callable[[], None]
 
@@ -144,11 +139,12 @@ class StagedCapture:
     """A capture being received: bytes go to a staging file, nothing is acknowledged.
 
     When the device announced the size and the first bytes are a JPEG header the
-    builder can describe, the staging file *is* the DICOM file: Part 10 header, then
-    the device's bytes as the pixel data fragment (one write, one fsync), without
-    the JPEG's metadata segments (EXIF, XMP, comments: all in the header, so they
-    are dropped from the buffered header before its first byte is written; the
-    image data follows byte for byte). The checksum is of the device's bytes.
+    builder can describe (:mod:`gateway.dicom.writers` decides), the staging file
+    *is* the DICOM file: Part 10 header, then the device's bytes as the pixel data
+    fragment (one write, one fsync), without the JPEG's metadata segments (EXIF,
+    XMP, comments: all in the header, so they are dropped from the buffered header
+    before its first byte is written; the image data follows byte for byte). The
+    checksum is of the device's bytes.
     Otherwise (unknown size, not a JPEG, a JPEG DICOM cannot carry) the bytes are
     kept as they came, in ``raw/``, for the wrapping stage to wrap or quarantine
     with its reason.
@@ -174,12 +170,10 @@ class StagedCapture:
         self._size = 0
         self._not_hashed = 0  # leading bytes of the buffer that are our DICOM header
         self._pending: asyncio.Future[None] | None = None
-        self._decided = (
-            intake.inline is None or offer.length is None or offer.content_type != ContentType.JPEG
-        )
+        self._decided = intake.inline is None or not may_write_inline(offer)
         self._uids: InstanceUIDs | None = None
         self._wrapped: db.WrappedAtIntake | None = None
-        self._fragment = 0  # bytes of the pixel data fragment (the JPEG as encapsulated)
+        self._end = b""  # what closes the DICOM file after the device's last byte
         self._spool_id: int | None = None  # reserved when the DICOM file is begun
 
     async def write(self, chunk: bytes) -> None:
@@ -196,46 +190,50 @@ class StagedCapture:
             await self._flush()
 
     async def _decide(self, *, final: bool) -> None:
-        """DICOM straight away, or raw first? Decided on the JPEG header."""
+        """DICOM straight away, or raw first? :mod:`gateway.dicom.writers` decides,
+        on the JPEG header."""
         inline = self._intake.inline
         assert inline is not None
         assert self._offer.length is not None
-        try:
-            info = read_jpeg_info_from(io.BytesIO(self._buffer))
-        except WrapError:
-            if final or len(self._buffer) >= _HEADER_LIMIT:
-                self._decided = True  # raw: the wrapping stage says why
+        info = read_inline_header(self._buffer, self._offer.length, final=final)
+        if info is InlineHeader.RAW:
+            self._decided = True  # raw: the wrapping stage says why
+            return
+        if info is InlineHeader.MORE:
             return
         uids = self._offer.uids or fresh_uids()
-        # The header was read from the buffer; the JPEG is as long as announced.
-        info = dataclasses.replace(info, size_bytes=self._offer.length)
         received = bytes(self._buffer)
         spool_id = await self._intake.reserve_spool_id()
         patient_key = await self._intake.patient_spool_id(spool_id, self._offer, uids)
 
-        def prefix() -> tuple[Dataset, bytes]:
-            dataset = inline.build(
-                self._identity, self._offer, uids, info, datetime.now().astimezone(), patient_key
+        def begin() -> InlineStart | None:
+            begun = begin_inline(
+                identity=self._identity,
+                offer=self._offer,
+                uids=uids,
+                jpeg=info,
+                received=received,
+                gateway=inline.gateway,
+                now=datetime.now().astimezone(),
+                patient_spool_id=patient_key,
             )
-            head = part10_prefix(dataset, info.encapsulated_size)
-            stripped = strip_metadata(received, info)
-            self._hash.update(received)  # the device's bytes, before any is dropped
-            return dataset, head + stripped
+            if begun is not None:
+                self._hash.update(received)  # the device's bytes, before any is dropped
+            return begun
 
         self._decided = True
-        try:
-            dataset, start = await asyncio.to_thread(prefix)
-        except (WrapError, ValueError):
+        begun = await asyncio.to_thread(begin)
+        if begun is None:
             return  # raw: the wrapping stage quarantines it with the reason
         self._uids = uids
         self._spool_id = spool_id
-        self._fragment = info.encapsulated_size
-        self._buffer = bytearray(start)
-        self._not_hashed = len(start)
+        self._end = begun.end
+        self._buffer = bytearray(begun.start)
+        self._not_hashed = len(begun.start)
         self._wrapped = db.WrappedAtIntake(
             dicom_name=f"{uids.sop_instance}.dcm",
-            sop_class_uid=str(dataset.SOPClassUID),
-            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+            sop_class_uid=begun.sop_class_uid,
+            transfer_syntax_uid=begun.transfer_syntax_uid,
             destinations=inline.destinations,
         )
 
@@ -307,7 +305,7 @@ class StagedCapture:
             await self.abort("checksum mismatch")
             raise CaptureRefused(RefusalReason.CHECKSUM, "SHA-256 of received bytes differs")
         if self._wrapped:
-            self._buffer += part10_suffix(self._fragment)
+            self._buffer += self._end
             self._not_hashed = len(self._buffer)
             await self._flush()
             await self._settle()

@@ -242,7 +242,7 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
 
         wrapper = Wrapper(ledger, dirs, identity, names, wrapped)
         space = SpaceGuard(dirs.root, config.spool.reserve_mb * MIB, ledger)
-        inline = InlineWrap(wrapper.build, wrapper.destinations, wrapped) if names else None
+        inline = InlineWrap(identity, wrapper.destinations, wrapped) if names else None
         intake = Intake(
             ledger,
             dirs,

@@ -281,7 +281,7 @@ async def intake(tmp_path: Path) -> AsyncIterator[Intake]:
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     ledger.start()
     wrapper = Wrapper(ledger, dirs, GATEWAY, ("pacs",), lambda: None)
-    inline = InlineWrap(wrapper.build, wrapper.destinations, lambda: None)
+    inline = InlineWrap(GATEWAY, wrapper.destinations, lambda: None)
     yield Intake(ledger, dirs, wrapper.notify, None, inline)
     ledger.close()
 

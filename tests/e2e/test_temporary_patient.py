@@ -73,7 +73,7 @@ class Spool:
         self.ledger = Ledger(root / "ledger.sqlite3")
         self.ledger.start()
         self.wrapper = Wrapper(self.ledger, self.dirs, GATEWAY, ("pacs",), lambda: None)
-        inline = InlineWrap(self.wrapper.build, self.wrapper.destinations, lambda: None)
+        inline = InlineWrap(GATEWAY, self.wrapper.destinations, lambda: None)
         self.intake = Intake(self.ledger, self.dirs, self.wrapper.notify, None, inline)
 
     async def capture(
