@@ -66,6 +66,6 @@ def test_the_guard_catches_every_form_of_import() -> None:
     assert [module for _line, module in _forbidden(ast.parse(source))] == [
         "gateway.core.capture",
         "gateway.dicom",
-        "gateway.core.config",
+        "gateway.config",
         "gateway.core.backoff",
     ]
