@@ -23,12 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field
 # The only DermGate module a driver imports: what is not exported there may change.
 from gateway.driver_api import (
     Backoff,
+    BaseDriver,
     CaptureOffer,
     CaptureRefused,
     CaptureSink,
     ContentType,
     DeviceClass,
-    DeviceHost,
     DeviceIdentity,
     DriverState,
     Matcher,
@@ -61,24 +61,21 @@ class DeviceLost(Exception):
     """The device closed the connection, or went quiet in the middle of a photo."""
 
 
-class TemplateDriver:
+class TemplateDriver(BaseDriver[TemplateOptions]):
     """Driver ``test-template``: photos from a TC-1 camera on a Unix socket."""
 
     id: ClassVar[str] = "test-template"
     device_class: ClassVar[DeviceClass] = DeviceClass.CAMERA
-    Options: ClassVar[type[BaseModel]] = TemplateOptions
+    Options = TemplateOptions  # mypy checks it is the model named in BaseDriver[...]
     matchers: ClassVar[tuple[Matcher, ...]] = ()
     # The simulator hook: "module:attribute" strings, imported only by `dermgate
     # simulate` and `dermgate conformance`, never by a running gateway.
     simulator: ClassVar[str] = "dermgate_testdriver.template.simulator:main"
     conformance: ClassVar[str] = "dermgate_testdriver.template.conformance:TemplateAdapter"
 
-    def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
-        # The gateway validated the [[devices]] keys with Options and passes the result.
-        assert isinstance(options, TemplateOptions)
-        self.options = options
-        self.host = host
-        self.name = name
+    # BaseDriver.__init__(options, host, name) keeps them as self.options (typed
+    # TemplateOptions: the gateway validated the [[devices]] keys with Options),
+    # self.host and self.name; a driver that needs more overrides it and calls super().
 
     async def run(self) -> None:
         """Connect, serve until the device goes away, wait (backing off), again."""
