@@ -41,7 +41,7 @@ a patch to the installed pynetdicom (lost at the next ``pip install``).
 
 This relies on pynetdicom 3.0.x's ``DIMSEServiceProvider.send_msg``,
 ``DIMSEMessage.encode_msg`` and ``DULServiceProvider.to_provider_queue`` (all
-public names); ``tests/test_cstore_memory.py`` checks the result against a real PACS.
+public names); ``tests/e2e/test_cstore_memory.py`` checks the result against a real PACS.
 """
 
 from __future__ import annotations
