@@ -113,7 +113,7 @@ def test_unanswered_request_survives_a_restart_and_is_asked_again(
     wait_for(lambda: len(pacs.actions) == 1, 60, "a first commitment request")
     gateway.kill()
     assert states(state_dir) == ["SENT"]
-    restarted = gateway_factory(gateway.core.config)
+    restarted = gateway_factory(gateway.config)
     wait_for(lambda: states(state_dir) == ["COMMITTED"], 60, "commitment after re-request")
     assert len(pacs.actions) == 2
     assert pacs.actions[0] != pacs.actions[1], "a new transaction for the re-request"

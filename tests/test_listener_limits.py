@@ -124,7 +124,7 @@ def test_a_giant_pdu_is_refused_before_it_is_read(
     log = gateway.log()
     assert _log_lines(log, "longer than", "127.0.0.1") == 1, "once per peer, not per connection"
     wait_for(
-        lambda: check_listener(load_config(gateway.core.config)).status == OK, 30, "still works"
+        lambda: check_listener(load_config(gateway.config)).status == OK, 30, "still works"
     )
     assert gateway.stop() == 0
 
@@ -216,7 +216,7 @@ def test_why_page_listener_check_needs_a_real_association(
 
     # The real listener answers; with every slot taken it does not, and then again.
     gateway = limited_gateway(_config(tmp_path, pacs))
-    config = load_config(gateway.core.config)
+    config = load_config(gateway.config)
     assert check_listener(config).status == OK
     assert pacs.report_to is not None
     held = HeldAssociations(pacs.report_to)
@@ -287,12 +287,12 @@ def test_only_the_destinations_addresses_are_let_in(
     assert gateway.stop() == 0
 
     # Listed in commitment_from: let in.
-    with gateway.core.config.open("a", encoding="utf-8") as fh:
+    with gateway.config.open("a", encoding="utf-8") as fh:
         fh.write(
             f'\n[[destinations]]\nname = "other"\nkind = "dicom"\nae_title = "OTHER"\n'
             f'host = "127.0.0.1"\nport = {pacs.port}\nstorage_commitment = true\n'
             f'commitment_from = ["{other}"]\n'
         )
-    gateway = limited_gateway(gateway.core.config)
+    gateway = limited_gateway(gateway.config)
     assert _echo_from(pacs.report_to, other)
     assert gateway.stop() == 0
