@@ -11,6 +11,7 @@ import pytest
 from gateway.core.capture import CaptureOffer, InstanceUIDs
 from gateway.core.uids import new_uid
 from gateway.spool import ledger as db
+from gateway.spool import schema
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.reconcile import reconcile
 from tests.dicom_files import DEVICE
@@ -90,7 +91,7 @@ def test_reconcile_repairs_without_losing_acknowledged_captures(tmp_path: Path) 
 def test_v1_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     old = sqlite3.connect(path, isolation_level=None)
-    old.executescript(db._SCHEMA_V1)
+    old.executescript(schema._SCHEMA_V1)
     old.execute("PRAGMA user_version = 1")
     old.execute(
         "INSERT INTO captures (driver, device_serial, device_capture_id, device_json, "
