@@ -123,9 +123,7 @@ def test_a_giant_pdu_is_refused_before_it_is_read(
     assert grown < 50 * MIB, f"the gateway's peak memory grew by {grown // MIB} MiB"
     log = gateway.log()
     assert _log_lines(log, "longer than", "127.0.0.1") == 1, "once per peer, not per connection"
-    wait_for(
-        lambda: check_listener(load_config(gateway.config)).status == OK, 30, "still works"
-    )
+    wait_for(lambda: check_listener(load_config(gateway.config)).status == OK, 30, "still works")
     assert gateway.stop() == 0
 
 

@@ -9,7 +9,9 @@ import asyncio
 import pytest
 
 from gateway.core import events
-from gateway.status.snapshot import classify_error, stable_part
+from gateway.core.errors import DeliveryError, DeliveryErrorCode
+from gateway.spool.schema import legacy_error
+from gateway.status.snapshot import stable_part
 
 
 def test_events_are_numbered_and_a_full_buffer_drops_the_oldest_and_counts() -> None:
@@ -84,19 +86,35 @@ def test_alarms_are_raised_once_and_cleared_once() -> None:
     assert len(sub) == 2
 
 
-def test_peer_errors_become_codes_and_fixed_phrases() -> None:
-    assert classify_error(None) is None
-    err = classify_error("C-STORE status 0xA700")
-    assert err == {
+def test_delivery_errors_are_shown_as_codes_and_fixed_phrases() -> None:
+    err = DeliveryError(DeliveryErrorCode.STORE_FAILED, "C-STORE status 0xA700", 0xA700)
+    assert err.shown() == {
         "code": "store_failed",
         "message": "the PACS answered a store request with a failure status (0xA700)",
     }
-    unreachable = classify_error("could not open an association with PACS@10.0.0.5:104 (x)")
-    assert unreachable is not None
-    assert unreachable["code"] == "unreachable"
+    unreachable = DeliveryError(
+        DeliveryErrorCode.UNREACHABLE, "could not open an association with PACS@10.0.0.5:104 (x)"
+    )
+    assert unreachable.shown() == {
+        "code": "unreachable",
+        "message": "cannot open a connection to the PACS (network, address or port)",
+    }
     # Free text a peer sent is never passed on.
-    other = classify_error("Error Comment: Doe^Jane already exists")
-    assert other == {"code": "other", "message": "delivery failed"}
+    other = DeliveryError(DeliveryErrorCode.OTHER, "Error Comment: Doe^Jane already exists")
+    assert other.shown() == {"code": "other", "message": "delivery failed"}
+
+
+def test_failures_recorded_before_codes_get_theirs_from_their_text() -> None:
+    assert legacy_error(None) is None
+    err = legacy_error("C-STORE status 0xA700")
+    assert err is not None
+    assert (err.code, err.status) == (DeliveryErrorCode.STORE_FAILED, 0xA700)
+    unreachable = legacy_error("could not open an association with PACS@10.0.0.5:104 (x)")
+    assert unreachable is not None
+    assert unreachable.code is DeliveryErrorCode.UNREACHABLE
+    other = legacy_error("Error Comment: Doe^Jane already exists")
+    assert other is not None
+    assert other.shown() == {"code": "other", "message": "delivery failed"}
 
 
 def test_stable_part_ignores_clock_driven_fields() -> None:

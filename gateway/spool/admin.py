@@ -48,9 +48,9 @@ from gateway.spool.ledger import (
     refresh_capture_state,
     utc_now_text,
 )
+from gateway.spool.schema import RETRY_NOTE
 from gateway.spool.states import CaptureState, DeliveryState
 
-RETRY_NOTE = "retry requested by technician"
 RESOLVED_PREFIX = "resolved by technician"
 RESOLUTIONS = {
     "sent-another-way": "sent to the PACS another way (exported by hand)",
@@ -261,7 +261,8 @@ def _retry_locked(
     ]
     conn.execute(
         "UPDATE deliveries SET state = ?, next_attempt_at = ?, commit_failures = 0, "
-        "commit_txn = NULL, last_error = ? WHERE capture_id = ? AND state = ?",
+        "commit_txn = NULL, last_error = ?, error_code = NULL, error_status = NULL "
+        "WHERE capture_id = ? AND state = ?",
         (DeliveryState.PENDING, now, RETRY_NOTE, entry.id, DeliveryState.FAILED),
     )
     conn.execute(

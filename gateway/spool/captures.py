@@ -32,6 +32,7 @@ __all__ = [
     "find_capture",
     "get_capture",
     "insert_capture",
+    "is_recorded",
     "listing",
     "mark_wrapped",
     "quarantine",
@@ -197,6 +198,16 @@ def find_capture(
         (device_serial, capture_id),
     ).fetchone()
     return _entry(row) if row else None
+
+
+def is_recorded(conn: sqlite3.Connection, sop_instance_uid: str, name: str) -> bool:
+    """Does a capture hold this SOP Instance UID or a spooled file of this name?"""
+    row = conn.execute(
+        "SELECT 1 FROM captures WHERE sop_instance_uid = ? OR raw_name = ? OR dicom_name = ? "
+        "LIMIT 1",
+        (sop_instance_uid, name, name),
+    ).fetchone()
+    return row is not None
 
 
 def get_capture(conn: sqlite3.Connection, spool_id: int) -> SpoolEntry | None:

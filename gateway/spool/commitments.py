@@ -26,6 +26,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from gateway.core.errors import DeliveryErrorCode
 from gateway.spool.ledger import refresh_capture_state, transaction, utc_now_text
 from gateway.spool.states import CaptureState, DeliveryState
 
@@ -261,11 +262,13 @@ def apply_report(
             if failures >= max_failures:
                 conn.execute(
                     "UPDATE deliveries SET state = ?, commit_failures = ?, commit_txn = NULL, "
-                    "last_error = ? WHERE capture_id = ? AND destination = ?",
+                    "last_error = ?, error_code = ?, error_status = NULL "
+                    "WHERE capture_id = ? AND destination = ?",
                     (
                         DeliveryState.FAILED,
                         failures,
                         f"commitment failed: {reason}",
+                        DeliveryErrorCode.COMMITMENT_FAILED,
                         capture_id,
                         destination,
                     ),
@@ -284,13 +287,14 @@ def apply_report(
             else:
                 conn.execute(
                     "UPDATE deliveries SET state = ?, commit_failures = ?, commit_txn = NULL, "
-                    "next_attempt_at = ?, last_error = ? "
+                    "next_attempt_at = ?, last_error = ?, error_code = ?, error_status = NULL "
                     "WHERE capture_id = ? AND destination = ?",
                     (
                         DeliveryState.PENDING,
                         failures,
                         time.time(),
                         f"commitment failed: {reason}; sending again",
+                        DeliveryErrorCode.COMMITMENT_FAILED,
                         capture_id,
                         destination,
                     ),

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from gateway.core.errors import DeliveryError
 from gateway.spool.schema import transaction, utc_now_text
 from gateway.spool.states import CaptureState, DeliveryState
 
@@ -23,14 +24,16 @@ __all__ = [
     "record_retry",
     "record_sent",
     "refresh_capture_state",
+    "retry_now",
+    "stuck_count",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class DueDelivery:
-    """A delivery ready to be attempted."""
+    """A delivery ready to be attempted (of the capture with spool id ``spool_id``)."""
 
-    capture_id: int
+    spool_id: int
     destination: str
     attempts: int
     sop_instance_uid: str
@@ -68,7 +71,7 @@ def due_deliveries(
     ).fetchall()
     return [
         DueDelivery(
-            capture_id=r["capture_id"],
+            spool_id=r["capture_id"],
             destination=r["destination"],
             attempts=r["attempts"],
             sop_instance_uid=r["sop_instance_uid"],
@@ -91,7 +94,7 @@ def next_attempt_time(conn: sqlite3.Connection, destination: str) -> float | Non
     return None if value is None else float(value)
 
 
-def refresh_capture_state(conn: sqlite3.Connection, capture_id: int, now: str) -> None:
+def refresh_capture_state(conn: sqlite3.Connection, spool_id: int, now: str) -> None:
     """Derive a delivered capture's state from its deliveries (inside a transaction).
 
     All deliveries COMMITTED → COMMITTED; all SENT or COMMITTED → SENT; any still
@@ -101,7 +104,7 @@ def refresh_capture_state(conn: sqlite3.Connection, capture_id: int, now: str) -
     counts = dict(
         conn.execute(
             "SELECT state, COUNT(*) FROM deliveries WHERE capture_id = ? GROUP BY state",
-            (capture_id,),
+            (spool_id,),
         ).fetchall()
     )
     total = sum(counts.values())
@@ -119,7 +122,7 @@ def refresh_capture_state(conn: sqlite3.Connection, capture_id: int, now: str) -
         (
             state,
             now,
-            capture_id,
+            spool_id,
             CaptureState.WRAPPED,
             CaptureState.SENT,
             CaptureState.COMMITTED,
@@ -129,42 +132,91 @@ def refresh_capture_state(conn: sqlite3.Connection, capture_id: int, now: str) -
 
 
 def record_sent(
-    conn: sqlite3.Connection, capture_id: int, destination: str, now: float | None = None
+    conn: sqlite3.Connection, spool_id: int, destination: str, now: float | None = None
 ) -> None:
     """The destination stored the instance: delivery SENT (capture SENT when all are)."""
     stamp = utc_now_text()
     with transaction(conn):
         conn.execute(
             "UPDATE deliveries SET state = ?, attempts = attempts + 1, sent_at = ?, "
-            "sent_epoch = ?, last_error = NULL, commit_txn = NULL "
+            "sent_epoch = ?, last_error = NULL, error_code = NULL, error_status = NULL, "
+            "commit_txn = NULL "
             "WHERE capture_id = ? AND destination = ?",
-            (DeliveryState.SENT, stamp, now or time.time(), capture_id, destination),
+            (DeliveryState.SENT, stamp, now or time.time(), spool_id, destination),
         )
-        refresh_capture_state(conn, capture_id, stamp)
+        refresh_capture_state(conn, spool_id, stamp)
 
 
 def record_retry(
-    conn: sqlite3.Connection, capture_id: int, destination: str, error: str, next_attempt_at: float
+    conn: sqlite3.Connection,
+    spool_id: int,
+    destination: str,
+    error: DeliveryError,
+    next_attempt_at: float,
 ) -> None:
-    """Count a failed attempt and schedule the next one."""
+    """Count a failed attempt, keep why it failed and schedule the next one."""
     with transaction(conn):
         conn.execute(
-            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
-            "WHERE capture_id = ? AND destination = ?",
-            (error, next_attempt_at, capture_id, destination),
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, error_code = ?, "
+            "error_status = ?, next_attempt_at = ? WHERE capture_id = ? AND destination = ?",
+            (error.detail, error.code, error.status, next_attempt_at, spool_id, destination),
         )
 
 
-def record_refused(conn: sqlite3.Connection, capture_id: int, destination: str, error: str) -> None:
+def record_refused(
+    conn: sqlite3.Connection, spool_id: int, destination: str, error: DeliveryError
+) -> None:
     """The destination refused the instance for good: quarantine the capture."""
     now = utc_now_text()
     with transaction(conn):
         conn.execute(
-            "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ? "
-            "WHERE capture_id = ? AND destination = ?",
-            (DeliveryState.FAILED, error, capture_id, destination),
+            "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, "
+            "error_code = ?, error_status = ? WHERE capture_id = ? AND destination = ?",
+            (DeliveryState.FAILED, error.detail, error.code, error.status, spool_id, destination),
         )
         conn.execute(
             "UPDATE captures SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
-            (CaptureState.QUARANTINED, f"{destination} refused it: {error}", now, capture_id),
+            (
+                CaptureState.QUARANTINED,
+                f"{destination} refused it: {error.detail}",
+                now,
+                spool_id,
+            ),
         )
+
+
+def retry_now(conn: sqlite3.Connection, destination: str, now: float) -> int:
+    """Make every pending delivery to ``destination`` due now (link restored);
+    return how many are pending."""
+    with transaction(conn):
+        cur = conn.execute(
+            "UPDATE deliveries SET next_attempt_at = MIN(next_attempt_at, ?) "
+            "WHERE destination = ? AND state = ?",
+            (now, destination, DeliveryState.PENDING),
+        )
+    return cur.rowcount
+
+
+def stuck_count(
+    conn: sqlite3.Connection, destination: str, arrived_before: str, *, unconfirmed: bool
+) -> int:
+    """Undelivered captures that arrived before ``arrived_before``.
+
+    With ``unconfirmed`` (a destination with storage commitment), SENT but not yet
+    committed counts as undelivered too.
+    """
+    open_states = [DeliveryState.PENDING] + ([DeliveryState.SENT] if unconfirmed else [])
+    marks = ", ".join("?" for _ in open_states)
+    row = conn.execute(
+        "SELECT COUNT(*) FROM deliveries d JOIN captures c ON c.id = d.capture_id "
+        f"WHERE d.destination = ? AND d.state IN ({marks}) AND c.state IN (?, ?) "
+        "AND c.received_at < ?",
+        (
+            destination,
+            *open_states,
+            CaptureState.WRAPPED,
+            CaptureState.SENT,
+            arrived_before,
+        ),
+    ).fetchone()
+    return int(row[0])

@@ -11,21 +11,27 @@ import contextlib
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gateway.core.errors import DeliveryError, DeliveryErrorCode
+
 __all__ = [
+    "ERROR_CODES_SINCE",
     "LEDGER_FILE_MODE",
+    "RETRY_NOTE",
     "SCHEMA_VERSION",
     "LedgerVersionError",
+    "legacy_error",
     "migrate",
     "open_ledger",
+    "schema_version",
     "transaction",
     "utc_now_text",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA_V1 = """
 CREATE TABLE captures (
@@ -106,7 +112,76 @@ INSERT OR IGNORE INTO commitment_items (transaction_uid, capture_id)
     ON t.transaction_uid = d.commit_txn AND t.destination = d.destination;
 """
 
-_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
+# v5: why a delivery failed, as the code the sender set (gateway.core.errors) and the
+# DIMSE status, beside the text in last_error. Older rows get theirs from that text
+# (:func:`legacy_error`, once, here).
+_SCHEMA_V5 = """
+ALTER TABLE deliveries ADD COLUMN error_code TEXT;
+ALTER TABLE deliveries ADD COLUMN error_status INTEGER;
+"""
+
+_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5}
+
+#: The version from which deliveries carry ``error_code`` and ``error_status``.
+ERROR_CODES_SINCE = 5
+
+
+def legacy_error(text: str | None) -> DeliveryError | None:
+    """The code of a failure recorded by a DermGate before v5, read from its text.
+
+    Used once, when :func:`migrate` upgrades a ledger to v5, and by read-only readers
+    of a ledger that the service has not upgraded yet. Since v5 the code is stored
+    where the failure happened; nothing else guesses it.
+    """
+    if not text:
+        return None
+    lower = text.lower()
+    status: int | None = None
+    if lower.startswith("association rejected"):
+        code = DeliveryErrorCode.ASSOCIATION_REJECTED
+    elif lower.startswith("could not open an association"):
+        code = DeliveryErrorCode.UNREACHABLE
+    elif lower.startswith(("no c-store response", "no c-echo response", "no n-action")):
+        code = DeliveryErrorCode.NO_RESPONSE
+    elif "aborted" in lower or "association closed" in lower:
+        code = DeliveryErrorCode.ABORTED
+    elif lower.startswith(("c-store status", "c-echo status", "n-action status")):
+        code = DeliveryErrorCode.STORE_FAILED
+        number = text.rsplit(" ", 1)[-1]
+        if number.startswith("0x") and len(number) == 6:
+            with contextlib.suppress(ValueError):
+                status = int(number, 16)
+    elif "accepts no presentation context" in lower or "does not offer" in lower:
+        code = DeliveryErrorCode.NOT_ACCEPTED
+    elif lower.startswith("cannot read dicom file"):
+        code = DeliveryErrorCode.LOCAL_FILE
+    elif lower.startswith("commitment failed"):
+        code = DeliveryErrorCode.COMMITMENT_FAILED
+    else:
+        code = DeliveryErrorCode.OTHER
+    return DeliveryError(code, text, status)
+
+
+def _codes_from_text(conn: sqlite3.Connection) -> None:
+    """v5: give every recorded failure its code (the technician's retry note is none)."""
+    rows = conn.execute(
+        "SELECT rowid, last_error FROM deliveries WHERE last_error IS NOT NULL AND last_error != ?",
+        (RETRY_NOTE,),
+    ).fetchall()
+    for rowid, text in rows:
+        error = legacy_error(text)
+        if error is not None:
+            conn.execute(
+                "UPDATE deliveries SET error_code = ?, error_status = ? WHERE rowid = ?",
+                (str(error.code), error.status, rowid),
+            )
+
+
+#: Steps that also rewrite rows, run in the step's transaction after its SQL.
+_BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {5: _codes_from_text}
+
+#: What ``dermgate spool retry`` writes into ``last_error`` (not a failure).
+RETRY_NOTE = "retry requested by technician"
 
 
 def utc_now_text() -> str:
@@ -131,6 +206,11 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version of the ledger behind ``conn`` (a read-only one may be older)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
 class LedgerVersionError(RuntimeError):
     """The ledger was written by a newer DermGate than this one."""
 
@@ -146,9 +226,20 @@ def migrate(conn: sqlite3.Connection) -> None:
     for step in range(version + 1, SCHEMA_VERSION + 1):
         # executescript commits on its own; wrap each step in one explicit transaction
         # so that a crash mid-upgrade leaves the previous version intact.
-        conn.executescript(
-            f"BEGIN IMMEDIATE;\n{_MIGRATIONS[step]}\nPRAGMA user_version = {step};\nCOMMIT;"
-        )
+        backfill = _BACKFILLS.get(step)
+        if backfill is None:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{_MIGRATIONS[step]}\nPRAGMA user_version = {step};\nCOMMIT;"
+            )
+            continue
+        conn.executescript(f"BEGIN IMMEDIATE;\n{_MIGRATIONS[step]}")
+        try:
+            backfill(conn)
+            conn.execute(f"PRAGMA user_version = {step}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
 
 LEDGER_FILE_MODE = 0o600
