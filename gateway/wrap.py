@@ -32,7 +32,6 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from gateway.core import events
 from gateway.core.capture import (
     CaptureOffer,
     ContentType,
@@ -41,6 +40,7 @@ from gateway.core.capture import (
     GatewayIdentity,
     InstanceUIDs,
 )
+from gateway.core.events import NO_EVENTS, CaptureQuarantined, EventSink
 from gateway.dicom.confocal import write_confocal
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.errors import WrapError
@@ -85,8 +85,10 @@ class Wrapper:
         gateway: GatewayIdentity,
         destinations: Sequence[str],
         on_wrapped: Callable[[], None],
+        bus: EventSink = NO_EVENTS,
     ) -> None:
         self._ledger = ledger
+        self._bus = bus
         self._dirs = dirs
         self._gateway = gateway
         self._destinations = tuple(destinations)
@@ -133,7 +135,7 @@ class Wrapper:
         except WrapError as err:
             log.warning("spool id %d quarantined: %s", entry.id, err)
             await self._ledger.call(db.quarantine, entry.id, str(err))
-            events.emit("capture_quarantined", spool_id=entry.id, stage="wrap", destination="")
+            self._bus.publish(CaptureQuarantined(spool_id=entry.id, stage="wrap", destination=""))
             return True
         except OSError as err:
             problem = err.strerror or type(err).__name__
@@ -156,7 +158,7 @@ class Wrapper:
                 "check the device driver, then retry"
             )
             await self._ledger.call(db.quarantine, entry.id, reason)
-            events.emit("capture_quarantined", spool_id=entry.id, stage="wrap", destination="")
+            self._bus.publish(CaptureQuarantined(spool_id=entry.id, stage="wrap", destination=""))
             return True
         if self._write_errors.pop(entry.id, None) is not None:
             log.info("spool id %d: DICOM file written after all", entry.id)

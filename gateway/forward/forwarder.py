@@ -30,11 +30,18 @@ from typing import Any
 
 from pydicom.uid import UID
 
-from gateway.core import events
 from gateway.core.alarms import DESTINATION_UNREACHABLE, STUCK_CAPTURES
 from gateway.core.backoff import Backoff, backoff_delay
 from gateway.core.config import DicomDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
+from gateway.core.events import (
+    NO_EVENTS,
+    AlarmCleared,
+    AlarmRaised,
+    CaptureDelivered,
+    CaptureQuarantined,
+    EventSink,
+)
 from gateway.forward.cstore import CStoreSender, StoreOutcome, StoreRequest, Verdict
 from gateway.spool import ledger as db
 from gateway.spool.clock import clamp_retry_times
@@ -58,8 +65,10 @@ class Forwarder:
         calling_ae: str,
         destination: DicomDestination,
         on_sent: Callable[[], None] = lambda: None,
+        bus: EventSink = NO_EVENTS,
     ) -> None:
         self._ledger = ledger
+        self._bus = bus
         self._dirs = dirs
         self.destination = destination
         self._on_sent = on_sent
@@ -271,11 +280,12 @@ class Forwarder:
                 "spool id %d delivered to %s (%s)", outcome.spool_id, self.name, outcome.detail
             )
             self.last_error = None  # the error of the latest attempt, if it failed
-            events.emit(
-                "capture_delivered",
-                spool_id=outcome.spool_id,
-                destination=self.name,
-                sop_class=UID(sop_class).name if sop_class else "",
+            self._bus.publish(
+                CaptureDelivered(
+                    spool_id=outcome.spool_id,
+                    destination=self.name,
+                    sop_class=UID(sop_class).name if sop_class else "",
+                )
             )
             self._on_sent()
             return
@@ -287,11 +297,10 @@ class Forwarder:
         self.last_error = error
         if outcome.verdict is Verdict.PERMANENT:
             await self._ledger.call(db.record_refused, outcome.spool_id, self.name, error)
-            events.emit(
-                "capture_quarantined",
-                spool_id=outcome.spool_id,
-                stage="refused",
-                destination=self.name,
+            self._bus.publish(
+                CaptureQuarantined(
+                    spool_id=outcome.spool_id, stage="refused", destination=self.name
+                )
             )
             log.error(
                 "spool id %d quarantined: %s refused it (%s)",
@@ -331,16 +340,17 @@ class Forwarder:
             return
         if reachable:
             log.info("destination %s reachable", self.name)
-            events.emit("alarm_cleared", code=DESTINATION_UNREACHABLE, subject=self.name)
+            self._bus.publish(AlarmCleared(code=DESTINATION_UNREACHABLE, subject=self.name))
         else:
             detail = error.detail if error is not None else "unreachable"
             log.warning("destination %s unavailable: %s; will keep retrying", self.name, detail)
             self.last_error = error
-            events.emit(
-                "alarm_raised",
-                code=DESTINATION_UNREACHABLE,
-                subject=self.name,
-                message=f"destination {self.name} is not reachable",
+            self._bus.publish(
+                AlarmRaised(
+                    code=DESTINATION_UNREACHABLE,
+                    subject=self.name,
+                    message=f"destination {self.name} is not reachable",
+                )
             )
         self._reachable = reachable
 
@@ -362,14 +372,15 @@ class Forwarder:
                     self.name,
                     limit,
                 )
-                events.emit(
-                    "alarm_raised",
-                    code=STUCK_CAPTURES,
-                    subject=self.name,
-                    message=f"captures not delivered to {self.name} within {limit:.0f} s",
+                self._bus.publish(
+                    AlarmRaised(
+                        code=STUCK_CAPTURES,
+                        subject=self.name,
+                        message=f"captures not delivered to {self.name} within {limit:.0f} s",
+                    )
                 )
             elif not count and self.stuck:
                 log.info("stuck alarm for %s cleared: everything delivered", self.name)
-                events.emit("alarm_cleared", code=STUCK_CAPTURES, subject=self.name)
+                self._bus.publish(AlarmCleared(code=STUCK_CAPTURES, subject=self.name))
             self.stuck = count
             await asyncio.sleep(min(60.0, max(1.0, limit / 10)))
