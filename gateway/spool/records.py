@@ -1,24 +1,28 @@
-"""Capture metadata as the ledger stores it: the device, the offer and the patient as JSON.
+"""Capture metadata as the ledger stores it and people are shown it: one schema each.
 
 The one place that turns :class:`~gateway.core.capture.DeviceIdentity`,
 :class:`~gateway.core.capture.CaptureOffer` and
-:class:`~gateway.core.capture.PatientContext` into the ledger's ``device_json``,
-``offer_json`` and ``patient_json`` columns and back.
+:class:`~gateway.core.capture.PatientContext` into JSON and back: the ledger's
+``device_json``, ``offer_json`` and ``patient_json`` columns, and the ``device`` and
+``settings`` of ``dermgate spool show`` and the page (:mod:`gateway.spool.details`).
+The device and the patient go through pydantic :class:`~pydantic.TypeAdapter`\\ s of
+their own dataclasses; the offer is stored flat (its settings beside its other
+fields), as :class:`OfferRecord` says. Stored JSON has sorted keys, as it always had.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, Final
+
+from pydantic import BaseModel, ConfigDict, PlainSerializer, TypeAdapter
 
 from gateway.core.capture import (
     CaptureOffer,
     ContactMethod,
     ContentType,
     DermoscopySettings,
-    DeviceClass,
     DeviceIdentity,
     ImmersionMedium,
     InstanceUIDs,
@@ -28,116 +32,152 @@ from gateway.core.capture import (
 )
 
 __all__ = [
+    "DEVICE_RECORD",
+    "PATIENT_RECORD",
+    "OfferRecord",
     "device_from_json",
+    "device_shown",
     "device_to_json",
     "offer_from_json",
     "offer_to_json",
     "patient_from_json",
     "patient_to_json",
+    "settings_shown",
 ]
 
-T = TypeVar("T")
+DEVICE_RECORD: Final = TypeAdapter(DeviceIdentity)
+"""A device identity as stored in ``device_json``."""
+
+PATIENT_RECORD: Final = TypeAdapter(PatientContext)
+"""Device-supplied patient identity as stored in ``patient_json`` (never listed)."""
+
+IsoTime = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_type=str)]
+"""A time as ``datetime.isoformat`` writes it (``+00:00``, not pydantic's ``Z``)."""
+
+
+class OfferRecord(BaseModel):
+    """A capture offer as stored in ``offer_json``: settings flat beside the rest.
+
+    UIDs and patient identity are not part of it (they have columns of their own).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    device_capture_id: str
+    acquired_at: IsoTime | None = None
+    polarization: Polarization | None = None
+    contact: ContactMethod | None = None
+    immersion: ImmersionMedium | None = None
+    magnification: float | None = None
+    color_temperature_k: int | None = None
+    anatomic_site: str | None = None
+    laterality: Laterality | None = None
+    lesion_id: str | None = None
+    content_type: ContentType = ContentType.JPEG
+    extra: dict[str, Any] = {}
+
+    @classmethod
+    def of(cls, offer: CaptureOffer) -> OfferRecord:
+        """The record of ``offer``."""
+        s = offer.settings
+        return cls(
+            device_capture_id=offer.device_capture_id,
+            acquired_at=offer.acquired_at,
+            polarization=s.polarization,
+            contact=s.contact,
+            immersion=s.immersion,
+            magnification=s.magnification,
+            color_temperature_k=s.color_temperature_k,
+            anatomic_site=offer.anatomic_site,
+            laterality=offer.laterality,
+            lesion_id=offer.lesion_id,
+            content_type=offer.content_type,
+            extra=offer.extra,
+        )
+
+    def offer(
+        self, uids: InstanceUIDs | None = None, patient: PatientContext | None = None
+    ) -> CaptureOffer:
+        """The capture offer again (``uids`` and ``patient`` from their columns)."""
+        return CaptureOffer(
+            device_capture_id=self.device_capture_id,
+            acquired_at=self.acquired_at,
+            settings=DermoscopySettings(
+                polarization=self.polarization,
+                contact=self.contact,
+                immersion=self.immersion,
+                magnification=self.magnification,
+                color_temperature_k=self.color_temperature_k,
+            ),
+            anatomic_site=self.anatomic_site,
+            laterality=self.laterality,
+            lesion_id=self.lesion_id,
+            content_type=self.content_type,
+            extra=dict(self.extra),
+            uids=uids,
+            patient=patient,
+        )
+
+
+def _stored(data: Any) -> str:
+    return json.dumps(data, sort_keys=True)
 
 
 def device_to_json(device: DeviceIdentity) -> str:
     """Serialise a device identity for the ledger."""
-    return json.dumps(
-        {
-            "manufacturer": device.manufacturer,
-            "model": device.model,
-            "serial_number": device.serial_number,
-            "software_versions": list(device.software_versions),
-            "device_class": str(device.device_class),
-            "capabilities": list(device.capabilities),
-        },
-        sort_keys=True,
-    )
+    return _stored(DEVICE_RECORD.dump_python(device, mode="json"))
 
 
 def device_from_json(text: str) -> DeviceIdentity:
     """Inverse of :func:`device_to_json`."""
-    raw = json.loads(text)
-    return DeviceIdentity(
-        manufacturer=raw["manufacturer"],
-        model=raw["model"],
-        serial_number=raw["serial_number"],
-        software_versions=tuple(raw["software_versions"]),
-        device_class=DeviceClass(raw["device_class"]),
-        capabilities=tuple(raw["capabilities"]),
-    )
+    return DEVICE_RECORD.validate_json(text)
 
 
 def offer_to_json(offer: CaptureOffer) -> str:
     """Serialise a capture offer for the ledger."""
-    s = offer.settings
-    return json.dumps(
-        {
-            "device_capture_id": offer.device_capture_id,
-            "acquired_at": offer.acquired_at.isoformat() if offer.acquired_at else None,
-            "polarization": s.polarization,
-            "contact": s.contact,
-            "immersion": s.immersion,
-            "magnification": s.magnification,
-            "color_temperature_k": s.color_temperature_k,
-            "anatomic_site": offer.anatomic_site,
-            "laterality": offer.laterality,
-            "lesion_id": offer.lesion_id,
-            "content_type": str(offer.content_type),
-            "extra": offer.extra,
-        },
-        sort_keys=True,
-    )
-
-
-def patient_to_json(patient: PatientContext | None) -> str | None:
-    """Serialise device-supplied patient identity (its own column; never listed)."""
-    if patient is None:
-        return None
-    return json.dumps(
-        {
-            "patient_name": patient.patient_name,
-            "patient_id": patient.patient_id,
-            "issuer_of_patient_id": patient.issuer_of_patient_id,
-            "birth_date": patient.birth_date,
-            "sex": patient.sex,
-            "accession_number": patient.accession_number,
-        },
-        sort_keys=True,
-    )
-
-
-def patient_from_json(text: str | None) -> PatientContext | None:
-    """Inverse of :func:`patient_to_json`."""
-    if not text:
-        return None
-    raw = json.loads(text)
-    return PatientContext(**{k: str(v) for k, v in raw.items()})
-
-
-def _opt(kind: Callable[[Any], T], value: Any) -> T | None:
-    return None if value is None else kind(value)
+    return _stored(OfferRecord.of(offer).model_dump(mode="json"))
 
 
 def offer_from_json(
     text: str, uids: InstanceUIDs | None = None, patient: PatientContext | None = None
 ) -> CaptureOffer:
     """Inverse of :func:`offer_to_json` (UIDs and patient come from their columns)."""
-    raw = json.loads(text)
-    return CaptureOffer(
-        device_capture_id=raw["device_capture_id"],
-        acquired_at=_opt(datetime.fromisoformat, raw["acquired_at"]),
-        settings=DermoscopySettings(
-            polarization=_opt(Polarization, raw["polarization"]),
-            contact=_opt(ContactMethod, raw["contact"]),
-            immersion=_opt(ImmersionMedium, raw["immersion"]),
-            magnification=_opt(float, raw["magnification"]),
-            color_temperature_k=_opt(int, raw["color_temperature_k"]),
-        ),
-        anatomic_site=raw["anatomic_site"],
-        laterality=_opt(Laterality, raw["laterality"]),
-        lesion_id=raw["lesion_id"],
-        content_type=ContentType(raw.get("content_type", ContentType.JPEG)),
-        extra=dict(raw.get("extra") or {}),
-        uids=uids,
-        patient=patient,
-    )
+    return OfferRecord.model_validate_json(text).offer(uids, patient)
+
+
+def patient_to_json(patient: PatientContext | None) -> str | None:
+    """Serialise device-supplied patient identity (its own column; never listed)."""
+    if patient is None:
+        return None
+    return _stored(PATIENT_RECORD.dump_python(patient, mode="json"))
+
+
+def patient_from_json(text: str | None) -> PatientContext | None:
+    """Inverse of :func:`patient_to_json`."""
+    if not text:
+        return None
+    return PATIENT_RECORD.validate_json(text)
+
+
+_SETTINGS_SHOWN = (
+    "polarization",
+    "contact",
+    "immersion",
+    "magnification",
+    "color_temperature_k",
+    "anatomic_site",
+    "laterality",
+    "lesion_id",
+)
+
+
+def device_shown(device: DeviceIdentity) -> dict[str, Any]:
+    """The device as ``spool show`` and the page show it (its capabilities are not)."""
+    shown: dict[str, Any] = DEVICE_RECORD.dump_python(device, mode="json")
+    shown.pop("capabilities", None)
+    return shown
+
+
+def settings_shown(offer: CaptureOffer) -> dict[str, Any]:
+    """The capture settings as ``spool show`` and the page show them."""
+    return OfferRecord.of(offer).model_dump(mode="json", include=set(_SETTINGS_SHOWN))
