@@ -211,7 +211,7 @@ def _read_capture(
         conn = db.open_ledger(path, readonly=True)
         try:
             entry = admin.find_entry(conn, ref)
-            return entry, admin.deliveries(conn, entry.id)
+            return entry, admin.deliveries(conn, entry.spool_id)
         finally:
             conn.close()
     except admin.NoSuchCapture as err:
@@ -291,17 +291,17 @@ def _show(args: argparse.Namespace) -> int:
     patient: dict[str, str] | None = None
     source = ""
     if args.reveal:
-        _audit(config, "cli-reveal", entry.id)
+        _audit(config, "cli-reveal", entry.spool_id)
         try:
             found = patient_of(entry, dirs)
         except Exception as err:  # pydicom raises several kinds for a damaged file
             raise _Refusal(
                 EXIT_FAILURE,
-                f"cannot read the DICOM file of spool id {entry.id}: {type(err).__name__}",
+                f"cannot read the DICOM file of spool id {entry.spool_id}: {type(err).__name__}",
             ) from err
         if found is None:
             print(
-                f"spool id {entry.id} has no DICOM file in the spool and its device sent no "
+                f"spool id {entry.spool_id} has no DICOM file in the spool and its device sent no "
                 "patient data: no patient data to show",
                 file=sys.stderr,
             )
@@ -408,7 +408,7 @@ def _export(args: argparse.Namespace) -> int:
     entry, _ = _read_capture(config, args.ref)
     try:
         source = admin.export_source(entry, dirs)
-        _audit(config, "cli-export", entry.id)
+        _audit(config, "cli-export", entry.spool_id)
         bar = ProgressBar(sys.stderr, source.path.stat().st_size)
         try:
             result = admin.export_file(source, args.to, bar)
@@ -419,15 +419,16 @@ def _export(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         # Purged between the lookup and the copy.
         raise _Refusal(
-            EXIT_NOT_POSSIBLE, f"spool id {entry.id}: {err.filename} is no longer in the spool"
+            EXIT_NOT_POSSIBLE,
+            f"spool id {entry.spool_id}: {err.filename} is no longer in the spool",
         ) from err
     except OSError as err:
-        raise _Refusal(EXIT_FAILURE, f"cannot export spool id {entry.id}: {err}") from err
+        raise _Refusal(EXIT_FAILURE, f"cannot export spool id {entry.spool_id}: {err}") from err
     if args.json:
         print(
             json.dumps(
                 {
-                    "id": entry.id,
+                    "id": entry.spool_id,
                     "path": str(result.path),
                     "size": result.size,
                     "sha256": result.sha256,

@@ -306,7 +306,7 @@ class CommitmentRequester:
                 batch = await self._ledger.call(cdb.uncommitted, d.name, d.commitment_batch_size)
             txn = new_uid()
             await self._ledger.call(
-                cdb.open_transaction, d.name, txn, [c.capture_id for c in batch], time.time()
+                cdb.open_transaction, d.name, txn, [c.spool_id for c in batch], time.time()
             )
             error = await asyncio.to_thread(self._request, txn, batch)
             if error is None:

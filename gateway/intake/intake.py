@@ -61,9 +61,9 @@ class KnownCapture:
             "re-offered capture %s from %s recognised (spool id %d); acknowledged again",
             self._entry.offer.device_capture_id,
             self._entry.device.serial_number,
-            self._entry.id,
+            self._entry.spool_id,
         )
-        return CaptureReceipt(self._entry.id, self._entry.uids.sop_instance, duplicate=True)
+        return CaptureReceipt(self._entry.spool_id, self._entry.uids.sop_instance, duplicate=True)
 
     async def abort(self, reason: str) -> None:
         """Nothing to discard."""

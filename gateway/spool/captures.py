@@ -46,9 +46,10 @@ REBUILT_DRIVER = "rebuilt"
 
 @dataclass(frozen=True, slots=True)
 class SpoolEntry:
-    """One capture as the ledger knows it."""
+    """One capture as the ledger knows it (``spool_id``: the ledger's integer id; the
+    device's own id for it is ``offer.device_capture_id``)."""
 
-    id: int
+    spool_id: int
     driver: str
     device: DeviceIdentity
     offer: CaptureOffer
@@ -91,7 +92,7 @@ _ENTRY_COLUMNS = (
 def _entry(row: sqlite3.Row) -> SpoolEntry:
     uids = InstanceUIDs(row["study_uid"], row["series_uid"], row["sop_instance_uid"])
     return SpoolEntry(
-        id=row["id"],
+        spool_id=row["id"],
         driver=row["driver"],
         device=device_from_json(row["device_json"]),
         offer=offer_from_json(row["offer_json"], uids, patient_from_json(row["patient_json"])),
@@ -190,12 +191,12 @@ def insert_capture(
 
 
 def find_capture(
-    conn: sqlite3.Connection, device_serial: str, capture_id: str
+    conn: sqlite3.Connection, device_serial: str, device_capture_id: str
 ) -> SpoolEntry | None:
-    """The capture a device already delivered under this id, if any."""
+    """The capture a device already delivered under its id ``device_capture_id``, if any."""
     row = conn.execute(
         f"SELECT {_ENTRY_COLUMNS} FROM captures WHERE device_serial = ? AND device_capture_id = ?",
-        (device_serial, capture_id),
+        (device_serial, device_capture_id),
     ).fetchone()
     return _entry(row) if row else None
 

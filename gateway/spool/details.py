@@ -71,7 +71,7 @@ def capture_details(
     raw = _file_json(admin.spool_file(dirs.raw, entry.raw_name))
     raw.update(recorded_size=entry.raw_size, sha256=entry.raw_sha256)
     return {
-        "id": entry.id,
+        "id": entry.spool_id,
         "state": str(entry.state),
         "reason": entry.reason,
         "study_instance_uid": entry.uids.study,

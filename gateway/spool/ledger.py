@@ -12,6 +12,10 @@ reaches all of it):
 * :mod:`gateway.spool.records`: capture metadata as stored (device, offer, patient);
 * :mod:`gateway.spool.captures`: recording, finding and listing captures;
 * :mod:`gateway.spool.deliveries`: the deliveries, due, sent, retried or refused.
+
+Names: ``spool_id`` is the integer the ledger gives a capture (the columns
+``captures.id`` and ``deliveries.capture_id``, and the ``id`` of ``spool list``'s
+JSON); ``device_capture_id`` is the device's own id for it.
 """
 
 from __future__ import annotations

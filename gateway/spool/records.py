@@ -130,19 +130,25 @@ def device_to_json(device: DeviceIdentity) -> str:
 
 def device_from_json(text: str) -> DeviceIdentity:
     """Inverse of :func:`device_to_json`."""
-    return DEVICE_RECORD.validate_json(text)
+    return DEVICE_RECORD.validate_python(json.loads(text))
 
 
 def offer_to_json(offer: CaptureOffer) -> str:
-    """Serialise a capture offer for the ledger."""
-    return _stored(OfferRecord.of(offer).model_dump(mode="json"))
+    """Serialise a capture offer for the ledger.
+
+    ``extra`` goes to :mod:`json` as the driver gave it (pydantic would write an
+    infinite float as null; a builder must see what the device said, and refuse it).
+    """
+    data = OfferRecord.of(offer).model_dump(mode="json", exclude={"extra"})
+    data["extra"] = offer.extra
+    return _stored(data)
 
 
 def offer_from_json(
     text: str, uids: InstanceUIDs | None = None, patient: PatientContext | None = None
 ) -> CaptureOffer:
     """Inverse of :func:`offer_to_json` (UIDs and patient come from their columns)."""
-    return OfferRecord.model_validate_json(text).offer(uids, patient)
+    return OfferRecord.model_validate(json.loads(text)).offer(uids, patient)
 
 
 def patient_to_json(patient: PatientContext | None) -> str | None:
@@ -156,7 +162,7 @@ def patient_from_json(text: str | None) -> PatientContext | None:
     """Inverse of :func:`patient_to_json`."""
     if not text:
         return None
-    return PATIENT_RECORD.validate_json(text)
+    return PATIENT_RECORD.validate_python(json.loads(text))
 
 
 _SETTINGS_SHOWN = (

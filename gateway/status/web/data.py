@@ -204,7 +204,7 @@ def verdict(fig: Figures) -> Verdict:
 class SpoolRow:
     """One line of the spool view (no patient data, no device capture id)."""
 
-    id: int
+    spool_id: int
     state: str
     age: float | None
     device: str
@@ -227,7 +227,7 @@ def read_spool(
         conn.close()
     return [
         SpoolRow(
-            id=r.spool_id,
+            spool_id=r.spool_id,
             state=r.state,
             age=_age(r.received_at, now),
             device=f"{r.model or '?'} ({r.driver})",
