@@ -21,8 +21,8 @@ from pathlib import Path
 
 from pydicom.uid import UID
 
-from gateway.core import events
 from gateway.core.capture import GatewayIdentity
+from gateway.core.events import NO_EVENTS, CaptureQuarantined, EventSink
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.writers import write_capture
@@ -48,8 +48,10 @@ class Wrapper:
         gateway: GatewayIdentity,
         destinations: Sequence[str],
         on_wrapped: Callable[[], None],
+        bus: EventSink = NO_EVENTS,
     ) -> None:
         self._ledger = ledger
+        self._bus = bus
         self._dirs = dirs
         self._gateway = gateway
         self._destinations = tuple(destinations)
@@ -94,17 +96,19 @@ class Wrapper:
                 patient_key,
             )
         except WrapError as err:
-            log.warning("spool id %d quarantined: %s", entry.id, err)
-            await self._ledger.call(db.quarantine, entry.id, str(err))
-            events.emit("capture_quarantined", spool_id=entry.id, stage="wrap", destination="")
+            log.warning("spool id %d quarantined: %s", entry.spool_id, err)
+            await self._ledger.call(db.quarantine, entry.spool_id, str(err))
+            self._bus.publish(
+                CaptureQuarantined(spool_id=entry.spool_id, stage="wrap", destination="")
+            )
             return True
         except OSError as err:
             problem = err.strerror or type(err).__name__
-            if self._write_errors.get(entry.id) != problem:  # once, not every retry
+            if self._write_errors.get(entry.spool_id) != problem:  # once, not every retry
                 log.error(
-                    "spool id %d: cannot write DICOM file (%s); will retry", entry.id, problem
+                    "spool id %d: cannot write DICOM file (%s); will retry", entry.spool_id, problem
                 )
-            self._write_errors[entry.id] = problem
+            self._write_errors[entry.spool_id] = problem
             return False
         except Exception as err:
             # A writer failing any other way (a driver's unexpected offer.extra, a
@@ -113,26 +117,30 @@ class Wrapper:
             # acknowledged: kept and quarantined, with the error's type only (its
             # message may quote metadata, even patient data).
             what = type(err).__name__
-            log.error("spool id %d: the DICOM writer failed unexpectedly (%s)", entry.id, what)
+            log.error(
+                "spool id %d: the DICOM writer failed unexpectedly (%s)", entry.spool_id, what
+            )
             reason = (
                 f"the DICOM writer failed unexpectedly ({what}); the capture is kept; "
                 "check the device driver, then retry"
             )
-            await self._ledger.call(db.quarantine, entry.id, reason)
-            events.emit("capture_quarantined", spool_id=entry.id, stage="wrap", destination="")
+            await self._ledger.call(db.quarantine, entry.spool_id, reason)
+            self._bus.publish(
+                CaptureQuarantined(spool_id=entry.spool_id, stage="wrap", destination="")
+            )
             return True
-        if self._write_errors.pop(entry.id, None) is not None:
-            log.info("spool id %d: DICOM file written after all", entry.id)
+        if self._write_errors.pop(entry.spool_id, None) is not None:
+            log.info("spool id %d: DICOM file written after all", entry.spool_id)
         await self._ledger.call(
             db.mark_wrapped,
-            entry.id,
+            entry.spool_id,
             dicom_name=dicom_name,
             sop_class_uid=written.sop_class_uid,
             transfer_syntax_uid=written.transfer_syntax_uid,
             destinations=self._destinations,
             now=time.time(),
         )
-        log.info("spool id %d wrapped as %s", entry.id, UID(written.sop_class_uid).name)
+        log.info("spool id %d wrapped as %s", entry.spool_id, UID(written.sop_class_uid).name)
         self._on_wrapped()
         return True
 
@@ -141,9 +149,9 @@ class Wrapper:
         first one's of the study it shares (driver-chosen UIDs; see
         :mod:`gateway.core.patient`)."""
         if entry.offer.uids is None:
-            return entry.id
+            return entry.spool_id
         first = await self._ledger.call(first_in_study, entry.uids.study)
-        return entry.id if first is None else min(first, entry.id)
+        return entry.spool_id if first is None else min(first, entry.spool_id)
 
     def _write(
         self, entry: SpoolEntry, dest: Path, now: datetime, patient_key: int

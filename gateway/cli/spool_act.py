@@ -122,7 +122,7 @@ def _export(args: argparse.Namespace) -> int:
     entry, _ = _read_capture(config, args.ref)
     try:
         source = admin.export_source(entry, dirs)
-        _audit(config, "cli-export", entry.id)
+        _audit(config, "cli-export", entry.spool_id)
         bar = ProgressBar(sys.stderr, source.path.stat().st_size)
         try:
             result = admin.export_file(source, args.to, bar)
@@ -133,15 +133,16 @@ def _export(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         # Purged between the lookup and the copy.
         raise _Refusal(
-            EXIT_NOT_POSSIBLE, f"spool id {entry.id}: {err.filename} is no longer in the spool"
+            EXIT_NOT_POSSIBLE,
+            f"spool id {entry.spool_id}: {err.filename} is no longer in the spool",
         ) from err
     except OSError as err:
-        raise _Refusal(EXIT_FAILURE, f"cannot export spool id {entry.id}: {err}") from err
+        raise _Refusal(EXIT_FAILURE, f"cannot export spool id {entry.spool_id}: {err}") from err
     if args.json:
         print(
             json.dumps(
                 {
-                    "id": entry.id,
+                    "id": entry.spool_id,
                     "path": str(result.path),
                     "size": result.size,
                     "sha256": result.sha256,

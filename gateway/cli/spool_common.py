@@ -130,7 +130,7 @@ def _read_capture(
         conn = db.open_ledger(path, readonly=True)
         try:
             entry = admin.find_entry(conn, ref)
-            return entry, admin.deliveries(conn, entry.id)
+            return entry, admin.deliveries(conn, entry.spool_id)
         finally:
             conn.close()
     except admin.NoSuchCapture as err:

@@ -146,17 +146,17 @@ def _show(args: argparse.Namespace) -> int:
     patient: dict[str, str] | None = None
     source = ""
     if args.reveal:
-        _audit(config, "cli-reveal", entry.id)
+        _audit(config, "cli-reveal", entry.spool_id)
         try:
             found = patient_of(entry, dirs)
         except Exception as err:  # pydicom raises several kinds for a damaged file
             raise _Refusal(
                 EXIT_FAILURE,
-                f"cannot read the DICOM file of spool id {entry.id}: {type(err).__name__}",
+                f"cannot read the DICOM file of spool id {entry.spool_id}: {type(err).__name__}",
             ) from err
         if found is None:
             print(
-                f"spool id {entry.id} has no DICOM file in the spool and its device sent no "
+                f"spool id {entry.spool_id} has no DICOM file in the spool and its device sent no "
                 "patient data: no patient data to show",
                 file=sys.stderr,
             )

@@ -197,7 +197,7 @@ class LedgerRow:
     def of(cls, entry: SpoolEntry) -> LedgerRow:
         """The row of one spool entry."""
         return cls(
-            spool_id=entry.id,
+            spool_id=entry.spool_id,
             device_capture_id=entry.offer.device_capture_id,
             state=str(entry.state),
             reason=entry.reason,
@@ -223,7 +223,7 @@ def ledger_rows(state_dir: Path) -> list[LedgerRow]:
     ):
         for state in CaptureState:
             for entry in captures_in_state(conn, state, limit=1 << 30):
-                rows[entry.id] = LedgerRow.of(entry)
+                rows[entry.spool_id] = LedgerRow.of(entry)
     return [rows[spool_id] for spool_id in sorted(rows)]
 
 

@@ -11,6 +11,7 @@ __all__ = [
     "backoff",
     "capture",
     "config",
+    "errors",
     "events",
     "files",
     "patient",

@@ -1,25 +1,27 @@
-"""The in-process event bus: what happened in the box, numbered, for MQTT and the page.
+"""The event bus: what happened in the box, numbered, for MQTT and the page.
 
-Any part of the gateway calls :func:`emit` (``events.emit("capture_saved",
-spool_id=12, ...)``); it never blocks, and raises only for a programming error (an
-unknown kind or field). The bus gives every
-event the next sequence number of this run (1, 2, 3, ...) and hands ``(seq, event)``
-to every :class:`Subscription`. A subscription is a bounded buffer: when a slow
-reader (or an MQTT broker that is away) lets it fill up, the *oldest* entry is
+An event is a typed value (:class:`CaptureSaved`, :class:`AlarmRaised`, ...: one
+frozen dataclass per kind). Stages publish on the bus they were given when they were
+built (:mod:`gateway.service.app` makes one :class:`EventBus` and passes it to each
+stage; a stage built without one, in a command-line tool or a unit test of another
+part, gets :data:`NO_EVENTS`, which drops what it is given). :meth:`EventBus.publish`
+never blocks. The bus gives every event the next sequence number of this run
+(1, 2, 3, ...) and hands ``(seq, event)`` to every :class:`Subscription`, the event
+as the JSON-ready mapping MQTT publishes. A subscription is a bounded buffer: when a
+slow reader (or an MQTT broker that is away) lets it fill up, the *oldest* entry is
 dropped and counted, so a reader always knows how many it missed.
 
 Rules:
 
 * An event carries only ids the box itself assigns — spool id, destination name,
   device name, driver id, SOP class name, alarm code — and counts. Never patient
-  data, never device capture ids or file names (they may quote a patient).
-  :data:`EVENT_FIELDS` lists the fields each kind may have; :func:`emit` rejects
-  anything else, so a new field is a deliberate, reviewed change.
-* Values are JSON scalars (str, int, float, bool, None).
-* :func:`emit` is safe from any thread (the disk-space check runs on a worker
-  thread): off the event loop's thread it hands the event to the loop.
-* With no bus installed (command-line tools, unit tests of other parts) emitting
-  does nothing.
+  data, never device capture ids or file names (they may quote a patient). Each
+  kind's fields are its dataclass's fields (:data:`EVENT_FIELDS` lists them), so a
+  new field is a deliberate, reviewed change of this module.
+* Values are JSON scalars (str, int, float, bool, None); :meth:`EventBus.publish`
+  refuses anything else.
+* :meth:`EventBus.publish` is safe from any thread (the disk-space check runs on a
+  worker thread): off the event loop's thread it hands the event to the loop.
 
 Kinds (fields beyond ``seq``, ``kind``, ``time``):
 
@@ -27,7 +29,7 @@ Kinds (fields beyond ``seq``, ``kind``, ``time``):
 ``capture_delivered``    spool_id, destination, sop_class — the PACS stored it (C-STORE)
 ``capture_committed``    spool_id, destination — the PACS confirmed it keeps it
 ``capture_quarantined``  spool_id, stage ("wrap"|"refused"|"commitment"), destination
-``alarm_raised``         code, subject, message — see :mod:`gateway.status.snapshot`
+``alarm_raised``         code, subject, message — see :mod:`gateway.core.alarms`
 ``alarm_cleared``        code, subject
 ``device_connected``     device, driver, state — a driver reached READY/TRANSFERRING
 ``device_gone``          device, driver, state — it left them (unplugged, error, stopped)
@@ -40,23 +42,159 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, Final, Protocol
+
+__all__ = [
+    "EVENT_FIELDS",
+    "EVENT_KINDS",
+    "NO_EVENTS",
+    "ActiveAlarm",
+    "AlarmCleared",
+    "AlarmRaised",
+    "CaptureCommitted",
+    "CaptureDelivered",
+    "CaptureQuarantined",
+    "CaptureSaved",
+    "DeviceConnected",
+    "DeviceGone",
+    "Event",
+    "EventBus",
+    "EventSink",
+    "Scalar",
+    "Subscription",
+]
 
 Scalar = str | int | float | bool | None
 
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event of some kind (one subclass per kind; :attr:`kind` is its name on MQTT)."""
+
+    kind: ClassVar[str] = ""
+
+    def fields(self) -> dict[str, Scalar]:
+        """The event's fields, in their declared order."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptureSaved(Event):
+    """A capture is durable in the spool."""
+
+    kind: ClassVar[str] = "capture_saved"
+    spool_id: int
+    driver: str
+    device_class: str
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptureDelivered(Event):
+    """A PACS stored a capture (C-STORE); ``sop_class`` is the SOP class's name."""
+
+    kind: ClassVar[str] = "capture_delivered"
+    spool_id: int
+    destination: str
+    sop_class: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptureCommitted(Event):
+    """A PACS confirmed that it keeps a capture."""
+
+    kind: ClassVar[str] = "capture_committed"
+    spool_id: int
+    destination: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptureQuarantined(Event):
+    """A capture was set aside; ``stage``: "wrap", "refused" or "commitment"."""
+
+    kind: ClassVar[str] = "capture_quarantined"
+    spool_id: int
+    stage: str
+    destination: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlarmRaised(Event):
+    """An alarm (:mod:`gateway.core.alarms`) about ``subject`` ("" for the box)."""
+
+    kind: ClassVar[str] = "alarm_raised"
+    code: str
+    subject: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlarmCleared(Event):
+    """An alarm's condition is over."""
+
+    kind: ClassVar[str] = "alarm_cleared"
+    code: str
+    subject: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceConnected(Event):
+    """A device's driver reached READY or TRANSFERRING."""
+
+    kind: ClassVar[str] = "device_connected"
+    device: str
+    driver: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceGone(Event):
+    """A device's driver left READY/TRANSFERRING (unplugged, error, stopped)."""
+
+    kind: ClassVar[str] = "device_gone"
+    device: str
+    driver: str
+    state: str
+
+
+EVENT_KINDS: tuple[type[Event], ...] = (
+    CaptureSaved,
+    CaptureDelivered,
+    CaptureCommitted,
+    CaptureQuarantined,
+    AlarmRaised,
+    AlarmCleared,
+    DeviceConnected,
+    DeviceGone,
+)
+"""Every kind of event there is."""
+
 EVENT_FIELDS: dict[str, frozenset[str]] = {
-    "capture_saved": frozenset({"spool_id", "driver", "device_class", "bytes"}),
-    "capture_delivered": frozenset({"spool_id", "destination", "sop_class"}),
-    "capture_committed": frozenset({"spool_id", "destination"}),
-    "capture_quarantined": frozenset({"spool_id", "stage", "destination"}),
-    "alarm_raised": frozenset({"code", "subject", "message"}),
-    "alarm_cleared": frozenset({"code", "subject"}),
-    "device_connected": frozenset({"device", "driver", "state"}),
-    "device_gone": frozenset({"device", "driver", "state"}),
+    cls.kind: frozenset(f.name for f in dataclasses.fields(cls)) for cls in EVENT_KINDS
 }
+"""Kind → the fields its events carry (beyond ``seq``, ``kind``, ``time``)."""
+
+
+class EventSink(Protocol):
+    """Where a stage publishes its events (an :class:`EventBus`, or :data:`NO_EVENTS`)."""
+
+    def publish(self, event: Event) -> None:
+        """Publish one event; never blocks."""
+
+
+class _Discard:
+    """An event sink that drops everything (tools and tests without a bus)."""
+
+    def publish(self, event: Event) -> None:
+        """Drop ``event``."""
+
+
+NO_EVENTS: Final[EventSink] = _Discard()
+"""The sink of stages built without a bus: events go nowhere."""
 
 DEFAULT_BUFFER = 1000
 
@@ -176,28 +314,25 @@ class EventBus:
         if sub in self._subs:
             self._subs.remove(sub)
 
-    def emit(self, kind: str, **fields: Scalar) -> None:
+    def publish(self, event: Event) -> None:
         """Publish one event (see the module docstring for kinds and fields)."""
-        allowed = EVENT_FIELDS.get(kind)
-        if allowed is None:
-            raise ValueError(f"unknown event kind {kind!r}")
-        extra = set(fields) - allowed
-        if extra:
-            raise ValueError(f"event {kind} has no field(s) {', '.join(sorted(extra))}")
+        if type(event) not in EVENT_KINDS:
+            raise TypeError(f"unknown event kind {type(event).__name__}")
+        fields = event.fields()
         for value in fields.values():
             if not isinstance(value, str | int | float | bool | type(None)):
-                raise TypeError(f"event {kind}: field values are JSON scalars")
-        event: dict[str, Any] = {"kind": kind, "time": _now(), **fields}
+                raise TypeError(f"event {event.kind}: field values are JSON scalars")
+        payload: dict[str, Any] = {"kind": event.kind, "time": _now(), **fields}
         if self._loop is not None and threading.get_ident() != self._thread:
-            self._loop.call_soon_threadsafe(self._deliver, event)
+            self._loop.call_soon_threadsafe(self._deliver, payload)
         else:
-            self._deliver(event)
+            self._deliver(payload)
 
     def _deliver(self, event: dict[str, Any]) -> None:
         kind = event["kind"]
-        if kind in ("alarm_raised", "alarm_cleared"):
+        if kind in (AlarmRaised.kind, AlarmCleared.kind):
             key = (str(event.get("code")), str(event.get("subject") or ""))
-            if kind == "alarm_raised":
+            if kind == AlarmRaised.kind:
                 if key in self.alarms:
                     return  # already active: one event per raise
                 self.alarms[key] = ActiveAlarm(
@@ -213,24 +348,3 @@ class EventBus:
             sub._put(self.seq, event)
         for flag in self._watchers:
             flag.set()
-
-
-_bus: EventBus | None = None
-
-
-def install(bus: EventBus | None) -> None:
-    """Make ``bus`` the one :func:`emit` uses (None: emitting does nothing)."""
-    global _bus
-    _bus = bus
-
-
-def current() -> EventBus | None:
-    """The installed bus, if any."""
-    return _bus
-
-
-def emit(kind: str, **fields: Scalar) -> None:
-    """Emit on the installed bus; a no-op without one. Never raises for delivery."""
-    bus = _bus
-    if bus is not None:
-        bus.emit(kind, **fields)

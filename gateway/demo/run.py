@@ -35,6 +35,7 @@ from gateway.demo.local_orthanc import OrthancProcess, free_port
 from gateway.service.config import load_config
 from gateway.service.state_lock import StateLocked
 from gateway.spool import ledger as db
+from gateway.spool.figures import sop_instance_states
 from gateway.spool.rebuild import LedgerLost
 from gateway.spool.spool_ids import SpoolIdMarkDamaged
 from gateway.spool.states import CaptureState
@@ -186,10 +187,9 @@ def _ledger_states(ledger_path: Path) -> dict[str, str]:
         return {}
     conn = db.open_ledger(ledger_path, readonly=True)
     try:
-        rows = conn.execute("SELECT sop_instance_uid, state FROM captures").fetchall()
+        return sop_instance_states(conn)
     finally:
         conn.close()
-    return {str(r[0]): str(r[1]) for r in rows}
 
 
 _DELIVERED = {CaptureState.SENT, CaptureState.COMMITTED, CaptureState.PURGED}

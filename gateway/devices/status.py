@@ -44,7 +44,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.core import events
+from gateway.core.alarms import DRIVER_QUARANTINED
+from gateway.core.events import (
+    NO_EVENTS,
+    AlarmCleared,
+    AlarmRaised,
+    DeviceConnected,
+    DeviceGone,
+    EventSink,
+)
 from gateway.core.files import atomic_write_bytes
 from gateway.devices.contract import DriverState
 
@@ -84,8 +92,9 @@ class DeviceStatus:
 class StatusBoard:
     """Holds every device's :class:`DeviceStatus` and writes the snapshot file."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, bus: EventSink = NO_EVENTS) -> None:
         self.path = path
+        self._bus = bus
         self._devices: dict[str, DeviceStatus] = {}
         self._changed = asyncio.Event()
         self._write_lock = threading.Lock()
@@ -118,29 +127,26 @@ class StatusBoard:
         """The configured devices' names, in configuration order."""
         return list(self._devices)
 
-    @staticmethod
-    def _announce(old: DeviceStatus, new: DeviceStatus) -> None:
+    def _announce(self, old: DeviceStatus, new: DeviceStatus) -> None:
         """Events for state changes: device connected/gone, quarantine alarm."""
         if old.state == new.state:
             return
-        fields: dict[str, events.Scalar] = {
-            "device": new.name,
-            "driver": new.driver,
-            "state": str(new.state),
-        }
         if new.state in _CONNECTED and old.state not in _CONNECTED:
-            events.emit("device_connected", **fields)
+            self._bus.publish(
+                DeviceConnected(device=new.name, driver=new.driver, state=str(new.state))
+            )
         elif old.state in _CONNECTED and new.state not in _CONNECTED:
-            events.emit("device_gone", **fields)
+            self._bus.publish(DeviceGone(device=new.name, driver=new.driver, state=str(new.state)))
         if new.state == DriverState.QUARANTINED:
-            events.emit(
-                "alarm_raised",
-                code="driver_quarantined",
-                subject=new.name,
-                message=f"driver of {new.name} stopped after repeated failures",
+            self._bus.publish(
+                AlarmRaised(
+                    code=DRIVER_QUARANTINED,
+                    subject=new.name,
+                    message=f"driver of {new.name} stopped after repeated failures",
+                )
             )
         elif old.state == DriverState.QUARANTINED:
-            events.emit("alarm_cleared", code="driver_quarantined", subject=new.name)
+            self._bus.publish(AlarmCleared(code=DRIVER_QUARANTINED, subject=new.name))
 
     def snapshot(self) -> dict[str, Any]:
         """The whole document, as written to the file."""

@@ -41,9 +41,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from gateway.core import events
 from gateway.core.backoff import Backoff
 from gateway.core.config import DicomDestination
+from gateway.core.events import NO_EVENTS, CaptureCommitted, CaptureQuarantined, EventSink
 from gateway.core.uids import new_uid
 from gateway.forward.listener_front import ASSOCIATIONS_TOTAL, MAX_PDU, ListenerFront
 from gateway.forward.peer_check import Address, PeerCheck
@@ -88,12 +88,14 @@ class CommitmentListener:
         destinations: Sequence[DicomDestination] = (),
         on_report: Callable[[str], None] = lambda _name: None,
         admit_from: Sequence[DicomDestination] | None = None,
+        bus: EventSink = NO_EVENTS,
     ) -> None:
         """``destinations``: those that use storage commitment (the only accepted
         senders); ``on_report(name)`` runs on the loop after a report was applied;
         ``admit_from``: the destinations whose addresses may connect at all (default:
         ``destinations``; loopback and our own address always may)."""
         self._ledger = ledger
+        self._bus = bus
         self._ae_title = ae_title
         self._address = address
         self._port = port
@@ -243,13 +245,10 @@ class CommitmentListener:
             outcome.quarantined,
         )
         for spool_id in outcome.committed_ids:
-            events.emit("capture_committed", spool_id=spool_id, destination=destination)
+            self._bus.publish(CaptureCommitted(spool_id=spool_id, destination=destination))
         for spool_id in outcome.quarantined_ids:
-            events.emit(
-                "capture_quarantined",
-                spool_id=spool_id,
-                stage="commitment",
-                destination=destination,
+            self._bus.publish(
+                CaptureQuarantined(spool_id=spool_id, stage="commitment", destination=destination)
             )
         if outcome.resend:
             self._on_resend(destination)
@@ -307,7 +306,7 @@ class CommitmentRequester:
                 batch = await self._ledger.call(cdb.uncommitted, d.name, d.commitment_batch_size)
             txn = new_uid()
             await self._ledger.call(
-                cdb.open_transaction, d.name, txn, [c.capture_id for c in batch], time.time()
+                cdb.open_transaction, d.name, txn, [c.spool_id for c in batch], time.time()
             )
             error = await asyncio.to_thread(self._request, txn, batch)
             if error is None:

@@ -34,6 +34,10 @@ no accepted presentation context   PACS does not take this class   PERMANENT
 PERMANENT means retrying the same bytes cannot help: the capture is quarantined
 with the reason and stays in the spool until a technician acts. Everything else is
 retried with backoff, for ever, with the same SOP Instance UID.
+
+Every failed outcome also says why, as a :class:`~gateway.core.errors.DeliveryErrorCode`
+set here, where the reason is known (the state document and the page show the
+code's phrase, never the peer's words).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket
 
 from gateway.core.config import DicomDestination
+from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.forward.stream import stream_c_store
 
 log = logging.getLogger(__name__)
@@ -120,9 +125,10 @@ def classify_status(status: int) -> Verdict:
 
 @dataclass(frozen=True, slots=True)
 class StoreRequest:
-    """One instance to send, read from its Part 10 file."""
+    """One instance to send (the capture with spool id ``spool_id``), read from its
+    Part 10 file."""
 
-    key: int
+    spool_id: int
     path: Path
     sop_class_uid: str
     transfer_syntax_uid: str
@@ -130,13 +136,24 @@ class StoreRequest:
 
 @dataclass(frozen=True, slots=True)
 class StoreOutcome:
-    """The result of one instance; ``detail`` is safe to log (no patient data)."""
+    """The result of one instance; ``detail`` is safe to log (no patient data).
 
-    key: int
+    ``code`` says why it was not delivered (None when it was, or was not attempted).
+    """
+
+    spool_id: int
     verdict: Verdict
     detail: str
     status: int | None = None
     unreachable: bool = False
+    code: DeliveryErrorCode | None = None
+
+    @property
+    def error(self) -> DeliveryError | None:
+        """The failure as the ledger and the state document keep it, if it failed."""
+        if self.code is None:
+            return None
+        return DeliveryError(self.code, self.detail, self.status)
 
 
 class CStoreSender:
@@ -159,15 +176,20 @@ class CStoreSender:
         d = self.destination
         return ae.associate(d.host, d.port, ae_title=d.ae_title)
 
-    def _unavailable(self, assoc: Any) -> str:
+    def _unavailable(self, assoc: Any) -> DeliveryError:
         d = self.destination
         where = f"{d.ae_title}@{d.host}:{d.port}"
         if assoc.is_rejected:
-            return f"association rejected by {where}"
-        return f"could not open an association with {where} (unreachable or aborted)"
+            return DeliveryError(
+                DeliveryErrorCode.ASSOCIATION_REJECTED, f"association rejected by {where}"
+            )
+        return DeliveryError(
+            DeliveryErrorCode.UNREACHABLE,
+            f"could not open an association with {where} (unreachable or aborted)",
+        )
 
-    def echo(self) -> str | None:
-        """C-ECHO the destination; return None on success, else the reason."""
+    def echo(self) -> DeliveryError | None:
+        """C-ECHO the destination; return None on success, else why it failed."""
         ae = self._ae()
         ae.add_requested_context(Verification)
         assoc = self._associate(ae)
@@ -179,8 +201,11 @@ class CStoreSender:
             if assoc.is_established:
                 assoc.release()
         if not status or "Status" not in status:
-            return "no C-ECHO response"
-        return None if status.Status == 0 else f"C-ECHO status 0x{status.Status:04X}"
+            return DeliveryError(DeliveryErrorCode.NO_RESPONSE, "no C-ECHO response")
+        code = int(status.Status)
+        if code == 0:
+            return None
+        return DeliveryError(DeliveryErrorCode.STORE_FAILED, f"C-ECHO status 0x{code:04X}", code)
 
     def send_batch(
         self,
@@ -207,9 +232,17 @@ class CStoreSender:
             ae.add_requested_context(syntax[0], [syntax[1]])
         assoc = self._associate(ae)
         if not assoc.is_established:
-            reason = self._unavailable(assoc)
+            error = self._unavailable(assoc)
             for r in requests:
-                done(StoreOutcome(r.key, Verdict.RETRYABLE, reason, unreachable=True))
+                done(
+                    StoreOutcome(
+                        r.spool_id,
+                        Verdict.RETRYABLE,
+                        error.detail,
+                        unreachable=True,
+                        code=error.code,
+                    )
+                )
             return outcomes
         try:
             stream_c_store(assoc, stall_timeout=self.destination.network_timeout)
@@ -220,10 +253,18 @@ class CStoreSender:
         finally:
             if assoc.is_established:
                 assoc.release()
-        lost = "association closed before sending" if not stop.is_set() else "shutting down"
         for request in requests[len(outcomes) :]:
-            verdict = Verdict.NOT_ATTEMPTED if stop.is_set() else Verdict.RETRYABLE
-            done(StoreOutcome(request.key, verdict, lost))
+            if stop.is_set():
+                done(StoreOutcome(request.spool_id, Verdict.NOT_ATTEMPTED, "shutting down"))
+            else:
+                done(
+                    StoreOutcome(
+                        request.spool_id,
+                        Verdict.RETRYABLE,
+                        "association closed before sending",
+                        code=DeliveryErrorCode.ABORTED,
+                    )
+                )
         return outcomes
 
     def _store_one(self, assoc: Any, request: StoreRequest) -> StoreOutcome:
@@ -231,19 +272,39 @@ class CStoreSender:
             status = assoc.send_c_store(request.path)
         except ValueError:
             return StoreOutcome(
-                request.key,
+                request.spool_id,
                 Verdict.PERMANENT,
                 f"{self.destination.ae_title} accepts no presentation context for "
                 f"{request.sop_class_uid} in {request.transfer_syntax_uid}",
+                code=DeliveryErrorCode.NOT_ACCEPTED,
             )
         except (OSError, AttributeError) as err:
             return StoreOutcome(
-                request.key, Verdict.RETRYABLE, f"cannot read DICOM file: {type(err).__name__}"
+                request.spool_id,
+                Verdict.RETRYABLE,
+                f"cannot read DICOM file: {type(err).__name__}",
+                code=DeliveryErrorCode.LOCAL_FILE,
             )
         if not status or "Status" not in status:
             if assoc.is_aborted:
-                return StoreOutcome(request.key, Verdict.RETRYABLE, "association aborted")
-            return StoreOutcome(request.key, Verdict.RETRYABLE, "no C-STORE response")
-        code = int(status.Status)
-        verdict = classify_status(code)
-        return StoreOutcome(request.key, verdict, f"C-STORE status 0x{code:04X}", code)
+                return StoreOutcome(
+                    request.spool_id,
+                    Verdict.RETRYABLE,
+                    "association aborted",
+                    code=DeliveryErrorCode.ABORTED,
+                )
+            return StoreOutcome(
+                request.spool_id,
+                Verdict.RETRYABLE,
+                "no C-STORE response",
+                code=DeliveryErrorCode.NO_RESPONSE,
+            )
+        status_code = int(status.Status)
+        verdict = classify_status(status_code)
+        return StoreOutcome(
+            request.spool_id,
+            verdict,
+            f"C-STORE status 0x{status_code:04X}",
+            status_code,
+            code=None if verdict.delivered else DeliveryErrorCode.STORE_FAILED,
+        )

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -31,58 +30,29 @@ from typing import Any
 
 from pydicom.uid import UID
 
-from gateway.core import events
 from gateway.core.alarms import DESTINATION_UNREACHABLE, STUCK_CAPTURES
 from gateway.core.backoff import Backoff, backoff_delay
 from gateway.core.config import DicomDestination
+from gateway.core.errors import DeliveryError, DeliveryErrorCode
+from gateway.core.events import (
+    NO_EVENTS,
+    AlarmCleared,
+    AlarmRaised,
+    CaptureDelivered,
+    CaptureQuarantined,
+    EventSink,
+)
 from gateway.forward.cstore import CStoreSender, StoreOutcome, StoreRequest, Verdict
 from gateway.spool import ledger as db
 from gateway.spool.clock import clamp_retry_times
+from gateway.spool.deliveries import retry_now, stuck_count
 from gateway.spool.dirs import SpoolDirs
-from gateway.spool.ledger import DueDelivery, Ledger, transaction
-from gateway.spool.states import CaptureState, DeliveryState
+from gateway.spool.ledger import DueDelivery, Ledger
 
 log = logging.getLogger(__name__)
 
 _IDLE_POLL = 60.0
 _PROBES_PER_TRIAL = 5
-
-
-def retry_now(conn: sqlite3.Connection, destination: str, now: float) -> int:
-    """Make every pending delivery to ``destination`` due now (link restored);
-    return how many are pending."""
-    with transaction(conn):
-        cur = conn.execute(
-            "UPDATE deliveries SET next_attempt_at = MIN(next_attempt_at, ?) "
-            "WHERE destination = ? AND state = ?",
-            (now, destination, DeliveryState.PENDING),
-        )
-    return cur.rowcount
-
-
-def stuck_count(
-    conn: sqlite3.Connection, destination: str, arrived_before: str, *, unconfirmed: bool
-) -> int:
-    """Undelivered captures that arrived before ``arrived_before``.
-
-    With ``unconfirmed`` (a destination with storage commitment), SENT but not yet
-    committed counts as undelivered too.
-    """
-    open_states = [DeliveryState.PENDING] + ([DeliveryState.SENT] if unconfirmed else [])
-    marks = ", ".join("?" for _ in open_states)
-    row = conn.execute(
-        "SELECT COUNT(*) FROM deliveries d JOIN captures c ON c.id = d.capture_id "
-        f"WHERE d.destination = ? AND d.state IN ({marks}) AND c.state IN (?, ?) "
-        "AND c.received_at < ?",
-        (
-            destination,
-            *open_states,
-            CaptureState.WRAPPED,
-            CaptureState.SENT,
-            arrived_before,
-        ),
-    ).fetchone()
-    return int(row[0])
 
 
 class Forwarder:
@@ -95,8 +65,10 @@ class Forwarder:
         calling_ae: str,
         destination: DicomDestination,
         on_sent: Callable[[], None] = lambda: None,
+        bus: EventSink = NO_EVENTS,
     ) -> None:
         self._ledger = ledger
+        self._bus = bus
         self._dirs = dirs
         self.destination = destination
         self._on_sent = on_sent
@@ -111,7 +83,8 @@ class Forwarder:
         self._circuit_announced = False
         self._circuit_closed = asyncio.Event()
         self.stuck = 0
-        self.last_error: str | None = None
+        self.last_error: DeliveryError | None = None
+        """Why the latest attempt failed; None once one succeeds."""
 
     @property
     def reachable(self) -> bool | None:
@@ -150,7 +123,7 @@ class Forwarder:
                 try:
                     await self._send(batch)
                 finally:
-                    self._inflight.difference_update(d.capture_id for d in batch)
+                    self._inflight.difference_update(d.spool_id for d in batch)
                 continue
             await self._idle()
 
@@ -169,10 +142,10 @@ class Forwarder:
                 time.time(),
                 d.batch_size * d.associations + len(self._inflight),
             )
-            free = [x for x in due if x.capture_id not in self._inflight]
+            free = [x for x in due if x.spool_id not in self._inflight]
             share = min(d.batch_size, max(1, -(-len(free) // d.associations)))
             batch = free[:share]
-            self._inflight.update(x.capture_id for x in batch)
+            self._inflight.update(x.spool_id for x in batch)
         return batch
 
     async def _idle(self) -> None:
@@ -235,15 +208,15 @@ class Forwarder:
         """Send one batch; each outcome is recorded as soon as it is known."""
         requests = [
             StoreRequest(
-                key=d.capture_id,
+                spool_id=d.spool_id,
                 path=self._dirs.dicom / d.dicom_name,
                 sop_class_uid=d.sop_class_uid,
                 transfer_syntax_uid=d.transfer_syntax_uid,
             )
             for d in due
         ]
-        attempts = {d.capture_id: d.attempts for d in due}
-        classes = {d.capture_id: d.sop_class_uid for d in due}
+        attempts = {d.spool_id: d.attempts for d in due}
+        classes = {d.spool_id: d.sop_class_uid for d in due}
         loop = asyncio.get_running_loop()
         arrived: asyncio.Queue[StoreOutcome | None] = asyncio.Queue()
 
@@ -254,9 +227,11 @@ class Forwarder:
             first = True
             while (outcome := await arrived.get()) is not None:
                 if first and outcome.verdict is not Verdict.NOT_ATTEMPTED:
-                    self._track_reachability(not outcome.unreachable, outcome.detail)
+                    self._track_reachability(not outcome.unreachable, outcome.error)
                 first = False
-                await self._record_one(outcome, attempts[outcome.key], classes[outcome.key])
+                await self._record_one(
+                    outcome, attempts[outcome.spool_id], classes[outcome.spool_id]
+                )
 
         job = asyncio.ensure_future(
             asyncio.to_thread(self._sender.send_batch, requests, self._stop, push)
@@ -300,40 +275,50 @@ class Forwarder:
 
     async def _record_one(self, outcome: StoreOutcome, attempts: int, sop_class: str = "") -> None:
         if outcome.verdict.delivered:
-            await self._ledger.call(db.record_sent, outcome.key, self.name)
-            log.info("spool id %d delivered to %s (%s)", outcome.key, self.name, outcome.detail)
+            await self._ledger.call(db.record_sent, outcome.spool_id, self.name)
+            log.info(
+                "spool id %d delivered to %s (%s)", outcome.spool_id, self.name, outcome.detail
+            )
             self.last_error = None  # the error of the latest attempt, if it failed
-            events.emit(
-                "capture_delivered",
-                spool_id=outcome.key,
-                destination=self.name,
-                sop_class=UID(sop_class).name if sop_class else "",
+            self._bus.publish(
+                CaptureDelivered(
+                    spool_id=outcome.spool_id,
+                    destination=self.name,
+                    sop_class=UID(sop_class).name if sop_class else "",
+                )
             )
             self._on_sent()
-        elif outcome.verdict is Verdict.PERMANENT:
-            await self._ledger.call(db.record_refused, outcome.key, self.name, outcome.detail)
-            self.last_error = outcome.detail
-            events.emit(
-                "capture_quarantined", spool_id=outcome.key, stage="refused", destination=self.name
+            return
+        if outcome.verdict is Verdict.NOT_ATTEMPTED:
+            return
+        error = outcome.error or DeliveryError(
+            DeliveryErrorCode.OTHER, outcome.detail, outcome.status
+        )
+        self.last_error = error
+        if outcome.verdict is Verdict.PERMANENT:
+            await self._ledger.call(db.record_refused, outcome.spool_id, self.name, error)
+            self._bus.publish(
+                CaptureQuarantined(
+                    spool_id=outcome.spool_id, stage="refused", destination=self.name
+                )
             )
             log.error(
                 "spool id %d quarantined: %s refused it (%s)",
-                outcome.key,
+                outcome.spool_id,
                 self.name,
                 outcome.detail,
             )
-        elif outcome.verdict is Verdict.RETRYABLE:
-            self.last_error = outcome.detail
+        else:
             delay = backoff_delay(
                 attempts + 1,
                 initial=self.destination.retry_initial,
                 cap=self.destination.retry_max,
             )
             await self._ledger.call(
-                db.record_retry, outcome.key, self.name, outcome.detail, time.time() + delay
+                db.record_retry, outcome.spool_id, self.name, error, time.time() + delay
             )
 
-    def _track_reachability(self, reachable: bool, detail: str) -> None:
+    def _track_reachability(self, reachable: bool, error: DeliveryError | None) -> None:
         if reachable:
             self._failed_batches = 0
             self._circuit_announced = False
@@ -355,15 +340,17 @@ class Forwarder:
             return
         if reachable:
             log.info("destination %s reachable", self.name)
-            events.emit("alarm_cleared", code=DESTINATION_UNREACHABLE, subject=self.name)
+            self._bus.publish(AlarmCleared(code=DESTINATION_UNREACHABLE, subject=self.name))
         else:
+            detail = error.detail if error is not None else "unreachable"
             log.warning("destination %s unavailable: %s; will keep retrying", self.name, detail)
-            self.last_error = detail
-            events.emit(
-                "alarm_raised",
-                code=DESTINATION_UNREACHABLE,
-                subject=self.name,
-                message=f"destination {self.name} is not reachable",
+            self.last_error = error
+            self._bus.publish(
+                AlarmRaised(
+                    code=DESTINATION_UNREACHABLE,
+                    subject=self.name,
+                    message=f"destination {self.name} is not reachable",
+                )
             )
         self._reachable = reachable
 
@@ -385,14 +372,15 @@ class Forwarder:
                     self.name,
                     limit,
                 )
-                events.emit(
-                    "alarm_raised",
-                    code=STUCK_CAPTURES,
-                    subject=self.name,
-                    message=f"captures not delivered to {self.name} within {limit:.0f} s",
+                self._bus.publish(
+                    AlarmRaised(
+                        code=STUCK_CAPTURES,
+                        subject=self.name,
+                        message=f"captures not delivered to {self.name} within {limit:.0f} s",
+                    )
                 )
             elif not count and self.stuck:
                 log.info("stuck alarm for %s cleared: everything delivered", self.name)
-                events.emit("alarm_cleared", code=STUCK_CAPTURES, subject=self.name)
+                self._bus.publish(AlarmCleared(code=STUCK_CAPTURES, subject=self.name))
             self.stuck = count
             await asyncio.sleep(min(60.0, max(1.0, limit / 10)))

@@ -18,9 +18,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from gateway.core import events
 from gateway.core.alarms import COMMITMENT_OVERDUE
 from gateway.core.config import DicomDestination
+from gateway.core.events import NO_EVENTS, AlarmCleared, AlarmRaised, EventSink
 from gateway.spool import commitments as cdb
 from gateway.spool.ledger import Ledger
 
@@ -31,9 +31,15 @@ class CommitmentOverdueWatch:
     """Raises and clears ``commitment_overdue`` for one destination."""
 
     def __init__(
-        self, ledger: Ledger, destination: DicomDestination, our_ae: str, listen_port: int
+        self,
+        ledger: Ledger,
+        destination: DicomDestination,
+        our_ae: str,
+        listen_port: int,
+        bus: EventSink = NO_EVENTS,
     ) -> None:
         self._ledger = ledger
+        self._bus = bus
         self.destination = destination
         self._our_ae = our_ae
         self._listen_port = listen_port
@@ -74,14 +80,15 @@ class CommitmentOverdueWatch:
                 self._our_ae,
                 self._listen_port,
             )
-            events.emit(
-                "alarm_raised",
-                code=COMMITMENT_OVERDUE,
-                subject=d.name,
-                message=f"{d.name} stores captures but does not confirm them "
-                f"(no commitment report for more than {d.commitment_alarm_after:.0f} s)",
+            self._bus.publish(
+                AlarmRaised(
+                    code=COMMITMENT_OVERDUE,
+                    subject=d.name,
+                    message=f"{d.name} stores captures but does not confirm them "
+                    f"(no commitment report for more than {d.commitment_alarm_after:.0f} s)",
+                )
             )
         elif not count and self.overdue:
             log.info("%s confirms again: no commitment report overdue", d.name)
-            events.emit("alarm_cleared", code=COMMITMENT_OVERDUE, subject=d.name)
+            self._bus.publish(AlarmCleared(code=COMMITMENT_OVERDUE, subject=d.name))
         self.overdue = count

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.core import events
 from gateway.core.capture import (
     DEFAULT_MAX_CAPTURE_BYTES,
     CaptureOffer,
@@ -22,6 +21,7 @@ from gateway.core.capture import (
     InstanceUIDs,
     RefusalReason,
 )
+from gateway.core.events import NO_EVENTS, CaptureSaved, EventSink
 from gateway.core.files import create_new
 from gateway.core.patient import with_device_issuer
 from gateway.devices.contract import CaptureReceipt, CaptureSink
@@ -61,9 +61,9 @@ class KnownCapture:
             "re-offered capture %s from %s recognised (spool id %d); acknowledged again",
             self._entry.offer.device_capture_id,
             self._entry.device.serial_number,
-            self._entry.id,
+            self._entry.spool_id,
         )
-        return CaptureReceipt(self._entry.id, self._entry.uids.sop_instance, duplicate=True)
+        return CaptureReceipt(self._entry.spool_id, self._entry.uids.sop_instance, duplicate=True)
 
     async def abort(self, reason: str) -> None:
         """Nothing to discard."""
@@ -81,8 +81,10 @@ class Intake:
         inline: InlineWrap | None = None,
         max_capture_bytes: int = DEFAULT_MAX_CAPTURE_BYTES,
         spool_ids: SpoolIdCounter | None = None,
+        bus: EventSink = NO_EVENTS,
     ) -> None:
         self.ledger = ledger
+        self._bus = bus
         self.spool_ids = spool_ids
         self.max_capture_bytes = max_capture_bytes
         self.dirs = dirs
@@ -208,12 +210,13 @@ class Intake:
             size,
             "written as DICOM" if wrapped else "raw, to be wrapped",
         )
-        events.emit(
-            "capture_saved",
-            spool_id=spool_id,
-            driver=driver,
-            device_class=str(identity.device_class),
-            bytes=size,
+        self._bus.publish(
+            CaptureSaved(
+                spool_id=spool_id,
+                driver=driver,
+                device_class=str(identity.device_class),
+                bytes=size,
+            )
         )
         if wrapped is not None and self.inline is not None:
             self.inline.on_wrapped()

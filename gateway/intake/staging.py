@@ -16,7 +16,6 @@ import errno
 import hashlib
 import logging
 import os
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,16 +59,6 @@ def refusal_for(err: OSError) -> CaptureRefused:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return CaptureRefused(RefusalReason.DISK_FULL, "no space left in the spool")
     return CaptureRefused(RefusalReason.STORAGE_ERROR, f"spool write failed: {err.strerror}")
-
-
-def _recorded(conn: sqlite3.Connection, sop_instance_uid: str, name: str) -> bool:
-    """Does a ledger row hold this SOP Instance UID or a spooled file of this name?"""
-    row = conn.execute(
-        "SELECT 1 FROM captures WHERE sop_instance_uid = ? OR raw_name = ? OR dicom_name = ? "
-        "LIMIT 1",
-        (sop_instance_uid, name, name),
-    ).fetchone()
-    return row is not None
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -331,7 +320,7 @@ class StagedCapture:
             try:
                 placed = await asyncio.to_thread(self._place, final, False)
                 if not placed and not await self._intake.ledger.call(
-                    _recorded, uids.sop_instance, final.name
+                    db.is_recorded, uids.sop_instance, final.name
                 ):
                     # No row names it: the leftover of a commit interrupted between
                     # its rename and its row, never acknowledged (start-up would move

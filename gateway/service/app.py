@@ -18,9 +18,9 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from gateway.core import events
 from gateway.core.capture import GatewayIdentity
 from gateway.core.config import DermGateConfig
+from gateway.core.events import EventBus
 from gateway.devices.contract import DriverFactory, DriverState
 from gateway.devices.host import DriverHost
 from gateway.devices.hotplug import (
@@ -182,6 +182,9 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
         config.gateway.state_dir / RESERVE_NAME, reserve_size(config.spool.reserve_mb * MIB)
     )
     ledger = Ledger(config.ledger_path(), reserve)
+    # The event bus (MQTT, the local page, metrics), handed to every stage that reports.
+    bus = EventBus()
+    bus.bind(asyncio.get_running_loop())
     await asyncio.to_thread(ledger.start)
     try:
         await ledger.call(reconcile, dirs)
@@ -207,13 +210,14 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
                 config.gateway.ae_title,
                 d,
                 requesters[d.name].notify if d.name in requesters else lambda: None,
+                bus,
             )
             for d in config.destinations
         ]
         by_name = {f.name: f for f in forwarders}
         overdue = {
             d.name: CommitmentOverdueWatch(
-                ledger, d, config.gateway.ae_title, config.gateway.listen_port
+                ledger, d, config.gateway.ae_title, config.gateway.listen_port, bus
             )
             for d in config.destinations
             if d.storage_commitment
@@ -229,6 +233,7 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             destinations=[d for d in config.destinations if d.storage_commitment],
             on_report=lambda name: overdue[name].reported() if name in overdue else None,
             admit_from=config.destinations,
+            bus=bus,
         )
         identity = GatewayIdentity(
             gateway_id=config.gateway.id,
@@ -240,8 +245,8 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             for forwarder in forwarders:
                 forwarder.notify()
 
-        wrapper = Wrapper(ledger, dirs, identity, names, wrapped)
-        space = SpaceGuard(dirs.root, config.spool.reserve_mb * MIB, ledger)
+        wrapper = Wrapper(ledger, dirs, identity, names, wrapped, bus)
+        space = SpaceGuard(dirs.root, config.spool.reserve_mb * MIB, ledger, bus)
         inline = InlineWrap(identity, wrapper.destinations, wrapped) if names else None
         intake = Intake(
             ledger,
@@ -251,12 +256,10 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             inline,
             config.spool.max_capture_mb * MIB,
             spool_ids,
+            bus,
         )
-        board = StatusBoard(config.status_path())
-        # The event bus and the state document (MQTT, the local page, metrics).
-        bus = events.EventBus()
-        bus.bind(asyncio.get_running_loop())
-        events.install(bus)
+        board = StatusBoard(config.status_path(), bus)
+        # The state document (MQTT, the local page, metrics).
         gateway_state = GatewayState(
             gateway_id=config.gateway.id,
             software=identity.software_version,
@@ -317,6 +320,5 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             except OSError as err:  # a full disk: the mark on disk is ahead, ids skip a few
                 log.warning("cannot record the next spool id (%s)", err.strerror or err)
     finally:
-        events.install(None)
         await asyncio.to_thread(ledger.close)
         log.info("stopped")

@@ -48,9 +48,9 @@ from gateway.spool.ledger import (
     refresh_capture_state,
     utc_now_text,
 )
+from gateway.spool.schema import RETRY_NOTE
 from gateway.spool.states import CaptureState, DeliveryState
 
-RETRY_NOTE = "retry requested by technician"
 RESOLVED_PREFIX = "resolved by technician"
 RESOLUTIONS = {
     "sent-another-way": "sent to the PACS another way (exported by hand)",
@@ -134,13 +134,13 @@ class DeliveryRecord:
     committed_at: str | None
 
 
-def deliveries(conn: sqlite3.Connection, capture_id: int) -> list[DeliveryRecord]:
+def deliveries(conn: sqlite3.Connection, spool_id: int) -> list[DeliveryRecord]:
     """The capture's deliveries, by destination name."""
     rows = conn.execute(
         "SELECT destination, state, attempts, next_attempt_at, last_error, commit_failures, "
         "commit_txn, sent_at, committed_at FROM deliveries WHERE capture_id = ? "
         "ORDER BY destination",
-        (capture_id,),
+        (spool_id,),
     ).fetchall()
     return [
         DeliveryRecord(
@@ -228,19 +228,19 @@ def _retry_locked(
     entry = find_entry(conn, ref)
     if entry.state is not CaptureState.QUARANTINED:
         raise NotPossible(
-            f"spool id {entry.id} is {entry.state}, not QUARANTINED: "
+            f"spool id {entry.spool_id} is {entry.state}, not QUARANTINED: "
             "only a quarantined capture can be retried"
         )
     if entry.driver == REBUILT_DRIVER and not entry.dicom_name:
         raise NotPossible(
-            f"spool id {entry.id} came back from a lost ledger without its device, patient "
+            f"spool id {entry.spool_id} came back from a lost ledger without its device, patient "
             "and kind, so it cannot be wrapped: export it (dermgate spool export "
-            f"{entry.id} --to DIR) and take it again or send it by hand"
+            f"{entry.spool_id} --to DIR) and take it again or send it by hand"
         )
     raw = spool_file(dirs.raw, entry.raw_name)
     dicom = spool_file(dirs.dicom, entry.dicom_name)
     has_deliveries = conn.execute(
-        "SELECT 1 FROM deliveries WHERE capture_id = ? LIMIT 1", (entry.id,)
+        "SELECT 1 FROM deliveries WHERE capture_id = ? LIMIT 1", (entry.spool_id,)
     ).fetchone()
     if (not dicom.exists or has_deliveries is None) and raw.exists:
         target = CaptureState.CAPTURED
@@ -248,7 +248,7 @@ def _retry_locked(
         target = CaptureState.WRAPPED
     else:
         raise NotPossible(
-            f"spool id {entry.id}: nothing left to send: neither the raw capture "
+            f"spool id {entry.spool_id}: nothing left to send: neither the raw capture "
             f"({entry.raw_name}) nor a DICOM file is in the spool"
         )
     reset = [
@@ -256,29 +256,30 @@ def _retry_locked(
         for r in conn.execute(
             "SELECT destination FROM deliveries WHERE capture_id = ? AND state = ? "
             "ORDER BY destination",
-            (entry.id, DeliveryState.FAILED),
+            (entry.spool_id, DeliveryState.FAILED),
         ).fetchall()
     ]
     conn.execute(
         "UPDATE deliveries SET state = ?, next_attempt_at = ?, commit_failures = 0, "
-        "commit_txn = NULL, last_error = ? WHERE capture_id = ? AND state = ?",
-        (DeliveryState.PENDING, now, RETRY_NOTE, entry.id, DeliveryState.FAILED),
+        "commit_txn = NULL, last_error = ?, error_code = NULL, error_status = NULL "
+        "WHERE capture_id = ? AND state = ?",
+        (DeliveryState.PENDING, now, RETRY_NOTE, entry.spool_id, DeliveryState.FAILED),
     )
     conn.execute(
         "UPDATE captures SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
-        (target, stamp, entry.id),
+        (target, stamp, entry.spool_id),
     )
     state = target
     if target is CaptureState.WRAPPED:
         conn.executemany(
             "INSERT OR IGNORE INTO deliveries (capture_id, destination, state, next_attempt_at) "
             "VALUES (?, ?, ?, ?)",
-            [(entry.id, name, DeliveryState.PENDING, now) for name in destinations],
+            [(entry.spool_id, name, DeliveryState.PENDING, now) for name in destinations],
         )
-        refresh_capture_state(conn, entry.id, stamp)
-        row = conn.execute("SELECT state FROM captures WHERE id = ?", (entry.id,)).fetchone()
+        refresh_capture_state(conn, entry.spool_id, stamp)
+        row = conn.execute("SELECT state FROM captures WHERE id = ?", (entry.spool_id,)).fetchone()
         state = CaptureState(row[0])
-    return RetryOutcome(entry.id, entry.uids.sop_instance, entry.reason, state, reset)
+    return RetryOutcome(entry.spool_id, entry.uids.sop_instance, entry.reason, state, reset)
 
 
 # --------------------------------------------------------------------------- resolve
@@ -317,17 +318,18 @@ def _resolve_locked(
     entry = find_entry(conn, ref)
     if entry.state is not CaptureState.QUARANTINED:
         raise NotPossible(
-            f"spool id {entry.id} is {entry.state}, not QUARANTINED: nothing to resolve"
+            f"spool id {entry.spool_id} is {entry.state}, not QUARANTINED: nothing to resolve"
         )
     if entry.reason and entry.reason.startswith(RESOLVED_PREFIX):
-        raise NotPossible(f"spool id {entry.id} is already resolved")
+        raise NotPossible(f"spool id {entry.spool_id} is already resolved")
     reason = f"{RESOLVED_PREFIX} {user}: {phrase}"
     if entry.reason:
         reason += f" (was: {entry.reason})"
     conn.execute(
-        "UPDATE captures SET reason = ?, updated_at = ? WHERE id = ?", (reason, stamp, entry.id)
+        "UPDATE captures SET reason = ?, updated_at = ? WHERE id = ?",
+        (reason, stamp, entry.spool_id),
     )
-    return entry.id
+    return entry.spool_id
 
 
 # --------------------------------------------------------------------------- export
@@ -372,7 +374,7 @@ def export_source(entry: SpoolEntry, dirs: SpoolDirs) -> ExportSource:
 
 
 def _gone(entry: SpoolEntry, what: str) -> str:
-    text = f"spool id {entry.id} is {entry.state}: {what} is no longer in the spool"
+    text = f"spool id {entry.spool_id} is {entry.state}: {what} is no longer in the spool"
     if entry.state is CaptureState.PURGED:
         text += " (the PACS confirmed it and the purge policy deleted the local copies)"
     return f"{text} ({entry.reason})" if entry.reason else text

@@ -26,6 +26,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from gateway.core.errors import DeliveryErrorCode
 from gateway.spool.ledger import refresh_capture_state, transaction, utc_now_text
 from gateway.spool.states import CaptureState, DeliveryState
 
@@ -54,7 +55,7 @@ def describe_failure(code: int | None) -> str:
 class CommitCandidate:
     """A SENT instance not yet asked about."""
 
-    capture_id: int
+    spool_id: int
     sop_class_uid: str
     sop_instance_uid: str
 
@@ -89,7 +90,7 @@ def open_transaction(
     conn: sqlite3.Connection,
     destination: str,
     transaction_uid: str,
-    capture_ids: list[int],
+    spool_ids: list[int],
     now: float,
 ) -> None:
     """Persist a transaction and attach its deliveries, before the request is sent."""
@@ -101,11 +102,11 @@ def open_transaction(
         )
         conn.executemany(
             "UPDATE deliveries SET commit_txn = ? WHERE capture_id = ? AND destination = ?",
-            [(transaction_uid, cid, destination) for cid in capture_ids],
+            [(transaction_uid, spool_id, destination) for spool_id in spool_ids],
         )
         conn.executemany(
             "INSERT OR IGNORE INTO commitment_items (transaction_uid, capture_id) VALUES (?, ?)",
-            [(transaction_uid, cid) for cid in capture_ids],
+            [(transaction_uid, spool_id) for spool_id in spool_ids],
         )
 
 
@@ -187,8 +188,8 @@ def transaction_destination(conn: sqlite3.Connection, transaction_uid: str) -> s
 def _asked(conn: sqlite3.Connection, transaction_uid: str) -> dict[str, int]:
     """SOP Instance UID → capture id of every instance the transaction asked about."""
     return {
-        str(uid): int(cid)
-        for uid, cid in conn.execute(
+        str(uid): int(spool_id)
+        for uid, spool_id in conn.execute(
             "SELECT c.sop_instance_uid, c.id FROM commitment_items i JOIN captures c "
             "ON c.id = i.capture_id WHERE i.transaction_uid = ?",
             (transaction_uid,),
@@ -238,21 +239,21 @@ def apply_report(
         conn.execute(
             "UPDATE commitments SET state = ? WHERE transaction_uid = ?", (DONE, transaction_uid)
         )
-        for capture_id in own_committed:
+        for spool_id in own_committed:
             cur = conn.execute(
                 "UPDATE deliveries SET state = ?, committed_at = ?, commit_txn = NULL "
                 "WHERE destination = ? AND state = ? AND capture_id = ?",
-                (DeliveryState.COMMITTED, stamp, destination, DeliveryState.SENT, capture_id),
+                (DeliveryState.COMMITTED, stamp, destination, DeliveryState.SENT, spool_id),
             )
             if cur.rowcount:
                 outcome_committed += 1
-                refresh_capture_state(conn, capture_id, stamp)
-                committed_ids.append(capture_id)
-        for capture_id, code in own_failed:
+                refresh_capture_state(conn, spool_id, stamp)
+                committed_ids.append(spool_id)
+        for spool_id, code in own_failed:
             target = conn.execute(
                 "SELECT commit_failures FROM deliveries WHERE capture_id = ? AND destination = ? "
                 "AND state = ? AND commit_txn = ?",
-                (capture_id, destination, DeliveryState.SENT, transaction_uid),
+                (spool_id, destination, DeliveryState.SENT, transaction_uid),
             ).fetchone()
             if target is None:
                 continue
@@ -261,12 +262,14 @@ def apply_report(
             if failures >= max_failures:
                 conn.execute(
                     "UPDATE deliveries SET state = ?, commit_failures = ?, commit_txn = NULL, "
-                    "last_error = ? WHERE capture_id = ? AND destination = ?",
+                    "last_error = ?, error_code = ?, error_status = NULL "
+                    "WHERE capture_id = ? AND destination = ?",
                     (
                         DeliveryState.FAILED,
                         failures,
                         f"commitment failed: {reason}",
-                        capture_id,
+                        DeliveryErrorCode.COMMITMENT_FAILED,
+                        spool_id,
                         destination,
                     ),
                 )
@@ -276,26 +279,27 @@ def apply_report(
                         CaptureState.QUARANTINED,
                         f"{destination} could not commit it {failures} times (last: {reason})",
                         stamp,
-                        capture_id,
+                        spool_id,
                     ),
                 )
                 quarantined += 1
-                quarantined_ids.append(capture_id)
+                quarantined_ids.append(spool_id)
             else:
                 conn.execute(
                     "UPDATE deliveries SET state = ?, commit_failures = ?, commit_txn = NULL, "
-                    "next_attempt_at = ?, last_error = ? "
+                    "next_attempt_at = ?, last_error = ?, error_code = ?, error_status = NULL "
                     "WHERE capture_id = ? AND destination = ?",
                     (
                         DeliveryState.PENDING,
                         failures,
                         time.time(),
                         f"commitment failed: {reason}; sending again",
-                        capture_id,
+                        DeliveryErrorCode.COMMITMENT_FAILED,
+                        spool_id,
                         destination,
                     ),
                 )
-                refresh_capture_state(conn, capture_id, stamp)
+                refresh_capture_state(conn, spool_id, stamp)
                 resend += 1
         # Instances the report left out: ask about them again in a new transaction.
         conn.execute(
@@ -342,11 +346,11 @@ def confirm_by_retention(conn: sqlite3.Connection, destination: str, cutoff: flo
     ).fetchall()
     stamp = utc_now_text()
     with transaction(conn):
-        for (capture_id,) in rows:
+        for (spool_id,) in rows:
             conn.execute(
                 "UPDATE deliveries SET state = ?, committed_at = ? "
                 "WHERE capture_id = ? AND destination = ?",
-                (DeliveryState.COMMITTED, stamp, capture_id, destination),
+                (DeliveryState.COMMITTED, stamp, spool_id, destination),
             )
-            refresh_capture_state(conn, int(capture_id), stamp)
+            refresh_capture_state(conn, int(spool_id), stamp)
     return len(rows)

@@ -12,6 +12,7 @@ from typing import Any
 from gateway.spool import admin
 from gateway.spool import ledger as db
 from gateway.spool.dirs import SpoolDirs
+from gateway.spool.records import device_shown, settings_shown
 from gateway.spool.states import DeliveryState
 
 __all__ = [
@@ -66,11 +67,11 @@ def capture_details(
     Device metadata and capture settings only: patient identity a device supplied
     (a 3D scanner's export) is kept in its own ledger column and never shown here.
     """
-    offer, settings, device = entry.offer, entry.offer.settings, entry.device
+    offer = entry.offer
     raw = _file_json(admin.spool_file(dirs.raw, entry.raw_name))
     raw.update(recorded_size=entry.raw_size, sha256=entry.raw_sha256)
     return {
-        "id": entry.id,
+        "id": entry.spool_id,
         "state": str(entry.state),
         "reason": entry.reason,
         "study_instance_uid": entry.uids.study,
@@ -80,26 +81,11 @@ def capture_details(
         "sop_class_name": sop_class_name(entry.sop_class_uid),
         "transfer_syntax_uid": entry.transfer_syntax_uid,
         "driver": entry.driver,
-        "device": {
-            "manufacturer": device.manufacturer,
-            "model": device.model,
-            "serial_number": device.serial_number,
-            "software_versions": list(device.software_versions),
-            "device_class": str(device.device_class),
-        },
+        "device": device_shown(entry.device),
         "device_capture_id": offer.device_capture_id,
         "content_type": str(offer.content_type),
         "acquired_at": offer.acquired_at.isoformat() if offer.acquired_at else None,
-        "settings": {
-            "polarization": settings.polarization,
-            "contact": settings.contact,
-            "immersion": settings.immersion,
-            "magnification": settings.magnification,
-            "color_temperature_k": settings.color_temperature_k,
-            "anatomic_site": offer.anatomic_site,
-            "laterality": offer.laterality,
-            "lesion_id": offer.lesion_id,
-        },
+        "settings": settings_shown(offer),
         "received_at": entry.received_at,
         "updated_at": entry.updated_at,
         "files": {

@@ -29,8 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.core import events
+from gateway.core.alarms import DISK_FULL
 from gateway.core.capture import CaptureRefused, RefusalReason
+from gateway.core.events import NO_EVENTS, AlarmCleared, AlarmRaised, EventSink
 
 if TYPE_CHECKING:
     from gateway.spool.ledger import Ledger
@@ -56,8 +57,15 @@ def too_large(limit: int, size: int | None = None) -> CaptureRefused:
 class SpaceGuard:
     """Decides whether a new capture of a given size may be accepted."""
 
-    def __init__(self, folder: Path, reserve_bytes: int, ledger: Ledger | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        reserve_bytes: int,
+        ledger: Ledger | None = None,
+        bus: EventSink = NO_EVENTS,
+    ) -> None:
         self.folder = folder
+        self._bus = bus
         self.reserve_bytes = reserve_bytes
         self.ledger = ledger
         self.alarm = False
@@ -118,13 +126,14 @@ class SpaceGuard:
                 free // MIB,
                 self.reserve_bytes // MIB,
             )
-            events.emit(
-                "alarm_raised",
-                code="disk_full",
-                subject="",
-                message="disk below its free-space reserve: new captures are refused",
+            self._bus.publish(
+                AlarmRaised(
+                    code=DISK_FULL,
+                    subject="",
+                    message="disk below its free-space reserve: new captures are refused",
+                )
             )
         else:
             log.warning("disk space is back (%d MiB free): accepting captures again", free // MIB)
-            events.emit("alarm_cleared", code="disk_full", subject="")
+            self._bus.publish(AlarmCleared(code=DISK_FULL, subject=""))
         self.alarm = below

@@ -60,7 +60,7 @@ Alarm codes: ``disk_full`` (subject ""), ``stuck_captures`` (subject: destinatio
 ``destination_unreachable`` (destination), ``driver_quarantined`` (device name),
 ``commitment_overdue`` (destination: it stores but its commitment reports do not
 arrive, see :mod:`gateway.forward.overdue`).
-Error codes: see :data:`ERROR_PHRASES`.
+Error codes: see :data:`gateway.core.errors.ERROR_PHRASES` (set where the delivery failed).
 
 Stages may add a section of their own (:attr:`GatewayState.sections`). With
 ``[mqtt]`` configured the document has::
@@ -79,16 +79,15 @@ Stages may add a section of their own (:attr:`GatewayState.sections`). With
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.events import EventBus
 from gateway.devices.contract import DriverState
-from gateway.spool.states import CaptureState, DeliveryState
+from gateway.spool.figures import spool_figures
+from gateway.spool.states import CaptureState
 
 if TYPE_CHECKING:
     from gateway.devices.status import StatusBoard
@@ -98,54 +97,7 @@ if TYPE_CHECKING:
 
 STATE_VERSION = 1
 
-ERROR_PHRASES: dict[str, str] = {
-    "unreachable": "cannot open a connection to the PACS (network, address or port)",
-    "association_rejected": "the PACS rejected the association (AE titles or its settings)",
-    "no_response": "the PACS did not answer in time",
-    "aborted": "the PACS dropped the connection",
-    "store_failed": "the PACS answered a store request with a failure status",
-    "not_accepted": "the PACS does not accept this kind of object",
-    "local_file": "the gateway could not read its own DICOM file",
-    "commitment_failed": "the PACS could not confirm that it keeps an object",
-    "other": "delivery failed",
-}
-
 _SHOWN_DETAIL = {DriverState.DISCONNECTED, DriverState.CONNECTING, DriverState.READY}
-
-
-def classify_error(detail: str | None) -> dict[str, str] | None:
-    """A peer error reduced to ``{"code", "message"}`` with a fixed phrase.
-
-    The free text (which may quote what the peer said) is not passed on; only a
-    C-STORE status number is kept in the phrase.
-    """
-    if not detail:
-        return None
-    text = detail.lower()
-    if text.startswith("association rejected"):
-        code = "association_rejected"
-    elif text.startswith("could not open an association"):
-        code = "unreachable"
-    elif text.startswith(("no c-store response", "no c-echo response", "no n-action")):
-        code = "no_response"
-    elif "aborted" in text or "association closed" in text:
-        code = "aborted"
-    elif text.startswith(("c-store status", "c-echo status", "n-action status")):
-        code = "store_failed"
-    elif "accepts no presentation context" in text or "does not offer" in text:
-        code = "not_accepted"
-    elif text.startswith("cannot read dicom file"):
-        code = "local_file"
-    elif text.startswith("commitment failed"):
-        code = "commitment_failed"
-    else:
-        code = "other"
-    message = ERROR_PHRASES[code]
-    if code == "store_failed":
-        status = detail.rsplit(" ", 1)[-1]
-        if status.startswith("0x") and len(status) == 6:
-            message = f"{message} ({status})"
-    return {"code": code, "message": message}
 
 
 def _age(stamp: str | None, now: datetime) -> float | None:
@@ -158,45 +110,6 @@ def _age(stamp: str | None, now: datetime) -> float | None:
     if then.tzinfo is None:
         then = then.replace(tzinfo=UTC)
     return round(max(0.0, (now - then).total_seconds()), 1)
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolFigures:
-    """What the ledger says, in one read."""
-
-    counts: dict[str, int]
-    oldest_undelivered: str | None
-    awaiting_commitment: int
-    oldest_sent_epoch: float | None
-    pending: dict[str, int]
-
-
-def spool_figures(conn: sqlite3.Connection) -> SpoolFigures:
-    """Counts and oldest times for the snapshot (blocking; on the ledger thread)."""
-    counts = {str(state): 0 for state in CaptureState}
-    for state, n in conn.execute("SELECT state, COUNT(*) FROM captures GROUP BY state"):
-        counts[str(state)] = int(n)
-    row = conn.execute(
-        "SELECT MIN(received_at) FROM captures WHERE state IN (?, ?)",
-        (CaptureState.CAPTURED, CaptureState.WRAPPED),
-    ).fetchone()
-    oldest = None if row is None or row[0] is None else str(row[0])
-    row = conn.execute(
-        "SELECT COUNT(*), MIN(d.sent_epoch) FROM deliveries d JOIN captures c "
-        "ON c.id = d.capture_id WHERE d.state = ? AND c.state != ?",
-        (DeliveryState.SENT, CaptureState.QUARANTINED),
-    ).fetchone()
-    awaiting = int(row[0]) if row else 0
-    oldest_sent = None if row is None or row[1] is None else float(row[1])
-    pending = {
-        str(dest): int(n)
-        for dest, n in conn.execute(
-            "SELECT d.destination, COUNT(*) FROM deliveries d JOIN captures c "
-            "ON c.id = d.capture_id WHERE d.state = ? AND c.state != ? GROUP BY d.destination",
-            (DeliveryState.PENDING, CaptureState.QUARANTINED),
-        )
-    }
-    return SpoolFigures(counts, oldest, awaiting, oldest_sent, pending)
 
 
 class GatewayState:
@@ -263,7 +176,7 @@ class GatewayState:
                 "circuit_open": f.circuit_open,
                 "pending": figures.pending.get(f.name, 0),
                 "stuck": f.stuck,
-                "last_error": classify_error(f.last_error),
+                "last_error": None if f.last_error is None else f.last_error.shown(),
             }
             for f in self.forwarders
         ]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.core.config import MqttSettings
-from gateway.core.events import EventBus
+from gateway.core.events import CaptureSaved, EventBus
 from gateway.devices.status import StatusBoard
 from gateway.spool.ledger import Ledger
 from gateway.spool.space import SpaceGuard
@@ -85,7 +85,7 @@ def test_refused_password_is_shown_then_recovery_sends_the_waiting_events(
         try:
             await _until(lambda: publisher.last_error is not None, 20, "a connection error")
             refused = (await state.snapshot())["mqtt"]
-            bus.emit("capture_saved", spool_id=7, driver="d", device_class="camera", bytes=1)
+            bus.publish(CaptureSaved(spool_id=7, driver="d", device_class="camera", bytes=1))
             await asyncio.sleep(0.2)
             waiting = (await state.snapshot())["mqtt"]["events_waiting"]
             password_file.write_text(PASSWORD + "\n", encoding="utf-8")  # read per attempt

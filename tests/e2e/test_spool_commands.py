@@ -18,17 +18,22 @@ from pathlib import Path
 from gateway.core.capture import (
     ContentType,
 )
+from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.core.uids import new_uid
 from gateway.spool import commitments
 from gateway.spool import ledger as db
 from tests.support.spool import PATIENT, SECRETS, Spool, dermgate, write_config
+
+REFUSED_A900 = DeliveryError(
+    DeliveryErrorCode.STORE_FAILED, "0xA900 dataset does not match SOP class", 0xA900
+)
 
 # --------------------------------------------------------------------------- show
 
 
 def test_show_prints_the_ledger_but_no_patient_data(spool: Spool) -> None:
     spool_id, uid = spool.add(patient=PATIENT)
-    db.record_refused(spool.conn, spool_id, "pacs", "0xA900 dataset does not match SOP class")
+    db.record_refused(spool.conn, spool_id, "pacs", REFUSED_A900)
 
     text = dermgate("show", spool_id, config=spool.config)
     assert text.returncode == 0, text.stderr
@@ -195,7 +200,7 @@ def test_list_filters_by_state(spool: Spool) -> None:
 
 def test_retry_after_refusal_sends_again(spool: Spool) -> None:
     spool_id, _ = spool.add()
-    db.record_refused(spool.conn, spool_id, "pacs", "0xA900 dataset does not match SOP class")
+    db.record_refused(spool.conn, spool_id, "pacs", REFUSED_A900)
     before = time.time()
 
     result = dermgate("retry", spool_id, config=spool.config)
@@ -210,7 +215,7 @@ def test_retry_after_refusal_sends_again(spool: Spool) -> None:
     assert delivery["last_error"] == "retry requested by technician"
     assert before - 1 <= delivery["next_attempt_at"] <= time.time() + 1
     due = db.due_deliveries(spool.conn, "pacs", time.time(), 10)
-    assert [d.capture_id for d in due] == [spool_id]
+    assert [d.spool_id for d in due] == [spool_id]
 
     again = dermgate("retry", spool_id, config=spool.config)
     assert again.returncode == 4
@@ -252,7 +257,12 @@ def test_retry_of_a_wrap_failure_wraps_again(spool: Spool) -> None:
 
 def test_retry_with_nothing_left_to_send_exits_4(spool: Spool) -> None:
     spool_id, uid = spool.add()
-    db.record_refused(spool.conn, spool_id, "pacs", "0xC000 cannot understand")
+    db.record_refused(
+        spool.conn,
+        spool_id,
+        "pacs",
+        DeliveryError(DeliveryErrorCode.STORE_FAILED, "C-STORE status 0xC000", 0xC000),
+    )
     (spool.dirs.raw / f"{uid}.raw").unlink()
     (spool.dirs.dicom / f"{uid}.dcm").unlink()
 

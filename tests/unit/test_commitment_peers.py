@@ -44,14 +44,14 @@ def test_peer_check_resolves_host_names_and_compares_addresses() -> None:
 
 def test_open_transactions_of_an_older_ledger_keep_what_they_asked_about(tmp_path: Path) -> None:
     from gateway.core.capture import CaptureOffer
-    from gateway.spool import commitments
+    from gateway.spool import commitments, schema
     from gateway.spool import ledger as db
     from tests.support.dicom_files import DEVICE
 
     path = tmp_path / "ledger.sqlite3"
     old = sqlite3.connect(path, isolation_level=None)
     for step in (1, 2, 3):
-        old.executescript(db._MIGRATIONS[step])
+        old.executescript(schema._MIGRATIONS[step])
     old.execute("PRAGMA user_version = 3")
     for n in (1, 2):
         old.execute(

@@ -23,6 +23,7 @@ from gateway.spool import ledger as db
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger, forget_purged_patients
+from gateway.spool.states import CaptureState
 from tests.support.spool import PATIENT, SECRETS, Spool
 
 
@@ -112,7 +113,7 @@ def test_spool_files_are_written_0640_whatever_the_umask(tmp_path: Path, open_um
             sink = await intake.begin("scanner-export", device, offer)
             await sink.write(data)
             await sink.commit(length=len(data), sha256=hashlib.sha256(data).hexdigest())
-            [entry] = await ledger.call(db.captures_in_state, db.CaptureState.CAPTURED)
+            [entry] = await ledger.call(db.captures_in_state, CaptureState.CAPTURED)
             return dirs.raw / entry.raw_name
         finally:
             await asyncio.to_thread(ledger.close)

@@ -11,6 +11,7 @@ import pytest
 from gateway.core.capture import CaptureOffer, InstanceUIDs
 from gateway.core.uids import new_uid
 from gateway.spool import ledger as db
+from gateway.spool import schema
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.reconcile import reconcile
 from tests.support.dicom_files import DEVICE
@@ -90,7 +91,7 @@ def test_reconcile_repairs_without_losing_acknowledged_captures(tmp_path: Path) 
 def test_v1_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     old = sqlite3.connect(path, isolation_level=None)
-    old.executescript(db._SCHEMA_V1)
+    old.executescript(schema._SCHEMA_V1)
     old.execute("PRAGMA user_version = 1")
     old.execute(
         "INSERT INTO captures (driver, device_serial, device_capture_id, device_json, "
@@ -122,3 +123,42 @@ def test_a_ledger_from_a_newer_dermgate_is_refused(tmp_path: Path) -> None:
     newer.close()
     with pytest.raises(db.LedgerVersionError, match="newer than this DermGate"):
         db.open_ledger(path)
+
+
+def test_v4_failures_get_their_error_codes_when_the_ledger_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)
+    for step in (1, 2, 3, 4):
+        old.executescript(schema._MIGRATIONS[step])
+    old.execute("PRAGMA user_version = 4")
+    for n in (1, 2, 3):
+        old.execute(
+            "INSERT INTO captures (driver, device_serial, device_capture_id, device_json, "
+            "offer_json, raw_name, raw_size, raw_sha256, study_uid, series_uid, "
+            "sop_instance_uid, state, received_at, updated_at) VALUES ('d', 's', ?, ?, ?, 'r', "
+            "1, 'x', '1.2', '1.3', ?, 'WRAPPED', 't', 't')",
+            (str(n), db.device_to_json(DEVICE), db.offer_to_json(CaptureOffer(str(n))), f"1.{n}"),
+        )
+    for n, error in (
+        (1, "C-STORE status 0xA700"),
+        (2, "association rejected by PACS@pacs:104"),
+        (3, schema.RETRY_NOTE),
+    ):
+        old.execute(
+            "INSERT INTO deliveries (capture_id, destination, state, next_attempt_at, "
+            "last_error) VALUES (?, 'pacs', 'PENDING', 0, ?)",
+            (n, error),
+        )
+    old.close()
+
+    conn = db.open_ledger(path)
+    rows = conn.execute(
+        "SELECT capture_id, error_code, error_status FROM deliveries ORDER BY capture_id"
+    ).fetchall()
+    assert [tuple(r) for r in rows] == [
+        (1, "store_failed", 0xA700),
+        (2, "association_rejected", None),
+        (3, None, None),
+    ]
+    assert schema.schema_version(conn) == db.SCHEMA_VERSION
+    conn.close()

@@ -2,28 +2,26 @@
 
 Blocking: call :func:`read_figures` and :func:`read_spool` on a worker thread. They
 open the ledger read-only (SQLite WAL: the service keeps writing meanwhile) and
-select only columns without patient data — never ``patient_json``, never file
-names, never device capture ids (they may quote what a device was told). The
+read it through :mod:`gateway.spool.figures`, which selects only columns without
+patient data — never ``patient_json``, never file names, never device capture ids
+(they may quote what a device was told). A destination's last error is shown as
+the fixed phrase of the code the sender recorded (:mod:`gateway.core.errors`). The
 verdict rules ("is it delivering?") are in :func:`verdict`.
 """
 
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.spool.admin import RESOLVED_PREFIX, RETRY_NOTE
+from gateway.spool.figures import DELIVERED, WAITING, page_figures, recent_captures
 from gateway.spool.ledger import open_ledger
-from gateway.spool.states import CaptureState, DeliveryState
-from gateway.status.snapshot import classify_error
+from gateway.spool.states import CaptureState
 
-WAITING = (CaptureState.CAPTURED, CaptureState.WRAPPED)
-DELIVERED = (CaptureState.SENT, CaptureState.COMMITTED, CaptureState.PURGED)
 STALE_BACKLOG = 600.0  # seconds a capture may wait before the verdict turns amber
 SLOW_COMMITMENT = 3600.0
 
@@ -35,12 +33,6 @@ def _age(stamp: str | None, now: float) -> float | None:
         return max(0.0, now - datetime.fromisoformat(stamp).timestamp())
     except ValueError:
         return None
-
-
-def _phrase(detail: str | None) -> str | None:
-    """A peer's error text reduced to a fixed phrase (it may quote the peer)."""
-    classified = classify_error(detail)
-    return None if classified is None else classified["message"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +97,6 @@ class Figures:
         return sum(self.counts.get(s, 0) for s in DELIVERED)
 
 
-def _table_counts(conn: sqlite3.Connection, sql: str, *args: Any) -> dict[str, int]:
-    return {str(k or "unknown"): int(v) for k, v in conn.execute(sql, args).fetchall()}
-
-
 def read_figures(
     ledger_path: Path,
     spool_root: Path,
@@ -120,11 +108,9 @@ def read_figures(
     now = time.time() if now is None else now
     usage = shutil.disk_usage(spool_root if spool_root.exists() else spool_root.parent)
     disk = DiskFigures(free=usage.free, total=usage.total, reserve=reserve)
-    counts: dict[str, int] = {str(s): 0 for s in CaptureState}
-    dests: list[DestinationFigures] = []
     if not ledger_path.exists():
         return Figures(
-            counts,
+            {str(s): 0 for s in CaptureState},
             0,
             None,
             None,
@@ -135,74 +121,35 @@ def read_figures(
         )
     conn = open_ledger(ledger_path, readonly=True)
     try:
-        counts.update(_table_counts(conn, "SELECT state, COUNT(*) FROM captures GROUP BY state"))
-        quarantined_open = int(
-            conn.execute(
-                "SELECT COUNT(*) FROM captures WHERE state = ? AND "
-                "(reason IS NULL OR reason NOT LIKE ?)",
-                (CaptureState.QUARANTINED, RESOLVED_PREFIX + "%"),
-            ).fetchone()[0]
-        )
-        oldest = conn.execute(
-            "SELECT MIN(received_at) FROM captures WHERE state IN (?, ?)", WAITING
-        ).fetchone()[0]
-        by_class = "json_extract(device_json, '$.device_class')"
-        delivered_by_class = _table_counts(
-            conn,
-            f"SELECT {by_class}, COUNT(*) FROM captures WHERE state IN (?, ?, ?) GROUP BY 1",
-            *DELIVERED,
-        )
-        quarantined_by_class = _table_counts(
-            conn,
-            f"SELECT {by_class}, COUNT(*) FROM captures WHERE state = ? GROUP BY 1",
-            CaptureState.QUARANTINED,
-        )
-        commit_names = [n for n, _, _, c in destinations if c]
-        lag = None
-        if commit_names:
-            marks = ",".join("?" * len(commit_names))
-            first = conn.execute(
-                f"SELECT MIN(sent_epoch) FROM deliveries WHERE state = ? "
-                f"AND destination IN ({marks})",
-                (DeliveryState.SENT, *commit_names),
-            ).fetchone()[0]
-            lag = None if first is None else max(0.0, now - float(first))
-        for name, host, port, commit in destinations:
-            by_state = _table_counts(
-                conn,
-                "SELECT state, COUNT(*) FROM deliveries WHERE destination = ? GROUP BY state",
-                name,
-            )
-            failing = conn.execute(
-                "SELECT COUNT(*), MAX(last_error) FROM deliveries d JOIN captures c "
-                "ON c.id = d.capture_id WHERE d.destination = ? AND d.state = ? "
-                "AND c.state = ? AND d.last_error IS NOT NULL AND d.last_error != ?",
-                (name, DeliveryState.PENDING, CaptureState.WRAPPED, RETRY_NOTE),
-            ).fetchone()
-            dests.append(
-                DestinationFigures(
-                    name,
-                    host,
-                    port,
-                    commit,
-                    pending=by_state.get(DeliveryState.PENDING, 0),
-                    sent=by_state.get(DeliveryState.SENT, 0),
-                    committed=by_state.get(DeliveryState.COMMITTED, 0),
-                    refused=by_state.get(DeliveryState.FAILED, 0),
-                    retrying=int(failing[0]),
-                    last_error=_phrase(failing[1]),
-                )
-            )
+        read = page_figures(conn, [(n, c) for n, _, _, c in destinations])
     finally:
         conn.close()
+    dests = []
+    for name, host, port, commit in destinations:
+        d = read.destinations[name]
+        dests.append(
+            DestinationFigures(
+                name,
+                host,
+                port,
+                commit,
+                pending=d.pending,
+                sent=d.sent,
+                committed=d.committed,
+                refused=d.refused,
+                retrying=d.retrying,
+                last_error=None if d.last_error is None else d.last_error.message,
+            )
+        )
+    first = read.first_unconfirmed_epoch
     return Figures(
-        counts=counts,
-        quarantined_open=quarantined_open,
-        oldest_waiting_age=_age(oldest, now),
-        commitment_lag=lag,
+        counts=read.counts,
+        quarantined_open=read.quarantined_open,
+        oldest_waiting_age=_age(read.oldest_waiting, now),
+        commitment_lag=None if first is None else max(0.0, now - first),
         destinations=dests,
-        delivered_by_class=delivered_by_class,
-        quarantined_by_class=quarantined_by_class,
+        delivered_by_class=read.delivered_by_class,
+        quarantined_by_class=read.quarantined_by_class,
         disk=disk,
     )
 
@@ -257,7 +204,7 @@ def verdict(fig: Figures) -> Verdict:
 class SpoolRow:
     """One line of the spool view (no patient data, no device capture id)."""
 
-    id: int
+    spool_id: int
     state: str
     age: float | None
     device: str
@@ -275,27 +222,18 @@ def read_spool(
         return []
     conn = open_ledger(ledger_path, readonly=True)
     try:
-        where, args = ("WHERE c.state = ?", [state]) if state else ("", [])
-        rows = conn.execute(
-            "SELECT c.id, c.state, c.received_at, c.driver, "
-            "json_extract(c.device_json, '$.model') AS model, "
-            "json_extract(c.device_json, '$.device_class') AS device_class, c.reason, "
-            "(SELECT d.last_error FROM deliveries d WHERE d.capture_id = c.id "
-            " AND d.last_error IS NOT NULL LIMIT 1) AS last_error "
-            f"FROM captures c {where} ORDER BY c.id DESC LIMIT ?",
-            (*args, limit),
-        ).fetchall()
+        rows = recent_captures(conn, state, limit)
     finally:
         conn.close()
     return [
         SpoolRow(
-            id=r["id"],
-            state=r["state"],
-            age=_age(r["received_at"], now),
-            device=f"{r['model'] or '?'} ({r['driver']})",
-            device_class=str(r["device_class"] or ""),
-            reason=r["reason"],
-            last_error=r["last_error"],
+            spool_id=r.spool_id,
+            state=r.state,
+            age=_age(r.received_at, now),
+            device=f"{r.model or '?'} ({r.driver})",
+            device_class=str(r.device_class or ""),
+            reason=r.reason,
+            last_error=r.last_error,
         )
         for r in rows
     ]

@@ -6,7 +6,7 @@ numbers each document (``seq``) for MQTT dashboards, and a page polling every fe
 seconds must not make those numbers jump. The same privacy rules as the state
 document apply: a device's ``detail`` only in states where drivers describe the
 device (not the capture), a destination's last error only as a code and a fixed
-phrase (:func:`~gateway.status.snapshot.classify_error`).
+phrase (:meth:`~gateway.core.errors.DeliveryError.shown`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.devices.contract import DriverState
-from gateway.status.snapshot import GatewayState, classify_error
+from gateway.status.snapshot import GatewayState
 
 SHOWN_DETAIL = {DriverState.DISCONNECTED, DriverState.CONNECTING, DriverState.READY}
 
@@ -34,7 +34,11 @@ async def live_view(state: GatewayState) -> dict[str, Any]:
             }
         )
     destinations = [
-        {"name": f.name, "reachable": f.reachable, "last_error": classify_error(f.last_error)}
+        {
+            "name": f.name,
+            "reachable": f.reachable,
+            "last_error": None if f.last_error is None else f.last_error.shown(),
+        }
         for f in state.forwarders
     ]
     alarms = [

@@ -143,13 +143,13 @@ def spool_page(rows: list[SpoolRow], state: str | None, user: str, csrf: str) ->
     )
     lines = []
     for r in rows:
-        actions = f'<a href="/spool/{r.id}">details</a>'
+        actions = f'<a href="/spool/{r.spool_id}">details</a>'
         if r.state == "QUARANTINED":
-            actions += f' <a href="/spool/{r.id}/retry">retry</a>'
+            actions += f' <a href="/spool/{r.spool_id}/retry">retry</a>'
             if not (r.reason or "").startswith("resolved by technician"):
-                actions += f' <a href="/spool/{r.id}/resolve">resolve</a>'
+                actions += f' <a href="/spool/{r.spool_id}/resolve">resolve</a>'
         lines.append(
-            f'<tr data-id="{r.id}"><td>{r.id}</td><td class="state {r.state.lower()}">'
+            f'<tr data-id="{r.spool_id}"><td>{r.spool_id}</td><td class="state {r.state.lower()}">'
             f"{_e(r.state)}</td><td>{_e(human_age(r.age))}</td><td>{_e(r.device)}</td>"
             f"<td>{_e(r.reason or r.last_error or '')}</td><td>{actions}</td></tr>"
         )
@@ -173,7 +173,7 @@ def capture_page(
     """One capture; patient data masked unless ``patient`` is given (audited reveal)."""
     from gateway.spool.details import PATIENT_ATTRIBUTES
 
-    sid = details["id"]
+    spool_id = details["id"]
     note = f'<p class="notice" role="status">{_e(message)}</p>' if message else ""
     fields = [
         ("State", details["state"]),
@@ -192,7 +192,7 @@ def capture_page(
             for _, label in PATIENT_ATTRIBUTES
         )
         reveal = (
-            f'<form method="post" action="/spool/{sid}/reveal">{csrf_field(csrf)}'
+            f'<form method="post" action="/spool/{spool_id}/reveal">{csrf_field(csrf)}'
             '<button type="submit" id="reveal">Reveal patient data (recorded in the audit log)'
             "</button></form>"
         )
@@ -205,28 +205,28 @@ def capture_page(
         reveal = '<p class="notice">Shown once; this reveal was recorded in the audit log.</p>'
     actions = ""
     if details["state"] == "QUARANTINED":
-        actions = f'<p><a class="button" href="/spool/{sid}/retry">Retry</a>'
+        actions = f'<p><a class="button" href="/spool/{spool_id}/retry">Retry</a>'
         if not (details["reason"] or "").startswith("resolved by technician"):
-            actions += f' <a class="button" href="/spool/{sid}/resolve">Resolve</a>'
+            actions += f' <a class="button" href="/spool/{spool_id}/resolve">Resolve</a>'
         actions += "</p>"
     body = (
-        f"<section><h2>Capture {sid}</h2>{note}<table>{table}</table>{actions}</section>"
+        f"<section><h2>Capture {spool_id}</h2>{note}<table>{table}</table>{actions}</section>"
         f'<section><h3>Patient</h3><table id="patient">{pat}</table>{reveal}</section>'
     )
-    return layout(f"Capture {sid}", body, user, csrf)
+    return layout(f"Capture {spool_id}", body, user, csrf)
 
 
-def confirm_page(sid: int, action: str, reason: str | None, user: str, csrf: str) -> str:
+def confirm_page(spool_id: int, action: str, reason: str | None, user: str, csrf: str) -> str:
     """The confirmation step of retry and resolve."""
     if action == "retry":
         question = (
-            f"Retry capture {sid}? It will be wrapped or sent again. Do this once the cause "
+            f"Retry capture {spool_id}? It will be wrapped or sent again. Do this once the cause "
             "shown below is fixed."
         )
         extra = ""
     else:
         question = (
-            f"Mark capture {sid} as resolved? It stays on disk (a retry is still possible) "
+            f"Mark capture {spool_id} as resolved? It stays on disk (a retry is still possible) "
             "but no longer counts as needing attention."
         )
         extra = "".join(
@@ -237,9 +237,9 @@ def confirm_page(sid: int, action: str, reason: str | None, user: str, csrf: str
     body = (
         f'<section class="confirm"><h2>Please confirm</h2><p>{_e(question)}</p>'
         f"<p>Reason it was set aside: {_e(reason or '-')}</p>"
-        f'<form method="post" action="/spool/{sid}/{action}">{csrf_field(csrf)}{extra}'
+        f'<form method="post" action="/spool/{spool_id}/{action}">{csrf_field(csrf)}{extra}'
         f'<button type="submit" id="confirm">Yes, {_e(action)}</button> '
-        f'<a href="/spool/{sid}">Cancel</a></form></section>'
+        f'<a href="/spool/{spool_id}">Cancel</a></form></section>'
     )
     return layout("Confirm", body, user, csrf)
 

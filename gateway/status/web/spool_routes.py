@@ -51,7 +51,7 @@ class SpoolRoutes(PageState):
         conn = open_ledger(self.config.ledger_path(), readonly=True)
         try:
             entry = admin.find_entry(conn, sid)
-            records = admin.deliveries(conn, entry.id)
+            records = admin.deliveries(conn, entry.spool_id)
         finally:
             conn.close()
         return capture_details(entry, records, self.dirs)

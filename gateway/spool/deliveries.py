@@ -1,0 +1,222 @@
+"""Deliveries in the ledger: one row per capture and destination, from PENDING to COMMITTED.
+
+Blocking functions taking a connection; the forwarders run them on the ledger
+thread (:class:`~gateway.spool.ledger.Ledger`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.core.errors import DeliveryError
+from gateway.spool.schema import transaction, utc_now_text
+from gateway.spool.states import CaptureState, DeliveryState
+
+__all__ = [
+    "DueDelivery",
+    "add_missing_deliveries",
+    "due_deliveries",
+    "next_attempt_time",
+    "record_refused",
+    "record_retry",
+    "record_sent",
+    "refresh_capture_state",
+    "retry_now",
+    "stuck_count",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    """A delivery ready to be attempted (of the capture with spool id ``spool_id``)."""
+
+    spool_id: int
+    destination: str
+    attempts: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    dicom_name: str
+
+
+def add_missing_deliveries(
+    conn: sqlite3.Connection, destinations: Iterable[str], now: float
+) -> int:
+    """Give WRAPPED captures a pending delivery for destinations added since."""
+    added = 0
+    with transaction(conn):
+        for name in destinations:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO deliveries (capture_id, destination, state, "
+                "next_attempt_at) SELECT id, ?, ?, ? FROM captures WHERE state = ?",
+                (name, DeliveryState.PENDING, now, CaptureState.WRAPPED),
+            )
+            added += cur.rowcount
+    return added
+
+
+def due_deliveries(
+    conn: sqlite3.Connection, destination: str, now: float, limit: int
+) -> list[DueDelivery]:
+    """Pending deliveries to ``destination`` whose time has come, newest capture first."""
+    rows = conn.execute(
+        "SELECT d.capture_id, d.destination, d.attempts, c.sop_instance_uid, c.sop_class_uid, "
+        "c.transfer_syntax_uid, c.dicom_name FROM deliveries d JOIN captures c "
+        "ON c.id = d.capture_id WHERE d.destination = ? AND d.state = ? AND c.state = ? "
+        "AND d.next_attempt_at <= ? ORDER BY d.attempts ASC, d.capture_id DESC LIMIT ?",
+        (destination, DeliveryState.PENDING, CaptureState.WRAPPED, now, limit),
+    ).fetchall()
+    return [
+        DueDelivery(
+            spool_id=r["capture_id"],
+            destination=r["destination"],
+            attempts=r["attempts"],
+            sop_instance_uid=r["sop_instance_uid"],
+            sop_class_uid=r["sop_class_uid"],
+            transfer_syntax_uid=r["transfer_syntax_uid"],
+            dicom_name=r["dicom_name"],
+        )
+        for r in rows
+    ]
+
+
+def next_attempt_time(conn: sqlite3.Connection, destination: str) -> float | None:
+    """When the earliest pending delivery to ``destination`` is due, if any."""
+    row = conn.execute(
+        "SELECT MIN(d.next_attempt_at) FROM deliveries d JOIN captures c ON c.id = d.capture_id "
+        "WHERE d.destination = ? AND d.state = ? AND c.state = ?",
+        (destination, DeliveryState.PENDING, CaptureState.WRAPPED),
+    ).fetchone()
+    value = row[0]
+    return None if value is None else float(value)
+
+
+def refresh_capture_state(conn: sqlite3.Connection, spool_id: int, now: str) -> None:
+    """Derive a delivered capture's state from its deliveries (inside a transaction).
+
+    All deliveries COMMITTED → COMMITTED; all SENT or COMMITTED → SENT; any still
+    PENDING → WRAPPED (a capture goes back to WRAPPED when the PACS reports that it
+    could not commit it and it is sent again). QUARANTINED captures are left alone.
+    """
+    counts = dict(
+        conn.execute(
+            "SELECT state, COUNT(*) FROM deliveries WHERE capture_id = ? GROUP BY state",
+            (spool_id,),
+        ).fetchall()
+    )
+    total = sum(counts.values())
+    if total == 0 or counts.get(DeliveryState.FAILED):
+        return
+    if counts.get(DeliveryState.COMMITTED, 0) == total:
+        state = CaptureState.COMMITTED
+    elif counts.get(DeliveryState.PENDING, 0) == 0:
+        state = CaptureState.SENT
+    else:
+        state = CaptureState.WRAPPED
+    conn.execute(
+        "UPDATE captures SET state = ?, updated_at = ? WHERE id = ? AND state IN (?, ?, ?) "
+        "AND state != ?",
+        (
+            state,
+            now,
+            spool_id,
+            CaptureState.WRAPPED,
+            CaptureState.SENT,
+            CaptureState.COMMITTED,
+            state,
+        ),
+    )
+
+
+def record_sent(
+    conn: sqlite3.Connection, spool_id: int, destination: str, now: float | None = None
+) -> None:
+    """The destination stored the instance: delivery SENT (capture SENT when all are)."""
+    stamp = utc_now_text()
+    with transaction(conn):
+        conn.execute(
+            "UPDATE deliveries SET state = ?, attempts = attempts + 1, sent_at = ?, "
+            "sent_epoch = ?, last_error = NULL, error_code = NULL, error_status = NULL, "
+            "commit_txn = NULL "
+            "WHERE capture_id = ? AND destination = ?",
+            (DeliveryState.SENT, stamp, now or time.time(), spool_id, destination),
+        )
+        refresh_capture_state(conn, spool_id, stamp)
+
+
+def record_retry(
+    conn: sqlite3.Connection,
+    spool_id: int,
+    destination: str,
+    error: DeliveryError,
+    next_attempt_at: float,
+) -> None:
+    """Count a failed attempt, keep why it failed and schedule the next one."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, error_code = ?, "
+            "error_status = ?, next_attempt_at = ? WHERE capture_id = ? AND destination = ?",
+            (error.detail, error.code, error.status, next_attempt_at, spool_id, destination),
+        )
+
+
+def record_refused(
+    conn: sqlite3.Connection, spool_id: int, destination: str, error: DeliveryError
+) -> None:
+    """The destination refused the instance for good: quarantine the capture."""
+    now = utc_now_text()
+    with transaction(conn):
+        conn.execute(
+            "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, "
+            "error_code = ?, error_status = ? WHERE capture_id = ? AND destination = ?",
+            (DeliveryState.FAILED, error.detail, error.code, error.status, spool_id, destination),
+        )
+        conn.execute(
+            "UPDATE captures SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
+            (
+                CaptureState.QUARANTINED,
+                f"{destination} refused it: {error.detail}",
+                now,
+                spool_id,
+            ),
+        )
+
+
+def retry_now(conn: sqlite3.Connection, destination: str, now: float) -> int:
+    """Make every pending delivery to ``destination`` due now (link restored);
+    return how many are pending."""
+    with transaction(conn):
+        cur = conn.execute(
+            "UPDATE deliveries SET next_attempt_at = MIN(next_attempt_at, ?) "
+            "WHERE destination = ? AND state = ?",
+            (now, destination, DeliveryState.PENDING),
+        )
+    return cur.rowcount
+
+
+def stuck_count(
+    conn: sqlite3.Connection, destination: str, arrived_before: str, *, unconfirmed: bool
+) -> int:
+    """Undelivered captures that arrived before ``arrived_before``.
+
+    With ``unconfirmed`` (a destination with storage commitment), SENT but not yet
+    committed counts as undelivered too.
+    """
+    open_states = [DeliveryState.PENDING] + ([DeliveryState.SENT] if unconfirmed else [])
+    marks = ", ".join("?" for _ in open_states)
+    row = conn.execute(
+        "SELECT COUNT(*) FROM deliveries d JOIN captures c ON c.id = d.capture_id "
+        f"WHERE d.destination = ? AND d.state IN ({marks}) AND c.state IN (?, ?) "
+        "AND c.received_at < ?",
+        (
+            destination,
+            *open_states,
+            CaptureState.WRAPPED,
+            CaptureState.SENT,
+            arrived_before,
+        ),
+    ).fetchone()
+    return int(row[0])
