@@ -10,5 +10,6 @@ __all__ = [
     "hotplug",
     "registry",
     "simulation",
+    "simulator_hook",
     "status",
 ]

@@ -16,10 +16,12 @@ __all__ = [
     "dermoscopy",
     "elements",
     "errors",
+    "for_drivers",
     "job",
     "jpeg",
     "modules",
     "part10",
     "photo",
     "surface",
+    "writers",
 ]

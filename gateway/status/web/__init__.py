@@ -7,9 +7,13 @@ __all__ = [
     "data",
     "gate",
     "live",
+    "login_routes",
     "logins",
     "metrics",
+    "overview_routes",
+    "page_state",
     "pages",
     "server",
+    "spool_routes",
     "users",
 ]
