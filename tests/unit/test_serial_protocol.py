@@ -1,20 +1,18 @@
-"""The serial dermatoscope protocol on its own: framing, messages, host session."""
+"""The serial dermatoscope protocol on its own: COBS framing, messages, the frame
+decoder (the host session's captures are tests/unit/test_serial_session.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import struct
 import zlib
-from datetime import datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.serial_dermatoscope.protocol import (
-    DATA_CHUNK,
     MAX_ENCODED,
     Ack,
     CaptureBegin,
@@ -37,17 +35,15 @@ from drivers.serial_dermatoscope.protocol import (
     encode_frame,
 )
 from drivers.serial_dermatoscope.session import (
-    CaptureBytes,
     CaptureCompleted,
-    CaptureFailed,
-    CaptureStarted,
-    DeviceIdentified,
-    Event,
-    FrameDropped,
     HostSession,
 )
 
 # -- strategies ---------------------------------------------------------------------
+from tests.support.serial_frames import (
+    HELLO,
+    raw_frame,
+)
 
 text = st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=40)
 capture_ids = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", fullmatch=True)
@@ -101,51 +97,6 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Ack, capture_id=capture_ids),
     st.builds(Nak, capture_id=capture_ids, reason=st.sampled_from(NakReason)),
 )
-
-HELLO = Hello("DermGate Reference Devices", "DS-100 Dermatoscope", "DS100-1", "2.4.1", ("jpeg",))
-
-
-def body_with_crc(msg_type: int, seq: int, payload: bytes) -> bytes:
-    head = struct.pack(">BH", msg_type, seq) + payload
-    return head + struct.pack(">I", zlib.crc32(head))
-
-
-def raw_frame(msg_type: int, payload: bytes, seq: int = 0) -> bytes:
-    return cobs_encode(body_with_crc(msg_type, seq, payload)) + b"\x00"
-
-
-def device_stream(capture_id: str, content: bytes, *, chunk: int = 1000, seq: int = 0) -> bytes:
-    """The frames a device sends for one capture (BEGIN, DATA…, END)."""
-    frames = [encode_frame(CaptureBegin(capture_id, len(content), polarization="POLARIZED"), seq)]
-    for offset in range(0, len(content), chunk):
-        frames.append(encode_frame(CaptureData(capture_id, offset, content[offset:][:chunk]), 1))
-    frames.append(encode_frame(CaptureEnd(capture_id, len(content), sha(content)), 2))
-    return b"".join(frames)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def identified_session() -> HostSession:
-    session = HostSession("pytest", "0")
-    session.hello_frame()
-    assert session.receive(encode_frame(HELLO, 0)) == [DeviceIdentified(HELLO)]
-    return session
-
-
-def significant(events: list[Event]) -> list[Event]:
-    """Events without the byte chunks."""
-    return [event for event in events if not isinstance(event, CaptureBytes)]
-
-
-def received_bytes(events: list[Event], capture_id: str) -> bytes:
-    return b"".join(
-        e.data for e in events if isinstance(e, CaptureBytes) and e.capture_id == capture_id
-    )
-
-
-# -- COBS and framing -----------------------------------------------------------------
 
 
 @given(st.binary(max_size=2000))
@@ -382,231 +333,3 @@ def test_short_frame() -> None:
 
 
 # -- host session -----------------------------------------------------------------------
-
-
-def test_complete_capture() -> None:
-    content = bytes(range(256)) * 20  # has zeros: exercises COBS too
-    session = identified_session()
-    events = session.receive(device_stream("000001", content))
-    assert significant(events) == [
-        CaptureStarted(CaptureBegin("000001", len(content), polarization="POLARIZED")),
-        CaptureCompleted("000001", len(content), sha(content)),
-    ]
-    assert received_bytes(events, "000001") == content
-    assert session.current is None
-
-
-@given(st.binary(max_size=4000), st.integers(1, 700), st.lists(st.integers(0, 5000), max_size=8))
-@settings(deadline=None)
-def test_complete_capture_any_chunking(content: bytes, chunk: int, cuts: list[int]) -> None:
-    session = identified_session()
-    stream = device_stream("c1", content, chunk=chunk)
-    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
-    events: list[Event] = []
-    for start, end in itertools.pairwise(bounds):
-        events += session.receive(stream[start:end])
-    assert significant(events)[-1] == CaptureCompleted("c1", len(content), sha(content))
-    assert received_bytes(events, "c1") == content
-
-
-def test_zero_length_capture() -> None:
-    events = identified_session().receive(device_stream("empty", b""))
-    assert events[-1] == CaptureCompleted("empty", 0, sha(b""))
-
-
-def test_sha_mismatch_is_checksum_failure() -> None:
-    session = identified_session()
-    content = b"jpeg bytes" * 100
-    stream = device_stream("000001", content).rsplit(b"\x00", 2)[0] + b"\x00"
-    stream += encode_frame(CaptureEnd("000001", len(content), sha(b"other")), 9)
-    events = significant(session.receive(stream))
-    assert events[-1] == CaptureFailed("000001", NakReason.CHECKSUM, "SHA-256 mismatch")
-
-
-def test_gap_is_sequence_failure_and_rest_is_ignored() -> None:
-    session = identified_session()
-    content = bytes(3000)
-    events = significant(
-        session.receive(
-            encode_frame(CaptureBegin("000001", 3000), 0)
-            + encode_frame(CaptureData("000001", 0, content[:1000]), 1)
-            + encode_frame(CaptureData("000001", 2000, content[2000:]), 2)
-            + encode_frame(CaptureData("000001", 1000, content[1000:2000]), 3)
-            + encode_frame(CaptureEnd("000001", 3000, sha(content)), 4)
-        )
-    )
-    assert len(events) == 2
-    assert isinstance(events[1], CaptureFailed)
-    assert events[1].reason is NakReason.SEQUENCE
-    # A re-offer of the same capture starts afresh and completes.
-    events = session.receive(device_stream("000001", content))
-    assert events[-1] == CaptureCompleted("000001", 3000, sha(content))
-
-
-def test_corrupt_data_frame_leads_to_sequence_failure() -> None:
-    session = identified_session()
-    content = bytes(range(200)) * 15
-    frames = device_stream("000001", content).split(b"\x00")[:-1]
-    victim = bytearray(cobs_decode(frames[2]))
-    victim[20] ^= 1
-    frames[2] = cobs_encode(bytes(victim))
-    events = significant(session.receive(b"\x00".join(frames) + b"\x00"))
-    assert FrameDropped("crc", "CRC-32 mismatch") in events
-    failed = [e for e in events if isinstance(e, CaptureFailed)]
-    assert [f.reason for f in failed] == [NakReason.SEQUENCE]
-
-
-def test_duplicate_data_frame_is_ignored() -> None:
-    session = identified_session()
-    content = bytes(range(256)) * 8
-    frames = device_stream("000001", content, chunk=512).split(b"\x00")[:-1]
-    frames.insert(2, frames[1])  # first DATA frame twice
-    frames.insert(5, frames[4])  # and a later one
-    events = session.receive(b"\x00".join(frames) + b"\x00")
-    assert significant(events)[-1] == CaptureCompleted("000001", len(content), sha(content))
-    assert received_bytes(events, "000001") == content
-
-
-def test_same_offset_different_bytes_is_sequence_failure() -> None:
-    session = identified_session()
-    events = significant(
-        session.receive(
-            encode_frame(CaptureBegin("a", 4), 0)
-            + encode_frame(CaptureData("a", 0, b"ab"), 1)
-            + encode_frame(CaptureData("a", 0, b"xy"), 2)
-        )
-    )
-    assert isinstance(events[-1], CaptureFailed)
-    assert events[-1].reason is NakReason.SEQUENCE
-
-
-def test_length_mismatches() -> None:
-    session = identified_session()
-    events = session.receive(
-        encode_frame(CaptureBegin("a", 4), 0) + encode_frame(CaptureData("a", 0, b"abcde"), 1)
-    )
-    assert isinstance(events[-1], CaptureFailed)
-    assert events[-1].reason is NakReason.LENGTH
-
-    events = session.receive(
-        encode_frame(CaptureBegin("b", 4), 0)
-        + encode_frame(CaptureData("b", 0, b"abc"), 1)
-        + encode_frame(CaptureEnd("b", 4, sha(b"abc")), 2)
-    )
-    assert isinstance(events[-1], CaptureFailed)
-    assert events[-1].reason is NakReason.LENGTH
-
-    events = session.receive(
-        encode_frame(CaptureBegin("c", 3), 0)
-        + encode_frame(CaptureData("c", 0, b"abc"), 1)
-        + encode_frame(CaptureEnd("c", 4, sha(b"abc")), 2)
-    )
-    assert isinstance(events[-1], CaptureFailed)
-    assert events[-1].reason is NakReason.LENGTH
-
-
-def test_new_begin_or_foreign_data_fails_capture_in_progress() -> None:
-    session = identified_session()
-    events = significant(
-        session.receive(
-            encode_frame(CaptureBegin("a", 4), 0)
-            + encode_frame(CaptureData("a", 0, b"ab"), 1)
-            + encode_frame(CaptureBegin("b", 2), 2)
-        )
-    )
-    assert isinstance(events[1], CaptureFailed)
-    assert (events[1].capture_id, events[1].reason) == ("a", NakReason.SEQUENCE)
-    assert events[2] == CaptureStarted(CaptureBegin("b", 2))
-
-    events = significant(session.receive(encode_frame(CaptureData("c", 0, b"ab"), 3)))
-    assert [(e.capture_id, e.reason) for e in events if isinstance(e, CaptureFailed)] == [
-        ("b", NakReason.SEQUENCE),
-        ("c", NakReason.SEQUENCE),
-    ]
-    # More of "c" is not reported again.
-    assert session.receive(encode_frame(CaptureData("c", 2, b"cd"), 4)) == []
-
-
-def test_bad_metadata_is_reported_for_the_capture() -> None:
-    session = identified_session()
-    payload = b'{"capture_id": "000004", "length": 3, "contact": "SOMETIMES"}'
-    events = session.receive(
-        raw_frame(0x10, payload)
-        + encode_frame(CaptureData("000004", 0, b"abc"), 1)
-        + encode_frame(CaptureEnd("000004", 3, sha(b"abc")), 2)
-    )
-    assert len(events) == 2
-    assert isinstance(events[0], FrameDropped)
-    assert isinstance(events[1], CaptureFailed)
-    assert (events[1].capture_id, events[1].reason) == ("000004", NakReason.BAD_METADATA)
-
-
-def test_stale_frames_before_hello_are_ignored() -> None:
-    session = HostSession()
-    content = b"stale" * 100
-    # Before we said HOST_HELLO, and between HOST_HELLO and the device's HELLO.
-    assert session.receive(device_stream("000001", content)) == []
-    assert session.receive(encode_frame(HELLO, 0)) == [DeviceIdentified(HELLO)]
-    session.hello_frame()  # reconnect: forget the device until it answers again
-    assert session.identity is None
-    half = device_stream("000002", content)
-    assert session.receive(half[: len(half) // 2]) == []
-    events = session.receive(
-        half[len(half) // 2 :] + b"\x00" + encode_frame(HELLO, 1) + device_stream("000002", content)
-    )
-    assert significant(events)[0] == DeviceIdentified(HELLO)
-    assert significant(events)[-1] == CaptureCompleted("000002", len(content), sha(content))
-
-
-def test_hello_abandons_capture_in_progress() -> None:
-    session = identified_session()
-    session.receive(encode_frame(CaptureBegin("a", 10), 0))
-    assert session.current == CaptureBegin("a", 10)
-    assert session.receive(encode_frame(HELLO, 1)) == [DeviceIdentified(HELLO)]
-    assert session.current is None
-
-
-def test_fail_current() -> None:
-    session = identified_session()
-    assert session.fail_current(NakReason.TIMEOUT) is None
-    session.receive(encode_frame(CaptureBegin("a", 10), 0))
-    session.receive(encode_frame(CaptureData("a", 0, b"12345"), 1))
-    assert session.received == 5
-    failed = session.fail_current(NakReason.TIMEOUT, "no data for 10 s")
-    assert failed == CaptureFailed("a", NakReason.TIMEOUT, "no data for 10 s")
-    assert session.current is None
-    # The rest of that offer is ignored.
-    assert session.receive(encode_frame(CaptureData("a", 5, b"67890"), 2)) == []
-
-
-def test_host_frames_and_sequence_numbers() -> None:
-    session = HostSession("gateway-7", "0.1.0")
-    decoder = FrameDecoder()
-    hello = decoder.feed(session.hello_frame())
-    ack = decoder.feed(session.ack_frame("000001"))
-    nak = decoder.feed(session.nak_frame("000002", NakReason.DISK_FULL))
-    assert hello == [Frame(0, HostHello("gateway-7", "0.1.0"))]
-    assert ack == [Frame(1, Ack("000001"))]
-    assert nak == [Frame(2, Nak("000002", NakReason.DISK_FULL))]
-
-
-def test_host_frames_are_dropped_when_received_by_host() -> None:
-    session = identified_session()
-    assert session.receive(encode_frame(Ack("a"), 0)) == [FrameDropped("unexpected", "Ack")]
-
-
-def test_realistic_size_capture() -> None:
-    content = bytes(range(256)) * 20_000  # ~5 MB
-    session = identified_session()
-    events = session.receive(device_stream("big", content, chunk=DATA_CHUNK))
-    assert events[-1] == CaptureCompleted("big", len(content), sha(content))
-
-
-def test_message_constructors_validate() -> None:
-    with pytest.raises(ValueError, match="capture_id"):
-        Ack("../etc")
-    with pytest.raises(ValueError, match="seq"):
-        encode_frame(Ack("a"), 70000)
-    with pytest.raises(ValueError, match="laterality"):
-        CaptureBegin("a", 1, laterality="X")
-    assert CaptureBegin("a", 1, timestamp=datetime(2024, 5, 1, 10, 31, 7).isoformat())
