@@ -77,7 +77,27 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         print(f"dermgate conformance: {err}", file=sys.stderr)
         return EXIT_USAGE
     names = list(dict.fromkeys(args.check)) if args.check else list(CHECKS)
+    if args.workdir is not None and (problem := _unusable_workdir(args.workdir)) is not None:
+        print(f"dermgate conformance: --workdir {args.workdir}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     return run_conformance(args.driver, adapter, names, workdir=args.workdir)
+
+
+def _unusable_workdir(folder: Path) -> str | None:
+    """Why the checks cannot run in ``folder`` (created if missing), or None.
+
+    Each run needs a fresh folder: a check started beside an earlier run's ledger and
+    spool would judge what that run left behind.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if any(folder.iterdir()):
+            return "not empty (each run needs a new or empty folder)"
+    except (NotADirectoryError, FileExistsError):  # a file where the folder should be
+        return "not a folder"
+    except OSError as err:
+        return f"cannot use it: {err.strerror or err}"
+    return None
 
 
 def run_conformance(

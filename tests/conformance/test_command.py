@@ -72,3 +72,17 @@ def test_a_driver_the_kit_cannot_run_exits_2(driver: str, words: str) -> None:
     assert done.returncode == 2
     assert words in done.stderr
     assert done.stdout == ""
+
+
+def test_a_workdir_it_cannot_use_exits_2_before_any_check(tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder\n", encoding="utf-8")
+    used = tmp_path / "last-run"
+    (used / "connect").mkdir(parents=True)
+    for workdir, words in ((a_file, "not a folder"), (used, "not empty")):
+        done = conformance(TEMPLATE, "--workdir", str(workdir))
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert words in done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stdout == "", "no check ran"
+    assert sorted(p.name for p in used.iterdir()) == ["connect"], "an old run is left as it was"
