@@ -106,7 +106,7 @@ network_timeout = 10
     return path
 
 
-def _service_limits() -> None:
+def service_limits() -> None:
     """In the child, before exec: the descriptor limit of a systemd service."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (SERVICE_NOFILE, SERVICE_NOFILE))
 
@@ -125,12 +125,12 @@ class GatewayProcess:
     def start(self) -> None:
         """Start the service."""
         self._runs_before = self.log().count(" running as ")
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _close_log()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in close_logs()
         self.proc = subprocess.Popen(
             [*DERMGATE, "run", "--config", str(self.config)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_service_limits,
+            preexec_fn=service_limits,
         )
 
     def running(self) -> bool:
@@ -149,7 +149,7 @@ class GatewayProcess:
             time.sleep(1)
             self.kill()
             fail(f"the gateway did not stop within {timeout:.0f} s:\n{self.log()[-6000:]}")
-        self._close_log()
+        self.close_logs()
         return code
 
     def kill(self) -> None:
@@ -158,7 +158,7 @@ class GatewayProcess:
             self.proc.kill()
         if self.proc is not None:
             self.proc.wait()
-        self._close_log()
+        self.close_logs()
 
     def wait_running(self, timeout: float = 60.0) -> None:
         """Wait until this start of the service reports that it is running."""
@@ -174,7 +174,8 @@ class GatewayProcess:
             return ""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def _close_log(self) -> None:
+    def close_logs(self) -> None:
+        """Close the log file this process writes (the process keeps its own copy)."""
         if self._log is not None:
             self._log.close()
             self._log = None

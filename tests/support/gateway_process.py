@@ -7,20 +7,24 @@
 
 from __future__ import annotations
 
-import resource
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from gateway.conformance.peers import SERVICE_NOFILE, service_limits
+from gateway.conformance.peers import GatewayProcess as ServiceProcess
 from gateway.demo.local_orthanc import OrthancProcess, free_port
-from tests.support.waiting import wait_for
+
+__all__ = [
+    "GATEWAY_AE",
+    "SERVICE_NOFILE",
+    "GatewayProcess",
+    "gateway_config",
+    "gateway_factory",
+    "service_limits",
+]
 
 GATEWAY_AE = "DERMGATE"
 
@@ -94,37 +98,10 @@ reconnect_max = 1
     return path
 
 
-#: The descriptor limit systemd gives a service (soft ``LimitNOFILE``): every test
-#: runs the gateway under it, as a box does.
-SERVICE_NOFILE = 1024
-
-
-def service_limits() -> None:
-    """In the child, before exec: the descriptor limit of a systemd service."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (SERVICE_NOFILE, SERVICE_NOFILE))
-
-
 @dataclass
-class GatewayProcess:
-    """``dermgate run --config FILE`` as a child process, under ``ulimit -n 1024``."""
-
-    config: Path
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    _logs: list[Any] = field(default_factory=list)
-    _runs_before: int = 0
-
-    def start(self) -> None:
-        """Start the service."""
-        self._runs_before = self.log().count(" running as ") if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self._logs.append(log)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=service_limits,
-        )
+class GatewayProcess(ServiceProcess):
+    """``dermgate run`` as the conformance kit runs it (under the descriptor limit a
+    systemd service gets, :data:`SERVICE_NOFILE`), plus what only the tests measure."""
 
     def vm_hwm(self) -> int:
         """The process's peak resident memory (bytes)."""
@@ -133,46 +110,6 @@ class GatewayProcess:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmHWM")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; return the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGUSR1)  # the service writes its thread stacks
-            time.sleep(1)
-            self.kill()
-            pytest.fail(f"the gateway did not stop within {timeout:.0f} s:\n{self.log()[-6000:]}")
-        self.close_logs()
-        return code
-
-    def close_logs(self) -> None:
-        """Close the log file handles held by the test."""
-        for log in self._logs:
-            log.close()
-        self._logs.clear()
-
-    def kill(self) -> None:
-        """SIGKILL (a crash or a power cut of the process)."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-        self.close_logs()
-
-    def wait_running(self, timeout: float = 60.0) -> None:
-        """Wait until this start of the service reports that it is running."""
-        wait_for(
-            lambda: self.log().count(" running as ") > self._runs_before,
-            timeout,
-            "the gateway to start",
-        )
-
-    def log(self) -> str:
-        """Everything the service logged."""
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
 @pytest.fixture
