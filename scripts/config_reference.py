@@ -30,7 +30,7 @@ import types
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel
@@ -86,6 +86,10 @@ def _type_name(annotation: Any) -> str:
     """A reader's name for a field's type: what to write in the TOML file."""
     origin = get_origin(annotation)
     args = get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"table (`{annotation.__name__}`, below)"
     if origin in (Union, types.UnionType):
         kinds = [a for a in args if a is not type(None)]
         return " or ".join(_type_name(a) for a in kinds)
@@ -196,8 +200,25 @@ def reference(root: type[BaseModel] | None = None) -> str:
             )
         lines += ["", f"### `{title}`", "", _cell(field.description), ""]
         lines += key_table(model, title)
+        lines += _nested_tables(model, section)
     lines += ["", END]
     return "\n".join(lines)
+
+
+def _nested_tables(model: type[BaseModel], section: str) -> list[str]:
+    """Tables of a section's keys that are themselves tables (``[[context.sensitive]]``)."""
+    lines: list[str] = []
+    for name, field in model.model_fields.items():
+        args = get_args(field.annotation)
+        if get_origin(field.annotation) is list and args and _is_model(args[0]):
+            title = f"[[{section}.{name}]]"
+            lines += ["", f"#### `{title}`", "", _cell(field.description or ""), ""]
+            lines += key_table(args[0], title)
+    return lines
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _matches(driver: Any) -> str:

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gateway.core.capture import CaptureOffer, DeviceIdentity, GatewayIdentity, InstanceUIDs
+from gateway.core.context import CaptureContext
 
 __all__ = ["ObjectWriter", "WrapJob", "WrittenObject"]
 
@@ -29,7 +30,8 @@ class WrapJob:
     the timezone-aware wrap time. ``patient_spool_id`` is the spool id that names
     the temporary patient when the device named none (the capture's own, or the
     first capture's of a shared study; see :mod:`gateway.core.patient`); ``None``
-    outside the spool.
+    outside the spool. ``context`` is the patient/order/lesion context the capture
+    was bound to at intake (:mod:`gateway.core.context`); ``None`` without one.
     """
 
     identity: DeviceIdentity
@@ -39,6 +41,7 @@ class WrapJob:
     gateway: GatewayIdentity
     now: datetime
     patient_spool_id: int | None = None
+    context: CaptureContext | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ __all__ = [
     "utc_now_text",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA_V1 = """
 CREATE TABLE captures (
@@ -120,7 +120,95 @@ ALTER TABLE deliveries ADD COLUMN error_code TEXT;
 ALTER TABLE deliveries ADD COLUMN error_status INTEGER;
 """
 
-_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5}
+# v6: clinical context (issue 13). Patient data lives in these tables (the ledger is
+# 0600); listings select none of it.
+# - captures: the configured device name, the session a capture was bound to at intake
+#   and the CaptureContext frozen then (context_json, read only by the wrapper and
+#   authenticated views), a technician's sensitive flag. HELD captures use `reason`.
+# - worklist_items: the local Modality Worklist cache (one row per item; item_json is
+#   the decoded item, fetched_at when it was last seen), worklist_fetch: the last
+#   refresh's outcome (one row).
+# - sessions: one device bound to a patient context; at most one open per device.
+#   session_series: one series per session and kind of object.
+# - lesions: the registry, per patient (patient id + issuer).
+# - mpps: one Modality Performed Procedure Step per worklist session, queued.
+_SCHEMA_V6 = """
+ALTER TABLE captures ADD COLUMN device_name TEXT;
+ALTER TABLE captures ADD COLUMN session_id INTEGER;
+ALTER TABLE captures ADD COLUMN context_json TEXT;
+ALTER TABLE captures ADD COLUMN sensitive INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX captures_session ON captures (session_id);
+CREATE TABLE worklist_items (
+    item_key    TEXT PRIMARY KEY,
+    item_json   TEXT NOT NULL,
+    source_ae   TEXT NOT NULL,
+    fetched_at  REAL NOT NULL
+);
+CREATE TABLE worklist_fetch (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    tried_at    REAL,
+    ok_at       REAL,
+    error       TEXT,
+    items       INTEGER NOT NULL DEFAULT 0,
+    truncated   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE lesions (
+    id          INTEGER PRIMARY KEY,
+    patient_id  TEXT NOT NULL,
+    issuer      TEXT NOT NULL,
+    tracking_id TEXT NOT NULL,
+    tracking_uid TEXT NOT NULL UNIQUE,
+    site        TEXT,
+    site_scheme TEXT NOT NULL DEFAULT 'SCT',
+    laterality  TEXT,
+    description TEXT NOT NULL DEFAULT '',
+    created_at  TEXT NOT NULL,
+    UNIQUE (patient_id, issuer, tracking_id)
+);
+CREATE TABLE sessions (
+    id            INTEGER PRIMARY KEY,
+    device        TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    patient_json  TEXT NOT NULL,
+    order_json    TEXT,
+    worklist_key  TEXT,
+    study_uid     TEXT NOT NULL,
+    study_description TEXT NOT NULL DEFAULT '',
+    opened_at     TEXT NOT NULL,
+    opened_by     TEXT NOT NULL,
+    operator_name TEXT NOT NULL DEFAULT '',
+    closed_at     TEXT,
+    closed_by     TEXT,
+    lesion_id     INTEGER REFERENCES lesions (id),
+    sensitive     INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX sessions_open ON sessions (device) WHERE closed_at IS NULL;
+CREATE TABLE session_series (
+    session_id    INTEGER NOT NULL REFERENCES sessions (id),
+    kind          TEXT NOT NULL,
+    series_uid    TEXT NOT NULL UNIQUE,
+    series_number INTEGER NOT NULL,
+    PRIMARY KEY (session_id, kind)
+);
+CREATE TABLE mpps (
+    session_id       INTEGER PRIMARY KEY REFERENCES sessions (id),
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    wanted           TEXT NOT NULL,
+    acknowledged     TEXT,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL DEFAULT 0,
+    last_error       TEXT
+);
+"""
+
+_MIGRATIONS = {
+    1: _SCHEMA_V1,
+    2: _SCHEMA_V2,
+    3: _SCHEMA_V3,
+    4: _SCHEMA_V4,
+    5: _SCHEMA_V5,
+    6: _SCHEMA_V6,
+}
 
 #: The version from which deliveries carry ``error_code`` and ``error_status``.
 ERROR_CODES_SINCE = 5

@@ -2,12 +2,16 @@
 
 ::
 
+    HELD ──assigned or hold expired──▶ CAPTURED
     CAPTURED ──wrap──▶ WRAPPED ──C-STORE success──▶ SENT ──commitment──▶ COMMITTED ──▶ PURGED
         │                 │
         └──────┬──────────┘
                ▼
           QUARANTINED(reason)   kept on disk, shown with its reason, never sent
 
+HELD: durable and acknowledged, waiting for a patient (no session was open on its
+device, or the device's patient contradicted the session's); never wrapped or sent
+until a technician assigns it or ``[context] hold_unidentified`` expires.
 CAPTURED: the device's bytes are durable and the device was told "saved".
 WRAPPED: the DICOM file is written; deliveries to each destination are pending.
 SENT: every destination accepted the instance.
@@ -22,6 +26,7 @@ import enum
 class CaptureState(enum.StrEnum):
     """Lifecycle state of one capture (one SOP instance)."""
 
+    HELD = "HELD"
     CAPTURED = "CAPTURED"
     WRAPPED = "WRAPPED"
     SENT = "SENT"

@@ -16,6 +16,7 @@ from gateway.core.config.box import (
     SpoolSettings,
     SupervisionSettings,
 )
+from gateway.core.config.context import BarcodeSettings, ContextSettings, WorklistSettings
 from gateway.core.config.destinations import DicomDestination
 from gateway.core.config.devices import DeviceSettings
 from gateway.core.config.mqtt import MqttSettings
@@ -64,6 +65,31 @@ class DermGateConfig(_Strict):
         "added with `dermgate user add`.",
     )
 
+    worklist: WorklistSettings | None = Field(
+        default=None,
+        description="Optional: the Modality Worklist SCP whose scheduled patients and orders "
+        'sessions are opened from (see "Patients, orders and lesions"). Absent: no worklist.',
+    )
+    context: ContextSettings = Field(
+        default_factory=ContextSettings,
+        description="How captures without a patient session are held, and the sensitive-"
+        "content policy.",
+    )
+    barcodes: list[BarcodeSettings] = Field(
+        default_factory=list,
+        description="Optional: barcode scanners; a scan opens a device's patient session.",
+    )
+
+    @model_validator(mode="after")
+    def _barcode_devices(self) -> DermGateConfig:
+        names = {self.device_name(i) for i in range(len(self.devices))}
+        for scanner in self.barcodes:
+            if scanner.for_device not in names:
+                raise ValueError(
+                    f"barcodes: for_device {scanner.for_device!r} names no [[devices]] entry"
+                )
+        return self
+
     @model_validator(mode="after")
     def _unique_names(self) -> DermGateConfig:
         names = [d.name for d in self.destinations]
@@ -94,6 +120,10 @@ class DermGateConfig(_Strict):
         if self.web is not None and self.web.users_file is not None:
             return self.web.users_file
         return self.gateway.state_dir / "web" / "users.json"
+
+    def tokens_path(self) -> Path:
+        """The API tokens file (names and hashes; ``dermgate token add``)."""
+        return self.gateway.state_dir / "web" / "api_tokens.json"
 
     def audit_path(self) -> Path:
         """The reveal audit log (``[web] audit_log`` or its default)."""
