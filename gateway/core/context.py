@@ -49,6 +49,8 @@ __all__ = [
     "OrderContext",
     "RequestedProcedure",
     "SessionSource",
+    "WorklistEntry",
+    "WorklistStatus",
 ]
 
 
@@ -175,3 +177,54 @@ class ContextBinder(Protocol):
         driver's series (a 3D export keeps its mesh/material/texture series).
         """
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorklistEntry:
+    """One cached worklist item (one Scheduled Procedure Step), decoded.
+
+    ``key`` identifies the item across refreshes (Study Instance UID + SPS ID, or
+    a digest of the item when it lacks them). Strings are as the SCP sent them,
+    decoded with its Specific Character Set; a missing attribute is "".
+    """
+
+    key: str
+    patient: PatientContext
+    study_uid: str
+    accession_number: str = ""
+    referring_physician: str = ""
+    requested_procedure_id: str = ""
+    requested_procedure_description: str = ""
+    requested_procedure_codes: tuple[Coded, ...] = ()
+    sps_id: str = ""
+    sps_description: str = ""
+    sps_start_date: str = ""
+    sps_start_time: str = ""
+    modality: str = ""
+    station_ae_title: str = ""
+    performing_physician: str = ""
+    protocol_codes: tuple[Coded, ...] = ()
+    referenced_study_uids: tuple[str, ...] = ()
+    fetched_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorklistStatus:
+    """The cache's state, without patient data (page, MQTT, metrics).
+
+    ``ok_at``: last successful refresh (epoch seconds), ``tried_at``: last attempt;
+    ``error``: why the last attempt failed (no patient data), else None; ``stale``:
+    no success within ``[worklist] stale_after``; ``truncated``: the last answer
+    was cut at ``max_items``.
+    """
+
+    items: int
+    ok_at: float | None
+    tried_at: float | None
+    error: str | None
+    stale: bool
+    truncated: bool = False
+
+    def age(self, now: float) -> float | None:
+        """Seconds since the last successful refresh (None: never)."""
+        return None if self.ok_at is None else max(0.0, now - self.ok_at)
