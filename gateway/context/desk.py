@@ -29,6 +29,7 @@ __all__ = [
     "LesionRequest",
     "LesionView",
     "PickItem",
+    "ProcedureStepHooks",
     "Scanned",
     "SessionRequest",
     "SessionView",
@@ -241,4 +242,16 @@ class ContextDesk(Protocol):
         """Give held (or wrapped-but-unsent) captures a session's context: an existing
         ``session_id``, or a new session opened from ``request`` = (device, request).
         All or nothing; returns the spool ids released to wrapping."""
+        ...
+
+
+class ProcedureStepHooks(Protocol):
+    """What the session logic tells MPPS (:mod:`gateway.context.mpps`), when enabled."""
+
+    async def first_capture(self, session_id: int) -> None:
+        """A worklist session's first capture was bound (N-CREATE IN PROGRESS)."""
+        ...
+
+    async def session_ended(self, session_id: int) -> None:
+        """A worklist session ended (N-SET COMPLETED once stored, or DISCONTINUED)."""
         ...

@@ -42,6 +42,7 @@ from gateway.core.capture import (
     GatewayIdentity,
     InstanceUIDs,
 )
+from gateway.core.context import CaptureContext
 from gateway.dicom.confocal import write_confocal
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.errors import WrapError
@@ -102,6 +103,7 @@ def write_capture(job: WrapJob, dest: Path) -> WrittenObject:
         gateway=job.gateway,
         now=job.now,
         patient_spool_id=job.patient_spool_id,
+        context=job.context,
     )
     write_part10_encapsulated(dataset, job.source, dest)
     return _written(dataset)
@@ -116,13 +118,14 @@ def jpeg_dataset(
     gateway: GatewayIdentity,
     now: datetime,
     patient_spool_id: int | None = None,
+    context: CaptureContext | None = None,
 ) -> Dataset:
     """The DICOM data set (without Pixel Data) of one JPEG capture; raises WrapError.
 
     The device class picks the IOD: a camera's or body scanner's photo is VL
     Photographic, a dermatoscope's image Dermoscopic Photography.
     ``patient_spool_id`` names the temporary patient of a capture without a
-    Patient ID.
+    Patient ID; ``context`` is the capture's patient/order/lesion context.
     """
     if identity.device_class in (DeviceClass.CAMERA, DeviceClass.BODY_SCANNER):
         return build_vl_photographic(
@@ -217,6 +220,7 @@ def begin_inline(
     gateway: GatewayIdentity,
     now: datetime,
     patient_spool_id: int | None,
+    context: CaptureContext | None = None,
 ) -> InlineStart | None:
     """Begin the DICOM file of a JPEG whose header is in ``received`` (blocking).
 
@@ -233,6 +237,7 @@ def begin_inline(
             gateway=gateway,
             now=now,
             patient_spool_id=patient_spool_id,
+            context=context,
         )
         head = part10_prefix(dataset, jpeg.encapsulated_size)
         stripped = strip_metadata(received, jpeg)
