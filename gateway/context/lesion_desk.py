@@ -41,6 +41,7 @@ from gateway.context.sites import Site, site
 from gateway.core.capture import Laterality
 from gateway.spool import lesions as registry
 from gateway.spool.ledger import Ledger
+from gateway.spool.schema import transaction
 
 __all__ = ["DESCRIPTION_MAX", "LesionDesk", "LesionHost", "lesion_view"]
 
@@ -90,7 +91,20 @@ def _choose(
     laterality: Laterality | None,
     description: str,
 ) -> registry.LesionRow:
-    """On the ledger thread: find or create the lesion and make it the session's."""
+    """On the ledger thread, in one transaction: find or create the lesion and make it
+    the session's (a refusal rolls back whatever it would have created)."""
+    with transaction(conn):
+        return _choose_in(conn, session_id, tracking_id, chosen_site, laterality, description)
+
+
+def _choose_in(
+    conn: sqlite3.Connection,
+    session_id: int,
+    tracking_id: str | None,
+    chosen_site: Site | None,
+    laterality: Laterality | None,
+    description: str,
+) -> registry.LesionRow:
     target = _target(conn, session_id)
     if target.closed:
         raise _refuse(ContextErrorCode.SESSION_CLOSED, "the session has ended")

@@ -19,15 +19,19 @@ has the same Tracking UID whether or not a session was open. Either way the UID 
 stored when the row is created and only ever read back afterwards.
 
 Sessions point at their current lesion (``sessions.lesion_id``):
-:func:`set_session_lesion` and :func:`session_lesion`. Patient data: none of this is
-logged or shown outside an authenticated page or API.
+:func:`set_session_lesion` and :func:`session_lesion`. Every write runs in a
+transaction of its own, or inside the caller's when one is already open.
+
+Patient data: none of this is logged or shown outside an authenticated page or API.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -182,6 +186,17 @@ def _insert(
     return created
 
 
+@contextlib.contextmanager
+def _atomic(conn: sqlite3.Connection) -> Iterator[None]:
+    """A transaction of its own, or part of the caller's when one is open (so the
+    context stage can bind a capture and map its device's label in one)."""
+    if conn.in_transaction:
+        yield
+        return
+    with transaction(conn):
+        yield
+
+
 def _require_patient(patient_id: str) -> None:
     if not patient_id:
         raise ValueError("a lesion needs a Patient ID")
@@ -200,7 +215,7 @@ def create_lesion(
     """A new lesion of the patient, labelled with the next free ``L<nn>`` and a fresh
     Tracking UID (a second mole on the same site is another lesion: no lookup)."""
     _require_patient(patient_id)
-    with transaction(conn):
+    with _atomic(conn):
         label = _next_label(conn, patient_id, issuer)
         return _insert(
             conn, patient_id, issuer, label, new_uid(), site, site_scheme, laterality, description
@@ -222,7 +237,7 @@ def find_or_create_lesion(
     it was created."""
     _require_patient(patient_id)
     side = None if laterality is None else laterality.value
-    with transaction(conn):
+    with _atomic(conn):
         row = conn.execute(
             f"SELECT {_COLUMNS} FROM lesions WHERE patient_id = ? AND issuer = ? AND site = ? "
             "AND site_scheme = ? AND laterality IS ? AND description = ? ORDER BY id LIMIT 1",
@@ -257,7 +272,7 @@ def lesion_for_device_label(
     tracking_id = clean_label(label)
     if not tracking_id:
         raise ValueError("the device's lesion label has no printable characters")
-    with transaction(conn):
+    with _atomic(conn):
         found = lesion_by_tracking_id(conn, patient_id, issuer, tracking_id)
         if found is None:
             uid = tracking_uid(issuer, patient_id, tracking_id)
@@ -309,7 +324,7 @@ def session_target(conn: sqlite3.Connection, session_id: int) -> SessionTarget |
 def set_session_lesion(conn: sqlite3.Connection, session_id: int, lesion_id: int | None) -> bool:
     """Make ``lesion_id`` the open session's current lesion (None: no lesion);
     False if the session is unknown or closed."""
-    with transaction(conn):
+    with _atomic(conn):
         cursor = conn.execute(
             "UPDATE sessions SET lesion_id = ? WHERE id = ? AND closed_at IS NULL",
             (lesion_id, session_id),

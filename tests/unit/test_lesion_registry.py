@@ -19,7 +19,7 @@ from gateway.core.capture import Laterality
 from gateway.core.uids import tracking_uid
 from gateway.spool import lesions as registry
 from gateway.spool.ledger import Ledger
-from gateway.spool.schema import open_ledger
+from gateway.spool.schema import open_ledger, transaction
 
 ACTOR = Actor("user", "tech")
 BACK = "66643007"  # SCT "Skin of back"
@@ -93,6 +93,19 @@ def test_new_lesions_get_the_next_label_never_reused(conn: sqlite3.Connection) -
     found = registry.lesion_by_tracking_id(conn, "P1", "", "L02")
     assert found is not None
     assert found.tracking_uid == b.tracking_uid
+
+
+def test_registry_writes_join_the_callers_transaction(conn: sqlite3.Connection) -> None:
+    """Called inside an open transaction (the context stage binding a capture), a new
+    lesion is part of it: rolled back with it, committed with it."""
+    conn.execute("BEGIN IMMEDIATE")
+    registry.lesion_for_device_label(conn, "P1", "", "L1", BACK, None)
+    registry.create_lesion(conn, "P1", "", site=BACK)
+    conn.execute("ROLLBACK")
+    assert registry.patient_lesions(conn, "P1", "") == []
+    with transaction(conn):
+        kept = registry.lesion_for_device_label(conn, "P1", "", "L1", BACK, None)
+    assert [r.tracking_uid for r in registry.patient_lesions(conn, "P1", "")] == [kept.tracking_uid]
 
 
 # --- the desk ---------------------------------------------------------------------------
