@@ -102,6 +102,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from gateway.dicom.confocal_stack import BITS, MAX_PIXEL_BYTES, ConfocalStack, start_instance
+from gateway.dicom.context import apply_context
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.modules import (
@@ -243,6 +244,8 @@ def build_confocal_sc(job: WrapJob, stack: ConfocalStack, pixels: PixelRange) ->
     ds.WindowWidth = str(width)
     ds.VOILUTFunction = "LINEAR"
     ds.WindowCenterWidthExplanation = "range of the stack's pixel values, to 256"
+    if job.context is not None:
+        apply_context(ds, job.context, offer)
     return ds
 
 

@@ -70,6 +70,7 @@ from pydicom.uid import (
 
 from gateway.core.capture import ContentType, PatientContext
 from gateway.core.patient import object_patient
+from gateway.dicom.context import apply_context
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.modules import (
@@ -293,6 +294,8 @@ def build_encapsulated_3d(
 
     if links.references:
         _add_references(ds, links.references)
+    if job.context is not None:
+        apply_context(ds, job.context, offer)
     return ds
 
 
