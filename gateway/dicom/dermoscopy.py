@@ -42,6 +42,10 @@ Decisions, with the rule behind each:
   lesion id, so the same lesion keeps its Tracking UID across visits and devices.
   For a temporary patient both are left out (type 1C; a UID that may merge two
   people's lesions is worse than none) and the label goes into Image Comments.
+* **Session context**: a capture bound to a patient session is written with its
+  context (:mod:`gateway.dicom.context`, docs/dicom/context.md): patient and order
+  from the session, Tracking ID/UID from the lesion registry (replacing the derived
+  UID and the comment above), the lesion's site and side overriding the device's.
 """
 
 from __future__ import annotations

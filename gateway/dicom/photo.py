@@ -65,6 +65,9 @@ same object. Decisions, with the rule behind each:
 * **Laterality and anatomy** as for dermoscopy: Image Laterality when the device
   names a side, else Series Laterality present and empty; a CID 4029 site code
   fills Anatomic Region Sequence, an unknown one is left out.
+* **Session context** (:mod:`gateway.dicom.context`): patient, order, request
+  attributes and the lesion's site and side; no Tracking ID/UID (the VL
+  Photographic IOD has no module holding them).
 """
 
 from __future__ import annotations

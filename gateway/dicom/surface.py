@@ -45,6 +45,9 @@ files. Decisions, with the rule behind each:
   Space SRGB. STL has no colour and no ICC Profile.
 * **Instance/Series numbers** are type 1 in these IODs; they come from the links
   (mesh series 1, materials 2, textures 3), never guessed.
+* **Session context** (:mod:`gateway.dicom.context`): patient, order and Request
+  Attributes (Encapsulated Document Series); no Operators' Name, anatomy or
+  tracking, which these IODs have no place for.
 """
 
 from __future__ import annotations
