@@ -271,3 +271,34 @@ async def test_a_device_lesion_label_is_tracked_per_patient(rig: ContextRig) -> 
     assert json.loads(rig.row(a.spool_id)["context_json"])["series_description"] == (
         "Dermoscopy, lesion L03"
     )
+
+
+async def test_the_state_document_shows_sessions_and_held_captures_by_id_only(
+    rig: ContextRig,
+) -> None:
+    from gateway.devices.status import StatusBoard
+    from gateway.spool.space import SpaceGuard
+    from gateway.status.snapshot import GatewayState
+
+    board = StatusBoard(None, rig.bus)
+    for name in ("scope", "camera"):
+        board.add(name, "serial-dermatoscope")
+    state = GatewayState(
+        gateway_id="ctx-box-01",
+        software="0",
+        ledger=rig.ledger,
+        space=SpaceGuard(rig.dirs.root, 0, rig.ledger, rig.bus),
+        board=board,
+        forwarders=[],
+        bus=rig.bus,
+    )
+    await rig.capture("scope", SCOPE, offer("z1"), jpeg(20))
+    session = await rig.stage.open_session("scope", TypedPatient(JANE), TECH)
+    document = await state.snapshot()
+    assert document["spool"]["held"] == 1
+    assert document["spool"]["counts"]["HELD"] == 1
+    sessions = {d["name"]: d["session"] for d in document["devices"]}
+    assert sessions == {"scope": session.id, "camera": None}
+    text = json.dumps(document)
+    for secret in SECRETS:
+        assert secret not in text
