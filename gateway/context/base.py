@@ -149,4 +149,11 @@ class StageBase:
         if self._steps is None or session.worklist_key is None or session.id in self._started:
             return
         self._started.add(session.id)
-        await self._steps.first_capture(session.id)
+        try:
+            await self._steps.first_capture(session.id)
+        except Exception as err:  # MPPS must never cost a capture: it queues and retries
+            log.error(
+                "session %d: could not report its first capture to MPPS (%s)",
+                session.id,
+                type(err).__name__,
+            )

@@ -163,6 +163,9 @@ class SessionDesk(StageBase):
     ) -> CaptureContext:
         """The context of one capture of ``session``: the lesion the device names (in
         the session patient's registry), else the session's current lesion."""
+        # LESION REGISTRY CALL POINT (see binding.device_lesion): a device-named lesion
+        # becomes gateway.spool.lesions.lesion_for_device_label(conn, patient_id,
+        # issuer, label, site, laterality), run with self._ledger.call, once merged.
         lesion = device_lesion(session, offer)
         if lesion is None:
             lesion = await self._ledger.call(db.session_lesion, session.lesion_id)

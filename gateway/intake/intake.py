@@ -170,7 +170,18 @@ class Intake:
         uids = offer.uids or fresh_uids()
         binding = CaptureBinding(device_name=device_name)
         if self.binder is not None and device_name is not None:
-            bound = await self.binder.bind(device_name, identity, offer, uids)
+            try:
+                bound = await self.binder.bind(device_name, identity, offer, uids)
+            except Exception as err:
+                # Never send without knowing whose it is: the device keeps it and retries.
+                log.error(
+                    "capture from %s refused: its patient session could not be read (%s)",
+                    device_name,
+                    type(err).__name__,
+                )
+                raise CaptureRefused(
+                    RefusalReason.STORAGE_ERROR, "patient context unavailable"
+                ) from err
             if isinstance(bound, Bound):
                 uids = bound.uids
                 binding = CaptureBinding(device_name, context=bound.context)
