@@ -127,3 +127,49 @@ async def test_two_worklist_patients_from_two_devices_make_two_patients_in_ortha
                 await service
     for secret in SECRETS:
         assert secret not in caplog.text, "patient data in the log"
+
+
+async def test_held_captures_assigned_to_a_worklist_item_arrive_under_that_patient(
+    tmp_path: Path,
+    orthanc: OrthancProcess,
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    path = gateway_config(
+        tmp_path, pacs_port=orthanc.dicom_port, devices=_devices(tmp_path), hold_unidentified=600
+    )
+    config = load_config(path)
+    config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
+    conn = open_ledger(config.ledger_path())
+    try:
+        worklist_cache.replace_items(conn, ITEMS, source_ae="RIS", now=0.0)
+    finally:
+        conn.close()
+    stages: list[ContextStage] = []
+    stop = asyncio.Event()
+    service = asyncio.create_task(run_gateway(config, stop, on_context=stages.append))
+    try:
+        await _wait(lambda: bool(stages), 30, "the context stage")
+        desk = stages[0]
+        sim = simulator_factory("--captures", "2", "--interval", "0.2", link=tmp_path / "ttyA")
+        assert await asyncio.to_thread(sim.wait, 180) == 0, "held captures are acknowledged"
+        held = await desk.held()
+        assert [h.device for h in held] == ["scope-a", "scope-a"]
+        await asyncio.sleep(1.0)
+        assert await asyncio.to_thread(orthanc.count_instances) == 0, "held: nothing sent"
+        moved = await desk.assign(
+            [h.spool_id for h in held], None, ("scope-a", PickItem(sps_id="SPS2")), TECH
+        )
+        assert sorted(moved) == sorted(h.spool_id for h in held)
+        await _wait(lambda: orthanc.count_instances() == 2, 120, "2 instances in Orthanc")
+        patients = await asyncio.to_thread(orthanc.rest, "GET", "/patients?expand")
+        assert [p["MainDicomTags"]["PatientID"] for p in patients] == ["MRN-2002"]
+        [study_id] = patients[0]["Studies"]
+        study = await asyncio.to_thread(orthanc.rest, "GET", f"/studies/{study_id}")
+        assert study["MainDicomTags"]["StudyInstanceUID"] == STUDY_B
+        assert study["MainDicomTags"]["AccessionNumber"] == "ACC-2002"
+        assert await desk.held() == []
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            async with asyncio.timeout(60):
+                await service
