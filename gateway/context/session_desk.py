@@ -126,7 +126,12 @@ class SessionDesk(StageBase):
         log.info("session %d on %s ended (%d capture(s))", row.id, row.device, captures)
         self._bus.publish(SessionEnded(session_id=row.id, device=row.device, captures=captures))
         if self._steps is not None and row.worklist_key is not None:
-            await self._steps.session_ended(row.id)
+            try:
+                await self._steps.session_ended(row.id)
+            except Exception as err:  # the session has ended all the same; MPPS retries
+                log.error(
+                    "session %d: could not report its end to MPPS (%s)", row.id, type(err).__name__
+                )
 
     async def sessions(self, *, open_only: bool = True) -> list[SessionView]:
         """Sessions, newest first."""

@@ -24,7 +24,7 @@ from typing import Any
 import pydicom
 from PIL import Image
 
-from gateway.context.desk import Actor
+from gateway.context.desk import Actor, ProcedureStepHooks
 from gateway.context.stage import ContextStage
 from gateway.core.capture import (
     CaptureOffer,
@@ -111,7 +111,14 @@ def item(
 class ContextRig:
     """Real ledger, intake, wrapper and context stage over one spool (see module doc)."""
 
-    def __init__(self, root: Path, *, hold: int = 0, extra: str = "") -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        hold: int = 0,
+        extra: str = "",
+        steps: ProcedureStepHooks | None = None,
+    ) -> None:
         text = f"""
 [gateway]
 id = "{GATEWAY_ID}"
@@ -157,7 +164,7 @@ port = "/dev/ttyDERM-B"
             return await self.intake.reserve_spool_id()
 
         self.stage = ContextStage(
-            self.ledger, self.config, GATEWAY_ID, self.bus, self.wrapper.notify, reserve
+            self.ledger, self.config, GATEWAY_ID, self.bus, self.wrapper.notify, reserve, steps
         )
         self.intake = Intake(
             self.ledger, self.dirs, self.wrapper.notify, None, inline, bus=self.bus,

@@ -260,3 +260,43 @@ async def test_files_of_one_export_share_the_study_their_first_file_got(rig: Con
         uids2.sop_instance,
     )
     assert r1["session_id"] == r2["session_id"] == first_session.id
+
+
+class StepLog:
+    """Procedure step hooks that record what the session logic told them (MPPS's
+    place; ``fail`` makes every call raise, as an MPPS SCP that is away might)."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.fail = fail
+
+    async def first_capture(self, session_id: int) -> None:
+        self.calls.append(("first_capture", session_id))
+        if self.fail:
+            raise ConnectionError("MPPS SCP away")
+
+    async def session_ended(self, session_id: int) -> None:
+        self.calls.append(("session_ended", session_id))
+        if self.fail:
+            raise ConnectionError("MPPS SCP away")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_worklist_sessions_tell_mpps_their_first_capture_and_their_end(
+    tmp_path: Path, fail: bool
+) -> None:
+    steps = StepLog(fail=fail)
+    async for rig in context_rig(tmp_path, steps=steps):
+        rig.set_worklist([ALICE])
+        typed = await rig.stage.open_session(
+            "camera", TypedPatient(PatientContext(patient_id="P-1")), TECH
+        )
+        await rig.capture("camera", CAMERA, offer("c1", d := jpeg(20)), d)
+        await rig.stage.end_session(typed.id, TECH)
+        session = await rig.stage.open_session("scope", PickItem(sps_id="SPS1"), TECH)
+        one = await rig.capture("scope", SCOPE, offer("m1", d := jpeg(21)), d)
+        two = await rig.capture("scope", SCOPE, offer("m2", d := jpeg(22)), d)
+        await rig.stage.end_session(session.id, TECH)
+        assert steps.calls == [("first_capture", session.id), ("session_ended", session.id)]
+        states = {rig.row(r.spool_id)["state"] for r in (one, two)}
+        assert states == {"WRAPPED"}, "MPPS never costs a capture"
