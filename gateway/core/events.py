@@ -33,6 +33,10 @@ Kinds (fields beyond ``seq``, ``kind``, ``time``):
 ``alarm_cleared``        code, subject
 ``device_connected``     device, driver, state — a driver reached READY/TRANSFERRING
 ``device_gone``          device, driver, state — it left them (unplugged, error, stopped)
+``session_opened``       session_id, device, source — a patient session began on a device
+``session_ended``        session_id, device, captures — it ended (captures bound to it)
+``capture_held``         spool_id, device — kept HELD, waiting for a patient
+``captures_released``    count, how ("assigned"|"expired") — held captures left HELD
 
 The bus also keeps the set of active alarms (from alarm_raised/alarm_cleared), so
 the state snapshot shows them with the time they were raised.
@@ -57,14 +61,18 @@ __all__ = [
     "AlarmRaised",
     "CaptureCommitted",
     "CaptureDelivered",
+    "CaptureHeld",
     "CaptureQuarantined",
     "CaptureSaved",
+    "CapturesReleased",
     "DeviceConnected",
     "DeviceGone",
     "Event",
     "EventBus",
     "EventSink",
     "Scalar",
+    "SessionEnded",
+    "SessionOpened",
     "Subscription",
 ]
 
@@ -161,6 +169,46 @@ class DeviceGone(Event):
     state: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionOpened(Event):
+    """A patient session began on ``device``; ``source``: worklist, barcode, manual or
+    unidentified (never who the patient is)."""
+
+    kind: ClassVar[str] = "session_opened"
+    session_id: int
+    device: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionEnded(Event):
+    """A patient session ended; ``captures``: how many captures were bound to it."""
+
+    kind: ClassVar[str] = "session_ended"
+    session_id: int
+    device: str
+    captures: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptureHeld(Event):
+    """A capture is kept HELD (not sent) until a patient is assigned or the hold ends."""
+
+    kind: ClassVar[str] = "capture_held"
+    spool_id: int
+    device: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapturesReleased(Event):
+    """Held captures left HELD: ``how`` is "assigned" (to a session) or "expired"
+    (sent with a temporary patient)."""
+
+    kind: ClassVar[str] = "captures_released"
+    count: int
+    how: str
+
+
 EVENT_KINDS: tuple[type[Event], ...] = (
     CaptureSaved,
     CaptureDelivered,
@@ -170,6 +218,10 @@ EVENT_KINDS: tuple[type[Event], ...] = (
     AlarmCleared,
     DeviceConnected,
     DeviceGone,
+    SessionOpened,
+    SessionEnded,
+    CaptureHeld,
+    CapturesReleased,
 )
 """Every kind of event there is."""
 

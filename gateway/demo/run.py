@@ -160,6 +160,9 @@ ae_title = "{DEMO_AE}"
 listen_port = {listen_port}
 state_dir = "{workdir / "state"}"
 
+[context]
+hold_unidentified = 0  # for now: the demo opens no patient sessions yet
+
 [[destinations]]
 name = "demo-pacs"
 kind = "dicom"

@@ -15,9 +15,11 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from gateway.context.stage import ContextStage
 from gateway.core.capture import GatewayIdentity
 from gateway.core.config import DermGateConfig
 from gateway.core.events import EventBus
@@ -142,7 +144,10 @@ class _Devices:
             self.board.update(name, state=DriverState.ERROR, detail=f"options invalid ({devnode})")
             return None
         begin = functools.partial(
-            self.intake.begin, device.driver, issuer_of_patient_id=device.issuer_of_patient_id
+            self.intake.begin,
+            device.driver,
+            issuer_of_patient_id=device.issuer_of_patient_id,
+            device_name=name,
         )
         host = DriverHost(name, begin, self.board, self.intake.max_capture_bytes)
         self.board.update(name, devnode=devnode)
@@ -157,11 +162,18 @@ class _Devices:
         return self.start(slot.index, event.devnode)
 
 
-async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
+async def run_gateway(
+    config: DermGateConfig,
+    stop: asyncio.Event,
+    *,
+    on_context: Callable[[ContextStage], None] | None = None,
+) -> None:
     """Run the gateway until ``stop`` is set, then shut down in order.
 
     Raises :class:`~gateway.service.state_lock.StateLocked` (another service holds the state
     folder) or :class:`~gateway.spool.rebuild.LedgerLost` before touching anything.
+    ``on_context`` is given the context stage once built (in-process tests open
+    patient sessions through it).
     """
     lock = await asyncio.to_thread(StateLock.acquire, config.gateway.state_dir)
     try:
@@ -170,12 +182,16 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
         )
         # A damaged spool id mark refuses here too (SpoolIdMarkDamaged), before anything.
         await asyncio.to_thread(read_high_water, high_water_path(config.gateway.state_dir))
-        await _run_locked(config, stop)
+        await _run_locked(config, stop, on_context)
     finally:
         lock.release()  # (the process ends right after; closing the file drops the lock)
 
 
-async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
+async def _run_locked(
+    config: DermGateConfig,
+    stop: asyncio.Event,
+    on_context: Callable[[ContextStage], None] | None = None,
+) -> None:
     dirs = SpoolDirs(config.spool_dir())
     await asyncio.to_thread(dirs.create)
     reserve = LedgerReserve(
@@ -248,6 +264,16 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
         wrapper = Wrapper(ledger, dirs, identity, names, wrapped, bus)
         space = SpaceGuard(dirs.root, config.spool.reserve_mb * MIB, ledger, bus)
         inline = InlineWrap(identity, wrapper.destinations, wrapped) if names else None
+
+        async def reserve_spool_id() -> int:  # the intake's ids: never handed out twice
+            return await intake.reserve_spool_id()
+
+        # Patient sessions: intake asks it which patient each capture belongs to.
+        context = ContextStage(
+            ledger, config, config.gateway.id, bus, wrapper.notify, reserve_spool_id
+        )
+        if on_context is not None:  # in-process tests reach the desk this way
+            on_context(context)
         intake = Intake(
             ledger,
             dirs,
@@ -257,6 +283,7 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             config.spool.max_capture_mb * MIB,
             spool_ids,
             bus,
+            context,
         )
         board = StatusBoard(config.status_path(), bus)
         # The state document (MQTT, the local page, metrics).
@@ -287,6 +314,7 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
                 await supervisor.start(f"retain:{confirmer.destination.name}", confirmer.run)
             await supervisor.start("purge", Purger(ledger, dirs, config.spool).run)
             await supervisor.start("wrap", wrapper.run)
+            await supervisor.start("context", context.run)  # holds expire
             await supervisor.start("status", board.run)
             if config.mqtt is not None:
                 mqtt = MqttPublisher(config.mqtt, gateway_state, bus)
@@ -297,7 +325,9 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
                     wrapper.notify()
                     wrapped()
 
-                page = WebServer(config, functools.partial(live_view, gateway_state), poke)
+                page = WebServer(
+                    config, functools.partial(live_view, gateway_state), poke, desk=context
+                )
                 await supervisor.start("web", page.run)
             devices = _Devices(config, intake, board, supervisor)
             slots = devices.start_all()

@@ -190,6 +190,13 @@ CREATE TABLE session_series (
     series_number INTEGER NOT NULL,
     PRIMARY KEY (session_id, kind)
 );
+-- (sessions helper) the session the first file of a driver-chosen study (a 3D
+-- export) was bound to, so every file of that export gets the same study; a NULL
+-- session_id: it was not bound (held, or no context).
+CREATE TABLE export_bindings (
+    driver_study_uid TEXT PRIMARY KEY,
+    session_id       INTEGER REFERENCES sessions (id)
+);
 CREATE TABLE mpps (
     session_id       INTEGER PRIMARY KEY REFERENCES sessions (id),
     sop_instance_uid TEXT NOT NULL UNIQUE,
