@@ -31,7 +31,7 @@ from gateway.core.context import WorklistStatus
 from gateway.core.events import EventSink
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
-from gateway.spool.sessions import SessionRow, capture_counts, get_session, session_lesion
+from gateway.spool.sessions import SessionRow, capture_counts, get_session, lesion_context_of
 
 __all__ = ["StageBase", "WorklistRefresher"]
 
@@ -96,7 +96,7 @@ class StageBase:
         return row
 
     async def _lesion_view(self, lesion_id: int | None) -> LesionView | None:
-        lesion = await self._ledger.call(session_lesion, lesion_id)
+        lesion = await self._ledger.call(lesion_context_of, lesion_id)
         if lesion is None or lesion_id is None:
             return None
         return LesionView(

@@ -17,12 +17,10 @@ from gateway.context.naming import (
 from gateway.core.capture import CaptureOffer, ContentType, DeviceIdentity, InstanceUIDs
 from gateway.core.config.context import SensitiveRule
 from gateway.core.context import CaptureContext, LesionContext
-from gateway.core.uids import tracking_uid
 from gateway.spool.sessions import SessionRow
 
 __all__ = [
     "capture_context",
-    "device_lesion",
     "patient_differs",
     "series_kind",
     "session_uids",
@@ -43,29 +41,6 @@ def patient_differs(offer: CaptureOffer, session: SessionRow) -> bool:
         return True
     issuer = given.issuer_of_patient_id.strip()
     return bool(issuer) and issuer != session.patient.issuer_of_patient_id
-
-
-def device_lesion(session: SessionRow, offer: CaptureOffer) -> LesionContext | None:
-    """The lesion a device named itself (its label), for the session's patient.
-
-    LESION REGISTRY CALL POINT: the lesion helper's
-    ``gateway.spool.lesions.lesion_for_device_label(conn, patient_id, issuer, label,
-    site, laterality)`` replaces this derivation once merged (the context stage
-    calls it on the ledger thread instead). Until then: the label as Tracking ID
-    and a Tracking UID derived from issuer, Patient ID and label (what DermGate did
-    before the registry), so the same label on the same patient is the same lesion
-    and never another patient's.
-    """
-    label = (offer.lesion_id or "").strip()
-    if not label:
-        return None
-    patient = session.patient
-    return LesionContext(
-        tracking_id=label,
-        tracking_uid=tracking_uid(patient.issuer_of_patient_id, patient.patient_id, label),
-        site=offer.anatomic_site,
-        laterality=offer.laterality,
-    )
 
 
 def capture_context(

@@ -13,8 +13,11 @@ expires, a capture goes out with the temporary patient (never a guessed one).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from gateway.context.binding import series_kind, session_uids
 from gateway.context.desk import (
@@ -25,8 +28,13 @@ from gateway.context.desk import (
     SessionRequest,
 )
 from gateway.context.session_desk import SessionDesk
+from gateway.core.capture import GatewayIdentity, InstanceUIDs
+from gateway.core.context import CaptureContext
 from gateway.core.events import CapturesReleased
+from gateway.dicom.job import WrapJob
+from gateway.dicom.retarget import retarget
 from gateway.spool import held as db
+from gateway.spool.captures import SpoolEntry
 from gateway.spool.sessions import series_for
 from gateway.spool.states import CaptureState
 
@@ -99,18 +107,24 @@ class HoldDesk(SessionDesk):
                 series, _ = await self._ledger.call(
                     series_for, session.id, series_kind(entry.offer)
                 )
+            uids = session_uids(session, entry.uids, series)
+            rewritten = None
+            if entry.state is CaptureState.WRAPPED and not entry.raw_name and entry.dicom_name:
+                rewritten = await self._retarget(entry, context, uids)
             moves.append(
                 db.Move(
                     spool_id=spool_id,
                     state=entry.state,
                     old_study=entry.uids.study,
                     context=context,
-                    uids=session_uids(session, entry.uids, series),
+                    uids=uids,
+                    retargeted=rewritten,
                 )
             )
         try:
             await self._ledger.call(db.move_captures, moves, self._dicom_dir)
         except db.MoveRefused as err:
+            await asyncio.to_thread(_discard, [m.retargeted for m in moves])
             raise ContextError(
                 ContextErrorCode.NOT_HELD,
                 f"spool id {err.spool_id} changed meanwhile (sent or wrapped); nothing was moved",
@@ -145,12 +159,40 @@ class HoldDesk(SessionDesk):
                 ContextErrorCode.NOT_HELD,
                 f"spool id {spool_id} is {entry.state.lower()}, not held or waiting to be sent",
             )
-        if entry.state is CaptureState.WRAPPED and not entry.raw_name:
+
+    async def _retarget(
+        self, entry: SpoolEntry, context: CaptureContext, uids: InstanceUIDs
+    ) -> Path:
+        """A capture written as DICOM on arrival has no raw file to wrap again: its
+        file is rewritten with the new context beside the old one (same SOP Instance
+        UID, pixel data copied as it is); the move puts it in place as it commits."""
+        assert entry.dicom_name is not None
+        source = self._dicom_dir / entry.dicom_name
+        dest = source.with_name(f"{entry.dicom_name}.moving")
+        job = WrapJob(
+            entry.device,
+            entry.offer,
+            uids,
+            source,
+            GatewayIdentity(gateway_id=self._gateway_id, software_version=""),
+            datetime.now().astimezone(),
+            context=context,
+        )
+        try:
+            await asyncio.to_thread(retarget, source, dest, job, previous=entry.context)
+        except ValueError:
             raise ContextError(
                 ContextErrorCode.NOT_HELD,
-                f"spool id {spool_id} was written as DICOM when it arrived and cannot be "
-                "moved to another patient yet",
-            )
+                f"spool id {entry.spool_id}: its DICOM file is not the one it was written "
+                "as; nothing was moved",
+            ) from None
+        except OSError as err:
+            raise ContextError(
+                ContextErrorCode.NOT_HELD,
+                f"spool id {entry.spool_id}: its DICOM file cannot be rewritten "
+                f"({err.strerror or type(err).__name__}); nothing was moved",
+            ) from None
+        return dest
 
     async def expire_held(self, now: datetime | None = None) -> int:
         """Release captures held longer than ``hold_unidentified`` (to the temporary
@@ -170,3 +212,11 @@ class HoldDesk(SessionDesk):
             self._bus.publish(CapturesReleased(count=len(released), how="expired"))
             self._wake_wrapper()
         return len(released)
+
+
+def _discard(paths: list[Path | None]) -> None:
+    """Remove rewritten files a refused move left beside the originals."""
+    for path in paths:
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

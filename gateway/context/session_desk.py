@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from gateway.context.base import StageBase
-from gateway.context.binding import capture_context, device_lesion
+from gateway.context.binding import capture_context
 from gateway.context.desk import (
     Actor,
     ContextError,
@@ -35,9 +35,16 @@ from gateway.context.requests import (
     seed_from_item,
 )
 from gateway.core.capture import CaptureOffer, DeviceIdentity, PatientContext
-from gateway.core.context import CaptureContext, SessionSource, WorklistEntry, WorklistStatus
+from gateway.core.context import (
+    CaptureContext,
+    LesionContext,
+    SessionSource,
+    WorklistEntry,
+    WorklistStatus,
+)
 from gateway.core.events import SessionEnded, SessionOpened
 from gateway.core.patient import temporary_patient
+from gateway.spool import lesions as registry
 from gateway.spool import sessions as db
 from gateway.spool.worklist_cache import cached_items
 
@@ -168,10 +175,21 @@ class SessionDesk(StageBase):
     ) -> CaptureContext:
         """The context of one capture of ``session``: the lesion the device names (in
         the session patient's registry), else the session's current lesion."""
-        # LESION REGISTRY CALL POINT (see binding.device_lesion): a device-named lesion
-        # becomes gateway.spool.lesions.lesion_for_device_label(conn, patient_id,
-        # issuer, label, site, laterality), run with self._ledger.call, once merged.
-        lesion = device_lesion(session, offer)
+        lesion: LesionContext | None = None
+        label = (offer.lesion_id or "").strip()
+        if label:
+            patient = session.patient
+            try:
+                lesion = await self._ledger.call(
+                    registry.lesion_for_device_label,
+                    patient.patient_id,
+                    patient.issuer_of_patient_id,
+                    label,
+                    offer.anatomic_site,
+                    offer.laterality,
+                )
+            except ValueError:  # a label with nothing printable: the session's lesion
+                lesion = None
         if lesion is None:
-            lesion = await self._ledger.call(db.session_lesion, session.lesion_id)
+            lesion = await self._ledger.call(db.lesion_context_of, session.lesion_id)
         return capture_context(session, identity, offer, lesion, self._config.context.sensitive)

@@ -5,8 +5,8 @@ the API and barcode scanners use, and the
 :class:`~gateway.core.context.ContextBinder` intake asks when a device starts
 sending a capture. Its parts are mixins over :class:`~gateway.context.base.StageBase`:
 sessions (:mod:`gateway.context.session_desk`), held captures
-(:mod:`gateway.context.holding`) and lesions (:mod:`gateway.context.no_lesions`
-until the lesion registry's ``LesionDesk`` replaces it). ``run`` lets holds expire.
+(:mod:`gateway.context.holding`) and lesions (:mod:`gateway.context.lesion_desk`).
+``run`` lets holds expire.
 
 Binding (:meth:`ContextStage.bind`) uses the session open on the device when it
 **starts** sending (a capture that straddles a switch belongs to the old session):
@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from gateway.context.binding import patient_differs, series_kind, session_uids
 from gateway.context.holding import HoldDesk
-from gateway.context.no_lesions import NoLesionDesk
+from gateway.context.lesion_desk import LesionDesk
 from gateway.core.capture import CaptureOffer, DeviceIdentity, InstanceUIDs
 from gateway.core.context import Binding, Bound, Held
 from gateway.spool import sessions as db
@@ -44,7 +44,7 @@ _POLL_MIN = 1.0
 _POLL_MAX = 30.0
 
 
-class ContextStage(HoldDesk, NoLesionDesk):
+class ContextStage(HoldDesk, LesionDesk):
     """Patient sessions and capture binding (see the module docstring).
 
     Built with ``(ledger, config, gateway_id, bus, wake_wrapper, reserve_spool_id,

@@ -13,12 +13,14 @@ Blocking functions taking a connection, run on the ledger thread.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.core.capture import InstanceUIDs
 from gateway.core.context import CaptureContext
+from gateway.core.files import fsync_dir
 from gateway.spool.captures import SpoolEntry, get_capture
 from gateway.spool.records import context_to_json
 from gateway.spool.schema import transaction, utc_now_text
@@ -64,6 +66,10 @@ class Move:
     old_study: str
     context: CaptureContext
     uids: InstanceUIDs
+    #: A capture written as DICOM on arrival (no raw file to wrap again): its file
+    #: already rewritten with the new context (:func:`gateway.dicom.retarget.retarget`)
+    #: at this path, put in place of the old one as the move commits; it stays WRAPPED.
+    retargeted: Path | None = None
 
 
 class MoveRefused(Exception):
@@ -147,11 +153,15 @@ def move_captures(conn: sqlite3.Connection, moves: list[Move], dicom_dir: Path) 
     """Give captures their new context and UIDs and put them back to CAPTURED, all or
     nothing (:class:`MoveRefused` if one changed since it was planned).
 
-    A WRAPPED capture's pending deliveries are dropped and, once committed, its DICOM
+    A WRAPPED capture written as DICOM on arrival comes with its file already
+    rewritten (``retargeted``): that file replaces the old one as the move commits,
+    and the capture stays WRAPPED with its pending deliveries. Any other WRAPPED
+    capture's pending deliveries are dropped and, once committed, its DICOM
     file is deleted (here, on the ledger thread, so the wrapper cannot have written
     the new one yet: it finds the capture only through the ledger).
     """
     stale: list[Path] = []
+    placed: list[tuple[Path, Path]] = []
     with transaction(conn):
         for move in moves:
             row = conn.execute(
@@ -159,6 +169,10 @@ def move_captures(conn: sqlite3.Connection, moves: list[Move], dicom_dir: Path) 
             ).fetchone()
             if row is None or row[0] != move.state or _sent(conn, move.spool_id):
                 raise MoveRefused(move.spool_id)
+            if move.retargeted is not None:
+                _keep_wrapped(conn, move)
+                placed.append((move.retargeted, dicom_dir / str(row[1])))
+                continue
             if row[1]:
                 stale.append(dicom_dir / str(row[1]))
             # The rest of a 3D export whose held files are assigned follows them.
@@ -184,6 +198,34 @@ def move_captures(conn: sqlite3.Connection, moves: list[Move], dicom_dir: Path) 
                     move.spool_id,
                 ),
             )
+        if placed:
+            _replace_retargeted(placed, dicom_dir)
     for path in stale:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _keep_wrapped(conn: sqlite3.Connection, move: Move) -> None:
+    """A retargeted capture keeps its state and pending deliveries; only its context
+    and UIDs change."""
+    conn.execute(
+        "UPDATE captures SET study_uid = ?, series_uid = ?, session_id = ?, context_json = ?, "
+        "sensitive = ?, updated_at = ? WHERE id = ?",
+        (
+            move.uids.study,
+            move.uids.series,
+            move.context.session_id,
+            context_to_json(move.context),
+            int(bool(move.context.sensitive)),
+            utc_now_text(),
+            move.spool_id,
+        ),
+    )
+
+
+def _replace_retargeted(placed: list[tuple[Path, Path]], dicom_dir: Path) -> None:
+    """Put the rewritten files in place, last thing before the move commits (a
+    forwarder reading the ledger afterwards opens the new file)."""
+    for rewritten, path in placed:
+        os.replace(rewritten, path)
+    fsync_dir(dicom_dir)

@@ -33,14 +33,13 @@ __all__ = [
     "end_session",
     "export_binding",
     "get_session",
+    "lesion_context_of",
     "list_sessions",
     "open_session",
     "open_session_ids",
     "open_session_of",
     "record_export_binding",
     "series_for",
-    "session_lesion",
-    "set_session_lesion",
     "set_session_sensitive",
     "study_of_item",
 ]
@@ -221,17 +220,7 @@ def set_session_sensitive(conn: sqlite3.Connection, session_id: int, sensitive: 
     return cur.rowcount == 1
 
 
-def set_session_lesion(conn: sqlite3.Connection, session_id: int, lesion_id: int | None) -> bool:
-    """Choose the lesion for an open session's following captures; False if not open."""
-    with transaction(conn):
-        cur = conn.execute(
-            "UPDATE sessions SET lesion_id = ? WHERE id = ? AND closed_at IS NULL",
-            (lesion_id, session_id),
-        )
-    return cur.rowcount == 1
-
-
-def session_lesion(conn: sqlite3.Connection, lesion_id: int | None) -> LesionContext | None:
+def lesion_context_of(conn: sqlite3.Connection, lesion_id: int | None) -> LesionContext | None:
     """The lesion registry row ``lesion_id`` as a capture's :class:`LesionContext`."""
     if lesion_id is None:
         return None

@@ -173,7 +173,6 @@ async def test_wrapped_captures_not_yet_sent_can_be_moved_but_sent_ones_cannot(
 
     for ids, code in (
         ([raw.spool_id, sent.spool_id], ContextErrorCode.ALREADY_SENT),
-        ([raw.spool_id, inline.spool_id], ContextErrorCode.NOT_HELD),
         ([raw.spool_id, 999_999], ContextErrorCode.NOT_HELD),
         ([raw.spool_id, raw.spool_id], ContextErrorCode.BAD_REQUEST),
     ):
@@ -197,6 +196,35 @@ async def test_wrapped_captures_not_yet_sent_can_be_moved_but_sent_ones_cannot(
     ds = rig.dicom(raw.spool_id)
     assert (ds.PatientID, ds.StudyInstanceUID) == ("PID-4711", right.study_uid)
     assert ds.SOPInstanceUID == raw.sop_instance_uid
+
+
+async def test_a_capture_written_as_dicom_on_arrival_is_rewritten_when_moved(
+    rig: ContextRig,
+) -> None:
+    wrong = await rig.stage.open_session("scope", Unidentified(), TECH)
+    inline = await rig.capture("scope", SCOPE, offer("m1", d := jpeg(14)), d)
+    row = rig.row(inline.spool_id)
+    assert (row["state"], row["raw_name"]) == ("WRAPPED", ""), "written once, as DICOM"
+    before = rig.dicom(inline.spool_id)
+    right = await rig.stage.open_session("scope", TypedPatient(JANE), TECH)
+
+    await rig.stage.assign([inline.spool_id], right.id, None, TECH)
+
+    row = rig.row(inline.spool_id)
+    assert (row["state"], row["session_id"]) == ("WRAPPED", right.id)
+    pending = await rig.ledger.call(
+        lambda c: c.execute(
+            "SELECT state FROM deliveries WHERE capture_id = ?", (inline.spool_id,)
+        ).fetchall()
+    )
+    assert [r[0] for r in pending] == ["PENDING"], "still waiting to be sent, once"
+    ds = rig.dicom(inline.spool_id)
+    assert (ds.PatientID, ds.StudyInstanceUID) == ("PID-4711", right.study_uid)
+    assert (before.PatientID, before.StudyInstanceUID) != ("PID-4711", right.study_uid)
+    assert before.StudyInstanceUID == wrong.study_uid
+    assert ds.SOPInstanceUID == before.SOPInstanceUID == inline.sop_instance_uid
+    assert ds.PixelData == before.PixelData, "the image is the device's, byte for byte"
+    assert not list(rig.dirs.dicom.glob("*.moving")), "no leftovers"
 
 
 async def test_assigning_to_an_ended_session_or_with_no_target_is_refused(
