@@ -33,6 +33,8 @@ Kinds (fields beyond ``seq``, ``kind``, ``time``):
 ``alarm_cleared``        code, subject
 ``device_connected``     device, driver, state — a driver reached READY/TRANSFERRING
 ``device_gone``          device, driver, state — it left them (unplugged, error, stopped)
+``worklist_refreshed``   items, ok — the worklist cache changed (count) or its SCP
+                         became (un)reachable; counts only
 
 The bus also keeps the set of active alarms (from alarm_raised/alarm_cleared), so
 the state snapshot shows them with the time they were raised.
@@ -66,6 +68,7 @@ __all__ = [
     "EventSink",
     "Scalar",
     "Subscription",
+    "WorklistRefreshed",
 ]
 
 Scalar = str | int | float | bool | None
@@ -161,6 +164,15 @@ class DeviceGone(Event):
     state: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorklistRefreshed(Event):
+    """The worklist cache now holds ``items``; ``ok``: the last refresh succeeded."""
+
+    kind: ClassVar[str] = "worklist_refreshed"
+    items: int
+    ok: bool
+
+
 EVENT_KINDS: tuple[type[Event], ...] = (
     CaptureSaved,
     CaptureDelivered,
@@ -170,6 +182,7 @@ EVENT_KINDS: tuple[type[Event], ...] = (
     AlarmCleared,
     DeviceConnected,
     DeviceGone,
+    WorklistRefreshed,
 )
 """Every kind of event there is."""
 
