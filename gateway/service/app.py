@@ -18,6 +18,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from gateway.context.worklist_source import WorklistSource
 from gateway.core.capture import GatewayIdentity
 from gateway.core.config import DermGateConfig
 from gateway.core.events import EventBus
@@ -269,6 +270,14 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             forwarders=forwarders,
             bus=bus,
         )
+        # The worklist cache (refreshed from [worklist]'s SCP); sessions search it.
+        worklist_source = (
+            None
+            if config.worklist is None
+            else WorklistSource(ledger, config.worklist, config.gateway.ae_title, bus)
+        )
+        if worklist_source is not None:
+            gateway_state.sections["worklist"] = worklist_source.section
         if not forwarders:
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:
@@ -288,6 +297,8 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             await supervisor.start("purge", Purger(ledger, dirs, config.spool).run)
             await supervisor.start("wrap", wrapper.run)
             await supervisor.start("status", board.run)
+            if worklist_source is not None:  # ready once the cache is read, before a query
+                await supervisor.start("worklist", worklist_source.run)
             if config.mqtt is not None:
                 mqtt = MqttPublisher(config.mqtt, gateway_state, bus)
                 await supervisor.start("mqtt", mqtt.run)

@@ -85,6 +85,7 @@ class Figures:
     disk: DiskFigures
     devices: list[dict[str, Any]] = field(default_factory=list)
     alarms: list[dict[str, Any]] = field(default_factory=list)
+    worklist: dict[str, Any] = field(default_factory=dict)  # the state document's section
 
     @property
     def backlog(self) -> int:
