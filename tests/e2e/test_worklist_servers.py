@@ -10,6 +10,7 @@ returns them; and a server that answers more than ``max_items`` is cancelled.
 from __future__ import annotations
 
 from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,13 @@ from gateway.context.worklist_fetch import (
     fetch_worklist,
 )
 from gateway.core.config.context import WorklistSettings
+from gateway.demo.local_orthanc import OrthancProcess
+from gateway.demo.worklist import (
+    WORKLIST_PLUGIN,
+    demo_patients,
+    orthanc_worklist_settings,
+    write_demo_worklist,
+)
 from tests.support.worklist import FloodingWorklist, Item, WorklistServer, write_items
 
 TODAY = date.today()
@@ -162,3 +170,31 @@ async def test_failure_status_is_a_typed_error_and_no_partial_worklist() -> None
     assert str(caught.value) == (
         f"C-FIND failed: FLOOD@127.0.0.1:{scp.port} answered the C-FIND with status 0xA700"
     )
+
+
+async def test_demo_worklist_written_with_pydicom_is_served_by_orthanc(tmp_path: Path) -> None:
+    """The demo writes its ``.wl`` files with pydicom (no dump2dcm on a user's box):
+    Orthanc's sample plugin serves them, and the demo's [worklist] finds both."""
+    folder = tmp_path / "worklists"
+    write_demo_worklist(folder, TODAY, station="DERMGATE", modality="XC")
+    server = OrthancProcess(
+        tmp_path / "orthanc",
+        aet="DEMOPACS",
+        plugins=(WORKLIST_PLUGIN,),
+        extra=orthanc_worklist_settings(folder),
+    )
+    server.start()
+    try:
+        answer = await fetch_worklist(
+            _settings(WorklistServer("demo", "DEMOPACS", server.dicom_port, folder)),
+            "DERMGATE",
+            today=TODAY,
+        )
+    finally:
+        server.stop()
+    patients = demo_patients()
+    assert [(e.patient.patient_name, e.patient.patient_id) for e in answer.entries] == [
+        (p.name, p.patient_id) for p in patients
+    ]
+    assert all(e.patient.issuer_of_patient_id == "DERMGATE-DEMO" for e in answer.entries)
+    assert len({e.study_uid for e in answer.entries}) == 2
