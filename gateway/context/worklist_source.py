@@ -121,6 +121,9 @@ class WorklistSource:
         self._skipped = ""
         self._published: tuple[int, bool] | None = None
 
+    search = staticmethod(search)
+    """:func:`search`, for callers holding only the source."""
+
     # ------------------------------------------------------------ reading
 
     def status(self) -> WorklistStatus:
@@ -230,10 +233,14 @@ class WorklistSource:
         await self.reload()
         ready()
         next_at = 0.0
-        while True:
-            if self._clock() >= next_at:
-                await self.refresh()
-                next_at = self._clock() + self.settings.refresh
-            else:
-                await self.reload()
-            await asyncio.sleep(min(RELOAD_EVERY, max(0.0, next_at - self._clock())))
+        try:
+            while True:
+                if self._clock() >= next_at:
+                    await self.refresh()
+                    next_at = self._clock() + self.settings.refresh
+                else:
+                    await self.reload()
+                await asyncio.sleep(min(RELOAD_EVERY, max(0.0, next_at - self._clock())))
+        finally:
+            if self._running is not None and not self._running.done():
+                self._running.cancel()  # a query in flight ends with its own timeouts

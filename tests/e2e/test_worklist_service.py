@@ -159,3 +159,26 @@ def test_cache_status_cli_and_outage(
     for message in rec.all():
         scanner.scan(f"mqtt {message.topic}", message.payload, "mqtt")
     assert scanner.hits == []
+
+
+def test_commands_refuse_a_configuration_without_worklist(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path, pacs_port=104, devices="")
+    for action in ("list", "refresh"):
+        done = worklist_cli(action, config=config)
+        assert done.returncode == 2
+        assert "has no [worklist] section" in done.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text(config.read_text() + '\n[worklist]\nae_title = "RIS"\n')
+    done = worklist_cli("list", config=broken)
+    assert done.returncode == 2
+    assert "worklist" in done.stderr
+
+
+def test_list_before_any_refresh_says_never_fetched(
+    tmp_path: Path, orthanc_mwl: WorklistServer, mosquitto: Mosquitto
+) -> None:
+    config = _config(tmp_path, orthanc_mwl, mosquitto)
+    done = worklist_cli("list", "--reveal", config=config)
+    assert done.returncode == 0, done.stderr
+    assert "0 item(s), never fetched" in done.stdout
+    assert not (tmp_path / "state" / "web" / "audit.log").exists()  # nothing was shown
