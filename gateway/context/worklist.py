@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from gateway.core.capture import PatientContext
@@ -152,7 +153,7 @@ def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+    if isinstance(value, list | tuple | MultiValue):
         value = "\\".join(str(v) for v in value)
     return str(value).strip()
 
@@ -259,18 +260,26 @@ def _entries_of(ds: Dataset, fetched_at: float) -> list[WorklistEntry]:
     return entries
 
 
+def _person(entry: WorklistEntry) -> tuple[str, str]:
+    return (entry.patient.patient_id, entry.patient.issuer_of_patient_id)
+
+
+_CONFLICT = WorklistEntry(key="", patient=PatientContext(), study_uid="")
+
+
 def decode_items(answers: Iterable[Dataset], wanted: WorklistFilter, fetched_at: float) -> Decoded:
     """The entries of ``answers`` that ``wanted`` keeps, one per Scheduled Procedure
     Step, each item's strings decoded with its Specific Character Set.
 
     Skipped (and counted by reason): items without Patient ID or Study Instance UID
     (an image must never get an empty Patient ID or a made-up study), items that
-    cannot be decoded and a second answer with the same key. Items for another
+    cannot be decoded, a second answer with the same key, and items whose step or
+    study another patient's item also names (both are left out). Items for another
     station, modality or date than ``wanted`` (servers over-return) are dropped and
     counted in :attr:`Decoded.filtered`.
     """
     out = Decoded()
-    seen: set[str] = set()
+    kept: dict[str, WorklistEntry] = {}
     for ds in answers:
         try:
             entries = _entries_of(ds, fetched_at)
@@ -290,9 +299,23 @@ def decode_items(answers: Iterable[Dataset], wanted: WorklistFilter, fetched_at:
                 out.skipped["without " + " and ".join(missing)] += 1
             elif not wanted.keeps(entry):
                 out.filtered += 1
-            elif entry.key in seen:
+            elif entry.key in kept:
                 out.skipped["repeated"] += 1
+                if _person(kept[entry.key]) != _person(entry):
+                    kept[entry.key] = _CONFLICT
             else:
-                seen.add(entry.key)
-                out.entries.append(entry)
+                kept[entry.key] = entry
+    # A study belongs to one patient: a RIS that gives two patients the same Study
+    # Instance UID (or the same step) would merge them in the PACS. Neither is used.
+    people: dict[str, set[tuple[str, str]]] = {}
+    for entry in kept.values():
+        if entry is not _CONFLICT:
+            people.setdefault(entry.study_uid, set()).add(_person(entry))
+    for entry in kept.values():
+        if entry is _CONFLICT:
+            out.skipped["steps shared by different patients"] += 1
+        elif len(people[entry.study_uid]) > 1:
+            out.skipped["with a Study Instance UID shared by different patients"] += 1
+        else:
+            out.entries.append(entry)
     return out

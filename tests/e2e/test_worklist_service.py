@@ -146,7 +146,7 @@ def test_cache_status_cli_and_outage(
     tried = _fetch_row(tmp_path)[0]
     wait_for(lambda: _fetch_row(tmp_path)[0] > tried + 5, 40, "another failed refresh")
     assert gateway.log().count("the cached worklist (2 item(s)) stays in use") == 1
-    gateway.stop()
+    assert gateway.stop() == 0
 
     for where, text in (
         ("gateway log", gateway.log()),

@@ -241,3 +241,21 @@ async def test_refresh_shares_one_query_keeps_cache_on_outage_and_logs_changes_o
         _, event = await events.get()
         kinds.append((event["kind"], event["items"], event["ok"]))
     assert kinds == [("worklist_refreshed", 3, True), ("worklist_refreshed", 3, False)]
+
+
+def test_a_study_or_step_named_for_two_patients_is_never_used() -> None:
+    answers = [
+        _answer("A^A", "P1", "1.2.3", "S1"),
+        _answer("B^B", "P2", "1.2.3", "S2"),  # the same study for another patient
+        _answer("C^C", "P3", "1.2.4", "S1"),
+        _answer("D^D", "P4", "1.2.4", "S1"),  # the same step for another patient
+        _answer("E^E", "P5", "1.2.5", "S1"),
+        _answer("E^E", "P5", "1.2.5", "S2"),  # one patient, two steps of one study
+    ]
+    decoded = decode_items(answers, WANTED, 0.0)
+    assert [e.key for e in decoded.entries] == ["1.2.5/S1", "1.2.5/S2"]
+    assert decoded.skipped == {
+        "with a Study Instance UID shared by different patients": 2,
+        "steps shared by different patients": 1,
+        "repeated": 1,
+    }
