@@ -27,6 +27,8 @@ from gateway.core.context import WorklistEntry
 from gateway.core.events import EventBus
 from gateway.demo.local_orthanc import free_port
 from gateway.spool.ledger import Ledger
+from gateway.status.web.data import DestinationFigures, DiskFigures, Figures, verdict
+from gateway.status.web.pages import overview_fragment
 from tests.support.worklist import FloodingWorklist, Item
 
 DAY = date(2026, 12, 6)
@@ -259,3 +261,34 @@ def test_a_study_or_step_named_for_two_patients_is_never_used() -> None:
         "steps shared by different patients": 1,
         "repeated": 1,
     }
+
+
+def test_the_overview_shows_the_worklists_size_and_age_and_asks_for_a_look_when_stale() -> None:
+    def figures(worklist: dict[str, object]) -> Figures:
+        return Figures(
+            counts={},
+            quarantined_open=0,
+            oldest_waiting_age=None,
+            commitment_lag=None,
+            destinations=[DestinationFigures("pacs", "127.0.0.1", 104, False)],
+            delivered_by_class={},
+            quarantined_by_class={},
+            disk=DiskFigures(free=10**9, total=10**10, reserve=10**6),
+            worklist=worklist,
+        )
+
+    none = figures({"configured": False})
+    assert 'id="worklist"' not in overview_fragment(none, verdict(none))
+    fresh = figures({"configured": True, "items": 4, "age_s": 30.0, "stale": False})
+    assert verdict(fresh).colour == "green"
+    assert "<b>4</b>worklist items, 30 s old</div>" in overview_fragment(fresh, verdict(fresh))
+    stale = figures(
+        {"configured": True, "items": 4, "age_s": 3600.0, "stale": True,
+         "last_error": "unreachable"}
+    )  # fmt: skip
+    seen = verdict(stale)
+    assert seen.colour == "amber"
+    assert seen.reasons == [
+        "The worklist is stale (unreachable): patients picked may be out of date."
+    ]
+    assert "(stale)" in overview_fragment(stale, seen)
