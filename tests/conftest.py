@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.support.simulator",
     "tests.support.spool",
     "tests.support.usb_confocal",
+    "tests.support.worklist",
 ]
 
 # Hypothesis profiles: "ci" (default) keeps the suite fast; "slow" is the deep fuzz

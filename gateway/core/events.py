@@ -37,6 +37,8 @@ Kinds (fields beyond ``seq``, ``kind``, ``time``):
 ``session_ended``        session_id, device, captures — it ended (captures bound to it)
 ``capture_held``         spool_id, device — kept HELD, waiting for a patient
 ``captures_released``    count, how ("assigned"|"expired") — held captures left HELD
+``worklist_refreshed``   items, ok — the worklist cache changed (count) or its SCP
+                         became (un)reachable; counts only
 
 The bus also keeps the set of active alarms (from alarm_raised/alarm_cleared), so
 the state snapshot shows them with the time they were raised.
@@ -74,6 +76,7 @@ __all__ = [
     "SessionEnded",
     "SessionOpened",
     "Subscription",
+    "WorklistRefreshed",
 ]
 
 Scalar = str | int | float | bool | None
@@ -209,6 +212,14 @@ class CapturesReleased(Event):
     how: str
 
 
+class WorklistRefreshed(Event):
+    """The worklist cache now holds ``items``; ``ok``: the last refresh succeeded."""
+
+    kind: ClassVar[str] = "worklist_refreshed"
+    items: int
+    ok: bool
+
+
 EVENT_KINDS: tuple[type[Event], ...] = (
     CaptureSaved,
     CaptureDelivered,
@@ -222,6 +233,7 @@ EVENT_KINDS: tuple[type[Event], ...] = (
     SessionEnded,
     CaptureHeld,
     CapturesReleased,
+    WorklistRefreshed,
 )
 """Every kind of event there is."""
 

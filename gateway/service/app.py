@@ -20,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from gateway.context.stage import ContextStage
+from gateway.context.worklist_source import WorklistSource
 from gateway.core.capture import GatewayIdentity
 from gateway.core.config import DermGateConfig
 from gateway.core.events import EventBus
@@ -269,8 +270,19 @@ async def _run_locked(
             return await intake.reserve_spool_id()
 
         # Patient sessions: intake asks it which patient each capture belongs to.
+        worklist_source = (
+            None
+            if config.worklist is None
+            else WorklistSource(ledger, config.worklist, config.gateway.ae_title, bus)
+        )
         context = ContextStage(
-            ledger, config, config.gateway.id, bus, wrapper.notify, reserve_spool_id
+            ledger,
+            config,
+            config.gateway.id,
+            bus,
+            wrapper.notify,
+            reserve_spool_id,
+            worklist=worklist_source,
         )
         if on_context is not None:  # in-process tests reach the desk this way
             on_context(context)
@@ -296,6 +308,9 @@ async def _run_locked(
             forwarders=forwarders,
             bus=bus,
         )
+        # The worklist cache (refreshed from [worklist]'s SCP); sessions search it.
+        if worklist_source is not None:
+            gateway_state.sections["worklist"] = worklist_source.section
         if not forwarders:
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:
@@ -316,6 +331,8 @@ async def _run_locked(
             await supervisor.start("wrap", wrapper.run)
             await supervisor.start("context", context.run)  # holds expire
             await supervisor.start("status", board.run)
+            if worklist_source is not None:  # ready once the cache is read, before a query
+                await supervisor.start("worklist", worklist_source.run)
             if config.mqtt is not None:
                 mqtt = MqttPublisher(config.mqtt, gateway_state, bus)
                 await supervisor.start("mqtt", mqtt.run)

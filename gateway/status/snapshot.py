@@ -55,7 +55,16 @@ The document (``version`` 1); times are ISO 8601 UTC, ages and durations seconds
       "alarms": [
         {"code": "destination_unreachable", "subject": "pacs",
          "message": "destination pacs is not reachable", "since": "..."}
-      ]
+      ],
+      "worklist": {                    # {"configured": false} without [worklist]
+        "configured": true,
+        "items": 12,                   # items in the cache (counts only, never names/IDs)
+        "age_s": 42.0,                 # since the last successful refresh; null: never
+        "stale": false,                # no success within [worklist] stale_after
+        "truncated": false,            # the last answer was cut at max_items
+        "last_error": null             # why the last refresh failed: "unreachable",
+                                       # "refused association", "C-FIND failed", ...
+      }
     }
 
 Alarm codes: ``disk_full`` (subject ""), ``stuck_captures`` (subject: destination),
@@ -220,6 +229,7 @@ class GatewayState:
             "destinations": destinations,
             "alarms": alarms,
         }
+        document["worklist"] = {"configured": False}  # replaced by the worklist's section
         for name, section in self.sections.items():
             document[name] = section()
         return document
@@ -233,9 +243,12 @@ def stable_part(document: dict[str, Any]) -> dict[str, Any]:
         spool[key] = spool.get(key) is not None
     disk = dict(document.get("disk", {}))
     disk.pop("free_mb", None)
-    skip = {"generated", "uptime_s", "seq", "last_event_seq", "spool", "disk", "mqtt"}
+    worklist = dict(document.get("worklist", {}))
+    worklist["age_s"] = worklist.get("age_s") is not None
+    skip = {"generated", "uptime_s", "seq", "last_event_seq", "spool", "disk", "mqtt", "worklist"}
     return {
         **{k: v for k, v in document.items() if k not in skip},
         "spool": spool,
         "disk": disk,
+        "worklist": worklist,
     }
