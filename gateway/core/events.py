@@ -33,6 +33,9 @@ Kinds (fields beyond ``seq``, ``kind``, ``time``):
 ``alarm_cleared``        code, subject
 ``device_connected``     device, driver, state — a driver reached READY/TRANSFERRING
 ``device_gone``          device, driver, state — it left them (unplugged, error, stopped)
+``procedure_step_reported``  session_id, status — the MPPS SCP acknowledged IN PROGRESS,
+                         COMPLETED or DISCONTINUED for a worklist session
+``procedure_step_failed``    session_id, status, code — the MPPS SCP refused it for good
 
 The bus also keeps the set of active alarms (from alarm_raised/alarm_cleared), so
 the state snapshot shows them with the time they were raised.
@@ -64,6 +67,8 @@ __all__ = [
     "Event",
     "EventBus",
     "EventSink",
+    "ProcedureStepFailed",
+    "ProcedureStepReported",
     "Scalar",
     "Subscription",
 ]
@@ -161,6 +166,27 @@ class DeviceGone(Event):
     state: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcedureStepReported(Event):
+    """The MPPS SCP acknowledged a worklist session's step in ``status`` (IN PROGRESS,
+    COMPLETED or DISCONTINUED)."""
+
+    kind: ClassVar[str] = "procedure_step_reported"
+    session_id: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcedureStepFailed(Event):
+    """The MPPS SCP refused a session's step in ``status`` for good; ``code`` says why
+    (:class:`gateway.core.procedure_step.StepErrorCode`)."""
+
+    kind: ClassVar[str] = "procedure_step_failed"
+    session_id: int
+    status: str
+    code: str
+
+
 EVENT_KINDS: tuple[type[Event], ...] = (
     CaptureSaved,
     CaptureDelivered,
@@ -170,6 +196,8 @@ EVENT_KINDS: tuple[type[Event], ...] = (
     AlarmCleared,
     DeviceConnected,
     DeviceGone,
+    ProcedureStepReported,
+    ProcedureStepFailed,
 )
 """Every kind of event there is."""
 

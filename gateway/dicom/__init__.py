@@ -5,8 +5,9 @@ One module per IOD family (:mod:`.dermoscopy`, :mod:`.photo`, :mod:`.confocal`,
 (:mod:`.modules`, :func:`~.modules.new_instance`); JPEG encapsulation
 (:mod:`.jpeg`); the one Part 10 writer every builder uses (:mod:`.part10`); and
 the one module that picks the writer for a capture (:mod:`.writers`), used by the
-wrapping stage and by intake's inline JPEG path. Pure builders: no ledger, no
-network.
+wrapping stage and by intake's inline JPEG path; the Modality Performed Procedure
+Step datasets (:mod:`.mpps`); and the pynetdicom settings every DIMSE user of the
+box shares (:mod:`.network`). Pure builders: no ledger, no network.
 """
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "job",
     "jpeg",
     "modules",
+    "mpps",
+    "network",
     "part10",
     "photo",
     "surface",
