@@ -62,11 +62,12 @@ log = logging.getLogger(__name__)
 DEFAULT_MODALITY = "XC"
 #: Protocol Name of a series when the order describes none.
 DEFAULT_PROTOCOL = "DermGate capture"
+#: The longest the worker sleeps when nothing is queued (it is woken when something is).
+IDLE_WAKE = 300.0
 
 
 class _Result(enum.Enum):
-    SENT = "sent"  # acknowledged, or refused for good
-    WAITING = "waiting"  # ended, but not everything is stored yet
+    DONE = "done"  # acknowledged (the final N-SET may still wait for storage), or refused
     LINK_DOWN = "link-down"  # the SCP could not be reached / would not take it
 
 
@@ -186,8 +187,7 @@ class ProcedureSteps:
         """Whether the last attempt reached an MPPS SCP that took it (None: not tried)."""
         self.last_error: StepError | None = None
         """The last link failure, None once a message goes through."""
-        self._figures = mq.StepFigures(queued=0, failed=0)
-        self._waiting = 0
+        self._figures = mq.StepFigures(queued=0, waiting=0, failed=0)
 
     # --- what the session logic calls (ProcedureStepHooks) ------------------------------
 
@@ -216,7 +216,7 @@ class ProcedureSteps:
         """The state document's ``mpps`` section (counts and a code, no patient data)."""
         return {
             "queued": self._figures.queued,
-            "waiting_for_storage": self._waiting,
+            "waiting_for_storage": self._figures.waiting,
             "failed": self._figures.failed,
             "reachable": self.reachable,
             "last_error": None if self.last_error is None else self.last_error.shown(),
@@ -241,21 +241,13 @@ class ProcedureSteps:
 
     async def send_due(self) -> float:
         """One pass over the due steps; return how long to wait before the next."""
-        now = self._clock()
-        waiting = 0
-        complete = True
-        for step in await self._ledger.call(mq.due_steps, now):
-            result = await self._advance(step)
-            if result is _Result.WAITING:
-                waiting += 1
-            elif result is _Result.LINK_DOWN:
-                complete = False
-                break
-        if complete:
-            self._waiting = waiting
+        for step in await self._ledger.call(mq.due_steps, self._clock()):
+            if await self._advance(step) is _Result.LINK_DOWN:
+                break  # the others wait for the SCP too, and keep their order
         self._figures = await self._ledger.call(mq.step_figures)
         later = await self._ledger.call(mq.next_attempt_time, self._clock())
-        delay = self._poll if waiting else 300.0
+        # Steps waiting for their captures to be stored are looked at every poll.
+        delay = self._poll if self._figures.waiting else IDLE_WAKE
         if later is not None:
             delay = min(delay, max(0.0, later - self._clock()))
         return delay
@@ -263,13 +255,19 @@ class ProcedureSteps:
     async def _advance(self, step: mq.QueuedStep) -> _Result:
         material = await self._ledger.call(mq.step_material, step.session_id)
         scheduled = None if material is None else scheduled_step(material)
-        if material is None or scheduled is None or material.patient is None:
+        if (
+            material is None
+            or scheduled is None
+            or material.patient is None
+            or not material.patient.patient_id
+        ):
             missing = StepError(
                 StepErrorCode.NO_ORDER,
                 f"session {step.session_id}: no worklist order or patient to report",
             )
-            await self._refused(step, StepStatus.IN_PROGRESS, missing)
-            return _Result.SENT
+            sending = StepStatus.IN_PROGRESS if step.acknowledged is None else step.wanted
+            await self._refused(step, sending, missing)
+            return _Result.DONE
         create = None
         if step.acknowledged is None:
             create = creation_dataset(
@@ -277,7 +275,6 @@ class ProcedureSteps:
             )
         final = None
         final_status = StepStatus.IN_PROGRESS
-        waiting = False
         if step.wanted is not StepStatus.IN_PROGRESS:
             protocol = (
                 scheduled.sps_description
@@ -286,15 +283,13 @@ class ProcedureSteps:
                 or DEFAULT_PROTOCOL
             )
             series = performed_series(material, protocol)
-            if series is None:  # never COMPLETED before every instance is stored
-                waiting = True
-            else:
+            if series is not None:  # None: never COMPLETED before every instance is stored
                 final_status = StepStatus.COMPLETED if series else StepStatus.DISCONTINUED
                 final = final_dataset(
                     final_status, _local(material.closed_at), series, scheduled.protocol_codes
                 )
         if create is None and final is None:
-            return _Result.WAITING
+            return _Result.DONE
         outcome = await asyncio.to_thread(self.sender.send, step.sop_instance_uid, create, final)
         if outcome.created:
             await self._acknowledged(step.session_id, StepStatus.IN_PROGRESS)
@@ -303,12 +298,12 @@ class ProcedureSteps:
         error = outcome.error
         if error is None:
             self._link_up()
-            return _Result.WAITING if waiting else _Result.SENT
+            return _Result.DONE
         sending = final_status if outcome.created or create is None else StepStatus.IN_PROGRESS
         if not error.code.retried:
             self._link_up()
             await self._refused(step, sending, error)
-            return _Result.SENT
+            return _Result.DONE
         delay = self._link_down(error)
         await self._ledger.call(mq.record_failure, step.session_id, error, self._clock() + delay)
         return _Result.LINK_DOWN

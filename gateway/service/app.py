@@ -18,6 +18,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from gateway.context.mpps import ProcedureSteps
 from gateway.core.capture import GatewayIdentity
 from gateway.core.config import DermGateConfig
 from gateway.core.events import EventBus
@@ -269,6 +270,18 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             forwarders=forwarders,
             bus=bus,
         )
+        # MPPS (optional): the session logic (gateway.context.stage) reports a worklist
+        # session's first capture and its end to it (ProcedureStepHooks).
+        steps = None
+        if config.worklist is not None and config.worklist.mpps:
+            steps = ProcedureSteps(
+                ledger,
+                config.worklist,
+                config.gateway.ae_title,
+                bus,
+                station_name=identity.station_name,
+            )
+            gateway_state.sections["mpps"] = steps.status
         if not forwarders:
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:
@@ -287,6 +300,8 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
                 await supervisor.start(f"retain:{confirmer.destination.name}", confirmer.run)
             await supervisor.start("purge", Purger(ledger, dirs, config.spool).run)
             await supervisor.start("wrap", wrapper.run)
+            if steps is not None:
+                await supervisor.start("mpps", steps.run)
             await supervisor.start("status", board.run)
             if config.mqtt is not None:
                 mqtt = MqttPublisher(config.mqtt, gateway_state, bus)

@@ -55,6 +55,16 @@ ORDER_RECORD: Final = TypeAdapter(OrderContext)
 """A session's order as stored in ``sessions.order_json``."""
 
 _STORED = (CaptureState.SENT, CaptureState.COMMITTED, CaptureState.PURGED)
+
+#: A step with something to send (and not refused for good).
+_PENDING = "failed_at IS NULL AND (acknowledged IS NULL OR acknowledged != wanted)"
+#: A step that ended, whose N-CREATE went through, and one of whose captures is not yet
+#: stored at every destination: its final N-SET waits.
+_WAITING = (
+    "acknowledged IS NOT NULL AND wanted != 'IN PROGRESS' AND EXISTS (SELECT 1 FROM "
+    "captures c WHERE c.session_id = mpps.session_id AND c.state NOT IN "
+    f"({', '.join(repr(str(s)) for s in _STORED)}))"
+)
 _STEP_COLUMNS = (
     "session_id, sop_instance_uid, wanted, acknowledged, started_at, attempts, "
     "next_attempt_at, error_code, error_status, failed_at"
@@ -115,9 +125,11 @@ class StepMaterial:
 
 @dataclass(frozen=True, slots=True)
 class StepFigures:
-    """Counts for the state document: steps still to send, and refused ones."""
+    """Counts for the state document: steps with something to send (``waiting`` of
+    them for their captures to be stored), and steps refused for good."""
 
     queued: int
+    waiting: int
     failed: int
 
 
@@ -196,23 +208,22 @@ def queue_end(
     return wanted
 
 
-def due_steps(conn: sqlite3.Connection, now: float, limit: int = 50) -> list[QueuedStep]:
-    """Steps with something to send whose time has come, oldest session first."""
+def due_steps(conn: sqlite3.Connection, now: float) -> list[QueuedStep]:
+    """Steps with something to send now, oldest session first; not those whose final
+    N-SET waits for captures to be stored (:func:`step_figures` counts them)."""
     rows = conn.execute(
-        f"SELECT {_STEP_COLUMNS} FROM mpps WHERE failed_at IS NULL AND "
-        "(acknowledged IS NULL OR acknowledged != wanted) AND next_attempt_at <= ? "
-        "ORDER BY session_id LIMIT ?",
-        (now, limit),
+        f"SELECT {_STEP_COLUMNS} FROM mpps WHERE {_PENDING} AND next_attempt_at <= ? "
+        f"AND NOT ({_WAITING}) ORDER BY session_id",
+        (now,),
     ).fetchall()
     return [_step(r) for r in rows]
 
 
 def next_attempt_time(conn: sqlite3.Connection, after: float) -> float | None:
-    """When the earliest step with something to send falls due after ``after`` (steps
-    due already are being sent or wait for storage); None: none."""
+    """When the earliest step with something to send falls due after ``after``; None:
+    none (steps due already were just tried, or wait for storage)."""
     row = conn.execute(
-        "SELECT MIN(next_attempt_at) FROM mpps WHERE failed_at IS NULL AND "
-        "(acknowledged IS NULL OR acknowledged != wanted) AND next_attempt_at > ?",
+        f"SELECT MIN(next_attempt_at) FROM mpps WHERE {_PENDING} AND next_attempt_at > ?",
         (after,),
     ).fetchone()
     return None if row[0] is None else float(row[0])
@@ -305,31 +316,32 @@ def record_failure(
     conn: sqlite3.Connection,
     session_id: int,
     error: StepError,
-    next_attempt_at: float | None,
+    retry_at: float | None,
 ) -> None:
-    """Count a failed attempt and keep why; None for ``next_attempt_at``: refused for
-    good, the step is not tried again."""
+    """Count a failed attempt and keep why.
+
+    ``retry_at``: the SCP could not be reached (or was busy); every queued step waits
+    until then, so that they go again together, in their order. None: the SCP
+    refused this step for good; it is not tried again.
+    """
     with transaction(conn):
         conn.execute(
             "UPDATE mpps SET attempts = attempts + 1, last_error = ?, error_code = ?, "
-            "error_status = ?, next_attempt_at = COALESCE(?, next_attempt_at), "
-            "failed_at = CASE WHEN ? IS NULL THEN ? ELSE NULL END WHERE session_id = ?",
-            (
-                error.detail,
-                error.code,
-                error.status,
-                next_attempt_at,
-                next_attempt_at,
-                utc_now_text(),
-                session_id,
-            ),
+            "error_status = ?, failed_at = CASE WHEN ? IS NULL THEN ? ELSE NULL END "
+            "WHERE session_id = ?",
+            (error.detail, error.code, error.status, retry_at, utc_now_text(), session_id),
         )
+        if retry_at is not None:
+            conn.execute(
+                f"UPDATE mpps SET next_attempt_at = MAX(next_attempt_at, ?) WHERE {_PENDING}",
+                (retry_at,),
+            )
 
 
 def step_figures(conn: sqlite3.Connection) -> StepFigures:
-    """How many steps are queued (something to send) and how many were refused."""
+    """How many steps are queued, wait for storage, and were refused."""
     row = conn.execute(
-        "SELECT COALESCE(SUM(failed_at IS NULL AND (acknowledged IS NULL OR "
-        "acknowledged != wanted)), 0), COALESCE(SUM(failed_at IS NOT NULL), 0) FROM mpps"
+        f"SELECT COALESCE(SUM({_PENDING}), 0), COALESCE(SUM({_PENDING} AND {_WAITING}), 0), "
+        "COALESCE(SUM(failed_at IS NOT NULL), 0) FROM mpps"
     ).fetchone()
-    return StepFigures(queued=int(row[0]), failed=int(row[1]))
+    return StepFigures(queued=int(row[0]), waiting=int(row[1]), failed=int(row[2]))
