@@ -48,6 +48,9 @@ MPPS_SOP_CLASS: Final = "1.2.840.10008.3.1.2.3.3"
 #: Detached Study Management, retired, still the value the table names).
 _STUDY_REFERENCE_CLASS: Final = "1.2.840.10008.3.1.2.3.1"
 
+#: PPS Discontinuation Reason (CID 9300) of a step that ended with nothing stored.
+_DISCONTINUED_UNSPECIFIED: Final = Coded("110513", "DCM", "Discontinued for unspecified reason")
+
 #: SOP classes that are not images: encapsulated documents (PDF, CDA, STL, OBJ,
 #: MTL: 1.2.840.10008.5.1.4.1.1.104.x), structured reports (…88.x), raw data (…66).
 _NON_IMAGE_PREFIXES: Final = (
@@ -218,7 +221,8 @@ def final_dataset(
     """The N-SET modification list that ends a step: COMPLETED or DISCONTINUED.
 
     A COMPLETED step lists at least one series (PS3.4 F.7.2.2.2: Performed Series
-    Sequence is type 1 then); a DISCONTINUED one lists what was stored, if anything.
+    Sequence is type 1 then); a DISCONTINUED one lists what was stored, if anything,
+    and gives its reason as "Discontinued for unspecified reason" (CID 9300).
     """
     if status is StepStatus.IN_PROGRESS:
         raise ValueError("the final N-SET is COMPLETED or DISCONTINUED")
@@ -234,4 +238,8 @@ def final_dataset(
     ds.PerformedProcedureStepEndTime = tm(ended)
     ds.PerformedProtocolCodeSequence = _codes(protocol_codes)
     ds.PerformedSeriesSequence = Sequence(items)
+    if status is StepStatus.DISCONTINUED:
+        ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = _codes(
+            [_DISCONTINUED_UNSPECIFIED]
+        )
     return ds

@@ -156,6 +156,8 @@ async def test_a_session_that_ends_empty_is_discontinued_and_others_are_not_repo
         final = mpps_scp.messages()[1].dataset
         assert final.PerformedSeriesSequence == []
         assert final.PerformedProcedureStepEndDate
+        reason = final.PerformedProcedureStepDiscontinuationReasonCodeSequence[0]
+        assert (reason.CodeValue, reason.CodingSchemeDesignator) == ("110513", "DCM")
         assert step.acknowledged is StepStatus.DISCONTINUED
         assert await box.call(mq.get_step, typed_in) is None  # unscheduled: no MPPS
         await box.end(empty)  # ending again sends nothing more
