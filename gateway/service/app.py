@@ -241,6 +241,17 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             software_version=software_version(),
             station_name=config.gateway.id[:16],
         )
+        # MPPS (optional): the context stage reports a worklist session's first capture
+        # and its end to it (gateway.context.desk.ProcedureStepHooks); it sends them.
+        steps = None
+        if config.worklist is not None and config.worklist.mpps:
+            steps = ProcedureSteps(
+                ledger,
+                config.worklist,
+                config.gateway.ae_title,
+                bus,
+                station_name=identity.station_name,
+            )
 
         def wrapped() -> None:
             for forwarder in forwarders:
@@ -270,17 +281,7 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             forwarders=forwarders,
             bus=bus,
         )
-        # MPPS (optional): the session logic (gateway.context.stage) reports a worklist
-        # session's first capture and its end to it (ProcedureStepHooks).
-        steps = None
-        if config.worklist is not None and config.worklist.mpps:
-            steps = ProcedureSteps(
-                ledger,
-                config.worklist,
-                config.gateway.ae_title,
-                bus,
-                station_name=identity.station_name,
-            )
+        if steps is not None:
             gateway_state.sections["mpps"] = steps.status
         if not forwarders:
             log.warning("no destinations configured: captures are kept in the spool only")
