@@ -195,3 +195,26 @@ async def test_a_refused_step_is_recorded_and_not_retried(
         await until(lambda: len(box.events) == 2, "two events")
         assert box.events[1]["kind"] == ProcedureStepFailed.kind
         assert (box.events[1]["status"], box.events[1]["code"]) == ("COMPLETED", "refused")
+
+
+async def test_a_refused_n_create_is_recorded_and_its_end_is_not_sent(
+    tmp_path: Path, mpps_scp: MppsScp
+) -> None:
+    mpps_scp.refuse_create = 0x0120  # missing attribute: the RIS wants something else
+    mpps_scp.start()
+    async with running_box(tmp_path / "ledger.sqlite3", mpps_settings(mpps_scp.port)) as box:
+        session = await box.session()
+        spool_id, _ = await box.capture(session, new_uid())
+        await box.steps.first_capture(session)
+        await until(lambda: box.events, "the refusal")
+        await box.stored(spool_id)
+        await box.end(session)
+        await asyncio.sleep(1.0)
+        assert [(r.message, r.status) for r in mpps_scp.messages()] == [("N-CREATE", 0x0120)]
+        assert [(e["kind"], e["status"], e["code"]) for e in box.events] == [
+            (ProcedureStepFailed.kind, "IN PROGRESS", "refused")
+        ]
+        step = await box.step(session)
+        assert step.failed
+        assert step.acknowledged is None
+        assert box.steps.status()["failed"] == 1
