@@ -39,6 +39,9 @@ Kinds (fields beyond ``seq``, ``kind``, ``time``):
 ``captures_released``    count, how ("assigned"|"expired") — held captures left HELD
 ``worklist_refreshed``   items, ok — the worklist cache changed (count) or its SCP
                          became (un)reachable; counts only
+``procedure_step_reported``  session_id, status — the MPPS SCP acknowledged IN PROGRESS,
+                         COMPLETED or DISCONTINUED for a worklist session
+``procedure_step_failed``    session_id, status, code — the MPPS SCP refused it for good
 
 The bus also keeps the set of active alarms (from alarm_raised/alarm_cleared), so
 the state snapshot shows them with the time they were raised.
@@ -72,6 +75,8 @@ __all__ = [
     "Event",
     "EventBus",
     "EventSink",
+    "ProcedureStepFailed",
+    "ProcedureStepReported",
     "Scalar",
     "SessionEnded",
     "SessionOpened",
@@ -212,12 +217,34 @@ class CapturesReleased(Event):
     how: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WorklistRefreshed(Event):
     """The worklist cache now holds ``items``; ``ok``: the last refresh succeeded."""
 
     kind: ClassVar[str] = "worklist_refreshed"
     items: int
     ok: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcedureStepReported(Event):
+    """The MPPS SCP acknowledged a worklist session's step in ``status`` (IN PROGRESS,
+    COMPLETED or DISCONTINUED)."""
+
+    kind: ClassVar[str] = "procedure_step_reported"
+    session_id: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcedureStepFailed(Event):
+    """The MPPS SCP refused a session's step in ``status`` for good; ``code`` says why
+    (:class:`gateway.core.procedure_step.StepErrorCode`)."""
+
+    kind: ClassVar[str] = "procedure_step_failed"
+    session_id: int
+    status: str
+    code: str
 
 
 EVENT_KINDS: tuple[type[Event], ...] = (
@@ -234,6 +261,8 @@ EVENT_KINDS: tuple[type[Event], ...] = (
     CaptureHeld,
     CapturesReleased,
     WorklistRefreshed,
+    ProcedureStepReported,
+    ProcedureStepFailed,
 )
 """Every kind of event there is."""
 

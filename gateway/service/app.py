@@ -19,6 +19,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from gateway.context.mpps import ProcedureSteps
 from gateway.context.stage import ContextStage
 from gateway.context.worklist_source import WorklistSource
 from gateway.core.capture import GatewayIdentity
@@ -257,6 +258,17 @@ async def _run_locked(
             software_version=software_version(),
             station_name=config.gateway.id[:16],
         )
+        # MPPS (optional): the context stage reports a worklist session's first capture
+        # and its end to it (gateway.context.desk.ProcedureStepHooks); it sends them.
+        steps = None
+        if config.worklist is not None and config.worklist.mpps:
+            steps = ProcedureSteps(
+                ledger,
+                config.worklist,
+                config.gateway.ae_title,
+                bus,
+                station_name=identity.station_name,
+            )
 
         def wrapped() -> None:
             for forwarder in forwarders:
@@ -282,6 +294,7 @@ async def _run_locked(
             bus,
             wrapper.notify,
             reserve_spool_id,
+            steps=steps,
             worklist=worklist_source,
         )
         if on_context is not None:  # in-process tests reach the desk this way
@@ -311,6 +324,8 @@ async def _run_locked(
         # The worklist cache (refreshed from [worklist]'s SCP); sessions search it.
         if worklist_source is not None:
             gateway_state.sections["worklist"] = worklist_source.section
+        if steps is not None:
+            gateway_state.sections["mpps"] = steps.status
         if not forwarders:
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:
@@ -330,6 +345,8 @@ async def _run_locked(
             await supervisor.start("purge", Purger(ledger, dirs, config.spool).run)
             await supervisor.start("wrap", wrapper.run)
             await supervisor.start("context", context.run)  # holds expire
+            if steps is not None:
+                await supervisor.start("mpps", steps.run)
             await supervisor.start("status", board.run)
             if worklist_source is not None:  # ready once the cache is read, before a query
                 await supervisor.start("worklist", worklist_source.run)
