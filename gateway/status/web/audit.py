@@ -4,18 +4,38 @@ One line per reveal, appended and fsynced *before* the data is shown (no line, n
 data)::
 
     2026-11-30T23:59:01Z user=tech action=reveal spool_id=12
+    2026-11-30T23:59:40Z user=tech action=reveal spool_id=14 reason=quality_control
+    2026-11-30T23:59:55Z user=tech action=move spool_id=15 from_session=3 to_session=4
 
 Only the user name (validated by ``dermgate user add``: letters, digits, ``._-``),
-the action and the spool id: the audit log itself never holds patient data. The
-file is created with mode 0600.
+the action, the spool id and fixed-vocabulary details (a reveal's reason *category*
+from :data:`REVEAL_REASONS`, session ids): the audit log itself never holds patient
+data, nor free text. The file is created with mode 0600.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+
+#: The reason categories a reveal of a sensitive capture asks for (key: label).
+REVEAL_REASONS = {
+    "treatment": "Treatment",
+    "second_opinion": "Second opinion",
+    "quality_control": "Quality control",
+    "patient_request": "Patient request",
+    "other": "Other",
+}
+
+
+def _token(value: object) -> str:
+    return (
+        "".join(ch for ch in str(value) if ch.isascii() and (ch.isalnum() or ch in "._-"))[:32]
+        or "?"
+    )
 
 
 class AuditLog:
@@ -25,11 +45,20 @@ class AuditLog:
         self.path = path
         self._lock = threading.Lock()
 
-    def append(self, user: str, action: str, spool_id: int) -> str:
-        """Write one durable line; return it. Raises OSError."""
+    def append(
+        self,
+        user: str,
+        action: str,
+        spool_id: int,
+        detail: Mapping[str, str | int] | None = None,
+    ) -> str:
+        """Write one durable line; return it. Raises OSError. ``detail``: extra
+        ``key=value`` pairs of fixed vocabulary (reduced to letters, digits, ``._-``)."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        safe_user = "".join(ch for ch in user if ch.isalnum() or ch in "._-")[:32] or "?"
-        line = f"{stamp} user={safe_user} action={action} spool_id={int(spool_id)}\n"
+        extra = "".join(f" {_token(k)}={_token(v)}" for k, v in (detail or {}).items())
+        line = (
+            f"{stamp} user={_token(user)} action={_token(action)} spool_id={int(spool_id)}{extra}\n"
+        )
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
