@@ -178,6 +178,10 @@ class MemoryDesk:
         found = [s for s in self._sessions.values() if not open_only or s.closed_at is None]
         return sorted(found, key=lambda s: -s.id)
 
+    def view(self, session_id: int) -> SessionView:
+        """A session as it is now (for tests that cannot await)."""
+        return self._sessions[session_id]
+
     async def session(self, session_id: int) -> SessionView:
         if session_id not in self._sessions:
             raise ContextError(ContextErrorCode.NO_SUCH_SESSION, "No such session.")

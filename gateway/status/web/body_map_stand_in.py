@@ -31,7 +31,7 @@ class Site:
 @dataclass(frozen=True, slots=True)
 class Region:
     """A tappable region of the outline: ``view`` "front"/"back", a rectangle in the
-    120 x 170 view box, the site and the laterality it stands for."""
+    120 x 176 view box, the site and the laterality it stands for."""
 
     view: str
     x: float
@@ -62,13 +62,13 @@ _FRONT = [
     ("SkinOfAnteriorSurfaceOfThigh", 61, 94, 21, 34, _L),
     ("SkinOfAnteriorSurfaceOfLowerLeg", 38, 130, 21, 24, _R),
     ("SkinOfAnteriorSurfaceOfLowerLeg", 61, 130, 21, 24, _L),
-    ("SkinOfFoot", 34, 155, 25, 14, _R),
-    ("SkinOfFoot", 61, 155, 25, 14, _L),
+    ("SkinOfFoot", 34, 156, 25, 17, _R),
+    ("SkinOfFoot", 61, 156, 25, 17, _L),
 ]
 _BACK = [
     ("SkinOfScalp", 45, 2, 30, 26, _U),
-    ("SkinOfBack", 38, 32, 44, 32, _U),
-    ("SkinOfLowerBack", 38, 64, 44, 14, _U),
+    ("SkinOfBack", 38, 32, 44, 29, _U),
+    ("SkinOfLowerBack", 38, 61, 44, 17, _U),
     ("SkinOfButtock", 38, 78, 21, 16, _L),
     ("SkinOfButtock", 61, 78, 21, 16, _R),
     ("SkinOfPosteriorSurfaceOfUpperArm", 18, 32, 18, 40, _L),
@@ -79,8 +79,8 @@ _BACK = [
     ("SkinOfPosteriorSurfaceOfThigh", 61, 94, 21, 34, _R),
     ("SkinOfPosteriorSurfaceOfLowerLeg", 38, 130, 21, 24, _L),
     ("SkinOfPosteriorSurfaceOfLowerLeg", 61, 130, 21, 24, _R),
-    ("SkinOfFoot", 34, 155, 25, 14, _L),
-    ("SkinOfFoot", 61, 155, 25, 14, _R),
+    ("SkinOfFoot", 34, 156, 25, 17, _L),
+    ("SkinOfFoot", 61, 156, 25, 17, _R),
 ]
 
 

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from urllib.parse import quote
 
 from gateway.context.desk import HeldView, SessionView, WorklistEntry, WorklistStatus
-from gateway.core.capture import PatientContext
+from gateway.core.capture import Laterality, PatientContext
 from gateway.spool.capture_marks import SessionCapture
 from gateway.status.web.data import human_age
 from gateway.status.web.pages import _e, csrf_field, layout
 
 __all__ = [
     "SENSITIVE_MARK",
+    "SIDES",
     "device_path",
     "held_page",
     "move_confirm_page",
@@ -33,6 +34,13 @@ __all__ = [
 
 SENSITIVE_MARK = '<span class="sensitive" title="sensitive">Sensitive</span>'
 _SEX = {"F": "female", "M": "male", "O": "other"}
+#: Laterality as the page says it.
+SIDES = {
+    Laterality.RIGHT: "right",
+    Laterality.LEFT: "left",
+    Laterality.BOTH: "both sides",
+    Laterality.UNPAIRED: "midline",
+}
 
 
 def device_path(device: str) -> str:
@@ -76,7 +84,7 @@ def _lesion_line(view: SessionView) -> str:
     if view.lesion is None:
         return '<p class="lesion">No lesion chosen</p>'
     les = view.lesion
-    side = f" · {les.laterality.name.lower()}" if les.laterality else ""
+    side = f" · {SIDES[les.laterality]}" if les.laterality else ""
     return (
         f'<p class="lesion">Lesion <b>{_e(les.tracking_id)}</b> · '
         f"{_e(les.site_meaning or les.site or '')}{_e(side)}</p>"

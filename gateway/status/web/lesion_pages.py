@@ -17,17 +17,12 @@ from gateway.core.capture import Laterality
 
 # The lesion helper's gateway.context.body_map replaces this stand-in once merged.
 from gateway.status.web.body_map_stand_in import Region, Site, regions, sites
-from gateway.status.web.context_pages import SENSITIVE_MARK, patient_block
+from gateway.status.web.context_pages import SENSITIVE_MARK, SIDES, patient_block
 from gateway.status.web.pages import _e, csrf_field, layout
 
 __all__ = ["body_map_svg", "lesion_page", "session_page"]
 
-_SIDE = {
-    Laterality.RIGHT: "right",
-    Laterality.LEFT: "left",
-    Laterality.BOTH: "both sides",
-    Laterality.UNPAIRED: "midline",
-}
+_SIDE = SIDES
 
 
 def _lesion_text(les: LesionView) -> str:
@@ -102,7 +97,7 @@ def body_map_svg(view: SessionView) -> str:
         figures.append(
             f'<figure class="bodymap"><figcaption>{label} (patient\'s right is on the '
             f"{'left' if side == 'front' else 'right'})</figcaption>"
-            f'<svg viewBox="0 0 120 170" role="img" aria-label="{label} body map" '
+            f'<svg viewBox="0 0 120 176" role="img" aria-label="{label} body map" '
             f'xmlns="http://www.w3.org/2000/svg">{shapes}</svg></figure>'
         )
     return f'<div class="bodymaps">{"".join(figures)}</div>'
