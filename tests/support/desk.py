@@ -70,6 +70,7 @@ class MemoryDesk:
         self.held_views: dict[int, HeldView] = {}
         self.assigned: dict[int, int] = {}  # spool id -> session id
         self._next = 1
+        self.refreshes = 0
 
     # -- worklist
     def devices(self) -> list[str]:
@@ -100,6 +101,8 @@ class MemoryDesk:
         )
 
     async def refresh_worklist(self) -> WorklistStatus:
+        self.refreshes += 1
+        self.stale = False
         status = self.worklist_status()
         assert status is not None
         return status

@@ -8,11 +8,13 @@ context stage is on main. The phone layout is checked in Chromium
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sqlite3
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from gateway.context.desk import HeldView
 from gateway.core.context import SessionSource
@@ -120,7 +122,10 @@ def test_start_from_worklist_tells_look_alikes_apart_and_end(tmp_path: Path) -> 
     asyncio.run(scenario())
 
 
-def test_scan_typed_unidentified_and_refusals(tmp_path: Path) -> None:
+def test_scan_typed_unidentified_and_refusals(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     desk = MemoryDesk(["scope"], stale=True)
 
     async def scenario() -> None:
@@ -161,8 +166,20 @@ def test_scan_typed_unidentified_and_refusals(tmp_path: Path) -> None:
                 assert r.status == 403
             status, _ = await _page(session, f"{base}/devices/nosuch/start")
             assert status == 404
+            # Refresh the worklist on demand: back to the start page, no longer stale.
+            status, start, url = await _post(
+                session, f"{base}/worklist/refresh", start, {"back": "/devices/scope/start"}
+            )
+            assert url == f"{base}/devices/scope/start"
+            assert desk.refreshes == 1
+            assert "3 scheduled, updated 1 min ago." in start
 
     asyncio.run(scenario())
+    # The log names users, devices and session ids, never the patients.
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "opened session" in logged
+    for patient_data in ("PID003", "77001234", "X-9", "Smith", "Eve", "19900203", "ACC1003"):
+        assert patient_data not in logged
 
 
 def test_lesion_from_body_map_and_from_the_registry(tmp_path: Path) -> None:
@@ -351,7 +368,8 @@ def test_without_a_desk_there_are_no_patient_pages(tmp_path: Path) -> None:
             _, overview = await _page(session, base + "/")
             assert 'id="sessions"' not in overview
             for path in ("/held", "/devices/scope/start", "/sessions/1"):
-                status, _ = await _page(session, base + path)
+                status, text = await _page(session, base + path)
                 assert status == 404
+                assert "Patient sessions are not set up on this box" in text
 
     asyncio.run(scenario())

@@ -136,9 +136,18 @@ def sessions_fragment(
     )
 
 
-def _worklist_note(status: WorklistStatus | None, now: float) -> str:
+def _worklist_note(status: WorklistStatus | None, now: float, csrf: str, back: str) -> str:
     if status is None:
         return '<p class="notice">No worklist is configured: scan or type the patient in.</p>'
+    refresh = (
+        f'<form method="post" action="/worklist/refresh" class="refresh">{csrf_field(csrf)}'
+        f'<input type="hidden" name="back" value="{_e(back)}">'
+        '<button type="submit">Refresh the worklist now</button></form>'
+    )
+    return _worklist_status(status, now) + refresh
+
+
+def _worklist_status(status: WorklistStatus, now: float) -> str:
     age = status.age(now)
     if status.stale:
         when = "never fetched" if age is None else f"last updated {human_age(age)} ago"
@@ -168,9 +177,11 @@ def start_page(
     csrf: str,
     title: str = "",
     message: str = "",
+    back: str = "/",
 ) -> str:
     """Start a patient on ``device``: search the worklist and pick, scan, type in, or
-    unidentified. ``action`` receives the POST (with ``hidden`` fields and ``mode``)."""
+    unidentified. ``action`` receives the POST (with ``hidden`` fields and ``mode``);
+    ``back`` is where the worklist's refresh button returns to."""
     post = f'<form method="post" action="{_e(action)}">{csrf_field(csrf)}{_hidden(hidden)}'
     note = f'<p class="error" role="alert">{_e(message)}</p>' if message else ""
     items = "".join(
@@ -195,7 +206,7 @@ def start_page(
         worklist = ""
     body = (
         f'<section class="start"><h2>{_e(title or f"Start a patient on {device}")}</h2>{note}'
-        f"{_worklist_note(status, now)}"
+        f"{_worklist_note(status, now, csrf, back)}"
         f"<h3>From the worklist</h3>{worklist}"
         f'<h3>Scan</h3>{post}<input type="hidden" name="mode" value="scan">'
         '<label>Scan the barcode (or type it) <input name="code" id="scan" required '

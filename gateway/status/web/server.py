@@ -27,6 +27,7 @@ page and anything else gets 401):
 ``POST /sessions/ID/sensitive``  flag the session's following captures
 ``GET/POST /sessions/ID/move`` move its unsent captures to another session
                                (confirmation, audited)
+``POST /worklist/refresh``     ask the worklist server now
 ``GET /held``                  captures held for want of a patient
 ``GET/POST /held/start``       start a patient for the chosen held captures
 ``POST /held/assign``          assign them (to an open session or a new one)
@@ -143,6 +144,7 @@ class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes):
         r.add_post(session + "/sensitive", self.flag)
         r.add_get(session + "/move", self.move_form)
         r.add_post(session + "/move", self.move)
+        r.add_post("/worklist/refresh", self.refresh)
         r.add_get("/held", self.held)
         r.add_get("/held/start", self.held_start)
         r.add_post("/held/start", self.held_start)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from urllib.parse import urlencode
 
 from aiohttp import web
 from multidict import MultiDictProxy
@@ -119,7 +120,11 @@ class SessionRoutes(PageState):
 
     def _desk(self) -> ContextDesk:
         if self.desk is None:
-            raise web.HTTPNotFound(text="patient sessions are not enabled on this box\n")
+            page = pages.message_page(
+                "No patient sessions",
+                "Patient sessions are not set up on this box: captures are sent as they come.",
+            )
+            raise web.HTTPNotFound(text=page, content_type="text/html")
         return self.desk
 
     def _refused(self, request: web.Request, err: ContextError, back: str = "/") -> web.Response:
@@ -168,6 +173,7 @@ class SessionRoutes(PageState):
             csrf=s.csrf,
             title=title,
             message=message,
+            back=f"{search_action}?{urlencode(hidden)}" if hidden else search_action,
         )
         return _html(page, status)
 
@@ -205,6 +211,18 @@ class SessionRoutes(PageState):
             )
         log.info("user %s opened session %d on %s", request[SESSION_KEY].user, view.id, device)
         raise web.HTTPSeeOther(f"/sessions/{view.id}")
+
+    async def refresh(self, request: web.Request) -> web.StreamResponse:
+        """Ask the worklist server now; back to the page the button was on."""
+        form = await request.post()
+        back = _text(form, "back", 256)
+        if not back.startswith("/") or back.startswith("//"):
+            back = "/"
+        try:
+            await self._desk().refresh_worklist()
+        except ContextError as err:
+            return self._refused(request, err, back)
+        raise web.HTTPSeeOther(back)
 
     async def session_view(self, request: web.Request) -> web.Response:
         """One session: patient, lesion, sensitive flag, move, End."""
