@@ -98,6 +98,11 @@ def test_start_from_worklist_tells_look_alikes_apart_and_end(tmp_path: Path) -> 
             assert url.endswith("/sessions/1")
             assert "PID002" in text
             assert "Dermoscopy follow-up" in text
+            # Starting another patient on the device says who is open now.
+            _, again = await _page(session, f"{base}/devices/scope/start")
+            current = re.search(r'<div class="notice" id="current">.*?</div></div>', again)
+            assert current
+            assert "PID002" in current.group(0)
             view = await desk.session(1)
             assert view.source is SessionSource.WORKLIST
             assert view.patient.patient_id == "PID002"
@@ -114,6 +119,10 @@ def test_start_from_worklist_tells_look_alikes_apart_and_end(tmp_path: Path) -> 
             assert url == base + "/"
             assert overview.count("Start a patient") == 2
             assert (await desk.session(1)).closed_at is not None
+            _, ended = await _page(session, f"{base}/sessions/1")
+            assert "Ended " in ended
+            assert 'id="end"' not in ended
+            assert 'id="add-lesion"' not in ended
             # Ending it again is a plain message, not a 500.
             status, text, _ = await _post(session, f"{base}/sessions/1/end", overview, {})
             assert status == 409

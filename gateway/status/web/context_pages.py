@@ -178,12 +178,19 @@ def start_page(
     title: str = "",
     message: str = "",
     back: str = "/",
+    current: SessionView | None = None,
 ) -> str:
     """Start a patient on ``device``: search the worklist and pick, scan, type in, or
     unidentified. ``action`` receives the POST (with ``hidden`` fields and ``mode``);
-    ``back`` is where the worklist's refresh button returns to."""
+    ``back`` is where the worklist's refresh button returns to; ``current`` the
+    device's open session, which starting another one ends."""
     post = f'<form method="post" action="{_e(action)}">{csrf_field(csrf)}{_hidden(hidden)}'
     note = f'<p class="error" role="alert">{_e(message)}</p>' if message else ""
+    if current is not None:
+        note += (
+            f'<div class="notice" id="current">Open now on {_e(device)} (starting another '
+            f"patient ends it):{patient_block(current.patient, current.procedure)}</div>"
+        )
     items = "".join(
         f'<li>{post}<input type="hidden" name="mode" value="pick">'
         f'<input type="hidden" name="item" value="{_e(entry.key)}">'

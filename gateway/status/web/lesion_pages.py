@@ -34,8 +34,19 @@ def _lesion_text(les: LesionView) -> str:
 def session_page(
     view: SessionView, lesions: Sequence[LesionView], user: str, csrf: str, message: str = ""
 ) -> str:
-    """The session: patient, lesion choice, sensitive flag, move, End (at the bottom)."""
+    """The session: patient, lesion choice, sensitive flag, move, End (at the bottom).
+    An ended session shows the patient and "move" only."""
     note = f'<p class="notice" role="status">{_e(message)}</p>' if message else ""
+    if view.closed_at is not None:
+        body = (
+            f'<section class="session" data-session="{view.id}"><h2>{_e(view.device)}</h2>'
+            f"{note}{patient_block(view.patient, view.procedure, view.accession_number)}"
+            f"<p>Ended {_e(view.closed_at)} · {view.captures} capture(s)</p></section>"
+            f'<section class="bottom"><a class="button" href="/sessions/{view.id}/move">'
+            'Move unsent captures to another patient</a><a class="button" href="/">'
+            "Overview</a></section>"
+        )
+        return layout(f"Patient on {view.device}", body, user, csrf)
     chosen = view.lesion.id if view.lesion else None
     items = "".join(
         f'<li><form method="post" action="/sessions/{view.id}/lesion">{csrf_field(csrf)}'

@@ -137,7 +137,7 @@ def why_page(results: list[CheckResult], user: str, csrf: str) -> str:
 
 def spool_page(rows: list[SpoolRow], state: str | None, user: str, csrf: str) -> str:
     """Captures with state, age, device, reason; links to the actions."""
-    states = ["", "CAPTURED", "WRAPPED", "SENT", "COMMITTED", "PURGED", "QUARANTINED"]
+    states = ["", "HELD", "CAPTURED", "WRAPPED", "SENT", "COMMITTED", "PURGED", "QUARANTINED"]
     options = "".join(
         f'<option value="{s}"{" selected" if (state or "") == s else ""}>{s or "all"}</option>'
         for s in states

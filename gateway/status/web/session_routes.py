@@ -152,6 +152,11 @@ class SessionRoutes(PageState):
     ) -> web.Response:
         desk = self._desk()
         s = request[SESSION_KEY]
+        try:
+            open_now = await desk.sessions(open_only=True)
+        except ContextError:
+            open_now = []
+        current = next((v for v in open_now if v.device == device), None)
         search = request.query.get("q", "").strip()[:64]
         worklist = desk.worklist_status()
         entries = []
@@ -174,6 +179,7 @@ class SessionRoutes(PageState):
             title=title,
             message=message,
             back=f"{search_action}?{urlencode(hidden)}" if hidden else search_action,
+            current=current,
         )
         return _html(page, status)
 
