@@ -23,8 +23,9 @@ __all__ = ["CONTEXT_SINCE", "SessionCapture", "is_sensitive", "set_sensitive", "
 #: The schema version from which captures carry session, context and sensitivity.
 CONTEXT_SINCE = 6
 
-#: States in which nothing has left the box yet: a capture can still change session.
-_UNSENT = (CaptureState.CAPTURED, CaptureState.WRAPPED, CaptureState.HELD)
+#: States in which nothing has left the box and the capture can change session (as
+#: the context stage's assign accepts them: held, or wrapped and waiting to be sent).
+_UNSENT = (CaptureState.HELD, CaptureState.WRAPPED)
 
 
 @dataclass(frozen=True, slots=True)
