@@ -61,7 +61,7 @@ WORKLIST = [
 class MemoryDesk:
     """The desk's contract in memory (see the module docstring)."""
 
-    def __init__(self, devices: list[str], *, stale: bool = False) -> None:
+    def __init__(self, devices: list[str], *, stale: bool = False, lesions: bool = True) -> None:
         self._devices = devices
         self.items = list(WORKLIST)
         self.stale = stale
@@ -71,6 +71,7 @@ class MemoryDesk:
         self.assigned: dict[int, int] = {}  # spool id -> session id
         self._next = 1
         self.refreshes = 0
+        self.registry = lesions  # False: the stage before its lesion registry
 
     # -- worklist
     def devices(self) -> list[str]:
@@ -199,6 +200,8 @@ class MemoryDesk:
         return view
 
     async def lesions(self, session_id: int) -> list[LesionView]:
+        if not self.registry:
+            raise ContextError(ContextErrorCode.BAD_REQUEST, "lesions are not available yet")
         p = (await self.session(session_id)).patient
         return list(self._lesions.get((p.patient_id, p.issuer_of_patient_id), []))
 

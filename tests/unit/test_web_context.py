@@ -234,6 +234,24 @@ def test_lesion_from_body_map_and_from_the_registry(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_session_page_without_a_lesion_registry_still_shows_the_patient(tmp_path: Path) -> None:
+    desk = MemoryDesk(["scope"], lesions=False)
+
+    async def scenario() -> None:
+        async with served(_server(tmp_path, desk)) as (base, session):
+            await login(session, base)
+            _, start = await _page(session, f"{base}/devices/scope/start")
+            status, text, _ = await _post(
+                session, f"{base}/devices/scope/start", start, {"mode": "pick", "item": "3"}
+            )
+            assert status == 200
+            assert "PID003" in text
+            assert "lesions are not available yet" in text
+            assert 'id="end"' in text
+
+    asyncio.run(scenario())
+
+
 def test_held_captures_assigned_in_one_action(tmp_path: Path) -> None:
     desk = MemoryDesk(["scope", "scanner"])
     for sid in (11, 12, 13):

@@ -32,7 +32,12 @@ def _lesion_text(les: LesionView) -> str:
 
 
 def session_page(
-    view: SessionView, lesions: Sequence[LesionView], user: str, csrf: str, message: str = ""
+    view: SessionView,
+    lesions: Sequence[LesionView],
+    user: str,
+    csrf: str,
+    message: str = "",
+    lesion_note: str = "",
 ) -> str:
     """The session: patient, lesion choice, sensitive flag, move, End (at the bottom).
     An ended session shows the patient and "move" only."""
@@ -63,6 +68,7 @@ def session_page(
         if view.lesion
         else '<p id="current-lesion">Now: no lesion chosen</p>'
     )
+    problem = f'<p class="error" role="alert">{_e(lesion_note)}</p>' if lesion_note else ""
     flag = "0" if view.sensitive else "1"
     flag_text = "Sensitive: on (tap to turn off)" if view.sensitive else "Mark as sensitive"
     body = (
@@ -71,6 +77,7 @@ def session_page(
         f"{SENSITIVE_MARK if view.sensitive else ''}"
         f"<p>{view.captures} capture(s) so far · opened {_e(view.opened_at)}</p></section>"
         f'<section class="lesions"><h3>Lesion for the next captures</h3>{now}'
+        f"{problem}"
         f'<ul class="picklist">{items or "<li>No lesion recorded for this patient yet.</li>"}'
         f'</ul><a class="button" id="add-lesion" href="/sessions/{view.id}/lesion">'
         "Add a lesion (body map)</a></section>"

@@ -237,10 +237,14 @@ class SessionRoutes(PageState):
         sid = _session_id(request)
         try:
             view = await desk.session(sid)
-            lesions = await desk.lesions(sid)
         except ContextError as err:
             return self._refused(request, err)
-        return _html(lesion_pages.session_page(view, lesions, s.user, s.csrf))
+        try:
+            lesions = await desk.lesions(sid)
+            note = ""
+        except ContextError as err:  # the patient is still shown, with why no lesions
+            lesions, note = [], err.message
+        return _html(lesion_pages.session_page(view, lesions, s.user, s.csrf, lesion_note=note))
 
     async def end(self, request: web.Request) -> web.StreamResponse:
         """End a session; back to the overview."""
