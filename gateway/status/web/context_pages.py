@@ -138,7 +138,9 @@ def sessions_fragment(
 
 def _worklist_note(status: WorklistStatus | None, now: float, csrf: str, back: str) -> str:
     if status is None:
-        return '<p class="notice">No worklist is configured: scan or type the patient in.</p>'
+        return (
+            '<p class="notice">No worklist server is configured: scan or type the patient in.</p>'
+        )
     refresh = (
         f'<form method="post" action="/worklist/refresh" class="refresh">{csrf_field(csrf)}'
         f'<input type="hidden" name="back" value="{_e(back)}">'
@@ -199,7 +201,7 @@ def start_page(
         "</button></form></li>"
         for entry in entries
     )
-    if status is not None:
+    if status is not None or entries or search:
         found = items or f"<li>{'No match' if search else 'Nothing scheduled'}</li>"
         worklist = (
             f'<form method="get" action="{_e(search_action)}" class="search">'

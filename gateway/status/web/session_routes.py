@@ -160,11 +160,10 @@ class SessionRoutes(PageState):
         search = request.query.get("q", "").strip()[:64]
         worklist = desk.worklist_status()
         entries = []
-        if worklist is not None:
-            try:
-                entries = await desk.worklist(search)
-            except ContextError as err:
-                message = message or err.message
+        try:  # a cache may hold items even while no worklist client runs
+            entries = await desk.worklist(search)
+        except ContextError as err:
+            message = message or err.message
         page = context_pages.start_page(
             device,
             action=action,
