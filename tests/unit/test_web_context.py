@@ -142,6 +142,8 @@ def test_scan_typed_unidentified_and_refusals(
             await login(session, base)
             _, start = await _page(session, f"{base}/devices/scope/start")
             assert "The worklist is stale: last updated 2 h 0 min ago" in start
+            _, overview = await _page(session, f"{base}/")
+            assert "The worklist is stale: last updated 2 h 0 min ago" in overview
             url = f"{base}/devices/scope/start"
             await _post(session, url, start, {"mode": "scan", "code": "ACC1003"})
             assert (await desk.sessions())[0].patient.patient_id == "PID003"

@@ -99,10 +99,16 @@ def _end_form(view: SessionView, csrf: str) -> str:
 
 
 def sessions_fragment(
-    devices: Sequence[str], sessions: Sequence[SessionView], held: int, csrf: str, error: str = ""
+    devices: Sequence[str],
+    sessions: Sequence[SessionView],
+    held: int,
+    csrf: str,
+    error: str = "",
+    worklist: WorklistStatus | None = None,
+    now: float = 0.0,
 ) -> str:
     """Per device: the open session (patient, procedure, lesion) with "End", or
-    "Start a patient"; and how many captures wait for a patient."""
+    "Start a patient"; how many captures wait for a patient; a stale worklist."""
     by_device = {s.device: s for s in sessions if s.closed_at is None}
     cards = []
     for device in devices:
@@ -125,6 +131,8 @@ def sessions_fragment(
             f"{inner}</div>"
         )
     note = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
+    if worklist is not None and worklist.stale:
+        note += _worklist_status(worklist, now)
     waiting = (
         f'<a class="button held" href="/held">{held} capture(s) held: waiting for a patient</a>'
         if held

@@ -115,7 +115,7 @@ def body_map_svg(view: SessionView) -> str:
         figures.append(
             f'<figure class="bodymap"><figcaption>{label} (patient\'s right is on the '
             f"{'left' if side == 'front' else 'right'})</figcaption>"
-            f'<svg viewBox="0 0 120 176" role="img" aria-label="{label} body map" '
+            f'<svg viewBox="0 0 120 176" role="group" aria-label="{label} body map" '
             f'xmlns="http://www.w3.org/2000/svg">{shapes}</svg></figure>'
         )
     return f'<div class="bodymaps">{"".join(figures)}</div>'

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 
 from aiohttp import web
 
@@ -42,7 +43,14 @@ class OverviewRoutes(PageState):
             held = len(await self.desk.held())
         except ContextError as err:
             return context_pages.sessions_fragment(self.desk.devices(), [], 0, csrf, err.message)
-        return context_pages.sessions_fragment(self.desk.devices(), sessions, held, csrf)
+        return context_pages.sessions_fragment(
+            self.desk.devices(),
+            sessions,
+            held,
+            csrf,
+            worklist=self.desk.worklist_status(),
+            now=time.time(),
+        )
 
     # ----------------------------------------------------------------- pages
 
