@@ -2,7 +2,9 @@
 
 One module per IOD family (:mod:`.dermoscopy`, :mod:`.photo`, :mod:`.confocal`,
 :mod:`.confocal_sc`, :mod:`.surface`), each starting from the modules they share
-(:mod:`.modules`, :func:`~.modules.new_instance`); JPEG encapsulation
+(:mod:`.modules`, :func:`~.modules.new_instance`) and writing the capture's
+patient/order/lesion context into it (:mod:`.context`; :mod:`.retarget` rewrites a
+written object with another context); JPEG encapsulation
 (:mod:`.jpeg`); the one Part 10 writer every builder uses (:mod:`.part10`); and
 the one module that picks the writer for a capture (:mod:`.writers`), used by the
 wrapping stage and by intake's inline JPEG path. Pure builders: no ledger, no
@@ -13,6 +15,7 @@ __all__ = [
     "confocal",
     "confocal_sc",
     "confocal_stack",
+    "context",
     "dermoscopy",
     "elements",
     "errors",
@@ -22,6 +25,7 @@ __all__ = [
     "modules",
     "part10",
     "photo",
+    "retarget",
     "surface",
     "writers",
 ]
