@@ -28,6 +28,7 @@ from aiohttp import web
 from playwright.sync_api import Page, expect, sync_playwright
 
 from gateway.context.desk import HeldView
+from gateway.core.capture import Laterality
 from gateway.status.web.server import WebServer
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, PHONE, phone_problems
 from tests.support.desk import MemoryDesk
@@ -117,22 +118,24 @@ def test_patient_pages_on_a_phone(tmp_path: Path) -> None:
             expect(page.locator(".session")).to_contain_text("PID002")
             _fits(page, "session")
 
-            # A lesion by tapping the body map (the back), then confirm.
+            # A lesion by tapping the body map (the left upper back), then confirm.
             page.locator("#add-lesion").tap()
             expect(page).to_have_url(f"{base}/sessions/1/lesion")
             _fits(page, "lesion: body map")
             page.screenshot(path=str(shots / "phone-body-map.png"))
-            page.locator('a.region[data-site="SCT:66643007"]').first.tap()
-            expect(page.locator("#new-lesion")).to_contain_text("Skin of back")
+            page.locator('a.bm-region[data-key="back-upper-back-L"]').tap()
+            expect(page.locator("#new-lesion")).to_contain_text("Skin of back of upper thoracic")
+            expect(page.locator('select[name="laterality"]')).to_have_value("L")
             _fits(page, "lesion: confirm")
             page.fill('input[name="description"]', "below left shoulder blade")
             page.locator("#add").tap()
             expect(page.locator("#current-lesion")).to_contain_text("L01")
-            expect(page.locator("#current-lesion")).to_contain_text("Skin of back")
+            expect(page.locator("#current-lesion")).to_contain_text("upper thoracic region · left")
             assert desk.assigned == {}
             lesion = desk.view(1).lesion
             assert lesion is not None
-            assert lesion.site == "66643007"
+            assert lesion.site == "699893008"
+            assert lesion.laterality is Laterality.LEFT
             assert lesion.description == "below left shoulder blade"
 
             # Flag the session as sensitive.

@@ -27,9 +27,9 @@ from gateway.context.desk import (
     TypedPatient,
     Unidentified,
 )
+from gateway.context.sites import site as find_site
 from gateway.core.capture import PatientContext
 from gateway.core.context import SessionSource, WorklistEntry, WorklistStatus
-from gateway.status.web.body_map_stand_in import sites
 
 
 def _now() -> str:
@@ -217,12 +217,12 @@ class MemoryDesk:
                 raise ContextError(ContextErrorCode.BAD_LESION, "This patient has no such lesion.")
             lesion = found[0]
         else:
-            site = next((s for s in sites() if s.code == request.site), None)
+            site = find_site(request.site or "")
             if site is None:
                 raise ContextError(ContextErrorCode.UNKNOWN_SITE, "Unknown anatomic site.")
             lesion = LesionView(
                 len(registry) + 1 + 1000 * session_id, f"L{len(registry) + 1:02d}",
-                f"2.25.{time.time_ns()}", site.code.split(":")[1], site.code.split(":")[0],
+                f"2.25.{time.time_ns()}", site.value, site.scheme,
                 site.meaning, request.laterality, request.description,
             )  # fmt: skip
             registry.append(lesion)

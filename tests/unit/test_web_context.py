@@ -204,15 +204,18 @@ def test_lesion_from_body_map_and_from_the_registry(tmp_path: Path) -> None:
                 session, f"{base}/devices/scope/start", start, {"mode": "pick", "item": "1"}
             )
             _, page = await _page(session, f"{base}/sessions/1/lesion")
-            assert page.count('class="region"') >= 20
+            assert page.count('class="bm-region"') >= 40
             assert "<svg" in page
-            region = re.search(r'<a href="([^"]+)" class="region" data-site="SCT:66643007"', page)
-            assert region, "the back is a region of the body map"
+            region = re.search(
+                r'<a class="bm-region" href="([^"]+)" [^>]*data-key="back-upper-back-L"', page
+            )
+            assert region, "the left upper back is a region of the body map"
             _, confirm = await _page(session, base + region.group(1).replace("&amp;", "&"))
-            assert "New lesion: Skin of back" in confirm
+            assert "New lesion: Skin of back of upper thoracic region" in confirm
+            assert '<option value="L" selected>' in confirm
             status, text, url = await _post(
                 session, f"{base}/sessions/1/lesion", confirm,
-                {"site": "SCT:66643007", "laterality": "U", "description": "left of spine"},
+                {"site": "SCT:699893008", "laterality": "L", "description": "left of spine"},
             )  # fmt: skip
             assert url.endswith("/sessions/1")
             assert "Now: <b>L01</b>" in text

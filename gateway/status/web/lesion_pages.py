@@ -9,14 +9,16 @@ confirmation form then adds the lesion with a POST carrying the CSRF token.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from urllib.parse import urlencode
 
+from gateway.context import body_map
+from gateway.context.body_map import BodyRegion
 from gateway.context.desk import LesionView, SessionView
+from gateway.context.sites import Site, search_sites
+from gateway.context.sites import site as find_site
 from gateway.core.capture import Laterality
-
-# The lesion helper's gateway.context.body_map replaces this stand-in once merged.
-from gateway.status.web.body_map_stand_in import Region, Site, regions, sites
 from gateway.status.web.context_pages import SENSITIVE_MARK, SIDES, patient_block
 from gateway.status.web.pages import _e, csrf_field, layout
 
@@ -95,30 +97,24 @@ def session_page(
     return layout(f"Patient on {view.device}", body, user, csrf)
 
 
-def _href(view: SessionView, region: Region) -> str:
-    query = urlencode({"site": region.site.code, "laterality": region.laterality.value})
+def _href(view: SessionView, region: BodyRegion) -> str:
+    query = urlencode({"site": region.site_ref, "laterality": region.laterality.value})
     return f"/sessions/{view.id}/lesion?{query}"
 
 
 def body_map_svg(view: SessionView) -> str:
-    """Front and back outlines; each region a link choosing its site and laterality."""
-    figures = []
-    for side, label in (("front", "Front"), ("back", "Back")):
-        shapes = "".join(
-            f'<a href="{_e(_href(view, r))}" class="region" data-site="{_e(r.site.code)}" '
-            f'data-laterality="{r.laterality.value}" aria-label="{_e(r.site.meaning)}, '
-            f'{_SIDE[r.laterality]}"><title>{_e(r.site.meaning)}, {_SIDE[r.laterality]}</title>'
-            f'<rect x="{r.x}" y="{r.y}" width="{r.w}" height="{r.h}" rx="4"></rect></a>'
-            for r in regions()
-            if r.view == side
-        )
-        figures.append(
-            f'<figure class="bodymap"><figcaption>{label} (patient\'s right is on the '
-            f"{'left' if side == 'front' else 'right'})</figcaption>"
-            f'<svg viewBox="0 0 120 176" role="group" aria-label="{label} body map" '
-            f'xmlns="http://www.w3.org/2000/svg">{shapes}</svg></figure>'
-        )
-    return f'<div class="bodymaps">{"".join(figures)}</div>'
+    """Front and back outlines (:mod:`gateway.context.body_map`); each region a link
+    choosing its site and laterality."""
+    href = functools.partial(_href, view)
+    front = body_map.body_map_svg("front", href=href)
+    back = body_map.body_map_svg("back", href=href)
+    figures = (
+        f'<figure class="bodymap">{front}<figcaption>Front: the patient\'s right is on your '
+        "left</figcaption></figure>"
+        f'<figure class="bodymap">{back}<figcaption>Back: the patient\'s right is on your '
+        "right</figcaption></figure>"
+    )
+    return f'<div class="bodymaps">{figures}</div>'
 
 
 def _confirm_form(view: SessionView, site: Site, laterality: str, csrf: str) -> str:
@@ -130,7 +126,7 @@ def _confirm_form(view: SessionView, site: Site, laterality: str, csrf: str) -> 
     return (
         f'<section class="confirm" id="new-lesion"><h3>New lesion: {_e(site.meaning)}</h3>'
         f'<form method="post" action="/sessions/{view.id}/lesion">{csrf_field(csrf)}'
-        f'<input type="hidden" name="site" value="{_e(site.code)}">'
+        f'<input type="hidden" name="site" value="{_e(site.ref)}">'
         f'<label>Side <select name="laterality">{options}</select></label>'
         '<label>Description (optional) <input name="description" maxlength="64" '
         'autocomplete="off"></label>'
@@ -160,12 +156,12 @@ def lesion_page(
 ) -> str:
     """Add a lesion: tap the body map or search the site list; then confirm."""
     note = f'<p class="error" role="alert">{_e(message)}</p>' if message else ""
-    chosen = next((s for s in sites() if s.code == site), None) if site else None
+    chosen = find_site(site) if site else None
     confirm = _confirm_form(view, chosen, laterality, csrf) if chosen else ""
-    found = sites(find)
+    found = search_sites(find)
     listing = "".join(
         f'<li><a class="site" href="/sessions/{view.id}/lesion?'
-        f'{_e(urlencode({"site": s.code, "find": find}))}">{_e(s.meaning)}</a></li>'
+        f'{_e(urlencode({"site": s.ref, "find": find}))}">{_e(s.meaning)}</a></li>'
         for s in found
     )
     body = (
