@@ -260,7 +260,9 @@ def test_session_page_without_a_lesion_registry_still_shows_the_patient(tmp_path
 def test_held_captures_assigned_in_one_action(tmp_path: Path) -> None:
     desk = MemoryDesk(["scope", "scanner"])
     for sid in (11, 12, 13):
-        desk.held_views[sid] = HeldView(sid, "scanner", "2026-12-06 09:0{sid}", "no patient session on scanner", None)  # fmt: skip
+        desk.held_views[sid] = HeldView(
+            sid, "scanner", f"2026-12-06 09:{sid}", "no patient session on scanner", "10:00"
+        )
 
     async def scenario() -> None:
         async with served(_server(tmp_path, desk)) as (base, session):
@@ -273,6 +275,7 @@ def test_held_captures_assigned_in_one_action(tmp_path: Path) -> None:
             )
             _, held = await _page(session, base + "/held")
             assert "no patient session on scanner" in held
+            assert "temporary patient ID from 10:00" in held
             assert "Ødegård" in held
             status, held, _ = await _post(
                 session, f"{base}/held/assign", held, [("spool", "11"), ("spool", "12"), ("session", "1")]

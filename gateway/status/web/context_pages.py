@@ -247,6 +247,12 @@ def start_page(
     return layout("Start a patient", body, user, csrf)
 
 
+def _expiry(h: HeldView) -> str:
+    if not h.expires_at:
+        return ""
+    return f" · sent with a temporary patient ID from {h.expires_at} if not assigned"
+
+
 def held_page(
     held: Sequence[HeldView],
     sessions: Sequence[SessionView],
@@ -261,7 +267,7 @@ def held_page(
         f'<li><label class="check" data-id="{h.spool_id}">'
         f'<input type="checkbox" name="spool" value="{h.spool_id}">'
         f"<span><b>#{h.spool_id}</b> {_e(h.device)} · {_e(h.received_at)}"
-        f"<br><small>{_e(h.reason)}</small></span></label></li>"
+        f"<br><small>{_e(h.reason)}{_e(_expiry(h))}</small></span></label></li>"
         for h in held
     )
     targets = "".join(
