@@ -61,7 +61,9 @@ WORKLIST = [
 class MemoryDesk:
     """The desk's contract in memory (see the module docstring)."""
 
-    def __init__(self, devices: list[str], *, stale: bool = False, lesions: bool = True) -> None:
+    def __init__(
+        self, devices: list[str], *, stale: bool = False, lesions: bool = True, client: bool = True
+    ) -> None:
         self._devices = devices
         self.items = list(WORKLIST)
         self.stale = stale
@@ -72,6 +74,7 @@ class MemoryDesk:
         self._next = 1
         self.refreshes = 0
         self.registry = lesions  # False: the stage before its lesion registry
+        self.client = client  # False: no worklist client runs (the cache may hold items)
 
     # -- worklist
     def devices(self) -> list[str]:
@@ -92,6 +95,8 @@ class MemoryDesk:
         ]
 
     def worklist_status(self) -> WorklistStatus | None:
+        if not self.client:
+            return None
         ok = time.time() - (7200 if self.stale else 60)
         return WorklistStatus(
             len(self.items),

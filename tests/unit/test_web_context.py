@@ -193,6 +193,26 @@ def test_scan_typed_unidentified_and_refusals(
         assert patient_data not in logged
 
 
+def test_a_scanned_accession_number_opens_its_order_even_without_a_worklist_client(
+    tmp_path: Path,
+) -> None:
+    desk = MemoryDesk(["scope"], client=False)
+
+    async def scenario() -> None:
+        async with served(_server(tmp_path, desk)) as (base, session):
+            await login(session, base)
+            _, start = await _page(session, f"{base}/devices/scope/start")
+            assert "No worklist server is configured" in start
+            await _post(
+                session, f"{base}/devices/scope/start", start, {"mode": "scan", "code": "ACC1002"}
+            )
+            view = (await desk.sessions())[0]
+            assert view.source is SessionSource.WORKLIST
+            assert view.patient.patient_id == "PID002"  # not "ACC1002" as a Patient ID
+
+    asyncio.run(scenario())
+
+
 def test_lesion_from_body_map_and_from_the_registry(tmp_path: Path) -> None:
     desk = MemoryDesk(["scope"])
 

@@ -93,13 +93,12 @@ async def session_request(desk: ContextDesk, form: FormData) -> SessionRequest:
         code = _text(form, "code", 128)
         if not code:
             raise ContextError(ContextErrorCode.BAD_REQUEST, "Nothing was scanned.")
-        if desk.worklist_status() is not None:
-            try:
-                entries = await desk.worklist(code)
-            except ContextError:
-                entries = []
-            if any(e.accession_number == code for e in entries):
-                return Scanned(accession_number=code)
+        try:  # the cache, even while no worklist client runs
+            entries = await desk.worklist(code)
+        except ContextError:
+            entries = []
+        if any(e.accession_number == code for e in entries):
+            return Scanned(accession_number=code)
         return Scanned(patient_id=code)
     if mode == "typed":
         return _typed(form)
