@@ -7,8 +7,9 @@ patient/order/lesion context into it (:mod:`.context`; :mod:`.retarget` rewrites
 written object with another context); JPEG encapsulation
 (:mod:`.jpeg`); the one Part 10 writer every builder uses (:mod:`.part10`); and
 the one module that picks the writer for a capture (:mod:`.writers`), used by the
-wrapping stage and by intake's inline JPEG path. Pure builders: no ledger, no
-network.
+wrapping stage and by intake's inline JPEG path; the Modality Performed Procedure
+Step datasets (:mod:`.mpps`); and the pynetdicom settings every DIMSE user of the
+box shares (:mod:`.network`). Pure builders: no ledger, no network.
 """
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "job",
     "jpeg",
     "modules",
+    "mpps",
+    "network",
     "part10",
     "photo",
     "retarget",

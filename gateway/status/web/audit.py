@@ -9,8 +9,8 @@ data)::
 
 Only the user name (validated by ``dermgate user add``: letters, digits, ``._-``),
 the action, the spool id and fixed-vocabulary details (a reveal's reason *category*
-from :data:`REVEAL_REASONS`, session ids): the audit log itself never holds patient
-data, nor free text. The file is created with mode 0600.
+from :data:`REVEAL_REASONS`, session ids, counts): the audit log itself never holds
+patient data, nor free text. The file is created with mode 0600.
 """
 
 from __future__ import annotations
@@ -31,11 +31,8 @@ REVEAL_REASONS = {
 }
 
 
-def _token(value: object) -> str:
-    return (
-        "".join(ch for ch in str(value) if ch.isascii() and (ch.isalnum() or ch in "._-"))[:32]
-        or "?"
-    )
+def _safe(text: str) -> str:
+    return "".join(ch for ch in text if ch.isascii() and (ch.isalnum() or ch in "._-"))[:32]
 
 
 class AuditLog:
@@ -52,13 +49,18 @@ class AuditLog:
         spool_id: int,
         detail: Mapping[str, str | int] | None = None,
     ) -> str:
-        """Write one durable line; return it. Raises OSError. ``detail``: extra
-        ``key=value`` pairs of fixed vocabulary (reduced to letters, digits, ``._-``)."""
+        """Write one durable line about a capture; return it. Raises OSError.
+        ``detail``: extra ``key=value`` pairs of fixed vocabulary after the spool id."""
+        return self.append_fields(user, action, {"spool_id": int(spool_id), **(detail or {})})
+
+    def append_fields(self, user: str, action: str, fields: Mapping[str, int | str]) -> str:
+        """Write one durable line with ``fields`` after the action (e.g. a reveal of
+        the worklist: ``items=12 reason=care``); values are ids, counts or fixed
+        words, never patient data (reduced to ``[A-Za-z0-9._-]``). Raises OSError."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        extra = "".join(f" {_token(k)}={_token(v)}" for k, v in (detail or {}).items())
-        line = (
-            f"{stamp} user={_token(user)} action={_token(action)} spool_id={int(spool_id)}{extra}\n"
-        )
+        safe_user = _safe(user) or "?"
+        extra = " ".join(f"{_safe(k)}={_safe(str(v))}" for k, v in fields.items())
+        line = f"{stamp} user={safe_user} action={_safe(action)} {extra}".rstrip() + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -57,10 +57,10 @@ class PageState:
         captures, lesions; None: the page has no patient pages)."""
         assert config.web is not None
         self.config = config
+        self.desk = desk
         self.web: WebSettings = config.web
         self.snapshot = snapshot
         self.poke = poke
-        self.desk = desk
         self.dirs = SpoolDirs(config.spool_dir())
         self.sessions = Sessions(self.web.session_lifetime)
         self.lockout = Lockout(
@@ -109,6 +109,7 @@ class PageState:
             destinations=overlaid,
             devices=list(doc.get("devices", [])),
             alarms=list(doc.get("alarms", [])),
+            worklist=dict(doc.get("worklist") or {}),
         )
 
     # ----------------------------------------------------------------- logins
