@@ -1,14 +1,14 @@
 """The technicians' patient pages on a phone: Debian's Chromium (Playwright) at
-375 x 812 against the page served over real HTTP.
+375 x 812 against the page served over real HTTP, on the real context stage
+(tests.support.context.ContextRig: ledger, intake, wrapper, ContextStage).
 
 Every page must fit the screen (no horizontal scrolling) with touch targets of at
 least 44 x 44 px, and the flows work by tapping: start a patient from the worklist
 (look-alikes told apart), a scan from a keyboard wedge (text + Enter), choose a
 lesion by tapping the body map, flag the session, End; assign held captures; move an
-unsent capture (confirmed, audited); flag a capture and reveal it with a reason.
+unsent capture (confirmed, audited); reveal a flagged capture with a reason.
 
-The desk is tests.support.desk.MemoryDesk until the context stage is on main. The
-screenshots for the README are taken here: with ``DERMGATE_UPDATE_SCREENSHOTS=1``
+The screenshots for the README are taken here: with ``DERMGATE_UPDATE_SCREENSHOTS=1``
 they replace docs/img/phone-*.png (otherwise they go to a temporary folder).
 Chromium missing makes this test fail, never skip.
 """
@@ -19,49 +19,66 @@ import asyncio
 import contextlib
 import os
 import re
-import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from aiohttp import web
 from playwright.sync_api import Page, expect, sync_playwright
 
-from gateway.context.desk import HeldView
-from gateway.core.capture import Laterality
+from gateway.core.capture import CaptureOffer, Laterality
+from gateway.demo.local_orthanc import free_port
 from gateway.status.web.server import WebServer
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, PHONE, phone_problems
-from tests.support.desk import MemoryDesk
+from tests.support.context import CAMERA, ContextRig, item, jpeg
 from tests.support.paths import REPO_ROOT
-from tests.support.web import PASSWORD, SEEDED_NAME, add_user, seed_spool, web_config
+from tests.support.web import PASSWORD, add_user
 
 DOC_IMAGES = REPO_ROOT / "docs" / "img"
+T = TypeVar("T")
+
+
+class Served:
+    """The page and its context rig on a thread with their own event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, rig: ContextRig, server: WebServer) -> None:
+        self.loop, self.rig, self.server = loop, rig, server
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the page's loop (the rig's objects belong to it)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
 
 
 @contextlib.contextmanager
-def serving(server: WebServer) -> Iterator[str]:
-    """Serve ``server``'s app from a thread with its own event loop; yield its URL."""
+def serving(build: Callable[[], Awaitable[tuple[ContextRig, WebServer]]]) -> Iterator[Served]:
+    """Build the rig and the page on a thread of their own and serve the page."""
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=1.0)
-    host, port = server.web.host_port()
     ready = threading.Event()
+    built: list[Served] = []
 
     def run() -> None:
         asyncio.set_event_loop(loop)
+        rig, server = loop.run_until_complete(build())
+        runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=1.0)
         loop.run_until_complete(runner.setup())
+        host, port = server.web.host_port()
         loop.run_until_complete(web.TCPSite(runner, host, port).start())
+        built.append(Served(loop, rig, server))
         ready.set()
         loop.run_forever()
         loop.run_until_complete(runner.cleanup())
+        rig.close()
         loop.close()
 
     thread = threading.Thread(target=run, name="page")
     thread.start()
-    assert ready.wait(30), "the page did not start"
+    assert ready.wait(60), "the page did not start"
+    served = built[0]
     try:
-        yield f"http://{host}:{port}"
+        yield served
     finally:
-        loop.call_soon_threadsafe(server._closing.set)  # ends the live overview streams
+        loop.call_soon_threadsafe(served.server._closing.set)  # ends live overview streams
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
 
@@ -73,20 +90,36 @@ def _fits(page: Page, what: str) -> None:
 
 def test_patient_pages_on_a_phone(tmp_path: Path) -> None:
     assert CHROMIUM.exists(), "Debian's chromium is missing: run scripts/setup.sh --test"
-    config = web_config(tmp_path)
-    add_user(config)
-    wrapped, _ = seed_spool(config)
-    desk = MemoryDesk(["dermatoscope", "scanner"])
-    for sid, minute in ((101, 2), (102, 3)):
-        desk.held_views[sid] = HeldView(
-            sid, "scanner", f"2026-12-06 09:0{minute}", "no patient session on scanner", None
-        )
-    server = WebServer(config, desk=desk)
+
+    async def build() -> tuple[ContextRig, WebServer]:
+        web_section = f'\n[web]\nlisten = "127.0.0.1:{free_port()}"\n'
+        rig = ContextRig(tmp_path, hold=3600, extra=web_section)
+        rig.set_worklist([
+            item(1, patient_id="PID001", name="Müller^Anna", accession="ACC1001",
+                 study_uid="1.2.826.0.1.3680043.10.9.1", birth_date="19800101",
+                 procedure="Mole check"),
+            item(2, patient_id="PID002", name="Müller^Anna", accession="ACC1002",
+                 study_uid="1.2.826.0.1.3680043.10.9.2", birth_date="19800110",
+                 procedure="Dermoscopy follow-up"),
+            item(3, patient_id="PID003", name="Ødegård^Jon", accession="ACC1003",
+                 study_uid="1.2.826.0.1.3680043.10.9.3", birth_date="19550505", sex="M",
+                 procedure="Total body photography"),
+        ])  # fmt: skip
+        add_user(rig.config)
+        return rig, WebServer(rig.config, desk=rig.stage)
+
     update = os.environ.get("DERMGATE_UPDATE_SCREENSHOTS") == "1"
     shots = DOC_IMAGES if update else tmp_path / "img"
     shots.mkdir(parents=True, exist_ok=True)
 
-    with serving(server) as base, sync_playwright() as pw:
+    with serving(build) as served, sync_playwright() as pw:
+        rig, server = served.rig, served.server
+        host, port = server.web.host_port()
+        base = f"http://{host}:{port}"
+        # Two captures on the camera while nobody is open there: held.
+        for n in (1, 2):
+            offer = CaptureOffer(device_capture_id=f"held-{n}")
+            served.run(rig.capture("camera", CAMERA, offer, jpeg(n)))
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
@@ -102,9 +135,9 @@ def test_patient_pages_on_a_phone(tmp_path: Path) -> None:
             _fits(page, "overview")
 
             # Start a patient from the worklist: the two Anna Müllers told apart.
-            card = page.locator('.device-session[data-device="dermatoscope"]')
+            card = page.locator('.device-session[data-device="scope"]')
             card.get_by_text("Start a patient").tap()
-            expect(page.locator("h2")).to_have_text("Start a patient on dermatoscope")
+            expect(page.locator("h2")).to_have_text("Start a patient on scope")
             _fits(page, "start a patient")
             page.fill('input[name="q"]', "müller")
             page.get_by_role("button", name="Search").tap()
@@ -114,13 +147,14 @@ def test_patient_pages_on_a_phone(tmp_path: Path) -> None:
             expect(picks.nth(1)).to_contain_text("born 1980-01-10")
             _fits(page, "worklist search")
             page.screenshot(path=str(shots / "phone-start.png"))
-            picks.nth(1).tap()
+            picks.filter(has_text="PID002").tap()
             expect(page.locator(".session")).to_contain_text("PID002")
+            first = int(page.url.rsplit("/", 1)[1])
             _fits(page, "session")
 
             # A lesion by tapping the body map (the left upper back), then confirm.
             page.locator("#add-lesion").tap()
-            expect(page).to_have_url(f"{base}/sessions/1/lesion")
+            expect(page).to_have_url(f"{base}/sessions/{first}/lesion")
             _fits(page, "lesion: body map")
             page.screenshot(path=str(shots / "phone-body-map.png"))
             page.locator('a.bm-region[data-key="back-upper-back-L"]').tap()
@@ -131,12 +165,10 @@ def test_patient_pages_on_a_phone(tmp_path: Path) -> None:
             page.locator("#add").tap()
             expect(page.locator("#current-lesion")).to_contain_text("L01")
             expect(page.locator("#current-lesion")).to_contain_text("upper thoracic region · left")
-            assert desk.assigned == {}
-            lesion = desk.view(1).lesion
+            lesion = served.run(rig.stage.session(first)).lesion
             assert lesion is not None
             assert lesion.site == "699893008"
             assert lesion.laterality is Laterality.LEFT
-            assert lesion.description == "below left shoulder blade"
 
             # Flag the session as sensitive.
             page.locator("#sensitive").tap()
@@ -144,72 +176,73 @@ def test_patient_pages_on_a_phone(tmp_path: Path) -> None:
             _fits(page, "session, flagged")
             page.screenshot(path=str(shots / "phone-session.png"))
 
-            # The overview shows the patient with "End"; End closes it.
+            # The overview shows the patient with "End".
             page.goto(base + "/")
-            card = page.locator('.device-session[data-device="dermatoscope"]')
+            card = page.locator('.device-session[data-device="scope"]')
             expect(card).to_contain_text("Müller, Anna")
             expect(card).to_contain_text("Dermoscopy follow-up")
             _fits(page, "overview with a patient")
             page.screenshot(path=str(shots / "phone-overview.png"))
 
-            # A keyboard-wedge scan on the scanner: the code typed, then Enter.
-            scanner = page.locator('.device-session[data-device="scanner"]')
-            scanner.get_by_text("Start a patient").tap()
+            # A keyboard-wedge scan on the camera: the code typed, then Enter.
+            camera = page.locator('.device-session[data-device="camera"]')
+            camera.get_by_text("Start a patient").tap()
             page.locator("#scan").press_sequentially("ACC1003")
             page.locator("#scan").press("Enter")
             expect(page.locator(".session")).to_contain_text("PID003")
+            second = int(page.url.rsplit("/", 1)[1])
 
-            # Held captures: tick both, assign them to the scanner's patient at once.
+            # Held captures: tick both, assign them to the camera's patient at once.
             page.goto(base + "/held")
-            expect(page.locator("label.check")).to_have_count(2)
+            checks = page.locator("label.check")
+            expect(checks).to_have_count(2)
             _fits(page, "held")
-            page.locator('label.check[data-id="101"]').tap()
-            page.locator('label.check[data-id="102"]').tap()
+            held = [int(x) for x in checks.evaluate_all("els => els.map(e => e.dataset.id)")]
+            for spool_id in held:
+                page.locator(f'label.check[data-id="{spool_id}"]').tap()
             page.screenshot(path=str(shots / "phone-held.png"))
             page.locator("button.assign", has_text="Ødegård").tap()
             expect(page.locator(".notice")).to_contain_text("2 capture(s) assigned")
-            assert desk.assigned == {101: 2, 102: 2}
+            assert [rig.row(i)["session_id"] for i in held] == [second, second]
+            served.run(rig.wrap_all())
 
-            # Move an unsent capture of the scanner's session to the dermatoscope's.
-            with sqlite3.connect(config.ledger_path()) as conn:  # as intake binds it
-                conn.execute("UPDATE captures SET session_id = 2 WHERE id = ?", (wrapped,))
-            page.goto(f"{base}/sessions/2/move")
+            # Wrong patient: move one of them (wrapped, unsent) to the scope's patient.
+            page.goto(f"{base}/sessions/{second}/move")
             _fits(page, "move")
+            page.locator(f'label.check[data-id="{held[1]}"]').tap()  # keep only the first
             page.get_by_role("button", name="Move…").tap()
             expect(page.locator(".confirm")).to_contain_text("Please confirm")
             _fits(page, "move: confirm")
             page.locator("#confirm").tap()
-            expect(page).to_have_url(f"{base}/sessions/1")
-            assert desk.assigned[wrapped] == 1
+            expect(page).to_have_url(f"{base}/sessions/{first}")
+            assert rig.row(held[0])["session_id"] == first
+            served.run(rig.wrap_all())
 
-            # End the dermatoscope's patient from the overview.
-            page.goto(base + "/")
-            page.locator('.device-session[data-device="dermatoscope"] button.danger').tap()
-            expect(page.locator('.device-session[data-device="dermatoscope"]')).to_contain_text(
-                "No patient"
-            )
-
-            # Flag a capture, then reveal it: a reason category first.
-            page.goto(f"{base}/spool/{wrapped}")
-            page.locator("#flag").tap()
-            expect(page.locator("#sensitive-mark")).to_be_visible()
-            _fits(page, "capture, flagged")
+            # It now belongs to a flagged session: marked, and a reveal asks why.
             page.goto(f"{base}/spool")
-            expect(page.locator(f'tr[data-id="{wrapped}"] .sensitive')).to_be_visible()
+            expect(page.locator(f'tr[data-id="{held[0]}"] .sensitive')).to_be_visible()
             _fits(page, "spool")
-            page.goto(f"{base}/spool/{wrapped}")
+            page.goto(f"{base}/spool/{held[0]}")
+            _fits(page, "capture, flagged")
             page.get_by_label("Quality control").check()
             page.locator("#reveal").tap()
             expect(page.locator("#patient td").first).to_have_class("revealed")
-            expect(page.locator("#patient")).to_contain_text(SEEDED_NAME)
+            expect(page.locator("#patient")).to_contain_text("PID002")
+
+            # End the scope's patient from the overview.
+            page.goto(base + "/")
+            page.locator('.device-session[data-device="scope"] button.danger').tap()
+            expect(page.locator('.device-session[data-device="scope"]')).to_contain_text(
+                "No patient"
+            )
         finally:
             browser.close()
 
     lines = server.audit.path.read_text(encoding="ascii").splitlines()
     assert len(lines) == 2
-    assert re.fullmatch(rf"\S+Z user=tech action=move spool_id={wrapped} from_session=2 "
-                        r"to_session=1", lines[0])  # fmt: skip
-    assert lines[1].endswith(f"action=reveal spool_id={wrapped} reason=quality_control")
+    assert re.fullmatch(rf"\S+Z user=tech action=move spool_id={held[0]} "
+                        rf"from_session={second} to_session={first}", lines[0])  # fmt: skip
+    assert lines[1].endswith(f"action=reveal spool_id={held[0]} reason=quality_control")
     for shot in ("phone-start", "phone-body-map", "phone-session", "phone-overview", "phone-held"):
         data = (shots / f"{shot}.png").read_bytes()
         assert data.startswith(b"\x89PNG")
