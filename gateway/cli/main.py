@@ -16,6 +16,8 @@
                                             change its password)
     dermgate user list --config FILE        the logins (names only)
     dermgate user remove NAME --config FILE remove a login
+    dermgate token add|list|remove …        API tokens of the integration API
+                                            (see gateway/cli/tokens.py)
 
 Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad configuration;
 141 (128 + SIGPIPE) when the reader of the output went away (``… | head``), quietly.
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import cast
 
 from gateway.cli.spool import add_spool_commands
+from gateway.cli.tokens import add_token_commands
 from gateway.core.config import ConfigError, DermGateConfig
 from gateway.service.config import load_config
 from gateway.service.state_lock import StateLocked
@@ -309,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("name", help="user name")
     remove.add_argument("--config", type=Path, required=True, help="configuration file (TOML)")
     remove.set_defaults(func=cmd_user_remove)
+
+    add_token_commands(sub)  # add, list, remove: gateway/cli/tokens.py
     return parser
 
 

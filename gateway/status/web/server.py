@@ -17,6 +17,8 @@ page and anything else gets 401):
                                audited first (no audit line, no data)
 ``GET/POST /spool/ID/retry``   confirmation, then :func:`admin.retry_capture`
 ``GET/POST /spool/ID/resolve`` confirmation, then :func:`admin.resolve_capture`
+``/api/v1/...``                the integration API (:mod:`.api_routes`): JSON,
+                               bearer tokens or the session + ``X-CSRF-Token``
 =============================  ==================================================
 
 Every POST must carry the session's CSRF token (see :mod:`.auth`). Every request
@@ -43,11 +45,15 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web, web_response
 
+from gateway.context.desk import ContextDesk
+from gateway.core.config import DermGateConfig
 from gateway.status.web import pages
-from gateway.status.web.auth import SESSION_COOKIE, same_token
+from gateway.status.web.api_routes import API_PREFIX, ApiRoutes
+from gateway.status.web.auth import SESSION_COOKIE, Lockout, same_token
 from gateway.status.web.gate import Gate, Limits, default_max_connections, listen_sockets
 from gateway.status.web.login_routes import LoginRoutes
 from gateway.status.web.logins import Unavailable
@@ -60,6 +66,7 @@ from gateway.status.web.overview_routes import (
 )
 from gateway.status.web.page_state import SESSION_KEY, _html
 from gateway.status.web.spool_routes import MAX_SPOOL_ID, SpoolRoutes
+from gateway.status.web.tokens import TokenFile
 
 __all__ = [
     "EVENT_STREAMS_PER_SESSION",
@@ -87,15 +94,32 @@ _SECURITY_HEADERS = {
 HSTS = "max-age=31536000"
 
 
-class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes):
+class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, ApiRoutes):
     """The page's state (sessions, lockout) and its aiohttp application."""
+
+    def __init__(
+        self,
+        config: DermGateConfig,
+        snapshot: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        poke: Callable[[], None] = lambda: None,
+        desk: ContextDesk | None = None,
+    ) -> None:
+        """See :class:`.page_state.PageState`; ``desk``: the context stage the API and
+        the page's patient sessions talk to (None: not set up, the API answers 503)."""
+        super().__init__(config, snapshot, poke)
+        self.desk = desk
+        self.tokens = TokenFile(config.tokens_path())
+        self.api_lockout = Lockout(
+            self.web.lockout_failures, self.web.lockout_window, self.web.lockout_duration
+        )
 
     # ----------------------------------------------------------------- app
 
     def app(self) -> web.Application:
         """The aiohttp application."""
         app = web.Application(
-            middlewares=[self._bounded, self._headers, self._guard], client_max_size=64 * 1024
+            middlewares=[self._api_front, self._bounded, self._headers, self._guard],
+            client_max_size=64 * 1024,
         )
         app.on_response_prepare.append(self._identity_headers)
         r = app.router
@@ -115,6 +139,7 @@ class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes):
         r.add_post(r"/spool/{sid:[0-9]{1,19}}/retry", self.retry)
         r.add_post(r"/spool/{sid:[0-9]{1,19}}/resolve", self.resolve)
         r.add_static("/static/", STATIC)
+        self.add_api_routes(app)  # /api/v1/...: .api_routes (its own authentication)
         return app
 
     @web.middleware
@@ -162,8 +187,8 @@ class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes):
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         path = request.path
-        if path in _OPEN or path.startswith("/static/"):
-            return await handler(request)
+        if path in _OPEN or path.startswith("/static/") or path.startswith(API_PREFIX):
+            return await handler(request)  # the API authenticates in ApiRoutes._api_front
         if path == "/metrics" and self.web.metrics_public:
             return await handler(request)
         users = self._users()
