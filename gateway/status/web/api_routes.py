@@ -67,6 +67,7 @@ CSRF_HEADER = "X-CSRF-Token"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="DermGate API"'}
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _ID = r"{sid:[0-9]{1,19}}"
+_NO_TOKEN = "send a valid API token: Authorization: Bearer TOKEN"  # noqa: S105 - a message, not a secret
 
 
 class _Who:
@@ -180,9 +181,7 @@ class ApiRoutes(PageState):
         users = self._users()  # a changed users file ends the sessions it no longer backs
         session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
         if session is None or isinstance(users, Unavailable):
-            return _error(
-                ApiError(401, "unauthorized", "send Authorization: Bearer TOKEN"), _CHALLENGE
-            )
+            return _error(ApiError(401, "unauthorized", _NO_TOKEN), _CHALLENGE)
         if request.method not in ("GET", "HEAD") and not same_token(
             request.headers.get(CSRF_HEADER), session.csrf
         ):
@@ -222,7 +221,7 @@ class ApiRoutes(PageState):
                             self.web.lockout_duration)  # fmt: skip
             else:
                 log.warning("refused an API request from %s: no valid token", addr)
-            return _error(ApiError(401, "unauthorized", "no valid API token"), _CHALLENGE)
+            return _error(ApiError(401, "unauthorized", _NO_TOKEN), _CHALLENGE)
         self.api_lockout.succeed(keys)
         request[WHO_KEY] = _Who("token", name)
         return None
@@ -278,15 +277,15 @@ class ApiRoutes(PageState):
 
     async def api_session(self, request: web.Request) -> web.Response:
         """One session."""
-        desk = self._desk()
-        view = await desk.session(path_id(request.match_info["sid"], "no_such_session"))
+        sid = path_id(request.match_info["sid"], "no_such_session")
+        view = await self._desk().session(sid)
         await self._audit(request, "api.session", session=view.id, records=1)
         return api_json(session_json(view))
 
     async def api_end_session(self, request: web.Request) -> web.Response:
         """End a session: 200 with it, ended."""
-        desk = self._desk()
         sid = path_id(request.match_info["sid"], "no_such_session")
+        desk = self._desk()
         view = await desk.end_session(sid, request[WHO_KEY].actor())
         await self._audit(request, "api.session.end", session=view.id, records=1)
         return api_json(session_json(view))
@@ -304,9 +303,8 @@ class ApiRoutes(PageState):
 
     async def api_lesions(self, request: web.Request) -> web.Response:
         """The lesion registry of the session's patient."""
-        desk = self._desk()
         sid = path_id(request.match_info["sid"], "no_such_session")
-        views = await desk.lesions(sid)
+        views = await self._desk().lesions(sid)
         await self._audit(request, "api.lesions", session=sid, records=len(views))
         return api_json({"lesions": [lesion_json(v) for v in views]})
 
