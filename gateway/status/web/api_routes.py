@@ -31,6 +31,7 @@ and session.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import traceback
@@ -124,9 +125,17 @@ def _from_http(exc: web.HTTPException) -> web.Response:
 class ApiRoutes(PageState):
     """The ``/api/v1`` routes and their front (authentication, JSON errors)."""
 
-    desk: ContextDesk | None
-    tokens: TokenFile
-    api_lockout: Lockout
+    @functools.cached_property
+    def tokens(self) -> TokenFile:
+        """The API tokens file, read again whenever it changes."""
+        return TokenFile(self.config.tokens_path())
+
+    @functools.cached_property
+    def api_lockout(self) -> Lockout:
+        """Failed token attempts per client address (the login's limits)."""
+        return Lockout(
+            self.web.lockout_failures, self.web.lockout_window, self.web.lockout_duration
+        )
 
     def add_api_routes(self, app: web.Application) -> None:
         """Register the API's routes on ``app``."""
@@ -231,10 +240,13 @@ class ApiRoutes(PageState):
             raise ApiError(503, "no_context", "patient sessions are not set up on this gateway")
         return self.desk
 
-    async def _audit(self, request: web.Request, action: str, **fields: int | list[int]) -> None:
+    async def _audit(self, request: web.Request, action: str, **fields: int) -> None:
         """One audit line before patient data is shown: no line, no data."""
+        who = request[WHO_KEY]
         try:
-            await asyncio.to_thread(self.audit.record, request[WHO_KEY].label, action, **fields)
+            await asyncio.to_thread(
+                self.audit.append_fields, who.name, action, {"via": who.kind, **fields}
+            )
         except OSError as err:
             log.error("audit log %s not writable (%s): API answer refused", self.audit.path,
                       err.strerror)  # fmt: skip
@@ -331,11 +343,12 @@ class ApiRoutes(PageState):
             )
             opened = [s.id for s in await desk.sessions() if s.device == new.device]
             session_id = opened[0] if opened else None
-        fields: dict[str, int | list[int]] = {"spool_ids": released}
-        if session_id is not None:
-            fields["session"] = session_id
-        try:
-            await asyncio.to_thread(self.audit.record, who.label, "api.assign", **fields)
+        try:  # one line per capture, as the page's moves and reveals write them
+            for spool_id in released:
+                fields: dict[str, int | str] = {"via": who.kind, "spool_id": spool_id}
+                if session_id is not None:
+                    fields["session"] = session_id
+                await asyncio.to_thread(self.audit.append_fields, who.name, "api.assign", fields)
         except OSError as err:  # done already: say so in the log, still answer
             log.error("audit log %s not writable (%s): assignment of spool ids %s not audited",
                       self.audit.path, err.strerror, released)  # fmt: skip

@@ -7,9 +7,7 @@ data)::
 
 Only the user name (validated by ``dermgate user add``: letters, digits, ``._-``),
 the action and the spool id: the audit log itself never holds patient data. The
-file is created with mode 0600. The integration API writes lines of its own
-(:meth:`AuditLog.record`): who (``token:NAME`` or ``user:NAME``), the endpoint, how
-many records it showed, the spool ids and session of an assignment.
+file is created with mode 0600.
 """
 
 from __future__ import annotations
@@ -18,6 +16,10 @@ import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+
+
+def _safe(text: str) -> str:
+    return "".join(ch for ch in text if ch.isascii() and (ch.isalnum() or ch in "._-"))[:32]
 
 
 class AuditLog:
@@ -29,20 +31,16 @@ class AuditLog:
 
     def append(self, user: str, action: str, spool_id: int) -> str:
         """Write one durable line; return it. Raises OSError."""
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        safe_user = "".join(ch for ch in user if ch.isalnum() or ch in "._-")[:32] or "?"
-        line = f"{stamp} user={safe_user} action={action} spool_id={int(spool_id)}\n"
-        self._write(line)
-        return line
+        return self.append_fields(user, action, {"spool_id": int(spool_id)})
 
-    def record(self, who: str, action: str, **fields: int | str | list[int]) -> str:
-        """Write one durable API line (:func:`api_line`); return it. Raises OSError."""
+    def append_fields(self, user: str, action: str, fields: dict[str, int | str]) -> str:
+        """Write one durable line with ``fields`` after the action (e.g. a reveal of
+        the worklist: ``items=12 reason=care``); values are ids, counts or fixed
+        words, never patient data (reduced to ``[A-Za-z0-9._-]``). Raises OSError."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        line = f"{stamp} {api_line(who, action, fields)}\n"
-        self._write(line)
-        return line
-
-    def _write(self, line: str) -> None:
+        safe_user = _safe(user) or "?"
+        extra = " ".join(f"{_safe(k)}={_safe(str(v))}" for k, v in fields.items())
+        line = f"{stamp} user={safe_user} action={_safe(action)} {extra}".rstrip() + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -51,32 +49,4 @@ class AuditLog:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-
-
-_SAFE_VALUE = "._-:/,"
-
-
-def _safe(text: str, limit: int = 200) -> str:
-    return (
-        "".join(ch for ch in text if ch.isascii() and (ch.isalnum() or ch in _SAFE_VALUE))[:limit]
-        or "?"
-    )
-
-
-def api_line(who: str, action: str, fields: dict[str, int | str | list[int]]) -> str:
-    """One API audit line (without the time stamp): who (``token:NAME`` or
-    ``user:NAME``), what and counts or ids, never patient data::
-
-        user=token:kiosk action=api.worklist records=2
-        user=user:tech action=api.assign spool_ids=4,5 session=7
-    """
-    parts = [f"user={_safe(who, 40)}", f"action={_safe(action, 40)}"]
-    for key, value in fields.items():
-        if isinstance(value, list):
-            text = ",".join(str(int(v)) for v in value)
-        elif isinstance(value, int):
-            text = str(int(value))
-        else:
-            text = _safe(value)
-        parts.append(f"{_safe(key, 32)}={text}")
-    return " ".join(parts)
+        return line

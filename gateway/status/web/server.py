@@ -45,15 +45,12 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web, web_response
 
-from gateway.context.desk import ContextDesk
-from gateway.core.config import DermGateConfig
 from gateway.status.web import pages
 from gateway.status.web.api_routes import API_PREFIX, ApiRoutes
-from gateway.status.web.auth import SESSION_COOKIE, Lockout, same_token
+from gateway.status.web.auth import SESSION_COOKIE, same_token
 from gateway.status.web.gate import Gate, Limits, default_max_connections, listen_sockets
 from gateway.status.web.login_routes import LoginRoutes
 from gateway.status.web.logins import Unavailable
@@ -66,7 +63,6 @@ from gateway.status.web.overview_routes import (
 )
 from gateway.status.web.page_state import SESSION_KEY, _html
 from gateway.status.web.spool_routes import MAX_SPOOL_ID, SpoolRoutes
-from gateway.status.web.tokens import TokenFile
 
 __all__ = [
     "EVENT_STREAMS_PER_SESSION",
@@ -96,22 +92,6 @@ HSTS = "max-age=31536000"
 
 class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, ApiRoutes):
     """The page's state (sessions, lockout) and its aiohttp application."""
-
-    def __init__(
-        self,
-        config: DermGateConfig,
-        snapshot: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-        poke: Callable[[], None] = lambda: None,
-        desk: ContextDesk | None = None,
-    ) -> None:
-        """See :class:`.page_state.PageState`; ``desk``: the context stage the API and
-        the page's patient sessions talk to (None: not set up, the API answers 503)."""
-        super().__init__(config, snapshot, poke)
-        self.desk = desk
-        self.tokens = TokenFile(config.tokens_path())
-        self.api_lockout = Lockout(
-            self.web.lockout_failures, self.web.lockout_window, self.web.lockout_duration
-        )
 
     # ----------------------------------------------------------------- app
 
