@@ -216,3 +216,68 @@ def test_a_kiosk_opens_sessions_and_assigns_held_captures_over_the_api(
     joined = "\n".join(answers)
     assert FIRST.id in joined, "the authenticated kiosk does see its patients"
     assert token not in gateway.log()
+
+
+def test_lesions_are_chosen_over_the_api_per_patient(
+    tmp_path: Path, gateway_factory: Callable[[Path], GatewayProcess]
+) -> None:
+    device = f"""
+[[devices]]
+driver = "serial-dermatoscope"
+name = "scope"
+port = "{tmp_path / "ttyNOBODY"}"
+"""
+    config, base = api_config(tmp_path, extra=device)
+    token = token_add(config, "ehr")
+    start_service(gateway_factory, config, base)
+    mole = {"site": "SCT:66643007", "laterality": "L", "description": "mole"}
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as s:
+
+            async def api(method: str, path: str, body: Any = None) -> Any:
+                return await call(s, method, base + path, token=token, body=body)
+
+            first = await api("POST", "/api/v1/sessions",
+                              {"device": "scope", "patient": _typed(FIRST, "F")})  # fmt: skip
+            a = first.body["session"]
+            created = await api("POST", f"/api/v1/sessions/{a}/lesion", mole)
+            assert created.status == 201, created.text
+            lesion = created.body
+            assert lesion["site"] == "SCT:66643007"
+            assert lesion["site_meaning"] == "Skin of back"
+            assert lesion["laterality"] == "L"
+            assert lesion["tracking_id"]
+            assert lesion["tracking_uid"].startswith(("1.", "2."))
+            found = await api("POST", f"/api/v1/sessions/{a}/lesion", mole)
+            assert (found.status, found.body) == (200, lesion)
+            by_label = await api("POST", f"/api/v1/sessions/{a}/lesion",
+                                 {"tracking_id": lesion["tracking_id"]})  # fmt: skip
+            assert (by_label.status, by_label.body) == (200, lesion)
+            registry = await api("GET", f"/api/v1/sessions/{a}/lesions")
+            assert registry.body == {"lesions": [lesion]}
+            shown = await api("GET", f"/api/v1/sessions/{a}")
+            assert shown.body["lesion"] == lesion
+            unknown = await api("POST", f"/api/v1/sessions/{a}/lesion", {"site": "SCT:40983000"})
+            assert (unknown.status, unknown.code) == (422, "unknown_site")
+
+            # Another patient on the same device: the label names no lesion of theirs,
+            # and the same site is a lesion of their own with its own Tracking UID.
+            second = await api("POST", "/api/v1/sessions",
+                               {"device": "scope", "patient": _typed(SECOND, "M")})  # fmt: skip
+            b = second.body["session"]
+            foreign = await api("POST", f"/api/v1/sessions/{b}/lesion",
+                                {"tracking_id": lesion["tracking_id"]})  # fmt: skip
+            assert (foreign.status, foreign.code) == (422, "bad_lesion")
+            theirs = await api("POST", f"/api/v1/sessions/{b}/lesion", mole)
+            assert theirs.status == 201
+            assert theirs.body["tracking_uid"] != lesion["tracking_uid"]
+            closed = await api("POST", f"/api/v1/sessions/{a}/lesion", mole)
+            assert (closed.status, closed.code) == (409, "session_closed")
+            nowhere = await api("POST", "/api/v1/sessions/987654/lesion", mole)
+            assert (nowhere.status, nowhere.code) == (404, "no_such_session")
+
+    asyncio.run(scenario())
+    audit = (tmp_path / "state" / "web" / "audit.log").read_text()
+    assert audit.count("user=ehr action=api.lesion via=token") == 4
+    assert "action=api.lesions via=token session=" in audit
