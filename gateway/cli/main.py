@@ -87,6 +87,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if problem is not None:
             print(f"[web] users file: {problem}", file=sys.stderr)
             return EXIT_USAGE
+        from gateway.status.web.tokens import tokens_file_problem
+
+        problem = tokens_file_problem(config.tokens_path())
+        if problem is not None:
+            print(f"[web] API tokens file: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     print(
         f"{args.file}: OK (gateway {config.gateway.id}, {len(config.destinations)} "
         f"destination(s), {len(config.devices)} device(s))"

@@ -4,6 +4,8 @@ content."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import stat
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli.main import main
 from gateway.status.web.tokens import (
     TokenExists,
     TokenFile,
@@ -19,6 +22,7 @@ from gateway.status.web.tokens import (
     TokensUnreadable,
     check_token_name,
 )
+from tests.support.api import api_config
 
 
 def test_a_token_is_stored_as_a_hash_only_and_matches_exactly(tmp_path: Path) -> None:
@@ -138,3 +142,16 @@ def test_the_file_is_the_documented_json(tmp_path: Path) -> None:
     raw = json.loads(path.read_text())
     assert raw["version"] == 1
     assert set(raw["tokens"]["kiosk"]) == {"sha256", "created"}
+
+
+def test_check_config_names_a_damaged_tokens_file(tmp_path: Path) -> None:
+    config, _ = api_config(tmp_path)
+    tokens = tmp_path / "state" / "web" / "api_tokens.json"
+    tokens.parent.mkdir(parents=True)
+    tokens.write_text('{"version": 1, "tokens": {"kiosk": {"sha256": "Doe^Janet"}}}')
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["check-config", str(config)])
+    assert code == 2
+    assert f"[web] API tokens file: the API tokens file {tokens} is damaged" in err.getvalue()
+    assert "Doe" not in err.getvalue()

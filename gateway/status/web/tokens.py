@@ -178,6 +178,15 @@ class Tokens:
         return found
 
 
+def tokens_file_problem(path: Path) -> str | None:
+    """What is wrong with the tokens file at ``path`` (None: usable or absent)."""
+    try:
+        Tokens.load(path)
+    except TokensError as err:
+        return str(err)
+    return None
+
+
 _Stamp = tuple[int, ...]
 
 
