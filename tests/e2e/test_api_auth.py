@@ -123,7 +123,7 @@ def test_the_pages_session_works_only_with_its_csrf_header(
 ) -> None:
     config, base = api_config(tmp_path)
     user_add(config, "tech", PASSWORD)
-    start_service(gateway_factory, config, base)
+    gateway = start_service(gateway_factory, config, base)
 
     async def scenario() -> None:
         async with cookie_client() as browser:
@@ -138,6 +138,8 @@ def test_the_pages_session_works_only_with_its_csrf_header(
             assert (search.status, search.code) == (422, "bad_request")
             forged = await call(browser, "POST", f"{base}/api/v1/sessions", data=NOT_JSON)
             assert (forged.status, forged.code) == (403, "csrf")
+            made_up = await call(browser, "POST", f"{base}/api/v1/{PATIENTS[0].id}", data="{}")
+            assert (made_up.status, made_up.code) == (403, "csrf")
             wrong = await call(browser, "DELETE", f"{base}/api/v1/sessions/1",
                                headers={"X-CSRF-Token": csrf + "x"})  # fmt: skip
             assert (wrong.status, wrong.code) == (403, "csrf")
@@ -151,6 +153,8 @@ def test_the_pages_session_works_only_with_its_csrf_header(
             assert after.status == 401
 
     asyncio.run(scenario())
+    assert "without a valid CSRF token" in gateway.log()
+    assert PATIENTS[0].id not in gateway.log(), "a made-up path is not logged"
 
 
 _PATIENT = PATIENTS[0]

@@ -122,6 +122,13 @@ def _from_http(exc: web.HTTPException) -> web.Response:
     return _error(err, headers)
 
 
+def _route(request: web.Request) -> str:
+    """The route a request matched (its pattern, ``/api/v1/sessions/{sid}``), for the
+    log: a path a client made up could carry anything, patient data included."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "an unknown API path"
+
+
 class ApiRoutes(PageState):
     """The ``/api/v1`` routes and their front (authentication, JSON errors)."""
 
@@ -171,15 +178,11 @@ class ApiRoutes(PageState):
         except web.HTTPException as exc:
             return _from_http(exc)
         except Exception as err:  # a bug: no traceback to the client, none with data in the log
-            where = traceback.extract_tb(err.__traceback__)[-1]
-            log.error(
-                "API %s %s failed: %s at %s:%d",
-                request.method,
-                request.path,
-                type(err).__name__,
-                where.filename,
-                where.lineno or 0,
-            )
+            frames = traceback.extract_tb(err.__traceback__)
+            where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+            # The type and the place only: an exception's message may quote data.
+            log.error("API %s %s failed: %s at %s", request.method, _route(request),
+                      type(err).__name__, where)  # fmt: skip
             return _error(ApiError(500, "internal", "the gateway failed; see its log"))
 
     def _authenticate(self, request: web.Request) -> web.Response | None:
@@ -195,7 +198,7 @@ class ApiRoutes(PageState):
             request.headers.get(CSRF_HEADER), session.csrf
         ):
             log.warning("refused an API %s to %s without a valid CSRF token", request.method,
-                        request.path)  # fmt: skip
+                        _route(request))  # fmt: skip
             return _error(
                 ApiError(403, "csrf", f"a page session's request needs the {CSRF_HEADER} header")
             )
