@@ -72,25 +72,24 @@ _NO_TOKEN = "send a valid API token: Authorization: Bearer TOKEN"  # noqa: S105 
 
 
 class _Who:
-    """Who asks: ``kind`` "token" or "user", ``name``, and for a user the operator
-    name to record."""
+    """Who asks: ``kind`` "token" (its name) or "user" (the page login)."""
 
-    __slots__ = ("kind", "name", "operator")
+    __slots__ = ("kind", "name")
 
-    def __init__(self, kind: str, name: str, operator: str = "") -> None:
+    def __init__(self, kind: str, name: str) -> None:
         self.kind = kind
         self.name = name
-        self.operator = operator
 
     def actor(self, operator: str = "") -> Actor:
-        """The desk's actor: a token's operator is the request's, a user's the login."""
+        """The desk's actor. A token's operator is the one its request names ("" when
+        none); a user's is the login (users have no other display name)."""
         if self.kind == "token":
             return Actor("token", self.name, operator_name=operator)
-        return Actor("user", self.name, operator_name=self.operator or self.name)
+        return Actor("user", self.name, operator_name=self.name)
 
     @property
     def label(self) -> str:
-        """``kind:name`` for audit lines."""
+        """``kind:name``, as the desk records who opened a session."""
         return f"{self.kind}:{self.name}"
 
 
