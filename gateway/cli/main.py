@@ -18,6 +18,9 @@
     dermgate user remove NAME --config FILE remove a login
     dermgate token add|list|remove …        API tokens of the integration API
                                             (see gateway/cli/tokens.py)
+    dermgate worklist list|refresh --config FILE
+                                            the Modality Worklist cache (see
+                                            gateway/cli/worklist.py)
 
 Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad configuration;
 141 (128 + SIGPIPE) when the reader of the output went away (``… | head``), quietly.
@@ -38,6 +41,7 @@ from typing import cast
 
 from gateway.cli.spool import add_spool_commands
 from gateway.cli.tokens import add_token_commands
+from gateway.cli.worklist import add_worklist_commands
 from gateway.core.config import ConfigError, DermGateConfig
 from gateway.service.config import load_config
 from gateway.service.state_lock import StateLocked
@@ -320,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove.set_defaults(func=cmd_user_remove)
 
     add_token_commands(sub)  # add, list, remove: gateway/cli/tokens.py
+    add_worklist_commands(sub)  # list, refresh: gateway/cli/worklist.py
     return parser
 
 

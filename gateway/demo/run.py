@@ -28,10 +28,17 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 from gateway.demo.local_mosquitto import MosquittoProcess
 from gateway.demo.local_orthanc import OrthancProcess, free_port
+from gateway.demo.worklist import (
+    WORKLIST_PLUGIN,
+    orthanc_worklist_settings,
+    worklist_plugin_available,
+    write_demo_worklist,
+)
 from gateway.service.config import load_config
 from gateway.service.state_lock import StateLocked
 from gateway.spool import ledger as db
@@ -45,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DEMO_AE = "DERMGATE"
 DEMO_USER = "demo"
+DEMO_MODALITY = "XC"  # what the demo's worklist schedules for this box
 _FOREVER_PAUSE = 20.0
 
 
@@ -142,8 +150,10 @@ def demo_config(
     devices: list[DemoDevice],
     web_port: int,
     mqtt_port: int,
+    worklist: bool = True,
 ) -> str:
-    """The gateway configuration the demo runs with."""
+    """The gateway configuration the demo runs with (``worklist``: Orthanc serves
+    the demo's worklist too)."""
     sections = "".join(
         f"""
 [[devices]]
@@ -159,6 +169,9 @@ id = "dermgate-demo"
 ae_title = "{DEMO_AE}"
 listen_port = {listen_port}
 state_dir = "{workdir / "state"}"
+
+[context]
+hold_unidentified = 0  # for now: the demo opens no patient sessions yet
 
 [[destinations]]
 name = "demo-pacs"
@@ -178,7 +191,19 @@ homeassistant_discovery = true
 
 [web]
 listen = "127.0.0.1:{web_port}"
-{sections}"""
+{_worklist_section(orthanc) if worklist else ""}{sections}"""
+
+
+def _worklist_section(orthanc: OrthancProcess) -> str:
+    return f"""
+[worklist]
+ae_title = "{orthanc.aet}"
+host = "127.0.0.1"
+port = {orthanc.dicom_port}
+modality = "{DEMO_MODALITY}"
+window_days = 1
+refresh = 60
+"""
 
 
 def _ledger_states(ledger_path: Path) -> dict[str, str]:
@@ -305,9 +330,18 @@ def run_demo(*, workdir: Path, captures: int | None, timeout: float) -> int:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     listen_port = free_port()
+    worklist = worklist_plugin_available()
+    worklists = workdir / "worklists"
     orthanc = OrthancProcess(
-        workdir / "orthanc", modalities={"dermgate": (DEMO_AE, "127.0.0.1", listen_port)}
+        workdir / "orthanc",
+        modalities={"dermgate": (DEMO_AE, "127.0.0.1", listen_port)},
+        plugins=(WORKLIST_PLUGIN,) if worklist else (),
+        extra=orthanc_worklist_settings(worklists) if worklist else {},
     )
+    if worklist:  # two patients scheduled for today (read by Orthanc on each C-FIND)
+        write_demo_worklist(worklists, date.today(), station=DEMO_AE, modality=DEMO_MODALITY)
+    else:
+        log.warning("demo: Orthanc's worklist plugin is not installed; no worklist")
     try:
         orthanc.start()
     except (OSError, RuntimeError) as err:
@@ -324,10 +358,15 @@ def run_demo(*, workdir: Path, captures: int | None, timeout: float) -> int:
     web_port = free_port()
     config_path = workdir / "dermgate.toml"
     config_path.write_text(
-        demo_config(workdir, orthanc, listen_port, devices, web_port, broker.port),
+        demo_config(workdir, orthanc, listen_port, devices, web_port, broker.port, worklist),
         encoding="utf-8",
     )
     password = one_time_login(load_config(config_path).users_path())
+    worklist_line = (
+        f"  The worklist (2 patients):    dermgate worklist list --config {config_path}\n"
+        if worklist
+        else ""
+    )
     ending = (
         f"Stops once {captures} captures of each device are in Orthanc."
         if captures
@@ -347,7 +386,7 @@ DermGate demo is running.
                                 3D body scanner ({workdir / "scanner-exports"}),
                                 clinical camera ({workdir / "camera-photos"})
   Watch the spool:              dermgate spool list --config {config_path}
-{ending}
+{worklist_line}{ending}
 """,
         flush=True,
     )

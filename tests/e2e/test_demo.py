@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -141,3 +142,10 @@ def test_demo_delivers_captures_and_serves_the_page(tmp_path: Path) -> None:
         "1.2.840.10008.5.1.4.1.1.104.5",  # Encapsulated MTL
     } <= classes
     assert classes & {"1.2.840.10008.5.1.4.1.1.77.1.8", "1.2.840.10008.5.1.4.1.1.77.1.9"}
+    # The demo's worklist (Orthanc's plugin) was queried: both scheduled patients cached.
+    ledger = sqlite3.connect(f"file:{workdir / 'state' / 'ledger.sqlite3'}?mode=ro", uri=True)
+    try:
+        (cached,) = ledger.execute("SELECT COUNT(*) FROM worklist_items").fetchone()
+    finally:
+        ledger.close()
+    assert cached == 2

@@ -109,6 +109,7 @@ class PageState:
             destinations=overlaid,
             devices=list(doc.get("devices", [])),
             alarms=list(doc.get("alarms", [])),
+            worklist=dict(doc.get("worklist") or {}),
         )
 
     # ----------------------------------------------------------------- logins
