@@ -4,7 +4,8 @@ USB confocal microscope simulators) by accession number and by SPS ID, one lesio
 chosen per patient; the captures arrive in the PACS as two patients with one study
 each (the worklist's Study Instance UIDs and accession numbers), a series per device,
 and the lesion's Tracking UID shared by the dermoscopic and confocal objects of one
-patient but not across patients."""
+patient (the microscope takes the lesion chosen over the API, the dermatoscope names
+it by its label) but not across patients, though both patients' lesions are "L01"."""
 
 from __future__ import annotations
 
@@ -149,7 +150,12 @@ def test_two_worklist_patients_from_two_devices_arrive_grouped_through_the_api(
             assert scope["patient"]["id"] == patient.id
             lesions[patient.id] = chosen
             before = len(ledger_rows(state_dir))
-            sim = simulator_factory("--captures", "1", "--seed", str(n))
+            # The dermatoscope names the lesion itself, by the label the API gave it
+            # (mapped into this patient's registry); the microscope names none and
+            # takes the session's lesion.
+            sim = simulator_factory("--captures", "1", "--seed", str(n), "--lesion-id",
+                                    chosen["tracking_id"], "--anatomic-site", MOLE["site"],
+                                    "--laterality", "L")  # fmt: skip
             rcm_sim = confocal_sim("--stacks", "1", "--frames", "2", "--seed", str(n))
             assert sim.wait(120) == 0, gateway.log()[-3000:]
             assert rcm_sim.wait(120) == 0, gateway.log()[-3000:]
@@ -158,6 +164,8 @@ def test_two_worklist_patients_from_two_devices_arrive_grouped_through_the_api(
             wait_for(lambda before=before: len(_stored(orthanc, state_dir, into)) >= before + 2,
                      90, "both captures of this patient in the PACS")  # fmt: skip
 
+        # The same label on two patients: two lesions, never one Tracking UID.
+        assert lesions[FIRST.id]["tracking_id"] == lesions[SECOND.id]["tracking_id"]
         assert lesions[FIRST.id]["tracking_uid"] != lesions[SECOND.id]["tracking_uid"]
         stored = _stored(orthanc, state_dir, into)
         assert len(stored) == 4
