@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pydicom
@@ -117,18 +118,23 @@ def test_two_worklist_patients_from_two_devices_arrive_grouped_through_the_api(
             assert answer.status < 300, (method, path, answer.text)
             return answer.body
 
-        async def worklist() -> list[dict[str, Any]]:
+        async def worklist() -> dict[str, Any]:
             for _ in range(120):
-                items: list[dict[str, Any]] = (await api("GET", "/api/v1/worklist"))["items"]
-                if len(items) == 2:
-                    return items
+                answer: dict[str, Any] = await api("GET", "/api/v1/worklist")
+                if len(answer["items"]) == 2:
+                    return answer
                 await asyncio.sleep(0.5)
             raise AssertionError("the worklist cache never held both items")
 
-        items = asyncio.run(worklist())
-        assert {i["study_instance_uid"] for i in items} == {STUDY_1, STUDY_2}
-        found = asyncio.run(api("GET", "/api/v1/worklist?q=" + FIRST.id))["items"]
-        assert [i["accession_number"] for i in found] == [ACC_1]
+        listing = asyncio.run(worklist())
+        assert {i["study_instance_uid"] for i in listing["items"]} == {STUDY_1, STUDY_2}
+        assert listing["status"]["items"] == 2
+        assert listing["status"]["stale"] is False
+        assert listing["status"]["error"] is None
+        for search in (FIRST.id, FIRST.name.split("^")[0].lower(), ACC_1):
+            found = asyncio.run(api("GET", "/api/v1/worklist?q=" + quote(search)))["items"]
+            assert [(i["accession_number"], i["patient"]["name"]) for i in found] == [
+                (ACC_1, FIRST.name)]  # fmt: skip
 
         for n, (patient, acc, sps) in enumerate(
             ((FIRST, ACC_1, "SPS-A1"), (SECOND, ACC_2, "SPS-A2")), 1
