@@ -277,6 +277,15 @@ port = "{tmp_path / "ttyNOBODY"}"
             nowhere = await api("POST", "/api/v1/sessions/987654/lesion", mole)
             assert (nowhere.status, nowhere.code) == (404, "no_such_session")
 
+            # Unidentified: a temporary Patient ID, never a made-up name.
+            anonymous = await api("POST", "/api/v1/sessions",
+                                  {"device": "scope", "unidentified": True})  # fmt: skip
+            assert anonymous.status == 201
+            assert anonymous.body["source"] == "unidentified"
+            assert anonymous.body["patient"]["id"]
+            assert anonymous.body["patient"]["name"] == ""
+            assert anonymous.body["operator"] == ""
+
     asyncio.run(scenario())
     audit = (tmp_path / "state" / "web" / "audit.log").read_text()
     assert audit.count("user=ehr action=api.lesion via=token") == 4
