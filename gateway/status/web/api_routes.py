@@ -159,16 +159,14 @@ class ApiRoutes(PageState):
     # ----------------------------------------------------------------- front
 
     @web.middleware
-    async def _api_front(
+    async def _api_errors(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """For ``/api/`` paths: authenticate, then turn every refusal into JSON."""
+        """For ``/api/`` paths, the outermost layer: every refusal (ours, the context
+        stage's, aiohttp's own such as a body over 64 KiB) as JSON, never a traceback."""
         if not request.path.startswith(API_PREFIX):
             return await handler(request)
         try:
-            refused = self._authenticate(request)
-            if refused is not None:
-                return refused
             return await handler(request)
         except ApiError as err:
             return _error(err)
@@ -183,6 +181,19 @@ class ApiRoutes(PageState):
             log.error("API %s %s failed: %s at %s", request.method, _route(request),
                       type(err).__name__, where)  # fmt: skip
             return _error(ApiError(500, "internal", "the gateway failed; see its log"))
+
+    @web.middleware
+    async def _api_auth(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """For ``/api/`` paths, once the request is in (under the connection's
+        deadline, as for the page): who asks, or a refusal."""
+        if not request.path.startswith(API_PREFIX):
+            return await handler(request)
+        refused = self._authenticate(request)
+        if refused is not None:
+            return refused
+        return await handler(request)
 
     def _authenticate(self, request: web.Request) -> web.Response | None:
         """Set :data:`WHO_KEY` from a bearer token or the page's session, else refuse."""

@@ -98,7 +98,13 @@ class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, ApiRoutes):
     def app(self) -> web.Application:
         """The aiohttp application."""
         app = web.Application(
-            middlewares=[self._api_front, self._bounded, self._headers, self._guard],
+            middlewares=[
+                self._api_errors,
+                self._bounded,
+                self._headers,
+                self._api_auth,
+                self._guard,
+            ],
             client_max_size=64 * 1024,
         )
         app.on_response_prepare.append(self._identity_headers)
@@ -168,7 +174,7 @@ class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, ApiRoutes):
     ) -> web.StreamResponse:
         path = request.path
         if path in _OPEN or path.startswith("/static/") or path.startswith(API_PREFIX):
-            return await handler(request)  # the API authenticates in ApiRoutes._api_front
+            return await handler(request)  # the API authenticates in ApiRoutes._api_auth
         if path == "/metrics" and self.web.metrics_public:
             return await handler(request)
         users = self._users()
