@@ -49,6 +49,9 @@ def capture_context(
     offer: CaptureOffer,
     lesion: LesionContext | None,
     rules: list[SensitiveRule],
+    *,
+    study_started: str = "",
+    series_number: int | None = None,
 ) -> CaptureContext:
     """The context of one capture of ``session`` (``lesion``: the device's, else the
     session's current one)."""
@@ -69,6 +72,8 @@ def capture_context(
         operator_name=session.operator_name,
         lesion=lesion,
         sensitive=sensitive_codes(rules, site, scheme, session.sensitive),
+        study_started=study_started,
+        series_number=series_number,
     )
 
 

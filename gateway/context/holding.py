@@ -101,12 +101,12 @@ class HoldDesk(SessionDesk):
         for spool_id in spool_ids:
             candidate = candidates[spool_id]
             entry = candidate.entry
-            context = await self._capture_context(session, entry.device, entry.offer)
-            series = None
+            series, number = None, None
             if not candidate.driver_series:
-                series, _ = await self._ledger.call(
+                series, number = await self._ledger.call(
                     series_for, session.id, series_kind(entry.offer)
                 )
+            context = await self._capture_context(session, entry.device, entry.offer, number)
             uids = session_uids(session, entry.uids, series)
             rewritten = None
             if entry.state is CaptureState.WRAPPED and not entry.raw_name and entry.dicom_name:

@@ -171,10 +171,15 @@ class SessionDesk(StageBase):
         return await self._view(await self._session_row(session_id))
 
     async def _capture_context(
-        self, session: db.SessionRow, identity: DeviceIdentity, offer: CaptureOffer
+        self,
+        session: db.SessionRow,
+        identity: DeviceIdentity,
+        offer: CaptureOffer,
+        series_number: int | None = None,
     ) -> CaptureContext:
         """The context of one capture of ``session``: the lesion the device names (in
-        the session patient's registry), else the session's current lesion."""
+        the session patient's registry), else the session's current lesion; the
+        study dated by its first session, ``series_number`` the session series'."""
         lesion: LesionContext | None = None
         label = (offer.lesion_id or "").strip()
         if label:
@@ -192,4 +197,13 @@ class SessionDesk(StageBase):
                 lesion = None
         if lesion is None:
             lesion = await self._ledger.call(db.lesion_context_of, session.lesion_id)
-        return capture_context(session, identity, offer, lesion, self._config.context.sensitive)
+        started = await self._ledger.call(db.study_started, session.study_uid)
+        return capture_context(
+            session,
+            identity,
+            offer,
+            lesion,
+            self._config.context.sensitive,
+            study_started=started,
+            series_number=series_number,
+        )

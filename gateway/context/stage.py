@@ -82,10 +82,10 @@ class ContextStage(HoldDesk, LesionDesk):
             return None
         if patient_differs(offer, session):
             return Held(MISMATCH_REASON)
-        context = await self._capture_context(session, identity, offer)
-        series = None
+        series, number = None, None
         if offer.uids is None:
-            series, _ = await self._ledger.call(db.series_for, session.id, series_kind(offer))
+            series, number = await self._ledger.call(db.series_for, session.id, series_kind(offer))
+        context = await self._capture_context(session, identity, offer, number)
         await self._first_capture(session)
         return Bound(context, session_uids(session, uids, series))
 

@@ -70,6 +70,7 @@ The functions are pure: they change only the data set they are given.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
 from typing import Final
 
 from pydicom.dataset import Dataset
@@ -88,7 +89,14 @@ from pydicom.uid import (
 from gateway.core.capture import CaptureOffer, Laterality, PatientContext, clean_device_string
 from gateway.core.context import CaptureContext, Coded, LesionContext, RequestedProcedure
 from gateway.core.patient import lesion_label_comment
-from gateway.dicom.modules import add_anatomic_region, add_patient, dermatology_site, frame_anatomy
+from gateway.dicom.modules import (
+    add_anatomic_region,
+    add_patient,
+    da,
+    dermatology_site,
+    frame_anatomy,
+    tm,
+)
 
 __all__ = [
     "CONTEXT_SOP_CLASSES",
@@ -168,11 +176,17 @@ def _study(ds: Dataset, context: CaptureContext) -> None:
     ds.ReferringPhysicianName = order.referring_physician if order else ""
     ds.StudyID = order.study_id if order else ""
     _optional(ds, "StudyDescription", _lo(context.study_description))
+    if context.study_started:
+        started = datetime.fromisoformat(context.study_started).astimezone(_object_zone(ds))
+        ds.StudyDate = da(started)
+        ds.StudyTime = tm(started)
     _codes(ds, "ProcedureCodeSequence", order.procedure_codes if order else ())
 
 
 def _series(ds: Dataset, context: CaptureContext, *, operators: bool) -> None:
     _optional(ds, "SeriesDescription", _lo(context.series_description))
+    if context.series_number is not None:
+        ds.SeriesNumber = context.series_number
     _optional(ds, "OperatorsName", context.operator_name.strip() if operators else "")
     request = context.order.request if context.order is not None else None
     if request is None:
@@ -181,6 +195,18 @@ def _series(ds: Dataset, context: CaptureContext, *, operators: bool) -> None:
         return
     ds.RequestAttributesSequence = Sequence([_request_item(request)])
     _codes(ds, "PerformedProtocolCodeSequence", request.protocol_codes)
+
+
+def _object_zone(ds: Dataset) -> timezone:
+    """The zone every time in ``ds`` is written in (its Timezone Offset From UTC)."""
+    offset = str(ds.get("TimezoneOffsetFromUTC", "") or "+0000")
+    sign = -1 if offset.startswith("-") else 1
+    digits = offset.lstrip("+-")
+    try:
+        minutes = int(digits[:2]) * 60 + int(digits[2:4])
+    except ValueError:
+        minutes = 0
+    return timezone(sign * timedelta(minutes=minutes))
 
 
 def _request_item(request: RequestedProcedure) -> Dataset:

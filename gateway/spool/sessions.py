@@ -42,6 +42,7 @@ __all__ = [
     "series_for",
     "set_session_sensitive",
     "study_of_item",
+    "study_started",
 ]
 
 ORDER_RECORD: Final = TypeAdapter(OrderContext)
@@ -239,6 +240,15 @@ def lesion_context_of(conn: sqlite3.Connection, lesion_id: int | None) -> Lesion
         laterality=None if row[4] is None else Laterality(row[4]),
         description=row[5],
     )
+
+
+def study_started(conn: sqlite3.Connection, study_uid: str) -> str:
+    """When the first session of study ``study_uid`` opened (ISO 8601; a worklist
+    item's study is shared by every device's session for it)."""
+    row = conn.execute(
+        "SELECT min(opened_at) FROM sessions WHERE study_uid = ?", (study_uid,)
+    ).fetchone()
+    return "" if row is None or row[0] is None else str(row[0])
 
 
 def series_for(conn: sqlite3.Connection, session_id: int, kind: str) -> tuple[str, int]:

@@ -100,6 +100,24 @@ async def test_two_worklist_patients_on_two_devices_get_their_own_study_and_orde
     assert views[bob.id].captures == 1
 
 
+async def test_one_study_has_one_date_and_its_series_are_numbered(rig: ContextRig) -> None:
+    rig.set_worklist([ALICE])
+    await rig.stage.open_session("scope", PickItem(accession_number="ACC-1001"), TECH)
+    await rig.stage.open_session("camera", PickItem(accession_number="ACC-1001"), TECH)
+    scope = await rig.capture("scope", SCOPE, offer("d1", data := jpeg(21)), data)
+    camera = await rig.capture("camera", CAMERA, offer("d2", data := jpeg(22)), data)
+    again = await rig.capture("scope", SCOPE, offer("d3", data := jpeg(23)), data)
+    await rig.wrap_all()
+    s1, c1, s2 = (rig.dicom(r.spool_id) for r in (scope, camera, again))
+    assert s1.StudyInstanceUID == c1.StudyInstanceUID == STUDY_A
+    dates = {(ds.StudyDate, ds.StudyTime) for ds in (s1, c1, s2)}
+    assert len(dates) == 1, "a viewer shows one study, not one per image time"
+    assert s1.SeriesNumber == s2.SeriesNumber
+    assert s1.SeriesInstanceUID != c1.SeriesInstanceUID
+    assert int(s1.SeriesNumber) >= 1
+    assert int(c1.SeriesNumber) >= 1
+
+
 async def test_a_second_device_on_the_same_item_shares_its_study(rig: ContextRig) -> None:
     rig.set_worklist([ALICE])
     one = await rig.stage.open_session("scope", PickItem(sps_id="SPS1"), TECH)
