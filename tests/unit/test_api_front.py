@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.status.web.api_routes import ApiRoutes
 from gateway.status.web.server import WebServer
 from gateway.status.web.tokens import Tokens
 from tests.support.api import call
@@ -65,3 +66,12 @@ def test_a_damaged_tokens_file_refuses_tokens_and_is_logged_once(
     assert len(lines) == 1
     assert str(path) in lines[0]
     assert "Doe" not in caplog.text
+
+
+def test_no_other_part_of_the_page_shadows_an_api_method() -> None:
+    # The page's route mixins share one class: a helper of the same name in another
+    # mixin (a page's "_desk" that answers with an HTML 404) would silently win.
+    for name, member in vars(ApiRoutes).items():
+        if name.startswith("__"):
+            continue
+        assert WebServer.__dict__.get(name, getattr(WebServer, name)) is member, name

@@ -132,7 +132,7 @@ class ApiRoutes(PageState):
     """The ``/api/v1`` routes and their front (authentication, JSON errors)."""
 
     @functools.cached_property
-    def tokens(self) -> TokenFile:
+    def api_tokens(self) -> TokenFile:
         """The API tokens file, read again whenever it changes."""
         return TokenFile(self.config.tokens_path())
 
@@ -190,16 +190,16 @@ class ApiRoutes(PageState):
         deadline, as for the page): who asks, or a refusal."""
         if not request.path.startswith(API_PREFIX):
             return await handler(request)
-        refused = self._authenticate(request)
+        refused = self._api_authenticate(request)
         if refused is not None:
             return refused
         return await handler(request)
 
-    def _authenticate(self, request: web.Request) -> web.Response | None:
+    def _api_authenticate(self, request: web.Request) -> web.Response | None:
         """Set :data:`WHO_KEY` from a bearer token or the page's session, else refuse."""
         header = request.headers.get("Authorization")
         if header is not None:
-            return self._bearer(request, header)
+            return self._api_bearer(request, header)
         users = self._users()  # a changed users file ends the sessions it no longer backs
         session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
         if session is None or isinstance(users, Unavailable):
@@ -215,7 +215,7 @@ class ApiRoutes(PageState):
         request[WHO_KEY] = _Who("user", session.user)
         return None
 
-    def _bearer(self, request: web.Request, header: str) -> web.Response | None:
+    def _api_bearer(self, request: web.Request, header: str) -> web.Response | None:
         addr = request.remote or "unknown"
         keys = [f"addr:{addr}"]
         attempt = self.api_lockout.begin(keys)
@@ -227,7 +227,7 @@ class ApiRoutes(PageState):
             )
         try:
             scheme, _, token = header.strip().partition(" ")
-            tokens = self.tokens.current()
+            tokens = self.api_tokens.current()
             if isinstance(tokens, TokensUnreadable):
                 return _error(
                     ApiError(503, "tokens_unavailable", "the API tokens file cannot be read")
@@ -248,12 +248,12 @@ class ApiRoutes(PageState):
         request[WHO_KEY] = _Who("token", name)
         return None
 
-    def _desk(self) -> ContextDesk:
+    def _api_desk(self) -> ContextDesk:
         if self.desk is None:
             raise ApiError(503, "no_context", "patient sessions are not set up on this gateway")
         return self.desk
 
-    async def _audit(self, request: web.Request, action: str, **fields: int) -> None:
+    async def _api_audit(self, request: web.Request, action: str, **fields: int) -> None:
         """One audit line before patient data is shown: no line, no data."""
         who = request[WHO_KEY]
         try:
@@ -272,10 +272,10 @@ class ApiRoutes(PageState):
     async def api_worklist(self, request: web.Request) -> web.Response:
         """Cached worklist items matching ``?q=`` (name, ID, birth date, accession)."""
         search = search_text(request.query.get("q"))
-        desk = self._desk()
+        desk = self._api_desk()
         items = await desk.worklist(search)
         status = status_json(desk.worklist_status(), time.time())
-        await self._audit(request, "api.worklist", records=len(items))
+        await self._api_audit(request, "api.worklist", records=len(items))
         return api_json({"items": [worklist_json(i) for i in items], "status": status})
 
     # ----------------------------------------------------------------- sessions
@@ -283,11 +283,11 @@ class ApiRoutes(PageState):
     async def api_open_session(self, request: web.Request) -> web.Response:
         """Open (or switch) a device's session: 201 with the session."""
         new = session_request(parse_body(await request.read()))
-        desk = self._desk()
+        desk = self._api_desk()
         view = await desk.open_session(
             new.device, new.request, request[WHO_KEY].actor(new.operator)
         )
-        await self._audit(request, "api.session.open", session=view.id, records=1)
+        await self._api_audit(request, "api.session.open", session=view.id, records=1)
         return api_json(session_json(view), 201)
 
     async def api_sessions(self, request: web.Request) -> web.Response:
@@ -295,24 +295,24 @@ class ApiRoutes(PageState):
         flag = request.query.get("all", "")
         if flag not in ("", "0", "1", "true", "false"):
             raise ApiError(422, "bad_request", "'all' must be 1 or 0")
-        desk = self._desk()
+        desk = self._api_desk()
         views = await desk.sessions(open_only=flag not in ("1", "true"))
-        await self._audit(request, "api.sessions", records=len(views))
+        await self._api_audit(request, "api.sessions", records=len(views))
         return api_json({"sessions": [session_json(v) for v in views]})
 
     async def api_session(self, request: web.Request) -> web.Response:
         """One session."""
         sid = path_id(request.match_info["sid"], "no_such_session")
-        view = await self._desk().session(sid)
-        await self._audit(request, "api.session", session=view.id, records=1)
+        view = await self._api_desk().session(sid)
+        await self._api_audit(request, "api.session", session=view.id, records=1)
         return api_json(session_json(view))
 
     async def api_end_session(self, request: web.Request) -> web.Response:
         """End a session: 200 with it, ended."""
         sid = path_id(request.match_info["sid"], "no_such_session")
-        desk = self._desk()
+        desk = self._api_desk()
         view = await desk.end_session(sid, request[WHO_KEY].actor())
-        await self._audit(request, "api.session.end", session=view.id, records=1)
+        await self._api_audit(request, "api.session.end", session=view.id, records=1)
         return api_json(session_json(view))
 
     async def api_lesion(self, request: web.Request) -> web.Response:
@@ -320,24 +320,24 @@ class ApiRoutes(PageState):
         created now, 200 when it was in the patient's registry already."""
         sid = path_id(request.match_info["sid"], "no_such_session")
         wanted = lesion_request(parse_body(await request.read()))
-        desk = self._desk()
+        desk = self._api_desk()
         before = {lesion.id for lesion in await desk.lesions(sid)}
         view = await desk.set_lesion(sid, wanted, request[WHO_KEY].actor())
-        await self._audit(request, "api.lesion", session=sid, records=1)
+        await self._api_audit(request, "api.lesion", session=sid, records=1)
         return api_json(lesion_json(view), 200 if view.id in before else 201)
 
     async def api_lesions(self, request: web.Request) -> web.Response:
         """The lesion registry of the session's patient."""
         sid = path_id(request.match_info["sid"], "no_such_session")
-        views = await self._desk().lesions(sid)
-        await self._audit(request, "api.lesions", session=sid, records=len(views))
+        views = await self._api_desk().lesions(sid)
+        await self._api_audit(request, "api.lesions", session=sid, records=len(views))
         return api_json({"lesions": [lesion_json(v) for v in views]})
 
     # ----------------------------------------------------------------- held captures
 
     async def api_held(self, request: web.Request) -> web.Response:
         """Captures held for want of a patient (no patient data: not audited)."""
-        views = await self._desk().held()
+        views = await self._api_desk().held()
         return api_json({"held": [held_json(v) for v in views]})
 
     async def api_assign(self, request: web.Request) -> web.Response:
@@ -345,7 +345,7 @@ class ApiRoutes(PageState):
         spool ids released to wrapping and the session."""
         who = request[WHO_KEY]
         job = assign_request(parse_body(await request.read()))
-        desk = self._desk()
+        desk = self._api_desk()
         if job.new is None:
             released = await desk.assign(job.spool_ids, job.session_id, None, who.actor())
             session_id = job.session_id
