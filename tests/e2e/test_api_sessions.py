@@ -2,7 +2,9 @@
 ``dermgate run``: a kiosk with a token opens a typed patient's session, assigns the
 captures held for want of a patient to it (or to a new session named in the same
 request), ends it; the captures reach Orthanc under that patient; every answer with
-patient data is audited; the log and MQTT never see the patient."""
+patient data is audited; the log, MQTT, a refused request's answer, ``/api/v1/held``,
+the page's spool, capture (not revealed), held, why, metrics and health pages, and
+``dermgate spool list/show`` never see the patient."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from tests.support.privacy import PATIENTS, LeakScanner
 from tests.support.simulator import SimulatorProcess
 from tests.support.state import ledger_rows
 from tests.support.waiting import wait_for
+from tests.support.web import PASSWORD, login, run_cli
 
 FIRST, SECOND = PATIENTS[0], PATIENTS[2]
 
@@ -76,7 +79,11 @@ def test_a_kiosk_opens_sessions_and_assigns_held_captures_over_the_api(
 ) -> None:
     config, base = _config(tmp_path, orthanc, mosquitto)
     token = token_add(config, "kiosk")
+    added = run_cli("user", "add", "tech", "--config", str(config), "--password-stdin",
+                    stdin=PASSWORD + "\n")  # fmt: skip
+    assert added.returncode == 0, added.stderr
     rec = recorder_factory(mosquitto, ["#"])
+    side_doors: dict[str, str] = {}  # where patient data must never appear -> what it said
     sim = simulator_factory("--captures", "2", "--interval", "0.2")
     gateway = start_service(gateway_factory, config, base)
     state_dir = tmp_path / "state"
@@ -190,6 +197,21 @@ def test_a_kiosk_opens_sessions_and_assigns_held_captures_over_the_api(
             for answer, status, code in refusals:
                 assert answer.status == status, answer.text
                 assert code is None or answer.code == code, answer.text
+            # A refused request full of patient data: the answer quotes none of it.
+            bad = dict(_typed(FIRST, "F"), birth_date=f"{FIRST.name} {FIRST.id}")
+            refused = await api("POST", "/api/v1/sessions", {"device": "scope", "patient": bad})
+            assert refused.status == 422, refused.text
+            side_doors["a refused API request's answer"] = refused.text
+            side_doors["GET /api/v1/held"] = (await api("GET", "/api/v1/held")).text
+
+        # The page's side doors, logged in: the spool, a capture (not revealed), held.
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as page:
+            await login(page, base, "tech", PASSWORD)
+            for path in ("/spool", f"/spool/{ids['first']}", f"/spool/{ids['second']}", "/held",
+                         "/why", "/metrics", "/healthz"):  # fmt: skip
+                async with page.get(base + path) as r:
+                    assert r.status == 200, path
+                    side_doors[f"page {path}"] = await r.text()
 
     asyncio.run(scenario())
     assert sim.wait(120) == 0
@@ -211,7 +233,15 @@ def test_a_kiosk_opens_sessions_and_assigns_held_captures_over_the_api(
     for n, message in enumerate(rec.all(), 1):
         leaks.scan(f"MQTT message #{n} on {message.topic!r}", message.payload, "mqtt")
     leaks.scan("audit log", audit, "audit")
+    for where, text in side_doors.items():
+        leaks.scan(where, text, "side door")
+    for args in (("spool", "list"), ("spool", "list", "--json"),
+                 ("spool", "show", str(ids["first"])), ("spool", "show", str(ids["second"]))):  # fmt: skip
+        shown = run_cli(*args, "--config", str(config))
+        assert shown.returncode == 0, shown.stderr
+        leaks.scan(f"`dermgate {' '.join(args)}`", shown.stdout + shown.stderr, "cli")
     leaks.assert_clean()
+    assert leaks.scanned["side door"] == len(side_doors)
     assert leaks.scanned["mqtt"] > 5
     joined = "\n".join(answers)
     assert FIRST.id in joined, "the authenticated kiosk does see its patients"
