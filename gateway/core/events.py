@@ -33,6 +33,8 @@ Kinds (fields beyond ``seq``, ``kind``, ``time``):
 ``alarm_cleared``        code, subject
 ``device_connected``     device, driver, state — a driver reached READY/TRANSFERRING
 ``device_gone``          device, driver, state — it left them (unplugged, error, stopped)
+``barcode_scanned``      scanner, device, outcome — a scanner read something ("matched",
+                         "no_match", "refused", "typed", ...); never the code itself
 
 The bus also keeps the set of active alarms (from alarm_raised/alarm_cleared), so
 the state snapshot shows them with the time they were raised.
@@ -55,6 +57,7 @@ __all__ = [
     "ActiveAlarm",
     "AlarmCleared",
     "AlarmRaised",
+    "BarcodeScanned",
     "CaptureCommitted",
     "CaptureDelivered",
     "CaptureQuarantined",
@@ -161,6 +164,17 @@ class DeviceGone(Event):
     state: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BarcodeScanned(Event):
+    """A barcode scanner (``scanner``: "barcodes[0]") read something for ``device``;
+    ``outcome`` says what became of it (never the scanned code: patient data)."""
+
+    kind: ClassVar[str] = "barcode_scanned"
+    scanner: str
+    device: str
+    outcome: str
+
+
 EVENT_KINDS: tuple[type[Event], ...] = (
     CaptureSaved,
     CaptureDelivered,
@@ -170,6 +184,7 @@ EVENT_KINDS: tuple[type[Event], ...] = (
     AlarmCleared,
     DeviceConnected,
     DeviceGone,
+    BarcodeScanned,
 )
 """Every kind of event there is."""
 
