@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from gateway.context.barcode.presence import Presence
+from gateway.context.barcode.presence import Presence, reason
 from gateway.context.barcode.read import ScanRead
 from gateway.context.barcode.wedge import KeyEvent, WedgeDecoder
 from gateway.core.backoff import Backoff
@@ -51,16 +50,6 @@ def _open(path: str) -> evdev.InputDevice[str]:
     return device
 
 
-def _reason(err: OSError) -> str:
-    if err.errno == errno.EACCES:
-        return "permission denied: see the udev rule in the README"
-    if err.errno == errno.EBUSY:
-        return "grabbed by another program"
-    if err.errno == errno.ENOTTY:
-        return "not an input event device"
-    return err.strerror or type(err).__name__
-
-
 async def evdev_events(
     path: str, label: str, *, initial: float = 0.5, cap: float = 10.0
 ) -> AsyncIterator[KeyEvent]:
@@ -72,7 +61,7 @@ async def evdev_events(
         try:
             device = await asyncio.to_thread(_open, path)
         except OSError as err:
-            presence.away(_reason(err))
+            presence.away(reason(err))
             await asyncio.sleep(backoff.next_delay())
             continue
         presence.here()
@@ -81,7 +70,7 @@ async def evdev_events(
             async for event in _events(device):
                 yield event
         except OSError as err:
-            presence.away(_reason(err))
+            presence.away(reason(err))
         finally:
             device.close()
         await asyncio.sleep(backoff.next_delay())

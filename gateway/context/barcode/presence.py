@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
-__all__ = ["Presence"]
+__all__ = ["Presence", "reason"]
 
 log = logging.getLogger("dermgate.barcodes")
+
+
+_REASONS = {
+    errno.ENOENT: "not connected",
+    errno.ENODEV: "not connected",
+    errno.ENXIO: "not connected",
+    errno.EIO: "not connected",
+    errno.EACCES: "permission denied: see the udev rule in the README",
+    errno.EPERM: "permission denied: see the udev rule in the README",
+    errno.EBUSY: "in use by another program",
+    errno.EAGAIN: "in use by another program",
+    errno.ENOTTY: "not the right kind of device",
+}
+
+
+def reason(err: BaseException) -> str:
+    """Why a scanner cannot be read, in a few words (same words for the same cause,
+    so that retries failing alike are not logged again)."""
+    code = getattr(err, "errno", None)
+    if isinstance(code, int) and code in _REASONS:
+        return _REASONS[code]
+    if code is None and isinstance(err, OSError):
+        return "not connected"  # pyserial's read errors carry no errno: the device went away
+    return getattr(err, "strerror", None) or type(err).__name__
 
 
 class Presence:

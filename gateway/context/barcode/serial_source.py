@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 
 import serial
 
-from gateway.context.barcode.presence import Presence
+from gateway.context.barcode.presence import Presence, reason
 from gateway.context.barcode.read import MAX_CODE, ReadKind, ScanRead
 from gateway.core.backoff import Backoff
 
@@ -95,12 +95,6 @@ def _read(link: serial.SerialBase) -> bytes:
     return bytes(link.read(min(max(waiting, 1), 4096)))
 
 
-def _reason(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return type(err).__name__
-
-
 async def serial_reads(
     port: str,
     baudrate: int,
@@ -119,7 +113,7 @@ async def serial_reads(
         try:
             link = await asyncio.to_thread(_open, port, baudrate)
         except (*_GONE, ValueError) as err:
-            presence.away(_reason(err))
+            presence.away(reason(err))
             await asyncio.sleep(backoff.next_delay())
             continue
         presence.here()
@@ -137,7 +131,7 @@ async def serial_reads(
                     if flushed is not None:
                         yield flushed
         except _GONE as err:
-            presence.away(_reason(err))
+            presence.away(reason(err))
         finally:
             with contextlib.suppress(*_GONE):
                 await asyncio.to_thread(link.close)
