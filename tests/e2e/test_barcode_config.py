@@ -115,6 +115,13 @@ for_device = "confocal"
     ) in result.stderr, result.stderr
 
 
+def test_one_scanner_cannot_serve_two_entries(tmp_path: Path) -> None:
+    entry = '\n[[barcodes]]\nport = "/dev/ttyACM1"\nfor_device = "{}"\n'
+    result = check(tmp_path, entry.format("dermatoscope") + entry.format("scanner3d"))
+    assert result.returncode == 2
+    assert "barcodes[1]: /dev/ttyACM1 is already barcodes[0]" in result.stderr, result.stderr
+
+
 def test_for_device_is_required(tmp_path: Path) -> None:
     result = check(tmp_path, '\n[[barcodes]]\nport = "/dev/ttyACM1"\n')
     assert result.returncode == 2

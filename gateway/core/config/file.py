@@ -89,6 +89,15 @@ class DermGateConfig(_Strict):
                     f"barcodes[{index}].for_device: {scanner.for_device!r} names no [[devices]] "
                     f"entry (their names: {', '.join(names) or 'none'})"
                 )
+        seen: dict[str, int] = {}
+        for index, scanner in enumerate(self.barcodes):
+            where = scanner.device or scanner.port or ""
+            if where in seen:
+                raise ValueError(
+                    f"barcodes[{index}]: {where} is already barcodes[{seen[where]}] "
+                    "(a scanner can be read by one entry only)"
+                )
+            seen[where] = index
         return self
 
     @model_validator(mode="after")
