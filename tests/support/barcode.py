@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 
+import pytest
 from evdev import InputEvent, ecodes
 
 SCANNER_GAP = 0.004
@@ -112,3 +113,22 @@ async def key_source(batches: Iterable[list[InputEvent]]) -> AsyncIterator[Input
         for event in batch:
             yield event
         await asyncio.sleep(0)
+
+
+async def scanner_connected(
+    caplog: pytest.LogCaptureFixture, label: str, times: int = 1, timeout: float = 10
+) -> None:
+    """Wait until ``label``'s scanner has been logged as connected ``times`` times
+    (the port is open and its input flushed: what is written now is read)."""
+
+    def count() -> int:
+        return sum(
+            1
+            for r in caplog.records
+            if r.name == "dermgate.barcodes"
+            and r.getMessage().startswith(f"{label}: scanner connected")
+        )
+
+    async with asyncio.timeout(timeout):
+        while count() < times:
+            await asyncio.sleep(0.02)

@@ -14,6 +14,7 @@ import pytest
 from drivers.serial_dermatoscope.pty_link import PtyLink
 from gateway.context.barcode.read import MAX_CODE, ReadKind, ScanRead
 from gateway.context.barcode.serial_source import LineDecoder, serial_reads
+from tests.support.barcode import scanner_connected
 
 
 def test_lines_end_at_cr_lf_or_both_and_empty_lines_are_skipped() -> None:
@@ -82,12 +83,15 @@ def write(link: PtyLink, data: bytes) -> None:
     os.write(link.master, data)
 
 
-async def test_a_pty_scanner_is_read_line_by_line(tmp_path: Path) -> None:
+async def test_a_pty_scanner_is_read_line_by_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "dermgate.barcodes")
     link = PtyLink(tmp_path / "ttyACM1")
     link.open()
     reader = Reader(serial_reads(str(link.path), 9600, "barcodes[0]", quiet=0.3))
     try:
-        await asyncio.sleep(0.3)  # opened (input flushed at open, as a real port's)
+        await scanner_connected(caplog, "barcodes[0]")  # input is flushed at open
         write(link, b"PID0001\r\n")
         write(link, b"ACC-2026/")
         await asyncio.sleep(0.05)
@@ -112,14 +116,14 @@ async def test_unplug_and_replug_reconnects_and_logs_each_change_once(
     try:
         await asyncio.sleep(1.0)  # absent: about ten retries
         link.open()
-        await asyncio.sleep(0.5)
+        await scanner_connected(caplog, "barcodes[0]")
         write(link, b"PID0001\r\nPID")
         await reader.wait(1)
         link.close()  # unplugged mid-code
         await reader.wait(2)
         await asyncio.sleep(0.5)
         link.open()
-        await asyncio.sleep(0.5)
+        await scanner_connected(caplog, "barcodes[0]", times=2)
         write(link, b"PID0002\r\n")
         reads = await reader.wait(3)
         assert reads == [

@@ -38,7 +38,7 @@ from gateway.core.capture import PatientContext
 from gateway.core.config.context import BarcodeSettings
 from gateway.core.context import SessionSource
 from gateway.core.events import EventBus
-from tests.support.barcode import PERSON_GAP, Keyboard, key_source
+from tests.support.barcode import PERSON_GAP, Keyboard, key_source, scanner_connected
 
 PATIENT = r"^(?P<patient_id>PID\d{4})$"
 ACCESSION = r"^(?P<accession_number>ACC-\d{4}/\d{4}_x)$"
@@ -129,7 +129,7 @@ async def test_scans_open_sessions_and_everything_else_is_a_notice(
     try:
         async with Started(stage) as running:
             await running.notices(2)  # the wedge's two
-            await asyncio.sleep(0.3)  # the port is open (its input flushed at open)
+            await scanner_connected(caplog, "barcodes[1]")  # input is flushed at open
             assert link.master is not None
             os.write(link.master, b"ACC-2026/0042_x\r\nhello\r\n" + REFUSED.encode() + b"\r\n")
             await running.notices(5)
@@ -185,8 +185,8 @@ async def test_the_notice_list_is_bounded_newest_first() -> None:
     )
     desk = RecordingDesk()
     stage = BarcodeStage([scanner], desk, key_events=wedge(batches), keep=3)
-    async with Started(stage):
-        await asyncio.sleep(0.5)
+    async with Started(stage) as running, asyncio.timeout(10):
+        await running.task  # the source ran out: the stage is done
     assert [n.text for n in stage.recent()] == ["X9", "X8", "X7"]
     assert all(n.outcome is ScanOutcome.NO_MATCH for n in stage.recent())
     assert desk.calls == []
