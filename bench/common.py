@@ -306,6 +306,8 @@ def gateway_config(
         f"listen_port = {listen_port}\n"
         f'state_dir = "{state_dir}"\n'
         'log_level = "INFO"\n'
+        # captures come without a patient session: send them at once, never hold
+        "\n[context]\nhold_unidentified = 0\n"
     )
     if destination is not None:
         text += "\n[[destinations]]\n" + table(destination) + "\n"

@@ -7,12 +7,17 @@ row becomes WRAPPED with a pending delivery per destination. A capture the write
 refuses (not a JPEG, subsampling DICOM cannot describe, a damaged mesh) is
 quarantined: it was acknowledged, so it is kept, never sent, and shown with the
 reason.
+
+A capture bound to a patient session at intake is written with that context
+(:class:`~gateway.dicom.job.WrapJob` ``context``, the session's patient in the
+offer); HELD captures are never picked (only CAPTURED ones are).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -160,7 +165,20 @@ class Wrapper:
         raw = self._dirs.raw / entry.raw_name
         if not raw.exists():  # deleted by hand: waiting would not bring it back
             raise WrapError("raw capture file missing")
-        job = WrapJob(entry.device, entry.offer, entry.uids, raw, self._gateway, now, patient_key)
+        offer = entry.offer
+        if entry.context is not None:
+            # The session's patient, not the device's (a mismatch was held at intake).
+            offer = dataclasses.replace(offer, patient=entry.context.patient)
+        job = WrapJob(
+            entry.device,
+            offer,
+            entry.uids,
+            raw,
+            self._gateway,
+            now,
+            patient_key,
+            context=entry.context,
+        )
         return write_capture(job, dest)
 
     @property

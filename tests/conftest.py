@@ -15,11 +15,13 @@ from hypothesis import settings
 pytest_plugins = [
     "tests.support.disk",
     "tests.support.gateway_process",
+    "tests.support.mpps_scp",
     "tests.support.mqtt",
     "tests.support.peers",
     "tests.support.simulator",
     "tests.support.spool",
     "tests.support.usb_confocal",
+    "tests.support.worklist",
 ]
 
 # Hypothesis profiles: "ci" (default) keeps the suite fast; "slow" is the deep fuzz

@@ -17,9 +17,11 @@ finds the EXIF block and parses its TIFF structure itself:
 fuzz tests hammer. Every malformed input raises :class:`ExifError` and nothing else;
 the driver then treats the photo as having no EXIF (the image itself may be fine).
 
-Deliberately *not* read: GPS, Artist, Copyright, CameraOwnerName, ImageDescription,
-UserComment and MakerNote. They may name a person or a place, and DermGate never
-carries them into DICOM.
+Deliberately *not* read: GPS, Artist, Copyright, CameraOwnerName, UserComment and
+MakerNote. They may name a person or a place, and DermGate never carries them into
+DICOM. ImageDescription is read only for a DermGate lesion tag
+(:mod:`.lesion_tag`): any other description is dropped here, unread by anything
+else.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import BinaryIO, Final
+
+from drivers.photo_folder.lesion_tag import is_lesion_tag
 
 __all__ = [
     "CameraExif",
@@ -47,6 +51,7 @@ _MAX_CHUNKS: Final = 4096
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 
 # IFD0
+_IMAGE_DESCRIPTION: Final = 0x010E
 _MAKE: Final = 0x010F
 _MODEL: Final = 0x0110
 _ORIENTATION: Final = 0x0112
@@ -73,7 +78,9 @@ _LENS_MAKE: Final = 0xA433
 _LENS_MODEL: Final = 0xA434
 _LENS_SERIAL: Final = 0xA435
 
-_IFD0_TAGS: Final = frozenset({_MAKE, _MODEL, _ORIENTATION, _SOFTWARE, _DATE_TIME, _EXIF_IFD})
+_IFD0_TAGS: Final = frozenset(
+    {_IMAGE_DESCRIPTION, _MAKE, _MODEL, _ORIENTATION, _SOFTWARE, _DATE_TIME, _EXIF_IFD}
+)
 _EXIF_TAGS: Final = frozenset(
     {
         _EXPOSURE_TIME,
@@ -129,6 +136,7 @@ class CameraExif:
     offset_time_original: str | None = None
     sub_sec_time_original: str | None = None
     orientation: int | None = None
+    lesion_tag: str | None = None  # ImageDescription, only when a DermGate lesion tag
 
     def taken_at(self) -> datetime | None:
         """When the photo was taken: DateTimeOriginal (+SubSec, +Offset), as a datetime.
@@ -322,7 +330,13 @@ def _parse(source: _Source) -> CameraExif:
         offset_time_original=offset,
         sub_sec_time_original=sub_sec,
         orientation=_orientation(ifd0.get(_ORIENTATION)),
+        lesion_tag=_lesion_tag(_text(ifd0.get(_IMAGE_DESCRIPTION))),
     )
+
+
+def _lesion_tag(description: str | None) -> str | None:
+    """The description if it is a DermGate lesion tag; any other text is dropped."""
+    return description if description is not None and is_lesion_tag(description) else None
 
 
 def _read_ifd(

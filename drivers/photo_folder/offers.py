@@ -13,6 +13,7 @@ from typing import Final
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.photo_folder.exif import CameraExif
+from drivers.photo_folder.lesion_tag import parse_lesion_tag
 from drivers.photo_folder.photos import Photo
 from gateway.driver_api import (
     DEFAULT_MAX_PIXELS,
@@ -22,6 +23,7 @@ from gateway.driver_api import (
     DeviceClass,
     DeviceIdentity,
     ExifFields,
+    Laterality,
     PhotoExtra,
 )
 
@@ -92,8 +94,9 @@ def identity_for(exif: CameraExif, options: PhotoFolderOptions) -> DeviceIdentit
 
 
 def offer_for(photo: Photo, max_pixels: int | None = None) -> CaptureOffer:
-    """The capture offer of an examined photo (EXIF in ``extra``, time taken); for a
-    photo DermGate decodes, the device's ``max_pixels`` too (checked again at wrapping)."""
+    """The capture offer of an examined photo (EXIF in ``extra``, time taken, the
+    lesion its tag names: :mod:`.lesion_tag`); for a photo DermGate decodes, the
+    device's ``max_pixels`` too (checked again at wrapping)."""
     exif = photo.exif
     fields = ExifFields(
         make=exif.make,
@@ -114,11 +117,15 @@ def offer_for(photo: Photo, max_pixels: int | None = None) -> CaptureOffer:
         offset_time_original=exif.offset_time_original,
         orientation=exif.orientation,
     )
+    lesion = parse_lesion_tag(exif.lesion_tag)
     return CaptureOffer(
         device_capture_id=photo.capture_id,
         acquired_at=exif.taken_at(),
         length=photo.file.size,
         content_type=photo.content_type,
+        anatomic_site=lesion.anatomic_site,
+        laterality=Laterality(lesion.laterality) if lesion.laterality else None,
+        lesion_id=lesion.lesion_id,
         extra=PhotoExtra(
             exif=fields,
             max_pixels=None if photo.content_type is ContentType.JPEG else max_pixels,

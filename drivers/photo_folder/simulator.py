@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, TiffImagePlugin
 
+from drivers.photo_folder.lesion_tag import format_lesion_tag
 from gateway.driver_api import run_simulator, write_report
 
 __all__ = ["main", "make_photo"]
@@ -68,10 +69,15 @@ def _local_offset() -> str:
     return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
 
 
-def camera_exif(serial: str, taken: datetime, seed: int, orientation: int = 1) -> Image.Exif:
-    """The EXIF a clinical camera writes (no owner, no GPS, no comments)."""
+def camera_exif(
+    serial: str, taken: datetime, seed: int, orientation: int = 1, description: str | None = None
+) -> Image.Exif:
+    """The EXIF a clinical camera writes (no owner, no GPS, no comments); with
+    ``description``, an ImageDescription (a lesion tag: :mod:`.lesion_tag`)."""
     rng = random.Random(seed)
     exif = Image.Exif()
+    if description is not None:
+        exif[0x010E] = description
     exif[0x010F] = MANUFACTURER
     exif[0x0110] = MODEL
     exif[0x0112] = orientation
@@ -131,6 +137,7 @@ def make_photo(
     subsampling: int = 2,
     progressive: bool = False,
     orientation: int = 1,
+    description: str | None = None,
 ) -> bytes:
     """One photo's file content (deterministic for a seed and time).
 
@@ -139,7 +146,7 @@ def make_photo(
     """
     moment = taken or datetime(2026, 11, 30, 9, 0, 0)
     image = _picture(seed, width, height)
-    exif = camera_exif(serial, moment, seed, orientation)
+    exif = camera_exif(serial, moment, seed, orientation, description)
     out = io.BytesIO()
     if fmt == "jpeg":
         image.save(
@@ -207,6 +214,7 @@ class CameraSimulator:
                 serial=self.serial,
                 taken=taken,
                 orientation=6 if k % 3 == 2 else 1,  # every third photo taken sideways
+                description=self._lesion_tag(),
             )
             entries.append(Entry(f"IMG_{base + k + 1:04d}.{suffix}", content, "processed"))
         for n, fault in enumerate(args.fault or ()):
@@ -217,6 +225,13 @@ class CameraSimulator:
             junk = b"Camera log\n" + self.rng.randbytes(4096)
             entries.append(Entry(f"NOTES_{base + 1:04d}.TXT", junk, "refused"))
         return entries
+
+    def _lesion_tag(self) -> str | None:
+        """The lesion tag of every photo, when a lesion option was given."""
+        args = self.args
+        if args.lesion_id is None and args.anatomic_site is None and args.laterality is None:
+            return None
+        return format_lesion_tag(args.lesion_id, args.anatomic_site, args.laterality)
 
     def _faulty(self, fault: str, n: int) -> bytes:
         args = self.args
@@ -424,6 +439,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--width", type=int, default=3000, help="photo width (default 3000)")
     parser.add_argument("--height", type=int, default=2000, help="photo height (default 2000)")
+    lesion = parser.add_argument_group(
+        "lesion (written into every photo's EXIF ImageDescription as a DermGate lesion tag)"
+    )
+    lesion.add_argument("--lesion-id", metavar="ID", help="the lesion label")
+    lesion.add_argument(
+        "--anatomic-site",
+        metavar="CODE",
+        help="CID 4029 SNOMED CT code value, bare or as SCT:CODE (e.g. SCT:66643007)",
+    )
+    lesion.add_argument("--laterality", choices=("R", "L", "B", "U"), help="side of the lesion")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 

@@ -69,6 +69,7 @@ from gateway.driver_api import (
     DriverState,
     DropFolder,
     EntrySnapshot,
+    Laterality,
     Matcher,
     NotARegularFile,
     RefusalReason,
@@ -80,6 +81,11 @@ __all__ = ["ScannerExportDriver", "ScannerExportOptions"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+
+
+def _laterality(code: str | None) -> Laterality | None:
+    """The manifest's laterality (already checked) as the offer's."""
+    return Laterality(code) if code else None
 
 
 class ScannerExportOptions(BaseModel):
@@ -309,6 +315,9 @@ class ScannerExportDriver(BaseDriver[ScannerExportOptions]):
                 extra=self._extra(planned),
                 uids=planned.uids,
                 patient=plan.patient,
+                anatomic_site=plan.manifest.lesion.anatomic_site,
+                laterality=_laterality(plan.manifest.lesion.laterality),
+                lesion_id=plan.manifest.lesion.lesion_id,
             )
             try:
                 sink = await self.host.begin_capture(plan.identity, offer)

@@ -12,8 +12,16 @@ which the scanner writes **last**: its presence says the export is complete::
       "units": "mm",                                    mm | cm | m; default mm
       "patient": {"name": "Family^Given", "id": "…", "issuer": "…",
                   "birth_date": "19700131", "sex": "F"},   optional, every field too
-      "files": [{"name": "body.obj", "size": 123, "sha256": "…"}, …]
+      "files": [{"name": "body.obj", "size": 123, "sha256": "…"}, …],
+      "anatomic_site": "66643007",                      optional: CID 4029 SNOMED CT value
+      "laterality": "L",                                optional: R | L | B | U
+      "lesion_id": "L03"                                optional: the scanner's lesion label
     }
+
+The lesion fields apply to every file of the export (a scan centred on one
+lesion); ``anatomic_site`` is a SNOMED CT code value (digits, ``SCT:`` prefix
+allowed), ``lesion_id`` at most 64 printable characters without a backslash. A
+present but invalid one refuses the export, like any other field.
 
 ``files`` lists the export's files (paths relative to the export folder, ``/``
 separated); ``size`` and ``sha256`` are optional. Without ``files`` every mesh,
@@ -53,6 +61,7 @@ __all__ = [
     "MANIFEST_NAME",
     "ExportRefused",
     "FileEntry",
+    "LesionFields",
     "Manifest",
     "PatientFields",
     "ScannerFields",
@@ -105,6 +114,15 @@ class PatientFields:
 
 
 @dataclass(frozen=True, slots=True)
+class LesionFields:
+    """The lesion the scanner named for the whole export (each None: not said)."""
+
+    anatomic_site: str | None = None
+    laterality: str | None = None
+    lesion_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     """One file the manifest lists."""
 
@@ -124,6 +142,7 @@ class Manifest:
     units: str
     patient: PatientFields
     files: tuple[FileEntry, ...] | None = field(default=None)
+    lesion: LesionFields = field(default_factory=LesionFields)
 
 
 def parse_manifest(data: bytes, today: date) -> Manifest:
@@ -158,7 +177,26 @@ def parse_manifest(data: bytes, today: date) -> Manifest:
         units=str(units),
         patient=patient,
         files=_files(raw.get("files")),
+        lesion=_lesion(raw),
     )
+
+
+def _lesion(raw: dict[str, Any]) -> LesionFields:
+    site = raw.get("anatomic_site")
+    if site is not None:
+        if not isinstance(site, str):
+            raise ExportRefused("the manifest's anatomic site is not a string")
+        site = site.strip()
+        site = site[4:] if site.upper().startswith("SCT:") else site
+        if not re.fullmatch(r"[0-9]{6,18}", site):
+            raise ExportRefused("the manifest's anatomic site is not a SNOMED CT code value")
+    laterality = raw.get("laterality")
+    if laterality is not None and laterality not in ("R", "L", "B", "U"):
+        raise ExportRefused("the manifest's laterality is not R, L, B or U")
+    label = _text(raw.get("lesion_id"), "lesion id", _LO_MAX) or None
+    if label is not None and not label.isprintable():
+        raise ExportRefused("the manifest's lesion id contains non-printable characters")
+    return LesionFields(site or None, laterality, label)
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:

@@ -168,6 +168,9 @@ class Workstation:
         patient = self._patient(index)
         if patient is not None:
             manifest["patient"] = patient
+        for key in ("anatomic_site", "laterality", "lesion_id"):
+            if getattr(self.args, key) is not None:
+                manifest[key] = getattr(self.args, key)
         data = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
         (root / MANIFEST_NAME).write_bytes(data)
         self.offered += 1
@@ -335,6 +338,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reoffer", action="store_true", help="copy each processed export in again, once"
     )
+    lesion = parser.add_argument_group("lesion (in every export's manifest)")
+    lesion.add_argument("--lesion-id", metavar="ID", help="the scanner's lesion label")
+    lesion.add_argument(
+        "--anatomic-site",
+        metavar="CODE",
+        help="CID 4029 SNOMED CT code value, bare or as SCT:CODE (e.g. SCT:66643007)",
+    )
+    lesion.add_argument("--laterality", choices=("R", "L", "B", "U"), help="side of the lesion")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is written")
     return parser
 

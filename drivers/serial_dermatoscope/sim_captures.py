@@ -26,6 +26,7 @@ __all__ = [
     "MANUFACTURER",
     "MODEL",
     "TRANSFER_FAULTS",
+    "LesionChoice",
     "OfferEncoder",
     "SimCapture",
     "plan_captures",
@@ -92,9 +93,32 @@ class SimCapture:
         return hashlib.sha256(self.content).hexdigest()
 
 
-def plan_captures(count: int, interval: float, started: float) -> list[SimCapture]:
+@dataclass(frozen=True, slots=True)
+class LesionChoice:
+    """What the user set for every capture (``--lesion-id``, ``--anatomic-site``,
+    ``--laterality``); None leaves the varied default of each capture."""
+
+    lesion_id: str | None = None
+    anatomic_site: str | None = None
+    laterality: str | None = None
+
+    def apply(self, metadata: dict[str, Any]) -> None:
+        """Override the capture's lesion fields with the ones chosen."""
+        if self.lesion_id is not None:
+            metadata["lesion_id"] = self.lesion_id
+        if self.anatomic_site is not None:
+            metadata["anatomic_site"] = self.anatomic_site
+            metadata["laterality"] = self.laterality
+        elif self.laterality is not None:
+            metadata["laterality"] = self.laterality
+
+
+def plan_captures(
+    count: int, interval: float, started: float, lesion: LesionChoice | None = None
+) -> list[SimCapture]:
     """The captures the device will take: one every ``interval`` seconds from ``started``
-    (monotonic), with metadata varied the way a user varies it."""
+    (monotonic), with metadata varied the way a user varies it, the ``lesion`` chosen
+    (if any) on every one."""
     sites = _anatomic_sites()
     clock = datetime.now().replace(microsecond=0)
     captures = []
@@ -114,6 +138,8 @@ def plan_captures(count: int, interval: float, started: float) -> list[SimCaptur
             "laterality": laterality,
             "lesion_id": f"L{k // 2 + 1}" if k % 2 == 0 else None,
         }
+        if lesion is not None:
+            lesion.apply(metadata)
         captures.append(
             SimCapture(
                 index=k + 1,

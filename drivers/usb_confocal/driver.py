@@ -38,6 +38,7 @@ from gateway.driver_api import (
     DeviceHost,
     DeviceIdentity,
     DriverState,
+    Laterality,
     Matcher,
     RowMajorTiles,
     UsbMatch,
@@ -148,7 +149,8 @@ def stack_of(
 
 
 def offer_for(header: p.StackHeader) -> CaptureOffer:
-    """The offer announced when a stack starts (geometry only)."""
+    """The offer announced when a stack starts: geometry, and the lesion if the
+    device named one."""
     try:
         acquired = datetime.fromisoformat(header.acquired_at) if header.acquired_at else None
     except ValueError:
@@ -159,6 +161,9 @@ def offer_for(header: p.StackHeader) -> CaptureOffer:
         length=header.length,
         content_type=ContentType.PIXELS,
         extra=stack_of(header).to_extra(),
+        anatomic_site=header.anatomic_site,
+        laterality=Laterality(header.laterality) if header.laterality else None,
+        lesion_id=header.lesion_id,
     )
 
 

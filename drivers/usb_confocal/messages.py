@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -119,6 +120,9 @@ class StackHeader:
     tile_rows: int
     tile_cols: int
     frame_ms: float | None = None
+    anatomic_site: str | None = None
+    laterality: str | None = None
+    lesion_id: str | None = None
 
     @property
     def frame_bytes(self) -> int:
@@ -149,6 +153,9 @@ class StackHeader:
         }
         if self.frame_ms is not None:
             data["frame_ms"] = self.frame_ms
+        for key in ("anatomic_site", "laterality", "lesion_id"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
         if self.kind == "mosaic":
             data["tile_rows"] = self.tile_rows
             data["tile_cols"] = self.tile_cols
@@ -196,7 +203,39 @@ class StackHeader:
             tile_rows=tile_rows,
             tile_cols=tile_cols,
             frame_ms=_opt_float(data, "frame_ms"),
+            anatomic_site=_site(data.get("anatomic_site")),
+            laterality=_laterality(data.get("laterality")),
+            lesion_id=_lesion_id(data.get("lesion_id")),
         )
+
+
+_SCT_CODE: Final = re.compile(r"[0-9]{6,18}")
+
+
+def _site(value: object) -> str | None:
+    """An optional SNOMED CT code value from CID 4029 (digits only)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or _SCT_CODE.fullmatch(value) is None:
+        raise ValueError("anatomic_site")
+    return value
+
+
+def _laterality(value: object) -> str | None:
+    if value is None:
+        return None
+    if value not in ("R", "L", "B", "U"):
+        raise ValueError("laterality")
+    return str(value)
+
+
+def _lesion_id(value: object) -> str | None:
+    """An optional lesion label: 1-64 printable characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or not value.isprintable():
+        raise ValueError("lesion_id")
+    return value
 
 
 def check_stack_id(value: object) -> str:

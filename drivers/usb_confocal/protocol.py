@@ -33,7 +33,12 @@ Device → host (bulk IN):
   ``acquired_at`` (ISO 8601), optional ``frame_ms`` (time to acquire one frame,
   ms: DICOM needs it as Frame Acquisition Duration of each original frame), and
   for mosaics ``tile_rows``, ``tile_cols`` (rows × cols = frames; tiles are sent
-  row by row).
+  row by row). Optional lesion fields (added later; a host that does not know them
+  ignores them, a device that does not send them means "not said"):
+  ``anatomic_site`` (a SNOMED CT code value from DICOM CID 4029, digits only),
+  ``laterality`` ("R", "L", "B" or "U") and ``lesion_id`` (the device's lesion
+  label, 1–64 printable characters; it becomes the Tracking ID). A present but
+  invalid value makes the header invalid, as for any other field.
 * ``0x02 FRAME`` binary ``<IdHH``: frame index (0-based, in order), z position
   in µm below the surface, tile row, tile column. It is followed **immediately and
   unframed** by the frame's raw pixels: width × height × bits/8 bytes, little

@@ -123,9 +123,11 @@ def plan_stack(
     width: int,
     height: int,
     bits: int,
+    lesion: tuple[str | None, str | None, str | None] = (None, None, None),
 ) -> SimStack:
     """Stack ``index`` (0-based) as the device records it: ``frames`` frames (stack 1
-    ``first_frames`` when set), a z-stack or a mosaic grid of about that many tiles."""
+    ``first_frames`` when set), a z-stack or a mosaic grid of about that many tiles;
+    ``lesion`` is the (lesion id, anatomic site, laterality) the user set, if any."""
     if index == 0 and first_frames:
         frames = first_frames
     rows = cols = 0
@@ -150,6 +152,9 @@ def plan_stack(
         tile_rows=rows,
         tile_cols=cols,
         frame_ms=FRAME_MS,
+        lesion_id=lesion[0],
+        anatomic_site=lesion[1],
+        laterality=lesion[2],
     )
     return SimStack(index, header)
 

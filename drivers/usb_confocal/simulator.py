@@ -97,6 +97,7 @@ class DeviceSimulator:
                 width=width,
                 height=height,
                 bits=args.bits,
+                lesion=(args.lesion_id, args.anatomic_site, args.laterality),
             )
             for i in range(args.stacks)
         ]

@@ -16,6 +16,9 @@
                                             change its password)
     dermgate user list --config FILE        the logins (names only)
     dermgate user remove NAME --config FILE remove a login
+    dermgate worklist list|refresh --config FILE
+                                            the Modality Worklist cache (see
+                                            gateway/cli/worklist.py)
 
 Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad configuration;
 141 (128 + SIGPIPE) when the reader of the output went away (``… | head``), quietly.
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import cast
 
 from gateway.cli.spool import add_spool_commands
+from gateway.cli.worklist import add_worklist_commands
 from gateway.core.config import ConfigError, DermGateConfig
 from gateway.service.config import load_config
 from gateway.service.state_lock import StateLocked
@@ -309,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("name", help="user name")
     remove.add_argument("--config", type=Path, required=True, help="configuration file (TOML)")
     remove.set_defaults(func=cmd_user_remove)
+
+    add_worklist_commands(sub)  # list, refresh: gateway/cli/worklist.py
     return parser
 
 

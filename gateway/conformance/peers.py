@@ -86,6 +86,9 @@ listen_address = "127.0.0.1"
 state_dir = "{state_dir}"
 log_level = "DEBUG"
 
+[context]
+hold_unidentified = 0  # the kit's captures come without a patient session
+
 [[destinations]]
 name = "pacs"
 kind = "dicom"

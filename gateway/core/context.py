@@ -125,6 +125,10 @@ class CaptureContext:
     ``operator_name`` the person who opened the session ("" when off or unknown).
     ``sensitive`` lists the Sensitive Content Code Sequence (0008,001D) items to
     write (site policy and technician flags, resolved at binding time).
+    ``study_started`` (ISO 8601, with its offset) dates the study: when its first
+    session opened, so every object of one study carries the same Study Date/Time
+    ("": each object's own acquisition time). ``series_number`` numbers the
+    session's series (None: the builder's).
     """
 
     session_id: int
@@ -137,6 +141,8 @@ class CaptureContext:
     operator_name: str = ""
     lesion: LesionContext | None = None
     sensitive: tuple[Coded, ...] = ()
+    study_started: str = ""
+    series_number: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,15 @@ Kinds (fields beyond ``seq``, ``kind``, ``time``):
 ``alarm_cleared``        code, subject
 ``device_connected``     device, driver, state — a driver reached READY/TRANSFERRING
 ``device_gone``          device, driver, state — it left them (unplugged, error, stopped)
+``session_opened``       session_id, device, source — a patient session began on a device
+``session_ended``        session_id, device, captures — it ended (captures bound to it)
+``capture_held``         spool_id, device — kept HELD, waiting for a patient
+``captures_released``    count, how ("assigned"|"expired") — held captures left HELD
+``worklist_refreshed``   items, ok — the worklist cache changed (count) or its SCP
+                         became (un)reachable; counts only
+``procedure_step_reported``  session_id, status — the MPPS SCP acknowledged IN PROGRESS,
+                         COMPLETED or DISCONTINUED for a worklist session
+``procedure_step_failed``    session_id, status, code — the MPPS SCP refused it for good
 ``barcode_scanned``      scanner, device, outcome — a scanner read something ("matched",
                          "no_match", "refused", "typed", ...); never the code itself
 
@@ -60,15 +69,22 @@ __all__ = [
     "BarcodeScanned",
     "CaptureCommitted",
     "CaptureDelivered",
+    "CaptureHeld",
     "CaptureQuarantined",
     "CaptureSaved",
+    "CapturesReleased",
     "DeviceConnected",
     "DeviceGone",
     "Event",
     "EventBus",
     "EventSink",
+    "ProcedureStepFailed",
+    "ProcedureStepReported",
     "Scalar",
+    "SessionEnded",
+    "SessionOpened",
     "Subscription",
+    "WorklistRefreshed",
 ]
 
 Scalar = str | int | float | bool | None
@@ -165,6 +181,76 @@ class DeviceGone(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SessionOpened(Event):
+    """A patient session began on ``device``; ``source``: worklist, barcode, manual or
+    unidentified (never who the patient is)."""
+
+    kind: ClassVar[str] = "session_opened"
+    session_id: int
+    device: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionEnded(Event):
+    """A patient session ended; ``captures``: how many captures were bound to it."""
+
+    kind: ClassVar[str] = "session_ended"
+    session_id: int
+    device: str
+    captures: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptureHeld(Event):
+    """A capture is kept HELD (not sent) until a patient is assigned or the hold ends."""
+
+    kind: ClassVar[str] = "capture_held"
+    spool_id: int
+    device: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapturesReleased(Event):
+    """Held captures left HELD: ``how`` is "assigned" (to a session) or "expired"
+    (sent with a temporary patient)."""
+
+    kind: ClassVar[str] = "captures_released"
+    count: int
+    how: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorklistRefreshed(Event):
+    """The worklist cache now holds ``items``; ``ok``: the last refresh succeeded."""
+
+    kind: ClassVar[str] = "worklist_refreshed"
+    items: int
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcedureStepReported(Event):
+    """The MPPS SCP acknowledged a worklist session's step in ``status`` (IN PROGRESS,
+    COMPLETED or DISCONTINUED)."""
+
+    kind: ClassVar[str] = "procedure_step_reported"
+    session_id: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcedureStepFailed(Event):
+    """The MPPS SCP refused a session's step in ``status`` for good; ``code`` says why
+    (:class:`gateway.core.procedure_step.StepErrorCode`)."""
+
+    kind: ClassVar[str] = "procedure_step_failed"
+    session_id: int
+    status: str
+    code: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BarcodeScanned(Event):
     """A barcode scanner (``scanner``: "barcodes[0]") read something for ``device``;
     ``outcome`` says what became of it (never the scanned code: patient data)."""
@@ -184,6 +270,13 @@ EVENT_KINDS: tuple[type[Event], ...] = (
     AlarmCleared,
     DeviceConnected,
     DeviceGone,
+    SessionOpened,
+    SessionEnded,
+    CaptureHeld,
+    CapturesReleased,
+    WorklistRefreshed,
+    ProcedureStepReported,
+    ProcedureStepFailed,
     BarcodeScanned,
 )
 """Every kind of event there is."""

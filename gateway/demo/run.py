@@ -28,10 +28,29 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
+from gateway.context.desk import (
+    Actor,
+    ContextDesk,
+    ContextError,
+    PickItem,
+    SessionRequest,
+    TypedPatient,
+)
+from gateway.context.stage import ContextStage
+from gateway.core.capture import PatientContext
 from gateway.demo.local_mosquitto import MosquittoProcess
 from gateway.demo.local_orthanc import OrthancProcess, free_port
+from gateway.demo.worklist import (
+    DEMO_ISSUER,
+    WORKLIST_PLUGIN,
+    demo_patients,
+    orthanc_worklist_settings,
+    worklist_plugin_available,
+    write_demo_worklist,
+)
 from gateway.service.config import load_config
 from gateway.service.state_lock import StateLocked
 from gateway.spool import ledger as db
@@ -45,6 +64,9 @@ log = logging.getLogger(__name__)
 
 DEMO_AE = "DERMGATE"
 DEMO_USER = "demo"
+DEMO_MODALITY = "XC"  # what the demo's worklist schedules for this box
+#: The lesion the dermatoscope and the confocal microscope both examine (one Tracking UID).
+DEMO_LESION = ("--lesion-id", "L01", "--anatomic-site", "699893008", "--laterality", "L")
 _FOREVER_PAUSE = 20.0
 
 
@@ -109,7 +131,10 @@ def demo_devices(workdir: Path) -> list[DemoDevice]:
             "dermatoscope",
             f'''driver = "serial-dermatoscope"
 port = "{link}"''',
-            ["serial-dermatoscope", "--link", str(link), "--captures", "{N}", "--interval", "1"],
+            [
+                *("serial-dermatoscope", "--link", str(link), "--captures", "{N}"),
+                *("--interval", "1", *DEMO_LESION),
+            ],
         ),
         DemoDevice(
             "confocal",
@@ -117,14 +142,19 @@ port = "{link}"''',
 usb_backend = "emulated:{usb}"''',
             [
                 *("usb-confocal", "--socket", str(usb), "--stacks", "{N}"),
-                *("--frames", "16", "--size", "512x512"),
+                *("--frames", "16", "--size", "512x512", *DEMO_LESION),
             ],
         ),
         DemoDevice(
             "body-scanner",
             f'''driver = "scanner-export"
 folder = "{scans}"''',
-            ["scanner-export", "--folder", str(scans), "--scans", "{N}", "--mesh-mb", "4"],
+            # No patient in the export: the session names it (an export naming
+            # another patient than the session's would be held, not sent).
+            [
+                *("scanner-export", "--folder", str(scans), "--scans", "{N}"),
+                *("--mesh-mb", "4", "--no-patient"),
+            ],
         ),
         DemoDevice(
             "camera",
@@ -135,6 +165,37 @@ folder = "{photos}"''',
     ]
 
 
+async def open_demo_sessions(desk: ContextDesk, *, worklist: bool) -> None:
+    """Start a patient on every demo device, as a technician would on the page: the
+    first scheduled patient on the dermatoscope and the confocal microscope (one
+    study, one lesion), the second on the body scanner and the camera. Without a
+    worklist, the same patients typed in (unscheduled: no order, a minted study)."""
+    technician = Actor("user", DEMO_USER, operator_name="Demo^Technician")
+    first, second = demo_patients()
+    if worklist:
+        await desk.refresh_worklist()
+    pairs = ((first, ("dermatoscope", "confocal")), (second, ("body-scanner", "camera")))
+    for patient, devices in pairs:
+        typed = TypedPatient(
+            PatientContext(
+                patient_name=patient.name,
+                patient_id=patient.patient_id,
+                issuer_of_patient_id=DEMO_ISSUER,
+                birth_date=patient.birth_date,
+                sex=patient.sex,
+            )
+        )
+        for device in devices:
+            request: SessionRequest = (
+                PickItem(accession_number=patient.accession_number) if worklist else typed
+            )
+            try:
+                await desk.open_session(device, request, technician)
+            except ContextError as err:  # the worklist did not answer: typed in instead
+                log.warning("demo: %s: %s; the patient is typed in instead", device, err.message)
+                await desk.open_session(device, typed, technician)
+
+
 def demo_config(
     workdir: Path,
     orthanc: OrthancProcess,
@@ -142,8 +203,10 @@ def demo_config(
     devices: list[DemoDevice],
     web_port: int,
     mqtt_port: int,
+    worklist: bool = True,
 ) -> str:
-    """The gateway configuration the demo runs with."""
+    """The gateway configuration the demo runs with (``worklist``: Orthanc serves
+    the demo's worklist too)."""
     sections = "".join(
         f"""
 [[devices]]
@@ -178,7 +241,19 @@ homeassistant_discovery = true
 
 [web]
 listen = "127.0.0.1:{web_port}"
-{sections}"""
+{_worklist_section(orthanc) if worklist else ""}{sections}"""
+
+
+def _worklist_section(orthanc: OrthancProcess) -> str:
+    return f"""
+[worklist]
+ae_title = "{orthanc.aet}"
+host = "127.0.0.1"
+port = {orthanc.dicom_port}
+modality = "{DEMO_MODALITY}"
+window_days = 1
+refresh = 60
+"""
 
 
 def _ledger_states(ledger_path: Path) -> dict[str, str]:
@@ -280,8 +355,24 @@ async def _run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     outcome = DemoOutcome(code=0 if captures is None else 1)
-    gateway = asyncio.create_task(run_gateway(config, stop), name="gateway")
-    gateway.add_done_callback(lambda _: stop.set())  # refused at start (lock, lost ledger)
+    desks: list[ContextStage] = []
+    started = asyncio.Event()
+
+    def context_ready(stage: ContextStage) -> None:
+        desks.append(stage)
+        started.set()
+
+    def gateway_done(_: object) -> None:  # refused at start (lock, lost ledger), or stopped
+        stop.set()
+        started.set()
+
+    gateway = asyncio.create_task(
+        run_gateway(config, stop, on_context=context_ready), name="gateway"
+    )
+    gateway.add_done_callback(gateway_done)
+    await started.wait()
+    if desks and not stop.is_set():  # the devices' patients, before any device sends
+        await open_demo_sessions(desks[0], worklist=config.worklist is not None)
     watcher = asyncio.create_task(
         _watch(devices, workdir, orthanc, config.ledger_path(), captures, stop, outcome),
         name="watch",
@@ -305,9 +396,18 @@ def run_demo(*, workdir: Path, captures: int | None, timeout: float) -> int:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     listen_port = free_port()
+    worklist = worklist_plugin_available()
+    worklists = workdir / "worklists"
     orthanc = OrthancProcess(
-        workdir / "orthanc", modalities={"dermgate": (DEMO_AE, "127.0.0.1", listen_port)}
+        workdir / "orthanc",
+        modalities={"dermgate": (DEMO_AE, "127.0.0.1", listen_port)},
+        plugins=(WORKLIST_PLUGIN,) if worklist else (),
+        extra=orthanc_worklist_settings(worklists) if worklist else {},
     )
+    if worklist:  # two patients scheduled for today (read by Orthanc on each C-FIND)
+        write_demo_worklist(worklists, date.today(), station=DEMO_AE, modality=DEMO_MODALITY)
+    else:
+        log.warning("demo: Orthanc's worklist plugin is not installed; no worklist")
     try:
         orthanc.start()
     except (OSError, RuntimeError) as err:
@@ -324,10 +424,15 @@ def run_demo(*, workdir: Path, captures: int | None, timeout: float) -> int:
     web_port = free_port()
     config_path = workdir / "dermgate.toml"
     config_path.write_text(
-        demo_config(workdir, orthanc, listen_port, devices, web_port, broker.port),
+        demo_config(workdir, orthanc, listen_port, devices, web_port, broker.port, worklist),
         encoding="utf-8",
     )
     password = one_time_login(load_config(config_path).users_path())
+    worklist_line = (
+        f"  The worklist (2 patients):    dermgate worklist list --config {config_path}\n"
+        if worklist
+        else ""
+    )
     ending = (
         f"Stops once {captures} captures of each device are in Orthanc."
         if captures
@@ -347,7 +452,7 @@ DermGate demo is running.
                                 3D body scanner ({workdir / "scanner-exports"}),
                                 clinical camera ({workdir / "camera-photos"})
   Watch the spool:              dermgate spool list --config {config_path}
-{ending}
+{worklist_line}{ending}
 """,
         flush=True,
     )

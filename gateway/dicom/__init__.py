@@ -2,17 +2,21 @@
 
 One module per IOD family (:mod:`.dermoscopy`, :mod:`.photo`, :mod:`.confocal`,
 :mod:`.confocal_sc`, :mod:`.surface`), each starting from the modules they share
-(:mod:`.modules`, :func:`~.modules.new_instance`); JPEG encapsulation
+(:mod:`.modules`, :func:`~.modules.new_instance`) and writing the capture's
+patient/order/lesion context into it (:mod:`.context`; :mod:`.retarget` rewrites a
+written object with another context); JPEG encapsulation
 (:mod:`.jpeg`); the one Part 10 writer every builder uses (:mod:`.part10`); and
 the one module that picks the writer for a capture (:mod:`.writers`), used by the
-wrapping stage and by intake's inline JPEG path. Pure builders: no ledger, no
-network.
+wrapping stage and by intake's inline JPEG path; the Modality Performed Procedure
+Step datasets (:mod:`.mpps`); and the pynetdicom settings every DIMSE user of the
+box shares (:mod:`.network`). Pure builders: no ledger, no network.
 """
 
 __all__ = [
     "confocal",
     "confocal_sc",
     "confocal_stack",
+    "context",
     "dermoscopy",
     "elements",
     "errors",
@@ -20,8 +24,11 @@ __all__ = [
     "job",
     "jpeg",
     "modules",
+    "mpps",
+    "network",
     "part10",
     "photo",
+    "retarget",
     "surface",
     "writers",
 ]

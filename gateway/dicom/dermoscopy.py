@@ -42,6 +42,10 @@ Decisions, with the rule behind each:
   lesion id, so the same lesion keeps its Tracking UID across visits and devices.
   For a temporary patient both are left out (type 1C; a UID that may merge two
   people's lesions is worse than none) and the label goes into Image Comments.
+* **Session context**: a capture bound to a patient session is written with its
+  context (:mod:`gateway.dicom.context`, docs/dicom/context.md): patient and order
+  from the session, Tracking ID/UID from the lesion registry (replacing the derived
+  UID and the comment above), the lesion's site and side overriding the device's.
 """
 
 from __future__ import annotations
@@ -68,11 +72,13 @@ from gateway.core.capture import (
     PatientContext,
     Polarization,
 )
+from gateway.core.context import CaptureContext
 from gateway.core.patient import ObjectPatient, lesion_label_comment, object_patient
 from gateway.core.uids import (
     derived_uid,
     tracking_uid,
 )
+from gateway.dicom.context import apply_context
 from gateway.dicom.errors import InconsistentSettings
 from gateway.dicom.jpeg import JpegInfo, encapsulation_for
 from gateway.dicom.modules import (
@@ -107,11 +113,13 @@ def build_dermoscopic_photography(
     series_number: int | None = None,
     instance_number: int | None = None,
     patient_spool_id: int | None = None,
+    context: CaptureContext | None = None,
 ) -> Dataset:
     """Build the Dermoscopic Photography dataset of one capture, without Pixel Data.
 
     ``patient_spool_id`` names the temporary patient when ``patient`` has no
-    Patient ID (see :mod:`gateway.core.patient`).
+    Patient ID (see :mod:`gateway.core.patient`). ``context`` is the capture's
+    patient/order/lesion context (:func:`gateway.dicom.context.apply_context`).
 
     ``now`` (timezone-aware) is the wrap time: Instance Creation Date/Time, and the
     acquisition time when the device gave none. Raises a
@@ -178,6 +186,8 @@ def build_dermoscopic_photography(
     ds.AcquisitionContextSequence = Sequence()
 
     _add_dermoscopic_image(ds, offer, subject)
+    if context is not None:
+        apply_context(ds, context, offer)
     return ds
 
 

@@ -34,6 +34,7 @@ from gateway.core.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_
 from gateway.dicom.errors import IncompleteDeviceIdentity
 
 __all__ = [
+    "SKIN",
     "SPECIFIC_CHARACTER_SET",
     "add_anatomic_region",
     "add_enhanced_general_equipment",
@@ -41,11 +42,13 @@ __all__ = [
     "add_general_study",
     "add_patient",
     "add_sop_common",
+    "code_item",
     "da",
     "dermatology_site",
     "device_string",
     "dt",
     "file_meta",
+    "frame_anatomy",
     "in_zone_of",
     "new_instance",
     "tm",
@@ -304,41 +307,58 @@ def add_sop_common(
 
 
 @cache
-def _dermatology_sites() -> dict[str, Code]:
-    """CID 4029 (Dermatology Anatomic Site) SNOMED CT concepts by code value."""
-    return {
-        code.value: code
-        for code in codes.CID4029.concepts.values()
-        if code.scheme_designator == "SCT"
-    }
+def _dermatology_sites() -> dict[tuple[str, str], Code]:
+    """CID 4029 (Dermatology Anatomic Site) concepts by (scheme, code value)."""
+    return {(code.scheme_designator, code.value): code for code in codes.CID4029.concepts.values()}
 
 
-def dermatology_site(code_value: str) -> Code | None:
-    """The CID 4029 concept with SNOMED CT ``code_value``, or ``None`` if not in the CID."""
-    return _dermatology_sites().get(code_value.strip())
+def dermatology_site(code_value: str, scheme: str = "SCT") -> Code | None:
+    """The CID 4029 concept ``code_value`` of ``scheme`` (SNOMED CT unless said; the
+    CID also holds DCM and FMA concepts), or ``None`` if it is not in the CID."""
+    return _dermatology_sites().get((scheme.strip(), code_value.strip()))
 
 
-def add_anatomic_region(ds: Dataset, code_value: str | None, laterality: Laterality | None) -> bool:
+def add_anatomic_region(
+    ds: Dataset, code_value: str | None, laterality: Laterality | None, scheme: str = "SCT"
+) -> bool:
     """Anatomic Region Sequence from a CID 4029 site, with a CID 244 laterality modifier.
 
     An unknown code is left out rather than invented (returns ``False``). The
-    laterality modifier is added for R, L and B (none of CID 4029's SNOMED CT
-    sites names a side itself); U (unpaired) needs none.
+    laterality modifier is added for R, L and B (none of CID 4029's sites names a
+    side itself); U (unpaired) needs none.
     """
     if code_value is None:
         return False
-    site = dermatology_site(code_value)
+    site = dermatology_site(code_value, scheme)
     if site is None:
         return False
-    item = _code_item(site)
+    item = code_item(site)
     modifier = _LATERALITY_MODIFIER.get(laterality) if laterality is not None else None
     if modifier is not None:
-        item.AnatomicRegionModifierSequence = Sequence([_code_item(modifier)])
+        item.AnatomicRegionModifierSequence = Sequence([code_item(modifier)])
     ds.AnatomicRegionSequence = Sequence([item])
     return True
 
 
-def _code_item(code: Code) -> Dataset:
+#: CID 4029's own meaning for SNOMED CT 39937001 (PS3.16 writes it "Skin"): the
+#: region of a confocal frame whose site nobody named.
+SKIN: Final = Code("39937001", "SCT", "Skin")
+
+
+def frame_anatomy(
+    code_value: str | None, laterality: Laterality | None, scheme: str = "SCT"
+) -> Dataset:
+    """A Frame Anatomy Sequence item (PS3.3 C.7.6.16.2.8): the CID 4029 site (or
+    "Skin" when none is known) and Frame Laterality (type 1: "U" when unknown)."""
+    site = dermatology_site(code_value, scheme) if code_value else None
+    anatomy = Dataset()
+    anatomy.AnatomicRegionSequence = Sequence([code_item(site or SKIN)])
+    anatomy.FrameLaterality = laterality.value if laterality is not None else "U"
+    return anatomy
+
+
+def code_item(code: Code) -> Dataset:
+    """A Code Sequence item (Code Sequence Macro, PS3.3 Table 8.8-1) of ``code``."""
     item = Dataset()
     item.CodeValue = code.value
     item.CodingSchemeDesignator = code.scheme_designator

@@ -59,6 +59,7 @@ __all__ = [
     "PIXEL_DATA",
     "StreamedValue",
     "element_header",
+    "encode_header",
     "file_value",
     "jpeg_fragment",
     "part10_prefix",
@@ -266,6 +267,12 @@ def _split_at(dataset: Dataset, tag: int) -> tuple[Dataset, Dataset | None]:
     for elem in dataset:
         (head if int(elem.tag) < tag else tail).add(elem)
     return head, tail
+
+
+def encode_header(dataset: Dataset) -> bytes:
+    """Preamble, File Meta Information and ``dataset`` as pydicom writes them (the
+    header :func:`write_part10` writes before the streamed value)."""
+    return _encode_head(dataset)
 
 
 def _encode_head(head: Dataset) -> bytes:

@@ -65,6 +65,9 @@ same object. Decisions, with the rule behind each:
 * **Laterality and anatomy** as for dermoscopy: Image Laterality when the device
   names a side, else Series Laterality present and empty; a CID 4029 site code
   fills Anatomic Region Sequence, an unknown one is left out.
+* **Session context** (:mod:`gateway.dicom.context`): patient, order, request
+  attributes and the lesion's site and side; no Tracking ID/UID (the VL
+  Photographic IOD has no module holding them).
 """
 
 from __future__ import annotations
@@ -89,7 +92,9 @@ from gateway.core.capture import (
     Laterality,
     PatientContext,
 )
+from gateway.core.context import CaptureContext
 from gateway.core.patient import object_patient
+from gateway.dicom.context import apply_context
 from gateway.dicom.errors import InconsistentSettings, WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.jpeg import JpegInfo, encapsulation_for
@@ -223,11 +228,13 @@ def build_vl_photographic(
     patient: PatientContext | None,
     now: datetime,
     patient_spool_id: int | None = None,
+    context: CaptureContext | None = None,
 ) -> Dataset:
     """The VL Photographic dataset of one JPEG, without Pixel Data.
 
     ``now`` (timezone-aware) is the wrap time; ``patient_spool_id`` names the
-    temporary patient when ``patient`` has no Patient ID. Raises a
+    temporary patient when ``patient`` has no Patient ID; ``context`` is the
+    capture's patient/order/lesion context. Raises a
     :class:`~gateway.dicom.errors.WrapError` subclass (its message is the
     quarantine reason) when the JPEG cannot be carried as-is or the offer's
     metadata is malformed.
@@ -242,6 +249,7 @@ def build_vl_photographic(
         now,
         patient_spool_id,
         transfer_syntax_uid=encapsulation.transfer_syntax_uid,
+        context=context,
     )
     ds.SamplesPerPixel = 3
     ds.PhotometricInterpretation = encapsulation.photometric_interpretation
@@ -282,6 +290,7 @@ def write_vl_photographic_native(job: WrapJob, dest: Path) -> WrittenObject:
         job.offer.patient,
         job.now,
         job.patient_spool_id,
+        context=job.context,
     )
     limit = PhotoExtra.from_extra(job.offer.extra).max_pixels or DEFAULT_MAX_PIXELS
     with job.source.open("rb") as fh, decoded(fh, kind, limit) as (image, monochrome):
@@ -325,6 +334,7 @@ def _photo_dataset(
     patient_spool_id: int | None,
     *,
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
+    context: CaptureContext | None = None,
 ) -> Dataset:
     """Every module (and the File Meta) except the image pixel description."""
     extra = PhotoExtra.from_extra(offer.extra)
@@ -371,6 +381,8 @@ def _photo_dataset(
 
     ds.AcquisitionContextSequence = Sequence()
     _add_vl_photographic_acquisition(ds, exif)
+    if context is not None:
+        apply_context(ds, context, offer)
     return ds
 
 

@@ -45,6 +45,9 @@ files. Decisions, with the rule behind each:
   Space SRGB. STL has no colour and no ICC Profile.
 * **Instance/Series numbers** are type 1 in these IODs; they come from the links
   (mesh series 1, materials 2, textures 3), never guessed.
+* **Session context** (:mod:`gateway.dicom.context`): patient, order and Request
+  Attributes (Encapsulated Document Series); no Operators' Name, anatomy or
+  tracking, which these IODs have no place for.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from pydicom.uid import (
 
 from gateway.core.capture import ContentType, PatientContext
 from gateway.core.patient import object_patient
+from gateway.dicom.context import apply_context
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.modules import (
@@ -293,6 +297,8 @@ def build_encapsulated_3d(
 
     if links.references:
         _add_references(ds, links.references)
+    if job.context is not None:
+        apply_context(ds, job.context, offer)
     return ds
 
 

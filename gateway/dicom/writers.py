@@ -137,6 +137,7 @@ def jpeg_dataset(
             patient=offer.patient,
             now=now,
             patient_spool_id=patient_spool_id,
+            context=context,
         )
     if identity.device_class is not DeviceClass.DERMATOSCOPE:
         raise WrapError(f"no JPEG builder for device class {identity.device_class}")
@@ -153,6 +154,7 @@ def jpeg_dataset(
         series_number=1,
         instance_number=1,
         patient_spool_id=patient_spool_id,
+        context=context,
     )
 
 

@@ -42,10 +42,8 @@ code's phrase, never the peer's words).
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
-import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,10 +52,10 @@ from typing import Any
 
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import AssociationSocket
 
 from gateway.core.config import DicomDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
+from gateway.dicom import network  # noqa: F401  (pynetdicom fixes, on import)
 from gateway.forward.stream import stream_c_store
 
 log = logging.getLogger(__name__)
@@ -65,29 +63,7 @@ log = logging.getLogger(__name__)
 # Read files from disk in fragments instead of decoding them into memory; the pacing
 # that keeps those fragments from piling up is in gateway.forward.stream.
 _config.STORE_SEND_CHUNKED_DATASET = True
-# pynetdicom logs every failed association at ERROR (a line per retry) and can print
-# dataset contents at DEBUG. We classify and log outcomes ourselves, once per change.
-logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-
-
-def _shutdown_socket(self: AssociationSocket) -> None:
-    """Shut down and always close the socket.
-
-    pynetdicom 3.0.4 skips ``close()`` when ``shutdown()`` fails, which it always
-    does for a connection that was refused: every failed attempt then leaves the
-    socket to the garbage collector (a ResourceWarning each time). A PACS that is
-    down for a week means tens of thousands of attempts, so close it here.
-    """
-    sock = self.socket
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(OSError):
-        sock.close()
-
-
-AssociationSocket._shutdown_socket = _shutdown_socket  # type: ignore[method-assign]
+# pynetdicom's logging is quieted and its socket leak fixed by gateway.dicom.network.
 
 
 class Verdict(enum.Enum):

@@ -21,12 +21,21 @@ from gateway.core.capture import (
     InstanceUIDs,
     RefusalReason,
 )
-from gateway.core.events import NO_EVENTS, CaptureSaved, EventSink
+from gateway.core.context import Bound, ContextBinder, Held
+from gateway.core.events import NO_EVENTS, CaptureHeld, CaptureSaved, EventSink
 from gateway.core.files import create_new
 from gateway.core.patient import with_device_issuer
 from gateway.devices.contract import CaptureReceipt, CaptureSink
 from gateway.devices.host import DriverHost
-from gateway.intake.staging import InlineWrap, StagedCapture, refusal_for, uids_in_use
+from gateway.intake.staging import (
+    NO_BINDING,
+    CaptureBinding,
+    InlineWrap,
+    StagedCapture,
+    fresh_uids,
+    refusal_for,
+    uids_in_use,
+)
 from gateway.spool import ledger as db
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
@@ -82,8 +91,10 @@ class Intake:
         max_capture_bytes: int = DEFAULT_MAX_CAPTURE_BYTES,
         spool_ids: SpoolIdCounter | None = None,
         bus: EventSink = NO_EVENTS,
+        binder: ContextBinder | None = None,
     ) -> None:
         self.ledger = ledger
+        self.binder = binder
         self._bus = bus
         self.spool_ids = spool_ids
         self.max_capture_bytes = max_capture_bytes
@@ -97,7 +108,7 @@ class Intake:
 
     def host_for(self, driver: str, device_name: str) -> DriverHost:
         """A :class:`DeviceHost` for one driver instance (without a status board)."""
-        begin = functools.partial(self.begin, driver)
+        begin = functools.partial(self.begin, driver, device_name=device_name)
         return DriverHost(device_name, begin, max_capture_bytes=self.max_capture_bytes)
 
     async def reserve_spool_id(self) -> int:
@@ -132,11 +143,16 @@ class Intake:
         offer: CaptureOffer,
         *,
         issuer_of_patient_id: str | None = None,
+        device_name: str | None = None,
     ) -> CaptureSink:
         """Start receiving a capture (or recognise a re-offer).
 
         ``issuer_of_patient_id`` is the device's configured issuer, given to a
-        device-supplied Patient ID that came without one.
+        device-supplied Patient ID that came without one. ``device_name`` is the
+        configured device: with a context binder, the capture belongs to the
+        patient session open on it **when the device starts sending** (bound here,
+        before an inline JPEG's DICOM header is written); a re-offer of a known
+        capture changes nothing.
         """
         if issuer_of_patient_id:
             offer = dataclasses.replace(
@@ -151,12 +167,32 @@ class Intake:
             raise too_large(self.max_capture_bytes, offer.length)
         if self.space is not None:
             await asyncio.to_thread(self.space.check, offer.length)
+        uids = offer.uids or fresh_uids()
+        binding = CaptureBinding(device_name=device_name)
+        if self.binder is not None and device_name is not None:
+            try:
+                bound = await self.binder.bind(device_name, identity, offer, uids)
+            except Exception as err:
+                # Never send without knowing whose it is: the device keeps it and retries.
+                log.error(
+                    "capture from %s refused: its patient session could not be read (%s)",
+                    device_name,
+                    type(err).__name__,
+                )
+                raise CaptureRefused(
+                    RefusalReason.STORAGE_ERROR, "patient context unavailable"
+                ) from err
+            if isinstance(bound, Bound):
+                uids = bound.uids
+                binding = CaptureBinding(device_name, context=bound.context)
+            elif isinstance(bound, Held):
+                binding = CaptureBinding(device_name, held=bound.reason)
         path = self.dirs.staging / f"{uuid.uuid4().hex}.part"
         try:
             fh = await asyncio.to_thread(create_new, path)  # 0640, whatever the umask
         except OSError as err:
             raise refusal_for(err) from err
-        return StagedCapture(self, driver, identity, offer, path, fh)
+        return StagedCapture(self, driver, identity, offer, path, fh, uids, binding)
 
     async def record(
         self,
@@ -170,9 +206,10 @@ class Intake:
         path: Path,
         wrapped: db.WrappedAtIntake | None = None,
         reserved: int | None = None,
+        binding: CaptureBinding = NO_BINDING,
     ) -> CaptureReceipt:
         """Commit the ledger row of a durable spooled file at ``path`` (with spool id
-        ``reserved`` when the file already names it)."""
+        ``reserved`` when the file already names it), bound as ``binding`` says."""
         if reserved is None:
             reserved = await self.reserve_spool_id()
         try:
@@ -188,6 +225,9 @@ class Intake:
                 raw_sha256=sha256,
                 wrapped=wrapped,
                 spool_id=reserved,
+                device_name=binding.device_name,
+                context=binding.context,
+                held=binding.held,
             )
         except sqlite3.IntegrityError:
             # The same capture was committed meanwhile (a re-offer raced it): keep one.
@@ -208,7 +248,11 @@ class Intake:
             identity.serial_number,
             spool_id,
             size,
-            "written as DICOM" if wrapped else "raw, to be wrapped",
+            "written as DICOM"
+            if wrapped
+            else "raw, held for a patient"
+            if binding.held is not None
+            else "raw, to be wrapped",
         )
         self._bus.publish(
             CaptureSaved(
@@ -218,7 +262,9 @@ class Intake:
                 bytes=size,
             )
         )
-        if wrapped is not None and self.inline is not None:
+        if binding.held is not None:
+            self._bus.publish(CaptureHeld(spool_id=spool_id, device=binding.device_name or driver))
+        elif wrapped is not None and self.inline is not None:
             self.inline.on_wrapped()
         else:
             self._on_captured()

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -30,6 +30,7 @@ from gateway.core.capture import (
     InstanceUIDs,
     RefusalReason,
 )
+from gateway.core.context import CaptureContext
 from gateway.core.files import fsync_dir
 from gateway.core.uids import new_uid
 from gateway.devices.contract import CaptureReceipt
@@ -88,6 +89,20 @@ class InlineWrap:
     on_wrapped: Callable[[], None]
 
 
+@dataclass(frozen=True, slots=True)
+class CaptureBinding:
+    """What the context stage said when the device started sending the capture:
+    the configured device's name, the session context (or None) and, for a held
+    capture, the reason it waits."""
+
+    device_name: str | None = None
+    context: CaptureContext | None = None
+    held: str | None = None
+
+
+NO_BINDING = CaptureBinding()
+
+
 class IntakeStage(Protocol):
     """What a :class:`StagedCapture` needs of the intake stage that made it."""
 
@@ -120,6 +135,7 @@ class IntakeStage(Protocol):
         path: Path,
         wrapped: db.WrappedAtIntake | None = None,
         reserved: int | None = None,
+        binding: CaptureBinding = NO_BINDING,
     ) -> CaptureReceipt:
         """Commit the ledger row of a durable spooled file."""
 
@@ -147,8 +163,14 @@ class StagedCapture:
         offer: CaptureOffer,
         path: Path,
         fh: BinaryIO,
+        uids: InstanceUIDs | None = None,
+        binding: CaptureBinding = NO_BINDING,
     ) -> None:
         self._intake = intake
+        # The UIDs chosen when the device started sending (the session's study and
+        # series when bound); fresh ones at commit without them.
+        self._preset = uids
+        self._binding = binding
         self._driver = driver
         self._identity = identity
         self._offer = offer
@@ -159,7 +181,10 @@ class StagedCapture:
         self._size = 0
         self._not_hashed = 0  # leading bytes of the buffer that are our DICOM header
         self._pending: asyncio.Future[None] | None = None
-        self._decided = intake.inline is None or not may_write_inline(offer)
+        # A held capture waits for a patient: kept raw, never written as DICOM yet.
+        self._decided = (
+            intake.inline is None or binding.held is not None or not may_write_inline(offer)
+        )
         self._uids: InstanceUIDs | None = None
         self._wrapped: db.WrappedAtIntake | None = None
         self._end = b""  # what closes the DICOM file after the device's last byte
@@ -190,21 +215,26 @@ class StagedCapture:
             return
         if info is InlineHeader.MORE:
             return
-        uids = self._offer.uids or fresh_uids()
+        uids = self._preset or self._offer.uids or fresh_uids()
         received = bytes(self._buffer)
         spool_id = await self._intake.reserve_spool_id()
         patient_key = await self._intake.patient_spool_id(spool_id, self._offer, uids)
 
+        context = self._binding.context
+        # The session's patient, not the device's (a mismatch was held, never inline).
+        offer = self._offer if context is None else replace(self._offer, patient=context.patient)
+
         def begin() -> InlineStart | None:
             begun = begin_inline(
                 identity=self._identity,
-                offer=self._offer,
+                offer=offer,
                 uids=uids,
                 jpeg=info,
                 received=received,
                 gateway=inline.gateway,
                 now=datetime.now().astimezone(),
                 patient_spool_id=patient_key,
+                context=context,
             )
             if begun is not None:
                 self._hash.update(received)  # the device's bytes, before any is dropped
@@ -300,7 +330,7 @@ class StagedCapture:
             await self._settle()
         fh = self._fh
         assert fh is not None
-        uids = self._uids or self._offer.uids or fresh_uids()
+        uids = self._uids or self._preset or self._offer.uids or fresh_uids()
         dirs = self._intake.dirs
         if self._wrapped:
             final, raw_name = dirs.dicom / self._wrapped.dicom_name, ""
@@ -343,6 +373,7 @@ class StagedCapture:
                 final,
                 self._wrapped,
                 self._spool_id,
+                self._binding,
             )
 
     @staticmethod

@@ -15,9 +15,13 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from gateway.context.mpps import ProcedureSteps
+from gateway.context.stage import ContextStage
+from gateway.context.worklist_source import WorklistSource
 from gateway.core.capture import GatewayIdentity
 from gateway.core.config import DermGateConfig
 from gateway.core.events import EventBus
@@ -142,7 +146,10 @@ class _Devices:
             self.board.update(name, state=DriverState.ERROR, detail=f"options invalid ({devnode})")
             return None
         begin = functools.partial(
-            self.intake.begin, device.driver, issuer_of_patient_id=device.issuer_of_patient_id
+            self.intake.begin,
+            device.driver,
+            issuer_of_patient_id=device.issuer_of_patient_id,
+            device_name=name,
         )
         host = DriverHost(name, begin, self.board, self.intake.max_capture_bytes)
         self.board.update(name, devnode=devnode)
@@ -157,11 +164,18 @@ class _Devices:
         return self.start(slot.index, event.devnode)
 
 
-async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
+async def run_gateway(
+    config: DermGateConfig,
+    stop: asyncio.Event,
+    *,
+    on_context: Callable[[ContextStage], None] | None = None,
+) -> None:
     """Run the gateway until ``stop`` is set, then shut down in order.
 
     Raises :class:`~gateway.service.state_lock.StateLocked` (another service holds the state
     folder) or :class:`~gateway.spool.rebuild.LedgerLost` before touching anything.
+    ``on_context`` is given the context stage once built (in-process tests open
+    patient sessions through it).
     """
     lock = await asyncio.to_thread(StateLock.acquire, config.gateway.state_dir)
     try:
@@ -170,12 +184,16 @@ async def run_gateway(config: DermGateConfig, stop: asyncio.Event) -> None:
         )
         # A damaged spool id mark refuses here too (SpoolIdMarkDamaged), before anything.
         await asyncio.to_thread(read_high_water, high_water_path(config.gateway.state_dir))
-        await _run_locked(config, stop)
+        await _run_locked(config, stop, on_context)
     finally:
         lock.release()  # (the process ends right after; closing the file drops the lock)
 
 
-async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
+async def _run_locked(
+    config: DermGateConfig,
+    stop: asyncio.Event,
+    on_context: Callable[[ContextStage], None] | None = None,
+) -> None:
     dirs = SpoolDirs(config.spool_dir())
     await asyncio.to_thread(dirs.create)
     reserve = LedgerReserve(
@@ -240,6 +258,17 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             software_version=software_version(),
             station_name=config.gateway.id[:16],
         )
+        # MPPS (optional): the context stage reports a worklist session's first capture
+        # and its end to it (gateway.context.desk.ProcedureStepHooks); it sends them.
+        steps = None
+        if config.worklist is not None and config.worklist.mpps:
+            steps = ProcedureSteps(
+                ledger,
+                config.worklist,
+                config.gateway.ae_title,
+                bus,
+                station_name=identity.station_name,
+            )
 
         def wrapped() -> None:
             for forwarder in forwarders:
@@ -248,6 +277,28 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
         wrapper = Wrapper(ledger, dirs, identity, names, wrapped, bus)
         space = SpaceGuard(dirs.root, config.spool.reserve_mb * MIB, ledger, bus)
         inline = InlineWrap(identity, wrapper.destinations, wrapped) if names else None
+
+        async def reserve_spool_id() -> int:  # the intake's ids: never handed out twice
+            return await intake.reserve_spool_id()
+
+        # Patient sessions: intake asks it which patient each capture belongs to.
+        worklist_source = (
+            None
+            if config.worklist is None
+            else WorklistSource(ledger, config.worklist, config.gateway.ae_title, bus)
+        )
+        context = ContextStage(
+            ledger,
+            config,
+            config.gateway.id,
+            bus,
+            wrapper.notify,
+            reserve_spool_id,
+            steps=steps,
+            worklist=worklist_source,
+        )
+        if on_context is not None:  # in-process tests reach the desk this way
+            on_context(context)
         intake = Intake(
             ledger,
             dirs,
@@ -257,6 +308,7 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             config.spool.max_capture_mb * MIB,
             spool_ids,
             bus,
+            context,
         )
         board = StatusBoard(config.status_path(), bus)
         # The state document (MQTT, the local page, metrics).
@@ -269,6 +321,11 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
             forwarders=forwarders,
             bus=bus,
         )
+        # The worklist cache (refreshed from [worklist]'s SCP); sessions search it.
+        if worklist_source is not None:
+            gateway_state.sections["worklist"] = worklist_source.section
+        if steps is not None:
+            gateway_state.sections["mpps"] = steps.status
         if not forwarders:
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:
@@ -287,7 +344,12 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
                 await supervisor.start(f"retain:{confirmer.destination.name}", confirmer.run)
             await supervisor.start("purge", Purger(ledger, dirs, config.spool).run)
             await supervisor.start("wrap", wrapper.run)
+            await supervisor.start("context", context.run)  # holds expire
+            if steps is not None:
+                await supervisor.start("mpps", steps.run)
             await supervisor.start("status", board.run)
+            if worklist_source is not None:  # ready once the cache is read, before a query
+                await supervisor.start("worklist", worklist_source.run)
             if config.mqtt is not None:
                 mqtt = MqttPublisher(config.mqtt, gateway_state, bus)
                 await supervisor.start("mqtt", mqtt.run)
@@ -297,7 +359,9 @@ async def _run_locked(config: DermGateConfig, stop: asyncio.Event) -> None:
                     wrapper.notify()
                     wrapped()
 
-                page = WebServer(config, functools.partial(live_view, gateway_state), poke)
+                page = WebServer(
+                    config, functools.partial(live_view, gateway_state), poke, desk=context
+                )
                 await supervisor.start("web", page.run)
             devices = _Devices(config, intake, board, supervisor)
             slots = devices.start_all()

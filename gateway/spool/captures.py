@@ -12,7 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.core.capture import CaptureOffer, DeviceIdentity, InstanceUIDs
+from gateway.core.context import CaptureContext
 from gateway.spool.records import (
+    context_from_json,
+    context_to_json,
     device_from_json,
     device_to_json,
     offer_from_json,
@@ -64,6 +67,9 @@ class SpoolEntry:
     reason: str | None
     received_at: str
     updated_at: str
+    device_name: str | None = None
+    session_id: int | None = None
+    context: CaptureContext | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +91,7 @@ class ListingRow:
 _ENTRY_COLUMNS = (
     "id, driver, device_json, offer_json, study_uid, series_uid, sop_instance_uid, raw_name, "
     "raw_size, raw_sha256, sop_class_uid, transfer_syntax_uid, dicom_name, state, reason, "
-    "received_at, updated_at, patient_json"
+    "received_at, updated_at, patient_json, device_name, session_id, context_json"
 )
 
 
@@ -107,6 +113,9 @@ def _entry(row: sqlite3.Row) -> SpoolEntry:
         reason=row["reason"],
         received_at=row["received_at"],
         updated_at=row["updated_at"],
+        device_name=row["device_name"],
+        session_id=row["session_id"],
+        context=context_from_json(row["context_json"]),
     )
 
 
@@ -132,6 +141,9 @@ def insert_capture(
     raw_sha256: str,
     wrapped: WrappedAtIntake | None = None,
     spool_id: int | None = None,
+    device_name: str | None = None,
+    context: CaptureContext | None = None,
+    held: str | None = None,
 ) -> int:
     """Record a durable capture; return its spool id (``spool_id`` when given: intake
     reserves it before the DICOM file that names it is written).
@@ -145,16 +157,29 @@ def insert_capture(
     ``wrapped`` the capture went straight into its DICOM file: ``raw_name`` is
     empty (the device's bytes are the file's pixel data fragment), the state is
     WRAPPED and its deliveries are created in the same transaction.
+
+    ``device_name`` is the configured device that sent it; ``context`` the
+    session context it was bound to (its ``session_id`` recorded too); ``held``
+    a reason to keep it HELD (no patient yet) instead of CAPTURED.
     """
     now = utc_now_text()
-    state = CaptureState.WRAPPED if wrapped else CaptureState.CAPTURED
+    if held is not None and wrapped is not None:
+        raise ValueError("a held capture is never written as DICOM at intake")
+    state = (
+        CaptureState.HELD
+        if held is not None
+        else CaptureState.WRAPPED
+        if wrapped
+        else CaptureState.CAPTURED
+    )
     with transaction(conn):
         cur = conn.execute(
             "INSERT INTO captures (id, driver, device_serial, device_capture_id, device_json, "
             "offer_json, raw_name, raw_size, raw_sha256, study_uid, series_uid, "
             "sop_instance_uid, state, received_at, updated_at, dicom_name, sop_class_uid, "
-            "transfer_syntax_uid, patient_json) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "transfer_syntax_uid, patient_json, device_name, session_id, context_json, sensitive, "
+            "reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 spool_id,
                 driver,
@@ -175,6 +200,11 @@ def insert_capture(
                 wrapped.sop_class_uid if wrapped else None,
                 wrapped.transfer_syntax_uid if wrapped else None,
                 patient_to_json(offer.patient),
+                device_name,
+                context.session_id if context else None,
+                context_to_json(context),
+                int(bool(context and context.sensitive)),
+                held,
             ),
         )
         assert cur.lastrowid is not None

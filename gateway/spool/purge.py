@@ -85,12 +85,14 @@ def clamp_future_arrivals(conn: sqlite3.Connection, now: str) -> int:
 def mark_purged(conn: sqlite3.Connection, spool_id: int) -> None:
     """COMMITTED → PURGED (the files are already deleted).
 
-    The patient fields a device supplied go with the files: the row keeps only its
-    UIDs, device, states and times, which is what a technician needs afterwards.
+    The patient fields a device supplied, and the session context the capture was
+    bound to, go with the files: the row keeps only its UIDs, device, states and
+    times, which is what a technician needs afterwards.
     """
     with transaction(conn):
         conn.execute(
-            "UPDATE captures SET state = ?, patient_json = NULL, updated_at = ? "
+            "UPDATE captures SET state = ?, patient_json = NULL, context_json = NULL, "
+            "updated_at = ? "
             "WHERE id = ? AND state = ?",
             (CaptureState.PURGED, utc_now_text(), spool_id, CaptureState.COMMITTED),
         )
@@ -100,7 +102,8 @@ def forget_purged_patients(conn: sqlite3.Connection) -> int:
     """Clear the patient fields of rows purged before purging did so itself."""
     with transaction(conn):
         cur = conn.execute(
-            "UPDATE captures SET patient_json = NULL WHERE state = ? AND patient_json IS NOT NULL",
+            "UPDATE captures SET patient_json = NULL, context_json = NULL WHERE state = ? "
+            "AND (patient_json IS NOT NULL OR context_json IS NOT NULL)",
             (CaptureState.PURGED,),
         )
     return cur.rowcount

@@ -16,8 +16,8 @@ raw or DICOM file with no ledger row    moved to ``orphans/``: the row commit ne
                                         inspection rather than deleted
 WRAPPED row whose DICOM file is gone    back to CAPTURED: wrapped again from the raw
                                         file, same UIDs
-CAPTURED/WRAPPED/SENT row whose raw     QUARANTINED "raw capture file missing" when
-and DICOM files are both gone           nothing is left to send (shown, not hidden)
+HELD/CAPTURED/WRAPPED/SENT row whose    QUARANTINED "raw capture file missing" when
+raw and DICOM files are both gone       nothing is left to send (shown, not hidden)
 ======================================  =============================================
 """
 
@@ -72,8 +72,9 @@ def reconcile(conn: sqlite3.Connection, dirs: SpoolDirs) -> ReconcileReport:
         fsync_dir(dirs.dicom)
 
     rows = conn.execute(
-        "SELECT id, state, raw_name, dicom_name FROM captures WHERE state IN (?, ?, ?, ?)",
+        "SELECT id, state, raw_name, dicom_name FROM captures WHERE state IN (?, ?, ?, ?, ?)",
         (
+            CaptureState.HELD,
             CaptureState.CAPTURED,
             CaptureState.WRAPPED,
             CaptureState.SENT,

@@ -30,11 +30,15 @@ from gateway.core.capture import (
     PatientContext,
     Polarization,
 )
+from gateway.core.context import CaptureContext
 
 __all__ = [
+    "CONTEXT_RECORD",
     "DEVICE_RECORD",
     "PATIENT_RECORD",
     "OfferRecord",
+    "context_from_json",
+    "context_to_json",
     "device_from_json",
     "device_shown",
     "device_to_json",
@@ -50,6 +54,10 @@ DEVICE_RECORD: Final = TypeAdapter(DeviceIdentity)
 
 PATIENT_RECORD: Final = TypeAdapter(PatientContext)
 """Device-supplied patient identity as stored in ``patient_json`` (never listed)."""
+
+CONTEXT_RECORD: Final = TypeAdapter(CaptureContext)
+"""The context a capture was bound to at intake, as stored in ``context_json``
+(patient data: read by the wrapping stage and the authenticated page only)."""
 
 IsoTime = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_type=str)]
 """A time as ``datetime.isoformat`` writes it (``+00:00``, not pydantic's ``Z``)."""
@@ -163,6 +171,20 @@ def patient_from_json(text: str | None) -> PatientContext | None:
     if not text:
         return None
     return PATIENT_RECORD.validate_python(json.loads(text))
+
+
+def context_to_json(context: CaptureContext | None) -> str | None:
+    """Serialise a capture's bound context (its own column; never listed)."""
+    if context is None:
+        return None
+    return _stored(CONTEXT_RECORD.dump_python(context, mode="json"))
+
+
+def context_from_json(text: str | None) -> CaptureContext | None:
+    """Inverse of :func:`context_to_json`."""
+    if not text:
+        return None
+    return CONTEXT_RECORD.validate_python(json.loads(text))
 
 
 _SETTINGS_SHOWN = (

@@ -131,7 +131,12 @@ ALTER TABLE deliveries ADD COLUMN error_status INTEGER;
 # - sessions: one device bound to a patient context; at most one open per device.
 #   session_series: one series per session and kind of object.
 # - lesions: the registry, per patient (patient id + issuer).
-# - mpps: one Modality Performed Procedure Step per worklist session, queued.
+# - mpps: one Modality Performed Procedure Step per worklist session, queued
+#   (gateway.spool.mpps_queue): the status wanted and the last one the SCP acknowledged;
+#   started_at the PPS start (the session's first capture, or its opening when it ended
+#   empty); attempts counts failures since the last acknowledgement (backoff);
+#   error_code/error_status why the last attempt failed; failed_at set when the SCP
+#   refused the step for good (never retried).
 _SCHEMA_V6 = """
 ALTER TABLE captures ADD COLUMN device_name TEXT;
 ALTER TABLE captures ADD COLUMN session_id INTEGER;
@@ -190,14 +195,25 @@ CREATE TABLE session_series (
     series_number INTEGER NOT NULL,
     PRIMARY KEY (session_id, kind)
 );
+-- (sessions helper) the session the first file of a driver-chosen study (a 3D
+-- export) was bound to, so every file of that export gets the same study; a NULL
+-- session_id: it was not bound (held, or no context).
+CREATE TABLE export_bindings (
+    driver_study_uid TEXT PRIMARY KEY,
+    session_id       INTEGER REFERENCES sessions (id)
+);
 CREATE TABLE mpps (
     session_id       INTEGER PRIMARY KEY REFERENCES sessions (id),
     sop_instance_uid TEXT NOT NULL UNIQUE,
     wanted           TEXT NOT NULL,
     acknowledged     TEXT,
+    started_at       TEXT NOT NULL,
     attempts         INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  REAL NOT NULL DEFAULT 0,
-    last_error       TEXT
+    last_error       TEXT,
+    error_code       TEXT,
+    error_status     INTEGER,
+    failed_at        TEXT
 );
 """
 

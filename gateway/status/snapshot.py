@@ -24,8 +24,9 @@ The document (``version`` 1); times are ISO 8601 UTC, ages and durations seconds
                                        # reader: MQTT, page, metrics), from 1 each run
       "last_event_seq": 117,           # seq of the newest event (0: none yet)
       "spool": {
-        "counts": {"CAPTURED": 0, "WRAPPED": 2, "SENT": 1, "COMMITTED": 40,
+        "counts": {"HELD": 0, "CAPTURED": 0, "WRAPPED": 2, "SENT": 1, "COMMITTED": 40,
                    "PURGED": 10, "QUARANTINED": 0},   # every state, 0 when none
+        "held": 0,                     # captures waiting for a patient (not sent)
         "undelivered": 2,              # CAPTURED + WRAPPED: not yet stored by every PACS
         "oldest_undelivered_age_s": 12.5,   # null when nothing waits
         "awaiting_commitment": 1,      # deliveries SENT, not yet committed
@@ -39,7 +40,8 @@ The document (``version`` 1); times are ISO 8601 UTC, ages and durations seconds
       "devices": [
         {"name": "scope", "driver": "serial-dermatoscope", "state": "READY",
          "detail": "DS-100 SN123",     # only in DISCONNECTED/CONNECTING/READY, else ""
-         "since": "...", "running": true, "restarts": 0, "hotplug": false}
+         "since": "...", "running": true, "restarts": 0, "hotplug": false,
+         "session": 12}                # id of its open patient session, null: none
       ],
       "destinations": [
         {"name": "pacs",
@@ -53,7 +55,16 @@ The document (``version`` 1); times are ISO 8601 UTC, ages and durations seconds
       "alarms": [
         {"code": "destination_unreachable", "subject": "pacs",
          "message": "destination pacs is not reachable", "since": "..."}
-      ]
+      ],
+      "worklist": {                    # {"configured": false} without [worklist]
+        "configured": true,
+        "items": 12,                   # items in the cache (counts only, never names/IDs)
+        "age_s": 42.0,                 # since the last successful refresh; null: never
+        "stale": false,                # no success within [worklist] stale_after
+        "truncated": false,            # the last answer was cut at max_items
+        "last_error": null             # why the last refresh failed: "unreachable",
+                                       # "refused association", "C-FIND failed", ...
+      }
     }
 
 Alarm codes: ``disk_full`` (subject ""), ``stuck_captures`` (subject: destination),
@@ -87,6 +98,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.core.events import EventBus
 from gateway.devices.contract import DriverState
 from gateway.spool.figures import spool_figures
+from gateway.spool.sessions import open_session_ids
 from gateway.spool.states import CaptureState
 
 if TYPE_CHECKING:
@@ -149,6 +161,7 @@ class GatewayState:
         """The current state document (see the module docstring)."""
         async with self._lock:
             figures = await self.ledger.call(spool_figures)
+            sessions = await self.ledger.call(open_session_ids)
             free = await asyncio.to_thread(self.space.free_bytes)
             self.seq += 1
             seq = self.seq
@@ -167,6 +180,7 @@ class GatewayState:
                     "running": d.running,
                     "restarts": d.restarts,
                     "hotplug": d.hotplug,
+                    "session": sessions.get(d.name),
                 }
             )
         destinations = [
@@ -200,6 +214,7 @@ class GatewayState:
             "last_event_seq": self.bus.seq,
             "spool": {
                 "counts": counts,
+                "held": counts[CaptureState.HELD],
                 "undelivered": counts[CaptureState.CAPTURED] + counts[CaptureState.WRAPPED],
                 "oldest_undelivered_age_s": _age(figures.oldest_undelivered, now),
                 "awaiting_commitment": figures.awaiting_commitment,
@@ -214,6 +229,7 @@ class GatewayState:
             "destinations": destinations,
             "alarms": alarms,
         }
+        document["worklist"] = {"configured": False}  # replaced by the worklist's section
         for name, section in self.sections.items():
             document[name] = section()
         return document
@@ -227,9 +243,12 @@ def stable_part(document: dict[str, Any]) -> dict[str, Any]:
         spool[key] = spool.get(key) is not None
     disk = dict(document.get("disk", {}))
     disk.pop("free_mb", None)
-    skip = {"generated", "uptime_s", "seq", "last_event_seq", "spool", "disk", "mqtt"}
+    worklist = dict(document.get("worklist", {}))
+    worklist["age_s"] = worklist.get("age_s") is not None
+    skip = {"generated", "uptime_s", "seq", "last_event_seq", "spool", "disk", "mqtt", "worklist"}
     return {
         **{k: v for k, v in document.items() if k not in skip},
         "spool": spool,
         "disk": disk,
+        "worklist": worklist,
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -132,8 +133,33 @@ def test_demo_delivers_captures_and_serves_the_page(tmp_path: Path) -> None:
             bytes(again.rest("GET", f"/instances/{oid}/metadata/SopClassUid")).decode()
             for oid in again.rest("GET", "/instances")
         }
+        # Grouped and identified: the two scheduled patients, one study each (the
+        # worklist's, with its accession number), series per device.
+        patients = {
+            again.rest("GET", f"/patients/{pid}")["MainDicomTags"]["PatientID"]
+            for pid in again.rest("GET", "/patients")
+        }
+        studies = [again.rest("GET", f"/studies/{sid}") for sid in again.rest("GET", "/studies")]
+        tracking = {
+            str(again.rest("GET", f"/instances/{oid}/tags?simplify").get("TrackingUID"))
+            for oid in again.rest("GET", "/instances")
+            if bytes(again.rest("GET", f"/instances/{oid}/metadata/SopClassUid")).decode()
+            in {
+                "1.2.840.10008.5.1.4.1.1.77.1.7",
+                "1.2.840.10008.5.1.4.1.1.77.1.8",
+                "1.2.840.10008.5.1.4.1.1.77.1.9",
+            }
+        }
     finally:
         again.stop()
+    assert patients == {"DEMO-0001", "DEMO-0002"}
+    assert sorted(s["MainDicomTags"]["AccessionNumber"] for s in studies) == [
+        "DEMO-ACC-0001",
+        "DEMO-ACC-0002",
+    ]
+    assert all(len(s["Series"]) >= 2 for s in studies), "a series per device and kind"
+    assert len(tracking) == 1, "one lesion: dermoscopy and confocal share its Tracking UID"
+    assert "None" not in tracking
     assert {
         "1.2.840.10008.5.1.4.1.1.77.1.7",  # Dermoscopic Photography
         "1.2.840.10008.5.1.4.1.1.77.1.4",  # VL Photographic (photos, 3D textures)
@@ -141,3 +167,10 @@ def test_demo_delivers_captures_and_serves_the_page(tmp_path: Path) -> None:
         "1.2.840.10008.5.1.4.1.1.104.5",  # Encapsulated MTL
     } <= classes
     assert classes & {"1.2.840.10008.5.1.4.1.1.77.1.8", "1.2.840.10008.5.1.4.1.1.77.1.9"}
+    # The demo's worklist (Orthanc's plugin) was queried: both scheduled patients cached.
+    ledger = sqlite3.connect(f"file:{workdir / 'state' / 'ledger.sqlite3'}?mode=ro", uri=True)
+    try:
+        (cached,) = ledger.execute("SELECT COUNT(*) FROM worklist_items").fetchone()
+    finally:
+        ledger.close()
+    assert cached == 2

@@ -42,8 +42,12 @@ def gateway_config(
     listen_port: int | None = None,
     commitment_timeout: float = 20.0,
     devices: str | None = None,
+    hold_unidentified: int = 0,
 ) -> Path:
     """Write a gateway configuration for a test; return its path.
+
+    ``hold_unidentified`` is ``[context] hold_unidentified``: 0 (send captures
+    without a patient session at once) unless a test holds them.
 
     ``devices`` replaces the default device (the serial dermatoscope on ``link``)
     with the given ``[[devices]]`` TOML sections.
@@ -63,6 +67,9 @@ listen_port = {listen_port or free_port()}
 listen_address = "127.0.0.1"
 state_dir = "{tmp_path / "state"}"
 log_level = "DEBUG"
+
+[context]
+hold_unidentified = {hold_unidentified}
 
 [[destinations]]
 name = "pacs"

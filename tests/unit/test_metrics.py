@@ -65,3 +65,32 @@ def test_metrics_parse_and_name_the_documented_families(tmp_path: Path) -> None:
     assert samples[key] == 1
     assert samples[("dermgate_destination_failing", (("destination", "pacs"),))] == 1
     assert samples[("dermgate_disk_reserve_bytes", ())] == 128 * 1024 * 1024
+
+
+def test_worklist_figures_are_counts_and_age_only(tmp_path: Path) -> None:
+    config = web_config(tmp_path)
+    open_ledger(config.ledger_path()).close()
+    section: dict[str, object] = {"configured": False}
+
+    async def snapshot() -> dict[str, object]:
+        return {"devices": [], "destinations": [], "alarms": [], "worklist": section}
+
+    async def scrape() -> dict[str, float]:
+        async with served(WebServer(config, snapshot)) as (base, session):
+            text = await (await session.get(f"{base}/metrics")).text()
+        return {
+            s.name: s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name.startswith("dermgate_worklist")
+        }
+
+    assert asyncio.run(scrape()) == {}  # no [worklist]: no worklist families
+    section.update(
+        configured=True, items=7, age_s=1234.5, stale=True, truncated=False, last_error="x"
+    )
+    assert asyncio.run(scrape()) == {
+        "dermgate_worklist_items": 7,
+        "dermgate_worklist_age_seconds": 1234.5,
+        "dermgate_worklist_stale": 1,
+    }

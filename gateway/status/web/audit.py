@@ -18,6 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 
+def _safe(text: str) -> str:
+    return "".join(ch for ch in text if ch.isascii() and (ch.isalnum() or ch in "._-"))[:32]
+
+
 class AuditLog:
     """Appends audit lines to ``path`` (folder created if missing)."""
 
@@ -27,9 +31,16 @@ class AuditLog:
 
     def append(self, user: str, action: str, spool_id: int) -> str:
         """Write one durable line; return it. Raises OSError."""
+        return self.append_fields(user, action, {"spool_id": int(spool_id)})
+
+    def append_fields(self, user: str, action: str, fields: dict[str, int | str]) -> str:
+        """Write one durable line with ``fields`` after the action (e.g. a reveal of
+        the worklist: ``items=12 reason=care``); values are ids, counts or fixed
+        words, never patient data (reduced to ``[A-Za-z0-9._-]``). Raises OSError."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        safe_user = "".join(ch for ch in user if ch.isalnum() or ch in "._-")[:32] or "?"
-        line = f"{stamp} user={safe_user} action={action} spool_id={int(spool_id)}\n"
+        safe_user = _safe(user) or "?"
+        extra = " ".join(f"{_safe(k)}={_safe(str(v))}" for k, v in fields.items())
+        line = f"{stamp} user={safe_user} action={_safe(action)} {extra}".rstrip() + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -85,6 +85,7 @@ class Figures:
     disk: DiskFigures
     devices: list[dict[str, Any]] = field(default_factory=list)
     alarms: list[dict[str, Any]] = field(default_factory=list)
+    worklist: dict[str, Any] = field(default_factory=dict)  # the state document's section
 
     @property
     def backlog(self) -> int:
@@ -181,6 +182,9 @@ def verdict(fig: Figures) -> Verdict:
         amber.append("Captures have been waiting for more than 10 minutes.")
     if fig.commitment_lag is not None and fig.commitment_lag > SLOW_COMMITMENT:
         amber.append("The PACS has not confirmed some captures for more than an hour.")
+    if fig.worklist.get("configured") and fig.worklist.get("stale"):
+        why = fig.worklist.get("last_error") or "no refresh yet"
+        amber.append(f"The worklist is stale ({why}): patients picked may be out of date.")
     for device in fig.devices:
         if device.get("state") in ("ERROR", "QUARANTINED"):
             amber.append(f"Device {device.get('name')} is {device.get('state')}.")

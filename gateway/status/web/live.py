@@ -20,7 +20,8 @@ SHOWN_DETAIL = {DriverState.DISCONNECTED, DriverState.CONNECTING, DriverState.RE
 
 
 async def live_view(state: GatewayState) -> dict[str, Any]:
-    """``{"devices": [...], "destinations": [...], "alarms": [...]}`` as in the document."""
+    """``{"devices": [...], "destinations": [...], "alarms": [...], "worklist": {...}}``
+    as in the document."""
     devices = []
     for name in state.board.names():
         d = state.board.get(name)
@@ -45,4 +46,10 @@ async def live_view(state: GatewayState) -> dict[str, Any]:
         {"code": a.code, "subject": a.subject, "message": a.message, "since": a.since}
         for a in sorted(state.bus.alarms.values(), key=lambda a: a.since)
     ]
-    return {"devices": devices, "destinations": destinations, "alarms": alarms}
+    worklist = state.sections.get("worklist")  # counts and age only
+    return {
+        "devices": devices,
+        "destinations": destinations,
+        "alarms": alarms,
+        "worklist": {"configured": False} if worklist is None else worklist(),
+    }

@@ -29,6 +29,11 @@ device names, driver ids and device classes, never patient data or capture ids:
 ``dermgate_alarm``                     1 for each active alarm, by ``code``
                                        and ``subject`` (e.g. ``commitment_overdue``
                                        / destination; absent when none is active)
+``dermgate_worklist_items``            items in the worklist cache (with
+                                       ``[worklist]`` only)
+``dermgate_worklist_age_seconds``      since its last successful refresh
+                                       (absent until one succeeded)
+``dermgate_worklist_stale``            1 when shown stale
 =====================================  ========================================
 
 Counts are gauges read from the ledger (they survive restarts and can go down
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -159,6 +165,27 @@ class _FiguresCollector(Collector):
         for alarm in fig.alarms:
             alarms.add_metric([str(alarm.get("code")), str(alarm.get("subject") or "")], 1)
         yield alarms
+        yield from _worklist(fig.worklist)
+
+
+def _worklist(section: dict[str, Any]) -> Iterator[Metric]:
+    """The worklist cache's figures (counts and age: the state document's section)."""
+    if not section.get("configured"):
+        return
+    yield GaugeMetricFamily(
+        "dermgate_worklist_items", "Items in the worklist cache", value=int(section["items"])
+    )
+    if section.get("age_s") is not None:
+        yield GaugeMetricFamily(
+            "dermgate_worklist_age_seconds",
+            "Seconds since the last successful worklist refresh",
+            value=float(section["age_s"]),
+        )
+    yield GaugeMetricFamily(
+        "dermgate_worklist_stale",
+        "1 when the worklist cache is stale (no successful refresh lately)",
+        value=1 if section.get("stale") else 0,
+    )
 
 
 class Metrics:

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.context.desk import ContextDesk
 from gateway.core.config import DermGateConfig, WebSettings
 from gateway.spool.dirs import SpoolDirs
 from gateway.status.web import pages
@@ -48,12 +49,15 @@ class PageState:
         config: DermGateConfig,
         snapshot: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         poke: Callable[[], None] = lambda: None,
+        desk: ContextDesk | None = None,
     ) -> None:
         """``snapshot``: devices, destinations and alarms as in the gateway state
         document (:func:`.live.live_view`); ``poke`` wakes the wrapper and the
-        forwarders after a retry."""
+        forwarders after a retry; ``desk`` the context stage (patient sessions,
+        held captures; None in tools and tests without one)."""
         assert config.web is not None
         self.config = config
+        self.desk = desk
         self.web: WebSettings = config.web
         self.snapshot = snapshot
         self.poke = poke
@@ -105,6 +109,7 @@ class PageState:
             destinations=overlaid,
             devices=list(doc.get("devices", [])),
             alarms=list(doc.get("alarms", [])),
+            worklist=dict(doc.get("worklist") or {}),
         )
 
     # ----------------------------------------------------------------- logins

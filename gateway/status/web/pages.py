@@ -58,6 +58,20 @@ def login_page(token: str, message: str = "") -> str:
     return layout("Log in", body)
 
 
+def _worklist_card(fig: Figures) -> str:
+    """The worklist's size and age (counts only), when there is a ``[worklist]``."""
+    w = fig.worklist
+    if not w.get("configured"):
+        return ""
+    age = w.get("age_s")
+    when = "never refreshed" if age is None else f"{human_age(float(age))} old"
+    return (
+        f'<div class="card{" bad" if w.get("stale") else ""}" id="worklist">'
+        f"<b>{int(w.get('items') or 0)}</b>worklist items, {_e(when)}"
+        f"{' (stale)' if w.get('stale') else ''}</div>"
+    )
+
+
 def overview_fragment(fig: Figures, verdict: Verdict) -> str:
     """The live part of the overview (replaced on every server-sent update)."""
     reasons = "".join(f"<li>{_e(r)}</li>" for r in verdict.reasons)
@@ -75,7 +89,8 @@ def overview_fragment(fig: Figures, verdict: Verdict) -> str:
         f'<div class="card"><b>{fig.quarantined_open}</b>set aside</div>'
         f'<div class="card"><b>{_e(lag)}</b>oldest unconfirmed by the PACS</div>'
         f'<div class="card{" bad" if fig.disk.low else ""}"><b>{human_bytes(fig.disk.free)}</b>'
-        f"free disk (reserve {human_bytes(fig.disk.reserve)})</div></section>"
+        f"free disk (reserve {human_bytes(fig.disk.reserve)})</div>{_worklist_card(fig)}"
+        "</section>"
     )
     devices = "".join(
         f"<tr><td>{_e(d.get('name'))}</td><td>{_e(d.get('driver'))}</td>"
