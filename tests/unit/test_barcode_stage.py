@@ -43,6 +43,7 @@ from tests.support.barcode import PERSON_GAP, Keyboard, key_source, scanner_conn
 PATIENT = r"^(?P<patient_id>PID\d{4})$"
 ACCESSION = r"^(?P<accession_number>ACC-\d{4}/\d{4}_x)$"
 REFUSED = "ACC-0000/0000_x"
+BROKEN = "PID6666"
 
 
 class RecordingDesk:
@@ -55,6 +56,8 @@ class RecordingDesk:
         self.calls.append((device, request, actor))
         if isinstance(request, Scanned) and request.accession_number == REFUSED:
             raise ContextError(ContextErrorCode.NO_SUCH_ITEM, "no worklist item has it")
+        if isinstance(request, Scanned) and request.patient_id == BROKEN:
+            raise RuntimeError(f"a bug that quotes {BROKEN}")
         patient_id = request.patient_id if isinstance(request, Scanned) else None
         return SessionView(
             id=len(self.calls),
@@ -218,3 +221,22 @@ async def test_reads_that_are_not_codes_never_reach_the_desk() -> None:
 def test_the_whole_code_must_match_and_name_one_thing(text: str, expected: Scanned | None) -> None:
     pattern = re.compile(r"P(?P<patient_id>\d*)|A(?P<accession_number>\d+)")
     assert match_code(pattern, text) == expected
+
+
+async def test_a_failing_desk_refuses_the_scan_and_the_scanner_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kb = Keyboard()
+    batches = [kb.type(BROKEN), kb.type("PID0001")]
+    scanner = BarcodeSettings(
+        device="/dev/input/by-id/usb-Scanner-event-kbd", for_device="dermatoscope", pattern=PATIENT
+    )
+    stage = BarcodeStage([scanner], RecordingDesk(), key_events=wedge(batches))
+    async with Started(stage) as running, asyncio.timeout(10):
+        await running.task
+    failed, matched = reversed(stage.recent())
+    assert (failed.outcome, failed.error) == (ScanOutcome.REFUSED, None)
+    assert "internal error" in failed.message
+    assert matched.outcome is ScanOutcome.MATCHED
+    assert "barcodes[0]: opening a session failed: RuntimeError" in caplog.text
+    assert BROKEN not in caplog.text

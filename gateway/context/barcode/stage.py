@@ -10,9 +10,11 @@ Nothing a scanner reads is silently dropped. Every read becomes a
 :class:`ScanNotice` in a bounded list (:meth:`BarcodeStage.recent`, newest first)
 that the page shows: matched (with the session), no_match (the pattern did not
 match), refused (the desk said no: its code and plain message), typed (keys at a
-person's pace), too_long, unreadable, incomplete. A notice holds the scanned text,
-which is patient data: for the authenticated page only. The log and the event bus
-(:class:`~gateway.core.events.BarcodeScanned`) get the outcome, never the text.
+person's pace), too_long, unreadable, incomplete. An unexpected failure of the desk
+is a refusal too (logged by its type only): a scan, outside input, never stops the
+box. A notice holds the scanned text, which is patient data: for the authenticated
+page only. The log and the event bus (:class:`~gateway.core.events.BarcodeScanned`)
+get the outcome, never the text.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ KEEP = 50
 """Notices kept for the page (the oldest go first)."""
 
 Ready = Callable[[], None]
+
+_FAILED = "the box could not open the session (an internal error, in its log)"
 
 
 class ScanOutcome(enum.StrEnum):
@@ -158,6 +162,10 @@ class BarcodeStage:
                     )
                 except ContextError as err:
                     outcome, error, message = ScanOutcome.REFUSED, err.code, err.message
+                except Exception as err:  # a scan (outside input) must not stop the box
+                    # Only the type: a foreign error's message could quote the code.
+                    log.error("%s: opening a session failed: %s", label, type(err).__name__)
+                    outcome, message = ScanOutcome.REFUSED, _FAILED
                 else:
                     outcome, session_id = ScanOutcome.MATCHED, view.id
         notice = ScanNotice(
