@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.context.barcode.read import MAX_CODE, ReadKind, ScanRead
-from gateway.context.barcode.wedge import EV_KEY, KEYS, WedgeDecoder
+from gateway.context.barcode.wedge import EV_KEY, EV_SYN, KEYS, SYN_DROPPED, WedgeDecoder
 from tests.support.barcode import PERSON_GAP, Keyboard
 
 
@@ -45,7 +45,7 @@ def test_the_key_table_is_linux_us_layout() -> None:
     }
     for name, pair in names.items():
         assert KEYS[ecodes.ecodes[name]] == pair, name
-    assert EV_KEY == ecodes.EV_KEY
+    assert (EV_KEY, EV_SYN, SYN_DROPPED) == (ecodes.EV_KEY, ecodes.EV_SYN, ecodes.SYN_DROPPED)
     assert len(KEYS) == 48 + 17  # the main block, space, the keypad
 
 
@@ -119,6 +119,19 @@ def test_a_code_with_an_unknown_key_is_unreadable(keys: list[str], expected: str
         events += kb.press(ecodes.ecodes[name])
     events += kb.type("01")
     assert decode(events) == [ScanRead(ReadKind.UNREADABLE, expected)]
+
+
+def test_events_the_kernel_dropped_make_the_code_unreadable() -> None:
+    kb = Keyboard()
+    events = kb.type("PID", enter=None)
+    events.append(InputEvent(int(kb.now), 0, ecodes.EV_KEY, ecodes.KEY_LEFTSHIFT, 1))
+    events.append(InputEvent(int(kb.now), 0, ecodes.EV_SYN, ecodes.SYN_DROPPED, 0))
+    # ... the Shift release was among the lost events
+    events += kb.type("001") + kb.type("PID0002")
+    assert decode(events) == [
+        ScanRead(ReadKind.UNREADABLE, "PID\ufffd001"),
+        ScanRead(ReadKind.CODE, "PID0002"),
+    ]
 
 
 def test_a_character_with_ctrl_held_is_unreadable() -> None:

@@ -19,6 +19,7 @@ ends. Rules:
 * A key outside the table (Tab, Backspace, F-keys, a character with Ctrl or Alt
   held) makes the code :attr:`ReadKind.UNREADABLE`: a code missing a character
   could name another patient.
+* ``SYN_DROPPED`` (the kernel lost events) makes the code being read unreadable.
 * More than ``max_length`` characters: :attr:`ReadKind.TOO_LONG` (keys are still
   swallowed until Enter). Keys after a pause of more than :data:`PAUSE` start a new
   code; the abandoned one is :attr:`ReadKind.INCOMPLETE`, as is what
@@ -35,14 +36,24 @@ from typing import Protocol
 
 from gateway.context.barcode.read import MAX_CODE, ReadKind, ScanRead
 
-__all__ = ["EV_KEY", "KEYS", "KEY_GAP", "PAUSE", "KeyEvent", "WedgeDecoder"]
+__all__ = [
+    "EV_KEY",
+    "EV_SYN",
+    "KEYS",
+    "KEY_GAP",
+    "PAUSE",
+    "SYN_DROPPED",
+    "KeyEvent",
+    "WedgeDecoder",
+]
 
 KEY_GAP = 0.05
 """Seconds: a code whose median gap between key-downs is longer was typed by a person."""
 PAUSE = 1.0
 """Seconds without a key after which pending characters are an abandoned code."""
 
-EV_KEY = 1
+EV_SYN, EV_KEY = 0, 1
+SYN_DROPPED = 3
 KEY_DOWN, KEY_UP = 1, 0
 
 _ENTER, _KPENTER = 28, 96
@@ -121,6 +132,15 @@ class WedgeDecoder:
 
     def feed(self, event: KeyEvent) -> ScanRead | None:
         """Take one event; the read it ends, if any (at most one per event)."""
+        if event.type == EV_SYN and event.code == SYN_DROPPED:
+            # The kernel's buffer overflowed: keys were lost, and with them perhaps a
+            # Shift release. The code being read (or, between codes, the next one) is
+            # missing characters.
+            self._held.clear()
+            self._unknown = True
+            if len(self._chars) <= self.max_length:
+                self._chars.append(_UNKNOWN)
+            return None
         if event.type != EV_KEY:
             return None
         code, value = event.code, event.value
