@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from drivers.serial_dermatoscope.pty_link import PtyLink
 from gateway.context.barcode.read import MAX_CODE, ReadKind, ScanRead
@@ -52,6 +54,17 @@ def test_flush_reports_a_line_without_its_end() -> None:
     decoder.feed(b"PID00")
     assert decoder.flush() == ScanRead(ReadKind.INCOMPLETE, "PID00")
     assert decoder.flush() is None
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_garbage_bytes_never_crash_and_reads_stay_bounded(chunks: list[bytes]) -> None:
+    decoder = LineDecoder(max_length=16)
+    for chunk in chunks:
+        for read in decoder.feed(chunk):
+            assert 0 < len(read.text) <= 16
+            assert read.kind in (ReadKind.CODE, ReadKind.UNREADABLE, ReadKind.TOO_LONG)
+            assert not any(c in read.text for c in "\r\n")
+        assert len(decoder._line) <= 16 * 4
 
 
 class Reader:

@@ -9,4 +9,4 @@ context desk (:mod:`.stage`). Every scan that opens no session is kept as a noti
 for the page; the scanned text is patient data and goes nowhere else.
 """
 
-__all__ = ["evdev_source", "read", "serial_source", "stage", "wedge"]
+__all__ = ["evdev_source", "presence", "read", "serial_source", "stage", "wedge"]
