@@ -198,6 +198,7 @@ class RecentCapture:
     device_class: str | None
     reason: str | None
     last_error: str | None
+    sensitive: bool = False  # flagged by a technician or by site policy (ledger v6)
 
 
 def recent_captures(
@@ -205,12 +206,13 @@ def recent_captures(
 ) -> list[RecentCapture]:
     """The newest ``limit`` captures (optionally only those in ``state``)."""
     where, args = ("WHERE c.state = ?", [state]) if state else ("", [])
+    sensitive = "c.sensitive" if schema_version(conn) >= 6 else "0"
     rows = conn.execute(
         "SELECT c.id, c.state, c.received_at, c.driver, "
         "json_extract(c.device_json, '$.model') AS model, "
         "json_extract(c.device_json, '$.device_class') AS device_class, c.reason, "
         "(SELECT d.last_error FROM deliveries d WHERE d.capture_id = c.id "
-        " AND d.last_error IS NOT NULL LIMIT 1) AS last_error "
+        f" AND d.last_error IS NOT NULL LIMIT 1) AS last_error, {sensitive} "
         f"FROM captures c {where} ORDER BY c.id DESC LIMIT ?",
         (*args, limit),
     ).fetchall()
@@ -224,6 +226,7 @@ def recent_captures(
             device_class=r[5],
             reason=r[6],
             last_error=r[7],
+            sensitive=bool(r[8]),
         )
         for r in rows
     ]

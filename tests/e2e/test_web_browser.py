@@ -23,6 +23,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from gateway.demo.local_orthanc import OrthancProcess, free_port
 from gateway.spool.details import read_patient
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.gateway_process import GatewayProcess, gateway_config
 from tests.support.paths import REPO_ROOT
 from tests.support.simulator import SimulatorProcess
@@ -30,18 +31,6 @@ from tests.support.state import ledger_rows, states
 from tests.support.waiting import wait_for
 from tests.support.web import PASSWORD
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-dev-shm-usage",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-default-apps",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-extensions",
-]
 DOC_SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 AUDIT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ user=tech action=reveal spool_id=\d+$")
 

@@ -26,6 +26,7 @@ from PIL import Image
 
 from gateway.context.desk import Actor, ProcedureStepHooks
 from gateway.context.stage import ContextStage
+from gateway.context.worklist_source import WorklistSource
 from gateway.core.capture import (
     CaptureOffer,
     DeviceClass,
@@ -163,19 +164,27 @@ port = "/dev/ttyDERM-B"
         async def reserve() -> int:
             return await self.intake.reserve_spool_id()
 
-        self.stage = ContextStage(
-            self.ledger, self.config, GATEWAY_ID, self.bus, self.wrapper.notify, reserve, steps
+        # With a [worklist] section, the stage gets the worklist source, as in the service.
+        self.worklist = (
+            None
+            if self.config.worklist is None
+            else WorklistSource(self.ledger, self.config.worklist, "DERMGATE", self.bus)
         )
+        self.stage = ContextStage(
+            self.ledger, self.config, GATEWAY_ID, self.bus, self.wrapper.notify, reserve, steps,
+            self.worklist,
+        )  # fmt: skip
         self.intake = Intake(
             self.ledger, self.dirs, self.wrapper.notify, None, inline, bus=self.bus,
             binder=self.stage,
         )  # fmt: skip
 
-    def set_worklist(self, items: list[WorklistEntry]) -> None:
-        """The worklist cache holds ``items`` (as after a successful refresh)."""
+    def set_worklist(self, items: list[WorklistEntry], *, age: float = 0.0) -> None:
+        """The worklist cache holds ``items`` (as after a successful refresh ``age``
+        seconds ago)."""
         conn = sqlite3.connect(self.ledger.path, isolation_level=None)
         try:
-            worklist_cache.replace_items(conn, items, source_ae="RIS", now=time.time())
+            worklist_cache.replace_items(conn, items, source_ae="RIS", now=time.time() - age)
         finally:
             conn.close()
 

@@ -4,18 +4,31 @@ One line per reveal, appended and fsynced *before* the data is shown (no line, n
 data)::
 
     2026-11-30T23:59:01Z user=tech action=reveal spool_id=12
+    2026-11-30T23:59:40Z user=tech action=reveal spool_id=14 reason=quality_control
+    2026-11-30T23:59:55Z user=tech action=move spool_id=15 from_session=3 to_session=4
 
 Only the user name (validated by ``dermgate user add``: letters, digits, ``._-``),
-the action and the spool id: the audit log itself never holds patient data. The
-file is created with mode 0600.
+the action, the spool id and fixed-vocabulary details (a reveal's reason *category*
+from :data:`REVEAL_REASONS`, session ids, counts): the audit log itself never holds
+patient data, nor free text. The file is created with mode 0600.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+
+#: The reason categories a reveal of a sensitive capture asks for (key: label).
+REVEAL_REASONS = {
+    "treatment": "Treatment",
+    "second_opinion": "Second opinion",
+    "quality_control": "Quality control",
+    "patient_request": "Patient request",
+    "other": "Other",
+}
 
 
 def _safe(text: str) -> str:
@@ -29,11 +42,18 @@ class AuditLog:
         self.path = path
         self._lock = threading.Lock()
 
-    def append(self, user: str, action: str, spool_id: int) -> str:
-        """Write one durable line; return it. Raises OSError."""
-        return self.append_fields(user, action, {"spool_id": int(spool_id)})
+    def append(
+        self,
+        user: str,
+        action: str,
+        spool_id: int,
+        detail: Mapping[str, str | int] | None = None,
+    ) -> str:
+        """Write one durable line about a capture; return it. Raises OSError.
+        ``detail``: extra ``key=value`` pairs of fixed vocabulary after the spool id."""
+        return self.append_fields(user, action, {"spool_id": int(spool_id), **(detail or {})})
 
-    def append_fields(self, user: str, action: str, fields: dict[str, int | str]) -> str:
+    def append_fields(self, user: str, action: str, fields: Mapping[str, int | str]) -> str:
         """Write one durable line with ``fields`` after the action (e.g. a reveal of
         the worklist: ``items=12 reason=care``); values are ids, counts or fixed
         words, never patient data (reduced to ``[A-Za-z0-9._-]``). Raises OSError."""

@@ -215,6 +215,7 @@ class SpoolRow:
     device_class: str
     reason: str | None
     last_error: str | None
+    sensitive: bool = False
 
 
 def read_spool(
@@ -238,6 +239,7 @@ def read_spool(
             device_class=str(r.device_class or ""),
             reason=r.reason,
             last_error=r.last_error,
+            sensitive=r.sensitive,
         )
         for r in rows
     ]

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 
 from aiohttp import web
 
-from gateway.status.web import pages
+from gateway.context.desk import ContextError
+from gateway.status.web import context_pages, pages
 from gateway.status.web.auth import SESSION_COOKIE
 from gateway.status.web.checks import run_checks
 from gateway.status.web.data import verdict
@@ -27,16 +29,35 @@ EVENT_STREAMS_TOTAL = 32
 class OverviewRoutes(PageState):
     """The overview, its live updates and the checks."""
 
-    async def _fragment(self) -> str:
+    async def _fragment(self, csrf: str) -> str:
         fig = await self.figures()
-        return pages.overview_fragment(fig, verdict(fig))
+        return await self._sessions_fragment(csrf) + pages.overview_fragment(fig, verdict(fig))
+
+    async def _sessions_fragment(self, csrf: str) -> str:
+        """Per device the open session (patient data: this page is for a logged-in
+        user only) or "Start a patient"; empty without a context desk."""
+        if self.desk is None:
+            return ""
+        try:
+            sessions = await self.desk.sessions(open_only=True)
+            held = len(await self.desk.held())
+        except ContextError as err:
+            return context_pages.sessions_fragment(self.desk.devices(), [], 0, csrf, err.message)
+        return context_pages.sessions_fragment(
+            self.desk.devices(),
+            sessions,
+            held,
+            csrf,
+            worklist=self.desk.worklist_status(),
+            now=time.time(),
+        )
 
     # ----------------------------------------------------------------- pages
 
     async def overview(self, request: web.Request) -> web.Response:
         """The at-a-glance page."""
         s = request[SESSION_KEY]
-        return _html(pages.overview_page(await self._fragment(), s.user, s.csrf))
+        return _html(pages.overview_page(await self._fragment(s.csrf), s.user, s.csrf))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: the overview fragment whenever it changes. At most
@@ -79,10 +100,11 @@ class OverviewRoutes(PageState):
                 log.debug("live overview: the browser left")
                 return
             self._users()  # ends this session at once if its user changed
-            if self.sessions.get(token) is None:
+            session = self.sessions.get(token)
+            if session is None:
                 await self._send(response, b"event: logout\ndata: \n\n")
                 return
-            fragment = await self._fragment()
+            fragment = await self._fragment(session.csrf)
             if fragment != last:
                 data = "".join(f"data: {line}\n" for line in fragment.splitlines())
                 await self._send(response, f"event: overview\n{data}\n".encode())

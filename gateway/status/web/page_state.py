@@ -53,8 +53,8 @@ class PageState:
     ) -> None:
         """``snapshot``: devices, destinations and alarms as in the gateway state
         document (:func:`.live.live_view`); ``poke`` wakes the wrapper and the
-        forwarders after a retry; ``desk`` the context stage (patient sessions,
-        held captures; None in tools and tests without one)."""
+        forwarders after a retry; ``desk`` the context stage (patient sessions, held
+        captures, lesions; None: the page has no patient pages)."""
         assert config.web is not None
         self.config = config
         self.desk = desk

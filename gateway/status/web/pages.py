@@ -10,6 +10,7 @@ from html import escape
 from typing import Any
 
 from gateway.spool.admin import RESOLUTIONS
+from gateway.status.web.audit import REVEAL_REASONS
 from gateway.status.web.checks import CheckResult
 from gateway.status.web.data import Figures, SpoolRow, Verdict, human_age, human_bytes
 
@@ -26,7 +27,7 @@ def layout(title: str, body: str, user: str | None = None, csrf: str | None = No
     if user is not None and csrf is not None:
         nav = (
             '<nav><a href="/">Overview</a> <a href="/why">Why isn\'t it sending?</a> '
-            '<a href="/spool">Spool</a> '
+            '<a href="/spool">Spool</a> <a href="/held">Held</a> '
             f'<form method="post" action="/logout" class="inline">{csrf_field(csrf)}'
             f'<button type="submit">Log out {_e(user)}</button></form></nav>'
         )
@@ -151,7 +152,7 @@ def why_page(results: list[CheckResult], user: str, csrf: str) -> str:
 
 def spool_page(rows: list[SpoolRow], state: str | None, user: str, csrf: str) -> str:
     """Captures with state, age, device, reason; links to the actions."""
-    states = ["", "CAPTURED", "WRAPPED", "SENT", "COMMITTED", "PURGED", "QUARANTINED"]
+    states = ["", "HELD", "CAPTURED", "WRAPPED", "SENT", "COMMITTED", "PURGED", "QUARANTINED"]
     options = "".join(
         f'<option value="{s}"{" selected" if (state or "") == s else ""}>{s or "all"}</option>'
         for s in states
@@ -163,8 +164,10 @@ def spool_page(rows: list[SpoolRow], state: str | None, user: str, csrf: str) ->
             actions += f' <a href="/spool/{r.spool_id}/retry">retry</a>'
             if not (r.reason or "").startswith("resolved by technician"):
                 actions += f' <a href="/spool/{r.spool_id}/resolve">resolve</a>'
+        mark = ' <span class="sensitive" title="sensitive">Sensitive</span>' if r.sensitive else ""
         lines.append(
-            f'<tr data-id="{r.spool_id}"><td>{r.spool_id}</td><td class="state {r.state.lower()}">'
+            f'<tr data-id="{r.spool_id}"><td>{r.spool_id}{mark}</td>'
+            f'<td class="state {r.state.lower()}">'
             f"{_e(r.state)}</td><td>{_e(human_age(r.age))}</td><td>{_e(r.device)}</td>"
             f"<td>{_e(r.reason or r.last_error or '')}</td><td>{actions}</td></tr>"
         )
@@ -184,8 +187,10 @@ def capture_page(
     user: str,
     csrf: str,
     message: str = "",
+    sensitive: bool = False,
 ) -> str:
-    """One capture; patient data masked unless ``patient`` is given (audited reveal)."""
+    """One capture; patient data masked unless ``patient`` is given (audited reveal).
+    A ``sensitive`` capture is marked, and its reveal asks for a reason category."""
     from gateway.spool.details import PATIENT_ATTRIBUTES
 
     spool_id = details["id"]
@@ -206,8 +211,19 @@ def capture_page(
             f'<tr><th>{_e(label)}</th><td class="masked">{MASK}</td></tr>'
             for _, label in PATIENT_ATTRIBUTES
         )
+        reasons = ""
+        if sensitive:
+            reasons = (
+                '<fieldset class="reasons"><legend>Why do you need to see it?</legend>'
+                + "".join(
+                    f'<label class="radio"><input type="radio" name="reason" value="{k}" required>'
+                    f" {_e(v)}</label>"
+                    for k, v in REVEAL_REASONS.items()
+                )
+                + "</fieldset>"
+            )
         reveal = (
-            f'<form method="post" action="/spool/{spool_id}/reveal">{csrf_field(csrf)}'
+            f'<form method="post" action="/spool/{spool_id}/reveal">{csrf_field(csrf)}{reasons}'
             '<button type="submit" id="reveal">Reveal patient data (recorded in the audit log)'
             "</button></form>"
         )
@@ -224,8 +240,18 @@ def capture_page(
         if not (details["reason"] or "").startswith("resolved by technician"):
             actions += f' <a class="button" href="/spool/{spool_id}/resolve">Resolve</a>'
         actions += "</p>"
+    flag = "0" if sensitive else "1"
+    marker = (
+        '<p><span class="sensitive" id="sensitive-mark">Sensitive</span></p>' if sensitive else ""
+    )
+    actions += (
+        f'<form method="post" action="/spool/{spool_id}/sensitive">{csrf_field(csrf)}'
+        f'<input type="hidden" name="sensitive" value="{flag}"><button type="submit" '
+        f'id="flag">{"Not sensitive" if sensitive else "Mark as sensitive"}</button></form>'
+    )
     body = (
-        f"<section><h2>Capture {spool_id}</h2>{note}<table>{table}</table>{actions}</section>"
+        f"<section><h2>Capture {spool_id}</h2>{note}{marker}<table>{table}</table>{actions}"
+        "</section>"
         f'<section><h3>Patient</h3><table id="patient">{pat}</table>{reveal}</section>'
     )
     return layout(f"Capture {spool_id}", body, user, csrf)

@@ -17,7 +17,25 @@ page and anything else gets 401):
                                audited first (no audit line, no data)
 ``GET/POST /spool/ID/retry``   confirmation, then :func:`admin.retry_capture`
 ``GET/POST /spool/ID/resolve`` confirmation, then :func:`admin.resolve_capture`
+``POST /spool/ID/sensitive``   flag (or unflag) a capture as sensitive; a flagged
+                               capture's reveal asks for a reason category
+``GET/POST /devices/D/start``  start a patient on device D (worklist, scan, typed,
+                               unidentified) through the context desk
+``GET /sessions/ID``           a session: patient, lesion, sensitive flag, End
+``POST /sessions/ID/end``      end it
+``GET/POST /sessions/ID/lesion`` body map and site list; choose or add a lesion
+``POST /sessions/ID/sensitive``  flag the session's following captures
+``GET/POST /sessions/ID/move`` move its unsent captures to another session
+                               (confirmation, audited)
+``POST /worklist/refresh``     ask the worklist server now
+``GET /held``                  captures held for want of a patient
+``GET/POST /held/start``       start a patient for the chosen held captures
+``POST /held/assign``          assign them (to an open session or a new one)
 =============================  ==================================================
+
+The patient routes (devices, sessions, held) exist only with a context desk
+(:mod:`gateway.context.desk`); they are in :mod:`.session_routes` and
+:mod:`.held_routes`.
 
 Every POST must carry the session's CSRF token (see :mod:`.auth`). Every request
 but the open routes first looks at the users file (:mod:`.logins`): a changed file
@@ -49,6 +67,7 @@ from aiohttp import web, web_response
 from gateway.status.web import pages
 from gateway.status.web.auth import SESSION_COOKIE, same_token
 from gateway.status.web.gate import Gate, Limits, default_max_connections, listen_sockets
+from gateway.status.web.held_routes import HeldRoutes
 from gateway.status.web.login_routes import LoginRoutes
 from gateway.status.web.logins import Unavailable
 from gateway.status.web.metrics import CONTENT_TYPE
@@ -87,7 +106,7 @@ _SECURITY_HEADERS = {
 HSTS = "max-age=31536000"
 
 
-class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes):
+class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes):
     """The page's state (sessions, lockout) and its aiohttp application."""
 
     # ----------------------------------------------------------------- app
@@ -114,6 +133,22 @@ class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes):
         r.add_get(r"/spool/{sid:[0-9]{1,19}}/{action:retry|resolve}", self.confirm)
         r.add_post(r"/spool/{sid:[0-9]{1,19}}/retry", self.retry)
         r.add_post(r"/spool/{sid:[0-9]{1,19}}/resolve", self.resolve)
+        r.add_post(r"/spool/{sid:[0-9]{1,19}}/sensitive", self.flag_capture)
+        r.add_get("/devices/{device}/start", self.start_form)
+        r.add_post("/devices/{device}/start", self.start)
+        session = r"/sessions/{session:[0-9]{1,19}}"
+        r.add_get(session, self.session_view)
+        r.add_post(session + "/end", self.end)
+        r.add_get(session + "/lesion", self.lesion_form)
+        r.add_post(session + "/lesion", self.lesion)
+        r.add_post(session + "/sensitive", self.flag)
+        r.add_get(session + "/move", self.move_form)
+        r.add_post(session + "/move", self.move)
+        r.add_post("/worklist/refresh", self.refresh)
+        r.add_get("/held", self.held)
+        r.add_get("/held/start", self.held_start)
+        r.add_post("/held/start", self.held_start)
+        r.add_post("/held/assign", self.held_assign)
         r.add_static("/static/", STATIC)
         return app
 

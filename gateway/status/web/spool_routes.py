@@ -15,9 +15,11 @@ from typing import Any
 from aiohttp import web
 
 from gateway.spool import admin
+from gateway.spool.capture_marks import is_sensitive, set_sensitive
 from gateway.spool.ledger import open_ledger
 from gateway.spool.states import CaptureState
 from gateway.status.web import pages
+from gateway.status.web.audit import REVEAL_REASONS
 from gateway.status.web.data import read_spool
 from gateway.status.web.page_state import SESSION_KEY, PageState, _html, log
 
@@ -31,6 +33,10 @@ def _spool_id(request: web.Request) -> int:
     if sid > MAX_SPOOL_ID:
         raise web.HTTPNotFound(text=f"no capture with spool id {sid}\n")
     return sid
+
+
+def _flag(details: dict[str, Any]) -> dict[str, Any]:
+    return {"sensitive": bool(details.get("sensitive"))}
 
 
 class SpoolRoutes(PageState):
@@ -52,9 +58,12 @@ class SpoolRoutes(PageState):
         try:
             entry = admin.find_entry(conn, sid)
             records = admin.deliveries(conn, entry.spool_id)
+            sensitive = is_sensitive(conn, entry.spool_id)
         finally:
             conn.close()
-        return capture_details(entry, records, self.dirs)
+        details = capture_details(entry, records, self.dirs)
+        details["sensitive"] = sensitive
+        return details
 
     async def _details(self, request: web.Request) -> tuple[int, dict[str, Any]]:
         sid = _spool_id(request)
@@ -67,7 +76,7 @@ class SpoolRoutes(PageState):
         """One capture, patient data masked."""
         s = request[SESSION_KEY]
         _, details = await self._details(request)
-        return _html(pages.capture_page(details, None, s.user, s.csrf))
+        return _html(pages.capture_page(details, None, s.user, s.csrf, **_flag(details)))
 
     def _read_patient(self, sid: int) -> dict[str, str] | None:
         from gateway.spool.details import patient_of
@@ -84,8 +93,17 @@ class SpoolRoutes(PageState):
         """Patient data of one capture, from its DICOM file; audited before it is shown."""
         s = request[SESSION_KEY]
         sid, details = await self._details(request)
+        detail: dict[str, str | int] = {}
+        if details["sensitive"]:
+            form = await request.post()
+            reason = form.get("reason")
+            if not isinstance(reason, str) or reason not in REVEAL_REASONS:
+                text = "This capture is sensitive: choose why you need to see it."
+                page = pages.capture_page(details, None, s.user, s.csrf, text, sensitive=True)
+                return _html(page, 400)
+            detail["reason"] = reason
         try:
-            await asyncio.to_thread(self.audit.append, s.user, "reveal", sid)
+            await asyncio.to_thread(self.audit.append, s.user, "reveal", sid, detail)
         except OSError as err:
             log.error("audit log %s not writable (%s): reveal refused", self.audit.path, err)
             return _html(
@@ -110,10 +128,11 @@ class SpoolRoutes(PageState):
                     s.user,
                     s.csrf,
                     "No readable DICOM file and no patient data from the device: nothing to show.",
+                    **_flag(details),
                 )
             )
         log.info("user %s revealed the patient data of spool id %d (audited)", s.user, sid)
-        return _html(pages.capture_page(details, patient, s.user, s.csrf))
+        return _html(pages.capture_page(details, patient, s.user, s.csrf, **_flag(details)))
 
     async def confirm(self, request: web.Request) -> web.Response:
         """The confirmation step before retry or resolve."""
@@ -153,7 +172,7 @@ class SpoolRoutes(PageState):
         else:
             text = f"Capture {sid} is marked as resolved."
         _, details = await self._details(request)
-        return _html(pages.capture_page(details, None, s.user, s.csrf, text))
+        return _html(pages.capture_page(details, None, s.user, s.csrf, text, **_flag(details)))
 
     async def retry(self, request: web.Request) -> web.Response:
         """Release a quarantined capture (after confirmation)."""
@@ -174,3 +193,19 @@ class SpoolRoutes(PageState):
             "resolve",
             lambda conn: admin.resolve_capture(conn, sid, resolution, s.user),
         )
+
+    async def flag_capture(self, request: web.Request) -> web.Response:
+        """Flag (or unflag) one capture as sensitive: marked in the spool list, and
+        its reveal asks for a reason category."""
+        s = request[SESSION_KEY]
+        sid = _spool_id(request)
+        form = await request.post()
+        flag = form.get("sensitive") == "1"
+        try:
+            await asyncio.to_thread(self._write, lambda conn: set_sensitive(conn, sid, flag))
+        except admin.NoSuchCapture as err:
+            raise web.HTTPNotFound(text=f"{err}\n") from err
+        log.info("user %s: capture %d %s sensitive", s.user, sid, "flagged" if flag else "not")
+        _, details = await self._details(request)
+        text = f"Capture {sid} is {'now flagged as' if flag else 'no longer'} sensitive."
+        return _html(pages.capture_page(details, None, s.user, s.csrf, text, **_flag(details)))
