@@ -3,15 +3,17 @@
 ``dermgate run`` with a serial scanner in ``[[barcodes]]`` (a pty in this process
 plays the scanner, as a USB-CDC scanner would appear) and a worklist item in the
 ledger's cache (as a refresh leaves it). Scanning the order's accession number
-opens a session on the dermatoscope: the ledger and the MQTT state show it, and the
-next capture from the device's simulator reaches a real Orthanc under the
-worklist's patient, study and accession number. A code that matches no pattern
-opens nothing and shows up as a ``no_match`` scan; neither code ever reaches the
-log or MQTT.
+opens a session on the dermatoscope: the ledger, the MQTT state and the logged-in
+page show it, and the next capture from the device's simulator reaches a real
+Orthanc under the worklist's patient, study and accession number. A code that
+matches no pattern opens nothing: the page shows it on the device's card (to a
+logged-in user only) and MQTT gets a ``no_match`` scan; neither code ever reaches
+the log or MQTT.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -19,8 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from drivers.serial_dermatoscope.pty_link import PtyLink
-from gateway.demo.local_orthanc import OrthancProcess
+from gateway.demo.local_orthanc import OrthancProcess, free_port
 from gateway.service.config import load_config
 from gateway.spool import worklist_cache
 from gateway.spool.schema import open_ledger
@@ -29,6 +33,7 @@ from tests.support.gateway_process import GatewayProcess, gateway_config
 from tests.support.mqtt import Mosquitto, Recorder
 from tests.support.simulator import SimulatorProcess
 from tests.support.waiting import wait_for
+from tests.support.web import login, user_add
 
 STATE = "dermgate/test-box-01/state"
 EVENTS = "dermgate/test-box-01/events"
@@ -59,6 +64,19 @@ def _scope_session(rec: Recorder) -> Any:
     return devices.get("scope", {}).get("session")
 
 
+async def _overview(base: str, *, log_in: bool = True) -> str:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        if log_in:
+            assert (await login(session, base)).status == 200
+        async with session.get(f"{base}/") as page:
+            return await page.text()
+
+
+def _card(html: str, device: str) -> str:
+    start = html.index(f'data-device="{device}"')
+    return html[start : html.index("</div>", html.index("</h4>", start))]
+
+
 def test_a_scanned_accession_number_opens_the_session_its_captures_arrive_in(
     tmp_path: Path,
     orthanc: OrthancProcess,
@@ -70,6 +88,7 @@ def test_a_scanned_accession_number_opens_the_session_its_captures_arrive_in(
     scanner = PtyLink(tmp_path / "ttyScan0")
     scanner.open()
     path = gateway_config(tmp_path, pacs_port=orthanc.dicom_port, hold_unidentified=600)
+    web_port = free_port()
     with path.open("a", encoding="utf-8") as fh:
         fh.write(
             f"""
@@ -78,10 +97,15 @@ port = "{scanner.path}"
 for_device = "scope"
 pattern = '^(?P<accession_number>ACC-\\d{{4}})$'
 
+[web]
+listen = "127.0.0.1:{web_port}"
+
 {mosquitto.config_section()}"""
         )
+    user_add(path, "tech", "correct horse battery")
+    base = f"http://127.0.0.1:{web_port}"
     config = load_config(path)
-    config.gateway.state_dir.mkdir(parents=True)
+    config.gateway.state_dir.mkdir(parents=True, exist_ok=True)  # user add made it
     conn = open_ledger(config.ledger_path())  # the worklist cache, as a refresh left it
     try:
         worklist_cache.replace_items(conn, [ITEM], source_ae="RIS", now=0.0)
@@ -104,6 +128,9 @@ pattern = '^(?P<accession_number>ACC-\\d{{4}})$'
         assert session["opened_by"] == "barcode:barcodes[0]"
         assert session["closed_at"] is None
         rec.wait(lambda: _scope_session(rec) == session["id"], 30, "the session in the state")
+        card = _card(asyncio.run(_overview(base)), "scope")
+        assert "Nakamura, Hana" in card
+        assert "Scan not used" not in card
 
         sim = simulator_factory("--captures", "1", "--interval", "0.2")
         assert sim.wait(180) == 0
@@ -121,6 +148,13 @@ pattern = '^(?P<accession_number>ACC-\\d{{4}})$'
         assert _scans(rec)[1]["outcome"] == "no_match"
         assert [s["id"] for s in _sessions(config.gateway.state_dir)] == [session["id"]]
         assert "barcodes[0]: scan for scope not used: no_match" in gateway.log()
+        card = _card(asyncio.run(_overview(base)), "scope")
+        assert "Nakamura, Hana" in card, "the session the scan opened is still the one shown"
+        assert (
+            f"Scan not used (it does not fit this scanner&#x27;s pattern): <b>{MISMATCH}</b>"
+            in card
+        )
+        assert MISMATCH not in asyncio.run(_overview(base, log_in=False)), "shown to a login only"
     finally:
         gateway.stop()
         scanner.close()

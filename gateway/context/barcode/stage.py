@@ -169,7 +169,7 @@ class BarcodeStage:
                 else:
                     outcome, session_id = ScanOutcome.MATCHED, view.id
         notice = ScanNotice(
-            at=datetime.now(UTC).isoformat(timespec="seconds"),
+            at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             scanner=label,
             device=scanner.for_device,
             outcome=outcome,
