@@ -7,8 +7,9 @@ opens a session on the dermatoscope: the ledger, the MQTT state and the logged-i
 page show it, and the next capture from the device's simulator reaches a real
 Orthanc under the worklist's patient, study and accession number. A code that
 matches no pattern opens nothing: the page shows it on the device's card (to a
-logged-in user only) and MQTT gets a ``no_match`` scan; neither code ever reaches
-the log or MQTT.
+logged-in user only) and MQTT gets a ``no_match`` scan; so does an accession number
+no order has (``refused``, in the context stage's words). No code ever reaches the
+log or MQTT.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ EVENTS = "dermgate/test-box-01/events"
 STUDY = "1.2.826.0.1.3680043.8.498.3001"
 ITEM = item(1, patient_id="MRN-3001", name="Nakamura^Hana", accession="ACC-3001", study_uid=STUDY)
 MISMATCH = "HELLO-42"
-SECRETS = ("MRN-3001", "Nakamura", "Hana", "ACC-3001", MISMATCH)
+UNKNOWN = "ACC-9999"
+SECRETS = ("MRN-3001", "Nakamura", "Hana", "ACC-3001", MISMATCH, UNKNOWN)
 
 
 def _sessions(state_dir: Path) -> list[sqlite3.Row]:
@@ -155,6 +157,13 @@ listen = "127.0.0.1:{web_port}"
             in card
         )
         assert MISMATCH not in asyncio.run(_overview(base, log_in=False)), "shown to a login only"
+
+        os.write(scanner.master, UNKNOWN.encode() + b"\r\n")  # fits, but no order has it
+        rec.wait(lambda: len(_scans(rec)) == 3, 30, "the third barcode_scanned event")
+        assert _scans(rec)[2]["outcome"] == "refused"
+        card = _card(asyncio.run(_overview(base)), "scope")
+        assert f"Scan not used (no worklist item matches): <b>{UNKNOWN}</b>" in card
+        assert "Nakamura, Hana" in card, "a refused scan leaves the session as it was"
     finally:
         gateway.stop()
         scanner.close()
