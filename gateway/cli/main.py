@@ -16,6 +16,8 @@
                                             change its password)
     dermgate user list --config FILE        the logins (names only)
     dermgate user remove NAME --config FILE remove a login
+    dermgate token add|list|remove …        API tokens of the integration API
+                                            (see gateway/cli/tokens.py)
     dermgate worklist list|refresh --config FILE
                                             the Modality Worklist cache (see
                                             gateway/cli/worklist.py)
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import cast
 
 from gateway.cli.spool import add_spool_commands
+from gateway.cli.tokens import add_token_commands
 from gateway.cli.worklist import add_worklist_commands
 from gateway.core.config import ConfigError, DermGateConfig
 from gateway.service.config import load_config
@@ -87,6 +90,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         problem = users_file_problem(config.users_path())
         if problem is not None:
             print(f"[web] users file: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+        from gateway.status.web.tokens import tokens_file_problem
+
+        problem = tokens_file_problem(config.tokens_path())
+        if problem is not None:
+            print(f"[web] API tokens file: {problem}", file=sys.stderr)
             return EXIT_USAGE
     print(
         f"{args.file}: OK (gateway {config.gateway.id}, {len(config.destinations)} "
@@ -314,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--config", type=Path, required=True, help="configuration file (TOML)")
     remove.set_defaults(func=cmd_user_remove)
 
+    add_token_commands(sub)  # add, list, remove: gateway/cli/tokens.py
     add_worklist_commands(sub)  # list, refresh: gateway/cli/worklist.py
     return parser
 

@@ -52,6 +52,7 @@ def capture_context(
     *,
     study_started: str = "",
     series_number: int | None = None,
+    flagged: bool = False,
 ) -> CaptureContext:
     """The context of one capture of ``session`` (``lesion``: the device's, else the
     session's current one)."""
@@ -71,7 +72,7 @@ def capture_context(
         series_description=series_description(identity.device_class, site, scheme, label),
         operator_name=session.operator_name,
         lesion=lesion,
-        sensitive=sensitive_codes(rules, site, scheme, session.sensitive),
+        sensitive=sensitive_codes(rules, site, scheme, session.sensitive or flagged),
         study_started=study_started,
         series_number=series_number,
     )

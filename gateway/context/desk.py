@@ -228,6 +228,12 @@ class ContextDesk(Protocol):
         """Flag (or unflag) a session's following captures as sensitive."""
         ...
 
+    async def flag_capture(self, spool_id: int, sensitive: bool, actor: Actor) -> bool:
+        """Flag (or unflag) one capture as sensitive; True when its object carries
+        the change (not sent yet, bound to a session), False when only the mark on
+        the box changed."""
+        ...
+
     async def held(self) -> list[HeldView]:
         """Captures held for want of a patient, oldest first."""
         ...

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from gateway.context.desk import (
     HeldView,
     SessionRequest,
 )
+from gateway.context.naming import capture_site, sensitive_codes
 from gateway.context.session_desk import SessionDesk
 from gateway.core.capture import GatewayIdentity, InstanceUIDs
 from gateway.core.context import CaptureContext
@@ -34,6 +36,7 @@ from gateway.core.events import CapturesReleased
 from gateway.dicom.job import WrapJob
 from gateway.dicom.retarget import retarget
 from gateway.spool import held as db
+from gateway.spool.capture_marks import is_sensitive, set_sensitive
 from gateway.spool.captures import SpoolEntry
 from gateway.spool.sessions import series_for
 from gateway.spool.states import CaptureState
@@ -106,7 +109,10 @@ class HoldDesk(SessionDesk):
                 series, number = await self._ledger.call(
                     series_for, session.id, series_kind(entry.offer)
                 )
-            context = await self._capture_context(session, entry.device, entry.offer, number)
+            flagged = await self._ledger.call(is_sensitive, spool_id)
+            context = await self._capture_context(
+                session, entry.device, entry.offer, number, flagged
+            )
             uids = session_uids(session, entry.uids, series)
             rewritten = None
             if entry.state is CaptureState.WRAPPED and not entry.raw_name and entry.dicom_name:
@@ -193,6 +199,62 @@ class HoldDesk(SessionDesk):
                 f"({err.strerror or type(err).__name__}); nothing was moved",
             ) from None
         return dest
+
+    async def flag_capture(self, spool_id: int, sensitive: bool, actor: Actor) -> bool:
+        """Flag (or unflag) one capture as sensitive. Its object carries the change
+        (the Sensitive Content Code Sequence) when it has not left the box and has a
+        patient context: a waiting object is rewritten, a held one gets it when it is
+        assigned; True then. False: only the mark on the box changed (the capture was
+        sent, or has no patient session: corrections belong to the PACS)."""
+        candidates = await self._ledger.call(db.move_candidates, [spool_id])
+        candidate = candidates.get(spool_id)
+        if candidate is None:
+            raise ContextError(ContextErrorCode.NOT_HELD, f"no capture with spool id {spool_id}")
+        entry = candidate.entry
+        await self._ledger.call(set_sensitive, spool_id, sensitive)
+        log.info(
+            "spool id %d %s as sensitive by %s",
+            spool_id,
+            "flagged" if sensitive else "unflagged",
+            actor.label,
+        )
+        if entry.state is CaptureState.HELD:
+            return True  # its context is made when it is assigned, with the flag
+        if (
+            entry.context is None
+            or entry.session_id is None
+            or candidate.sent
+            or entry.state not in (CaptureState.CAPTURED, CaptureState.WRAPPED)
+        ):
+            return False
+        session = await self._session_row(entry.session_id)
+        context = replace(
+            entry.context,
+            sensitive=sensitive_codes(
+                self._config.context.sensitive,
+                *capture_site(entry.offer.anatomic_site, entry.context.lesion),
+                session.sensitive or sensitive,
+            ),
+        )
+        rewritten = None
+        if entry.state is CaptureState.WRAPPED and entry.dicom_name:
+            rewritten = await self._retarget(entry, context, entry.uids)
+        move = db.Move(
+            spool_id=spool_id,
+            state=entry.state,
+            old_study=entry.uids.study,
+            context=context,
+            uids=entry.uids,
+            retargeted=rewritten,
+        )
+        try:
+            await self._ledger.call(db.move_captures, [move], self._dicom_dir)
+        except db.MoveRefused:
+            await asyncio.to_thread(_discard, [rewritten])
+            return False
+        if rewritten is None:
+            self._wake_wrapper()
+        return True
 
     async def expire_held(self, now: datetime | None = None) -> int:
         """Release captures held longer than ``hold_unidentified`` (to the temporary

@@ -176,10 +176,12 @@ class SessionDesk(StageBase):
         identity: DeviceIdentity,
         offer: CaptureOffer,
         series_number: int | None = None,
+        flagged: bool = False,
     ) -> CaptureContext:
         """The context of one capture of ``session``: the lesion the device names (in
         the session patient's registry), else the session's current lesion; the
-        study dated by its first session, ``series_number`` the session series'."""
+        study dated by its first session, ``series_number`` the session series';
+        ``flagged``: a technician flagged this capture as sensitive."""
         lesion: LesionContext | None = None
         label = (offer.lesion_id or "").strip()
         if label:
@@ -206,4 +208,5 @@ class SessionDesk(StageBase):
             self._config.context.sensitive,
             study_started=started,
             series_number=series_number,
+            flagged=flagged,
         )

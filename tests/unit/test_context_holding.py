@@ -286,6 +286,47 @@ meaning = "Genital area"
         assert (await rig.stage.session(session.id)).sensitive
 
 
+def object_codes(rig: ContextRig, spool_id: int) -> list[str]:
+    """The Sensitive Content code values in a capture's DICOM file."""
+    element = rig.dicom(spool_id).get(0x0008001D)
+    return [] if element is None else [str(item.CodeValue) for item in element.value]
+
+
+async def test_a_flagged_capture_carries_the_code_unless_it_was_sent(rig: ContextRig) -> None:
+    await rig.stage.open_session("scope", TypedPatient(JANE), TECH)
+    waiting = await rig.capture("scope", SCOPE, offer("f1", d := jpeg(31)), d)  # inline
+    sent = await rig.capture("scope", SCOPE, offer("f2", d := jpeg(32)), d)
+    await rig.ledger.call(db.record_sent, sent.spool_id, "pacs")
+    before = rig.dicom(waiting.spool_id)
+    assert object_codes(rig, waiting.spool_id) == []
+
+    assert await rig.stage.flag_capture(waiting.spool_id, True, TECH)
+    assert object_codes(rig, waiting.spool_id) == ["FLAGGED"]
+    after = rig.dicom(waiting.spool_id)
+    assert after.SOPInstanceUID == before.SOPInstanceUID
+    assert after.PixelData == before.PixelData
+    assert rig.row(waiting.spool_id)["state"] == "WRAPPED"
+    assert rig.row(waiting.spool_id)["sensitive"] == 1
+
+    assert not await rig.stage.flag_capture(sent.spool_id, True, TECH), "sent: box only"
+    assert object_codes(rig, sent.spool_id) == []
+    assert rig.row(sent.spool_id)["sensitive"] == 1
+
+    assert await rig.stage.flag_capture(waiting.spool_id, False, TECH)
+    assert object_codes(rig, waiting.spool_id) == [], "unflagged before it left: removed"
+
+
+async def test_a_held_capture_flagged_gets_the_code_when_assigned(rig: ContextRig) -> None:
+    holding = rig
+    held = await holding.capture("scope", SCOPE, offer("f3"), jpeg(33))
+    assert holding.row(held.spool_id)["state"] == "HELD"
+    assert await holding.stage.flag_capture(held.spool_id, True, TECH)
+    session = await holding.stage.open_session("scope", TypedPatient(JANE), TECH)
+    await holding.stage.assign([held.spool_id], session.id, None, TECH)
+    await holding.wrap_all()
+    assert object_codes(holding, held.spool_id) == ["FLAGGED"]
+
+
 async def test_a_device_lesion_label_is_tracked_per_patient(rig: ContextRig) -> None:
     """Until the lesion registry: the label and a Tracking UID from patient and label."""
     await rig.stage.open_session("scope", TypedPatient(JANE), TECH)

@@ -352,7 +352,8 @@ def test_move_unsent_captures_is_confirmed_and_audited(tmp_path: Path) -> None:
             assert "Please confirm" in confirm
             assert "PID002" in confirm
             assert rig.row(moved)["session_id"] == first  # nothing before confirming
-            assert not server.audit.path.exists()
+            shown = server.audit.path.read_text(encoding="ascii")
+            assert "action=move" not in shown, "views are audited; the move is not done yet"
             _, _, url = await _post(
                 session, f"{base}/sessions/{first}/move", confirm, [*fields, ("confirm", "yes")]
             )
@@ -360,7 +361,8 @@ def test_move_unsent_captures_is_confirmed_and_audited(tmp_path: Path) -> None:
             assert rig.row(moved)["session_id"] == second
             await rig.wrap_all()
             assert rig.dicom(moved).PatientID == "PID002"
-            line = server.audit.path.read_text(encoding="ascii")
+            line = server.audit.path.read_text(encoding="ascii")[len(shown) :]
+            line = "".join(x for x in line.splitlines(keepends=True) if "action=move" in x)
             assert re.fullmatch(
                 rf"\S+Z user=tech action=move spool_id={moved} from_session={first} "
                 rf"to_session={second}\n",
@@ -394,13 +396,16 @@ def test_sensitive_capture_is_marked_and_its_reveal_asks_a_reason(tmp_path: Path
             assert row
             assert 'class="sensitive"' in row.group(0)
             # No reason (or free text): refused, nothing audited, nothing shown.
+            audit = server.audit.path
+            before = audit.read_text(encoding="ascii") if audit.exists() else ""
             for fields in ([], [("reason", "Müller asked")]):
                 status, shown, _ = await _post(
                     session, f"{base}/spool/{plain}/reveal", text, fields
                 )
                 assert status == 400
                 assert "PID001" not in shown
-            assert not server.audit.path.exists()
+            after = audit.read_text(encoding="ascii") if audit.exists() else ""
+            assert "action=reveal" not in after[len(before) :]
             status, shown, _ = await _post(
                 session, f"{base}/spool/{plain}/reveal", text, [("reason", "second_opinion")]
             )
@@ -438,5 +443,38 @@ def test_without_a_desk_there_are_no_patient_pages(tmp_path: Path) -> None:
                 status, text = await _get(session, base + path)
                 assert status == 404
                 assert "Patient sessions are not set up on this box" in text
+
+    asyncio.run(scenario())
+
+
+def test_every_page_that_shows_patients_is_audited_and_hides_them_without_the_log(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with page_on_stage(tmp_path) as page:
+            _, server, base, session = page
+            sid = await _open(page, "scope", [("mode", "pick"), ("item", _key(1))])
+            audit = server.audit.path
+            before = audit.read_text(encoding="ascii") if audit.exists() else ""
+            for path in ("/", "/devices/camera/start?q=anna", f"/sessions/{sid}"):
+                status, text = await _get(session, base + path)
+                assert status == 200
+                assert "Müller" in text, path
+            lines = audit.read_text(encoding="ascii")[len(before) :].splitlines()
+            actions = [re.search(r"action=(\S+)", line).group(1) for line in lines]  # type: ignore[union-attr]
+            assert actions == ["view-sessions", "view-worklist", "view-session"]
+            assert all("user=tech" in line for line in lines)
+            assert "Müller" not in "".join(lines)
+            assert "PID001" not in "".join(lines)
+
+            # No audit log, no patient: the pages say why instead (a folder where the
+            # log should be cannot be appended to, even by root).
+            audit.unlink()
+            audit.mkdir()
+            for path in ("/", "/devices/camera/start?q=anna", f"/sessions/{sid}"):
+                _, text = await _get(session, base + path)
+                assert "Müller" not in text, path
+                assert "PID001" not in text, path
+                assert "audit log cannot be written" in text, path
 
     asyncio.run(scenario())

@@ -77,6 +77,9 @@ class HeldRoutes(SessionRoutes):
             sessions = await desk.sessions(open_only=True)
         except ContextError as err:
             return self._refused(request, err)
+        if not await self.audited_view(s.user, "sessions", len(sessions) if held else 0):
+            sessions = []
+            message = message or "The audit log cannot be written, so open patients are not shown."
         return _html(context_pages.held_page(held, sessions, s.user, s.csrf, message), status)
 
     async def held(self, request: web.Request) -> web.Response:
@@ -160,6 +163,14 @@ class HeldRoutes(SessionRoutes):
             view, unsent, targets = await self._move_parts(request)
         except ContextError as err:
             return self._refused(request, err)
+        if not await self.audited_view(s.user, "sessions", 1 + len(targets), session=view.id):
+            return self._refused(
+                request,
+                ContextError(
+                    ContextErrorCode.BAD_REQUEST,
+                    "The audit log cannot be written, so the patients are not shown. See the log.",
+                ),
+            )
         return _html(context_pages.move_page(view, unsent, targets, s.user, s.csrf))
 
     async def move(self, request: web.Request) -> web.Response:

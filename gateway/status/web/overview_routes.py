@@ -29,13 +29,16 @@ EVENT_STREAMS_TOTAL = 32
 class OverviewRoutes(PageState):
     """The overview, its live updates and the checks."""
 
-    async def _fragment(self, csrf: str) -> str:
+    async def _fragment(self, csrf: str, user: str, shown: set[int] | None = None) -> str:
         fig = await self.figures()
-        return await self._sessions_fragment(csrf) + pages.overview_fragment(fig, verdict(fig))
+        sessions = await self._sessions_fragment(csrf, user, shown)
+        return sessions + pages.overview_fragment(fig, verdict(fig))
 
-    async def _sessions_fragment(self, csrf: str) -> str:
+    async def _sessions_fragment(self, csrf: str, user: str, shown: set[int] | None) -> str:
         """Per device the open session (patient data: this page is for a logged-in
-        user only) or "Start a patient"; empty without a context desk."""
+        user only, and each page or live stream showing patients writes an audit line
+        when the patients it shows change; ``shown``: the session ids a live stream
+        showed already) or "Start a patient"; empty without a context desk."""
         if self.desk is None:
             return ""
         try:
@@ -43,6 +46,18 @@ class OverviewRoutes(PageState):
             held = len(await self.desk.held())
         except ContextError as err:
             return context_pages.sessions_fragment(self.desk.devices(), [], 0, csrf, err.message)
+        ids = {v.id for v in sessions}
+        if shown is None or not ids <= shown:
+            if not await self.audited_view(user, "sessions", len(sessions)):
+                return context_pages.sessions_fragment(
+                    self.desk.devices(),
+                    [],
+                    held,
+                    csrf,
+                    "The audit log cannot be written, so open patients are not shown. See the log.",
+                )
+            if shown is not None:
+                shown |= ids
         return context_pages.sessions_fragment(
             self.desk.devices(),
             sessions,
@@ -58,7 +73,7 @@ class OverviewRoutes(PageState):
     async def overview(self, request: web.Request) -> web.Response:
         """The at-a-glance page."""
         s = request[SESSION_KEY]
-        return _html(pages.overview_page(await self._fragment(s.csrf), s.user, s.csrf))
+        return _html(pages.overview_page(await self._fragment(s.csrf, s.user), s.user, s.csrf))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: the overview fragment whenever it changes. At most
@@ -96,6 +111,7 @@ class OverviewRoutes(PageState):
     ) -> None:
         last = ""
         quiet = 0.0
+        shown: set[int] = set()  # patients this stream showed (and audited) already
         while not self._closing.is_set():
             if request.transport is None or request.transport.is_closing():
                 log.debug("live overview: the browser left")
@@ -105,7 +121,7 @@ class OverviewRoutes(PageState):
             if session is None:
                 await self._send(response, b"event: logout\ndata: \n\n")
                 return
-            fragment = await self._fragment(session.csrf)
+            fragment = await self._fragment(session.csrf, session.user, shown)
             if fragment != last:
                 data = "".join(f"data: {line}\n" for line in fragment.splitlines())
                 await self._send(response, f"event: overview\n{data}\n".encode())

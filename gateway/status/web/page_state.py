@@ -83,6 +83,23 @@ class PageState:
 
     # ----------------------------------------------------------------- data
 
+    async def audited_view(self, user: str, what: str, records: int, **fields: int | str) -> bool:
+        """Record that ``user`` is shown ``records`` records of patient data (``what``:
+        sessions, worklist, session), one audit line per page shown; False when the
+        audit log cannot be written: the caller then shows no patient data."""
+        if records <= 0:
+            return True
+        try:
+            await asyncio.to_thread(
+                self.audit.append_fields, user, f"view-{what}", {"records": records, **fields}
+            )
+        except OSError as err:
+            log.error(
+                "audit log %s not writable (%s): patient data not shown", self.audit.path, err
+            )
+            return False
+        return True
+
     async def figures(self) -> Figures:
         """Ledger, disk, devices and alarms now."""
         dests = [(d.name, d.host, d.port, d.storage_commitment) for d in self.config.destinations]

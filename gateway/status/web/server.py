@@ -31,6 +31,8 @@ page and anything else gets 401):
 ``GET /held``                  captures held for want of a patient
 ``GET/POST /held/start``       start a patient for the chosen held captures
 ``POST /held/assign``          assign them (to an open session or a new one)
+``/api/v1/...``                the integration API (:mod:`.api_routes`): JSON,
+                               bearer tokens or the session + ``X-CSRF-Token``
 =============================  ==================================================
 
 The patient routes (devices, sessions, held) exist only with a context desk
@@ -65,6 +67,7 @@ from pathlib import Path
 from aiohttp import web, web_response
 
 from gateway.status.web import pages
+from gateway.status.web.api_routes import API_PREFIX, ApiRoutes
 from gateway.status.web.auth import SESSION_COOKIE, same_token
 from gateway.status.web.gate import Gate, Limits, default_max_connections, listen_sockets
 from gateway.status.web.held_routes import HeldRoutes
@@ -106,7 +109,7 @@ _SECURITY_HEADERS = {
 HSTS = "max-age=31536000"
 
 
-class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes):
+class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes, ApiRoutes):
     """The page's state (sessions, lockout) and its aiohttp application."""
 
     # ----------------------------------------------------------------- app
@@ -114,7 +117,14 @@ class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes):
     def app(self) -> web.Application:
         """The aiohttp application."""
         app = web.Application(
-            middlewares=[self._bounded, self._headers, self._guard], client_max_size=64 * 1024
+            middlewares=[
+                self._api_errors,
+                self._bounded,
+                self._headers,
+                self._api_auth,
+                self._guard,
+            ],
+            client_max_size=64 * 1024,
         )
         app.on_response_prepare.append(self._identity_headers)
         r = app.router
@@ -150,6 +160,7 @@ class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes):
         r.add_post("/held/start", self.held_start)
         r.add_post("/held/assign", self.held_assign)
         r.add_static("/static/", STATIC)
+        self.add_api_routes(app)  # /api/v1/...: .api_routes (its own authentication)
         return app
 
     @web.middleware
@@ -197,8 +208,8 @@ class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes):
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         path = request.path
-        if path in _OPEN or path.startswith("/static/"):
-            return await handler(request)
+        if path in _OPEN or path.startswith("/static/") or path.startswith(API_PREFIX):
+            return await handler(request)  # the API authenticates in ApiRoutes._api_auth
         if path == "/metrics" and self.web.metrics_public:
             return await handler(request)
         users = self._users()

@@ -160,16 +160,20 @@ class SessionRoutes(PageState):
         worklist = desk.worklist_status()
         entries = []
         try:  # a cache may hold items even while no worklist client runs
-            entries = await desk.worklist(search)
+            entries = (await desk.worklist(search))[:50]
         except ContextError as err:
             message = message or err.message
+        shown = len(entries) + (current is not None)
+        if not await self.audited_view(s.user, "worklist", shown, device=device):
+            entries, current = [], None
+            message = "The audit log cannot be written, so no patient is shown. See the log."
         page = context_pages.start_page(
             device,
             action=action,
             search_action=search_action,
             hidden=hidden,
             search=search,
-            entries=entries[:50],
+            entries=entries,
             status=worklist,
             now=time.time(),
             user=s.user,
@@ -237,6 +241,14 @@ class SessionRoutes(PageState):
             view = await desk.session(sid)
         except ContextError as err:
             return self._refused(request, err)
+        if not await self.audited_view(s.user, "session", 1, session=sid):
+            return self._refused(
+                request,
+                ContextError(
+                    ContextErrorCode.BAD_REQUEST,
+                    "The audit log cannot be written, so the patient is not shown. See the log.",
+                ),
+            )
         try:
             lesions = await desk.lesions(sid)
             note = ""

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.context.desk import ContextError
 from gateway.spool import admin
 from gateway.spool.capture_marks import is_sensitive, set_sensitive
 from gateway.spool.ledger import open_ledger
@@ -22,6 +23,7 @@ from gateway.status.web import pages
 from gateway.status.web.audit import REVEAL_REASONS
 from gateway.status.web.data import read_spool
 from gateway.status.web.page_state import SESSION_KEY, PageState, _html, log
+from gateway.status.web.session_routes import actor_of
 
 MAX_SPOOL_ID = 2**63 - 1  # SQLite's largest INTEGER
 
@@ -201,11 +203,25 @@ class SpoolRoutes(PageState):
         sid = _spool_id(request)
         form = await request.post()
         flag = form.get("sensitive") == "1"
-        try:
-            await asyncio.to_thread(self._write, lambda conn: set_sensitive(conn, sid, flag))
-        except admin.NoSuchCapture as err:
-            raise web.HTTPNotFound(text=f"{err}\n") from err
+        carried = False
+        if self.desk is not None:  # the object carries it too, when it can still change
+            try:
+                carried = await self.desk.flag_capture(sid, flag, actor_of(request))
+            except ContextError as err:
+                raise web.HTTPNotFound(text=f"{err.message}\n") from err
+        else:
+            try:
+                await asyncio.to_thread(self._write, lambda conn: set_sensitive(conn, sid, flag))
+            except admin.NoSuchCapture as err:
+                raise web.HTTPNotFound(text=f"{err}\n") from err
         log.info("user %s: capture %d %s sensitive", s.user, sid, "flagged" if flag else "not")
         _, details = await self._details(request)
         text = f"Capture {sid} is {'now flagged as' if flag else 'no longer'} sensitive."
+        if self.desk is not None:
+            text += (
+                " Its DICOM object says so too."
+                if carried
+                else " Its DICOM object was already sent or has no patient session: only "
+                "this box marks it."
+            )
         return _html(pages.capture_page(details, None, s.user, s.csrf, text, **_flag(details)))
