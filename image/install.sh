@@ -6,7 +6,8 @@ src="$(cd "$(dirname "$0")/.." && pwd)"
 
 apt-get update -q
 DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-  python3 python3-venv libusb-1.0-0 libudev1
+  python3 python3-venv libusb-1.0-0 libudev1 \
+  gcc python3-dev linux-libc-dev  # python-evdev (keyboard-wedge barcode scanners) is built
 
 id dermgate >/dev/null 2>&1 || useradd --system --home-dir /var/lib/dermgate \
   --shell /usr/sbin/nologin --groups dialout,plugdev dermgate

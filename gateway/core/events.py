@@ -42,6 +42,8 @@ Kinds (fields beyond ``seq``, ``kind``, ``time``):
 ``procedure_step_reported``  session_id, status — the MPPS SCP acknowledged IN PROGRESS,
                          COMPLETED or DISCONTINUED for a worklist session
 ``procedure_step_failed``    session_id, status, code — the MPPS SCP refused it for good
+``barcode_scanned``      scanner, device, outcome — a scanner read something ("matched",
+                         "no_match", "refused", "typed", ...); never the code itself
 
 The bus also keeps the set of active alarms (from alarm_raised/alarm_cleared), so
 the state snapshot shows them with the time they were raised.
@@ -64,6 +66,7 @@ __all__ = [
     "ActiveAlarm",
     "AlarmCleared",
     "AlarmRaised",
+    "BarcodeScanned",
     "CaptureCommitted",
     "CaptureDelivered",
     "CaptureHeld",
@@ -247,6 +250,17 @@ class ProcedureStepFailed(Event):
     code: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BarcodeScanned(Event):
+    """A barcode scanner (``scanner``: "barcodes[0]") read something for ``device``;
+    ``outcome`` says what became of it (never the scanned code: patient data)."""
+
+    kind: ClassVar[str] = "barcode_scanned"
+    scanner: str
+    device: str
+    outcome: str
+
+
 EVENT_KINDS: tuple[type[Event], ...] = (
     CaptureSaved,
     CaptureDelivered,
@@ -263,6 +277,7 @@ EVENT_KINDS: tuple[type[Event], ...] = (
     WorklistRefreshed,
     ProcedureStepReported,
     ProcedureStepFailed,
+    BarcodeScanned,
 )
 """Every kind of event there is."""
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from gateway.context.barcode.stage import BarcodeStage
 from gateway.context.mpps import ProcedureSteps
 from gateway.context.stage import ContextStage
 from gateway.context.worklist_source import WorklistSource
@@ -350,6 +351,11 @@ async def _run_locked(
             await supervisor.start("status", board.run)
             if worklist_source is not None:  # ready once the cache is read, before a query
                 await supervisor.start("worklist", worklist_source.run)
+            # A scan opens its device's session on the context stage; the page shows
+            # the scans that opened nothing.
+            barcodes = BarcodeStage(config.barcodes, context, bus) if config.barcodes else None
+            if barcodes is not None:
+                await supervisor.start("barcodes", barcodes.run)
             if config.mqtt is not None:
                 mqtt = MqttPublisher(config.mqtt, gateway_state, bus)
                 await supervisor.start("mqtt", mqtt.run)
@@ -360,7 +366,11 @@ async def _run_locked(
                     wrapped()
 
                 page = WebServer(
-                    config, functools.partial(live_view, gateway_state), poke, desk=context
+                    config,
+                    functools.partial(live_view, gateway_state),
+                    poke,
+                    desk=context,
+                    scans=barcodes.recent if barcodes is not None else None,
                 )
                 await supervisor.start("web", page.run)
             devices = _Devices(config, intake, board, supervisor)

@@ -82,12 +82,22 @@ class DermGateConfig(_Strict):
 
     @model_validator(mode="after")
     def _barcode_devices(self) -> DermGateConfig:
-        names = {self.device_name(i) for i in range(len(self.devices))}
-        for scanner in self.barcodes:
+        names = [self.device_name(i) for i in range(len(self.devices))]
+        for index, scanner in enumerate(self.barcodes):
             if scanner.for_device not in names:
                 raise ValueError(
-                    f"barcodes: for_device {scanner.for_device!r} names no [[devices]] entry"
+                    f"barcodes[{index}].for_device: {scanner.for_device!r} names no [[devices]] "
+                    f"entry (their names: {', '.join(names) or 'none'})"
                 )
+        seen: dict[str, int] = {}
+        for index, scanner in enumerate(self.barcodes):
+            where = scanner.device or scanner.port or ""
+            if where in seen:
+                raise ValueError(
+                    f"barcodes[{index}]: {where} is already barcodes[{seen[where]}] "
+                    "(a scanner can be read by one entry only)"
+                )
+            seen[where] = index
         return self
 
     @model_validator(mode="after")

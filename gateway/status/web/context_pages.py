@@ -11,8 +11,10 @@ CSRF token; the pages work without JavaScript. Lesions and the body map are in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from urllib.parse import quote
 
+from gateway.context.barcode.stage import ScanNotice, ScanOutcome
 from gateway.context.desk import HeldView, SessionView, WorklistEntry, WorklistStatus
 from gateway.core.capture import Laterality, PatientContext
 from gateway.spool.capture_marks import SessionCapture
@@ -30,6 +32,7 @@ __all__ = [
     "person",
     "sessions_fragment",
     "start_page",
+    "unused_scan",
 ]
 
 SENSITIVE_MARK = '<span class="sensitive" title="sensitive">Sensitive</span>'
@@ -106,13 +109,16 @@ def sessions_fragment(
     error: str = "",
     worklist: WorklistStatus | None = None,
     now: float = 0.0,
+    scans: Sequence[ScanNotice] = (),
 ) -> str:
     """Per device: the open session (patient, procedure, lesion) with "End", or
-    "Start a patient"; how many captures wait for a patient; a stale worklist."""
+    "Start a patient"; a barcode scan that opened nothing; how many captures wait
+    for a patient; a stale worklist."""
     by_device = {s.device: s for s in sessions if s.closed_at is None}
     cards = []
     for device in devices:
         view = by_device.get(device)
+        scan = unused_scan(device, view, scans, now)
         if view is None:
             inner = (
                 '<p class="none">No patient</p>'
@@ -128,7 +134,7 @@ def sessions_fragment(
             )
         cards.append(
             f'<div class="device-session" data-device="{_e(device)}"><h4>{_e(device)}</h4>'
-            f"{inner}</div>"
+            f"{scan}{inner}</div>"
         )
     note = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
     if worklist is not None and worklist.stale:
@@ -141,6 +147,38 @@ def sessions_fragment(
     return (
         f'<section id="sessions"><h3>Patients at the devices</h3>{note}'
         f"{''.join(cards)}{waiting}</section>"
+    )
+
+
+#: A scan that opened nothing is shown this long (seconds), unless a session opens after it.
+SCAN_SHOWN = 600.0
+_SCAN_WORDS = {
+    ScanOutcome.NO_MATCH: "it does not fit this scanner's pattern",
+    ScanOutcome.TYPED: "the keys came at a person's pace: typed, not scanned",
+    ScanOutcome.TOO_LONG: "it is too long to be a patient's code",
+    ScanOutcome.UNREADABLE: "characters were not readable (keyboard layout, or not text)",
+    ScanOutcome.INCOMPLETE: "it did not end (no Enter): check the scanner's suffix",
+}
+
+
+def unused_scan(
+    device: str, session: SessionView | None, scans: Sequence[ScanNotice], now: float
+) -> str:
+    """The newest scan for ``device`` when it opened nothing (patient data: the scanned
+    text), as long as it is recent and no session was opened after it; else ""."""
+    notice = next((n for n in scans if n.device == device), None)
+    if notice is None or notice.outcome is ScanOutcome.MATCHED:
+        return ""
+    at = datetime.fromisoformat(notice.at)
+    if now - at.timestamp() > SCAN_SHOWN:
+        return ""
+    if session is not None and datetime.fromisoformat(session.opened_at) >= at:
+        return ""
+    why = notice.message if notice.outcome is ScanOutcome.REFUSED else _SCAN_WORDS[notice.outcome]
+    return (
+        f'<p class="notice scan" role="alert" data-outcome="{_e(notice.outcome)}">'
+        f"Scan not used ({_e(why)}): <b>{_e(notice.text)}</b> "
+        f'<span class="when">{at.astimezone():%H:%M:%S}</span></p>'
     )
 
 

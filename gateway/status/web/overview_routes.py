@@ -65,6 +65,7 @@ class OverviewRoutes(PageState):
             csrf,
             worklist=self.desk.worklist_status(),
             now=time.time(),
+            scans=self.scans() if self.scans is not None else (),
         )
 
     # ----------------------------------------------------------------- pages

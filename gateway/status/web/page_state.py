@@ -14,11 +14,12 @@ import collections
 import dataclasses
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
+from gateway.context.barcode.stage import ScanNotice
 from gateway.context.desk import ContextDesk
 from gateway.core.config import DermGateConfig, WebSettings
 from gateway.spool.dirs import SpoolDirs
@@ -50,14 +51,17 @@ class PageState:
         snapshot: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         poke: Callable[[], None] = lambda: None,
         desk: ContextDesk | None = None,
+        scans: Callable[[], Sequence[ScanNotice]] | None = None,
     ) -> None:
         """``snapshot``: devices, destinations and alarms as in the gateway state
         document (:func:`.live.live_view`); ``poke`` wakes the wrapper and the
         forwarders after a retry; ``desk`` the context stage (patient sessions, held
-        captures, lesions; None: the page has no patient pages)."""
+        captures, lesions; None: the page has no patient pages); ``scans`` the barcode
+        scanners' recent scans (:meth:`BarcodeStage.recent`), shown when unused."""
         assert config.web is not None
         self.config = config
         self.desk = desk
+        self.scans = scans
         self.web: WebSettings = config.web
         self.snapshot = snapshot
         self.poke = poke
