@@ -11,11 +11,14 @@ extras=""
 [[ "${1:-}" == "--test" ]] && extras="[test]"
 
 # Debian packages: Orthanc (the demo's and the tests' PACS), Mosquitto (the demo's
-# and the tests' MQTT broker), DCMTK (benchmark anchors), Python's venv support; with
+# and the tests' MQTT broker), DCMTK (benchmark anchors), Python's venv support, a C
+# compiler and the kernel headers (python-evdev, for barcode scanners, is built from
+# source by pip); with
 # --test also Chromium and a font for the browser tests (never a downloaded browser),
 # systemd's tools to check the box's unit file (systemd-analyze verify), and iproute2
 # (a test adds an address to lo).
-packages=(python3 python3-venv python3-dev orthanc dcmtk mosquitto mosquitto-clients)
+packages=(python3 python3-venv python3-dev gcc linux-libc-dev orthanc dcmtk mosquitto
+  mosquitto-clients)
 [[ "${1:-}" == "--test" ]] && packages+=(chromium fonts-dejavu-core systemd iproute2)
 missing=()
 for pkg in "${packages[@]}"; do
