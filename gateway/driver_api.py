@@ -78,7 +78,12 @@ from gateway.devices.folders import (
     special_kind,
     too_large,
 )
-from gateway.devices.simulation import Simulator, run_simulator, write_report
+from gateway.devices.simulation import (
+    Simulator,
+    add_lesion_options,
+    run_simulator,
+    write_report,
+)
 from gateway.devices.simulator_hook import (
     DEVICE_NAME,
     Fault,
@@ -158,6 +163,7 @@ __all__ = [
     "SimulatorReport",
     "UnreadableImage",
     "UsbMatch",
+    "add_lesion_options",
     "check_can_carry",
     "model_role",
     "open_regular",

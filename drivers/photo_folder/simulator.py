@@ -41,7 +41,7 @@ from typing import Any, Final
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, TiffImagePlugin
 
 from drivers.photo_folder.lesion_tag import format_lesion_tag
-from gateway.driver_api import run_simulator, write_report
+from gateway.driver_api import add_lesion_options, run_simulator, write_report
 
 __all__ = ["main", "make_photo"]
 
@@ -439,16 +439,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--width", type=int, default=3000, help="photo width (default 3000)")
     parser.add_argument("--height", type=int, default=2000, help="photo height (default 2000)")
-    lesion = parser.add_argument_group(
-        "lesion (written into every photo's EXIF ImageDescription as a DermGate lesion tag)"
+    add_lesion_options(
+        parser,
+        "lesion (written into every photo's EXIF ImageDescription as a DermGate lesion tag)",
+        checked=False,
     )
-    lesion.add_argument("--lesion-id", metavar="ID", help="the lesion label")
-    lesion.add_argument(
-        "--anatomic-site",
-        metavar="CODE",
-        help="CID 4029 SNOMED CT code value, bare or as SCT:CODE (e.g. SCT:66643007)",
-    )
-    lesion.add_argument("--laterality", choices=("R", "L", "B", "U"), help="side of the lesion")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 

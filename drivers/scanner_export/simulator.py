@@ -45,7 +45,7 @@ from drivers.scanner_export.bodymesh import (
     write_stl,
 )
 from drivers.scanner_export.manifest import FORMAT, MANIFEST_NAME
-from gateway.driver_api import run_simulator, write_report
+from gateway.driver_api import add_lesion_options, run_simulator, write_report
 
 __all__ = ["main"]
 
@@ -338,14 +338,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reoffer", action="store_true", help="copy each processed export in again, once"
     )
-    lesion = parser.add_argument_group("lesion (in every export's manifest)")
-    lesion.add_argument("--lesion-id", metavar="ID", help="the scanner's lesion label")
-    lesion.add_argument(
-        "--anatomic-site",
-        metavar="CODE",
-        help="CID 4029 SNOMED CT code value, bare or as SCT:CODE (e.g. SCT:66643007)",
-    )
-    lesion.add_argument("--laterality", choices=("R", "L", "B", "U"), help="side of the lesion")
+    add_lesion_options(parser, "lesion (in every export's manifest)", checked=False)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is written")
     return parser
 

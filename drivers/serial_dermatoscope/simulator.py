@@ -49,7 +49,7 @@ from drivers.serial_dermatoscope.sim_captures import (
     plan_captures,
     take_content,
 )
-from gateway.driver_api import run_simulator, write_report
+from gateway.driver_api import add_lesion_options, run_simulator, write_report
 
 __all__ = ["main"]
 
@@ -344,23 +344,6 @@ class DeviceSimulator:
             self._write_report()
 
 
-def _lesion_id(text: str) -> str:
-    """A lesion label the protocol carries: 1 to 64 printable characters."""
-    if not 0 < len(text) <= 64 or not text.isprintable():
-        raise argparse.ArgumentTypeError("a lesion id is 1 to 64 printable characters")
-    return text
-
-
-def _site_code(text: str) -> str:
-    """A SNOMED CT code value (``SCT:`` prefix optional), as the protocol carries it."""
-    value = text.strip()
-    if value.upper().startswith("SCT:"):
-        value = value[4:]
-    if not (value.isascii() and value.isdigit() and 6 <= len(value) <= 18):
-        raise argparse.ArgumentTypeError("an anatomic site is a SNOMED CT code value")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dermgate simulate serial-dermatoscope",
@@ -413,17 +396,7 @@ def _parser() -> argparse.ArgumentParser:
             " (random bytes instead of a JPEG), jpeg444 (a 4:4:4 JPEG)."
         ),
     )
-    lesion = parser.add_argument_group("lesion (applied to every capture)")
-    lesion.add_argument(
-        "--lesion-id", type=_lesion_id, metavar="ID", help="the device's lesion label (Tracking ID)"
-    )
-    lesion.add_argument(
-        "--anatomic-site",
-        type=_site_code,
-        metavar="CODE",
-        help="CID 4029 SNOMED CT code value, bare or as SCT:CODE (e.g. SCT:66643007)",
-    )
-    lesion.add_argument("--laterality", choices=("R", "L", "B", "U"), help="side of the lesion")
+    add_lesion_options(parser, "lesion (applied to every capture)")
     parser.add_argument(
         "--reoffer-acked",
         action="store_true",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from gateway.driver_api import add_lesion_options
+
 __all__ = ["FAULTS", "simulator_parser"]
 
 FAULTS = ("trickle-garbage",)
@@ -14,21 +16,6 @@ def _usb_port(text: str) -> str:
     if not re.fullmatch(r"\d{1,3}-\d{1,3}(\.\d{1,3})*", text):
         raise argparse.ArgumentTypeError(f"{text!r} is not BUS-PORT[.PORT...], e.g. 1-1.3")
     return text
-
-
-def _lesion_id(text: str) -> str:
-    if not 0 < len(text) <= 64 or not text.isprintable():
-        raise argparse.ArgumentTypeError("a lesion id is 1 to 64 printable characters")
-    return text
-
-
-def _site_code(text: str) -> str:
-    value = text.strip()
-    if value.upper().startswith("SCT:"):
-        value = value[4:]
-    if not (value.isascii() and value.isdigit() and 6 <= len(value) <= 18):
-        raise argparse.ArgumentTypeError("an anatomic site is a SNOMED CT code value")
-    return value
 
 
 def simulator_parser() -> argparse.ArgumentParser:
@@ -104,16 +91,6 @@ def simulator_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rate", type=float, default=0.0, help="bulk IN throughput cap in MB/s (default none)"
     )
-    lesion = parser.add_argument_group("lesion (sent in every stack header)")
-    lesion.add_argument(
-        "--lesion-id", type=_lesion_id, metavar="ID", help="the device's lesion label (Tracking ID)"
-    )
-    lesion.add_argument(
-        "--anatomic-site",
-        type=_site_code,
-        metavar="CODE",
-        help="CID 4029 SNOMED CT code value, bare or as SCT:CODE (e.g. SCT:66643007)",
-    )
-    lesion.add_argument("--laterality", choices=("R", "L", "B", "U"), help="side of the lesion")
+    add_lesion_options(parser, "lesion (sent in every stack header)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser

@@ -9,6 +9,7 @@ atomically, so a reader never sees half of it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -19,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-__all__ = ["Simulator", "run_simulator", "write_report"]
+__all__ = ["Simulator", "add_lesion_options", "run_simulator", "write_report"]
 
 
 class Simulator(Protocol):
@@ -29,6 +30,48 @@ class Simulator(Protocol):
 
     def run(self) -> int:
         """Serve until everything was acknowledged, a timeout, or ``stop``."""
+
+
+def _lesion_id(text: str) -> str:
+    """A lesion label a device protocol carries: 1 to 64 printable characters."""
+    if not 0 < len(text) <= 64 or not text.isprintable():
+        raise argparse.ArgumentTypeError("a lesion id is 1 to 64 printable characters")
+    return text
+
+
+def _site_code(text: str) -> str:
+    """A SNOMED CT code value (``SCT:`` prefix optional), as a device protocol carries it."""
+    value = text.strip()
+    if value.upper().startswith("SCT:"):
+        value = value[4:]
+    if not (value.isascii() and value.isdigit() and 6 <= len(value) <= 18):
+        raise argparse.ArgumentTypeError("an anatomic site is a SNOMED CT code value")
+    return value
+
+
+def add_lesion_options(
+    parser: argparse.ArgumentParser, title: str, *, checked: bool = True
+) -> None:
+    """Every simulator's ``--lesion-id ID``, ``--anatomic-site CODE`` and
+    ``--laterality R|L|B|U``, applied to every capture it offers (tests and the demo
+    drive lesion tracking with them), in a group named ``title``. ``checked``: the
+    values are what the device's protocol can carry (a label of 1-64 printable
+    characters, a bare SNOMED CT code value); a file-based device's simulator passes
+    False to write whatever it is given, as a real export may."""
+    group = parser.add_argument_group(title)
+    group.add_argument(
+        "--lesion-id",
+        type=_lesion_id if checked else str,
+        metavar="ID",
+        help="the device's lesion label (Tracking ID)",
+    )
+    group.add_argument(
+        "--anatomic-site",
+        type=_site_code if checked else str,
+        metavar="CODE",
+        help="CID 4029 SNOMED CT code value, bare or as SCT:CODE (e.g. SCT:66643007)",
+    )
+    group.add_argument("--laterality", choices=("R", "L", "B", "U"), help="side of the lesion")
 
 
 def run_simulator(simulator: Simulator, *, verbose: bool, quiet: bool = False) -> int:
