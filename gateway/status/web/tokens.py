@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
@@ -38,8 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.core.files import atomic_writer
-from gateway.core.state_owner import hand_over, state_owner
+from gateway.status.web.table_file import read_table, write_table, write_table_for_service
 
 log = logging.getLogger(__name__)
 
@@ -90,56 +88,27 @@ class Tokens:
     @classmethod
     def load(cls, path: Path) -> Tokens:
         """Read ``path``; a missing file is no tokens. Raises :class:`TokensError`."""
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except FileNotFoundError:
-            return cls({})
-        except OSError as err:
-            raise TokensError(f"cannot read the API tokens file {path}: {err.strerror}") from err
-        except UnicodeDecodeError as err:
-            raise TokensError(f"the API tokens file {path} is damaged: not UTF-8 text") from err
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise TokensError(
-                f"the API tokens file {path} is damaged: not valid JSON "
-                f"(line {err.lineno}, column {err.colno})"
-            ) from err
-        if not isinstance(raw, dict) or raw.get("version") != TOKENS_VERSION:
-            raise TokensError(
-                f"{path} is not a DermGate API tokens file (version {TOKENS_VERSION})"
+        return cls(
+            read_table(
+                path,
+                what="API tokens file",
+                version=TOKENS_VERSION,
+                table="tokens",
+                name=_NAME,
+                record_ok=_record_ok,
+                error=TokensError,
             )
-        tokens = raw.get("tokens")
-        if not isinstance(tokens, dict):
-            raise TokensError(f"{path} has no tokens table")
-        for name, record in tokens.items():
-            if not _NAME.match(str(name)) or not _record_ok(record):
-                raise TokensError(f"the API tokens file {path} is damaged: an entry is unreadable")
-        return cls(dict(tokens))
+        )
 
     def save(self, path: Path, owner: tuple[int, int] | None = None) -> None:
         """Write atomically with mode 0600 (folder created 0700 if missing); with
         ``owner`` (uid, gid) the file belongs to them before it appears."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = json.dumps(
-            {"version": TOKENS_VERSION, "tokens": self.tokens}, indent=2, sort_keys=True
-        )
-        old = os.umask(0o077)
-        try:
-            with atomic_writer(path) as fh:
-                fh.write(data.encode("utf-8") + b"\n")
-                os.fchmod(fh.fileno(), 0o600)
-                if owner is not None:
-                    os.fchown(fh.fileno(), *owner)
-        finally:
-            os.umask(old)
+        write_table(path, version=TOKENS_VERSION, table="tokens", records=self.tokens, owner=owner)
 
     def save_for_service(self, path: Path, state_dir: Path) -> None:
         """:meth:`save` as a command does it: run as root, the file and the folders
         it creates under ``state_dir`` get ``state_dir``'s owner and group."""
-        owner = state_owner(state_dir)
-        self.save(path, owner)
-        hand_over(path, state_dir, owner)
+        write_table_for_service(path, state_dir, lambda owner: self.save(path, owner))
 
     def names(self) -> list[str]:
         """The token names, sorted."""

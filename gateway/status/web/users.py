@@ -28,15 +28,13 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.core.files import atomic_writer
-from gateway.core.state_owner import hand_over, state_owner
+from gateway.status.web.table_file import read_table, write_table, write_table_for_service
 
 USERS_VERSION = 1
 MIN_LENGTH = 10
@@ -140,53 +138,28 @@ class Users:
     @classmethod
     def load(cls, path: Path) -> Users:
         """Read ``path``; a missing file is no users. Raises :class:`UsersError`."""
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except FileNotFoundError:
-            return cls({})
-        except OSError as err:
-            raise UsersError(f"cannot read the users file {path}: {err.strerror}") from err
-        except UnicodeDecodeError as err:
-            raise UsersError(f"the users file {path} is damaged: not UTF-8 text") from err
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UsersError(
-                f"the users file {path} is damaged: not valid JSON "
-                f"(line {err.lineno}, column {err.colno})"
-            ) from err
-        if not isinstance(raw, dict) or raw.get("version") != USERS_VERSION:
-            raise UsersError(f"{path} is not a DermGate users file (version {USERS_VERSION})")
-        users = raw.get("users")
-        if not isinstance(users, dict):
-            raise UsersError(f"{path} has no users table")
-        for name, record in users.items():
-            if not _NAME.match(str(name)) or not _record_ok(record):
-                raise UsersError(f"the users file {path} is damaged: a user entry is unreadable")
-        return cls(dict(users))
+        return cls(
+            read_table(
+                path,
+                what="users file",
+                version=USERS_VERSION,
+                table="users",
+                name=_NAME,
+                record_ok=_record_ok,
+                error=UsersError,
+            )
+        )
 
     def save(self, path: Path, owner: tuple[int, int] | None = None) -> None:
         """Write atomically with mode 0600 (folder created 0700 if missing); with
         ``owner`` (uid, gid) the file belongs to them before it appears."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = json.dumps({"version": USERS_VERSION, "users": self.users}, indent=2, sort_keys=True)
-        old = os.umask(0o077)
-        try:
-            with atomic_writer(path) as fh:
-                fh.write(data.encode("utf-8") + b"\n")
-                os.fchmod(fh.fileno(), 0o600)
-                if owner is not None:
-                    os.fchown(fh.fileno(), *owner)
-        finally:
-            os.umask(old)
+        write_table(path, version=USERS_VERSION, table="users", records=self.users, owner=owner)
 
     def save_for_service(self, path: Path, state_dir: Path) -> None:
         """:meth:`save` as a command does it: run as root, the file and the folders
         it creates under ``state_dir`` get ``state_dir``'s owner and group, so the
         service (its own user) can read them."""
-        owner = state_owner(state_dir)
-        self.save(path, owner)
-        hand_over(path, state_dir, owner)
+        write_table_for_service(path, state_dir, lambda owner: self.save(path, owner))
 
     def names(self) -> list[str]:
         """The user names, sorted."""
