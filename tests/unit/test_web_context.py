@@ -327,6 +327,15 @@ def test_held_captures_assigned_in_one_action(tmp_path: Path) -> None:
             assert new.device == "camera"
             assert new.patient.patient_id == "P-55"
             assert rig.row(held[2])["session_id"] == new.id
+            # Written with the patient chosen on the page, same SOP Instance UIDs.
+            await rig.wrap_all()
+            chosen = [rig.dicom(i) for i in held]
+            assert [ds.PatientID for ds in chosen] == ["PID003", "PID003", "P-55"]
+            assert str(chosen[0].PatientName) == "Ødegård^Jon"
+            assert chosen[0].StudyInstanceUID == WORKLIST[2].study_uid
+            assert [ds.SOPInstanceUID for ds in chosen] == [
+                rig.row(i)["sop_instance_uid"] for i in held
+            ]
             status, text, _ = await _post(
                 session, f"{base}/held/assign", page_text, [("session", str(sid))]
             )
