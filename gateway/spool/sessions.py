@@ -253,7 +253,9 @@ def study_started(conn: sqlite3.Connection, study_uid: str) -> str:
 
 def series_for(conn: sqlite3.Connection, session_id: int, kind: str) -> tuple[str, int]:
     """The (Series Instance UID, Series Number) of ``kind`` objects in a session,
-    minted the first time (numbers count from 1 within the session)."""
+    minted the first time. Numbers count from 1 within the session's *study*: the
+    sessions of every device on one worklist item share its study, and a viewer
+    should not show two series numbered 1 there."""
     with transaction(conn):
         row = conn.execute(
             "SELECT series_uid, series_number FROM session_series "
@@ -263,7 +265,9 @@ def series_for(conn: sqlite3.Connection, session_id: int, kind: str) -> tuple[st
         if row is not None:
             return str(row[0]), int(row[1])
         (highest,) = conn.execute(
-            "SELECT COALESCE(MAX(series_number), 0) FROM session_series WHERE session_id = ?",
+            "SELECT COALESCE(MAX(x.series_number), 0) FROM session_series x "
+            "JOIN sessions s ON s.id = x.session_id "
+            "WHERE s.study_uid = (SELECT study_uid FROM sessions WHERE id = ?)",
             (session_id,),
         ).fetchone()
         uid = new_uid()
