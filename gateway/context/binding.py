@@ -53,6 +53,7 @@ def capture_context(
     study_started: str = "",
     series_number: int | None = None,
     flagged: bool = False,
+    instance_number: int | None = None,
 ) -> CaptureContext:
     """The context of one capture of ``session`` (``lesion``: the device's, else the
     session's current one)."""
@@ -75,6 +76,7 @@ def capture_context(
         sensitive=sensitive_codes(rules, site, scheme, session.sensitive or flagged),
         study_started=study_started,
         series_number=series_number,
+        instance_number=instance_number,
     )
 
 

@@ -111,7 +111,7 @@ class HoldDesk(SessionDesk):
                 )
             flagged = await self._ledger.call(is_sensitive, spool_id)
             context = await self._capture_context(
-                session, entry.device, entry.offer, number, flagged
+                session, entry.device, entry.offer, number, flagged, series_uid=series
             )
             uids = session_uids(session, entry.uids, series)
             rewritten = None

@@ -177,11 +177,13 @@ class SessionDesk(StageBase):
         offer: CaptureOffer,
         series_number: int | None = None,
         flagged: bool = False,
+        series_uid: str | None = None,
     ) -> CaptureContext:
         """The context of one capture of ``session``: the lesion the device names (in
         the session patient's registry), else the session's current lesion; the
         study dated by its first session, ``series_number`` the session series';
-        ``flagged``: a technician flagged this capture as sensitive."""
+        ``flagged``: a technician flagged this capture as sensitive; ``series_uid``:
+        the session series it joins (numbered in it)."""
         lesion: LesionContext | None = None
         label = (offer.lesion_id or "").strip()
         if label:
@@ -200,6 +202,9 @@ class SessionDesk(StageBase):
         if lesion is None:
             lesion = await self._ledger.call(db.lesion_context_of, session.lesion_id)
         started = await self._ledger.call(db.study_started, session.study_uid)
+        instance = None
+        if series_uid is not None:
+            instance = await self._ledger.call(db.next_instance_number, series_uid)
         return capture_context(
             session,
             identity,
@@ -209,4 +214,5 @@ class SessionDesk(StageBase):
             study_started=started,
             series_number=series_number,
             flagged=flagged,
+            instance_number=instance,
         )

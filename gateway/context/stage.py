@@ -85,7 +85,7 @@ class ContextStage(HoldDesk, LesionDesk):
         series, number = None, None
         if offer.uids is None:
             series, number = await self._ledger.call(db.series_for, session.id, series_kind(offer))
-        context = await self._capture_context(session, identity, offer, number)
+        context = await self._capture_context(session, identity, offer, number, series_uid=series)
         await self._first_capture(session)
         return Bound(context, session_uids(session, uids, series))
 

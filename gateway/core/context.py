@@ -128,7 +128,8 @@ class CaptureContext:
     ``study_started`` (ISO 8601, with its offset) dates the study: when its first
     session opened, so every object of one study carries the same Study Date/Time
     ("": each object's own acquisition time). ``series_number`` numbers the
-    session's series (None: the builder's).
+    session's series and ``instance_number`` the object in it (None: the
+    builder's).
     """
 
     session_id: int
@@ -143,6 +144,7 @@ class CaptureContext:
     sensitive: tuple[Coded, ...] = ()
     study_started: str = ""
     series_number: int | None = None
+    instance_number: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

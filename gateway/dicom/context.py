@@ -187,6 +187,8 @@ def _series(ds: Dataset, context: CaptureContext, *, operators: bool) -> None:
     _optional(ds, "SeriesDescription", _lo(context.series_description))
     if context.series_number is not None:
         ds.SeriesNumber = context.series_number
+    if context.instance_number is not None and "InstanceNumber" in ds:
+        ds.InstanceNumber = context.instance_number
     _optional(ds, "OperatorsName", context.operator_name.strip() if operators else "")
     request = context.order.request if context.order is not None else None
     if request is None:

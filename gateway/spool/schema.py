@@ -193,6 +193,7 @@ CREATE TABLE session_series (
     kind          TEXT NOT NULL,
     series_uid    TEXT NOT NULL UNIQUE,
     series_number INTEGER NOT NULL,
+    instances     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (session_id, kind)
 );
 -- (sessions helper) the session the first file of a driver-chosen study (a 3D

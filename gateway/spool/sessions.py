@@ -35,6 +35,7 @@ __all__ = [
     "get_session",
     "lesion_context_of",
     "list_sessions",
+    "next_instance_number",
     "open_session",
     "open_session_ids",
     "open_session_of",
@@ -277,6 +278,19 @@ def series_for(conn: sqlite3.Connection, session_id: int, kind: str) -> tuple[st
             (session_id, kind, uid, int(highest) + 1),
         )
     return uid, int(highest) + 1
+
+
+def next_instance_number(conn: sqlite3.Connection, series_uid: str) -> int:
+    """The Instance Number of the next object of a session series (1, 2, …)."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE session_series SET instances = instances + 1 WHERE series_uid = ?",
+            (series_uid,),
+        )
+        row = conn.execute(
+            "SELECT instances FROM session_series WHERE series_uid = ?", (series_uid,)
+        ).fetchone()
+    return 1 if row is None else int(row[0])
 
 
 def export_binding(conn: sqlite3.Connection, driver_study_uid: str) -> tuple[bool, int | None]:

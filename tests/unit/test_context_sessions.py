@@ -115,6 +115,7 @@ async def test_one_study_has_one_date_and_its_series_are_numbered(rig: ContextRi
     assert s1.SeriesNumber == s2.SeriesNumber
     assert s1.SeriesInstanceUID != c1.SeriesInstanceUID
     assert {int(s1.SeriesNumber), int(c1.SeriesNumber)} == {1, 2}, "numbered within the study"
+    assert (s1.InstanceNumber, s2.InstanceNumber, c1.InstanceNumber) == (1, 2, 1)
 
 
 async def test_a_second_device_on_the_same_item_shares_its_study(rig: ContextRig) -> None:
