@@ -100,33 +100,37 @@ class HoldDesk(SessionDesk):
             device, wanted = request
             opened = await self.open_session(device, wanted, actor)
             session = await self._session_row(opened.id)
-        moves = []
-        for spool_id in spool_ids:
-            candidate = candidates[spool_id]
-            entry = candidate.entry
-            series, number = None, None
-            if not candidate.driver_series:
-                series, number = await self._ledger.call(
-                    series_for, session.id, series_kind(entry.offer)
+        moves: list[db.Move] = []
+        try:
+            for spool_id in spool_ids:
+                candidate = candidates[spool_id]
+                entry = candidate.entry
+                series, number = None, None
+                if not candidate.driver_series:
+                    series, number = await self._ledger.call(
+                        series_for, session.id, series_kind(entry.offer)
+                    )
+                flagged = await self._ledger.call(is_sensitive, spool_id)
+                context = await self._capture_context(
+                    session, entry.device, entry.offer, number, flagged, series_uid=series
                 )
-            flagged = await self._ledger.call(is_sensitive, spool_id)
-            context = await self._capture_context(
-                session, entry.device, entry.offer, number, flagged, series_uid=series
-            )
-            uids = session_uids(session, entry.uids, series)
-            rewritten = None
-            if entry.state is CaptureState.WRAPPED and not entry.raw_name and entry.dicom_name:
-                rewritten = await self._retarget(entry, context, uids)
-            moves.append(
-                db.Move(
-                    spool_id=spool_id,
-                    state=entry.state,
-                    old_study=entry.uids.study,
-                    context=context,
-                    uids=uids,
-                    retargeted=rewritten,
+                uids = session_uids(session, entry.uids, series)
+                rewritten = None
+                if entry.state is CaptureState.WRAPPED and not entry.raw_name and entry.dicom_name:
+                    rewritten = await self._retarget(entry, context, uids)
+                moves.append(
+                    db.Move(
+                        spool_id=spool_id,
+                        state=entry.state,
+                        old_study=entry.uids.study,
+                        context=context,
+                        uids=uids,
+                        retargeted=rewritten,
+                    )
                 )
-            )
+        except ContextError:  # one file could not be rewritten: nothing moves
+            await asyncio.to_thread(_discard, [m.retargeted for m in moves])
+            raise
         try:
             await self._ledger.call(db.move_captures, moves, self._dicom_dir)
         except db.MoveRefused as err:
