@@ -107,7 +107,7 @@ def _build_without_per_frame_groups(job: WrapJob, stack: ConfocalStack) -> tuple
     ds.FrameOfReferenceUID = derived_uid("frame-of-reference", uids.sop_instance)
     ds.PositionReferenceIndicator = ""
 
-    add_enhanced_general_equipment(ds, job.identity, job.gateway)
+    add_enhanced_general_equipment(ds, job.identity, job.gateway, now=job.now)
 
     # General Acquisition, General Image, Multi-frame Functional Groups (top level)
     ds.AcquisitionDateTime = dt(acquired)

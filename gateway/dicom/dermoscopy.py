@@ -153,7 +153,7 @@ def build_dermoscopic_photography(
     ds.FrameOfReferenceUID = derived_uid("frame-of-reference", uids.sop_instance)
     ds.PositionReferenceIndicator = ""
 
-    add_enhanced_general_equipment(ds, identity, gateway)
+    add_enhanced_general_equipment(ds, identity, gateway, now=now)
 
     # General Image, VL Image, Image Pixel (Pixel Data comes from part10.py)
     ds.InstanceNumber = instance_number

@@ -34,9 +34,13 @@ from gateway.core.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_
 from gateway.dicom.errors import IncompleteDeviceIdentity
 
 __all__ = [
+    "DERMGATE_MANUFACTURER",
+    "DERMGATE_MODEL",
+    "DERMGATE_PURPOSE",
     "SKIN",
     "SPECIFIC_CHARACTER_SET",
     "add_anatomic_region",
+    "add_dermgate_equipment",
     "add_enhanced_general_equipment",
     "add_general_series",
     "add_general_study",
@@ -51,6 +55,7 @@ __all__ = [
     "frame_anatomy",
     "in_zone_of",
     "new_instance",
+    "station_name",
     "tm",
     "tz_offset",
 ]
@@ -224,18 +229,20 @@ def add_enhanced_general_equipment(
     identity: DeviceIdentity,
     gateway: GatewayIdentity,
     *,
+    now: datetime,
     institution_name: str | None = None,
     institution_address: str | None = None,
     department_name: str | None = None,
 ) -> None:
-    """General Equipment and Enhanced General Equipment Modules.
+    """General Equipment and Enhanced General Equipment Modules, and DermGate's
+    Contributing Equipment item (:func:`add_dermgate_equipment`, at ``now``).
 
     Manufacturer, Manufacturer's Model Name, Device Serial Number and Software
     Versions are type 1 in Enhanced General Equipment, so a missing one raises
-    :class:`IncompleteDeviceIdentity`. Software Versions lists the device firmware
-    first and then "DermGate <version>", since the gateway is the software that
-    created the object. Station Name is the gateway's station name, or its id when
-    that fits in 16 characters.
+    :class:`IncompleteDeviceIdentity`. They describe the device alone (Software
+    Versions: its firmware); DermGate, which made the object, is the Contributing
+    Equipment item. Station Name is the gateway's station name, or its id when that
+    fits in 16 characters.
     """
     manufacturer = device_string(identity.manufacturer)
     model = device_string(identity.model)
@@ -259,10 +266,9 @@ def add_enhanced_general_equipment(
     ds.Manufacturer = manufacturer
     ds.ManufacturerModelName = model
     ds.DeviceSerialNumber = serial
-    versions.append(device_string(f"DermGate {gateway.software_version}"))
     ds.SoftwareVersions = versions
-    station = gateway.station_name or gateway.gateway_id
-    if station and len(station) <= _SH_MAX:
+    station = station_name(gateway)
+    if station:
         ds.StationName = station
     if institution_name:
         ds.InstitutionName = device_string(institution_name)
@@ -270,6 +276,65 @@ def add_enhanced_general_equipment(
         ds.InstitutionAddress = institution_address
     if department_name:
         ds.InstitutionalDepartmentName = device_string(department_name)
+    add_dermgate_equipment(ds, gateway, now=now)
+
+
+def station_name(gateway: GatewayIdentity) -> str:
+    """The gateway's Station Name (SH): its station name, else its id; "" when the
+    chosen one does not fit in 16 characters (Station Name is then left out)."""
+    station = gateway.station_name or gateway.gateway_id
+    return station if len(station) <= _SH_MAX else ""
+
+
+#: Contributing Equipment Manufacturer (type 1) of DermGate. DermGate is an
+#: open-source project, not a company: the project is who makes it.
+DERMGATE_MANUFACTURER: Final = "DermGate project"
+DERMGATE_MODEL: Final = "DermGate"
+#: CID 7005 (Contributing Equipment Purposes of Reference) concept for DermGate;
+#: why this one: see :func:`add_dermgate_equipment`.
+DERMGATE_PURPOSE: Final = Code("109102", "DCM", "Processing Equipment")
+_CONTRIBUTION: Final = "Wrapped the device's capture into this DICOM object"
+
+
+def add_dermgate_equipment(ds: Dataset, gateway: GatewayIdentity, *, now: datetime) -> None:
+    """DermGate as the item of Contributing Equipment Sequence (0018,A001), SOP Common
+    Module (PS3.3 C.12.1, C.12.1.1.5), in place of any item already there.
+
+    The equipment modules describe the device that acquired the image; DermGate
+    made the DICOM object from the device's file, and this item says so: the
+    project as Manufacturer, "DermGate" as model, its version as Software Versions,
+    the gateway id as Device Serial Number (it names this box), the Station Name
+    when it fits, the wrap time ``now`` as Contribution DateTime and what it did as
+    Contribution Description.
+
+    Purpose of Reference is (109102, DCM, "Processing Equipment"). PS3.16 has no
+    CID 7005 concept for "converted a non-DICOM file into a composite instance",
+    so the one whose definition comes nearest is used: Processing Equipment is
+    "equipment that has processed composite instances to create new composite
+    instances" (PS3.16 Annex D, DCM 109102) — DermGate creates the new instance.
+    The others fit worse: Acquisition Equipment (109101) is the device itself,
+    already the General Equipment; Modifying (109103) and De-identifying (109104)
+    Equipment change existing instances without creating new ones; Frame
+    Extracting (109105) and Enhanced Multi-frame Conversion (109106) name two
+    particular DICOM-to-DICOM conversions; Portable Media Importer (MEDIM) imports
+    objects from interchange media; Film, Document and Video Tape Digitizers
+    (FILMD, DOCD, VIDD) digitize analogue originals; Synthesizing Equipment
+    (109100) makes synthetic data. A private code would be understood by no
+    receiver, so a standard one is kept even though the CID is extensible.
+    """
+    _require_aware(now)
+    item = Dataset()
+    item.Manufacturer = DERMGATE_MANUFACTURER
+    item.ManufacturerModelName = DERMGATE_MODEL
+    if serial := device_string(gateway.gateway_id):
+        item.DeviceSerialNumber = serial
+    item.SoftwareVersions = device_string(f"{DERMGATE_MODEL} {gateway.software_version}")
+    if station := station_name(gateway):
+        item.StationName = station
+    item.ContributionDateTime = dt(now)
+    item.ContributionDescription = _CONTRIBUTION
+    item.PurposeOfReferenceCodeSequence = Sequence([code_item(DERMGATE_PURPOSE)])
+    ds.ContributingEquipmentSequence = Sequence([item])
 
 
 def device_string(value: str, max_chars: int = _LO_MAX) -> str:

@@ -34,8 +34,9 @@ same object. Decisions, with the rule behind each:
   Name, Device Serial Number and Software Versions are type 3. So, unlike the
   dermoscopic builder, nothing here is refused for a camera that does not name
   itself: what the device (EXIF, or the driver's configured fallback) said is
-  written, what it did not say is left out, never invented. Software Versions
-  ends with "DermGate <version>", the software that made the object.
+  written, what it did not say is left out, never invented. Software Versions is
+  the device's own (firmware); DermGate, the software that made the object, is the
+  item of Contributing Equipment Sequence (:func:`~gateway.dicom.modules.add_dermgate_equipment`).
 * **Patient**: only the ``patient`` argument (a scanner export's patient fields);
   a photo without a Patient ID gets a temporary patient
   ``TMP-<gateway id>-<spool id>`` (:mod:`gateway.core.patient`).
@@ -100,11 +101,13 @@ from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.jpeg import JpegInfo, encapsulation_for
 from gateway.dicom.modules import (
     add_anatomic_region,
+    add_dermgate_equipment,
     da,
     device_string,
     dt,
     in_zone_of,
     new_instance,
+    station_name,
     tm,
 )
 from gateway.dicom.native_image import (
@@ -360,7 +363,7 @@ def _photo_dataset(
     )
     if laterality is None:
         ds.Laterality = ""  # Series Laterality (0020,0060), type 2C
-    _add_general_equipment(ds, identity, gateway)
+    _add_general_equipment(ds, identity, gateway, now)
     exif = extra.exif or ExifFields()
     _add_vl_photographic_equipment(ds, exif)
 
@@ -398,19 +401,22 @@ def _laterality(value: object) -> Laterality | None:
         ) from err
 
 
-def _add_general_equipment(ds: Dataset, identity: DeviceIdentity, gateway: GatewayIdentity) -> None:
-    """General Equipment: Manufacturer type 2 (empty when unknown), the rest type 3."""
+def _add_general_equipment(
+    ds: Dataset, identity: DeviceIdentity, gateway: GatewayIdentity, now: datetime
+) -> None:
+    """General Equipment: Manufacturer type 2 (empty when unknown), the rest type 3
+    (Software Versions: the device's firmware, left out when it named none); then
+    DermGate's Contributing Equipment item."""
     ds.Manufacturer = _lo(identity.manufacturer)
     if model := _lo(identity.model):
         ds.ManufacturerModelName = model
     if serial := _lo(identity.serial_number):
         ds.DeviceSerialNumber = serial
-    versions = [_lo(v) for v in identity.software_versions if v.strip()]
-    versions.append(_lo(f"DermGate {gateway.software_version}"))
-    ds.SoftwareVersions = versions
-    station = gateway.station_name or gateway.gateway_id
-    if station and len(station) <= 16:
+    if versions := [_lo(v) for v in identity.software_versions if v.strip()]:
+        ds.SoftwareVersions = versions
+    if station := station_name(gateway):
         ds.StationName = station
+    add_dermgate_equipment(ds, gateway, now=now)
 
 
 def _add_vl_photographic_equipment(ds: Dataset, exif: ExifFields) -> None:

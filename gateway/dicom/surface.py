@@ -270,7 +270,7 @@ def build_encapsulated_3d(
         ds.FrameOfReferenceUID = links.frame_of_reference_uid
         ds.PositionReferenceIndicator = ""
 
-    add_enhanced_general_equipment(ds, job.identity, job.gateway)
+    add_enhanced_general_equipment(ds, job.identity, job.gateway, now=job.now)
 
     # Encapsulated Document
     ds.InstanceNumber = links.instance_number

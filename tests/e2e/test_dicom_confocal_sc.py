@@ -21,8 +21,9 @@ from pydicom.dataset import Dataset
 from gateway.core.capture import Laterality, PatientContext
 from gateway.dicom.confocal import ConfocalStack, write_confocal
 from gateway.dicom.confocal_sc import SC_WORD_SOP_CLASS, write_confocal_sc
-from tests.support.confocal_stacks import EXPLICIT_LE, frames_of, job_for, make_stack
+from tests.support.confocal_stacks import EXPLICIT_LE, GATEWAY, frames_of, job_for, make_stack
 from tests.support.dciodvfy import dciodvfy_path
+from tests.support.equipment import dermgate_item
 
 WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
 WHY = (
@@ -86,7 +87,8 @@ def test_16bit_z_stack_is_a_conformant_word_sc_with_its_depths(tmp_path: Path) -
     assert ds.Manufacturer == "DermGate Reference Devices"
     assert ds.ManufacturerModelName == "RCM-1 Confocal"
     assert ds.DeviceSerialNumber == "RCM1-0042"
-    assert list(ds.SoftwareVersions) == ["3.1.0", "DermGate 0.1.0"]
+    assert ds.SoftwareVersions == "3.1.0", "the microscope's firmware only"
+    dermgate_item(ds, GATEWAY)
     assert ds.AcquisitionDateTime.startswith("20261130101500")
     assert [float(s) for s in ds.PixelSpacing] == [0.0005, 0.0005]
     assert WHY in ds.ImageComments

@@ -30,6 +30,8 @@ from gateway.core.uids import (
 )
 from gateway.dicom.jpeg import JpegProcess, read_jpeg_info, read_jpeg_info_from
 from tests.support.dermoscopy_capture import (
+    GATEWAY,
+    NOW,
     OFFER,
     SKIN_OF_OCCIPITAL_REGION,
     UIDS,
@@ -39,6 +41,7 @@ from tests.support.dermoscopy_capture import (
     single_fragment,
     wrap,
 )
+from tests.support.equipment import dermgate_item
 
 DERMOSCOPIC_PHOTOGRAPHY = "1.2.840.10008.5.1.4.1.1.77.1.7"
 
@@ -106,7 +109,8 @@ def test_contact_capture_is_valid_and_carries_the_jpeg(tmp_path: Path, subsampli
     assert ds.EmitterColorTemperature == 4500
     assert ds.OpticalMagnificationFactor == 10
     assert ds.RecognizableVisualFeatures == "YES"
-    assert ds.SoftwareVersions == ["fw 2.4.1", "DermGate 0.1.0"]
+    assert ds.SoftwareVersions == "fw 2.4.1", "the device's firmware only"
+    dermgate_item(ds, GATEWAY, NOW)
     assert ds.DeviceSerialNumber == "DS3-000123"
     assert ds.SpecificCharacterSet == "ISO_IR 192"
     assert ds.TimezoneOffsetFromUTC == "+0100"
@@ -270,4 +274,4 @@ def test_a_device_string_dicom_cannot_hold_as_one_value_is_made_safe(tmp_path: P
     assert ds.Manufacturer == "ACME/Evil"
     assert ds.ManufacturerModelName == "Derma/Scope 3"
     assert ds.DeviceSerialNumber == ("SN/" + "9" * 80)[:64]
-    assert list(ds.SoftwareVersions) == ["1.0/2.0", "DermGate 0.1.0"], "one value per version"
+    assert ds.SoftwareVersions == "1.0/2.0", "one value per version"

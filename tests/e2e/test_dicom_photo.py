@@ -26,9 +26,12 @@ from gateway.dicom.photo import (
     write_vl_photographic_native,
 )
 from tests.support.dciodvfy import dciodvfy_errors
+from tests.support.equipment import dermgate_item
 from tests.support.photo_capture import (
     CET,
     EXIF,
+    GATEWAY,
+    NOW,
     SCANNER,
     native_job,
     pattern_image,
@@ -93,7 +96,7 @@ def test_camera_strings_with_a_backslash_stay_one_value(tmp_path: Path) -> None:
         "Cam/1",
         "S/N",
     )
-    assert list(ds.SoftwareVersions) == ["1/2", "DermGate 0.1.0"]
+    assert ds.SoftwareVersions == "1/2"
     # The lens attributes are UT, a single value whatever it holds: kept as EXIF says.
     assert (ds.LensMake, ds.LensModel) == ("Lens\\Co", "RF\\24")
 
@@ -114,7 +117,8 @@ def test_camera_that_does_not_name_itself_gets_empty_manufacturer_and_nothing_in
     assert ds.Manufacturer == ""
     for absent in ("ManufacturerModelName", "DeviceSerialNumber", "AcquisitionDateTime"):
         assert absent not in ds
-    assert ds.SoftwareVersions == "DermGate 0.1.0"
+    assert "SoftwareVersions" not in ds
+    dermgate_item(ds, GATEWAY, NOW)
     # No acquisition time known: study and content dates are the wrap time.
     assert (ds.StudyDate, ds.ContentDate) == ("20261130", "20261130")
 

@@ -131,9 +131,8 @@ def test_photos_reach_orthanc_once_and_defective_files_are_refused(
         assert ds.Manufacturer == camera.MANUFACTURER
         assert ds.ManufacturerModelName == camera.MODEL
         assert ds.DeviceSerialNumber == "CP24-000000"
-        versions = list(ds.SoftwareVersions)
-        assert versions[0] == camera.SOFTWARE
-        assert versions[-1].startswith("DermGate ")
+        assert ds.SoftwareVersions == camera.SOFTWARE, "the camera's firmware only"
+        assert ds.ContributingEquipmentSequence[0].SoftwareVersions.startswith("DermGate ")
         assert ds.LensModel == camera.LENS_MODEL
         assert float(ds.FocalLength) == 35.0
         taken = read_exif(io.BytesIO(original)).taken_at()

@@ -27,6 +27,7 @@ from gateway.dicom.photo import (
     build_vl_photographic,
     write_vl_photographic_native,
 )
+from tests.support.equipment import dermgate_item
 from tests.support.photo_capture import (
     CAMERA,
     EXIF,
@@ -48,7 +49,8 @@ def test_exif_fields_become_equipment_and_acquisition_attributes(tmp_path: Path)
     assert ds.Manufacturer == "Canon"
     assert ds.ManufacturerModelName == "Canon EOS R6"
     assert ds.DeviceSerialNumber == "032021001234"
-    assert list(ds.SoftwareVersions) == ["Firmware Version 1.8.1", "DermGate 0.1.0"]
+    assert ds.SoftwareVersions == "Firmware Version 1.8.1", "the camera's firmware only"
+    dermgate_item(ds, GATEWAY, NOW)
     assert ds.AcquisitionDateTime == "20261129090102+0100"
     assert (ds.ContentDate, ds.ContentTime) == ("20261129", "090102")
     assert (ds.StudyDate, ds.StudyTime) == ("20261129", "090102")
