@@ -96,6 +96,8 @@ def _read_dicom(path: Path, gateway_id: str) -> _Found:
     sop_class = _text(ds.get("SOPClassUID"))
     if not (uids.study and uids.series and uids.sop_instance and sop_class and syntax):
         raise ValueError("no Study, Series or SOP Instance UID, SOP class or transfer syntax")
+    # Objects written before DermGate moved to Contributing Equipment Sequence end
+    # Software Versions with "DermGate <version>": that value is not the device's.
     versions = ds.get("SoftwareVersions")
     listed = [] if versions is None else [versions] if isinstance(versions, str) else versions
     device = DeviceIdentity(
