@@ -5,6 +5,7 @@ front that bounds every inbound connection.
 
 __all__ = [
     "commitment",
+    "contexts",
     "cstore",
     "forwarder",
     "listener_front",

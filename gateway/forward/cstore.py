@@ -56,6 +56,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from gateway.core.config import DicomDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.dicom import network  # noqa: F401  (pynetdicom fixes, on import)
+from gateway.forward.contexts import storage_contexts
 from gateway.forward.stream import stream_c_store
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,10 @@ class CStoreSender:
                 on_outcome(outcome)
 
         ae = self._ae()
-        for syntax in sorted({(r.sop_class_uid, r.transfer_syntax_uid) for r in requests}):
-            ae.add_requested_context(syntax[0], [syntax[1]])
+        for sop_class, syntax in storage_contexts(
+            (r.sop_class_uid, r.transfer_syntax_uid) for r in requests
+        ):
+            ae.add_requested_context(sop_class, [syntax])
         assoc = self._associate(ae)
         if not assoc.is_established:
             error = self._unavailable(assoc)

@@ -1,0 +1,77 @@
+"""The presentation contexts DermGate proposes and accepts, in one place.
+
+``docs/conformance-statement.md`` lists them, and
+``tests/unit/test_conformance_statement.py`` checks its tables against the names
+here: a SOP class or transfer syntax added to the code but not to the statement
+fails that test.
+
+Storage: C-STORE proposes, per association, one presentation context for each
+distinct (SOP class, transfer syntax) pair of the batch it carries, each with the
+single transfer syntax the spooled file is encoded in (:func:`storage_contexts`;
+files are sent as they were written, never converted). :data:`STORAGE_CONTEXTS`
+is every pair a DermGate writer can produce. The other services propose or accept
+their SOP class with pynetdicom's default transfer syntaxes
+(:data:`DEFAULT_SYNTAXES`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit
+from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
+
+from gateway.dicom.confocal_sc import SC_WORD_SOP_CLASS
+from gateway.dicom.confocal_stack import CONFOCAL_IMAGE_SOP_CLASS, CONFOCAL_TILED_SOP_CLASS
+from gateway.dicom.dermoscopy import DERMOSCOPIC_PHOTOGRAPHY_SOP_CLASS
+from gateway.dicom.mpps import MPPS_SOP_CLASS
+from gateway.dicom.photo import VL_PHOTOGRAPHIC_SOP_CLASS
+from gateway.dicom.surface import SOP_CLASS_FOR
+
+__all__ = [
+    "DEFAULT_SYNTAXES",
+    "MPPS",
+    "STORAGE_COMMITMENT_PUSH",
+    "STORAGE_CONTEXTS",
+    "VERIFICATION",
+    "WORKLIST_FIND",
+    "storage_contexts",
+]
+
+_JPEG: Final = (str(JPEGBaseline8Bit), str(JPEGExtended12Bit))
+"""A JPEG capture is encapsulated as it came: baseline (8-bit) or extended (12-bit)."""
+_NATIVE: Final = (str(ExplicitVRLittleEndian),)
+
+STORAGE_CONTEXTS: Final[Mapping[str, tuple[str, ...]]] = {
+    DERMOSCOPIC_PHOTOGRAPHY_SOP_CLASS: _JPEG,
+    # JPEG photos are encapsulated; TIFF and PNG photos are decoded to native pixels.
+    VL_PHOTOGRAPHIC_SOP_CLASS: (*_JPEG, *_NATIVE),
+    CONFOCAL_IMAGE_SOP_CLASS: _NATIVE,
+    CONFOCAL_TILED_SOP_CLASS: _NATIVE,
+    SC_WORD_SOP_CLASS: _NATIVE,
+    **dict.fromkeys(SOP_CLASS_FOR.values(), _NATIVE),
+}
+"""Every storage SOP class DermGate writes → the transfer syntaxes its files are in."""
+
+VERIFICATION: Final = "1.2.840.10008.1.1"
+"""Verification SOP Class (C-ECHO): SCU towards each peer, SCP on our listener."""
+STORAGE_COMMITMENT_PUSH: Final = "1.2.840.10008.1.20.1"
+"""Storage Commitment Push Model SOP Class (N-ACTION out, N-EVENT-REPORT in)."""
+WORKLIST_FIND: Final = "1.2.840.10008.5.1.4.31"
+"""Modality Worklist Information Model – FIND (C-FIND SCU)."""
+MPPS: Final = MPPS_SOP_CLASS
+"""Modality Performed Procedure Step SOP Class (N-CREATE, N-SET SCU)."""
+
+DEFAULT_SYNTAXES: Final[tuple[str, ...]] = tuple(str(s) for s in DEFAULT_TRANSFER_SYNTAXES)
+"""pynetdicom's default transfer syntaxes, proposed by every non-storage context."""
+
+
+def storage_contexts(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The presentation contexts one C-STORE association proposes for a batch.
+
+    ``pairs`` are the batch's (SOP Class UID, Transfer Syntax UID), one per
+    instance; the answer has each distinct pair once, sorted: one context per pair,
+    proposing that single transfer syntax.
+    """
+    return sorted(set(pairs))
