@@ -10,7 +10,8 @@ quarantined for that destination when a capture of it is sent (``fallback =
 (pynetdicom blocks); nothing is written anywhere.
 
 Exit codes: 0 every destination answered; 1 at least one could not be reached or
-refused the association (with the plain reason); 2 bad usage or bad configuration.
+rejected the association (the plain reason on its line; with ``--json`` also on
+stderr); 2 bad usage or bad configuration.
 """
 
 from __future__ import annotations
@@ -129,11 +130,9 @@ def cmd_echo(args: argparse.Namespace) -> int:
         for entry in entries:
             _print_text(entry)
     unreached = [e for e in entries if not e["answered"]]
-    for entry in unreached:
-        print(
-            f"dermgate echo: {entry['name']}: {entry['error']['message']}",
-            file=sys.stderr,
-        )
+    if args.json:  # the text already says so, on its line
+        for entry in unreached:
+            print(f"dermgate echo: {entry['name']}: {entry['error']['message']}", file=sys.stderr)
     return EXIT_FAILURE if unreached else EXIT_OK
 
 

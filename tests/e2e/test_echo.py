@@ -98,11 +98,13 @@ def test_an_unreachable_destination_exits_1_with_the_reason_and_the_others_are_l
     assert done.returncode == 1
     assert f"gone (NOBODY@127.0.0.1:{dead}): NOT REACHED: cannot open a connection" in done.stdout
     assert f"accepts  Dermoscopic Photography Image Storage  {DERMOSCOPIC}" in done.stdout
+    as_json_run = echo(config, "--json")
+    assert as_json_run.returncode == 1
     assert (
         "dermgate echo: gone: cannot open a connection to the PACS (network, address or port)"
-        in done.stderr
+        in as_json_run.stderr
     )
-    as_json = json.loads(echo(config, "--json").stdout)["destinations"]
+    as_json = json.loads(as_json_run.stdout)["destinations"]
     assert [e["answered"] for e in as_json] == [False, True]
     assert as_json[0]["error"]["code"] == "unreachable"
 
