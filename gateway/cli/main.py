@@ -4,6 +4,9 @@
 
     dermgate run --config FILE              run the gateway (the service)
     dermgate check-config FILE              validate a configuration file
+    dermgate echo --config FILE [--json]    C-ECHO each destination; which of
+                                            DermGate's SOP classes it accepts
+                                            (see gateway/cli/echo.py)
     dermgate spool list|show|retry|export …  the technician's spool commands
                                             (see gateway/cli/spool.py)
     dermgate demo [--workdir DIR] [--captures N]
@@ -39,6 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
+from gateway.cli.echo import add_echo_command
 from gateway.cli.spool import add_spool_commands
 from gateway.cli.tokens import add_token_commands
 from gateway.cli.worklist import add_worklist_commands
@@ -268,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_check_config)
 
+    add_echo_command(sub)  # which SOP classes each destination takes: gateway/cli/echo.py
     add_spool_commands(sub)  # list, show, retry, export: gateway/cli/spool.py
 
     demo = sub.add_parser("demo", help="run a self-contained demo with simulated devices")

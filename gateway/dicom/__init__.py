@@ -29,6 +29,7 @@ __all__ = [
     "part10",
     "photo",
     "retarget",
+    "sop_classes",
     "surface",
     "writers",
 ]

@@ -9,7 +9,8 @@ Storage: C-STORE proposes, per association, one presentation context for each
 distinct (SOP class, transfer syntax) pair of the batch it carries, each with the
 single transfer syntax the spooled file is encoded in (:func:`storage_contexts`;
 files are sent as they were written, never converted). :data:`STORAGE_CONTEXTS`
-is every pair a DermGate writer can produce. The other services propose or accept
+is every pair a DermGate writer can produce (:data:`gateway.dicom.sop_classes.WRITTEN`,
+which ``dermgate echo`` proposes whole). The other services propose or accept
 their SOP class with pynetdicom's default transfer syntaxes
 (:data:`DEFAULT_SYNTAXES`).
 """
@@ -19,15 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit
 from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
 
-from gateway.dicom.confocal_sc import SC_WORD_SOP_CLASS
-from gateway.dicom.confocal_stack import CONFOCAL_IMAGE_SOP_CLASS, CONFOCAL_TILED_SOP_CLASS
-from gateway.dicom.dermoscopy import DERMOSCOPIC_PHOTOGRAPHY_SOP_CLASS
 from gateway.dicom.mpps import MPPS_SOP_CLASS
-from gateway.dicom.photo import VL_PHOTOGRAPHIC_SOP_CLASS
-from gateway.dicom.surface import SOP_CLASS_FOR
+from gateway.dicom.sop_classes import WRITTEN
 
 __all__ = [
     "DEFAULT_SYNTAXES",
@@ -39,19 +35,7 @@ __all__ = [
     "storage_contexts",
 ]
 
-_JPEG: Final = (str(JPEGBaseline8Bit), str(JPEGExtended12Bit))
-"""A JPEG capture is encapsulated as it came: baseline (8-bit) or extended (12-bit)."""
-_NATIVE: Final = (str(ExplicitVRLittleEndian),)
-
-STORAGE_CONTEXTS: Final[Mapping[str, tuple[str, ...]]] = {
-    DERMOSCOPIC_PHOTOGRAPHY_SOP_CLASS: _JPEG,
-    # JPEG photos are encapsulated; TIFF and PNG photos are decoded to native pixels.
-    VL_PHOTOGRAPHIC_SOP_CLASS: (*_JPEG, *_NATIVE),
-    CONFOCAL_IMAGE_SOP_CLASS: _NATIVE,
-    CONFOCAL_TILED_SOP_CLASS: _NATIVE,
-    SC_WORD_SOP_CLASS: _NATIVE,
-    **dict.fromkeys(SOP_CLASS_FOR.values(), _NATIVE),
-}
+STORAGE_CONTEXTS: Final[Mapping[str, tuple[str, ...]]] = dict(WRITTEN)
 """Every storage SOP class DermGate writes → the transfer syntaxes its files are in."""
 
 VERIFICATION: Final = "1.2.840.10008.1.1"

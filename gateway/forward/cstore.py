@@ -31,6 +31,14 @@ TCP connection refused / timeout   Peer unreachable                RETRYABLE
 no accepted presentation context   PACS does not take this class   PERMANENT
 =================================  ==============================  ===========
 
+A SOP class the PACS does not take is known at association time: its presentation
+context comes back rejected. Such an instance is not sent; its outcome is PERMANENT
+with the code ``NOT_ACCEPTED`` and the reason :func:`not_accepted_reason` (the
+destination's ``fallback = "quarantine"``), and the other instances of the batch
+go on the same association. A PACS that accepts none of the proposed contexts
+answers the association request, but pynetdicom then aborts it: that too is a
+refusal of those classes, not an unreachable PACS.
+
 PERMANENT means retrying the same bytes cannot help: the capture is quarantined
 with the reason and stays in the spool until a technician acts. Everything else is
 retried with backoff, for ever, with the same SOP Instance UID.
@@ -56,6 +64,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from gateway.core.config import DicomDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.dicom import network  # noqa: F401  (pynetdicom fixes, on import)
+from gateway.dicom.sop_classes import uid_name
 from gateway.forward.contexts import storage_contexts
 from gateway.forward.stream import stream_c_store
 
@@ -133,6 +142,58 @@ class StoreOutcome:
         return DeliveryError(self.code, self.detail, self.status)
 
 
+def not_accepted_reason(sop_class_uid: str, transfer_syntax_uid: str | None = None) -> str:
+    """Why an instance was not sent: the PACS took no context for its SOP class.
+
+    With ``transfer_syntax_uid``: the PACS takes the class, but not in that syntax.
+    Names and UIDs only, never the peer's words or patient data.
+    """
+    name = uid_name(sop_class_uid)
+    if transfer_syntax_uid is None:
+        return (
+            f"the PACS does not accept {name}; set fallback or ask the PACS administrator "
+            f"to accept {sop_class_uid}"
+        )
+    return (
+        f"the PACS does not accept {name} in {uid_name(transfer_syntax_uid)}; ask the PACS "
+        f"administrator to accept {sop_class_uid} in {transfer_syntax_uid}"
+    )
+
+
+def accepted_pairs(assoc: Any) -> set[tuple[str, str]]:
+    """(SOP class, transfer syntax) of every context the peer accepted on ``assoc``."""
+    return {
+        (str(cx.abstract_syntax), str(ts))
+        for cx in assoc.accepted_contexts
+        for ts in cx.transfer_syntax
+    }
+
+
+def refused_everything(assoc: Any) -> bool:
+    """True when the peer answered the association but accepted none of its contexts
+    (pynetdicom then aborts it): not an unreachable peer."""
+    return (
+        not assoc.is_established
+        and not assoc.is_rejected
+        and bool(assoc.rejected_contexts)
+        and not assoc.accepted_contexts
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiation:
+    """What a destination answered to every (SOP class, transfer syntax) proposed.
+
+    ``error`` is set when it could not be asked (unreachable, association rejected);
+    ``echo_status`` is the C-ECHO status (None: not answered or not possible).
+    """
+
+    accepted: tuple[tuple[str, str], ...] = ()
+    refused: tuple[tuple[str, str], ...] = ()
+    echo_status: int | None = None
+    error: DeliveryError | None = None
+
+
 class CStoreSender:
     """Sends batches of Part 10 files to one destination over one association each."""
 
@@ -184,6 +245,35 @@ class CStoreSender:
             return None
         return DeliveryError(DeliveryErrorCode.STORE_FAILED, f"C-ECHO status 0x{code:04X}", code)
 
+    def negotiate(self, proposed: Sequence[tuple[str, Sequence[str]]]) -> Negotiation:
+        """C-ECHO the destination on an association proposing Verification and one
+        context per (SOP class, transfer syntax) of ``proposed``; blocking.
+
+        The association is released (never aborted) once the C-ECHO is answered.
+        """
+        ae = self._ae()
+        ae.add_requested_context(Verification)
+        pairs = [(cls, ts) for cls, syntaxes in proposed for ts in syntaxes]
+        for sop_class, syntax in pairs:  # as storage_contexts: one syntax per context
+            ae.add_requested_context(sop_class, [syntax])
+        assoc = self._associate(ae)
+        if not assoc.is_established and not refused_everything(assoc):
+            return Negotiation(error=self._unavailable(assoc))
+        accepted = accepted_pairs(assoc)
+        status = None
+        try:
+            if assoc.is_established and any(cls == Verification for cls, _ in accepted):
+                answer = assoc.send_c_echo()
+                status = int(answer.Status) if answer and "Status" in answer else None
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return Negotiation(
+            accepted=tuple(p for p in pairs if p in accepted),
+            refused=tuple(p for p in pairs if p not in accepted),
+            echo_status=status,
+        )
+
     def send_batch(
         self,
         requests: Sequence[StoreRequest],
@@ -210,6 +300,10 @@ class CStoreSender:
         ):
             ae.add_requested_context(sop_class, [syntax])
         assoc = self._associate(ae)
+        if refused_everything(assoc):
+            for r in requests:
+                done(self._not_accepted(r, set()))
+            return outcomes
         if not assoc.is_established:
             error = self._unavailable(assoc)
             for r in requests:
@@ -225,9 +319,13 @@ class CStoreSender:
             return outcomes
         try:
             stream_c_store(assoc, stall_timeout=self.destination.network_timeout)
+            accepted = accepted_pairs(assoc)
             for request in requests:
                 if stop.is_set() or not assoc.is_established:
                     break
+                if (request.sop_class_uid, request.transfer_syntax_uid) not in accepted:
+                    done(self._not_accepted(request, accepted))
+                    continue
                 done(self._store_one(assoc, request))
         finally:
             if assoc.is_established:
@@ -246,10 +344,21 @@ class CStoreSender:
                 )
         return outcomes
 
+    def _not_accepted(self, request: StoreRequest, accepted: set[tuple[str, str]]) -> StoreOutcome:
+        """The PACS took no context for this instance: PERMANENT, with the reason."""
+        other_syntax = any(cls == request.sop_class_uid for cls, _ in accepted)
+        reason = not_accepted_reason(
+            request.sop_class_uid, request.transfer_syntax_uid if other_syntax else None
+        )
+        return StoreOutcome(
+            request.spool_id, Verdict.PERMANENT, reason, code=DeliveryErrorCode.NOT_ACCEPTED
+        )
+
     def _store_one(self, assoc: Any, request: StoreRequest) -> StoreOutcome:
         try:
             status = assoc.send_c_store(request.path)
         except ValueError:
+            # The file's own class or syntax differs from the ledger's: no context for it.
             return StoreOutcome(
                 request.spool_id,
                 Verdict.PERMANENT,

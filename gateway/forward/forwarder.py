@@ -299,7 +299,10 @@ class Forwarder:
             await self._ledger.call(db.record_refused, outcome.spool_id, self.name, error)
             self._bus.publish(
                 CaptureQuarantined(
-                    spool_id=outcome.spool_id, stage="refused", destination=self.name
+                    spool_id=outcome.spool_id,
+                    stage="refused",
+                    destination=self.name,
+                    sop_class=UID(sop_class).name if sop_class else "",
                 )
             )
             log.error(

@@ -6,14 +6,20 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.sop_class import DermoscopicPhotographyImageStorage
 
 from gateway.core.config import DicomDestination
+from gateway.core.errors import DeliveryErrorCode
+from gateway.core.uids import new_uid
 from gateway.demo.local_orthanc import free_port
 from gateway.forward.cstore import CStoreSender, StoreRequest, Verdict
 from tests.support.dicom_files import make_dicom
 from tests.support.peers import JPEG_BASELINE, MisbehavingPacs
+
+CONFOCAL = "1.2.840.10008.5.1.4.1.1.77.1.8"
 
 
 def destination(port: int, **overrides: Any) -> DicomDestination:
@@ -93,16 +99,73 @@ def test_unreachable_and_rejecting_peers_are_retryable(
     assert "rejected" in outcomes[0].detail
 
 
-def test_pacs_without_the_sop_class_is_permanent(tmp_path: Path, pacs: MisbehavingPacs) -> None:
-    pacs.start(accept_dermoscopy=False)
+def confocal_request(tmp_path: Path, spool_id: int) -> StoreRequest:
+    """A small Part 10 file of the Confocal Microscopy class (no pixels: never sent)."""
+    ds = Dataset()
+    ds.SOPClassUID = CONFOCAL
+    ds.SOPInstanceUID = new_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CONFOCAL
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = tmp_path / f"confocal-{spool_id}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return StoreRequest(spool_id, path, CONFOCAL, str(ExplicitVRLittleEndian))
+
+
+REFUSED_REASON = (
+    "the PACS does not accept Confocal Microscopy Image Storage; set fallback or ask the "
+    "PACS administrator to accept 1.2.840.10008.5.1.4.1.1.77.1.8"
+)
+
+
+def test_a_class_the_pacs_does_not_take_is_refused_and_the_rest_of_the_batch_sent(
+    tmp_path: Path, pacs: MisbehavingPacs
+) -> None:
+    pacs.start()  # takes Dermoscopic Photography only
+    derm = requests(tmp_path, 2)
+    batch = [derm[0], confocal_request(tmp_path, 7), derm[1]]
+    outcomes = CStoreSender("DERMGATE", destination(pacs.port)).send_batch(batch, threading.Event())
+    assert [o.verdict for o in outcomes] == [Verdict.SUCCESS, Verdict.PERMANENT, Verdict.SUCCESS]
+    refused = outcomes[1]
+    assert refused.spool_id == 7
+    assert not refused.unreachable
+    assert refused.code is DeliveryErrorCode.NOT_ACCEPTED
+    assert refused.detail == REFUSED_REASON
+    assert len(pacs.received) == 2, "both dermoscopic images stored on that association"
+
+
+def test_a_batch_of_refused_classes_only_is_refused_not_unreachable(
+    tmp_path: Path, pacs: MisbehavingPacs
+) -> None:
+    """An SCP that accepts none of the proposed contexts answers, and pynetdicom aborts:
+    a refusal of those classes, never a PACS to retry for ever."""
+    pacs.start()
     outcomes = CStoreSender("DERMGATE", destination(pacs.port)).send_batch(
-        requests(tmp_path, 1), threading.Event()
+        [confocal_request(tmp_path, 1), confocal_request(tmp_path, 2)], threading.Event()
     )
-    # An SCP that accepts none of the proposed contexts aborts the association, so
-    # the instance stays pending (retried with backoff) with the reason visible.
-    assert outcomes[0].verdict is Verdict.RETRYABLE
-    assert "could not open an association" in outcomes[0].detail
+    assert [o.verdict for o in outcomes] == [Verdict.PERMANENT, Verdict.PERMANENT]
+    assert all(not o.unreachable and o.detail == REFUSED_REASON for o in outcomes)
     assert pacs.received == []
+
+
+def test_a_class_taken_in_another_transfer_syntax_names_the_syntax(
+    tmp_path: Path, pacs: MisbehavingPacs
+) -> None:
+    pacs.start()  # Dermoscopic Photography in JPEG Baseline only
+    path, _ = make_dicom(tmp_path, 1)
+    extended = StoreRequest(
+        3, path, str(DermoscopicPhotographyImageStorage), "1.2.840.10008.1.2.4.51"
+    )
+    outcomes = CStoreSender("DERMGATE", destination(pacs.port)).send_batch(
+        [requests(tmp_path, 1)[0], extended], threading.Event()
+    )
+    assert [o.verdict for o in outcomes] == [Verdict.SUCCESS, Verdict.PERMANENT]
+    assert outcomes[1].detail == (
+        "the PACS does not accept Dermoscopic Photography Image Storage in JPEG Extended "
+        "(Process 2 and 4); ask the PACS administrator to accept "
+        "1.2.840.10008.5.1.4.1.1.77.1.7 in 1.2.840.10008.1.2.4.51"
+    )
 
 
 def test_stop_finishes_the_instance_in_flight_and_releases(

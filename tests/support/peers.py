@@ -260,3 +260,18 @@ def pacs() -> Iterator[MisbehavingPacs]:
     server = MisbehavingPacs(script=[], report_to=free_port())
     yield server
     server.stop()
+
+
+@pytest.fixture
+def shipped_orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
+    """A private Orthanc as Debian ships it in one respect: ``UnknownSopClassAccepted``
+    false, so it refuses the confocal classes (no presentation context accepted)."""
+    listen_port = free_port()
+    server = OrthancProcess(
+        tmp_path / "orthanc",
+        modalities={"dermgate": (GATEWAY_AE, "127.0.0.1", listen_port)},
+        extra={"UnknownSopClassAccepted": False},
+    )
+    server.start()
+    yield server
+    server.stop()

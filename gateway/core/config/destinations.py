@@ -26,6 +26,14 @@ class DicomDestination(_Strict):
     ae_title: AETitle = Field(description="The PACS's AE title (called AE).")
     host: str = Field(description="PACS host name or IP address.")
     port: Port = Field(description="PACS DICOM port.")
+    fallback: Literal["quarantine"] = Field(
+        default="quarantine",
+        description="What to do with a capture whose SOP class this PACS does not accept "
+        '(no presentation context accepted for it): `"quarantine"` sets it aside for '
+        "this destination with the reason (the class's name and UID); `dermgate spool "
+        "retry` sends it again once the PACS administrator has added the class. "
+        '`"compatible"` (send a derived object of a widely accepted class) is planned.',
+    )
     storage_commitment: bool = Field(
         default=True,
         description="Ask the PACS to confirm storage (Storage Commitment Push Model); local "

@@ -1,0 +1,152 @@
+"""``dermgate echo --config FILE [--json]``: which of DermGate's SOP classes each PACS takes.
+
+For every ``[[destinations]]`` entry it opens one association proposing Verification
+and every (SOP class, transfer syntax) DermGate writes
+(:data:`gateway.dicom.sop_classes.WRITTEN`, one presentation context each, as the
+forwarder proposes them), sends a C-ECHO, releases the association, and prints what
+the receiver accepted and what it refused, by name and UID. A class it refuses is
+quarantined for that destination when a capture of it is sent (``fallback =
+"quarantine"``). The destinations are asked in parallel, each on a worker thread
+(pynetdicom blocks); nothing is written anywhere.
+
+Exit codes: 0 every destination answered; 1 at least one could not be reached or
+rejected the association (the plain reason on its line; with ``--json`` also on
+stderr); 2 bad usage or bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.core.config import ConfigError, DermGateConfig, DicomDestination
+from gateway.dicom.sop_classes import WRITTEN, uid_name
+from gateway.forward.cstore import CStoreSender, Negotiation
+from gateway.service.config import load_config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+EPILOG = """\
+exit codes:
+  0  every destination answered (whatever classes it refused)
+  1  a destination could not be reached or refused the association
+  2  bad usage or bad configuration
+"""
+
+
+async def _negotiate_all(config: DermGateConfig) -> list[Negotiation]:
+    calling = config.gateway.ae_title
+
+    async def one(destination: DicomDestination) -> Negotiation:
+        sender = CStoreSender(calling, destination)
+        return await asyncio.to_thread(sender.negotiate, WRITTEN)
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(one(d)) for d in config.destinations]
+    return [t.result() for t in tasks]
+
+
+def _by_class(pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """[{uid, name, transfer_syntaxes}] in the order the classes were proposed."""
+    grouped: dict[str, list[str]] = {}
+    for cls, ts in pairs:
+        grouped.setdefault(cls, []).append(ts)
+    return [
+        {
+            "uid": cls,
+            "name": uid_name(cls),
+            "transfer_syntaxes": [{"uid": ts, "name": uid_name(ts)} for ts in syntaxes],
+        }
+        for cls, syntaxes in grouped.items()
+    ]
+
+
+def report(destination: DicomDestination, answer: Negotiation) -> dict[str, Any]:
+    """One destination's answer as ``--json`` prints it."""
+    error = answer.error
+    return {
+        "name": destination.name,
+        "ae_title": destination.ae_title,
+        "host": destination.host,
+        "port": destination.port,
+        "answered": error is None,
+        "error": None
+        if error is None
+        else {"code": str(error.code), "message": error.message, "detail": error.detail},
+        "echo_status": answer.echo_status,
+        "accepted": _by_class(answer.accepted),
+        "refused": _by_class(answer.refused),
+    }
+
+
+def _print_text(entry: dict[str, Any]) -> None:
+    where = f"{entry['ae_title']}@{entry['host']}:{entry['port']}"
+    error = entry["error"]
+    if error is not None:
+        print(f"{entry['name']} ({where}): NOT REACHED: {error['message']} ({error['detail']})")
+        return
+    status = entry["echo_status"]
+    echo = (
+        "answers C-ECHO"
+        if status == 0
+        else "no C-ECHO answer"
+        if status is None
+        else f"C-ECHO status 0x{status:04X}"
+    )
+    print(f"{entry['name']} ({where}): {echo}")
+    refused_syntaxes = {c["uid"]: c["transfer_syntaxes"] for c in entry["refused"]}
+    for cls in entry["accepted"]:
+        line = f"  accepts  {cls['name']}  {cls['uid']}"
+        if cls["uid"] in refused_syntaxes:
+            names = ", ".join(ts["name"] for ts in refused_syntaxes[cls["uid"]])
+            line += f"  (not in {names})"
+        print(line)
+    accepted = {c["uid"] for c in entry["accepted"]}
+    for cls in entry["refused"]:
+        if cls["uid"] not in accepted:
+            print(f"  refuses  {cls['name']}  {cls['uid']}")
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    """Ask every destination which SOP classes it takes; see the module docstring."""
+    try:
+        config = load_config(args.config, broken_drivers_fatal=False)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    answers = asyncio.run(_negotiate_all(config))
+    entries = [report(d, a) for d, a in zip(config.destinations, answers, strict=True)]
+    if args.json:
+        print(json.dumps({"destinations": entries}, indent=2))
+    else:
+        for entry in entries:
+            _print_text(entry)
+    unreached = [e for e in entries if not e["answered"]]
+    if args.json:  # the text already says so, on its line
+        for entry in unreached:
+            print(f"dermgate echo: {entry['name']}: {entry['error']['message']}", file=sys.stderr)
+    return EXIT_FAILURE if unreached else EXIT_OK
+
+
+def add_echo_command(sub: Any) -> None:
+    """Register ``dermgate echo`` on the ``dermgate`` sub-parsers."""
+    echo = sub.add_parser(
+        "echo",
+        help="C-ECHO every destination and list which of DermGate's SOP classes it accepts",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    echo.add_argument("--config", type=Path, required=True, help="configuration file (TOML)")
+    echo.add_argument("--json", action="store_true", help="machine-readable output")
+    echo.set_defaults(func=cmd_echo)
+
+
+__all__ = ["add_echo_command", "cmd_echo", "report"]
