@@ -27,6 +27,7 @@ from datetime import date, timedelta
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.uid import UID
 
 from gateway.core.capture import PatientContext
 from gateway.core.config.context import WorklistSettings
@@ -297,6 +298,11 @@ def decode_items(answers: Iterable[Dataset], wanted: WorklistFilter, fetched_at:
             ]
             if missing:
                 out.skipped["without " + " and ".join(missing)] += 1
+            elif not UID(entry.study_uid).is_valid:
+                # Copied into every object of the study: a PACS would refuse them all.
+                out.skipped["with an invalid Study Instance UID"] += 1
+            elif len(entry.patient.patient_id) > 64 or "\\" in entry.patient.patient_id:
+                out.skipped["with a Patient ID DICOM cannot carry"] += 1
             elif not wanted.keeps(entry):
                 out.filtered += 1
             elif entry.key in kept:

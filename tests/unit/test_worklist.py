@@ -292,3 +292,20 @@ def test_the_overview_shows_the_worklists_size_and_age_and_asks_for_a_look_when_
         "The worklist is stale (unreachable): patients picked may be out of date."
     ]
     assert "(stale)" in overview_fragment(stale, seen)
+
+
+@pytest.mark.filterwarnings(
+    "ignore:Invalid value for VR", "ignore:The value length"
+)  # a careless RIS
+def test_items_dicom_could_not_carry_are_skipped_never_copied_into_objects() -> None:
+    answers = [
+        _answer(pid="P1", study="1.2.03", sps_id="S1"),  # a leading zero: not a UID
+        _answer(pid="P2", study="STUDY-7", sps_id="S2"),
+        _answer(pid="P" * 65, study="1.2.5", sps_id="S3"),  # Patient ID is LO (64)
+        _answer(pid="P4", study="1.2.6", sps_id="S4"),
+    ]
+    decoded = decode_items(answers, WANTED, 0.0)
+    assert decoded.summary() == (
+        "1 with a Patient ID DICOM cannot carry, 2 with an invalid Study Instance UID"
+    )
+    assert [e.patient.patient_id for e in decoded.entries] == ["P4"]
