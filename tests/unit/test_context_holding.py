@@ -263,10 +263,13 @@ def codes(rig: ContextRig, spool_id: int) -> list[str]:
     return [c["value"] for c in context["sensitive"]]
 
 
-async def test_sensitive_sites_and_flagged_sessions_get_their_codes(tmp_path: Path) -> None:
-    rules = """
+@pytest.mark.parametrize("configured", ["SCT:80248007", "80248007"])  # a bare value is SCT
+async def test_sensitive_sites_and_flagged_sessions_get_their_codes(
+    tmp_path: Path, configured: str
+) -> None:
+    rules = f"""
 [[context.sensitive]]
-sites = ["SCT:80248007"]
+sites = ["{configured}"]
 scheme = "99CLINIC"
 value = "GEN"
 meaning = "Genital area"

@@ -94,6 +94,8 @@ class WorklistSettings(_Strict):
 
 
 def _check_code_ref(value: str) -> str:
+    if value.isascii() and value.isdigit():  # a bare SNOMED CT code value, as devices send
+        value = f"SCT:{value}"
     if not _CODE_REF.match(value):
         raise ValueError('write a site as "SCHEME:VALUE", e.g. "SCT:33205005"')
     return value
@@ -108,7 +110,7 @@ class SensitiveRule(_Strict):
     sites: list[CodeRef] = Field(
         default_factory=list,
         description='Anatomic sites (CID 4029) that make a capture sensitive, as "SCHEME:VALUE" '
-        '(e.g. `"SCT:33205005"`).',
+        '(e.g. `"SCT:33205005"`; a bare code value is SNOMED CT).',
     )
     flagged: bool = Field(
         default=False,
