@@ -17,7 +17,7 @@ extras=""
 # --test also Chromium and a font for the browser tests (never a downloaded browser),
 # systemd's tools to check the box's unit file (systemd-analyze verify), and iproute2
 # (a test adds an address to lo).
-packages=(python3 python3-venv python3-dev gcc linux-libc-dev orthanc dcmtk mosquitto
+packages=(python3 python3-venv python3-dev gcc linux-libc-dev orthanc orthanc-dicomweb dcmtk mosquitto
   mosquitto-clients)
 [[ "${1:-}" == "--test" ]] && packages+=(chromium fonts-dejavu-core systemd iproute2)
 missing=()

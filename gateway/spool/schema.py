@@ -31,7 +31,7 @@ __all__ = [
     "utc_now_text",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA_V1 = """
 CREATE TABLE captures (
@@ -218,6 +218,18 @@ CREATE TABLE mpps (
 );
 """
 
+# v7: networks (issue 14). Per delivery:
+# - sent_sop_class_uid / sent_sop_instance_uid: what was actually sent to that
+#   destination when it differs from the capture (a derived object of a compatible class,
+#   `fallback = "compatible"`); NULL means the capture itself.
+# - priority: set from the route that chose the destination (`priority = "high"` → 1);
+#   higher goes first.
+_SCHEMA_V7 = """
+ALTER TABLE deliveries ADD COLUMN sent_sop_class_uid TEXT;
+ALTER TABLE deliveries ADD COLUMN sent_sop_instance_uid TEXT;
+ALTER TABLE deliveries ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+"""
+
 _MIGRATIONS = {
     1: _SCHEMA_V1,
     2: _SCHEMA_V2,
@@ -225,6 +237,7 @@ _MIGRATIONS = {
     4: _SCHEMA_V4,
     5: _SCHEMA_V5,
     6: _SCHEMA_V6,
+    7: _SCHEMA_V7,
 }
 
 #: The version from which deliveries carry ``error_code`` and ``error_status``.
