@@ -173,16 +173,20 @@ def key_table(model: type[BaseModel], where: str) -> list[str]:
     return lines
 
 
-def _section_model(annotation: Any) -> tuple[type[BaseModel], bool]:
-    """The model of a root field, and whether the section is a list (``[[...]]``)."""
+def _section_models(annotation: Any) -> tuple[list[type[BaseModel]], bool]:
+    """The models of a root field (several for a union told apart by ``kind``), and
+    whether the section is a list (``[[...]]``)."""
     origin = get_origin(annotation)
+    if origin is Annotated:
+        return _section_models(get_args(annotation)[0])
     args = [a for a in get_args(annotation) if a is not type(None)]
     if origin is list:
-        return _section_model(args[0])[0], True
-    if origin in (Union, types.UnionType) and len(args) == 1:
-        return _section_model(args[0])
+        return _section_models(args[0])[0], True
+    if origin in (Union, types.UnionType):
+        models = [m for a in args for m in _section_models(a)[0]]
+        return models, False
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, False
+        return [annotation], False
     raise SystemExit(f"config_reference: a section must be a model, not {annotation!r}")
 
 
@@ -191,7 +195,7 @@ def reference(root: type[BaseModel] | None = None) -> str:
     root = root or _root_model()
     lines = [START, NOTICE]
     for section, field in root.model_fields.items():
-        model, many = _section_model(field.annotation)
+        models, many = _section_models(field.annotation)
         title = f"[[{section}]]" if many else f"[{section}]"
         if not field.description:
             raise SystemExit(
@@ -199,8 +203,15 @@ def reference(root: type[BaseModel] | None = None) -> str:
                 f"{root.__name__}; it opens the section's table in README.md"
             )
         lines += ["", f"### `{title}`", "", _cell(field.description), ""]
-        lines += key_table(model, title)
-        lines += _nested_tables(model, section)
+        for model in models:
+            if len(models) > 1:
+                doc = (model.__doc__ or model.__name__).strip().splitlines()[0]
+                lines += [f"#### {_cell(doc.replace('``', '`'))}", ""]
+            lines += key_table(model, title)
+            lines += _nested_tables(model, section)
+            lines += [""] if len(models) > 1 else []
+        while lines[-1] == "":
+            lines.pop()
     lines += ["", END]
     return "\n".join(lines)
 

@@ -49,7 +49,7 @@ async def _negotiate_all(config: DermGateConfig) -> list[Negotiation]:
         return await asyncio.to_thread(sender.negotiate, WRITTEN)
 
     async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(one(d)) for d in config.destinations]
+        tasks = [group.create_task(one(d)) for d in config.dicom_destinations()]
     return [t.result() for t in tasks]
 
 
@@ -123,7 +123,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
     answers = asyncio.run(_negotiate_all(config))
-    entries = [report(d, a) for d, a in zip(config.destinations, answers, strict=True)]
+    entries = [report(d, a) for d, a in zip(config.dicom_destinations(), answers, strict=True)]
     if args.json:
         print(json.dumps({"destinations": entries}, indent=2))
     else:

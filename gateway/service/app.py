@@ -214,14 +214,13 @@ async def _run_locked(
         )
         names = [d.name for d in config.destinations]
         await ledger.call(db.add_missing_deliveries, names, time.time())
+        dicom = config.dicom_destinations()
         requesters = {
             d.name: CommitmentRequester(ledger, config.gateway.ae_title, d)
-            for d in config.destinations
+            for d in dicom
             if d.storage_commitment
         }
-        confirmers = [
-            RetentionConfirmer(ledger, d) for d in config.destinations if not d.storage_commitment
-        ]
+        confirmers = [RetentionConfirmer(ledger, d) for d in dicom if not d.storage_commitment]
         forwarders = [
             Forwarder(
                 ledger,
@@ -231,17 +230,17 @@ async def _run_locked(
                 requesters[d.name].notify if d.name in requesters else lambda: None,
                 bus,
             )
-            for d in config.destinations
+            for d in dicom
         ]
         by_name = {f.name: f for f in forwarders}
         overdue = {
             d.name: CommitmentOverdueWatch(
                 ledger, d, config.gateway.ae_title, config.gateway.listen_port, bus
             )
-            for d in config.destinations
+            for d in dicom
             if d.storage_commitment
         }
-        limits = {d.name: d.commitment_max_failures for d in config.destinations}
+        limits = {d.name: d.commitment_max_failures for d in dicom}
         listener = CommitmentListener(
             ledger,
             config.gateway.ae_title,
@@ -249,9 +248,9 @@ async def _run_locked(
             config.gateway.listen_port,
             max_failures=lambda name: limits.get(name, 1),
             on_resend=lambda name: by_name[name].notify() if name in by_name else None,
-            destinations=[d for d in config.destinations if d.storage_commitment],
+            destinations=[d for d in dicom if d.storage_commitment],
             on_report=lambda name: overdue[name].reported() if name in overdue else None,
-            admit_from=config.destinations,
+            admit_from=dicom,
             bus=bus,
         )
         identity = GatewayIdentity(

@@ -45,9 +45,11 @@ def test_every_key_of_every_section_is_in_readme() -> None:
     block = readme[readme.index(_generator().START) : readme.index(_generator().END)]
     for section, field in DermGateConfig.model_fields.items():
         assert f"`[{section}]`" in block or f"`[[{section}]]`" in block, section
-        model, _ = _generator()._section_model(field.annotation)
-        for key in model.model_fields:
-            assert f"| `{key}` |" in block, f"[{section}] {key}"
+        models, _ = _generator()._section_models(field.annotation)
+        for model in models:
+            for key in model.model_fields:
+                assert f"| `{key}` |" in block, f"[{section}] {key}"
+    assert '`kind = "dicomweb"`' in block, "each destination kind has its own table"
 
 
 def test_driver_option_tables_list_each_drivers_keys() -> None:

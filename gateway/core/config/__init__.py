@@ -56,7 +56,12 @@ from gateway.core.config.box import (
     SpoolSettings,
     SupervisionSettings,
 )
-from gateway.core.config.destinations import DicomDestination
+from gateway.core.config.destinations import (
+    Destination,
+    DestinationBase,
+    DicomDestination,
+    DicomwebDestination,
+)
 from gateway.core.config.devices import DeviceSettings
 from gateway.core.config.file import DermGateConfig
 from gateway.core.config.mqtt import MqttSettings
@@ -66,8 +71,11 @@ __all__ = [
     "AETitle",
     "ConfigError",
     "DermGateConfig",
+    "Destination",
+    "DestinationBase",
     "DeviceSettings",
     "DicomDestination",
+    "DicomwebDestination",
     "GatewaySettings",
     "HotplugSettings",
     "MqttSettings",

@@ -1,11 +1,15 @@
-"""``[[destinations]]``: the PACS every capture goes to."""
+"""``[[destinations]]``: the PACS and DICOMweb stores captures go to."""
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
+    Discriminator,
     Field,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -13,47 +17,16 @@ from pydantic import (
 from gateway.core.config.base import _NAME, AETitle, Port, _Strict
 
 
-class DicomDestination(_Strict):
-    """``[[destinations]]`` with ``kind = "dicom"``: a PACS reached by C-STORE."""
+class DestinationBase(_Strict):
+    """What every ``[[destinations]]`` kind shares: a name, retries, parallel senders,
+    the circuit breaker and the stuck alarm."""
 
     name: str = Field(
         description="Short name used in logs, listings and the ledger: 1–32 letters, digits, "
         "`_` or `-`; unique."
     )
-    kind: Literal["dicom"] = Field(
-        description='`"dicom"` (C-STORE). DICOMweb arrives in a later release.'
-    )
-    ae_title: AETitle = Field(description="The PACS's AE title (called AE).")
-    host: str = Field(description="PACS host name or IP address.")
-    port: Port = Field(description="PACS DICOM port.")
-    fallback: Literal["quarantine"] = Field(
-        default="quarantine",
-        description="What to do with a capture whose SOP class this PACS does not accept "
-        '(no presentation context accepted for it): `"quarantine"` sets it aside for '
-        "this destination with the reason (the class's name and UID); `dermgate spool "
-        "retry` sends it again once the PACS administrator has added the class. "
-        '`"compatible"` (send a derived object of a widely accepted class) is planned.',
-    )
-    storage_commitment: bool = Field(
-        default=True,
-        description="Ask the PACS to confirm storage (Storage Commitment Push Model); local "
-        "copies are purged only after its confirmation.",
-    )
     connect_timeout: float = Field(
         default=10.0, gt=0, description="Seconds to open the TCP connection."
-    )
-    acse_timeout: float = Field(
-        default=30.0,
-        gt=0,
-        description="Seconds to wait for the association to be accepted or released.",
-    )
-    dimse_timeout: float = Field(
-        default=60.0, gt=0, description="Seconds to wait for a C-STORE response."
-    )
-    network_timeout: float = Field(
-        default=60.0,
-        gt=0,
-        description="Seconds of network silence before the association is dropped.",
     )
     retry_initial: float = Field(
         default=2.0, gt=0, description="First retry delay in seconds (doubles per failure)."
@@ -83,6 +56,56 @@ class DicomDestination(_Strict):
         gt=0,
         description="Seconds after arrival at which an undelivered (or, with commitment, "
         "unconfirmed) capture raises the `stuck_captures` alarm (it is still retried).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("use 1-32 letters, digits, '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _retry_order(self) -> DestinationBase:
+        if self.retry_max < self.retry_initial:
+            raise ValueError("retry_max must not be smaller than retry_initial")
+        return self
+
+
+class DicomDestination(DestinationBase):
+    """``[[destinations]]`` with ``kind = "dicom"``: a PACS reached by C-STORE."""
+
+    kind: Literal["dicom"] = Field(
+        description='`"dicom"` (C-STORE) or `"dicomweb"` (STOW-RS, below).'
+    )
+    ae_title: AETitle = Field(description="The PACS's AE title (called AE).")
+    host: str = Field(description="PACS host name or IP address.")
+    port: Port = Field(description="PACS DICOM port.")
+    fallback: Literal["quarantine"] = Field(
+        default="quarantine",
+        description="What to do with a capture whose SOP class this PACS does not accept "
+        '(no presentation context accepted for it): `"quarantine"` sets it aside for '
+        "this destination with the reason (the class's name and UID); `dermgate spool "
+        "retry` sends it again once the PACS administrator has added the class. "
+        '`"compatible"` (send a derived object of a widely accepted class) is planned.',
+    )
+    storage_commitment: bool = Field(
+        default=True,
+        description="Ask the PACS to confirm storage (Storage Commitment Push Model); local "
+        "copies are purged only after its confirmation.",
+    )
+    acse_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds to wait for the association to be accepted or released.",
+    )
+    dimse_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds to wait for a C-STORE response."
+    )
+    network_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds of network silence before the association is dropped.",
     )
     commitment_batch_size: int = Field(
         default=50, ge=1, le=10000, description="Instances per commitment request."
@@ -134,15 +157,97 @@ class DicomDestination(_Strict):
         "counts as delivered (and may later be purged).",
     )
 
-    @field_validator("name")
+
+class DicomwebDestination(DestinationBase):
+    """``[[destinations]]`` with ``kind = "dicomweb"``: a DICOMweb store reached by STOW-RS."""
+
+    kind: Literal["dicomweb"] = Field(description='`"dicomweb"` (STOW-RS).')
+    url: str = Field(
+        description="The service's DICOMweb base URL (the part before `/studies`), e.g. "
+        "`https://…/dicomStores/s/dicomWeb` or `http://orthanc:8042/dicom-web`."
+    )
+    auth: Literal["none", "basic", "bearer", "oauth2"] = Field(
+        default="none",
+        description='`"basic"` (`username` + `password_file`), `"bearer"` (`token_file`), '
+        '`"oauth2"` (client credentials: `token_url`, `client_id`, `client_secret_file`, '
+        '`scope`) or `"none"`.',
+    )
+    username: str | None = Field(default=None, description="Basic auth: the user name.")
+    password_file: Path | None = Field(
+        default=None, description="Basic auth: file whose first line is the password."
+    )
+    token_file: Path | None = Field(
+        default=None,
+        description="Bearer auth: file whose first line is the token; re-read when it changes.",
+    )
+    token_url: str | None = Field(
+        default=None, description="OAuth2: the token endpoint (client credentials grant)."
+    )
+    client_id: str | None = Field(default=None, description="OAuth2: the client id.")
+    client_secret_file: Path | None = Field(
+        default=None, description="OAuth2: file whose first line is the client secret."
+    )
+    scope: str | None = Field(default=None, description="OAuth2: the scope asked for, if any.")
+    tls_ca: Path | None = Field(
+        default=None,
+        description="Optional extra CA certificate (PEM) for an `https` URL; certificates "
+        "and host names are always verified.",
+    )
+    confirm: Literal["read-back", "response"] = Field(
+        default="read-back",
+        description='`"read-back"`: a capture counts as stored once QIDO-RS lists it (the '
+        'DICOMweb equivalent of Storage Commitment); `"response"`: trust the STOW-RS '
+        "answer's per-instance result.",
+    )
+    max_request_mb: int = Field(
+        default=100,
+        ge=1,
+        le=4096,
+        description="Largest STOW-RS request in MB: small instances of one study are "
+        "batched up to it; a larger instance goes alone.",
+    )
+    request_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds a STOW-RS or QIDO-RS request may take."
+    )
+
+    @field_validator("url", "token_url")
     @classmethod
-    def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError("use 1-32 letters, digits, '_' or '-'")
-        return value
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("give an http:// or https:// URL with a host")
+        if parts.username or parts.password:
+            raise ValueError("put credentials in auth keys and files, not in the URL")
+        if parts.query or parts.fragment:
+            raise ValueError("give the base URL without ?query or #fragment")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _retry_order(self) -> DicomDestination:
-        if self.retry_max < self.retry_initial:
-            raise ValueError("retry_max must not be smaller than retry_initial")
+    def _auth_keys(self) -> DicomwebDestination:
+        needed = {
+            "none": (),
+            "basic": ("username", "password_file"),
+            "bearer": ("token_file",),
+            "oauth2": ("token_url", "client_id", "client_secret_file"),
+        }[self.auth]
+        missing = [key for key in needed if getattr(self, key) is None]
+        if missing:
+            raise ValueError(f'auth = "{self.auth}" needs {", ".join(missing)}')
         return self
+
+
+def _kind(value: Any) -> str | None:
+    return value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+#: One ``[[destinations]]`` entry, told apart by ``kind``.
+Destination = Annotated[
+    Annotated[DicomDestination, Tag("dicom")] | Annotated[DicomwebDestination, Tag("dicomweb")],
+    Discriminator(
+        _kind,
+        custom_error_type="destination_kind",
+        custom_error_message='set kind = "dicom" (C-STORE) or "dicomweb" (STOW-RS)',
+    ),
+]

@@ -17,7 +17,7 @@ from gateway.core.config.box import (
     SupervisionSettings,
 )
 from gateway.core.config.context import BarcodeSettings, ContextSettings, WorklistSettings
-from gateway.core.config.destinations import DicomDestination
+from gateway.core.config.destinations import Destination, DicomDestination, DicomwebDestination
 from gateway.core.config.devices import DeviceSettings
 from gateway.core.config.mqtt import MqttSettings
 from gateway.core.config.web import WebSettings
@@ -51,9 +51,10 @@ class DermGateConfig(_Strict):
         description='Optional: fleet status over MQTT (topics and payloads: see "Fleet '
         'status over MQTT"). Absent: MQTT off.',
     )
-    destinations: list[DicomDestination] = Field(
+    destinations: list[Destination] = Field(
         default_factory=list,
-        description="One table per PACS; every capture goes to each. At least one is required.",
+        description="One table per PACS or DICOMweb store; every capture goes to each. At "
+        "least one is required.",
     )
     devices: list[DeviceSettings] = Field(
         default_factory=list, description="One table per attached device."
@@ -107,6 +108,21 @@ class DermGateConfig(_Strict):
         if dupes:
             raise ValueError(f"destination names must be unique: {', '.join(dupes)}")
         return self
+
+    @model_validator(mode="after")
+    def _dicomweb_not_yet(self) -> DermGateConfig:
+        # Until the STOW-RS sender lands a DICOMweb destination would be ignored: refuse.
+        web = [d.name for d in self.destinations if isinstance(d, DicomwebDestination)]
+        if web:
+            raise ValueError(
+                f'destinations {", ".join(web)}: kind = "dicomweb" is not supported by '
+                "this release yet"
+            )
+        return self
+
+    def dicom_destinations(self) -> list[DicomDestination]:
+        """The ``kind = "dicom"`` destinations (C-STORE), in configured order."""
+        return [d for d in self.destinations if isinstance(d, DicomDestination)]
 
     def device_name(self, index: int) -> str:
         """The label of device ``index``."""

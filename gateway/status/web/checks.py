@@ -161,7 +161,7 @@ def check_listener(
     g = config.gateway
     host = "127.0.0.1" if g.listen_address in ("0.0.0.0", "", "::") else g.listen_address
     name = f"Commitment listener (port {g.listen_port})"
-    if not any(d.storage_commitment for d in config.destinations):
+    if not any(d.storage_commitment for d in config.dicom_destinations()):
         return CheckResult(name, OK, "Not needed: no destination uses storage commitment.")
     problem = _tcp(host, g.listen_port, timeout)
     if problem is not None:
@@ -212,7 +212,7 @@ def check_confirmations(config: DermGateConfig, figures: Figures) -> list[CheckR
     overdue = {str(a.get("subject")) for a in figures.alarms if a.get("code") == COMMITMENT_OVERDUE}
     g = config.gateway
     results = []
-    for dest in config.destinations:
+    for dest in config.dicom_destinations():
         if not dest.storage_commitment:
             continue
         name = f"Confirmations from {dest.name}"
@@ -392,7 +392,7 @@ def certificate_checks(config: DermGateConfig) -> list[CheckResult]:
 
 def run_checks(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
     """Every check, in the order a technician should read them (blocking)."""
-    results = [check_destination(d, config.gateway.ae_title) for d in config.destinations]
+    results = [check_destination(d, config.gateway.ae_title) for d in config.dicom_destinations()]
     if not config.destinations:
         results.append(
             CheckResult(

@@ -102,7 +102,9 @@ class PageState:
 
     async def figures(self) -> Figures:
         """Ledger, disk, devices and alarms now."""
-        dests = [(d.name, d.host, d.port, d.storage_commitment) for d in self.config.destinations]
+        dests = [
+            (d.name, d.host, d.port, d.storage_commitment) for d in self.config.dicom_destinations()
+        ]
         fig = await asyncio.to_thread(
             read_figures,
             self.config.ledger_path(),
