@@ -17,9 +17,16 @@ from gateway.devices.registry import BrokenDriver, UnknownDriver, find_driver
 __all__ = ["ConfigError", "load_config", "parse_config"]
 
 
+#: Tags of unions told apart by a key (``[[destinations]] kind``): pydantic puts them in
+#: an error's location, the file has no such key.
+_UNION_TAGS = frozenset({"dicom", "dicomweb"})
+
+
 def _format_location(loc: tuple[int | str, ...]) -> str:
     out = ""
-    for part in loc:
+    for index, part in enumerate(loc):
+        if index > 0 and loc[0] == "destinations" and part in _UNION_TAGS and index == 2:
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:
@@ -30,7 +37,8 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
 def _format_errors(path: Path, err: ValidationError) -> list[str]:
     problems = []
     for item in err.errors():
-        loc = _format_location(tuple(item["loc"]))
+        where = tuple(item["loc"]) + (("kind",) if item["type"] == "destination_kind" else ())
+        loc = _format_location(where)
         if item["type"] == "extra_forbidden":
             problems.append(f"{path}: {loc}: unknown key")
         else:
