@@ -347,7 +347,7 @@ class CStoreSender:
         assoc = self._associate(ae)
         if refused_everything(assoc):
             for r in requests:
-                done(self._not_accepted(r, set()))
+                done(self._refused(assoc, r, set()))
             return outcomes
         if not assoc.is_established:
             error = self._unavailable(assoc)
