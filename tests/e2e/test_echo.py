@@ -112,7 +112,7 @@ def test_an_unreachable_destination_exits_1_with_the_reason_and_the_others_are_l
 def test_a_bad_configuration_exits_2(tmp_path: Path) -> None:
     config = write_config(tmp_path, ("pacs", "ORTHANC", 4242))
     config.write_text(
-        config.read_text(encoding="utf-8") + 'fallback = "compatible"\n', encoding="utf-8"
+        config.read_text(encoding="utf-8") + 'fallback = "transcode"\n', encoding="utf-8"
     )
     done = echo(config)
     assert done.returncode == 2
