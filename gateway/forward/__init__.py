@@ -5,6 +5,7 @@ front that bounds every inbound connection.
 
 __all__ = [
     "commitment",
+    "compatible_copies",
     "contexts",
     "cstore",
     "forwarder",
