@@ -12,5 +12,6 @@ __all__ = [
     "listener_front",
     "overdue",
     "peer_check",
+    "refusals",
     "stream",
 ]

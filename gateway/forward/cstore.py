@@ -74,6 +74,17 @@ from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.dicom import network  # noqa: F401  (pynetdicom fixes, on import)
 from gateway.dicom.sop_classes import NO_SUBSTITUTE, uid_name
 from gateway.forward.contexts import storage_contexts
+
+# The reasons live in gateway.forward.refusals; re-exported for callers of this module.
+from gateway.forward.refusals import (
+    no_substitute_reason as no_substitute_reason,
+)
+from gateway.forward.refusals import (
+    not_accepted_reason as not_accepted_reason,
+)
+from gateway.forward.refusals import (
+    substitute_refused_reason as substitute_refused_reason,
+)
 from gateway.forward.stream import stream_c_store
 
 log = logging.getLogger(__name__)
@@ -168,40 +179,6 @@ class StoreOutcome:
         if self.code is None:
             return None
         return DeliveryError(self.code, self.detail, self.status)
-
-
-def not_accepted_reason(sop_class_uid: str, transfer_syntax_uid: str | None = None) -> str:
-    """Why an instance was not sent: the PACS took no context for its SOP class.
-
-    With ``transfer_syntax_uid``: the PACS takes the class, but not in that syntax.
-    Names and UIDs only, never the peer's words or patient data.
-    """
-    name = uid_name(sop_class_uid)
-    if transfer_syntax_uid is None:
-        return (
-            f"the PACS does not accept {name}; set fallback or ask the PACS administrator "
-            f"to accept {sop_class_uid}"
-        )
-    return (
-        f"the PACS does not accept {name} in {uid_name(transfer_syntax_uid)}; ask the PACS "
-        f"administrator to accept {sop_class_uid} in {transfer_syntax_uid}"
-    )
-
-
-def no_substitute_reason(sop_class_uid: str) -> str:
-    """Why a refused class stays refused under ``fallback = "compatible"``."""
-    return (
-        f'{not_accepted_reason(sop_class_uid)} (fallback = "compatible": no other class '
-        "carries it losslessly)"
-    )
-
-
-def substitute_refused_reason(sop_class_uid: str, substitute: str) -> str:
-    """Why a refused class stays refused: its compatible class is refused too."""
-    return (
-        f'{not_accepted_reason(sop_class_uid)} (fallback = "compatible": it does not '
-        f"accept {uid_name(substitute)} {substitute} either)"
-    )
 
 
 def accepted_pairs(assoc: Any) -> set[tuple[str, str]]:
