@@ -210,7 +210,7 @@ class Forwarder:
         """Send one batch; each outcome is recorded as soon as it is known."""
         requests = [await self._copies.request(d) for d in due]
         attempts = {d.spool_id: d.attempts for d in due}
-        classes = {d.spool_id: d.sop_class_uid for d in due}
+        classes = {d.spool_id: d.sent_sop_class_uid or d.sop_class_uid for d in due}
         loop = asyncio.get_running_loop()
         arrived: asyncio.Queue[StoreOutcome | None] = asyncio.Queue()
 
