@@ -5,6 +5,7 @@ dciodvfy."""
 from __future__ import annotations
 
 import re
+import tracemalloc
 from pathlib import Path
 
 import pydicom
@@ -172,3 +173,20 @@ def test_a_worklist_context_survives_the_derivation(tmp_path: Path, kind: str) -
     assert "RequestAttributesSequence" in ds
     assert "TrackingUID" not in ds, "no place for it in the derived IOD"
     assert dciodvfy_errors(dest) == []
+
+
+def test_a_large_stack_is_derived_with_flat_memory(tmp_path: Path) -> None:
+    """The frames are copied in chunks, never held whole (a real stack can be 1 GB)."""
+    stack = make_stack("z-stack", frames=128, size=512)  # 128 x 512 x 520 bytes: 34 MB
+    job = job_for(tmp_path, stack, frames_of(stack))
+    original = tmp_path / "big.dcm"
+    write_confocal(job, original)
+    tracemalloc.start()
+    try:
+        derive_compatible(original, tmp_path / "big-sc.dcm", "9.9.9")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stack.pixel_bytes > 30_000_000
+    assert peak < 8_000_000, f"peak {peak} bytes while copying {stack.pixel_bytes}"
+    assert (tmp_path / "big-sc.dcm").stat().st_size > stack.pixel_bytes
