@@ -70,6 +70,9 @@ __all__ = [
 
 IMAGE_TYPE: Final = ("ORIGINAL", "PRIMARY", "VOLUME", "NONE")
 OPTICAL_PATH_ID: Final = "1"
+#: Image Orientation (Slide) of a mosaic: rows along +X, columns along +Y of its own
+#: coordinate system (see :func:`_add_tile_organization`).
+IMAGE_ORIENTATION_SLIDE: Final = ("1", "0", "0", "0", "1", "0")
 
 #: CID 8123 Microscopy Illumination Method [PY ``_concepts_dict``], by Confocal Mode.
 _ILLUMINATION: Final = {
@@ -118,7 +121,9 @@ def _build_without_per_frame_groups(job: WrapJob, stack: ConfocalStack) -> tuple
     ds.ImageType = list(IMAGE_TYPE)
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
-    ds.PatientOrientation = ""  # 2C: no Image Orientation (Patient/Slide); none known
+    # 2C, "may be present otherwise" (C.7.6.1): no patient axes are known for a hand-held
+    # probe; a mosaic's Image Orientation (Slide) is its own, not the patient's
+    ds.PatientOrientation = ""
     if laterality is not None:
         ds.ImageLaterality = laterality.value
 
@@ -301,14 +306,32 @@ def _add_dimensions(ds: Dataset, stack: ConfocalStack, sop_instance_uid: str) ->
 
 
 def _add_tile_organization(ds: Dataset, stack: ConfocalStack) -> None:
-    """Total pixel matrix of a single-level TILED_FULL pyramid.
+    """Where every tile of a single-level TILED_FULL pyramid lies (see docs/dicom/confocal.md).
 
-    No Total Pixel Matrix Origin Sequence nor Image Orientation (Slide): both place
-    the matrix in the slide coordinate system, which an in-vivo mosaic does not have
-    (see the module docstring: C.8.35.2 itself is an open point).
+    Total Pixel Matrix Rows / Columns / Focal Planes, Total Pixel Matrix Origin
+    Sequence (type 1 in C.8.12.14) and Image Orientation (Slide): with TILED_FULL a
+    viewer places tile *n* from these alone (C.7.6.17.3), and whole-slide viewers
+    read the origin and orientation without checking they exist. An in-vivo mosaic
+    has no glass slide, so the coordinate system is the mosaic's own, identified by
+    this object's Frame of Reference UID: origin at the centre of pixel 1\\1 of the
+    total pixel matrix (X = Y = Z = 0), rows along +X and columns along +Y. Both are
+    true by construction; the position on the patient stays unknown (Patient
+    Orientation stays empty). Imaged Volume Width / Height are the matrix's extent;
+    Imaged Volume Depth (optical section thickness) is not reported by the device
+    and is left out rather than invented.
     """
-    ds.TotalPixelMatrixRows = stack.rows * stack.tile_rows
-    ds.TotalPixelMatrixColumns = stack.columns * stack.tile_columns
+    total_rows = stack.rows * stack.tile_rows
+    total_columns = stack.columns * stack.tile_columns
+    ds.ImagedVolumeWidth = total_columns * stack.pixel_spacing_um / _UM_PER_MM
+    ds.ImagedVolumeHeight = total_rows * stack.pixel_spacing_um / _UM_PER_MM
+    ds.TotalPixelMatrixColumns = total_columns
+    ds.TotalPixelMatrixRows = total_rows
+    origin = Dataset()
+    origin.XOffsetInSlideCoordinateSystem = "0"
+    origin.YOffsetInSlideCoordinateSystem = "0"
+    origin.ZOffsetInSlideCoordinateSystem = "0"
+    ds.TotalPixelMatrixOriginSequence = Sequence([origin])
+    ds.ImageOrientationSlide = list(IMAGE_ORIENTATION_SLIDE)
     ds.TotalPixelMatrixFocalPlanes = 1
 
 

@@ -92,7 +92,14 @@ def test_stack_round_trips_and_conforms(tmp_path: Path, kind: str) -> None:
         assert "PerFrameFunctionalGroupsSequence" not in ds
         assert "DimensionIndexSequence" not in ds, "TILED_FULL: the tile order is the index"
         assert "PlanePositionSlideSequence" not in ds.SharedFunctionalGroupsSequence[0]
-        assert "TotalPixelMatrixOriginSequence" not in ds, "no slide coordinates in vivo"
+        # the mosaic's own coordinate system: pixel 1\\1 at 0/0, rows along +X
+        origin = ds.TotalPixelMatrixOriginSequence[0]
+        assert (origin.XOffsetInSlideCoordinateSystem, origin.YOffsetInSlideCoordinateSystem) == (
+            0,
+            0,
+        )
+        assert [float(v) for v in ds.ImageOrientationSlide] == [1, 0, 0, 0, 1, 0]
+        assert ds.ImagedVolumeWidth == pytest.approx(stack.columns * 2 * 1.5 / 1000)
 
 
 def test_16bit_stack_is_not_a_confocal_object(tmp_path: Path) -> None:
