@@ -60,3 +60,23 @@ def test_memory_stays_flat_while_writing(tmp_path: Path) -> None:
     assert peak < 8 * 1024 * 1024, f"peak {peak} bytes"
     ds = pydicom.dcmread(tmp_path / "out.dcm")
     assert hashlib.sha256(ds.PixelData).hexdigest() == digest
+
+
+def test_frame_times_that_do_not_fit_are_left_out_not_the_stack(tmp_path: Path) -> None:
+    """6000 depths fit one DS element; 6000 times of 33.3333333333 ms do not: the stack
+    is still written, ordered by depth, without the (extra) Cine timing."""
+    stack = replace(
+        make_stack(bits=16, frames=6000, size=1),
+        columns=1,
+        depths_um=(1.0,) * 6000,
+        frame_ms=100 / 3,
+    )
+    write_confocal(job_for(tmp_path, stack, [b"\1\0"] * 6000), tmp_path / "out.dcm")
+    ds = pydicom.dcmread(tmp_path / "out.dcm")
+    assert ds.FrameIncrementPointer == 0x00182005
+    assert len(ds.SliceLocationVector) == 6000
+    assert "FrameTimeVector" not in ds
+    short = replace(stack, frame_ms=40.0)
+    write_confocal(job_for(tmp_path, short, [b"\1\0"] * 6000), tmp_path / "short.dcm")
+    ds = pydicom.dcmread(tmp_path / "short.dcm")
+    assert len(ds.FrameTimeVector) == 6000, "40.0 ms fits: 6000 frame times"
