@@ -89,10 +89,12 @@ dicom3tools 20260927 dciodvfy checks them, which reports zero errors for both ki
   depth below the skin surface in mm (positive deeper), Frame Increment Pointer →
   (0018,2005). Mosaic → **Frame Label Vector** (0018,2002), one ``r<row>c<col>``
   label per tile (grid positions from 1), Frame Increment Pointer → (0018,2002); the
-  frames are the tiles in row-major order (as for TILED_FULL in the 8-bit object,
-  and the same check refuses tiles out of that order). Both vectors are short-length
-  VRs (DS, SH: at most 65534 bytes of values), which bounds a stack to a few thousand
-  frames: beyond that the capture is refused (WrapError) rather than cut.
+  frames are the tiles in the order the device took them (row by row for a full
+  grid, as TILED_FULL in the 8-bit object; any order or part of the grid otherwise,
+  as TILED_SPARSE there; two tiles at one place or one outside the grid are
+  refused). Both vectors are short-length VRs (DS, SH: at most 65534 bytes of
+  values), which bounds a stack to a few thousand frames: beyond that the capture
+  is refused (WrapError) rather than cut.
 * **VOI LUT** (C: dciodvfy reports a missing Window Center as an error here):
   Window Center / Width over the range of values the stack uses, VOI LUT Function
   ``LINEAR``, so a viewer shows what the device recorded (16-bit reflectance data
@@ -363,11 +365,17 @@ def _comments(stack: ConfocalStack) -> str:
         if stack.z_step_um > 0:
             text += f" (step {stack.z_step_um:g} um)"
         text += "."
-    else:
+    elif stack.full_grid:
         text += (
             f" Mosaic of {stack.tile_rows} x {stack.tile_columns} tiles: frame n is the "
             "tile at row (n-1) div columns + 1, column (n-1) mod columns + 1 (row-major, "
             "top left first); Frame Label Vector names each tile r<row>c<column>."
+        )
+    else:
+        text += (
+            f" Mosaic of {stack.frames} tiles on a {stack.tile_rows} x {stack.tile_columns} "
+            "grid, in the order the device took them: Frame Label Vector names each "
+            "frame's tile r<row>c<column> (grid positions from 1, top left first)."
         )
     return text[:10240]
 

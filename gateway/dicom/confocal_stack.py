@@ -200,12 +200,7 @@ class ConfocalStack:
         if self.kind == "z-stack" and len(self.depths_um) != self.frames:
             problems.append(f"{len(self.depths_um)} frame depths for {self.frames} frames")
         if self.kind == "mosaic":
-            if self.tile_rows * self.tile_columns != self.frames:
-                problems.append(
-                    f"a {self.tile_rows}x{self.tile_columns} tile grid for {self.frames} tiles"
-                )
-            elif RowMajorTiles(self.tile_rows, self.tile_columns) != self.tiles:
-                problems.append("tiles not in row-major order (TILED_FULL needs a full grid)")
+            problems.extend(self._tile_problems())
         if problems:
             raise WrapError(
                 "the confocal stack cannot be described in DICOM: "
@@ -219,6 +214,36 @@ class ConfocalStack:
                 "Data); record shorter stacks on the device; the capture is kept and "
                 "quarantined"
             )
+
+    @property
+    def full_grid(self) -> bool:
+        """Is this a mosaic whose tiles fill the grid row by row (TILED_FULL)?"""
+        return self.kind == "mosaic" and isinstance(self.tiles, RowMajorTiles)
+
+    def _tile_problems(self) -> list[str]:
+        """A mosaic's tiles: the full grid row by row, or each at its own grid place.
+
+        Tiles in any other order, or only some of the grid, are placed one by one
+        (TILED_SPARSE with Plane Position (Slide) per frame, see
+        :mod:`gateway.dicom.confocal`); a tile outside the grid or two tiles at one
+        place cannot be.
+        """
+        if not (0 < self.tile_rows <= 0xFFFF and 0 < self.tile_columns <= 0xFFFF):
+            return [f"a {self.tile_rows}x{self.tile_columns} tile grid"]
+        if self.full_grid:
+            if len(self.tiles) != self.frames:
+                return [f"a {self.tile_rows}x{self.tile_columns} tile grid for {self.frames} tiles"]
+            return []
+        if len(self.tiles) != self.frames:
+            return [f"{len(self.tiles)} tile positions for {self.frames} tiles"]
+        if any(
+            not (0 <= row < self.tile_rows and 0 <= column < self.tile_columns)
+            for row, column in self.tiles
+        ):
+            return [f"a tile outside the {self.tile_rows}x{self.tile_columns} grid"]
+        if len(set(self.tiles)) != len(self.tiles):
+            return ["two tiles at the same grid position"]
+        return []
 
 
 class RowMajorTiles(FrameValues[tuple[int, int]]):

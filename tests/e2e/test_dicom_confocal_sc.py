@@ -127,6 +127,22 @@ def test_16bit_mosaic_frames_are_the_tiles_row_by_row(tmp_path: Path) -> None:
     assert "SliceLocationVector" not in ds
 
 
+def test_16bit_mosaic_in_another_order_names_each_frames_tile(tmp_path: Path) -> None:
+    """Serpentine order, one tile missing: each frame's label says where it lies."""
+    tiles = ((0, 0), (0, 1), (0, 2), (1, 2), (1, 1))
+    stack = replace(
+        make_stack("mosaic", bits=16, size=8, grid=3),
+        tile_rows=2,
+        tile_columns=3,
+        frames=5,
+        tiles=tiles,
+    )
+    ds, frames = written(tmp_path, stack)
+    assert ds.PixelData == b"".join(frames)
+    assert list(ds.FrameLabelVector) == ["r1c1", "r1c2", "r1c3", "r2c3", "r2c2"]
+    assert "5 tiles on a 2 x 3 grid, in the order the device took them" in ds.ImageComments
+
+
 @pytest.mark.parametrize(("frames", "rows", "columns"), [(3, 17, 33), (1, 5, 7), (2, 1, 1)])
 def test_odd_sizes_round_trip(tmp_path: Path, frames: int, rows: int, columns: int) -> None:
     stack = replace(make_stack(bits=16, frames=frames), rows=rows, columns=columns)

@@ -57,6 +57,10 @@ def _never(_ds: Dataset) -> bool:
     return False
 
 
+def _sparse_mosaic(ds: Dataset) -> bool:
+    return ds.SOPClassUID == CONFOCAL_TILED_SOP_CLASS and not _tiled(ds)
+
+
 def _frame_laterality(ds: Dataset) -> bool:
     """Is Frame Laterality present (shared or in every frame)?"""
     groups = [
@@ -145,7 +149,13 @@ MODULES: dict[str, list[Attr]] = {
     "Multi-frame Dimension": [
         Attr("DimensionOrganizationSequence", "1"),
         Attr("DimensionIndexSequence", "1C", lambda ds: not _tiled(ds), otherwise_allowed=True),
-        Attr("DimensionOrganizationType", "1C", _tiled, otherwise_allowed=True),
+        Attr(
+            "DimensionOrganizationType",
+            "1C",
+            _tiled,
+            values=("3D", "TILED_FULL", "TILED_SPARSE"),
+            otherwise_allowed=True,
+        ),
     ],
     # C.8.12.5 Optical Path (M)
     "Optical Path": [
@@ -203,6 +213,14 @@ TILED_MODULES: dict[str, list[Attr]] = {
 }
 
 ITEM_ATTRS: dict[str, list[Attr]] = {
+    # C.8.12.6.1 Plane Position (Slide) (TILED_SPARSE mosaics)
+    "PlanePositionSlideSequence": [
+        Attr("XOffsetInSlideCoordinateSystem", "1"),
+        Attr("YOffsetInSlideCoordinateSystem", "1"),
+        Attr("ZOffsetInSlideCoordinateSystem", "1"),
+        Attr("ColumnPositionInTotalImagePixelMatrix", "1"),
+        Attr("RowPositionInTotalImagePixelMatrix", "1"),
+    ],
     "TotalPixelMatrixOriginSequence": [
         Attr("XOffsetInSlideCoordinateSystem", "1"),
         Attr("YOffsetInSlideCoordinateSystem", "1"),
@@ -261,8 +279,10 @@ MACROS: list[Macro] = [
     Macro("DerivationImageSequence", _derived, "any", otherwise_allowed=False),
     Macro("OpticalPathIdentificationSequence", lambda ds: not _tiled(ds), "any"),
     Macro("FrameContentSequence", _never, "per-frame"),
-    # required if the Frame of Reference is the slide's: never for in-vivo skin
-    Macro("PlanePositionSlideSequence", _never, "any", otherwise_allowed=False),
+    # required if the Frame of Reference is the slide's: a mosaic's own coordinate
+    # system is one (origin, Image Orientation (Slide)); with TILED_FULL the frame
+    # order places each tile instead (C.7.6.17.3). A z-stack has none.
+    Macro("PlanePositionSlideSequence", _sparse_mosaic, "per-frame", otherwise_allowed=False),
     Macro("ConfocalMicroscopyImageFrameTypeSequence", _always, "any"),
     Macro("FrameAnatomySequence", _always, "any"),
 ]

@@ -13,6 +13,7 @@ its SOP Class UID said to be Whole Slide. Nothing else is changed or added.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom
@@ -51,18 +52,36 @@ def tile_placements(ds: Dataset) -> list[TilePlacement]:
     ]
 
 
-def total_pixel_matrix(ds: Dataset) -> NDArray[np.float64]:
-    """The whole mosaic as highdicom assembles it from the tiles."""
+def total_pixel_matrix(
+    ds: Dataset, rows: tuple[int, int] | None = None, columns: tuple[int, int] | None = None
+) -> NDArray[np.float64]:
+    """The mosaic (or the region of 1-based, end-exclusive ``rows`` / ``columns``) as
+    highdicom assembles it from the tiles; RuntimeError if a tile there is missing."""
     image = highdicom.Image.from_dataset(_as_whole_slide(ds), copy=False)
-    return np.asarray(image.get_total_pixel_matrix(), dtype=np.float64)
+    row_start, row_end = rows or (None, None)
+    column_start, column_end = columns or (None, None)
+    matrix = image.get_total_pixel_matrix(
+        row_start=row_start, row_end=row_end, column_start=column_start, column_end=column_end
+    )
+    return np.asarray(matrix, dtype=np.float64)
 
 
-def stitched(frames: list[bytes], rows: int, columns: int, grid_columns: int) -> NDArray[np.uint8]:
-    """The device's tiles laid out row by row (the layout the protocol promises)."""
-    grid_rows = len(frames) // grid_columns
-    matrix = np.zeros((grid_rows * rows, grid_columns * columns), dtype=np.uint8)
-    for n, frame in enumerate(frames):
-        r, c = divmod(n, grid_columns)
+def stitched(
+    frames: list[bytes],
+    rows: int,
+    columns: int,
+    grid_columns: int,
+    tiles: Sequence[tuple[int, int]] | None = None,
+    grid_rows: int | None = None,
+) -> NDArray[np.uint8]:
+    """The device's tiles laid out at their grid places (row by row when ``tiles`` is
+    not given: the layout the USB protocol promises); places without a tile are 0."""
+    places = (
+        list(tiles) if tiles is not None else [divmod(n, grid_columns) for n in range(len(frames))]
+    )
+    height = grid_rows if grid_rows is not None else max(r for r, _ in places) + 1
+    matrix = np.zeros((height * rows, grid_columns * columns), dtype=np.uint8)
+    for frame, (r, c) in zip(frames, places, strict=True):
         tile = np.frombuffer(frame, dtype=np.uint8).reshape(rows, columns)
         matrix[r * rows : (r + 1) * rows, c * columns : (c + 1) * columns] = tile
     return matrix

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 
 from gateway.dicom.confocal import RowMajorTiles, write_confocal
 from tests.support.confocal_iod import iod_errors
@@ -73,3 +74,47 @@ def test_without_origin_and_orientation_the_viewer_cannot_open_it(tmp_path: Path
     assert "Total Pixel Matrix Origin" in " ".join(iod_errors(ds))
     with pytest.raises(AttributeError):
         tile_placements(ds)
+
+
+def _sparse(tmp_path: Path, tiles: tuple[tuple[int, int], ...]) -> tuple[Dataset, list[bytes]]:
+    stack = replace(
+        make_stack("mosaic"),
+        rows=16,
+        columns=24,
+        frames=len(tiles),
+        tile_rows=2,
+        tile_columns=3,
+        tiles=tiles,
+    )
+    frames = frames_of(stack, seed=len(tiles))
+    write_confocal(job_for(tmp_path, stack, frames), tmp_path / "mosaic.dcm")
+    ds = pydicom.dcmread(tmp_path / "mosaic.dcm")
+    assert iod_errors(ds) == []
+    assert ds.DimensionOrganizationType == "TILED_SPARSE"
+    return ds, frames
+
+
+def test_tiles_in_serpentine_order_are_placed_one_by_one(tmp_path: Path) -> None:
+    """Not row by row: each frame says where it lies (Plane Position (Slide))."""
+    serpentine = ((0, 0), (0, 1), (0, 2), (1, 2), (1, 1), (1, 0))
+    ds, frames = _sparse(tmp_path, serpentine)
+    positions = [item.PlanePositionSlideSequence[0] for item in ds.PerFrameFunctionalGroupsSequence]
+    assert [
+        (p.RowPositionInTotalImagePixelMatrix, p.ColumnPositionInTotalImagePixelMatrix)
+        for p in positions
+    ] == [(1, 1), (1, 25), (1, 49), (17, 49), (17, 25), (17, 1)]
+    assert [float(p.XOffsetInSlideCoordinateSystem) for p in positions][:3] == [0, 0.036, 0.072]
+    assert np.array_equal(total_pixel_matrix(ds), stitched(frames, 16, 24, 3, serpentine))
+
+
+def test_a_partial_grid_shows_its_tiles_and_knows_the_missing_one(tmp_path: Path) -> None:
+    tiles = ((0, 0), (0, 1), (0, 2), (1, 2), (1, 1))  # the bottom left tile never taken
+    ds, frames = _sparse(tmp_path, tiles)
+    expected = stitched(frames, 16, 24, 3, tiles, grid_rows=2)
+    assert (ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns) == (32, 72)
+    assert np.array_equal(total_pixel_matrix(ds, rows=(1, 17)), expected[:16])
+    assert np.array_equal(
+        total_pixel_matrix(ds, rows=(17, 33), columns=(25, 73)), expected[16:, 24:]
+    )
+    with pytest.raises(RuntimeError, match="missing"):
+        total_pixel_matrix(ds)  # not drawn somewhere else

@@ -320,9 +320,17 @@ def test_wrong_size_and_bad_geometry_are_quarantined(tmp_path: Path) -> None:
         write_confocal(job, tmp_path / "out.dcm")
     assert not (tmp_path / "out.dcm").exists()
     mosaic = make_stack("mosaic")
+    # tiles in another order are placed one by one (TILED_SPARSE), not refused
     shuffled = replace(mosaic, tiles=tuple(reversed(mosaic.tiles)))
-    with pytest.raises(WrapError, match="row-major"):
-        ConfocalStack.from_extra(shuffled.to_extra())
+    assert not ConfocalStack.from_extra(shuffled.to_extra()).full_grid
+    twice = replace(mosaic, tiles=((0, 0), (0, 1), (1, 0), (0, 1)))
+    with pytest.raises(WrapError, match="two tiles at the same grid position"):
+        ConfocalStack.from_extra(twice.to_extra())
+    outside = replace(mosaic, tiles=((0, 0), (0, 1), (1, 0), (2, 0)))
+    with pytest.raises(WrapError, match="a tile outside the 2x2 grid"):
+        ConfocalStack.from_extra(outside.to_extra())
+    with pytest.raises(WrapError, match="3 tile positions for 4 tiles"):
+        ConfocalStack.from_extra(replace(mosaic, tiles=mosaic.tiles[:3]).to_extra())
     with pytest.raises(WrapError, match="incomplete or invalid"):
         ConfocalStack.from_extra({"kind": "z-stack"})
     with pytest.raises(WrapError, match="12 bits"):
