@@ -68,10 +68,12 @@ class ConfocalStack:
 
     ``depths_um`` has one depth below the skin surface (µm) per frame of a z-stack,
     kept as an ``array('d')`` (8 bytes a frame, not a Python float object each);
-    ``tiles`` one (row, column) grid position per tile of a mosaic, in the order the
-    frames are stored (:class:`RowMajorTiles` for the usual full grid sent row by
-    row: nothing stored per tile). Serialises to and from JSON-compatible dicts, the
-    depths as one base64 string of little-endian doubles (see :meth:`to_extra`).
+    ``tiles`` one (row, column) grid position per tile of a mosaic, from 0, in the
+    order the frames are stored (:class:`RowMajorTiles` for the usual full grid sent
+    row by row: nothing stored per tile, written TILED_FULL; any other order or part
+    of the grid is written TILED_SPARSE, each tile at its place). Serialises to and
+    from JSON-compatible dicts, the depths as one base64 string of little-endian
+    doubles (see :meth:`to_extra`).
     """
 
     kind: Kind
