@@ -202,6 +202,8 @@ def test_16bit_stack_arrives_losslessly_as_word_secondary_capture(
     assert dciodvfy_errors(stored) == []
     vector = "FrameLabelVector" if kind == "mosaic" else "SliceLocationVector"
     assert len(ds[vector].value) == device["frames"]
+    # the device's frame time (protocol ``frame_ms``) between frames, as Cine timing
+    assert [float(t) for t in ds.FrameTimeVector] == [0.0] + [111.0] * (device["frames"] - 1)
     assert gateway.stop() == 0
 
 
