@@ -56,6 +56,8 @@ MAX_PIXEL_BYTES: Final = 0xFFFFFFFE
 #: tiles; a capture beyond this (spooled by an older version, or by a plugin driver)
 #: is quarantined with the reason instead of wrapped.
 MAX_FRAMES: Final = 100_000
+#: Largest total pixel matrix side: the tile positions in it are SL (signed 32 bits).
+_MAX_MATRIX: Final = 0x7FFFFFFF
 #: Bits Allocated = Bits Stored (High Bit 7): PS3.3 C.8.35.1 defers to C.8.12.1.1.2.
 BITS: Final = 8
 
@@ -230,7 +232,10 @@ class ConfocalStack:
         :mod:`gateway.dicom.confocal`); a tile outside the grid or two tiles at one
         place cannot be.
         """
-        if not (0 < self.tile_rows <= 0xFFFF and 0 < self.tile_columns <= 0xFFFF):
+        if not (
+            0 < self.tile_rows * self.rows <= _MAX_MATRIX
+            and 0 < self.tile_columns * self.columns <= _MAX_MATRIX
+        ):  # Row / Column Position In Total Image Pixel Matrix are SL
             return [f"a {self.tile_rows}x{self.tile_columns} tile grid"]
         if self.full_grid:
             if len(self.tiles) != self.frames:

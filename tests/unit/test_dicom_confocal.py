@@ -378,3 +378,13 @@ def test_field_of_view_in_whole_mm_only_when_that_is_true(tmp_path: Path) -> Non
     write_confocal(job, tmp_path / "wide.dcm")
     ds = pydicom.dcmread(tmp_path / "wide.dcm")
     assert list(ds.FieldOfViewDimensions) == [4, 4]  # 4.096 mm each way
+
+
+def test_a_grid_whose_tile_positions_do_not_fit_dicom_is_refused() -> None:
+    """Row / Column Position In Total Image Pixel Matrix are SL: at most 2**31 - 1."""
+    mosaic = make_stack("mosaic", size=64)
+    far = replace(mosaic, tile_rows=40_000_000, frames=2, tiles=((0, 0), (39_999_999, 1)))
+    with pytest.raises(WrapError, match="a 40000000x2 tile grid"):
+        ConfocalStack.from_extra(far.to_extra())
+    near = replace(far, tile_rows=30_000_000, tiles=((0, 0), (29_999_999, 1)))
+    assert not ConfocalStack.from_extra(near.to_extra()).full_grid
