@@ -173,6 +173,8 @@ FRAME_LABEL_VECTOR: Final = 0x00182002
 FRAME_TIME_VECTOR: Final = 0x00181065
 #: Longest value field of a short-length VR (DS, SH) in explicit VR (16-bit length).
 _MAX_SHORT_VALUE: Final = 0xFFFE
+#: Longest SH value (Frame Label Vector).
+_MAX_SH: Final = 16
 _CHUNK: Final = 1 << 20
 _UM_PER_MM: Final = 1000.0
 #: Image Comments' opening; {mode} is the Confocal Mode in words (reflectance, …).
@@ -314,6 +316,11 @@ def _add_frame_vector(ds: Dataset, stack: ConfocalStack) -> None:
         pointers = [SLICE_LOCATION_VECTOR]
     else:
         labels = [f"r{row + 1}c{column + 1}" for row, column in stack.tiles]
+        if max(len(label) for label in labels) > _MAX_SH:
+            raise WrapError(
+                f"a tile of the {stack.tile_rows}x{stack.tile_columns} grid has a position "
+                "too long for a DICOM frame label; the capture is kept and quarantined"
+            )
         _check_vector_length(labels, "tile labels")
         ds.FrameLabelVector = labels
         pointers = [FRAME_LABEL_VECTOR]

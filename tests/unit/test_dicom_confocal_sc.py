@@ -80,3 +80,18 @@ def test_frame_times_that_do_not_fit_are_left_out_not_the_stack(tmp_path: Path) 
     write_confocal(job_for(tmp_path, short, [b"\1\0"] * 6000), tmp_path / "short.dcm")
     ds = pydicom.dcmread(tmp_path / "short.dcm")
     assert len(ds.FrameTimeVector) == 6000, "40.0 ms fits: 6000 frame times"
+
+
+def test_a_tile_label_longer_than_dicom_allows_is_refused(tmp_path: Path) -> None:
+    """Frame Label Vector is SH (16 characters): "r123456789c12345" fits, one more does not."""
+    mosaic = make_stack("mosaic", bits=16, size=1)
+    fits = replace(
+        mosaic, tile_rows=123456789, tile_columns=12345, frames=1, tiles=((123456788, 12344),)
+    )
+    write_confocal(job_for(tmp_path, fits, [b"\0\0"]), tmp_path / "fits.dcm")
+    two = replace(fits, frames=2, tiles=((123456788, 12344), (0, 0)))
+    write_confocal(job_for(tmp_path, two, [b"\0\0"] * 2), tmp_path / "two.dcm")
+    assert pydicom.dcmread(tmp_path / "two.dcm").FrameLabelVector[0] == "r123456789c12345"
+    longer = replace(two, tile_columns=123456, tiles=((123456788, 123455), (0, 0)))
+    with pytest.raises(WrapError, match="too long for a DICOM frame label"):
+        write_confocal(job_for(tmp_path, longer, [b"\0\0"] * 2), tmp_path / "long.dcm")
