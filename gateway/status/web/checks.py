@@ -8,8 +8,9 @@ Checks: TCP connect + DICOM C-ECHO to each destination; our storage commitment
 listener answers (an association and C-ECHO to our own port, as our AE title: a
 listener that accepts TCP but whose association slots are all taken fails); each
 PACS confirms what it stores (no ``commitment_overdue`` alarm); clock synchronised
-(timedatectl, else the kernel's adjtimex status); disk free against the reserve; the page's TLS
-certificate days to expiry (when TLS is configured); devices not ready; captures
+(timedatectl, else the kernel's adjtimex status); disk free against the reserve; days to
+expiry of every TLS certificate (the page's, MQTT's, and DICOM TLS: each destination's
+CA and client certificate, our listener's certificate and CA); devices not ready; captures
 set aside; the MQTT broker accepts this box (a real MQTT connection with the
 link's address, login and TLS, when ``[mqtt]`` is configured).
 """
@@ -27,6 +28,8 @@ from pathlib import Path
 
 from gateway.core.alarms import COMMITMENT_OVERDUE
 from gateway.core.config import DermGateConfig, DicomDestination
+from gateway.dicom.tls import certificate_files
+from gateway.forward.association import associate, tls_error
 from gateway.status.mqtt import probe_broker
 from gateway.status.web.data import Figures, human_age, human_bytes
 
@@ -90,8 +93,18 @@ def check_destination(dest: DicomDestination, our_ae: str, timeout: float = 5.0)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    assoc = associate(ae, dest)  # over TLS when the destination says so
     try:
+        tls = tls_error(assoc, dest)
+        if tls is not None:
+            return CheckResult(
+                name,
+                FAIL,
+                f"{tls.detail}.",
+                "Check tls_ca (the CA that signed the PACS's certificate), the name in "
+                "the certificate against host (or tls_server_name), and that the PACS "
+                "trusts our tls_cert; the certificate lines below show expiry dates.",
+            )
         if assoc.is_rejected:
             return CheckResult(
                 name,
@@ -380,13 +393,14 @@ def check_certificate(cert: Path, what: str = "TLS certificate") -> CheckResult:
 
 
 def certificate_checks(config: DermGateConfig) -> list[CheckResult]:
-    """Expiry of every certificate the box presents or trusts (page, MQTT)."""
+    """Expiry of every certificate the box presents or trusts (page, MQTT, DICOM TLS)."""
     certs: list[tuple[Path | None, str]] = []
     if config.web is not None:
         certs.append((config.web.tls_cert, "TLS certificate"))
     if config.mqtt is not None:
         certs.append((config.mqtt.tls_cert, "MQTT client certificate"))
         certs.append((config.mqtt.tls_ca, "MQTT broker's CA certificate"))
+    certs += certificate_files(config)
     return [check_certificate(path, what) for path, what in certs if path is not None]
 
 
