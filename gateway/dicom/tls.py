@@ -1,9 +1,11 @@
 """DICOM over TLS: the one place that builds the TLS contexts of the box's associations.
 
-Profile: PS3.15 Annex B.9, the *BCP 195 TLS Secure Transport Connection Profile*
-(TLS 1.2 or newer, certificates verified; RFC 9325's recommendations are OpenSSL's
-defaults for TLS 1.2 and 1.3 on Debian bookworm, so no cipher list is set here).
-Both ends authenticate with X.509 certificates when the peer asks for ours.
+Profile: PS3.15 Annex B.12, the *BCP 195 RFC 8996, 9325 TLS Secure Transport
+Connection Profile*: TLS 1.2 and 1.3 (1.3 offered and preferred, nothing older:
+RFC 8996), certificates verified. No cipher list is set: OpenSSL 3's defaults for
+TLS 1.2 and 1.3 are the forward-secret AEAD suites RFC 9325 recommends (plus a few
+CBC suites it still allows). X.509 certificates on both ends when the peer asks for
+ours.
 
 As a client (C-STORE, C-ECHO, the storage commitment N-ACTION, towards a
 ``[[destinations]]`` entry with ``tls = true``) the PACS's certificate is always

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StorageCommitmentPushModel,
+    Verification,
+)
 
 from gateway.core.config import DicomDestination
 from gateway.demo.local_orthanc import OrthancProcess, free_port
@@ -229,3 +234,60 @@ def test_an_expired_client_certificate_is_named_and_every_expiry_is_shown(
         ("PACS pacs: CA certificate", "warn"),
         ("PACS pacs: our client certificate", "fail"),
     ]
+
+
+def report_over_tls(port: int, pki: Pki, client: str | None) -> int | None:
+    """Send a commitment report (for a transaction never requested) to the gateway's
+    TLS listener as a PACS with ``client``'s certificate (None: plain DICOM, no TLS);
+    the status answered, or None if no association could be opened."""
+    ae = AE(ae_title="ORTHANC")
+    ae.add_requested_context(StorageCommitmentPushModel)
+    ae.acse_timeout = 5
+    ae.network_timeout = 5
+    tls_args = None
+    if client is not None:
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        context.load_cert_chain(str(pki.cert(client)), str(pki.key(client)))
+        tls_args = (context, "127.0.0.1")
+    role = build_role(StorageCommitmentPushModel, scp_role=True)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DERMGATE", ext_neg=[role], tls_args=tls_args)
+    if not assoc.is_established:
+        return None
+    try:
+        report = Dataset()
+        report.TransactionUID = "2.25.1234567"
+        report.ReferencedSOPSequence = []
+        status, _ = assoc.send_n_event_report(
+            report, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1"
+        )
+        return int(status.Status) if status and "Status" in status else -1
+    finally:
+        assoc.release()
+
+
+def test_the_tls_listener_wants_a_pacs_certificate_signed_by_listen_tls_ca(
+    tmp_path: Path,
+    pki: Pki,
+    listen_tls_port: int,
+    gateway_factory: Callable[[Path], GatewayProcess],
+) -> None:
+    plain_port = free_port()
+    config = gateway_config(
+        tmp_path,
+        pacs_port=free_port(),
+        listen_port=plain_port,
+        extra_gateway=listener_keys(pki, listen_tls_port),
+    )
+    gateway = gateway_factory(config)
+    wait_for(lambda: "(TLS) as DERMGATE" in gateway.log(), 60, "the TLS listener")
+    # A certificate from our CA: the association opens; the report itself is judged
+    # as any other (a transaction never requested: refused, 0x0110).
+    assert report_over_tls(listen_tls_port, pki, "pacs") == 0x0110
+    # Another CA's certificate, no certificate at all, or plain DICOM: no association.
+    assert report_over_tls(listen_tls_port, pki, "stranger") is None
+    assert report_over_tls(listen_tls_port, pki, None) is None
+    log = gateway.log()
+    assert "connection from 127.0.0.1 closed: the TLS handshake failed (" in log
+    # The plain listener is as before.
+    assert report_over_tls(plain_port, pki, None) == 0x0110
+    assert gateway.stop() == 0

@@ -49,7 +49,7 @@ def _ca(folder: Path, name: str) -> None:
     )  # fmt: skip
 
 
-def _signed(folder: Path, name: str, ext: str, days: int = 3) -> None:
+def _signed(folder: Path, name: str, ext: str, days: int = 3, ca: str = "ca") -> None:
     (folder / f"{name}.ext").write_text(ext + "\n", encoding="ascii")
     _openssl(
         "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
@@ -57,7 +57,7 @@ def _signed(folder: Path, name: str, ext: str, days: int = 3) -> None:
         cwd=folder,
     )  # fmt: skip
     _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
         "-CAcreateserial", "-days", str(days), "-out", f"{name}.pem", "-extfile",
         f"{name}.ext",
         cwd=folder,
@@ -68,7 +68,8 @@ def make_pki(folder: Path) -> Pki:
     """A CA; the PACS's certificate (``pacs``: IP 127.0.0.1 and localhost), one that
     names only ``pacs.example`` (``pacs-named``), the gateway's client and listener
     certificates (``gateway``, ``listener``), an expired client certificate
-    (``gateway-expired``), and an unrelated CA (``stranger-ca``)."""
+    (``gateway-expired``), and an unrelated CA (``stranger-ca``) with a certificate it
+    signed (``stranger``)."""
     folder.mkdir(parents=True, exist_ok=True)
     _ca(folder, "ca")
     _ca(folder, "stranger-ca")
@@ -78,6 +79,7 @@ def make_pki(folder: Path) -> Pki:
     _signed(folder, "gateway", f"subjectAltName=DNS:dermgate.example\n{both}")
     _signed(folder, "listener", f"subjectAltName=IP:127.0.0.1,DNS:localhost\n{both}")
     _signed(folder, "gateway-expired", f"subjectAltName=DNS:dermgate.example\n{both}", -1)
+    _signed(folder, "stranger", f"subjectAltName=DNS:stranger.example\n{both}", ca="stranger-ca")
     return Pki(folder)
 
 

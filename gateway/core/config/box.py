@@ -14,7 +14,7 @@ from pydantic import (
 )
 
 from gateway.core.config.base import _FLEET_ID, AETitle, Port, _Strict, default_gateway_id
-from gateway.core.config.tls_files import check_ca_file, check_key_pair
+from gateway.core.config.tls_files import check_certificate_file, check_key_pair
 
 
 class GatewaySettings(_Strict):
@@ -79,10 +79,10 @@ class GatewaySettings(_Strict):
             raise ValueError("use 1-64 letters, digits or '-' (it is shown on dashboards)")
         return value
 
-    @field_validator("listen_tls_ca")
+    @field_validator("listen_tls_ca", "listen_tls_cert")
     @classmethod
-    def _listen_ca_file(cls, value: Path | None) -> Path | None:
-        return None if value is None else check_ca_file(value)
+    def _certificate_files(cls, value: Path | None) -> Path | None:
+        return None if value is None else check_certificate_file(value)
 
     @field_validator("listen_tls_key")
     @classmethod

@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from gateway.core.config.base import _NAME, AETitle, Port, _Strict
-from gateway.core.config.tls_files import check_ca_file, check_key_pair
+from gateway.core.config.tls_files import check_certificate_file, check_key_pair
 
 
 class DestinationBase(_Strict):
@@ -192,10 +192,10 @@ class DicomDestination(DestinationBase):
         "be a CA that signs only your PACSs.",
     )
 
-    @field_validator("tls_ca")
+    @field_validator("tls_ca", "tls_cert")
     @classmethod
-    def _tls_ca_file(cls, value: Path | None) -> Path | None:
-        return None if value is None else check_ca_file(value)
+    def _certificate_files(cls, value: Path | None) -> Path | None:
+        return None if value is None else check_certificate_file(value)
 
     @field_validator("tls_key")
     @classmethod

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-__all__ = ["check_ca_file", "check_key_pair", "no_passphrase"]
+__all__ = ["check_certificate_file", "check_key_pair", "no_passphrase"]
 
 
 def no_passphrase() -> bytes:
@@ -35,8 +35,8 @@ def _unreadable(path: Path, err: OSError) -> str:
     return f"{path} cannot be read ({err.strerror or type(err).__name__})"
 
 
-def check_ca_file(path: Path) -> Path:
-    """``path`` holds at least one PEM certificate (a CA to trust); else ValueError."""
+def check_certificate_file(path: Path) -> Path:
+    """``path`` holds at least one PEM certificate (a CA, or ours); else ValueError."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         context.load_verify_locations(cafile=str(path))
@@ -67,7 +67,7 @@ def check_key_pair(cert: Path, key: Path) -> str | None:
         if err.reason == "KEY_VALUES_MISMATCH":
             return f"{key} is not the private key of {cert}"
         try:
-            check_ca_file(cert)
+            check_certificate_file(cert)
         except ValueError as not_cert:
             return str(not_cert)
         return f"{key} is not an unencrypted PEM private key"
