@@ -9,7 +9,8 @@ written object with another context); JPEG encapsulation
 the one module that picks the writer for a capture (:mod:`.writers`), used by the
 wrapping stage and by intake's inline JPEG path; the Modality Performed Procedure
 Step datasets (:mod:`.mpps`); and the pynetdicom settings every DIMSE user of the
-box shares (:mod:`.network`). Pure builders: no ledger, no network.
+box shares (:mod:`.network`), with the TLS contexts of DICOM over TLS (:mod:`.tls`).
+Pure builders: no ledger, no network.
 """
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "retarget",
     "sop_classes",
     "surface",
+    "tls",
     "writers",
 ]

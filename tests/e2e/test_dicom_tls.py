@@ -28,6 +28,9 @@ from gateway.core.config import DicomDestination
 from gateway.demo.local_orthanc import OrthancProcess, free_port
 from gateway.dicom import network  # noqa: F401  (pynetdicom closes refused sockets)
 from gateway.dicom.tls import client_tls
+from gateway.service.config import load_config
+from gateway.status.web.checks import FAIL, OK, WARN, certificate_checks, check_destination
+from gateway.status.web.tls_checks import check_tls_listener
 from tests.support.dicom_tls import Pki, make_pki, tls_orthanc
 from tests.support.gateway_process import GatewayProcess, gateway_config
 from tests.support.simulator import SimulatorProcess
@@ -280,6 +283,9 @@ def test_the_tls_listener_wants_a_pacs_certificate_signed_by_listen_tls_ca(
     )
     gateway = gateway_factory(config)
     wait_for(lambda: "(TLS) as DERMGATE" in gateway.log(), 60, "the TLS listener")
+    tls_line = check_tls_listener(load_config(config))
+    assert tls_line is not None
+    assert tls_line.status == OK, "the why page sees the TLS port"
     # A certificate from our CA: the association opens; the report itself is judged
     # as any other (a transaction never requested: refused, 0x0110).
     assert report_over_tls(listen_tls_port, pki, "pacs") == 0x0110
@@ -291,3 +297,32 @@ def test_the_tls_listener_wants_a_pacs_certificate_signed_by_listen_tls_ca(
     # The plain listener is as before.
     assert report_over_tls(plain_port, pki, None) == 0x0110
     assert gateway.stop() == 0
+
+
+def test_the_why_page_names_the_tls_problem_and_every_certificate_expiry(
+    tmp_path: Path, pki: Pki, secure_orthanc: OrthancProcess, listen_tls_port: int
+) -> None:
+    config_path = gateway_config(
+        tmp_path,
+        pacs_port=secure_orthanc.dicom_port,
+        listen_port=free_port(),
+        extra_destination=tls_keys(pki, ca=pki.stranger_ca),
+        extra_gateway=listener_keys(pki, listen_tls_port),
+    )
+    config = load_config(config_path)
+    (destination,) = config.dicom_destinations()
+    result = check_destination(destination, config.gateway.ae_title)
+    assert result.status == FAIL
+    assert "its certificate is not signed by a trusted CA (check tls_ca)" in result.finding
+    assert "tls_ca" in result.advice
+    expiry = {r.name: (r.status, r.finding) for r in certificate_checks(config)}
+    assert expiry == {
+        "PACS pacs: CA certificate (stranger-ca.pem)": (WARN, "Expires in 2 days."),
+        "PACS pacs: our client certificate (gateway.pem)": (WARN, "Expires in 2 days."),
+        "DICOM TLS listener certificate (listener.pem)": (WARN, "Expires in 2 days."),
+        "DICOM TLS listener: PACS CA certificate (ca.pem)": (WARN, "Expires in 2 days."),
+    }
+    listener = check_tls_listener(config, timeout=2)
+    assert listener is not None
+    assert listener.status == FAIL, "the gateway is not running: nothing on the TLS port"
+    assert f"port {listen_tls_port}" in listener.name
