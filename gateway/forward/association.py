@@ -14,8 +14,8 @@ it ends when a certificate is renewed or a CA installed, without a restart.
 
 from __future__ import annotations
 
-import logging
 import ssl
+import threading
 import weakref
 from typing import Any
 
@@ -26,8 +26,6 @@ from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.dicom.tls import ClientTls, client_tls, tls_failure
 
 __all__ = ["associate", "tls_error"]
-
-log = logging.getLogger(__name__)
 
 
 class _NotAttempted:
@@ -43,7 +41,10 @@ class _NotAttempted:
         self.error = error
 
 
+# The TLS of each association opened here, until the association is gone (several
+# worker threads open associations at once: the lock guards the mapping).
 _TLS: weakref.WeakKeyDictionary[Any, ClientTls] = weakref.WeakKeyDictionary()
+_TLS_LOCK = threading.Lock()
 
 
 def _where(destination: DicomDestination) -> str:
@@ -67,7 +68,8 @@ def associate(ae: AE, destination: DicomDestination, **kwargs: Any) -> Any:
     if tls is None:
         return ae.associate(d.host, d.port, ae_title=d.ae_title, **kwargs)
     assoc = ae.associate(d.host, d.port, ae_title=d.ae_title, tls_args=tls.tls_args, **kwargs)
-    _TLS[assoc] = tls
+    with _TLS_LOCK:
+        _TLS[assoc] = tls
     return assoc
 
 
@@ -76,7 +78,8 @@ def tls_error(assoc: Any, destination: DicomDestination) -> DeliveryError | None
     reason; None otherwise."""
     if isinstance(assoc, _NotAttempted):
         return assoc.error
-    tls = _TLS.get(assoc)
+    with _TLS_LOCK:
+        tls = _TLS.get(assoc)
     failure = tls.failure if tls is not None else None
     if failure is None:
         return None

@@ -11,9 +11,10 @@ listens behind it on an ephemeral loopback port. The front:
 
 - with ``[gateway] listen_tls_*`` a second front serves ``listen_tls_port``, where
   every connection is TLS: the handshake (our certificate; the PACS's, verified
-  against ``listen_tls_ca`` when set) comes after the address check and within
-  :data:`HANDSHAKE_SECONDS`, and a failed one is logged with OpenSSL's reason
-  (once per address, as below);
+  against ``listen_tls_ca`` when set) comes after the address check, counts as
+  waiting to associate (below) and shares its :data:`HANDSHAKE_SECONDS` with the
+  association request; a failed one is logged with OpenSSL's reason (once per
+  address, as below);
 - admits only loopback, our own listen address, and the addresses the configured
   DICOM destinations may report from (their ``host``, resolved, and their
   ``commitment_from``; re-resolved every minute); anyone else is closed at once;
@@ -207,8 +208,6 @@ class ListenerFront:
             if not (_is_own(peer, self._address) or peer in self._admitted):
                 self._note(peer, Closed.NOT_ADMITTED)
                 return
-            if self._tls is not None and not await self._handshake(peer, writer):
-                return
             request = await self._first_request(peer, reader, writer)
             if request is None:
                 return
@@ -241,21 +240,15 @@ class ListenerFront:
         finally:
             writer.transport.abort()
 
-    async def _handshake(self, peer: Address, writer: asyncio.StreamWriter) -> bool:
-        """TLS on this connection (server side); False if the handshake failed."""
+    async def _handshake(self, writer: asyncio.StreamWriter) -> None:
+        """TLS on this connection (server side); _Refused if the handshake fails."""
         assert self._tls is not None
         try:
-            async with asyncio.timeout(HANDSHAKE_SECONDS):  # not wait_for (see above)
-                await writer.start_tls(self._tls)
-        except TimeoutError:
-            self._note(peer, Closed.TOO_SLOW)
-            return False
+            await writer.start_tls(self._tls)
         except ssl.SSLError as err:
             words = getattr(err, "verify_message", None) or err.reason or type(err).__name__
-            self._note(peer, Closed.TLS_FAILED, f" ({str(words).lower()})")
-            return False
+            raise _Refused(Closed.TLS_FAILED, f" ({str(words).lower()})") from err
         writer.transport.set_write_buffer_limits(0)  # the TLS transport replaced the TCP one
-        return True
 
     async def _first_request(
         self, peer: Address, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -267,6 +260,8 @@ class ListenerFront:
         self._waiting_counts.add(peer)
         try:
             async with asyncio.timeout(HANDSHAKE_SECONDS):
+                if self._tls is not None:
+                    await self._handshake(writer)
                 return await self._read_request(reader)
         except TimeoutError:
             if not conn.pushed_out:

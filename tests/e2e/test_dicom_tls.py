@@ -286,9 +286,16 @@ def test_the_tls_listener_wants_a_pacs_certificate_signed_by_listen_tls_ca(
     tls_line = check_tls_listener(load_config(config))
     assert tls_line is not None
     assert tls_line.status == OK, "the why page sees the TLS port"
-    # A certificate from our CA: the association opens; the report itself is judged
-    # as any other (a transaction never requested: refused, 0x0110).
-    assert report_over_tls(listen_tls_port, pki, "pacs") == 0x0110
+    # Connections that never start their handshake do not lock the PACS out: they
+    # count as waiting to associate, and the newest pushes out the oldest.
+    idle = [socket.create_connection(("127.0.0.1", listen_tls_port)) for _ in range(3)]
+    try:
+        # A certificate from our CA: the association opens; the report itself is
+        # judged as any other (a transaction never requested: refused, 0x0110).
+        assert report_over_tls(listen_tls_port, pki, "pacs") == 0x0110
+    finally:
+        for sock in idle:
+            sock.close()
     # Another CA's certificate, no certificate at all, or plain DICOM: no association.
     assert report_over_tls(listen_tls_port, pki, "stranger") is None
     assert report_over_tls(listen_tls_port, pki, None) is None

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.core.config import ConfigError
+from gateway.core.errors import DeliveryErrorCode
+from gateway.forward.cstore import CStoreSender
 from gateway.service.config import load_config
 from tests.support.dicom_tls import Pki, make_pki
 
@@ -140,3 +142,25 @@ def test_incomplete_listener_keys_are_refused(
 ) -> None:
     text = keys.format(cert=pki.cert("listener"), key=pki.key("listener"), ca=pki.ca)
     assert problems(config_with(tmp_path, gateway=text)) == [f"gateway: {problem}"]
+
+
+def test_tls_files_gone_after_loading_fail_the_attempt_with_the_reason(
+    tmp_path: Path, pki: Pki
+) -> None:
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    cert, key = folder / "gateway.pem", folder / "gateway.key"
+    cert.write_bytes(pki.cert("gateway").read_bytes())
+    key.write_bytes(pki.key("gateway").read_bytes())
+    config = load_config(
+        config_with(tmp_path, f'tls = true\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
+    )
+    key.unlink()  # removed while the service runs
+    (destination,) = config.dicom_destinations()
+    error = CStoreSender("DERMGATE", destination).echo()
+    assert error is not None
+    assert error.code is DeliveryErrorCode.OTHER
+    assert (
+        error.detail
+        == "cannot read the TLS files of pacs (FileNotFoundError: No such file or directory)"
+    )
