@@ -70,6 +70,14 @@ def test_missing_and_non_certificate_files_are_named(tmp_path: Path, pki: Pki) -
     ]
 
 
+def test_a_server_name_must_be_a_bare_name(tmp_path: Path, pki: Pki) -> None:
+    keys = f'tls = true\ntls_ca = "{pki.ca}"\ntls_server_name = "https://pacs.example"\n'
+    assert problems(config_with(tmp_path, keys)) == [
+        "destinations[0].tls_server_name: give a bare host name or IP address, "
+        'e.g. "pacs.example.org"'
+    ]
+
+
 def test_a_key_of_another_certificate_is_refused(tmp_path: Path, pki: Pki) -> None:
     other = f'tls = true\ntls_cert = "{pki.cert("gateway")}"\ntls_key = "{pki.key("pacs")}"\n'
     assert problems(config_with(tmp_path, other)) == [

@@ -197,6 +197,21 @@ class DicomDestination(DestinationBase):
     def _certificate_files(cls, value: Path | None) -> Path | None:
         return None if value is None else check_certificate_file(value)
 
+    @field_validator("tls_server_name")
+    @classmethod
+    def _server_name(cls, value: str | None) -> str | None:
+        import ipaddress  # here, not at the top: keeps these keys in one hunk
+
+        if value is None:
+            return None
+        try:
+            return ipaddress.ip_address(value).compressed
+        except ValueError:
+            pass
+        if not value or any(c.isspace() or c in "/:@[]" for c in value):
+            raise ValueError('give a bare host name or IP address, e.g. "pacs.example.org"')
+        return value
+
     @field_validator("tls_key")
     @classmethod
     def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
