@@ -33,6 +33,7 @@ from gateway.status.web.checks import FAIL, OK, WARN, certificate_checks, check_
 from gateway.status.web.tls_checks import check_tls_listener
 from tests.support.dicom_tls import Pki, make_pki, tls_orthanc
 from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.peers import MisbehavingPacs
 from tests.support.simulator import SimulatorProcess
 from tests.support.state import delivery_rows, ledger_rows, states
 from tests.support.waiting import wait_for
@@ -333,3 +334,16 @@ def test_the_why_page_names_the_tls_problem_and_every_certificate_expiry(
     assert listener is not None
     assert listener.status == FAIL, "the gateway is not running: nothing on the TLS port"
     assert f"port {listen_tls_port}" in listener.name
+
+
+def test_tls_to_a_plain_dicom_port_says_so_and_never_falls_back_to_plain(
+    tmp_path: Path, pki: Pki, pacs: MisbehavingPacs
+) -> None:
+    pacs.start()
+    keys = f'tls = true\ntls_ca = "{pki.ca}"\n'
+    done = echo(write_echo_config(tmp_path, pacs.port, keys), "--json")
+    assert done.returncode == 1
+    (entry,) = json.loads(done.stdout)["destinations"]
+    assert entry["error"]["code"] == "tls_refused"
+    assert "not its TLS port" in entry["error"]["detail"]
+    assert pacs.received == []
