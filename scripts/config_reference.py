@@ -217,7 +217,8 @@ def reference(root: type[BaseModel] | None = None) -> str:
 
 
 def _nested_tables(model: type[BaseModel], section: str) -> list[str]:
-    """Tables of a section's keys that are themselves tables (``[[context.sensitive]]``)."""
+    """Tables of a section's keys that are themselves tables (``[[context.sensitive]]``,
+    ``[routes.match]``)."""
     lines: list[str] = []
     for name, field in model.model_fields.items():
         args = get_args(field.annotation)
@@ -225,6 +226,10 @@ def _nested_tables(model: type[BaseModel], section: str) -> list[str]:
             title = f"[[{section}.{name}]]"
             lines += ["", f"#### `{title}`", "", _cell(field.description or ""), ""]
             lines += key_table(args[0], title)
+        elif _is_model(field.annotation):
+            title = f"[{section}.{name}]"
+            lines += ["", f"#### `{title}`", "", _cell(field.description or ""), ""]
+            lines += key_table(field.annotation, title)
     return lines
 
 

@@ -27,6 +27,7 @@ from gateway.cli.spool_common import (
     _Refusal,
     _run,
 )
+from gateway.core.routing import RoutePlan
 from gateway.service.state_lock import StateLock, StateLocked
 from gateway.spool import admin, rebuild
 from gateway.spool import ledger as db
@@ -49,9 +50,7 @@ def _retry(args: argparse.Namespace) -> int:
     try:
         conn = db.open_ledger(path)
         try:
-            outcome = admin.retry_capture(
-                conn, dirs, args.ref, [d.name for d in config.destinations]
-            )
+            outcome = admin.retry_capture(conn, dirs, args.ref, RoutePlan.from_config(config))
         finally:
             conn.close()
     except admin.NoSuchCapture as err:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,11 +34,13 @@ from gateway.context.session_desk import SessionDesk
 from gateway.core.capture import GatewayIdentity, InstanceUIDs
 from gateway.core.context import CaptureContext
 from gateway.core.events import CapturesReleased
+from gateway.core.routing import RoutePlan
 from gateway.dicom.job import WrapJob
 from gateway.dicom.retarget import retarget
 from gateway.spool import held as db
-from gateway.spool.capture_marks import is_sensitive, set_sensitive
+from gateway.spool.capture_marks import flag_sensitive, is_sensitive
 from gateway.spool.captures import SpoolEntry
+from gateway.spool.routing import Rerouted
 from gateway.spool.sessions import series_for
 from gateway.spool.states import CaptureState
 
@@ -46,6 +49,20 @@ __all__ = ["HoldDesk", "expiry_text"]
 log = logging.getLogger("gateway.context")
 
 _MOVABLE = (CaptureState.HELD, CaptureState.WRAPPED)
+
+
+def _log_rerouted(spool_id: int, changes: Rerouted) -> None:
+    """Say what routing again after a flag changed (the audit trail beside the flag's line)."""
+    for _, name in changes.withdrawn:
+        log.warning("spool id %d: no longer sent to %s (its routes exclude it now)", spool_id, name)
+    for _, name in changes.already_sent:
+        log.warning(
+            "spool id %d: its routes exclude %s now, but %s already has it", spool_id, name, name
+        )
+    for _, name in changes.added:
+        log.info("spool id %d: now also sent to %s (its routes)", spool_id, name)
+    if changes.unrouted:
+        log.warning("spool id %d: set aside, no route sends it anywhere now", spool_id)
 
 
 def expiry_text(received_at: str, hold: int) -> str | None:
@@ -215,13 +232,17 @@ class HoldDesk(SessionDesk):
         if candidate is None:
             raise ContextError(ContextErrorCode.NOT_HELD, f"no capture with spool id {spool_id}")
         entry = candidate.entry
-        await self._ledger.call(set_sensitive, spool_id, sensitive)
+        plan = RoutePlan.from_config(self._config)
+        changes = await self._ledger.call(flag_sensitive, spool_id, sensitive, plan, time.time())
         log.info(
             "spool id %d %s as sensitive by %s",
             spool_id,
             "flagged" if sensitive else "unflagged",
             actor.label,
         )
+        _log_rerouted(spool_id, changes)
+        if changes.added or changes.released:
+            self._wake_wrapper()  # (the service wakes the forwarders with it)
         if entry.state is CaptureState.HELD:
             return True  # its context is made when it is assigned, with the flag
         if (

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from gateway.core.capture import ContentType
 from gateway.core.files import atomic_writer
+from gateway.core.routing import RoutePlan
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import (
     REBUILT_DRIVER,
@@ -48,6 +49,7 @@ from gateway.spool.ledger import (
     refresh_capture_state,
     utc_now_text,
 )
+from gateway.spool.routing import create_deliveries
 from gateway.spool.schema import RETRY_NOTE
 from gateway.spool.states import CaptureState, DeliveryState
 
@@ -196,20 +198,21 @@ def retry_capture(
     conn: sqlite3.Connection,
     dirs: SpoolDirs,
     ref: int | str,
-    destinations: Iterable[str],
+    destinations: RoutePlan | Iterable[str],
     now: float | None = None,
 ) -> RetryOutcome:
     """Release a QUARANTINED capture by the rules of this module's docstring.
 
     ``conn`` is a writable ledger connection (:func:`~gateway.spool.ledger.open_ledger`);
-    ``destinations`` are the configured destination names. Raises
+    ``destinations`` are the configured destinations and routes (or just their names:
+    every capture to each). Raises
     :class:`NoSuchCapture`, :class:`NotPossible` or :class:`sqlite3.Error` (busy).
     """
     now = time.time() if now is None else now
     stamp = utc_now_text()
     conn.execute("BEGIN IMMEDIATE")
     try:
-        outcome = _retry_locked(conn, dirs, ref, list(destinations), now, stamp)
+        outcome = _retry_locked(conn, dirs, ref, RoutePlan.of(destinations), now, stamp)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -221,7 +224,7 @@ def _retry_locked(
     conn: sqlite3.Connection,
     dirs: SpoolDirs,
     ref: int | str,
-    destinations: list[str],
+    plan: RoutePlan,
     now: float,
     stamp: str,
 ) -> RetryOutcome:
@@ -271,11 +274,7 @@ def _retry_locked(
     )
     state = target
     if target is CaptureState.WRAPPED:
-        conn.executemany(
-            "INSERT OR IGNORE INTO deliveries (capture_id, destination, state, next_attempt_at) "
-            "VALUES (?, ?, ?, ?)",
-            [(entry.spool_id, name, DeliveryState.PENDING, now) for name in destinations],
-        )
+        create_deliveries(conn, entry.spool_id, plan, now)  # routes (a no-route one: again)
         refresh_capture_state(conn, entry.spool_id, stamp)
         row = conn.execute("SELECT state FROM captures WHERE id = ?", (entry.spool_id,)).fetchone()
         state = CaptureState(row[0])

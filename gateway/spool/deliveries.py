@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.core.errors import DeliveryError
@@ -17,7 +16,6 @@ from gateway.spool.states import CaptureState, DeliveryState
 
 __all__ = [
     "DueDelivery",
-    "add_missing_deliveries",
     "due_deliveries",
     "next_attempt_time",
     "record_refused",
@@ -42,31 +40,17 @@ class DueDelivery:
     dicom_name: str
 
 
-def add_missing_deliveries(
-    conn: sqlite3.Connection, destinations: Iterable[str], now: float
-) -> int:
-    """Give WRAPPED captures a pending delivery for destinations added since."""
-    added = 0
-    with transaction(conn):
-        for name in destinations:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO deliveries (capture_id, destination, state, "
-                "next_attempt_at) SELECT id, ?, ?, ? FROM captures WHERE state = ?",
-                (name, DeliveryState.PENDING, now, CaptureState.WRAPPED),
-            )
-            added += cur.rowcount
-    return added
-
-
 def due_deliveries(
     conn: sqlite3.Connection, destination: str, now: float, limit: int
 ) -> list[DueDelivery]:
-    """Pending deliveries to ``destination`` whose time has come, newest capture first."""
+    """Pending deliveries to ``destination`` whose time has come: high priority first (a
+    route's ``priority = "high"``), then the least tried, then the newest capture."""
     rows = conn.execute(
         "SELECT d.capture_id, d.destination, d.attempts, c.sop_instance_uid, c.sop_class_uid, "
         "c.transfer_syntax_uid, c.dicom_name FROM deliveries d JOIN captures c "
         "ON c.id = d.capture_id WHERE d.destination = ? AND d.state = ? AND c.state = ? "
-        "AND d.next_attempt_at <= ? ORDER BY d.attempts ASC, d.capture_id DESC LIMIT ?",
+        "AND d.next_attempt_at <= ? ORDER BY d.priority DESC, d.attempts ASC, d.capture_id DESC "
+        "LIMIT ?",
         (destination, DeliveryState.PENDING, CaptureState.WRAPPED, now, limit),
     ).fetchall()
     return [

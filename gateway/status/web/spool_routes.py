@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from gateway.context.desk import ContextError
+from gateway.core.routing import RoutePlan
 from gateway.spool import admin
-from gateway.spool.capture_marks import is_sensitive, set_sensitive
+from gateway.spool.capture_marks import flag_sensitive, is_sensitive
 from gateway.spool.ledger import open_ledger
 from gateway.spool.states import CaptureState
 from gateway.status.web import pages
@@ -179,7 +181,7 @@ class SpoolRoutes(PageState):
     async def retry(self, request: web.Request) -> web.Response:
         """Release a quarantined capture (after confirmation)."""
         sid = _spool_id(request)
-        names = [d.name for d in self.config.destinations]
+        names = RoutePlan.from_config(self.config)
         return await self._act(
             request, "retry", lambda conn: admin.retry_capture(conn, self.dirs, sid, names)
         )
@@ -211,7 +213,10 @@ class SpoolRoutes(PageState):
                 raise web.HTTPNotFound(text=f"{err.message}\n") from err
         else:
             try:
-                await asyncio.to_thread(self._write, lambda conn: set_sensitive(conn, sid, flag))
+                plan = RoutePlan.from_config(self.config)  # routes see the flag (not sent yet)
+                await asyncio.to_thread(
+                    self._write, lambda conn: flag_sensitive(conn, sid, flag, plan, time.time())
+                )
             except admin.NoSuchCapture as err:
                 raise web.HTTPNotFound(text=f"{err}\n") from err
         log.info("user %s: capture %d %s sensitive", s.user, sid, "flagged" if flag else "not")

@@ -1,0 +1,231 @@
+"""Routes applied in the ledger: which deliveries a capture has, and at which priority.
+
+Blocking functions taking a connection (the ledger thread). The decisions are
+:class:`~gateway.core.routing.RoutePlan`'s; here they become delivery rows:
+
+* a capture is routed when it is WRAPPED (:func:`create_deliveries`, in the same
+  transaction): one PENDING delivery per destination its routes name, with the
+  route's priority. Routes see the capture's device class, driver, device name,
+  SOP class and sensitive flag.
+* A capture that no route sends anywhere is QUARANTINED with a reason starting
+  :data:`NO_ROUTE_REASON`: kept, shown and counted as set aside, never dropped.
+* :func:`reroute` routes the captures still on disk again (at start-up, and for
+  one capture when a technician flags or unflags it sensitive:
+  :func:`~gateway.spool.capture_marks.flag_sensitive`): deliveries to
+  destinations now routed are added (a COMMITTED capture goes back to WRAPPED, so
+  purge waits for the new destination); PENDING deliveries no route wants any more
+  are withdrawn (SENT or COMMITTED ones cannot be: they are reported); a capture
+  set aside for want of a route is released once one matches it.
+* A destination no longer configured is never touched here: its deliveries stay,
+  the capture is not purged, and listings show them as "destination removed".
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from gateway.core.routing import CaptureFacts, RoutePlan
+from gateway.spool.deliveries import refresh_capture_state
+from gateway.spool.schema import transaction, utc_now_text
+from gateway.spool.states import CaptureState, DeliveryState
+
+__all__ = [
+    "NO_ROUTE_REASON",
+    "REMOVED_NOTE",
+    "Rerouted",
+    "add_missing_deliveries",
+    "capture_facts",
+    "create_deliveries",
+    "removed_destinations",
+    "reroute",
+]
+
+#: How a capture that no route sends anywhere is set aside (its reason's start).
+NO_ROUTE_REASON = "no route sends it anywhere"
+#: How a delivery to a destination no longer in the configuration is shown.
+REMOVED_NOTE = "destination removed"
+
+_ON_DISK = (CaptureState.WRAPPED, CaptureState.SENT, CaptureState.COMMITTED)
+
+
+@dataclass(slots=True)
+class Rerouted:
+    """What :func:`reroute` changed: (spool id, destination) pairs and spool ids."""
+
+    added: list[tuple[int, str]] = field(default_factory=list)
+    withdrawn: list[tuple[int, str]] = field(default_factory=list)
+    already_sent: list[tuple[int, str]] = field(default_factory=list)
+    unrouted: list[int] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
+
+
+def capture_facts(conn: sqlite3.Connection, spool_id: int) -> CaptureFacts | None:
+    """What routes look at for capture ``spool_id`` (None: no such capture)."""
+    row = conn.execute(
+        "SELECT json_extract(device_json, '$.device_class'), driver, device_name, "
+        "sop_class_uid, sensitive FROM captures WHERE id = ?",
+        (spool_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return CaptureFacts(
+        device_class=row[0],
+        driver=str(row[1]),
+        device=row[2],
+        sop_class_uid=row[3],
+        sensitive=bool(row[4]),
+    )
+
+
+def _no_route_reason(facts: CaptureFacts) -> str:
+    return (
+        f"{NO_ROUTE_REASON}: no [[routes]] entry matches it (device class "
+        f"{facts.device_class or 'unknown'}, driver {facts.driver}, device "
+        f"{facts.device or 'unnamed'}, SOP class {facts.sop_class_uid or 'unknown'}, "
+        f"{'sensitive' if facts.sensitive else 'not sensitive'}); add a route, then restart "
+        "or retry it"
+    )
+
+
+def create_deliveries(
+    conn: sqlite3.Connection, spool_id: int, plan: RoutePlan | Iterable[str], now: float
+) -> dict[str, int]:
+    """Give a capture just WRAPPED its routed deliveries (inside the caller's transaction);
+    return destination → priority. No route: the capture is set aside (``NO_ROUTE_REASON``);
+    no destinations configured at all: it stays WRAPPED, kept in the spool only."""
+    plan = RoutePlan.of(plan)
+    facts = capture_facts(conn, spool_id)
+    if facts is None:
+        return {}
+    targets = plan.targets(facts)
+    conn.executemany(
+        "INSERT OR IGNORE INTO deliveries (capture_id, destination, state, next_attempt_at, "
+        "priority) VALUES (?, ?, ?, ?, ?)",
+        [(spool_id, name, DeliveryState.PENDING, now, p) for name, p in targets.items()],
+    )
+    if not targets and plan.destinations:
+        has_any = conn.execute(
+            "SELECT 1 FROM deliveries WHERE capture_id = ? LIMIT 1", (spool_id,)
+        ).fetchone()
+        if has_any is None:
+            conn.execute(
+                "UPDATE captures SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
+                (CaptureState.QUARANTINED, _no_route_reason(facts), utc_now_text(), spool_id),
+            )
+    return targets
+
+
+def _candidates(conn: sqlite3.Connection, spool_ids: list[int] | None) -> list[int]:
+    marks = ",".join("?" for _ in _ON_DISK)
+    sql = (
+        f"SELECT id FROM captures WHERE (state IN ({marks}) OR (state = ? AND reason LIKE ? "
+        "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.capture_id = captures.id)))"
+    )
+    args: list[object] = [*_ON_DISK, CaptureState.QUARANTINED, NO_ROUTE_REASON + "%"]
+    if spool_ids is not None:
+        sql += f" AND id IN ({','.join('?' for _ in spool_ids)})"
+        args.extend(spool_ids)
+    return [int(r[0]) for r in conn.execute(sql + " ORDER BY id", args)]
+
+
+def _reroute_one(
+    conn: sqlite3.Connection, spool_id: int, plan: RoutePlan, now: float, out: Rerouted
+) -> None:
+    facts = capture_facts(conn, spool_id)
+    if facts is None:
+        return
+    targets = plan.targets(facts)
+    existing = {
+        str(r[0]): (DeliveryState(r[1]), int(r[2]))
+        for r in conn.execute(
+            "SELECT destination, state, priority FROM deliveries WHERE capture_id = ?",
+            (spool_id,),
+        )
+    }
+    for name, priority in targets.items():
+        if name not in existing:
+            conn.execute(
+                "INSERT INTO deliveries (capture_id, destination, state, next_attempt_at, "
+                "priority) VALUES (?, ?, ?, ?, ?)",
+                (spool_id, name, DeliveryState.PENDING, now, priority),
+            )
+            out.added.append((spool_id, name))
+        elif existing[name][0] is DeliveryState.PENDING and existing[name][1] != priority:
+            conn.execute(
+                "UPDATE deliveries SET priority = ? WHERE capture_id = ? AND destination = ?",
+                (priority, spool_id, name),
+            )
+    for name, (state, _) in existing.items():
+        if name in targets or name not in plan.destinations:
+            continue  # wanted, or a removed destination (kept, shown as removed)
+        if state is DeliveryState.PENDING:
+            conn.execute(
+                "DELETE FROM deliveries WHERE capture_id = ? AND destination = ? AND state = ?",
+                (spool_id, name, DeliveryState.PENDING),
+            )
+            out.withdrawn.append((spool_id, name))
+        elif state in (DeliveryState.SENT, DeliveryState.COMMITTED):
+            out.already_sent.append((spool_id, name))
+    stamp = utc_now_text()
+    left = conn.execute(
+        "SELECT COUNT(*) FROM deliveries WHERE capture_id = ?", (spool_id,)
+    ).fetchone()[0]
+    state = conn.execute("SELECT state FROM captures WHERE id = ?", (spool_id,)).fetchone()[0]
+    if state == CaptureState.QUARANTINED:
+        if left:
+            conn.execute(
+                "UPDATE captures SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
+                (CaptureState.WRAPPED, stamp, spool_id),
+            )
+            out.released.append(spool_id)
+    elif not left and plan.destinations:
+        conn.execute(
+            "UPDATE captures SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
+            (CaptureState.QUARANTINED, _no_route_reason(facts), stamp, spool_id),
+        )
+        out.unrouted.append(spool_id)
+        return
+    refresh_capture_state(conn, spool_id, stamp)
+
+
+def reroute(
+    conn: sqlite3.Connection,
+    plan: RoutePlan | Iterable[str],
+    now: float,
+    spool_ids: list[int] | None = None,
+) -> Rerouted:
+    """Route the captures still on disk again (all, or those of ``spool_ids``), by the
+    rules of this module's docstring, in one transaction."""
+    plan = RoutePlan.of(plan)
+    out = Rerouted()
+    with transaction(conn):
+        for spool_id in _candidates(conn, spool_ids):
+            _reroute_one(conn, spool_id, plan, now, out)
+    return out
+
+
+def add_missing_deliveries(
+    conn: sqlite3.Connection, plan: RoutePlan | Iterable[str], now: float
+) -> int:
+    """Give the captures still on disk a delivery for destinations (or routes) added since;
+    return how many were added (:func:`reroute`)."""
+    return len(reroute(conn, plan, now).added)
+
+
+def removed_destinations(
+    conn: sqlite3.Connection, configured: Iterable[str]
+) -> dict[str, dict[str, int]]:
+    """Destinations with open deliveries (PENDING or SENT, not yet confirmed) that are no
+    longer configured: name → delivery state → count."""
+    names = list(configured)
+    gone = f"destination NOT IN ({','.join('?' for _ in names)})" if names else "1"
+    removed: dict[str, dict[str, int]] = {}
+    for name, state, count in conn.execute(
+        f"SELECT destination, state, COUNT(*) FROM deliveries WHERE {gone} "
+        "AND state IN (?, ?) GROUP BY destination, state ORDER BY destination",
+        (*names, DeliveryState.PENDING, DeliveryState.SENT),
+    ):
+        removed.setdefault(str(name), {})[str(state)] = int(count)
+    return removed
