@@ -357,6 +357,7 @@ async def _run_locked(
             board=board,
             forwarders=forwarders,
             bus=bus,
+            configured=names,
         )
         # The worklist cache (refreshed from [worklist]'s SCP); sessions search it.
         if worklist_source is not None:

@@ -49,8 +49,8 @@ from gateway.spool.ledger import (
     refresh_capture_state,
     utc_now_text,
 )
-from gateway.spool.routing import create_deliveries
-from gateway.spool.schema import RETRY_NOTE
+from gateway.spool.routing import PRIORITY_SINCE, create_deliveries
+from gateway.spool.schema import RETRY_NOTE, schema_version
 from gateway.spool.states import CaptureState, DeliveryState
 
 RESOLVED_PREFIX = "resolved by technician"
@@ -134,13 +134,15 @@ class DeliveryRecord:
     commit_txn: str | None
     sent_at: str | None
     committed_at: str | None
+    priority: int = 0  # a route's priority = "high": 1
 
 
 def deliveries(conn: sqlite3.Connection, spool_id: int) -> list[DeliveryRecord]:
     """The capture's deliveries, by destination name."""
+    priority = "priority" if schema_version(conn) >= PRIORITY_SINCE else "0 AS priority"
     rows = conn.execute(
         "SELECT destination, state, attempts, next_attempt_at, last_error, commit_failures, "
-        "commit_txn, sent_at, committed_at FROM deliveries WHERE capture_id = ? "
+        f"commit_txn, sent_at, committed_at, {priority} FROM deliveries WHERE capture_id = ? "
         "ORDER BY destination",
         (spool_id,),
     ).fetchall()
@@ -155,6 +157,7 @@ def deliveries(conn: sqlite3.Connection, spool_id: int) -> list[DeliveryRecord]:
             commit_txn=r["commit_txn"],
             sent_at=r["sent_at"],
             committed_at=r["committed_at"],
+            priority=r["priority"],
         )
         for r in rows
     ]

@@ -33,6 +33,7 @@ from gateway.spool.states import CaptureState, DeliveryState
 
 __all__ = [
     "NO_ROUTE_REASON",
+    "PRIORITY_SINCE",
     "REMOVED_NOTE",
     "Rerouted",
     "add_missing_deliveries",
@@ -40,12 +41,16 @@ __all__ = [
     "create_deliveries",
     "removed_destinations",
     "reroute",
+    "waiting_for_removed",
 ]
 
 #: How a capture that no route sends anywhere is set aside (its reason's start).
 NO_ROUTE_REASON = "no route sends it anywhere"
 #: How a delivery to a destination no longer in the configuration is shown.
 REMOVED_NOTE = "destination removed"
+
+#: The ledger version from which deliveries carry a priority.
+PRIORITY_SINCE = 7
 
 _ON_DISK = (CaptureState.WRAPPED, CaptureState.SENT, CaptureState.COMMITTED)
 
@@ -229,3 +234,20 @@ def removed_destinations(
     ):
         removed.setdefault(str(name), {})[str(state)] = int(count)
     return removed
+
+
+def waiting_for_removed(
+    conn: sqlite3.Connection, configured: Iterable[str]
+) -> dict[int, list[str]]:
+    """Spool id → the destinations no longer configured that it still waits for (an open
+    delivery: PENDING, or SENT and not confirmed)."""
+    names = list(configured)
+    gone = f"destination NOT IN ({','.join('?' for _ in names)})" if names else "1"
+    waiting: dict[int, list[str]] = {}
+    for spool_id, name in conn.execute(
+        f"SELECT capture_id, destination FROM deliveries WHERE {gone} AND state IN (?, ?) "
+        "ORDER BY capture_id, destination",
+        (*names, DeliveryState.PENDING, DeliveryState.SENT),
+    ):
+        waiting.setdefault(int(spool_id), []).append(str(name))
+    return waiting

@@ -412,7 +412,18 @@ def run_checks(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
         results.append(mqtt)
     results += certificate_checks(config)
     for dest in figures.destinations:
-        if dest.failing:
+        if dest.removed:
+            results.append(
+                CheckResult(
+                    f"Deliveries to {dest.name}",
+                    WARN,
+                    f"destination removed: {dest.pending + dest.sent} capture(s) still wait for "
+                    "it and are kept in the spool",
+                    f"Put {dest.name} back in [[destinations]] to send and confirm them; until "
+                    "then they are never purged.",
+                )
+            )
+        elif dest.failing:
             results.append(
                 CheckResult(
                     f"Deliveries to {dest.name}",

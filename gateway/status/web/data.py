@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.spool.figures import DELIVERED, WAITING, page_figures, recent_captures
 from gateway.spool.ledger import open_ledger
+from gateway.spool.routing import removed_destinations
 from gateway.spool.states import CaptureState
 
 STALE_BACKLOG = 600.0  # seconds a capture may wait before the verdict turns amber
@@ -50,6 +51,7 @@ class DestinationFigures:
     retrying: int = 0
     last_error: str | None = None
     reachable: bool | None = None  # from the state snapshot; None: not known
+    removed: bool = False  # no longer configured; captures still wait for it
 
     @property
     def failing(self) -> bool:
@@ -123,6 +125,7 @@ def read_figures(
     conn = open_ledger(ledger_path, readonly=True)
     try:
         read = page_figures(conn, [(n, c) for n, _, _, c in destinations])
+        removed = removed_destinations(conn, [n for n, _, _, _ in destinations])
     finally:
         conn.close()
     dests = []
@@ -142,6 +145,18 @@ def read_figures(
                 last_error=None if d.last_error is None else d.last_error.message,
             )
         )
+    dests += [
+        DestinationFigures(
+            name,
+            "",
+            0,
+            False,
+            pending=states.get("PENDING", 0),
+            sent=states.get("SENT", 0),
+            removed=True,
+        )
+        for name, states in removed.items()
+    ]
     first = read.first_unconfirmed_epoch
     return Figures(
         counts=read.counts,
@@ -173,7 +188,12 @@ def verdict(fig: Figures) -> Verdict:
     if not fig.destinations:
         red.append("No PACS is configured: captures are only kept here.")
     for dest in fig.destinations:
-        if dest.failing:
+        if dest.removed:
+            amber.append(
+                f"{dest.pending + dest.sent} capture(s) wait for {dest.name}, which is no longer "
+                "configured (destination removed): configure it again to send and confirm them."
+            )
+        elif dest.failing:
             why = dest.last_error or "not reachable"
             red.append(f"{dest.name} does not take captures: {why}")
     if fig.quarantined_open:

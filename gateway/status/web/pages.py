@@ -104,6 +104,10 @@ def overview_fragment(fig: Figures, verdict: Verdict) -> str:
         f'<td class="state {"fail" if d.failing else "ok"}">'
         f"{'failing' if d.failing else 'OK'}</td><td>{d.pending}</td>"
         f"<td>{_e(d.last_error) if d.failing else ''}</td></tr>"
+        if not d.removed
+        else f'<tr><td>{_e(d.name)}</td><td>-</td><td class="state fail">destination removed'
+        f"</td><td>{d.pending + d.sent}</td><td>no longer configured: captures wait for it</td>"
+        "</tr>"
         for d in fig.destinations
     )
     alarms = "".join(
@@ -204,7 +208,10 @@ def capture_page(
         ("Received", details["received_at"]),
     ]
     for d in details["deliveries"]:
-        fields.append((f"To {d['destination']}", f"{d['state']} ({d['attempts']} attempts)"))
+        shown = f"{d['state']} ({d['attempts']} attempts)"
+        if d.get("note"):
+            shown += f", {d['note']}"  # waits for a destination no longer configured
+        fields.append((f"To {d['destination']}", shown))
     table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in fields)
     if patient is None:
         pat = "".join(

@@ -65,7 +65,9 @@ class SpoolRoutes(PageState):
             sensitive = is_sensitive(conn, entry.spool_id)
         finally:
             conn.close()
-        details = capture_details(entry, records, self.dirs)
+        details = capture_details(
+            entry, records, self.dirs, [d.name for d in self.config.destinations]
+        )
         details["sensitive"] = sensitive
         return details
 
