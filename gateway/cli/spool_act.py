@@ -166,7 +166,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     config = _load(args.config)
     dirs = SpoolDirs(config.spool_dir())
     ledger = config.ledger_path()
-    names = [d.name for d in config.destinations]
+    plan = RoutePlan.from_config(config)
     if not (dirs.dicom.is_dir() or dirs.raw.is_dir()):
         print(f"no spool at {dirs.root}: nothing to rebuild")
         return EXIT_OK
@@ -175,7 +175,7 @@ def _rebuild(args: argparse.Namespace) -> int:
             report = rebuild.rebuild_ledger(
                 ledger,
                 dirs,
-                names,
+                plan,
                 gateway_id=config.gateway.id,
                 spool_id_mark=high_water_path(config.gateway.state_dir),
             )
@@ -187,13 +187,21 @@ def _rebuild(args: argparse.Namespace) -> int:
         raise _Refusal(
             EXIT_FAILURE, f"cannot write a new ledger at {ledger}: {err}; nothing changed"
         ) from err
-    _print_rebuild(report, dirs, names)
+    _print_rebuild(report, dirs, plan)
     return EXIT_OK
 
 
-def _print_rebuild(report: rebuild.RebuildReport, dirs: SpoolDirs, names: list[str]) -> None:
+def _print_rebuild(report: rebuild.RebuildReport, dirs: SpoolDirs, plan: RoutePlan) -> None:
     print(f"rebuilt the ledger {report.ledger} from the spool {dirs.root}:")
-    sends = f"sent again to {', '.join(names)}" if names else "kept (no destination configured)"
+    names = ", ".join(plan.destinations)
+    sends = (
+        "kept (no destination configured)"
+        if not plan.destinations
+        else f"sent again to {names}"
+        if not plan.routes
+        else f"sent again to {names} as [[routes]] say (by SOP class and sensitive flag; "
+        "a rebuilt capture's driver and device are not known)"
+    )
     print(
         f"  {len(report.rebuilt)} capture(s) recorded as WRAPPED from {dirs.dicom}: each will "
         f"be {sends} under its own SOP Instance UID once the service starts (a PACS that "

@@ -146,6 +146,7 @@ def insert_capture(
     device_name: str | None = None,
     context: CaptureContext | None = None,
     held: str | None = None,
+    sensitive: bool = False,
 ) -> int:
     """Record a durable capture; return its spool id (``spool_id`` when given: intake
     reserves it before the DICOM file that names it is written).
@@ -162,7 +163,9 @@ def insert_capture(
 
     ``device_name`` is the configured device that sent it; ``context`` the
     session context it was bound to (its ``session_id`` recorded too); ``held``
-    a reason to keep it HELD (no patient yet) instead of CAPTURED.
+    a reason to keep it HELD (no patient yet) instead of CAPTURED. ``sensitive``
+    flags it sensitive (as a ``context`` with sensitive content does), before any
+    route sees it.
     """
     now = utc_now_text()
     if held is not None and wrapped is not None:
@@ -205,7 +208,7 @@ def insert_capture(
                 device_name,
                 context.session_id if context else None,
                 context_to_json(context),
-                int(bool(context and context.sensitive)),
+                int(sensitive or bool(context and context.sensitive)),
                 held,
             ),
         )
