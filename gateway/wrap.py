@@ -138,7 +138,7 @@ class Wrapper:
             return True
         if self._write_errors.pop(entry.spool_id, None) is not None:
             log.info("spool id %d: DICOM file written after all", entry.spool_id)
-        await self._ledger.call(
+        targets = await self._ledger.call(
             db.mark_wrapped,
             entry.spool_id,
             dicom_name=dicom_name,
@@ -148,6 +148,10 @@ class Wrapper:
             now=time.time(),
         )
         log.info("spool id %d wrapped as %s", entry.spool_id, UID(written.sop_class_uid).name)
+        if targets == {} and self._plan.destinations:  # set aside: no route sends it anywhere
+            self._bus.publish(
+                CaptureQuarantined(spool_id=entry.spool_id, stage="route", destination="")
+            )
         self._on_wrapped()
         return True
 

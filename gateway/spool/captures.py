@@ -267,9 +267,10 @@ def mark_wrapped(
     transfer_syntax_uid: str,
     destinations: RoutePlan | Iterable[str],
     now: float,
-) -> None:
+) -> dict[str, int] | None:
     """CAPTURED → WRAPPED, creating a pending delivery for each destination its routes
-    name (:func:`~gateway.spool.routing.create_deliveries`: set aside when none does)."""
+    name (:func:`~gateway.spool.routing.create_deliveries`: set aside when none does).
+    Returns destination → priority (empty: no route), None if it was not CAPTURED."""
     with transaction(conn):
         cur = conn.execute(
             "UPDATE captures SET state = ?, dicom_name = ?, sop_class_uid = ?, "
@@ -284,8 +285,9 @@ def mark_wrapped(
                 CaptureState.CAPTURED,
             ),
         )
-        if cur.rowcount:
-            create_deliveries(conn, spool_id, destinations, now)
+        if not cur.rowcount:
+            return None
+        return create_deliveries(conn, spool_id, destinations, now)
 
 
 def quarantine(conn: sqlite3.Connection, spool_id: int, reason: str) -> None:

@@ -6,6 +6,7 @@ thread (:class:`~gateway.spool.ledger.Ledger`).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from gateway.core.errors import DeliveryError
 from gateway.spool.schema import transaction, utc_now_text
 from gateway.spool.states import CaptureState, DeliveryState
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DueDelivery",
@@ -121,13 +124,19 @@ def record_sent(
     """The destination stored the instance: delivery SENT (capture SENT when all are)."""
     stamp = utc_now_text()
     with transaction(conn):
-        conn.execute(
+        cur = conn.execute(
             "UPDATE deliveries SET state = ?, attempts = attempts + 1, sent_at = ?, "
             "sent_epoch = ?, last_error = NULL, error_code = NULL, error_status = NULL, "
             "commit_txn = NULL "
             "WHERE capture_id = ? AND destination = ?",
             (DeliveryState.SENT, stamp, now or time.time(), spool_id, destination),
         )
+        if cur.rowcount == 0:  # withdrawn by its routes (a sensitive flag) while in flight
+            log.warning(
+                "spool id %d reached %s although its routes withdrew it while it was being sent",
+                spool_id,
+                destination,
+            )
         refresh_capture_state(conn, spool_id, stamp)
 
 

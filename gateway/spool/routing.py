@@ -22,6 +22,7 @@ Blocking functions taking a connection (the ledger thread). The decisions are
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ __all__ = [
     "reroute",
     "waiting_for_removed",
 ]
+
+log = logging.getLogger(__name__)
 
 #: How a capture that no route sends anywhere is set aside (its reason's start).
 NO_ROUTE_REASON = "no route sends it anywhere"
@@ -119,6 +122,7 @@ def create_deliveries(
                 "UPDATE captures SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
                 (CaptureState.QUARANTINED, _no_route_reason(facts), utc_now_text(), spool_id),
             )
+            log.warning("spool id %d set aside: no [[routes]] entry sends it anywhere", spool_id)
     return targets
 
 

@@ -342,3 +342,41 @@ def test_a_destination_added_later_gets_the_captures_on_disk_and_a_removed_one_s
     assert delivery_states(state_dir)[(third, "research")] == "PENDING", "never dropped"
     assert states(state_dir)[2] == "WRAPPED", "never COMMITTED, so never purged"
     assert gateway.stop() == 0
+
+
+def test_a_capture_no_route_sends_anywhere_is_set_aside_then_sent_once_a_route_matches(
+    tmp_path: Path,
+    pacs: MisbehavingPacs,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    pacs.start()
+    only_confocal = """
+[[routes]]
+match = { device_class = "confocal-microscope" }
+to = ["pacs"]
+"""
+    config = gateway_config(
+        tmp_path, pacs_port=pacs.port, pacs_ae="MISBEHAVE", extra_destination=only_confocal
+    )
+    sim = simulator_factory("--captures", "1")
+    gateway = gateway_factory(config)
+    assert sim.wait(120) == 0, "acknowledged: kept even though no route sends it"
+    state_dir = tmp_path / "state"
+    wait_for(lambda: states(state_dir) == ["QUARANTINED"], 60, "set aside for want of a route")
+    row = ledger_rows(state_dir)[0]
+    assert row["reason"].startswith("no route sends it anywhere")
+    assert "device class dermatoscope" in row["reason"]
+    assert (state_dir / "spool" / "dicom" / row["dicom_name"]).exists()
+    listing = run_cli("spool", "list", "--config", str(config))
+    assert "no route sends it anywhere" in listing.stdout
+    assert f"spool id {row['id']} set aside: no [[routes]] entry sends it anywhere" in gateway.log()
+    assert pacs.received == []
+    assert gateway.stop() == 0
+    text = config.read_text(encoding="utf-8").replace("confocal-microscope", "dermatoscope")
+    config.write_text(text, encoding="utf-8")
+    gateway = gateway_factory(config)
+    wait_for(lambda: states(state_dir) == ["SENT"], 60, "routed and sent after the fix")
+    assert pacs.received == [row["sop_instance_uid"]]
+    assert "1 capture(s) set aside for want of a route now have one" in gateway.log()
+    assert gateway.stop() == 0

@@ -359,3 +359,53 @@ def test_a_capture_flagged_before_wrapping_never_gets_a_research_delivery(
     plan = RoutePlan.from_config(_config(tmp_path, CLINIC))
     spool_id = _wrapped(conn, plan, sensitive=True)
     assert _deliveries(conn, spool_id) == {"pacs": ("PENDING", 1)}
+
+
+def _dicom_file(folder: Path, *, sensitive: bool) -> str:
+    """A spooled dermoscopic object as the wrapper leaves it (headers only suffice)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+
+    ds = Dataset()
+    ds.SOPClassUID = DERMOSCOPIC
+    ds.SOPInstanceUID = new_uid()
+    ds.StudyInstanceUID = new_uid()
+    ds.SeriesInstanceUID = new_uid()
+    ds.Manufacturer = "DermGate Reference Devices"
+    ds.PatientID = "TMP-box-7"
+    ds.IssuerOfPatientID = "box-TEMP"
+    if sensitive:
+        item = Dataset()
+        item.CodeValue = "FLAGGED"
+        item.CodingSchemeDesignator = "99DERMGATE"
+        item.CodeMeaning = "flagged by a technician"
+        ds.add_new(0x0008001D, "SQ", Sequence([item]))
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = DERMOSCOPIC
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    return str(ds.SOPInstanceUID)
+
+
+def test_a_rebuilt_ledger_keeps_flagged_captures_away_from_research(tmp_path: Path) -> None:
+    """The sensitive flag is in the file (Sensitive Content Code Sequence): a lost
+    ledger does not lose it, so the routes still keep that capture from research."""
+    from gateway.spool.rebuild import rebuild_ledger
+
+    dirs = SpoolDirs(tmp_path / "spool")
+    dirs.create()
+    flagged = _dicom_file(dirs.dicom, sensitive=True)
+    plain = _dicom_file(dirs.dicom, sensitive=False)
+    plan = RoutePlan.from_config(_config(tmp_path, CLINIC))
+    ledger = tmp_path / "ledger.sqlite3"
+    rebuild_ledger(ledger, dirs, plan, gateway_id="box", spool_id_mark=tmp_path / "mark")
+    conn = db.open_ledger(ledger)
+    try:
+        ids = {
+            str(r[0]): int(r[1]) for r in conn.execute("SELECT sop_instance_uid, id FROM captures")
+        }
+        assert set(_deliveries(conn, ids[flagged])) == {"pacs"}
+        assert set(_deliveries(conn, ids[plain])) == {"pacs", "research"}
+    finally:
+        conn.close()
