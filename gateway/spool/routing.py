@@ -71,20 +71,8 @@ class Rerouted:
 
 def capture_facts(conn: sqlite3.Connection, spool_id: int) -> CaptureFacts | None:
     """What routes look at for capture ``spool_id`` (None: no such capture)."""
-    row = conn.execute(
-        "SELECT json_extract(device_json, '$.device_class'), driver, device_name, "
-        "sop_class_uid, sensitive FROM captures WHERE id = ?",
-        (spool_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    return CaptureFacts(
-        device_class=row[0],
-        driver=str(row[1]),
-        device=row[2],
-        sop_class_uid=row[3],
-        sensitive=bool(row[4]),
-    )
+    row = conn.execute(f"SELECT {_FACTS} FROM captures c WHERE c.id = ?", (spool_id,)).fetchone()
+    return None if row is None else _facts(row, 0)
 
 
 def _no_route_reason(facts: CaptureFacts) -> str:
@@ -126,33 +114,48 @@ def create_deliveries(
     return targets
 
 
-def _candidates(conn: sqlite3.Connection, spool_ids: list[int] | None) -> list[int]:
+_FACTS = (
+    "json_extract(c.device_json, '$.device_class'), c.driver, c.device_name, c.sop_class_uid, "
+    "c.sensitive"
+)
+
+
+def _facts(row: sqlite3.Row | tuple[object, ...], at: int) -> CaptureFacts:
+    return CaptureFacts(
+        device_class=None if row[at] is None else str(row[at]),
+        driver=str(row[at + 1]),
+        device=None if row[at + 2] is None else str(row[at + 2]),
+        sop_class_uid=None if row[at + 3] is None else str(row[at + 3]),
+        sensitive=bool(row[at + 4]),
+    )
+
+
+def _on_disk(spool_ids: list[int] | None) -> tuple[str, list[object]]:
+    """The WHERE clause (on ``captures c``) of the captures :func:`reroute` looks at."""
     marks = ",".join("?" for _ in _ON_DISK)
-    sql = (
-        f"SELECT id FROM captures WHERE (state IN ({marks}) OR (state = ? AND reason LIKE ? "
-        "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.capture_id = captures.id)))"
+    where = (
+        f"(c.state IN ({marks}) OR (c.state = ? AND c.reason LIKE ? "
+        "AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.capture_id = c.id)))"
     )
     args: list[object] = [*_ON_DISK, CaptureState.QUARANTINED, NO_ROUTE_REASON + "%"]
     if spool_ids is not None:
-        sql += f" AND id IN ({','.join('?' for _ in spool_ids)})"
+        where += f" AND c.id IN ({','.join('?' for _ in spool_ids)})"
         args.extend(spool_ids)
-    return [int(r[0]) for r in conn.execute(sql + " ORDER BY id", args)]
+    return where, args
 
 
 def _reroute_one(
-    conn: sqlite3.Connection, spool_id: int, plan: RoutePlan, now: float, out: Rerouted
+    conn: sqlite3.Connection,
+    spool_id: int,
+    state: str,
+    facts: CaptureFacts,
+    existing: dict[str, tuple[DeliveryState, int]],
+    plan: RoutePlan,
+    now: float,
+    out: Rerouted,
 ) -> None:
-    facts = capture_facts(conn, spool_id)
-    if facts is None:
-        return
     targets = plan.targets(facts)
-    existing = {
-        str(r[0]): (DeliveryState(r[1]), int(r[2]))
-        for r in conn.execute(
-            "SELECT destination, state, priority FROM deliveries WHERE capture_id = ?",
-            (spool_id,),
-        )
-    }
+    changed = False
     for name, priority in targets.items():
         if name not in existing:
             conn.execute(
@@ -161,35 +164,38 @@ def _reroute_one(
                 (spool_id, name, DeliveryState.PENDING, now, priority),
             )
             out.added.append((spool_id, name))
+            changed = True
         elif existing[name][0] is DeliveryState.PENDING and existing[name][1] != priority:
             conn.execute(
                 "UPDATE deliveries SET priority = ? WHERE capture_id = ? AND destination = ?",
                 (priority, spool_id, name),
             )
-    for name, (state, _) in existing.items():
+    left = len(existing)
+    for name, (delivery, _) in existing.items():
         if name in targets or name not in plan.destinations:
             continue  # wanted, or a removed destination (kept, shown as removed)
-        if state is DeliveryState.PENDING:
+        if delivery is DeliveryState.PENDING:
             conn.execute(
                 "DELETE FROM deliveries WHERE capture_id = ? AND destination = ? AND state = ?",
                 (spool_id, name, DeliveryState.PENDING),
             )
             out.withdrawn.append((spool_id, name))
-        elif state in (DeliveryState.SENT, DeliveryState.COMMITTED):
+            changed = True
+            left -= 1
+        elif delivery in (DeliveryState.SENT, DeliveryState.COMMITTED):
             out.already_sent.append((spool_id, name))
+    left += len(targets.keys() - existing.keys())
+    unrouted = not left and bool(plan.destinations) and state != CaptureState.QUARANTINED
+    if not changed and not unrouted:
+        return
     stamp = utc_now_text()
-    left = conn.execute(
-        "SELECT COUNT(*) FROM deliveries WHERE capture_id = ?", (spool_id,)
-    ).fetchone()[0]
-    state = conn.execute("SELECT state FROM captures WHERE id = ?", (spool_id,)).fetchone()[0]
-    if state == CaptureState.QUARANTINED:
-        if left:
-            conn.execute(
-                "UPDATE captures SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
-                (CaptureState.WRAPPED, stamp, spool_id),
-            )
-            out.released.append(spool_id)
-    elif not left and plan.destinations:
+    if state == CaptureState.QUARANTINED:  # set aside for want of a route, now routed
+        conn.execute(
+            "UPDATE captures SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
+            (CaptureState.WRAPPED, stamp, spool_id),
+        )
+        out.released.append(spool_id)
+    elif unrouted:
         conn.execute(
             "UPDATE captures SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
             (CaptureState.QUARANTINED, _no_route_reason(facts), stamp, spool_id),
@@ -209,9 +215,28 @@ def reroute(
     rules of this module's docstring, in one transaction."""
     plan = RoutePlan.of(plan)
     out = Rerouted()
+    where, args = _on_disk(spool_ids)
     with transaction(conn):
-        for spool_id in _candidates(conn, spool_ids):
-            _reroute_one(conn, spool_id, plan, now, out)
+        # Two reads for the lot (a spool of tens of thousands is routed at every start),
+        # then writes only where something changes.
+        existing: dict[int, dict[str, tuple[DeliveryState, int]]] = {}
+        for spool_id, name, state, priority in conn.execute(
+            "SELECT d.capture_id, d.destination, d.state, d.priority FROM deliveries d "
+            f"JOIN captures c ON c.id = d.capture_id WHERE {where}",
+            args,
+        ):
+            existing.setdefault(int(spool_id), {})[str(name)] = (
+                DeliveryState(state),
+                int(priority),
+            )
+        rows = conn.execute(
+            f"SELECT c.id, c.state, {_FACTS} FROM captures c WHERE {where} ORDER BY c.id", args
+        ).fetchall()
+        for row in rows:
+            spool_id = int(row[0])
+            facts = _facts(row, 2)
+            found = existing.get(spool_id, {})
+            _reroute_one(conn, spool_id, str(row[1]), facts, found, plan, now, out)
     return out
 
 
