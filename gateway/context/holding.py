@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,9 +39,9 @@ from gateway.core.routing import RoutePlan
 from gateway.dicom.job import WrapJob
 from gateway.dicom.retarget import retarget
 from gateway.spool import held as db
-from gateway.spool.capture_marks import flag_sensitive, is_sensitive
+from gateway.spool.capture_marks import flag_sensitive, is_sensitive, set_sensitive
 from gateway.spool.captures import SpoolEntry
-from gateway.spool.routing import Rerouted
+from gateway.spool.routing import Rerouted, reroute
 from gateway.spool.sessions import series_for
 from gateway.spool.states import CaptureState
 
@@ -231,18 +232,33 @@ class HoldDesk(SessionDesk):
         candidate = candidates.get(spool_id)
         if candidate is None:
             raise ContextError(ContextErrorCode.NOT_HELD, f"no capture with spool id {spool_id}")
-        entry = candidate.entry
         plan = RoutePlan.from_config(self._config)
-        changes = await self._ledger.call(flag_sensitive, spool_id, sensitive, plan, time.time())
+        if sensitive:  # its routes drop what they no longer allow, before anything is sent
+            await self._routed(spool_id, flag_sensitive, spool_id, True, plan, time.time())
+        else:  # destinations come back once the object's context (session, site) is settled
+            await self._ledger.call(set_sensitive, spool_id, False)
         log.info(
             "spool id %d %s as sensitive by %s",
             spool_id,
             "flagged" if sensitive else "unflagged",
             actor.label,
         )
+        try:
+            return await self._flag_object(candidate, sensitive)
+        finally:
+            await self._routed(spool_id, reroute, plan, time.time(), [spool_id])
+
+    async def _routed(self, spool_id: int, change: Callable[..., Rerouted], *args: object) -> None:
+        """Run a routing change on the ledger thread, say what it did, wake the senders."""
+        changes = await self._ledger.call(change, *args)
         _log_rerouted(spool_id, changes)
         if changes.added or changes.released:
             self._wake_wrapper()  # (the service wakes the forwarders with it)
+
+    async def _flag_object(self, candidate: db.Candidate, sensitive: bool) -> bool:
+        """Carry a flag into the capture's object when it can (see :meth:`flag_capture`)."""
+        entry = candidate.entry
+        spool_id = entry.spool_id
         if entry.state is CaptureState.HELD:
             return True  # its context is made when it is assigned, with the flag
         if (
