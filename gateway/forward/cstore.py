@@ -63,7 +63,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.core.config import DicomDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
-from gateway.dicom import network  # noqa: F401  (pynetdicom fixes, on import)
+from gateway.dicom.network import dermgate_ae
 from gateway.dicom.sop_classes import uid_name
 from gateway.forward.contexts import storage_contexts
 from gateway.forward.stream import stream_c_store
@@ -202,7 +202,7 @@ class CStoreSender:
         self.destination = destination
 
     def _ae(self) -> AE:
-        ae = AE(ae_title=self.calling_ae)
+        ae = dermgate_ae(self.calling_ae)
         d = self.destination
         ae.connection_timeout = d.connect_timeout
         ae.acse_timeout = d.acse_timeout
