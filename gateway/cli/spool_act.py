@@ -1,8 +1,10 @@
-"""``dermgate spool retry``, ``export`` and ``rebuild``: the commands that act.
+"""``dermgate spool retry``, ``forget-destination``, ``export`` and ``rebuild``: the
+commands that act.
 
-``retry`` writes to the ledger beside a running service (under its write lock,
-:mod:`gateway.spool.admin`); ``export`` copies a capture's file out, after its
-audit line; ``rebuild`` writes a new ledger under the state folder's lock.
+``retry`` and ``forget-destination`` write to the ledger beside a running service
+(under its write lock, :mod:`gateway.spool.admin`); ``export`` copies a capture's
+file out, after its audit line; ``rebuild`` writes a new ledger under the state
+folder's lock.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import json
 import sqlite3
 import sys
+import time
 from typing import TextIO
 
 from gateway.cli.spool_common import (
@@ -32,6 +35,7 @@ from gateway.service.state_lock import StateLock, StateLocked
 from gateway.spool import admin, rebuild
 from gateway.spool import ledger as db
 from gateway.spool.dirs import SpoolDirs
+from gateway.spool.routing import DestinationConfigured, forget_destination, removed_destinations
 from gateway.spool.spool_ids import high_water_path
 from gateway.spool.states import CaptureState
 
@@ -68,6 +72,11 @@ def _retry(args: argparse.Namespace) -> int:
     elif outcome.state is CaptureState.WRAPPED:
         sends = ", ".join(outcome.reset_deliveries) or "its pending destinations"
         print(f"{what} is now WRAPPED: it will be sent again to {sends}.")
+    elif outcome.state is CaptureState.QUARANTINED:  # still no route sends it anywhere
+        print(
+            f"{what} is still QUARANTINED: no [[routes]] entry sends it anywhere; add one "
+            "that matches it (see dermgate spool show), then retry it."
+        )
     else:
         print(f"{what} is now {outcome.state}: every destination already has it.")
     if outcome.state in (CaptureState.CAPTURED, CaptureState.WRAPPED):
@@ -80,6 +89,57 @@ def _retry(args: argparse.Namespace) -> int:
 
 
 cmd_spool_retry = _run("retry", _retry)
+
+
+# --------------------------------------------------------------------------- forget-destination
+
+
+def _forget_destination(args: argparse.Namespace) -> int:
+    """Let go of a destination taken out of the configuration: its captures stop waiting."""
+    config = _load(args.config)
+    path = _existing_ledger(config)
+    plan = RoutePlan.from_config(config)
+    if args.name in plan.destinations:
+        raise _Refusal(
+            EXIT_NOT_POSSIBLE,
+            f"destination {args.name} is configured: remove it from [[destinations]] first",
+        )
+    try:
+        conn = db.open_ledger(path)
+        try:
+            waiting = removed_destinations(conn, plan.destinations).get(args.name)
+            if not waiting:
+                raise _Refusal(
+                    EXIT_NOT_POSSIBLE,
+                    f"no capture waits for a destination named {args.name}: nothing to forget",
+                )
+            count = sum(waiting.values())
+            if not args.yes:
+                print(
+                    f"{count} capture(s) wait for {args.name} (removed from the configuration). "
+                    "Forgetting it drops those deliveries for good: the captures then count as "
+                    "delivered once their other destinations confirm them, and may be purged. "
+                    "Run again with --yes to do so."
+                )
+                return EXIT_OK
+            done = forget_destination(conn, args.name, plan, time.time())
+        finally:
+            conn.close()
+    except DestinationConfigured as err:
+        raise _Refusal(EXIT_NOT_POSSIBLE, str(err)) from err
+    except (sqlite3.Error, db.LedgerVersionError) as err:
+        raise _ledger_failure(path, err) from err
+    ids = ", ".join(str(i) for i in done.spool_ids)
+    print(f"destination {args.name} forgotten: {count} delivery(ies) dropped (spool ids {ids}).")
+    if done.rerouted.unrouted:
+        print(
+            f"{len(done.rerouted.unrouted)} of them are set aside: no route sends them "
+            "anywhere else (see dermgate spool list)."
+        )
+    return EXIT_OK
+
+
+cmd_spool_forget_destination = _run("forget-destination", _forget_destination)
 
 
 # --------------------------------------------------------------------------- export

@@ -214,10 +214,12 @@ async def _route_again(ledger: Ledger, plan: RoutePlan) -> None:
     for name, states in removed.items():
         log.warning(
             "destination %s was removed from the configuration: %d capture(s) waiting for it "
-            "stay in the spool (shown as %r) until it is configured again",
+            "stay in the spool (shown as %r) until it is configured again or let go of "
+            "(dermgate spool forget-destination %s)",
             name,
             sum(states.values()),
             REMOVED_NOTE,
+            name,
         )
 
 

@@ -17,7 +17,9 @@ Blocking functions taking a connection (the ledger thread). The decisions are
   are withdrawn (SENT or COMMITTED ones cannot be: they are reported); a capture
   set aside for want of a route is released once one matches it.
 * A destination no longer configured is never touched here: its deliveries stay,
-  the capture is not purged, and listings show them as "destination removed".
+  the capture is not purged, and listings show them as "destination removed",
+  until a technician lets go of it (:func:`forget_destination`, ``dermgate spool
+  forget-destination``).
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ __all__ = [
     "NO_ROUTE_REASON",
     "PRIORITY_SINCE",
     "REMOVED_NOTE",
+    "DestinationConfigured",
+    "Forgotten",
     "Rerouted",
     "add_missing_deliveries",
     "capture_facts",
     "create_deliveries",
+    "forget_destination",
     "removed_destinations",
     "reroute",
     "waiting_for_removed",
@@ -213,31 +218,88 @@ def reroute(
 ) -> Rerouted:
     """Route the captures still on disk again (all, or those of ``spool_ids``), by the
     rules of this module's docstring, in one transaction."""
-    plan = RoutePlan.of(plan)
     out = Rerouted()
-    where, args = _on_disk(spool_ids)
     with transaction(conn):
-        # Two reads for the lot (a spool of tens of thousands is routed at every start),
-        # then writes only where something changes.
-        existing: dict[int, dict[str, tuple[DeliveryState, int]]] = {}
-        for spool_id, name, state, priority in conn.execute(
-            "SELECT d.capture_id, d.destination, d.state, d.priority FROM deliveries d "
-            f"JOIN captures c ON c.id = d.capture_id WHERE {where}",
-            args,
-        ):
-            existing.setdefault(int(spool_id), {})[str(name)] = (
-                DeliveryState(state),
-                int(priority),
-            )
-        rows = conn.execute(
-            f"SELECT c.id, c.state, {_FACTS} FROM captures c WHERE {where} ORDER BY c.id", args
-        ).fetchall()
-        for row in rows:
-            spool_id = int(row[0])
-            facts = _facts(row, 2)
-            found = existing.get(spool_id, {})
-            _reroute_one(conn, spool_id, str(row[1]), facts, found, plan, now, out)
+        _reroute_in(conn, RoutePlan.of(plan), now, spool_ids, out)
     return out
+
+
+def _reroute_in(
+    conn: sqlite3.Connection,
+    plan: RoutePlan,
+    now: float,
+    spool_ids: list[int] | None,
+    out: Rerouted,
+) -> None:
+    """:func:`reroute` inside the caller's transaction."""
+    where, args = _on_disk(spool_ids)
+    # Two reads for the lot (a spool of tens of thousands is routed at every start),
+    # then writes only where something changes.
+    existing: dict[int, dict[str, tuple[DeliveryState, int]]] = {}
+    for spool_id, name, state, priority in conn.execute(
+        "SELECT d.capture_id, d.destination, d.state, d.priority FROM deliveries d "
+        f"JOIN captures c ON c.id = d.capture_id WHERE {where}",
+        args,
+    ):
+        existing.setdefault(int(spool_id), {})[str(name)] = (DeliveryState(state), int(priority))
+    rows = conn.execute(
+        f"SELECT c.id, c.state, {_FACTS} FROM captures c WHERE {where} ORDER BY c.id", args
+    ).fetchall()
+    for row in rows:
+        spool_id = int(row[0])
+        found = existing.get(spool_id, {})
+        _reroute_one(conn, spool_id, str(row[1]), _facts(row, 2), found, plan, now, out)
+
+
+class DestinationConfigured(Exception):
+    """The destination to forget is still in the configuration."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What :func:`forget_destination` did: the deliveries it dropped (by state), the
+    captures they were of, and what routing those again changed."""
+
+    dropped: dict[str, int]
+    spool_ids: list[int]
+    rerouted: Rerouted
+
+
+def forget_destination(
+    conn: sqlite3.Connection, name: str, plan: RoutePlan | Iterable[str], now: float
+) -> Forgotten:
+    """A technician lets go of a removed destination: its open deliveries (PENDING, or
+    SENT and never confirmed) are dropped, in one transaction, and their captures are
+    routed again by ``plan`` (one confirmed everywhere else becomes COMMITTED, and may be
+    purged; one that no route sends anywhere is set aside). Confirmed (COMMITTED)
+    deliveries stay as the record of what it received. Raises
+    :class:`DestinationConfigured` if ``plan`` still has ``name``."""
+    plan = RoutePlan.of(plan)
+    if name in plan.destinations:
+        raise DestinationConfigured(
+            f"destination {name} is configured: remove it from [[destinations]] first"
+        )
+    out = Rerouted()
+    with transaction(conn):
+        open_states = (DeliveryState.PENDING, DeliveryState.SENT)
+        rows = conn.execute(
+            "SELECT capture_id, state FROM deliveries WHERE destination = ? AND state IN (?, ?) "
+            "ORDER BY capture_id",
+            (name, *open_states),
+        ).fetchall()
+        dropped: dict[str, int] = {}
+        for _, state in rows:
+            dropped[str(state)] = dropped.get(str(state), 0) + 1
+        spool_ids = sorted({int(r[0]) for r in rows})
+        conn.execute(
+            "DELETE FROM deliveries WHERE destination = ? AND state IN (?, ?)", (name, *open_states)
+        )
+        stamp = utc_now_text()
+        for spool_id in spool_ids:
+            refresh_capture_state(conn, spool_id, stamp)
+        if spool_ids:
+            _reroute_in(conn, plan, now, spool_ids, out)
+    return Forgotten(dropped, spool_ids, out)
 
 
 def add_missing_deliveries(

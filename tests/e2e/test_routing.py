@@ -341,6 +341,20 @@ def test_a_destination_added_later_gets_the_captures_on_disk_and_a_removed_one_s
     assert "Destination research (destination removed)" in shown.stdout
     assert delivery_states(state_dir)[(third, "research")] == "PENDING", "never dropped"
     assert states(state_dir)[2] == "WRAPPED", "never COMMITTED, so never purged"
+
+    # The clinic retires the archive for good: a technician lets go of it, explicitly.
+    asked = run_cli("spool", "forget-destination", "research", "--config", str(pacs_only))
+    assert "1 capture(s) wait for research" in asked.stdout
+    assert "--yes" in asked.stdout
+    assert delivery_states(state_dir)[(third, "research")] == "PENDING", "not without --yes"
+    done = run_cli("spool", "forget-destination", "research", "--yes", "--config", str(pacs_only))
+    assert done.returncode == 0, done.stderr
+    assert f"1 delivery(ies) dropped (spool ids {third})" in done.stdout
+    assert (third, "research") not in delivery_states(state_dir)
+    assert states(state_dir) == ["COMMITTED"] * 3, "confirmed by every destination left"
+    again = run_cli("spool", "forget-destination", "pacs", "--yes", "--config", str(pacs_only))
+    assert again.returncode == 4
+    assert "is configured" in again.stderr
     assert gateway.stop() == 0
 
 

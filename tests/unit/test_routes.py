@@ -23,7 +23,12 @@ from gateway.spool import commitments as cdb
 from gateway.spool import ledger as db
 from gateway.spool.capture_marks import flag_sensitive
 from gateway.spool.dirs import SpoolDirs
-from gateway.spool.routing import NO_ROUTE_REASON, removed_destinations
+from gateway.spool.routing import (
+    NO_ROUTE_REASON,
+    DestinationConfigured,
+    forget_destination,
+    removed_destinations,
+)
 from tests.support.dicom_files import DEVICE
 
 DERMOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.7"
@@ -409,3 +414,25 @@ def test_a_rebuilt_ledger_keeps_flagged_captures_away_from_research(tmp_path: Pa
         assert set(_deliveries(conn, ids[plain])) == {"pacs", "research"}
     finally:
         conn.close()
+
+
+def test_forgetting_a_removed_destination_lets_its_captures_complete(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    both = RoutePlan(("pacs", "research"))
+    done, other = _wrapped(conn, both), _wrapped(conn, both)
+    _commit(conn, done, "pacs")
+    db.record_sent(conn, done, "research", now=1.0)  # sent, never confirmed
+    conn.execute("DELETE FROM deliveries WHERE capture_id = ? AND destination = 'pacs'", (other,))
+    conn.commit()
+    pacs_only = RoutePlan(("pacs",), RoutePlan.from_config(_config(tmp_path, CLINIC)).routes[1:2])
+    with pytest.raises(DestinationConfigured):
+        forget_destination(conn, "pacs", pacs_only, 2.0)
+    forgotten = forget_destination(conn, "research", pacs_only, 2.0)
+    assert forgotten.dropped == {"SENT": 1, "PENDING": 1}
+    assert forgotten.spool_ids == [done, other]
+    assert _state(conn, done)[0] == "COMMITTED"  # the PACS confirmed it: purgeable now
+    # Its routes still send the other one to the PACS: it gets that delivery back.
+    assert forgotten.rerouted.added == [(other, "pacs")]
+    assert _deliveries(conn, other) == {"pacs": ("PENDING", 0)}
+    assert removed_destinations(conn, ["pacs"]) == {}

@@ -419,8 +419,9 @@ def run_checks(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
                     WARN,
                     f"destination removed: {dest.pending + dest.sent} capture(s) still wait for "
                     "it and are kept in the spool",
-                    f"Put {dest.name} back in [[destinations]] to send and confirm them; until "
-                    "then they are never purged.",
+                    f"Put {dest.name} back in [[destinations]] to send and confirm them (until "
+                    "then they are never purged), or, if it is retired for good: dermgate spool "
+                    f"forget-destination {dest.name} --yes.",
                 )
             )
         elif dest.failing:

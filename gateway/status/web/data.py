@@ -191,7 +191,8 @@ def verdict(fig: Figures) -> Verdict:
         if dest.removed:
             amber.append(
                 f"{dest.pending + dest.sent} capture(s) wait for {dest.name}, which is no longer "
-                "configured (destination removed): configure it again to send and confirm them."
+                "configured (destination removed): configure it again, or let go of it "
+                f"(dermgate spool forget-destination {dest.name})."
             )
         elif dest.failing:
             why = dest.last_error or "not reachable"

@@ -173,6 +173,11 @@ class SpoolRoutes(PageState):
                 text = f"Retry requested: capture {sid} is now CAPTURED and will be wrapped again."
             elif state == CaptureState.WRAPPED:
                 text = f"Retry requested: capture {sid} is now WRAPPED and will be sent again."
+            elif state == CaptureState.QUARANTINED:  # still no route sends it anywhere
+                text = (
+                    f"Capture {sid} is still set aside: no [[routes]] entry sends it anywhere. "
+                    "Add a route that matches it, then retry."
+                )
             else:
                 text = f"Capture {sid} is now {state}: every destination already has it."
         else:
