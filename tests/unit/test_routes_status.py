@@ -8,6 +8,7 @@ verdict and the "why" page's check say so; nothing counts it as delivered.
 from __future__ import annotations
 
 import asyncio
+import html
 from pathlib import Path
 
 from gateway.core.capture import CaptureOffer, InstanceUIDs
@@ -21,7 +22,9 @@ from gateway.spool.space import SpaceGuard
 from gateway.status.snapshot import GatewayState
 from gateway.status.web.data import read_figures, verdict
 from gateway.status.web.pages import overview_fragment
+from gateway.status.web.server import WebServer
 from tests.support.dicom_files import DEVICE
+from tests.support.web import add_user, login, seed_spool, served, web_config
 
 
 def _waiting_for_research(path: Path) -> int:
@@ -112,3 +115,32 @@ def test_the_page_and_its_verdict_name_the_removed_destination(tmp_path: Path) -
         path, tmp_path, 0, [("pacs", "127.0.0.1", 104, False), ("research", "h", 105, False)]
     )
     assert not any(d.removed for d in with_it.destinations)
+
+
+def test_the_capture_page_marks_the_delivery_to_a_removed_destination(tmp_path: Path) -> None:
+    config = web_config(tmp_path)
+    add_user(config)
+    waiting, _ = seed_spool(config)
+    conn = db.open_ledger(config.ledger_path())
+    conn.execute(
+        "INSERT INTO deliveries (capture_id, destination, state, next_attempt_at) "
+        "VALUES (?, 'research', 'PENDING', 0)",
+        (waiting,),
+    )
+    conn.close()
+
+    async def scenario() -> tuple[str, str]:
+        async with served(WebServer(config)) as (base, session):
+            await login(session, base)
+            async with session.get(f"{base}/spool/{waiting}") as r:
+                page = html.unescape(await r.text())
+            async with session.get(f"{base}/") as r:
+                overview = html.unescape(await r.text())
+        return page, overview
+
+    page, overview = asyncio.run(scenario())
+    assert "To research" in page
+    assert "PENDING (0 attempts), destination removed" in page
+    assert "To pacs" in page
+    assert "PENDING (0 attempts)</td>" in page  # pacs: configured, no note
+    assert "1 capture(s) wait for research" in overview
