@@ -52,17 +52,18 @@ log = logging.getLogger("gateway.context")
 _MOVABLE = (CaptureState.HELD, CaptureState.WRAPPED)
 
 
-def _log_rerouted(spool_id: int, changes: Rerouted) -> None:
-    """Say what routing again after a flag changed (the audit trail beside the flag's line)."""
-    for _, name in changes.withdrawn:
+def _log_rerouted(changes: Rerouted) -> None:
+    """Say what routing again after a flag or a move changed (the audit trail beside
+    the flag's or the move's line)."""
+    for spool_id, name in changes.withdrawn:
         log.warning("spool id %d: no longer sent to %s (its routes exclude it now)", spool_id, name)
-    for _, name in changes.already_sent:
+    for spool_id, name in changes.already_sent:
         log.warning(
             "spool id %d: its routes exclude %s now, but %s already has it", spool_id, name, name
         )
-    for _, name in changes.added:
+    for spool_id, name in changes.added:
         log.info("spool id %d: now also sent to %s (its routes)", spool_id, name)
-    if changes.unrouted:
+    for spool_id in changes.unrouted:
         log.warning("spool id %d: set aside, no route sends it anywhere now", spool_id)
 
 
@@ -150,7 +151,12 @@ class HoldDesk(SessionDesk):
             await asyncio.to_thread(_discard, [m.retargeted for m in moves])
             raise
         try:
-            await self._ledger.call(db.move_captures, moves, self._dicom_dir)
+            # Moved and routed again in one ledger call: a capture moved into a sensitive
+            # session loses the deliveries its routes no longer allow before any is sent.
+            plan = RoutePlan.from_config(self._config)
+            changes = await self._ledger.call(
+                db.move_captures_routed, moves, self._dicom_dir, plan, time.time()
+            )
         except db.MoveRefused as err:
             await asyncio.to_thread(_discard, [m.retargeted for m in moves])
             raise ContextError(
@@ -163,6 +169,7 @@ class HoldDesk(SessionDesk):
             session.id,
             actor.label,
         )
+        _log_rerouted(changes)
         self._bus.publish(CapturesReleased(count=len(spool_ids), how="assigned"))
         await self._first_capture(session)
         self._wake_wrapper()
@@ -234,7 +241,7 @@ class HoldDesk(SessionDesk):
             raise ContextError(ContextErrorCode.NOT_HELD, f"no capture with spool id {spool_id}")
         plan = RoutePlan.from_config(self._config)
         if sensitive:  # its routes drop what they no longer allow, before anything is sent
-            await self._routed(spool_id, flag_sensitive, spool_id, True, plan, time.time())
+            await self._routed(flag_sensitive, spool_id, True, plan, time.time())
         else:  # destinations come back once the object's context (session, site) is settled
             await self._ledger.call(set_sensitive, spool_id, False)
         log.info(
@@ -246,12 +253,12 @@ class HoldDesk(SessionDesk):
         try:
             return await self._flag_object(candidate, sensitive)
         finally:
-            await self._routed(spool_id, reroute, plan, time.time(), [spool_id])
+            await self._routed(reroute, plan, time.time(), [spool_id])
 
-    async def _routed(self, spool_id: int, change: Callable[..., Rerouted], *args: object) -> None:
+    async def _routed(self, change: Callable[..., Rerouted], *args: object) -> None:
         """Run a routing change on the ledger thread, say what it did, wake the senders."""
         changes = await self._ledger.call(change, *args)
-        _log_rerouted(spool_id, changes)
+        _log_rerouted(changes)
         if changes.added or changes.released:
             self._wake_wrapper()  # (the service wakes the forwarders with it)
 

@@ -92,3 +92,21 @@ async def test_a_raw_capture_flagged_before_wrapping_never_gets_research(rig: Co
     await rig.wrap_all()
     assert rig.row(raw.spool_id)["state"] == "WRAPPED"
     assert destinations(rig, raw.spool_id) == {"pacs"}
+
+
+async def test_a_capture_moved_into_a_sensitive_session_loses_research(
+    rig: ContextRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    await rig.stage.open_session("scope", TypedPatient(JANE), TECH)
+    data = jpeg(44)
+    waiting = await rig.capture("scope", SCOPE, CaptureOffer("r4", length=len(data)), data)
+    assert destinations(rig, waiting.spool_id) == {"pacs", "research"}
+    other = PatientContext(patient_name="Roe^Rita", patient_id="PID-0815")
+    target = await rig.stage.open_session("camera", TypedPatient(other), TECH)
+    await rig.stage.flag_session(target.id, True, TECH)
+    await rig.stage.assign([waiting.spool_id], target.id, None, TECH)
+    row = rig.row(waiting.spool_id)
+    assert (row["state"], row["sensitive"]) == ("WRAPPED", 1)
+    assert destinations(rig, waiting.spool_id) == {"pacs"}
+    assert f"spool id {waiting.spool_id}: no longer sent to research" in caplog.text
