@@ -135,6 +135,10 @@ def _print_show(details: dict[str, Any], out: TextIO) -> None:
         removed = f" ({delivery['note']})" if delivery.get("note") else ""
         print(f"Destination {delivery['destination']}{removed}", file=out)
         line("State", delivery["state"], "  ")
+        sent_as = delivery["sent_as"]
+        verb = "Sent as" if delivery["state"] in ("SENT", "COMMITTED") else "To send as"
+        if sent_as["derived"] or verb == "Sent as":
+            line(verb, sent_as["text"], "  ")
         line("Priority", delivery.get("priority"), "  ")
         line("Attempts", delivery["attempts"], "  ")
         line("Next attempt", delivery["next_attempt_at"], "  ")

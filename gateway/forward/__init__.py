@@ -5,11 +5,13 @@ front that bounds every inbound connection.
 
 __all__ = [
     "commitment",
+    "compatible_copies",
     "contexts",
     "cstore",
     "forwarder",
     "listener_front",
     "overdue",
     "peer_check",
+    "refusals",
     "stream",
 ]

@@ -9,7 +9,8 @@ DICOM file is read only by ``show --reveal``, in the command module.
 Retry rules (the way out of QUARANTINED once a technician has acted), applied in one
 ledger transaction, under the write lock, after re-reading the capture:
 
-* the capture must be QUARANTINED, else :class:`NotPossible`;
+* the capture must be QUARANTINED, or have a FAILED delivery (a destination refused
+  it while others still get it), else :class:`NotPossible`;
 * it has no DICOM file to send — it was never wrapped (``dicom_name`` is NULL), its
   quarantine came from wrapping (no delivery rows), or the DICOM file is gone — and
   its raw device file exists → CAPTURED: the service wraps it again, with the same
@@ -19,8 +20,9 @@ ledger transaction, under the write lock, after re-reading the capture:
   instance (nothing pending) the state is derived from the deliveries (SENT or
   COMMITTED) instead;
 * in both cases every FAILED delivery goes back to PENDING with ``next_attempt_at`` =
-  now, ``commit_failures`` = 0, ``commit_txn`` = NULL and ``last_error`` = "retry
-  requested by technician", and the ``reason`` column is cleared;
+  now, ``commit_failures`` = 0, ``commit_txn`` = NULL, ``last_error`` = "retry
+  requested by technician" and no derived object chosen (the class is negotiated
+  again: the PACS may take the original now), and the ``reason`` column is cleared;
 * neither raw nor DICOM file exists → :class:`NotPossible`, "nothing left to send".
 
 The service's forwarders poll the ledger at least every 60 s, so a retried capture
@@ -49,8 +51,8 @@ from gateway.spool.ledger import (
     refresh_capture_state,
     utc_now_text,
 )
-from gateway.spool.routing import PRIORITY_SINCE, create_deliveries
-from gateway.spool.schema import RETRY_NOTE, schema_version
+from gateway.spool.routing import create_deliveries
+from gateway.spool.schema import RETRY_NOTE
 from gateway.spool.states import CaptureState, DeliveryState
 
 RESOLVED_PREFIX = "resolved by technician"
@@ -134,15 +136,18 @@ class DeliveryRecord:
     commit_txn: str | None
     sent_at: str | None
     committed_at: str | None
+    sent_sop_class_uid: str | None = None
+    """The derived object's class this destination gets instead (None: the capture)."""
+    sent_sop_instance_uid: str | None = None
     priority: int = 0  # a route's priority = "high": 1
 
 
 def deliveries(conn: sqlite3.Connection, spool_id: int) -> list[DeliveryRecord]:
     """The capture's deliveries, by destination name."""
-    priority = "priority" if schema_version(conn) >= PRIORITY_SINCE else "0 AS priority"
     rows = conn.execute(
         "SELECT destination, state, attempts, next_attempt_at, last_error, commit_failures, "
-        f"commit_txn, sent_at, committed_at, {priority} FROM deliveries WHERE capture_id = ? "
+        "commit_txn, sent_at, committed_at, sent_sop_class_uid, sent_sop_instance_uid, "
+        "priority FROM deliveries WHERE capture_id = ? "
         "ORDER BY destination",
         (spool_id,),
     ).fetchall()
@@ -157,6 +162,8 @@ def deliveries(conn: sqlite3.Connection, spool_id: int) -> list[DeliveryRecord]:
             commit_txn=r["commit_txn"],
             sent_at=r["sent_at"],
             committed_at=r["committed_at"],
+            sent_sop_class_uid=r["sent_sop_class_uid"],
+            sent_sop_instance_uid=r["sent_sop_instance_uid"],
             priority=r["priority"],
         )
         for r in rows
@@ -232,7 +239,13 @@ def _retry_locked(
     stamp: str,
 ) -> RetryOutcome:
     entry = find_entry(conn, ref)
-    if entry.state is not CaptureState.QUARANTINED:
+    failed = conn.execute(
+        "SELECT 1 FROM deliveries WHERE capture_id = ? AND state = ? LIMIT 1",
+        (entry.spool_id, DeliveryState.FAILED),
+    ).fetchone()
+    if entry.state is not CaptureState.QUARANTINED and not (
+        failed is not None and entry.state in (CaptureState.WRAPPED, CaptureState.SENT)
+    ):
         raise NotPossible(
             f"spool id {entry.spool_id} is {entry.state}, not QUARANTINED: "
             "only a quarantined capture can be retried"
@@ -267,7 +280,8 @@ def _retry_locked(
     ]
     conn.execute(
         "UPDATE deliveries SET state = ?, next_attempt_at = ?, commit_failures = 0, "
-        "commit_txn = NULL, last_error = ?, error_code = NULL, error_status = NULL "
+        "commit_txn = NULL, last_error = ?, error_code = NULL, error_status = NULL, "
+        "sent_sop_class_uid = NULL, sent_sop_instance_uid = NULL "
         "WHERE capture_id = ? AND state = ?",
         (DeliveryState.PENDING, now, RETRY_NOTE, entry.spool_id, DeliveryState.FAILED),
     )

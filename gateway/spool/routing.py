@@ -36,7 +36,6 @@ from gateway.spool.states import CaptureState, DeliveryState
 
 __all__ = [
     "NO_ROUTE_REASON",
-    "PRIORITY_SINCE",
     "REMOVED_NOTE",
     "DestinationConfigured",
     "Forgotten",
@@ -56,9 +55,6 @@ log = logging.getLogger(__name__)
 NO_ROUTE_REASON = "no route sends it anywhere"
 #: How a delivery to a destination no longer in the configuration is shown.
 REMOVED_NOTE = "destination removed"
-
-#: The ledger version from which deliveries carry a priority.
-PRIORITY_SINCE = 7
 
 _ON_DISK = (CaptureState.WRAPPED, CaptureState.SENT, CaptureState.COMMITTED)
 

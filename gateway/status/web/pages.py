@@ -209,6 +209,8 @@ def capture_page(
     ]
     for d in details["deliveries"]:
         shown = f"{d['state']} ({d['attempts']} attempts)"
+        if d["sent_as"]["derived"]:
+            shown += f", as {d['sent_as']['text']}"
         if d.get("note"):
             shown += f", {d['note']}"  # waits for a destination no longer configured
         fields.append((f"To {d['destination']}", shown))
