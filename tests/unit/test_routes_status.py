@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import re
 from pathlib import Path
 
 from gateway.core.capture import CaptureOffer, InstanceUIDs
@@ -129,16 +130,21 @@ def test_the_capture_page_marks_the_delivery_to_a_removed_destination(tmp_path: 
     )
     conn.close()
 
-    async def scenario() -> tuple[str, str]:
+    async def scenario() -> tuple[str, str, str]:
         async with served(WebServer(config)) as (base, session):
             await login(session, base)
             async with session.get(f"{base}/spool/{waiting}") as r:
                 page = html.unescape(await r.text())
             async with session.get(f"{base}/") as r:
                 overview = html.unescape(await r.text())
-        return page, overview
+            async with session.get(f"{base}/spool") as r:
+                listing = html.unescape(await r.text())
+        return page, overview, listing
 
-    page, overview = asyncio.run(scenario())
+    page, overview, listing = asyncio.run(scenario())
+    row = re.search(rf'<tr data-id="{waiting}">.*?</tr>', listing)
+    assert row is not None
+    assert "destination removed: research" in row.group(0)
     assert "To research" in page
     assert "PENDING (0 attempts), destination removed" in page
     assert "To pacs" in page

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from gateway.spool.figures import DELIVERED, WAITING, page_figures, recent_captures
 from gateway.spool.ledger import open_ledger
-from gateway.spool.routing import removed_destinations
+from gateway.spool.routing import removed_destinations, waiting_for_removed
 from gateway.spool.states import CaptureState
 
 STALE_BACKLOG = 600.0  # seconds a capture may wait before the verdict turns amber
@@ -237,18 +238,25 @@ class SpoolRow:
     reason: str | None
     last_error: str | None
     sensitive: bool = False
+    removed: tuple[str, ...] = ()  # destinations no longer configured it still waits for
 
 
 def read_spool(
-    ledger_path: Path, state: str | None = None, limit: int = 200, now: float | None = None
+    ledger_path: Path,
+    state: str | None = None,
+    limit: int = 200,
+    now: float | None = None,
+    configured: Sequence[str] | None = None,
 ) -> list[SpoolRow]:
-    """The newest ``limit`` captures (optionally in ``state``), blocking."""
+    """The newest ``limit`` captures (optionally in ``state``), blocking; with
+    ``configured`` (the destination names), which removed ones each still waits for."""
     now = time.time() if now is None else now
     if not ledger_path.exists():
         return []
     conn = open_ledger(ledger_path, readonly=True)
     try:
         rows = recent_captures(conn, state, limit)
+        removed = {} if configured is None else waiting_for_removed(conn, configured)
     finally:
         conn.close()
     return [
@@ -261,6 +269,7 @@ def read_spool(
             reason=r.reason,
             last_error=r.last_error,
             sensitive=r.sensitive,
+            removed=tuple(removed.get(r.spool_id, ())),
         )
         for r in rows
     ]

@@ -169,11 +169,15 @@ def spool_page(rows: list[SpoolRow], state: str | None, user: str, csrf: str) ->
             if not (r.reason or "").startswith("resolved by technician"):
                 actions += f' <a href="/spool/{r.spool_id}/resolve">resolve</a>'
         mark = ' <span class="sensitive" title="sensitive">Sensitive</span>' if r.sensitive else ""
+        reason = r.reason or r.last_error or ""
+        if r.removed:  # waits for a destination taken out of the configuration
+            gone = f"destination removed: {', '.join(r.removed)}"
+            reason = f"{gone}; {reason}" if reason else gone
         lines.append(
             f'<tr data-id="{r.spool_id}"><td>{r.spool_id}{mark}</td>'
             f'<td class="state {r.state.lower()}">'
             f"{_e(r.state)}</td><td>{_e(human_age(r.age))}</td><td>{_e(r.device)}</td>"
-            f"<td>{_e(r.reason or r.last_error or '')}</td><td>{actions}</td></tr>"
+            f"<td>{_e(reason)}</td><td>{actions}</td></tr>"
         )
     body = (
         '<section><h2>Spool</h2><form method="get" action="/spool">'

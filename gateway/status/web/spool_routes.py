@@ -8,6 +8,7 @@ their own connection, as the ``dermgate spool`` commands do beside the service.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from collections.abc import Callable
@@ -52,7 +53,10 @@ class SpoolRoutes(PageState):
         state = request.query.get("state") or None
         if state is not None and state not in CaptureState.__members__:
             state = None
-        rows = await asyncio.to_thread(read_spool, self.config.ledger_path(), state)
+        names = [d.name for d in self.config.destinations]
+        rows = await asyncio.to_thread(
+            functools.partial(read_spool, configured=names), self.config.ledger_path(), state
+        )
         return _html(pages.spool_page(rows, state, s.user, s.csrf))
 
     def _read_details(self, sid: int) -> dict[str, Any]:
