@@ -65,6 +65,7 @@ from gateway.core.config import DicomDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.dicom import network  # noqa: F401  (pynetdicom fixes, on import)
 from gateway.dicom.sop_classes import uid_name
+from gateway.forward.bucket import TokenBucket
 from gateway.forward.contexts import storage_contexts
 from gateway.forward.stream import stream_c_store
 
@@ -197,9 +198,13 @@ class Negotiation:
 class CStoreSender:
     """Sends batches of Part 10 files to one destination over one association each."""
 
-    def __init__(self, calling_ae: str, destination: DicomDestination) -> None:
+    def __init__(
+        self, calling_ae: str, destination: DicomDestination, bucket: TokenBucket | None = None
+    ) -> None:
         self.calling_ae = calling_ae
         self.destination = destination
+        self.bucket = bucket
+        """Paces the bytes of every association (``max_mbps``); None: no limit."""
 
     def _ae(self) -> AE:
         ae = AE(ae_title=self.calling_ae)
@@ -318,7 +323,9 @@ class CStoreSender:
                 )
             return outcomes
         try:
-            stream_c_store(assoc, stall_timeout=self.destination.network_timeout)
+            stream_c_store(
+                assoc, stall_timeout=self.destination.network_timeout, bucket=self.bucket
+            )
             accepted = accepted_pairs(assoc)
             for request in requests:
                 if stop.is_set() or not assoc.is_established:
