@@ -6,6 +6,7 @@
     dermgate spool show   ID [--json] [--reveal] --config FILE
     dermgate spool retry  ID [--json] --config FILE
     dermgate spool export ID --to DIR [--json] --config FILE
+    dermgate spool send-now --destination NAME --config FILE
     dermgate spool rebuild --config FILE
 
 ID is the spool id shown by ``spool list`` or the capture's SOP Instance UID.
@@ -41,6 +42,7 @@ from typing import Any
 from gateway.cli.spool_act import cmd_spool_export, cmd_spool_rebuild, cmd_spool_retry
 from gateway.cli.spool_common import EXIT_CODES_EPILOG
 from gateway.cli.spool_view import cmd_spool_list, cmd_spool_show
+from gateway.cli.spool_window import cmd_spool_send_now
 from gateway.spool import admin
 from gateway.spool.states import CaptureState
 
@@ -103,6 +105,14 @@ def add_spool_commands(sub: Any) -> None:
     )
     retry.add_argument("ref", metavar="ID", type=_capture_ref, help=ref_help)
     retry.add_argument("--json", action="store_true", help="one JSON object")
+
+    send_now = action(
+        "send-now",
+        "send what waits for a destination's send window now (until none is left or a "
+        "window opens)",
+        cmd_spool_send_now,
+    )
+    send_now.add_argument("--destination", required=True, metavar="NAME", help="destination")
 
     export = action(
         "export",

@@ -18,13 +18,27 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.core.config.base import _NAME
+from gateway.spool.states import CaptureState, DeliveryState
 
-__all__ = ["SendNow", "SendNowStore"]
+__all__ = ["SendNow", "SendNowStore", "pending_destinations"]
+
+
+def pending_destinations(conn: sqlite3.Connection) -> dict[int, list[str]]:
+    """Spool id → the destinations its WRAPPED capture still waits to be sent to."""
+    found: dict[int, list[str]] = {}
+    for capture_id, destination in conn.execute(
+        "SELECT d.capture_id, d.destination FROM deliveries d JOIN captures c "
+        "ON c.id = d.capture_id WHERE d.state = ? AND c.state = ? ORDER BY d.destination",
+        (DeliveryState.PENDING, CaptureState.WRAPPED),
+    ):
+        found.setdefault(int(capture_id), []).append(str(destination))
+    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,8 +49,13 @@ The document (``version`` 1); times are ISO 8601 UTC, ages and durations seconds
          "circuit_open": false,        # sending paused, probing with C-ECHO
          "pending": 2,                 # deliveries waiting to be sent
          "stuck": 0,                   # captures past stuck_after, still undelivered
-         "last_error": null}           # latest failed attempt, null once one succeeds:
+         "last_error": null,           # latest failed attempt, null once one succeeds:
                                        # {"code": "unreachable", "message": "..."}
+         "send_windows": ["19:00-07:00"],   # local times sending is allowed; []: always
+         "window_open": false,         # inside a window now (always true without windows)
+         "next_window": "...",         # when the next window opens; null while open
+         "waiting_for_window": true,   # deliveries wait for the window (not a failure)
+         "send_now": false}            # a technician's "send now" is in force
       ],
       "alarms": [
         {"code": "destination_unreachable", "subject": "pacs",
@@ -191,6 +196,7 @@ class GatewayState:
                 "pending": figures.pending.get(f.name, 0),
                 "stuck": f.stuck,
                 "last_error": None if f.last_error is None else f.last_error.shown(),
+                **f.gate.status(figures.pending.get(f.name, 0)),
             }
             for f in self.forwarders
         ]
