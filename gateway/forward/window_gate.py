@@ -66,12 +66,12 @@ class WindowGate:
         now = self._clock()
         if self.windows.is_open(now):
             if self._was_open is not True:  # a window opened: the windows rule again
-                if await asyncio.to_thread(self._store.clear, self.name):
-                    log.info("destination %s: send window open; send now ended", self.name)
-                self.send_now = None
+                self._was_open = True  # before the await: one worker logs it
                 self._announced = False
                 log.info("destination %s: send window open (%s)", self.name, self.windows)
-            self._was_open = True
+                if await asyncio.to_thread(self._store.clear, self.name):
+                    log.info("destination %s: send now ended by the window", self.name)
+                self.send_now = None
             return True
         self._was_open = False
         override = await asyncio.to_thread(self._store.get, self.name)
