@@ -15,9 +15,11 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from gateway.demo.local_orthanc import OrthancProcess, free_port
 from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.mqtt import Mosquitto, Recorder
 from tests.support.simulator import SimulatorProcess
 from tests.support.state import delivery_rows, ledger_rows, states
 from tests.support.waiting import wait_for
@@ -26,6 +28,7 @@ from tests.support.web import PASSWORD, cookie_client, csrf_of, login_status, ru
 MAX_MBPS = 4.0  # 500,000 bytes per second: two ~2.7 MB captures take >= 10 s
 RATE = MAX_MBPS * 1_000_000 / 8
 BURST = max(RATE / 4, 64 * 1024)  # the bucket's burst (gateway.forward.bucket)
+STATE = "dermgate/test-box-01/state"
 
 
 def _hm(moment: datetime) -> str:
@@ -47,6 +50,16 @@ def _config(
     return config, f"http://127.0.0.1:{port}"
 
 
+def _pacs_state(rec: Recorder) -> tuple[dict[str, Any], list[Any]] | None:
+    """The newest state document's entry for pacs, and its alarms."""
+    got = rec.on(STATE)
+    if not got:
+        return None
+    document = got[-1].json()
+    (pacs,) = document["destinations"]
+    return pacs, document["alarms"]
+
+
 def _cli(*args: str) -> tuple[int, str, str]:
     result = run_cli(*args)
     return result.returncode, result.stdout, result.stderr
@@ -55,12 +68,17 @@ def _cli(*args: str) -> tuple[int, str, str]:
 def test_outside_the_window_captures_wait_and_send_now_on_the_page_sends_them(
     tmp_path: Path,
     orthanc: OrthancProcess,
+    mosquitto: Mosquitto,
+    recorder_factory: Callable[..., Recorder],
     gateway_factory: Callable[[Path], GatewayProcess],
     simulator_factory: Callable[..., SimulatorProcess],
 ) -> None:
     now = datetime.now()  # the box's local time, as the service reads its windows
     window = f"{_hm(now + timedelta(hours=3))}-{_hm(now + timedelta(hours=4))}"
     config, base = _config(tmp_path, orthanc, window, f"max_mbps = {MAX_MBPS}")
+    with config.open("a", encoding="utf-8") as out:
+        out.write("\n" + mosquitto.config_section())
+    rec = recorder_factory(mosquitto, [STATE])
     user_add(config, "tech", PASSWORD)
     state_dir = tmp_path / "state"
     gateway = gateway_factory(config)
@@ -77,6 +95,19 @@ def test_outside_the_window_captures_wait_and_send_now_on_the_page_sends_them(
     assert "STUCK" not in log
     assert "unavailable" not in log
     assert orthanc.rest("GET", "/instances") == []
+    pacs, alarms = rec.wait(
+        lambda: (got := _pacs_state(rec)) and got[0]["waiting_for_window"] and got,
+        60,
+        "the state document to say: waiting for the send window",
+    )
+    assert pacs["pending"] == 2
+    assert pacs["window_open"] is False
+    assert pacs["send_windows"] == [window]
+    assert pacs["next_window"] is not None
+    assert pacs["send_now"] is False
+    assert pacs["last_error"] is None
+    assert pacs["stuck"] == 0
+    assert alarms == []
 
     code, out, err = _cli("spool", "list", "--config", str(config))
     assert code == 0, err
@@ -143,6 +174,14 @@ def test_outside_the_window_captures_wait_and_send_now_on_the_page_sends_them(
     assert [d["attempts"] for d in delivery_rows(state_dir)] == [1, 1]
     audit = (state_dir / "web" / "audit.log").read_text(encoding="utf-8")
     assert "user=tech action=send-now destination=pacs" in audit
+    pacs, alarms = rec.wait(
+        lambda: (got := _pacs_state(rec)) and got[0]["pending"] == 0 and got,
+        60,
+        "the state document to show everything sent",
+    )
+    assert pacs["waiting_for_window"] is False
+    assert pacs["send_now"] is False
+    assert alarms == []
     log = gateway.log()
     assert "send now done, nothing left waiting" in log
     assert "STUCK" not in log
