@@ -141,6 +141,8 @@ def test_outside_the_window_captures_wait_and_send_now_on_the_page_sends_them(
             assert f"waiting for the send window (opens {opens})" in html
             assert 'action="/destinations/pacs/send-now"' in html
             assert 'data-verdict="green"' in html, "a wait for the window is not a delay"
+            async with tech.get(f"{base}/why") as r:
+                assert "2 waiting for the send window (not a fault)." in await r.text()
             async with tech.post(f"{base}/destinations/pacs/send-now", data={"csrf": "x"}) as r:
                 assert r.status == 403, "no override without the session's CSRF token"
             async with tech.post(f"{base}/destinations/nope/send-now", data={"csrf": csrf_of(html)}) as r:  # fmt: skip
