@@ -32,6 +32,7 @@ __all__ = ["TokenBucket", "bucket_for"]
 _BURST_SECONDS = 0.25
 """The burst is this many seconds of the rate (at least :data:`_MIN_BURST`)."""
 _MIN_BURST = 64 * 1024
+_MIN_FRAGMENT = 16 * 1024
 
 
 class TokenBucket:
@@ -62,6 +63,12 @@ class TokenBucket:
     def from_mbps(cls, mbps: float) -> TokenBucket:
         """A bucket for ``mbps`` megabits (10⁶ bits) per second."""
         return cls(mbps * 1_000_000 / 8)
+
+    def fragment_size(self) -> int:
+        """The largest write worth making at this rate: a quarter second of it (at
+        least 16 KiB), so a slow link sees data every fraction of a second, not one
+        large write after a long silence that the peer might time out on."""
+        return max(_MIN_FRAGMENT, int(self.rate * _BURST_SECONDS))
 
     def reserve(self, n: int) -> float:
         """Reserve ``n`` bytes now; return the seconds to wait before writing them."""

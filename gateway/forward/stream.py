@@ -111,6 +111,8 @@ class _PacedSender:
 
         peer_limit = self._assoc.dimse.maximum_pdu_size
         fragment = min(peer_limit, MAX_FRAGMENT) if peer_limit else MAX_FRAGMENT
+        if self._bucket is not None:  # small writes often on a slow link, not big ones rarely
+            fragment = min(fragment, self._bucket.fragment_size())
         queued_max = max(2, QUEUE_BYTES // fragment)
         fragments = message.encode_msg(context_id, fragment)
         try:

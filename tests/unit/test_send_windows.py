@@ -54,6 +54,8 @@ def test_config_refuses_a_bad_window_and_normalises_good_ones() -> None:
         DicomDestination.model_validate({**base, "send_windows": ["08:00-08:00"]})
     with pytest.raises(ValidationError, match="greater than or equal to 0"):
         DicomDestination.model_validate({**base, "max_mbps": -1})
+    with pytest.raises(ValidationError, match=r"0 \(no limit\) or at least 0\.1"):
+        DicomDestination.model_validate({**base, "max_mbps": 0.05})
 
 
 # ------------------------------------------------------------------ matching

@@ -35,6 +35,9 @@ def test_megabits_are_bytes_over_eight() -> None:
     assert bucket.rate == 312_500
     with pytest.raises(ValueError, match="positive"):
         TokenBucket(0)
+    # Writes of a quarter second of the rate, at least 16 KiB.
+    assert TokenBucket.from_mbps(4).fragment_size() == 125_000
+    assert TokenBucket.from_mbps(0.1).fragment_size() == 16 * 1024
 
 
 def test_the_burst_goes_at_once_then_the_rate_holds() -> None:

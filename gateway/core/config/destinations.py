@@ -63,7 +63,7 @@ class DestinationBase(_Strict):
         default=0.0,
         ge=0,
         description="Most megabits per second sent to this destination, all its "
-        "associations together (a token bucket); 0: no limit.",
+        "associations together (a token bucket); 0: no limit, else at least 0.1.",
     )
     send_windows: list[str] = Field(
         default_factory=list,
@@ -72,6 +72,13 @@ class DestinationBase(_Strict):
         'shown as "waiting for the send window"; "Send now" on the page (or `dermgate '
         "spool send-now`) sends the waiting ones at once. Empty: always.",
     )
+
+    @field_validator("max_mbps")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        if 0 < value < 0.1:
+            raise ValueError("use 0 (no limit) or at least 0.1 megabits per second")
+        return value
 
     @field_validator("send_windows")
     @classmethod
