@@ -38,23 +38,24 @@ class WindowRoutes(PageState):
                 else f"The send window of {name} is open: it is sending already."
             )
             return _html(pages.message_page("Already sending", text, s.user, s.csrf), 409)
+        store = SendNowStore(self.config.gateway.state_dir)
         try:
             await asyncio.to_thread(
                 self.audit.append_fields, s.user, "send-now", {"destination": name}
             )
+            await asyncio.to_thread(store.request, name, s.user)
         except OSError as err:
-            log.error("audit log %s not writable (%s): send now refused", self.audit.path, err)
+            log.error("send now to %s not recorded: %s", name, err)
             return _html(
                 pages.message_page(
                     "Not done",
-                    "The audit log cannot be written, so nothing was changed. See the log.",
+                    "The audit log or the state folder cannot be written, so nothing was "
+                    "changed. See the log.",
                     s.user,
                     s.csrf,
                 ),
                 500,
             )
-        store = SendNowStore(self.config.gateway.state_dir)
-        await asyncio.to_thread(store.request, name, s.user)
         log.info("user %s: send now to %s, outside its send windows (audited)", s.user, name)
         self.poke()
         return _html(
