@@ -96,11 +96,11 @@ def test_outside_the_window_captures_wait_and_send_now_on_the_page_sends_them(
     assert "unavailable" not in log
     assert orthanc.rest("GET", "/instances") == []
     pacs, alarms = rec.wait(
-        lambda: (got := _pacs_state(rec)) and got[0]["waiting_for_window"] and got,
+        lambda: (got := _pacs_state(rec)) and got[0]["pending"] == 2 and got,
         60,
-        "the state document to say: waiting for the send window",
+        "the state document to count both captures",
     )
-    assert pacs["pending"] == 2
+    assert pacs["waiting_for_window"] is True
     assert pacs["window_open"] is False
     assert pacs["send_windows"] == [window]
     assert pacs["next_window"] is not None
