@@ -69,3 +69,38 @@ def test_send_now_is_refused_while_sending_is_allowed_anyway(tmp_path: Path) -> 
     is_open = f"{(now - timedelta(hours=1)):%H:%M}-{(now + timedelta(hours=1)):%H:%M}"
     asyncio.run(scenario(_with_windows(always, [is_open]), "The send window of pacs is open"))
     assert SendNowStore(always.gateway.state_dir).get("pacs") is None
+
+
+def test_the_verdict_calls_a_wait_for_the_window_neither_a_fault_nor_a_delay() -> None:
+    from gateway.status.web.data import DestinationFigures, DiskFigures, Figures, verdict
+
+    def figures(dest: DestinationFigures) -> Figures:
+        return Figures(
+            counts={"WRAPPED": 2},
+            quarantined_open=0,
+            oldest_waiting_age=7200.0,  # two hours: past the 10-minute amber
+            commitment_lag=None,
+            destinations=[dest],
+            delivered_by_class={},
+            quarantined_by_class={},
+            disk=DiskFigures(free=10**10, total=10**11, reserve=10**8),
+        )
+
+    waiting = DestinationFigures(
+        "pacs",
+        "h",
+        104,
+        False,
+        pending=2,
+        window_open=False,
+        next_window="2026-12-06T18:00:00+00:00",
+    )
+    assert waiting.waiting_for_window
+    shown = verdict(figures(waiting))
+    assert shown.colour == "green"
+    assert shown.headline == "Waiting for the send window: 2 to send"
+    sending_now = DestinationFigures(
+        "pacs", "h", 104, False, pending=2, window_open=False, send_now=True
+    )
+    assert not sending_now.waiting_for_window
+    assert verdict(figures(sending_now)).colour == "amber", "sending, and late: a look is due"
