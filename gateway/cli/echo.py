@@ -1,12 +1,18 @@
 """``dermgate echo --config FILE [--json]``: which of DermGate's SOP classes each PACS takes.
 
 For every ``[[destinations]]`` entry it opens one association proposing Verification
-and every (SOP class, transfer syntax) DermGate writes
-(:data:`gateway.dicom.sop_classes.WRITTEN`, one presentation context each, as the
-forwarder proposes them), sends a C-ECHO, releases the association, and prints what
-the receiver accepted and what it refused, by name and UID. A class it refuses is
+and every (SOP class, transfer syntax) DermGate writes or derives
+(:data:`gateway.forward.contexts.STORAGE_CONTEXTS`, one presentation context each,
+as the forwarder proposes them), sends a C-ECHO, releases the association, and
+prints what the receiver accepted and what it refused, by name and UID; over TLS for
+a destination with ``tls = true`` (a failed handshake is the plain reason on its
+line). Then the days to expiry of every certificate DICOM TLS uses (each
+destination's ``tls_ca`` and ``tls_cert``, the listener's ``listen_tls_cert`` and
+``listen_tls_ca``; the first certificate of a file). A class it refuses is
 quarantined for that destination when a capture of it is sent (``fallback =
-"quarantine"``). The destinations are asked in parallel, each on a worker thread
+"quarantine"``), or sent as its derived object when the receiver takes that class
+(``fallback = "compatible"``: so the Secondary Capture row says whether confocal
+stacks can go that way). The destinations are asked in parallel, each on a worker thread
 (pynetdicom blocks); nothing is written anywhere.
 
 Exit codes: 0 every destination answered; 1 at least one could not be reached or
@@ -25,9 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway.core.config import ConfigError, DermGateConfig, DicomDestination
-from gateway.dicom.sop_classes import WRITTEN, uid_name
+from gateway.dicom.sop_classes import uid_name
+from gateway.dicom.tls import certificate_files
+from gateway.forward.contexts import STORAGE_CONTEXTS
 from gateway.forward.cstore import CStoreSender, Negotiation
 from gateway.service.config import load_config
+from gateway.status.web.checks import check_certificate
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -46,7 +55,7 @@ async def _negotiate_all(config: DermGateConfig) -> list[Negotiation]:
 
     async def one(destination: DicomDestination) -> Negotiation:
         sender = CStoreSender(calling, destination)
-        return await asyncio.to_thread(sender.negotiate, WRITTEN)
+        return await asyncio.to_thread(sender.negotiate, tuple(STORAGE_CONTEXTS.items()))
 
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(one(d)) for d in config.dicom_destinations()]
@@ -76,6 +85,7 @@ def report(destination: DicomDestination, answer: Negotiation) -> dict[str, Any]
         "ae_title": destination.ae_title,
         "host": destination.host,
         "port": destination.port,
+        "tls": destination.tls,
         "answered": error is None,
         "error": None
         if error is None
@@ -86,8 +96,21 @@ def report(destination: DicomDestination, answer: Negotiation) -> dict[str, Any]
     }
 
 
+def certificates(config: DermGateConfig) -> list[dict[str, str]]:
+    """Days to expiry of every certificate DICOM TLS uses (destinations, listener)."""
+    found = []
+    for path, what in certificate_files(config):
+        result = check_certificate(path, what)
+        found.append(
+            {"what": what, "file": str(path), "status": result.status, "finding": result.finding}
+        )
+    return found
+
+
 def _print_text(entry: dict[str, Any]) -> None:
     where = f"{entry['ae_title']}@{entry['host']}:{entry['port']}"
+    if entry["tls"]:
+        where += ", TLS"
     error = entry["error"]
     if error is not None:
         print(f"{entry['name']} ({where}): NOT REACHED: {error['message']} ({error['detail']})")
@@ -124,11 +147,18 @@ def cmd_echo(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     answers = asyncio.run(_negotiate_all(config))
     entries = [report(d, a) for d, a in zip(config.dicom_destinations(), answers, strict=True)]
+    certs = certificates(config)
     if args.json:
-        print(json.dumps({"destinations": entries}, indent=2))
+        print(json.dumps({"destinations": entries, "certificates": certs}, indent=2))
     else:
         for entry in entries:
             _print_text(entry)
+        if certs:
+            print("certificates:")
+        for cert in certs:
+            print(
+                f"  {cert['status'].upper():7}  {cert['what']} ({cert['file']}): {cert['finding']}"
+            )
     unreached = [e for e in entries if not e["answered"]]
     if args.json:  # the text already says so, on its line
         for entry in unreached:
@@ -149,4 +179,4 @@ def add_echo_command(sub: Any) -> None:
     echo.set_defaults(func=cmd_echo)
 
 
-__all__ = ["add_echo_command", "cmd_echo", "report"]
+__all__ = ["add_echo_command", "certificates", "cmd_echo", "report"]

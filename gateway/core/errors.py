@@ -30,6 +30,8 @@ class DeliveryErrorCode(enum.StrEnum):
     LOCAL_FILE = "local_file"
     COMMITMENT_FAILED = "commitment_failed"
     OTHER = "other"
+    TLS_UNTRUSTED = "tls_untrusted"
+    TLS_REFUSED = "tls_refused"
 
     @property
     def phrase(self) -> str:
@@ -51,6 +53,12 @@ ERROR_PHRASES: dict[str, str] = {
     DeliveryErrorCode.LOCAL_FILE: "the gateway could not read its own DICOM file",
     DeliveryErrorCode.COMMITMENT_FAILED: "the PACS could not confirm that it keeps an object",
     DeliveryErrorCode.OTHER: "delivery failed",
+    DeliveryErrorCode.TLS_UNTRUSTED: (
+        "the PACS's TLS certificate is not trusted (CA, expiry or name; check tls_ca)"
+    ),
+    DeliveryErrorCode.TLS_REFUSED: (
+        "the PACS refused our TLS connection (our client certificate or the TLS version)"
+    ),
 }
 """Code → the phrase shown on MQTT, in the state document and on the page."""
 

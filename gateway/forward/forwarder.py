@@ -47,7 +47,8 @@ from gateway.core.events import (
     EventSink,
 )
 from gateway.forward.bucket import bucket_for
-from gateway.forward.cstore import CStoreSender, StoreOutcome, StoreRequest, Verdict
+from gateway.forward.compatible_copies import CompatibleCopies
+from gateway.forward.cstore import CStoreSender, StoreOutcome, Verdict
 from gateway.forward.window_gate import WindowGate
 from gateway.spool import ledger as db
 from gateway.spool.clock import clamp_retry_times
@@ -84,6 +85,7 @@ class Forwarder:
             destination.name, destination.windows(), SendNowStore(dirs.root.parent), ledger
         )
         """Send windows and the "send now" override (:mod:`.window_gate`)."""
+        self._copies = CompatibleCopies(ledger, dirs, destination)
         self.wanted = asyncio.Event()
         self._stop = threading.Event()
         self._claim_lock = asyncio.Lock()
@@ -220,17 +222,9 @@ class Forwarder:
 
     async def _send(self, due: list[DueDelivery]) -> None:
         """Send one batch; each outcome is recorded as soon as it is known."""
-        requests = [
-            StoreRequest(
-                spool_id=d.spool_id,
-                path=self._dirs.dicom / d.dicom_name,
-                sop_class_uid=d.sop_class_uid,
-                transfer_syntax_uid=d.transfer_syntax_uid,
-            )
-            for d in due
-        ]
+        requests = [await self._copies.request(d) for d in due]
         attempts = {d.spool_id: d.attempts for d in due}
-        classes = {d.spool_id: d.sop_class_uid for d in due}
+        classes = {d.spool_id: d.sent_sop_class_uid or d.sop_class_uid for d in due}
         loop = asyncio.get_running_loop()
         arrived: asyncio.Queue[StoreOutcome | None] = asyncio.Queue()
 
@@ -288,7 +282,15 @@ class Forwarder:
                 return
 
     async def _record_one(self, outcome: StoreOutcome, attempts: int, sop_class: str = "") -> None:
+        if outcome.verdict is Verdict.DERIVE:
+            outcome = await self._copies.derive(outcome)
+            if outcome.verdict is Verdict.DERIVE:
+                self.wanted.set()  # derived: send it now
+                return
         if outcome.verdict.delivered:
+            if outcome.sent is not None:
+                await self._copies.remember(outcome.spool_id, outcome.sent)
+                sop_class = outcome.sent.sop_class_uid
             await self._ledger.call(db.record_sent, outcome.spool_id, self.name)
             log.info(
                 "spool id %d delivered to %s (%s)", outcome.spool_id, self.name, outcome.detail
