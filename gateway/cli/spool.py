@@ -7,6 +7,7 @@
     dermgate spool retry  ID [--json] --config FILE
     dermgate spool forget-destination NAME [--yes] --config FILE
     dermgate spool export ID --to DIR [--json] --config FILE
+    dermgate spool send-now --destination NAME --config FILE
     dermgate spool rebuild --config FILE
 
 ID is the spool id shown by ``spool list`` or the capture's SOP Instance UID.
@@ -48,6 +49,7 @@ from gateway.cli.spool_act import (
 )
 from gateway.cli.spool_common import EXIT_CODES_EPILOG
 from gateway.cli.spool_view import cmd_spool_list, cmd_spool_show
+from gateway.cli.spool_window import cmd_spool_send_now
 from gateway.spool import admin
 from gateway.spool.states import CaptureState
 
@@ -119,6 +121,13 @@ def add_spool_commands(sub: Any) -> None:
     )
     forget.add_argument("name", metavar="NAME", help="the removed destination's name")
     forget.add_argument("--yes", action="store_true", help="do it (without: say what it would do)")
+    send_now = action(
+        "send-now",
+        "send what waits for a destination's send window now (until none is left or a "
+        "window opens)",
+        cmd_spool_send_now,
+    )
+    send_now.add_argument("--destination", required=True, metavar="NAME", help="destination")
 
     export = action(
         "export",

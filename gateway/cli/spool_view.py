@@ -23,6 +23,7 @@ from gateway.cli.spool_common import (
     _Refusal,
     _run,
 )
+from gateway.cli.spool_window import iso, window_note, window_waits
 from gateway.spool import ledger as db
 from gateway.spool.details import (
     PATIENT_ATTRIBUTES,
@@ -32,6 +33,7 @@ from gateway.spool.details import (
 )
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.routing import REMOVED_NOTE, waiting_for_removed
+from gateway.spool.send_now import pending_destinations
 
 # --------------------------------------------------------------------------- list
 
@@ -48,23 +50,26 @@ def _list(args: argparse.Namespace) -> int:
         try:
             rows = db.listing(conn)
             removed = waiting_for_removed(conn, [d.name for d in config.destinations])
+            pending = pending_destinations(conn)
         finally:
             conn.close()
     except sqlite3.Error as err:
         raise _ledger_failure(path, err) from err
     if args.state is not None:
         rows = [row for row in rows if row.state == args.state]
+    waits = window_waits(config)
     if args.json:
         for row in rows:
-            shown = dataclasses.asdict(row) | {"removed_destinations": removed.get(row.id, [])}
-            print(json.dumps(shown, sort_keys=True))
+            entry = dataclasses.asdict(row) | {"removed_destinations": removed.get(row.id, [])}
+            entry["waiting_for_window"] = [n for n in pending.get(row.id, []) if n in waits]
+            print(json.dumps(entry, sort_keys=True))
         return EXIT_OK
     print(
         f"{'ID':>6}  {'STATE':<12} {'ATT':>4}  {'SOP INSTANCE UID':<64}  {'DEVICE':<32}  "
         "CAPTURE  LAST ERROR / REASON"
     )
     for row in rows:
-        note = row.reason or row.last_error or ""
+        note = window_note(pending.get(row.id, []), waits) or row.reason or row.last_error or ""
         if row.id in removed:  # waits for a destination taken out of the configuration
             gone = f"{REMOVED_NOTE}: {', '.join(removed[row.id])}"
             note = f"{gone}; {note}" if note else gone
@@ -142,6 +147,10 @@ def _print_show(details: dict[str, Any], out: TextIO) -> None:
         line("Priority", delivery.get("priority"), "  ")
         line("Attempts", delivery["attempts"], "  ")
         line("Next attempt", delivery["next_attempt_at"], "  ")
+        if delivery.get("waiting_for_window"):
+            opens = delivery["next_window"]
+            when = "?" if opens is None else local_time(opens)
+            line("Waiting", f"for the send window (opens {when})", "  ")
         line("Last error", delivery["last_error"], "  ")
         line("Commit failures", delivery["commit_failures"], "  ")
         line("Awaiting commitment", "yes" if delivery["awaiting_commitment"] else "no", "  ")
@@ -155,6 +164,12 @@ def _show(args: argparse.Namespace) -> int:
     dirs = SpoolDirs(config.spool_dir())
     entry, records = _read_capture(config, args.ref)
     details = capture_details(entry, records, dirs, [d.name for d in config.destinations])
+    waits = window_waits(config)
+    for delivery in details["deliveries"]:
+        name = delivery["destination"]
+        waiting = delivery["state"] == "PENDING" and details["state"] == "WRAPPED"
+        delivery["waiting_for_window"] = waiting and name in waits
+        delivery["next_window"] = iso(waits.get(name)) if delivery["waiting_for_window"] else None
     patient: dict[str, str] | None = None
     source = ""
     if args.reveal:

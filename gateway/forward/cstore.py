@@ -75,6 +75,7 @@ from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.dicom.network import dermgate_ae
 from gateway.dicom.sop_classes import NO_SUBSTITUTE, uid_name
 from gateway.forward.association import associate, tls_error
+from gateway.forward.bucket import TokenBucket
 from gateway.forward.contexts import storage_contexts
 
 # The reasons live in gateway.forward.refusals; re-exported for callers of this module.
@@ -220,9 +221,13 @@ class Negotiation:
 class CStoreSender:
     """Sends batches of Part 10 files to one destination over one association each."""
 
-    def __init__(self, calling_ae: str, destination: DicomDestination) -> None:
+    def __init__(
+        self, calling_ae: str, destination: DicomDestination, bucket: TokenBucket | None = None
+    ) -> None:
         self.calling_ae = calling_ae
         self.destination = destination
+        self.bucket = bucket
+        """Paces the bytes of every association (``max_mbps``); None: no limit."""
 
     def _ae(self) -> AE:
         ae = dermgate_ae(self.calling_ae)
@@ -344,7 +349,9 @@ class CStoreSender:
                 )
             return outcomes
         try:
-            stream_c_store(assoc, stall_timeout=self.destination.network_timeout)
+            stream_c_store(
+                assoc, stall_timeout=self.destination.network_timeout, bucket=self.bucket
+            )
             accepted = accepted_pairs(assoc)
             for request in requests:
                 if stop.is_set() or not assoc.is_established:

@@ -15,6 +15,11 @@ restored: every pending delivery becomes due at once.
 
 Stuck alarm: a capture not delivered ``stuck_after`` seconds after it arrived is
 reported (once, and once again when the alarm clears). Nothing is ever given up.
+
+Send windows and ``max_mbps``: outside the destination's ``send_windows`` the
+workers wait (:mod:`.window_gate`: no attempt, no backoff, no alarm; the stuck
+clock runs only inside the windows); the bytes of all its associations share one
+token bucket (:mod:`.bucket`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydicom.uid import UID
@@ -42,13 +46,16 @@ from gateway.core.events import (
     CaptureQuarantined,
     EventSink,
 )
+from gateway.forward.bucket import bucket_for
 from gateway.forward.compatible_copies import CompatibleCopies
 from gateway.forward.cstore import CStoreSender, StoreOutcome, Verdict
+from gateway.forward.window_gate import WindowGate
 from gateway.spool import ledger as db
 from gateway.spool.clock import clamp_retry_times
 from gateway.spool.deliveries import retry_now, stuck_count
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import DueDelivery, Ledger
+from gateway.spool.send_now import SendNowStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +80,11 @@ class Forwarder:
         self._dirs = dirs
         self.destination = destination
         self._on_sent = on_sent
-        self._sender = CStoreSender(calling_ae, destination)
+        self._sender = CStoreSender(calling_ae, destination, bucket_for(destination.max_mbps))
+        self.gate = WindowGate(
+            destination.name, destination.windows(), SendNowStore(dirs.root.parent), ledger
+        )
+        """Send windows and the "send now" override (:mod:`.window_gate`)."""
         self._copies = CompatibleCopies(ledger, dirs, destination)
         self.wanted = asyncio.Event()
         self._stop = threading.Event()
@@ -113,6 +124,9 @@ class Forwarder:
 
     async def _worker(self, index: int) -> None:
         while True:
+            if not await self.gate.allows():  # outside the send windows: not a failure
+                await self.gate.wait(self.wanted)
+                continue
             if self.circuit_open:
                 if index == 0:
                     await self._probe()
@@ -362,7 +376,7 @@ class Forwarder:
     async def _watch_stuck(self) -> None:
         limit = self.destination.stuck_after
         while True:
-            cutoff = (datetime.now(UTC) - timedelta(seconds=limit)).isoformat()
+            cutoff = self.gate.stuck_cutoff(limit).isoformat()  # open window time only
             count = await self._ledger.call(
                 stuck_count,
                 self.name,

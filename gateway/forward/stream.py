@@ -54,6 +54,8 @@ from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 
+from gateway.forward.bucket import TokenBucket
+
 __all__ = ["MAX_FRAGMENT", "QUEUE_BYTES", "stream_c_store"]
 
 MAX_FRAGMENT: Final = 256 * 1024
@@ -68,26 +70,33 @@ _POLL: Final = 0.002
 _DATA_TRANSFER: Final = "Sta6"
 
 
-def stream_c_store(assoc: Any, *, stall_timeout: float) -> None:
+def stream_c_store(assoc: Any, *, stall_timeout: float, bucket: TokenBucket | None = None) -> None:
     """Make every C-STORE request on ``assoc`` stream from its file with back-pressure.
 
     Call once, right after the association is established. ``stall_timeout`` (the
     destination's network timeout) is how long the DUL may take no fragment from its
     queue before the message is given up, and becomes the socket's timeout.
+    ``bucket`` (the destination's ``max_mbps``, shared by its associations) paces
+    the fragments: each waits for its bytes before it is queued for the socket.
     """
     sock = assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.settimeout(stall_timeout)
-    assoc.dimse.send_msg = _PacedSender(assoc, stall_timeout, assoc.dimse.send_msg)
+    assoc.dimse.send_msg = _PacedSender(assoc, stall_timeout, assoc.dimse.send_msg, bucket)
 
 
 class _PacedSender:
     """``DIMSEServiceProvider.send_msg`` for one association, paced by the DUL."""
 
     def __init__(
-        self, assoc: Any, stall_timeout: float, fallback: Callable[[Any, int], None]
+        self,
+        assoc: Any,
+        stall_timeout: float,
+        fallback: Callable[[Any, int], None],
+        bucket: TokenBucket | None = None,
     ) -> None:
         self._assoc = assoc
+        self._bucket = bucket
         self._stall_timeout = stall_timeout
         self._fallback = fallback
 
@@ -102,12 +111,16 @@ class _PacedSender:
 
         peer_limit = self._assoc.dimse.maximum_pdu_size
         fragment = min(peer_limit, MAX_FRAGMENT) if peer_limit else MAX_FRAGMENT
+        if self._bucket is not None:  # small writes often on a slow link, not big ones rarely
+            fragment = min(fragment, self._bucket.fragment_size())
         queued_max = max(2, QUEUE_BYTES // fragment)
         fragments = message.encode_msg(context_id, fragment)
         try:
             for pdata in fragments:
                 if not self._wait_for_room(queued_max):
                     return
+                if self._bucket is not None:
+                    self._bucket.take(sum(len(v) for _, v in pdata.presentation_data_value_list))
                 self._assoc.dul.send_pdu(pdata)
         finally:
             if isinstance(fragments, Generator):

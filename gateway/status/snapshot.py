@@ -51,10 +51,15 @@ The document (``version`` 1); times are ISO 8601 UTC, ages and durations seconds
          "stuck": 0,                   # captures past stuck_after, still undelivered
          "last_error": null,           # latest failed attempt, null once one succeeds:
                                        # {"code": "unreachable", "message": "..."}
-         "removed": false}             # true: no longer in the configuration, yet
+         "removed": false,             # true: no longer in the configuration, yet
                                        # captures still wait for it ("destination
                                        # removed"); then "pending" and
                                        # "awaiting_commitment" count them
+         "send_windows": ["19:00-07:00"],   # local times sending is allowed; []: always
+         "window_open": false,         # inside a window now (always true without windows)
+         "next_window": "...",         # when the next window opens; null while open
+         "waiting_for_window": true,   # deliveries wait for the window (not a failure)
+         "send_now": false}            # a technician's "send now" is in force
       ],
       "alarms": [
         {"code": "destination_unreachable", "subject": "pacs",
@@ -203,6 +208,7 @@ class GatewayState:
                 "stuck": f.stuck,
                 "last_error": None if f.last_error is None else f.last_error.shown(),
                 "removed": False,
+                **f.gate.status(figures.pending.get(f.name, 0)),
             }
             for f in self.forwarders
         ]
@@ -216,6 +222,11 @@ class GatewayState:
                 "stuck": 0,
                 "last_error": None,
                 "removed": True,
+                "send_windows": [],
+                "window_open": True,
+                "next_window": None,
+                "waiting_for_window": False,
+                "send_now": False,
             }
             for name, states in removed.items()
         ]

@@ -93,6 +93,11 @@ def test_the_state_document_lists_a_removed_destination_with_its_waiting_capture
             "stuck": 0,
             "last_error": None,
             "removed": True,
+            "send_windows": [],
+            "window_open": True,
+            "next_window": None,
+            "waiting_for_window": False,
+            "send_now": False,
         }
     ]
     assert doc["spool"]["counts"]["WRAPPED"] == 1  # type: ignore[index]

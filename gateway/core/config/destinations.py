@@ -17,6 +17,7 @@ from pydantic import (
 
 from gateway.core.config.base import _NAME, AETitle, Port, _Strict
 from gateway.core.config.tls_files import check_certificate_file, check_key_pair
+from gateway.core.windows import SendWindows, parse_window
 
 
 class DestinationBase(_Strict):
@@ -57,8 +58,34 @@ class DestinationBase(_Strict):
         default=86400.0,
         gt=0,
         description="Seconds after arrival at which an undelivered (or, with commitment, "
-        "unconfirmed) capture raises the `stuck_captures` alarm (it is still retried).",
+        "unconfirmed) capture raises the `stuck_captures` alarm (it is still retried). "
+        "With `send_windows`, only time inside the windows counts.",
     )
+    max_mbps: float = Field(
+        default=0.0,
+        ge=0,
+        description="Most megabits per second sent to this destination, all its "
+        "associations together (a token bucket); 0: no limit, else at least 0.1.",
+    )
+    send_windows: list[str] = Field(
+        default_factory=list,
+        description='Local times of day sending is allowed, e.g. `["19:00-07:00"]` (a '
+        "window may cross midnight; several may be given). Outside them captures wait, "
+        'shown as "waiting for the send window"; "Send now" on the page (or `dermgate '
+        "spool send-now`) sends the waiting ones at once. Empty: always.",
+    )
+
+    @field_validator("max_mbps")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        if 0 < value < 0.1:
+            raise ValueError("use 0 (no limit) or at least 0.1 megabits per second")
+        return value
+
+    @field_validator("send_windows")
+    @classmethod
+    def _windows(cls, value: list[str]) -> list[str]:
+        return [str(parse_window(text)) for text in value]
 
     @field_validator("name")
     @classmethod
@@ -72,6 +99,10 @@ class DestinationBase(_Strict):
         if self.retry_max < self.retry_initial:
             raise ValueError("retry_max must not be smaller than retry_initial")
         return self
+
+    def windows(self) -> SendWindows:
+        """``send_windows`` in the box's local time."""
+        return SendWindows(self.send_windows)
 
 
 class DicomDestination(DestinationBase):

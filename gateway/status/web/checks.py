@@ -432,6 +432,15 @@ def run_checks(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
         results.append(mqtt)
     results += certificate_checks(config)
     for dest in figures.destinations:
+        if dest.waiting_for_window:
+            results.append(
+                CheckResult(
+                    f"Deliveries to {dest.name}",
+                    OK,
+                    f"{dest.pending} waiting for the send window (not a fault).",
+                    "They go when the window opens; Send now on the overview sends them now.",
+                )
+            )
         if dest.removed:
             results.append(
                 CheckResult(

@@ -53,11 +53,19 @@ class DestinationFigures:
     last_error: str | None = None
     reachable: bool | None = None  # from the state snapshot; None: not known
     removed: bool = False  # no longer configured; captures still wait for it
+    window_open: bool = True  # inside a send window now (or it has none)
+    next_window: str | None = None  # ISO time the next window opens; None while open
+    send_now: bool = False  # a technician's "send now" is in force
 
     @property
     def failing(self) -> bool:
         """Deliveries are waiting and the last attempt failed, or it is unreachable."""
         return self.retrying > 0 or self.reachable is False
+
+    @property
+    def waiting_for_window(self) -> bool:
+        """Deliveries wait for the send window (not a failure)."""
+        return self.pending > 0 and not self.window_open and not self.send_now
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +208,10 @@ def verdict(fig: Figures) -> Verdict:
             red.append(f"{dest.name} does not take captures: {why}")
     if fig.quarantined_open:
         amber.append(f"{fig.quarantined_open} capture(s) set aside: see the spool.")
-    if fig.oldest_waiting_age is not None and fig.oldest_waiting_age > STALE_BACKLOG:
+    windowed = [d for d in fig.destinations if d.waiting_for_window]
+    sending = [d for d in fig.destinations if d.pending and not d.waiting_for_window]
+    stale = fig.oldest_waiting_age is not None and fig.oldest_waiting_age > STALE_BACKLOG
+    if stale and (sending or not windowed):  # a wait for the window is not a delay
         amber.append("Captures have been waiting for more than 10 minutes.")
     if fig.commitment_lag is not None and fig.commitment_lag > SLOW_COMMITMENT:
         amber.append("The PACS has not confirmed some captures for more than an hour.")
@@ -221,6 +232,13 @@ def verdict(fig: Figures) -> Verdict:
         return Verdict("red", "Not delivering", red + amber)
     if amber:
         return Verdict("amber", "Delivering, but needs a look", amber)
+    if windowed and not sending:
+        names = ", ".join(d.name for d in windowed)
+        return Verdict(
+            "green",
+            f"Waiting for the send window: {fig.backlog} to send",
+            [f"{names}: sending starts when the send window opens (or with Send now)."],
+        )
     if fig.backlog:
         return Verdict("green", f"Delivering: {fig.backlog} on the way", [])
     return Verdict("green", "Delivering: everything received is in the PACS", [])

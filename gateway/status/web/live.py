@@ -39,6 +39,7 @@ async def live_view(state: GatewayState) -> dict[str, Any]:
             "name": f.name,
             "reachable": f.reachable,
             "last_error": None if f.last_error is None else f.last_error.shown(),
+            **f.gate.status(),  # the page knows what is pending
         }
         for f in state.forwarders
     ]

@@ -32,7 +32,7 @@ class OverviewRoutes(PageState):
     async def _fragment(self, csrf: str, user: str, shown: set[int] | None = None) -> str:
         fig = await self.figures()
         sessions = await self._sessions_fragment(csrf, user, shown)
-        return sessions + pages.overview_fragment(fig, verdict(fig))
+        return sessions + pages.overview_fragment(fig, verdict(fig), csrf)
 
     async def _sessions_fragment(self, csrf: str, user: str, shown: set[int] | None) -> str:
         """Per device the open session (patient data: this page is for a logged-in

@@ -125,6 +125,9 @@ class PageState:
                     dest,
                     reachable=state.get("reachable"),
                     last_error=error.get("message") if isinstance(error, dict) else dest.last_error,
+                    window_open=bool(state.get("window_open", True)),
+                    next_window=state.get("next_window"),
+                    send_now=bool(state.get("send_now")),
                 )
             )
         return dataclasses.replace(

@@ -6,13 +6,21 @@ given (an audited reveal). Forms that change anything carry the CSRF token.
 
 from __future__ import annotations
 
+from datetime import datetime
 from html import escape
 from typing import Any
 
 from gateway.spool.admin import RESOLUTIONS
 from gateway.status.web.audit import REVEAL_REASONS
 from gateway.status.web.checks import CheckResult
-from gateway.status.web.data import Figures, SpoolRow, Verdict, human_age, human_bytes
+from gateway.status.web.data import (
+    DestinationFigures,
+    Figures,
+    SpoolRow,
+    Verdict,
+    human_age,
+    human_bytes,
+)
 
 MASK = "\u2022" * 8
 
@@ -73,7 +81,37 @@ def _worklist_card(fig: Figures) -> str:
     )
 
 
-def overview_fragment(fig: Figures, verdict: Verdict) -> str:
+def _local_hm(iso: str | None) -> str:
+    """``19:00`` (box's local time) from an ISO instant; ``?`` when unreadable."""
+    try:
+        return datetime.fromisoformat(iso or "").astimezone().strftime("%H:%M")
+    except ValueError:
+        return "?"
+
+
+def _destination_state(d: DestinationFigures, csrf: str | None) -> str:
+    """A destination's state cell: failing, OK, or waiting for its send window (with
+    the "Send now" button: POST, CSRF, logged-in user, audited)."""
+    if d.failing:
+        return '<td class="state fail">failing</td>'
+    if d.waiting_for_window:
+        button = ""
+        if csrf is not None:
+            button = (
+                f'<form method="post" action="/destinations/{_e(d.name)}/send-now" '
+                f'class="inline send-now">{csrf_field(csrf)}'
+                '<button type="submit">Send now</button></form>'
+            )
+        return (
+            f'<td class="state waiting" data-window="waiting">waiting for the send window '
+            f"(opens {_e(_local_hm(d.next_window))}){button}</td>"
+        )
+    if d.send_now:
+        return '<td class="state ok" data-window="send-now">sending now (outside its window)</td>'
+    return '<td class="state ok">OK</td>'
+
+
+def overview_fragment(fig: Figures, verdict: Verdict, csrf: str | None = None) -> str:
     """The live part of the overview (replaced on every server-sent update)."""
     reasons = "".join(f"<li>{_e(r)}</li>" for r in verdict.reasons)
     head = (
@@ -100,9 +138,8 @@ def overview_fragment(fig: Figures, verdict: Verdict) -> str:
         for d in fig.devices
     )
     dests = "".join(
-        f"<tr><td>{_e(d.name)}</td><td>{_e(d.host)}:{d.port}</td>"
-        f'<td class="state {"fail" if d.failing else "ok"}">'
-        f"{'failing' if d.failing else 'OK'}</td><td>{d.pending}</td>"
+        f'<tr data-destination="{_e(d.name)}"><td>{_e(d.name)}</td><td>{_e(d.host)}:{d.port}</td>'
+        f"{_destination_state(d, csrf)}<td>{d.pending}</td>"
         f"<td>{_e(d.last_error) if d.failing else ''}</td></tr>"
         if not d.removed
         else f'<tr><td>{_e(d.name)}</td><td>-</td><td class="state fail">destination removed'

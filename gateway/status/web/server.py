@@ -28,6 +28,8 @@ page and anything else gets 401):
 ``GET/POST /sessions/ID/move`` move its unsent captures to another session
                                (confirmation, audited)
 ``POST /worklist/refresh``     ask the worklist server now
+``POST /destinations/N/send-now`` send what waits for destination N's send window
+                               now (audited; :mod:`.window_routes`)
 ``GET /held``                  captures held for want of a patient
 ``GET/POST /held/start``       start a patient for the chosen held captures
 ``POST /held/assign``          assign them (to an open session or a new one)
@@ -82,6 +84,7 @@ from gateway.status.web.overview_routes import (
 )
 from gateway.status.web.page_state import SESSION_KEY, _html
 from gateway.status.web.spool_routes import MAX_SPOOL_ID, SpoolRoutes
+from gateway.status.web.window_routes import WindowRoutes
 
 __all__ = [
     "EVENT_STREAMS_PER_SESSION",
@@ -109,7 +112,7 @@ _SECURITY_HEADERS = {
 HSTS = "max-age=31536000"
 
 
-class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes, ApiRoutes):
+class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes, WindowRoutes, ApiRoutes):
     """The page's state (sessions, lockout) and its aiohttp application."""
 
     # ----------------------------------------------------------------- app
@@ -155,6 +158,7 @@ class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes, ApiRoutes)
         r.add_get(session + "/move", self.move_form)
         r.add_post(session + "/move", self.move)
         r.add_post("/worklist/refresh", self.refresh)
+        r.add_post("/destinations/{name:[A-Za-z0-9_-]{1,32}}/send-now", self.send_now)
         r.add_get("/held", self.held)
         r.add_get("/held/start", self.held_start)
         r.add_post("/held/start", self.held_start)
