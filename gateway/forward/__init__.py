@@ -8,6 +8,7 @@ __all__ = [
     "contexts",
     "cstore",
     "forwarder",
+    "http_auth",
     "listener_front",
     "overdue",
     "peer_check",
