@@ -13,8 +13,8 @@ C-STORE on one association per batch, or STOW-RS (HTTP requests per study).
 
 Circuit breaker: after ``breaker_threshold`` batches in a row that could not even
 open an association (reach the store), the workers stop trying; one of them probes
-the destination with C-ECHO (QIDO-RS for DICOMweb; backing off up to ``retry_max``). When an echo succeeds the link is
-restored: every pending delivery becomes due at once.
+the destination with C-ECHO (QIDO-RS for DICOMweb; backing off up to ``retry_max``).
+When an echo succeeds the link is restored: every pending delivery becomes due at once.
 
 Stuck alarm: a capture not delivered ``stuck_after`` seconds after it arrived is
 reported (once, and once again when the alarm clears). Nothing is ever given up.

@@ -205,7 +205,9 @@ class StowSender:
                 for outcome in await self._store(session, chunk):
                     on_outcome(outcome)
 
-    async def _store(self, session: aiohttp.ClientSession, chunk: list[_Item]) -> list[StoreOutcome]:
+    async def _store(
+        self, session: aiohttp.ClientSession, chunk: list[_Item]
+    ) -> list[StoreOutcome]:
         """One STOW-RS request (split when the store refuses a multi-instance request)."""
         answered = await self._post(session, chunk)
         if isinstance(answered, list):
@@ -242,7 +244,9 @@ class StowSender:
             try:
                 auth = await self._credentials.headers(session)
             except AuthError as err:
-                return self._all(chunk, Verdict.RETRYABLE, f"{d.name}: {err}", DeliveryErrorCode.AUTH_REFUSED)
+                return self._all(
+                    chunk, Verdict.RETRYABLE, f"{d.name}: {err}", DeliveryErrorCode.AUTH_REFUSED
+                )
             with contextlib.ExitStack() as files:
                 writer = aiohttp.MultipartWriter("related")
                 for item in chunk:
@@ -317,7 +321,9 @@ class StowSender:
         if uid in answer.stored:
             warning = answer.stored[uid]
             if warning is None:
-                return StoreOutcome(spool_id, Verdict.SUCCESS, "STOW-RS stored", confirmed=confirmed)
+                return StoreOutcome(
+                    spool_id, Verdict.SUCCESS, "STOW-RS stored", confirmed=confirmed
+                )
             return StoreOutcome(
                 spool_id,
                 Verdict.WARNING,
@@ -411,7 +417,9 @@ class StowSender:
             for item in chunk
         ]
 
-    async def _get(self, session: aiohttp.ClientSession, path: str, params: dict[str, str]) -> bytes:
+    async def _get(
+        self, session: aiohttp.ClientSession, path: str, params: dict[str, str]
+    ) -> bytes:
         """GET (QIDO-RS) with the credentials, asked again once after 401/403."""
         d = self.destination
         for attempt in (1, 2):
@@ -510,4 +518,3 @@ async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
 
 
 __all__ = ["StoreUnavailable", "StowSender", "plan_requests"]
-

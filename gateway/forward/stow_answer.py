@@ -101,8 +101,10 @@ def parse_stow_answer(body: bytes, content_type: str) -> StowAnswer:
     if not body.strip():
         return StowAnswer()
     if "xml" in content_type.lower():
+        if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
+            return StowAnswer()  # no DTD, no entities: nothing to expand or fetch
         try:
-            root = ElementTree.fromstring(body)
+            root = ElementTree.fromstring(body)  # noqa: S314 (DTDs refused above)
         except ElementTree.ParseError:
             return StowAnswer()
         return StowAnswer(
@@ -127,9 +129,11 @@ def parse_qido_uids(body: bytes) -> list[str]:
         return []  # 204 No Content: nothing matches
     document = json.loads(body)
     if not isinstance(document, list):
-        raise ValueError("a QIDO-RS answer is a JSON array")
+        raise ValueError("a QIDO-RS answer is a JSON array")  # noqa: TRY004 (a bad answer)
     return [
-        uid for item in document if isinstance(item, dict) and (uid := _json_uid(item.get(SOP_INSTANCE_UID)))
+        uid
+        for item in document
+        if isinstance(item, dict) and (uid := _json_uid(item.get(SOP_INSTANCE_UID)))
     ]
 
 

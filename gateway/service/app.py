@@ -192,9 +192,9 @@ async def run_gateway(
         lock.release()  # (the process ends right after; closing the file drops the lock)
 
 
-def _notify(name: str, forwarders: Callable[[], dict[str, Forwarder]]) -> None:
+def _notify(forwarders: dict[str, Forwarder], name: str) -> None:
     """Wake destination ``name``'s forwarder (something is due again)."""
-    forwarder = forwarders().get(name)
+    forwarder = forwarders.get(name)
     if forwarder is not None:
         forwarder.notify()
 
@@ -233,13 +233,15 @@ async def _run_locked(
         # DICOMweb stores: STOW-RS, confirmed by read-back (QIDO-RS); one sender each,
         # shared by its forwarder and its read-back (one token cache).
         stow = {d.name: StowSender(d) for d in config.dicomweb_destinations()}
+        by_name: dict[str, Forwarder] = {}
         readbacks = {
             d.name: ReadBack(
-                ledger, d, stow[d.name], functools.partial(_notify, d.name, lambda: by_name), bus
+                ledger, d, stow[d.name], functools.partial(_notify, by_name, d.name), bus
             )
             for d in config.dicomweb_destinations()
         }
-        sent_hooks = {name: r.notify for name, r in {**requesters, **readbacks}.items()}
+        sent_hooks: dict[str, Callable[[], None]] = {n: r.notify for n, r in requesters.items()}
+        sent_hooks.update((n, r.notify) for n, r in readbacks.items())
         forwarders = [
             Forwarder(
                 ledger,
@@ -252,7 +254,7 @@ async def _run_locked(
             )
             for d in config.destinations
         ]
-        by_name = {f.name: f for f in forwarders}
+        by_name.update((f.name, f) for f in forwarders)
         overdue = {
             d.name: CommitmentOverdueWatch(
                 ledger, d, config.gateway.ae_title, config.gateway.listen_port, bus
