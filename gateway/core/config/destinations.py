@@ -233,6 +233,17 @@ class DicomwebDestination(DestinationBase):
         as delivered (read-back; "response" confirms with the answer itself)."""
         return self.confirm == "read-back"
 
+    @property
+    def host(self) -> str:
+        """The store's host name (from ``url``), for listings."""
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        """The store's TCP port (from ``url``; 443 for https, 80 for http)."""
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
     @field_validator("url", "token_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
