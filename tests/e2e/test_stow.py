@@ -20,6 +20,7 @@ from gateway.core.config import DicomwebDestination
 from gateway.status.web.checks import FAIL, OK, check_web_destination
 from tests.support.dicomweb import DicomwebOrthanc, dicomweb_config
 from tests.support.gateway_process import GatewayProcess
+from tests.support.mqtt import Mosquitto, Recorder
 from tests.support.simulator import SimulatorProcess
 from tests.support.spool import dermgate
 from tests.support.state import delivery_rows, ledger_rows, states
@@ -68,6 +69,8 @@ def test_basic_auth_wrong_password_is_a_plain_retried_failure_without_the_secret
     dicomweb_orthanc_factory: Callable[..., DicomwebOrthanc],
     gateway_factory: Callable[[Path], GatewayProcess],
     simulator_factory: Callable[..., SimulatorProcess],
+    mosquitto: Mosquitto,
+    recorder_factory: Callable[..., Recorder],
 ) -> None:
     store = dicomweb_orthanc_factory(users={"dermgate": PASSWORD})
     password_file = tmp_path / "password"
@@ -93,6 +96,9 @@ def test_basic_auth_wrong_password_is_a_plain_retried_failure_without_the_secret
     )
     assert check_web_destination(destination).status == FAIL
 
+    with config.open("a", encoding="utf-8") as fh:
+        fh.write("\n" + mosquitto.config_section())
+    mqtt = recorder_factory(mosquitto, ["dermgate/#"])
     sim = simulator_factory("--captures", "2", "--interval", "0.1")
     gateway = gateway_factory(config)
     assert sim.wait(120) == 0
@@ -108,6 +114,17 @@ def test_basic_auth_wrong_password_is_a_plain_retried_failure_without_the_secret
         assert row["error_code"] == "auth_refused"
         assert "refused the credentials" in row["last_error"]
 
+    def reported_on_mqtt() -> bool:
+        for message in mqtt.all():
+            if message.topic.endswith("/state"):
+                for dest in message.json().get("destinations", []):
+                    error = dest.get("last_error") or {}
+                    if error.get("code") == "auth_refused":
+                        return True
+        return False
+
+    mqtt.wait(reported_on_mqtt, 30, "the plain reason on MQTT")
+
     password_file.write_text(PASSWORD + "\n", encoding="utf-8")  # re-read when it changes
     wait_for(lambda: states(state_dir) == ["COMMITTED"] * 2, 60, "delivery once it is right")
     uids = [str(r["sop_instance_uid"]) for r in ledger_rows(state_dir)]
@@ -116,6 +133,8 @@ def test_basic_auth_wrong_password_is_a_plain_retried_failure_without_the_secret
     assert check_web_destination(destination).status == OK
     log = gateway.log()
     assert gateway.stop() == 0
+    published = b"".join(m.payload for m in mqtt.all())
     for secret in (PASSWORD, WRONG):
         assert secret not in log
+        assert secret.encode() not in published
         assert secret not in refused.stdout + refused.stderr
