@@ -12,8 +12,8 @@ from email.utils import formatdate
 from pathlib import Path
 
 from gateway.forward.cstore import StoreRequest
-from gateway.forward.stow import _Item, plan_requests
 from gateway.forward.stow_answer import parse_qido_uids, parse_stow_answer, retry_after_seconds
+from gateway.forward.stow_plan import StowItem, plan_requests
 
 JSON_ANSWER = b"""{
   "00081190": {"vr": "UR", "Value": ["http://store/studies/1.2"]},
@@ -88,9 +88,9 @@ def test_retry_after_in_seconds_or_as_an_http_date() -> None:
     assert retry_after_seconds(None) is None
 
 
-def item(spool_id: int, study: str, size: int) -> _Item:
+def item(spool_id: int, study: str, size: int) -> StowItem:
     request = StoreRequest(spool_id, Path(f"{spool_id}.dcm"), "1.2", "1.2.840.10008.1.2.1")
-    return _Item(request, study, f"1.9.{spool_id}", size)
+    return StowItem(request, study, f"1.9.{spool_id}", size)
 
 
 def test_requests_are_per_study_small_ones_together_large_ones_alone() -> None:
