@@ -203,6 +203,8 @@ class ScriptedStore:
     kept: dict[str, set[str]] = field(default_factory=dict)
     posts: list[Post] = field(default_factory=list)
     qidos: int = 0
+    unlisted: bool = False
+    """QIDO-RS lists nothing yet (a store slow to index what it stored)."""
     port: int = field(default_factory=free_port)
     _runner: web.AppRunner | None = None
 
@@ -291,7 +293,8 @@ class ScriptedStore:
 
     async def _qido(self, request: web.Request) -> web.Response:
         self.qidos += 1
-        uids = sorted(self.kept.get(request.match_info["study"], set()))
+        kept = set() if self.unlisted else self.kept.get(request.match_info["study"], set())
+        uids = sorted(kept)
         offset = int(request.query.get("offset", "0"))
         limit = int(request.query.get("limit", "1000"))
         page = [{"00080018": {"vr": "UI", "Value": [uid]}} for uid in uids[offset : offset + limit]]

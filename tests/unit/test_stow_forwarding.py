@@ -221,3 +221,35 @@ async def test_an_unreachable_store_opens_the_circuit_and_a_qido_probe_restores_
             await store.stop()
     assert "answers QIDO-RS again" in caplog.text
     assert dict(store.stored) == {uid: 1}
+
+
+async def test_an_instance_never_listed_is_quarantined_after_confirm_max_failures(
+    spool: Spool, scripted_store: ScriptedStore
+) -> None:
+    spool_id, _, path = add_wrapped(spool, new_uid())
+    scripted_store.script = ["lose", "lose"]
+    destination = web_destination(scripted_store, confirm_timeout=0.5, confirm_max_failures=2)
+    async with delivering(spool, destination):
+        await wait_until(lambda: state(spool, spool_id) == "QUARANTINED", 30, "quarantine")
+    assert len(scripted_store.posts) == 2, "sent again once, then set aside"
+    reason = str(spool.capture(spool_id)["reason"])
+    assert "could not commit it 2 times" in reason
+    assert "no such object instance" in reason
+    assert path.exists(), "the local copy is kept"
+
+
+async def test_after_a_restart_sent_instances_are_read_back_not_sent_again(
+    spool: Spool, scripted_store: ScriptedStore
+) -> None:
+    study = new_uid()
+    added = [add_wrapped(spool, study) for _ in range(2)]
+    scripted_store.unlisted = True  # stored, but not yet listed (slow to index)
+    async with delivering(spool, web_destination(scripted_store, confirm_timeout=60.0)):
+        await wait_until(lambda: scripted_store.qidos >= 1, 20, "a first read-back")
+    ids = [spool_id for spool_id, _, _ in added]
+    assert all_in(spool, ids, "SENT")
+    scripted_store.unlisted = False  # indexed while the gateway was stopped
+    async with delivering(spool, web_destination(scripted_store, confirm_timeout=60.0)):
+        await wait_until(lambda: all_in(spool, ids, "COMMITTED"), 20, "read-back after restart")
+    sent = [uid for post in scripted_store.posts for uid in post.uids]
+    assert sorted(sent) == sorted(uid for _, uid, _ in added), "nothing sent twice"
