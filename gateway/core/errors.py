@@ -31,6 +31,7 @@ class DeliveryErrorCode(enum.StrEnum):
     LOCAL_FILE = "local_file"
     COMMITMENT_FAILED = "commitment_failed"
     AUTH_REFUSED = "auth_refused"
+    AUTH_UNAVAILABLE = "auth_unavailable"
     HTTP_ERROR = "http_error"
     REQUEST_REFUSED = "request_refused"
     TOO_LARGE = "too_large"
@@ -58,6 +59,10 @@ ERROR_PHRASES: dict[str, str] = {
     DeliveryErrorCode.COMMITMENT_FAILED: "the PACS could not confirm that it keeps an object",
     DeliveryErrorCode.AUTH_REFUSED: (
         "the DICOMweb store refused the gateway's credentials (user, password or token)"
+    ),
+    DeliveryErrorCode.AUTH_UNAVAILABLE: (
+        "the gateway cannot authenticate to the DICOMweb store now (a credential or CA "
+        "file, or the token endpoint)"
     ),
     DeliveryErrorCode.HTTP_ERROR: "the DICOMweb store answered with an HTTP error",
     DeliveryErrorCode.REQUEST_REFUSED: "the DICOMweb store refused the request as malformed",

@@ -31,6 +31,8 @@ any                             failed, other reason                        as C
 408, 429, 503                   after ``Retry-After`` (seconds or a date)   RETRYABLE
 other (3xx, 404, 5xx)                                                       RETRYABLE
 connection refused, timeout     unreachable                                 RETRYABLE
+(no request)                    credentials or CA file unusable, token      RETRYABLE
+                                endpoint down (``AuthError``)
 ==============================  ==========================================  ===========
 
 [1] counted as SENT; the read-back (:mod:`gateway.forward.readback`) confirms it,
@@ -50,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from urllib.parse import quote
@@ -100,6 +103,20 @@ class StoreUnavailable(Exception):
         self.error = error
 
 
+class _Unusable:
+    """Credentials that cannot be used (the CA file could not be read): every request
+    fails with the reason, so the service runs and shows it instead of stopping."""
+
+    def __init__(self, error: AuthError) -> None:
+        self._error = error
+
+    async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+        raise self._error
+
+    def rejected(self) -> None:
+        """Nothing cached."""
+
+
 class StowSender:
     """Sends batches of Part 10 files to one DICOMweb store by STOW-RS."""
 
@@ -111,7 +128,11 @@ class StowSender:
         credentials: HttpCredentials | None = None,
     ) -> None:
         self.destination = destination
-        self._ssl = client_ssl_context(destination.tls_ca)
+        try:
+            self._ssl = client_ssl_context(destination.tls_ca)
+        except AuthError as err:  # a CA file missing or unreadable: say so on every try
+            self._ssl = ssl.create_default_context()
+            credentials = _Unusable(err)
         self._credentials = credentials or credentials_for(destination, self._ssl)
 
     def session(self) -> aiohttp.ClientSession:
@@ -202,7 +223,7 @@ class StowSender:
                 auth = await self._credentials.headers(session)
             except AuthError as err:
                 return for_all(
-                    chunk, Verdict.RETRYABLE, f"{d.name}: {err}", DeliveryErrorCode.AUTH_REFUSED
+                    chunk, Verdict.RETRYABLE, f"{d.name}: {err}", DeliveryErrorCode.AUTH_UNAVAILABLE
                 )
             with contextlib.ExitStack() as files:
                 writer = aiohttp.MultipartWriter("related")
@@ -280,7 +301,7 @@ class StowSender:
                 auth = await self._credentials.headers(session)
             except AuthError as err:
                 raise StoreUnavailable(
-                    DeliveryError(DeliveryErrorCode.AUTH_REFUSED, f"{d.name}: {err}")
+                    DeliveryError(DeliveryErrorCode.AUTH_UNAVAILABLE, f"{d.name}: {err}")
                 ) from None
             try:
                 async with session.get(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -253,3 +254,21 @@ async def test_after_a_restart_sent_instances_are_read_back_not_sent_again(
         await wait_until(lambda: all_in(spool, ids, "COMMITTED"), 20, "read-back after restart")
     sent = [uid for post in scripted_store.posts for uid in post.uids]
     assert sorted(sent) == sorted(uid for _, uid, _ in added), "nothing sent twice"
+
+
+async def test_a_missing_ca_file_is_a_plain_retried_reason_not_a_crash(
+    spool: Spool, scripted_store: ScriptedStore, tmp_path: Path
+) -> None:
+    spool_id, _, _ = add_wrapped(spool, new_uid())
+    missing = tmp_path / "no-such-ca.pem"
+    destination = web_destination(scripted_store, tls_ca=missing)
+    error = await StowSender(destination).probe()
+    assert error is not None
+    assert error.code == "auth_unavailable"
+    assert str(missing) in error.detail
+    async with delivering(spool, destination):
+        await wait_until(lambda: spool.delivery(spool_id)["attempts"] >= 1, 20, "an attempt")
+    delivery = spool.delivery(spool_id)
+    assert delivery["state"] == "PENDING"
+    assert delivery["error_code"] == "auth_unavailable"
+    assert scripted_store.posts == [], "nothing is sent without the CA it was told to trust"

@@ -403,6 +403,8 @@ def check_web_destination(dest: DicomwebDestination) -> CheckResult:
     advice = {
         DeliveryErrorCode.AUTH_REFUSED: "Check the auth keys and the user, password, token "
         "or client secret files with the store's administrator.",
+        DeliveryErrorCode.AUTH_UNAVAILABLE: f"{error.detail}: check that the file exists and "
+        "the service can read it, or that the token endpoint (token_url) answers.",
         DeliveryErrorCode.UNREACHABLE: "Check url (host, port, http or https), the network "
         "and any firewall or proxy; with https, that tls_ca is the CA of the store's "
         "certificate.",
