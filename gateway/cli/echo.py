@@ -4,12 +4,16 @@ For every ``[[destinations]]`` entry it opens one association proposing Verifica
 and every (SOP class, transfer syntax) DermGate writes or derives
 (:data:`gateway.forward.contexts.STORAGE_CONTEXTS`, one presentation context each,
 as the forwarder proposes them), sends a C-ECHO, releases the association, and
-prints what the receiver accepted and what it refused, by name and UID. A class it
-refuses is quarantined for that destination when a capture of it is sent
-(``fallback = "quarantine"``), or sent as its derived object when the receiver takes
-that class (``fallback = "compatible"``: so the Secondary Capture row says whether
-confocal stacks can go that way). The destinations are asked in parallel, each on a
-worker thread (pynetdicom blocks); nothing is written anywhere.
+prints what the receiver accepted and what it refused, by name and UID; over TLS for
+a destination with ``tls = true`` (a failed handshake is the plain reason on its
+line). Then the days to expiry of every certificate DICOM TLS uses (each
+destination's ``tls_ca`` and ``tls_cert``, the listener's ``listen_tls_cert`` and
+``listen_tls_ca``; the first certificate of a file). A class it refuses is
+quarantined for that destination when a capture of it is sent (``fallback =
+"quarantine"``), or sent as its derived object when the receiver takes that class
+(``fallback = "compatible"``: so the Secondary Capture row says whether confocal
+stacks can go that way). The destinations are asked in parallel, each on a worker
+thread (pynetdicom blocks); nothing is written anywhere.
 
 A DICOMweb destination (``kind = "dicomweb"``) has no presentation contexts: it is
 asked one QIDO-RS query with its credentials, and the line says whether it answered
@@ -34,10 +38,12 @@ from typing import Any
 from gateway.core.config import ConfigError, DermGateConfig, DicomDestination, DicomwebDestination
 from gateway.core.errors import DeliveryError
 from gateway.dicom.sop_classes import uid_name
+from gateway.dicom.tls import certificate_files
 from gateway.forward.contexts import STORAGE_CONTEXTS
 from gateway.forward.cstore import CStoreSender, Negotiation
 from gateway.forward.stow import StowSender
 from gateway.service.config import load_config
+from gateway.status.web.checks import check_certificate
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -93,6 +99,7 @@ def report(destination: DicomDestination, answer: Negotiation) -> dict[str, Any]
         "ae_title": destination.ae_title,
         "host": destination.host,
         "port": destination.port,
+        "tls": destination.tls,
         "answered": error is None,
         "error": None
         if error is None
@@ -116,6 +123,17 @@ def web_report(destination: DicomwebDestination, error: DeliveryError | None) ->
     }
 
 
+def certificates(config: DermGateConfig) -> list[dict[str, str]]:
+    """Days to expiry of every certificate DICOM TLS uses (destinations, listener)."""
+    found = []
+    for path, what in certificate_files(config):
+        result = check_certificate(path, what)
+        found.append(
+            {"what": what, "file": str(path), "status": result.status, "finding": result.finding}
+        )
+    return found
+
+
 def _print_text(entry: dict[str, Any]) -> None:
     if entry.get("kind") == "dicomweb":
         where = f"DICOMweb {entry['url']}"
@@ -129,6 +147,8 @@ def _print_text(entry: dict[str, Any]) -> None:
             )
         return
     where = f"{entry['ae_title']}@{entry['host']}:{entry['port']}"
+    if entry["tls"]:
+        where += ", TLS"
     error = entry["error"]
     if error is not None:
         print(f"{entry['name']} ({where}): NOT REACHED: {error['message']} ({error['detail']})")
@@ -164,11 +184,18 @@ def cmd_echo(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
     entries = asyncio.run(_negotiate_all(config))
+    certs = certificates(config)
     if args.json:
-        print(json.dumps({"destinations": entries}, indent=2))
+        print(json.dumps({"destinations": entries, "certificates": certs}, indent=2))
     else:
         for entry in entries:
             _print_text(entry)
+        if certs:
+            print("certificates:")
+        for cert in certs:
+            print(
+                f"  {cert['status'].upper():7}  {cert['what']} ({cert['file']}): {cert['finding']}"
+            )
     unreached = [e for e in entries if not e["answered"]]
     if args.json:  # the text already says so, on its line
         for entry in unreached:
@@ -190,4 +217,4 @@ def add_echo_command(sub: Any) -> None:
     echo.set_defaults(func=cmd_echo)
 
 
-__all__ = ["add_echo_command", "cmd_echo", "report", "web_report"]
+__all__ = ["add_echo_command", "certificates", "cmd_echo", "report", "web_report"]

@@ -37,6 +37,8 @@ class DeliveryErrorCode(enum.StrEnum):
     TOO_LARGE = "too_large"
     NOT_STORED = "not_stored"
     OTHER = "other"
+    TLS_UNTRUSTED = "tls_untrusted"
+    TLS_REFUSED = "tls_refused"
 
     @property
     def phrase(self) -> str:
@@ -72,6 +74,12 @@ ERROR_PHRASES: dict[str, str] = {
     ),
     DeliveryErrorCode.NOT_STORED: "the DICOMweb store did not list the object as stored",
     DeliveryErrorCode.OTHER: "delivery failed",
+    DeliveryErrorCode.TLS_UNTRUSTED: (
+        "the PACS's TLS certificate is not trusted (CA, expiry or name; check tls_ca)"
+    ),
+    DeliveryErrorCode.TLS_REFUSED: (
+        "the PACS refused our TLS connection (our client certificate or the TLS version)"
+    ),
 }
 """Code → the phrase shown on MQTT, in the state document and on the page."""
 

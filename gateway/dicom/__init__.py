@@ -10,8 +10,8 @@ the one module that picks the writer for a capture (:mod:`.writers`), used by th
 wrapping stage and by intake's inline JPEG path; the Modality Performed Procedure
 Step datasets (:mod:`.mpps`); the derived objects of a widely accepted class
 sent to a receiver that refuses the original's (:mod:`.compatible`); and the
-pynetdicom settings every DIMSE user of the box shares (:mod:`.network`). Pure
-builders: no ledger, no network.
+pynetdicom settings every DIMSE user of the box shares (:mod:`.network`), with the
+TLS contexts of DICOM over TLS (:mod:`.tls`). Pure builders: no ledger, no network.
 """
 
 __all__ = [
@@ -34,5 +34,6 @@ __all__ = [
     "retarget",
     "sop_classes",
     "surface",
+    "tls",
     "writers",
 ]

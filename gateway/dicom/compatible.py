@@ -320,9 +320,7 @@ def _as_byte_sc(ds: Dataset, header: Dataset, software_version: str) -> None:
         ds.PixelSpacing = measures.PixelSpacing
     _frame_anatomy_to_image(ds, shared)
     if str(header.SOPClassUID) == _TILED:
-        columns = max(1, int(header.TotalPixelMatrixColumns) // int(header.Columns))
-        labels = [f"r{n // columns + 1}c{n % columns + 1}" for n in range(frames)]
-        add_sc_frame_vector(ds, frames, labels=labels)
+        add_sc_frame_vector(ds, frames, labels=_tile_labels(header, frames))
     else:
         depths = [
             str(group[_FRAME_TYPE_SEQUENCE][0].ImageAcquisitionDepth)
@@ -335,6 +333,25 @@ def _as_byte_sc(ds: Dataset, header: Dataset, software_version: str) -> None:
     ds.WindowCenter = "128"
     ds.WindowWidth = "256"
     ds.VOILUTFunction = "LINEAR"
+
+
+def _tile_labels(header: Dataset, frames: int) -> list[str]:
+    """``r<row>c<column>`` per frame: from each frame's Plane Position (Slide) in a
+    TILED_SPARSE mosaic (tiles in the order the device took them), else row by row
+    (TILED_FULL)."""
+    rows, columns = int(header.Rows), int(header.Columns)
+    labels = []
+    for group in header.get("PerFrameFunctionalGroupsSequence", []):
+        position = group.get("PlanePositionSlideSequence", [None])[0]
+        if position is None:
+            break
+        row = (int(position.RowPositionInTotalImagePixelMatrix) - 1) // rows
+        column = (int(position.ColumnPositionInTotalImagePixelMatrix) - 1) // columns
+        labels.append(f"r{row + 1}c{column + 1}")
+    if len(labels) == frames:
+        return labels
+    per_row = max(1, int(header.TotalPixelMatrixColumns) // columns)
+    return [f"r{n // per_row + 1}c{n % per_row + 1}" for n in range(frames)]
 
 
 def _frame_anatomy_to_image(ds: Dataset, shared: Dataset) -> None:

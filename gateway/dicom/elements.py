@@ -11,7 +11,7 @@ Explicit VR Little Endian (tests compare them): elements in tag order, text valu
 joined by ``\\`` and padded with a space to even length, binary values packed
 little endian, nested sequences and items with explicit lengths. :func:`to_dataset`
 turns the same description into a pydicom ``Dataset`` (the pure builders' form).
-Only the value representations these items use are supported (text, UL, US, FD,
+Only the value representations these items use are supported (text, UL, US, SL, FD,
 SQ); anything else is a programming error (``ValueError``).
 """
 
@@ -43,7 +43,7 @@ _ITEM: Final = struct.Struct("<HHI")
 _SHORT: Final = struct.Struct("<HH2sH")
 _LONG: Final = struct.Struct("<HH2sHI")
 _TEXT_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM"})
-_BINARY: Final = {"UL": "I", "US": "H", "FD": "d"}
+_BINARY: Final = {"UL": "I", "US": "H", "SL": "i", "FD": "d"}
 
 
 def tag_of(keyword: str) -> int:

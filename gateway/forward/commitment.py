@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import enum
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ from gateway.core.config import DicomDestination
 from gateway.core.events import NO_EVENTS, CaptureCommitted, CaptureQuarantined, EventSink
 from gateway.core.uids import new_uid
 from gateway.dicom.network import dermgate_ae
+from gateway.forward.association import associate, tls_error
 from gateway.forward.listener_front import ASSOCIATIONS_TOTAL, MAX_PDU, ListenerFront
 from gateway.forward.peer_check import Address, PeerCheck
 from gateway.spool import commitments as cdb
@@ -90,11 +92,15 @@ class CommitmentListener:
         on_report: Callable[[str], None] = lambda _name: None,
         admit_from: Sequence[DicomDestination] | None = None,
         bus: EventSink = NO_EVENTS,
+        tls: tuple[int, ssl.SSLContext] | None = None,
     ) -> None:
         """``destinations``: those that use storage commitment (the only accepted
         senders); ``on_report(name)`` runs on the loop after a report was applied;
         ``admit_from``: the destinations whose addresses may connect at all (default:
-        ``destinations``; loopback and our own address always may)."""
+        ``destinations``; loopback and our own address always may); ``tls``: (port,
+        server context) of a second, TLS-only front (``[gateway] listen_tls_*``)."""
+        self._tls = tls
+        self._tls_front: ListenerFront | None = None
         self._ledger = ledger
         self._bus = bus
         self._ae_title = ae_title
@@ -131,21 +137,45 @@ class CommitmentListener:
         try:
             upstream = int(self._server.server_address[1])
             self._front = ListenerFront(self._address, self._port, upstream, self._admitted)
-            try:
-                await self._front.start()
-            except OSError as err:
-                raise OSError(
-                    err.errno,
-                    f"cannot listen on {self._address}:{self._port} for commitment "
-                    f"reports ({err.strerror}); is [gateway] listen_port in use?",
-                ) from err
-            log.info(
-                "commitment listener on %s:%d as %s", self._address, self._port, self._ae_title
-            )
+            await self._start(self._front, self._port, "listen_port")
+            if self._tls is not None:
+                port, context = self._tls
+                self._tls_front = ListenerFront(
+                    self._address, port, upstream, self._admitted, tls=context
+                )
+                await self._start(self._tls_front, port, "listen_tls_port")
             ready()
-            await self._front.serve()
+            async with asyncio.TaskGroup() as fronts:
+                for front in (self._front, self._tls_front):
+                    if front is not None:
+                        fronts.create_task(front.serve())
         finally:
             await asyncio.to_thread(self._server.shutdown)
+
+    async def _start(self, front: ListenerFront, port: int, key: str) -> None:
+        try:
+            await front.start()
+        except OSError as err:
+            raise OSError(
+                err.errno,
+                f"cannot listen on {self._address}:{port} for commitment "
+                f"reports ({err.strerror}); is [gateway] {key} in use?",
+            ) from err
+        log.info(
+            "commitment listener on %s:%d%s as %s",
+            self._address,
+            port,
+            " (TLS)" if front is self._tls_front else "",
+            self._ae_title,
+        )
+
+    def _peer_of(self, upstream_port: int) -> str | None:
+        """The real address behind pynetdicom's peer (relayed by either front)."""
+        for front in (self._front, self._tls_front):
+            found = front.peer_of(upstream_port) if front is not None else None
+            if found is not None:
+                return found
+        return None
 
     def _admitted(self) -> frozenset[Address]:
         """Remote addresses let in (blocking: resolves the destinations' hosts)."""
@@ -180,9 +210,8 @@ class CommitmentListener:
         """Runs on a pynetdicom thread; waits for the ledger before answering."""
         requestor = event.assoc.requestor
         ae_title = str(requestor.ae_title or "").strip()
-        # pynetdicom's peer is the front's relay; the front knows whose it is.
-        front = self._front
-        address = (front.peer_of(int(requestor.port)) if front else None) or "unknown"
+        # pynetdicom's peer is a front's relay; the front knows whose it is.
+        address = self._peer_of(int(requestor.port)) or "unknown"
         if not self._peers.any_destination(ae_title, address):
             return self._refuse(ae_title, address, Refusal.STRANGER)
         info = event.event_information
@@ -350,8 +379,11 @@ class CommitmentRequester:
             item.ReferencedSOPInstanceUID = candidate.sop_instance_uid
             items.append(item)
         request.ReferencedSOPSequence = items
-        assoc = ae.associate(d.host, d.port, ae_title=d.ae_title)
+        assoc = associate(ae, d)  # with TLS when the destination says so
         if not assoc.is_established:
+            tls = tls_error(assoc, d)
+            if tls is not None:
+                return tls.detail
             return f"could not open an association with {d.ae_title}@{d.host}:{d.port}"
         try:
             status, _ = assoc.send_n_action(

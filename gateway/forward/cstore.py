@@ -28,6 +28,7 @@ any other status                   Unknown                         RETRYABLE
 no response, empty status          Peer silent or gone             RETRYABLE
 association rejected / aborted     Peer unavailable                RETRYABLE
 TCP connection refused / timeout   Peer unreachable                RETRYABLE
+TLS handshake failed               Certificate or version refused  RETRYABLE
 no accepted presentation context   PACS does not take this class   PERMANENT
 =================================  ==============================  ===========
 
@@ -73,6 +74,7 @@ from gateway.core.config import DicomDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.dicom.network import dermgate_ae
 from gateway.dicom.sop_classes import NO_SUBSTITUTE, uid_name
+from gateway.forward.association import associate, tls_error
 from gateway.forward.contexts import storage_contexts
 
 # The reasons live in gateway.forward.refusals; re-exported for callers of this module.
@@ -238,11 +240,13 @@ class CStoreSender:
         return ae
 
     def _associate(self, ae: AE) -> Any:
-        d = self.destination
-        return ae.associate(d.host, d.port, ae_title=d.ae_title)
+        return associate(ae, self.destination)  # with TLS when the destination says so
 
     def _unavailable(self, assoc: Any) -> DeliveryError:
         d = self.destination
+        tls = tls_error(assoc, d)
+        if tls is not None:
+            return tls
         where = f"{d.ae_title}@{d.host}:{d.port}"
         if assoc.is_rejected:
             return DeliveryError(

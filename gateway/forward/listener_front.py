@@ -9,6 +9,12 @@ association is authenticated: the port must hold against anyone who reaches it.
 So ``[gateway] listen_port`` is served by this asyncio front, and pynetdicom
 listens behind it on an ephemeral loopback port. The front:
 
+- with ``[gateway] listen_tls_*`` a second front serves ``listen_tls_port``, where
+  every connection is TLS: the handshake (our certificate; the PACS's, verified
+  against ``listen_tls_ca`` when set) comes after the address check, counts as
+  waiting to associate (below) and shares its :data:`HANDSHAKE_SECONDS` with the
+  association request; a failed one is logged with OpenSSL's reason (once per
+  address, as below);
 - admits only loopback, our own listen address, and the addresses the configured
   DICOM destinations may report from (their ``host``, resolved, and their
   ``commitment_from``; re-resolved every minute); anyone else is closed at once;
@@ -37,6 +43,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import ssl
 import struct
 import threading
 from collections import OrderedDict
@@ -76,6 +83,7 @@ class Closed(enum.Enum):
     TOO_MANY_WAITING = "too many of its connections waiting to associate"
     BUSY = "too many associations open (answered: local limit exceeded)"
     TOO_LONG_OPEN = f"association open longer than {ASSOCIATION_SECONDS:.0f} s"
+    TLS_FAILED = "the TLS handshake failed"
 
 
 class _Refused(Exception):
@@ -126,9 +134,13 @@ class ListenerFront:
         port: int,
         upstream_port: int,
         admitted: Callable[[], frozenset[Address]],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``admitted()`` (blocking: it may resolve host names) lists the remote
-        addresses let in besides loopback and ``address`` itself."""
+        addresses let in besides loopback and ``address`` itself. With ``tls`` every
+        connection is TLS (:mod:`gateway.dicom.tls`), handshaken after the address
+        check and within :data:`HANDSHAKE_SECONDS`; pynetdicom gets the plain PDUs."""
+        self._tls = tls
         self._address = address
         self._port = port
         self._upstream_port = upstream_port
@@ -228,6 +240,16 @@ class ListenerFront:
         finally:
             writer.transport.abort()
 
+    async def _handshake(self, writer: asyncio.StreamWriter) -> None:
+        """TLS on this connection (server side); _Refused if the handshake fails."""
+        assert self._tls is not None
+        try:
+            await writer.start_tls(self._tls)
+        except ssl.SSLError as err:
+            words = getattr(err, "verify_message", None) or err.reason or type(err).__name__
+            raise _Refused(Closed.TLS_FAILED, f" ({str(words).lower()})") from err
+        writer.transport.set_write_buffer_limits(0)  # the TLS transport replaced the TCP one
+
     async def _first_request(
         self, peer: Address, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bytes | None:
@@ -238,6 +260,8 @@ class ListenerFront:
         self._waiting_counts.add(peer)
         try:
             async with asyncio.timeout(HANDSHAKE_SECONDS):
+                if self._tls is not None:
+                    await self._handshake(writer)
                 return await self._read_request(reader)
         except TimeoutError:
             if not conn.pushed_out:

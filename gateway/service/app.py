@@ -37,6 +37,7 @@ from gateway.devices.hotplug import (
 )
 from gateway.devices.registry import BrokenDriver, find_driver
 from gateway.devices.status import StatusBoard
+from gateway.dicom.tls import server_context
 from gateway.forward.commitment import (
     CommitmentListener,
     CommitmentRequester,
@@ -263,6 +264,15 @@ async def _run_locked(
             if d.storage_commitment
         }
         limits = {d.name: d.commitment_max_failures for d in dicom}
+        g = config.gateway
+        listen_tls = None
+        if g.listen_tls_cert is not None and g.listen_tls_key is not None:
+            listen_tls = (
+                g.listen_tls_port,
+                await asyncio.to_thread(
+                    server_context, g.listen_tls_cert, g.listen_tls_key, g.listen_tls_ca
+                ),
+            )
         listener = CommitmentListener(
             ledger,
             config.gateway.ae_title,
@@ -274,6 +284,7 @@ async def _run_locked(
             on_report=lambda name: overdue[name].reported() if name in overdue else None,
             admit_from=dicom,
             bus=bus,
+            tls=listen_tls,
         )
         identity = GatewayIdentity(
             gateway_id=config.gateway.id,

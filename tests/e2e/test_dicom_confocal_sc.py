@@ -77,10 +77,13 @@ def test_16bit_z_stack_is_a_conformant_word_sc_with_its_depths(tmp_path: Path) -
     assert ds["PixelData"].VR == "OW"
     assert ds.PixelData == b"".join(frames), "pixels byte-identical to the device's"
     assert int(ds.NumberOfFrames) == stack.frames
-    # one depth (mm below the skin surface) per frame, ordering the frames
-    assert ds.FrameIncrementPointer == 0x00182005
+    # one depth (mm below the skin surface) per frame, ordering the frames, and the
+    # device's frame time between frames (Cine), as the 8-bit object's Frame Content
+    assert list(ds.FrameIncrementPointer) == [0x00182005, 0x00181065]
     assert [float(d) for d in ds.SliceLocationVector] == [d / 1000 for d in stack.depths_um]
     assert len(ds.SliceLocationVector) == int(ds.NumberOfFrames)
+    assert [float(t) for t in ds.FrameTimeVector] == [0.0] + [111.0] * (stack.frames - 1)
+    assert ds.ActualFrameDuration == 111
     # what we know about the device and the acquisition
     assert ds.Modality == "CFM"
     assert ds.ConversionType == "DI"
@@ -92,7 +95,7 @@ def test_16bit_z_stack_is_a_conformant_word_sc_with_its_depths(tmp_path: Path) -
     assert ds.AcquisitionDateTime.startswith("20261130101500")
     assert [float(s) for s in ds.PixelSpacing] == [0.0005, 0.0005]
     assert WHY in ds.ImageComments
-    assert "Laser 830 nm, objective 30x/0.9 water" in ds.ImageComments
+    assert "Laser 830 nm, objective 30x/0.9 water, numerical aperture 0.9;" in ds.ImageComments
     # SC rules and display: identity rescale, a window over the range the device used
     assert ds.PresentationLUTShape == "IDENTITY"
     assert (float(ds.RescaleIntercept), float(ds.RescaleSlope)) == (0.0, 1.0)
@@ -116,11 +119,28 @@ def test_16bit_mosaic_frames_are_the_tiles_row_by_row(tmp_path: Path) -> None:
     ds, frames = written(tmp_path, stack)
     assert ds.SOPClassUID == WORD_SC
     assert ds.PixelData == b"".join(frames)
-    assert ds.FrameIncrementPointer == 0x00182002
+    assert ds.FrameIncrementPointer == 0x00182002, "no frame time from the device: no Cine"
+    assert "FrameTimeVector" not in ds
     assert list(ds.FrameLabelVector) == [f"r{r}c{c}" for r in (1, 2, 3) for c in (1, 2, 3)]
     assert "3 x 3 tiles" in ds.ImageComments
     assert "row-major" in ds.ImageComments
     assert "SliceLocationVector" not in ds
+
+
+def test_16bit_mosaic_in_another_order_names_each_frames_tile(tmp_path: Path) -> None:
+    """Serpentine order, one tile missing: each frame's label says where it lies."""
+    tiles = ((0, 0), (0, 1), (0, 2), (1, 2), (1, 1))
+    stack = replace(
+        make_stack("mosaic", bits=16, size=8, grid=3),
+        tile_rows=2,
+        tile_columns=3,
+        frames=5,
+        tiles=tiles,
+    )
+    ds, frames = written(tmp_path, stack)
+    assert ds.PixelData == b"".join(frames)
+    assert list(ds.FrameLabelVector) == ["r1c1", "r1c2", "r1c3", "r2c3", "r2c2"]
+    assert "5 tiles on a 2 x 3 grid, in the order the device took them" in ds.ImageComments
 
 
 @pytest.mark.parametrize(("frames", "rows", "columns"), [(3, 17, 33), (1, 5, 7), (2, 1, 1)])
@@ -134,7 +154,20 @@ def test_odd_sizes_round_trip(tmp_path: Path, frames: int, rows: int, columns: i
     if frames == 1:  # 1C "more than one frame": dciodvfy errors if present
         assert "FrameIncrementPointer" not in ds
         assert "SliceLocationVector" not in ds
+        assert "FrameTimeVector" not in ds
         assert "One frame, 0 um below the skin surface" in ds.ImageComments
+
+
+def test_mosaic_tiles_are_timed_when_the_device_says_a_fractional_frame_time(
+    tmp_path: Path,
+) -> None:
+    """Frame Time Vector (DS) keeps 33.5 ms; Actual Frame Duration (IS) cannot, so it
+    is left out rather than rounded."""
+    stack = replace(make_stack("mosaic", bits=16, size=8, grid=2), frame_ms=33.5)
+    ds, _ = written(tmp_path, stack)
+    assert list(ds.FrameIncrementPointer) == [0x00182002, 0x00181065]
+    assert [float(t) for t in ds.FrameTimeVector] == [0.0, 33.5, 33.5, 33.5]
+    assert "ActualFrameDuration" not in ds
 
 
 def test_patient_side_and_site_go_into_the_object(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -27,6 +28,7 @@ from gateway.demo.local_orthanc import OrthancProcess
 from tests.support.confocal_iod import iod_errors
 from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.slide_viewer import stitched, total_pixel_matrix
 from tests.support.state import ledger_rows, states
 from tests.support.usb_confocal import ConfocalSimulator, confocal_config
 from tests.support.waiting import wait_for
@@ -57,6 +59,15 @@ def check_in_orthanc(
         for item in ds.get("PerFrameFunctionalGroupsSequence") or []:
             # the device's frame time (protocol ``frame_ms``) as each frame's duration
             assert item.FrameContentSequence[0].FrameAcquisitionDuration == 111.0
+        if sop_class == TILED:
+            # a whole-slide reader lays the tiles out as the device sent them: row by row
+            height, width = int(ds.Rows), int(ds.Columns)
+            size = height * width
+            frames = [pixels[n * size : (n + 1) * size] for n in range(device["frames"])]
+            grid_columns = int(ds.TotalPixelMatrixColumns) // width
+            assert np.array_equal(
+                total_pixel_matrix(ds), stitched(frames, height, width, grid_columns)
+            )
 
 
 def test_stacks_arrive_once_despite_garbage_and_reoffers(
@@ -191,6 +202,8 @@ def test_16bit_stack_arrives_losslessly_as_word_secondary_capture(
     assert dciodvfy_errors(stored) == []
     vector = "FrameLabelVector" if kind == "mosaic" else "SliceLocationVector"
     assert len(ds[vector].value) == device["frames"]
+    # the device's frame time (protocol ``frame_ms``) between frames, as Cine timing
+    assert [float(t) for t in ds.FrameTimeVector] == [0.0] + [111.0] * (device["frames"] - 1)
     assert gateway.stop() == 0
 
 

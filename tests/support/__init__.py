@@ -9,7 +9,8 @@ importing it. What is where:
 - ``peers``: Orthanc and the misbehaving pynetdicom PACS; ``mqtt``: Mosquitto and a recorder
 - ``state``: read-only views of the ledger and the status files; ``waiting``: ``wait_for``
 - ``spool``: a spool built without the service, and the ``dermgate spool`` commands
-- ``dicom_files``, ``confocal_stacks``, ``confocal_iod``, ``dciodvfy``: DICOM inputs and checks
+- ``dicom_files``, ``confocal_stacks``, ``confocal_iod``, ``dciodvfy``: DICOM inputs and checks;
+  ``slide_viewer``: a whole-slide reader (highdicom) placing a mosaic's tiles
 - ``photo_folder``, ``scanner_export``, ``refused``, ``images``: folder-driver inputs
 - ``web``: the page's configuration, logins and TLS helpers; ``disk``: small filesystems;
   ``plugins``: a broken third-party plugin

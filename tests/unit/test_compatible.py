@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
@@ -190,3 +191,29 @@ def test_a_large_stack_is_derived_with_flat_memory(tmp_path: Path) -> None:
     assert stack.pixel_bytes > 30_000_000
     assert peak < 8_000_000, f"peak {peak} bytes while copying {stack.pixel_bytes}"
     assert (tmp_path / "big-sc.dcm").stat().st_size > stack.pixel_bytes
+
+
+def test_a_sparse_mosaic_keeps_each_tiles_place_in_the_frame_labels(tmp_path: Path) -> None:
+    """Tiles in the order the device took them (TILED_SPARSE, serpentine here): each
+    derived frame is labelled with the grid place its Plane Position (Slide) gives."""
+    serpentine = ((0, 0), (0, 1), (0, 2), (1, 2), (1, 1), (1, 0))
+    stack = replace(
+        make_stack("mosaic"),
+        rows=16,
+        columns=24,
+        frames=len(serpentine),
+        tile_rows=2,
+        tile_columns=3,
+        tiles=serpentine,
+    )
+    frames = frames_of(stack)
+    original = tmp_path / "mosaic.dcm"
+    write_confocal(job_for(tmp_path, stack, frames), original)
+    assert pydicom.dcmread(original).DimensionOrganizationType == "TILED_SPARSE"
+    dest = tmp_path / "sc.dcm"
+    derive_compatible(original, dest, "9.9.9")
+
+    ds = pydicom.dcmread(dest)
+    assert ds.PixelData == b"".join(frames)
+    assert list(ds.FrameLabelVector) == ["r1c1", "r1c2", "r1c3", "r2c3", "r2c2", "r2c1"]
+    assert dciodvfy_errors(dest) == []

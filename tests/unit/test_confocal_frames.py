@@ -37,13 +37,16 @@ def test_max_frames_is_checked_at_start_up() -> None:
 
 
 @pytest.mark.parametrize("frame_ms", [111.0, None], ids=["timed", "untimed"])
-@pytest.mark.parametrize("kind", ["z-stack", "mosaic"])
+@pytest.mark.parametrize("kind", ["z-stack", "mosaic", "sparse mosaic"])
 def test_streamed_file_is_byte_for_byte_the_builders_data_set(
     tmp_path: Path, kind: str, frame_ms: float | None
 ) -> None:
     """Normal stacks are written exactly as before: what pydicom writes for the
-    whole in-memory data set, then the pixels."""
-    stack = replace(make_stack(kind, frames=7), frame_ms=frame_ms)
+    whole in-memory data set, then the pixels (a sparse mosaic's per-frame Plane
+    Position (Slide) items too)."""
+    stack = replace(make_stack(kind.removeprefix("sparse "), frames=7), frame_ms=frame_ms)
+    if kind == "sparse mosaic":
+        stack = replace(stack, tiles=((1, 1), (0, 1), (1, 0)), frames=3)
     frames = frames_of(stack)
     job = job_for(tmp_path, stack, frames)
     write_confocal(job, tmp_path / "out.dcm")

@@ -92,7 +92,14 @@ def test_stack_round_trips_and_conforms(tmp_path: Path, kind: str) -> None:
         assert "PerFrameFunctionalGroupsSequence" not in ds
         assert "DimensionIndexSequence" not in ds, "TILED_FULL: the tile order is the index"
         assert "PlanePositionSlideSequence" not in ds.SharedFunctionalGroupsSequence[0]
-        assert "TotalPixelMatrixOriginSequence" not in ds, "no slide coordinates in vivo"
+        # the mosaic's own coordinate system: pixel 1\\1 at 0/0, rows along +X
+        origin = ds.TotalPixelMatrixOriginSequence[0]
+        assert (origin.XOffsetInSlideCoordinateSystem, origin.YOffsetInSlideCoordinateSystem) == (
+            0,
+            0,
+        )
+        assert [float(v) for v in ds.ImageOrientationSlide] == [1, 0, 0, 0, 1, 0]
+        assert ds.ImagedVolumeWidth == pytest.approx(stack.columns * 2 * 1.5 / 1000)
 
 
 def test_16bit_stack_is_not_a_confocal_object(tmp_path: Path) -> None:
@@ -313,9 +320,17 @@ def test_wrong_size_and_bad_geometry_are_quarantined(tmp_path: Path) -> None:
         write_confocal(job, tmp_path / "out.dcm")
     assert not (tmp_path / "out.dcm").exists()
     mosaic = make_stack("mosaic")
+    # tiles in another order are placed one by one (TILED_SPARSE), not refused
     shuffled = replace(mosaic, tiles=tuple(reversed(mosaic.tiles)))
-    with pytest.raises(WrapError, match="row-major"):
-        ConfocalStack.from_extra(shuffled.to_extra())
+    assert not ConfocalStack.from_extra(shuffled.to_extra()).full_grid
+    twice = replace(mosaic, tiles=((0, 0), (0, 1), (1, 0), (0, 1)))
+    with pytest.raises(WrapError, match="two tiles at the same grid position"):
+        ConfocalStack.from_extra(twice.to_extra())
+    outside = replace(mosaic, tiles=((0, 0), (0, 1), (1, 0), (2, 0)))
+    with pytest.raises(WrapError, match="a tile outside the 2x2 grid"):
+        ConfocalStack.from_extra(outside.to_extra())
+    with pytest.raises(WrapError, match="3 tile positions for 4 tiles"):
+        ConfocalStack.from_extra(replace(mosaic, tiles=mosaic.tiles[:3]).to_extra())
     with pytest.raises(WrapError, match="incomplete or invalid"):
         ConfocalStack.from_extra({"kind": "z-stack"})
     with pytest.raises(WrapError, match="12 bits"):
@@ -363,3 +378,13 @@ def test_field_of_view_in_whole_mm_only_when_that_is_true(tmp_path: Path) -> Non
     write_confocal(job, tmp_path / "wide.dcm")
     ds = pydicom.dcmread(tmp_path / "wide.dcm")
     assert list(ds.FieldOfViewDimensions) == [4, 4]  # 4.096 mm each way
+
+
+def test_a_grid_whose_tile_positions_do_not_fit_dicom_is_refused() -> None:
+    """Row / Column Position In Total Image Pixel Matrix are SL: at most 2**31 - 1."""
+    mosaic = make_stack("mosaic", size=64)
+    far = replace(mosaic, tile_rows=40_000_000, frames=2, tiles=((0, 0), (39_999_999, 1)))
+    with pytest.raises(WrapError, match="a 40000000x2 tile grid"):
+        ConfocalStack.from_extra(far.to_extra())
+    near = replace(far, tile_rows=30_000_000, tiles=((0, 0), (29_999_999, 1)))
+    assert not ConfocalStack.from_extra(near.to_extra()).full_grid

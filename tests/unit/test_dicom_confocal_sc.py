@@ -38,8 +38,8 @@ def test_what_cannot_be_one_object_is_refused_with_a_reason(tmp_path: Path) -> N
     assert not (tmp_path / "out.dcm").exists()
     # the geometry rules of the 8-bit path apply too
     mosaic = make_stack("mosaic", bits=16)
-    with pytest.raises(WrapError, match="row-major"):
-        sc_stack(replace(mosaic, tiles=tuple(reversed(mosaic.tiles))).to_extra())
+    with pytest.raises(WrapError, match="two tiles at the same grid position"):
+        sc_stack(replace(mosaic, tiles=((0, 0),) * 4).to_extra())
     with pytest.raises(WrapError, match="not a 16-bit stack"):
         sc_stack(make_stack(bits=8).to_extra())
 
@@ -60,3 +60,38 @@ def test_memory_stays_flat_while_writing(tmp_path: Path) -> None:
     assert peak < 8 * 1024 * 1024, f"peak {peak} bytes"
     ds = pydicom.dcmread(tmp_path / "out.dcm")
     assert hashlib.sha256(ds.PixelData).hexdigest() == digest
+
+
+def test_frame_times_that_do_not_fit_are_left_out_not_the_stack(tmp_path: Path) -> None:
+    """6000 depths fit one DS element; 6000 times of 33.3333333333 ms do not: the stack
+    is still written, ordered by depth, without the (extra) Cine timing."""
+    stack = replace(
+        make_stack(bits=16, frames=6000, size=1),
+        columns=1,
+        depths_um=(1.0,) * 6000,
+        frame_ms=100 / 3,
+    )
+    write_confocal(job_for(tmp_path, stack, [b"\1\0"] * 6000), tmp_path / "out.dcm")
+    ds = pydicom.dcmread(tmp_path / "out.dcm")
+    assert ds.FrameIncrementPointer == 0x00182005
+    assert len(ds.SliceLocationVector) == 6000
+    assert "FrameTimeVector" not in ds
+    short = replace(stack, frame_ms=40.0)
+    write_confocal(job_for(tmp_path, short, [b"\1\0"] * 6000), tmp_path / "short.dcm")
+    ds = pydicom.dcmread(tmp_path / "short.dcm")
+    assert len(ds.FrameTimeVector) == 6000, "40.0 ms fits: 6000 frame times"
+
+
+def test_a_tile_label_longer_than_dicom_allows_is_refused(tmp_path: Path) -> None:
+    """Frame Label Vector is SH (16 characters): "r123456789c12345" fits, one more does not."""
+    mosaic = make_stack("mosaic", bits=16, size=1)
+    fits = replace(
+        mosaic, tile_rows=123456789, tile_columns=12345, frames=1, tiles=((123456788, 12344),)
+    )
+    write_confocal(job_for(tmp_path, fits, [b"\0\0"]), tmp_path / "fits.dcm")
+    two = replace(fits, frames=2, tiles=((123456788, 12344), (0, 0)))
+    write_confocal(job_for(tmp_path, two, [b"\0\0"] * 2), tmp_path / "two.dcm")
+    assert pydicom.dcmread(tmp_path / "two.dcm").FrameLabelVector[0] == "r123456789c12345"
+    longer = replace(two, tile_columns=123456, tiles=((123456788, 123455), (0, 0)))
+    with pytest.raises(WrapError, match="too long for a DICOM frame label"):
+        write_confocal(job_for(tmp_path, longer, [b"\0\0"] * 2), tmp_path / "long.dcm")

@@ -8,11 +8,13 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from gateway.core.config.base import _FLEET_ID, AETitle, Port, _Strict, default_gateway_id
+from gateway.core.config.tls_files import check_certificate_file, check_key_pair
 
 
 class GatewaySettings(_Strict):
@@ -40,6 +42,27 @@ class GatewaySettings(_Strict):
         default="0.0.0.0",
         description="Address our DICOM listener binds to (the PACS must be able to reach it).",
     )
+    listen_tls_cert: Path | None = Field(
+        default=None,
+        description="Our listener's certificate (PEM); with `listen_tls_key`, a second DICOM "
+        "listener on `listen_tls_port` takes storage commitment reports over TLS (1.2 or "
+        "newer). The plain `listen_port` stays as it is.",
+    )
+    listen_tls_key: Path | None = Field(
+        default=None, description="The unencrypted private key (PEM) of `listen_tls_cert`."
+    )
+    listen_tls_ca: Path | None = Field(
+        default=None,
+        description="CA certificate(s) (PEM) that signed the PACSs' own certificates: set, "
+        "a PACS must present one of them to report over TLS (mutual TLS); unset, any PACS "
+        "admitted by address and AE title may report without one.",
+    )
+    listen_tls_port: Port = Field(
+        default=2762,
+        description="TCP port of the TLS listener (2762 is the IANA port for DICOM over "
+        "TLS); used only with `listen_tls_cert`. Register it, with TLS, for our AE title in "
+        "the PACS.",
+    )
     state_dir: Path = Field(
         default=Path("/var/lib/dermgate"),
         description="An absolute path: where the spool (`spool/staging`, `spool/raw`, "
@@ -55,6 +78,38 @@ class GatewaySettings(_Strict):
         if not _FLEET_ID.match(value):
             raise ValueError("use 1-64 letters, digits or '-' (it is shown on dashboards)")
         return value
+
+    @field_validator("listen_tls_ca", "listen_tls_cert")
+    @classmethod
+    def _certificate_files(cls, value: Path | None) -> Path | None:
+        return None if value is None else check_certificate_file(value)
+
+    @field_validator("listen_tls_key")
+    @classmethod
+    def _listen_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        cert = info.data.get("listen_tls_cert")
+        if value is not None and cert is not None:
+            problem = check_key_pair(cert, value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _listen_tls_keys(self) -> GatewaySettings:
+        if (self.listen_tls_cert is None) != (self.listen_tls_key is None):
+            raise ValueError(
+                "listen_tls_cert and listen_tls_key go together: give both, or neither"
+            )
+        if self.listen_tls_cert is None and self.listen_tls_ca is not None:
+            raise ValueError("listen_tls_ca needs listen_tls_cert and listen_tls_key")
+        if self.listen_tls_cert is not None and self.listen_tls_port == self.listen_port:
+            raise ValueError("listen_tls_port must differ from listen_port")
+        return self
+
+    @property
+    def listen_tls(self) -> bool:
+        """Whether the TLS listener runs."""
+        return self.listen_tls_cert is not None
 
     @field_validator("state_dir", mode="before")
     @classmethod

@@ -10,11 +10,13 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from gateway.core.config.base import _NAME, AETitle, Port, _Strict
+from gateway.core.config.tls_files import check_certificate_file, check_key_pair
 
 
 class DestinationBase(_Strict):
@@ -163,6 +165,89 @@ class DicomDestination(DestinationBase):
         description="Without storage commitment: seconds after which a SENT instance "
         "counts as delivered (and may later be purged).",
     )
+    tls: bool = Field(
+        default=False,
+        description="DICOM over TLS (TLS 1.2 or newer) to this PACS: C-STORE, C-ECHO and the "
+        "storage commitment request. The PACS's certificate is always verified: signed by "
+        "`tls_ca` (else a CA the system trusts), valid now, and naming `host` (or "
+        "`tls_server_name`). A `host` written as an IP address must be in the certificate "
+        "as an IP address (subjectAltName `IP:`), a host name as a DNS name.",
+    )
+    tls_ca: Path | None = Field(
+        default=None,
+        description="CA certificate(s) (PEM) that signed the PACS's certificate; without it "
+        "the system's CAs are trusted.",
+    )
+    tls_cert: Path | None = Field(
+        default=None,
+        description="Our client certificate (PEM), for a PACS that asks for one (mutual "
+        "TLS); with `tls_key`.",
+    )
+    tls_key: Path | None = Field(
+        default=None, description="The unencrypted private key (PEM) of `tls_cert`."
+    )
+    tls_server_name: str | None = Field(
+        default=None,
+        description="The name the PACS's certificate must carry, when it is not `host` "
+        "(e.g. `host` is an IP address and the certificate names `pacs.example.org`).",
+    )
+    tls_verify_hostname: bool = Field(
+        default=True,
+        description="`false`: accept any certificate signed by `tls_ca`, whatever names it "
+        "carries (a PACS whose certificate names neither its address nor a name you can "
+        "use). The chain and dates are still verified; needs `tls_ca`, which should then "
+        "be a CA that signs only your PACSs.",
+    )
+
+    @field_validator("tls_ca", "tls_cert")
+    @classmethod
+    def _certificate_files(cls, value: Path | None) -> Path | None:
+        return None if value is None else check_certificate_file(value)
+
+    @field_validator("tls_server_name")
+    @classmethod
+    def _server_name(cls, value: str | None) -> str | None:
+        import ipaddress  # here, not at the top: keeps these keys in one hunk
+
+        if value is None:
+            return None
+        try:
+            return ipaddress.ip_address(value).compressed
+        except ValueError:
+            pass
+        if not value or any(c.isspace() or c in "/:@[]" for c in value):
+            raise ValueError('give a bare host name or IP address, e.g. "pacs.example.org"')
+        return value
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        cert = info.data.get("tls_cert")
+        if value is not None and cert is not None:
+            problem = check_key_pair(cert, value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _tls_keys(self) -> DicomDestination:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both, or neither")
+        used = [
+            key
+            for key in ("tls_ca", "tls_cert", "tls_server_name")
+            if getattr(self, key) is not None
+        ]
+        if not self.tls_verify_hostname:
+            used.append("tls_verify_hostname")
+        if used and not self.tls:
+            raise ValueError(f"{', '.join(used)} need tls = true")
+        if not self.tls_verify_hostname and self.tls_ca is None:
+            raise ValueError(
+                "tls_verify_hostname = false needs tls_ca (with the system's CAs, any "
+                "certificate they signed would pass)"
+            )
+        return self
 
     @property
     def confirms(self) -> bool:

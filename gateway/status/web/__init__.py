@@ -3,6 +3,7 @@
 __all__ = [
     "audit",
     "auth",
+    "check_result",
     "checks",
     "data",
     "gate",
@@ -15,5 +16,6 @@ __all__ = [
     "pages",
     "server",
     "spool_routes",
+    "tls_checks",
     "users",
 ]

@@ -4,12 +4,15 @@ Every check is blocking (network, subprocess, files) and runs on a worker thread
 A check never raises: a check that cannot tell says "unknown" and why. Results
 carry no patient data: host names, ports, AE titles, counts, dates.
 
-Checks: TCP connect + DICOM C-ECHO to each destination; our storage commitment
-listener answers (an association and C-ECHO to our own port, as our AE title: a
-listener that accepts TCP but whose association slots are all taken fails); each
+Checks: TCP connect + DICOM C-ECHO to each destination (over TLS when configured:
+a refused handshake is named); our storage commitment listener answers (an
+association and C-ECHO to our own port, as our AE title: a listener that accepts
+TCP but whose association slots are all taken fails; its TLS port, if any, takes
+connections: :mod:`.tls_checks`); each
 PACS confirms what it stores (no ``commitment_overdue`` alarm); clock synchronised
-(timedatectl, else the kernel's adjtimex status); disk free against the reserve; the page's TLS
-certificate days to expiry (when TLS is configured); devices not ready; captures
+(timedatectl, else the kernel's adjtimex status); disk free against the reserve; days to
+expiry of every TLS certificate (the page's, MQTT's, and DICOM TLS: each destination's
+CA and client certificate, our listener's certificate and CA); devices not ready; captures
 set aside; the MQTT broker accepts this box (a real MQTT connection with the
 link's address, login and TLS, when ``[mqtt]`` is configured).
 """
@@ -21,27 +24,38 @@ import ctypes
 import shutil
 import socket
 import subprocess
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.core.alarms import COMMITMENT_OVERDUE
 from gateway.core.config import DermGateConfig, DicomDestination, DicomwebDestination
 from gateway.core.errors import DeliveryErrorCode
+from gateway.dicom.tls import certificate_files
+from gateway.forward.association import associate, tls_error
 from gateway.status.mqtt import probe_broker
+from gateway.status.web.check_result import FAIL, OK, UNKNOWN, WARN, CheckResult
 from gateway.status.web.data import Figures, human_age, human_bytes
+from gateway.status.web.tls_checks import check_tls_listener, tls_refused
 
-OK, WARN, FAIL, UNKNOWN = "ok", "warn", "fail", "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """One line of the panel."""
-
-    name: str
-    status: str  # ok | warn | fail | unknown
-    finding: str
-    advice: str = ""
+__all__ = [
+    "FAIL",
+    "OK",
+    "UNKNOWN",
+    "WARN",
+    "CheckResult",
+    "certificate_checks",
+    "certificate_days_left",
+    "check_certificate",
+    "check_clock",
+    "check_confirmations",
+    "check_destination",
+    "check_disk",
+    "check_listener",
+    "check_mqtt",
+    "check_web_destination",
+    "clock_synchronised",
+    "run_checks",
+]
 
 
 def _tcp(host: str, port: int, timeout: float) -> str | None:
@@ -91,8 +105,11 @@ def check_destination(dest: DicomDestination, our_ae: str, timeout: float = 5.0)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    assoc = associate(ae, dest)  # over TLS when the destination says so
     try:
+        tls = tls_error(assoc, dest)
+        if tls is not None:
+            return tls_refused(name, tls)
         if assoc.is_rejected:
             return CheckResult(
                 name,
@@ -381,13 +398,14 @@ def check_certificate(cert: Path, what: str = "TLS certificate") -> CheckResult:
 
 
 def certificate_checks(config: DermGateConfig) -> list[CheckResult]:
-    """Expiry of every certificate the box presents or trusts (page, MQTT)."""
+    """Expiry of every certificate the box presents or trusts (page, MQTT, DICOM TLS)."""
     certs: list[tuple[Path | None, str]] = []
     if config.web is not None:
         certs.append((config.web.tls_cert, "TLS certificate"))
     if config.mqtt is not None:
         certs.append((config.mqtt.tls_cert, "MQTT client certificate"))
         certs.append((config.mqtt.tls_ca, "MQTT broker's CA certificate"))
+    certs += certificate_files(config)
     return [check_certificate(path, what) for path, what in certs if path is not None]
 
 
@@ -431,6 +449,9 @@ def run_checks(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
         )
     confirmations = check_confirmations(config, figures)
     results.append(check_listener(config, overdue=any(r.status == FAIL for r in confirmations)))
+    tls_listener = check_tls_listener(config)
+    if tls_listener is not None:
+        results.append(tls_listener)
     results += confirmations
     results.append(check_clock())
     results.append(check_disk(config.spool_dir(), figures.disk.reserve))
