@@ -193,7 +193,8 @@ class ScriptedStore:
     of the answer; ``lose`` list all as stored but keep none (read-back misses them);
     ``dup`` store all and answer 409 with Failed SOP reason 45070 (Azure's "already
     stored"); ``429`` answer 429 with ``Retry-After: retry_after``; ``401`` refuse.
-    A request with more than ``max_parts`` parts is answered 413.
+    A request with more than ``max_parts`` parts is answered 413; one with a UID in
+    ``refuse`` is answered 400 (Orthanc's answer to a bad part).
     """
 
     script: list[str] = field(default_factory=list)
@@ -204,6 +205,9 @@ class ScriptedStore:
     posts: list[Post] = field(default_factory=list)
     qidos: int = 0
     unlisted: bool = False
+    refuse: set[str] = field(default_factory=set)
+    """SOP Instance UIDs answered as Orthanc answers a bad part: HTTP 400, the other
+    parts stored and listed, the bad one in neither sequence."""
     """QIDO-RS lists nothing yet (a store slow to index what it stored)."""
     port: int = field(default_factory=free_port)
     _runner: web.AppRunner | None = None
@@ -258,6 +262,11 @@ class ScriptedStore:
             return web.Response(status=415)
         if len(uids) > self.max_parts:
             return web.Response(status=413)
+        if self.refuse & set(uids):  # as Orthanc: 400, the good parts stored and listed
+            good = [uid for uid in uids if uid not in self.refuse]
+            self._keep(study, good)
+            answer = {"00081199": _sequence(good, None, None)}
+            return web.json_response(answer, status=400, content_type="application/dicom+json")
         step = self.script.pop(0) if self.script else "ok"
         if step == "429":
             return web.Response(status=429, headers={"Retry-After": self.retry_after})

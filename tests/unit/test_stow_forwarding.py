@@ -272,3 +272,29 @@ async def test_a_missing_ca_file_is_a_plain_retried_reason_not_a_crash(
     assert delivery["state"] == "PENDING"
     assert delivery["error_code"] == "auth_unavailable"
     assert scripted_store.posts == [], "nothing is sent without the CA it was told to trust"
+
+
+async def test_400_quarantines_only_the_instance_at_fault_and_finds_it_alone(
+    spool: Spool, scripted_store: ScriptedStore
+) -> None:
+    study = new_uid()
+    added = [add_wrapped(spool, study) for _ in range(4)]
+    bad = {added[1][1], added[3][1]}
+    scripted_store.refuse = set(bad)
+    async with delivering(spool, web_destination(scripted_store, associations=1)):
+        await wait_until(
+            lambda: all(
+                state(spool, i) == ("QUARANTINED" if uid in bad else "COMMITTED")
+                for i, uid, _ in added
+            ),
+            20,
+            "the good ones delivered, the bad ones set aside",
+        )
+        await asyncio.sleep(1.0)  # retry_max is 0.5 s: a blind retry would show by now
+    assert [len(p.uids) for p in scripted_store.posts] == [4, 1, 1], "the two alone, once"
+    assert set(scripted_store.stored) == {uid for _, uid, _ in added} - bad
+    for spool_id, uid, _ in added:
+        if uid in bad:
+            delivery = spool.delivery(spool_id)
+            assert delivery["error_code"] == "request_refused"
+            assert "HTTP 400" in delivery["last_error"]
