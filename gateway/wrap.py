@@ -3,7 +3,8 @@
 For each durable capture it writes the Part 10 file atomically into ``dicom/``,
 with the writer :mod:`gateway.dicom.writers` picks for what the capture is (the
 offer's content type and the device class; the table is there). Then the ledger
-row becomes WRAPPED with a pending delivery per destination. A capture the writer
+row becomes WRAPPED with a pending delivery per destination its ``[[routes]]``
+name (:mod:`gateway.spool.routing`; set aside when none does). A capture the writer
 refuses (not a JPEG, subsampling DICOM cannot describe, a damaged mesh) is
 quarantined: it was acknowledged, so it is kept, never sent, and shown with the
 reason.
@@ -28,6 +29,7 @@ from pydicom.uid import UID
 
 from gateway.core.capture import GatewayIdentity
 from gateway.core.events import NO_EVENTS, CaptureQuarantined, EventSink
+from gateway.core.routing import RoutePlan
 from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.writers import write_capture
@@ -51,7 +53,7 @@ class Wrapper:
         ledger: Ledger,
         dirs: SpoolDirs,
         gateway: GatewayIdentity,
-        destinations: Sequence[str],
+        destinations: RoutePlan | Sequence[str],
         on_wrapped: Callable[[], None],
         bus: EventSink = NO_EVENTS,
     ) -> None:
@@ -59,7 +61,7 @@ class Wrapper:
         self._bus = bus
         self._dirs = dirs
         self._gateway = gateway
-        self._destinations = tuple(destinations)
+        self._plan = RoutePlan.of(destinations)
         self._on_wrapped = on_wrapped
         self.wanted = asyncio.Event()
         self._write_errors: dict[int, str] = {}  # spool id -> the error last logged
@@ -136,16 +138,20 @@ class Wrapper:
             return True
         if self._write_errors.pop(entry.spool_id, None) is not None:
             log.info("spool id %d: DICOM file written after all", entry.spool_id)
-        await self._ledger.call(
+        targets = await self._ledger.call(
             db.mark_wrapped,
             entry.spool_id,
             dicom_name=dicom_name,
             sop_class_uid=written.sop_class_uid,
             transfer_syntax_uid=written.transfer_syntax_uid,
-            destinations=self._destinations,
+            destinations=self._plan,
             now=time.time(),
         )
         log.info("spool id %d wrapped as %s", entry.spool_id, UID(written.sop_class_uid).name)
+        if targets == {} and self._plan.destinations:  # set aside: no route sends it anywhere
+            self._bus.publish(
+                CaptureQuarantined(spool_id=entry.spool_id, stage="route", destination="")
+            )
         self._on_wrapped()
         return True
 
@@ -182,6 +188,6 @@ class Wrapper:
         return write_capture(job, dest)
 
     @property
-    def destinations(self) -> tuple[str, ...]:
-        """Names of the destinations every capture is delivered to."""
-        return self._destinations
+    def destinations(self) -> RoutePlan:
+        """The destinations and the routes that pick among them per capture."""
+        return self._plan

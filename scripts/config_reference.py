@@ -30,7 +30,7 @@ import types
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeGuard, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel
@@ -217,7 +217,8 @@ def reference(root: type[BaseModel] | None = None) -> str:
 
 
 def _nested_tables(model: type[BaseModel], section: str) -> list[str]:
-    """Tables of a section's keys that are themselves tables (``[[context.sensitive]]``)."""
+    """Tables of a section's keys that are themselves tables (``[[context.sensitive]]``,
+    ``[routes.match]``)."""
     lines: list[str] = []
     for name, field in model.model_fields.items():
         args = get_args(field.annotation)
@@ -225,10 +226,14 @@ def _nested_tables(model: type[BaseModel], section: str) -> list[str]:
             title = f"[[{section}.{name}]]"
             lines += ["", f"#### `{title}`", "", _cell(field.description or ""), ""]
             lines += key_table(args[0], title)
+        elif _is_model(field.annotation):
+            title = f"[{section}.{name}]"
+            lines += ["", f"#### `{title}`", "", _cell(field.description or ""), ""]
+            lines += key_table(field.annotation, title)
     return lines
 
 
-def _is_model(annotation: Any) -> bool:
+def _is_model(annotation: Any) -> TypeGuard[type[BaseModel]]:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 

@@ -5,6 +5,7 @@
     dermgate spool list   [--state STATE] [--json] --config FILE
     dermgate spool show   ID [--json] [--reveal] --config FILE
     dermgate spool retry  ID [--json] --config FILE
+    dermgate spool forget-destination NAME [--yes] --config FILE
     dermgate spool export ID --to DIR [--json] --config FILE
     dermgate spool rebuild --config FILE
 
@@ -28,7 +29,8 @@ Exit codes:
 * 141 — the reader of the output went away (``spool list | head``), quietly.
 
 This module holds the parser; the commands are in :mod:`.spool_view` (list, show)
-and :mod:`.spool_act` (retry, export, rebuild), which share :mod:`.spool_common`.
+and :mod:`.spool_act` (retry, forget-destination, export, rebuild), which share
+:mod:`.spool_common`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.spool_act import cmd_spool_export, cmd_spool_rebuild, cmd_spool_retry
+from gateway.cli.spool_act import (
+    cmd_spool_export,
+    cmd_spool_forget_destination,
+    cmd_spool_rebuild,
+    cmd_spool_retry,
+)
 from gateway.cli.spool_common import EXIT_CODES_EPILOG
 from gateway.cli.spool_view import cmd_spool_list, cmd_spool_show
 from gateway.spool import admin
@@ -103,6 +110,15 @@ def add_spool_commands(sub: Any) -> None:
     )
     retry.add_argument("ref", metavar="ID", type=_capture_ref, help=ref_help)
     retry.add_argument("--json", action="store_true", help="one JSON object")
+
+    forget = action(
+        "forget-destination",
+        "let go of a destination removed from the configuration: the captures still "
+        "waiting for it stop waiting (its deliveries are dropped for good)",
+        cmd_spool_forget_destination,
+    )
+    forget.add_argument("name", metavar="NAME", help="the removed destination's name")
+    forget.add_argument("--yes", action="store_true", help="do it (without: say what it would do)")
 
     export = action(
         "export",

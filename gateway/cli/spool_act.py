@@ -1,8 +1,10 @@
-"""``dermgate spool retry``, ``export`` and ``rebuild``: the commands that act.
+"""``dermgate spool retry``, ``forget-destination``, ``export`` and ``rebuild``: the
+commands that act.
 
-``retry`` writes to the ledger beside a running service (under its write lock,
-:mod:`gateway.spool.admin`); ``export`` copies a capture's file out, after its
-audit line; ``rebuild`` writes a new ledger under the state folder's lock.
+``retry`` and ``forget-destination`` write to the ledger beside a running service
+(under its write lock, :mod:`gateway.spool.admin`); ``export`` copies a capture's
+file out, after its audit line; ``rebuild`` writes a new ledger under the state
+folder's lock.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import json
 import sqlite3
 import sys
+import time
 from typing import TextIO
 
 from gateway.cli.spool_common import (
@@ -27,10 +30,12 @@ from gateway.cli.spool_common import (
     _Refusal,
     _run,
 )
+from gateway.core.routing import RoutePlan
 from gateway.service.state_lock import StateLock, StateLocked
 from gateway.spool import admin, rebuild
 from gateway.spool import ledger as db
 from gateway.spool.dirs import SpoolDirs
+from gateway.spool.routing import DestinationConfigured, forget_destination, removed_destinations
 from gateway.spool.spool_ids import high_water_path
 from gateway.spool.states import CaptureState
 
@@ -49,9 +54,7 @@ def _retry(args: argparse.Namespace) -> int:
     try:
         conn = db.open_ledger(path)
         try:
-            outcome = admin.retry_capture(
-                conn, dirs, args.ref, [d.name for d in config.destinations]
-            )
+            outcome = admin.retry_capture(conn, dirs, args.ref, RoutePlan.from_config(config))
         finally:
             conn.close()
     except admin.NoSuchCapture as err:
@@ -69,6 +72,11 @@ def _retry(args: argparse.Namespace) -> int:
     elif outcome.state is CaptureState.WRAPPED:
         sends = ", ".join(outcome.reset_deliveries) or "its pending destinations"
         print(f"{what} is now WRAPPED: it will be sent again to {sends}.")
+    elif outcome.state is CaptureState.QUARANTINED:  # still no route sends it anywhere
+        print(
+            f"{what} is still QUARANTINED: no [[routes]] entry sends it anywhere; add one "
+            "that matches it (see dermgate spool show), then retry it."
+        )
     else:
         print(f"{what} is now {outcome.state}: every destination already has it.")
     if outcome.state in (CaptureState.CAPTURED, CaptureState.WRAPPED):
@@ -81,6 +89,57 @@ def _retry(args: argparse.Namespace) -> int:
 
 
 cmd_spool_retry = _run("retry", _retry)
+
+
+# --------------------------------------------------------------------------- forget-destination
+
+
+def _forget_destination(args: argparse.Namespace) -> int:
+    """Let go of a destination taken out of the configuration: its captures stop waiting."""
+    config = _load(args.config)
+    path = _existing_ledger(config)
+    plan = RoutePlan.from_config(config)
+    if args.name in plan.destinations:
+        raise _Refusal(
+            EXIT_NOT_POSSIBLE,
+            f"destination {args.name} is configured: remove it from [[destinations]] first",
+        )
+    try:
+        conn = db.open_ledger(path)
+        try:
+            waiting = removed_destinations(conn, plan.destinations).get(args.name)
+            if not waiting:
+                raise _Refusal(
+                    EXIT_NOT_POSSIBLE,
+                    f"no capture waits for a destination named {args.name}: nothing to forget",
+                )
+            count = sum(waiting.values())
+            if not args.yes:
+                print(
+                    f"{count} capture(s) wait for {args.name} (removed from the configuration). "
+                    "Forgetting it drops those deliveries for good: the captures then count as "
+                    "delivered once their other destinations confirm them, and may be purged. "
+                    "Run again with --yes to do so."
+                )
+                return EXIT_OK
+            done = forget_destination(conn, args.name, plan, time.time())
+        finally:
+            conn.close()
+    except DestinationConfigured as err:
+        raise _Refusal(EXIT_NOT_POSSIBLE, str(err)) from err
+    except (sqlite3.Error, db.LedgerVersionError) as err:
+        raise _ledger_failure(path, err) from err
+    ids = ", ".join(str(i) for i in done.spool_ids)
+    print(f"destination {args.name} forgotten: {count} delivery(ies) dropped (spool ids {ids}).")
+    if done.rerouted.unrouted:
+        print(
+            f"{len(done.rerouted.unrouted)} of them are set aside: no route sends them "
+            "anywhere else (see dermgate spool list)."
+        )
+    return EXIT_OK
+
+
+cmd_spool_forget_destination = _run("forget-destination", _forget_destination)
 
 
 # --------------------------------------------------------------------------- export
@@ -167,7 +226,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     config = _load(args.config)
     dirs = SpoolDirs(config.spool_dir())
     ledger = config.ledger_path()
-    names = [d.name for d in config.destinations]
+    plan = RoutePlan.from_config(config)
     if not (dirs.dicom.is_dir() or dirs.raw.is_dir()):
         print(f"no spool at {dirs.root}: nothing to rebuild")
         return EXIT_OK
@@ -176,7 +235,7 @@ def _rebuild(args: argparse.Namespace) -> int:
             report = rebuild.rebuild_ledger(
                 ledger,
                 dirs,
-                names,
+                plan,
                 gateway_id=config.gateway.id,
                 spool_id_mark=high_water_path(config.gateway.state_dir),
             )
@@ -188,13 +247,21 @@ def _rebuild(args: argparse.Namespace) -> int:
         raise _Refusal(
             EXIT_FAILURE, f"cannot write a new ledger at {ledger}: {err}; nothing changed"
         ) from err
-    _print_rebuild(report, dirs, names)
+    _print_rebuild(report, dirs, plan)
     return EXIT_OK
 
 
-def _print_rebuild(report: rebuild.RebuildReport, dirs: SpoolDirs, names: list[str]) -> None:
+def _print_rebuild(report: rebuild.RebuildReport, dirs: SpoolDirs, plan: RoutePlan) -> None:
     print(f"rebuilt the ledger {report.ledger} from the spool {dirs.root}:")
-    sends = f"sent again to {', '.join(names)}" if names else "kept (no destination configured)"
+    names = ", ".join(plan.destinations)
+    sends = (
+        "kept (no destination configured)"
+        if not plan.destinations
+        else f"sent again to {names}"
+        if not plan.routes
+        else f"sent again to {names} as [[routes]] say (by SOP class and sensitive flag; "
+        "a rebuilt capture's driver and device are not known)"
+    )
     print(
         f"  {len(report.rebuilt)} capture(s) recorded as WRAPPED from {dirs.dicom}: each will "
         f"be {sends} under its own SOP Instance UID once the service starts (a PACS that "

@@ -31,6 +31,7 @@ from gateway.spool.details import (
     patient_of,
 )
 from gateway.spool.dirs import SpoolDirs
+from gateway.spool.routing import REMOVED_NOTE, waiting_for_removed
 
 # --------------------------------------------------------------------------- list
 
@@ -46,6 +47,7 @@ def _list(args: argparse.Namespace) -> int:
         conn = db.open_ledger(path, readonly=True)
         try:
             rows = db.listing(conn)
+            removed = waiting_for_removed(conn, [d.name for d in config.destinations])
         finally:
             conn.close()
     except sqlite3.Error as err:
@@ -54,7 +56,8 @@ def _list(args: argparse.Namespace) -> int:
         rows = [row for row in rows if row.state == args.state]
     if args.json:
         for row in rows:
-            print(json.dumps(dataclasses.asdict(row), sort_keys=True))
+            shown = dataclasses.asdict(row) | {"removed_destinations": removed.get(row.id, [])}
+            print(json.dumps(shown, sort_keys=True))
         return EXIT_OK
     print(
         f"{'ID':>6}  {'STATE':<12} {'ATT':>4}  {'SOP INSTANCE UID':<64}  {'DEVICE':<32}  "
@@ -62,6 +65,9 @@ def _list(args: argparse.Namespace) -> int:
     )
     for row in rows:
         note = row.reason or row.last_error or ""
+        if row.id in removed:  # waits for a destination taken out of the configuration
+            gone = f"{REMOVED_NOTE}: {', '.join(removed[row.id])}"
+            note = f"{gone}; {note}" if note else gone
         print(
             f"{row.id:>6}  {row.state:<12} {row.attempts:>4}  {row.sop_instance_uid:<64}  "
             f"{row.device:<32}  {row.device_capture_id:<7}  {note}"
@@ -126,12 +132,14 @@ def _print_show(details: dict[str, Any], out: TextIO) -> None:
     if not details["deliveries"]:
         line("Deliveries", "(none)")
     for delivery in details["deliveries"]:
-        print(f"Destination {delivery['destination']}", file=out)
+        removed = f" ({delivery['note']})" if delivery.get("note") else ""
+        print(f"Destination {delivery['destination']}{removed}", file=out)
         line("State", delivery["state"], "  ")
         sent_as = delivery["sent_as"]
         verb = "Sent as" if delivery["state"] in ("SENT", "COMMITTED") else "To send as"
         if sent_as["derived"] or verb == "Sent as":
             line(verb, sent_as["text"], "  ")
+        line("Priority", delivery.get("priority"), "  ")
         line("Attempts", delivery["attempts"], "  ")
         line("Next attempt", delivery["next_attempt_at"], "  ")
         line("Last error", delivery["last_error"], "  ")
@@ -146,7 +154,7 @@ def _show(args: argparse.Namespace) -> int:
     config = _load(args.config)
     dirs = SpoolDirs(config.spool_dir())
     entry, records = _read_capture(config, args.ref)
-    details = capture_details(entry, records, dirs)
+    details = capture_details(entry, records, dirs, [d.name for d in config.destinations])
     patient: dict[str, str] | None = None
     source = ""
     if args.reveal:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,11 +35,13 @@ from gateway.context.session_desk import SessionDesk
 from gateway.core.capture import GatewayIdentity, InstanceUIDs
 from gateway.core.context import CaptureContext
 from gateway.core.events import CapturesReleased
+from gateway.core.routing import RoutePlan
 from gateway.dicom.job import WrapJob
 from gateway.dicom.retarget import retarget
 from gateway.spool import held as db
-from gateway.spool.capture_marks import is_sensitive, set_sensitive
+from gateway.spool.capture_marks import flag_sensitive, is_sensitive, set_sensitive
 from gateway.spool.captures import SpoolEntry
+from gateway.spool.routing import Rerouted, reroute
 from gateway.spool.sessions import series_for
 from gateway.spool.states import CaptureState
 
@@ -46,6 +50,21 @@ __all__ = ["HoldDesk", "expiry_text"]
 log = logging.getLogger("gateway.context")
 
 _MOVABLE = (CaptureState.HELD, CaptureState.WRAPPED)
+
+
+def _log_rerouted(changes: Rerouted) -> None:
+    """Say what routing again after a flag or a move changed (the audit trail beside
+    the flag's or the move's line)."""
+    for spool_id, name in changes.withdrawn:
+        log.warning("spool id %d: no longer sent to %s (its routes exclude it now)", spool_id, name)
+    for spool_id, name in changes.already_sent:
+        log.warning(
+            "spool id %d: its routes exclude %s now, but %s already has it", spool_id, name, name
+        )
+    for spool_id, name in changes.added:
+        log.info("spool id %d: now also sent to %s (its routes)", spool_id, name)
+    for spool_id in changes.unrouted:
+        log.warning("spool id %d: set aside, no route sends it anywhere now", spool_id)
 
 
 def expiry_text(received_at: str, hold: int) -> str | None:
@@ -132,7 +151,12 @@ class HoldDesk(SessionDesk):
             await asyncio.to_thread(_discard, [m.retargeted for m in moves])
             raise
         try:
-            await self._ledger.call(db.move_captures, moves, self._dicom_dir)
+            # Moved and routed again in one ledger call: a capture moved into a sensitive
+            # session loses the deliveries its routes no longer allow before any is sent.
+            plan = RoutePlan.from_config(self._config)
+            changes = await self._ledger.call(
+                db.move_captures_routed, moves, self._dicom_dir, plan, time.time()
+            )
         except db.MoveRefused as err:
             await asyncio.to_thread(_discard, [m.retargeted for m in moves])
             raise ContextError(
@@ -145,6 +169,7 @@ class HoldDesk(SessionDesk):
             session.id,
             actor.label,
         )
+        _log_rerouted(changes)
         self._bus.publish(CapturesReleased(count=len(spool_ids), how="assigned"))
         await self._first_capture(session)
         self._wake_wrapper()
@@ -214,14 +239,33 @@ class HoldDesk(SessionDesk):
         candidate = candidates.get(spool_id)
         if candidate is None:
             raise ContextError(ContextErrorCode.NOT_HELD, f"no capture with spool id {spool_id}")
-        entry = candidate.entry
-        await self._ledger.call(set_sensitive, spool_id, sensitive)
+        plan = RoutePlan.from_config(self._config)
+        if sensitive:  # its routes drop what they no longer allow, before anything is sent
+            await self._routed(flag_sensitive, spool_id, True, plan, time.time())
+        else:  # destinations come back once the object's context (session, site) is settled
+            await self._ledger.call(set_sensitive, spool_id, False)
         log.info(
             "spool id %d %s as sensitive by %s",
             spool_id,
             "flagged" if sensitive else "unflagged",
             actor.label,
         )
+        try:
+            return await self._flag_object(candidate, sensitive)
+        finally:
+            await self._routed(reroute, plan, time.time(), [spool_id])
+
+    async def _routed(self, change: Callable[..., Rerouted], *args: object) -> None:
+        """Run a routing change on the ledger thread, say what it did, wake the senders."""
+        changes = await self._ledger.call(change, *args)
+        _log_rerouted(changes)
+        if changes.added or changes.released:
+            self._wake_wrapper()  # (the service wakes the forwarders with it)
+
+    async def _flag_object(self, candidate: db.Candidate, sensitive: bool) -> bool:
+        """Carry a flag into the capture's object when it can (see :meth:`flag_capture`)."""
+        entry = candidate.entry
+        spool_id = entry.spool_id
         if entry.state is CaptureState.HELD:
             return True  # its context is made when it is assigned, with the flag
         if (

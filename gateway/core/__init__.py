@@ -15,6 +15,7 @@ __all__ = [
     "events",
     "files",
     "patient",
+    "routing",
     "state_owner",
     "uids",
 ]

@@ -28,7 +28,7 @@ Kinds (fields beyond ``seq``, ``kind``, ``time``):
 ``capture_saved``        spool_id, driver, device_class, bytes — durable in the spool
 ``capture_delivered``    spool_id, destination, sop_class — the PACS stored it (C-STORE)
 ``capture_committed``    spool_id, destination — the PACS confirmed it keeps it
-``capture_quarantined``  spool_id, stage ("wrap"|"refused"|"commitment"), destination,
+``capture_quarantined``  spool_id, stage ("wrap"|"refused"|"commitment"|"route"), destination,
                          sop_class (its name when a PACS refused it, else "")
 ``alarm_raised``         code, subject, message — see :mod:`gateway.core.alarms`
 ``alarm_cleared``        code, subject
@@ -134,7 +134,8 @@ class CaptureCommitted(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CaptureQuarantined(Event):
-    """A capture was set aside; ``stage``: "wrap", "refused" or "commitment".
+    """A capture was set aside; ``stage``: "wrap", "refused", "commitment" or "route"
+    (no ``[[routes]]`` entry sends it anywhere).
 
     ``sop_class`` names the refused instance's SOP class for "refused" (a PACS that
     does not take that class is the commonest cause), "" for the other stages.

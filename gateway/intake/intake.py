@@ -22,9 +22,16 @@ from gateway.core.capture import (
     RefusalReason,
 )
 from gateway.core.context import Bound, ContextBinder, Held
-from gateway.core.events import NO_EVENTS, CaptureHeld, CaptureSaved, EventSink
+from gateway.core.events import (
+    NO_EVENTS,
+    CaptureHeld,
+    CaptureQuarantined,
+    CaptureSaved,
+    EventSink,
+)
 from gateway.core.files import create_new
 from gateway.core.patient import with_device_issuer
+from gateway.core.routing import CaptureFacts, RoutePlan
 from gateway.devices.contract import CaptureReceipt, CaptureSink
 from gateway.devices.host import DriverHost
 from gateway.intake.staging import (
@@ -265,6 +272,10 @@ class Intake:
         if binding.held is not None:
             self._bus.publish(CaptureHeld(spool_id=spool_id, device=binding.device_name or driver))
         elif wrapped is not None and self.inline is not None:
+            if _unrouted(wrapped, driver, identity, binding):
+                self._bus.publish(
+                    CaptureQuarantined(spool_id=spool_id, stage="route", destination="")
+                )
             self.inline.on_wrapped()
         else:
             self._on_captured()
@@ -291,3 +302,19 @@ class Intake:
     def _drop(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _unrouted(
+    wrapped: db.WrappedAtIntake, driver: str, identity: DeviceIdentity, binding: CaptureBinding
+) -> bool:
+    """Whether no route sends a capture written at intake anywhere (the ledger set it
+    aside in the same transaction; this says so on the event bus)."""
+    plan = RoutePlan.of(wrapped.destinations)
+    facts = CaptureFacts(
+        device_class=str(identity.device_class),
+        driver=driver,
+        device=binding.device_name,
+        sop_class_uid=wrapped.sop_class_uid,
+        sensitive=bool(binding.context and binding.context.sensitive),
+    )
+    return bool(plan.destinations) and not plan.targets(facts)

@@ -32,6 +32,7 @@ from gateway.core.capture import (
 )
 from gateway.core.context import CaptureContext
 from gateway.core.files import fsync_dir
+from gateway.core.routing import RoutePlan
 from gateway.core.uids import new_uid
 from gateway.devices.contract import CaptureReceipt
 from gateway.dicom.writers import (
@@ -80,12 +81,12 @@ class InlineWrap:
 
     Whether a capture can, and which object it becomes, is
     :mod:`gateway.dicom.writers`'s decision; ``gateway`` is the identity written
-    into the object; ``destinations`` get a pending delivery; ``on_wrapped``
+    into the object; ``destinations`` (and their routes) get a pending delivery; ``on_wrapped``
     wakes the forwarders.
     """
 
     gateway: GatewayIdentity
-    destinations: tuple[str, ...]
+    destinations: RoutePlan | tuple[str, ...]
     on_wrapped: Callable[[], None]
 
 

@@ -12,6 +12,7 @@ later stage is serving.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import time
@@ -26,6 +27,7 @@ from gateway.context.worklist_source import WorklistSource
 from gateway.core.capture import GatewayIdentity
 from gateway.core.config import DermGateConfig
 from gateway.core.events import EventBus
+from gateway.core.routing import RoutePlan
 from gateway.devices.contract import DriverFactory, DriverState
 from gateway.devices.host import DriverHost
 from gateway.devices.hotplug import (
@@ -57,6 +59,7 @@ from gateway.spool.purge import Purger
 from gateway.spool.rebuild import refuse_spool_without_ledger
 from gateway.spool.reconcile import reconcile
 from gateway.spool.reserve import RESERVE_NAME, LedgerReserve, reserve_size
+from gateway.spool.routing import REMOVED_NOTE, removed_destinations
 from gateway.spool.space import MIB, SpaceGuard
 from gateway.spool.spool_ids import (
     SpoolIdCounter,
@@ -200,6 +203,36 @@ def _notify(forwarders: dict[str, Forwarder], name: str) -> None:
         forwarder.notify()
 
 
+async def _route_again(ledger: Ledger, plan: RoutePlan) -> None:
+    """Route the captures still on disk by this configuration (destinations or routes
+    may have changed since the last run), and say what changed."""
+    changes = await ledger.call(db.reroute, plan, time.time())
+    if changes.added:
+        added = collections.Counter(name for _, name in changes.added)
+        for name, count in sorted(added.items()):
+            log.info("%d capture(s) still in the spool are now also routed to %s", count, name)
+    if changes.withdrawn:
+        log.warning(
+            "%d delivery(ies) not sent yet were withdrawn: the routes no longer send them there",
+            len(changes.withdrawn),
+        )
+    if changes.released:
+        log.info("%d capture(s) set aside for want of a route now have one", len(changes.released))
+    if changes.unrouted:
+        log.warning("%d capture(s) set aside: no route sends them anywhere", len(changes.unrouted))
+    removed = await ledger.call(removed_destinations, plan.destinations)
+    for name, states in removed.items():
+        log.warning(
+            "destination %s was removed from the configuration: %d capture(s) waiting for it "
+            "stay in the spool (shown as %r) until it is configured again or let go of "
+            "(dermgate spool forget-destination %s)",
+            name,
+            sum(states.values()),
+            REMOVED_NOTE,
+            name,
+        )
+
+
 async def _run_locked(
     config: DermGateConfig,
     stop: asyncio.Event,
@@ -223,7 +256,8 @@ async def _run_locked(
             await ledger.call(highest_spool_id),
         )
         names = [d.name for d in config.destinations]
-        await ledger.call(db.add_missing_deliveries, names, time.time())
+        plan = RoutePlan.from_config(config)
+        await _route_again(ledger, plan)
         dicom = config.dicom_destinations()
         requesters = {
             d.name: CommitmentRequester(ledger, config.gateway.ae_title, d)
@@ -307,7 +341,7 @@ async def _run_locked(
             for forwarder in forwarders:
                 forwarder.notify()
 
-        wrapper = Wrapper(ledger, dirs, identity, names, wrapped, bus)
+        wrapper = Wrapper(ledger, dirs, identity, plan, wrapped, bus)
         space = SpaceGuard(dirs.root, config.spool.reserve_mb * MIB, ledger, bus)
         inline = InlineWrap(identity, wrapper.destinations, wrapped) if names else None
 
@@ -320,12 +354,17 @@ async def _run_locked(
             if config.worklist is None
             else WorklistSource(ledger, config.worklist, config.gateway.ae_title, bus)
         )
+
+        def wake_all() -> None:  # a flag routed a capture again: new deliveries may be due
+            wrapper.notify()
+            wrapped()
+
         context = ContextStage(
             ledger,
             config,
             config.gateway.id,
             bus,
-            wrapper.notify,
+            wake_all,
             reserve_spool_id,
             steps=steps,
             worklist=worklist_source,
@@ -353,6 +392,7 @@ async def _run_locked(
             board=board,
             forwarders=forwarders,
             bus=bus,
+            configured=names,
         )
         # The worklist cache (refreshed from [worklist]'s SCP); sessions search it.
         if worklist_source is not None:

@@ -21,6 +21,7 @@ __all__ = [
     "reconcile",
     "records",
     "reserve",
+    "routing",
     "schema",
     "space",
     "spool_ids",

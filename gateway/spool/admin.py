@@ -42,6 +42,7 @@ from pathlib import Path
 
 from gateway.core.capture import ContentType
 from gateway.core.files import atomic_writer
+from gateway.core.routing import RoutePlan
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import (
     REBUILT_DRIVER,
@@ -50,6 +51,7 @@ from gateway.spool.ledger import (
     refresh_capture_state,
     utc_now_text,
 )
+from gateway.spool.routing import create_deliveries
 from gateway.spool.schema import RETRY_NOTE
 from gateway.spool.states import CaptureState, DeliveryState
 
@@ -137,14 +139,15 @@ class DeliveryRecord:
     sent_sop_class_uid: str | None = None
     """The derived object's class this destination gets instead (None: the capture)."""
     sent_sop_instance_uid: str | None = None
+    priority: int = 0  # a route's priority = "high": 1
 
 
 def deliveries(conn: sqlite3.Connection, spool_id: int) -> list[DeliveryRecord]:
     """The capture's deliveries, by destination name."""
     rows = conn.execute(
         "SELECT destination, state, attempts, next_attempt_at, last_error, commit_failures, "
-        "commit_txn, sent_at, committed_at, sent_sop_class_uid, sent_sop_instance_uid "
-        "FROM deliveries WHERE capture_id = ? "
+        "commit_txn, sent_at, committed_at, sent_sop_class_uid, sent_sop_instance_uid, "
+        "priority FROM deliveries WHERE capture_id = ? "
         "ORDER BY destination",
         (spool_id,),
     ).fetchall()
@@ -161,6 +164,7 @@ def deliveries(conn: sqlite3.Connection, spool_id: int) -> list[DeliveryRecord]:
             committed_at=r["committed_at"],
             sent_sop_class_uid=r["sent_sop_class_uid"],
             sent_sop_instance_uid=r["sent_sop_instance_uid"],
+            priority=r["priority"],
         )
         for r in rows
     ]
@@ -204,20 +208,21 @@ def retry_capture(
     conn: sqlite3.Connection,
     dirs: SpoolDirs,
     ref: int | str,
-    destinations: Iterable[str],
+    destinations: RoutePlan | Iterable[str],
     now: float | None = None,
 ) -> RetryOutcome:
     """Release a QUARANTINED capture by the rules of this module's docstring.
 
     ``conn`` is a writable ledger connection (:func:`~gateway.spool.ledger.open_ledger`);
-    ``destinations`` are the configured destination names. Raises
+    ``destinations`` are the configured destinations and routes (or just their names:
+    every capture to each). Raises
     :class:`NoSuchCapture`, :class:`NotPossible` or :class:`sqlite3.Error` (busy).
     """
     now = time.time() if now is None else now
     stamp = utc_now_text()
     conn.execute("BEGIN IMMEDIATE")
     try:
-        outcome = _retry_locked(conn, dirs, ref, list(destinations), now, stamp)
+        outcome = _retry_locked(conn, dirs, ref, RoutePlan.of(destinations), now, stamp)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -229,7 +234,7 @@ def _retry_locked(
     conn: sqlite3.Connection,
     dirs: SpoolDirs,
     ref: int | str,
-    destinations: list[str],
+    plan: RoutePlan,
     now: float,
     stamp: str,
 ) -> RetryOutcome:
@@ -286,11 +291,7 @@ def _retry_locked(
     )
     state = target
     if target is CaptureState.WRAPPED:
-        conn.executemany(
-            "INSERT OR IGNORE INTO deliveries (capture_id, destination, state, next_attempt_at) "
-            "VALUES (?, ?, ?, ?)",
-            [(entry.spool_id, name, DeliveryState.PENDING, now) for name in destinations],
-        )
+        create_deliveries(conn, entry.spool_id, plan, now)  # routes (a no-route one: again)
         refresh_capture_state(conn, entry.spool_id, stamp)
         row = conn.execute("SELECT state FROM captures WHERE id = ?", (entry.spool_id,)).fetchone()
         state = CaptureState(row[0])

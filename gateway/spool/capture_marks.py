@@ -12,13 +12,23 @@ No patient data is read here. Blocking: call through a worker thread.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from gateway.core.routing import RoutePlan
 from gateway.spool.admin import NoSuchCapture
+from gateway.spool.routing import Rerouted, reroute
 from gateway.spool.schema import schema_version
 from gateway.spool.states import CaptureState
 
-__all__ = ["CONTEXT_SINCE", "SessionCapture", "is_sensitive", "set_sensitive", "unsent_of_session"]
+__all__ = [
+    "CONTEXT_SINCE",
+    "SessionCapture",
+    "flag_sensitive",
+    "is_sensitive",
+    "set_sensitive",
+    "unsent_of_session",
+]
 
 #: The schema version from which captures carry session, context and sensitivity.
 CONTEXT_SINCE = 6
@@ -59,6 +69,20 @@ def set_sensitive(conn: sqlite3.Connection, spool_id: int, sensitive: bool) -> N
         )
     if cur.rowcount == 0:
         raise NoSuchCapture(f"no capture with spool id {spool_id}")
+
+
+def flag_sensitive(
+    conn: sqlite3.Connection,
+    spool_id: int,
+    sensitive: bool,
+    plan: RoutePlan | Iterable[str],
+    now: float,
+) -> Rerouted:
+    """Flag (or unflag) a capture sensitive and route it again
+    (:func:`~gateway.spool.routing.reroute`), in one ledger call: no forwarder picks a
+    delivery its routes no longer allow in between. Raises NoSuchCapture."""
+    set_sensitive(conn, spool_id, sensitive)
+    return reroute(conn, plan, now, [spool_id])
 
 
 def unsent_of_session(conn: sqlite3.Connection, session_id: int) -> list[SessionCapture]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from gateway.core.capture import CaptureOffer, DeviceIdentity, InstanceUIDs
 from gateway.core.context import CaptureContext
+from gateway.core.routing import RoutePlan
 from gateway.spool.records import (
     context_from_json,
     context_to_json,
@@ -23,8 +24,9 @@ from gateway.spool.records import (
     patient_from_json,
     patient_to_json,
 )
+from gateway.spool.routing import create_deliveries
 from gateway.spool.schema import transaction, utc_now_text
-from gateway.spool.states import CaptureState, DeliveryState
+from gateway.spool.states import CaptureState
 
 __all__ = [
     "REBUILT_DRIVER",
@@ -126,7 +128,7 @@ class WrappedAtIntake:
     dicom_name: str
     sop_class_uid: str
     transfer_syntax_uid: str
-    destinations: tuple[str, ...]
+    destinations: RoutePlan | tuple[str, ...]
 
 
 def insert_capture(
@@ -144,6 +146,7 @@ def insert_capture(
     device_name: str | None = None,
     context: CaptureContext | None = None,
     held: str | None = None,
+    sensitive: bool = False,
 ) -> int:
     """Record a durable capture; return its spool id (``spool_id`` when given: intake
     reserves it before the DICOM file that names it is written).
@@ -160,7 +163,9 @@ def insert_capture(
 
     ``device_name`` is the configured device that sent it; ``context`` the
     session context it was bound to (its ``session_id`` recorded too); ``held``
-    a reason to keep it HELD (no patient yet) instead of CAPTURED.
+    a reason to keep it HELD (no patient yet) instead of CAPTURED. ``sensitive``
+    flags it sensitive (as a ``context`` with sensitive content does), before any
+    route sees it.
     """
     now = utc_now_text()
     if held is not None and wrapped is not None:
@@ -203,20 +208,13 @@ def insert_capture(
                 device_name,
                 context.session_id if context else None,
                 context_to_json(context),
-                int(bool(context and context.sensitive)),
+                int(sensitive or bool(context and context.sensitive)),
                 held,
             ),
         )
         assert cur.lastrowid is not None
         if wrapped:
-            conn.executemany(
-                "INSERT INTO deliveries (capture_id, destination, state, next_attempt_at) "
-                "VALUES (?, ?, ?, ?)",
-                [
-                    (cur.lastrowid, name, DeliveryState.PENDING, time.time())
-                    for name in wrapped.destinations
-                ],
-            )
+            create_deliveries(conn, cur.lastrowid, wrapped.destinations, time.time())
     return cur.lastrowid
 
 
@@ -267,12 +265,14 @@ def mark_wrapped(
     dicom_name: str,
     sop_class_uid: str,
     transfer_syntax_uid: str,
-    destinations: Iterable[str],
+    destinations: RoutePlan | Iterable[str],
     now: float,
-) -> None:
-    """CAPTURED → WRAPPED, creating a pending delivery for each destination."""
+) -> dict[str, int] | None:
+    """CAPTURED → WRAPPED, creating a pending delivery for each destination its routes
+    name (:func:`~gateway.spool.routing.create_deliveries`: set aside when none does).
+    Returns destination → priority (empty: no route), None if it was not CAPTURED."""
     with transaction(conn):
-        conn.execute(
+        cur = conn.execute(
             "UPDATE captures SET state = ?, dicom_name = ?, sop_class_uid = ?, "
             "transfer_syntax_uid = ?, updated_at = ? WHERE id = ? AND state = ?",
             (
@@ -285,11 +285,9 @@ def mark_wrapped(
                 CaptureState.CAPTURED,
             ),
         )
-        conn.executemany(
-            "INSERT OR IGNORE INTO deliveries (capture_id, destination, state, next_attempt_at) "
-            "VALUES (?, ?, ?, ?)",
-            [(spool_id, name, DeliveryState.PENDING, now) for name in destinations],
-        )
+        if not cur.rowcount:
+            return None
+        return create_deliveries(conn, spool_id, destinations, now)
 
 
 def quarantine(conn: sqlite3.Connection, spool_id: int, reason: str) -> None:

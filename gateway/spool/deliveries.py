@@ -6,18 +6,19 @@ thread (:class:`~gateway.spool.ledger.Ledger`).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.core.errors import DeliveryError
 from gateway.spool.schema import transaction, utc_now_text
 from gateway.spool.states import CaptureState, DeliveryState
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "DueDelivery",
-    "add_missing_deliveries",
     "due_deliveries",
     "next_attempt_time",
     "record_refused",
@@ -47,32 +48,18 @@ class DueDelivery:
     sent_sop_instance_uid: str | None = None
 
 
-def add_missing_deliveries(
-    conn: sqlite3.Connection, destinations: Iterable[str], now: float
-) -> int:
-    """Give WRAPPED captures a pending delivery for destinations added since."""
-    added = 0
-    with transaction(conn):
-        for name in destinations:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO deliveries (capture_id, destination, state, "
-                "next_attempt_at) SELECT id, ?, ?, ? FROM captures WHERE state = ?",
-                (name, DeliveryState.PENDING, now, CaptureState.WRAPPED),
-            )
-            added += cur.rowcount
-    return added
-
-
 def due_deliveries(
     conn: sqlite3.Connection, destination: str, now: float, limit: int
 ) -> list[DueDelivery]:
-    """Pending deliveries to ``destination`` whose time has come, newest capture first."""
+    """Pending deliveries to ``destination`` whose time has come: high priority first (a
+    route's ``priority = "high"``), then the least tried, then the newest capture."""
     rows = conn.execute(
         "SELECT d.capture_id, d.destination, d.attempts, c.sop_instance_uid, c.sop_class_uid, "
         "c.transfer_syntax_uid, c.dicom_name, d.sent_sop_class_uid, d.sent_sop_instance_uid "
         "FROM deliveries d JOIN captures c "
         "ON c.id = d.capture_id WHERE d.destination = ? AND d.state = ? AND c.state = ? "
-        "AND d.next_attempt_at <= ? ORDER BY d.attempts ASC, d.capture_id DESC LIMIT ?",
+        "AND d.next_attempt_at <= ? ORDER BY d.priority DESC, d.attempts ASC, d.capture_id DESC "
+        "LIMIT ?",
         (destination, DeliveryState.PENDING, CaptureState.WRAPPED, now, limit),
     ).fetchall()
     return [
@@ -156,13 +143,19 @@ def record_sent(
     """The destination stored the instance: delivery SENT (capture SENT when all are)."""
     stamp = utc_now_text()
     with transaction(conn):
-        conn.execute(
+        cur = conn.execute(
             "UPDATE deliveries SET state = ?, attempts = attempts + 1, sent_at = ?, "
             "sent_epoch = ?, last_error = NULL, error_code = NULL, error_status = NULL, "
             "commit_txn = NULL "
             "WHERE capture_id = ? AND destination = ?",
             (DeliveryState.SENT, stamp, now or time.time(), spool_id, destination),
         )
+        if cur.rowcount == 0:  # withdrawn by its routes (a sensitive flag) while in flight
+            log.warning(
+                "spool id %d reached %s although its routes withdrew it while it was being sent",
+                spool_id,
+                destination,
+            )
         refresh_capture_state(conn, spool_id, stamp)
 
 

@@ -5,6 +5,7 @@ on an audited reveal).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from gateway.spool import admin
 from gateway.spool import ledger as db
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.records import device_shown, settings_shown
+from gateway.spool.routing import REMOVED_NOTE
 from gateway.spool.states import DeliveryState
 
 __all__ = [
@@ -60,9 +62,16 @@ def _file_json(file: admin.SpoolFile) -> dict[str, Any]:
 
 
 def capture_details(
-    entry: db.SpoolEntry, records: list[admin.DeliveryRecord], dirs: SpoolDirs
+    entry: db.SpoolEntry,
+    records: list[admin.DeliveryRecord],
+    dirs: SpoolDirs,
+    configured: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Everything the ledger knows about one capture, as JSON-ready data.
+
+    With ``configured`` (the destination names of the configuration), a delivery to a
+    destination no longer among them carries the note ``"destination removed"``: it
+    stays open (the capture is kept), and says why nothing moves.
 
     Device metadata and capture settings only: patient identity a device supplied
     (a 3D scanner's export) is kept in its own ledger column and never shown here.
@@ -106,6 +115,10 @@ def capture_details(
                 "sent_at": r.sent_at,
                 "committed_at": r.committed_at,
                 "sent_as": _sent_as(r, entry.sop_class_uid, entry.uids.sop_instance),
+                "priority": "high" if r.priority > 0 else "normal",
+                "note": REMOVED_NOTE
+                if configured is not None and r.destination not in configured
+                else None,
             }
             for r in records
         ],

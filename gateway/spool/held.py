@@ -21,8 +21,10 @@ from pathlib import Path
 from gateway.core.capture import InstanceUIDs
 from gateway.core.context import CaptureContext
 from gateway.core.files import fsync_dir
+from gateway.core.routing import RoutePlan
 from gateway.spool.captures import SpoolEntry, get_capture
 from gateway.spool.records import context_to_json
+from gateway.spool.routing import Rerouted, reroute
 from gateway.spool.schema import transaction, utc_now_text
 from gateway.spool.states import CaptureState, DeliveryState
 
@@ -34,6 +36,7 @@ __all__ = [
     "held_rows",
     "move_candidates",
     "move_captures",
+    "move_captures_routed",
     "release_expired",
 ]
 
@@ -203,6 +206,16 @@ def move_captures(conn: sqlite3.Connection, moves: list[Move], dicom_dir: Path) 
     for path in stale:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def move_captures_routed(
+    conn: sqlite3.Connection, moves: list[Move], dicom_dir: Path, plan: RoutePlan, now: float
+) -> Rerouted:
+    """:func:`move_captures`, then route the moved captures again (their sensitive flag
+    may have changed with their context), in one ledger call: no delivery their routes
+    no longer allow is picked in between."""
+    move_captures(conn, moves, dicom_dir)
+    return reroute(conn, plan, now, [m.spool_id for m in moves])
 
 
 def _keep_wrapped(conn: sqlite3.Connection, move: Move) -> None:

@@ -47,7 +47,6 @@ from gateway.spool.captures import (
 )
 from gateway.spool.deliveries import (
     DueDelivery,
-    add_missing_deliveries,
     due_deliveries,
     next_attempt_time,
     record_refused,
@@ -64,6 +63,7 @@ from gateway.spool.records import (
     patient_to_json,
 )
 from gateway.spool.reserve import LedgerReserve
+from gateway.spool.routing import add_missing_deliveries, reroute
 from gateway.spool.schema import (
     LEDGER_FILE_MODE,
     SCHEMA_VERSION,
@@ -110,6 +110,7 @@ __all__ = [
     "record_retry",
     "record_sent",
     "refresh_capture_state",
+    "reroute",
     "transaction",
     "utc_now_text",
 ]

@@ -1,8 +1,11 @@
 """Purge: deleting local copies that the PACS has confirmed, and only those.
 
 A capture's files (raw device file and DICOM file) are deleted only when it is
-COMMITTED: the PACS confirmed it by Storage Commitment, or, for a destination that
-cannot commit, it has been SENT for the configured retention. Then, oldest first:
+COMMITTED: every destination it routes to confirmed it (by Storage Commitment, or, for
+a destination that cannot commit, it has been SENT for the configured retention). A
+destination added later puts it back to WRAPPED until it confirms too; one removed
+from the configuration keeps it from COMMITTED (:mod:`gateway.spool.routing`).
+Then, oldest first:
 
 * when the spool's filesystem is fuller than ``purge_high_watermark`` percent,
   until it is below ``purge_low_watermark``;

@@ -55,6 +55,7 @@ from gateway.core.capture import (
     InstanceUIDs,
 )
 from gateway.core.files import fsync_dir
+from gateway.core.routing import RoutePlan
 from gateway.core.state_owner import owned_like
 from gateway.core.uids import new_uid
 from gateway.spool import ledger as db
@@ -209,7 +210,7 @@ def _record(
     conn: sqlite3.Connection,
     found: _Found,
     dirs: SpoolDirs,
-    destinations: Sequence[str],
+    destinations: RoutePlan | Sequence[str],
     spool_id: int,
     shares_patient: bool,
 ) -> RebuiltCapture:
@@ -239,9 +240,10 @@ def _record(
             dicom_name=found.path.name,
             sop_class_uid=found.sop_class_uid,
             transfer_syntax_uid=found.transfer_syntax_uid,
-            destinations=tuple(destinations),
+            destinations=RoutePlan.of(destinations),
         ),
         spool_id=spool_id,
+        sensitive=found.sensitive,
     )
     # Received when its file was written (so keep_days counts from then, not now).
     received = datetime.fromtimestamp(found.path.stat().st_mtime, UTC)
@@ -264,7 +266,7 @@ def _remove(path: Path) -> None:
 def rebuild_ledger(
     ledger: Path,
     dirs: SpoolDirs,
-    destinations: Sequence[str],
+    destinations: RoutePlan | Sequence[str],
     *,
     gateway_id: str,
     spool_id_mark: Path,

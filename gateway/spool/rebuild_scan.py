@@ -70,6 +70,9 @@ class _Found:
     #: The patient a device or another gateway named (kept in the row, so a later
     #: re-wrap names the same patient as the file); None for a temporary patient.
     patient: PatientContext | None = None
+    #: The file carries a Sensitive Content Code Sequence (0008,001D): routes keep
+    #: honouring a technician's flag after the ledger was lost.
+    sensitive: bool = False
 
 
 def _text(value: object) -> str:
@@ -114,7 +117,10 @@ def _read_dicom(path: Path, gateway_id: str) -> _Found:
     )
     if temporary is not None and temporary > MAX_SPOOL_ID:
         temporary = None
-    return _Found(path, uids, sop_class, syntax, device, temporary, _named_patient(ds, temporary))
+    sensitive = bool(ds.get(0x0008001D) is not None and ds[0x0008001D].value)
+    return _Found(
+        path, uids, sop_class, syntax, device, temporary, _named_patient(ds, temporary), sensitive
+    )
 
 
 def _named_patient(ds: Any, temporary: int | None) -> PatientContext | None:

@@ -13,8 +13,9 @@ HELD: durable and acknowledged, waiting for a patient (no session was open on it
 device, or the device's patient contradicted the session's); never wrapped or sent
 until a technician assigns it or ``[context] hold_unidentified`` expires.
 CAPTURED: the device's bytes are durable and the device was told "saved".
-WRAPPED: the DICOM file is written; deliveries to each destination are pending.
-SENT: every destination accepted the instance.
+WRAPPED: the DICOM file is written; deliveries to each destination its routes name
+are pending (:mod:`gateway.spool.routing`; no route: QUARANTINED with the reason).
+SENT: every destination it routes to accepted the instance.
 COMMITTED and PURGED belong to the storage-commitment and purge policies.
 """
 

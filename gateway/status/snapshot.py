@@ -49,8 +49,12 @@ The document (``version`` 1); times are ISO 8601 UTC, ages and durations seconds
          "circuit_open": false,        # sending paused, probing with C-ECHO
          "pending": 2,                 # deliveries waiting to be sent
          "stuck": 0,                   # captures past stuck_after, still undelivered
-         "last_error": null}           # latest failed attempt, null once one succeeds:
+         "last_error": null,           # latest failed attempt, null once one succeeds:
                                        # {"code": "unreachable", "message": "..."}
+         "removed": false}             # true: no longer in the configuration, yet
+                                       # captures still wait for it ("destination
+                                       # removed"); then "pending" and
+                                       # "awaiting_commitment" count them
       ],
       "alarms": [
         {"code": "destination_unreachable", "subject": "pacs",
@@ -98,6 +102,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.core.events import EventBus
 from gateway.devices.contract import DriverState
 from gateway.spool.figures import spool_figures
+from gateway.spool.routing import removed_destinations
 from gateway.spool.sessions import open_session_ids
 from gateway.spool.states import CaptureState
 
@@ -138,6 +143,7 @@ class GatewayState:
         forwarders: Sequence[Forwarder],
         bus: EventBus,
         clock: Callable[[], float] = time.monotonic,
+        configured: Sequence[str] | None = None,
     ) -> None:
         self.gateway_id = gateway_id
         self.software = software
@@ -145,6 +151,10 @@ class GatewayState:
         self.space = space
         self.board = board
         self.forwarders = tuple(forwarders)
+        self.configured = (
+            tuple(f.name for f in forwarders) if configured is None else tuple(configured)
+        )
+        """The configured destination names (others with open deliveries were removed)."""
         self.bus = bus
         self._clock = clock
         self._started = clock()
@@ -161,6 +171,7 @@ class GatewayState:
         """The current state document (see the module docstring)."""
         async with self._lock:
             figures = await self.ledger.call(spool_figures)
+            removed = await self.ledger.call(removed_destinations, self.configured)
             sessions = await self.ledger.call(open_session_ids)
             free = await asyncio.to_thread(self.space.free_bytes)
             self.seq += 1
@@ -191,8 +202,22 @@ class GatewayState:
                 "pending": figures.pending.get(f.name, 0),
                 "stuck": f.stuck,
                 "last_error": None if f.last_error is None else f.last_error.shown(),
+                "removed": False,
             }
             for f in self.forwarders
+        ]
+        destinations += [
+            {
+                "name": name,
+                "reachable": None,
+                "circuit_open": False,
+                "pending": states.get("PENDING", 0),
+                "awaiting_commitment": states.get("SENT", 0),
+                "stuck": 0,
+                "last_error": None,
+                "removed": True,
+            }
+            for name, states in removed.items()
         ]
         alarms = [
             {"code": a.code, "subject": a.subject, "message": a.message, "since": a.since}

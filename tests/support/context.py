@@ -36,6 +36,7 @@ from gateway.core.capture import (
 )
 from gateway.core.context import Coded, WorklistEntry
 from gateway.core.events import EventBus, Subscription
+from gateway.core.routing import RoutePlan
 from gateway.devices.contract import CaptureReceipt
 from gateway.intake import InlineWrap, Intake
 from gateway.service.config import parse_config
@@ -158,7 +159,8 @@ port = "/dev/ttyDERM-B"
         self.bus.bind(asyncio.get_running_loop())
         self.events: Subscription = self.bus.subscribe()
         gateway = GatewayIdentity(gateway_id=GATEWAY_ID, software_version="0.1.0")
-        self.wrapper = Wrapper(self.ledger, self.dirs, gateway, ("pacs",), lambda: None, self.bus)
+        plan = RoutePlan.from_config(self.config)  # every destination, unless routes in extra
+        self.wrapper = Wrapper(self.ledger, self.dirs, gateway, plan, lambda: None, self.bus)
         inline = InlineWrap(gateway, self.wrapper.destinations, lambda: None)
 
         async def reserve() -> int:

@@ -65,6 +65,7 @@ from gateway.core.config.destinations import (
 from gateway.core.config.devices import DeviceSettings
 from gateway.core.config.file import DermGateConfig
 from gateway.core.config.mqtt import MqttSettings
+from gateway.core.config.routes import RouteMatch, RouteSettings
 from gateway.core.config.web import WebSettings
 
 __all__ = [
@@ -80,6 +81,8 @@ __all__ = [
     "HotplugSettings",
     "MqttSettings",
     "Port",
+    "RouteMatch",
+    "RouteSettings",
     "SpoolSettings",
     "SupervisionSettings",
     "WebSettings",

@@ -20,6 +20,7 @@ from gateway.core.config.context import BarcodeSettings, ContextSettings, Workli
 from gateway.core.config.destinations import Destination, DicomDestination, DicomwebDestination
 from gateway.core.config.devices import DeviceSettings
 from gateway.core.config.mqtt import MqttSettings
+from gateway.core.config.routes import RouteSettings
 from gateway.core.config.web import WebSettings
 
 
@@ -53,8 +54,14 @@ class DermGateConfig(_Strict):
     )
     destinations: list[Destination] = Field(
         default_factory=list,
-        description="One table per PACS or DICOMweb store; every capture goes to each. At "
-        "least one is required.",
+        description="One table per PACS or DICOMweb store; every capture goes to each "
+        "unless `[[routes]]` say otherwise. At least one is required.",
+    )
+    routes: list[RouteSettings] = Field(
+        default_factory=list,
+        description="Optional: which captures go to which destinations, and which jump the "
+        'queue (see "Several destinations and routes"). Absent: every capture to every '
+        "destination.",
     )
     devices: list[DeviceSettings] = Field(
         default_factory=list, description="One table per attached device."
@@ -107,6 +114,26 @@ class DermGateConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"destination names must be unique: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _route_names(self) -> DermGateConfig:
+        destinations = [d.name for d in self.destinations]
+        devices = [self.device_name(i) for i in range(len(self.devices))]
+        drivers = sorted({d.driver for d in self.devices})
+        for index, route in enumerate(self.routes):
+            checks = (
+                ("to", route.to, destinations, "[[destinations]] entry"),
+                ("match.device", route.match.device, devices, "[[devices]] entry"),
+                ("match.driver", route.match.driver, drivers, "[[devices]] driver"),
+            )
+            for key, given, known, what in checks:
+                for name in given:
+                    if name not in known:
+                        raise ValueError(
+                            f"routes[{index}].{key}: {name!r} names no {what} (their names: "
+                            f"{', '.join(known) or 'none'})"
+                        )
         return self
 
     def dicom_destinations(self) -> list[DicomDestination]:

@@ -460,7 +460,19 @@ def run_checks(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
         results.append(mqtt)
     results += certificate_checks(config)
     for dest in figures.destinations:
-        if dest.failing:
+        if dest.removed:
+            results.append(
+                CheckResult(
+                    f"Deliveries to {dest.name}",
+                    WARN,
+                    f"destination removed: {dest.pending + dest.sent} capture(s) still wait for "
+                    "it and are kept in the spool",
+                    f"Put {dest.name} back in [[destinations]] to send and confirm them (until "
+                    "then they are never purged), or, if it is retired for good: dermgate spool "
+                    f"forget-destination {dest.name} --yes.",
+                )
+            )
+        elif dest.failing:
             results.append(
                 CheckResult(
                     f"Deliveries to {dest.name}",

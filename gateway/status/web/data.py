@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from gateway.spool.figures import DELIVERED, WAITING, page_figures, recent_captures
 from gateway.spool.ledger import open_ledger
+from gateway.spool.routing import removed_destinations, waiting_for_removed
 from gateway.spool.states import CaptureState
 
 STALE_BACKLOG = 600.0  # seconds a capture may wait before the verdict turns amber
@@ -50,6 +52,7 @@ class DestinationFigures:
     retrying: int = 0
     last_error: str | None = None
     reachable: bool | None = None  # from the state snapshot; None: not known
+    removed: bool = False  # no longer configured; captures still wait for it
 
     @property
     def failing(self) -> bool:
@@ -123,6 +126,7 @@ def read_figures(
     conn = open_ledger(ledger_path, readonly=True)
     try:
         read = page_figures(conn, [(n, c) for n, _, _, c in destinations])
+        removed = removed_destinations(conn, [n for n, _, _, _ in destinations])
     finally:
         conn.close()
     dests = []
@@ -142,6 +146,18 @@ def read_figures(
                 last_error=None if d.last_error is None else d.last_error.message,
             )
         )
+    dests += [
+        DestinationFigures(
+            name,
+            "",
+            0,
+            False,
+            pending=states.get("PENDING", 0),
+            sent=states.get("SENT", 0),
+            removed=True,
+        )
+        for name, states in removed.items()
+    ]
     first = read.first_unconfirmed_epoch
     return Figures(
         counts=read.counts,
@@ -173,7 +189,13 @@ def verdict(fig: Figures) -> Verdict:
     if not fig.destinations:
         red.append("No PACS is configured: captures are only kept here.")
     for dest in fig.destinations:
-        if dest.failing:
+        if dest.removed:
+            amber.append(
+                f"{dest.pending + dest.sent} capture(s) wait for {dest.name}, which is no longer "
+                "configured (destination removed): configure it again, or let go of it "
+                f"(dermgate spool forget-destination {dest.name})."
+            )
+        elif dest.failing:
             why = dest.last_error or "not reachable"
             red.append(f"{dest.name} does not take captures: {why}")
     if fig.quarantined_open:
@@ -216,18 +238,25 @@ class SpoolRow:
     reason: str | None
     last_error: str | None
     sensitive: bool = False
+    removed: tuple[str, ...] = ()  # destinations no longer configured it still waits for
 
 
 def read_spool(
-    ledger_path: Path, state: str | None = None, limit: int = 200, now: float | None = None
+    ledger_path: Path,
+    state: str | None = None,
+    limit: int = 200,
+    now: float | None = None,
+    configured: Sequence[str] | None = None,
 ) -> list[SpoolRow]:
-    """The newest ``limit`` captures (optionally in ``state``), blocking."""
+    """The newest ``limit`` captures (optionally in ``state``), blocking; with
+    ``configured`` (the destination names), which removed ones each still waits for."""
     now = time.time() if now is None else now
     if not ledger_path.exists():
         return []
     conn = open_ledger(ledger_path, readonly=True)
     try:
         rows = recent_captures(conn, state, limit)
+        removed = {} if configured is None else waiting_for_removed(conn, configured)
     finally:
         conn.close()
     return [
@@ -240,6 +269,7 @@ def read_spool(
             reason=r.reason,
             last_error=r.last_error,
             sensitive=r.sensitive,
+            removed=tuple(removed.get(r.spool_id, ())),
         )
         for r in rows
     ]

@@ -104,6 +104,10 @@ def overview_fragment(fig: Figures, verdict: Verdict) -> str:
         f'<td class="state {"fail" if d.failing else "ok"}">'
         f"{'failing' if d.failing else 'OK'}</td><td>{d.pending}</td>"
         f"<td>{_e(d.last_error) if d.failing else ''}</td></tr>"
+        if not d.removed
+        else f'<tr><td>{_e(d.name)}</td><td>-</td><td class="state fail">destination removed'
+        f"</td><td>{d.pending + d.sent}</td><td>no longer configured: captures wait for it</td>"
+        "</tr>"
         for d in fig.destinations
     )
     alarms = "".join(
@@ -165,11 +169,15 @@ def spool_page(rows: list[SpoolRow], state: str | None, user: str, csrf: str) ->
             if not (r.reason or "").startswith("resolved by technician"):
                 actions += f' <a href="/spool/{r.spool_id}/resolve">resolve</a>'
         mark = ' <span class="sensitive" title="sensitive">Sensitive</span>' if r.sensitive else ""
+        reason = r.reason or r.last_error or ""
+        if r.removed:  # waits for a destination taken out of the configuration
+            gone = f"destination removed: {', '.join(r.removed)}"
+            reason = f"{gone}; {reason}" if reason else gone
         lines.append(
             f'<tr data-id="{r.spool_id}"><td>{r.spool_id}{mark}</td>'
             f'<td class="state {r.state.lower()}">'
             f"{_e(r.state)}</td><td>{_e(human_age(r.age))}</td><td>{_e(r.device)}</td>"
-            f"<td>{_e(r.reason or r.last_error or '')}</td><td>{actions}</td></tr>"
+            f"<td>{_e(reason)}</td><td>{actions}</td></tr>"
         )
     body = (
         '<section><h2>Spool</h2><form method="get" action="/spool">'
@@ -207,6 +215,8 @@ def capture_page(
         shown = f"{d['state']} ({d['attempts']} attempts)"
         if d["sent_as"]["derived"]:
             shown += f", as {d['sent_as']['text']}"
+        if d.get("note"):
+            shown += f", {d['note']}"  # waits for a destination no longer configured
         fields.append((f"To {d['destination']}", shown))
     table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in fields)
     if patient is None:

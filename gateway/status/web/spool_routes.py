@@ -8,15 +8,18 @@ their own connection, as the ``dermgate spool`` commands do beside the service.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from gateway.context.desk import ContextError
+from gateway.core.routing import RoutePlan
 from gateway.spool import admin
-from gateway.spool.capture_marks import is_sensitive, set_sensitive
+from gateway.spool.capture_marks import flag_sensitive, is_sensitive
 from gateway.spool.ledger import open_ledger
 from gateway.spool.states import CaptureState
 from gateway.status.web import pages
@@ -50,7 +53,10 @@ class SpoolRoutes(PageState):
         state = request.query.get("state") or None
         if state is not None and state not in CaptureState.__members__:
             state = None
-        rows = await asyncio.to_thread(read_spool, self.config.ledger_path(), state)
+        names = [d.name for d in self.config.destinations]
+        rows = await asyncio.to_thread(
+            functools.partial(read_spool, configured=names), self.config.ledger_path(), state
+        )
         return _html(pages.spool_page(rows, state, s.user, s.csrf))
 
     def _read_details(self, sid: int) -> dict[str, Any]:
@@ -63,7 +69,9 @@ class SpoolRoutes(PageState):
             sensitive = is_sensitive(conn, entry.spool_id)
         finally:
             conn.close()
-        details = capture_details(entry, records, self.dirs)
+        details = capture_details(
+            entry, records, self.dirs, [d.name for d in self.config.destinations]
+        )
         details["sensitive"] = sensitive
         return details
 
@@ -169,6 +177,11 @@ class SpoolRoutes(PageState):
                 text = f"Retry requested: capture {sid} is now CAPTURED and will be wrapped again."
             elif state == CaptureState.WRAPPED:
                 text = f"Retry requested: capture {sid} is now WRAPPED and will be sent again."
+            elif state == CaptureState.QUARANTINED:  # still no route sends it anywhere
+                text = (
+                    f"Capture {sid} is still set aside: no [[routes]] entry sends it anywhere. "
+                    "Add a route that matches it, then retry."
+                )
             else:
                 text = f"Capture {sid} is now {state}: every destination already has it."
         else:
@@ -179,7 +192,7 @@ class SpoolRoutes(PageState):
     async def retry(self, request: web.Request) -> web.Response:
         """Release a quarantined capture (after confirmation)."""
         sid = _spool_id(request)
-        names = [d.name for d in self.config.destinations]
+        names = RoutePlan.from_config(self.config)
         return await self._act(
             request, "retry", lambda conn: admin.retry_capture(conn, self.dirs, sid, names)
         )
@@ -211,7 +224,10 @@ class SpoolRoutes(PageState):
                 raise web.HTTPNotFound(text=f"{err.message}\n") from err
         else:
             try:
-                await asyncio.to_thread(self._write, lambda conn: set_sensitive(conn, sid, flag))
+                plan = RoutePlan.from_config(self.config)  # routes see the flag (not sent yet)
+                await asyncio.to_thread(
+                    self._write, lambda conn: flag_sensitive(conn, sid, flag, plan, time.time())
+                )
             except admin.NoSuchCapture as err:
                 raise web.HTTPNotFound(text=f"{err}\n") from err
         log.info("user %s: capture %d %s sensitive", s.user, sid, "flagged" if flag else "not")
