@@ -198,3 +198,53 @@ def test_why_page_tells_a_refused_password_for_a_dicomweb_store_without_showing_
     for secret in (PASSWORD, WRONG):
         assert secret not in why
         assert secret not in overview
+
+
+def test_a_pacs_and_a_dicomweb_store_each_get_the_capture_and_it_waits_for_both(
+    tmp_path: Path,
+    dicomweb_orthanc_factory: Callable[..., DicomwebOrthanc],
+    gateway_factory: Callable[[Path], GatewayProcess],
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    pacs = dicomweb_orthanc_factory()  # reached by C-STORE here
+    store = dicomweb_orthanc_factory(users={"dermgate": PASSWORD})
+    password_file = tmp_path / "password"
+    password_file.write_text(WRONG + "\n", encoding="utf-8")
+    config = dicomweb_config(
+        tmp_path,
+        store.dicomweb_url,
+        destination=f"""auth = "basic"
+username = "dermgate"
+password_file = "{password_file}"
+
+[[destinations]]
+name = "pacs"
+kind = "dicom"
+ae_title = "ORTHANC"
+host = "127.0.0.1"
+port = {pacs.dicom_port}
+storage_commitment = false
+unconfirmed_retention = 0
+retry_initial = 0.5
+retry_max = 2.0
+""",
+    )
+    sim = simulator_factory("--captures", "1")
+    gateway = gateway_factory(config)
+    assert sim.wait(120) == 0
+    state_dir = tmp_path / "state"
+
+    def by_destination() -> dict[str, str]:
+        rows = delivery_rows(state_dir) if ledger_rows(state_dir) else []
+        return {str(r["destination"]): str(r["state"]) for r in rows}
+
+    wait_for(lambda: by_destination().get("pacs") == "COMMITTED", 60, "the PACS's copy")
+    assert by_destination()["cloud"] == "PENDING"
+    assert states(state_dir) == ["WRAPPED"], "not done while the store still waits"
+
+    password_file.write_text(PASSWORD + "\n", encoding="utf-8")
+    wait_for(lambda: states(state_dir) == ["COMMITTED"], 60, "both confirmed")
+    [uid] = [str(r["sop_instance_uid"]) for r in ledger_rows(state_dir)]
+    assert pacs.copies([uid]) == {uid: 1}
+    assert store.copies([uid]) == {uid: 1}
+    assert gateway.stop() == 0
