@@ -227,10 +227,18 @@ class StowSender:
                 )
             with contextlib.ExitStack() as files:
                 writer = aiohttp.MultipartWriter("related")
-                for item in chunk:
-                    writer.append(
-                        files.enter_context(item.request.path.open("rb")),
-                        {"Content-Type": "application/dicom"},
+                try:
+                    for item in chunk:
+                        writer.append(
+                            files.enter_context(item.request.path.open("rb")),
+                            {"Content-Type": "application/dicom"},
+                        )
+                except OSError as err:  # gone since its header was read
+                    return for_all(
+                        chunk,
+                        Verdict.RETRYABLE,
+                        f"cannot read DICOM file: {type(err).__name__}",
+                        DeliveryErrorCode.LOCAL_FILE,
                     )
                 headers = {
                     **auth,
