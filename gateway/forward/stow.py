@@ -111,6 +111,7 @@ class _Unusable:
         self._error = error
 
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+        """Never any: the reason, every time."""
         raise self._error
 
     def rejected(self) -> None:

@@ -91,6 +91,7 @@ def dicomweb_orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., DicomwebO
     started: list[DicomwebOrthanc] = []
 
     def start(users: dict[str, str] | None = None, **extra: Any) -> DicomwebOrthanc:
+        """One more store (``extra``: Orthanc configuration keys)."""
         server = DicomwebOrthanc(
             tmp_path / f"orthanc-web-{len(started)}", users=users or {}, extra=extra
         )
