@@ -24,10 +24,10 @@ oauth2     ``Bearer`` with a token of the client credentials grant (RFC 6749 §4
 How the OAuth2 client authenticates (RFC 6749 §2.3.1): with HTTP Basic first (client
 id and secret form-encoded, then base64), the method every authorization server must
 support and the one Keycloak, Microsoft Entra ID and Google list; if the token
-endpoint answers 400/401 to it, once more with ``client_id`` and ``client_secret`` in
-the form body (an Okta or Auth0 client set to ``client_secret_post``), and the method
-that worked is tried first from then on. Both in one request is what §2.3 forbids, so
-it is never done.
+endpoint refuses the client (401, or 400 ``invalid_client``/``invalid_request``), once
+more with ``client_id`` and ``client_secret`` in the form body (an Okta or Auth0 client
+set to ``client_secret_post``), and the method that worked is tried first from then
+on. Both in one request is what §2.3 forbids, so it is never done.
 
 Errors: one type, :class:`AuthError`. It means "this destination cannot be
 authenticated now" (a file missing or empty, the token endpoint unreachable, refusing
@@ -115,10 +115,10 @@ def client_ssl_context(tls_ca: Path | None) -> ssl.SSLContext:
             context.load_verify_locations(cafile=os.fspath(tls_ca))
         except FileNotFoundError as err:
             raise AuthError(f"the CA file {tls_ca} does not exist") from err
+        except ssl.SSLError as err:  # an OSError too: first
+            raise AuthError(f"the CA file {tls_ca} holds no PEM certificate") from err
         except OSError as err:
             raise AuthError(f"the CA file {tls_ca} cannot be read ({err.strerror})") from err
-        except ssl.SSLError as err:
-            raise AuthError(f"the CA file {tls_ca} holds no PEM certificate") from err
     # create_default_context already says so; stated here because it is the promise.
     context.verify_mode = ssl.CERT_REQUIRED
     context.check_hostname = True
@@ -303,6 +303,7 @@ class _OAuth2Credentials:
         self._lock = asyncio.Lock()
         self._token: str | None = None
         self._valid_until = 0.0
+        self._failure: tuple[AuthError, float] | None = None  # the last fetch's error
         self._secret_in_body = False  # client_secret_post worked where Basic did not
         parts = urlsplit(token_url)
         self._where = f"the token endpoint {parts.netloc}{parts.path}"
@@ -315,10 +316,17 @@ class _OAuth2Credentials:
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
         token = self._current()
         if token is None:
-            async with self._lock:  # one fetch at a time; the others use its token
+            asked = time.monotonic()
+            async with self._lock:  # one fetch at a time; the others use its outcome
                 token = self._current()
                 if token is None:
-                    token = await self._fetch(session)
+                    if self._failure is not None and self._failure[1] >= asked:
+                        raise AuthError(str(self._failure[0]))
+                    try:
+                        token = await self._fetch(session)
+                    except AuthError as err:
+                        self._failure = (err, time.monotonic())
+                        raise
         return {"Authorization": f"Bearer {token}"}
 
     def rejected(self) -> None:
@@ -329,7 +337,7 @@ class _OAuth2Credentials:
         secret = secret.strip()
         order = (True, False) if self._secret_in_body else (False, True)
         answer = await self._request(session, secret, in_body=order[0])
-        if answer.status in (400, 401):
+        if _client_refused(answer):
             second = await self._request(session, secret, in_body=order[1])
             if 200 <= second.status < 300:
                 self._secret_in_body = order[1]
@@ -404,6 +412,15 @@ class _OAuth2Credentials:
             shown = token_type if isinstance(token_type, str) and len(token_type) < 20 else "?"
             raise AuthError(f"{self._where} gave a token of type {shown!r}, not Bearer")
         return token, _lifetime(body.get("expires_in"), self._where)
+
+
+def _client_refused(answer: _TokenAnswer) -> bool:
+    """Whether the answer refuses the client's authentication (RFC 6749 §5.2), not the
+    grant or the scope: a server that ignores the Basic header misses a client_id."""
+    if answer.status == 401:
+        return True
+    code = answer.body.get("error") if answer.body is not None else None
+    return answer.status == 400 and code in ("invalid_client", "invalid_request")
 
 
 def _lifetime(value: object, where: str) -> float:
