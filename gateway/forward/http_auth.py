@@ -23,11 +23,12 @@ oauth2     ``Bearer`` with a token of the client credentials grant (RFC 6749 §4
 
 How the OAuth2 client authenticates (RFC 6749 §2.3.1): with HTTP Basic first (client
 id and secret form-encoded, then base64), the method every authorization server must
-support and the one Keycloak, Microsoft Entra ID and Google list; if the token
-endpoint refuses the client (401, or 400 ``invalid_client``/``invalid_request``), once
-more with ``client_id`` and ``client_secret`` in the form body (an Okta or Auth0 client
-set to ``client_secret_post``), and the method that worked is tried first from then
-on. Both in one request is what §2.3 forbids, so it is never done.
+support (Keycloak's default); if the token endpoint refuses the client (401, or 400
+``invalid_client``/``invalid_request``), once more with ``client_id`` and
+``client_secret`` in the form body (the form Microsoft Entra ID documents, and what an
+Okta or Auth0 client set to ``client_secret_post`` wants), and the method that worked
+is tried first from then on. Both in one request is what §2.3 forbids, so it is never
+done.
 
 Errors: one type, :class:`AuthError`. It means "this destination cannot be
 authenticated now" (a file missing or empty, the token endpoint unreachable, refusing
