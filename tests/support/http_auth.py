@@ -1,6 +1,8 @@
-"""Real HTTP peers for the DICOMweb auth tests: an OAuth2 token endpoint
+"""HTTP scaffolding for the DICOMweb auth tests: an OAuth2 token endpoint
 (client credentials grant, RFC 6749 §4.4) that counts its calls and can answer badly
-on purpose, and a way to serve any aiohttp app on a loopback port, with TLS if asked.
+on purpose, a reverse proxy that lets requests through to Orthanc only with a bearer
+token it accepts, and ways to serve aiohttp apps on loopback ports (in the test's loop,
+with TLS if asked, or on a thread of their own for tests that wait synchronously).
 
 The token endpoint is test scaffolding, as is the bearer proxy of the e2e tests; the
 code under test is DermGate's :mod:`gateway.forward.http_auth`.
@@ -13,13 +15,16 @@ import base64
 import contextlib
 import itertools
 import ssl
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
+import aiohttp
+import pytest
 from aiohttp import web
 
 CLIENT_ID = "dermgate-box-7"
@@ -155,3 +160,114 @@ def secret_file(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     path.chmod(0o600)
     return path
+
+
+@dataclass
+class ProxiedRequest:
+    """One request the bearer proxy saw: what was asked, with which token, the answer."""
+
+    method: str
+    path: str
+    token: str
+    status: int
+
+
+@dataclass
+class BearerProxy:
+    """A reverse proxy that lets a request through to ``upstream`` (Orthanc) only with a
+    bearer token ``accepts`` says yes to; any other is answered 401. Bodies are
+    streamed both ways (a STOW-RS request can be large)."""
+
+    upstream: str
+    accepts: Callable[[str], bool]
+    seen: list[ProxiedRequest] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        """The aiohttp app: every method and path."""
+        app = web.Application(client_max_size=1 << 34)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        app.cleanup_ctx.append(self._client)
+        return app
+
+    async def _client(self, app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+            app[_SESSION] = session
+            yield
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        token = header[7:] if header[:7].lower() == "bearer " else ""
+        if not token or not self.accepts(token):
+            async for _ in request.content.iter_chunked(1 << 16):
+                pass  # read what the client sends, then refuse, as a gateway does
+            self.seen.append(ProxiedRequest(request.method, request.path, token, 401))
+            return web.Response(
+                status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
+        headers = {
+            name: request.headers[name]
+            for name in ("Content-Type", "Content-Length", "Accept")
+            if name in request.headers
+        }
+        session: aiohttp.ClientSession = request.app[_SESSION]
+        async with session.request(
+            request.method,
+            self.upstream + request.path_qs,
+            data=request.content if request.body_exists else None,
+            headers=headers,
+        ) as upstream:
+            answer = web.StreamResponse(status=upstream.status)
+            if "Content-Type" in upstream.headers:
+                answer.headers["Content-Type"] = upstream.headers["Content-Type"]
+            await answer.prepare(request)
+            async for chunk in upstream.content.iter_chunked(1 << 16):
+                await answer.write(chunk)
+            await answer.write_eof()
+        self.seen.append(ProxiedRequest(request.method, request.path, token, upstream.status))
+        return answer
+
+
+_SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+class ServedInThread:
+    """aiohttp apps served from an event loop on a thread of their own, for tests that
+    wait synchronously (on ``dermgate run`` and the simulator)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._runners: list[web.AppRunner] = []
+
+    def serve(self, app: web.Application, host: str = "127.0.0.1") -> str:
+        """Serve ``app`` on a free port of ``host``; return its base URL."""
+
+        async def start() -> str:
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+            await runner.setup()
+            await web.TCPSite(runner, host, 0).start()
+            self._runners.append(runner)
+            return f"http://{host}:{runner.addresses[0][1]}"
+
+        return asyncio.run_coroutine_threadsafe(start(), self._loop).result(30)
+
+    def close(self) -> None:
+        """Stop every app, then the loop and its thread."""
+
+        async def stop() -> None:
+            for runner in self._runners:
+                await runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop.close()
+
+
+@pytest.fixture
+def served_in_thread() -> Iterator[ServedInThread]:
+    """A :class:`ServedInThread`, closed at the end of the test."""
+    servers = ServedInThread()
+    yield servers
+    servers.close()
