@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.support.spool",
     "tests.support.usb_confocal",
     "tests.support.worklist",
+    "tests.support.dicomweb",  # after spool: it imports it
 ]
 
 # Hypothesis profiles: "ci" (default) keeps the suite fast; "slow" is the deep fuzz

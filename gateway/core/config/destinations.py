@@ -157,6 +157,11 @@ class DicomDestination(DestinationBase):
         "counts as delivered (and may later be purged).",
     )
 
+    @property
+    def confirms(self) -> bool:
+        """True when a sent capture waits for the PACS's confirmation (Storage Commitment)."""
+        return self.storage_commitment
+
 
 class DicomwebDestination(DestinationBase):
     """``[[destinations]]`` with ``kind = "dicomweb"``: a DICOMweb store reached by STOW-RS."""
@@ -209,6 +214,24 @@ class DicomwebDestination(DestinationBase):
     request_timeout: float = Field(
         default=300.0, gt=0, description="Seconds a STOW-RS or QIDO-RS request may take."
     )
+    confirm_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description='With `confirm = "read-back"`: seconds after sending within which QIDO-RS '
+        "must list an instance; one still missing then is sent again (same SOP Instance UID).",
+    )
+    confirm_max_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Read-backs that did not find an instance (each followed by a re-send) "
+        "before it is quarantined.",
+    )
+
+    @property
+    def confirms(self) -> bool:
+        """True when a sent capture waits for the store's confirmation before it counts
+        as delivered (read-back; "response" confirms with the answer itself)."""
+        return self.confirm == "read-back"
 
     @field_validator("url", "token_url")
     @classmethod
