@@ -44,7 +44,7 @@ class TokenCall:
 class TokenEndpoint:
     """An OAuth2 token endpoint. ``answer`` picks what it says:
 
-    ``"ok"`` a Bearer token ``tok-N`` with ``expires_in`` (left out when None);
+    ``"ok"`` a Bearer token ``{prefix}N`` with ``expires_in`` (left out when None);
     ``"not-json"``; ``"no-token"``; ``"mac"`` (a token of another type); ``"error"``
     (400 ``invalid_scope`` with a description that repeats the secret); ``"huge"``
     (a 1 MB answer); ``"slow"`` (answers after 5 s); ``"redirect"`` (302 elsewhere).
@@ -55,6 +55,7 @@ class TokenEndpoint:
     expires_in: Any = 3600
     answer: str = "ok"
     accepts: str = "both"
+    prefix: str = "tok-"
     calls: list[TokenCall] = field(default_factory=list)
     issued: dict[str, float] = field(default_factory=dict)  # token -> monotonic expiry
     revoked: set[str] = field(default_factory=set)
@@ -121,7 +122,7 @@ class TokenEndpoint:
                 await asyncio.sleep(5)
             case "redirect":
                 raise web.HTTPFound("/elsewhere")
-        token = f"tok-{next(self._numbers)}"
+        token = f"{self.prefix}{next(self._numbers)}"
         lifetime = 3600.0 if self.expires_in is None else float(self.expires_in)
         self.issued[token] = time.monotonic() + lifetime
         body: dict[str, Any] = {"access_token": token, "token_type": "bearer"}
