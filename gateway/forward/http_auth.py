@@ -6,7 +6,8 @@ each request (:meth:`~HttpCredentials.headers`) and tells it when the server ans
 401/403 (:meth:`~HttpCredentials.rejected`), so that the next request re-reads the
 token file or fetches a new OAuth2 token. :func:`client_ssl_context` is the one TLS
 context of such a destination: the system's CAs plus the optional ``tls_ca``, and
-certificate and host name always verified.
+certificate and host name always verified; :func:`certificate_problem` says in plain
+words why a server's certificate was refused.
 
 =========  ==============================================================================
 auth       Authorization header
@@ -62,7 +63,13 @@ import aiohttp
 
 from gateway.core.config.destinations import DicomwebDestination
 
-__all__ = ["AuthError", "HttpCredentials", "client_ssl_context", "credentials_for"]
+__all__ = [
+    "AuthError",
+    "HttpCredentials",
+    "certificate_problem",
+    "client_ssl_context",
+    "credentials_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +131,28 @@ def client_ssl_context(tls_ca: Path | None) -> ssl.SSLContext:
     context.verify_mode = ssl.CERT_REQUIRED
     context.check_hostname = True
     return context
+
+
+# OpenSSL X509_V_ERR_*: whom the certificate's signer is unknown to, and when it is valid.
+_UNTRUSTED = {2, 18, 19, 20, 21}
+_EXPIRED, _NOT_YET_VALID, _HOST_MISMATCH, _IP_MISMATCH = 10, 9, 62, 64
+
+
+def certificate_problem(err: aiohttp.ClientConnectorCertificateError) -> str:
+    """What is wrong with the server's certificate, in words a technician can act on
+    (OpenSSL's verify result, never anything the server sent)."""
+    failure = err.certificate_error
+    code = getattr(failure, "verify_code", None)
+    if code in (_HOST_MISMATCH, _IP_MISMATCH):
+        return f"the certificate of {err.host} is not issued for that name or address"
+    if code in _UNTRUSTED:
+        return f"the certificate of {err.host} is not signed by a trusted CA (set tls_ca)"
+    if code == _EXPIRED:
+        return f"the certificate of {err.host} has expired"
+    if code == _NOT_YET_VALID:
+        return f"the certificate of {err.host} is not valid yet (check the box's clock)"
+    detail = getattr(failure, "verify_message", None) or type(failure).__name__
+    return f"the certificate of {err.host} was refused ({detail})"
 
 
 def credentials_for(
@@ -383,10 +412,7 @@ class _OAuth2Credentials:
         except TimeoutError as err:
             raise AuthError(f"{self._where} did not answer in {TOKEN_TIMEOUT:.0f} s") from err
         except aiohttp.ClientConnectorCertificateError as err:
-            raise AuthError(
-                f"{self._where} has a certificate that is not trusted "
-                f"({err.certificate_error.__class__.__name__})"
-            ) from err
+            raise AuthError(f"{self._where}: {certificate_problem(err)}") from err
         except aiohttp.ClientError as err:
             raise AuthError(f"{self._where} cannot be reached ({type(err).__name__})") from err
         try:

@@ -32,8 +32,9 @@ from tests.support.http_auth import (
     ServedInThread,
     TokenEndpoint,
     secret_file,
+    server_tls,
 )
-from tests.support.mqtt import Mosquitto, Recorder
+from tests.support.mqtt import Mosquitto, Recorder, make_tls
 from tests.support.photo_folder import photo_folder_toml, start_camera
 from tests.support.state import delivery_rows, ledger_rows, states
 from tests.support.waiting import wait_for
@@ -241,3 +242,65 @@ scope = "dicom.write"
     for n, issued in enumerate(list(endpoint.issued), 1):
         secrets[f"access token {n}"] = issued
     _assert_no_secret(secrets, texts)
+
+
+def test_https_store_is_trusted_only_through_tls_ca_and_its_own_name(
+    tmp_path: Path,
+    dicomweb_orthanc_factory: Callable[..., DicomwebOrthanc],
+    served_in_thread: ServedInThread,
+    mosquitto: Mosquitto,
+    recorder_factory: Callable[..., Recorder],
+    gateway_factory: Callable[[Path], GatewayProcess],
+) -> None:
+    orthanc = dicomweb_orthanc_factory()
+    tls = make_tls(tmp_path / "tls")  # the server certificate is for 127.0.0.1 and localhost
+    proxy = BearerProxy(orthanc.url, lambda token: token == TOKEN_A)
+    server = server_tls(tls.server_cert, tls.server_key)
+    base = served_in_thread.serve(proxy.app(), ssl_context=server)
+    # The same store without the CA, and under an address its certificate does not name.
+    refused = {
+        "no-ca": BearerProxy(orthanc.url, proxy.accepts),
+        "wrong-name": BearerProxy(orthanc.url, proxy.accepts),
+    }
+    no_ca = served_in_thread.serve(refused["no-ca"].app(), ssl_context=server)
+    elsewhere = served_in_thread.serve(
+        refused["wrong-name"].app(), host="127.0.0.2", ssl_context=server
+    )
+    token = secret_file(tmp_path / "token", TOKEN_A + "\n")
+    auth = f'auth = "bearer"\ntoken_file = "{token}"\ntls_ca = "{tls.ca}"'
+    config, folder = _config(tmp_path, f"{base}/dicom-web", auth, mosquitto)
+    for name, url, ca in (
+        ("no-ca", f"{no_ca}/dicom-web", ""),
+        ("wrong-name", f"{elsewhere}/dicom-web", f'tls_ca = "{tls.ca}"'),
+    ):
+        with config.open("a", encoding="utf-8") as fh:
+            fh.write(
+                f'\n[[destinations]]\nname = "{name}"\nkind = "dicomweb"\nurl = "{url}"\n'
+                f'auth = "bearer"\ntoken_file = "{token}"\n{ca}\n'
+                "retry_initial = 0.5\nretry_max = 2.0\nconnect_timeout = 3\n"
+            )
+    recorder_factory(mosquitto, ["#"])
+    state_dir = tmp_path / "state"
+    gateway = gateway_factory(config)
+
+    _photos(folder, tmp_path, 1, 1)
+
+    def outcome() -> dict[str, str] | None:
+        rows = {str(r["destination"]): r for r in delivery_rows(state_dir)}
+        if len(rows) < 3 or rows["cloud"]["state"] != "COMMITTED":
+            return None
+        if not (rows["no-ca"]["last_error"] and rows["wrong-name"]["last_error"]):
+            return None
+        return {name: str(row["last_error"]) for name, row in rows.items()}
+
+    errors = wait_for(outcome, 60, "delivered to cloud, refused by the two others")
+    assert "certificate" in errors["no-ca"].casefold(), errors
+    assert "certificate" in errors["wrong-name"].casefold(), errors
+    _in_orthanc(orthanc, state_dir)
+    assert states(state_dir) != ["COMMITTED"], "not COMMITTED while two destinations lack it"
+    # The refused ones never got as far as a request: the token went only where trusted.
+    assert {r.token for r in proxy.seen} == {TOKEN_A}
+    assert refused["no-ca"].seen == []
+    assert refused["wrong-name"].seen == []
+    assert gateway.stop() == 0
+    assert TOKEN_A not in gateway.log()

@@ -241,15 +241,22 @@ class ServedInThread:
         self._thread.start()
         self._runners: list[web.AppRunner] = []
 
-    def serve(self, app: web.Application, host: str = "127.0.0.1") -> str:
-        """Serve ``app`` on a free port of ``host``; return its base URL."""
+    def serve(
+        self,
+        app: web.Application,
+        host: str = "127.0.0.1",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> str:
+        """Serve ``app`` on a free port of ``host`` (over TLS with ``ssl_context``);
+        return its base URL."""
 
         async def start() -> str:
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
             await runner.setup()
-            await web.TCPSite(runner, host, 0).start()
+            await web.TCPSite(runner, host, 0, ssl_context=ssl_context).start()
             self._runners.append(runner)
-            return f"http://{host}:{runner.addresses[0][1]}"
+            scheme = "https" if ssl_context is not None else "http"
+            return f"{scheme}://{host}:{runner.addresses[0][1]}"
 
         return asyncio.run_coroutine_threadsafe(start(), self._loop).result(30)
 
