@@ -211,6 +211,7 @@ scope = "dicom.write"
     fetched = len(endpoint.calls)
     assert fetched >= 1
     time.sleep(3.5)  # the token runs out
+    endpoint.expires_in = 3600  # the next one lives on, so that only a revocation ends it
     _photos(folder, tmp_path, 2, 1)
     wait_for(_committed(state_dir, 3), 60, "a capture COMMITTED with a new token")
     assert len(endpoint.calls) > fetched, "a new token was fetched after expiry"
