@@ -52,7 +52,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from urllib.parse import quote
 
 import aiohttp
@@ -60,7 +59,7 @@ import pydicom
 
 from gateway.core.config import DicomwebDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
-from gateway.forward.cstore import StoreOutcome, StoreRequest, Verdict, classify_status
+from gateway.forward.cstore import StoreOutcome, StoreRequest, Verdict
 from gateway.forward.http_auth import (
     AuthError,
     HttpCredentials,
@@ -68,11 +67,20 @@ from gateway.forward.http_auth import (
     credentials_for,
 )
 from gateway.forward.stow_answer import (
-    ALREADY_STORED,
     StowAnswer,
     parse_qido_uids,
     parse_stow_answer,
     retry_after_seconds,
+)
+from gateway.forward.stow_plan import (
+    MIB,
+    REFUSED,
+    StowItem,
+    for_all,
+    judge,
+    not_listed,
+    plan_requests,
+    read_header,
 )
 
 log = logging.getLogger(__name__)
@@ -82,8 +90,6 @@ _ANSWER_LIMIT = 16 * 1024 * 1024  # an answer lists UIDs: a larger one is not re
 _QIDO_PAGE = 1000
 _QIDO_PAGES_MAX = 100
 _WAIT = {408, 429, 503}
-_REFUSED = {400, 415}
-MIB = 1024 * 1024
 
 
 class StoreUnavailable(Exception):
@@ -92,56 +98,6 @@ class StoreUnavailable(Exception):
     def __init__(self, error: DeliveryError) -> None:
         super().__init__(error.detail)
         self.error = error
-
-
-@dataclass(frozen=True, slots=True)
-class _Item:
-    """One instance to send, with what its file says."""
-
-    request: StoreRequest
-    study_uid: str
-    sop_instance_uid: str
-    size: int
-
-
-def _read_header(request: StoreRequest) -> _Item:
-    """Study and SOP Instance UID and size of one file (blocking; pixel data not read)."""
-    dataset = pydicom.dcmread(
-        request.path,
-        stop_before_pixels=True,
-        specific_tags=["StudyInstanceUID", "SOPInstanceUID"],
-        defer_size=1024,
-    )
-    return _Item(
-        request,
-        str(dataset.StudyInstanceUID),
-        str(dataset.SOPInstanceUID),
-        request.path.stat().st_size,
-    )
-
-
-def plan_requests(items: Sequence[_Item], max_bytes: int) -> list[list[_Item]]:
-    """Group ``items`` per study (in order of first appearance); small ones share a
-    request up to ``max_bytes``, a larger one goes alone."""
-    studies: dict[str, list[_Item]] = {}
-    for item in items:
-        studies.setdefault(item.study_uid, []).append(item)
-    planned: list[list[_Item]] = []
-    for members in studies.values():
-        current: list[_Item] = []
-        size = 0
-        for item in members:
-            if item.size >= max_bytes:
-                planned.append([item])
-                continue
-            if current and size + item.size > max_bytes:
-                planned.append(current)
-                current, size = [], 0
-            current.append(item)
-            size += item.size
-        if current:
-            planned.append(current)
-    return planned
 
 
 class StowSender:
@@ -177,10 +133,10 @@ class StowSender:
         ``stop`` is checked between HTTP requests: the request in flight finishes,
         the instances not yet sent come back NOT_ATTEMPTED.
         """
-        items: list[_Item] = []
+        items: list[StowItem] = []
         for request in requests:
             try:
-                items.append(await asyncio.to_thread(_read_header, request))
+                items.append(await asyncio.to_thread(read_header, request))
             except (OSError, AttributeError, ValueError, pydicom.errors.InvalidDicomError) as err:
                 on_outcome(
                     StoreOutcome(
@@ -206,7 +162,7 @@ class StowSender:
                     on_outcome(outcome)
 
     async def _store(
-        self, session: aiohttp.ClientSession, chunk: list[_Item]
+        self, session: aiohttp.ClientSession, chunk: list[StowItem]
     ) -> list[StoreOutcome]:
         """One STOW-RS request (split when the store refuses a multi-instance request)."""
         answered = await self._post(session, chunk)
@@ -214,14 +170,14 @@ class StowSender:
             return answered
         status, answer, retry_after = answered
         outcomes: list[StoreOutcome] = []
-        unlisted: list[_Item] = []
+        unlisted: list[StowItem] = []
         for item in chunk:
-            outcome = self._judge(item, answer)
+            outcome = judge(item, answer, self.destination.confirm)
             if outcome is None:
                 unlisted.append(item)
             else:
                 outcomes.append(outcome)
-        if status in (*_REFUSED, 413) and len(unlisted) > 1:
+        if status in (*REFUSED, 413) and len(unlisted) > 1:
             log.info(
                 "%s: HTTP %d for a request of %d instances; sending them one by one",
                 self.destination.name,
@@ -231,11 +187,12 @@ class StowSender:
             for item in unlisted:
                 outcomes.extend(await self._store(session, [item]))
             return outcomes
-        outcomes.extend(self._not_listed(item, status, retry_after) for item in unlisted)
+        name = self.destination.name
+        outcomes.extend(not_listed(item, name, status, retry_after) for item in unlisted)
         return outcomes
 
     async def _post(
-        self, session: aiohttp.ClientSession, chunk: list[_Item]
+        self, session: aiohttp.ClientSession, chunk: list[StowItem]
     ) -> list[StoreOutcome] | tuple[int, StowAnswer, float | None]:
         """POST the chunk; its answer, or outcomes for all when there is none to read."""
         d = self.destination
@@ -244,7 +201,7 @@ class StowSender:
             try:
                 auth = await self._credentials.headers(session)
             except AuthError as err:
-                return self._all(
+                return for_all(
                     chunk, Verdict.RETRYABLE, f"{d.name}: {err}", DeliveryErrorCode.AUTH_REFUSED
                 )
             with contextlib.ExitStack() as files:
@@ -272,7 +229,7 @@ class StowSender:
                         if retry_after is not None:  # never longer than our own longest wait
                             retry_after = min(retry_after, d.retry_max)
                 except TimeoutError:
-                    return self._all(
+                    return for_all(
                         chunk,
                         Verdict.RETRYABLE,
                         f"{d.name}: no STOW-RS answer within {d.request_timeout:.0f} s",
@@ -280,7 +237,7 @@ class StowSender:
                         unreachable=True,
                     )
                 except (aiohttp.ClientError, OSError) as err:
-                    return self._all(
+                    return for_all(
                         chunk,
                         Verdict.RETRYABLE,
                         f"{d.name}: cannot reach the DICOMweb store ({type(err).__name__})",
@@ -292,7 +249,7 @@ class StowSender:
                 self._credentials.rejected()
                 if attempt == 1:
                     continue
-                return self._all(
+                return for_all(
                     chunk,
                     Verdict.RETRYABLE,
                     f"{d.name}: HTTP {status}: the store refused the credentials",
@@ -300,7 +257,7 @@ class StowSender:
                     status=status,
                 )
             if status in _WAIT:
-                return self._all(
+                return for_all(
                     chunk,
                     Verdict.RETRYABLE,
                     f"{d.name}: HTTP {status}: the store asks to try later"
@@ -312,110 +269,6 @@ class StowSender:
                 )
             return status, parse_stow_answer(body, content_type), retry_after
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _judge(self, item: _Item, answer: StowAnswer) -> StoreOutcome | None:
-        """The outcome the answer gives this instance; None when it names it nowhere."""
-        spool_id = item.request.spool_id
-        uid = item.sop_instance_uid
-        confirmed = self.destination.confirm == "response"
-        if uid in answer.stored:
-            warning = answer.stored[uid]
-            if warning is None:
-                return StoreOutcome(
-                    spool_id, Verdict.SUCCESS, "STOW-RS stored", confirmed=confirmed
-                )
-            return StoreOutcome(
-                spool_id,
-                Verdict.WARNING,
-                f"STOW-RS stored with warning 0x{warning:04X}",
-                warning,
-                confirmed=confirmed,
-            )
-        if uid not in answer.failed:
-            return None
-        reason = answer.failed[uid]
-        if reason in ALREADY_STORED:
-            return StoreOutcome(
-                spool_id,
-                Verdict.WARNING,
-                f"STOW-RS: already stored (0x{reason:04X}); read-back confirms it",
-                reason,
-            )
-        verdict = Verdict.RETRYABLE if reason is None else classify_status(reason)
-        if verdict.delivered:  # a warning status among the failures: not stored
-            verdict = Verdict.RETRYABLE
-        shown = "no reason given" if reason is None else f"0x{reason:04X}"
-        return StoreOutcome(
-            spool_id,
-            verdict,
-            f"STOW-RS failure reason {shown}",
-            reason,
-            code=DeliveryErrorCode.STORE_FAILED,
-        )
-
-    def _not_listed(self, item: _Item, status: int, retry_after: float | None) -> StoreOutcome:
-        spool_id = item.request.spool_id
-        name = self.destination.name
-        if status == 413:
-            return StoreOutcome(
-                spool_id,
-                Verdict.PERMANENT,
-                f"{name}: HTTP 413: the request ({item.size / MIB:.1f} MB, one instance) was "
-                "too large for the store; set a smaller max_request_mb or raise the store's "
-                "limit",
-                413,
-                code=DeliveryErrorCode.TOO_LARGE,
-            )
-        if status in _REFUSED:
-            return StoreOutcome(
-                spool_id,
-                Verdict.PERMANENT,
-                f"{name}: HTTP {status}: the store refused the instance"
-                + (" (media type not supported)" if status == 415 else ""),
-                status,
-                code=DeliveryErrorCode.REQUEST_REFUSED,
-            )
-        if 200 <= status < 300 or status == 409:
-            return StoreOutcome(
-                spool_id,
-                Verdict.RETRYABLE,
-                f"{name}: HTTP {status}: the answer does not list the instance as stored",
-                status,
-                code=DeliveryErrorCode.NOT_STORED,
-            )
-        return StoreOutcome(
-            spool_id,
-            Verdict.RETRYABLE,
-            f"{name}: HTTP {status}",
-            status,
-            unreachable=status in (502, 504),
-            code=DeliveryErrorCode.HTTP_ERROR,
-            retry_after=retry_after,
-        )
-
-    @staticmethod
-    def _all(
-        chunk: list[_Item],
-        verdict: Verdict,
-        detail: str,
-        code: DeliveryErrorCode,
-        *,
-        status: int | None = None,
-        unreachable: bool = False,
-        retry_after: float | None = None,
-    ) -> list[StoreOutcome]:
-        return [
-            StoreOutcome(
-                item.request.spool_id,
-                verdict,
-                detail,
-                status,
-                unreachable=unreachable,
-                code=code,
-                retry_after=retry_after,
-            )
-            for item in chunk
-        ]
 
     async def _get(
         self, session: aiohttp.ClientSession, path: str, params: dict[str, str]
@@ -517,4 +370,4 @@ async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
     return bytes(body)
 
 
-__all__ = ["StoreUnavailable", "StowSender", "plan_requests"]
+__all__ = ["StoreUnavailable", "StowSender"]

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import struct
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -368,3 +370,20 @@ def add_wrapped(
         now=time.time(),
     )
     return spool_id, uids.sop_instance, spool.dirs.dicom / name
+
+
+@contextlib.contextmanager
+def store_in_thread(store: ScriptedStore) -> Iterator[ScriptedStore]:
+    """Run ``store`` on an event loop of its own thread (for a gateway in a child
+    process while the test waits synchronously)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="scripted-store", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(store.start(), loop).result(10)
+        yield store
+    finally:
+        asyncio.run_coroutine_threadsafe(store.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from gateway.core.config import DicomwebDestination
 from gateway.core.uids import new_uid
@@ -196,3 +199,25 @@ async def test_401_is_asked_once_more_then_a_plain_retryable_failure(
         assert forwarder.last_error.message.endswith("(HTTP 401)")
         await wait_until(lambda: state(spool, spool_id) == "COMMITTED", 20, "delivery")
     assert dict(scripted_store.stored) == {uid: 1}
+
+
+async def test_an_unreachable_store_opens_the_circuit_and_a_qido_probe_restores_it(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ScriptedStore()  # not listening yet: connection refused
+    spool_id, uid, _ = add_wrapped(spool, new_uid())
+    destination = web_destination(store, breaker_threshold=1, retry_initial=30.0, retry_max=60.0)
+    caplog.set_level(logging.INFO, logger="gateway.forward.forwarder")
+    async with delivering(spool, destination) as forwarder:
+        await wait_until(lambda: forwarder.circuit_open, 20, "the circuit to open")
+        delivery = spool.delivery(spool_id)
+        assert delivery["error_code"] == "unreachable"
+        assert forwarder.reachable is False
+        await store.start()
+        try:
+            # The delivery's own backoff is 30 s: only the probe can bring it back now.
+            await wait_until(lambda: state(spool, spool_id) == "COMMITTED", 20, "restore")
+        finally:
+            await store.stop()
+    assert "answers QIDO-RS again" in caplog.text
+    assert dict(store.stored) == {uid: 1}
