@@ -9,6 +9,7 @@ import base64
 import logging
 import os
 import ssl
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -382,6 +383,31 @@ async def test_tls_server_is_trusted_with_tls_ca_and_refused_without(tmp_path: P
         assert certificate_problem(caught.value) == (
             "the certificate of 127.0.0.2 is not issued for that name or address"
         )
+
+
+async def test_expired_certificate_is_named_as_such(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path / "tls")
+    folder = tls.ca.parent
+    (folder / "old.ext").write_text("subjectAltName=IP:127.0.0.1\n", encoding="ascii")
+    for args in (
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "old.key", "-out", "old.csr",
+         "-subj", "/CN=old"],
+        ["x509", "-req", "-in", "old.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-days", "0", "-out", "old.pem", "-extfile", "old.ext"],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+    await asyncio.sleep(1.1)  # valid until the second it was made
+
+    async def hello(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    server = server_tls(folder / "old.pem", folder / "old.key")
+    async with serving(app, ssl_context=server) as base:
+        with pytest.raises(aiohttp.ClientConnectorCertificateError) as caught:
+            await _get(base, client_ssl_context(tls.ca))
+    assert certificate_problem(caught.value) == "the certificate of 127.0.0.1 has expired"
 
 
 async def test_oauth2_over_https_uses_the_destination_context(tmp_path: Path) -> None:
