@@ -214,10 +214,10 @@ def _read_if_changed(path: Path, known: _FileKey | None) -> tuple[_FileKey, int,
     st = os.stat(path)
     if known is not None and _key(st) == known:
         return known, st.st_mode, None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the open for ever
+        raise OSError(0, "not a regular file")
     with open(path, "rb") as file:
         st = os.fstat(file.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise IsADirectoryError(0, "not a regular file")
         return _key(st), st.st_mode, file.read(SECRET_FILE_LIMIT + 1)
 
 

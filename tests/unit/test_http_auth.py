@@ -151,6 +151,22 @@ async def test_bearer_unusable_token_file_names_the_file_not_the_token(
         assert await credentials.headers(session) == {"Authorization": "Bearer good-token"}
 
 
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+async def test_a_token_path_that_is_no_file_is_refused_without_hanging(
+    tmp_path: Path, kind: str
+) -> None:
+    token = tmp_path / "token"
+    if kind == "fifo":
+        os.mkfifo(token)  # opening it would wait for a writer for ever
+    else:
+        token.mkdir()
+    credentials = credentials_for(destination(auth="bearer", token_file=str(token)), PLAIN)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(AuthError, match=f"the token file {token} cannot be read"):
+            async with asyncio.timeout(5):
+                await credentials.headers(session)
+
+
 async def test_a_token_file_others_can_read_is_warned_about_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
