@@ -7,8 +7,9 @@ scaffolding: Orthanc itself has no bearer auth); the OAuth2 token endpoint is
 written here too (RFC 6749 §4.4). Captures come from the photo-folder camera
 simulator, so the test decides when each arrives. Each capture is COMMITTED only
 once read-back (QIDO-RS, through the proxy) lists it, and Orthanc is asked directly
-that every instance is there once. The token file is rotated while the gateway runs
-(both ways round: the old token refused first, and the file changed first), the
+that every instance is there once. The token file appears only after the first
+captures (they wait), then is rotated while the gateway runs (both ways round: the
+old token refused first, and the file changed first), the
 OAuth2 tokens expire and one is revoked. Afterwards no token, client secret or
 encoded credential appears in the gateway's log, its MQTT messages or the CLI.
 """
@@ -133,7 +134,7 @@ def test_bearer_token_file_rotated_while_running(
     accepted = {TOKEN_A}
     proxy = BearerProxy(orthanc.url, lambda token: token in accepted)
     base = served_in_thread.serve(proxy.app())
-    token = secret_file(tmp_path / "token", TOKEN_A + "\n")
+    token = tmp_path / "token"  # not there yet: whatever issues it has not run
     config, folder = _config(
         tmp_path, f"{base}/dicom-web", f'auth = "bearer"\ntoken_file = "{token}"', mosquitto
     )
@@ -142,6 +143,12 @@ def test_bearer_token_file_rotated_while_running(
     gateway = gateway_factory(config)
 
     _photos(folder, tmp_path, 1, 2)
+    reason = wait_for(
+        lambda: delivery_rows(state_dir)[0]["last_error"], 30, "the missing file's reason"
+    )
+    assert f"the token file {token} does not exist" in reason
+    assert proxy.seen == [], "nothing sent without a token"
+    secret_file(token, TOKEN_A + "\n")
     wait_for(_committed(state_dir, 2), 90, "2 captures COMMITTED with token A")
     assert {r.token for r in proxy.seen} == {TOKEN_A}
     assert {r.method for r in proxy.seen} == {"POST", "GET"}, "STOW-RS and read-back"
