@@ -1,13 +1,15 @@
 """``dermgate echo --config FILE [--json]``: which of DermGate's SOP classes each PACS takes.
 
 For every ``[[destinations]]`` entry it opens one association proposing Verification
-and every (SOP class, transfer syntax) DermGate writes
-(:data:`gateway.dicom.sop_classes.WRITTEN`, one presentation context each, as the
-forwarder proposes them), sends a C-ECHO, releases the association, and prints what
-the receiver accepted and what it refused, by name and UID. A class it refuses is
-quarantined for that destination when a capture of it is sent (``fallback =
-"quarantine"``). The destinations are asked in parallel, each on a worker thread
-(pynetdicom blocks); nothing is written anywhere.
+and every (SOP class, transfer syntax) DermGate writes or derives
+(:data:`gateway.forward.contexts.STORAGE_CONTEXTS`, one presentation context each,
+as the forwarder proposes them), sends a C-ECHO, releases the association, and
+prints what the receiver accepted and what it refused, by name and UID. A class it
+refuses is quarantined for that destination when a capture of it is sent
+(``fallback = "quarantine"``), or sent as its derived object when the receiver takes
+that class (``fallback = "compatible"``: so the Secondary Capture row says whether
+confocal stacks can go that way). The destinations are asked in parallel, each on a
+worker thread (pynetdicom blocks); nothing is written anywhere.
 
 A DICOMweb destination (``kind = "dicomweb"``) has no presentation contexts: it is
 asked one QIDO-RS query with its credentials, and the line says whether it answered
@@ -31,7 +33,8 @@ from typing import Any
 
 from gateway.core.config import ConfigError, DermGateConfig, DicomDestination, DicomwebDestination
 from gateway.core.errors import DeliveryError
-from gateway.dicom.sop_classes import WRITTEN, uid_name
+from gateway.dicom.sop_classes import uid_name
+from gateway.forward.contexts import STORAGE_CONTEXTS
 from gateway.forward.cstore import CStoreSender, Negotiation
 from gateway.forward.stow import StowSender
 from gateway.service.config import load_config
@@ -56,7 +59,10 @@ async def _negotiate_all(config: DermGateConfig) -> list[dict[str, Any]]:
         if isinstance(destination, DicomwebDestination):
             return web_report(destination, await StowSender(destination).probe())
         sender = CStoreSender(calling, destination)
-        return report(destination, await asyncio.to_thread(sender.negotiate, WRITTEN))
+        return report(
+            destination,
+            await asyncio.to_thread(sender.negotiate, tuple(STORAGE_CONTEXTS.items())),
+        )
 
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(one(d)) for d in config.destinations]

@@ -128,6 +128,10 @@ def _print_show(details: dict[str, Any], out: TextIO) -> None:
     for delivery in details["deliveries"]:
         print(f"Destination {delivery['destination']}", file=out)
         line("State", delivery["state"], "  ")
+        sent_as = delivery["sent_as"]
+        verb = "Sent as" if delivery["state"] in ("SENT", "COMMITTED") else "To send as"
+        if sent_as["derived"] or verb == "Sent as":
+            line(verb, sent_as["text"], "  ")
         line("Attempts", delivery["attempts"], "  ")
         line("Next attempt", delivery["next_attempt_at"], "  ")
         line("Last error", delivery["last_error"], "  ")

@@ -32,12 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.core.procedure_step import StepError, StepErrorCode
-from gateway.dicom import network  # noqa: F401  (pynetdicom fixes, on import)
 from gateway.dicom.mpps import MPPS_SOP_CLASS
+from gateway.dicom.network import dermgate_ae
 
 __all__ = ["SendOutcome", "StepSender", "judge_status"]
 
@@ -83,7 +82,7 @@ class StepSender:
         return f"{self.called_ae}@{self.host}:{self.port}"
 
     def _associate(self) -> Any:
-        ae = AE(ae_title=self.calling_ae)
+        ae = dermgate_ae(self.calling_ae)
         ae.add_requested_context(MPPS_SOP_CLASS)
         # Verification too: an SCP that refuses MPPS (Orthanc) then still accepts the
         # association, and says so by rejecting the MPPS context (not_accepted), where

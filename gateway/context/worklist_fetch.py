@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from datetime import date
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 
 from gateway.context.worklist import Decoded, WorklistFilter, build_query, decode_items
 from gateway.core.config.context import WorklistSettings
 from gateway.core.context import WorklistEntry
+from gateway.dicom.network import dermgate_ae
 
 __all__ = ["WorklistAnswer", "WorklistError", "WorklistFailure", "fetch_worklist"]
 
@@ -84,7 +84,7 @@ def _query(
     settings: WorklistSettings, calling_ae: str, wanted: WorklistFilter
 ) -> tuple[list[Dataset], bool]:
     """Blocking: one association, one C-FIND; (identifiers, truncated)."""
-    ae = AE(ae_title=calling_ae)
+    ae = dermgate_ae(calling_ae)
     ae.connection_timeout = settings.timeout
     ae.acse_timeout = settings.timeout
     ae.dimse_timeout = settings.timeout

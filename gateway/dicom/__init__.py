@@ -8,11 +8,14 @@ written object with another context); JPEG encapsulation
 (:mod:`.jpeg`); the one Part 10 writer every builder uses (:mod:`.part10`); and
 the one module that picks the writer for a capture (:mod:`.writers`), used by the
 wrapping stage and by intake's inline JPEG path; the Modality Performed Procedure
-Step datasets (:mod:`.mpps`); and the pynetdicom settings every DIMSE user of the
-box shares (:mod:`.network`). Pure builders: no ledger, no network.
+Step datasets (:mod:`.mpps`); the derived objects of a widely accepted class
+sent to a receiver that refuses the original's (:mod:`.compatible`); and the
+pynetdicom settings every DIMSE user of the box shares (:mod:`.network`). Pure
+builders: no ledger, no network.
 """
 
 __all__ = [
+    "compatible",
     "confocal",
     "confocal_sc",
     "confocal_stack",

@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Final, NoReturn
 
@@ -120,6 +121,9 @@ __all__ = [
     "SC_BITS",
     "SC_WORD_SOP_CLASS",
     "PixelRange",
+    "add_sc_equipment",
+    "add_sc_frame_vector",
+    "add_sc_multiframe_image",
     "build_confocal_sc",
     "pixel_data_header",
     "pixel_range",
@@ -197,10 +201,7 @@ def build_confocal_sc(job: WrapJob, stack: ConfocalStack, pixels: PixelRange) ->
 
     # General Equipment (device identity) and SC Equipment (DermGate made the object)
     add_enhanced_general_equipment(ds, job.identity, job.gateway, now=job.now)
-    ds.ConversionType = CONVERSION_TYPE
-    ds.SecondaryCaptureDeviceManufacturer = "DermGate"
-    ds.SecondaryCaptureDeviceManufacturerModelName = "DermGate gateway"
-    ds.SecondaryCaptureDeviceSoftwareVersions = [f"DermGate {job.gateway.software_version}"]
+    add_sc_equipment(ds, job.gateway.software_version)
 
     # General Image
     ds.InstanceNumber = 1
@@ -233,12 +234,7 @@ def build_confocal_sc(job: WrapJob, stack: ConfocalStack, pixels: PixelRange) ->
     _add_frame_vector(ds, stack)
 
     # SC Image, SC Multi-frame Image
-    ds.DateOfSecondaryCapture = da(job.now)
-    ds.TimeOfSecondaryCapture = tm(job.now)
-    ds.PresentationLUTShape = "IDENTITY"
-    ds.RescaleIntercept = "0"
-    ds.RescaleSlope = "1"
-    ds.RescaleType = "US"
+    add_sc_multiframe_image(ds, job.now)
 
     # VOI LUT: the range the device used (LINEAR: PS3.3 C.11.2.1.2.1)
     width = pixels.largest - pixels.smallest + 1
@@ -251,24 +247,59 @@ def build_confocal_sc(job: WrapJob, stack: ConfocalStack, pixels: PixelRange) ->
     return ds
 
 
+def add_sc_equipment(ds: Dataset, software_version: str) -> None:
+    """SC Equipment: Conversion Type DI, DermGate as the Secondary Capture Device."""
+    ds.ConversionType = CONVERSION_TYPE
+    ds.SecondaryCaptureDeviceManufacturer = "DermGate"
+    ds.SecondaryCaptureDeviceManufacturerModelName = "DermGate gateway"
+    ds.SecondaryCaptureDeviceSoftwareVersions = [f"DermGate {software_version}"]
+
+
+def add_sc_multiframe_image(ds: Dataset, captured: datetime) -> None:
+    """SC Image (Date/Time of Secondary Capture) and the fixed values of SC
+    Multi-frame Image for MONOCHROME2 (Presentation LUT Shape, Rescale)."""
+    ds.DateOfSecondaryCapture = da(captured)
+    ds.TimeOfSecondaryCapture = tm(captured)
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.RescaleIntercept = "0"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "US"
+
+
 def _add_frame_vector(ds: Dataset, stack: ConfocalStack) -> None:
-    """SC Multi-frame Vector and the Frame Increment Pointer that names it.
+    if stack.kind == "z-stack":
+        depths = [format_number_as_ds(d / _UM_PER_MM) for d in stack.depths_um]
+        add_sc_frame_vector(ds, stack.frames, depths_mm=depths)
+    else:
+        labels = [f"r{row + 1}c{column + 1}" for row, column in stack.tiles]
+        add_sc_frame_vector(ds, stack.frames, labels=labels)
+
+
+def add_sc_frame_vector(
+    ds: Dataset,
+    frames: int,
+    *,
+    depths_mm: list[str] | None = None,
+    labels: list[str] | None = None,
+) -> None:
+    """SC Multi-frame Vector and the Frame Increment Pointer that names it: Slice
+    Location Vector for a z-stack's depths (mm, DS strings), else Frame Label Vector
+    for a mosaic's tile labels.
 
     Both are 1C "more than one frame", and dciodvfy reports them as errors in a
     one-frame object ("present when condition unsatisfied"): a single frame gets
-    neither; its depth or tile is said in Image Comments.
+    neither; its depth or tile is said in Image Comments. Raises WrapError when the
+    vector cannot fit one short-length element.
     """
-    if stack.frames == 1:
+    if frames == 1:
         return
-    if stack.frames > (_MAX_SHORT_VALUE + 1) // 2:  # a value is 1 character and a "\\"
-        _refuse_vector(stack.frames, "frame values")  # before making one value per frame
-    if stack.kind == "z-stack":
-        depths = [format_number_as_ds(d / _UM_PER_MM) for d in stack.depths_um]
-        _check_vector_length(depths, "frame depths")
-        ds.SliceLocationVector = depths
+    if frames > (_MAX_SHORT_VALUE + 1) // 2:  # a value is 1 character and a "\\"
+        _refuse_vector(frames, "frame values")
+    if depths_mm is not None:
+        _check_vector_length(depths_mm, "frame depths")
+        ds.SliceLocationVector = depths_mm
         ds.FrameIncrementPointer = SLICE_LOCATION_VECTOR
-    else:
-        labels = [f"r{row + 1}c{column + 1}" for row, column in stack.tiles]
+    elif labels is not None:
         _check_vector_length(labels, "tile labels")
         ds.FrameLabelVector = labels
         ds.FrameIncrementPointer = FRAME_LABEL_VECTOR

@@ -12,9 +12,26 @@ import contextlib
 import logging
 import socket
 
+from pynetdicom import AE
 from pynetdicom.transport import AssociationSocket
 
-__all__ = ["quiet_pynetdicom"]
+from gateway.core.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+__all__ = ["dermgate_ae", "quiet_pynetdicom"]
+
+
+def dermgate_ae(ae_title: str) -> AE:
+    """A pynetdicom AE that introduces itself as DermGate.
+
+    Every association DermGate requests or accepts carries DermGate's Implementation
+    Class UID and Version Name (the ones in the files it writes), not pynetdicom's: a
+    PACS administrator reading their log, or a receiver with per-implementation
+    workarounds, sees who is calling.
+    """
+    ae = AE(ae_title=ae_title)
+    ae.implementation_class_uid = DERMGATE_IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return ae
 
 
 def quiet_pynetdicom() -> None:

@@ -21,11 +21,12 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
     VLPhotographicImageStorage,
 )
 
-__all__ = ["WRITTEN", "uid_name"]
+__all__ = ["COMPATIBLE", "NO_SUBSTITUTE", "WRITTEN", "uid_name"]
 
 _JPEG: Final = (str(JPEGBaseline8Bit), str(JPEGExtended12Bit))
 _NATIVE: Final = (str(ExplicitVRLittleEndian),)
@@ -41,6 +42,24 @@ WRITTEN: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     (str(EncapsulatedSTLStorage), _NATIVE),
 )
 """(SOP Class UID, transfer syntax UIDs it is written in), in the order they are proposed."""
+
+
+COMPATIBLE: Final[dict[str, str]] = {
+    str(DermoscopicPhotographyImageStorage): str(VLPhotographicImageStorage),
+    str(ConfocalMicroscopyImageStorage): str(MultiFrameGrayscaleByteSecondaryCaptureImageStorage),
+    str(ConfocalMicroscopyTiledPyramidalImageStorage): str(
+        MultiFrameGrayscaleByteSecondaryCaptureImageStorage
+    ),
+}
+"""SOP class → the widely accepted class its derived object has (``fallback =
+"compatible"``, :mod:`gateway.dicom.compatible`), in the same transfer syntax, with
+the same pixels. Multi-frame Grayscale Byte SC is written only as such a copy, so it
+is not in :data:`WRITTEN` (which lists what a capture is wrapped as)."""
+
+NO_SUBSTITUTE: Final[frozenset[str]] = frozenset(
+    {str(EncapsulatedOBJStorage), str(EncapsulatedMTLStorage), str(EncapsulatedSTLStorage)}
+)
+"""Classes with no lossless substitute: a receiver that refuses them gets nothing."""
 
 
 def uid_name(uid: str) -> str:

@@ -5,6 +5,7 @@ front that bounds every inbound connection.
 
 __all__ = [
     "commitment",
+    "compatible_copies",
     "contexts",
     "cstore",
     "forwarder",
@@ -12,5 +13,6 @@ __all__ = [
     "listener_front",
     "overdue",
     "peer_check",
+    "refusals",
     "stream",
 ]

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StorageCommitmentPushModel,
     Verification,
@@ -45,6 +45,7 @@ from gateway.core.backoff import Backoff
 from gateway.core.config import DicomDestination
 from gateway.core.events import NO_EVENTS, CaptureCommitted, CaptureQuarantined, EventSink
 from gateway.core.uids import new_uid
+from gateway.dicom.network import dermgate_ae
 from gateway.forward.listener_front import ASSOCIATIONS_TOTAL, MAX_PDU, ListenerFront
 from gateway.forward.peer_check import Address, PeerCheck
 from gateway.spool import commitments as cdb
@@ -113,7 +114,7 @@ class CommitmentListener:
     async def run(self, ready: Callable[[], None]) -> None:
         """Serve until cancelled: pynetdicom on loopback, behind the bounded front."""
         self._loop = asyncio.get_running_loop()
-        ae = AE(ae_title=self._ae_title)
+        ae = dermgate_ae(self._ae_title)
         ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
         ae.add_supported_context(Verification)
         ae.acse_timeout = 30
@@ -334,7 +335,7 @@ class CommitmentRequester:
     def _request(self, txn: str, batch: list[CommitCandidate]) -> str | None:
         """N-ACTION (blocking); None on success, else the reason."""
         d = self.destination
-        ae = AE(ae_title=self._calling_ae)
+        ae = dermgate_ae(self._calling_ae)
         ae.add_requested_context(StorageCommitmentPushModel)
         ae.connection_timeout = d.connect_timeout
         ae.acse_timeout = d.acse_timeout

@@ -10,7 +10,13 @@ distinct (SOP class, transfer syntax) pair of the batch it carries, each with th
 single transfer syntax the spooled file is encoded in (:func:`storage_contexts`;
 files are sent as they were written, never converted). :data:`STORAGE_CONTEXTS`
 is every pair a DermGate writer can produce (:data:`gateway.dicom.sop_classes.WRITTEN`,
-which ``dermgate echo`` proposes whole). The other services propose or accept
+which ``dermgate echo`` proposes whole) plus the classes of the derived objects a
+destination with ``fallback = "compatible"`` is sent instead
+(:data:`gateway.dicom.sop_classes.COMPATIBLE`, in the original's transfer syntax):
+for such a destination, each pair of a batch whose class has a compatible class
+also proposes that class in the same syntax (:func:`storage_contexts` with
+``compatible=True``), so the association says at once whether the fallback can go.
+The other services propose or accept
 their SOP class with pynetdicom's default transfer syntaxes
 (:data:`DEFAULT_SYNTAXES`).
 """
@@ -23,7 +29,7 @@ from typing import Final
 from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
 
 from gateway.dicom.mpps import MPPS_SOP_CLASS
-from gateway.dicom.sop_classes import WRITTEN
+from gateway.dicom.sop_classes import COMPATIBLE, WRITTEN
 
 __all__ = [
     "DEFAULT_SYNTAXES",
@@ -35,8 +41,18 @@ __all__ = [
     "storage_contexts",
 ]
 
-STORAGE_CONTEXTS: Final[Mapping[str, tuple[str, ...]]] = dict(WRITTEN)
-"""Every storage SOP class DermGate writes → the transfer syntaxes its files are in."""
+
+def _with_compatible() -> dict[str, tuple[str, ...]]:
+    contexts = dict(WRITTEN)
+    for original, derived in COMPATIBLE.items():
+        known = contexts.get(derived, ())
+        contexts[derived] = known + tuple(s for s in contexts[original] if s not in known)
+    return contexts
+
+
+STORAGE_CONTEXTS: Final[Mapping[str, tuple[str, ...]]] = _with_compatible()
+"""Every storage SOP class DermGate writes or derives → the transfer syntaxes its
+files are in."""
 
 VERIFICATION: Final = "1.2.840.10008.1.1"
 """Verification SOP Class (C-ECHO): SCU towards each peer, SCP on our listener."""
@@ -51,11 +67,18 @@ DEFAULT_SYNTAXES: Final[tuple[str, ...]] = tuple(str(s) for s in DEFAULT_TRANSFE
 """pynetdicom's default transfer syntaxes, proposed by every non-storage context."""
 
 
-def storage_contexts(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+def storage_contexts(
+    pairs: Iterable[tuple[str, str]], *, compatible: bool = False
+) -> list[tuple[str, str]]:
     """The presentation contexts one C-STORE association proposes for a batch.
 
     ``pairs`` are the batch's (SOP Class UID, Transfer Syntax UID), one per
     instance; the answer has each distinct pair once, sorted: one context per pair,
-    proposing that single transfer syntax.
+    proposing that single transfer syntax. With ``compatible`` (the destination's
+    ``fallback = "compatible"``), a pair whose class has a compatible class also
+    brings (compatible class, same syntax).
     """
-    return sorted(set(pairs))
+    wanted = set(pairs)
+    if compatible:
+        wanted |= {(COMPATIBLE[c], ts) for c, ts in wanted if c in COMPATIBLE}
+    return sorted(wanted)

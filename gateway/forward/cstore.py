@@ -35,9 +35,17 @@ A SOP class the PACS does not take is known at association time: its presentatio
 context comes back rejected. Such an instance is not sent; its outcome is PERMANENT
 with the code ``NOT_ACCEPTED`` and the reason :func:`not_accepted_reason` (the
 destination's ``fallback = "quarantine"``), and the other instances of the batch
-go on the same association. A PACS that accepts none of the proposed contexts
-answers the association request, but pynetdicom then aborts it: that too is a
-refusal of those classes, not an unreachable PACS.
+go on the same association. With ``fallback = "compatible"`` the association also
+proposes the compatible class of each class in the batch
+(:func:`~gateway.forward.contexts.storage_contexts`); when the original's context
+is refused and the compatible one accepted, the request's derived object
+(:class:`CompatibleCopy`) is sent instead on the same association if it is already
+on disk, else the outcome is ``DERIVE`` (the forwarder derives it off the
+association and sends it at once). A class without a substitute (OBJ/MTL/STL), or
+whose substitute is refused too, is PERMANENT with the reason, which says so.
+A PACS that accepts none of the proposed contexts answers the association request,
+but pynetdicom then aborts it: that too is a refusal of those classes, not an
+unreachable PACS.
 
 PERMANENT means retrying the same bytes cannot help: the capture is quarantined
 with the reason and stays in the spool until a technician acts. Everything else is
@@ -54,7 +62,7 @@ import enum
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +71,20 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.core.config import DicomDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
-from gateway.dicom import network  # noqa: F401  (pynetdicom fixes, on import)
-from gateway.dicom.sop_classes import uid_name
+from gateway.dicom.network import dermgate_ae
+from gateway.dicom.sop_classes import NO_SUBSTITUTE, uid_name
 from gateway.forward.contexts import storage_contexts
+
+# The reasons live in gateway.forward.refusals; re-exported for callers of this module.
+from gateway.forward.refusals import (
+    no_substitute_reason as no_substitute_reason,
+)
+from gateway.forward.refusals import (
+    not_accepted_reason as not_accepted_reason,
+)
+from gateway.forward.refusals import (
+    substitute_refused_reason as substitute_refused_reason,
+)
 from gateway.forward.stream import stream_c_store
 
 log = logging.getLogger(__name__)
@@ -84,6 +103,9 @@ class Verdict(enum.Enum):
     RETRYABLE = "retryable"
     PERMANENT = "permanent"
     NOT_ATTEMPTED = "not-attempted"
+    DERIVE = "derive"
+    """Not sent: the class is refused but its compatible class accepted, and the
+    derived object is not written yet."""
 
     @property
     def delivered(self) -> bool:
@@ -118,6 +140,19 @@ class StoreRequest:
     path: Path
     sop_class_uid: str
     transfer_syntax_uid: str
+    compatible: CompatibleCopy | None = None
+    """What to send instead if the PACS refuses ``sop_class_uid`` (``fallback =
+    "compatible"``); None: nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompatibleCopy:
+    """The derived object of a request: its class, SOP Instance UID and file (which
+    may not exist yet); same transfer syntax as the original."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    path: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +172,10 @@ class StoreOutcome:
     status: int | None = None
     unreachable: bool = False
     code: DeliveryErrorCode | None = None
+    sent: CompatibleCopy | None = None
+    """The derived object stored instead of the original (None: the original)."""
+    derive: StoreRequest | None = None
+    """With ``DERIVE``: the request whose compatible copy is to be written."""
     retry_after: float | None = None
     confirmed: bool = False
 
@@ -146,24 +185,6 @@ class StoreOutcome:
         if self.code is None:
             return None
         return DeliveryError(self.code, self.detail, self.status)
-
-
-def not_accepted_reason(sop_class_uid: str, transfer_syntax_uid: str | None = None) -> str:
-    """Why an instance was not sent: the PACS took no context for its SOP class.
-
-    With ``transfer_syntax_uid``: the PACS takes the class, but not in that syntax.
-    Names and UIDs only, never the peer's words or patient data.
-    """
-    name = uid_name(sop_class_uid)
-    if transfer_syntax_uid is None:
-        return (
-            f"the PACS does not accept {name}; set fallback or ask the PACS administrator "
-            f"to accept {sop_class_uid}"
-        )
-    return (
-        f"the PACS does not accept {name} in {uid_name(transfer_syntax_uid)}; ask the PACS "
-        f"administrator to accept {sop_class_uid} in {transfer_syntax_uid}"
-    )
 
 
 def accepted_pairs(assoc: Any) -> set[tuple[str, str]]:
@@ -208,7 +229,7 @@ class CStoreSender:
         self.destination = destination
 
     def _ae(self) -> AE:
-        ae = AE(ae_title=self.calling_ae)
+        ae = dermgate_ae(self.calling_ae)
         d = self.destination
         ae.connection_timeout = d.connect_timeout
         ae.acse_timeout = d.acse_timeout
@@ -302,13 +323,14 @@ class CStoreSender:
 
         ae = self._ae()
         for sop_class, syntax in storage_contexts(
-            (r.sop_class_uid, r.transfer_syntax_uid) for r in requests
+            ((r.sop_class_uid, r.transfer_syntax_uid) for r in requests),
+            compatible=self.destination.fallback == "compatible",
         ):
             ae.add_requested_context(sop_class, [syntax])
         assoc = self._associate(ae)
         if refused_everything(assoc):
             for r in requests:
-                done(self._not_accepted(r, set()))
+                done(self._refused(assoc, r, set()))
             return outcomes
         if not assoc.is_established:
             error = self._unavailable(assoc)
@@ -330,7 +352,7 @@ class CStoreSender:
                 if stop.is_set() or not assoc.is_established:
                     break
                 if (request.sop_class_uid, request.transfer_syntax_uid) not in accepted:
-                    done(self._not_accepted(request, accepted))
+                    done(self._refused(assoc, request, accepted))
                     continue
                 done(self._store_one(assoc, request))
         finally:
@@ -349,6 +371,44 @@ class CStoreSender:
                     )
                 )
         return outcomes
+
+    def _refused(
+        self, assoc: Any, request: StoreRequest, accepted: set[tuple[str, str]]
+    ) -> StoreOutcome:
+        """The original's context was refused: send its compatible copy if the PACS
+        took that class (``DERIVE`` when the copy is not written yet), else refuse."""
+        copy = request.compatible
+        if self.destination.fallback != "compatible":
+            return self._not_accepted(request, accepted)
+        if copy is None:
+            if request.sop_class_uid not in NO_SUBSTITUTE:
+                return self._not_accepted(request, accepted)
+            return StoreOutcome(
+                request.spool_id,
+                Verdict.PERMANENT,
+                no_substitute_reason(request.sop_class_uid),
+                code=DeliveryErrorCode.NOT_ACCEPTED,
+            )
+        if (copy.sop_class_uid, request.transfer_syntax_uid) not in accepted:
+            return StoreOutcome(
+                request.spool_id,
+                Verdict.PERMANENT,
+                substitute_refused_reason(request.sop_class_uid, copy.sop_class_uid),
+                code=DeliveryErrorCode.NOT_ACCEPTED,
+            )
+        if not copy.path.exists():
+            return StoreOutcome(
+                request.spool_id,
+                Verdict.DERIVE,
+                f"{uid_name(request.sop_class_uid)} refused; {uid_name(copy.sop_class_uid)} "
+                "accepted: deriving",
+                derive=request,
+            )
+        substitute = StoreRequest(
+            request.spool_id, copy.path, copy.sop_class_uid, request.transfer_syntax_uid
+        )
+        outcome = self._store_one(assoc, substitute)
+        return replace(outcome, sent=copy) if outcome.verdict.delivered else outcome
 
     def _not_accepted(self, request: StoreRequest, accepted: set[tuple[str, str]]) -> StoreOutcome:
         """The PACS took no context for this instance: PERMANENT, with the reason."""

@@ -45,7 +45,8 @@ from gateway.core.events import (
     CaptureQuarantined,
     EventSink,
 )
-from gateway.forward.cstore import StoreOutcome, StoreRequest, Verdict
+from gateway.forward.compatible_copies import CompatibleCopies
+from gateway.forward.cstore import StoreOutcome, Verdict
 from gateway.forward.senders import Sender, sender_for
 from gateway.spool import ledger as db
 from gateway.spool.clock import clamp_retry_times
@@ -79,6 +80,7 @@ class Forwarder:
         self.destination = destination
         self._on_sent = on_sent
         self._sender = sender or sender_for(calling_ae, destination)
+        self._copies = CompatibleCopies(ledger, dirs, destination)
         self.wanted = asyncio.Event()
         self._stop = threading.Event()
         self._claim_lock = asyncio.Lock()
@@ -213,17 +215,9 @@ class Forwarder:
 
     async def _send(self, due: list[DueDelivery]) -> None:
         """Send one batch; each outcome is recorded as soon as it is known."""
-        requests = [
-            StoreRequest(
-                spool_id=d.spool_id,
-                path=self._dirs.dicom / d.dicom_name,
-                sop_class_uid=d.sop_class_uid,
-                transfer_syntax_uid=d.transfer_syntax_uid,
-            )
-            for d in due
-        ]
+        requests = [await self._copies.request(d) for d in due]
         attempts = {d.spool_id: d.attempts for d in due}
-        classes = {d.spool_id: d.sop_class_uid for d in due}
+        classes = {d.spool_id: d.sent_sop_class_uid or d.sop_class_uid for d in due}
         loop = asyncio.get_running_loop()
         arrived: asyncio.Queue[StoreOutcome | None] = asyncio.Queue()
 
@@ -279,7 +273,15 @@ class Forwarder:
                 return
 
     async def _record_one(self, outcome: StoreOutcome, attempts: int, sop_class: str = "") -> None:
+        if outcome.verdict is Verdict.DERIVE:
+            outcome = await self._copies.derive(outcome)
+            if outcome.verdict is Verdict.DERIVE:
+                self.wanted.set()  # derived: send it now
+                return
         if outcome.verdict.delivered:
+            if outcome.sent is not None:
+                await self._copies.remember(outcome.spool_id, outcome.sent)
+                sop_class = outcome.sent.sop_class_uid
             await self._ledger.call(db.record_sent, outcome.spool_id, self.name)
             if outcome.confirmed:  # the answer itself confirms it (STOW-RS, "response")
                 await self._ledger.call(commit_delivery, outcome.spool_id, self.name)

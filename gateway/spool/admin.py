@@ -9,7 +9,8 @@ DICOM file is read only by ``show --reveal``, in the command module.
 Retry rules (the way out of QUARANTINED once a technician has acted), applied in one
 ledger transaction, under the write lock, after re-reading the capture:
 
-* the capture must be QUARANTINED, else :class:`NotPossible`;
+* the capture must be QUARANTINED, or have a FAILED delivery (a destination refused
+  it while others still get it), else :class:`NotPossible`;
 * it has no DICOM file to send — it was never wrapped (``dicom_name`` is NULL), its
   quarantine came from wrapping (no delivery rows), or the DICOM file is gone — and
   its raw device file exists → CAPTURED: the service wraps it again, with the same
@@ -19,8 +20,9 @@ ledger transaction, under the write lock, after re-reading the capture:
   instance (nothing pending) the state is derived from the deliveries (SENT or
   COMMITTED) instead;
 * in both cases every FAILED delivery goes back to PENDING with ``next_attempt_at`` =
-  now, ``commit_failures`` = 0, ``commit_txn`` = NULL and ``last_error`` = "retry
-  requested by technician", and the ``reason`` column is cleared;
+  now, ``commit_failures`` = 0, ``commit_txn`` = NULL, ``last_error`` = "retry
+  requested by technician" and no derived object chosen (the class is negotiated
+  again: the PACS may take the original now), and the ``reason`` column is cleared;
 * neither raw nor DICOM file exists → :class:`NotPossible`, "nothing left to send".
 
 The service's forwarders poll the ledger at least every 60 s, so a retried capture
@@ -132,13 +134,17 @@ class DeliveryRecord:
     commit_txn: str | None
     sent_at: str | None
     committed_at: str | None
+    sent_sop_class_uid: str | None = None
+    """The derived object's class this destination gets instead (None: the capture)."""
+    sent_sop_instance_uid: str | None = None
 
 
 def deliveries(conn: sqlite3.Connection, spool_id: int) -> list[DeliveryRecord]:
     """The capture's deliveries, by destination name."""
     rows = conn.execute(
         "SELECT destination, state, attempts, next_attempt_at, last_error, commit_failures, "
-        "commit_txn, sent_at, committed_at FROM deliveries WHERE capture_id = ? "
+        "commit_txn, sent_at, committed_at, sent_sop_class_uid, sent_sop_instance_uid "
+        "FROM deliveries WHERE capture_id = ? "
         "ORDER BY destination",
         (spool_id,),
     ).fetchall()
@@ -153,6 +159,8 @@ def deliveries(conn: sqlite3.Connection, spool_id: int) -> list[DeliveryRecord]:
             commit_txn=r["commit_txn"],
             sent_at=r["sent_at"],
             committed_at=r["committed_at"],
+            sent_sop_class_uid=r["sent_sop_class_uid"],
+            sent_sop_instance_uid=r["sent_sop_instance_uid"],
         )
         for r in rows
     ]
@@ -226,7 +234,13 @@ def _retry_locked(
     stamp: str,
 ) -> RetryOutcome:
     entry = find_entry(conn, ref)
-    if entry.state is not CaptureState.QUARANTINED:
+    failed = conn.execute(
+        "SELECT 1 FROM deliveries WHERE capture_id = ? AND state = ? LIMIT 1",
+        (entry.spool_id, DeliveryState.FAILED),
+    ).fetchone()
+    if entry.state is not CaptureState.QUARANTINED and not (
+        failed is not None and entry.state in (CaptureState.WRAPPED, CaptureState.SENT)
+    ):
         raise NotPossible(
             f"spool id {entry.spool_id} is {entry.state}, not QUARANTINED: "
             "only a quarantined capture can be retried"
@@ -261,7 +275,8 @@ def _retry_locked(
     ]
     conn.execute(
         "UPDATE deliveries SET state = ?, next_attempt_at = ?, commit_failures = 0, "
-        "commit_txn = NULL, last_error = ?, error_code = NULL, error_status = NULL "
+        "commit_txn = NULL, last_error = ?, error_code = NULL, error_status = NULL, "
+        "sent_sop_class_uid = NULL, sent_sop_instance_uid = NULL "
         "WHERE capture_id = ? AND state = ?",
         (DeliveryState.PENDING, now, RETRY_NOTE, entry.spool_id, DeliveryState.FAILED),
     )

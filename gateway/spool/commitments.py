@@ -76,9 +76,11 @@ class ReportOutcome:
 
 
 def uncommitted(conn: sqlite3.Connection, destination: str, limit: int) -> list[CommitCandidate]:
-    """SENT deliveries to ``destination`` that no open transaction asks about."""
+    """SENT deliveries to ``destination`` that no open transaction asks about, with
+    the class and instance actually sent there (a derived object's, if it was one)."""
     rows = conn.execute(
-        "SELECT d.capture_id, c.sop_class_uid, c.sop_instance_uid FROM deliveries d "
+        "SELECT d.capture_id, COALESCE(d.sent_sop_class_uid, c.sop_class_uid), "
+        "COALESCE(d.sent_sop_instance_uid, c.sop_instance_uid) FROM deliveries d "
         "JOIN captures c ON c.id = d.capture_id WHERE d.destination = ? AND d.state = ? "
         "AND d.commit_txn IS NULL AND c.state != ? ORDER BY d.capture_id LIMIT ?",
         (destination, DeliveryState.SENT, CaptureState.QUARANTINED, limit),
@@ -186,12 +188,16 @@ def transaction_destination(conn: sqlite3.Connection, transaction_uid: str) -> s
 
 
 def _asked(conn: sqlite3.Connection, transaction_uid: str) -> dict[str, int]:
-    """SOP Instance UID → capture id of every instance the transaction asked about."""
+    """SOP Instance UID → capture id of every instance the transaction asked about
+    (the derived object's UID where the destination was sent one)."""
     return {
         str(uid): int(spool_id)
         for uid, spool_id in conn.execute(
-            "SELECT c.sop_instance_uid, c.id FROM commitment_items i JOIN captures c "
-            "ON c.id = i.capture_id WHERE i.transaction_uid = ?",
+            "SELECT COALESCE(d.sent_sop_instance_uid, c.sop_instance_uid), c.id "
+            "FROM commitment_items i JOIN captures c ON c.id = i.capture_id "
+            "JOIN commitments t ON t.transaction_uid = i.transaction_uid "
+            "LEFT JOIN deliveries d ON d.capture_id = i.capture_id "
+            "AND d.destination = t.destination WHERE i.transaction_uid = ?",
             (transaction_uid,),
         )
     }

@@ -23,6 +23,7 @@ __all__ = [
     "record_refused",
     "record_retry",
     "record_sent",
+    "record_substitute",
     "refresh_capture_state",
     "retry_now",
     "stuck_count",
@@ -40,6 +41,10 @@ class DueDelivery:
     sop_class_uid: str
     transfer_syntax_uid: str
     dicom_name: str
+    sent_sop_class_uid: str | None = None
+    """The class of the derived object this destination gets instead (``fallback =
+    "compatible"``); None: the capture itself."""
+    sent_sop_instance_uid: str | None = None
 
 
 def add_missing_deliveries(
@@ -64,7 +69,8 @@ def due_deliveries(
     """Pending deliveries to ``destination`` whose time has come, newest capture first."""
     rows = conn.execute(
         "SELECT d.capture_id, d.destination, d.attempts, c.sop_instance_uid, c.sop_class_uid, "
-        "c.transfer_syntax_uid, c.dicom_name FROM deliveries d JOIN captures c "
+        "c.transfer_syntax_uid, c.dicom_name, d.sent_sop_class_uid, d.sent_sop_instance_uid "
+        "FROM deliveries d JOIN captures c "
         "ON c.id = d.capture_id WHERE d.destination = ? AND d.state = ? AND c.state = ? "
         "AND d.next_attempt_at <= ? ORDER BY d.attempts ASC, d.capture_id DESC LIMIT ?",
         (destination, DeliveryState.PENDING, CaptureState.WRAPPED, now, limit),
@@ -78,6 +84,8 @@ def due_deliveries(
             sop_class_uid=r["sop_class_uid"],
             transfer_syntax_uid=r["transfer_syntax_uid"],
             dicom_name=r["dicom_name"],
+            sent_sop_class_uid=r["sent_sop_class_uid"],
+            sent_sop_instance_uid=r["sent_sop_instance_uid"],
         )
         for r in rows
     ]
@@ -99,7 +107,11 @@ def refresh_capture_state(conn: sqlite3.Connection, spool_id: int, now: str) -> 
 
     All deliveries COMMITTED → COMMITTED; all SENT or COMMITTED → SENT; any still
     PENDING → WRAPPED (a capture goes back to WRAPPED when the PACS reports that it
-    could not commit it and it is sent again). QUARANTINED captures are left alone.
+    could not commit it and it is sent again). A FAILED delivery (a destination
+    refused the capture) holds back only itself: the others go on, and once none is
+    PENDING or SENT any more the capture is QUARANTINED (its reason, set by
+    :func:`record_refused`, names the destination), so it is never COMMITTED, nor
+    purged, while a delivery is FAILED. QUARANTINED captures are left alone.
     """
     counts = dict(
         conn.execute(
@@ -108,9 +120,16 @@ def refresh_capture_state(conn: sqlite3.Connection, spool_id: int, now: str) -> 
         ).fetchall()
     )
     total = sum(counts.values())
-    if total == 0 or counts.get(DeliveryState.FAILED):
+    if total == 0:
         return
-    if counts.get(DeliveryState.COMMITTED, 0) == total:
+    if counts.get(DeliveryState.FAILED):
+        if counts.get(DeliveryState.PENDING):
+            state = CaptureState.WRAPPED
+        elif counts.get(DeliveryState.SENT):
+            state = CaptureState.SENT
+        else:
+            state = CaptureState.QUARANTINED
+    elif counts.get(DeliveryState.COMMITTED, 0) == total:
         state = CaptureState.COMMITTED
     elif counts.get(DeliveryState.PENDING, 0) == 0:
         state = CaptureState.SENT
@@ -166,7 +185,9 @@ def record_retry(
 def record_refused(
     conn: sqlite3.Connection, spool_id: int, destination: str, error: DeliveryError
 ) -> None:
-    """The destination refused the instance for good: quarantine the capture."""
+    """The destination refused the instance for good: that delivery FAILED, with the
+    reason on the capture; the capture is QUARANTINED once no other destination is
+    still to get or confirm it (:func:`refresh_capture_state`)."""
     now = utc_now_text()
     with transaction(conn):
         conn.execute(
@@ -175,13 +196,27 @@ def record_refused(
             (DeliveryState.FAILED, error.detail, error.code, error.status, spool_id, destination),
         )
         conn.execute(
-            "UPDATE captures SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
-            (
-                CaptureState.QUARANTINED,
-                f"{destination} refused it: {error.detail}",
-                now,
-                spool_id,
-            ),
+            "UPDATE captures SET reason = ?, updated_at = ? WHERE id = ?",
+            (f"{destination} refused it: {error.detail}", now, spool_id),
+        )
+        refresh_capture_state(conn, spool_id, now)
+
+
+def record_substitute(
+    conn: sqlite3.Connection,
+    spool_id: int,
+    destination: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    next_attempt_at: float,
+) -> None:
+    """``destination`` gets the derived object (class, instance) instead of the
+    capture from now on (``fallback = "compatible"``), from ``next_attempt_at``."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE deliveries SET sent_sop_class_uid = ?, sent_sop_instance_uid = ?, "
+            "next_attempt_at = MIN(next_attempt_at, ?) WHERE capture_id = ? AND destination = ?",
+            (sop_class_uid, sop_instance_uid, next_attempt_at, spool_id, destination),
         )
 
 

@@ -105,9 +105,29 @@ def capture_details(
                 "awaiting_commitment": r.commit_txn is not None,
                 "sent_at": r.sent_at,
                 "committed_at": r.committed_at,
+                "sent_as": _sent_as(r, entry.sop_class_uid, entry.uids.sop_instance),
             }
             for r in records
         ],
+    }
+
+
+def _sent_as(
+    record: admin.DeliveryRecord, sop_class_uid: str | None, sop_instance_uid: str
+) -> dict[str, Any]:
+    """Which object this destination gets: the capture, or a derived object of a
+    compatible class (``fallback = "compatible"``), and the words that say so."""
+    derived = record.sent_sop_class_uid is not None
+    uid = record.sent_sop_class_uid if derived else sop_class_uid
+    instance = record.sent_sop_instance_uid if derived else sop_instance_uid
+    name = sop_class_name(uid) or "unknown class"
+    text = f"{name} (derived, {instance})" if derived else name
+    return {
+        "sop_class_uid": uid,
+        "sop_class_name": name,
+        "sop_instance_uid": instance,
+        "derived": derived,
+        "text": text,
     }
 
 

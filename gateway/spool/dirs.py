@@ -14,7 +14,9 @@ class SpoolDirs:
 
     ``staging``: bytes still arriving from a device (never acknowledged);
     ``raw``: durable device captures, named by SOP Instance UID;
-    ``dicom``: the Part 10 files built from them.
+    ``dicom``: the Part 10 files built from them;
+    ``derived``: derived objects of a compatible class (``fallback = "compatible"``),
+    one per capture, named as its DICOM file; deleted with the capture.
     """
 
     def __init__(self, root: Path) -> None:
@@ -22,10 +24,11 @@ class SpoolDirs:
         self.staging = root / "staging"
         self.raw = root / "raw"
         self.dicom = root / "dicom"
+        self.derived = root / "derived"
 
     def create(self) -> None:
         """Create the folders (and make their creation durable)."""
-        for folder in (self.root, self.staging, self.raw, self.dicom):
+        for folder in (self.root, self.staging, self.raw, self.dicom, self.derived):
             folder.mkdir(parents=True, exist_ok=True)
         fsync_dir(self.root)
         fsync_dir(self.root.parent)

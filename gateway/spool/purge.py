@@ -142,8 +142,12 @@ class Purger:
         if candidate.dicom_name:
             with contextlib.suppress(FileNotFoundError):
                 (self._dirs.dicom / candidate.dicom_name).unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (self._dirs.derived / candidate.dicom_name).unlink()
         fsync_dir(self._dirs.raw)
         fsync_dir(self._dirs.dicom)
+        if self._dirs.derived.is_dir():
+            fsync_dir(self._dirs.derived)
 
     async def purge_once(self, now: datetime) -> int:
         """One pass; returns how many captures were purged."""

@@ -32,7 +32,8 @@ def unconfirmed(conn: sqlite3.Connection, destination: str, limit: int) -> list[
     """SENT deliveries to ``destination`` not yet confirmed (capture not quarantined),
     grouped by study (oldest send first within it)."""
     rows = conn.execute(
-        "SELECT d.capture_id, c.study_uid, c.sop_instance_uid, COALESCE(d.sent_epoch, 0) "
+        "SELECT d.capture_id, c.study_uid, COALESCE(d.sent_sop_instance_uid, c.sop_instance_uid), "
+        "COALESCE(d.sent_epoch, 0) "
         "FROM deliveries d JOIN captures c ON c.id = d.capture_id "
         "WHERE d.destination = ? AND d.state = ? AND d.commit_txn IS NULL AND c.state != ? "
         "ORDER BY c.study_uid, d.sent_epoch LIMIT ?",

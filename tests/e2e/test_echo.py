@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from gateway.demo.local_orthanc import OrthancProcess, free_port
-from gateway.dicom.sop_classes import WRITTEN
+from gateway.forward.contexts import STORAGE_CONTEXTS
 from tests.support.peers import MisbehavingPacs
 
 DERMOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.7"
@@ -83,7 +83,9 @@ def test_json_names_every_class_proposed_once_per_transfer_syntax(
     accepted = {(c["uid"], t["uid"]) for c in entry["accepted"] for t in c["transfer_syntaxes"]}
     refused = {(c["uid"], t["uid"]) for c in entry["refused"] for t in c["transfer_syntaxes"]}
     assert accepted == {(DERMOSCOPIC, "1.2.840.10008.1.2.4.50")}
-    assert accepted | refused == {(cls, ts) for cls, syntaxes in WRITTEN for ts in syntaxes}
+    assert accepted | refused == {
+        (cls, ts) for cls, syntaxes in STORAGE_CONTEXTS.items() for ts in syntaxes
+    }
     names = {c["uid"]: c["name"] for c in entry["refused"]}
     assert names[CONFOCAL] == "Confocal Microscopy Image Storage"
 
@@ -112,7 +114,7 @@ def test_an_unreachable_destination_exits_1_with_the_reason_and_the_others_are_l
 def test_a_bad_configuration_exits_2(tmp_path: Path) -> None:
     config = write_config(tmp_path, ("pacs", "ORTHANC", 4242))
     config.write_text(
-        config.read_text(encoding="utf-8") + 'fallback = "compatible"\n', encoding="utf-8"
+        config.read_text(encoding="utf-8") + 'fallback = "transcode"\n', encoding="utf-8"
     )
     done = echo(config)
     assert done.returncode == 2

@@ -4,19 +4,25 @@ Captures from the serial dermatoscope simulator reach Orthanc by STOW-RS and bec
 COMMITTED once QIDO-RS lists them (read-back), each stored exactly once (counted by
 SOP Instance UID in Orthanc). With Orthanc's own Basic auth, a wrong password is a
 plain, retried failure that never shows the password, and the captures go as soon
-as the password file is right. ``dermgate echo`` and the page's checks say whether a
-DICOMweb destination answers.
+as the password file is right. ``dermgate echo``, the page's "why" checks and MQTT say
+whether a DICOMweb destination answers, never with the password.
 """
 
 from __future__ import annotations
 
+import asyncio
+import html
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
+
 from gateway.core.config import DicomwebDestination
+from gateway.demo.local_orthanc import free_port
 from gateway.status.web.checks import FAIL, OK, check_web_destination
 from tests.support.dicomweb import DicomwebOrthanc, dicomweb_config
 from tests.support.gateway_process import GatewayProcess
@@ -25,6 +31,8 @@ from tests.support.simulator import SimulatorProcess
 from tests.support.spool import dermgate
 from tests.support.state import delivery_rows, ledger_rows, states
 from tests.support.waiting import wait_for
+from tests.support.web import PASSWORD as WEB_PASSWORD
+from tests.support.web import cookie_client, login_status, user_add
 
 PASSWORD = "s3cret-Pa55word"
 WRONG = "not-the-Pa55word"
@@ -138,3 +146,55 @@ def test_basic_auth_wrong_password_is_a_plain_retried_failure_without_the_secret
         assert secret not in log
         assert secret.encode() not in published
         assert secret not in refused.stdout + refused.stderr
+
+
+_WHY_ROW = re.compile(r'<tr class="(\w+)"><td>(DICOMweb store [^<]*)</td>(.*?)</tr>', re.S)
+
+
+def test_why_page_tells_a_refused_password_for_a_dicomweb_store_without_showing_it(
+    tmp_path: Path,
+    dicomweb_orthanc_factory: Callable[..., DicomwebOrthanc],
+    gateway_factory: Callable[[Path], GatewayProcess],
+) -> None:
+    store = dicomweb_orthanc_factory(users={"dermgate": PASSWORD})
+    password_file = tmp_path / "password"
+    password_file.write_text(WRONG + "\n", encoding="utf-8")
+    web_port = free_port()
+    config = dicomweb_config(
+        tmp_path,
+        store.dicomweb_url,
+        destination=f'auth = "basic"\nusername = "dermgate"\npassword_file = "{password_file}"',
+        devices=f'\n[web]\nlisten = "127.0.0.1:{web_port}"\n',
+    )
+    base = f"http://127.0.0.1:{web_port}"
+    user_add(config, "tech", WEB_PASSWORD)
+    gateway = gateway_factory(config)
+    gateway.wait_running()
+
+    async def pages() -> tuple[str, str]:
+        async with cookie_client() as tech:
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                try:
+                    assert await login_status(tech, base, "tech", WEB_PASSWORD) == 303
+                    break
+                except aiohttp.ClientConnectionError:
+                    assert asyncio.get_running_loop().time() < deadline, "the page never answered"
+                    await asyncio.sleep(0.2)
+            async with tech.get(f"{base}/why") as why, tech.get(f"{base}/") as overview:
+                assert why.status == 200
+                assert overview.status == 200
+                return await why.text(), await overview.text()
+
+    why, overview = asyncio.run(pages())
+    assert gateway.stop() == 0
+    [(status, name, rest)] = _WHY_ROW.findall(why)
+    assert status == "fail", rest
+    assert name.startswith("DICOMweb store cloud (127.0.0.1:")
+    text = html.unescape(re.sub(r"<[^>]+>", " ", rest))
+    assert "refused the gateway's credentials" in text, text
+    assert "password" in text, "what to check"
+    assert "cloud" in overview, "the store is listed among the destinations"
+    for secret in (PASSWORD, WRONG):
+        assert secret not in why
+        assert secret not in overview

@@ -42,6 +42,9 @@ class MisbehavingPacs:
     requested: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     held: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
     report_statuses: list[int] = field(default_factory=list)
+    #: Every data set stored (with its file meta), when ``keep_datasets`` is set.
+    keep_datasets: bool = False
+    stored: list[Dataset] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def handle_action(self, event: Any) -> Any:
@@ -122,11 +125,26 @@ class MisbehavingPacs:
             return 0x0000
         if action in (0x0000, 0xB000):
             self.received.append(str(event.request.AffectedSOPInstanceUID))
+            if self.keep_datasets:
+                ds = event.dataset
+                ds.file_meta = event.file_meta
+                self.stored.append(ds)
         return action
 
-    def start(self, *, accept_dermoscopy: bool = True, echo: bool = True) -> None:
+    def start(
+        self,
+        *,
+        accept_dermoscopy: bool = True,
+        echo: bool = True,
+        only: list[tuple[str, str]] | None = None,
+    ) -> None:
+        """Serve; ``only``: accept exactly these (SOP class, transfer syntax) storage
+        contexts instead of Dermoscopic Photography in JPEG Baseline."""
         ae = AE(ae_title="MISBEHAVE")
-        if accept_dermoscopy:
+        if only is not None:
+            for sop_class, syntax in only:
+                ae.add_supported_context(sop_class, syntax)
+        elif accept_dermoscopy:
             ae.add_supported_context(DermoscopicPhotographyImageStorage, JPEG_BASELINE)
         else:
             ae.add_supported_context("1.2.840.10008.5.1.4.1.1.7", JPEG_BASELINE)

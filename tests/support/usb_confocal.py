@@ -78,8 +78,9 @@ def confocal_sim(tmp_path: Path) -> Iterator[Callable[..., ConfocalSimulator]]:
                 sim.proc.wait()
 
 
-def confocal_config(tmp_path: Path, orthanc: OrthancProcess) -> Path:
-    """A gateway configuration with one microscope on ``tmp_path/rcm.sock``."""
+def confocal_config(tmp_path: Path, orthanc: OrthancProcess, extra_destination: str = "") -> Path:
+    """A gateway configuration with one microscope on ``tmp_path/rcm.sock``;
+    ``extra_destination`` is added to the destination (keys, or further tables)."""
     devices = f"""
 [[devices]]
 driver = "usb-confocal"
@@ -89,5 +90,9 @@ stall_timeout = 5
 reconnect_max = 1
 """
     return gateway_config(
-        tmp_path, pacs_port=orthanc.dicom_port, commit_via=orthanc, devices=devices
+        tmp_path,
+        pacs_port=orthanc.dicom_port,
+        commit_via=orthanc,
+        devices=devices,
+        extra_destination=extra_destination,
     )

@@ -219,11 +219,9 @@ def test_implementation_identity_is_the_one_the_statement_gives() -> None:
     text = STATEMENT.read_text(encoding="utf-8")
     assert f"`{DERMGATE_IMPLEMENTATION_CLASS_UID}`" in text
     assert f"`{IMPLEMENTATION_VERSION_NAME}`" in text
-    # On the network the associations carry pynetdicom's own identity (not set by
-    # DermGate); the statement says so, with the values this pynetdicom sends.
-    ae = AE()
-    assert f"`{ae.implementation_class_uid}`" in text
-    assert f"`{ae.implementation_version_name}`" in text
+    # The associations carry the same identity (seen by a real peer, below), not
+    # pynetdicom's.
+    assert f"`{AE().implementation_class_uid}`" not in text
 
 
 # --- the contexts as the code really proposes them, seen by a real pynetdicom peer ---
@@ -236,10 +234,15 @@ class RecordingPeer:
     def __init__(self) -> None:
         self.port = free_port()
         self.proposed: list[list[tuple[str, tuple[str, ...]]]] = []
+        self.identities: list[tuple[str, str]] = []
         self.stored: list[str] = []
         self._server: Any = None
 
     def _requested(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        self.identities.append(
+            (str(requestor.implementation_class_uid), str(requestor.implementation_version_name))
+        )
         self.proposed.append(
             [
                 (str(cx.abstract_syntax), tuple(str(s) for s in cx.transfer_syntax))
@@ -321,6 +324,7 @@ def test_a_batch_of_every_kind_proposes_exactly_the_documented_contexts(
     )
     assert [o.verdict for o in outcomes] == [cstore.Verdict.SUCCESS] * len(KINDS)
     [proposed] = peer.proposed
+    assert peer.identities == [(DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)]
     pairs = {(r.sop_class_uid, r.transfer_syntax_uid) for r in batch}
     assert sorted((sop, syntaxes) for sop, syntaxes in proposed) == [
         (sop, (syntax,)) for sop, syntax in sorted(pairs)
@@ -344,6 +348,9 @@ def test_echo_worklist_and_mpps_propose_the_documented_contexts(
     assert outcome.error is None
 
     echo, worklist, mpps = peer.proposed
+    assert (
+        peer.identities == [(DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)] * 3
+    ), "every association introduces itself as DermGate"
     for seen, table in ((echo, "verification"), (worklist, "worklist"), (mpps, "mpps")):
         assert {sop: frozenset(s) for sop, s in seen} == _contexts(tables[table]), table
         assert len(seen) == len(tables[table]), f"{table}: one context per SOP class"

@@ -82,13 +82,19 @@ class DicomDestination(DestinationBase):
     ae_title: AETitle = Field(description="The PACS's AE title (called AE).")
     host: str = Field(description="PACS host name or IP address.")
     port: Port = Field(description="PACS DICOM port.")
-    fallback: Literal["quarantine"] = Field(
+    fallback: Literal["quarantine", "compatible"] = Field(
         default="quarantine",
         description="What to do with a capture whose SOP class this PACS does not accept "
         '(no presentation context accepted for it): `"quarantine"` sets it aside for '
-        "this destination with the reason (the class's name and UID); `dermgate spool "
-        "retry` sends it again once the PACS administrator has added the class. "
-        '`"compatible"` (send a derived object of a widely accepted class) is planned.',
+        "this destination with the reason (the class's name and UID), while the other "
+        "destinations still get it; `dermgate spool retry` sends it again once the PACS "
+        'administrator has added the class. `"compatible"` sends a derived object of a '
+        "widely accepted class instead, with its own SOP Instance UID (the same at every "
+        "retry) and a Source Image Sequence pointing at the original: Dermoscopic "
+        "Photography as VL Photographic (the same JPEG), Confocal Microscopy (and Tiled "
+        "Pyramidal) as Multi-frame Grayscale Byte Secondary Capture (the same frames); "
+        "OBJ/MTL/STL have no lossless substitute and are set aside as with "
+        '`"quarantine"`. `dermgate spool show` says which class went where.',
     )
     storage_commitment: bool = Field(
         default=True,

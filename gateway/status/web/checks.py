@@ -84,9 +84,9 @@ def check_destination(dest: DicomDestination, our_ae: str, timeout: float = 5.0)
             f"Cannot connect: {problem}.",
             "Check the host name or address in the configuration, and the network.",
         )
-    from pynetdicom import AE
+    from gateway.dicom.network import dermgate_ae
 
-    ae = AE(ae_title=our_ae)
+    ae = dermgate_ae(our_ae)
     ae.add_requested_context("1.2.840.10008.1.1")
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
@@ -128,9 +128,9 @@ def check_destination(dest: DicomDestination, our_ae: str, timeout: float = 5.0)
 def _echo(host: str, port: int, ae_title: str, timeout: float) -> str | None:
     """None if ``ae_title`` at ``host:port`` accepts an association and answers a C-ECHO
     (asked as ``ae_title`` itself), else a plain reason."""
-    from pynetdicom import AE
+    from gateway.dicom.network import dermgate_ae
 
-    ae = AE(ae_title=ae_title)
+    ae = dermgate_ae(ae_title)
     ae.add_requested_context("1.2.840.10008.1.1")
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout

@@ -204,7 +204,10 @@ def capture_page(
         ("Received", details["received_at"]),
     ]
     for d in details["deliveries"]:
-        fields.append((f"To {d['destination']}", f"{d['state']} ({d['attempts']} attempts)"))
+        shown = f"{d['state']} ({d['attempts']} attempts)"
+        if d["sent_as"]["derived"]:
+            shown += f", as {d['sent_as']['text']}"
+        fields.append((f"To {d['destination']}", shown))
     table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in fields)
     if patient is None:
         pat = "".join(
