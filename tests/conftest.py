@@ -15,6 +15,7 @@ from hypothesis import settings
 pytest_plugins = [
     "tests.support.disk",
     "tests.support.gateway_process",
+    "tests.support.http_auth",
     "tests.support.mpps_scp",
     "tests.support.mqtt",
     "tests.support.peers",

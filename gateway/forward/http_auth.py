@@ -6,7 +6,8 @@ each request (:meth:`~HttpCredentials.headers`) and tells it when the server ans
 401/403 (:meth:`~HttpCredentials.rejected`), so that the next request re-reads the
 token file or fetches a new OAuth2 token. :func:`client_ssl_context` is the one TLS
 context of such a destination: the system's CAs plus the optional ``tls_ca``, and
-certificate and host name always verified.
+certificate and host name always verified; :func:`certificate_problem` says in plain
+words why a server's certificate was refused.
 
 =========  ==============================================================================
 auth       Authorization header
@@ -23,11 +24,12 @@ oauth2     ``Bearer`` with a token of the client credentials grant (RFC 6749 §4
 
 How the OAuth2 client authenticates (RFC 6749 §2.3.1): with HTTP Basic first (client
 id and secret form-encoded, then base64), the method every authorization server must
-support and the one Keycloak, Microsoft Entra ID and Google list; if the token
-endpoint answers 400/401 to it, once more with ``client_id`` and ``client_secret`` in
-the form body (an Okta or Auth0 client set to ``client_secret_post``), and the method
-that worked is tried first from then on. Both in one request is what §2.3 forbids, so
-it is never done.
+support (Keycloak's default); if the token endpoint refuses the client (401, or 400
+``invalid_client``/``invalid_request``), once more with ``client_id`` and
+``client_secret`` in the form body (the form Microsoft Entra ID documents, and what an
+Okta or Auth0 client set to ``client_secret_post`` wants), and the method that worked
+is tried first from then on. Both in one request is what §2.3 forbids, so it is never
+done.
 
 Errors: one type, :class:`AuthError`. It means "this destination cannot be
 authenticated now" (a file missing or empty, the token endpoint unreachable, refusing
@@ -61,7 +63,13 @@ import aiohttp
 
 from gateway.core.config.destinations import DicomwebDestination
 
-__all__ = ["AuthError", "HttpCredentials", "client_ssl_context", "credentials_for"]
+__all__ = [
+    "AuthError",
+    "HttpCredentials",
+    "certificate_problem",
+    "client_ssl_context",
+    "credentials_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +123,36 @@ def client_ssl_context(tls_ca: Path | None) -> ssl.SSLContext:
             context.load_verify_locations(cafile=os.fspath(tls_ca))
         except FileNotFoundError as err:
             raise AuthError(f"the CA file {tls_ca} does not exist") from err
+        except ssl.SSLError as err:  # an OSError too: first
+            raise AuthError(f"the CA file {tls_ca} holds no PEM certificate") from err
         except OSError as err:
             raise AuthError(f"the CA file {tls_ca} cannot be read ({err.strerror})") from err
-        except ssl.SSLError as err:
-            raise AuthError(f"the CA file {tls_ca} holds no PEM certificate") from err
     # create_default_context already says so; stated here because it is the promise.
     context.verify_mode = ssl.CERT_REQUIRED
     context.check_hostname = True
     return context
+
+
+# OpenSSL X509_V_ERR_*: whom the certificate's signer is unknown to, and when it is valid.
+_UNTRUSTED = {2, 18, 19, 20, 21}
+_EXPIRED, _NOT_YET_VALID, _HOST_MISMATCH, _IP_MISMATCH = 10, 9, 62, 64
+
+
+def certificate_problem(err: aiohttp.ClientConnectorCertificateError) -> str:
+    """What is wrong with the server's certificate, in words a technician can act on
+    (OpenSSL's verify result, never anything the server sent)."""
+    failure = err.certificate_error
+    code = getattr(failure, "verify_code", None)
+    if code in (_HOST_MISMATCH, _IP_MISMATCH):
+        return f"the certificate of {err.host} is not issued for that name or address"
+    if code in _UNTRUSTED:
+        return f"the certificate of {err.host} is not signed by a trusted CA (set tls_ca)"
+    if code == _EXPIRED:
+        return f"the certificate of {err.host} has expired"
+    if code == _NOT_YET_VALID:
+        return f"the certificate of {err.host} is not valid yet (check the box's clock)"
+    detail = getattr(failure, "verify_message", None) or type(failure).__name__
+    return f"the certificate of {err.host} was refused ({detail})"
 
 
 def credentials_for(
@@ -184,10 +214,10 @@ def _read_if_changed(path: Path, known: _FileKey | None) -> tuple[_FileKey, int,
     st = os.stat(path)
     if known is not None and _key(st) == known:
         return known, st.st_mode, None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the open for ever
+        raise OSError(0, "not a regular file")
     with open(path, "rb") as file:
         st = os.fstat(file.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise IsADirectoryError(0, "not a regular file")
         return _key(st), st.st_mode, file.read(SECRET_FILE_LIMIT + 1)
 
 
@@ -303,6 +333,7 @@ class _OAuth2Credentials:
         self._lock = asyncio.Lock()
         self._token: str | None = None
         self._valid_until = 0.0
+        self._failure: tuple[AuthError, float] | None = None  # the last fetch's error
         self._secret_in_body = False  # client_secret_post worked where Basic did not
         parts = urlsplit(token_url)
         self._where = f"the token endpoint {parts.netloc}{parts.path}"
@@ -315,10 +346,17 @@ class _OAuth2Credentials:
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
         token = self._current()
         if token is None:
-            async with self._lock:  # one fetch at a time; the others use its token
+            asked = time.monotonic()
+            async with self._lock:  # one fetch at a time; the others use its outcome
                 token = self._current()
                 if token is None:
-                    token = await self._fetch(session)
+                    if self._failure is not None and self._failure[1] >= asked:
+                        raise AuthError(str(self._failure[0]))
+                    try:
+                        token = await self._fetch(session)
+                    except AuthError as err:
+                        self._failure = (err, time.monotonic())
+                        raise
         return {"Authorization": f"Bearer {token}"}
 
     def rejected(self) -> None:
@@ -329,7 +367,7 @@ class _OAuth2Credentials:
         secret = secret.strip()
         order = (True, False) if self._secret_in_body else (False, True)
         answer = await self._request(session, secret, in_body=order[0])
-        if answer.status in (400, 401):
+        if _client_refused(answer):
             second = await self._request(session, secret, in_body=order[1])
             if 200 <= second.status < 300:
                 self._secret_in_body = order[1]
@@ -374,10 +412,7 @@ class _OAuth2Credentials:
         except TimeoutError as err:
             raise AuthError(f"{self._where} did not answer in {TOKEN_TIMEOUT:.0f} s") from err
         except aiohttp.ClientConnectorCertificateError as err:
-            raise AuthError(
-                f"{self._where} has a certificate that is not trusted "
-                f"({err.certificate_error.__class__.__name__})"
-            ) from err
+            raise AuthError(f"{self._where}: {certificate_problem(err)}") from err
         except aiohttp.ClientError as err:
             raise AuthError(f"{self._where} cannot be reached ({type(err).__name__})") from err
         try:
@@ -404,6 +439,15 @@ class _OAuth2Credentials:
             shown = token_type if isinstance(token_type, str) and len(token_type) < 20 else "?"
             raise AuthError(f"{self._where} gave a token of type {shown!r}, not Bearer")
         return token, _lifetime(body.get("expires_in"), self._where)
+
+
+def _client_refused(answer: _TokenAnswer) -> bool:
+    """Whether the answer refuses the client's authentication (RFC 6749 §5.2), not the
+    grant or the scope: a server that ignores the Basic header misses a client_id."""
+    if answer.status == 401:
+        return True
+    code = answer.body.get("error") if answer.body is not None else None
+    return answer.status == 400 and code in ("invalid_client", "invalid_request")
 
 
 def _lifetime(value: object, where: str) -> float:
