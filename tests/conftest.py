@@ -15,6 +15,7 @@ from hypothesis import settings
 pytest_plugins = [
     "tests.support.disk",
     "tests.support.gateway_process",
+    "tests.support.http_auth",
     "tests.support.mpps_scp",
     "tests.support.mqtt",
     "tests.support.peers",
@@ -22,6 +23,7 @@ pytest_plugins = [
     "tests.support.spool",
     "tests.support.usb_confocal",
     "tests.support.worklist",
+    "tests.support.dicomweb",  # after spool: it imports it
 ]
 
 # Hypothesis profiles: "ci" (default) keeps the suite fast; "slow" is the deep fuzz

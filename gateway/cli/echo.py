@@ -12,8 +12,13 @@ destination's ``tls_ca`` and ``tls_cert``, the listener's ``listen_tls_cert`` an
 quarantined for that destination when a capture of it is sent (``fallback =
 "quarantine"``), or sent as its derived object when the receiver takes that class
 (``fallback = "compatible"``: so the Secondary Capture row says whether confocal
-stacks can go that way). The destinations are asked in parallel, each on a worker thread
-(pynetdicom blocks); nothing is written anywhere.
+stacks can go that way). The destinations are asked in parallel, each on a worker
+thread (pynetdicom blocks); nothing is written anywhere.
+
+A DICOMweb destination (``kind = "dicomweb"``) has no presentation contexts: it is
+asked one QIDO-RS query with its credentials, and the line says whether it answered
+(every class is sent to it by STOW-RS; a class it does not take shows in the
+per-instance answer).
 
 Exit codes: 0 every destination answered; 1 at least one could not be reached or
 rejected the association (the plain reason on its line; with ``--json`` also on
@@ -30,11 +35,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.core.config import ConfigError, DermGateConfig, DicomDestination
+from gateway.core.config import ConfigError, DermGateConfig, DicomDestination, DicomwebDestination
+from gateway.core.errors import DeliveryError
 from gateway.dicom.sop_classes import uid_name
 from gateway.dicom.tls import certificate_files
 from gateway.forward.contexts import STORAGE_CONTEXTS
 from gateway.forward.cstore import CStoreSender, Negotiation
+from gateway.forward.stow import StowSender
 from gateway.service.config import load_config
 from gateway.status.web.checks import check_certificate
 
@@ -50,15 +57,21 @@ exit codes:
 """
 
 
-async def _negotiate_all(config: DermGateConfig) -> list[Negotiation]:
+async def _negotiate_all(config: DermGateConfig) -> list[dict[str, Any]]:
+    """Every destination's entry, in configured order."""
     calling = config.gateway.ae_title
 
-    async def one(destination: DicomDestination) -> Negotiation:
+    async def one(destination: DicomDestination | DicomwebDestination) -> dict[str, Any]:
+        if isinstance(destination, DicomwebDestination):
+            return web_report(destination, await StowSender(destination).probe())
         sender = CStoreSender(calling, destination)
-        return await asyncio.to_thread(sender.negotiate, tuple(STORAGE_CONTEXTS.items()))
+        return report(
+            destination,
+            await asyncio.to_thread(sender.negotiate, tuple(STORAGE_CONTEXTS.items())),
+        )
 
     async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(one(d)) for d in config.dicom_destinations()]
+        tasks = [group.create_task(one(d)) for d in config.destinations]
     return [t.result() for t in tasks]
 
 
@@ -82,6 +95,7 @@ def report(destination: DicomDestination, answer: Negotiation) -> dict[str, Any]
     error = answer.error
     return {
         "name": destination.name,
+        "kind": "dicom",
         "ae_title": destination.ae_title,
         "host": destination.host,
         "port": destination.port,
@@ -93,6 +107,19 @@ def report(destination: DicomDestination, answer: Negotiation) -> dict[str, Any]
         "echo_status": answer.echo_status,
         "accepted": _by_class(answer.accepted),
         "refused": _by_class(answer.refused),
+    }
+
+
+def web_report(destination: DicomwebDestination, error: DeliveryError | None) -> dict[str, Any]:
+    """A DICOMweb destination's answer as ``--json`` prints it."""
+    return {
+        "name": destination.name,
+        "kind": "dicomweb",
+        "url": destination.url,
+        "answered": error is None,
+        "error": None
+        if error is None
+        else {"code": str(error.code), "message": error.message, "detail": error.detail},
     }
 
 
@@ -108,6 +135,17 @@ def certificates(config: DermGateConfig) -> list[dict[str, str]]:
 
 
 def _print_text(entry: dict[str, Any]) -> None:
+    if entry.get("kind") == "dicomweb":
+        where = f"DICOMweb {entry['url']}"
+        error = entry["error"]
+        if error is not None:
+            print(f"{entry['name']} ({where}): NOT REACHED: {error['message']} ({error['detail']})")
+        else:
+            print(
+                f"{entry['name']} ({where}): answers QIDO-RS; captures go by STOW-RS "
+                "(no presentation contexts to list)"
+            )
+        return
     where = f"{entry['ae_title']}@{entry['host']}:{entry['port']}"
     if entry["tls"]:
         where += ", TLS"
@@ -145,8 +183,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
-    answers = asyncio.run(_negotiate_all(config))
-    entries = [report(d, a) for d, a in zip(config.dicom_destinations(), answers, strict=True)]
+    entries = asyncio.run(_negotiate_all(config))
     certs = certificates(config)
     if args.json:
         print(json.dumps({"destinations": entries, "certificates": certs}, indent=2))
@@ -170,7 +207,8 @@ def add_echo_command(sub: Any) -> None:
     """Register ``dermgate echo`` on the ``dermgate`` sub-parsers."""
     echo = sub.add_parser(
         "echo",
-        help="C-ECHO every destination and list which of DermGate's SOP classes it accepts",
+        help="C-ECHO every destination and list which of DermGate's SOP classes it accepts "
+        "(a DICOMweb destination: whether it answers)",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -179,4 +217,4 @@ def add_echo_command(sub: Any) -> None:
     echo.set_defaults(func=cmd_echo)
 
 
-__all__ = ["add_echo_command", "certificates", "cmd_echo", "report"]
+__all__ = ["add_echo_command", "certificates", "cmd_echo", "report", "web_report"]

@@ -248,13 +248,17 @@ def server_context(cert: Path, key: Path, ca: Path | None) -> ssl.SSLContext:
 
 
 def certificate_files(config: DermGateConfig) -> list[tuple[Path, str]]:
-    """Every certificate file DICOM TLS uses, with what it is, for expiry checks."""
+    """Every certificate file DICOM TLS (and HTTPS to a DICOMweb store) uses, with
+    what it is, for expiry checks."""
     found: list[tuple[Path, str]] = []
     for d in config.dicom_destinations():
         if d.tls_ca is not None:
             found.append((d.tls_ca, f"PACS {d.name}: CA certificate"))
         if d.tls_cert is not None:
             found.append((d.tls_cert, f"PACS {d.name}: our client certificate"))
+    for w in config.dicomweb_destinations():  # HTTPS to a DICOMweb store
+        if w.tls_ca is not None:
+            found.append((w.tls_ca, f"DICOMweb store {w.name}: CA certificate"))
     g = config.gateway
     if g.listen_tls_cert is not None:
         found.append((g.listen_tls_cert, "DICOM TLS listener certificate"))

@@ -1,6 +1,7 @@
-"""Forwarding: delivering spooled DICOM objects to each destination (C-STORE) and
-having the PACS confirm it keeps them (Storage Commitment), behind the listener
-front that bounds every inbound connection; over TLS where configured
+"""Forwarding: delivering spooled DICOM objects to each destination (C-STORE, or
+STOW-RS to a DICOMweb store through :mod:`.senders`) and having the receiver confirm
+it keeps them (Storage Commitment; QIDO-RS read-back in :mod:`.readback`), behind
+the listener front that bounds every inbound connection; over TLS where configured
 (:mod:`.association` opens every outbound association).
 """
 
@@ -11,9 +12,15 @@ __all__ = [
     "contexts",
     "cstore",
     "forwarder",
+    "http_auth",
     "listener_front",
     "overdue",
     "peer_check",
+    "readback",
     "refusals",
+    "senders",
+    "stow",
+    "stow_answer",
+    "stow_plan",
     "stream",
 ]

@@ -23,7 +23,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from gateway.core.config import DicomDestination
+from gateway.core.config import DicomDestination, DicomwebDestination
 from gateway.core.errors import DeliveryErrorCode
 from gateway.dicom.compatible import (
     DeriveError,
@@ -58,7 +58,12 @@ def _software_version() -> str:
 class CompatibleCopies:
     """The derived objects one destination is sent (see the module docstring)."""
 
-    def __init__(self, ledger: Ledger, dirs: SpoolDirs, destination: DicomDestination) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        dirs: SpoolDirs,
+        destination: DicomDestination | DicomwebDestination,
+    ) -> None:
         self._ledger = ledger
         self._dirs = dirs
         self._destination = destination
@@ -76,7 +81,11 @@ class CompatibleCopies:
             )
         copy = None
         target = compatible_class(due.sop_class_uid)
-        if self._destination.fallback == "compatible" and target is not None:
+        compatible = (  # a DICOMweb store has no fallback: it gets the original
+            isinstance(self._destination, DicomDestination)
+            and self._destination.fallback == "compatible"
+        )
+        if compatible and target is not None:
             uid = derived_instance_uid(due.sop_instance_uid, target)
             copy = CompatibleCopy(target, uid, derived)
         return StoreRequest(

@@ -163,6 +163,10 @@ class StoreOutcome:
     """The result of one instance; ``detail`` is safe to log (no patient data).
 
     ``code`` says why it was not delivered (None when it was, or was not attempted).
+    ``retry_after``: the receiver asked to wait that many seconds before the next try
+    (HTTP ``Retry-After``). ``confirmed``: the answer itself confirms that the
+    receiver keeps the instance (a DICOMweb destination with ``confirm = "response"``);
+    the delivery is then COMMITTED at once instead of SENT.
     """
 
     spool_id: int
@@ -175,6 +179,8 @@ class StoreOutcome:
     """The derived object stored instead of the original (None: the original)."""
     derive: StoreRequest | None = None
     """With ``DERIVE``: the request whose compatible copy is to be written."""
+    retry_after: float | None = None
+    confirmed: bool = False
 
     @property
     def error(self) -> DeliveryError | None:

@@ -8,10 +8,13 @@ last error kept; permanent → QUARANTINED with the reason. State, attempt count
 next attempt time and last error all live in the ledger, so a restart continues
 where it stopped, with the same SOP Instance UIDs.
 
+The sending itself is the destination kind's :class:`~gateway.forward.senders.Sender`:
+C-STORE on one association per batch, or STOW-RS (HTTP requests per study).
+
 Circuit breaker: after ``breaker_threshold`` batches in a row that could not even
-open an association, the workers stop trying; one of them probes the destination
-with C-ECHO (backing off up to ``retry_max``). When an echo succeeds the link is
-restored: every pending delivery becomes due at once.
+open an association (reach the store), the workers stop trying; one of them probes
+the destination with C-ECHO (QIDO-RS for DICOMweb; backing off up to ``retry_max``).
+When an echo succeeds the link is restored: every pending delivery becomes due at once.
 
 Stuck alarm: a capture not delivered ``stuck_after`` seconds after it arrived is
 reported (once, and once again when the alarm clears). Nothing is ever given up.
@@ -36,7 +39,7 @@ from pydicom.uid import UID
 
 from gateway.core.alarms import DESTINATION_UNREACHABLE, STUCK_CAPTURES
 from gateway.core.backoff import Backoff, backoff_delay
-from gateway.core.config import DicomDestination
+from gateway.core.config import DicomDestination, DicomwebDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.core.events import (
     NO_EVENTS,
@@ -48,13 +51,15 @@ from gateway.core.events import (
 )
 from gateway.forward.bucket import bucket_for
 from gateway.forward.compatible_copies import CompatibleCopies
-from gateway.forward.cstore import CStoreSender, StoreOutcome, Verdict
+from gateway.forward.cstore import StoreOutcome, Verdict
+from gateway.forward.senders import Sender, sender_for
 from gateway.forward.window_gate import WindowGate
 from gateway.spool import ledger as db
 from gateway.spool.clock import clamp_retry_times
 from gateway.spool.deliveries import retry_now, stuck_count
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import DueDelivery, Ledger
+from gateway.spool.readback import commit_delivery
 from gateway.spool.send_now import SendNowStore
 
 log = logging.getLogger(__name__)
@@ -64,23 +69,26 @@ _PROBES_PER_TRIAL = 5
 
 
 class Forwarder:
-    """Delivers wrapped captures to one DICOM destination."""
+    """Delivers wrapped captures to one destination (a PACS or a DICOMweb store)."""
 
     def __init__(
         self,
         ledger: Ledger,
         dirs: SpoolDirs,
         calling_ae: str,
-        destination: DicomDestination,
+        destination: DicomDestination | DicomwebDestination,
         on_sent: Callable[[], None] = lambda: None,
         bus: EventSink = NO_EVENTS,
+        sender: Sender | None = None,
     ) -> None:
         self._ledger = ledger
         self._bus = bus
         self._dirs = dirs
         self.destination = destination
         self._on_sent = on_sent
-        self._sender = CStoreSender(calling_ae, destination, bucket_for(destination.max_mbps))
+        self._sender = sender or sender_for(
+            calling_ae, destination, bucket_for(destination.max_mbps)
+        )
         self.gate = WindowGate(
             destination.name, destination.windows(), SendNowStore(dirs.root.parent), ledger
         )
@@ -192,14 +200,15 @@ class Forwarder:
         probes = 0
         while self.circuit_open:
             await asyncio.sleep(backoff.next_delay())
-            error = await asyncio.to_thread(self._sender.echo)
+            error = await self._sender.probe()
             probes += 1
             if error is None:
                 due = await self._ledger.call(retry_now, self.name, time.time())
                 log.info(
-                    "destination %s answers C-ECHO again: link restored, %d pending delivery(ies) "
+                    "destination %s answers %s again: link restored, %d pending delivery(ies) "
                     "due now",
                     self.name,
+                    self._sender.probe_name,
                     due,
                 )
                 self._close_circuit()
@@ -241,9 +250,7 @@ class Forwarder:
                     outcome, attempts[outcome.spool_id], classes[outcome.spool_id]
                 )
 
-        job = asyncio.ensure_future(
-            asyncio.to_thread(self._sender.send_batch, requests, self._stop, push)
-        )
+        job = asyncio.ensure_future(self._sender.send(requests, self._stop, push))
         # Runs after every push of the sender thread (same FIFO): ends the recorder.
         job.add_done_callback(lambda _: arrived.put_nowait(None))
         recorder = asyncio.ensure_future(record_all())
@@ -292,6 +299,8 @@ class Forwarder:
                 await self._copies.remember(outcome.spool_id, outcome.sent)
                 sop_class = outcome.sent.sop_class_uid
             await self._ledger.call(db.record_sent, outcome.spool_id, self.name)
+            if outcome.confirmed:  # the answer itself confirms it (STOW-RS, "response")
+                await self._ledger.call(commit_delivery, outcome.spool_id, self.name)
             log.info(
                 "spool id %d delivered to %s (%s)", outcome.spool_id, self.name, outcome.detail
             )
@@ -328,10 +337,13 @@ class Forwarder:
                 outcome.detail,
             )
         else:
-            delay = backoff_delay(
-                attempts + 1,
-                initial=self.destination.retry_initial,
-                cap=self.destination.retry_max,
+            delay = max(
+                backoff_delay(
+                    attempts + 1,
+                    initial=self.destination.retry_initial,
+                    cap=self.destination.retry_max,
+                ),
+                outcome.retry_after or 0.0,  # the receiver's Retry-After
             )
             await self._ledger.call(
                 db.record_retry, outcome.spool_id, self.name, error, time.time() + delay
@@ -350,9 +362,10 @@ class Forwarder:
                 if not self._circuit_announced:
                     log.warning(
                         "destination %s: circuit open after %d failed attempts; probing "
-                        "with C-ECHO until it answers",
+                        "with %s until it answers",
                         self.name,
                         self._failed_batches,
+                        self._sender.probe_name,
                     )
                     self._circuit_announced = True
         if reachable == self._reachable:
@@ -381,7 +394,7 @@ class Forwarder:
                 stuck_count,
                 self.name,
                 cutoff,
-                unconfirmed=self.destination.storage_commitment,
+                unconfirmed=self.destination.confirms,
             )
             if count and not self.stuck:
                 log.error(

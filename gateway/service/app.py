@@ -40,6 +40,7 @@ from gateway.devices.hotplug import (
 from gateway.devices.registry import BrokenDriver, find_driver
 from gateway.devices.status import StatusBoard
 from gateway.dicom.tls import server_context
+from gateway.forward.bucket import bucket_for
 from gateway.forward.commitment import (
     CommitmentListener,
     CommitmentRequester,
@@ -47,6 +48,8 @@ from gateway.forward.commitment import (
 )
 from gateway.forward.forwarder import Forwarder
 from gateway.forward.overdue import CommitmentOverdueWatch
+from gateway.forward.readback import ReadBack
+from gateway.forward.stow import StowSender
 from gateway.intake import InlineWrap, Intake
 from gateway.service.state_lock import StateLock
 from gateway.service.supervise import DriverTask, RestartPolicy, Supervisor
@@ -194,6 +197,13 @@ async def run_gateway(
         lock.release()  # (the process ends right after; closing the file drops the lock)
 
 
+def _notify(forwarders: dict[str, Forwarder], name: str) -> None:
+    """Wake destination ``name``'s forwarder (something is due again)."""
+    forwarder = forwarders.get(name)
+    if forwarder is not None:
+        forwarder.notify()
+
+
 async def _route_again(ledger: Ledger, plan: RoutePlan) -> None:
     """Route the captures still on disk by this configuration (destinations or routes
     may have changed since the last run), and say what changed."""
@@ -256,18 +266,34 @@ async def _run_locked(
             if d.storage_commitment
         }
         confirmers = [RetentionConfirmer(ledger, d) for d in dicom if not d.storage_commitment]
+        # DICOMweb stores: STOW-RS, confirmed by read-back (QIDO-RS); one sender each,
+        # shared by its forwarder and its read-back (one token cache).
+        stow = {
+            d.name: StowSender(d, bucket=bucket_for(d.max_mbps))
+            for d in config.dicomweb_destinations()
+        }
+        by_name: dict[str, Forwarder] = {}
+        readbacks = {
+            d.name: ReadBack(
+                ledger, d, stow[d.name], functools.partial(_notify, by_name, d.name), bus
+            )
+            for d in config.dicomweb_destinations()
+        }
+        sent_hooks: dict[str, Callable[[], None]] = {n: r.notify for n, r in requesters.items()}
+        sent_hooks.update((n, r.notify) for n, r in readbacks.items())
         forwarders = [
             Forwarder(
                 ledger,
                 dirs,
                 config.gateway.ae_title,
                 d,
-                requesters[d.name].notify if d.name in requesters else lambda: None,
+                sent_hooks.get(d.name, lambda: None),
                 bus,
+                sender=stow.get(d.name),
             )
-            for d in dicom
+            for d in config.destinations
         ]
-        by_name = {f.name: f for f in forwarders}
+        by_name.update((f.name, f) for f in forwarders)
         overdue = {
             d.name: CommitmentOverdueWatch(
                 ledger, d, config.gateway.ae_title, config.gateway.listen_port, bus
@@ -393,6 +419,8 @@ async def _run_locked(
                 await supervisor.start(f"commit-overdue:{name}", watch.run)
             for confirmer in confirmers:
                 await supervisor.start(f"retain:{confirmer.destination.name}", confirmer.run)
+            for name, readback in readbacks.items():
+                await supervisor.start(f"read-back:{name}", readback.run)
             await supervisor.start("purge", Purger(ledger, dirs, config.spool).run)
             await supervisor.start("wrap", wrapper.run)
             await supervisor.start("context", context.run)  # holds expire

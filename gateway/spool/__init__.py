@@ -16,6 +16,7 @@ __all__ = [
     "figures",
     "ledger",
     "purge",
+    "readback",
     "rebuild",
     "rebuild_scan",
     "reconcile",

@@ -50,7 +50,8 @@ class DestinationBase(_Strict):
         default=3,
         ge=1,
         description="Failed connection attempts in a row after which sending pauses and the "
-        "PACS is probed with C-ECHO (every 1 s, backing off to 30 s); an answer sends "
+        "PACS is probed with C-ECHO (a DICOMweb store: a QIDO-RS query) (every 1 s, backing "
+        "off to 30 s); an answer sends "
         "everything waiting at once. Every 5th probe lets one real attempt through, for a "
         "PACS that refuses C-ECHO.",
     )
@@ -279,6 +280,11 @@ class DicomDestination(DestinationBase):
             )
         return self
 
+    @property
+    def confirms(self) -> bool:
+        """True when a sent capture waits for the PACS's confirmation (Storage Commitment)."""
+        return self.storage_commitment
+
 
 class DicomwebDestination(DestinationBase):
     """``[[destinations]]`` with ``kind = "dicomweb"``: a DICOMweb store reached by STOW-RS."""
@@ -319,7 +325,8 @@ class DicomwebDestination(DestinationBase):
         default="read-back",
         description='`"read-back"`: a capture counts as stored once QIDO-RS lists it (the '
         'DICOMweb equivalent of Storage Commitment); `"response"`: trust the STOW-RS '
-        "answer's per-instance result.",
+        "answer's per-instance result (an instance it lists as stored is confirmed at once; "
+        '"already stored" answers are still read back).',
     )
     max_request_mb: int = Field(
         default=100,
@@ -331,6 +338,35 @@ class DicomwebDestination(DestinationBase):
     request_timeout: float = Field(
         default=300.0, gt=0, description="Seconds a STOW-RS or QIDO-RS request may take."
     )
+    confirm_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description='With `confirm = "read-back"`: seconds after sending within which QIDO-RS '
+        "must list an instance; one still missing then is sent again (same SOP Instance UID).",
+    )
+    confirm_max_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Read-backs that did not find an instance (each followed by a re-send) "
+        "before it is quarantined.",
+    )
+
+    @property
+    def confirms(self) -> bool:
+        """True when a sent capture waits for the store's confirmation before it counts
+        as delivered (read-back; "response" confirms with the answer itself)."""
+        return self.confirm == "read-back"
+
+    @property
+    def host(self) -> str:
+        """The store's host name (from ``url``), for listings."""
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        """The store's TCP port (from ``url``; 443 for https, 80 for http)."""
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
 
     @field_validator("url", "token_url")
     @classmethod

@@ -136,20 +136,13 @@ class DermGateConfig(_Strict):
                         )
         return self
 
-    @model_validator(mode="after")
-    def _dicomweb_not_yet(self) -> DermGateConfig:
-        # Until the STOW-RS sender lands a DICOMweb destination would be ignored: refuse.
-        web = [d.name for d in self.destinations if isinstance(d, DicomwebDestination)]
-        if web:
-            raise ValueError(
-                f'destinations {", ".join(web)}: kind = "dicomweb" is not supported by '
-                "this release yet"
-            )
-        return self
-
     def dicom_destinations(self) -> list[DicomDestination]:
         """The ``kind = "dicom"`` destinations (C-STORE), in configured order."""
         return [d for d in self.destinations if isinstance(d, DicomDestination)]
+
+    def dicomweb_destinations(self) -> list[DicomwebDestination]:
+        """The ``kind = "dicomweb"`` destinations (STOW-RS), in configured order."""
+        return [d for d in self.destinations if isinstance(d, DicomwebDestination)]
 
     def device_name(self, index: int) -> str:
         """The label of device ``index``."""

@@ -28,7 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.core.alarms import COMMITMENT_OVERDUE
-from gateway.core.config import DermGateConfig, DicomDestination
+from gateway.core.config import DermGateConfig, DicomDestination, DicomwebDestination
+from gateway.core.errors import DeliveryErrorCode
 from gateway.dicom.tls import certificate_files
 from gateway.forward.association import associate, tls_error
 from gateway.status.mqtt import probe_broker
@@ -51,6 +52,7 @@ __all__ = [
     "check_disk",
     "check_listener",
     "check_mqtt",
+    "check_web_destination",
     "clock_synchronised",
     "run_checks",
 ]
@@ -407,9 +409,35 @@ def certificate_checks(config: DermGateConfig) -> list[CheckResult]:
     return [check_certificate(path, what) for path, what in certs if path is not None]
 
 
+def check_web_destination(dest: DicomwebDestination) -> CheckResult:
+    """One QIDO-RS query with the destination's credentials, as the read-back asks
+    (blocking: runs its own event loop on the caller's worker thread)."""
+    from gateway.forward.stow import StowSender  # here: aiohttp only when needed
+
+    name = f"DICOMweb store {dest.name} ({dest.host}:{dest.port})"
+    error = asyncio.run(StowSender(dest).probe())
+    if error is None:
+        return CheckResult(name, OK, "Answers a DICOMweb query (QIDO-RS).")
+    advice = {
+        DeliveryErrorCode.AUTH_REFUSED: "Check the auth keys and the user, password, token "
+        "or client secret files with the store's administrator.",
+        DeliveryErrorCode.AUTH_UNAVAILABLE: f"{error.detail}: check that the file exists and "
+        "the service can read it, or that the token endpoint (token_url) answers.",
+        DeliveryErrorCode.UNREACHABLE: "Check url (host, port, http or https), the network "
+        "and any firewall or proxy; with https, that tls_ca is the CA of the store's "
+        "certificate.",
+    }.get(error.code, "Check url (the part before /studies) with the store's administrator.")
+    return CheckResult(name, FAIL, f"{error.message}.", advice)
+
+
 def run_checks(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
     """Every check, in the order a technician should read them (blocking)."""
-    results = [check_destination(d, config.gateway.ae_title) for d in config.dicom_destinations()]
+    results = [
+        check_destination(d, config.gateway.ae_title)
+        if isinstance(d, DicomDestination)
+        else check_web_destination(d)
+        for d in config.destinations
+    ]
     if not config.destinations:
         results.append(
             CheckResult(

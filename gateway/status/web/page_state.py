@@ -102,9 +102,7 @@ class PageState:
 
     async def figures(self) -> Figures:
         """Ledger, disk, devices and alarms now."""
-        dests = [
-            (d.name, d.host, d.port, d.storage_commitment) for d in self.config.dicom_destinations()
-        ]
+        dests = [(d.name, d.host, d.port, d.confirms) for d in self.config.destinations]
         fig = await asyncio.to_thread(
             read_figures,
             self.config.ledger_path(),
