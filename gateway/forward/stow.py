@@ -69,6 +69,7 @@ from gateway.forward.cstore import StoreOutcome, StoreRequest, Verdict
 from gateway.forward.http_auth import (
     AuthError,
     HttpCredentials,
+    certificate_problem,
     client_ssl_context,
     credentials_for,
 )
@@ -121,6 +122,18 @@ class _Unusable:
         """Nothing cached."""
 
 
+def _unreachable(name: str, err: BaseException) -> DeliveryError:
+    """Why a store could not be reached: a refused certificate in words a technician
+    can act on (:func:`~gateway.forward.http_auth.certificate_problem`), else the kind
+    of network failure."""
+    if isinstance(err, aiohttp.ClientConnectorCertificateError):
+        return DeliveryError(DeliveryErrorCode.TLS_UNTRUSTED, f"{name}: {certificate_problem(err)}")
+    return DeliveryError(
+        DeliveryErrorCode.UNREACHABLE,
+        f"{name}: cannot reach the DICOMweb store ({type(err).__name__})",
+    )
+
+
 class _PacedReader(io.BufferedReader):
     """A file whose reads wait for the destination's token bucket (``max_mbps``).
 
@@ -161,12 +174,29 @@ class StowSender:
     ) -> None:
         self.destination = destination
         self._bucket = bucket
+        self._refused = False
         try:
             self._ssl = client_ssl_context(destination.tls_ca)
         except AuthError as err:  # a CA file missing or unreadable: say so on every try
             self._ssl = ssl.create_default_context()
             credentials = _Unusable(err)
         self._credentials = credentials or credentials_for(destination, self._ssl)
+
+    def _note_credentials(self, *, refused: int | None) -> None:
+        """Log when the store starts or stops refusing our credentials (a change of
+        state, once; the per-capture reason is in the ledger)."""
+        if (refused is not None) == self._refused:
+            return
+        self._refused = refused is not None
+        if refused is not None:
+            log.warning(
+                "%s: the store refused the credentials (HTTP %d) even after they were "
+                "fetched again; check auth and its files; will keep retrying",
+                self.destination.name,
+                refused,
+            )
+        else:
+            log.info("%s: the store accepts the credentials again", self.destination.name)
 
     def session(self) -> aiohttp.ClientSession:
         """A client session for this store (certificates always verified)."""
@@ -299,18 +329,16 @@ class StowSender:
                         unreachable=True,
                     )
                 except (aiohttp.ClientError, OSError) as err:
+                    failure = _unreachable(d.name, err)
                     return for_all(
-                        chunk,
-                        Verdict.RETRYABLE,
-                        f"{d.name}: cannot reach the DICOMweb store ({type(err).__name__})",
-                        DeliveryErrorCode.UNREACHABLE,
-                        unreachable=True,
+                        chunk, Verdict.RETRYABLE, failure.detail, failure.code, unreachable=True
                     )
             log.debug("%s: STOW-RS of %d instance(s): HTTP %d", d.name, len(chunk), status)
             if status in (401, 403):
                 self._credentials.rejected()
                 if attempt == 1:
                     continue
+                self._note_credentials(refused=status)
                 return for_all(
                     chunk,
                     Verdict.RETRYABLE,
@@ -318,6 +346,7 @@ class StowSender:
                     DeliveryErrorCode.AUTH_REFUSED,
                     status=status,
                 )
+            self._note_credentials(refused=None)
             if status in _WAIT:
                 return for_all(
                     chunk,
@@ -360,12 +389,7 @@ class StowSender:
                     )
                 ) from None
             except (aiohttp.ClientError, OSError) as err:
-                raise StoreUnavailable(
-                    DeliveryError(
-                        DeliveryErrorCode.UNREACHABLE,
-                        f"{d.name}: cannot reach the DICOMweb store ({type(err).__name__})",
-                    )
-                ) from None
+                raise StoreUnavailable(_unreachable(d.name, err)) from None
             if status in (401, 403):
                 self._credentials.rejected()
                 if attempt == 1:

@@ -172,3 +172,17 @@ def test_tls_files_gone_after_loading_fail_the_attempt_with_the_reason(
         error.detail
         == "cannot read the TLS files of pacs (FileNotFoundError: No such file or directory)"
     )
+
+
+def test_a_dicomweb_stores_ca_file_is_checked_at_load_too(tmp_path: Path, pki: Pki) -> None:
+    """``tls_ca`` of a DICOMweb store: refused at load like a PACS's (before, the
+    service started and every request failed with "the CA file does not exist")."""
+    missing = tmp_path / "nowhere.pem"
+    store = '\n[[destinations]]\nname = "cloud"\nkind = "dicomweb"\nurl = "https://store.example"\n'
+    path = config_with(tmp_path)
+    path.write_text(path.read_text(encoding="utf-8") + store + f'tls_ca = "{missing}"\n')
+    assert problems(path) == [f"destinations[1].tls_ca: {missing} does not exist"]
+    path = config_with(tmp_path)
+    path.write_text(path.read_text(encoding="utf-8") + store + f'tls_ca = "{pki.ca}"\n')
+    (cloud,) = load_config(path).dicomweb_destinations()
+    assert cloud.tls_ca == pki.ca

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 
 from gateway.core.config import DicomwebDestination
 from gateway.core.uids import new_uid
+from gateway.forward.bucket import bucket_for
 from gateway.forward.forwarder import Forwarder
 from gateway.forward.readback import ReadBack
 from gateway.forward.stow import StowSender
@@ -48,7 +50,7 @@ async def delivering(spool: Spool, destination: DicomwebDestination) -> AsyncIte
     """Run the forwarder and the read-back of ``destination`` over the spool's ledger."""
     ledger = Ledger(spool.dirs.root.parent / "ledger.sqlite3")
     ledger.start()
-    sender = StowSender(destination)
+    sender = StowSender(destination, bucket=bucket_for(destination.max_mbps))
     woken: list[Forwarder] = []
     readback = ReadBack(ledger, destination, sender, lambda: woken[0].notify())
     forwarder = Forwarder(
@@ -186,8 +188,9 @@ async def test_already_stored_counts_once_read_back_confirms_it_even_when_trusti
 
 
 async def test_401_is_asked_once_more_then_a_plain_retryable_failure(
-    spool: Spool, scripted_store: ScriptedStore
+    spool: Spool, scripted_store: ScriptedStore, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.forward.stow")
     spool_id, uid, _ = add_wrapped(spool, new_uid())
     scripted_store.script = ["401", "401", "401", "401"]
     async with delivering(spool, web_destination(scripted_store, retry_initial=0.5)) as forwarder:
@@ -200,6 +203,11 @@ async def test_401_is_asked_once_more_then_a_plain_retryable_failure(
         assert forwarder.last_error.message.endswith("(HTTP 401)")
         await wait_until(lambda: state(spool, spool_id) == "COMMITTED", 20, "delivery")
     assert dict(scripted_store.stored) == {uid: 1}
+    # The refusal is a change of state: one warning when it starts, one line when it ends.
+    said = [
+        (r.levelname, r.getMessage()) for r in caplog.records if "credentials" in r.getMessage()
+    ]
+    assert [level for level, _ in said] == ["WARNING", "INFO"], said
 
 
 async def test_an_unreachable_store_opens_the_circuit_and_a_qido_probe_restores_it(
@@ -261,7 +269,8 @@ async def test_a_missing_ca_file_is_a_plain_retried_reason_not_a_crash(
 ) -> None:
     spool_id, _, _ = add_wrapped(spool, new_uid())
     missing = tmp_path / "no-such-ca.pem"
-    destination = web_destination(scripted_store, tls_ca=missing)
+    # Checked at load (config refuses it); here it went missing after the start.
+    destination = web_destination(scripted_store).model_copy(update={"tls_ca": missing})
     error = await StowSender(destination).probe()
     assert error is not None
     assert error.code == "auth_unavailable"
@@ -298,3 +307,13 @@ async def test_400_quarantines_only_the_instance_at_fault_and_finds_it_alone(
             delivery = spool.delivery(spool_id)
             assert delivery["error_code"] == "request_refused"
             assert "HTTP 400" in delivery["last_error"]
+
+
+async def test_max_mbps_paces_a_stow_rs_body(spool: Spool, scripted_store: ScriptedStore) -> None:
+    """``max_mbps`` holds for DICOMweb stores too: 600 kB at 1 Mbit/s (125 kB/s, a
+    64 KiB burst) cannot arrive in less than about 4.3 s (a lower bound only)."""
+    spool_id, _, _ = add_wrapped(spool, new_uid(), size=600_000)
+    started = time.monotonic()
+    async with delivering(spool, web_destination(scripted_store, max_mbps=1.0)):
+        await wait_until(lambda: state(spool, spool_id) == "COMMITTED", 60, "committed")
+    assert time.monotonic() - started >= (600_000 - 65_536) / 125_000 * 0.95

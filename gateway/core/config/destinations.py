@@ -382,6 +382,11 @@ class DicomwebDestination(DestinationBase):
             raise ValueError("give the base URL without ?query or #fragment")
         return value.rstrip("/")
 
+    @field_validator("tls_ca")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        return None if value is None else check_certificate_file(value)
+
     @model_validator(mode="after")
     def _auth_keys(self) -> DicomwebDestination:
         needed = {
