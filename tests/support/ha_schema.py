@@ -1,8 +1,10 @@
 """Home Assistant's MQTT discovery rules for the configs DermGate sends, and its way of
 rendering their value templates.
 
-The ``homeassistant`` package needs Python ≥ 3.13 (this project runs 3.11), so its
-voluptuous schemas cannot be imported here; these checks follow its documentation
+The ``homeassistant`` package is not installed for the tests: current releases need
+Python ≥ 3.13 (this project runs 3.11), and the last release for 3.11 (2024.3.3) pins
+its own aiohttp, older than ours. So its voluptuous schemas are not imported here;
+these checks follow its documentation
 and ``homeassistant/components/mqtt/schemas.py`` (device and origin blocks),
 ``sensor.py`` and ``binary_sensor.py`` (keys, device classes, units, state classes).
 Templates are rendered with Jinja2 as Home Assistant does: ``value_json`` is the

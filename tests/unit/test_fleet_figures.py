@@ -14,6 +14,7 @@ from gateway.spool import ledger as db
 from gateway.spool.admin import resolve_capture
 from gateway.spool.figures import spool_figures
 from gateway.status.pi_health import read_health
+from gateway.status.web.fleet import document_verdict
 from gateway.status.web.server import WebServer
 from tests.support.pi_sysfs import pi_tree
 from tests.support.web import add_user, login, seed_spool, served, web_config
@@ -52,3 +53,25 @@ async def test_the_overview_shows_the_box_health_card(tmp_path: Path) -> None:
     assert "48.3 °C" in page
     assert "under-voltage now: replace the power supply" in page
     assert "throttled now" in page
+
+
+async def test_an_unreadable_ledger_is_a_red_verdict_not_a_crash(tmp_path: Path) -> None:
+    config = web_config(tmp_path)
+    seed_spool(config)
+    config.ledger_path().write_bytes(b"this is not a database" * 100)
+    judge = document_verdict(config)
+    said = await judge({"destinations": [], "devices": [], "alarms": []})
+    assert said["colour"] == "red"
+    assert "cannot be read" in said["headline"]
+
+
+async def test_the_verdict_of_a_state_document(tmp_path: Path) -> None:
+    config = web_config(tmp_path)
+    seed_spool(config)  # one capture set aside: amber
+    judge = document_verdict(config)
+    said = await judge({"destinations": [], "devices": [], "alarms": []})
+    assert said["colour"] == "amber"
+    assert "1 capture(s) set aside: see the spool." in said["reasons"]
+    low = {"code": "under_voltage", "subject": "", "message": "under-voltage: replace it"}
+    said = await judge({"destinations": [], "devices": [], "alarms": [low]})
+    assert "Under-voltage: replace it." in said["reasons"]

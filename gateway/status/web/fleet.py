@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +20,8 @@ from gateway.core.config import DermGateConfig
 from gateway.status.web.data import Figures, read_figures, verdict
 
 __all__ = ["document_verdict", "read_config_figures", "with_state"]
+
+log = logging.getLogger(__name__)
 
 
 def with_state(fig: Figures, doc: dict[str, Any]) -> Figures:
@@ -66,7 +70,15 @@ def document_verdict(
     document (reasons hold names, counts and fixed phrases: no patient data)."""
 
     async def judge(doc: dict[str, Any]) -> dict[str, Any]:
-        fig = with_state(await read_config_figures(config), doc)
+        try:
+            fig = with_state(await read_config_figures(config), doc)
+        except (OSError, sqlite3.Error) as err:  # never a reason to drop the broker link
+            log.warning("verdict for MQTT: cannot read the ledger or the disk (%s)", err)
+            return {
+                "colour": "red",
+                "headline": "The ledger or the spool's disk cannot be read",
+                "reasons": ["See the box's log."],
+            }
         said = verdict(fig)
         return {"colour": said.colour, "headline": said.headline, "reasons": said.reasons}
 
