@@ -3,7 +3,9 @@
 """
 
 __all__ = [
+    "ha_discovery",
     "mqtt",
+    "pi_health",
     "snapshot",
     "web",
 ]
