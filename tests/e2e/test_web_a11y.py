@@ -3,11 +3,12 @@ Chromium (Playwright) against a real ``dermgate run``: simulated dermatoscope on
 pty, real Orthanc, one capture that is not a JPEG (set aside) and two delivered.
 
 Each page (login, overview, "Why isn't it sending?", spool, a capture set aside, its
-retry and resolve confirmations, a delivered capture) at both sizes: no horizontal
+retry and resolve confirmations, a delivered capture, held captures, starting a
+patient) at both sizes: no horizontal
 scrolling, touch targets of at least 44 px, no serious or critical axe-core
 violation (WCAG 2.1 A/AA and best practices: contrast, labels, names, landmarks…).
 The header names the box and the version and says how fresh the page is; the
-verdict is a polite live region; the capture set aside says what to do next, and its
+verdict is a polite live region that live updates change in place; the capture set aside says what to do next, and its
 file can be downloaded: audited first, refused without a login, without the page's
 CSRF token and when the audit log cannot be written.
 
@@ -85,13 +86,16 @@ def test_every_page_on_a_phone_and_a_desk(
         "retry confirmation": f"/spool/{q}/retry",
         "resolve confirmation": f"/spool/{q}/resolve",
         "delivered capture": f"/spool/{d}",
+        "held captures": "/held",
+        "start a patient": "/devices/scope/start",
     }
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
         try:
-            page = browser.new_page(viewport=PHONE, device_scale_factor=1, has_touch=True)
+            context = browser.new_context(viewport=PHONE, device_scale_factor=1, has_touch=True)
+            page = context.new_page()
             page.goto(base + "/login")
             _check(page, "login")
             page.set_viewport_size(DESKTOP)
@@ -164,6 +168,19 @@ def test_every_page_on_a_phone_and_a_desk(
             expect(page.locator("main")).to_contain_text("audit log cannot be written")
             _check(page, "refused download")
             assert list(audit.iterdir()) == []
+
+            # The live verdict: resolved elsewhere, the overview turns green in place (the
+            # same aria-live element, so a screen reader announces the change once).
+            page.goto(base + "/")
+            expect(page.locator("#verdict")).to_have_attribute("data-verdict", "amber")
+            page.evaluate("document.getElementById('verdict').dataset.kept = 'yes'")
+            other = context.new_page()
+            other.goto(f"{base}/spool/{q}/resolve")
+            other.locator("#confirm").click()
+            expect(other.locator(".notice")).to_contain_text("marked as resolved")
+            expect(page.locator("#verdict")).to_have_attribute("data-verdict", "green")
+            expect(page.locator("#verdict")).to_have_attribute("data-kept", "yes")
+            expect(page.locator("#verdict")).to_have_attribute("aria-live", "polite")
         finally:
             browser.close()
 
