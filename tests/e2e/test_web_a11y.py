@@ -97,6 +97,8 @@ def test_every_page_on_a_phone_and_a_desk(
             context = browser.new_context(viewport=PHONE, device_scale_factor=1, has_touch=True)
             page = context.new_page()
             page.goto(base + "/login")
+            expect(page.locator("#box-id")).to_have_text("Box test-box-01")
+            expect(page.locator("#version")).to_have_count(0)  # no release to strangers
             _check(page, "login")
             page.set_viewport_size(DESKTOP)
             _check(page, "login")

@@ -34,13 +34,15 @@ class BoxLine:
     version: str
     at: float
 
-    def html(self) -> str:
-        """``<p class="box">`` with the three facts (the time as a ``<time>``)."""
+    def html(self, logged_in: bool = True) -> str:
+        """``<p class="box">`` with the three facts (the time as a ``<time>``). The
+        version only for a logged-in user: the login page, open to anyone on the
+        network, does not tell which release (and its known flaws) runs here."""
         when = datetime.fromtimestamp(self.at, UTC)
         local = when.astimezone().strftime("%H:%M:%S")
+        release = f'<span id="version">DermGate {escape(self.version)}</span> ' if logged_in else ""
         return (
-            f'<p class="box"><span id="box-id">Box {escape(self.box_id)}</span> '
-            f'<span id="version">DermGate {escape(self.version)}</span> '
+            f'<p class="box"><span id="box-id">Box {escape(self.box_id)}</span> {release}'
             f'<span id="updated" aria-live="off">updated <time datetime="'
             f'{when.strftime("%Y-%m-%dT%H:%M:%SZ")}" data-epoch="{self.at:.0f}">'
             f"{local}</time></span></p>"

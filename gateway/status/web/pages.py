@@ -43,7 +43,7 @@ def layout(title: str, body: str, user: str | None = None, csrf: str | None = No
             f'<button type="submit">Log out {_e(user)}</button></form></nav>'
         )
     line = BOX_LINE.get()
-    box = "" if line is None else line.html()
+    box = "" if line is None else line.html(logged_in=user is not None)
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
