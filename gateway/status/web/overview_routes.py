@@ -128,7 +128,7 @@ class OverviewRoutes(PageState):
                 await self._send(response, f"event: overview\n{data}\n".encode())
                 last, quiet = fragment, 0.0
             elif quiet >= 15:
-                await self._send(response, b": keep-alive\n\n")
+                await self._send(response, b"event: alive\ndata: \n\n")  # also "updated"
                 quiet = 0.0
             try:
                 async with asyncio.timeout(LIVE_INTERVAL):  # not wait_for (3.11)
