@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CLOCK_NOT_SYNCHRONISED",
     "COMMITMENT_OVERDUE",
     "DESTINATION_UNREACHABLE",
     "DISK_FULL",
@@ -21,3 +22,6 @@ STUCK_CAPTURES: Final = "stuck_captures"
 DESTINATION_UNREACHABLE: Final = "destination_unreachable"
 DRIVER_QUARANTINED: Final = "driver_quarantined"
 COMMITMENT_OVERDUE: Final = "commitment_overdue"
+#: The system clock is not synchronised (no RTC on a Pi, no NTP yet): capture times
+#: may be wrong (1970). Subject "".
+CLOCK_NOT_SYNCHRONISED: Final = "clock_not_synchronised"

@@ -51,6 +51,7 @@ from gateway.forward.overdue import CommitmentOverdueWatch
 from gateway.forward.readback import ReadBack
 from gateway.forward.stow import StowSender
 from gateway.intake import InlineWrap, Intake
+from gateway.service.sd_notify import ServiceNotifier
 from gateway.service.state_lock import StateLock
 from gateway.service.supervise import DriverTask, RestartPolicy, Supervisor
 from gateway.spool import ledger as db
@@ -457,6 +458,9 @@ async def _run_locked(
             if source is not None:
                 manager = HotplugManager(source, slots, devices.launch)
                 await supervisor.start("hotplug", manager.run)
+            # systemd (Type=notify): watchdog pings from this loop while every stage runs.
+            notifier = ServiceNotifier(bus, supervisor.healthy)
+            await supervisor.start("sd-notify", notifier.run)
             log.info(
                 "DermGate %s running as %s: %d device(s), %d destination(s)",
                 identity.software_version,
@@ -464,8 +468,10 @@ async def _run_locked(
                 len(config.devices),
                 len(forwarders),
             )
+            notifier.ready()
             await stop.wait()
             log.info("stopping")
+            notifier.stopping()
             await supervisor.stop()
             try:
                 await asyncio.to_thread(spool_ids.close)  # no capture left: record the exact next

@@ -1,0 +1,133 @@
+"""``dermgate run`` under a systemd-like service manager (``Type=notify``, ``WatchdogSec=``).
+
+The test plays systemd's part: it binds an AF_UNIX datagram socket, passes it as
+``$NOTIFY_SOCKET`` with ``$WATCHDOG_USEC`` to ``dermgate run`` (a subprocess) and reads
+what the service says: READY=1 once every stage is serving, WATCHDOG=1 while the loop
+turns, STOPPING=1 on SIGTERM. A driver that blocks the event loop (``test-wedger``,
+a third-party plugin) makes the pings stop, which is how systemd would know to
+restart the service.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.demo.local_orthanc import free_port
+from tests.support.gateway_process import GatewayProcess, gateway_config
+from tests.support.waiting import wait_for
+
+#: 1 s of WatchdogSec: a ping every 0.5 s.
+WATCHDOG_USEC = 1_000_000
+
+
+class NotifySocket:
+    """The service manager's end of the notify protocol: every datagram received."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    def drain(self) -> list[str]:
+        """Read whatever arrived; return every message so far (one per datagram)."""
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return self.messages
+            self.messages.append(data.decode())
+
+    def count(self, line: str) -> int:
+        """How many messages so far carry ``line`` (e.g. ``WATCHDOG=1``)."""
+        return sum(line in m.splitlines() for m in self.drain())
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.sock.close()
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_socket(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[NotifySocket]:
+    """A notify socket (a path, or an abstract ``@`` one) in the service's environment."""
+    if request.param == "path":
+        address = str(tmp_path / "notify.sock")
+        if len(address) > 100:  # sun_path is 108 bytes
+            address = f"/tmp/dermgate-notify-{os.getpid()}.sock"
+    else:
+        address = f"@dermgate-test-notify-{os.getpid()}-{time.monotonic_ns()}"
+    sock = NotifySocket(address)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC))
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    yield sock
+    sock.close()
+    if not address.startswith("@"):
+        Path(address).unlink(missing_ok=True)
+
+
+def _config(tmp_path: Path) -> Path:
+    """A gateway whose only device is ``test-wedger`` (it wedges once ``wedge`` exists)."""
+    return gateway_config(
+        tmp_path,
+        pacs_port=free_port(),  # nothing listens: the PACS is not what this is about
+        devices=f"""
+[[devices]]
+driver = "test-wedger"
+name = "wedger"
+wedge_when = "{tmp_path / "wedge"}"
+""",
+    )
+
+
+def test_ready_after_start_watchdog_while_running_stopping_on_sigterm(
+    tmp_path: Path,
+    notify_socket: NotifySocket,
+    gateway_factory: Callable[[Path], GatewayProcess],
+) -> None:
+    gateway = gateway_factory(_config(tmp_path))
+    wait_for(lambda: notify_socket.count("READY=1"), 120, "READY=1")
+    # Every stage was serving before READY=1: the service had said so in its log.
+    assert " running as " in gateway.log()
+    ready = next(m for m in notify_socket.messages if "READY=1" in m.splitlines())
+    assert "STATUS=" in ready  # systemctl status shows a line from the start
+    assert notify_socket.messages[0] == ready  # nothing before it: no ping while starting
+    # The pings keep coming for as long as the service runs (several WatchdogSec).
+    pings = notify_socket.count("WATCHDOG=1")
+    wait_for(lambda: notify_socket.count("WATCHDOG=1") >= pings + 8, 60, "8 more pings")
+    assert notify_socket.count("STOPPING=1") == 0
+
+    assert gateway.stop() == 0
+    assert notify_socket.count("STOPPING=1") == 1
+    stopping = next(i for i, m in enumerate(notify_socket.messages) if "STOPPING=1" in m)
+    assert stopping > notify_socket.messages.index(ready)
+
+
+def test_a_wedged_event_loop_stops_the_watchdog_pings(
+    tmp_path: Path,
+    notify_socket: NotifySocket,
+    gateway_factory: Callable[[Path], GatewayProcess],
+) -> None:
+    gateway = gateway_factory(_config(tmp_path))
+    wait_for(lambda: notify_socket.count("READY=1"), 120, "READY=1")
+    pings = notify_socket.count("WATCHDOG=1")
+    wait_for(lambda: notify_socket.count("WATCHDOG=1") >= pings + 3, 60, "pings before")
+
+    (tmp_path / "wedge").touch()  # the driver now blocks the loop (time.sleep on it)
+    wait_for(lambda: "blocking the event loop" in gateway.log(), 60, "the driver to wedge")
+    before = notify_socket.count("WATCHDOG=1")
+    # Ten ping intervals without a ping; the process is alive all along (a wedged
+    # service, not a dead one: only the missing pings tell systemd).
+    time.sleep(10 * WATCHDOG_USEC / 2e6)
+    assert notify_socket.count("WATCHDOG=1") == before
+    assert gateway.running()
+    gateway.kill()  # what systemd does at WatchdogSec (SIGABRT, then SIGKILL)
