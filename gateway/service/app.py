@@ -51,6 +51,7 @@ from gateway.forward.overdue import CommitmentOverdueWatch
 from gateway.forward.readback import ReadBack
 from gateway.forward.stow import StowSender
 from gateway.intake import InlineWrap, Intake
+from gateway.service.clock import ClockWatch
 from gateway.service.sd_notify import ServiceNotifier
 from gateway.service.state_lock import StateLock
 from gateway.service.supervise import DriverTask, RestartPolicy, Supervisor
@@ -409,6 +410,7 @@ async def _run_locked(
         async with asyncio.TaskGroup() as group:
             supervisor = Supervisor(group)
             await supervisor.start("space", space.watch)  # the disk_full alarm, the reserve
+            await supervisor.start("clock", ClockWatch(bus).run)  # clock_not_synchronised
             if requesters:
                 # Reports may arrive before N-ACTION-RSP: listen before any request.
                 await supervisor.start("commitment-listener", listener.run)

@@ -11,6 +11,7 @@ restart the service.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -131,3 +132,45 @@ def test_a_wedged_event_loop_stops_the_watchdog_pings(
     assert notify_socket.count("WATCHDOG=1") == before
     assert gateway.running()
     gateway.kill()  # what systemd does at WatchdogSec (SIGABRT, then SIGKILL)
+
+
+def test_under_journald_each_line_has_its_priority_and_no_timestamp(
+    tmp_path: Path,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``$JOURNAL_STREAM`` names stderr (its device:inode, as systemd sets it): lines go
+    out as ``<6>…`` (info), ``<4>…`` (warning), so ``journalctl -p warning`` filters."""
+    log = tmp_path / "gateway.log"  # the fixture's log file: the service's stderr
+    log.touch()
+    st = log.stat()
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    gateway = gateway_factory(_config(tmp_path))
+    gateway.wait_running(120)
+    (tmp_path / "wedge").touch()  # the test driver's WARNING line
+    wait_for(lambda: "blocking the event loop" in gateway.log(), 60, "the warning")
+    lines = gateway.log().splitlines()
+    assert any(re.match(r"<6>gateway\.service\.app: DermGate .* running as ", x) for x in lines)
+    assert "<4>dermgate_testdriver.drivers: test-wedger: blocking the event loop" in lines
+    assert not [x for x in lines if not re.match(r"<[2-7]>", x)]  # every line has one
+    assert not [x for x in lines if re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", x)]
+    gateway.kill()
+
+
+def test_elsewhere_lines_keep_their_time_and_level(
+    tmp_path: Path,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``$JOURNAL_STREAM`` inherited by a redirected stderr (another file) is ignored."""
+    other = tmp_path / "elsewhere"
+    other.touch()
+    st = other.stat()
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    gateway = gateway_factory(_config(tmp_path))
+    gateway.wait_running(120)
+    running = next(x for x in gateway.log().splitlines() if " running as " in x)
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO    gateway\.service\.app: ", running)
+    assert gateway.stop() == 0
