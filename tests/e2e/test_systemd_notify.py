@@ -10,10 +10,13 @@ restart the service.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import re
 import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,25 +58,39 @@ class NotifySocket:
         self.sock.close()
 
 
-@pytest.fixture(params=["path", "abstract"])
-def notify_socket(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[NotifySocket]:
-    """A notify socket (a path, or an abstract ``@`` one) in the service's environment."""
-    if request.param == "path":
+def _notify_address(kind: str, tmp_path: Path) -> str:
+    if kind == "path":
         address = str(tmp_path / "notify.sock")
-        if len(address) > 100:  # sun_path is 108 bytes
-            address = f"/tmp/dermgate-notify-{os.getpid()}.sock"
-    else:
-        address = f"@dermgate-test-notify-{os.getpid()}-{time.monotonic_ns()}"
+        return address if len(address) <= 100 else f"/tmp/dermgate-notify-{os.getpid()}.sock"
+    return f"@dermgate-test-notify-{os.getpid()}-{time.monotonic_ns()}"
+
+
+@contextlib.contextmanager
+def _listening(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[NotifySocket]:
+    """A notify socket (a path, or an abstract ``@`` one, sun_path ≤ 108 bytes) in the
+    service's environment, with a 1 s watchdog."""
+    address = _notify_address(kind, tmp_path)
     sock = NotifySocket(address)
     monkeypatch.setenv("NOTIFY_SOCKET", address)
     monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC))
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    yield sock
-    sock.close()
-    if not address.startswith("@"):
-        Path(address).unlink(missing_ok=True)
+    try:
+        yield sock
+    finally:
+        sock.close()
+        if not address.startswith("@"):
+            Path(address).unlink(missing_ok=True)
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_socket(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[NotifySocket]:
+    """A notify socket of each kind in the service's environment."""
+    with _listening(request.param, tmp_path, monkeypatch) as sock:
+        yield sock
 
 
 def _config(tmp_path: Path) -> Path:
@@ -174,3 +191,38 @@ def test_elsewhere_lines_keep_their_time_and_level(
     running = next(x for x in gateway.log().splitlines() if " running as " in x)
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO    gateway\.service\.app: ", running)
     assert gateway.stop() == 0
+
+
+def _faketime_library() -> str:
+    """Debian's libfaketime (package faketime, installed by scripts/setup.sh --test)."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
+    assert found, "libfaketime is missing: run scripts/setup.sh --test"
+    return found[0]
+
+
+def test_a_box_that_booted_in_1970_raises_clock_not_synchronised(
+    tmp_path: Path,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Pi without a real-time clock and no time server yet: the clock reads 1970
+    (libfaketime makes it so for the service alone). The alarm is on systemd's STATUS=
+    line, the log and ``/metrics``, like every alarm."""
+    monkeypatch.setenv("LD_PRELOAD", _faketime_library())
+    monkeypatch.setenv("FAKETIME", "@1970-01-02 00:00:00")
+    monkeypatch.setenv("DONT_FAKE_MONOTONIC", "1")  # timeouts run on the real clock
+    web_port = free_port()
+    config = _config(tmp_path)
+    config.write_text(
+        config.read_text() + f'\n[web]\nlisten = "127.0.0.1:{web_port}"\n', encoding="utf-8"
+    )
+    with _listening("path", tmp_path, monkeypatch) as notify_socket:
+        gateway = gateway_factory(config)
+        wait_for(lambda: notify_socket.count("READY=1"), 120, "READY=1")
+        ready = next(m for m in notify_socket.messages if "READY=1" in m.splitlines())
+        assert "STATUS=clock not synchronised" in ready.splitlines()
+        assert "the system clock is not synchronised" in gateway.log()
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=30) as reply:
+            metrics = reply.read().decode()
+        assert 'dermgate_alarm{code="clock_not_synchronised",subject=""} 1.0' in metrics
+        assert gateway.stop() == 0
