@@ -139,7 +139,7 @@ class ServiceNotifier:
         if healthy:
             notify("WATCHDOG=1", self._env)
         elif self._was_healthy:
-            log.error("a stage of the gateway has ended: watchdog pings stop, systemd restarts")
+            log.error("watchdog pings stop (a stage has ended): systemd will restart the service")
         self._was_healthy = healthy
 
     async def run(self, ready: Ready) -> None:

@@ -135,6 +135,7 @@ class Supervisor:
         self._group = group
         self._tasks: list[asyncio.Task[None]] = []
         self._stages: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._sleep = sleep
         self._rng = rng or random.Random()
 
@@ -165,10 +166,11 @@ class Supervisor:
         """The names of the stages that have ended (see :meth:`healthy`)."""
         return [task.get_name() for task in self._stages if task.done()]
 
-    @staticmethod
-    async def _guard(name: str, work: Awaitable[None]) -> None:
+    async def _guard(self, name: str, work: Awaitable[None]) -> None:
         try:
             await work
+            if not self._stopping:  # a stage serves until cancelled: see healthy()
+                log.error("the %s stage has ended on its own; the gateway is not whole", name)
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -311,6 +313,7 @@ class Supervisor:
 
     async def stop(self) -> None:
         """Cancel every task, newest first, waiting for each to finish."""
+        self._stopping = True
         for task in reversed(self._tasks):
             task.cancel()
             done, _ = await asyncio.wait({task}, timeout=SLOW_STOP)

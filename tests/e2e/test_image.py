@@ -70,7 +70,7 @@ def test_unit_file_is_hardened_to_ok_in_systemd_analyze_security() -> None:
         "DevicePolicy=closed",
         "DeviceAllow=char-ttyUSB rw",
         "DeviceAllow=char-usb_device rw",
-        "Wants=network-online.target time-sync.target",
+        "After=network-online.target time-sync.target",
     ):
         assert line in text.splitlines(), line
     assert "PrivateDevices=yes" not in text  # it would hide /dev/ttyUSB* and /dev/bus/usb

@@ -95,7 +95,7 @@ async def _until(condition: object, what: str) -> None:
 
 
 async def test_pings_while_every_stage_runs_and_stop_when_a_stage_has_ended(
-    listener: Listener,
+    listener: Listener, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A stage that ends (here one returning instead of serving) is a dead gateway to
     systemd: the pings stop, so WatchdogSec restarts the service."""
@@ -131,6 +131,9 @@ async def test_pings_while_every_stage_runs_and_stop_when_a_stage_has_ended(
         pings = listener.lines().count("WATCHDOG=1")
         await asyncio.sleep(0.5)  # ten intervals
         assert listener.lines().count("WATCHDOG=1") == pings
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert "the mortal stage has ended on its own; the gateway is not whole" in errors
+        assert len([e for e in errors if e.startswith("watchdog pings stop")]) == 1  # once
         notifier.stopping()
         assert "STOPPING=1" in listener.lines()
         await supervisor.stop()
