@@ -409,6 +409,10 @@ async def _run_locked(
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:
             supervisor = Supervisor(group)
+            # systemd (Type=notify): watchdog pings from this loop while every stage runs;
+            # started first so that it is stopped last (pings go on while draining).
+            notifier = ServiceNotifier(bus, supervisor.healthy)
+            await supervisor.start("sd-notify", notifier.run)
             await supervisor.start("space", space.watch)  # the disk_full alarm, the reserve
             await supervisor.start("clock", ClockWatch(bus).run)  # clock_not_synchronised
             if requesters:
@@ -460,9 +464,6 @@ async def _run_locked(
             if source is not None:
                 manager = HotplugManager(source, slots, devices.launch)
                 await supervisor.start("hotplug", manager.run)
-            # systemd (Type=notify): watchdog pings from this loop while every stage runs.
-            notifier = ServiceNotifier(bus, supervisor.healthy)
-            await supervisor.start("sd-notify", notifier.run)
             log.info(
                 "DermGate %s running as %s: %d device(s), %d destination(s)",
                 identity.software_version,

@@ -19,6 +19,9 @@ see sd_notify(3). Without ``$NOTIFY_SOCKET`` (not under systemd, or not
   none, else e.g. ``pacs unreachable; disk full``): ``systemctl status dermgate``
   shows it. Alarm subjects are box-assigned names, never patient data;
 - ``STOPPING=1`` when the gateway begins to stop (:meth:`ServiceNotifier.stopping`).
+  systemd still watches while the service stops (up to ``TimeoutStopSec=``), and the
+  stages end one by one then, so from here on the pings only need the loop to turn;
+  the notifier is the first stage started, hence the last one stopped.
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ class ServiceNotifier:
         self._status = ""
         self._was_healthy = True
         self._serving = asyncio.Event()
+        self._stopping = False
 
     @property
     def enabled(self) -> bool:
@@ -126,6 +130,7 @@ class ServiceNotifier:
 
     def stopping(self) -> None:
         """The gateway begins to stop (draining transfers, then exiting)."""
+        self._stopping = True
         notify("STOPPING=1\nSTATUS=stopping", self._env)
 
     def _update_status(self) -> None:
@@ -135,7 +140,7 @@ class ServiceNotifier:
             notify(f"STATUS={text}", self._env)
 
     def _ping(self) -> None:
-        healthy = self._healthy()
+        healthy = self._stopping or self._healthy()  # stopping: stages end on purpose
         if healthy:
             notify("WATCHDOG=1", self._env)
         elif self._was_healthy:
@@ -163,4 +168,5 @@ class ServiceNotifier:
             except TimeoutError:
                 continue
             changed.clear()
-            self._update_status()
+            if not self._stopping:
+                self._update_status()

@@ -136,6 +136,8 @@ async def test_pings_while_every_stage_runs_and_stop_when_a_stage_has_ended(
         assert len([e for e in errors if e.startswith("watchdog pings stop")]) == 1  # once
         notifier.stopping()
         assert "STOPPING=1" in listener.lines()
+        # While it stops, stages end on purpose: the pings go on as long as the loop turns.
+        await _until(lambda: listener.lines().count("WATCHDOG=1") > pings, "pings again")
         await supervisor.stop()
 
 
