@@ -14,6 +14,7 @@ import contextlib
 import glob
 import os
 import re
+import signal
 import socket
 import time
 import urllib.request
@@ -226,3 +227,38 @@ def test_a_box_that_booted_in_1970_raises_clock_not_synchronised(
             metrics = reply.read().decode()
         assert 'dermgate_alarm{code="clock_not_synchronised",subject=""} 1.0' in metrics
         assert gateway.stop() == 0
+
+
+def test_pings_go_on_while_a_slow_stop_drains(
+    tmp_path: Path,
+    gateway_factory: Callable[[Path], GatewayProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """systemd watches a stopping service too: a stop that takes long (here a driver
+    whose cleanup blocks in a thread, ``test-stubborn``) while the loop still turns
+    keeps pinging, so ``TimeoutStopSec`` and the service's ``stop_timeout`` bound it, not
+    the watchdog."""
+    config = gateway_config(
+        tmp_path,
+        pacs_port=free_port(),
+        devices="""
+[supervision]
+stop_timeout = 15
+
+[[devices]]
+driver = "test-stubborn"
+name = "stubborn"
+""",
+    )
+    with _listening("abstract", tmp_path, monkeypatch) as notify_socket:
+        gateway = gateway_factory(config)
+        wait_for(lambda: notify_socket.count("READY=1"), 120, "READY=1")
+        assert gateway.proc is not None
+        gateway.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: notify_socket.count("STOPPING=1"), 60, "STOPPING=1")
+        stopping = notify_socket.count("WATCHDOG=1")
+        wait_for(
+            lambda: notify_socket.count("WATCHDOG=1") >= stopping + 4, 60, "pings while stopping"
+        )
+        assert gateway.stop(timeout=60) == 0, gateway.log()[-3000:]
+        assert "exiting anyway" in gateway.log()
