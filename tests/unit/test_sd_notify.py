@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from gateway.core.alarms import CLOCK_NOT_SYNCHRONISED, DESTINATION_UNREACHABLE, DISK_FULL
+from gateway.core.clock import PLAUSIBLE_SINCE, clock_synchronised
 from gateway.core.events import AlarmCleared, AlarmRaised, EventBus
-from gateway.service.clock import PLAUSIBLE_SINCE, ClockWatch, clock_synchronised
+from gateway.service.clock import ClockWatch
 from gateway.service.sd_notify import ServiceNotifier, notify, status_text, watchdog_interval
 from gateway.service.supervise import Ready, Supervisor
 
