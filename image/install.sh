@@ -25,6 +25,10 @@ if [[ ! -e /etc/dermgate/dermgate.toml ]]; then
 fi
 install -m 0644 "$src/image/dermgate.service" /etc/systemd/system/dermgate.service
 install -m 0644 "$src/image/dermgate.tmpfiles" /usr/lib/tmpfiles.d/dermgate.conf
+# No real-time clock on a Pi: wait (at most 2 min) for time sync before DermGate starts.
+install -d -m 0755 /etc/systemd/system/systemd-time-wait-sync.service.d
+install -m 0644 "$src/image/time-wait-sync.conf" \
+  /etc/systemd/system/systemd-time-wait-sync.service.d/dermgate.conf
 install -m 0644 "$src/image/60-dermgate.rules" /etc/udev/rules.d/60-dermgate.rules
 # Drop folders of the 3D scanner and the camera (point the devices' exports here).
 install -d -m 0770 -o dermgate -g dermgate /srv/dermgate /srv/dermgate/scanner /srv/dermgate/photos
@@ -33,10 +37,14 @@ if [[ -d /run/systemd/system ]]; then
   systemd-tmpfiles --create /usr/lib/tmpfiles.d/dermgate.conf
   udevadm control --reload-rules && udevadm trigger --subsystem-match=usb || true
   systemctl daemon-reload
+  systemctl enable systemd-time-wait-sync.service
   systemctl enable --now dermgate
 else
   install -d -m 0750 -o dermgate -g dermgate /var/lib/dermgate
   echo "install: systemd is not running here; the unit is installed and enabled at next boot"
   ln -sf /etc/systemd/system/dermgate.service \
     /etc/systemd/system/multi-user.target.wants/dermgate.service
+  install -d -m 0755 /etc/systemd/system/sysinit.target.wants
+  ln -sf /lib/systemd/system/systemd-time-wait-sync.service \
+    /etc/systemd/system/sysinit.target.wants/systemd-time-wait-sync.service
 fi

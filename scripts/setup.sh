@@ -20,6 +20,8 @@ extras=""
 packages=(python3 python3-venv python3-dev gcc linux-libc-dev orthanc orthanc-dicomweb dcmtk mosquitto
   mosquitto-clients)
 [[ "${1:-}" == "--test" ]] && packages+=(chromium fonts-dejavu-core systemd iproute2)
+# libfaketime: a service whose clock reads 1970 (the clock_not_synchronised alarm test).
+[[ "${1:-}" == "--test" ]] && packages+=(faketime)
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

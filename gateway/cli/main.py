@@ -48,6 +48,7 @@ from gateway.cli.tokens import add_token_commands
 from gateway.cli.worklist import add_worklist_commands
 from gateway.core.config import ConfigError, DermGateConfig
 from gateway.service.config import load_config
+from gateway.service.logs import PLAIN_FORMAT, JournalFormatter, logs_to_journal
 from gateway.service.state_lock import StateLocked
 from gateway.service.stop_deadline import StopDeadline, enable_stack_dumps
 from gateway.spool.rebuild import LedgerLost
@@ -60,12 +61,15 @@ EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: the reader closed the pipe
 
 
 def setup_logging(level: str) -> None:
-    """Log to stderr, one line per event (journald adds the time on a box)."""
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Log to stderr, one line per event: to the journal with a priority per line and
+    no timestamp of our own under systemd, else with time and level
+    (:mod:`gateway.service.logs`)."""
+    if logs_to_journal(sys.stderr):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JournalFormatter())
+        logging.basicConfig(level=getattr(logging, level), handlers=[handler])
+    else:
+        logging.basicConfig(level=getattr(logging, level), format=PLAIN_FORMAT, stream=sys.stderr)
     # pynetdicom repeats an ERROR line per failed attempt; our forwarder logs each
     # change of a destination's state once. Its own lines only when debugging.
     quiet = logging.WARNING if level == "DEBUG" else logging.CRITICAL

@@ -109,7 +109,7 @@ def _audit(config: DermGateConfig, action: str, spool_id: int) -> None:
     from gateway.core.state_owner import missing_folders, owned_like
     from gateway.status.web.audit import AuditLog
 
-    log = AuditLog(config.audit_path())
+    log = AuditLog.from_config(config)
     try:
         created = missing_folders(log.path)
         log.append(os_user(), action, spool_id)

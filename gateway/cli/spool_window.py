@@ -81,7 +81,7 @@ def _send_now(args: argparse.Namespace) -> int:
             else f"the send window of {dest.name} is open ({windows}): it is sending already",
         )
     store = SendNowStore(config.gateway.state_dir)
-    audit = AuditLog(config.audit_path())
+    audit = AuditLog.from_config(config)
     try:
         created = missing_folders(audit.path)
         audit.append_fields(os_user(), "send-now", {"destination": dest.name})

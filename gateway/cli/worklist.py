@@ -107,7 +107,7 @@ def _audit(config: DermGateConfig, items: int, reason: str) -> None:
     from gateway.core.state_owner import missing_folders, owned_like
     from gateway.status.web.audit import AuditLog
 
-    log = AuditLog(config.audit_path())
+    log = AuditLog.from_config(config)
     try:
         created = missing_folders(log.path)
         log.append_fields(os_user(), "cli-worklist-reveal", {"items": items, "reason": reason})

@@ -1,7 +1,8 @@
 """The domain every stage shares, at the bottom of the layers: it imports no stage.
 
 Captures and their identities (:mod:`.capture`), patients (:mod:`.patient`), UIDs
-(:mod:`.uids`), alarm codes (:mod:`.alarms`), the event bus (:mod:`.events`),
+(:mod:`.uids`), alarm codes (:mod:`.alarms`), whether the clock can be trusted
+(:mod:`.clock`), the event bus (:mod:`.events`),
 durable file writes (:mod:`.files`), backoff (:mod:`.backoff`), the state folder's
 owner (:mod:`.state_owner`) and the configuration models (:mod:`.config`).
 """
@@ -10,6 +11,7 @@ __all__ = [
     "alarms",
     "backoff",
     "capture",
+    "clock",
     "config",
     "errors",
     "events",

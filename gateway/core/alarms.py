@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CLOCK_NOT_SYNCHRONISED",
     "COMMITMENT_OVERDUE",
     "DESTINATION_UNREACHABLE",
     "DISK_FULL",
@@ -24,3 +25,7 @@ DRIVER_QUARANTINED: Final = "driver_quarantined"
 COMMITMENT_OVERDUE: Final = "commitment_overdue"
 UNDER_VOLTAGE: Final = "under_voltage"
 """The box's power supply is too weak now (a Raspberry Pi's firmware says so)."""
+
+#: The system clock is not synchronised (no RTC on a Pi, no NTP yet): capture times
+#: may be wrong (1970). Subject "".
+CLOCK_NOT_SYNCHRONISED: Final = "clock_not_synchronised"

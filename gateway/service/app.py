@@ -51,6 +51,8 @@ from gateway.forward.overdue import CommitmentOverdueWatch
 from gateway.forward.readback import ReadBack
 from gateway.forward.stow import StowSender
 from gateway.intake import InlineWrap, Intake
+from gateway.service.clock import ClockWatch
+from gateway.service.sd_notify import ServiceNotifier
 from gateway.service.state_lock import StateLock
 from gateway.service.supervise import DriverTask, RestartPolicy, Supervisor
 from gateway.spool import ledger as db
@@ -412,7 +414,12 @@ async def _run_locked(
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:
             supervisor = Supervisor(group)
+            # systemd (Type=notify): watchdog pings from this loop while every stage runs;
+            # started first so that it is stopped last (pings go on while draining).
+            notifier = ServiceNotifier(bus, supervisor.healthy)
+            await supervisor.start("sd-notify", notifier.run)
             await supervisor.start("space", space.watch)  # the disk_full alarm, the reserve
+            await supervisor.start("clock", ClockWatch(bus).run)  # clock_not_synchronised
             if requesters:
                 # Reports may arrive before N-ACTION-RSP: listen before any request.
                 await supervisor.start("commitment-listener", listener.run)
@@ -476,8 +483,10 @@ async def _run_locked(
                 len(config.devices),
                 len(forwarders),
             )
+            notifier.ready()
             await stop.wait()
             log.info("stopping")
+            notifier.stopping()
             await supervisor.stop()
             try:
                 await asyncio.to_thread(spool_ids.close)  # no capture left: record the exact next

@@ -134,6 +134,8 @@ class Supervisor:
     ) -> None:
         self._group = group
         self._tasks: list[asyncio.Task[None]] = []
+        self._stages: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._sleep = sleep
         self._rng = rng or random.Random()
 
@@ -142,6 +144,7 @@ class Supervisor:
         ready = asyncio.Event()
         task = self._group.create_task(self._guard(name, stage(ready.set)), name=name)
         self._tasks.append(task)
+        self._stages.append(task)
         waiter = asyncio.ensure_future(ready.wait())
         try:
             await asyncio.wait({task, waiter}, timeout=timeout, return_when="FIRST_COMPLETED")
@@ -153,10 +156,21 @@ class Supervisor:
             raise StartupError(f"{name} did not become ready within {timeout:.0f} s")
         log.debug("%s ready", name)
 
-    @staticmethod
-    async def _guard(name: str, work: Awaitable[None]) -> None:
+    def healthy(self) -> bool:
+        """True while every stage started with :meth:`start` is still running (a stage
+        serves until cancelled: one that ended is dead). Drivers do not count: a
+        crashed one is restarted, a quarantined one is an alarm, not a dead gateway."""
+        return all(not task.done() for task in self._stages)
+
+    def dead_stages(self) -> list[str]:
+        """The names of the stages that have ended (see :meth:`healthy`)."""
+        return [task.get_name() for task in self._stages if task.done()]
+
+    async def _guard(self, name: str, work: Awaitable[None]) -> None:
         try:
             await work
+            if not self._stopping:  # a stage serves until cancelled: see healthy()
+                log.error("the %s stage has ended on its own; the gateway is not whole", name)
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -299,6 +313,7 @@ class Supervisor:
 
     async def stop(self) -> None:
         """Cancel every task, newest first, waiting for each to finish."""
+        self._stopping = True
         for task in reversed(self._tasks):
             task.cancel()
             done, _ = await asyncio.wait({task}, timeout=SLOW_STOP)
@@ -306,3 +321,4 @@ class Supervisor:
                 log.warning("%s is slow to stop; still waiting for it", task.get_name())
                 await asyncio.wait({task})
         self._tasks.clear()
+        self._stages.clear()

@@ -82,7 +82,8 @@ The document (``version`` 1); times are ISO 8601 UTC, ages and durations seconds
 Alarm codes: ``disk_full`` (subject ""), ``stuck_captures`` (subject: destination),
 ``destination_unreachable`` (destination), ``driver_quarantined`` (device name),
 ``commitment_overdue`` (destination: it stores but its commitment reports do not
-arrive, see :mod:`gateway.forward.overdue`).
+arrive, see :mod:`gateway.forward.overdue`), ``clock_not_synchronised`` (subject "": the
+box's clock cannot be trusted yet, see :mod:`gateway.service.clock`).
 Error codes: see :data:`gateway.core.errors.ERROR_PHRASES` (set where the delivery failed).
 
 Stages may add a section of their own (:attr:`GatewayState.sections`). With

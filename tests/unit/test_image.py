@@ -74,3 +74,20 @@ def test_unit_gives_the_page_and_the_rest_their_descriptors() -> None:
     soft = int(_unit_value("LimitNOFILE").split(":")[0])
     page = min(DEFAULT_MAX_CONNECTIONS, soft // 4)
     assert soft - page >= 3000
+
+
+def test_the_box_waits_for_time_sync_at_boot_but_not_for_ever() -> None:
+    """No real-time clock on a Pi: the unit is ordered after time-sync.target, the
+    installer enables systemd-time-wait-sync (which holds that target back until the
+    clock is set) and bounds it with a drop-in, so a box without network still starts."""
+    assert "time-sync.target" in _unit_value("After").split()
+    # Ordered after it, not pulling it in (systemd.special(7)): time-wait-sync does.
+    assert "time-sync.target" not in _unit_value("Wants").split()
+    install = (IMAGE / "install.sh").read_text(encoding="utf-8")
+    assert "systemctl enable systemd-time-wait-sync.service" in install
+    assert "sysinit.target.wants/systemd-time-wait-sync.service" in install  # image build
+    assert "systemd-time-wait-sync.service.d/dermgate.conf" in install
+    dropin = (IMAGE / "time-wait-sync.conf").read_text(encoding="utf-8").splitlines()
+    timeout = [line.split("=", 1)[1] for line in dropin if line.startswith("TimeoutStartSec=")]
+    assert len(timeout) == 1, dropin
+    assert 0 < int(timeout[0]) <= 300, timeout

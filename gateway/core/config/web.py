@@ -64,6 +64,18 @@ class WebSettings(_Strict):
         "--reveal` / `export` (who, when, spool id; never the data).",
         json_schema_extra={"doc_default": "`STATE_DIR/web/audit.log`"},
     )
+    audit_max_mb: float = Field(
+        default=10.0,
+        ge=0,
+        description="Size (MiB) at which the audit log is rotated (`audit.log` becomes "
+        "`audit.log.1`, …); 0: never rotated.",
+    )
+    audit_keep: int = Field(
+        default=10,
+        ge=1,
+        description="Rotated audit logs kept (`audit.log.1` … `audit.log.N`); the oldest "
+        "beyond that is deleted.",
+    )
     session_lifetime: float = Field(
         default=8 * 3600.0,
         gt=0,

@@ -70,7 +70,7 @@ class PageState:
         self.lockout = Lockout(
             self.web.lockout_failures, self.web.lockout_window, self.web.lockout_duration
         )
-        self.audit = AuditLog(config.audit_path())
+        self.audit = AuditLog.from_config(config)
         self.logins = LoginFile(config.users_path())
         self._logins_generation = 0
         self.tls = self.web.tls_cert is not None

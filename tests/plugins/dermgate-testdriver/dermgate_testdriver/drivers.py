@@ -7,12 +7,17 @@
 - ``test-stubborn``: says READY; when stopped, its cleanup blocks in a thread for
   ``cleanup_seconds`` and ignores being cancelled again (a driver whose device call
   never returns).
+- ``test-wedger``: says READY; once the file ``wedge_when`` exists it blocks the event
+  loop in ``time.sleep(wedge_seconds)`` (a driver that calls a blocking library on the
+  loop: the whole gateway stands still, which only systemd's watchdog can see).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -130,3 +135,35 @@ class StubbornDriver:
                     await asyncio.shield(closing)
                 except asyncio.CancelledError:
                     continue
+
+
+class WedgerOptions(BaseModel):
+    """Options of ``driver = "test-wedger"``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    wedge_when: Path = Field(description="Block the event loop once this file exists.")
+    wedge_seconds: float = Field(default=3600, gt=0, description="How long it blocks.")
+
+
+class WedgerDriver:
+    """Driver ``test-wedger``: blocks the event loop when told to (a file appears)."""
+
+    id: ClassVar[str] = "test-wedger"
+    device_class: ClassVar[DeviceClass] = DeviceClass.DERMATOSCOPE
+    Options: ClassVar[type[BaseModel]] = WedgerOptions
+    matchers: ClassVar[tuple[Matcher, ...]] = ()
+
+    def __init__(self, options: BaseModel, host: DeviceHost, name: str) -> None:
+        assert isinstance(options, WedgerOptions)
+        self.options = options
+        self.host = host
+
+    async def run(self) -> None:
+        """Serve until the file appears, then block the loop (a blocking call on it)."""
+        self.host.set_state(DriverState.READY, "test device")
+        while not self.options.wedge_when.exists():
+            await asyncio.sleep(0.1)
+        logging.getLogger(__name__).warning("test-wedger: blocking the event loop")
+        time.sleep(self.options.wedge_seconds)  # blocking the loop is the point
+        await asyncio.Event().wait()
