@@ -1,7 +1,7 @@
 """Waiting for an idle service, restarting it, and the health gate.
 
 The service holds a shared ``flock`` on the busy lock (``/run/dermgate/busy.lock``,
-see :mod:`gateway.service.busy_lock`) while a capture is in intake or wrap or an
+see :mod:`gateway.core.busy`) while a capture is in intake or wrap or an
 association is open; :func:`wait_idle` takes it exclusively, so it returns only when
 nothing is in flight.
 

@@ -3,8 +3,13 @@
 ``dermgate-update apply`` (:mod:`gateway.update.gate`) takes the same file
 exclusively before it switches releases and restarts the service, so it waits until
 no capture is in intake or wrap and no association is open, or gives up with exit 75
-(EX_TEMPFAIL). The file lives in the runtime folder (``/run/dermgate/busy.lock``;
-``RuntimeDirectoryPreserve=yes`` keeps it across restarts).
+(EX_TEMPFAIL). The file lives in the runtime folder systemd gives the service
+(``$RUNTIME_DIRECTORY/busy.lock``, ``/run/dermgate/busy.lock`` on a box;
+``RuntimeDirectoryPreserve=yes`` keeps it across restarts); without one (a run by
+hand, tests) there is no lock. One service per process: :data:`BUSY` is the
+process's lock, pointed at its file by the service at start
+(:func:`use_runtime_directory`); intake (a capture arriving), wrap (a capture
+becoming DICOM) and the forwarders (an association open) enter it.
 
 Each piece of work enters :meth:`BusyLock.busy`; the first one in takes ``LOCK_SH``,
 the last one out drops it. Taking it never waits: when an update already holds the
@@ -24,7 +29,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PATH = Path("/run/dermgate/busy.lock")
+LOCK_NAME = "busy.lock"
 
 
 class BusyLock:
@@ -82,3 +87,14 @@ class BusyLock:
             yield
         finally:
             self.leave()
+
+
+BUSY = BusyLock(None)
+
+
+def use_runtime_directory(environ: dict[str, str] | None = None) -> Path | None:
+    """Point :data:`BUSY` at ``$RUNTIME_DIRECTORY/busy.lock`` (None: no lock)."""
+    env = os.environ if environ is None else environ
+    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    BUSY.path = Path(runtime) / LOCK_NAME if runtime else None
+    return BUSY.path
