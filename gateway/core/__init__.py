@@ -3,12 +3,14 @@
 Captures and their identities (:mod:`.capture`), patients (:mod:`.patient`), UIDs
 (:mod:`.uids`), alarm codes (:mod:`.alarms`), the event bus (:mod:`.events`),
 durable file writes (:mod:`.files`), backoff (:mod:`.backoff`), the state folder's
-owner (:mod:`.state_owner`) and the configuration models (:mod:`.config`).
+owner (:mod:`.state_owner`), the busy lock updates wait for (:mod:`.busy`) and the
+configuration models (:mod:`.config`).
 """
 
 __all__ = [
     "alarms",
     "backoff",
+    "busy",
     "capture",
     "config",
     "errors",
