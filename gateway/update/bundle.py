@@ -157,16 +157,26 @@ class _Source:
             raise BundleRefused(
                 f"{path.name} is neither a bundle folder nor a tar: {err}"
             ) from None
-        tops = {PurePosixPath(m.name).parts[0] for m in self._tar.getmembers() if m.name}
+        try:
+            self._index(path.name, self._tar.getmembers())
+        except tarfile.TarError as err:
+            self._tar.close()
+            raise BundleRefused(f"{path.name} is a damaged tar: {err}") from None
+        except BaseException:
+            self._tar.close()
+            raise
+
+    def _index(self, name: str, members: list[tarfile.TarInfo]) -> None:
+        tops = {PurePosixPath(m.name).parts[0] for m in members if m.name}
         if len(tops) != 1:
-            raise BundleRefused(f"{path.name} does not hold one bundle folder")
+            raise BundleRefused(f"{name} does not hold one bundle folder")
         top = tops.pop()
-        for member in self._tar.getmembers():
+        for member in members:
             rel = member.name[len(top) + 1 :]
             if member.isfile() and rel:
                 self._members[rel] = member
             elif not (member.isdir() or member.name == top):
-                raise BundleRefused(f"{path.name} holds {member.name}, not a plain file")
+                raise BundleRefused(f"{name} holds {member.name}, not a plain file")
 
     def names(self) -> set[str]:
         if self._dir is not None:
@@ -213,20 +223,26 @@ def unpack(bundle: Path, dest: Path, trust: Trust) -> Manifest:
     """
     source = _Source(bundle)
     try:
-        raw = source.read(MANIFEST)
-        verify_signature(raw, source.read(SIGNATURE), trust)
-        manifest = parse_manifest(raw)
-        extra = source.names() - set(manifest.files) - {MANIFEST, SIGNATURE}
-        if extra:
-            raise BundleRefused(f"the bundle holds files the manifest does not name: {min(extra)}")
-        dest.mkdir(parents=True)
-        try:
-            for name, expected in sorted(manifest.files.items()):
-                _copy_checked(source, name, expected, dest)
-            (dest / MANIFEST).write_bytes(raw)
-        except BaseException:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
-        return manifest
+        return _unpack(source, dest, trust)
+    except (tarfile.TarError, EOFError) as err:
+        raise BundleRefused(f"{bundle.name} is damaged: {err}") from None
     finally:
         source.close()
+
+
+def _unpack(source: _Source, dest: Path, trust: Trust) -> Manifest:
+    raw = source.read(MANIFEST)
+    verify_signature(raw, source.read(SIGNATURE), trust)
+    manifest = parse_manifest(raw)
+    extra = source.names() - set(manifest.files) - {MANIFEST, SIGNATURE}
+    if extra:
+        raise BundleRefused(f"the bundle holds files the manifest does not name: {min(extra)}")
+    dest.mkdir(parents=True)
+    try:
+        for name, expected in sorted(manifest.files.items()):
+            _copy_checked(source, name, expected, dest)
+        (dest / MANIFEST).write_bytes(raw)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return manifest

@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.update.bundle import Manifest, Trust, unpack, valid_version
+from gateway.update.bundle import MANIFEST, Manifest, Trust, unpack, valid_version
 
 COMPLETE = ".complete"
 CONFIRMED = "confirmed"
@@ -204,6 +204,11 @@ class ReleaseTree:
             self.clear_bad(version)
             target = self.release(version)
             if self.complete(version):
+                if (target / MANIFEST).read_bytes() != (scratch / MANIFEST).read_bytes():
+                    raise ReleaseError(
+                        f"{version} is already staged from another bundle: a version is "
+                        "never changed once staged; give the new build its own version"
+                    )
                 return manifest
             if version in (self.link("current"), self.link("previous")):
                 raise ReleaseError(f"{version} is in use but incomplete; not touching it")
