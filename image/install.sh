@@ -74,10 +74,10 @@ if [[ ! -e /etc/dermgate/dermgate.toml ]]; then
   echo "         systemctl restart dermgate"
 fi
 for unit in dermgate.service dermgate-rollback.service dermgate-update-boot.service; do
-  install -m 0644 "$release/image/$unit" "/etc/systemd/system/$unit"
+  install -D -m 0644 "$release/image/$unit" "/etc/systemd/system/$unit"
 done
-install -m 0644 "$release/image/dermgate.tmpfiles" /usr/lib/tmpfiles.d/dermgate.conf
-install -m 0644 "$release/image/60-dermgate.rules" /etc/udev/rules.d/60-dermgate.rules
+install -D -m 0644 "$release/image/dermgate.tmpfiles" /usr/lib/tmpfiles.d/dermgate.conf
+install -D -m 0644 "$release/image/60-dermgate.rules" /etc/udev/rules.d/60-dermgate.rules
 # Drop folders of the 3D scanner and the camera (point the devices' exports here).
 install -d -m 0770 -o dermgate -g dermgate /srv/dermgate /srv/dermgate/scanner /srv/dermgate/photos
 
@@ -97,6 +97,7 @@ else
   dermgate-update apply "$version" --no-restart
   echo "install: systemd is not running here; the units are installed and enabled at next boot"
   for unit in dermgate.service dermgate-update-boot.service; do
+    install -d /etc/systemd/system/multi-user.target.wants
     ln -sf "/etc/systemd/system/$unit" "/etc/systemd/system/multi-user.target.wants/$unit"
   done
 fi

@@ -394,3 +394,75 @@ def test_the_units_of_the_rollback_chain_verify(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert not done.stderr.strip()
     assert "OnFailure=dermgate-rollback.service" in (units / "dermgate.service").read_text()
+
+
+CHROOT = r"""
+set -euo pipefail
+R="$1"; shift
+mkdir -p "$R"/{usr,etc,opt,var/lib,srv,run,tmp,proc,dev,root}
+for l in bin lib lib64 sbin; do ln -s "usr/$l" "$R/$l"; done
+mount --bind /usr "$R/usr"
+mount -o remount,bind,ro "$R/usr"
+touch "$R/usr/.writable" 2>/dev/null && { echo "/usr is writable: refusing to go on" >&2; exit 99; }
+mount -t tmpfs tmpfs "$R/usr/local"
+mkdir -p "$R/usr/local/sbin"
+mount -t tmpfs tmpfs "$R/usr/lib/tmpfiles.d"
+cp -a /etc/. "$R/etc/"
+mount --rbind /dev "$R/dev"
+mount -t proc proc "$R/proc"
+for run in 1 2; do
+  env -i PATH=/usr/local/sbin:/usr/sbin:/usr/bin HOME=/root \
+    chroot "$R" /bin/bash /tmp/bundle/install.sh /tmp/bundle.tar \
+    --allowed-signers /tmp/allowed_signers --no-apt
+done
+chroot "$R" /usr/local/sbin/dermgate-update status
+chroot "$R" /opt/dermgate/current/venv/bin/dermgate --help | head -1
+"""
+
+
+def test_install_sh_installs_a_release_from_the_bundle_offline(
+    bundles: Bundles, tmp_path: Path
+) -> None:
+    """image/install.sh in a throw-away root (the host's /usr read-only, a copy of its
+    /etc), in a private mount namespace without a network, run twice (idempotent)."""
+    root = tmp_path / "root"
+    (root / "tmp").mkdir(parents=True)
+    with tarfile.open(bundles.good) as tar:
+        tar.extractall(root / "tmp" / "unpacked", filter="data")
+    (root / "tmp" / "bundle").symlink_to(f"unpacked/dermgate-{GOOD}")
+    shutil.copy(bundles.good, root / "tmp" / "bundle.tar")
+    shutil.copy(bundles.allowed_signers, root / "tmp" / "allowed_signers")
+    done = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--net",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            CHROOT,
+            "chroot-box",
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"current:   {GOOD} (confirmed)" in done.stdout
+    opt = root / "opt" / "dermgate"
+    assert os.readlink(opt / "current") == f"releases/{GOOD}"
+    assert (root / "etc/dermgate/allowed_signers").read_text() == (
+        bundles.allowed_signers.read_text()
+    )
+    assert (root / "etc/dermgate/dermgate.toml").is_file()
+    assert "dermgate:" in (root / "etc/passwd").read_text()
+    units = root / "etc/systemd/system"
+    for unit in ("dermgate.service", "dermgate-rollback.service", "dermgate-update-boot.service"):
+        assert (units / unit).is_file()
+    wants = units / "multi-user.target.wants"
+    assert (wants / "dermgate.service").is_symlink()
+    assert (wants / "dermgate-update-boot.service").is_symlink()
+    assert "staged: signature and hashes good" in done.stdout
+    assert "usage: dermgate" in done.stdout  # the installed release runs in that root
