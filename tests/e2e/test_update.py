@@ -416,7 +416,7 @@ for run in 1 2; do
     --allowed-signers /tmp/allowed_signers --no-apt
 done
 chroot "$R" /usr/local/sbin/dermgate-update status
-chroot "$R" /opt/dermgate/current/venv/bin/dermgate --help | head -1
+chroot "$R" /opt/dermgate/current/venv/bin/dermgate --help | sed -n 1p
 """
 
 
