@@ -44,7 +44,11 @@ if cmd == "is-active":
     print((state / "active").read_text().strip() if (state / "active").exists() else "active")
 if cmd == "show":
     path = state / "nrestarts"
-    print(path.read_text().strip() if path.exists() else "0")
+    count = int(path.read_text()) if path.exists() else 0
+    if (state / "flapping").exists():  # the service restarts again and again
+        count += 1
+        path.write_text(str(count))
+    print(count)
 """
 
 
@@ -366,6 +370,16 @@ def test_crash_loop_and_power_cut_roll_back(box: Box) -> None:
     assert f"cut short before its health gate confirmed it; back on {GOOD}" in next_boot
     assert box.link("current") == GOOD
     assert not (box.root / "pending").exists()
+
+    # A release whose check passes but whose service keeps restarting during the soak.
+    (box.systemd / "hang").unlink()
+    (box.systemd / "flapping").touch()
+    _ok(box.apply(BAD, "--force", "--no-restart"))
+    flapping = box.apply(GOOD, "--force")
+    assert flapping.returncode == 1
+    assert "health gate: the service restarted during the soak" in flapping.stdout
+    assert (box.link("current"), box.link("previous")) == (BAD, None)
+    assert "restarted during the soak" in (box.root / "bad" / GOOD).read_text()
 
 
 def test_the_units_of_the_rollback_chain_verify(tmp_path: Path) -> None:
