@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pydicom.uid import UID
 
+from gateway.core.busy import BUSY
 from gateway.core.capture import GatewayIdentity
 from gateway.core.events import NO_EVENTS, CaptureQuarantined, EventSink
 from gateway.core.routing import RoutePlan
@@ -92,6 +93,10 @@ class Wrapper:
                 self.wanted.set()
 
     async def _wrap_one(self, entry: SpoolEntry) -> bool:
+        with BUSY.busy():  # an update waits until the capture is DICOM
+            return await self._wrap_entry(entry)
+
+    async def _wrap_entry(self, entry: SpoolEntry) -> bool:
         dicom_name = f"{entry.uids.sop_instance}.dcm"
         try:
             patient_key = await self._patient_spool_id(entry)

@@ -24,6 +24,9 @@
     dermgate worklist list|refresh --config FILE
                                             the Modality Worklist cache (see
                                             gateway/cli/worklist.py)
+    dermgate update stage|apply|rollback|boot-check|status …
+                                            signed offline updates (the same as
+                                            dermgate-update: gateway/update/cli.py)
 
 Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad configuration;
 141 (128 + SIGPIPE) when the reader of the output went away (``… | head``), quietly.
@@ -334,11 +337,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_token_commands(sub)  # add, list, remove: gateway/cli/tokens.py
     add_worklist_commands(sub)  # list, refresh: gateway/cli/worklist.py
+
+    update = sub.add_parser("update", help="signed offline updates (same as dermgate-update)")
+    update.add_argument("args", nargs=argparse.REMAINDER, help="stage, apply, rollback, status")
+    update.set_defaults(func=cmd_update)
     return parser
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    """``dermgate update …``: the updater of gateway/update (on a box, run the
+    ``dermgate-update`` zipapp instead: it works when this release's venv does not)."""
+    from gateway.update.cli import run as run_update
+
+    return run_update(cast(list[str], args.args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dermgate`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["update"]:  # its options go to the updater's own parser, untouched
+        return cmd_update(argparse.Namespace(args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     func = cast(Callable[[argparse.Namespace], int], args.func)

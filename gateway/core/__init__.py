@@ -4,12 +4,14 @@ Captures and their identities (:mod:`.capture`), patients (:mod:`.patient`), UID
 (:mod:`.uids`), alarm codes (:mod:`.alarms`), whether the clock can be trusted
 (:mod:`.clock`), the event bus (:mod:`.events`),
 durable file writes (:mod:`.files`), backoff (:mod:`.backoff`), the state folder's
-owner (:mod:`.state_owner`) and the configuration models (:mod:`.config`).
+owner (:mod:`.state_owner`), the busy lock updates wait for (:mod:`.busy`) and the
+configuration models (:mod:`.config`).
 """
 
 __all__ = [
     "alarms",
     "backoff",
+    "busy",
     "capture",
     "clock",
     "config",

@@ -39,6 +39,7 @@ from pydicom.uid import UID
 
 from gateway.core.alarms import DESTINATION_UNREACHABLE, STUCK_CAPTURES
 from gateway.core.backoff import Backoff, backoff_delay
+from gateway.core.busy import BUSY
 from gateway.core.config import DicomDestination, DicomwebDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.core.events import (
@@ -230,6 +231,11 @@ class Forwarder:
         self.wanted.set()
 
     async def _send(self, due: list[DueDelivery]) -> None:
+        """Send one batch, holding the busy lock (an update waits for it)."""
+        with BUSY.busy():
+            await self._send_batch(due)
+
+    async def _send_batch(self, due: list[DueDelivery]) -> None:
         """Send one batch; each outcome is recorded as soon as it is known."""
         requests = [await self._copies.request(d) for d in due]
         attempts = {d.spool_id: d.attempts for d in due}

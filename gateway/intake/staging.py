@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from gateway.core.busy import BUSY
 from gateway.core.capture import (
     CaptureOffer,
     CaptureRefused,
@@ -168,6 +169,8 @@ class StagedCapture:
         binding: CaptureBinding = NO_BINDING,
     ) -> None:
         self._intake = intake
+        BUSY.enter()  # left once, by commit or abort: an update waits for the capture
+        self._busy = True
         # The UIDs chosen when the device started sending (the session's study and
         # series when bound); fresh ones at commit without them.
         self._preset = uids
@@ -302,6 +305,8 @@ class StagedCapture:
                 with contextlib.suppress(Exception):  # a worker may be writing to it
                     fh.close()
             raise
+        finally:
+            self._idle()
 
     async def _commit(self, length: int, sha256: str, offer: CaptureOffer | None) -> CaptureReceipt:
         if offer is not None:
@@ -403,8 +408,19 @@ class StagedCapture:
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
 
+    def _idle(self) -> None:
+        if self._busy:
+            self._busy = False
+            BUSY.leave()
+
     async def abort(self, reason: str) -> None:
         """Drop the staging file; the device still holds the capture."""
+        try:
+            await self._abort(reason)
+        finally:
+            self._idle()
+
+    async def _abort(self, reason: str) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
             with contextlib.suppress(OSError):

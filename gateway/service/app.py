@@ -24,6 +24,7 @@ from gateway.context.barcode.stage import BarcodeStage
 from gateway.context.mpps import ProcedureSteps
 from gateway.context.stage import ContextStage
 from gateway.context.worklist_source import WorklistSource
+from gateway.core.busy import use_runtime_directory
 from gateway.core.capture import GatewayIdentity
 from gateway.core.config import DermGateConfig
 from gateway.core.events import EventBus
@@ -191,6 +192,7 @@ async def run_gateway(
     patient sessions through it).
     """
     lock = await asyncio.to_thread(StateLock.acquire, config.gateway.state_dir)
+    use_runtime_directory()  # the busy lock dermgate-update waits for (gateway/core/busy.py)
     try:
         await asyncio.to_thread(
             refuse_spool_without_ledger, config.ledger_path(), SpoolDirs(config.spool_dir())

@@ -28,8 +28,8 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert dermgate.exists(), f"{dermgate} missing: the project is not installed in the venv"
     unit = tmp_path / "dermgate.service"
     text = (IMAGE / "dermgate.service").read_text(encoding="utf-8")
-    assert "/opt/dermgate/venv/bin/dermgate" in text
-    unit.write_text(text.replace("/opt/dermgate/venv/bin/dermgate", str(dermgate)))
+    assert "/opt/dermgate/current/venv/bin/dermgate" in text
+    unit.write_text(text.replace("/opt/dermgate/current/venv/bin/dermgate", str(dermgate)))
     result = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
     )
