@@ -24,6 +24,8 @@
     dermgate worklist list|refresh --config FILE
                                             the Modality Worklist cache (see
                                             gateway/cli/worklist.py)
+    dermgate backup|restore …               a box's state in one tar, back onto a
+                                            new SD card (see gateway/cli/backup.py)
 
 Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad configuration;
 141 (128 + SIGPIPE) when the reader of the output went away (``… | head``), quietly.
@@ -42,6 +44,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
+from gateway.cli.backup import add_backup_commands
 from gateway.cli.echo import add_echo_command
 from gateway.cli.spool import add_spool_commands
 from gateway.cli.tokens import add_token_commands
@@ -330,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_token_commands(sub)  # add, list, remove: gateway/cli/tokens.py
     add_worklist_commands(sub)  # list, refresh: gateway/cli/worklist.py
+    add_backup_commands(sub)  # backup, restore: gateway/cli/backup.py
     return parser
 
 
