@@ -127,6 +127,7 @@ def add_backup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     restore.add_argument(
         "--keep-config",
         action="store_true",
-        help="keep the configuration FILE; the state goes to its state_dir",
+        help="keep the configuration FILE (the state goes to its state_dir); the backup's "
+        "is written beside it as FILE.from-backup",
     )
     restore.set_defaults(func=cmd_restore)

@@ -262,7 +262,8 @@ def restore_backup(
 
     Without ``keep_config`` the backup's configuration becomes ``config_file`` (a
     different one there is moved aside) and says where the state goes; with it,
-    ``config_file`` stays and the state goes where it says. Raises
+    ``config_file`` stays, the state goes where it says, and the backup's
+    configuration is written beside it as ``FILE.from-backup``. Raises
     :class:`BackupDamaged`, :class:`RestoreRefused` or :class:`OSError`.
     """
     checked = _check(tar_path)
@@ -270,6 +271,8 @@ def restore_backup(
     config_file = config_file.absolute()
     state_dir = config.gateway.state_dir.absolute()
     targets = {n: target_of(e, config, config_file) for n, e in checked.entries.items()}
+    if keep_config:  # the backup's configuration beside it, for comparison
+        targets["config.toml"] = config_file.with_name(f"{config_file.name}.from-backup")
     if len(set(targets.values())) != len(targets):
         raise BackupDamaged("two of its files go to the same place")
     if not keep_config and config_file.is_file():
