@@ -263,6 +263,11 @@ def make_backup(
     target = target.absolute()
     if target.is_dir():
         raise BackupFailed(f"{target} is a folder; give the name of the tar to write")
+    if target.is_relative_to(config.gateway.state_dir.absolute()):
+        raise BackupFailed(
+            f"{target} is inside the state folder: a backup there is lost with the card "
+            "(and taken into the next backup); write it elsewhere (a USB stick, the network)"
+        )
     report = BackupReport(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     snapshot = target.with_name(f".{target.name}.{os.getpid()}.ledger")

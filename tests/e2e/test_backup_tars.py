@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sqlite3
 import stat
 import tarfile
 from collections.abc import Callable
@@ -114,6 +115,11 @@ def test_a_backup_is_private_and_lists_every_file_with_its_hash(tmp_path: Path) 
     assert config.read_bytes() == {i.name: d for i, d in members}["config.toml"]
     assert not list(tmp_path.glob(".box.tar*")), "no temporary file left"
 
+    inside = run_cli("backup", "--config", str(config), "--to", str(tmp_path / "state" / "b.tar"))
+    assert inside.returncode == 1
+    assert "inside the state folder" in inside.stderr
+    assert not (tmp_path / "state" / "b.tar").exists()
+
     missing = run_cli("backup", "--config", str(tmp_path / "nope.toml"), "--to", str(tar_path))
     assert missing.returncode == 2
 
@@ -203,3 +209,32 @@ def test_a_damaged_or_newer_backup_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "state" / "web" / "users.json").read_bytes() == (
         aside[0] / "web" / "users.json"
     ).read_bytes()
+
+
+def test_a_backup_succeeds_while_the_ledger_is_busy_and_takes_only_what_is_committed(
+    tmp_path: Path,
+) -> None:
+    config = _box(tmp_path)
+    ledger = open_ledger(load_config(config).ledger_path())
+    try:
+        # The worklist cache lives in the ledger; the service is in the middle of a
+        # write to it (a transaction holding the write lock) while the backup runs.
+        ledger.execute("INSERT INTO worklist_fetch (id, items) VALUES (1, 3)")
+        ledger.execute("BEGIN IMMEDIATE")
+        ledger.execute("UPDATE worklist_fetch SET items = 99")
+        tar_path = tmp_path / "busy.tar"
+        result = run_cli("backup", "--config", str(config), "--to", str(tar_path))
+        assert result.returncode == 0, result.stderr
+        ledger.execute("ROLLBACK")
+    finally:
+        ledger.close()
+    members = {i.name: d for i, d in _members(tar_path)}
+    copy = tmp_path / "copy.sqlite3"
+    copy.write_bytes(members["ledger.sqlite3"])
+    conn = sqlite3.connect(copy)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT items FROM worklist_fetch").fetchall() == [(3,)]
+    finally:
+        conn.close()
