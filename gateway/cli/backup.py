@@ -20,7 +20,7 @@ from gateway.core.config import ConfigError
 from gateway.service.backup import BackupFailed, make_backup
 from gateway.service.backup_format import BackupDamaged
 from gateway.service.config import load_config
-from gateway.service.restore import RestoreRefused, restore_backup
+from gateway.service.restore import RestoreBadConfig, RestoreRefused, restore_backup
 
 __all__ = ["add_backup_commands"]
 
@@ -77,7 +77,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return 1
     except RestoreRefused as err:
         print(f"dermgate restore: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, RestoreBadConfig) else 1
     except OSError as err:
         print(f"dermgate restore: {err}; the state folder was left as it was", file=sys.stderr)
         return 1

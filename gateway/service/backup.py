@@ -18,6 +18,7 @@ Blocking (file I/O, sqlite3): a command-line process, or a worker thread.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.metadata
 import io
@@ -117,7 +118,7 @@ class _Writer:
         except (FileNotFoundError, NotADirectoryError):
             return False
         except OSError as err:
-            if err.errno == 40:  # ELOOP: a symlink; never followed
+            if err.errno == errno.ELOOP:  # a symlink: never followed
                 return False
             raise
         with os.fdopen(fd, "rb") as fh:

@@ -54,7 +54,7 @@ from gateway.service.state_lock import LOCK_NAME, StateLock
 from gateway.spool.schema import SCHEMA_VERSION
 from gateway.spool.states import CaptureState
 
-__all__ = ["RestoreRefused", "RestoreReport", "restore_backup"]
+__all__ = ["RestoreBadConfig", "RestoreRefused", "RestoreReport", "restore_backup"]
 
 _CHUNK = 1 << 20
 _SMALL = 16 << 20  # the manifest and the configuration are read into memory: cap them
@@ -62,6 +62,11 @@ _SMALL = 16 << 20  # the manifest and the configuration are read into memory: ca
 
 class RestoreRefused(RuntimeError):
     """The box is not in a state to take the restore (nothing was changed)."""
+
+
+class RestoreBadConfig(RestoreRefused):
+    """The configuration to restore with (the backup's, or ``--keep-config``'s FILE)
+    is not usable."""
 
 
 @dataclass
@@ -230,9 +235,9 @@ def _config_of(checked: _Checked, config_file: Path, keep_config: bool) -> DermG
         return parse_config(text, config_file, broken_drivers_fatal=False, service=True)
     except ConfigError as err:
         where = str(config_file) if keep_config else "the backup's configuration"
-        raise RestoreRefused(f"{where} is not usable: " + "; ".join(err.problems)) from err
+        raise RestoreBadConfig(f"{where} is not usable: " + "; ".join(err.problems)) from err
     except OSError as err:
-        raise RestoreRefused(f"cannot read {config_file}: {err.strerror or err}") from err
+        raise RestoreBadConfig(f"cannot read {config_file}: {err.strerror or err}") from err
 
 
 def _has_state(state_dir: Path) -> bool:
@@ -253,6 +258,55 @@ def _owner(state_dir: Path) -> tuple[int, int] | None:
         return None
     info = (state_dir if state_dir.exists() else state_dir.parent).stat()
     return info.st_uid, info.st_gid
+
+
+def _extract(
+    tar_path: Path,
+    checked: _Checked,
+    targets: dict[str, Path],
+    state_dir: Path,
+    work: Path,
+    staged: dict[Path, Path],
+) -> int:
+    """Write every file: the state folder's into ``work``, the others to temporary
+    names beside their places (recorded in ``staged``); the number written."""
+    written = 0
+    with tarfile.open(tar_path, mode="r:") as tar:
+        for member in tar:
+            if member.name == MANIFEST_NAME:
+                continue
+            if member.name not in checked.entries or _member_problem(member) is not None:
+                raise BackupDamaged(f"{tar_path} changed while it was restored")
+            entry, target = checked.entries[member.name], targets[member.name]
+            if target.is_relative_to(state_dir):
+                dest = work / target.relative_to(state_dir)
+                dest.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                dest = target.with_name(f".{target.name}.restoring-{os.getpid()}")
+                staged[dest] = target
+            _write_member(tar.extractfile(member), dest, entry)
+            written += 1
+    return written
+
+
+def _put_outside(staged: dict[Path, Path], stamp: str) -> list[Path]:
+    """Move the staged files outside the state folder into place; a different file
+    there is moved aside first (returned), never deleted."""
+    moved: list[Path] = []
+    for dest, target in staged.items():
+        if target.is_file() and target.read_bytes() == dest.read_bytes():
+            dest.unlink()
+            continue
+        if target.exists():
+            info = target.stat()
+            with contextlib.suppress(PermissionError):
+                os.chown(dest, info.st_uid, info.st_gid)
+            os.rename(target, _aside(target, stamp))
+            moved.append(_aside(target, stamp))
+        os.replace(dest, target)
+        fsync_dir(target.parent)
+    return moved
 
 
 def restore_backup(
@@ -279,8 +333,9 @@ def restore_backup(
         with contextlib.suppress(ConfigError, OSError):
             current = parse_config(config_file.read_text(encoding="utf-8"), config_file,
                                    broken_drivers_fatal=False)  # fmt: skip
-            if current.gateway.state_dir.absolute() != state_dir:
-                _lock(current.gateway.state_dir.absolute()).release()
+            running_on = current.gateway.state_dir.absolute()
+            if running_on != state_dir and running_on.is_dir():
+                _lock(running_on).release()
     owner = _owner(state_dir)
     report = RestoreReport(state_dir, with_spool=bool(checked.manifest.get("with_spool")))
     report.created = str(checked.manifest.get("created", ""))
@@ -289,27 +344,15 @@ def restore_backup(
     work = state_dir.with_name(f".{state_dir.name}.restoring-{os.getpid()}")
     staged: dict[Path, Path] = {}
     inner: StateLock | None = None
+    aside: Path | None = None
     try:
         _refuse_unless_empty(state_dir, force)
         work.mkdir(mode=0o750)
         inner = StateLock.acquire(work)
-        with tarfile.open(tar_path, mode="r:") as tar:
-            for member in tar:
-                if member.name == MANIFEST_NAME or _member_problem(member) is not None:
-                    continue
-                entry, target = checked.entries[member.name], targets[member.name]
-                if target.is_relative_to(state_dir):
-                    dest = work / target.relative_to(state_dir)
-                    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-                else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    dest = target.with_name(f".{target.name}.restoring-{os.getpid()}")
-                    staged[dest] = target
-                _write_member(tar.extractfile(member), dest, entry)
-                report.files += 1
-        _ledger_check(work / config.ledger_path().relative_to(state_dir))
-        report.missing = _missing(work / config.ledger_path().relative_to(state_dir),
-                                  work / config.spool_dir().relative_to(state_dir))  # fmt: skip
+        report.files = _extract(tar_path, checked, targets, state_dir, work, staged)
+        ledger = work / config.ledger_path().relative_to(state_dir)
+        _ledger_check(ledger)
+        report.missing = _missing(ledger, work / config.spool_dir().relative_to(state_dir))
         if owner is not None:
             for folder, dirs, files in os.walk(work):
                 for name in [*dirs, *files, "."]:
@@ -317,27 +360,19 @@ def restore_backup(
         if _has_state(state_dir):
             aside = _aside(state_dir, stamp)
             os.rename(state_dir, aside)
-            report.moved_aside.append(aside)
         else:
             (state_dir / LOCK_NAME).unlink(missing_ok=True)
             state_dir.rmdir()
         os.rename(work, state_dir)
         fsync_dir(state_dir.parent)
-        for dest, target in staged.items():
-            if target.is_file() and target.read_bytes() == dest.read_bytes():
-                dest.unlink()
-                continue
-            if target.exists():
-                info = target.stat()
-                with contextlib.suppress(PermissionError):
-                    os.chown(dest, info.st_uid, info.st_gid)
-                os.rename(target, _aside(target, stamp))
-                report.moved_aside.append(_aside(target, stamp))
-            os.replace(dest, target)
-            fsync_dir(target.parent)
+        if aside is not None:
+            report.moved_aside.append(aside)
+        report.moved_aside += _put_outside(staged, stamp)
     except BaseException:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)  # our own half-written copy only
+        if aside is not None and not state_dir.exists():
+            os.rename(aside, state_dir)  # the old state back where it was
         for dest in staged:
             dest.unlink(missing_ok=True)
         raise

@@ -193,6 +193,12 @@ def test_a_damaged_or_newer_backup_is_refused(tmp_path: Path) -> None:
     assert "newer than this DermGate knows" in result.stderr
     _nothing_written(tmp_path, card)
 
+    # --keep-config with a configuration that is not there: bad usage, nothing written.
+    result = run_cli("restore", str(good), "--config", str(card / "dermgate.toml"), "--keep-config")
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr
+    _nothing_written(tmp_path, card)
+
     # The untouched backup restores (into the same place it came from: refused
     # while that holds a box's state, unless --force moves it aside).
     result = run_cli("restore", str(good), "--config", str(card / "dermgate.toml"))
