@@ -58,6 +58,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
             f"{report.spool_files_gone} spool file(s) were purged while the backup ran: "
             "their captures were delivered and confirmed meanwhile"
         )
+    if report.service_running:
+        print(
+            "The service was running: captures that arrive from now on are not in this "
+            "backup. To move the box, stop the service first and back up again (with "
+            "--with-spool)."
+        )
     print(_PATIENT_DATA.format(spool=" and the DICOM images" if args.with_spool else ""))
     return 0
 

@@ -45,6 +45,7 @@ from gateway.service.backup_format import (
     Entry,
     not_state_files,
 )
+from gateway.service.state_lock import StateLock, StateLocked
 from gateway.spool.schema import schema_version
 from gateway.spool.spool_ids import high_water_path
 
@@ -71,6 +72,7 @@ class BackupReport:
     entries: list[Entry] = field(default_factory=list)
     schema_version: int = 0
     spool_files_gone: int = 0
+    service_running: bool = False  # captures arriving after the snapshot are not in it
 
     @property
     def total_bytes(self) -> int:
@@ -254,6 +256,17 @@ def _write(tar: tarfile.TarFile, report: BackupReport, config: DermGateConfig,
     out.add_bytes(MANIFEST_NAME, json.dumps(manifest, indent=1).encode("utf-8"))
 
 
+def _service_running(config: DermGateConfig) -> bool:
+    """True when a service holds the state folder's lock (probed, never waited for)."""
+    try:
+        StateLock.acquire(config.gateway.state_dir).release()
+    except StateLocked:
+        return True
+    except OSError:  # not ours to open (another user): unknown, say nothing
+        return False
+    return False
+
+
 def make_backup(
     config: DermGateConfig, config_file: Path, target: Path, *, with_spool: bool = False
 ) -> BackupReport:
@@ -269,7 +282,7 @@ def make_backup(
             f"{target} is inside the state folder: a backup there is lost with the card "
             "(and taken into the next backup); write it elsewhere (a USB stick, the network)"
         )
-    report = BackupReport(target)
+    report = BackupReport(target, service_running=_service_running(config))
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     snapshot = target.with_name(f".{target.name}.{os.getpid()}.ledger")
     try:

@@ -83,6 +83,7 @@ def test_a_running_box_moves_to_a_new_sd_card(
         made = run_cli("backup", "--config", str(config), "--to", str(tar_path))
         assert made.returncode == 0, made.stderr
         assert "patient data" in made.stdout
+        assert "The service was running" in made.stdout
         assert camera.wait(150) == 0, camera.log() + gateway.log()[-4000:]
     finally:
         camera.stop()

@@ -102,6 +102,7 @@ def test_a_backup_is_private_and_lists_every_file_with_its_hash(tmp_path: Path) 
     result = run_cli("backup", "--config", str(config), "--to", str(tar_path))
     assert result.returncode == 0, result.stderr
     assert "patient data" in result.stdout
+    assert "service was running" not in result.stdout
     assert stat.S_IMODE(tar_path.stat().st_mode) == 0o600
     members = _members(tar_path)
     assert members[-1][0].name == "MANIFEST.json"
