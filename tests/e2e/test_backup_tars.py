@@ -24,6 +24,7 @@ import pytest
 from gateway.demo.local_orthanc import free_port
 from gateway.service.config import load_config
 from gateway.spool.schema import SCHEMA_VERSION, open_ledger
+from gateway.spool.send_now import SendNowStore
 from gateway.spool.spool_ids import high_water_path, write_high_water
 from tests.support.gateway_process import gateway_config
 from tests.support.web import PASSWORD, run_cli, user_add
@@ -37,6 +38,10 @@ def _box(tmp_path: Path) -> Path:
     open_ledger(loaded.ledger_path()).close()
     write_high_water(high_water_path(loaded.gateway.state_dir), 42)  # as a service leaves it
     user_add(config, "tech", PASSWORD)
+    web = loaded.gateway.state_dir / "web"
+    (web / "audit.log").write_text("t=1 user=tech action=reveal\n", encoding="utf-8")
+    (web / "audit.log.1").write_text("t=0 user=tech action=login\n", encoding="utf-8")
+    SendNowStore(loaded.gateway.state_dir).request("pacs", "cli:tech", now=1.0)
     return config
 
 
@@ -110,7 +115,16 @@ def test_a_backup_is_private_and_lists_every_file_with_its_hash(tmp_path: Path) 
     assert manifest["schema_version"] == SCHEMA_VERSION
     assert manifest["with_spool"] is False
     listed = {f["name"]: f for f in manifest["files"]}
-    assert {"config.toml", "ledger.sqlite3", "users.json", "spool-ids.next"} <= set(listed)
+    assert set(listed) == {
+        "config.toml",
+        "ledger.sqlite3",
+        "users.json",
+        "spool-ids.next",
+        "audit/audit.log",
+        "audit/audit.log.1",
+        "state/send-now/pacs.json",
+    }
+    assert listed["audit/audit.log.1"]["role"] == "audit"
     for info, data in members[:-1]:
         assert listed[info.name]["sha256"] == hashlib.sha256(data).hexdigest()
     assert config.read_bytes() == {i.name: d for i, d in members}["config.toml"]
@@ -213,9 +227,8 @@ def test_a_damaged_or_newer_backup_is_refused(tmp_path: Path) -> None:
     assert len(aside) == 1
     assert (aside[0] / "ledger.sqlite3").is_file()
     assert f"moved aside (kept): {aside[0]}" in result.stdout
-    assert (tmp_path / "state" / "web" / "users.json").read_bytes() == (
-        aside[0] / "web" / "users.json"
-    ).read_bytes()
+    for name in ("web/users.json", "web/audit.log", "web/audit.log.1", "send-now/pacs.json"):
+        assert (tmp_path / "state" / name).read_bytes() == (aside[0] / name).read_bytes()
 
 
 def test_a_backup_succeeds_while_the_ledger_is_busy_and_takes_only_what_is_committed(
