@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import sqlite3
 import stat
 import tarfile
@@ -258,3 +259,22 @@ def test_a_backup_succeeds_while_the_ledger_is_busy_and_takes_only_what_is_commi
         assert conn.execute("SELECT items FROM worklist_fetch").fetchall() == [(3,)]
     finally:
         conn.close()
+
+
+def test_restored_files_belong_to_the_service_user_of_the_state_folder(tmp_path: Path) -> None:
+    """Run as root (the README's ``sudo dermgate restore``), the restored files get the
+    state folder's owner, so the service (its own user) can open them."""
+    config = _box(tmp_path)
+    tar_path = tmp_path / "box.tar"
+    assert run_cli("backup", "--config", str(config), "--to", str(tar_path)).returncode == 0
+    state = tmp_path / "state"
+    if os.geteuid() == 0:
+        os.chown(state, 65534, 65534)  # the service's user on a box ("nobody" here)
+    expected = (state.stat().st_uid, state.stat().st_gid)
+    result = run_cli("restore", str(tar_path), "--config", str(config), "--force")
+    assert result.returncode == 0, result.stderr
+    for folder, dirs, files in os.walk(state):
+        for name in [*dirs, *files, "."]:
+            info = (Path(folder) / name).stat()
+            assert (info.st_uid, info.st_gid) == expected, Path(folder) / name
+    assert stat.S_IMODE((state / "ledger.sqlite3").stat().st_mode) == 0o600
