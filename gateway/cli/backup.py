@@ -58,6 +58,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
             f"{report.spool_files_gone} spool file(s) were purged while the backup ran: "
             "their captures were delivered and confirmed meanwhile"
         )
+    if report.not_held:
+        print(
+            "Not in the backup (certificates, keys and secrets the configuration names "
+            "outside the state folder): copy them to the new card yourself, before the "
+            "restore: " + ", ".join(map(str, report.not_held))
+        )
     if report.service_running:
         print(
             "The service was running: captures that arrive from now on are not in this "
@@ -96,6 +102,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
             f"{report.missing} capture(s) not yet sent have no files in this backup (made "
             'without --with-spool): at the next start they show QUARANTINED "raw capture '
             'file missing"; take them again on the device, or restore a --with-spool backup'
+        )
+    if report.absent:
+        print(
+            "the configuration names files that are not on this box (certificates, keys, "
+            "secrets: never in a backup); copy them before starting the service: "
+            + ", ".join(map(str, report.absent))
         )
     print(f"start the service: dermgate run --config {args.config} (systemctl start dermgate)")
     return 0

@@ -43,6 +43,7 @@ from gateway.service.backup_format import (
     MANIFEST_NAME,
     SPOOL_FOLDERS,
     Entry,
+    files_outside,
     not_state_files,
 )
 from gateway.service.state_lock import StateLock, StateLocked
@@ -73,6 +74,7 @@ class BackupReport:
     schema_version: int = 0
     spool_files_gone: int = 0
     service_running: bool = False  # captures arriving after the snapshot are not in it
+    not_held: list[Path] = field(default_factory=list)  # see backup_format.files_outside
 
     @property
     def total_bytes(self) -> int:
@@ -283,6 +285,7 @@ def make_backup(
             "(and taken into the next backup); write it elsewhere (a USB stick, the network)"
         )
     report = BackupReport(target, service_running=_service_running(config))
+    report.not_held = files_outside(config)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     snapshot = target.with_name(f".{target.name}.{os.getpid()}.ledger")
     try:

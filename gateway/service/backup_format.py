@@ -42,6 +42,7 @@ __all__ = [
     "SPOOL_FOLDERS",
     "BackupDamaged",
     "Entry",
+    "files_outside",
     "not_state_files",
     "target_of",
 ]
@@ -60,6 +61,11 @@ _FIXED: Final = {
     "users.json": "users",
     "api_tokens.json": "tokens",
 }
+
+
+#: Configuration keys naming certificates, keys and secret files (``tls_ca``,
+#: ``listen_tls_key``, ``password_file``, ``client_secret_file``, …).
+_SECRET_KEYS: Final = ("_file", "_cert", "_key", "_ca")
 
 
 class BackupDamaged(ValueError):
@@ -134,6 +140,31 @@ def not_state_files(config: DermGateConfig) -> set[Path]:
         config.users_path(),
         config.tokens_path(),
     }
+
+
+def files_outside(config: DermGateConfig, *, present: bool = True) -> list[Path]:
+    """Files the configuration names outside the state folder that a backup does not
+    hold: certificates, private keys, password and token files (secrets that clinic
+    IT installs and keeps, and that a restore must find in place). With ``present``
+    False: also those that are not there."""
+    found: set[Path] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, Path) and str(key).endswith(_SECRET_KEYS):
+                    found.add(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(config.model_dump())
+    state = config.gateway.state_dir
+    held = {config.users_path(), config.tokens_path(), config.audit_path()}
+    wanted = (p for p in found if p not in held and not p.is_relative_to(state))
+    return sorted(p for p in wanted if p.is_file() or not (present or p.is_dir()))
 
 
 def _is_audit(name: str, audit: Path) -> bool:

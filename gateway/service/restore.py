@@ -46,6 +46,7 @@ from gateway.service.backup_format import (
     MANIFEST_NAME,
     BackupDamaged,
     Entry,
+    files_outside,
     safe_parts,
     target_of,
 )
@@ -79,6 +80,7 @@ class RestoreReport:
     created: str = ""
     moved_aside: list[Path] = field(default_factory=list)
     missing: int = 0  # captures waiting to be sent whose files are not in the backup
+    absent: list[Path] = field(default_factory=list)  # secrets to copy before starting
 
 
 @dataclass
@@ -339,6 +341,7 @@ def restore_backup(
     owner = _owner(state_dir)
     report = RestoreReport(state_dir, with_spool=bool(checked.manifest.get("with_spool")))
     report.created = str(checked.manifest.get("created", ""))
+    report.absent = [p for p in files_outside(config, present=False) if not p.exists()]
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
     held = _lock(state_dir)
     work = state_dir.with_name(f".{state_dir.name}.restoring-{os.getpid()}")

@@ -278,3 +278,32 @@ def test_restored_files_belong_to_the_service_user_of_the_state_folder(tmp_path:
             info = (Path(folder) / name).stat()
             assert (info.st_uid, info.st_gid) == expected, Path(folder) / name
     assert stat.S_IMODE((state / "ledger.sqlite3").stat().st_mode) == 0o600
+
+
+def test_secrets_outside_the_state_folder_are_named_not_copied(tmp_path: Path) -> None:
+    config = _box(tmp_path)
+    secret = tmp_path / "etc" / "mqtt.pass"
+    secret.parent.mkdir()
+    secret.write_text("broker-password\n", encoding="utf-8")
+    secret.chmod(0o600)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        text + f'\n[mqtt]\nhost = "127.0.0.1"\nusername = "box"\npassword_file = "{secret}"\n',
+        encoding="utf-8",
+    )
+    tar_path = tmp_path / "box.tar"
+    result = run_cli("backup", "--config", str(config), "--to", str(tar_path))
+    assert result.returncode == 0, result.stderr
+    assert f"copy them to the new card yourself, before the restore: {secret}" in result.stdout
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            source = tar.extractfile(member)
+            assert source is not None
+            assert b"broker-password" not in source.read(), member.name
+
+    # On a new card without it, restore says so (the restore itself goes ahead).
+    secret.unlink()
+    card = tmp_path / "card" / "dermgate.toml"
+    result = run_cli("restore", str(tar_path), "--config", str(card), "--force")
+    assert result.returncode == 0, result.stderr
+    assert f"copy them before starting the service: {secret}" in result.stdout
