@@ -27,6 +27,8 @@
     dermgate update stage|apply|rollback|boot-check|status …
                                             signed offline updates (the same as
                                             dermgate-update: gateway/update/cli.py)
+    dermgate backup|restore …               a box's state in one tar, back onto a
+                                            new SD card (see gateway/cli/backup.py)
 
 Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad configuration;
 141 (128 + SIGPIPE) when the reader of the output went away (``… | head``), quietly.
@@ -45,6 +47,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
+from gateway.cli.backup import add_backup_commands
 from gateway.cli.echo import add_echo_command
 from gateway.cli.spool import add_spool_commands
 from gateway.cli.tokens import add_token_commands
@@ -341,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     update = sub.add_parser("update", help="signed offline updates (same as dermgate-update)")
     update.add_argument("args", nargs=argparse.REMAINDER, help="stage, apply, rollback, status")
     update.set_defaults(func=cmd_update)
+    add_backup_commands(sub)  # backup, restore: gateway/cli/backup.py
     return parser
 
 
