@@ -15,11 +15,12 @@ extras=""
 # compiler and the kernel headers (python-evdev, for barcode scanners, is built from
 # source by pip); with
 # --test also Chromium and a font for the browser tests (never a downloaded browser),
-# systemd's tools to check the box's unit file (systemd-analyze verify), and iproute2
-# (a test adds an address to lo).
+# systemd's tools to check the box's unit file (systemd-analyze verify), iproute2
+# (a test adds an address to lo), and Prometheus's promtool (checks /metrics and the alert
+# rules in docs/monitoring/; the package's server is not started by the tests).
 packages=(python3 python3-venv python3-dev gcc linux-libc-dev orthanc orthanc-dicomweb dcmtk mosquitto
   mosquitto-clients)
-[[ "${1:-}" == "--test" ]] && packages+=(chromium fonts-dejavu-core systemd iproute2)
+[[ "${1:-}" == "--test" ]] && packages+=(chromium fonts-dejavu-core systemd iproute2 prometheus)
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
