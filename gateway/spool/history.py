@@ -17,7 +17,8 @@ that, once counted, stay counted:
 
 Only state, class and destination columns and two timestamps are read: never patient
 data, file names or device capture ids. An interval below zero (the clock was set back
-between arrival and confirmation) is counted as 0 s.
+between arrival and confirmation) is counted as 0 s. The histograms are kept between
+scrapes (:class:`LatencyTally`): each scrape reads only what was confirmed since.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["LATENCY_BUCKETS", "DeliveryHistory", "LatencyHistogram", "delivery_history"]
+from gateway.spool.states import DeliveryState
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "DeliveryHistory",
+    "LatencyHistogram",
+    "LatencyTally",
+    "delivery_history",
+]
 
 #: Upper bounds (seconds) of the delivery-latency buckets: a PACS that confirms at
 #: once, within minutes, within a working day, or days later.
@@ -69,23 +78,72 @@ class DeliveryHistory:
 
 
 def _latency_sql() -> str:
-    seconds = "(julianday(d.committed_at) - julianday(c.received_at)) * 86400.0"
+    # Rounded to the millisecond the stamps have (julianday's doubles are off by some µs).
+    seconds = "ROUND((julianday(d.committed_at) - julianday(c.received_at)) * 86400.0, 3)"
     bounds = ", ".join(f"SUM(s <= {b!r})" for b in LATENCY_BUCKETS)
     return (
-        f"SELECT destination, COUNT(*), TOTAL(MAX(s, 0.0)), {bounds} FROM ("
-        f"SELECT d.destination AS destination, {seconds} AS s FROM deliveries d "
-        "JOIN captures c ON c.id = d.capture_id WHERE d.committed_at IS NOT NULL "
-        "AND d.destination = ?) WHERE s IS NOT NULL GROUP BY destination"
+        f"SELECT COUNT(*), TOTAL(MAX(s, 0.0)), MAX(stamp), {bounds} FROM ("
+        f"SELECT {seconds} AS s, d.committed_at AS stamp FROM deliveries d "
+        "JOIN captures c ON c.id = d.capture_id WHERE d.destination = ? AND d.state = ? "
+        "AND d.committed_at IS NOT NULL AND d.committed_at > ?) WHERE s IS NOT NULL"
     )
 
 
 _LATENCY_SQL = _latency_sql()
+_EMPTY = LatencyHistogram((0,) * len(LATENCY_BUCKETS), 0, 0.0)
+
+
+def _committed(conn: sqlite3.Connection, destination: str) -> int:
+    row = conn.execute(
+        "SELECT COUNT(*) FROM deliveries WHERE destination = ? AND state = ? "
+        "AND committed_at IS NOT NULL",
+        (destination, DeliveryState.COMMITTED),
+    ).fetchone()
+    return int(row[0])
+
+
+class LatencyTally:
+    """The latency histograms, kept between scrapes so that a scrape reads only the
+    deliveries confirmed since the last one (a box with years of captures would
+    otherwise compute every interval again each time).
+
+    A confirmed delivery never changes, so adding the ones stamped after the newest
+    seen is exact, as long as the count agrees: when the ledger holds more confirmed
+    deliveries than were added (two confirmations in one millisecond, the clock set
+    back, a restored ledger), everything is read again.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[LatencyHistogram, str]] = {}
+
+    def read(self, conn: sqlite3.Connection, destination: str) -> LatencyHistogram:
+        """The histogram of ``destination`` now (blocking)."""
+        known, mark = self._seen.get(destination, (_EMPTY, ""))
+        found = conn.execute(_LATENCY_SQL, (destination, DeliveryState.COMMITTED, mark)).fetchone()
+        added = LatencyHistogram(
+            tuple(int(n or 0) for n in found[3:]), int(found[0]), float(found[1])
+        )
+        total = known.count + added.count
+        if total != _committed(conn, destination) and mark:
+            self._seen.pop(destination)
+            return self.read(conn, destination)
+        merged = LatencyHistogram(
+            tuple(a + b for a, b in zip(known.buckets, added.buckets, strict=True)),
+            total,
+            known.total_seconds + added.total_seconds,
+        )
+        self._seen[destination] = (merged, str(found[2]) if found[2] is not None else mark)
+        return merged
 
 
 def delivery_history(
-    conn: sqlite3.Connection, destinations: Sequence[tuple[str, bool]]
+    conn: sqlite3.Connection,
+    destinations: Sequence[tuple[str, bool]],
+    tally: LatencyTally | None = None,
 ) -> DeliveryHistory:
-    """The totals for the configured ``destinations`` (name, confirms deliveries)."""
+    """The totals for the configured ``destinations`` (name, confirms deliveries);
+    ``tally`` keeps the latency histograms between calls (None: read them whole)."""
+    tally = LatencyTally() if tally is None else tally
     received = {
         str(cls or "unknown"): int(n)
         for cls, n in conn.execute(
@@ -100,13 +158,6 @@ def delivery_history(
             (name,),
         ).fetchone()
         sent[name] = int(row[0])
-        if not confirms:
-            continue
-        found = conn.execute(_LATENCY_SQL, (name,)).fetchone()
-        if found is None:
-            latency[name] = LatencyHistogram((0,) * len(LATENCY_BUCKETS), 0, 0.0)
-        else:
-            latency[name] = LatencyHistogram(
-                tuple(int(n or 0) for n in found[3:]), int(found[1]), float(found[2])
-            )
+        if confirms:
+            latency[name] = tally.read(conn, name)
     return DeliveryHistory(received, sent, latency)

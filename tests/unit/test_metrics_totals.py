@@ -22,6 +22,7 @@ from gateway.core.config import DermGateConfig
 from gateway.demo.local_orthanc import free_port
 from gateway.service.config import parse_config
 from gateway.spool import ledger as db
+from gateway.spool.history import LATENCY_BUCKETS, LatencyTally, delivery_history
 from gateway.spool.readback import commit_delivery
 from gateway.status.web.server import WebServer
 from tests.support.web import self_signed, served
@@ -176,3 +177,31 @@ def test_exposition_passes_promtool_with_build_process_and_certificate_metrics(
     ]
     days = (expiry - datetime.now(UTC).timestamp()) / 86400
     assert 29 < days <= 30, "self_signed makes a 30-day certificate"
+
+
+def test_the_tally_adds_new_confirmations_and_rereads_when_the_clock_went_back(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    conn = db.open_ledger(config.ledger_path())
+    first, second, third = (_capture(conn, n, timedelta(minutes=n)) for n in (1, 2, 3))
+    for spool_id in (first, second, third):
+        db.record_sent(conn, spool_id, "pacs")
+    tally = LatencyTally()
+    assert commit_delivery(conn, first, "pacs")
+    assert delivery_history(conn, [("pacs", True)], tally).latency["pacs"].count == 1
+    assert commit_delivery(conn, second, "pacs")
+    seen = delivery_history(conn, [("pacs", True)], tally).latency["pacs"]
+    assert seen.count == 2
+    assert seen.buckets[LATENCY_BUCKETS.index(60.0)] == 0
+    assert seen.buckets[LATENCY_BUCKETS.index(300.0)] == 2
+    # The clock was set back before the third confirmation: its stamp is older than
+    # the newest already counted, and it must still be counted, once.
+    assert commit_delivery(conn, third, "pacs")
+    earlier = (datetime.now(UTC) - timedelta(minutes=10)).isoformat(timespec="milliseconds")
+    conn.execute("UPDATE deliveries SET committed_at = ? WHERE capture_id = ?", (earlier, third))
+    conn.commit()
+    again = delivery_history(conn, [("pacs", True)], tally).latency["pacs"]
+    assert again.count == 3
+    assert again == delivery_history(conn, [("pacs", True)]).latency["pacs"], "as read whole"
+    conn.close()

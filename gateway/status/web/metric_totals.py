@@ -36,6 +36,7 @@ from gateway.spool.history import (
     LATENCY_BUCKETS,
     DeliveryHistory,
     LatencyHistogram,
+    LatencyTally,
     delivery_history,
 )
 from gateway.spool.ledger import open_ledger
@@ -117,6 +118,7 @@ class TotalsCollector(Collector):
         self.config = config
         self.version = build_version()
         self._expiry: dict[Path, tuple[tuple[int, int], float | None]] = {}
+        self._tally = LatencyTally()
 
     def collect(self) -> Iterator[Metric]:
         """The families (blocking: the ledger, certificate files)."""
@@ -135,7 +137,7 @@ class TotalsCollector(Collector):
             return delivery_history_empty(destinations)
         conn = open_ledger(path, readonly=True)
         try:
-            return delivery_history(conn, destinations)
+            return delivery_history(conn, destinations, self._tally)
         finally:
             conn.close()
 
