@@ -6,8 +6,11 @@ that, once counted, stay counted:
 
 * captures received, by device class: a ``captures`` row is never deleted (purge marks
   it PURGED; a moved held capture keeps its row);
-* deliveries a destination accepted (``sent_at`` set: never cleared; only a removed
-  destination's open rows are deleted, and a removed destination is not reported);
+* deliveries a destination accepted (``sent_at`` set: never cleared; a removed
+  destination's open rows are deleted, but a removed destination is not reported). One
+  rare exception: a delivery stored, then due again (its commitment failed), then
+  withdrawn by its routes (the capture flagged sensitive) is deleted, and the total drops
+  by one, which Prometheus's ``rate()`` reads as a counter reset;
 * deliveries confirmed, with how long each took from the capture's arrival
   (``received_at``) to its confirmation (``committed_at``), as histogram buckets, for the
   destinations that confirm (Storage Commitment or a DICOMweb read-back). A confirmed
