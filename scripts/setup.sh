@@ -15,11 +15,13 @@ extras=""
 # compiler and the kernel headers (python-evdev, for barcode scanners, is built from
 # source by pip); with
 # --test also Chromium and a font for the browser tests (never a downloaded browser),
-# systemd's tools to check the box's unit file (systemd-analyze verify), and iproute2
-# (a test adds an address to lo).
+# systemd's tools to check the box's unit file (systemd-analyze verify), iproute2
+# (a test adds an address to lo), and Prometheus's promtool (checks /metrics and the alert
+# rules in docs/monitoring/; the tests never start a Prometheus server, but on a machine
+# with systemd Debian's package enables its own: `systemctl disable --now prometheus`).
 packages=(python3 python3-venv python3-dev gcc linux-libc-dev orthanc orthanc-dicomweb dcmtk mosquitto
   mosquitto-clients)
-[[ "${1:-}" == "--test" ]] && packages+=(chromium fonts-dejavu-core systemd iproute2)
+[[ "${1:-}" == "--test" ]] && packages+=(chromium fonts-dejavu-core systemd iproute2 prometheus)
 # libfaketime: a service whose clock reads 1970 (the clock_not_synchronised alarm test).
 [[ "${1:-}" == "--test" ]] && packages+=(faketime)
 missing=()

@@ -1,201 +1,83 @@
 """``/metrics``: Prometheus text format, collected on each scrape.
 
-Its own :class:`~prometheus_client.CollectorRegistry` (nothing global, no process
-or platform collectors that could differ between boxes). On a scrape the ledger
-is read (read-only, on a worker thread), the device board and the disk looked at,
-and these families are produced — labels are state names, destination names,
-device names, driver ids and device classes, never patient data or capture ids:
+Its own :class:`~prometheus_client.CollectorRegistry` (nothing global). On a scrape the
+ledger is read (read-only, on a worker thread), the device board, the disk and the
+certificate files looked at. Labels are state names, destination names, device names,
+driver ids, device classes, alarm codes and certificate roles: never patient data or
+capture ids. Names follow Prometheus's naming guide: counters end in ``_total``, units
+are seconds and bytes, gauges are "now" values.
 
-=====================================  ========================================
-``dermgate_up``                        1 while the gateway runs
-``dermgate_spool_captures``            captures by ``state``
-``dermgate_spool_quarantined_open``    quarantined and not yet resolved
-``dermgate_delivered_captures``        delivered captures by ``device_class``
-``dermgate_quarantined_captures``      quarantined captures by ``device_class``
-``dermgate_deliveries``                deliveries by ``destination``, ``state``
-``dermgate_delivery_failures``         by ``destination``, ``kind``: retrying
-                                       (last attempt failed, will retry) or
-                                       refused (PACS refused: quarantined)
-``dermgate_destination_failing``       1 if a destination's last attempt failed
-``dermgate_oldest_waiting_seconds``    age of the oldest capture not yet sent
-``dermgate_commitment_lag_seconds``    oldest instance sent but not confirmed
-``dermgate_disk_free_bytes``           free space of the spool's filesystem
-``dermgate_disk_total_bytes``          its size
-``dermgate_disk_reserve_bytes``        the configured reserve
-``dermgate_driver_state``              1 for each device's current ``state``
-                                       (0 for the others), by ``device``,
-                                       ``driver``
-``dermgate_driver_restarts``           restarts after crashes/hangs by device
-``dermgate_alarm``                     1 for each active alarm, by ``code``
-                                       and ``subject`` (e.g. ``commitment_overdue``
-                                       / destination; absent when none is active)
-``dermgate_worklist_items``            items in the worklist cache (with
-                                       ``[worklist]`` only)
-``dermgate_worklist_age_seconds``      since its last successful refresh
-                                       (absent until one succeeded)
-``dermgate_worklist_stale``            1 when shown stale
-=====================================  ========================================
+* the "now" gauges (the page's figures): :mod:`.metric_figures`;
+* build info, the ledger's running totals (counters and the delivery-latency
+  histogram, which survive restarts) and certificate expiry: :mod:`.metric_totals`;
+* the process (``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
+  ``process_start_time_seconds``, ``process_open_fds``, …): prometheus_client's
+  :class:`~prometheus_client.ProcessCollector` (``/proc/self``; absent off Linux).
 
-Counts are gauges read from the ledger (they survive restarts and can go down
-when captures are purged or retried), not process-local counters.
+The full list of names is :data:`FAMILIES` (the README's table is checked against it).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
-from gateway.devices.contract import DriverState
+from gateway.core.config import DermGateConfig
 from gateway.status.web.data import Figures
+from gateway.status.web.metric_figures import FiguresCollector
+from gateway.status.web.metric_totals import TotalsCollector
+
+__all__ = ["CONTENT_TYPE", "FAMILIES", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-
-class _FiguresCollector(Collector):
-    def __init__(self) -> None:
-        self.figures: Figures | None = None
-
-    def collect(self) -> Iterator[Metric]:
-        fig = self.figures
-        up = GaugeMetricFamily("dermgate_up", "1 while the gateway runs")
-        up.add_metric([], 1)
-        yield up
-        if fig is None:
-            return
-        g = GaugeMetricFamily("dermgate_spool_captures", "Captures by state", labels=["state"])
-        for state, n in sorted(fig.counts.items()):
-            g.add_metric([state], n)
-        yield g
-        yield GaugeMetricFamily(
-            "dermgate_spool_quarantined_open",
-            "Quarantined captures not resolved by a technician",
-            value=fig.quarantined_open,
-        )
-        for name, helptext, data in (
-            (
-                "dermgate_delivered_captures",
-                "Delivered captures by device class",
-                fig.delivered_by_class,
-            ),
-            (
-                "dermgate_quarantined_captures",
-                "Quarantined captures by device class",
-                fig.quarantined_by_class,
-            ),
-        ):
-            g = GaugeMetricFamily(name, helptext, labels=["device_class"])
-            for cls, n in sorted(data.items()):
-                g.add_metric([cls], n)
-            yield g
-        deliveries = GaugeMetricFamily(
-            "dermgate_deliveries",
-            "Deliveries by destination and state",
-            labels=["destination", "state"],
-        )
-        failures = GaugeMetricFamily(
-            "dermgate_delivery_failures",
-            "Failed deliveries by destination and kind",
-            labels=["destination", "kind"],
-        )
-        failing = GaugeMetricFamily(
-            "dermgate_destination_failing",
-            "1 if the last attempt to a destination failed",
-            labels=["destination"],
-        )
-        for d in fig.destinations:
-            for state, n in (
-                ("PENDING", d.pending),
-                ("SENT", d.sent),
-                ("COMMITTED", d.committed),
-                ("FAILED", d.refused),
-            ):
-                deliveries.add_metric([d.name, state], n)
-            failures.add_metric([d.name, "retrying"], d.retrying)
-            failures.add_metric([d.name, "refused"], d.refused)
-            failing.add_metric([d.name], 1 if d.failing else 0)
-        yield deliveries
-        yield failures
-        yield failing
-        yield GaugeMetricFamily(
-            "dermgate_oldest_waiting_seconds",
-            "Age of the oldest capture not yet sent (0: none)",
-            value=fig.oldest_waiting_age or 0.0,
-        )
-        yield GaugeMetricFamily(
-            "dermgate_commitment_lag_seconds",
-            "Age of the oldest instance sent but not yet confirmed (0: none)",
-            value=fig.commitment_lag or 0.0,
-        )
-        yield GaugeMetricFamily(
-            "dermgate_disk_free_bytes", "Free bytes on the spool's filesystem", value=fig.disk.free
-        )
-        yield GaugeMetricFamily(
-            "dermgate_disk_total_bytes", "Size of the spool's filesystem", value=fig.disk.total
-        )
-        yield GaugeMetricFamily(
-            "dermgate_disk_reserve_bytes", "Configured free-space reserve", value=fig.disk.reserve
-        )
-        states = GaugeMetricFamily(
-            "dermgate_driver_state",
-            "1 for the current state of each device's driver",
-            labels=["device", "driver", "state"],
-        )
-        restarts = GaugeMetricFamily(
-            "dermgate_driver_restarts",
-            "Driver restarts after crashes or hangs",
-            labels=["device", "driver"],
-        )
-        for dev in fig.devices:
-            name, driver = str(dev.get("name")), str(dev.get("driver"))
-            for state in DriverState:
-                states.add_metric(
-                    [name, driver, str(state)], 1 if str(dev.get("state")) == str(state) else 0
-                )
-            restarts.add_metric([name, driver], int(dev.get("restarts") or 0))
-        yield states
-        yield restarts
-        alarms = GaugeMetricFamily(
-            "dermgate_alarm", "1 for each active alarm", labels=["code", "subject"]
-        )
-        for alarm in fig.alarms:
-            alarms.add_metric([str(alarm.get("code")), str(alarm.get("subject") or "")], 1)
-        yield alarms
-        yield from _worklist(fig.worklist)
-
-
-def _worklist(section: dict[str, Any]) -> Iterator[Metric]:
-    """The worklist cache's figures (counts and age: the state document's section)."""
-    if not section.get("configured"):
-        return
-    yield GaugeMetricFamily(
-        "dermgate_worklist_items", "Items in the worklist cache", value=int(section["items"])
-    )
-    if section.get("age_s") is not None:
-        yield GaugeMetricFamily(
-            "dermgate_worklist_age_seconds",
-            "Seconds since the last successful worklist refresh",
-            value=float(section["age_s"]),
-        )
-    yield GaugeMetricFamily(
-        "dermgate_worklist_stale",
-        "1 when the worklist cache is stale (no successful refresh lately)",
-        value=1 if section.get("stale") else 0,
-    )
+#: Every metric family DermGate exports, with its type and labels (the README's table).
+FAMILIES: dict[str, tuple[str, str]] = {
+    "dermgate_up": ("gauge", ""),
+    "dermgate_build_info": ("gauge", "version"),
+    "dermgate_captures_received_total": ("counter", "device_class"),
+    "dermgate_deliveries_sent_total": ("counter", "destination"),
+    "dermgate_delivery_latency_seconds": ("histogram", "destination"),
+    "dermgate_spool_captures": ("gauge", "state"),
+    "dermgate_spool_quarantined_open": ("gauge", ""),
+    "dermgate_delivered_captures": ("gauge", "device_class"),
+    "dermgate_quarantined_captures": ("gauge", "device_class"),
+    "dermgate_deliveries": ("gauge", "destination, state"),
+    "dermgate_deliveries_failing": ("gauge", "destination, kind"),
+    "dermgate_destination_failing": ("gauge", "destination"),
+    "dermgate_oldest_waiting_seconds": ("gauge", ""),
+    "dermgate_commitment_lag_seconds": ("gauge", ""),
+    "dermgate_disk_free_bytes": ("gauge", ""),
+    "dermgate_disk_total_bytes": ("gauge", ""),
+    "dermgate_disk_reserve_bytes": ("gauge", ""),
+    "dermgate_driver_state": ("gauge", "device, driver, state"),
+    "dermgate_driver_restarts_total": ("counter", "device, driver"),
+    "dermgate_alarm": ("gauge", "code, subject"),
+    "dermgate_certificate_expiry_timestamp_seconds": ("gauge", "what, destination"),
+    "dermgate_worklist_items": ("gauge", ""),
+    "dermgate_worklist_age_seconds": ("gauge", ""),
+    "dermgate_worklist_stale": ("gauge", ""),
+    "process_cpu_seconds_total": ("counter", ""),
+    "process_resident_memory_bytes": ("gauge", ""),
+    "process_virtual_memory_bytes": ("gauge", ""),
+    "process_start_time_seconds": ("gauge", ""),
+    "process_open_fds": ("gauge", ""),
+    "process_max_fds": ("gauge", ""),
+}
 
 
 class Metrics:
     """Renders ``/metrics``; ``figures`` reads the current :class:`Figures`."""
 
-    def __init__(self, figures: Callable[[], Awaitable[Figures]]) -> None:
+    def __init__(self, figures: Callable[[], Awaitable[Figures]], config: DermGateConfig) -> None:
         self._figures = figures
-        self._collector = _FiguresCollector()
+        self._collector = FiguresCollector()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self._collector)
+        self.registry.register(TotalsCollector(config))
+        ProcessCollector(registry=self.registry)
         self._lock = asyncio.Lock()
 
     async def render(self) -> bytes:

@@ -74,7 +74,7 @@ class PageState:
         self.logins = LoginFile(config.users_path())
         self._logins_generation = 0
         self.tls = self.web.tls_cert is not None
-        self.metrics = Metrics(self.figures)
+        self.metrics = Metrics(self.figures, config)
         self._login_key = secrets.token_bytes(32)
         self._closing = asyncio.Event()
         self.conditions = ConditionLog()
