@@ -3,7 +3,6 @@
 __all__ = [
     "audit",
     "auth",
-    "check_result",
     "checks",
     "data",
     "gate",
@@ -16,6 +15,5 @@ __all__ = [
     "pages",
     "server",
     "spool_routes",
-    "tls_checks",
     "users",
 ]
