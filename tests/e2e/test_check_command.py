@@ -23,6 +23,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.demo.local_orthanc import OrthancProcess, free_port
 from gateway.dicom import network  # noqa: F401  (pynetdicom closes refused sockets)
+from tests.support.dicomweb import DicomwebOrthanc, dicomweb_config
 from tests.support.gateway_process import GatewayProcess
 from tests.support.mqtt import Mosquitto
 from tests.support.worklist import Item, WorklistServer, write_items
@@ -308,3 +309,29 @@ def test_bad_usage_and_the_version(tmp_path: Path) -> None:
     )
     assert shown.returncode == 0
     assert shown.stdout.strip() == f"dermgate {version('dermgate')}"
+
+
+def test_a_dicomweb_store_is_queried_with_its_credentials(
+    tmp_path: Path, dicomweb_orthanc_factory: Callable[..., DicomwebOrthanc]
+) -> None:
+    password, wrong = "s3cret-Pa55word", "not-the-Pa55word"
+    store = dicomweb_orthanc_factory(users={"dermgate": password})
+    password_file = tmp_path / "password"
+    password_file.write_text(password + "\n", encoding="utf-8")
+    config = dicomweb_config(
+        tmp_path,
+        store.dicomweb_url,
+        destination=f'auth = "basic"\nusername = "dermgate"\npassword_file = "{password_file}"',
+        devices="",
+    )
+    done = check(config, "--connect")
+    assert done.returncode == 0, done.stdout
+    assert line(done.stdout, "DICOMweb store cloud").startswith("OK    ")
+    password_file.write_text(wrong + "\n", encoding="utf-8")
+    done = check(config, "--connect")
+    assert done.returncode == 1
+    store_line = line(done.stdout, "DICOMweb store cloud")
+    assert store_line.startswith("FAIL  ")
+    assert "refused the gateway's credentials" in store_line
+    for secret in (password, wrong):
+        assert secret not in done.stdout + done.stderr
