@@ -4,11 +4,14 @@ what the running service knows."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from gateway.cli.check import render_json, render_lines
 from gateway.demo.local_orthanc import free_port
 from gateway.service.config import load_config
-from gateway.status.checks.run import box_checks, connect_checks
+from gateway.status.checks.result import CheckResult
+from gateway.status.checks.run import box_checks, connect_checks, guarded
 from gateway.status.web.checks import run_checks
 from gateway.status.web.data import read_figures
 
@@ -35,3 +38,14 @@ def test_the_page_shows_every_line_of_the_check_command(tmp_path: Path) -> None:
     assert command.items() <= page.items(), (command, page)
     assert page["Device camera (folder " + str(folder) + ")"] == "warn"
     assert page["PACS pacs (PACS at 127.0.0.1:" + str(config.destinations[0].port) + ")"] == "fail"
+
+
+def test_a_check_that_raises_is_one_cannot_tell_line_and_a_warning_in_the_command() -> None:
+    def broken() -> CheckResult:
+        raise OSError("/secret/path/Doe^Jane")
+
+    (line,) = guarded("Clock", broken)
+    assert (line.name, line.status) == ("Clock", "unknown")
+    assert "Doe" not in line.finding
+    assert render_lines([line]).startswith("WARN  Clock: Cannot tell (OSError).")
+    assert json.loads(render_json([line]))[0]["status"] == "warn"

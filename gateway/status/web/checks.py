@@ -23,7 +23,7 @@ from gateway.status.checks.certificates import (
 )
 from gateway.status.checks.dicom import check_destination, check_listener, check_worklist
 from gateway.status.checks.result import FAIL, OK, UNKNOWN, WARN, CheckResult
-from gateway.status.checks.run import box_checks, destination_checks, listener_checks
+from gateway.status.checks.run import box_checks, destination_checks, guarded, listener_checks
 from gateway.status.checks.services import check_mqtt, check_web_destination
 from gateway.status.web.data import Figures, human_age
 
@@ -100,9 +100,8 @@ def run_checks(config: DermGateConfig, figures: Figures) -> list[CheckResult]:
     results = destination_checks(config)
     results += listener_checks(config, overdue=any(r.status == FAIL for r in confirmations))
     results += confirmations
-    for extra in (check_worklist(config), check_mqtt(config)):
-        if extra is not None:
-            results.append(extra)
+    results += guarded("Worklist SCP", lambda: check_worklist(config))
+    results += guarded("MQTT broker", lambda: check_mqtt(config))
     results += box_checks(config)
     for dest in figures.destinations:
         if dest.waiting_for_window:
