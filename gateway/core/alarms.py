@@ -14,6 +14,7 @@ __all__ = [
     "DISK_FULL",
     "DRIVER_QUARANTINED",
     "STUCK_CAPTURES",
+    "UNDER_VOLTAGE",
 ]
 
 DISK_FULL: Final = "disk_full"
@@ -21,3 +22,5 @@ STUCK_CAPTURES: Final = "stuck_captures"
 DESTINATION_UNREACHABLE: Final = "destination_unreachable"
 DRIVER_QUARANTINED: Final = "driver_quarantined"
 COMMITMENT_OVERDUE: Final = "commitment_overdue"
+UNDER_VOLTAGE: Final = "under_voltage"
+"""The box's power supply is too weak now (a Raspberry Pi's firmware says so)."""

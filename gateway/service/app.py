@@ -68,8 +68,11 @@ from gateway.spool.spool_ids import (
     highest_spool_id,
     read_high_water,
 )
+from gateway.status.ha_discovery import page_url
 from gateway.status.mqtt import MqttPublisher
+from gateway.status.pi_health import HealthMonitor
 from gateway.status.snapshot import GatewayState
+from gateway.status.web.fleet import document_verdict
 from gateway.status.web.live import live_view
 from gateway.status.web.server import WebServer
 from gateway.wrap import Wrapper
@@ -403,6 +406,8 @@ async def _run_locked(
             gateway_state.sections["worklist"] = worklist_source.section
         if steps is not None:
             gateway_state.sections["mpps"] = steps.status
+        health = HealthMonitor(bus)  # the box's temperature, supply, storage wear
+        gateway_state.sections["health"] = health.section
         if not forwarders:
             log.warning("no destinations configured: captures are kept in the spool only")
         async with asyncio.TaskGroup() as group:
@@ -427,6 +432,7 @@ async def _run_locked(
             if steps is not None:
                 await supervisor.start("mpps", steps.run)
             await supervisor.start("status", board.run)
+            await supervisor.start("health", health.run)
             if worklist_source is not None:  # ready once the cache is read, before a query
                 await supervisor.start("worklist", worklist_source.run)
             # A scan opens its device's session on the context stage; the page shows
@@ -435,7 +441,13 @@ async def _run_locked(
             if barcodes is not None:
                 await supervisor.start("barcodes", barcodes.run)
             if config.mqtt is not None:
-                mqtt = MqttPublisher(config.mqtt, gateway_state, bus)
+                mqtt = MqttPublisher(
+                    config.mqtt,
+                    gateway_state,
+                    bus,
+                    verdict=document_verdict(config),
+                    configuration_url=page_url(config.web),
+                )
                 await supervisor.start("mqtt", mqtt.run)
             if config.web is not None:  # the technicians' page, /healthz, /metrics
 

@@ -140,6 +140,8 @@ class DeliveryRecord:
     """The derived object's class this destination gets instead (None: the capture)."""
     sent_sop_instance_uid: str | None = None
     priority: int = 0  # a route's priority = "high": 1
+    error_code: str | None = None
+    """Why the last attempt failed (a :class:`~gateway.core.errors.DeliveryErrorCode`)."""
 
 
 def deliveries(conn: sqlite3.Connection, spool_id: int) -> list[DeliveryRecord]:
@@ -147,7 +149,7 @@ def deliveries(conn: sqlite3.Connection, spool_id: int) -> list[DeliveryRecord]:
     rows = conn.execute(
         "SELECT destination, state, attempts, next_attempt_at, last_error, commit_failures, "
         "commit_txn, sent_at, committed_at, sent_sop_class_uid, sent_sop_instance_uid, "
-        "priority FROM deliveries WHERE capture_id = ? "
+        "priority, error_code FROM deliveries WHERE capture_id = ? "
         "ORDER BY destination",
         (spool_id,),
     ).fetchall()
@@ -165,6 +167,7 @@ def deliveries(conn: sqlite3.Connection, spool_id: int) -> list[DeliveryRecord]:
             sent_sop_class_uid=r["sent_sop_class_uid"],
             sent_sop_instance_uid=r["sent_sop_instance_uid"],
             priority=r["priority"],
+            error_code=r["error_code"],
         )
         for r in rows
     ]

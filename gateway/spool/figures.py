@@ -46,6 +46,19 @@ class SpoolFigures:
     awaiting_commitment: int
     oldest_sent_epoch: float | None
     pending: dict[str, int]
+    quarantined_open: int = 0
+    """Captures QUARANTINED now and not resolved by a technician (the page's "set
+    aside"): a retried capture leaves QUARANTINED, a resolved one stays there."""
+
+
+def _quarantined_open(conn: sqlite3.Connection) -> int:
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) FROM captures WHERE state = ? AND "
+            "(reason IS NULL OR reason NOT LIKE ?)",
+            (CaptureState.QUARANTINED, RESOLVED_PREFIX + "%"),
+        ).fetchone()[0]
+    )
 
 
 def spool_figures(conn: sqlite3.Connection) -> SpoolFigures:
@@ -73,7 +86,7 @@ def spool_figures(conn: sqlite3.Connection) -> SpoolFigures:
             (DeliveryState.PENDING, CaptureState.QUARANTINED),
         )
     }
-    return SpoolFigures(counts, oldest, awaiting, oldest_sent, pending)
+    return SpoolFigures(counts, oldest, awaiting, oldest_sent, pending, _quarantined_open(conn))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +135,7 @@ def page_figures(conn: sqlite3.Connection, destinations: list[tuple[str, bool]])
     deliveries by state (``destinations``: name, uses storage commitment)."""
     counts = {str(s): 0 for s in CaptureState}
     counts.update(_table_counts(conn, "SELECT state, COUNT(*) FROM captures GROUP BY state"))
-    quarantined_open = int(
-        conn.execute(
-            "SELECT COUNT(*) FROM captures WHERE state = ? AND "
-            "(reason IS NULL OR reason NOT LIKE ?)",
-            (CaptureState.QUARANTINED, RESOLVED_PREFIX + "%"),
-        ).fetchone()[0]
-    )
+    quarantined_open = _quarantined_open(conn)
     oldest = conn.execute(
         "SELECT MIN(received_at) FROM captures WHERE state IN (?, ?)", WAITING
     ).fetchone()[0]

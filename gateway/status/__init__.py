@@ -6,7 +6,9 @@ below imports it.
 
 __all__ = [
     "checks",
+    "ha_discovery",
     "mqtt",
+    "pi_health",
     "snapshot",
     "web",
 ]

@@ -39,9 +39,13 @@ Decisions (aiomqtt facts, DESIGN.md §8):
   await is followed by :func:`_raise_if_stopping` (the task's pending cancellation
   count), our own waits use ``asyncio.timeout``, and an error while stopping is
   treated as the stop it is.
-* Home Assistant discovery: one retained ``homeassistant/sensor/<id>_<key>/config``
-  per key sensor, with a ``device`` block and ``availability_topic`` = ``P/status``;
-  sent at every connect and again when ``online`` arrives on ``homeassistant/status``.
+* Home Assistant discovery (:mod:`gateway.status.ha_discovery`): retained configs per
+  sensor and binary sensor, with ``device``, ``origin`` and ``availability_topic`` =
+  ``P/status``; sent at every connect and again when ``online`` arrives on
+  ``homeassistant/status``. This box's retained connectivity configs of destinations
+  no longer configured are deleted when seen (subscribed at connect).
+* With a ``verdict`` function (the page's "is it delivering?"), the published state
+  document carries ``"verdict"``, which the problem binary sensor reads.
 
 Nothing published carries patient data: the state and events hold only counts,
 states and ids the box assigns.
@@ -55,7 +59,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
@@ -63,6 +67,13 @@ import aiomqtt
 from gateway.core.backoff import Backoff
 from gateway.core.config import MqttSettings
 from gateway.core.events import EventBus
+from gateway.status.ha_discovery import (
+    BINARY_PREFIX,
+    SENSORS,
+    DiscoveryInfo,
+    discovery_messages,
+    stale_destination_topic,
+)
 from gateway.status.snapshot import GatewayState, stable_part
 
 log = logging.getLogger(__name__)
@@ -76,31 +87,8 @@ _DISCONNECT_SHARE = 1.0
 _STATE_POLL = 5.0
 _STATE_HEARTBEAT = 60.0
 
-# Home Assistant sensors: key → (name, value template, unit, device class).
-HA_SENSORS: dict[str, tuple[str, str, str | None, str | None]] = {
-    "undelivered": ("Captures waiting", "{{ value_json.spool.undelivered }}", None, None),
-    "oldest_waiting": (
-        "Oldest waiting capture",
-        "{{ value_json.spool.oldest_undelivered_age_s or 0 }}",
-        "s",
-        "duration",
-    ),
-    "commitment_lag": (
-        "Commitment lag",
-        "{{ value_json.spool.commitment_lag_s or 0 }}",
-        "s",
-        "duration",
-    ),
-    "quarantined": (
-        "Quarantined captures",
-        "{{ value_json.spool.counts.QUARANTINED }}",
-        None,
-        None,
-    ),
-    "disk_free": ("Disk free", "{{ value_json.disk.free_mb }}", "MiB", "data_size"),
-    "alarms": ("Active alarms", "{{ value_json.alarms | length }}", None, None),
-    "uptime": ("Uptime", "{{ value_json.uptime_s }}", "s", "duration"),
-}
+#: The sensors' keys (topics ``homeassistant/sensor/<id>_<key>/config``).
+HA_SENSORS = SENSORS
 
 
 def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
@@ -197,8 +185,16 @@ class MqttPublisher:
         state: GatewayState,
         bus: EventBus,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        verdict: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None,
+        configuration_url: str | None = None,
     ) -> None:
+        """``verdict``: the page's verdict for a state document (added to it as
+        ``"verdict"``); ``configuration_url``: the page's address for Home Assistant
+        (:func:`gateway.status.ha_discovery.page_url`; None: left out)."""
         self.settings = settings
+        self._verdict = verdict
+        self.configuration_url = configuration_url
         self.state = state
         self.gateway_id = state.gateway_id
         base = f"{settings.topic_prefix}/{self.gateway_id}"
@@ -355,6 +351,8 @@ class MqttPublisher:
         if self.settings.homeassistant_discovery:
             await client.subscribe(HA_STATUS, qos=1)
             _raise_if_stopping()
+            await client.subscribe(f"{BINARY_PREFIX}/{self.gateway_id}/+/config", qos=1)
+            _raise_if_stopping()
             await self._discovery(client)
         await self._publish_state(client)
         # The loops run in a task of their own: when a child fails, Python 3.11's
@@ -379,6 +377,11 @@ class MqttPublisher:
             if message.topic.matches(HA_STATUS) and message.payload in (b"online", "online"):
                 log.info("Home Assistant announced itself: discovery sent again")
                 await self._discovery(client)
+            elif message.payload and stale_destination_topic(
+                message.topic.value, self.gateway_id, self.state.configured
+            ):
+                log.info("Home Assistant: the removed destination's sensor is deleted")
+                await self._publish(client, message.topic.value, "", retain=True)
         raise aiomqtt.MqttError("connection closed")
 
     async def _drain_events(self, client: aiomqtt.Client) -> None:
@@ -404,8 +407,11 @@ class MqttPublisher:
             await self._publish_state(client, only_if_changed=True)
 
     async def state_document(self) -> dict[str, Any]:
-        """The state document as published (with the ``mqtt`` block)."""
-        return await self.state.snapshot()
+        """The state document as published (with the ``mqtt`` block and the verdict)."""
+        document = await self.state.snapshot()
+        if self._verdict is not None:
+            document["verdict"] = await self._verdict(document)
+        return document
 
     async def _publish_state(
         self, client: aiomqtt.Client, *, only_if_changed: bool = False
@@ -426,32 +432,14 @@ class MqttPublisher:
             await self._publish(client, topic, json.dumps(config), retain=True)
 
     def discovery_messages(self) -> list[tuple[str, dict[str, Any]]]:
-        """Home Assistant discovery: (topic, config) per key sensor."""
-        gid = self.gateway_id
-        device = {
-            "identifiers": [f"dermgate_{gid}"],
-            "name": f"DermGate {gid}",
-            "manufacturer": "DermGate",
-            "model": "DermGate imaging gateway",
-            "sw_version": self.state.software,
-        }
-        out = []
-        for key, (name, template, unit, device_class) in HA_SENSORS.items():
-            config: dict[str, Any] = {
-                "name": name,
-                "unique_id": f"dermgate_{gid}_{key}",
-                "state_topic": self.state_topic,
-                "value_template": template,
-                "availability_topic": self.status_topic,
-                "payload_available": "online",
-                "payload_not_available": "offline",
-                "device": device,
-            }
-            if unit is not None:
-                config["unit_of_measurement"] = unit
-            if device_class is not None:
-                config["device_class"] = device_class
-            if key != "uptime":
-                config["state_class"] = "measurement"
-            out.append((f"homeassistant/sensor/{gid}_{key}/config", config))
-        return out
+        """Home Assistant discovery: (topic, config) per entity."""
+        return discovery_messages(
+            DiscoveryInfo(
+                gateway_id=self.gateway_id,
+                software=self.state.software,
+                state_topic=self.state_topic,
+                status_topic=self.status_topic,
+                destinations=tuple(self.state.configured),
+                configuration_url=self.configuration_url,
+            )
+        )

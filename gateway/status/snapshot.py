@@ -20,6 +20,7 @@ The document (``version`` 1); times are ISO 8601 UTC, ages and durations seconds
       "software": "0.1.0",             # DermGate version
       "generated": "2026-11-30T23:10:00.123+00:00",
       "uptime_s": 3600.5,              # since this run started
+      "started": "2026-11-30T22:10:00+00:00",   # when this run started (UTC)
       "seq": 42,                       # document number, +1 per document made (for any
                                        # reader: MQTT, page, metrics), from 1 each run
       "last_event_seq": 117,           # seq of the newest event (0: none yet)
@@ -27,6 +28,8 @@ The document (``version`` 1); times are ISO 8601 UTC, ages and durations seconds
         "counts": {"HELD": 0, "CAPTURED": 0, "WRAPPED": 2, "SENT": 1, "COMMITTED": 40,
                    "PURGED": 10, "QUARANTINED": 0},   # every state, 0 when none
         "held": 0,                     # captures waiting for a patient (not sent)
+        "quarantined": 0,              # set aside now: QUARANTINED, not resolved by a
+                                       # technician (counts.QUARANTINED keeps those too)
         "undelivered": 2,              # CAPTURED + WRAPPED: not yet stored by every PACS
         "oldest_undelivered_age_s": 12.5,   # null when nothing waits
         "awaiting_commitment": 1,      # deliveries SENT, not yet committed
@@ -94,6 +97,10 @@ Stages may add a section of their own (:attr:`GatewayState.sections`). With
       }
 
 (on MQTT itself ``connected`` is of course always true; the local page shows it.)
+The ``health`` section (the box's temperature, supply, storage wear) is described in
+:mod:`gateway.status.pi_health`; alarm code ``under_voltage`` (subject "") comes from it.
+On MQTT the document also has ``"verdict": {"colour": "green"|"amber"|"red",
+"headline": "...", "reasons": [...]}``: the page's "is it delivering?" verdict.
 """
 
 from __future__ import annotations
@@ -163,6 +170,8 @@ class GatewayState:
         self.bus = bus
         self._clock = clock
         self._started = clock()
+        self.started = datetime.now(UTC).isoformat(timespec="seconds")
+        """When this run started (wall clock, ISO 8601 UTC)."""
         self.seq = 0
         self._lock = asyncio.Lock()
         self.sections: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -246,11 +255,13 @@ class GatewayState:
             "software": self.software,
             "generated": now.isoformat(timespec="milliseconds"),
             "uptime_s": round(self.uptime(), 1),
+            "started": self.started,
             "seq": seq,
             "last_event_seq": self.bus.seq,
             "spool": {
                 "counts": counts,
                 "held": counts[CaptureState.HELD],
+                "quarantined": figures.quarantined_open,
                 "undelivered": counts[CaptureState.CAPTURED] + counts[CaptureState.WRAPPED],
                 "oldest_undelivered_age_s": _age(figures.oldest_undelivered, now),
                 "awaiting_commitment": figures.awaiting_commitment,
@@ -282,9 +293,14 @@ def stable_part(document: dict[str, Any]) -> dict[str, Any]:
     worklist = dict(document.get("worklist", {}))
     worklist["age_s"] = worklist.get("age_s") is not None
     skip = {"generated", "uptime_s", "seq", "last_event_seq", "spool", "disk", "mqtt", "worklist"}
-    return {
+    stable = {
         **{k: v for k, v in document.items() if k not in skip},
         "spool": spool,
         "disk": disk,
         "worklist": worklist,
     }
+    if isinstance(document.get("health"), dict):  # the temperature drifts by itself
+        stable["health"] = {
+            k: v for k, v in document["health"].items() if k not in ("cpu_temp_c", "read_at")
+        }
+    return stable

@@ -3,8 +3,9 @@
 (tests.support.context.ContextRig: ledger, intake, wrapper, ContextStage).
 
 Every page must fit the screen (no horizontal scrolling) with touch targets of at
-least 44 x 44 px, and the flows work by tapping: start a patient from the worklist
-(look-alikes told apart), a scan from a keyboard wedge (text + Enter), choose a
+least 44 x 44 px and pass axe-core (no serious or critical violation), on the phone
+and on a desk's screen (1280 x 800), and the flows work by tapping: start a patient
+from the worklist (look-alikes told apart), a scan from a keyboard wedge (text + Enter), choose a
 lesion by tapping the body map, flag the session, End; assign held captures; move an
 unsent capture (confirmed, audited); reveal a flagged capture with a reason.
 
@@ -30,7 +31,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from gateway.core.capture import CaptureOffer, Laterality
 from gateway.demo.local_orthanc import free_port
 from gateway.status.web.server import WebServer
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, PHONE, phone_problems
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, page_problems
 from tests.support.context import CAMERA, ContextRig, item, jpeg
 from tests.support.paths import REPO_ROOT
 from tests.support.web import PASSWORD, add_user
@@ -84,8 +85,12 @@ def serving(build: Callable[[], Awaitable[tuple[ContextRig, WebServer]]]) -> Ite
 
 
 def _fits(page: Page, what: str) -> None:
-    problems = phone_problems(page)
-    assert not problems, f"{what}: {problems}"
+    """``page`` passes at phone size, then on a desk's screen (no horizontal scrolling,
+    44 px targets, no serious axe-core violation); left at phone size."""
+    for size in (DESKTOP, PHONE):
+        problems = page_problems(page)
+        assert not problems, f"{what} at {page.viewport_size}: {problems}"
+        page.set_viewport_size(size)
 
 
 def test_patient_pages_on_a_phone(tmp_path: Path) -> None:

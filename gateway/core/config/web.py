@@ -21,6 +21,14 @@ def _check_listen(value: str) -> str:
     return value
 
 
+def _check_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.startswith(("http://", "https://")) or len(value) <= len("https://"):
+        raise ValueError('use an http:// or https:// address, e.g. "https://box.clinic.lan:8443/"')
+    return value if value.endswith("/") else value + "/"
+
+
 class WebSettings(_Strict):
     """``[web]``: the technicians' local page, ``/healthz`` and ``/metrics``.
 
@@ -37,6 +45,13 @@ class WebSettings(_Strict):
     listen: Annotated[str, AfterValidator(_check_listen)] = Field(
         default="127.0.0.1:8080",
         description="`HOST:PORT` the page listens on; loopback by default.",
+    )
+    public_url: Annotated[str | None, AfterValidator(_check_url)] = Field(
+        default=None,
+        description="The page's address as people and Home Assistant reach it, e.g. "
+        '`"https://derm-box-01.clinic.lan:8443/"` (a reverse proxy, a DNS name): Home '
+        "Assistant's link to the box. Without it a `listen` address naming one host "
+        "(not `0.0.0.0`, `::` nor loopback) is used, else no link is given.",
     )
     users_file: Path | None = Field(
         default=None,

@@ -359,7 +359,7 @@ def move_page(
         )
         body = (
             f"<section><h2>Move captures</h2><p>{_e(why)}</p>"
-            f'<a class="button" href="/sessions/{view.id}">Back</a></section>'
+            f'<a class="button" href="/sessions/{view.id}">Back to the patient</a></section>'
         )
         return layout("Move captures", body, user, csrf)
     body = (
@@ -392,6 +392,7 @@ def move_confirm_page(
         f'<input type="hidden" name="to" value="{target.id}">'
         '<input type="hidden" name="confirm" value="yes">'
         '<button type="submit" id="confirm" class="primary">Yes, move them</button>'
-        f'<a class="button" href="/sessions/{view.id}">Cancel</a></form></section>'
+        f'<a class="button" href="/sessions/{view.id}">Cancel: back to the patient</a>'
+        "</form></section>"
     )
     return layout("Confirm", body, user, csrf)

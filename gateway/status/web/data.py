@@ -97,6 +97,7 @@ class Figures:
     devices: list[dict[str, Any]] = field(default_factory=list)
     alarms: list[dict[str, Any]] = field(default_factory=list)
     worklist: dict[str, Any] = field(default_factory=dict)  # the state document's section
+    health: dict[str, Any] = field(default_factory=dict)  # the box's health section
 
     @property
     def backlog(self) -> int:

@@ -131,7 +131,8 @@ def _confirm_form(view: SessionView, site: Site, laterality: str, csrf: str) -> 
         '<label>Description (optional) <input name="description" maxlength="64" '
         'autocomplete="off"></label>'
         '<button type="submit" class="primary" id="add">Add this lesion</button>'
-        f'<a class="button" href="/sessions/{view.id}/lesion">Cancel</a></form></section>'
+        f'<a class="button" href="/sessions/{view.id}/lesion">Cancel: back to the body map</a>'
+        "</form></section>"
     )
 
 
@@ -175,6 +176,6 @@ def lesion_page(
         f'<label>Site <input type="search" name="find" value="{_e(find)}" '
         'autocomplete="off"></label><button type="submit">Find</button></form>'
         f"{_site_list(listing, find, len(found))}</section>"
-        f'<p><a class="button" href="/sessions/{view.id}">Back</a></p>'
+        f'<p><a class="button" href="/sessions/{view.id}">Back to the patient</a></p>'
     )
     return layout("Add a lesion", body, user, csrf)

@@ -20,8 +20,8 @@ SHOWN_DETAIL = {DriverState.DISCONNECTED, DriverState.CONNECTING, DriverState.RE
 
 
 async def live_view(state: GatewayState) -> dict[str, Any]:
-    """``{"devices": [...], "destinations": [...], "alarms": [...], "worklist": {...}}``
-    as in the document."""
+    """``{"devices": [...], "destinations": [...], "alarms": [...], "worklist": {...},
+    "health": {...}}`` as in the document."""
     devices = []
     for name in state.board.names():
         d = state.board.get(name)
@@ -48,9 +48,11 @@ async def live_view(state: GatewayState) -> dict[str, Any]:
         for a in sorted(state.bus.alarms.values(), key=lambda a: a.since)
     ]
     worklist = state.sections.get("worklist")  # counts and age only
+    health = state.sections.get("health")  # the box's temperature, supply, storage
     return {
         "devices": devices,
         "destinations": destinations,
         "alarms": alarms,
         "worklist": {"configured": False} if worklist is None else worklist(),
+        "health": {} if health is None else health(),
     }

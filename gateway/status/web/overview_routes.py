@@ -18,6 +18,7 @@ from gateway.status.web.auth import SESSION_COOKIE
 from gateway.status.web.checks import run_checks
 from gateway.status.web.data import verdict
 from gateway.status.web.gate import Condition
+from gateway.status.web.health_card import health_card
 from gateway.status.web.page_state import SESSION_KEY, PageState, _html, log
 
 LIVE_INTERVAL = 2.0
@@ -32,7 +33,7 @@ class OverviewRoutes(PageState):
     async def _fragment(self, csrf: str, user: str, shown: set[int] | None = None) -> str:
         fig = await self.figures()
         sessions = await self._sessions_fragment(csrf, user, shown)
-        return sessions + pages.overview_fragment(fig, verdict(fig), csrf)
+        return sessions + pages.overview_fragment(fig, verdict(fig), csrf) + health_card(fig.health)
 
     async def _sessions_fragment(self, csrf: str, user: str, shown: set[int] | None) -> str:
         """Per device the open session (patient data: this page is for a logged-in
@@ -127,7 +128,7 @@ class OverviewRoutes(PageState):
                 await self._send(response, f"event: overview\n{data}\n".encode())
                 last, quiet = fragment, 0.0
             elif quiet >= 15:
-                await self._send(response, b": keep-alive\n\n")
+                await self._send(response, b"event: alive\ndata: \n\n")  # also "updated"
                 quiet = 0.0
             try:
                 async with asyncio.timeout(LIVE_INTERVAL):  # not wait_for (3.11)

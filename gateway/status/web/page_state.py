@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +25,8 @@ from gateway.spool.dirs import SpoolDirs
 from gateway.status.web import pages
 from gateway.status.web.audit import AuditLog
 from gateway.status.web.auth import Lockout, Session, Sessions
-from gateway.status.web.data import Figures, read_figures
+from gateway.status.web.data import Figures
+from gateway.status.web.fleet import read_config_figures, with_state
 from gateway.status.web.gate import ConditionLog, Gate
 from gateway.status.web.logins import LoginFile, Unavailable, Why
 from gateway.status.web.metrics import Metrics
@@ -102,39 +102,10 @@ class PageState:
 
     async def figures(self) -> Figures:
         """Ledger, disk, devices and alarms now."""
-        dests = [(d.name, d.host, d.port, d.confirms) for d in self.config.destinations]
-        fig = await asyncio.to_thread(
-            read_figures,
-            self.config.ledger_path(),
-            self.config.spool_dir(),
-            self.config.spool.reserve_mb * 1024 * 1024,
-            dests,
-        )
+        fig = await read_config_figures(self.config)
         if self.snapshot is None:
             return fig
-        doc = await self.snapshot()
-        known = {str(d.get("name")): d for d in doc.get("destinations", [])}
-        overlaid = []
-        for dest in fig.destinations:
-            state = known.get(dest.name, {})
-            error = state.get("last_error")
-            overlaid.append(
-                dataclasses.replace(
-                    dest,
-                    reachable=state.get("reachable"),
-                    last_error=error.get("message") if isinstance(error, dict) else dest.last_error,
-                    window_open=bool(state.get("window_open", True)),
-                    next_window=state.get("next_window"),
-                    send_now=bool(state.get("send_now")),
-                )
-            )
-        return dataclasses.replace(
-            fig,
-            destinations=overlaid,
-            devices=list(doc.get("devices", [])),
-            alarms=list(doc.get("alarms", [])),
-            worklist=dict(doc.get("worklist") or {}),
-        )
+        return with_state(fig, await self.snapshot())
 
     # ----------------------------------------------------------------- logins
 

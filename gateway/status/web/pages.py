@@ -21,6 +21,7 @@ from gateway.status.web.data import (
     human_age,
     human_bytes,
 )
+from gateway.status.web.header import BOX_LINE
 
 MASK = "\u2022" * 8
 
@@ -30,20 +31,25 @@ def _e(value: object) -> str:
 
 
 def layout(title: str, body: str, user: str | None = None, csrf: str | None = None) -> str:
-    """The page frame: header with navigation and logout when logged in."""
+    """The page frame: header with the box line (box id, version, when the page was
+    made: :mod:`.header`), navigation and logout when logged in."""
     nav = ""
     if user is not None and csrf is not None:
         nav = (
-            '<nav><a href="/">Overview</a> <a href="/why">Why isn\'t it sending?</a> '
-            '<a href="/spool">Spool</a> <a href="/held">Held</a> '
+            '<nav aria-label="Pages"><a href="/">Overview</a> '
+            '<a href="/why">Why isn\'t it sending?</a> '
+            '<a href="/spool">Spool: all captures</a> <a href="/held">Held captures</a> '
             f'<form method="post" action="/logout" class="inline">{csrf_field(csrf)}'
             f'<button type="submit">Log out {_e(user)}</button></form></nav>'
         )
+    line = BOX_LINE.get()
+    box = "" if line is None else line.html(logged_in=user is not None)
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<title>{_e(title)} - DermGate</title><link rel="stylesheet" href="/static/style.css">'
-        f"</head><body><header><h1>DermGate</h1>{nav}</header><main>{body}</main>"
+        f'</head><body><header><div class="brand"><h1>DermGate</h1>{box}</div>'
+        f"{nav}</header><main>{body}</main>"
         '<script src="/static/live.js" defer></script></body></html>'
     )
 
@@ -93,7 +99,7 @@ def _destination_state(d: DestinationFigures, csrf: str | None) -> str:
     """A destination's state cell: failing, OK, or waiting for its send window (with
     the "Send now" button: POST, CSRF, logged-in user, audited)."""
     if d.failing:
-        return '<td class="state fail">failing</td>'
+        return '<td data-label="State" class="state fail">failing</td>'
     if d.waiting_for_window:
         button = ""
         if csrf is not None:
@@ -103,19 +109,23 @@ def _destination_state(d: DestinationFigures, csrf: str | None) -> str:
                 '<button type="submit">Send now</button></form>'
             )
         return (
-            f'<td class="state waiting" data-window="waiting">waiting for the send window '
-            f"(opens {_e(_local_hm(d.next_window))}){button}</td>"
+            '<td data-label="State" class="state waiting" data-window="waiting">'
+            f"waiting for the send window (opens {_e(_local_hm(d.next_window))}){button}</td>"
         )
     if d.send_now:
-        return '<td class="state ok" data-window="send-now">sending now (outside its window)</td>'
-    return '<td class="state ok">OK</td>'
+        return (
+            '<td data-label="State" class="state ok" data-window="send-now">'
+            "sending now (outside its window)</td>"
+        )
+    return '<td data-label="State" class="state ok">OK</td>'
 
 
 def overview_fragment(fig: Figures, verdict: Verdict, csrf: str | None = None) -> str:
     """The live part of the overview (replaced on every server-sent update)."""
     reasons = "".join(f"<li>{_e(r)}</li>" for r in verdict.reasons)
     head = (
-        f'<section class="verdict {verdict.colour}" data-verdict="{verdict.colour}">'
+        f'<section class="verdict {verdict.colour}" data-verdict="{verdict.colour}" '
+        'id="verdict" role="status" aria-live="polite" aria-atomic="true">'
         f"<h2>{_e(verdict.headline)}</h2><ul>{reasons}</ul></section>"
     )
     oldest = human_age(fig.oldest_waiting_age) if fig.oldest_waiting_age is not None else "none"
@@ -132,19 +142,23 @@ def overview_fragment(fig: Figures, verdict: Verdict, csrf: str | None = None) -
         "</section>"
     )
     devices = "".join(
-        f"<tr><td>{_e(d.get('name'))}</td><td>{_e(d.get('driver'))}</td>"
-        f'<td class="state {_e(str(d.get("state")).lower())}">{_e(d.get("state"))}</td>'
-        f"<td>{_e(d.get('detail'))}</td><td>{_e(d.get('restarts'))}</td></tr>"
+        f'<tr><td data-label="Device">{_e(d.get("name"))}</td>'
+        f'<td data-label="Driver">{_e(d.get("driver"))}</td>'
+        f'<td data-label="State" class="state {_e(str(d.get("state")).lower())}">'
+        f'{_e(d.get("state"))}</td><td data-label="Detail">{_e(d.get("detail"))}</td>'
+        f'<td data-label="Restarts">{_e(d.get("restarts"))}</td></tr>'
         for d in fig.devices
     )
     dests = "".join(
-        f'<tr data-destination="{_e(d.name)}"><td>{_e(d.name)}</td><td>{_e(d.host)}:{d.port}</td>'
-        f"{_destination_state(d, csrf)}<td>{d.pending}</td>"
-        f"<td>{_e(d.last_error) if d.failing else ''}</td></tr>"
+        f'<tr data-destination="{_e(d.name)}"><td data-label="Name">{_e(d.name)}</td>'
+        f'<td data-label="Address">{_e(d.host)}:{d.port}</td>'
+        f'{_destination_state(d, csrf)}<td data-label="Waiting">{d.pending}</td>'
+        f'<td data-label="Reason">{_e(d.last_error) if d.failing else ""}</td></tr>'
         if not d.removed
-        else f'<tr><td>{_e(d.name)}</td><td>-</td><td class="state fail">destination removed'
-        f"</td><td>{d.pending + d.sent}</td><td>no longer configured: captures wait for it</td>"
-        "</tr>"
+        else f'<tr><td data-label="Name">{_e(d.name)}</td><td data-label="Address">-</td>'
+        '<td data-label="State" class="state fail">destination removed</td>'
+        f'<td data-label="Waiting">{d.pending + d.sent}</td>'
+        '<td data-label="Reason">no longer configured: captures wait for it</td></tr>'
         for d in fig.destinations
     )
     alarms = "".join(
@@ -154,10 +168,12 @@ def overview_fragment(fig: Figures, verdict: Verdict, csrf: str | None = None) -
     return (
         head
         + numbers
-        + "<section><h3>Devices</h3><table><tr><th>Device</th><th>Driver</th><th>State</th>"
-        + f"<th>Detail</th><th>Restarts</th></tr>{devices}</table></section>"
-        + "<section><h3>Destinations</h3><table><tr><th>Name</th><th>Address</th><th>State</th>"
-        + f"<th>Waiting</th><th>Reason</th></tr>{dests}</table></section>"
+        + '<section><h3>Devices</h3><table class="list"><tr class="head"><th>Device</th>'
+        + "<th>Driver</th><th>State</th><th>Detail</th><th>Restarts</th></tr>"
+        + f"{devices}</table></section>"
+        + '<section><h3>Destinations</h3><table class="list"><tr class="head"><th>Name</th>'
+        + "<th>Address</th><th>State</th><th>Waiting</th><th>Reason</th></tr>"
+        + f"{dests}</table></section>"
         + f"<section><h3>Alarms</h3><ul>{alarms or '<li>none</li>'}</ul></section>"
     )
 
@@ -171,8 +187,10 @@ def overview_page(fragment: str, user: str, csrf: str) -> str:
 def why_page(results: list[CheckResult], user: str, csrf: str) -> str:
     """The results of the checks, with advice."""
     rows = "".join(
-        f'<tr class="{r.status}"><td>{_e(r.name)}</td><td class="state {r.status}">'
-        f"{_e(r.status.upper())}</td><td>{_e(r.finding)}</td><td>{_e(r.advice)}</td></tr>"
+        f'<tr class="{r.status}"><td data-label="Check">{_e(r.name)}</td>'
+        f'<td data-label="Result" class="state {r.status}">{_e(r.status.upper())}</td>'
+        f'<td data-label="Finding">{_e(r.finding)}</td>'
+        f'<td data-label="What to do">{_e(r.advice)}</td></tr>'
         for r in results
     )
     failed = [r for r in results if r.status == "fail"]
@@ -185,8 +203,9 @@ def why_page(results: list[CheckResult], user: str, csrf: str) -> str:
         summary = "No problem found by the checks."
     body = (
         f'<section id="why"><h2>Why isn\'t it sending?</h2><p class="summary">{_e(summary)}</p>'
-        "<table><tr><th>Check</th><th>Result</th><th>Finding</th><th>What to do</th></tr>"
-        f'{rows}</table><p><a class="button" href="/why">Run the checks again</a></p></section>'
+        '<table class="list"><tr class="head"><th>Check</th><th>Result</th><th>Finding</th>'
+        f"<th>What to do</th></tr>{rows}</table>"
+        '<p><a class="button" href="/why">Run the checks again</a></p></section>'
     )
     return layout("Why isn't it sending?", body, user, csrf)
 
@@ -200,28 +219,32 @@ def spool_page(rows: list[SpoolRow], state: str | None, user: str, csrf: str) ->
     )
     lines = []
     for r in rows:
-        actions = f'<a href="/spool/{r.spool_id}">details</a>'
+        actions = f'<a href="/spool/{r.spool_id}">Open capture {r.spool_id}</a>'
         if r.state == "QUARANTINED":
-            actions += f' <a href="/spool/{r.spool_id}/retry">retry</a>'
+            actions += f' <a href="/spool/{r.spool_id}/retry">Retry capture {r.spool_id}</a>'
             if not (r.reason or "").startswith("resolved by technician"):
-                actions += f' <a href="/spool/{r.spool_id}/resolve">resolve</a>'
+                actions += (
+                    f' <a href="/spool/{r.spool_id}/resolve">Resolve capture {r.spool_id}</a>'
+                )
         mark = ' <span class="sensitive" title="sensitive">Sensitive</span>' if r.sensitive else ""
         reason = r.reason or r.last_error or ""
         if r.removed:  # waits for a destination taken out of the configuration
             gone = f"destination removed: {', '.join(r.removed)}"
             reason = f"{gone}; {reason}" if reason else gone
         lines.append(
-            f'<tr data-id="{r.spool_id}"><td>{r.spool_id}{mark}</td>'
-            f'<td class="state {r.state.lower()}">'
-            f"{_e(r.state)}</td><td>{_e(human_age(r.age))}</td><td>{_e(r.device)}</td>"
-            f"<td>{_e(reason)}</td><td>{actions}</td></tr>"
+            f'<tr data-id="{r.spool_id}"><td data-label="Id">{r.spool_id}{mark}</td>'
+            f'<td data-label="State" class="state {r.state.lower()}">{_e(r.state)}</td>'
+            f'<td data-label="Age">{_e(human_age(r.age))}</td>'
+            f'<td data-label="Device">{_e(r.device)}</td>'
+            f'<td data-label="Reason">{_e(reason)}</td><td class="actions">{actions}</td></tr>'
         )
     body = (
         '<section><h2>Spool</h2><form method="get" action="/spool">'
         f'<label>State <select name="state">{options}</select></label> '
         '<button type="submit">Show</button></form>'
-        "<table><tr><th>Id</th><th>State</th><th>Age</th><th>Device</th><th>Reason</th>"
-        f"<th></th></tr>{''.join(lines) or '<tr><td colspan=6>empty</td></tr>'}</table></section>"
+        '<table class="list"><tr class="head"><th>Id</th><th>State</th><th>Age</th>'
+        "<th>Device</th><th>Reason</th><th>Actions</th></tr>"
+        f"{''.join(lines) or '<tr><td colspan=6>empty</td></tr>'}</table></section>"
     )
     return layout("Spool", body, user, csrf)
 
@@ -256,6 +279,9 @@ def capture_page(
             shown += f", {d['note']}"  # waits for a destination no longer configured
         fields.append((f"To {d['destination']}", shown))
     table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in fields)
+    step = details.get("next_step")
+    if step:
+        table += f'<tr id="next-step"><th>What to do</th><td>{_e(step)}</td></tr>'
     if patient is None:
         pat = "".join(
             f'<tr><th>{_e(label)}</th><td class="masked">{MASK}</td></tr>'
@@ -286,10 +312,7 @@ def capture_page(
         reveal = '<p class="notice">Shown once; this reveal was recorded in the audit log.</p>'
     actions = ""
     if details["state"] == "QUARANTINED":
-        actions = f'<p><a class="button" href="/spool/{spool_id}/retry">Retry</a>'
-        if not (details["reason"] or "").startswith("resolved by technician"):
-            actions += f' <a class="button" href="/spool/{spool_id}/resolve">Resolve</a>'
-        actions += "</p>"
+        actions = _set_aside_actions(details, csrf)
     flag = "0" if sensitive else "1"
     marker = (
         '<p><span class="sensitive" id="sensitive-mark">Sensitive</span></p>' if sensitive else ""
@@ -307,6 +330,30 @@ def capture_page(
     return layout(f"Capture {spool_id}", body, user, csrf)
 
 
+def _set_aside_actions(details: dict[str, Any], csrf: str) -> str:
+    """Retry, Resolve and Download (POST, CSRF, audited) of a capture set aside."""
+    spool_id = details["id"]
+    actions = (
+        f'<p class="actions"><a class="button" href="/spool/{spool_id}/retry">'
+        f"Retry capture {spool_id}</a>"
+    )
+    if not (details["reason"] or "").startswith("resolved by technician"):
+        actions += (
+            f' <a class="button" href="/spool/{spool_id}/resolve">Resolve capture {spool_id}</a>'
+        )
+    actions += "</p>"
+    files = details.get("files") or {}
+    kind = next((k for k in ("dicom", "raw") if (files.get(k) or {}).get("exists")), None)
+    if kind is not None:
+        what = "DICOM file" if kind == "dicom" else "device's original file"
+        actions += (
+            f'<form method="post" action="/spool/{spool_id}/download" class="download">'
+            f'{csrf_field(csrf)}<button type="submit" id="download">Download its {what} '
+            "(recorded in the audit log)</button></form>"
+        )
+    return actions
+
+
 def confirm_page(spool_id: int, action: str, reason: str | None, user: str, csrf: str) -> str:
     """The confirmation step of retry and resolve."""
     if action == "retry":
@@ -320,17 +367,22 @@ def confirm_page(spool_id: int, action: str, reason: str | None, user: str, csrf
             f"Mark capture {spool_id} as resolved? It stays on disk (a retry is still possible) "
             "but no longer counts as needing attention."
         )
-        extra = "".join(
-            f'<label class="radio"><input type="radio" name="resolution" value="{_e(k)}"'
-            f"{' checked' if i == 0 else ''}> {_e(v)}</label>"
-            for i, (k, v) in enumerate(RESOLUTIONS.items())
+        extra = (
+            '<fieldset class="reasons"><legend>How was it dealt with?</legend>'
+            + "".join(
+                f'<label class="radio"><input type="radio" name="resolution" value="{_e(k)}"'
+                f"{' checked' if i == 0 else ''}> {_e(v)}</label>"
+                for i, (k, v) in enumerate(RESOLUTIONS.items())
+            )
+            + "</fieldset>"
         )
     body = (
         f'<section class="confirm"><h2>Please confirm</h2><p>{_e(question)}</p>'
         f"<p>Reason it was set aside: {_e(reason or '-')}</p>"
         f'<form method="post" action="/spool/{spool_id}/{action}">{csrf_field(csrf)}{extra}'
         f'<button type="submit" id="confirm">Yes, {_e(action)}</button> '
-        f'<a href="/spool/{spool_id}">Cancel</a></form></section>'
+        f'<a class="button" href="/spool/{spool_id}">Cancel: back to capture {spool_id}</a>'
+        "</form></section>"
     )
     return layout("Confirm", body, user, csrf)
 

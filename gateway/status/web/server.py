@@ -19,6 +19,9 @@ page and anything else gets 401):
 ``GET/POST /spool/ID/resolve`` confirmation, then :func:`admin.resolve_capture`
 ``POST /spool/ID/sensitive``   flag (or unflag) a capture as sensitive; a flagged
                                capture's reveal asks for a reason category
+``POST /spool/ID/download``    a quarantined capture's DICOM (or raw) file as an
+                               attachment named by its spool id; audited first
+                               (:mod:`.download_routes`)
 ``GET/POST /devices/D/start``  start a patient on device D (worklist, scan, typed,
                                unidentified) through the context desk
 ``GET /sessions/ID``           a session: patient, lesion, sensitive flag, End
@@ -63,6 +66,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -71,7 +75,9 @@ from aiohttp import web, web_response
 from gateway.status.web import pages
 from gateway.status.web.api_routes import API_PREFIX, ApiRoutes
 from gateway.status.web.auth import SESSION_COOKIE, same_token
+from gateway.status.web.download_routes import DownloadRoutes
 from gateway.status.web.gate import Gate, Limits, default_max_connections, listen_sockets
+from gateway.status.web.header import BOX_LINE, BoxLine, software_version
 from gateway.status.web.held_routes import HeldRoutes
 from gateway.status.web.login_routes import LoginRoutes
 from gateway.status.web.logins import Unavailable
@@ -112,7 +118,9 @@ _SECURITY_HEADERS = {
 HSTS = "max-age=31536000"
 
 
-class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes, WindowRoutes, ApiRoutes):
+class WebServer(
+    LoginRoutes, OverviewRoutes, SpoolRoutes, DownloadRoutes, HeldRoutes, WindowRoutes, ApiRoutes
+):
     """The page's state (sessions, lockout) and its aiohttp application."""
 
     # ----------------------------------------------------------------- app
@@ -124,6 +132,7 @@ class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes, WindowRout
                 self._api_errors,
                 self._bounded,
                 self._headers,
+                self._box_line,
                 self._api_auth,
                 self._guard,
             ],
@@ -147,6 +156,7 @@ class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes, WindowRout
         r.add_post(r"/spool/{sid:[0-9]{1,19}}/retry", self.retry)
         r.add_post(r"/spool/{sid:[0-9]{1,19}}/resolve", self.resolve)
         r.add_post(r"/spool/{sid:[0-9]{1,19}}/sensitive", self.flag_capture)
+        r.add_post(r"/spool/{sid:[0-9]{1,19}}/download", self.download)
         r.add_get("/devices/{device}/start", self.start_form)
         r.add_post("/devices/{device}/start", self.start)
         session = r"/sessions/{session:[0-9]{1,19}}"
@@ -206,6 +216,14 @@ class WebServer(LoginRoutes, OverviewRoutes, SpoolRoutes, HeldRoutes, WindowRout
         if isinstance(response, web.HTTPException):
             raise response
         return response
+
+    @web.middleware
+    async def _box_line(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Every page's header says which box, which DermGate and when it was made."""
+        BOX_LINE.set(BoxLine(self.config.gateway.id, software_version(), time.time()))
+        return await handler(request)
 
     @web.middleware
     async def _guard(

@@ -21,10 +21,11 @@ from gateway.core.routing import RoutePlan
 from gateway.spool import admin
 from gateway.spool.capture_marks import flag_sensitive, is_sensitive
 from gateway.spool.ledger import open_ledger
-from gateway.spool.states import CaptureState
+from gateway.spool.states import CaptureState, DeliveryState
 from gateway.status.web import pages
 from gateway.status.web.audit import REVEAL_REASONS
 from gateway.status.web.data import read_spool
+from gateway.status.web.next_step import next_step
 from gateway.status.web.page_state import SESSION_KEY, PageState, _html, log
 from gateway.status.web.session_routes import actor_of
 
@@ -73,6 +74,9 @@ class SpoolRoutes(PageState):
             entry, records, self.dirs, [d.name for d in self.config.destinations]
         )
         details["sensitive"] = sensitive
+        if entry.state is CaptureState.QUARANTINED:  # what to do, in plain words
+            codes = [r.error_code for r in records if r.state is DeliveryState.FAILED]
+            details["next_step"] = next_step(entry.reason, codes)
         return details
 
     async def _details(self, request: web.Request) -> tuple[int, dict[str, Any]]:
