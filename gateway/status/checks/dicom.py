@@ -131,10 +131,26 @@ def _rejected(name: str, peer: Peer, our_ae: str, assoc: Any) -> CheckResult:
 def _echo(
     name: str, peer: Peer, our_ae: str, timeout: float, tls: DicomDestination | None
 ) -> CheckResult:
-    """Connect, associate as ``our_ae`` (over TLS with ``tls``), C-ECHO; its line."""
-    problem = tcp_problem(peer.host, peer.port, timeout)
-    if problem is not None:
-        return _connect_failure(name, peer, problem)
+    """:func:`_echo_once`, tried again once after a short pause when the peer closed
+    the connection at once: a busy single-process SCP (DCMTK's ``wlmscpfs``) may drop
+    an association that arrives while it finishes the previous one."""
+    result, dropped = _echo_once(name, peer, our_ae, timeout, tls)
+    if dropped:
+        time.sleep(0.5)
+        result, _ = _echo_once(name, peer, our_ae, timeout, tls)
+    return result
+
+
+def _echo_once(
+    name: str, peer: Peer, our_ae: str, timeout: float, tls: DicomDestination | None
+) -> tuple[CheckResult, bool]:
+    """Associate as ``our_ae`` (over TLS with ``tls``) and C-ECHO: its line, and
+    whether the peer dropped the association at once (worth one more try).
+
+    Only when no association came about is a bare TCP connection tried, to tell a
+    refused connection or a silent network from a peer that took the connection: a
+    single-process SCP (DCMTK's) may abort the next association after an empty one.
+    """
     ae = dermgate_ae(our_ae)
     ae.add_requested_context(VERIFICATION)
     ae.connection_timeout = timeout
@@ -147,13 +163,17 @@ def _echo(
     else:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     try:
-        error = tls_error(assoc, tls) if tls is not None else None
-        if error is not None:
-            return tls_refused(name, error)
         if assoc.is_rejected:
-            return _rejected(name, peer, our_ae, assoc)
+            return _rejected(name, peer, our_ae, assoc), False
         if not assoc.is_established:
-            if time.monotonic() - started >= timeout * 0.9:
+            waited = time.monotonic() - started
+            problem = tcp_problem(peer.host, peer.port, timeout)
+            if problem is not None:
+                return _connect_failure(name, peer, problem), False
+            error = tls_error(assoc, tls) if tls is not None else None
+            if error is not None:
+                return tls_refused(name, error), False
+            if waited >= timeout * 0.9:
                 return CheckResult(
                     name,
                     FAIL,
@@ -161,24 +181,24 @@ def _echo(
                     f"answered within {timeout:g} s.",
                     f"Something else may listen on port {peer.port}, or the {peer.what} is "
                     "hung; check the port and restart the service there.",
-                )
+                ), False
             return CheckResult(
                 name,
                 FAIL,
                 f"The {peer.what} closed the connection without answering.",
                 f"Check the AE titles with the {peer.what}'s administrator (ours: {our_ae}, "
                 f"its: {peer.ae_title}).",
-            )
+            ), True
         status = assoc.send_c_echo()
         code = getattr(status, "Status", None) if status else None
         if code == 0:
-            return CheckResult(name, OK, "Answers a DICOM echo.")
+            return CheckResult(name, OK, "Answers a DICOM echo."), False
         return CheckResult(
             name,
             FAIL,
             "Connected, but the echo was not answered.",
             f"The {peer.what} may be overloaded or misconfigured; ask its administrator.",
-        )
+        ), False
     finally:
         if assoc.is_established:
             assoc.release()
