@@ -206,7 +206,7 @@ def _echo_once(
 
 
 def check_destination(dest: DicomDestination, our_ae: str, timeout: float = 5.0) -> CheckResult:
-    """TCP connect, then a C-ECHO association as our AE title (over TLS if configured)."""
+    """A C-ECHO association as our AE title (over TLS if configured); its verdict."""
     name = f"PACS {dest.name} ({dest.ae_title} at {dest.host}:{dest.port})"
     peer = Peer("PACS", dest.host, dest.port, dest.ae_title, f'"{dest.name}" ae_title')
     return _echo(name, peer, our_ae, timeout, dest)
