@@ -43,7 +43,7 @@ from gateway.forward.contexts import STORAGE_CONTEXTS
 from gateway.forward.cstore import CStoreSender, Negotiation
 from gateway.forward.stow import StowSender
 from gateway.service.config import load_config
-from gateway.status.web.checks import check_certificate
+from gateway.status.checks.certificates import check_certificate
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -3,7 +3,12 @@
 ::
 
     dermgate run --config FILE              run the gateway (the service)
-    dermgate check-config FILE              validate a configuration file
+    dermgate --version                      print the installed version
+    dermgate check --config FILE [--connect] [--json]
+                                            the configuration, the box and (with
+                                            --connect) every peer; one line per check
+                                            (see gateway/cli/check.py)
+    dermgate check-config FILE              the same as check without --connect
     dermgate echo --config FILE [--json]    C-ECHO each destination; which of
                                             DermGate's SOP classes it accepts
                                             (see gateway/cli/echo.py)
@@ -48,6 +53,7 @@ from pathlib import Path
 from typing import cast
 
 from gateway.cli.backup import add_backup_commands
+from gateway.cli.check import add_check_commands
 from gateway.cli.echo import add_echo_command
 from gateway.cli.spool import add_spool_commands
 from gateway.cli.tokens import add_token_commands
@@ -91,31 +97,6 @@ def _load(
         for problem in err.problems:
             print(problem, file=sys.stderr)
         return None
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate a configuration file: 0 if usable, else every problem and 2."""
-    config = _load(args.file, service=True)
-    if config is None:
-        return EXIT_USAGE
-    if config.web is not None:
-        from gateway.status.web.users import users_file_problem
-
-        problem = users_file_problem(config.users_path())
-        if problem is not None:
-            print(f"[web] users file: {problem}", file=sys.stderr)
-            return EXIT_USAGE
-        from gateway.status.web.tokens import tokens_file_problem
-
-        problem = tokens_file_problem(config.tokens_path())
-        if problem is not None:
-            print(f"[web] API tokens file: {problem}", file=sys.stderr)
-            return EXIT_USAGE
-    print(
-        f"{args.file}: OK (gateway {config.gateway.id}, {len(config.destinations)} "
-        f"destination(s), {len(config.devices)} device(s))"
-    )
-    return EXIT_OK
 
 
 async def _serve(config: DermGateConfig) -> None:
@@ -267,10 +248,23 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed version (read only when asked: it loads the app)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object, **__: object) -> None:
+        from gateway.service.app import software_version
+
+        print(f"dermgate {software_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dermgate``."""
     parser = argparse.ArgumentParser(
         prog="dermgate", description="DermGate: dermatology imaging devices to the PACS."
+    )
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="print the installed version and exit"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -278,9 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, required=True, help="configuration file (TOML)")
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate a configuration file")
-    check.add_argument("file", type=Path)
-    check.set_defaults(func=cmd_check_config)
+    add_check_commands(sub)  # check [--connect] [--json], check-config: gateway/cli/check.py
 
     add_echo_command(sub)  # which SOP classes each destination takes: gateway/cli/echo.py
     add_spool_commands(sub)  # list, show, retry, export: gateway/cli/spool.py

@@ -111,10 +111,18 @@ class GateSettings:
 def health_check(release: Path, settings: GateSettings) -> str | None:
     """The release's own check against the box's configuration; None when it passes.
 
-    The one place the gate's check command is named: ``dermgate echo --config FILE``
-    (C-ECHO to every destination) until ``dermgate check --connect`` exists.
+    ``dermgate check --config FILE --connect`` of the new release: the configuration,
+    the box, and every peer it talks to (C-ECHO to each PACS, its QIDO-RS probe to each
+    DICOMweb store, the service's own commitment listener, the worklist SCP, the MQTT
+    broker); exit 0 when nothing fails (warnings allowed).
     """
-    command = [str(release / "venv" / "bin" / "dermgate"), "echo", "--config", str(settings.config)]
+    command = [
+        str(release / "venv" / "bin" / "dermgate"),
+        "check",
+        "--config",
+        str(settings.config),
+        "--connect",
+    ]
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, check=False, timeout=settings.check_timeout
@@ -124,7 +132,9 @@ def health_check(release: Path, settings: GateSettings) -> str | None:
     except OSError as err:
         return f"its check could not run: {err.strerror}"
     if done.returncode != 0:
-        return f"its check failed (dermgate echo exit {done.returncode})"
+        failed = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+        said = f": {failed[0][:200]}" if failed else ""
+        return f"its check failed (dermgate check --connect exit {done.returncode}){said}"
     return None
 
 

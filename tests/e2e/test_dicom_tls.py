@@ -29,8 +29,8 @@ from gateway.demo.local_orthanc import OrthancProcess, free_port
 from gateway.dicom import network  # noqa: F401  (pynetdicom closes refused sockets)
 from gateway.dicom.tls import client_tls
 from gateway.service.config import load_config
+from gateway.status.checks.tls import check_tls_listener
 from gateway.status.web.checks import FAIL, OK, WARN, certificate_checks, check_destination
-from gateway.status.web.tls_checks import check_tls_listener
 from tests.support.dicom_tls import Pki, make_pki, tls_orthanc
 from tests.support.gateway_process import GatewayProcess, gateway_config
 from tests.support.peers import MisbehavingPacs

@@ -148,7 +148,7 @@ def test_basic_auth_wrong_password_is_a_plain_retried_failure_without_the_secret
         assert secret not in refused.stdout + refused.stderr
 
 
-_WHY_ROW = re.compile(r'<tr class="(\w+)"><td>(DICOMweb store [^<]*)</td>(.*?)</tr>', re.S)
+_WHY_ROW = re.compile(r'<tr class="(\w+)"><td[^>]*>(DICOMweb store [^<]*)</td>(.*?)</tr>', re.S)
 
 
 def test_why_page_tells_a_refused_password_for_a_dicomweb_store_without_showing_it(

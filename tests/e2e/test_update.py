@@ -2,7 +2,7 @@
 
 Two real bundles are built once for the module (wheels of DermGate and every
 dependency, signed with a key made by ssh-keygen here): 0.1.1 from this checkout and
-0.1.2 from a copy whose ``dermgate echo`` (the health gate's check) always fails. The
+0.1.2 from a copy whose ``dermgate check --connect`` (the health gate's check) always fails. The
 updater is the bundle's own zipapp run by the system's python3 with ``-I -S`` (no
 site-packages: it must work when no venv does); staging runs in a network namespace
 without a network. systemctl is a stand-in script that records its calls and reports
@@ -116,10 +116,11 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
     good = _make_bundle(work / "release", work / "out", GOOD)
     broken = work / "broken-src"
     _copy_source(broken)
-    echo = broken / "gateway" / "cli" / "echo.py"
-    text = echo.read_text()
-    head = "def cmd_echo(args: argparse.Namespace) -> int:\n"
-    echo.write_text(text.replace(head, head + "    return 1  # a release whose check fails\n"))
+    check = broken / "gateway" / "cli" / "check.py"
+    text = check.read_text()
+    head = "def cmd_check(args: argparse.Namespace) -> int:\n"
+    assert head in text
+    check.write_text(text.replace(head, head + "    return 1  # a release whose check fails\n"))
     bad = _make_bundle(work / "release", work / "out", BAD, source=broken)
     # The same files, signed by another key (its owner calls itself release@dermgate too).
     _keygen(work / "mallory", "release@dermgate")
@@ -230,6 +231,9 @@ def box(tmp_path: Path, bundles: Bundles, pacs: MisbehavingPacs) -> Box:
     fake.chmod(0o755)
     (tmp_path / "run").mkdir()
     config = write_config(tmp_path, ("pacs", "MISBEHAVE", pacs.port))
+    # No service runs here (systemctl is a stand-in): nothing listens for commitment
+    # reports, so the destination does without them and the gate's check needs no listener.
+    config.write_text(config.read_text() + "storage_commitment = false\n")
     return Box(tmp_path / "opt", systemd, config, tmp_path / "run" / "busy.lock", bundles)
 
 

@@ -18,7 +18,7 @@ from tests.support.mqtt import USER, Mosquitto
 from tests.support.waiting import wait_for
 from tests.support.web import PASSWORD, cookie_client, login_status, service_config, user_add
 
-_ROW = re.compile(r'<tr class="(\w+)"><td>(MQTT broker \([^<]*)</td>.*?</tr>', re.S)
+_ROW = re.compile(r'<tr class="(\w+)"><td[^>]*>(MQTT broker \([^<]*)</td>.*?</tr>', re.S)
 
 
 def _with_mqtt(config: Path, host_port: tuple[str, int], extra: str = "") -> None:

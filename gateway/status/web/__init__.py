@@ -3,7 +3,6 @@
 __all__ = [
     "audit",
     "auth",
-    "check_result",
     "checks",
     "data",
     "download_routes",
@@ -21,6 +20,5 @@ __all__ = [
     "pages",
     "server",
     "spool_routes",
-    "tls_checks",
     "users",
 ]

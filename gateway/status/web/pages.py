@@ -11,8 +11,8 @@ from html import escape
 from typing import Any
 
 from gateway.spool.admin import RESOLUTIONS
+from gateway.status.checks.result import CheckResult
 from gateway.status.web.audit import REVEAL_REASONS
-from gateway.status.web.checks import CheckResult
 from gateway.status.web.data import (
     DestinationFigures,
     Figures,

@@ -1,5 +1,5 @@
 """The "why" panel's DICOM TLS lines: a refused handshake with a PACS, and the
-listener's TLS port. (Certificate expiry lines: :func:`.checks.certificate_checks`.)"""
+listener's TLS port. (Certificate expiry lines: :mod:`.certificates`.)"""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 
 from gateway.core.config import DermGateConfig
 from gateway.core.errors import DeliveryError
-from gateway.status.web.check_result import FAIL, OK, CheckResult
+from gateway.status.checks.result import FAIL, OK, CheckResult
 
 __all__ = ["check_tls_listener", "tls_refused"]
 

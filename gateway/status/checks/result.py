@@ -1,4 +1,5 @@
-"""One line of the "why" panel, and its four statuses (shared by the check modules)."""
+"""One check's line (the page's "why" panel, a line of ``dermgate check``) and its four
+statuses."""
 
 from __future__ import annotations
 
