@@ -159,6 +159,7 @@ def test_one_context_per_pair_of_a_batch_with_the_files_own_syntax() -> None:
 # document its SOP class in the statement, then add it here and to the tables test.
 _CONTEXT_ARGUMENTS = {
     "Verification": VERIFICATION,
+    "VERIFICATION": VERIFICATION,  # gateway.forward.contexts.VERIFICATION
     '"1.2.840.10008.1.1"': VERIFICATION,
     "StorageCommitmentPushModel": STORAGE_COMMITMENT_PUSH,
     "ModalityWorklistInformationFind": WORKLIST_FIND,

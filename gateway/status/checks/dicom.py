@@ -19,6 +19,7 @@ from typing import Any
 from gateway.core.config import DermGateConfig, DicomDestination
 from gateway.dicom.network import dermgate_ae
 from gateway.forward.association import associate, tls_error
+from gateway.forward.contexts import VERIFICATION
 from gateway.status.checks.result import FAIL, OK, WARN, CheckResult
 from gateway.status.checks.tls import tls_refused
 
@@ -32,7 +33,6 @@ __all__ = [
     "tcp_problem",
 ]
 
-VERIFICATION = "1.2.840.10008.1.1"
 #: A-ASSOCIATE-RJ diagnostics of the service user (result source 1), PS3.8 Table 9-21.
 CALLING_AE_NOT_RECOGNISED = 0x03
 CALLED_AE_NOT_RECOGNISED = 0x07
