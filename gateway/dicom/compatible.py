@@ -67,6 +67,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
+from pydicom.sr.coding import Code
 from pydicom.uid import (
     UID,
     ConfocalMicroscopyTiledPyramidalImageStorage,
@@ -246,7 +247,7 @@ def _common(header: Dataset, target: str, syntax: str, software_version: str) ->
     source = Dataset()
     source.ReferencedSOPClassUID = original_class
     source.ReferencedSOPInstanceUID = original_uid
-    source.PurposeOfReferenceCodeSequence = Sequence([_code(*_SOURCE_PURPOSE)])
+    source.PurposeOfReferenceCodeSequence = Sequence([code_item(Code(*_SOURCE_PURPOSE))])
     ds.SourceImageSequence = Sequence([source])
     ds.ContributingEquipmentSequence = Sequence(
         [*_contributors(header), _converter(header, target, software_version)]
@@ -376,14 +377,6 @@ def _creation_datetime(header: Dataset) -> datetime:
         return datetime.strptime(text[:14], "%Y%m%d%H%M%S")
     except ValueError:
         return datetime.now()
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = scheme
-    item.CodeMeaning = meaning
-    return item
 
 
 # --- the pixel value -----------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import BinaryIO, Final
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.sr.coding import Code
 from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
@@ -54,6 +55,7 @@ from gateway.dicom.errors import WrapError
 from gateway.dicom.job import WrapJob, WrittenObject
 from gateway.dicom.modules import (
     add_enhanced_general_equipment,
+    code_item,
     da,
     dt,
     frame_anatomy,
@@ -204,7 +206,9 @@ def _add_optical_path(ds: Dataset, stack: ConfocalStack) -> None:
     if stack.objective:
         description += f", objective {stack.objective}"
     path.OpticalPathDescription = description[:1024]
-    path.IlluminationTypeCodeSequence = Sequence([_code(*_ILLUMINATION[stack.confocal_mode])])
+    path.IlluminationTypeCodeSequence = Sequence(
+        [code_item(Code(*_ILLUMINATION[stack.confocal_mode]))]
+    )
     path.IlluminationWaveLength = float(stack.wavelength_nm)
     if stack.magnification is not None:
         path.ObjectiveLensPower = format_number_as_ds(stack.magnification)
@@ -317,14 +321,6 @@ def _add_dimensions(ds: Dataset, stack: ConfocalStack, sop_instance_uid: str) ->
     index.FunctionalGroupPointer = 0x00209111  # Frame Content Sequence
     index.DimensionDescriptionLabel = "In-Stack Position"
     ds.DimensionIndexSequence = Sequence([index])
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = scheme
-    item.CodeMeaning = meaning
-    return item
 
 
 # --- the file ------------------------------------------------------------------------

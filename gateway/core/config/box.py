@@ -14,7 +14,7 @@ from pydantic import (
 )
 
 from gateway.core.config.base import _FLEET_ID, AETitle, Port, _Strict, default_gateway_id
-from gateway.core.config.tls_files import check_certificate_file, check_key_pair
+from gateway.core.config.tls_files import check_certificate_file, paired_key
 
 
 class GatewaySettings(_Strict):
@@ -87,12 +87,7 @@ class GatewaySettings(_Strict):
     @field_validator("listen_tls_key")
     @classmethod
     def _listen_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        cert = info.data.get("listen_tls_cert")
-        if value is not None and cert is not None:
-            problem = check_key_pair(cert, value)
-            if problem is not None:
-                raise ValueError(problem)
-        return value
+        return paired_key(value, info.data.get("listen_tls_cert"))
 
     @model_validator(mode="after")
     def _listen_tls_keys(self) -> GatewaySettings:

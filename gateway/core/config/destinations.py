@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from gateway.core.config.base import _NAME, AETitle, Port, _Strict
-from gateway.core.config.tls_files import check_certificate_file, check_key_pair
+from gateway.core.config.tls_files import check_certificate_file, paired_key
 from gateway.core.windows import SendWindows, parse_window
 
 
@@ -253,12 +253,7 @@ class DicomDestination(DestinationBase):
     @field_validator("tls_key")
     @classmethod
     def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        cert = info.data.get("tls_cert")
-        if value is not None and cert is not None:
-            problem = check_key_pair(cert, value)
-            if problem is not None:
-                raise ValueError(problem)
-        return value
+        return paired_key(value, info.data.get("tls_cert"))
 
     @model_validator(mode="after")
     def _tls_keys(self) -> DicomDestination:

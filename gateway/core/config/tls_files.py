@@ -17,7 +17,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-__all__ = ["check_certificate_file", "check_key_pair", "no_passphrase"]
+__all__ = ["check_certificate_file", "check_key_pair", "no_passphrase", "paired_key"]
 
 
 def no_passphrase() -> bytes:
@@ -45,6 +45,16 @@ def check_certificate_file(path: Path) -> Path:
     except OSError as err:
         raise ValueError(_unreadable(path, err)) from err
     return path
+
+
+def paired_key(key: Path | None, cert: Path | None) -> Path | None:
+    """``key`` when it can serve with ``cert`` (either absent: nothing to check yet);
+    else ValueError with the reason (for the models' validators)."""
+    if key is not None and cert is not None:
+        problem = check_key_pair(cert, key)
+        if problem is not None:
+            raise ValueError(problem)
+    return key
 
 
 def check_key_pair(cert: Path, key: Path) -> str | None:

@@ -4,7 +4,9 @@ certificate and CA) and a DICOMweb store's ``tls_ca``. Blocking (``openssl``).""
 
 from __future__ import annotations
 
+import math
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,13 +14,19 @@ from gateway.core.config import DermGateConfig
 from gateway.dicom.tls import certificate_files
 from gateway.status.checks.result import FAIL, OK, UNKNOWN, WARN, CheckResult
 
-__all__ = ["certificate_checks", "certificate_days_left", "check_certificate"]
+__all__ = [
+    "certificate_checks",
+    "certificate_days_left",
+    "certificate_not_after",
+    "check_certificate",
+]
 
 
-def certificate_days_left(cert: Path) -> int:
-    """Days until ``cert`` (PEM) expires (negative: expired). Raises OSError/ValueError."""
+def certificate_not_after(path: Path) -> float:
+    """When the first certificate in ``path`` (PEM) expires, as Unix time.
+    Raises OSError, ValueError or subprocess.TimeoutExpired."""
     out = subprocess.run(
-        ["openssl", "x509", "-enddate", "-noout", "-in", str(cert)],
+        ["openssl", "x509", "-enddate", "-noout", "-in", str(path)],
         capture_output=True,
         text=True,
         timeout=10,
@@ -27,7 +35,12 @@ def certificate_days_left(cert: Path) -> int:
     if out.returncode != 0 or "=" not in out.stdout:
         raise ValueError(out.stderr.strip() or "not a PEM certificate")
     end = datetime.strptime(out.stdout.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z")
-    return (end.replace(tzinfo=UTC) - datetime.now(UTC)).days
+    return end.replace(tzinfo=UTC).timestamp()
+
+
+def certificate_days_left(cert: Path) -> int:
+    """Days until ``cert`` (PEM) expires (negative: expired). Raises OSError/ValueError."""
+    return math.floor((certificate_not_after(cert) - time.time()) / 86400)
 
 
 def check_certificate(cert: Path, what: str = "TLS certificate") -> CheckResult:

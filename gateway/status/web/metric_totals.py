@@ -19,7 +19,6 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from gateway.spool.history import (
     delivery_history,
 )
 from gateway.spool.ledger import open_ledger
+from gateway.status.checks.certificates import certificate_not_after
 
 __all__ = [
     "CertificateFile",
@@ -93,22 +93,6 @@ def certificate_files_of(config: DermGateConfig) -> list[CertificateFile]:
     if g.listen_tls_ca is not None:
         found.append(CertificateFile("listener_ca", "", g.listen_tls_ca))
     return found
-
-
-def certificate_not_after(path: Path) -> float:
-    """When the first certificate in ``path`` (PEM) expires, as Unix time.
-    Raises OSError, ValueError or subprocess.TimeoutExpired."""
-    out = subprocess.run(
-        ["openssl", "x509", "-enddate", "-noout", "-in", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    if out.returncode != 0 or "=" not in out.stdout:
-        raise ValueError(out.stderr.strip() or "not a PEM certificate")
-    end = datetime.strptime(out.stdout.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z")
-    return end.replace(tzinfo=UTC).timestamp()
 
 
 class TotalsCollector(Collector):
