@@ -12,6 +12,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gateway.core.clock import clock_synchronised as service_clock_rule
 from gateway.core.config import DermGateConfig
 from gateway.devices.registry import BrokenDriver, UnknownDriver, find_driver
 from gateway.status.checks.result import FAIL, OK, UNKNOWN, WARN, CheckResult
@@ -190,8 +191,14 @@ class _Timex(ctypes.Structure):
 
 
 def clock_synchronised() -> bool | None:
-    """True/False if the system can tell (timedatectl, else the kernel's adjtimex
-    status), else None."""
+    """True/False if the system can tell, else None: first the service's own rule
+    (:func:`gateway.core.clock.clock_synchronised`: a clock before 2025, or
+    systemd-timesyncd's verdict; the one behind the ``clock_not_synchronised`` alarm, so
+    the check never says "synchronised" while the alarm is up), then timedatectl, then
+    the kernel's adjtimex status (chrony or ntpd)."""
+    known = service_clock_rule()
+    if known is not None:
+        return known
     if shutil.which("timedatectl"):
         try:
             out = subprocess.run(
