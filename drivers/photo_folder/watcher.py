@@ -140,9 +140,7 @@ class FolderWatcher:
         now = asyncio.get_running_loop().time()
         wait = self.options.poll_interval
         for name, (_, since) in self.seen.items():
-            if name in self.not_before or name in self.waiting_truncated:
-                continue
-            due = since + self._quiet_for(name, since) - now
+            due = since + self._quiet_for(name, since) - now  # past: waits for a change
             if 0 < due < wait:
                 wait = due
         return wait
