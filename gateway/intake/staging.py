@@ -260,8 +260,11 @@ class StagedCapture:
             destinations=inline.destinations,
         )
 
-    def _write_block(self, fh: BinaryIO, block: bytes, skip: int) -> None:
-        self._hash.update(memoryview(block)[skip:])
+    def _write_block(self, fh: BinaryIO, block: bytearray, skip: int, tail: int) -> None:
+        """Hash the device's bytes in ``block`` (all but ``skip`` leading and ``tail``
+        trailing bytes: our DICOM header and end), then write it (a worker thread)."""
+        if skip < len(block) - tail:
+            self._hash.update(memoryview(block)[skip : len(block) - tail])
         fh.write(block)
 
     async def _settle(self) -> None:
@@ -275,14 +278,16 @@ class StagedCapture:
             await self.abort("write failed")
             raise refusal_for(err) from err
 
-    async def _flush(self) -> None:
+    async def _flush(self, tail: int = 0) -> None:
+        """Hand the buffer (not a copy) to a worker thread; ``tail``: trailing bytes
+        that are not the device's."""
         await self._settle()
         if not self._buffer or self._fh is None:
             return
-        block, self._buffer = bytes(self._buffer), bytearray()
+        block, self._buffer = self._buffer, bytearray()
         skip, self._not_hashed = self._not_hashed, 0
         self._pending = asyncio.ensure_future(
-            asyncio.to_thread(self._write_block, self._fh, block, skip)
+            asyncio.to_thread(self._write_block, self._fh, block, skip, tail)
         )
 
     async def commit(
@@ -319,7 +324,13 @@ class StagedCapture:
                 self._offer = offer
         if not self._decided:
             await self._decide(final=True)
-        await self._flush()
+        if self._wrapped:
+            # The file's end goes with the last block (a file that fails the checks
+            # below is discarded whole, so writing it before them is harmless).
+            self._buffer += self._end
+            await self._flush(tail=len(self._end))
+        else:
+            await self._flush()
         await self._settle()
         if self._size != length or (self._wrapped and self._size != self._offer.length):
             await self.abort("length mismatch")
@@ -329,11 +340,6 @@ class StagedCapture:
         if self._hash.hexdigest() != sha256.lower():
             await self.abort("checksum mismatch")
             raise CaptureRefused(RefusalReason.CHECKSUM, "SHA-256 of received bytes differs")
-        if self._wrapped:
-            self._buffer += self._end
-            self._not_hashed = len(self._buffer)
-            await self._flush()
-            await self._settle()
         fh = self._fh
         assert fh is not None
         uids = self._uids or self._preset or self._offer.uids or fresh_uids()
