@@ -260,12 +260,17 @@ class StagedCapture:
             destinations=inline.destinations,
         )
 
-    def _write_block(self, fh: BinaryIO, block: bytearray, skip: int, tail: int) -> None:
-        """Hash the device's bytes in ``block`` (all but ``skip`` leading and ``tail``
-        trailing bytes: our DICOM header and end), then write it (a worker thread)."""
+    async def _write_block(self, fh: BinaryIO, block: bytearray, skip: int, tail: int) -> None:
+        """Write ``block`` and hash the device's bytes in it (all but ``skip`` leading
+        and ``tail`` trailing bytes: our DICOM header and end) at the same time, on two
+        worker threads (both release the GIL); blocks are hashed in order (the next
+        block waits for this one)."""
+        written = asyncio.to_thread(fh.write, block)
         if skip < len(block) - tail:
-            self._hash.update(memoryview(block)[skip : len(block) - tail])
-        fh.write(block)
+            device_bytes = memoryview(block)[skip : len(block) - tail]
+            await asyncio.gather(written, asyncio.to_thread(self._hash.update, device_bytes))
+        else:
+            await written
 
     async def _settle(self) -> None:
         """Wait for the block being written; a failed write refuses the capture."""
@@ -286,9 +291,7 @@ class StagedCapture:
             return
         block, self._buffer = self._buffer, bytearray()
         skip, self._not_hashed = self._not_hashed, 0
-        self._pending = asyncio.ensure_future(
-            asyncio.to_thread(self._write_block, self._fh, block, skip, tail)
-        )
+        self._pending = asyncio.ensure_future(self._write_block(self._fh, block, skip, tail))
 
     async def commit(
         self, *, length: int, sha256: str, offer: CaptureOffer | None = None
