@@ -32,7 +32,7 @@ from gateway.core.capture import (
     RefusalReason,
 )
 from gateway.core.context import CaptureContext
-from gateway.core.files import fsync_dir
+from gateway.core.files import fsync_dir, start_writeback
 from gateway.core.routing import RoutePlan
 from gateway.core.uids import new_uid
 from gateway.devices.contract import CaptureReceipt
@@ -265,12 +265,20 @@ class StagedCapture:
         and ``tail`` trailing bytes: our DICOM header and end) at the same time, on two
         worker threads (both release the GIL); blocks are hashed in order (the next
         block waits for this one)."""
-        written = asyncio.to_thread(fh.write, block)
+        written = asyncio.to_thread(self._write_out, fh, block)
         if skip < len(block) - tail:
             device_bytes = memoryview(block)[skip : len(block) - tail]
             await asyncio.gather(written, asyncio.to_thread(self._hash.update, device_bytes))
         else:
             await written
+
+    @staticmethod
+    def _write_out(fh: BinaryIO, block: bytearray) -> None:
+        """Write a block and let the disk start on it at once, so that the fsync
+        before the acknowledgement waits only for the last of it."""
+        fh.write(block)
+        fh.flush()
+        start_writeback(fh.fileno())
 
     async def _settle(self) -> None:
         """Wait for the block being written; a failed write refuses the capture."""
