@@ -444,6 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ledger calls per capture:         {calls}")
         print(f"ratio gateway/img2dcm:            {ratio(gateway, anchor)}  (target >= 3x)")
         print(f"ratio gateway/img2dcm+fsync:      {ratio(gateway, anchor_durable)}")
+        if gateway < 3 * anchor:
+            print(
+                f"GOAL MISSED: {gateway / anchor:.2f}x is {3 - gateway / anchor:.2f} below the "
+                f"3x target ({3 * anchor - gateway:.1f} captures/s short)"
+            )
     return 0
 
 
