@@ -104,9 +104,10 @@ class PhotoFolderDriver(BaseDriver[PhotoFolderOptions]):
                 await asyncio.sleep(backoff.next_delay())
                 continue
             backoff.reset()
-            watcher = FolderWatcher(
-                folder, self.host, self.options, self.name, FolderEvents.open(folder.root)
-            )
+            events = FolderEvents.open(folder.root)
+            if events is None:
+                log.debug("%s: no close events for the folder; judged by looks alone", self.name)
+            watcher = FolderWatcher(folder, self.host, self.options, self.name, events)
             watcher.ready()
             try:
                 while True:
