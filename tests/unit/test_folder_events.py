@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,10 @@ from gateway.driver_api import FolderEvents
 
 
 @pytest.fixture
-async def watched(tmp_path: Path) -> tuple[Path, FolderEvents]:
+async def watched(tmp_path: Path) -> AsyncIterator[tuple[Path, FolderEvents]]:
     events = FolderEvents.open(tmp_path)
     assert events is not None, "inotify is available on Linux"
-    yield tmp_path, events  # type: ignore[misc]
+    yield tmp_path, events
     events.close()
 
 
