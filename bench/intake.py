@@ -68,6 +68,7 @@ from gateway.dicom.jpeg import read_jpeg_info
 from gateway.intake import InlineWrap, Intake
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
+from gateway.spool.spool_ids import SpoolIdCounter, high_water_path
 from gateway.wrap import Wrapper
 
 T = TypeVar("T")
@@ -166,7 +167,10 @@ async def intake_in_process(
     # As gateway.service.app wires it: a JPEG the builder can describe goes straight into its
     # DICOM file at intake (one copy); anything else goes through raw/ and the wrapper.
     inline = InlineWrap(GATEWAY, wrapper.destinations, on_wrapped)
-    intake = Intake(ledger, dirs, wrapper.notify, None, inline)
+    # Spool ids from the box's high-water mark, as the service takes them (no ledger
+    # query per capture).
+    spool_ids = SpoolIdCounter.open(high_water_path(state_dir), 0)
+    intake = Intake(ledger, dirs, wrapper.notify, None, inline, spool_ids=spool_ids)
     latencies: list[float] = []
     try:
         with FsyncMeter() as fsyncs:
@@ -440,6 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ledger calls per capture:         {calls}")
         print(f"ratio gateway/img2dcm:            {ratio(gateway, anchor)}  (target >= 3x)")
         print(f"ratio gateway/img2dcm+fsync:      {ratio(gateway, anchor_durable)}")
+        if gateway < 3 * anchor:
+            print(
+                f"GOAL MISSED: {gateway / anchor:.2f}x is {3 - gateway / anchor:.2f} below the "
+                f"3x target ({3 * anchor - gateway:.1f} captures/s short)"
+            )
     return 0
 
 

@@ -30,12 +30,13 @@ What a driver finds here:
   :func:`plan_model_export`, the UIDs and links of a 3D export's files. A driver
   never picks a SOP class or derives a UID itself.
 * **Helpers**: :class:`Backoff` (capped, jittered reconnect delays); drop folders
-  for devices that deliver files (:class:`DropFolder`, :func:`open_regular`,
-  :func:`special_kind`, :func:`too_large`); and for the simulator a driver ships
-  (``dermgate simulate DRIVER``): :class:`Simulator`, :func:`run_simulator`,
-  :func:`write_report`; and the simulator hook that ``dermgate conformance DRIVER``
-  runs the conformance kit through (:class:`SimulatorAdapter`, :class:`SimulatorReport`,
-  :class:`Fault`, :data:`DEVICE_NAME`; see :mod:`gateway.devices.simulator_hook`).
+  for devices that deliver files (:class:`DropFolder`, :class:`FolderEvents`,
+  :func:`open_regular`, :func:`special_kind`, :func:`too_large`); and for the
+  simulator a driver ships (``dermgate simulate DRIVER``): :class:`Simulator`,
+  :func:`run_simulator`, :func:`write_report`; and the simulator hook that
+  ``dermgate conformance DRIVER`` runs the conformance kit through
+  (:class:`SimulatorAdapter`, :class:`SimulatorReport`, :class:`Fault`,
+  :data:`DEVICE_NAME`; see :mod:`gateway.devices.simulator_hook`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from gateway.devices.contract import (
     SerialMatch,
     UsbMatch,
 )
+from gateway.devices.folder_events import FolderEvents
 from gateway.devices.folders import (
     ONLY_REGULAR_FILES,
     DropFolder,
@@ -141,6 +143,7 @@ __all__ = [
     "EntrySnapshot",
     "ExifFields",
     "Fault",
+    "FolderEvents",
     "ImmersionMedium",
     "InstanceUIDs",
     "Laterality",

@@ -11,7 +11,12 @@ target, a phone sync folder). The protocol, the same for every camera:
    driver (a pipe is never opened).
 2. A file counts as complete when every look for ``settle_seconds`` (by the box's
    own clock, never the file server's) saw the same size and mtime
-   (:meth:`gateway.driver_api.DropFolder.settled`). A half-written file is
+   (:meth:`gateway.driver_api.DropFolder.settled`); when the kernel said its writer
+   closed it (or renamed it in) and nothing wrote to it since
+   (:class:`gateway.driver_api.FolderEvents`, inotify: local writers, and shares
+   this box serves), ``closed_settle_seconds`` of the same look after the close
+   suffice. The next look comes when an entry will have settled, or at once when
+   a file is closed, else every ``poll_interval``. A half-written file is
    never sent: it is either still moving, or (a copy that stopped for good)
    refused as truncated below.
 3. It is examined (:func:`.photos.examine`): JPEG carried byte for byte, TIFF/PNG
@@ -61,7 +66,15 @@ from typing import ClassVar
 
 from drivers.photo_folder.offers import PhotoFolderOptions, identity_for, offer_for
 from drivers.photo_folder.watcher import FolderWatcher, plain_os_error
-from gateway.driver_api import Backoff, BaseDriver, DeviceClass, DriverState, DropFolder, Matcher
+from gateway.driver_api import (
+    Backoff,
+    BaseDriver,
+    DeviceClass,
+    DriverState,
+    DropFolder,
+    FolderEvents,
+    Matcher,
+)
 
 __all__ = ["PhotoFolderDriver", "PhotoFolderOptions", "identity_for", "offer_for"]
 
@@ -91,13 +104,19 @@ class PhotoFolderDriver(BaseDriver[PhotoFolderOptions]):
                 await asyncio.sleep(backoff.next_delay())
                 continue
             backoff.reset()
-            watcher = FolderWatcher(folder, self.host, self.options, self.name)
+            events = FolderEvents.open(folder.root)
+            if events is None:
+                log.debug("%s: no close events for the folder; judged by looks alone", self.name)
+            watcher = FolderWatcher(folder, self.host, self.options, self.name, events)
             watcher.ready()
             try:
                 while True:
                     await watcher.look()
-                    await asyncio.sleep(self.options.poll_interval)
+                    await watcher.pause()
             except OSError as err:
                 log.warning("%s: the photo folder went away (%s)", self.name, plain_os_error(err))
                 self.host.set_state(DriverState.DISCONNECTED, "photo folder lost")
                 await asyncio.sleep(backoff.next_delay())
+            finally:
+                if watcher.events is not None:
+                    watcher.events.close()

@@ -41,7 +41,21 @@ class PhotoFolderOptions(BaseModel):
     settle_seconds: float = Field(
         default=2.0,
         ge=0,
-        description="A file must look unchanged this long (by the box's clock) before it is taken.",
+        description=(
+            "A file must look unchanged this long (by the box's clock) before it is taken; "
+            "one its writer was seen closing (below) only `closed_settle_seconds`."
+        ),
+    )
+    closed_settle_seconds: float = Field(
+        default=0.2,
+        ge=0,
+        description=(
+            "A file whose writer on this box closed it, or renamed it into the folder "
+            "(seen by inotify on a local folder or a share this box serves), is taken once "
+            "unchanged this long after the close (at most `settle_seconds`). Writes by "
+            "another machine to a mounted share raise no such event: those files wait "
+            "`settle_seconds`."
+        ),
     )
     poll_interval: float = Field(
         default=1.0, gt=0, description="Seconds between looks at the folder."

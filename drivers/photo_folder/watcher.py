@@ -27,6 +27,7 @@ from gateway.driver_api import (
     DriverState,
     DropFolder,
     EntrySnapshot,
+    FolderEvents,
     NotARegularFile,
     RefusalReason,
     open_regular,
@@ -46,9 +47,16 @@ class FolderWatcher:
     """One pass after another over the folder; each settled entry handled in turn."""
 
     def __init__(
-        self, folder: DropFolder, host: DeviceHost, options: PhotoFolderOptions, name: str
+        self,
+        folder: DropFolder,
+        host: DeviceHost,
+        options: PhotoFolderOptions,
+        name: str,
+        events: FolderEvents | None = None,
     ) -> None:
         self.folder = folder
+        #: the kernel's close events for the folder (None: looks alone decide)
+        self.events = events
         self.host = host
         self.options = options
         self.name = name
@@ -98,7 +106,7 @@ class FolderWatcher:
         if before is None or before[0] != now_snapshot:
             self.seen[entry.name] = (now_snapshot, now)  # new, or changed: count anew
             return
-        if not DropFolder.settled(before[1], self.options.settle_seconds, now):
+        if not DropFolder.settled(before[1], self._quiet_for(entry.name, before[1]), now):
             return
         if self.not_before.get(entry.name, 0.0) > loop.time():
             return
@@ -114,6 +122,39 @@ class FolderWatcher:
                 )
         elif entry.name not in self.waiting_truncated:
             self._later(entry)
+
+    def _quiet_for(self, name: str, since: float) -> float:
+        """How long an entry unchanged since ``since`` must stay so before it is taken:
+        ``settle_seconds``, or, once its writer was seen closing it, until it has been
+        unchanged ``closed_settle_seconds`` both since the close and since ``since``."""
+        settle = self.options.settle_seconds
+        closed = self.events.closed_at(name) if self.events is not None else None
+        if closed is None:
+            return settle
+        short = min(self.options.closed_settle_seconds, settle)
+        return min(settle, max(short, closed + short - since))
+
+    def next_look_in(self) -> float:
+        """Seconds until the next look: the poll interval, or sooner when an entry
+        seen will have settled before then (it is taken then, not a poll later)."""
+        now = asyncio.get_running_loop().time()
+        wait = self.options.poll_interval
+        for name, (_, since) in self.seen.items():
+            due = since + self._quiet_for(name, since) - now  # past: waits for a change
+            if 0 < due < wait:
+                wait = due
+        return wait
+
+    async def pause(self) -> None:
+        """Wait until the next look is due, or a file was closed in the folder."""
+        events = self.events
+        if events is not None and events.lost:  # the watch ended or events were dropped
+            events.close()
+            events = self.events = FolderEvents.open(self.folder.root)
+        if events is None:
+            await asyncio.sleep(self.next_look_in())
+        else:
+            await events.wait(self.next_look_in())
 
     def _later(self, entry: Path) -> None:
         loop = asyncio.get_running_loop()

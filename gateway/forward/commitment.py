@@ -61,6 +61,8 @@ STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 _REPORT_TIMEOUT = 30.0
 PROCESSING_FAILURE = 0x0110
 _LOGGED_PEERS_MAX = 256
+#: Longest wait between looks at whether a commitment batch can still grow.
+_FULLER_POLL = 0.25
 
 
 class Refusal(enum.Enum):
@@ -332,8 +334,7 @@ class CommitmentRequester:
                 await self._wait(min(d.commitment_timeout / 2, 30.0))
                 continue
             if len(batch) < d.commitment_batch_size:
-                await asyncio.sleep(d.commitment_batch_delay)
-                batch = await self._ledger.call(cdb.uncommitted, d.name, d.commitment_batch_size)
+                batch = await self._fuller(batch)
             txn = new_uid()
             await self._ledger.call(
                 cdb.open_transaction, d.name, txn, [c.spool_id for c in batch], time.time()
@@ -347,6 +348,21 @@ class CommitmentRequester:
             await self._ledger.call(cdb.expire, txn)
             self._log_reachability(False, error)
             await asyncio.sleep(backoff.next_delay())
+
+    async def _fuller(self, batch: list[CommitCandidate]) -> list[CommitCandidate]:
+        """Wait up to ``commitment_batch_delay`` for a fuller batch, but only while
+        something is still due to be sent here: a batch that nothing can add to is
+        asked about at once (one request per forwarded batch, not per instance)."""
+        d = self.destination
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + d.commitment_batch_delay
+        while len(batch) < d.commitment_batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await self._ledger.call(cdb.sending_due, d.name, time.time()):
+                break
+            await self._wait(min(remaining, _FULLER_POLL))  # woken by each instance SENT
+            batch = await self._ledger.call(cdb.uncommitted, d.name, d.commitment_batch_size)
+        return batch
 
     async def _clamp_clock_steps(self) -> None:
         """Times stored before the clock went back count from now (not a step later)."""

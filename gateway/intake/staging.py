@@ -32,7 +32,7 @@ from gateway.core.capture import (
     RefusalReason,
 )
 from gateway.core.context import CaptureContext
-from gateway.core.files import fsync_dir
+from gateway.core.files import fsync_dir, start_writeback
 from gateway.core.routing import RoutePlan
 from gateway.core.uids import new_uid
 from gateway.devices.contract import CaptureReceipt
@@ -260,9 +260,25 @@ class StagedCapture:
             destinations=inline.destinations,
         )
 
-    def _write_block(self, fh: BinaryIO, block: bytes, skip: int) -> None:
-        self._hash.update(memoryview(block)[skip:])
+    async def _write_block(self, fh: BinaryIO, block: bytearray, skip: int, tail: int) -> None:
+        """Write ``block`` and hash the device's bytes in it (all but ``skip`` leading
+        and ``tail`` trailing bytes: our DICOM header and end) at the same time, on two
+        worker threads (both release the GIL); blocks are hashed in order (the next
+        block waits for this one)."""
+        written = asyncio.to_thread(self._write_out, fh, block)
+        if skip < len(block) - tail:
+            device_bytes = memoryview(block)[skip : len(block) - tail]
+            await asyncio.gather(written, asyncio.to_thread(self._hash.update, device_bytes))
+        else:
+            await written
+
+    @staticmethod
+    def _write_out(fh: BinaryIO, block: bytearray) -> None:
+        """Write a block and let the disk start on it at once, so that the fsync
+        before the acknowledgement waits only for the last of it."""
         fh.write(block)
+        fh.flush()
+        start_writeback(fh.fileno())
 
     async def _settle(self) -> None:
         """Wait for the block being written; a failed write refuses the capture."""
@@ -275,15 +291,15 @@ class StagedCapture:
             await self.abort("write failed")
             raise refusal_for(err) from err
 
-    async def _flush(self) -> None:
+    async def _flush(self, tail: int = 0) -> None:
+        """Hand the buffer (not a copy) to a worker thread; ``tail``: trailing bytes
+        that are not the device's."""
         await self._settle()
         if not self._buffer or self._fh is None:
             return
-        block, self._buffer = bytes(self._buffer), bytearray()
+        block, self._buffer = self._buffer, bytearray()
         skip, self._not_hashed = self._not_hashed, 0
-        self._pending = asyncio.ensure_future(
-            asyncio.to_thread(self._write_block, self._fh, block, skip)
-        )
+        self._pending = asyncio.ensure_future(self._write_block(self._fh, block, skip, tail))
 
     async def commit(
         self, *, length: int, sha256: str, offer: CaptureOffer | None = None
@@ -319,7 +335,13 @@ class StagedCapture:
                 self._offer = offer
         if not self._decided:
             await self._decide(final=True)
-        await self._flush()
+        if self._wrapped:
+            # The file's end goes with the last block (a file that fails the checks
+            # below is discarded whole, so writing it before them is harmless).
+            self._buffer += self._end
+            await self._flush(tail=len(self._end))
+        else:
+            await self._flush()
         await self._settle()
         if self._size != length or (self._wrapped and self._size != self._offer.length):
             await self.abort("length mismatch")
@@ -329,11 +351,6 @@ class StagedCapture:
         if self._hash.hexdigest() != sha256.lower():
             await self.abort("checksum mismatch")
             raise CaptureRefused(RefusalReason.CHECKSUM, "SHA-256 of received bytes differs")
-        if self._wrapped:
-            self._buffer += self._end
-            self._not_hashed = len(self._buffer)
-            await self._flush()
-            await self._settle()
         fh = self._fh
         assert fh is not None
         uids = self._uids or self._preset or self._offer.uids or fresh_uids()

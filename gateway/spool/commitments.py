@@ -88,6 +88,17 @@ def uncommitted(conn: sqlite3.Connection, destination: str, limit: int) -> list[
     return [CommitCandidate(r[0], r[1], r[2]) for r in rows]
 
 
+def sending_due(conn: sqlite3.Connection, destination: str, now: float) -> bool:
+    """Whether a delivery to ``destination`` is due to be sent now (PENDING, its
+    attempt time reached): a commitment batch may still grow by it."""
+    row = conn.execute(
+        "SELECT 1 FROM deliveries WHERE destination = ? AND state = ? AND next_attempt_at <= ? "
+        "LIMIT 1",
+        (destination, DeliveryState.PENDING, now),
+    ).fetchone()
+    return row is not None
+
+
 def open_transaction(
     conn: sqlite3.Connection,
     destination: str,

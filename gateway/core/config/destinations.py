@@ -151,7 +151,11 @@ class DicomDestination(DestinationBase):
         default=50, ge=1, le=10000, description="Instances per commitment request."
     )
     commitment_batch_delay: float = Field(
-        default=2.0, ge=0, description="Seconds to wait for a fuller commitment batch."
+        default=2.0,
+        ge=0,
+        description="Seconds to wait for a fuller commitment batch while more instances are "
+        "still due to be sent to this destination (a batch nothing can add to is asked "
+        "about at once).",
     )
     commitment_timeout: float = Field(
         default=600.0,
