@@ -181,7 +181,7 @@ def ratio_of(a: float, b: float) -> str:
 def run(args: argparse.Namespace, work: Path) -> int:
     """Start the peers and the gateway, measure, print; the exit status."""
     listen_port = free_port()
-    worklist = worklist_plugin_available()
+    worklist = worklist_plugin_available() and not args.no_worklist
     worklists = work / "worklists"
     orthanc = OrthancProcess(
         work / "orthanc",
@@ -308,6 +308,11 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured (60)")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds after start-up (10)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    parser.add_argument(
+        "--no-worklist",
+        action="store_true",
+        help="leave out [worklist] (its refresh writes the ledger every 60 s in the demo)",
+    )
     args = parser.parse_args()
     require_tools(["storescp"])
     if not ORTHANC_BINARY.exists() or not Path("/usr/sbin/mosquitto").exists():
@@ -316,8 +321,8 @@ def main() -> int:
         "idle: dermgate run with the demo's full configuration, idle, beside Orthanc",
         [
             "config: 4 devices (serial dermatoscope, USB confocal, scanner export, photo "
-            "folder; none plugged), 1 DICOM destination with storage commitment, worklist, "
-            "MQTT, local page",
+            "folder; none plugged), 1 DICOM destination with storage commitment, "
+            f"{'no worklist' if args.no_worklist else 'worklist (refresh 60 s)'}, MQTT, local page",
             f"window: {args.window:.0f} s after 'running as' + {args.settle:.0f} s",
         ],
     )

@@ -47,6 +47,7 @@ from gateway.forward.forwarder import Forwarder
 from gateway.forward.overdue import CommitmentOverdueWatch
 from gateway.intake import InlineWrap, Intake
 from gateway.service.clock import ClockWatch
+from gateway.service.lean import release_start_up_memory
 from gateway.service.reroute import route_again
 from gateway.service.sd_notify import ServiceNotifier
 from gateway.service.state_lock import StateLock
@@ -465,6 +466,7 @@ async def _run_locked(
                 len(forwarders),
             )
             notifier.ready()
+            release_start_up_memory()  # the start-up's freed heap back to the system
             await stop.wait()
             log.info("stopping")
             notifier.stopping()

@@ -13,10 +13,17 @@ gateway's own photo and surface writers when a capture needs them.
 numpy and Pillow hidden from them: pydicom then runs in its supported mode without
 them, as on the box. Both stay importable afterwards for whatever really needs them
 (the photo writer's Pillow, a third-party driver); only pydicom keeps not using them.
+
+:func:`release_start_up_memory` hands back to the system the heap the start-up used
+and freed (configuration models, the TOML, reconciliation's queries): glibc keeps
+freed memory for the process otherwise, about 2 MB of an idle gateway's RSS.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -24,7 +31,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-__all__ = ["import_dicom_stack"]
+__all__ = ["import_dicom_stack", "release_start_up_memory"]
 
 #: What the service imports under the hidden numpy: pydicom's modules that look
 #: for numpy at import time, and pynetdicom (which imports most of pydicom).
@@ -69,3 +76,16 @@ def import_dicom_stack(hidden: Sequence[str] = ("numpy", "PIL")) -> bool:
     finally:
         sys.meta_path.remove(finder)
     return True
+
+
+def release_start_up_memory() -> None:
+    """Collect garbage and return free heap pages to the system (glibc ``malloc_trim``;
+    nothing where the C library has none)."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
