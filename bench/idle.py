@@ -23,7 +23,10 @@ A DCMTK ``storescp`` listening on a free port is measured the same way, as the
 smallest thing a DICOM box can idle as. The targets (issue 16, goal 5): gateway RSS
 ≤ 60 MB, CPU ≤ 0.5 %, 0 bytes/min, start-up ≤ 0.4 s.
 
-Run: ``.venv/bin/python bench/idle.py [--window 60] [--settle 10] [--keep]``.
+``--no-worklist`` leaves ``[worklist]`` out (its refresh, every 60 s in the demo,
+writes the ledger). Where the memory goes: bench/README.md, section ``idle.py``.
+
+Run: ``.venv/bin/python bench/idle.py [--window 60] [--settle 10] [--no-worklist] [--keep]``.
 """
 
 from __future__ import annotations
