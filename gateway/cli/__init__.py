@@ -7,6 +7,25 @@ and :mod:`.spool_common`), :mod:`.echo` which SOP classes each destination accep
 :mod:`.check` the box's checks (``dermgate check``, ``check-config``).
 """
 
-from gateway.cli.main import main
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
 
 __all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dermgate`` console script (see :func:`.main.main`).
+
+    ``dermgate run`` first imports pydicom and pynetdicom as a box without numpy
+    would (:mod:`gateway.service.lean`), before anything else imports them.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["run"]:
+        from gateway.service.lean import import_dicom_stack
+
+        import_dicom_stack()
+    from gateway.cli.main import main as dermgate
+
+    return dermgate(argv)

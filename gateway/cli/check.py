@@ -34,7 +34,6 @@ from typing import Any
 from gateway.core.config import ConfigError, DermGateConfig
 from gateway.service.config import load_config
 from gateway.status.checks.result import FAIL, OK, UNKNOWN, WARN, CheckResult
-from gateway.status.checks.run import box_checks, connect_checks
 
 __all__ = ["add_check_commands", "config_problems", "render_json", "render_lines"]
 
@@ -97,6 +96,8 @@ def render_json(results: list[CheckResult]) -> str:
 
 def _run(path: Path, *, connect: bool, as_json: bool) -> tuple[int, list[CheckResult]]:
     """The checks of the configuration at ``path``: (exit code, results)."""
+    from gateway.status.checks.run import box_checks, connect_checks  # pynetdicom, aiomqtt
+
     try:
         config = load_config(path, service=True)
     except ConfigError as err:

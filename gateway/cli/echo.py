@@ -33,17 +33,14 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.core.config import ConfigError, DermGateConfig, DicomDestination, DicomwebDestination
-from gateway.core.errors import DeliveryError
-from gateway.dicom.sop_classes import uid_name
-from gateway.dicom.tls import certificate_files
-from gateway.forward.contexts import STORAGE_CONTEXTS
-from gateway.forward.cstore import CStoreSender, Negotiation
-from gateway.forward.stow import StowSender
 from gateway.service.config import load_config
-from gateway.status.checks.certificates import check_certificate
+
+if TYPE_CHECKING:  # the senders are imported when a command runs, not to parse arguments
+    from gateway.core.errors import DeliveryError
+    from gateway.forward.cstore import Negotiation
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -59,6 +56,10 @@ exit codes:
 
 async def _negotiate_all(config: DermGateConfig) -> list[dict[str, Any]]:
     """Every destination's entry, in configured order."""
+    from gateway.forward.contexts import STORAGE_CONTEXTS
+    from gateway.forward.cstore import CStoreSender
+    from gateway.forward.stow import StowSender
+
     calling = config.gateway.ae_title
 
     async def one(destination: DicomDestination | DicomwebDestination) -> dict[str, Any]:
@@ -77,6 +78,8 @@ async def _negotiate_all(config: DermGateConfig) -> list[dict[str, Any]]:
 
 def _by_class(pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
     """[{uid, name, transfer_syntaxes}] in the order the classes were proposed."""
+    from gateway.dicom.sop_classes import uid_name
+
     grouped: dict[str, list[str]] = {}
     for cls, ts in pairs:
         grouped.setdefault(cls, []).append(ts)
@@ -125,6 +128,9 @@ def web_report(destination: DicomwebDestination, error: DeliveryError | None) ->
 
 def certificates(config: DermGateConfig) -> list[dict[str, str]]:
     """Days to expiry of every certificate DICOM TLS uses (destinations, listener)."""
+    from gateway.dicom.tls import certificate_files
+    from gateway.status.checks.certificates import check_certificate
+
     found = []
     for path, what in certificate_files(config):
         result = check_certificate(path, what)

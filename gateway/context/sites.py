@@ -1,11 +1,11 @@
 """The CID 4029 Dermatology Anatomic Site catalogue, searchable.
 
 All 207 concepts of DICOM CID 4029 as pydicom ships them (PS3.16; SNOMED CT "skin
-of …" sites plus FMA and DCM codes), for the page's searchable site list (the
-accessible alternative to the body map) and for validating the site of a lesion
-request. A site is referred to as ``SCHEME:VALUE`` (``SCT:66643007``); a bare value
-(``66643007``) means the SNOMED CT concept, or the one concept with that value in
-another scheme.
+of …" sites plus FMA and DCM codes; copied in :mod:`gateway.dicom.codes`), for the
+page's searchable site list (the accessible alternative to the body map) and for
+validating the site of a lesion request. A site is referred to as ``SCHEME:VALUE``
+(``SCT:66643007``); a bare value (``66643007``) means the SNOMED CT concept, or the
+one concept with that value in another scheme.
 
 Laterality is not part of a site: it is coded separately (CID 244).
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Final
 
-from pydicom.sr.codedict import codes
+from gateway.dicom.codes import CID4029
 
 __all__ = ["CID", "CONTEXT_UID", "Site", "all_sites", "search_sites", "site"]
 
@@ -43,12 +43,9 @@ class Site:
 @cache
 def all_sites() -> tuple[Site, ...]:
     """Every CID 4029 concept, ordered by meaning."""
-    collection = codes.CID4029
     found = {
-        (code.scheme_designator, code.value): Site(
-            code.value, code.scheme_designator, str(code.meaning)
-        )
-        for code in (getattr(collection, keyword) for keyword in collection.dir())
+        (code.scheme_designator, code.value): Site(code.value, code.scheme_designator, code.meaning)
+        for code in CID4029
     }
     return tuple(sorted(found.values(), key=lambda s: (s.meaning.lower(), s.ref)))
 

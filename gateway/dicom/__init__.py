@@ -2,9 +2,9 @@
 
 One module per IOD family (:mod:`.dermoscopy`, :mod:`.photo`, :mod:`.confocal`,
 :mod:`.confocal_sc`, :mod:`.surface`), each starting from the modules they share
-(:mod:`.modules`, :func:`~.modules.new_instance`) and writing the capture's
-patient/order/lesion context into it (:mod:`.context`; :mod:`.retarget` rewrites a
-written object with another context); JPEG encapsulation
+(:mod:`.modules`, :func:`~.modules.new_instance`; coded concepts from :mod:`.codes`)
+and writing the capture's patient/order/lesion context into it (:mod:`.context`;
+:mod:`.retarget` rewrites a written object with another context); JPEG encapsulation
 (:mod:`.jpeg`); the one Part 10 writer every builder uses (:mod:`.part10`); and
 the one module that picks the writer for a capture (:mod:`.writers`), used by the
 wrapping stage and by intake's inline JPEG path; the Modality Performed Procedure
@@ -15,6 +15,7 @@ TLS contexts of DICOM over TLS (:mod:`.tls`). Pure builders: no ledger, no netwo
 """
 
 __all__ = [
+    "codes",
     "compatible",
     "confocal",
     "confocal_sc",

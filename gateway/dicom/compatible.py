@@ -67,7 +67,6 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
-from pydicom.sr.coding import Code
 from pydicom.uid import (
     UID,
     ConfocalMicroscopyTiledPyramidalImageStorage,
@@ -80,6 +79,7 @@ from gateway.core.uids import (
     IMPLEMENTATION_VERSION_NAME,
     derived_uid,
 )
+from gateway.dicom.codes import Code
 from gateway.dicom.confocal_sc import (
     add_sc_equipment,
     add_sc_frame_vector,

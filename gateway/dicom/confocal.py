@@ -18,7 +18,6 @@ from typing import BinaryIO, Final
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.sr.coding import Code
 from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
@@ -30,6 +29,7 @@ from gateway.core.uids import (
     derived_uid,
     tracking_uid,
 )
+from gateway.dicom.codes import Code
 from gateway.dicom.confocal_sc import write_confocal_sc
 from gateway.dicom.confocal_stack import (
     BITS,

@@ -18,8 +18,6 @@ from typing import Final
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from gateway.core.capture import (
@@ -31,6 +29,7 @@ from gateway.core.capture import (
     clean_device_string,
 )
 from gateway.core.uids import DERMGATE_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from gateway.dicom.codes import CID4029, Code
 from gateway.dicom.errors import IncompleteDeviceIdentity
 
 __all__ = [
@@ -374,7 +373,7 @@ def add_sop_common(
 @cache
 def _dermatology_sites() -> dict[tuple[str, str], Code]:
     """CID 4029 (Dermatology Anatomic Site) concepts by (scheme, code value)."""
-    return {(code.scheme_designator, code.value): code for code in codes.CID4029.concepts.values()}
+    return {(code.scheme_designator, code.value): code for code in CID4029}
 
 
 def dermatology_site(code_value: str, scheme: str = "SCT") -> Code | None:

@@ -12,12 +12,13 @@ import struct
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Final
-
-from PIL import Image, TiffImagePlugin, UnidentifiedImageError
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 from gateway.core.capture import ContentType
 from gateway.dicom.errors import WrapError
+
+if TYPE_CHECKING:  # Pillow is imported when an image is decoded, not by an idle box
+    from PIL import Image
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -75,6 +76,8 @@ def decoded(fh: BinaryIO, kind: str, max_pixels: int) -> Iterator[tuple[Image.Im
     """The image decoded (whole, once), and whether it is monochrome; refuses what
     cannot be carried losslessly, and, from the header before decoding, images of
     more than ``max_pixels``. Decoder failures become WrapError."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -137,6 +140,8 @@ def _plain(err: Exception) -> str:
 
 def _check_depth(image: Image.Image, kind: str) -> None:
     """Refuse more than 8 bits per sample before decoding (VL images are 8-bit)."""
+    from PIL import TiffImagePlugin
+
     deep = image.mode in ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
     if isinstance(image, TiffImagePlugin.TiffImageFile):
         bits = image.tag_v2.get(TiffImagePlugin.BITSPERSAMPLE, (8,))

@@ -61,7 +61,6 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
-from PIL import ImageCms
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -305,6 +304,8 @@ def build_encapsulated_3d(
 @functools.cache
 def srgb_icc_profile() -> bytes:
     """An sRGB ICC profile, identical in every run (creation date fixed)."""
+    from PIL import ImageCms  # only when a texture is written
+
     profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
     # Header bytes 24-35: creation date/time (six uint16). Profile ID (84-99) is zero
     # in Pillow's profiles, so nothing else depends on the date.

@@ -17,7 +17,6 @@ from gateway.core.config import DicomDestination, DicomwebDestination
 from gateway.core.errors import DeliveryError
 from gateway.forward.bucket import TokenBucket
 from gateway.forward.cstore import CStoreSender, StoreOutcome, StoreRequest
-from gateway.forward.stow import StowSender
 
 
 class Sender(Protocol):
@@ -71,6 +70,9 @@ def sender_for(
 ) -> Sender:
     """The sender for ``destination``'s kind, paced by ``bucket`` (``max_mbps``) if any."""
     if isinstance(destination, DicomwebDestination):
+        # aiohttp only for a DICOMweb store: a box of C-STORE destinations never loads it
+        from gateway.forward.stow import StowSender
+
         return StowSender(destination, bucket=bucket)
     return CStoreLink(CStoreSender(calling_ae, destination, bucket))
 

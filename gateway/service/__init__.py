@@ -5,14 +5,18 @@ every stage in order under one supervisor, and stopping within a deadline.
 failing driver, :mod:`.stop_deadline` bounds the stop, :mod:`.state_lock` keeps a
 second instance off the state folder, :mod:`.config` reads the file, :mod:`.sd_notify`
 tells systemd (READY, WATCHDOG, STATUS, STOPPING), :mod:`.clock` raises the
-``clock_not_synchronised`` alarm, :mod:`.logs` formats log lines for journald.
+``clock_not_synchronised`` alarm, :mod:`.logs` formats log lines for journald,
+:mod:`.reroute` routes the spool again at start-up, :mod:`.lean` keeps numpy and
+Pillow out of an idle service.
 """
 
 __all__ = [
     "app",
     "clock",
     "config",
+    "lean",
     "logs",
+    "reroute",
     "sd_notify",
     "state_lock",
     "stop_deadline",

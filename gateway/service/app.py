@@ -12,16 +12,12 @@ later stage is serving.
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import logging
-import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.context.barcode.stage import BarcodeStage
-from gateway.context.mpps import ProcedureSteps
 from gateway.context.stage import ContextStage
 from gateway.context.worklist_source import WorklistSource
 from gateway.core.busy import use_runtime_directory
@@ -49,21 +45,19 @@ from gateway.forward.commitment import (
 )
 from gateway.forward.forwarder import Forwarder
 from gateway.forward.overdue import CommitmentOverdueWatch
-from gateway.forward.readback import ReadBack
-from gateway.forward.stow import StowSender
 from gateway.intake import InlineWrap, Intake
 from gateway.service.clock import ClockWatch
+from gateway.service.lean import release_start_up_memory
+from gateway.service.reroute import route_again
 from gateway.service.sd_notify import ServiceNotifier
 from gateway.service.state_lock import StateLock
 from gateway.service.supervise import DriverTask, RestartPolicy, Supervisor
-from gateway.spool import ledger as db
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
 from gateway.spool.purge import Purger
 from gateway.spool.rebuild import refuse_spool_without_ledger
 from gateway.spool.reconcile import reconcile
 from gateway.spool.reserve import RESERVE_NAME, LedgerReserve, reserve_size
-from gateway.spool.routing import REMOVED_NOTE, removed_destinations
 from gateway.spool.space import MIB, SpaceGuard
 from gateway.spool.spool_ids import (
     SpoolIdCounter,
@@ -72,13 +66,15 @@ from gateway.spool.spool_ids import (
     read_high_water,
 )
 from gateway.status.ha_discovery import page_url
-from gateway.status.mqtt import MqttPublisher
 from gateway.status.pi_health import HealthMonitor
 from gateway.status.snapshot import GatewayState
 from gateway.status.web.fleet import document_verdict
 from gateway.status.web.live import live_view
-from gateway.status.web.server import WebServer
 from gateway.wrap import Wrapper
+
+if TYPE_CHECKING:  # the optional stages are imported when configured (idle RSS)
+    from gateway.forward.readback import ReadBack
+    from gateway.forward.stow import StowSender
 
 log = logging.getLogger(__name__)
 
@@ -211,36 +207,6 @@ def _notify(forwarders: dict[str, Forwarder], name: str) -> None:
         forwarder.notify()
 
 
-async def _route_again(ledger: Ledger, plan: RoutePlan) -> None:
-    """Route the captures still on disk by this configuration (destinations or routes
-    may have changed since the last run), and say what changed."""
-    changes = await ledger.call(db.reroute, plan, time.time())
-    if changes.added:
-        added = collections.Counter(name for _, name in changes.added)
-        for name, count in sorted(added.items()):
-            log.info("%d capture(s) still in the spool are now also routed to %s", count, name)
-    if changes.withdrawn:
-        log.warning(
-            "%d delivery(ies) not sent yet were withdrawn: the routes no longer send them there",
-            len(changes.withdrawn),
-        )
-    if changes.released:
-        log.info("%d capture(s) set aside for want of a route now have one", len(changes.released))
-    if changes.unrouted:
-        log.warning("%d capture(s) set aside: no route sends them anywhere", len(changes.unrouted))
-    removed = await ledger.call(removed_destinations, plan.destinations)
-    for name, states in removed.items():
-        log.warning(
-            "destination %s was removed from the configuration: %d capture(s) waiting for it "
-            "stay in the spool (shown as %r) until it is configured again or let go of "
-            "(dermgate spool forget-destination %s)",
-            name,
-            sum(states.values()),
-            REMOVED_NOTE,
-            name,
-        )
-
-
 async def _run_locked(
     config: DermGateConfig,
     stop: asyncio.Event,
@@ -265,7 +231,7 @@ async def _run_locked(
         )
         names = [d.name for d in config.destinations]
         plan = RoutePlan.from_config(config)
-        await _route_again(ledger, plan)
+        await route_again(ledger, plan)
         dicom = config.dicom_destinations()
         requesters = {
             d.name: CommitmentRequester(ledger, config.gateway.ae_title, d)
@@ -275,10 +241,16 @@ async def _run_locked(
         confirmers = [RetentionConfirmer(ledger, d) for d in dicom if not d.storage_commitment]
         # DICOMweb stores: STOW-RS, confirmed by read-back (QIDO-RS); one sender each,
         # shared by its forwarder and its read-back (one token cache).
-        stow = {
-            d.name: StowSender(d, bucket=bucket_for(d.max_mbps))
-            for d in config.dicomweb_destinations()
-        }
+        stow: dict[str, StowSender] = {}
+        readbacks: dict[str, ReadBack] = {}
+        if config.dicomweb_destinations():  # aiohttp's client only for DICOMweb
+            from gateway.forward.readback import ReadBack
+            from gateway.forward.stow import StowSender
+
+            stow = {
+                d.name: StowSender(d, bucket=bucket_for(d.max_mbps))
+                for d in config.dicomweb_destinations()
+            }
         by_name: dict[str, Forwarder] = {}
         readbacks = {
             d.name: ReadBack(
@@ -340,6 +312,8 @@ async def _run_locked(
         # and its end to it (gateway.context.desk.ProcedureStepHooks); it sends them.
         steps = None
         if config.worklist is not None and config.worklist.mpps:
+            from gateway.context.mpps import ProcedureSteps
+
             steps = ProcedureSteps(
                 ledger,
                 config.worklist,
@@ -446,10 +420,15 @@ async def _run_locked(
                 await supervisor.start("worklist", worklist_source.run)
             # A scan opens its device's session on the context stage; the page shows
             # the scans that opened nothing.
-            barcodes = BarcodeStage(config.barcodes, context, bus) if config.barcodes else None
-            if barcodes is not None:
+            barcodes = None
+            if config.barcodes:
+                from gateway.context.barcode.stage import BarcodeStage
+
+                barcodes = BarcodeStage(config.barcodes, context, bus)
                 await supervisor.start("barcodes", barcodes.run)
-            if config.mqtt is not None:
+            if config.mqtt is not None:  # aiomqtt only with [mqtt]
+                from gateway.status.mqtt import MqttPublisher
+
                 mqtt = MqttPublisher(
                     config.mqtt,
                     gateway_state,
@@ -459,6 +438,7 @@ async def _run_locked(
                 )
                 await supervisor.start("mqtt", mqtt.run)
             if config.web is not None:  # the technicians' page, /healthz, /metrics
+                from gateway.status.web.server import WebServer  # aiohttp, prometheus-client
 
                 def poke() -> None:  # a retry from the page: look at the ledger now
                     wrapper.notify()
@@ -486,6 +466,7 @@ async def _run_locked(
                 len(forwarders),
             )
             notifier.ready()
+            release_start_up_memory()  # the start-up's freed heap back to the system
             await stop.wait()
             log.info("stopping")
             notifier.stopping()

@@ -8,7 +8,9 @@ Topics (``P`` = ``<topic_prefix>/<gateway id>``):
               itself (a clean DISCONNECT does not fire the Will).
 ``P/state``   retained JSON (:mod:`gateway.status.snapshot`), published at connect, on
               change (at most once per ``state_min_interval``) and every minute, plus the
-              block ``"mqtt": {"events_dropped": N, "reconnects": N}``.
+              block ``"mqtt": {"events_dropped": N, "reconnects": N}`` and the verdict,
+              judged as each one goes out (so one that changes with time alone, the
+              document saying the same, shows within the minute).
 ``P/events``  one JSON object per event, QoS 1, not retained:
               ``{"seq", "kind", "time", "gateway", "dropped_before", ...fields}``
               (:mod:`gateway.core.events`). ``seq`` rises by one per event of this run
@@ -416,13 +418,18 @@ class MqttPublisher:
     async def _publish_state(
         self, client: aiomqtt.Client, *, only_if_changed: bool = False
     ) -> None:
-        document = await self.state_document()
+        # The verdict reads the ledger on a connection of its own: judged only when the
+        # document changed (or the heartbeat is due), so an idle box's 5 s polls open
+        # no connection (each one dirtied a page of the ledger's -shm on the disk).
+        document = await self.state.snapshot()
         stable = stable_part(document)
         mqtt = document["mqtt"]
         stable["mqtt"] = {"dropped": mqtt["events_dropped"], "reconnects": mqtt["reconnects"]}
         due = self._clock() - self._last_state_at >= _STATE_HEARTBEAT
         if only_if_changed and stable == self._last_state and not due:
             return
+        if self._verdict is not None:
+            document["verdict"] = await self._verdict(document)
         await self._publish(client, self.state_topic, json.dumps(document), retain=True)
         self._last_state = stable
         self._last_state_at = self._clock()
