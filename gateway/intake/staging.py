@@ -1,5 +1,9 @@
 """Staging one capture: its bytes streamed to a staging file, then made durable.
 
+When :mod:`gateway.dicom.writers` can describe the capture from its start (a JPEG,
+an 8-bit confocal stack, a 3D model), the staging file is its DICOM file and the
+bytes are written once; otherwise they are kept as they came, in ``raw/``.
+
 A driver streams a capture into a :class:`StagedCapture`. On ``commit`` the staging
 file is fsynced, renamed into ``raw/`` (directory fsynced), and a ledger row with
 freshly assigned Study/Series/SOP Instance UIDs is committed. Only when ``commit``
@@ -16,6 +20,7 @@ import errno
 import hashlib
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -32,7 +37,7 @@ from gateway.core.capture import (
     RefusalReason,
 )
 from gateway.core.context import CaptureContext
-from gateway.core.files import fsync_dir
+from gateway.core.files import create_new, fsync_dir
 from gateway.core.routing import RoutePlan
 from gateway.core.uids import new_uid
 from gateway.devices.contract import CaptureReceipt
@@ -68,6 +73,16 @@ def _retrieve(future: asyncio.Future[None]) -> None:
     """Consume the outcome of an abandoned write (its failure matters to no one)."""
     if not future.cancelled():
         future.exception()
+
+
+def _copy_range(fd: int, out: BinaryIO, offset: int, length: int) -> None:
+    """Copy ``length`` bytes of ``fd`` from ``offset`` to ``out``, 1 MiB at a time."""
+    while length:
+        block = os.pread(fd, min(length, _BUFFER), offset)
+        if not block:
+            raise OSError(errno.EIO, "staging file shorter than received")
+        out.write(block)
+        offset, length = offset + len(block), length - len(block)
 
 
 def uids_in_use() -> CaptureRefused:
@@ -193,6 +208,10 @@ class StagedCapture:
         self._wrapped: db.WrappedAtIntake | None = None
         self._end = b""  # what closes the DICOM file after the device's last byte
         self._spool_id: int | None = None  # reserved when the DICOM file is begun
+        # Completes the DICOM file from the final offer (InlineStart.finish), and
+        # where the device's bytes start in it (to keep them raw if it cannot).
+        self._finish: Callable[[CaptureOffer, BinaryIO], bool] | None = None
+        self._data_offset = 0
 
     async def write(self, chunk: bytes) -> None:
         """Append ``chunk`` (buffered; written and hashed in 1 MiB blocks on a worker
@@ -213,7 +232,9 @@ class StagedCapture:
         inline = self._intake.inline
         assert inline is not None
         assert self._offer.length is not None
-        info = read_inline_header(self._buffer, self._offer.length, final=final)
+        info = read_inline_header(
+            self._buffer, self._offer.length, final=final, content_type=self._offer.content_type
+        )
         if info is InlineHeader.RAW:
             self._decided = True  # raw: the wrapping stage says why
             return
@@ -233,7 +254,7 @@ class StagedCapture:
                 identity=self._identity,
                 offer=offer,
                 uids=uids,
-                jpeg=info,
+                jpeg=None if info is InlineHeader.NOT_NEEDED else info,
                 received=received,
                 gateway=inline.gateway,
                 now=datetime.now().astimezone(),
@@ -242,6 +263,10 @@ class StagedCapture:
             )
             if begun is not None:
                 self._hash.update(received)  # the device's bytes, before any is dropped
+                if begun.gap:  # header, then room filled at commit (nothing written yet)
+                    assert self._fh is not None
+                    self._fh.write(begun.start)
+                    self._fh.seek(begun.gap, os.SEEK_CUR)
             return begun
 
         self._decided = True
@@ -251,8 +276,11 @@ class StagedCapture:
         self._uids = uids
         self._spool_id = spool_id
         self._end = begun.end
-        self._buffer = bytearray(begun.start)
-        self._not_hashed = len(begun.start)
+        lead = begun.resume if begun.gap else begun.start
+        self._buffer = bytearray(lead)
+        self._not_hashed = len(lead)
+        self._finish = begun.finish
+        self._data_offset = begun.data_offset
         self._wrapped = db.WrappedAtIntake(
             dicom_name=f"{uids.sop_instance}.dcm",
             sop_class_uid=begun.sop_class_uid,
@@ -334,6 +362,8 @@ class StagedCapture:
             self._not_hashed = len(self._buffer)
             await self._flush()
             await self._settle()
+        if self._wrapped and self._finish is not None:
+            await self._complete(offer or self._offer)
         fh = self._fh
         assert fh is not None
         uids = self._uids or self._preset or self._offer.uids or fresh_uids()
@@ -381,6 +411,41 @@ class StagedCapture:
                 self._spool_id,
                 self._binding,
             )
+
+    async def _complete(self, final: CaptureOffer) -> None:
+        """Fill what only the end tells (a stack's depths) from the ``final`` offer;
+        when it does not fit what was reserved, keep the device's bytes raw."""
+        finish, fh = self._finish, self._fh
+        assert finish is not None
+        assert fh is not None
+        context = self._binding.context
+        # The session's patient, not the device's, as when the file was begun.
+        written = final if context is None else replace(final, patient=context.patient)
+        try:
+            done = await asyncio.to_thread(finish, written, fh)
+            if not done:
+                await asyncio.to_thread(self._keep_raw)
+        except OSError as err:
+            self._discard()
+            raise refusal_for(err) from err
+        self._offer = final
+
+    def _keep_raw(self) -> None:
+        """Copy the device's bytes out of the begun DICOM file into a new staging
+        file, which goes to ``raw/`` (the wrapping stage wraps or quarantines it)."""
+        old, path = self._fh, self._intake.dirs.staging / f"{uuid.uuid4().hex}.part"
+        assert old is not None
+        old.flush()
+        try:
+            with create_new(path) as new, self._path.open("rb") as src:
+                _copy_range(src.fileno(), new, self._data_offset, self._size)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        self._discard()
+        self._path, self._fh = path, path.open("r+b")
+        self._fh.seek(0, os.SEEK_END)
+        self._wrapped = None
 
     @staticmethod
     def _sync(fh: BinaryIO) -> None:
