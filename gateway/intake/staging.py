@@ -37,7 +37,7 @@ from gateway.core.capture import (
     RefusalReason,
 )
 from gateway.core.context import CaptureContext
-from gateway.core.files import create_new, fsync_dir
+from gateway.core.files import copy_range, create_new, fsync_dir
 from gateway.core.routing import RoutePlan
 from gateway.core.uids import new_uid
 from gateway.devices.contract import CaptureReceipt
@@ -73,16 +73,6 @@ def _retrieve(future: asyncio.Future[None]) -> None:
     """Consume the outcome of an abandoned write (its failure matters to no one)."""
     if not future.cancelled():
         future.exception()
-
-
-def _copy_range(fd: int, out: BinaryIO, offset: int, length: int) -> None:
-    """Copy ``length`` bytes of ``fd`` from ``offset`` to ``out``, 1 MiB at a time."""
-    while length:
-        block = os.pread(fd, min(length, _BUFFER), offset)
-        if not block:
-            raise OSError(errno.EIO, "staging file shorter than received")
-        out.write(block)
-        offset, length = offset + len(block), length - len(block)
 
 
 def uids_in_use() -> CaptureRefused:
@@ -270,7 +260,11 @@ class StagedCapture:
             return begun
 
         self._decided = True
-        begun = await asyncio.to_thread(begin)
+        try:
+            begun = await asyncio.to_thread(begin)
+        except OSError as err:  # the header of a reserved layout is written at once
+            await self.abort("write failed")
+            raise refusal_for(err) from err
         if begun is None:
             return  # raw: the wrapping stage quarantines it with the reason
         self._uids = uids
@@ -438,7 +432,7 @@ class StagedCapture:
         old.flush()
         try:
             with create_new(path) as new, self._path.open("rb") as src:
-                _copy_range(src.fileno(), new, self._data_offset, self._size)
+                copy_range(src.fileno(), new, self._data_offset, self._size)
         except BaseException:
             path.unlink(missing_ok=True)
             raise

@@ -41,10 +41,14 @@ WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
 def check_in_orthanc(
     tmp_path: Path, orthanc: OrthancProcess, report: dict[str, Any], sop_class: str
 ) -> None:
-    """Every acknowledged stack is in Orthanc once, conformant, with the device's pixels."""
+    """Every acknowledged stack is in Orthanc once, conformant, with the device's pixels,
+    and was written once: streamed into its DICOM file at intake, never spooled raw."""
     assert report["unanswered"] == 0, "every complete offer got its ACK or NAK"
     rows = {r["device_capture_id"]: r for r in ledger_rows(tmp_path / "state")}
     assert sorted(rows) == sorted(report["acknowledged"]), "one ledger row per stack"
+    assert [r["raw_name"] for r in rows.values()] == [""] * len(rows), "no raw copy"
+    raw = tmp_path / "state" / "spool" / "raw"
+    assert not raw.exists() or list(raw.iterdir()) == []
     for stack_id in report["acknowledged"]:
         row = rows[stack_id]
         found = orthanc.find_instances(row["sop_instance_uid"])
