@@ -205,11 +205,15 @@ class StagedCapture:
 
     async def write(self, chunk: bytes) -> None:
         """Append ``chunk`` (buffered; written and hashed in 1 MiB blocks on a worker
-        thread while the next block arrives); past ``max_capture_bytes``, refuse."""
+        thread while the next block arrives; a chunk that large is written as it is,
+        not copied); past ``max_capture_bytes``, refuse."""
         self._size += len(chunk)
         if self._size > self._intake.max_capture_bytes:
             await self.abort("larger than max_capture_mb")
             raise too_large(self._intake.max_capture_bytes)
+        if self._decided and not self._buffer and len(chunk) >= _BUFFER:
+            await self._flush(chunk)
+            return
         self._buffer += chunk
         if not self._decided:
             await self._decide(final=False)
@@ -282,7 +286,7 @@ class StagedCapture:
             destinations=inline.destinations,
         )
 
-    def _write_block(self, fh: BinaryIO, block: bytes, skip: int) -> None:
+    def _write_block(self, fh: BinaryIO, block: bytes | bytearray, skip: int) -> None:
         self._hash.update(memoryview(block)[skip:])
         fh.write(block)
 
@@ -297,11 +301,13 @@ class StagedCapture:
             await self.abort("write failed")
             raise refusal_for(err) from err
 
-    async def _flush(self) -> None:
+    async def _flush(self, chunk: bytes | None = None) -> None:
         await self._settle()
-        if not self._buffer or self._fh is None:
+        block: bytes | bytearray = self._buffer if chunk is None else chunk
+        if not block or self._fh is None:
             return
-        block, self._buffer = bytes(self._buffer), bytearray()
+        if chunk is None:  # handed over, not copied: a new buffer takes the next bytes
+            self._buffer = bytearray()
         skip, self._not_hashed = self._not_hashed, 0
         self._pending = asyncio.ensure_future(
             asyncio.to_thread(self._write_block, self._fh, block, skip)
