@@ -272,21 +272,23 @@ def main() -> None:
     for leg in legs:
         large, small = results[leg, "large"], results[leg, "small"]
         growth = large.peak_mb / small.peak_mb
+        name = LEGS[leg]
         print(
-            f"ratio gateway {LEGS[leg]} large/small peak:           {ratio(large.peak_mb, small.peak_mb)}"
-            f"  (target <= {GROWTH_TARGET}x: {verdict(growth, GROWTH_TARGET, 'x')})"
+            f"ratio gateway {name} large/small peak:          "
+            f"{ratio(large.peak_mb, small.peak_mb)}  "
+            f"(target <= {GROWTH_TARGET}x: {verdict(growth, GROWTH_TARGET, 'x')})"
         )
         print(
-            f"ratio gateway {LEGS[leg]}/dcmsend peak at large size:  "
+            f"ratio gateway {name}/dcmsend peak, large stack: "
             f"{ratio(large.peak_mb, anchor.peak_mb)}"
         )
         print(
-            f"peak gateway {LEGS[leg]} at large size:               {large.peak_mb:.1f} MB"
-            f"  (target <= {PEAK_TARGET_MB:.0f} MB: {verdict(large.peak_mb, PEAK_TARGET_MB, ' MB')})"
+            f"peak gateway {name}, large stack:               {large.peak_mb:.1f} MB  "
+            f"(target <= {PEAK_TARGET_MB:.0f} MB: {verdict(large.peak_mb, PEAK_TARGET_MB, ' MB')})"
         )
         print(
-            f"growth above baseline, {LEGS[leg]}:  small {small.growth_mb:+.1f} MB, "
-            f"large {large.growth_mb:+.1f} MB (the stack's own cost; the rest is the idle process)"
+            f"growth above baseline, {name}: small {small.growth_mb:+.1f} MB, large "
+            f"{large.growth_mb:+.1f} MB (the stack's own cost; the rest is the idle process)"
         )
 
 
