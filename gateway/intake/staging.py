@@ -1,8 +1,7 @@
 """Staging one capture: its bytes streamed to a staging file, then made durable.
 
-When :mod:`gateway.dicom.writers` can describe the capture from its start (a JPEG,
-an 8-bit confocal stack, a 3D model), the staging file is its DICOM file and the
-bytes are written once; otherwise they are kept as they came, in ``raw/``.
+A JPEG, an 8-bit confocal stack or a 3D model is written once, straight into its
+DICOM file (:class:`StagedCapture`); anything else is kept as it came, in ``raw/``.
 
 A driver streams a capture into a :class:`StagedCapture`. On ``commit`` the staging
 file is fsynced, renamed into ``raw/`` (directory fsynced), and a ledger row with
@@ -150,16 +149,15 @@ class IntakeStage(Protocol):
 class StagedCapture:
     """A capture being received: bytes go to a staging file, nothing is acknowledged.
 
-    When the device announced the size and the first bytes are a JPEG header the
-    builder can describe (:mod:`gateway.dicom.writers` decides), the staging file
-    *is* the DICOM file: Part 10 header, then the device's bytes as the pixel data
-    fragment (one write, one fsync), without the JPEG's metadata segments (EXIF,
-    XMP, comments: all in the header, so they are dropped from the buffered header
-    before its first byte is written; the image data follows byte for byte). The
-    checksum is of the device's bytes.
-    Otherwise (unknown size, not a JPEG, a JPEG DICOM cannot carry) the bytes are
-    kept as they came, in ``raw/``, for the wrapping stage to wrap or quarantine
-    with its reason.
+    When the device announced the size and :mod:`gateway.dicom.writers` can begin
+    the object (a JPEG whose header it can describe, an 8-bit confocal stack, a 3D
+    model), the staging file *is* the DICOM file: Part 10 header, then the device's
+    bytes (one write, one fsync; a JPEG without its metadata segments, which are in
+    the header). What only the end tells (a stack's depths) fills reserved room at
+    commit, before the fsync; if the final offer does not fit, the bytes are copied
+    out raw. The checksum is of the device's bytes. Otherwise (unknown size, a
+    capture DICOM cannot carry) the bytes are kept as they came, in ``raw/``, for
+    the wrapping stage to wrap or quarantine with its reason.
     """
 
     def __init__(
@@ -204,14 +202,16 @@ class StagedCapture:
         self._data_offset = 0
 
     async def write(self, chunk: bytes) -> None:
-        """Append ``chunk`` (buffered; written and hashed in 1 MiB blocks on a worker
-        thread while the next block arrives; a chunk that large is written as it is,
-        not copied); past ``max_capture_bytes``, refuse."""
+        """Append ``chunk`` (buffered; written and hashed in blocks of up to 1 MiB on a
+        worker thread while the next arrives; a chunk of 256 KiB or more is written as
+        it is, not copied); past ``max_capture_bytes``, refuse."""
         self._size += len(chunk)
         if self._size > self._intake.max_capture_bytes:
             await self.abort("larger than max_capture_mb")
             raise too_large(self._intake.max_capture_bytes)
-        if self._decided and not self._buffer and len(chunk) >= _BUFFER:
+        if self._decided and len(self._buffer) + len(chunk) > _BUFFER:
+            await self._flush()  # blocks of at most 1 MiB: the buffer never grows past it
+        if self._decided and not self._buffer and len(chunk) >= _BUFFER // 4:
             await self._flush(chunk)
             return
         self._buffer += chunk
