@@ -174,7 +174,9 @@ class Wrapper:
     ) -> WrittenObject:
         """Write the DICOM file of one captured file (blocking)."""
         raw = self._dirs.raw / entry.raw_name
-        if not raw.exists():  # deleted by hand: waiting would not bring it back
+        # Deleted by hand, or never kept (written as DICOM at intake, whose file is
+        # gone): waiting would not bring it back.
+        if not entry.raw_name or not raw.exists():
             raise WrapError("raw capture file missing")
         offer = entry.offer
         if entry.context is not None:

@@ -59,6 +59,7 @@ from gateway.cli.spool import add_spool_commands
 from gateway.cli.tokens import add_token_commands
 from gateway.cli.worklist import add_worklist_commands
 from gateway.core.config import ConfigError, DermGateConfig
+from gateway.core.heap import keep_heap_flat
 from gateway.service.config import load_config
 from gateway.service.logs import PLAIN_FORMAT, JournalFormatter, logs_to_journal
 from gateway.service.state_lock import StateLocked
@@ -123,6 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     setup_logging(config.gateway.log_level)
     enable_stack_dumps()
+    keep_heap_flat()  # a large capture's 1 MiB blocks go back to the system
     try:
         asyncio.run(_serve(config))
     except (StateLocked, LedgerLost, SpoolIdMarkDamaged) as refused:  # nothing changed

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,3 +122,14 @@ def copy_stream(src: BinaryIO, dst: BinaryIO, *, chunk_size: int = 1 << 20) -> i
         dst.write(chunk)
         total += len(chunk)
     return total
+
+
+def copy_range(fd: int, dst: BinaryIO, offset: int, length: int, chunk_size: int = 1 << 20) -> None:
+    """Copy ``length`` bytes of ``fd`` from ``offset`` to ``dst`` in bounded chunks;
+    OSError (EIO) if the file ends first."""
+    while length:
+        block = os.pread(fd, min(length, chunk_size), offset)
+        if not block:
+            raise OSError(errno.EIO, "file shorter than expected")
+        dst.write(block)
+        offset, length = offset + len(block), length - len(block)

@@ -95,15 +95,15 @@ def build_confocal(job: WrapJob, stack: ConfocalStack) -> Dataset:
     The whole data set in memory, per-frame groups included: for tests and small
     stacks; :func:`write_confocal` writes the per-frame groups one frame at a time.
     """
-    ds, acquired = _build_without_per_frame_groups(job, stack)
+    ds, acquired = build_without_per_frame_groups(job, stack)
     if not stack.full_grid:
         ds.PerFrameFunctionalGroupsSequence = Sequence(
-            [to_dataset(group) for group in _per_frame_groups(stack, acquired)]
+            [to_dataset(group) for group in per_frame_groups(stack, acquired)]
         )
     return ds
 
 
-def _build_without_per_frame_groups(job: WrapJob, stack: ConfocalStack) -> tuple[Dataset, datetime]:
+def build_without_per_frame_groups(job: WrapJob, stack: ConfocalStack) -> tuple[Dataset, datetime]:
     """Everything of :func:`build_confocal` but the Per-Frame Functional Groups
     Sequence (the last attribute before Pixel Data), and the acquisition time."""
     tiled = stack.kind == "mosaic"
@@ -234,7 +234,7 @@ def _add_functional_groups(
     acquired: datetime,
     laterality: Laterality | None,
 ) -> None:
-    """Shared Functional Groups (the per-frame ones: :func:`_per_frame_groups`)."""
+    """Shared Functional Groups (the per-frame ones: :func:`per_frame_groups`)."""
     shared = Dataset()
     measures = Dataset()
     spacing_mm = format_number_as_ds(stack.pixel_spacing_um / _UM_PER_MM)
@@ -252,7 +252,7 @@ def _add_functional_groups(
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
 
 
-def _per_frame_groups(stack: ConfocalStack, acquired: datetime) -> Iterator[list[Element]]:
+def per_frame_groups(stack: ConfocalStack, acquired: datetime) -> Iterator[list[Element]]:
     """The Per-Frame Functional Groups item of each frame, one at a time: a z-stack's
     depths, or where each tile of a TILED_SPARSE mosaic lies."""
     if stack.kind == "mosaic":
@@ -273,12 +273,25 @@ def _per_frame_groups(stack: ConfocalStack, acquired: datetime) -> Iterator[list
             ("StackID", "1"),
             ("InStackPositionNumber", index + 1),
             ("DimensionIndexValues", [index + 1]),
-            ("FrameLabel", f"depth {depth_um:g} um"),
+            ("FrameLabel", depth_label(depth_um)),
         ]
         yield [
             ("FrameContentSequence", [content]),
             ("ConfocalMicroscopyImageFrameTypeSequence", [_frame_type(depth_um / _UM_PER_MM)]),
         ]
+
+
+#: Frame Label width of a z-stack frame: the longest "depth {:g} um" (e.g.
+#: "depth -1.23457e+100 um"). Every label is padded to it with trailing spaces
+#: (not significant in LO), so a frame's item has the same length whatever its
+#: depth: intake reserves the per-frame groups' room before the depths arrive
+#: (:mod:`gateway.dicom.confocal_inline`).
+DEPTH_LABEL_WIDTH: Final = 22
+
+
+def depth_label(depth_um: float) -> str:
+    """A z-stack frame's Frame Label, padded to :data:`DEPTH_LABEL_WIDTH`."""
+    return f"depth {depth_um:g} um"[:DEPTH_LABEL_WIDTH].ljust(DEPTH_LABEL_WIDTH)
 
 
 def _frame_content(acquired: datetime, index: int, frame_ms: float | None) -> list[Element]:
@@ -358,7 +371,7 @@ def write_confocal(job: WrapJob, dest: Path) -> WrittenObject:
                 f"({stack.frames} frames of {stack.columns}x{stack.rows}, {stack.bits}-bit) "
                 f"needs {stack.pixel_bytes}; the capture is kept and quarantined"
             )
-        dataset, acquired = _build_without_per_frame_groups(job, stack)
+        dataset, acquired = build_without_per_frame_groups(job, stack)
         if max(int(elem.tag) for elem in dataset) >= _PER_FRAME_GROUPS:
             raise ValueError("the per-frame groups must be the data set's last attribute")
 
@@ -386,7 +399,7 @@ def write_per_frame_groups(out: BinaryIO, stack: ConfocalStack, acquired: dateti
     start = out.tell()
     out.write(sequence_header("PerFrameFunctionalGroupsSequence", 0))
     length = 0
-    for group in _per_frame_groups(stack, acquired):
+    for group in per_frame_groups(stack, acquired):
         item = encode_item(group)
         out.write(item)
         length += len(item)

@@ -123,6 +123,14 @@ Streaming: :func:`gateway.dicom.part10.write_part10` writes the header and copie
 the raw file in 1 MiB chunks into the Pixel Data (OW) element; memory stays flat
 whatever the stack size. More than 0xFFFFFFFE bytes of pixels cannot be one
 native Pixel Data element (a 32-bit length; 0xFFFFFFFF means undefined): WrapError.
+
+Written twice (raw at intake, then this file), unlike 8-bit stacks
+(:mod:`gateway.dicom.confocal_inline`), on purpose: the header carries the window
+over the range of every pixel of the stack and the per-frame text vectors (Slice
+Location / Frame Label Vector), so its content *and its length* are known only after
+the last byte; writing it at intake would mean reserving room for a header of
+unknown size. A 16-bit stack is a misconfigured microscope (the confocal IODs take
+8 bits), so the second write is left to this rare case.
 """
 
 from __future__ import annotations

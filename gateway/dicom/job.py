@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from gateway.core.capture import CaptureOffer, DeviceIdentity, GatewayIdentity, InstanceUIDs
 from gateway.core.context import CaptureContext
 
-__all__ = ["ObjectWriter", "WrapJob", "WrittenObject"]
+__all__ = ["InlineStart", "ObjectWriter", "WrapJob", "WrittenObject"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +54,30 @@ class WrittenObject:
 
 
 ObjectWriter = Callable[[WrapJob, Path], WrittenObject]
+
+
+@dataclass(frozen=True, slots=True)
+class InlineStart:
+    """A DICOM file begun while its capture arrives (intake): what to write, and what it is.
+
+    ``start`` comes first: the Part 10 header up to the value's first byte, then
+    the bytes received so far (a JPEG's without its metadata segments, which are in
+    the header). When ``gap`` is not 0, ``gap`` bytes are left unwritten after
+    ``start`` and ``resume`` follows them (the rest of the header, then the bytes
+    received so far); ``finish`` fills the gap at commit. The device's remaining
+    bytes follow as they are; ``end`` closes the file after its last byte.
+
+    ``finish(final_offer, file)`` (blocking, before the file is fsynced) completes
+    what only the end of the capture tells (a confocal stack's frame depths); False
+    when the final offer does not fit what was reserved: the device's bytes, at
+    ``data_offset`` in the file, are then kept raw for the wrapping stage.
+    """
+
+    start: bytes
+    end: bytes
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    gap: int = 0
+    resume: bytes = b""
+    finish: Callable[[CaptureOffer, BinaryIO], bool] | None = None
+    data_offset: int = 0

@@ -64,6 +64,7 @@ __all__ = [
     "jpeg_fragment",
     "part10_prefix",
     "part10_suffix",
+    "value_layout",
     "write_part10",
     "write_part10_encapsulated",
 ]
@@ -184,6 +185,26 @@ def write_part10(
         if tail is not None:
             out.write(_encode_tail(tail))
         return out.tell()
+
+
+def value_layout(dataset: Dataset, value: StreamedValue) -> tuple[bytes, bytes]:
+    """What :func:`write_part10` writes before and after ``value``'s bytes.
+
+    For a writer whose value arrives later (intake streams a capture straight into
+    its DICOM file): the first part goes before the value's first byte, the second
+    after its last. Same checks as :func:`write_part10`; ``value.copy`` is not used.
+    """
+    _check_syntax(dataset, encapsulated=value.encapsulated)
+    if value.tag in dataset:
+        raise ValueError("the dataset already holds the streamed value")
+    if value.length <= 0 or value.length + (value.length & 1) > _MAX_LENGTH:
+        raise ValueError("the value is empty or too large for one DICOM element")
+    head, tail = _split_at(dataset, value.tag)
+    before = _encode_head(head) + _value_start(
+        value.tag, value.vr, value.length, value.encapsulated
+    )
+    after = _value_end(value.length, value.encapsulated)
+    return before, after + (_encode_tail(tail) if tail is not None else b"")
 
 
 # --- a device's JPEG -----------------------------------------------------------------

@@ -58,7 +58,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 from urllib.parse import quote
 
 from pydicom.dataset import Dataset
@@ -74,7 +74,7 @@ from gateway.core.capture import ContentType, PatientContext
 from gateway.core.patient import object_patient
 from gateway.dicom.context import apply_context
 from gateway.dicom.errors import WrapError
-from gateway.dicom.job import WrapJob, WrittenObject
+from gateway.dicom.job import InlineStart, WrapJob, WrittenObject
 from gateway.dicom.modules import (
     add_enhanced_general_equipment,
     da,
@@ -83,7 +83,7 @@ from gateway.dicom.modules import (
     new_instance,
     tm,
 )
-from gateway.dicom.part10 import file_value, write_part10
+from gateway.dicom.part10 import StreamedValue, file_value, value_layout, write_part10
 
 __all__ = [
     "MODALITY",
@@ -239,6 +239,41 @@ def write_encapsulated_3d(job: WrapJob, dest: Path) -> WrittenObject:
         document = file_value(src, size, tag=_ENCAPSULATED_DOCUMENT, mismatch=changed)
         write_part10(dest, dataset, document)
     return WrittenObject(sop_class_uid=sop_class, transfer_syntax_uid=str(ExplicitVRLittleEndian))
+
+
+def begin_encapsulated_3d(job: WrapJob) -> InlineStart:
+    """The start and end of the file of a model whose ``job.offer.length`` bytes are
+    still arriving (intake writes them in between, once; blocking).
+
+    Everything in this object's header is known when the capture starts: the
+    links and units (the driver's offer), the length (announced). The bytes are
+    those :func:`write_encapsulated_3d` writes. Raises :class:`WrapError` like it
+    (the capture is then kept raw and quarantined by the wrapping stage).
+    """
+    content_type = job.offer.content_type
+    sop_class = SOP_CLASS_FOR.get(content_type)
+    size = job.offer.length
+    if sop_class is None or size is None:
+        raise WrapError(f"{content_type} is not a 3D model document of a known length")
+    if size == 0:
+        raise WrapError("the 3D model file is empty; the capture is quarantined")
+    if size + (size & 1) > _MAX_LENGTH:
+        raise WrapError("the 3D model file exceeds the 4 GiB a DICOM element can hold")
+    links = ModelFileLinks.from_extra(job.offer.extra)
+    dataset = build_encapsulated_3d(job, links, sop_class, size)
+    document = StreamedValue(length=size, copy=_no_copy, tag=_ENCAPSULATED_DOCUMENT)
+    before, after = value_layout(dataset, document)
+    return InlineStart(
+        start=before,
+        end=after,
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=str(ExplicitVRLittleEndian),
+        data_offset=len(before),
+    )
+
+
+def _no_copy(out: BinaryIO) -> int:
+    raise AssertionError("written by intake")  # pragma: no cover
 
 
 def build_encapsulated_3d(

@@ -2,8 +2,14 @@
 
 The one place that picks an IOD for a capture, used by both stages that write
 DICOM files: the wrapping stage (:func:`write_capture`, a capture in ``raw/``) and
-intake (:func:`read_inline_header` and :func:`begin_inline`, a JPEG written
-straight into its DICOM file while it arrives, so its bytes are written once).
+intake (:func:`read_inline_header` and :func:`begin_inline`, a capture written
+straight into its DICOM file while it arrives, so its bytes are written once: a
+JPEG, an 8-bit confocal stack (:mod:`gateway.dicom.confocal_inline`: room reserved
+for what only the end tells, filled at commit), an OBJ/MTL/STL model). Written
+raw first and wrapped later: captures of unknown length, PNG/TIFF photos (decoded
+to native pixels: the header needs the decoded image) and 16-bit confocal stacks
+(their header needs a window over every pixel; see
+:mod:`gateway.dicom.confocal_inline`).
 
 ============================  ======================  ================================
 content type                  device class            DICOM object
@@ -27,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import io
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Final
@@ -44,13 +49,14 @@ from gateway.core.capture import (
 )
 from gateway.core.context import CaptureContext
 from gateway.dicom.confocal import write_confocal
+from gateway.dicom.confocal_inline import begin_confocal, may_write_confocal_inline
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.errors import WrapError
-from gateway.dicom.job import ObjectWriter, WrapJob, WrittenObject
+from gateway.dicom.job import InlineStart, ObjectWriter, WrapJob, WrittenObject
 from gateway.dicom.jpeg import JpegInfo, read_jpeg_info, read_jpeg_info_from, strip_metadata
 from gateway.dicom.part10 import part10_prefix, part10_suffix, write_part10_encapsulated
 from gateway.dicom.photo import build_vl_photographic, write_vl_photographic_native
-from gateway.dicom.surface import write_encapsulated_3d
+from gateway.dicom.surface import begin_encapsulated_3d, write_encapsulated_3d
 
 __all__ = [
     "INLINE_HEADER_LIMIT",
@@ -164,10 +170,17 @@ def jpeg_dataset(
 def may_write_inline(offer: CaptureOffer) -> bool:
     """May this capture be written straight into its DICOM file as it arrives?
 
-    Only a JPEG whose length the device announced: the Pixel Data fragment's
-    length is written before its first byte.
+    Only one whose length the device announced (the value's length is written
+    before its first byte): a JPEG, an 8-bit confocal stack, an OBJ/MTL/STL model.
     """
-    return offer.length is not None and offer.content_type == ContentType.JPEG
+    if offer.length is None:
+        return False
+    if offer.content_type is ContentType.PIXELS:
+        return may_write_confocal_inline(offer)
+    return offer.content_type in _INLINE
+
+
+_INLINE: Final = frozenset({ContentType.JPEG, ContentType.OBJ, ContentType.MTL, ContentType.STL})
 
 
 class InlineHeader(enum.Enum):
@@ -177,16 +190,25 @@ class InlineHeader(enum.Enum):
     MORE = "more"
     #: It never will be: keep the capture as it came; the wrapping stage decides.
     RAW = "raw"
+    #: Not a JPEG: no header to read, the DICOM file is begun at once.
+    NOT_NEEDED = "not needed"
 
 
 def read_inline_header(
-    received: bytes | bytearray, length: int, *, final: bool
+    received: bytes | bytearray,
+    length: int,
+    *,
+    final: bool,
+    content_type: ContentType = ContentType.JPEG,
 ) -> JpegInfo | InlineHeader:
     """The JPEG header in the first ``received`` bytes of a capture of ``length`` bytes.
 
     ``final``: no more bytes will come. The header's ``size_bytes`` is the
-    announced ``length`` (the rest of the JPEG has not arrived yet).
+    announced ``length`` (the rest of the JPEG has not arrived yet). Any other
+    ``content_type``: :attr:`InlineHeader.NOT_NEEDED`.
     """
+    if content_type is not ContentType.JPEG:
+        return InlineHeader.NOT_NEEDED
     try:
         info = read_jpeg_info_from(io.BytesIO(received))
     except WrapError:
@@ -196,40 +218,36 @@ def read_inline_header(
     return dataclasses.replace(info, size_bytes=length)
 
 
-@dataclass(frozen=True, slots=True)
-class InlineStart:
-    """A DICOM file begun while its capture arrives: what to write, and what it is.
-
-    ``start`` comes first: the Part 10 header up to the Pixel Data fragment, then
-    the bytes received so far without the JPEG's metadata segments (all in the
-    header). The device's remaining bytes follow as they are; ``end`` closes the
-    file after its last byte.
-    """
-
-    start: bytes
-    end: bytes
-    sop_class_uid: str
-    transfer_syntax_uid: str
-
-
 def begin_inline(
     *,
     identity: DeviceIdentity,
     offer: CaptureOffer,
     uids: InstanceUIDs,
-    jpeg: JpegInfo,
+    jpeg: JpegInfo | None,
     received: bytes,
     gateway: GatewayIdentity,
     now: datetime,
     patient_spool_id: int | None,
     context: CaptureContext | None = None,
 ) -> InlineStart | None:
-    """Begin the DICOM file of a JPEG whose header is in ``received`` (blocking).
+    """Begin the DICOM file of a capture whose first bytes are ``received`` (blocking).
 
-    ``jpeg`` is :func:`read_inline_header`'s answer. ``None`` when no DICOM object
-    can carry the JPEG as it is: the capture is then kept as it came and the
-    wrapping stage quarantines it with the reason.
+    ``jpeg`` is :func:`read_inline_header`'s answer for a JPEG, ``None`` otherwise.
+    ``None`` when no DICOM object can carry the capture as it is: it is then kept
+    as it came and the wrapping stage quarantines it with the reason.
     """
+    if jpeg is None:
+        job = WrapJob(identity, offer, uids, Path(), gateway, now, patient_spool_id, context)
+        try:
+            if offer.content_type is ContentType.PIXELS:
+                begun = begin_confocal(job)
+            else:
+                begun = begin_encapsulated_3d(job)
+        except (WrapError, ValueError):
+            return None
+        if begun.gap:
+            return dataclasses.replace(begun, resume=begun.resume + received)
+        return dataclasses.replace(begun, start=begun.start + received)
     try:
         dataset = jpeg_dataset(
             identity=identity,

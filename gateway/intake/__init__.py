@@ -10,6 +10,6 @@ over through the ledger only.
 """
 
 from gateway.intake.intake import Intake
-from gateway.intake.staging import InlineWrap
+from gateway.intake.stage import InlineWrap
 
 __all__ = ["InlineWrap", "Intake"]

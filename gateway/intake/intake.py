@@ -34,15 +34,15 @@ from gateway.core.patient import with_device_issuer
 from gateway.core.routing import CaptureFacts, RoutePlan
 from gateway.devices.contract import CaptureReceipt, CaptureSink
 from gateway.devices.host import DriverHost
-from gateway.intake.staging import (
+from gateway.intake.stage import (
     NO_BINDING,
     CaptureBinding,
     InlineWrap,
-    StagedCapture,
     fresh_uids,
     refusal_for,
     uids_in_use,
 )
+from gateway.intake.staging import StagedCapture
 from gateway.spool import ledger as db
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger

@@ -1,5 +1,8 @@
 """Staging one capture: its bytes streamed to a staging file, then made durable.
 
+A JPEG, an 8-bit confocal stack or a 3D model is written once, straight into its
+DICOM file (:class:`StagedCapture`); anything else is kept as it came, in ``raw/``.
+
 A driver streams a capture into a :class:`StagedCapture`. On ``commit`` the staging
 file is fsynced, renamed into ``raw/`` (directory fsynced), and a ledger row with
 freshly assigned Study/Series/SOP Instance UIDs is committed. Only when ``commit``
@@ -12,29 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import logging
 import os
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from gateway.core.busy import BUSY
 from gateway.core.capture import (
     CaptureOffer,
     CaptureRefused,
     DeviceIdentity,
-    GatewayIdentity,
     InstanceUIDs,
     RefusalReason,
 )
-from gateway.core.context import CaptureContext
-from gateway.core.files import fsync_dir, start_writeback
-from gateway.core.routing import RoutePlan
-from gateway.core.uids import new_uid
+from gateway.core.files import copy_range, create_new, fsync_dir, start_writeback
 from gateway.devices.contract import CaptureReceipt
 from gateway.dicom.writers import (
     InlineHeader,
@@ -43,25 +42,19 @@ from gateway.dicom.writers import (
     may_write_inline,
     read_inline_header,
 )
+from gateway.intake.stage import (
+    NO_BINDING,
+    CaptureBinding,
+    IntakeStage,
+    fresh_uids,
+    refusal_for,
+)
 from gateway.spool import ledger as db
-from gateway.spool.dirs import SpoolDirs
-from gateway.spool.ledger import Ledger
 from gateway.spool.space import too_large
 
 log = logging.getLogger(__name__)
 
 _BUFFER = 1 << 20
-
-
-def fresh_uids() -> InstanceUIDs:
-    """New random Study, Series and SOP Instance UIDs for a capture."""
-    return InstanceUIDs(study=new_uid(), series=new_uid(), sop_instance=new_uid())
-
-
-def refusal_for(err: OSError) -> CaptureRefused:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return CaptureRefused(RefusalReason.DISK_FULL, "no space left in the spool")
-    return CaptureRefused(RefusalReason.STORAGE_ERROR, f"spool write failed: {err.strerror}")
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -70,91 +63,18 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-def uids_in_use() -> CaptureRefused:
-    return CaptureRefused(
-        RefusalReason.CONFLICT, "the capture's UIDs are already used by another capture"
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class InlineWrap:
-    """How intake writes a capture straight into its DICOM file (one copy on disk).
-
-    Whether a capture can, and which object it becomes, is
-    :mod:`gateway.dicom.writers`'s decision; ``gateway`` is the identity written
-    into the object; ``destinations`` (and their routes) get a pending delivery; ``on_wrapped``
-    wakes the forwarders.
-    """
-
-    gateway: GatewayIdentity
-    destinations: RoutePlan | tuple[str, ...]
-    on_wrapped: Callable[[], None]
-
-
-@dataclass(frozen=True, slots=True)
-class CaptureBinding:
-    """What the context stage said when the device started sending the capture:
-    the configured device's name, the session context (or None) and, for a held
-    capture, the reason it waits."""
-
-    device_name: str | None = None
-    context: CaptureContext | None = None
-    held: str | None = None
-
-
-NO_BINDING = CaptureBinding()
-
-
-class IntakeStage(Protocol):
-    """What a :class:`StagedCapture` needs of the intake stage that made it."""
-
-    ledger: Ledger
-    dirs: SpoolDirs
-    inline: InlineWrap | None
-    max_capture_bytes: int
-    naming: asyncio.Lock
-
-    async def reserve_spool_id(self) -> int:
-        """A spool id no capture has."""
-
-    async def patient_spool_id(self, spool_id: int, offer: CaptureOffer, uids: InstanceUIDs) -> int:
-        """The spool id naming the capture's temporary patient."""
-
-    async def uids_taken(
-        self, identity: DeviceIdentity, offer: CaptureOffer, length: int, sha256: str
-    ) -> CaptureReceipt:
-        """A duplicate's receipt, or a refusal for a capture whose UIDs are taken."""
-
-    async def record(
-        self,
-        driver: str,
-        identity: DeviceIdentity,
-        offer: CaptureOffer,
-        uids: InstanceUIDs,
-        raw_name: str,
-        size: int,
-        sha256: str,
-        path: Path,
-        wrapped: db.WrappedAtIntake | None = None,
-        reserved: int | None = None,
-        binding: CaptureBinding = NO_BINDING,
-    ) -> CaptureReceipt:
-        """Commit the ledger row of a durable spooled file."""
-
-
 class StagedCapture:
     """A capture being received: bytes go to a staging file, nothing is acknowledged.
 
-    When the device announced the size and the first bytes are a JPEG header the
-    builder can describe (:mod:`gateway.dicom.writers` decides), the staging file
-    *is* the DICOM file: Part 10 header, then the device's bytes as the pixel data
-    fragment (one write, one fsync), without the JPEG's metadata segments (EXIF,
-    XMP, comments: all in the header, so they are dropped from the buffered header
-    before its first byte is written; the image data follows byte for byte). The
-    checksum is of the device's bytes.
-    Otherwise (unknown size, not a JPEG, a JPEG DICOM cannot carry) the bytes are
-    kept as they came, in ``raw/``, for the wrapping stage to wrap or quarantine
-    with its reason.
+    When the device announced the size and :mod:`gateway.dicom.writers` can begin
+    the object (a JPEG whose header it can describe, an 8-bit confocal stack, a 3D
+    model), the staging file *is* the DICOM file: Part 10 header, then the device's
+    bytes (one write, one fsync; a JPEG without its metadata segments, which are in
+    the header). What only the end tells (a stack's depths) fills reserved room at
+    commit, before the fsync; if the final offer does not fit, the bytes are copied
+    out raw. The checksum is of the device's bytes. Otherwise (unknown size, a
+    capture DICOM cannot carry) the bytes are kept as they came, in ``raw/``, for
+    the wrapping stage to wrap or quarantine with its reason.
     """
 
     def __init__(
@@ -193,14 +113,24 @@ class StagedCapture:
         self._wrapped: db.WrappedAtIntake | None = None
         self._end = b""  # what closes the DICOM file after the device's last byte
         self._spool_id: int | None = None  # reserved when the DICOM file is begun
+        # Completes the DICOM file from the final offer (InlineStart.finish), and
+        # where the device's bytes start in it (to keep them raw if it cannot).
+        self._finish: Callable[[CaptureOffer, BinaryIO], bool] | None = None
+        self._data_offset = 0
 
     async def write(self, chunk: bytes) -> None:
-        """Append ``chunk`` (buffered; written and hashed in 1 MiB blocks on a worker
-        thread while the next block arrives); past ``max_capture_bytes``, refuse."""
+        """Append ``chunk`` (buffered; written and hashed in blocks of up to 1 MiB on a
+        worker thread while the next arrives; a chunk of 256 KiB or more is written as
+        it is, not copied); past ``max_capture_bytes``, refuse."""
         self._size += len(chunk)
         if self._size > self._intake.max_capture_bytes:
             await self.abort("larger than max_capture_mb")
             raise too_large(self._intake.max_capture_bytes)
+        if self._decided and len(self._buffer) + len(chunk) > _BUFFER:
+            await self._flush()  # blocks of at most 1 MiB: the buffer never grows past it
+        if self._decided and not self._buffer and len(chunk) >= _BUFFER // 4:
+            await self._flush(chunk)
+            return
         self._buffer += chunk
         if not self._decided:
             await self._decide(final=False)
@@ -213,7 +143,9 @@ class StagedCapture:
         inline = self._intake.inline
         assert inline is not None
         assert self._offer.length is not None
-        info = read_inline_header(self._buffer, self._offer.length, final=final)
+        info = read_inline_header(
+            self._buffer, self._offer.length, final=final, content_type=self._offer.content_type
+        )
         if info is InlineHeader.RAW:
             self._decided = True  # raw: the wrapping stage says why
             return
@@ -233,7 +165,7 @@ class StagedCapture:
                 identity=self._identity,
                 offer=offer,
                 uids=uids,
-                jpeg=info,
+                jpeg=None if info is InlineHeader.NOT_NEEDED else info,
                 received=received,
                 gateway=inline.gateway,
                 now=datetime.now().astimezone(),
@@ -242,17 +174,28 @@ class StagedCapture:
             )
             if begun is not None:
                 self._hash.update(received)  # the device's bytes, before any is dropped
+                if begun.gap:  # header, then room filled at commit (nothing written yet)
+                    assert self._fh is not None
+                    self._fh.write(begun.start)
+                    self._fh.seek(begun.gap, os.SEEK_CUR)
             return begun
 
         self._decided = True
-        begun = await asyncio.to_thread(begin)
+        try:
+            begun = await asyncio.to_thread(begin)
+        except OSError as err:  # the header of a reserved layout is written at once
+            await self.abort("write failed")
+            raise refusal_for(err) from err
         if begun is None:
             return  # raw: the wrapping stage quarantines it with the reason
         self._uids = uids
         self._spool_id = spool_id
         self._end = begun.end
-        self._buffer = bytearray(begun.start)
-        self._not_hashed = len(begun.start)
+        lead = begun.resume if begun.gap else begun.start
+        self._buffer = bytearray(lead)
+        self._not_hashed = len(lead)
+        self._finish = begun.finish
+        self._data_offset = begun.data_offset
         self._wrapped = db.WrappedAtIntake(
             dicom_name=f"{uids.sop_instance}.dcm",
             sop_class_uid=begun.sop_class_uid,
@@ -260,7 +203,9 @@ class StagedCapture:
             destinations=inline.destinations,
         )
 
-    async def _write_block(self, fh: BinaryIO, block: bytearray, skip: int, tail: int) -> None:
+    async def _write_block(
+        self, fh: BinaryIO, block: bytes | bytearray, skip: int, tail: int
+    ) -> None:
         """Write ``block`` and hash the device's bytes in it (all but ``skip`` leading
         and ``tail`` trailing bytes: our DICOM header and end) at the same time, on two
         worker threads (both release the GIL); blocks are hashed in order (the next
@@ -273,7 +218,7 @@ class StagedCapture:
             await written
 
     @staticmethod
-    def _write_out(fh: BinaryIO, block: bytearray) -> None:
+    def _write_out(fh: BinaryIO, block: bytes | bytearray) -> None:
         """Write a block and let the disk start on it at once, so that the fsync
         before the acknowledgement waits only for the last of it."""
         fh.write(block)
@@ -291,13 +236,15 @@ class StagedCapture:
             await self.abort("write failed")
             raise refusal_for(err) from err
 
-    async def _flush(self, tail: int = 0) -> None:
-        """Hand the buffer (not a copy) to a worker thread; ``tail``: trailing bytes
-        that are not the device's."""
+    async def _flush(self, chunk: bytes | None = None, tail: int = 0) -> None:
+        """Hand ``chunk``, or the buffer (not a copy), to worker threads; ``tail``:
+        trailing bytes that are not the device's."""
         await self._settle()
-        if not self._buffer or self._fh is None:
+        block: bytes | bytearray = self._buffer if chunk is None else chunk
+        if not block or self._fh is None:
             return
-        block, self._buffer = self._buffer, bytearray()
+        if chunk is None:  # handed over, not copied: a new buffer takes the next bytes
+            self._buffer = bytearray()
         skip, self._not_hashed = self._not_hashed, 0
         self._pending = asyncio.ensure_future(self._write_block(self._fh, block, skip, tail))
 
@@ -351,6 +298,8 @@ class StagedCapture:
         if self._hash.hexdigest() != sha256.lower():
             await self.abort("checksum mismatch")
             raise CaptureRefused(RefusalReason.CHECKSUM, "SHA-256 of received bytes differs")
+        if self._wrapped and self._finish is not None:
+            await self._complete(offer or self._offer)
         fh = self._fh
         assert fh is not None
         uids = self._uids or self._preset or self._offer.uids or fresh_uids()
@@ -398,6 +347,41 @@ class StagedCapture:
                 self._spool_id,
                 self._binding,
             )
+
+    async def _complete(self, final: CaptureOffer) -> None:
+        """Fill what only the end tells (a stack's depths) from the ``final`` offer;
+        when it does not fit what was reserved, keep the device's bytes raw."""
+        finish, fh = self._finish, self._fh
+        assert finish is not None
+        assert fh is not None
+        context = self._binding.context
+        # The session's patient, not the device's, as when the file was begun.
+        written = final if context is None else replace(final, patient=context.patient)
+        try:
+            done = await asyncio.to_thread(finish, written, fh)
+            if not done:
+                await asyncio.to_thread(self._keep_raw)
+        except OSError as err:
+            self._discard()
+            raise refusal_for(err) from err
+        self._offer = final
+
+    def _keep_raw(self) -> None:
+        """Copy the device's bytes out of the begun DICOM file into a new staging
+        file, which goes to ``raw/`` (the wrapping stage wraps or quarantines it)."""
+        old, path = self._fh, self._intake.dirs.staging / f"{uuid.uuid4().hex}.part"
+        assert old is not None
+        old.flush()
+        try:
+            with create_new(path) as new, self._path.open("rb") as src:
+                copy_range(src.fileno(), new, self._data_offset, self._size)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        self._discard()
+        self._path, self._fh = path, path.open("r+b")
+        self._fh.seek(0, os.SEEK_END)
+        self._wrapped = None
 
     @staticmethod
     def _sync(fh: BinaryIO) -> None:

@@ -96,6 +96,9 @@ def test_textured_export_reaches_orthanc_as_one_linked_study(
     rows = ledger_rows(state_dir)
     studies = {r["study_uid"] for r in rows}
     assert len(studies) == 1, "all files of one export share one study"
+    # The mesh and its materials were written once: straight into their DICOM files.
+    models = [r for r in rows if r["sop_class_uid"] in (OBJ_SOP, MTL_SOP)]
+    assert [r["raw_name"] for r in models] == ["", ""], "no raw copy of a model"
     ids = study_instances(orthanc, studies.pop())
     assert len(ids) == 4
     by_class: dict[str, list[pydicom.Dataset]] = {}

@@ -137,32 +137,37 @@ async def test_each_capture_without_patient_gets_its_own_temporary_patient(
 async def test_wrapping_stage_and_rewrap_give_the_same_temporary_patient(
     spool: Spool, tmp_path: Path
 ) -> None:
-    """A JPEG of unknown size and a confocal stack go through ``raw/``; wrapped again
-    (a technician's retry), each object names the same patient."""
+    """A JPEG of unknown size and a 16-bit confocal stack go through ``raw/``; wrapped
+    again (a technician's retry), each object names the same patient. An 8-bit stack,
+    written straight into DICOM at intake, names its own temporary patient too."""
     data = jpeg(3)
     photo = await spool.capture(SCOPE, CaptureOffer("c3"), data)  # no length: raw first
-    stack = ConfocalStack(
-        kind="z-stack",
-        frames=2,
-        rows=16,
-        columns=16,
-        bits=8,
-        pixel_spacing_um=1.0,
-        wavelength_nm=830,
-        depths_um=(0.0, 4.0),
-    )
-    pixels = random.Random(1).randbytes(stack.pixel_bytes)
-    confocal = await spool.capture(
-        CONFOCAL,
-        CaptureOffer(
-            "s1",
+    stacks = {
+        bits: ConfocalStack(
+            kind="z-stack",
+            frames=2,
+            rows=16,
+            columns=16,
+            bits=bits,
+            pixel_spacing_um=1.0,
+            wavelength_nm=830,
+            depths_um=(0.0, 4.0),
+        )
+        for bits in (8, 16)
+    }
+    receipts = {}
+    for bits, stack in stacks.items():
+        pixels = random.Random(1).randbytes(stack.pixel_bytes)
+        offer = CaptureOffer(
+            f"s{bits}",
             length=len(pixels),
             content_type=ContentType.PIXELS,
             extra=stack.to_extra(),
             lesion_id="L3",
-        ),
-        pixels,
-    )
+        )
+        receipts[bits] = await spool.capture(CONFOCAL, offer, pixels)
+    temporary(spool.dicom(receipts[8]), receipts[8].spool_id)  # already DICOM
+    confocal = receipts[16]
     await spool.wrap_all()
     for receipt in (photo, confocal):
         path = spool.dirs.dicom / f"{receipt.sop_instance_uid}.dcm"

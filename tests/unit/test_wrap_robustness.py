@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from gateway.core.capture import (
     GatewayIdentity,
 )
 from gateway.intake import Intake
+from gateway.intake.stage import InlineWrap
 from gateway.spool import ledger as db
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import Ledger
@@ -134,4 +136,37 @@ async def test_capture_whose_raw_file_was_deleted_is_quarantined_at_once(
     found = await states(intake)
     assert found["deleted"] == (CaptureState.QUARANTINED, "raw capture file missing")
     assert found["kept"][0] is CaptureState.WRAPPED
+    assert "will retry" not in caplog.text
+
+
+async def test_capture_written_at_intake_and_put_back_without_its_file_is_quarantined(
+    spool: tuple[Intake, Wrapper], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stack written straight into DICOM at intake has no raw copy. Put back to
+    CAPTURED (a retry by hand) after its DICOM file went, nothing can wrap it: it is
+    quarantined at once, not retried for ever on the empty raw name (the raw folder)."""
+    plain, wrapper = spool
+    inline = InlineWrap(GatewayIdentity("gw-1", "0.1"), wrapper.destinations, lambda: None)
+    intake = Intake(plain.ledger, plain.dirs, wrapper.notify, inline=inline)
+    await capture(intake, "inline", stack_extra(1))
+    (entry,) = await intake.ledger.call(db.captures_in_state, CaptureState.WRAPPED, 10)
+    assert entry.raw_name == ""
+    assert entry.dicom_name is not None
+    (intake.dirs.dicom / entry.dicom_name).unlink()
+    conn = sqlite3.connect(intake.ledger.path)
+    with conn:
+        conn.execute("UPDATE captures SET state = 'CAPTURED' WHERE id = ?", (entry.spool_id,))
+    conn.close()
+    task = asyncio.create_task(wrapper.run(lambda: None))
+    try:
+        async with asyncio.timeout(10):
+            while any(s is CaptureState.CAPTURED for s, _ in (await states(intake)).values()):
+                await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert (await states(intake))["inline"] == (
+        CaptureState.QUARANTINED,
+        "raw capture file missing",
+    )
     assert "will retry" not in caplog.text
