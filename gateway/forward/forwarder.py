@@ -4,7 +4,9 @@ Workers (``associations`` of them, default 2) each take a batch of due deliverie
 from the ledger — fresh captures first, then the backlog — and send it on one
 association. Each outcome is written back to the ledger: success → SENT;
 retryable → attempt counted, next attempt scheduled with jittered capped backoff,
-last error kept; permanent → QUARANTINED with the reason. State, attempt count,
+last error kept; permanent → QUARANTINED with the reason. A batch's outcomes are
+written in one transaction (:mod:`.outcomes`; sooner, in groups, when the batch is
+slow) and summarised in one INFO line; each capture gets a DEBUG line. State, attempt count,
 next attempt time and last error all live in the ledger, so a restart continues
 where it stopped, with the same SOP Instance UIDs.
 

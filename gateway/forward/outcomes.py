@@ -10,6 +10,7 @@ the :class:`Tally`, not one line per instance.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +23,13 @@ from gateway.spool.deliveries import DeliveryOutcome, Refused, Sent, record_outc
 from gateway.spool.ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=64)
+def _class_name(sop_class: str) -> str:
+    """The standard's name of a SOP class for an event ("" for none); a handful of
+    classes, so named once each rather than once per instance."""
+    return UID(sop_class).name if sop_class else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +65,7 @@ async def write_group(
     tally.waiting = await ledger.call(record_outcomes, destination, [d.record for d in group])
     for decided in group:
         record, outcome = decided.record, decided.outcome
-        sop_class = UID(decided.sop_class).name if decided.sop_class else ""
+        sop_class = _class_name(decided.sop_class)
         if isinstance(record, Sent):
             tally.sent += 1
             log.debug(

@@ -147,3 +147,30 @@ async def test_one_info_summary_per_batch_and_per_capture_lines_at_debug(
     assert summaries[0].endswith(" s, 0 waiting")
     for spool_id in ids:
         assert f"spool id {spool_id} delivered to pacs (C-STORE status 0x0000)" in debug
+
+
+async def test_a_slow_batch_records_what_is_stored_without_waiting_for_the_rest(
+    spool: Spool, pacs: MisbehavingPacs, forwarding: Forwarder
+) -> None:
+    """The PACS answers the first instance at once and the second only after 4 s: the
+    first is SENT in the ledger (its group closed after ``record_linger``) while the
+    second is still on its way, and each group is one transaction."""
+    pacs.script = [0x0000, "silence"]
+    study = new_uid()
+    ids = [add_wrapped(spool, study)[0] for _ in range(2)]
+    forwarding.record_linger = 0.2
+    seen = await _traced(forwarding._ledger)
+    task = asyncio.create_task(forwarding.run(lambda: None))
+    try:
+        await wait_until(
+            lambda: sorted(str(spool.capture(i)["state"]) for i in ids) == ["SENT", "WRAPPED"],
+            3.5,
+            "the answered instance SENT while the other waits for its answer",
+        )
+        await wait_until(
+            lambda: all(spool.capture(i)["state"] == "SENT" for i in ids), 30, "both SENT"
+        )
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert seen.marking_sent() == [1, 1]
