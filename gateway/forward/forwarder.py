@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 _IDLE_POLL = 60.0
 _PROBES_PER_TRIAL = 5
 #: The longest a delivered instance waits before its group is written to the ledger.
-RECORD_LINGER = 1.0
+RECORD_LINGER = 2.0
 
 
 class Forwarder:
