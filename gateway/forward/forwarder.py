@@ -313,9 +313,10 @@ class Forwarder:
 
     async def _write(self, group: list[Decided], tally: Tally) -> None:
         if group:
+            sent_before = tally.sent
             await write_group(self._ledger, self._bus, self.name, group, tally)
-            if tally.sent:
-                self._on_sent()
+            if tally.sent > sent_before:
+                self._on_sent()  # once per group that marked something SENT
 
     async def _finish_recording(
         self, job: asyncio.Future[Any], recorder: asyncio.Future[None]
