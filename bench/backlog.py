@@ -23,7 +23,13 @@ The Orthanc instance count is sampled every second during the anchor, and the
 ledger's SENT count during the gateway's drain, to show whether either side slows
 down as the backlog (or the PACS's index) grows.
 
-Run: ``.venv/bin/python bench/backlog.py [--count 10000] [--size 640x480]``.
+``--cpu-budget 0.5``: the gateway and the anchor each run confined to half of one
+core (:mod:`cpu_budget`, cgroup v1 ``cpu`` quota; root only), the two parallel
+``dcmsend`` sharing one budget as the gateway's two associations do; Orthanc (the
+PACS, another machine in a clinic) is not confined. That is the CPU-bound regime of
+a Raspberry Pi on this machine.
+
+Run: ``.venv/bin/python bench/backlog.py [--count 10000] [--size 640x480] [--cpu-budget F]``.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from common import (
     ratio,
     require_tools,
 )
+from cpu_budget import CpuBudget, CpuBudgetUnavailable, cpu_budget
 from PIL import Image
 
 from drivers.serial_dermatoscope.images import make_dermoscopy_jpeg
@@ -200,9 +207,22 @@ class Child:
     _reader: threading.Thread | None = None
 
     @classmethod
-    def start(cls, cmd: Sequence[str], log_path: Path, cwd: Path | None = None) -> Child:
-        """Start ``cmd``; its stderr goes to ``log_path`` and ``lines`` (timestamped)."""
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
+    def start(
+        cls,
+        cmd: Sequence[str],
+        log_path: Path,
+        cwd: Path | None = None,
+        budget: CpuBudget | None = None,
+    ) -> Child:
+        """Start ``cmd`` (inside ``budget``, if any); its stderr goes to ``log_path``
+        and ``lines`` (timestamped)."""
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            preexec_fn=None if budget is None else budget.preexec,
+        )
         child = cls(proc, time.perf_counter())
         assert proc.stderr is not None
         child._reader = threading.Thread(
@@ -327,7 +347,7 @@ class GatewayFigures:
 
 
 def run_gateway(
-    work: Path, state_dir: Path, count: int, args: argparse.Namespace
+    work: Path, state_dir: Path, count: int, args: argparse.Namespace, budget: CpuBudget
 ) -> GatewayFigures:
     """Outage, then drain; raises if anything was lost or the drain did not finish."""
     ledger = state_dir / "ledger.sqlite3"
@@ -350,7 +370,9 @@ def run_gateway(
         ),
         encoding="utf-8",
     )
-    gateway = Child.start([str(DERMGATE), "run", "--config", str(config)], work / "gateway.log")
+    gateway = Child.start(
+        [str(DERMGATE), "run", "--config", str(config)], work / "gateway.log", budget=budget
+    )
     orthanc = OrthancProcess(work / "orthanc-gateway", dicom_port=pacs_port)
     try:
         poll_until(
@@ -448,13 +470,13 @@ class AnchorFigures:
 
 
 def run_dcmsend(
-    work: Path, dicom_dir: Path, count: int, processes: int, timeout: float
+    work: Path, dicom_dir: Path, count: int, processes: int, timeout: float, budget: CpuBudget
 ) -> AnchorFigures:
     """``dcmsend`` of every file in ``dicom_dir`` into a fresh Orthanc.
 
     ``processes`` dcmsend processes in parallel, one association each, each with an
     equal share of the files (named relative to ``dicom_dir``: 10,000 names fit on a
-    command line). Peak RSS is the largest of them, CPU their sum.
+    command line), all inside ``budget``. Peak RSS is the largest of them, CPU their sum.
     """
     names = sorted(p.name for p in dicom_dir.glob("*.dcm"))
     shares = [names[k::processes] for k in range(processes)]
@@ -479,6 +501,7 @@ def run_dcmsend(
                     ],
                     work / f"dcmsend-{processes}-{k}.log",
                     cwd=dicom_dir,
+                    budget=budget,
                 )
             )
         progress: list[tuple[float, int]] = []
@@ -558,6 +581,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=True,
         help="also time 2 dcmsend processes in parallel (the gateway uses 2 associations)",
     )
+    parser.add_argument(
+        "--cpu-budget",
+        type=float,
+        default=None,
+        metavar="F",
+        help="confine the gateway and dcmsend each to F of one core (cgroup v1; root)",
+    )
     parser.add_argument("--timeout", type=float, default=3600.0, help="per drain, seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
@@ -566,6 +596,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     require_tools(["dcmsend"])
     if not ORTHANC_BINARY.exists() or not DERMGATE.exists():
         sys.exit(f"need {ORTHANC_BINARY} and {DERMGATE} (scripts/setup.sh)")
+    try:  # fail now, not after filling the spool
+        with cpu_budget(args.cpu_budget, "probe"):
+            pass
+    except CpuBudgetUnavailable as err:
+        sys.exit(str(err))
     _interrupt_on_sigterm()
     width, height = args.size
 
@@ -599,12 +634,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "Orthanc (fsync per stored file, its default) starts on that port",
             ],
         )
-        gw = run_gateway(work / "gateway", state_dir, args.count, args)
-        dicom_dir = state_dir / "spool" / "dicom"
-        anchor = run_dcmsend(work, dicom_dir, args.count, 1, args.timeout)
-        parallel = (
-            run_dcmsend(work, dicom_dir, args.count, 2, args.timeout) if args.parallel else None
+        print(
+            "CPU budget: "
+            + (
+                "none (every core the machine gives)"
+                if args.cpu_budget is None
+                else f"{args.cpu_budget:g} of one core each for the gateway, dcmsend, and the "
+                "2 dcmsend together (cgroup v1 cpu quota); Orthanc unconfined"
+            ),
+            flush=True,
         )
+        budgets: list[tuple[str, CpuBudget]] = []
+        with cpu_budget(args.cpu_budget, "gateway") as budget:
+            gw = run_gateway(work / "gateway", state_dir, args.count, args, budget)
+        budgets.append(("gateway", budget))
+        dicom_dir = state_dir / "spool" / "dicom"
+        with cpu_budget(args.cpu_budget, "dcmsend") as budget:
+            anchor = run_dcmsend(work, dicom_dir, args.count, 1, args.timeout, budget)
+        budgets.append(("dcmsend", budget))
+        parallel = None
+        if args.parallel:
+            with cpu_budget(args.cpu_budget, "dcmsend2") as budget:
+                parallel = run_dcmsend(work, dicom_dir, args.count, 2, args.timeout, budget)
+            budgets.append(("2 x dcmsend", budget))
 
         print()
         print(
@@ -625,6 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         n = args.count
         gw_rate = n / gw.drain_s
+        budget_note = "" if args.cpu_budget is None else f" (both on {args.cpu_budget:g} core)"
         after_first = gw.drain_s - (gw.first_sent_s or 0.0)
         dcm_rate = n / anchor.seconds
         print(
@@ -650,15 +703,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{gw.drain_peak_kb / 1024:.0f} MB (VmHWM, polled)"
         )
         print(f"peak RSS, dcmsend:           {anchor.peak_kb / 1024:.0f} MB (VmHWM, polled)")
+        gw_cpu_ms = gw.drain_cpu_s / n * 1e3
+        dcm_cpu_ms = anchor.cpu_s / n * 1e3
         print(
-            f"CPU per instance:            gateway {gw.drain_cpu_s / n * 1e3:.1f} ms "
-            f"(drain: {gw.drain_cpu_s:.0f} s; whole life {gw.cpu_s:.0f} s), "
-            f"dcmsend {anchor.cpu_s / n * 1e3:.1f} ms"
+            f"CPU per instance:            gateway {gw_cpu_ms:.2f} ms "
+            f"(drain: {gw.drain_cpu_s:.1f} s; whole life {gw.cpu_s:.1f} s), "
+            f"dcmsend {dcm_cpu_ms:.2f} ms"
+            + (f", 2 x dcmsend {parallel.cpu_s / n * 1e3:.2f} ms" if parallel else "")
         )
+        if args.cpu_budget is not None:
+            for who, budget in budgets:
+                print(f"CPU budget, {who + ':':13s}  {budget.describe()}")
         print(f"gateway SIGTERM -> exit:     {gw.stop_s:.2f} s (exit {gw.exit_code})")
         print(
             f"ratio gateway/dcmsend drain rate:              {ratio(gw_rate, dcm_rate)}  "
-            "(target >= 1.0x)"
+            f"(target >= 1.0x){budget_note}"
         )
         print(f"ratio gateway/dcmsend, first SENT -> all SENT: {ratio(n / after_first, dcm_rate)}")
         if parallel is not None:
@@ -670,6 +729,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"ratio gateway/dcmsend peak RSS (drain):        "
             f"{ratio(gw.drain_peak_kb, anchor.peak_kb)}"
         )
+        print(
+            f"ratio gateway/dcmsend CPU per instance:        {ratio(gw_cpu_ms, dcm_cpu_ms)}  "
+            "(target <= 2.0x)"
+        )
+        misses = []
+        if dcm_cpu_ms > 0 and gw_cpu_ms > 2.0 * dcm_cpu_ms:
+            misses.append(
+                f"CPU per instance is {gw_cpu_ms / dcm_cpu_ms:.2f}x dcmsend's, target <= 2.0x: "
+                f"{gw_cpu_ms - 2.0 * dcm_cpu_ms:.2f} ms per instance too many"
+            )
+        if gw_rate < dcm_rate:
+            misses.append(
+                f"the drain rate{budget_note} is {gw_rate / dcm_rate:.2f}x dcmsend's, target "
+                f">= 1.0x: {dcm_rate - gw_rate:.1f} instances/s short"
+            )
+        for miss in misses:
+            print(f"MISSED: {miss}")
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(f"(this script's own peak RSS: {own / 1024:.0f} MB)")
     return 0

@@ -4,7 +4,9 @@ Workers (``associations`` of them, default 2) each take a batch of due deliverie
 from the ledger — fresh captures first, then the backlog — and send it on one
 association. Each outcome is written back to the ledger: success → SENT;
 retryable → attempt counted, next attempt scheduled with jittered capped backoff,
-last error kept; permanent → QUARANTINED with the reason. State, attempt count,
+last error kept; permanent → QUARANTINED with the reason. A batch's outcomes are
+written in one transaction (:mod:`.outcomes`; sooner, in groups, when the batch is
+slow) and summarised in one INFO line; each capture gets a DEBUG line. State, attempt count,
 next attempt time and last error all live in the ledger, so a restart continues
 where it stopped, with the same SOP Instance UIDs.
 
@@ -35,8 +37,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pydicom.uid import UID
-
 from gateway.core.alarms import DESTINATION_UNREACHABLE, STUCK_CAPTURES
 from gateway.core.backoff import Backoff, backoff_delay
 from gateway.core.busy import BUSY
@@ -46,27 +46,27 @@ from gateway.core.events import (
     NO_EVENTS,
     AlarmCleared,
     AlarmRaised,
-    CaptureDelivered,
-    CaptureQuarantined,
     EventSink,
 )
 from gateway.forward.bucket import bucket_for
 from gateway.forward.compatible_copies import CompatibleCopies
 from gateway.forward.cstore import StoreOutcome, Verdict
+from gateway.forward.outcomes import Decided, Tally, write_group
 from gateway.forward.senders import Sender, sender_for
 from gateway.forward.window_gate import WindowGate
 from gateway.spool import ledger as db
 from gateway.spool.clock import clamp_retry_times
-from gateway.spool.deliveries import retry_now, stuck_count
+from gateway.spool.deliveries import Refused, Retry, Sent, retry_now, stuck_count
 from gateway.spool.dirs import SpoolDirs
 from gateway.spool.ledger import DueDelivery, Ledger
-from gateway.spool.readback import commit_delivery
 from gateway.spool.send_now import SendNowStore
 
 log = logging.getLogger(__name__)
 
 _IDLE_POLL = 60.0
 _PROBES_PER_TRIAL = 5
+#: The longest a delivered instance waits before its group is written to the ledger.
+RECORD_LINGER = 2.0
 
 
 class Forwarder:
@@ -107,6 +107,9 @@ class Forwarder:
         self.stuck = 0
         self.last_error: DeliveryError | None = None
         """Why the latest attempt failed; None once one succeeds."""
+        self.record_linger = RECORD_LINGER
+        """Seconds a delivered instance may wait for the rest of its batch before its
+        group is written to the ledger."""
 
     @property
     def reachable(self) -> bool | None:
@@ -236,25 +239,53 @@ class Forwarder:
             await self._send_batch(due)
 
     async def _send_batch(self, due: list[DueDelivery]) -> None:
-        """Send one batch; each outcome is recorded as soon as it is known."""
+        """Send one batch; its outcomes are recorded as they arrive, in groups.
+
+        A group is written in ONE ledger transaction when the batch ends, or sooner
+        once its oldest outcome has waited ``record_linger`` seconds (a batch of
+        large instances), so a stored capture is SENT in the ledger soon and a batch
+        of small ones costs one commit, not one per instance. The sender thread never
+        waits for the ledger. A delivery is SENT only after the destination's success
+        status; a crash before its group commits sends the same instance again.
+        """
+        started = time.monotonic()
         requests = [await self._copies.request(d) for d in due]
         attempts = {d.spool_id: d.attempts for d in due}
         classes = {d.spool_id: d.sent_sop_class_uid or d.sop_class_uid for d in due}
         loop = asyncio.get_running_loop()
         arrived: asyncio.Queue[StoreOutcome | None] = asyncio.Queue()
+        tally = Tally()
 
         def push(outcome: StoreOutcome) -> None:
             loop.call_soon_threadsafe(arrived.put_nowait, outcome)
 
         async def record_all() -> None:
-            first = True
-            while (outcome := await arrived.get()) is not None:
-                if first and outcome.verdict is not Verdict.NOT_ATTEMPTED:
-                    self._track_reachability(not outcome.unreachable, outcome.error)
-                first = False
-                await self._record_one(
+            group: list[Decided] = []
+            opened = 0.0
+            while True:
+                linger = None if not group else opened + self.record_linger - time.monotonic()
+                try:
+                    async with asyncio.timeout(None if linger is None else max(0.0, linger)):
+                        outcome = await arrived.get()
+                except TimeoutError:
+                    await self._write(group, tally)
+                    group = []
+                    continue
+                if outcome is None:
+                    break
+                if outcome.verdict is not Verdict.NOT_ATTEMPTED:
+                    if not tally.tracked:
+                        self._track_reachability(not outcome.unreachable, outcome.error)
+                        tally.tracked = True
+                    tally.reached = tally.reached or not outcome.unreachable
+                decided = await self._decide(
                     outcome, attempts[outcome.spool_id], classes[outcome.spool_id]
                 )
+                if decided is not None:
+                    if not group:
+                        opened = time.monotonic()
+                    group.append(decided)
+            await self._write(group, tally)
 
         job = asyncio.ensure_future(self._sender.send(requests, self._stop, push))
         # Runs after every push of the sender thread (same FIFO): ends the recorder.
@@ -269,6 +300,23 @@ class Forwarder:
             await self._finish_recording(job, recorder)
             raise
         job.result()
+        if tally.sent or tally.refused or (tally.retry and tally.reached):
+            log.info(
+                "sent %d instance(s) to %s in %.1f s, %d waiting%s%s",
+                tally.sent,
+                self.name,
+                time.monotonic() - started,
+                tally.waiting,
+                f", {tally.retry} to retry" if tally.retry else "",
+                f", {tally.refused} refused" if tally.refused else "",
+            )
+
+    async def _write(self, group: list[Decided], tally: Tally) -> None:
+        if group:
+            sent_before = tally.sent
+            await write_group(self._ledger, self._bus, self.name, group, tally)
+            if tally.sent > sent_before:
+                self._on_sent()  # once per group that marked something SENT
 
     async def _finish_recording(
         self, job: asyncio.Future[Any], recorder: asyncio.Future[None]
@@ -294,66 +342,37 @@ class Forwarder:
                 )
                 return
 
-    async def _record_one(self, outcome: StoreOutcome, attempts: int, sop_class: str = "") -> None:
+    async def _decide(self, outcome: StoreOutcome, attempts: int, sop_class: str) -> Decided | None:
+        """What to record for one outcome (None: nothing, e.g. not attempted)."""
         if outcome.verdict is Verdict.DERIVE:
             outcome = await self._copies.derive(outcome)
             if outcome.verdict is Verdict.DERIVE:
                 self.wanted.set()  # derived: send it now
-                return
+                return None
         if outcome.verdict.delivered:
             if outcome.sent is not None:
                 await self._copies.remember(outcome.spool_id, outcome.sent)
                 sop_class = outcome.sent.sop_class_uid
-            await self._ledger.call(db.record_sent, outcome.spool_id, self.name)
-            if outcome.confirmed:  # the answer itself confirms it (STOW-RS, "response")
-                await self._ledger.call(commit_delivery, outcome.spool_id, self.name)
-            log.info(
-                "spool id %d delivered to %s (%s)", outcome.spool_id, self.name, outcome.detail
-            )
             self.last_error = None  # the error of the latest attempt, if it failed
-            self._bus.publish(
-                CaptureDelivered(
-                    spool_id=outcome.spool_id,
-                    destination=self.name,
-                    sop_class=UID(sop_class).name if sop_class else "",
-                )
-            )
-            self._on_sent()
-            return
+            # confirmed: the answer itself confirms it (STOW-RS, "response")
+            return Decided(Sent(outcome.spool_id, outcome.confirmed), outcome, sop_class)
         if outcome.verdict is Verdict.NOT_ATTEMPTED:
-            return
+            return None
         error = outcome.error or DeliveryError(
             DeliveryErrorCode.OTHER, outcome.detail, outcome.status
         )
         self.last_error = error
         if outcome.verdict is Verdict.PERMANENT:
-            await self._ledger.call(db.record_refused, outcome.spool_id, self.name, error)
-            self._bus.publish(
-                CaptureQuarantined(
-                    spool_id=outcome.spool_id,
-                    stage="refused",
-                    destination=self.name,
-                    sop_class=UID(sop_class).name if sop_class else "",
-                )
-            )
-            log.error(
-                "spool id %d quarantined: %s refused it (%s)",
-                outcome.spool_id,
-                self.name,
-                outcome.detail,
-            )
-        else:
-            delay = max(
-                backoff_delay(
-                    attempts + 1,
-                    initial=self.destination.retry_initial,
-                    cap=self.destination.retry_max,
-                ),
-                outcome.retry_after or 0.0,  # the receiver's Retry-After
-            )
-            await self._ledger.call(
-                db.record_retry, outcome.spool_id, self.name, error, time.time() + delay
-            )
+            return Decided(Refused(outcome.spool_id, error), outcome, sop_class)
+        delay = max(
+            backoff_delay(
+                attempts + 1,
+                initial=self.destination.retry_initial,
+                cap=self.destination.retry_max,
+            ),
+            outcome.retry_after or 0.0,  # the receiver's Retry-After
+        )
+        return Decided(Retry(outcome.spool_id, error, time.time() + delay), outcome, sop_class)
 
     def _track_reachability(self, reachable: bool, error: DeliveryError | None) -> None:
         if reachable:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.core.errors import DeliveryError
@@ -18,9 +19,16 @@ from gateway.spool.states import CaptureState, DeliveryState
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DeliveryOutcome",
     "DueDelivery",
+    "Refused",
+    "Retry",
+    "Sent",
+    "confirm_sent",
     "due_deliveries",
     "next_attempt_time",
+    "pending_count",
+    "record_outcomes",
     "record_refused",
     "record_retry",
     "record_sent",
@@ -137,26 +145,73 @@ def refresh_capture_state(conn: sqlite3.Connection, spool_id: int, now: str) -> 
     )
 
 
+def _sent(
+    conn: sqlite3.Connection, spool_id: int, destination: str, stamp: str, now: float
+) -> None:
+    cur = conn.execute(
+        "UPDATE deliveries SET state = ?, attempts = attempts + 1, sent_at = ?, "
+        "sent_epoch = ?, last_error = NULL, error_code = NULL, error_status = NULL, "
+        "commit_txn = NULL "
+        "WHERE capture_id = ? AND destination = ?",
+        (DeliveryState.SENT, stamp, now, spool_id, destination),
+    )
+    if cur.rowcount == 0:  # withdrawn by its routes (a sensitive flag) while in flight
+        log.warning(
+            "spool id %d reached %s although its routes withdrew it while it was being sent",
+            spool_id,
+            destination,
+        )
+    refresh_capture_state(conn, spool_id, stamp)
+
+
+def _retry(
+    conn: sqlite3.Connection,
+    spool_id: int,
+    destination: str,
+    error: DeliveryError,
+    next_attempt_at: float,
+) -> None:
+    conn.execute(
+        "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, error_code = ?, "
+        "error_status = ?, next_attempt_at = ? WHERE capture_id = ? AND destination = ?",
+        (error.detail, error.code, error.status, next_attempt_at, spool_id, destination),
+    )
+
+
+def _refused(
+    conn: sqlite3.Connection, spool_id: int, destination: str, error: DeliveryError, stamp: str
+) -> None:
+    conn.execute(
+        "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, "
+        "error_code = ?, error_status = ? WHERE capture_id = ? AND destination = ?",
+        (DeliveryState.FAILED, error.detail, error.code, error.status, spool_id, destination),
+    )
+    conn.execute(
+        "UPDATE captures SET reason = ?, updated_at = ? WHERE id = ?",
+        (f"{destination} refused it: {error.detail}", stamp, spool_id),
+    )
+    refresh_capture_state(conn, spool_id, stamp)
+
+
+def confirm_sent(conn: sqlite3.Connection, spool_id: int, destination: str, stamp: str) -> bool:
+    """SENT → COMMITTED for one delivery (the capture too once all are), inside the
+    caller's transaction; False if the delivery was not SENT."""
+    cur = conn.execute(
+        "UPDATE deliveries SET state = ?, committed_at = ?, commit_txn = NULL "
+        "WHERE capture_id = ? AND destination = ? AND state = ?",
+        (DeliveryState.COMMITTED, stamp, spool_id, destination, DeliveryState.SENT),
+    )
+    if cur.rowcount:
+        refresh_capture_state(conn, spool_id, stamp)
+    return bool(cur.rowcount)
+
+
 def record_sent(
     conn: sqlite3.Connection, spool_id: int, destination: str, now: float | None = None
 ) -> None:
     """The destination stored the instance: delivery SENT (capture SENT when all are)."""
-    stamp = utc_now_text()
     with transaction(conn):
-        cur = conn.execute(
-            "UPDATE deliveries SET state = ?, attempts = attempts + 1, sent_at = ?, "
-            "sent_epoch = ?, last_error = NULL, error_code = NULL, error_status = NULL, "
-            "commit_txn = NULL "
-            "WHERE capture_id = ? AND destination = ?",
-            (DeliveryState.SENT, stamp, now or time.time(), spool_id, destination),
-        )
-        if cur.rowcount == 0:  # withdrawn by its routes (a sensitive flag) while in flight
-            log.warning(
-                "spool id %d reached %s although its routes withdrew it while it was being sent",
-                spool_id,
-                destination,
-            )
-        refresh_capture_state(conn, spool_id, stamp)
+        _sent(conn, spool_id, destination, utc_now_text(), now or time.time())
 
 
 def record_retry(
@@ -168,11 +223,7 @@ def record_retry(
 ) -> None:
     """Count a failed attempt, keep why it failed and schedule the next one."""
     with transaction(conn):
-        conn.execute(
-            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, error_code = ?, "
-            "error_status = ?, next_attempt_at = ? WHERE capture_id = ? AND destination = ?",
-            (error.detail, error.code, error.status, next_attempt_at, spool_id, destination),
-        )
+        _retry(conn, spool_id, destination, error, next_attempt_at)
 
 
 def record_refused(
@@ -181,18 +232,77 @@ def record_refused(
     """The destination refused the instance for good: that delivery FAILED, with the
     reason on the capture; the capture is QUARANTINED once no other destination is
     still to get or confirm it (:func:`refresh_capture_state`)."""
-    now = utc_now_text()
     with transaction(conn):
-        conn.execute(
-            "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, "
-            "error_code = ?, error_status = ? WHERE capture_id = ? AND destination = ?",
-            (DeliveryState.FAILED, error.detail, error.code, error.status, spool_id, destination),
-        )
-        conn.execute(
-            "UPDATE captures SET reason = ?, updated_at = ? WHERE id = ?",
-            (f"{destination} refused it: {error.detail}", now, spool_id),
-        )
-        refresh_capture_state(conn, spool_id, now)
+        _refused(conn, spool_id, destination, error, utc_now_text())
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """The destination stored the instance (``confirmed``: and its answer confirms that
+    it keeps it, so the delivery is COMMITTED at once)."""
+
+    spool_id: int
+    confirmed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A failed attempt, to be tried again at ``next_attempt_at`` (epoch seconds)."""
+
+    spool_id: int
+    error: DeliveryError
+    next_attempt_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The destination refused the instance for good."""
+
+    spool_id: int
+    error: DeliveryError
+
+
+DeliveryOutcome = Sent | Retry | Refused
+"""One delivery's outcome as :func:`record_outcomes` records it."""
+
+
+def record_outcomes(
+    conn: sqlite3.Connection,
+    destination: str,
+    outcomes: Sequence[DeliveryOutcome],
+    now: float | None = None,
+) -> int:
+    """Record the outcomes of (part of) a batch sent to ``destination`` in ONE
+    transaction, as :func:`record_sent`, :func:`record_retry` and
+    :func:`record_refused` each would; return how many deliveries to ``destination``
+    are still PENDING afterwards.
+
+    One commit (one ``fdatasync``) for the whole group instead of one per instance. A
+    crash before it commits loses nothing: the deliveries are still PENDING and are
+    sent again under the same SOP Instance UIDs (the PACS keeps one instance).
+    """
+    stamp = utc_now_text()
+    epoch = now or time.time()
+    with transaction(conn):
+        for outcome in outcomes:
+            if isinstance(outcome, Sent):
+                _sent(conn, outcome.spool_id, destination, stamp, epoch)
+                if outcome.confirmed:
+                    confirm_sent(conn, outcome.spool_id, destination, stamp)
+            elif isinstance(outcome, Retry):
+                _retry(conn, outcome.spool_id, destination, outcome.error, outcome.next_attempt_at)
+            else:
+                _refused(conn, outcome.spool_id, destination, outcome.error, stamp)
+        return pending_count(conn, destination)
+
+
+def pending_count(conn: sqlite3.Connection, destination: str) -> int:
+    """How many deliveries to ``destination`` are PENDING (due or not, tried or not)."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM deliveries WHERE destination = ? AND state = ?",
+        (destination, DeliveryState.PENDING),
+    ).fetchone()
+    return int(row[0])
 
 
 def record_substitute(

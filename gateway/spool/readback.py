@@ -14,7 +14,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from gateway.spool.ledger import refresh_capture_state, transaction, utc_now_text
+from gateway.spool.deliveries import confirm_sent
+from gateway.spool.ledger import transaction, utc_now_text
 from gateway.spool.states import CaptureState, DeliveryState
 
 
@@ -44,16 +45,8 @@ def unconfirmed(conn: sqlite3.Connection, destination: str, limit: int) -> list[
 
 def commit_delivery(conn: sqlite3.Connection, spool_id: int, destination: str) -> bool:
     """A SENT delivery is confirmed: COMMITTED (the capture too once all are)."""
-    stamp = utc_now_text()
     with transaction(conn):
-        cur = conn.execute(
-            "UPDATE deliveries SET state = ?, committed_at = ?, commit_txn = NULL "
-            "WHERE capture_id = ? AND destination = ? AND state = ?",
-            (DeliveryState.COMMITTED, stamp, spool_id, destination, DeliveryState.SENT),
-        )
-        if cur.rowcount:
-            refresh_capture_state(conn, spool_id, stamp)
-    return bool(cur.rowcount)
+        return confirm_sent(conn, spool_id, destination, utc_now_text())
 
 
 __all__ = ["ReadBackCandidate", "commit_delivery", "unconfirmed"]
