@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -245,11 +245,13 @@ def run_gateway_until(
     timeout: float,
     log_path: Path,
     poll: float = 0.02,
+    preexec: Callable[[], None] | None = None,
 ) -> GatewayRun:
     """Start ``dermgate run``, wait until ``wanted`` captures are in ``states``, stop it.
 
     ``done_at`` stays None on timeout or if the gateway exits early. The gateway's
-    stderr is kept in ``log_path`` and timestamped in ``log_lines``.
+    stderr is kept in ``log_path`` and timestamped in ``log_lines``. ``preexec`` runs
+    in the child before it execs (e.g. ``CpuBudget.preexec``).
     """
     run = GatewayRun()
     with open(log_path, "wb") as log_copy:
@@ -259,6 +261,7 @@ def run_gateway_until(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=REPO,
+            preexec_fn=preexec,
         )
         assert proc.stderr is not None
         reader = threading.Thread(
