@@ -310,18 +310,30 @@ def report(rounds: list[Round], total_mb: float, title: str, budgeted: bool) -> 
         f"2 x dcmsend {median(r.cpu_two for r in rounds):.2f} s, "
         f"gateway {median(r.gateway.cpu for r in rounds):.2f} s (whole process)"
     )
+    startup_cpu = median(r.gateway.run.cpu_at_running or 0.0 for r in rounds)
+    print(
+        f"gateway CPU to 'running as':  {startup_cpu:.2f} s of its "
+        f"{median(r.gateway.cpu for r in rounds):.2f} s (imports, ledger, reconciliation)"
+    )
     one = gateway_s / dcmsend_s
     two = gateway_s / parallel_s
     if budgeted:
-        print(f"ratio gateway/dcmsend:                {ratio(gateway_s, dcmsend_s)}  ", end="")
+        print(f"ratio gateway/dcmsend:                    {ratio(gateway_s, dcmsend_s)}  ", end="")
         print(verdict(one, 1.5))
-        print(f"ratio gateway/2 x dcmsend:            {ratio(gateway_s, parallel_s)}")
+        print(f"ratio gateway/2 x dcmsend:                {ratio(gateway_s, parallel_s)}")
     else:
-        print(f"ratio gateway/dcmsend:                {ratio(gateway_s, dcmsend_s)}  ", end="")
+        print(f"ratio gateway/dcmsend:                    {ratio(gateway_s, dcmsend_s)}  ", end="")
         print(verdict(one, 0.75))
-        print(f"ratio gateway/2 x dcmsend:            {ratio(gateway_s, parallel_s)}  ", end="")
+        print(f"ratio gateway/2 x dcmsend:                {ratio(gateway_s, parallel_s)}  ", end="")
         print(verdict(two, 1.1))
-    print(f"ratio gateway/dcmsend after start-up: {ratio(after_start_s, dcmsend_s)}")
+    print(f"ratio gateway/dcmsend after start-up:     {ratio(after_start_s, dcmsend_s)}")
+    print(f"ratio gateway/2 x dcmsend after start-up: {ratio(after_start_s, parallel_s)}")
+    if one > (1.5 if budgeted else 0.75) or (not budgeted and two > 1.1):
+        print(
+            f"why: start-up took {gateway_s - after_start_s:.2f} s of the gateway's "
+            f"{gateway_s:.2f} s ({startup_cpu:.2f} s of CPU before it sent anything); the "
+            "sending itself is the after-start-up figure"
+        )
     sys.stdout.flush()
 
 
