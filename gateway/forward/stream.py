@@ -214,7 +214,7 @@ class _DirectSender:
         burst = BURST if self._bucket is None else self._bucket.fragment_size()
         commands = _command_pdus(message, context_id, item)
         with _data_set(message) as (source, length):
-            self._write(commands, source, length, context_id, item - 6, burst)
+            self._write(commands, source, length, context_id, max(1, item - 6), burst)
 
     def _write(
         self,

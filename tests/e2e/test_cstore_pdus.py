@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import DermoscopicPhotographyImageStorage
 
@@ -30,7 +31,7 @@ from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.jpeg import read_jpeg_info
 from gateway.dicom.part10 import write_part10_encapsulated
 from gateway.forward.cstore import CStoreSender, StoreRequest, Verdict
-from gateway.forward.stream import BURST, MAX_FRAGMENT
+from gateway.forward.stream import BURST, MAX_FRAGMENT, stream_c_store
 from tests.support.dicom_files import DEVICE, GATEWAY, make_dicom, make_jpeg
 from tests.support.peers import JPEG_BASELINE
 
@@ -212,3 +213,30 @@ def test_the_pdus_written_are_pynetdicoms_and_fit_the_peers_maximum(
         assert b"".join(p[12:] for p in ours_data) == b"".join(p[12:] for p in theirs_data)
     assert stored[:2] == stored[2:], "the SCP received the same data sets both ways"
     assert len(stored) == 4
+
+
+def test_a_data_set_held_in_memory_goes_out_the_same_way(tmp_path: Path, scp_factory: Any) -> None:
+    """``send_c_store(dataset)`` (not from a file) on a streamed association: the
+    same PDUs as pynetdicom's, and the association released."""
+    path = large_dicom(tmp_path, 3, BURST + 777)
+    port, stored = scp_factory(16384)
+    relay = RecordingRelay(port)
+    try:
+        for streamed in (True, False):
+            ae = AE(ae_title="DERMGATE")
+            ae.add_requested_context(DermoscopicPhotographyImageStorage, [JPEG_BASELINE])
+            assoc = ae.associate("127.0.0.1", relay.port, ae_title="RECORDER")
+            assert assoc.is_established
+            if streamed:
+                stream_c_store(assoc, stall_timeout=10)
+            status = assoc.send_c_store(dcmread(path))
+            assert status.Status == 0x0000
+            assoc.release()
+        relay.wait()
+    finally:
+        relay.close()
+    ours, theirs = (pdus(bytes(stream)) for stream in relay.sent)
+    assert ours[-1][0] == A_RELEASE_RQ
+    assert [p for p in ours if p[0] == P_DATA_TF] == [p for p in theirs if p[0] == P_DATA_TF]
+    assert len(stored) == 2
+    assert stored[0] == stored[1]
