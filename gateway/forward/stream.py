@@ -72,7 +72,7 @@ saves nothing at 16 KiB), and a patch to the installed pynetdicom (lost at the n
 This relies on pynetdicom 3.0.x's ``DIMSEServiceProvider.send_msg``,
 ``DIMSEMessage.encode_msg``, ``C_STORE_RQ._data_set_path``, and the DUL's
 ``to_provider_queue``, ``event_queue``, ``state_machine``, ``_send`` and
-``_is_transport_event``; ``tests/unit/test_stream_pdus.py`` checks the encoding
+``_is_transport_event``; ``tests/e2e/test_cstore_pdus.py`` checks the PDUs
 against pynetdicom's and ``tests/e2e/test_cstore_memory.py`` the whole against a
 real PACS.
 """
