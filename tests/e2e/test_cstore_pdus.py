@@ -4,16 +4,20 @@ The gateway writes a C-STORE's P-DATA-TF PDUs itself, many per socket write. A
 recording TCP relay sits between the sender and a real pynetdicom storage SCP and
 keeps every byte the sender wrote; the PDUs in it must be exactly those pynetdicom
 itself sends for the same files, never longer than the SCP's maximum PDU length, and
-the association must end with A-RELEASE, not A-ABORT.
+the association must end with A-RELEASE, not A-ABORT. Over TLS (an ``ssl.SSLSocket``
+shared by the writer and pynetdicom's reactor) an object of several bursts must reach
+a TLS-only Orthanc intact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import struct
 import threading
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +37,7 @@ from gateway.dicom.part10 import write_part10_encapsulated
 from gateway.forward.cstore import CStoreSender, StoreRequest, Verdict
 from gateway.forward.stream import BURST, MAX_FRAGMENT, stream_c_store
 from tests.support.dicom_files import DEVICE, GATEWAY, make_dicom, make_jpeg
+from tests.support.dicom_tls import make_pki, tls_orthanc
 from tests.support.peers import JPEG_BASELINE
 
 P_DATA_TF = 0x04
@@ -240,3 +245,36 @@ def test_a_data_set_held_in_memory_goes_out_the_same_way(tmp_path: Path, scp_fac
     assert [p for p in ours if p[0] == P_DATA_TF] == [p for p in theirs if p[0] == P_DATA_TF]
     assert len(stored) == 2
     assert stored[0] == stored[1]
+
+
+def test_a_large_object_over_tls_arrives_intact_and_the_association_is_released(
+    tmp_path: Path,
+) -> None:
+    """Several 1 MiB bursts through an ``ssl.SSLSocket`` to a TLS-only Orthanc: the
+    writer and the DUL never use the TLS object at once, and the PACS stores the
+    same bytes."""
+    pki = make_pki(tmp_path / "pki")
+    server = tls_orthanc(tmp_path / "orthanc", pki)
+    server.start()
+    try:
+        path = large_dicom(tmp_path, 4, 3 * BURST + 4321)
+        tls = {"tls": True, "tls_ca": pki.ca, "tls_cert": pki.cert("gateway")}
+        target = DicomDestination(
+            name="pacs",
+            kind="dicom",
+            ae_title=server.aet,
+            host="127.0.0.1",
+            port=server.dicom_port,
+            tls_key=pki.key("gateway"),
+            **tls,
+        )
+        request = StoreRequest(1, path, str(DermoscopicPhotographyImageStorage), JPEG_BASELINE)
+        [outcome] = CStoreSender("DERMGATE", target).send_batch([request], threading.Event())
+        assert outcome.verdict is Verdict.SUCCESS, outcome.detail
+        sop_instance = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        [orthanc_id] = server.find_instances(sop_instance)
+        with urllib.request.urlopen(f"{server.url}/instances/{orthanc_id}/file", timeout=30) as r:
+            stored = dcmread(io.BytesIO(r.read()))
+        assert stored.PixelData == dcmread(path).PixelData
+    finally:
+        server.stop()
