@@ -58,6 +58,12 @@ The invariants that make writing beside the DUL safe:
   token bucket first, and is at most the bucket's :meth:`fragment_size
   <gateway.forward.bucket.TokenBucket.fragment_size>`, so a slow link sees small
   writes often.
+* **An idle reactor waits, it does not spin.** When the DUL is in Sta6 with nothing
+  queued and no event pending, its look at the socket first waits in ``select()``
+  (outside the lock; for TLS only when OpenSSL holds no buffered bytes) for up to
+  :data:`_WAIT`, so a response wakes it at once and a silent peer costs ~50 turns a
+  second instead of pynetdicom's ~1,000 (4 % of a core per association). Anything
+  queued for it (A-RELEASE, A-ABORT, another message) waits at most that long.
 * **Release, not abort.** When the last PDU is written the DUL's queue is empty and
   its state machine still in Sta6, so the response, the next C-STORE and the
   A-RELEASE go through pynetdicom as before.
