@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import select
 import ssl
 import struct
@@ -96,13 +97,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
-from pynetdicom import evt
+from pynetdicom import _handlers, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 
 from gateway.forward.bucket import TokenBucket
 
-__all__ = ["BURST", "MAX_FRAGMENT", "encode_pdu", "stream_c_store"]
+__all__ = ["BURST", "MAX_FRAGMENT", "c_store_command", "encode_pdu", "stream_c_store"]
 
 MAX_FRAGMENT: Final = 256 * 1024
 """Largest PDV item we send, whatever larger size the peer accepts (bytes)."""
@@ -142,7 +143,28 @@ def stream_c_store(assoc: Any, *, stall_timeout: float, bucket: TokenBucket | No
     if sock is not None and sock.socket is not None:
         sock.socket.settimeout(stall_timeout)
     turn = _one_writer(assoc.dul)
+    _drop_silent_log_handlers(assoc)
     assoc.dimse.send_msg = _DirectSender(assoc, stall_timeout, assoc.dimse.send_msg, bucket, turn)
+
+
+_LOG_HANDLERS: Final = (
+    (evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
+    (evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
+    (evt.EVT_PDU_SENT, _handlers.standard_pdu_sent_handler),
+    (evt.EVT_PDU_RECV, _handlers.standard_pdu_recv_handler),
+)
+
+
+def _drop_silent_log_handlers(assoc: Any) -> None:
+    """Unbind pynetdicom's standard DIMSE/PDU log handlers from ``assoc`` while the
+    ``pynetdicom`` logger drops their lines anyway (below INFO: the gateway keeps it
+    at CRITICAL, WARNING when debugging). They only format log lines, for every
+    message and PDU, on the sending and the reactor thread."""
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        return
+    for event, handler in _LOG_HANDLERS:
+        if any(bound is handler for bound, _ in assoc.get_handlers(event)):
+            assoc.unbind(event, handler)
 
 
 def _one_writer(dul: Any) -> threading.Lock:
@@ -210,17 +232,24 @@ class _DirectSender:
         if not isinstance(primitive, C_STORE) or primitive.MessageIDBeingRespondedTo is not None:
             self._fallback(primitive, context_id)
             return
+        peer_limit = self._assoc.dimse.maximum_pdu_size
+        item = min(peer_limit, MAX_FRAGMENT) if peer_limit else MAX_FRAGMENT
+        per_pdu = max(1, item - 6)
+        burst = BURST if self._bucket is None else self._bucket.fragment_size()
+        location = _file_only(primitive)
+        if location is not None and not self._assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            # Nobody looks at the message object: encode the command set directly.
+            commands = _fragment(context_id, c_store_command(primitive), per_pdu)
+            with _data_set_file(location) as (source, length):
+                self._write(commands, source, length, context_id, per_pdu, burst)
+            return
         message = C_STORE_RQ()
         message.primitive_to_message(primitive)
         message.context_id = context_id
         evt.trigger(self._assoc, evt.EVT_DIMSE_SENT, {"message": message})
-
-        peer_limit = self._assoc.dimse.maximum_pdu_size
-        item = min(peer_limit, MAX_FRAGMENT) if peer_limit else MAX_FRAGMENT
-        burst = BURST if self._bucket is None else self._bucket.fragment_size()
         commands = _command_pdus(message, context_id, item)
         with _data_set(message) as (source, length):
-            self._write(commands, source, length, context_id, max(1, item - 6), burst)
+            self._write(commands, source, length, context_id, per_pdu, burst)
 
     def _write(
         self,
@@ -318,11 +347,70 @@ def _data_set(message: Any) -> Iterator[tuple[IO[bytes] | None, int]]:
     offset, its encoded bytes, or (None, 0) when it has none."""
     location = getattr(message, "_data_set_path", None)
     if location is not None:
-        path, offset = location
-        with Path(path).open("rb") as file:
-            end = file.seek(0, io.SEEK_END)
-            file.seek(offset)
-            yield file, end - offset
+        with _data_set_file(location) as opened:
+            yield opened
         return
     encoded = message.data_set.getvalue() if message.data_set is not None else b""
     yield (io.BytesIO(encoded), len(encoded)) if encoded else (None, 0)
+
+
+@contextlib.contextmanager
+def _data_set_file(location: tuple[Any, int]) -> Iterator[tuple[IO[bytes], int]]:
+    """The data set in a Part 10 file, from ``offset`` to the end: (readable, length)."""
+    path, offset = location
+    with Path(path).open("rb") as file:
+        end = file.seek(0, io.SEEK_END)
+        file.seek(offset)
+        yield file, end - offset
+
+
+def _file_only(primitive: Any) -> tuple[Any, int] | None:
+    """(path, offset) of a C-STORE request whose data set stays in its file and whose
+    command set :func:`c_store_command` encodes; None for anything else."""
+    location = getattr(primitive, "_dataset_path", None)
+    if (
+        not isinstance(location, tuple)
+        or primitive.MoveOriginatorApplicationEntityTitle is not None
+        or primitive.MoveOriginatorMessageID is not None
+    ):
+        return None
+    return location
+
+
+def _element(tag: int, value: bytes) -> bytes:
+    """One command element, implicit VR little endian (PS3.7 6.3.1)."""
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def _uid(value: Any) -> bytes:
+    raw = str(value).encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def c_store_command(primitive: Any) -> bytes:
+    """The C-STORE-RQ command set of ``primitive`` (a data set follows), encoded as
+    pynetdicom's ``C_STORE_RQ.primitive_to_message`` + ``encode_msg`` encode it."""
+    body = b"".join(
+        (
+            _element(0x0000_0002, _uid(primitive.AffectedSOPClassUID)),
+            _element(0x0000_0100, struct.pack("<H", 0x0001)),  # CommandField: C-STORE-RQ
+            _element(0x0000_0110, struct.pack("<H", primitive.MessageID)),
+            _element(0x0000_0700, struct.pack("<H", primitive.Priority)),
+            _element(0x0000_0800, struct.pack("<H", 0x0001)),  # a data set follows
+            _element(0x0000_1000, _uid(primitive.AffectedSOPInstanceUID)),
+        )
+    )
+    return _element(0x0000_0000, struct.pack("<I", len(body))) + body
+
+
+def _fragment(context_id: int, command: bytes, per_pdu: int) -> list[bytes]:
+    """The command set's PDUs: fragments of ``per_pdu`` bytes, the last one marked."""
+    starts = range(0, len(command), per_pdu)
+    return [
+        encode_pdu(
+            context_id,
+            _LAST_COMMAND if start + per_pdu >= len(command) else 0x01,
+            command[start : start + per_pdu],
+        )
+        for start in starts
+    ]
