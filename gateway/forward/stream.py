@@ -20,13 +20,18 @@ the socket timeout after connecting, a PACS that stops reading blocks the DUL in
 
 What :func:`stream_c_store` does instead, for C-STORE requests only (everything
 else, the association's set-up and release, C-ECHO, the responses, stays
-pynetdicom's): it replaces ``send_msg`` on one association with the same first steps
-(``C_STORE_RQ.primitive_to_message``, ``EVT_DIMSE_SENT``, the command fragments of
-``encode_msg``), then encodes the P-DATA-TF PDUs itself — PDU type 0x04, one PDV item
-each, byte for byte what ``P_DATA_TF(primitive).encode()`` gives — and writes them
-from the calling thread straight to the association's socket, :data:`BURST` bytes of
-data (a few dozen PDUs) per ``sendall``. The file is read in the same bursts, so
-memory holds one burst, whatever the object's size.
+pynetdicom's): it replaces ``send_msg`` on one association, encodes the P-DATA-TF
+PDUs itself — PDU type 0x04, one PDV item each, byte for byte what
+``P_DATA_TF(primitive).encode()`` gives — and writes them from the calling thread
+straight to the association's socket, :data:`BURST` bytes of data (a few dozen PDUs)
+per ``sendall``. The file is read in the same bursts, so memory holds one burst,
+whatever the object's size. The command set comes from pynetdicom's own steps
+(``C_STORE_RQ.primitive_to_message``, ``EVT_DIMSE_SENT``, ``encode_msg``) when a
+handler listens for ``EVT_DIMSE_SENT``; otherwise :func:`c_store_command` encodes it
+directly (the same bytes, without building pydicom data sets per instance). While
+the ``pynetdicom`` logger drops INFO and DEBUG (the gateway keeps it at CRITICAL,
+WARNING when debugging), pynetdicom's standard DIMSE/PDU handlers, which only format
+log lines, are unbound from the association.
 
 The invariants that make writing beside the DUL safe:
 
@@ -76,7 +81,8 @@ saves nothing at 16 KiB), and a patch to the installed pynetdicom (lost at the n
 ``pip install``).
 
 This relies on pynetdicom 3.0.x's ``DIMSEServiceProvider.send_msg``,
-``DIMSEMessage.encode_msg``, ``C_STORE_RQ._data_set_path``, and the DUL's
+``DIMSEMessage.encode_msg``, ``C_STORE._dataset_path``, the standard handlers in
+``pynetdicom._handlers``, and the DUL's
 ``to_provider_queue``, ``event_queue``, ``state_machine``, ``_send`` and
 ``_is_transport_event``; ``tests/e2e/test_cstore_pdus.py`` checks the PDUs
 against pynetdicom's and ``tests/e2e/test_cstore_memory.py`` the whole against a

@@ -278,3 +278,38 @@ def test_a_large_object_over_tls_arrives_intact_and_the_association_is_released(
         assert stored.PixelData == dcmread(path).PixelData
     finally:
         server.stop()
+
+
+def test_a_handler_bound_to_dimse_sent_still_sees_every_c_store_request(
+    tmp_path: Path, scp_factory: Any
+) -> None:
+    """With an ``EVT_DIMSE_SENT`` handler bound, the writer builds pynetdicom's own
+    message for it; the bytes on the wire are the same either way."""
+    path = large_dicom(tmp_path, 5, BURST // 2)
+    port, stored = scp_factory(16384)
+    seen: list[str] = []
+
+    def on_sent(event: Any) -> None:
+        seen.append(str(event.message.command_set.AffectedSOPInstanceUID))
+
+    relay = RecordingRelay(port)
+    try:
+        for handlers in ([(evt.EVT_DIMSE_SENT, on_sent)], []):
+            ae = AE(ae_title="DERMGATE")
+            ae.add_requested_context(DermoscopicPhotographyImageStorage, [JPEG_BASELINE])
+            assoc = ae.associate(
+                "127.0.0.1", relay.port, ae_title="RECORDER", evt_handlers=handlers
+            )
+            assert assoc.is_established
+            stream_c_store(assoc, stall_timeout=10)
+            assert assoc.send_c_store(path).Status == 0x0000
+            assoc.release()
+        relay.wait()
+    finally:
+        relay.close()
+    assert seen == [str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)]
+    with_handler, without = (pdus(bytes(stream)) for stream in relay.sent)
+    assert [p for p in with_handler if p[0] == P_DATA_TF] == [
+        p for p in without if p[0] == P_DATA_TF
+    ]
+    assert len(stored) == 2
