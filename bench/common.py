@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -216,6 +216,8 @@ class GatewayRun:
     done_at: float | None = None
     stopped_in: float | None = None
     log_lines: list[tuple[float, str]] = field(default_factory=list)
+    cpu_at_running: float | None = None
+    """CPU seconds (user + system) the process had used when it logged ``running as``."""
 
     def first_line_with(self, text: str) -> float | None:
         """When the first log line containing ``text`` was read."""
@@ -226,7 +228,19 @@ class GatewayRun:
         return next((t for t, line in reversed(self.log_lines) if text in line), None)
 
 
-def _read_log(stream: IO[bytes], started: float, run: GatewayRun, copy: IO[bytes]) -> None:
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used so far; None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _read_log(
+    stream: IO[bytes], started: float, run: GatewayRun, copy: IO[bytes], pid: int
+) -> None:
     for raw in stream:
         now = time.perf_counter() - started
         copy.write(raw)
@@ -234,6 +248,7 @@ def _read_log(stream: IO[bytes], started: float, run: GatewayRun, copy: IO[bytes
         run.log_lines.append((now, line))
         if run.running_at is None and " running as " in line:
             run.running_at = now
+            run.cpu_at_running = process_cpu(pid)
 
 
 def run_gateway_until(
@@ -245,11 +260,13 @@ def run_gateway_until(
     timeout: float,
     log_path: Path,
     poll: float = 0.02,
+    preexec: Callable[[], None] | None = None,
 ) -> GatewayRun:
     """Start ``dermgate run``, wait until ``wanted`` captures are in ``states``, stop it.
 
     ``done_at`` stays None on timeout or if the gateway exits early. The gateway's
-    stderr is kept in ``log_path`` and timestamped in ``log_lines``.
+    stderr is kept in ``log_path`` and timestamped in ``log_lines``. ``preexec`` runs
+    in the child before it execs (e.g. ``CpuBudget.preexec``).
     """
     run = GatewayRun()
     with open(log_path, "wb") as log_copy:
@@ -259,10 +276,11 @@ def run_gateway_until(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=REPO,
+            preexec_fn=preexec,
         )
         assert proc.stderr is not None
         reader = threading.Thread(
-            target=_read_log, args=(proc.stderr, started, run, log_copy), daemon=True
+            target=_read_log, args=(proc.stderr, started, run, log_copy, proc.pid), daemon=True
         )
         reader.start()
         try:

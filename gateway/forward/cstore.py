@@ -3,9 +3,9 @@
 :meth:`CStoreSender.send_batch` is blocking; the forwarder runs it with
 ``asyncio.to_thread``. One association carries a batch; it is always closed with
 A-RELEASE (never A-ABORT) unless the peer aborted it first. Files are streamed
-from disk (pynetdicom's chunked send), not decoded into memory, and paced by what
-the socket takes (:mod:`gateway.forward.stream`), so memory stays flat whatever
-the object's size.
+from disk, not decoded into memory: a C-STORE's P-DATA-TF PDUs are written by
+:mod:`gateway.forward.stream` in 1 MiB bursts as the socket takes them, so memory
+stays flat whatever the object's size.
 
 How the PACS's answer is classified (PS3.4 Annex B.2.3 and PS3.7 Annex C):
 
@@ -92,8 +92,8 @@ from gateway.forward.stream import stream_c_store
 
 log = logging.getLogger(__name__)
 
-# Read files from disk in fragments instead of decoding them into memory; the pacing
-# that keeps those fragments from piling up is in gateway.forward.stream.
+# Leave the data set in its file instead of decoding it into memory; the writer that
+# reads it from there, burst by burst, is gateway.forward.stream.
 _config.STORE_SEND_CHUNKED_DATASET = True
 # pynetdicom's logging is quieted and its socket leak fixed by gateway.dicom.network.
 # Its "standard" log handlers still run on every PDU and DIMSE message sent or

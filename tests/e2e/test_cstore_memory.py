@@ -5,8 +5,8 @@ The sender runs in a child process that reports its own peak resident set size,
 the parent's peak across ``fork``/``exec`` into the child's, so it would measure
 pytest.) A ~256 MB Dermoscopic Photography object
 goes to a real Orthanc; without back-pressure pynetdicom's peak grew by 50-180 MB
-for this size (and by ~480 MB for 1 GB), with it the growth is the few megabytes of
-the queue. No timing is asserted; the time limits only catch a hang.
+for this size (and by ~480 MB for 1 GB); the gateway's own P-DATA writer holds one
+1 MiB burst at a time. No timing is asserted; the time limits only catch a hang.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from tests.support.dicom_files import DEVICE, GATEWAY, make_dicom, make_jpeg
 
 LARGE_BYTES = 256 * 1024 * 1024
 PEAK_LIMIT_MB = 150
-GROWTH_LIMIT_MB = 32  # the DUL queue holds 4 MiB; the rest is slack for the allocator
+GROWTH_LIMIT_MB = 32  # a burst is 1 MiB (read, then joined); the rest is allocator slack
 CHILD_TIMEOUT = 90.0
 
 # The sender, alone in a child process: one instance, one outcome as JSON on stdout.
