@@ -183,7 +183,8 @@ def test_purge_by_age_even_with_space(tmp_path: Path) -> None:
     dirs = SpoolDirs(tmp_path / "spool")
     dirs.create()
     _spool_with(tmp_path / "ledger.sqlite3", dirs, [("COMMITTED", 1), ("SENT", 1)])
-    settings = SpoolSettings(keep_days=1)
+    # Space never calls for a purge here, however full the test machine's disk is.
+    settings = SpoolSettings(keep_days=1, purge_high_watermark=100, purge_low_watermark=100)
 
     async def run(now: datetime) -> int:
         ledger = Ledger(tmp_path / "ledger.sqlite3")

@@ -26,6 +26,10 @@ from tests.support.web import PASSWORD, cookie_client, csrf_of, login, run_cli, 
 
 DERMOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.7"
 
+# Confirmed captures stay on disk however full the test machine's shared disk is
+# (the purge stage's watermarks look at the whole filesystem, not at the spool).
+KEEP_CONFIRMED = "purge_high_watermark = 100\npurge_low_watermark = 100"
+
 SCOPE = """
 [[devices]]
 driver = "serial-dermatoscope"
@@ -294,7 +298,9 @@ def test_a_destination_added_later_gets_the_captures_on_disk_and_a_removed_one_s
     simulator_factory: Callable[..., SimulatorProcess],
 ) -> None:
     state_dir = tmp_path / "state"
-    pacs_only = gateway_config(tmp_path, pacs_port=orthanc.dicom_port, commit_via=orthanc)
+    pacs_only = gateway_config(
+        tmp_path, pacs_port=orthanc.dicom_port, commit_via=orthanc, spool=KEEP_CONFIRMED
+    )
     text_pacs_only = pacs_only.read_text(encoding="utf-8")
     sim = simulator_factory("--captures", "2", "--interval", "0.2")
     gateway = gateway_factory(pacs_only)
@@ -309,6 +315,7 @@ def test_a_destination_added_later_gets_the_captures_on_disk_and_a_removed_one_s
         pacs_port=orthanc.dicom_port,
         commit_via=orthanc,
         extra_destination=research(research_port),
+        spool=KEEP_CONFIRMED,
     )
     archive = research_orthanc(tmp_path, orthanc, research_port)
     archive.start()

@@ -44,9 +44,11 @@ def gateway_config(
     devices: str | None = None,
     hold_unidentified: int = 0,
     extra_gateway: str = "",
+    spool: str = "",
 ) -> Path:
     """Write a gateway configuration for a test; return its path.
 
+    ``spool`` (lines of ``[spool]``) is written as that section when given;
     ``extra_gateway`` adds lines to ``[gateway]``; ``hold_unidentified`` is ``[context] hold_unidentified``: 0 (send captures
     without a patient session at once) unless a test holds them.
 
@@ -102,6 +104,8 @@ stall_timeout = 5
 reconnect_max = 1
 """
     )
+    if spool:
+        text += f"\n[spool]\n{spool}\n"
     path = tmp_path / "dermgate.toml"
     path.write_text(text, encoding="utf-8")
     return path
