@@ -19,13 +19,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dermgate`` console script (see :func:`.main.main`).
 
     ``dermgate run`` first imports pydicom and pynetdicom as a box without numpy
-    would (:mod:`gateway.service.lean`), before anything else imports them.
+    would (:mod:`gateway.service.lean`), before anything else imports them, with the
+    garbage collector paused until the gateway runs (or the command ends).
     """
     args = sys.argv[1:] if argv is None else list(argv)
-    if args[:1] == ["run"]:
-        from gateway.service.lean import import_dicom_stack
+    if args[:1] != ["run"]:
+        from gateway.cli.main import main as dermgate
 
+        return dermgate(argv)
+    from gateway.service.lean import import_dicom_stack, pause_gc_for_start_up, resume_gc
+
+    pause_gc_for_start_up()  # back on once running (release_start_up_memory)
+    try:
         import_dicom_stack()
-    from gateway.cli.main import main as dermgate
+        from gateway.cli.main import main as dermgate
 
-    return dermgate(argv)
+        return dermgate(argv)
+    finally:
+        resume_gc()

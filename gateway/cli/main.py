@@ -52,12 +52,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
-from gateway.cli.backup import add_backup_commands
-from gateway.cli.check import add_check_commands
-from gateway.cli.echo import add_echo_command
-from gateway.cli.spool import add_spool_commands
-from gateway.cli.tokens import add_token_commands
-from gateway.cli.worklist import add_worklist_commands
 from gateway.core.config import ConfigError, DermGateConfig
 from gateway.core.heap import keep_heap_flat
 from gateway.service.config import load_config
@@ -260,8 +254,10 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``dermgate``."""
+def build_parser(only_run: bool = False) -> argparse.ArgumentParser:
+    """The argument parser of ``dermgate``; with ``only_run``, only its ``run``
+    subcommand (``dermgate run`` then imports none of the other commands' modules:
+    start-up time and idle memory)."""
     parser = argparse.ArgumentParser(
         prog="dermgate", description="DermGate: dermatology imaging devices to the PACS."
     )
@@ -273,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the gateway service")
     run.add_argument("--config", type=Path, required=True, help="configuration file (TOML)")
     run.set_defaults(func=cmd_run)
+    if only_run:
+        return parser
+
+    from gateway.cli.backup import add_backup_commands
+    from gateway.cli.check import add_check_commands
+    from gateway.cli.echo import add_echo_command
+    from gateway.cli.spool import add_spool_commands
+    from gateway.cli.tokens import add_token_commands
+    from gateway.cli.worklist import add_worklist_commands
 
     add_check_commands(sub)  # check [--connect] [--json], check-config: gateway/cli/check.py
 
@@ -355,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["update"]:  # its options go to the updater's own parser, untouched
         return cmd_update(argparse.Namespace(args=argv[1:]))
-    parser = build_parser()
+    parser = build_parser(only_run=argv[:1] == ["run"])
     args = parser.parse_args(argv)
     func = cast(Callable[[argparse.Namespace], int], args.func)
     try:

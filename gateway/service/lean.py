@@ -14,6 +14,14 @@ numpy and Pillow hidden from them: pydicom then runs in its supported mode witho
 them, as on the box. Both stay importable afterwards for whatever really needs them
 (the photo writer's Pillow, a third-party driver); only pydicom keeps not using them.
 
+:func:`pause_gc_for_start_up` turns the cyclic garbage collector off while
+``dermgate run`` imports its ~800 modules and starts its stages: they allocate
+hundreds of thousands of objects that live as long as the process (module
+dictionaries, functions, classes), and the collector otherwise walks them again
+and again (~250 collections, ~0.1 s of CPU, a tenth of the start-up). Nothing is
+lost: the start-up's few garbage cycles are collected at once by
+:func:`release_start_up_memory`, which turns the collector back on.
+
 :func:`release_start_up_memory` hands back to the system the heap the start-up used
 and freed (configuration models, the TOML, reconciliation's queries): glibc keeps
 freed memory for the process otherwise, about 2 MB of an idle gateway's RSS.
@@ -31,7 +39,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-__all__ = ["import_dicom_stack", "release_start_up_memory"]
+__all__ = ["import_dicom_stack", "pause_gc_for_start_up", "release_start_up_memory", "resume_gc"]
 
 #: What the service imports under the hidden numpy: pydicom's modules that look
 #: for numpy at import time, and pynetdicom (which imports most of pydicom).
@@ -78,9 +86,22 @@ def import_dicom_stack(hidden: Sequence[str] = ("numpy", "PIL")) -> bool:
     return True
 
 
+def pause_gc_for_start_up() -> None:
+    """Turn the cyclic garbage collector off until :func:`release_start_up_memory`
+    (or :func:`resume_gc`) turns it back on."""
+    gc.disable()
+
+
+def resume_gc() -> None:
+    """Turn the cyclic garbage collector back on (nothing if it is on)."""
+    gc.enable()
+
+
 def release_start_up_memory() -> None:
-    """Collect garbage and return free heap pages to the system (glibc ``malloc_trim``;
-    nothing where the C library has none)."""
+    """Turn the garbage collector back on, collect the start-up's garbage and return
+    free heap pages to the system (glibc ``malloc_trim``; nothing where the C
+    library has none)."""
+    gc.enable()
     gc.collect()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -14,20 +14,30 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from gateway.demo.local_orthanc import free_port
 
 # Started as `dermgate run` is; stops itself once running, after noting its modules.
+# It also notes whether the garbage collector was paused through the start-up and
+# runs again once the gateway runs (the first callback after the `running as` step).
 _PROBE = """
-import json, logging, os, signal, sys
+import asyncio, gc, json, logging, os, signal, sys
 modules_file = sys.argv[1]
 
 class Probe(logging.Handler):
     def emit(self, record):
         if " running as " in record.getMessage():
-            with open(modules_file, "w") as out:
-                json.dump(sorted(sys.modules), out)
-            os.kill(os.getpid(), signal.SIGTERM)
+            modules = sorted(sys.modules)
+            paused = not gc.isenabled()
+
+            def after_start():
+                with open(modules_file, "w") as out:
+                    json.dump({"modules": modules, "gc_paused_at_start": paused,
+                               "gc_on_when_running": gc.isenabled()}, out)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+            asyncio.get_running_loop().call_soon(after_start)
 
 logging.getLogger("gateway.service.app").addHandler(Probe())
 from gateway.cli import main
@@ -73,6 +83,10 @@ folder = "{photos}"
 
 
 def _modules_at_start(tmp_path: Path, config: Path) -> set[str]:
+    return set(_probe(tmp_path, config)["modules"])
+
+
+def _probe(tmp_path: Path, config: Path) -> dict[str, Any]:
     modules_file = tmp_path / "modules.json"
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, str(modules_file), str(config)],
@@ -83,7 +97,8 @@ def _modules_at_start(tmp_path: Path, config: Path) -> set[str]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert modules_file.exists(), done.stderr[-3000:]
-    return set(json.loads(modules_file.read_text(encoding="utf-8")))
+    found: dict[str, Any] = json.loads(modules_file.read_text(encoding="utf-8"))
+    return found
 
 
 def _top_level(modules: set[str]) -> set[str]:
@@ -111,3 +126,23 @@ port = {free_port()}
     loaded = _top_level(_modules_at_start(tmp_path, _config(tmp_path, web_and_mqtt)))
     assert {"aiohttp", "prometheus_client", "aiomqtt"} <= loaded
     assert "numpy" not in loaded
+
+
+def test_run_imports_no_other_command_and_collects_garbage_once_running(
+    tmp_path: Path,
+) -> None:
+    found = _probe(tmp_path, _config(tmp_path))
+    other_commands = {
+        "gateway.cli.backup",
+        "gateway.cli.check",
+        "gateway.cli.echo",
+        "gateway.cli.spool",
+        "gateway.cli.tokens",
+        "gateway.cli.worklist",
+        "gateway.conformance.command",
+    }
+    assert other_commands.isdisjoint(found["modules"]), sorted(
+        other_commands & set(found["modules"])
+    )
+    assert found["gc_paused_at_start"] is True  # no collections while importing
+    assert found["gc_on_when_running"] is True  # and the collector runs for the service
