@@ -77,6 +77,7 @@ from gateway.dicom.sop_classes import NO_SUBSTITUTE, uid_name
 from gateway.forward.association import associate, tls_error
 from gateway.forward.bucket import TokenBucket
 from gateway.forward.contexts import storage_contexts
+from gateway.forward.direct_store import DirectStore
 
 # The reasons live in gateway.forward.refusals; re-exported for callers of this module.
 from gateway.forward.refusals import (
@@ -345,7 +346,7 @@ class CStoreSender:
         assoc = self._associate(ae)
         if refused_everything(assoc):
             for r in requests:
-                done(self._refused(assoc, r, set()))
+                done(self._refused(DirectStore(assoc), r, set()))
             return outcomes
         if not assoc.is_established:
             error = self._unavailable(assoc)
@@ -365,13 +366,14 @@ class CStoreSender:
                 assoc, stall_timeout=self.destination.network_timeout, bucket=self.bucket
             )
             accepted = accepted_pairs(assoc)
+            store = DirectStore(assoc)
             for request in requests:
                 if stop.is_set() or not assoc.is_established:
                     break
                 if (request.sop_class_uid, request.transfer_syntax_uid) not in accepted:
-                    done(self._refused(assoc, request, accepted))
+                    done(self._refused(store, request, accepted))
                     continue
-                done(self._store_one(assoc, request))
+                done(self._store_one(store, request))
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -390,7 +392,7 @@ class CStoreSender:
         return outcomes
 
     def _refused(
-        self, assoc: Any, request: StoreRequest, accepted: set[tuple[str, str]]
+        self, store: DirectStore, request: StoreRequest, accepted: set[tuple[str, str]]
     ) -> StoreOutcome:
         """The original's context was refused: send its compatible copy if the PACS
         took that class (``DERIVE`` when the copy is not written yet), else refuse."""
@@ -424,7 +426,7 @@ class CStoreSender:
         substitute = StoreRequest(
             request.spool_id, copy.path, copy.sop_class_uid, request.transfer_syntax_uid
         )
-        outcome = self._store_one(assoc, substitute)
+        outcome = self._store_one(store, substitute)
         return replace(outcome, sent=copy) if outcome.verdict.delivered else outcome
 
     def _not_accepted(self, request: StoreRequest, accepted: set[tuple[str, str]]) -> StoreOutcome:
@@ -437,9 +439,10 @@ class CStoreSender:
             request.spool_id, Verdict.PERMANENT, reason, code=DeliveryErrorCode.NOT_ACCEPTED
         )
 
-    def _store_one(self, assoc: Any, request: StoreRequest) -> StoreOutcome:
+    def _store_one(self, store: DirectStore, request: StoreRequest) -> StoreOutcome:
+        assoc = store.assoc
         try:
-            status = assoc.send_c_store(request.path)
+            status = store(request.path)
         except ValueError:
             # The file's own class or syntax differs from the ledger's: no context for it.
             return StoreOutcome(
@@ -456,7 +459,7 @@ class CStoreSender:
                 f"cannot read DICOM file: {type(err).__name__}",
                 code=DeliveryErrorCode.LOCAL_FILE,
             )
-        if not status or "Status" not in status:
+        if status is None:
             if assoc.is_aborted:
                 return StoreOutcome(
                     request.spool_id,
@@ -470,12 +473,11 @@ class CStoreSender:
                 "no C-STORE response",
                 code=DeliveryErrorCode.NO_RESPONSE,
             )
-        status_code = int(status.Status)
-        verdict = classify_status(status_code)
+        verdict = classify_status(status)
         return StoreOutcome(
             request.spool_id,
             verdict,
-            f"C-STORE status 0x{status_code:04X}",
-            status_code,
+            f"C-STORE status 0x{status:04X}",
+            status,
             code=None if verdict.delivered else DeliveryErrorCode.STORE_FAILED,
         )
