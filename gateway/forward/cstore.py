@@ -74,10 +74,11 @@ from gateway.core.config import DicomDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.dicom.network import dermgate_ae
 from gateway.dicom.sop_classes import NO_SUBSTITUTE, uid_name
-from gateway.forward.association import associate, tls_error
+from gateway.forward.association import accepted_pairs, associate, refused_everything, tls_error
 from gateway.forward.bucket import TokenBucket
 from gateway.forward.contexts import storage_contexts
 from gateway.forward.direct_store import DirectStore
+from gateway.forward.kept import Kept, KeptAssociations
 
 # The reasons live in gateway.forward.refusals; re-exported for callers of this module.
 from gateway.forward.refusals import (
@@ -197,26 +198,6 @@ class StoreOutcome:
         return DeliveryError(self.code, self.detail, self.status)
 
 
-def accepted_pairs(assoc: Any) -> set[tuple[str, str]]:
-    """(SOP class, transfer syntax) of every context the peer accepted on ``assoc``."""
-    return {
-        (str(cx.abstract_syntax), str(ts))
-        for cx in assoc.accepted_contexts
-        for ts in cx.transfer_syntax
-    }
-
-
-def refused_everything(assoc: Any) -> bool:
-    """True when the peer answered the association but accepted none of its contexts
-    (pynetdicom then aborts it): not an unreachable peer."""
-    return (
-        not assoc.is_established
-        and not assoc.is_rejected
-        and bool(assoc.rejected_contexts)
-        and not assoc.accepted_contexts
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Negotiation:
     """What a destination answered to every (SOP class, transfer syntax) proposed.
@@ -235,12 +216,20 @@ class CStoreSender:
     """Sends batches of Part 10 files to one destination over one association each."""
 
     def __init__(
-        self, calling_ae: str, destination: DicomDestination, bucket: TokenBucket | None = None
+        self,
+        calling_ae: str,
+        destination: DicomDestination,
+        bucket: TokenBucket | None = None,
+        *,
+        keep_open: bool = False,
     ) -> None:
         self.calling_ae = calling_ae
         self.destination = destination
         self.bucket = bucket
         """Paces the bytes of every association (``max_mbps``); None: no limit."""
+        self.kept: KeptAssociations | None = KeptAssociations() if keep_open else None
+        """With ``keep_open``: associations kept open between batches until
+        :meth:`~gateway.forward.kept.KeptAssociations.release_all` (:mod:`.kept`)."""
 
     def _ae(self) -> AE:
         ae = dermgate_ae(self.calling_ae)
@@ -337,36 +326,20 @@ class CStoreSender:
             if on_outcome is not None:
                 on_outcome(outcome)
 
-        ae = self._ae()
-        for sop_class, syntax in storage_contexts(
-            ((r.sop_class_uid, r.transfer_syntax_uid) for r in requests),
-            compatible=self.destination.fallback == "compatible",
-        ):
-            ae.add_requested_context(sop_class, [syntax])
-        assoc = self._associate(ae)
-        if refused_everything(assoc):
-            for r in requests:
-                done(self._refused(DirectStore(assoc), r, set()))
-            return outcomes
-        if not assoc.is_established:
-            error = self._unavailable(assoc)
-            for r in requests:
-                done(
-                    StoreOutcome(
-                        r.spool_id,
-                        Verdict.RETRYABLE,
-                        error.detail,
-                        unreachable=True,
-                        code=error.code,
-                    )
-                )
-            return outcomes
-        try:
-            stream_c_store(
-                assoc, stall_timeout=self.destination.network_timeout, bucket=self.bucket
+        proposed = frozenset(
+            storage_contexts(
+                ((r.sop_class_uid, r.transfer_syntax_uid) for r in requests),
+                compatible=self.destination.fallback == "compatible",
             )
+        )
+        kept = self.kept.take(proposed) if self.kept is not None else None
+        if kept is None:
+            kept = self._open(proposed, requests, done)
+            if kept is None:
+                return outcomes
+        assoc, store = kept.assoc, kept.store
+        try:
             accepted = accepted_pairs(assoc)
-            store = DirectStore(assoc)
             for request in requests:
                 if stop.is_set() or not assoc.is_established:
                     break
@@ -376,7 +349,10 @@ class CStoreSender:
                 done(self._store_one(store, request))
         finally:
             if assoc.is_established:
-                assoc.release()
+                if self.kept is None or stop.is_set():
+                    assoc.release()
+                else:
+                    self.kept.give_back(kept)  # released once nothing is due
         for request in requests[len(outcomes) :]:
             if stop.is_set():
                 done(StoreOutcome(request.spool_id, Verdict.NOT_ATTEMPTED, "shutting down"))
@@ -390,6 +366,38 @@ class CStoreSender:
                     )
                 )
         return outcomes
+
+    def _open(
+        self,
+        proposed: frozenset[tuple[str, str]],
+        requests: Sequence[StoreRequest],
+        done: Callable[[StoreOutcome], None],
+    ) -> Kept | None:
+        """Open an association proposing ``proposed``; None (every request's outcome
+        given to ``done``) when it could not be used."""
+        ae = self._ae()
+        for sop_class, syntax in sorted(proposed):
+            ae.add_requested_context(sop_class, [syntax])
+        assoc = self._associate(ae)
+        if refused_everything(assoc):
+            for r in requests:
+                done(self._refused(DirectStore(assoc), r, set()))
+            return None
+        if not assoc.is_established:
+            error = self._unavailable(assoc)
+            for r in requests:
+                done(
+                    StoreOutcome(
+                        r.spool_id,
+                        Verdict.RETRYABLE,
+                        error.detail,
+                        unreachable=True,
+                        code=error.code,
+                    )
+                )
+            return None
+        stream_c_store(assoc, stall_timeout=self.destination.network_timeout, bucket=self.bucket)
+        return Kept(assoc, DirectStore(assoc), proposed)
 
     def _refused(
         self, store: DirectStore, request: StoreRequest, accepted: set[tuple[str, str]]
