@@ -1,8 +1,11 @@
 """C-STORE to a DICOM destination: pynetdicom behind one thread seam.
 
 :meth:`CStoreSender.send_batch` is blocking; the forwarder runs it with
-``asyncio.to_thread``. One association carries a batch; it is always closed with
-A-RELEASE (never A-ABORT) unless the peer aborted it first. Files are streamed
+``asyncio.to_thread``. One association carries a batch (the forwarder's sender keeps
+it open for the next batch while deliveries are due: :mod:`.kept`); it is always
+closed with A-RELEASE (never A-ABORT) unless the peer aborted it first. Each
+instance goes out through :mod:`.direct_store` (pynetdicom's ``send_c_store`` only
+for what that does not cover). Files are streamed
 from disk, not decoded into memory: a C-STORE's P-DATA-TF PDUs are written by
 :mod:`gateway.forward.stream` in 1 MiB bursts as the socket takes them, so memory
 stays flat whatever the object's size.

@@ -20,7 +20,8 @@ the socket timeout after connecting, a PACS that stops reading blocks the DUL in
 
 What :func:`stream_c_store` does instead, for C-STORE requests only (everything
 else, the association's set-up and release, C-ECHO, the responses, stays
-pynetdicom's): it replaces ``send_msg`` on one association, encodes the P-DATA-TF
+pynetdicom's; :mod:`gateway.forward.direct_store` reads a plain C-STORE-RSP's status
+itself): it replaces ``send_msg`` on one association, encodes the P-DATA-TF
 PDUs itself — PDU type 0x04, one PDV item each, byte for byte what
 ``P_DATA_TF(primitive).encode()`` gives — and writes them from the calling thread
 straight to the association's socket, :data:`BURST` bytes of data (a few dozen PDUs)
