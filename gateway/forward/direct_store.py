@@ -212,7 +212,7 @@ class DirectStore:
         # the response off the queue, then send and wait for the answer.
         assoc._reactor_checkpoint.clear()
         try:
-            while not assoc._is_paused:
+            while not assoc._is_paused and assoc.is_alive():  # a dead reactor never pauses
                 time.sleep(0.0001)
             self._expecting = True
             writer.send_file(_Request(meta), context_id, (path, meta.offset))
