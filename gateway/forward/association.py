@@ -25,7 +25,7 @@ from gateway.core.config import DicomDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.dicom.tls import ClientTls, client_tls, tls_failure
 
-__all__ = ["associate", "tls_error"]
+__all__ = ["accepted_pairs", "associate", "refused_everything", "tls_error"]
 
 
 class _NotAttempted:
@@ -88,4 +88,24 @@ def tls_error(assoc: Any, destination: DicomDestination) -> DeliveryError | None
     code = DeliveryErrorCode.TLS_UNTRUSTED if kind.untrusted else DeliveryErrorCode.TLS_REFUSED
     return DeliveryError(
         code, f"TLS with {_where(destination)} failed: {kind.value} ({str(words).lower()})"
+    )
+
+
+def accepted_pairs(assoc: Any) -> set[tuple[str, str]]:
+    """(SOP class, transfer syntax) of every context the peer accepted on ``assoc``."""
+    return {
+        (str(cx.abstract_syntax), str(ts))
+        for cx in assoc.accepted_contexts
+        for ts in cx.transfer_syntax
+    }
+
+
+def refused_everything(assoc: Any) -> bool:
+    """True when the peer answered the association but accepted none of its contexts
+    (pynetdicom then aborts it): not an unreachable peer."""
+    return (
+        not assoc.is_established
+        and not assoc.is_rejected
+        and bool(assoc.rejected_contexts)
+        and not assoc.accepted_contexts
     )

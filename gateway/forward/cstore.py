@@ -1,8 +1,11 @@
 """C-STORE to a DICOM destination: pynetdicom behind one thread seam.
 
 :meth:`CStoreSender.send_batch` is blocking; the forwarder runs it with
-``asyncio.to_thread``. One association carries a batch; it is always closed with
-A-RELEASE (never A-ABORT) unless the peer aborted it first. Files are streamed
+``asyncio.to_thread``. One association carries a batch (the forwarder's sender keeps
+it open for the next batch while deliveries are due: :mod:`.kept`); it is always
+closed with A-RELEASE (never A-ABORT) unless the peer aborted it first. Each
+instance goes out through :mod:`.direct_store` (pynetdicom's ``send_c_store`` only
+for what that does not cover). Files are streamed
 from disk, not decoded into memory: a C-STORE's P-DATA-TF PDUs are written by
 :mod:`gateway.forward.stream` in 1 MiB bursts as the socket takes them, so memory
 stays flat whatever the object's size.
@@ -74,9 +77,11 @@ from gateway.core.config import DicomDestination
 from gateway.core.errors import DeliveryError, DeliveryErrorCode
 from gateway.dicom.network import dermgate_ae
 from gateway.dicom.sop_classes import NO_SUBSTITUTE, uid_name
-from gateway.forward.association import associate, tls_error
+from gateway.forward.association import accepted_pairs, associate, refused_everything, tls_error
 from gateway.forward.bucket import TokenBucket
 from gateway.forward.contexts import storage_contexts
+from gateway.forward.direct_store import DirectStore
+from gateway.forward.kept import Kept, KeptAssociations
 
 # The reasons live in gateway.forward.refusals; re-exported for callers of this module.
 from gateway.forward.refusals import (
@@ -196,26 +201,6 @@ class StoreOutcome:
         return DeliveryError(self.code, self.detail, self.status)
 
 
-def accepted_pairs(assoc: Any) -> set[tuple[str, str]]:
-    """(SOP class, transfer syntax) of every context the peer accepted on ``assoc``."""
-    return {
-        (str(cx.abstract_syntax), str(ts))
-        for cx in assoc.accepted_contexts
-        for ts in cx.transfer_syntax
-    }
-
-
-def refused_everything(assoc: Any) -> bool:
-    """True when the peer answered the association but accepted none of its contexts
-    (pynetdicom then aborts it): not an unreachable peer."""
-    return (
-        not assoc.is_established
-        and not assoc.is_rejected
-        and bool(assoc.rejected_contexts)
-        and not assoc.accepted_contexts
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Negotiation:
     """What a destination answered to every (SOP class, transfer syntax) proposed.
@@ -234,12 +219,20 @@ class CStoreSender:
     """Sends batches of Part 10 files to one destination over one association each."""
 
     def __init__(
-        self, calling_ae: str, destination: DicomDestination, bucket: TokenBucket | None = None
+        self,
+        calling_ae: str,
+        destination: DicomDestination,
+        bucket: TokenBucket | None = None,
+        *,
+        keep_open: bool = False,
     ) -> None:
         self.calling_ae = calling_ae
         self.destination = destination
         self.bucket = bucket
         """Paces the bytes of every association (``max_mbps``); None: no limit."""
+        self.kept: KeptAssociations | None = KeptAssociations() if keep_open else None
+        """With ``keep_open``: associations kept open between batches until
+        :meth:`~gateway.forward.kept.KeptAssociations.release_all` (:mod:`.kept`)."""
 
     def _ae(self) -> AE:
         ae = dermgate_ae(self.calling_ae)
@@ -336,45 +329,33 @@ class CStoreSender:
             if on_outcome is not None:
                 on_outcome(outcome)
 
-        ae = self._ae()
-        for sop_class, syntax in storage_contexts(
-            ((r.sop_class_uid, r.transfer_syntax_uid) for r in requests),
-            compatible=self.destination.fallback == "compatible",
-        ):
-            ae.add_requested_context(sop_class, [syntax])
-        assoc = self._associate(ae)
-        if refused_everything(assoc):
-            for r in requests:
-                done(self._refused(assoc, r, set()))
-            return outcomes
-        if not assoc.is_established:
-            error = self._unavailable(assoc)
-            for r in requests:
-                done(
-                    StoreOutcome(
-                        r.spool_id,
-                        Verdict.RETRYABLE,
-                        error.detail,
-                        unreachable=True,
-                        code=error.code,
-                    )
-                )
-            return outcomes
-        try:
-            stream_c_store(
-                assoc, stall_timeout=self.destination.network_timeout, bucket=self.bucket
+        proposed = frozenset(
+            storage_contexts(
+                ((r.sop_class_uid, r.transfer_syntax_uid) for r in requests),
+                compatible=self.destination.fallback == "compatible",
             )
+        )
+        kept = self.kept.take(proposed) if self.kept is not None else None
+        if kept is None:
+            kept = self._open(proposed, requests, done)
+            if kept is None:
+                return outcomes
+        assoc, store = kept.assoc, kept.store
+        try:
             accepted = accepted_pairs(assoc)
             for request in requests:
                 if stop.is_set() or not assoc.is_established:
                     break
                 if (request.sop_class_uid, request.transfer_syntax_uid) not in accepted:
-                    done(self._refused(assoc, request, accepted))
+                    done(self._refused(store, request, accepted))
                     continue
-                done(self._store_one(assoc, request))
+                done(self._store_one(store, request))
         finally:
             if assoc.is_established:
-                assoc.release()
+                if self.kept is None or stop.is_set():
+                    assoc.release()
+                else:
+                    self.kept.give_back(kept)  # released once nothing is due
         for request in requests[len(outcomes) :]:
             if stop.is_set():
                 done(StoreOutcome(request.spool_id, Verdict.NOT_ATTEMPTED, "shutting down"))
@@ -389,8 +370,40 @@ class CStoreSender:
                 )
         return outcomes
 
+    def _open(
+        self,
+        proposed: frozenset[tuple[str, str]],
+        requests: Sequence[StoreRequest],
+        done: Callable[[StoreOutcome], None],
+    ) -> Kept | None:
+        """Open an association proposing ``proposed``; None (every request's outcome
+        given to ``done``) when it could not be used."""
+        ae = self._ae()
+        for sop_class, syntax in sorted(proposed):
+            ae.add_requested_context(sop_class, [syntax])
+        assoc = self._associate(ae)
+        if refused_everything(assoc):
+            for r in requests:
+                done(self._refused(DirectStore(assoc), r, set()))
+            return None
+        if not assoc.is_established:
+            error = self._unavailable(assoc)
+            for r in requests:
+                done(
+                    StoreOutcome(
+                        r.spool_id,
+                        Verdict.RETRYABLE,
+                        error.detail,
+                        unreachable=True,
+                        code=error.code,
+                    )
+                )
+            return None
+        stream_c_store(assoc, stall_timeout=self.destination.network_timeout, bucket=self.bucket)
+        return Kept(assoc, DirectStore(assoc), proposed)
+
     def _refused(
-        self, assoc: Any, request: StoreRequest, accepted: set[tuple[str, str]]
+        self, store: DirectStore, request: StoreRequest, accepted: set[tuple[str, str]]
     ) -> StoreOutcome:
         """The original's context was refused: send its compatible copy if the PACS
         took that class (``DERIVE`` when the copy is not written yet), else refuse."""
@@ -424,7 +437,7 @@ class CStoreSender:
         substitute = StoreRequest(
             request.spool_id, copy.path, copy.sop_class_uid, request.transfer_syntax_uid
         )
-        outcome = self._store_one(assoc, substitute)
+        outcome = self._store_one(store, substitute)
         return replace(outcome, sent=copy) if outcome.verdict.delivered else outcome
 
     def _not_accepted(self, request: StoreRequest, accepted: set[tuple[str, str]]) -> StoreOutcome:
@@ -437,9 +450,10 @@ class CStoreSender:
             request.spool_id, Verdict.PERMANENT, reason, code=DeliveryErrorCode.NOT_ACCEPTED
         )
 
-    def _store_one(self, assoc: Any, request: StoreRequest) -> StoreOutcome:
+    def _store_one(self, store: DirectStore, request: StoreRequest) -> StoreOutcome:
+        assoc = store.assoc
         try:
-            status = assoc.send_c_store(request.path)
+            status = store(request.path)
         except ValueError:
             # The file's own class or syntax differs from the ledger's: no context for it.
             return StoreOutcome(
@@ -456,7 +470,7 @@ class CStoreSender:
                 f"cannot read DICOM file: {type(err).__name__}",
                 code=DeliveryErrorCode.LOCAL_FILE,
             )
-        if not status or "Status" not in status:
+        if status is None:
             if assoc.is_aborted:
                 return StoreOutcome(
                     request.spool_id,
@@ -470,12 +484,11 @@ class CStoreSender:
                 "no C-STORE response",
                 code=DeliveryErrorCode.NO_RESPONSE,
             )
-        status_code = int(status.Status)
-        verdict = classify_status(status_code)
+        verdict = classify_status(status)
         return StoreOutcome(
             request.spool_id,
             verdict,
-            f"C-STORE status 0x{status_code:04X}",
-            status_code,
+            f"C-STORE status 0x{status:04X}",
+            status,
             code=None if verdict.delivered else DeliveryErrorCode.STORE_FAILED,
         )

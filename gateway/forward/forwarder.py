@@ -11,7 +11,9 @@ next attempt time and last error all live in the ledger, so a restart continues
 where it stopped, with the same SOP Instance UIDs.
 
 The sending itself is the destination kind's :class:`~gateway.forward.senders.Sender`:
-C-STORE on one association per batch, or STOW-RS (HTTP requests per study).
+C-STORE (an association kept open from batch to batch while deliveries are due,
+released as soon as a worker finds nothing to send: :mod:`.kept`), or STOW-RS (HTTP
+requests per study).
 
 Circuit breaker: after ``breaker_threshold`` batches in a row that could not even
 open an association (reach the store), the workers stop trying; one of them probes
@@ -129,17 +131,22 @@ class Forwarder:
         """Deliver until cancelled; instances in flight finish and associations are
         released before this returns."""
         ready()
-        async with asyncio.TaskGroup() as group:
-            for index in range(self.destination.associations):
-                group.create_task(self._worker(index), name=f"forward:{self.name}:{index}")
-            group.create_task(self._watch_stuck(), name=f"forward:{self.name}:stuck")
+        try:
+            async with asyncio.TaskGroup() as group:
+                for index in range(self.destination.associations):
+                    group.create_task(self._worker(index), name=f"forward:{self.name}:{index}")
+                group.create_task(self._watch_stuck(), name=f"forward:{self.name}:stuck")
+        finally:
+            await self._sender.rest()  # release what was kept open between batches
 
     async def _worker(self, index: int) -> None:
         while True:
             if not await self.gate.allows():  # outside the send windows: not a failure
+                await self._sender.rest()
                 await self.gate.wait(self.wanted)
                 continue
             if self.circuit_open:
+                await self._sender.rest()
                 if index == 0:
                     await self._probe()
                 else:
@@ -153,6 +160,7 @@ class Forwarder:
                 finally:
                     self._inflight.difference_update(d.spool_id for d in batch)
                 continue
+            await self._sender.rest()  # nothing due: no association stays open idle
             await self._idle()
 
     async def _claim(self) -> list[DueDelivery]:

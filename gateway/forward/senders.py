@@ -39,6 +39,10 @@ class Sender(Protocol):
         """Check the destination answers: None if it does, else why not."""
         ...
 
+    async def rest(self) -> None:
+        """Nothing is to be sent now: close what is kept open between batches."""
+        ...
+
 
 class CStoreLink:
     """:class:`Sender` over :class:`~gateway.forward.cstore.CStoreSender` (blocking,
@@ -62,6 +66,12 @@ class CStoreLink:
         """C-ECHO."""
         return await asyncio.to_thread(self.sender.echo)
 
+    async def rest(self) -> None:
+        """Release the associations kept open between batches (:mod:`.kept`)."""
+        kept = self.sender.kept
+        if kept is not None and len(kept):
+            await asyncio.to_thread(kept.release_all)
+
 
 def sender_for(
     calling_ae: str,
@@ -74,7 +84,7 @@ def sender_for(
         from gateway.forward.stow import StowSender
 
         return StowSender(destination, bucket=bucket)
-    return CStoreLink(CStoreSender(calling_ae, destination, bucket))
+    return CStoreLink(CStoreSender(calling_ae, destination, bucket, keep_open=True))
 
 
 __all__ = ["CStoreLink", "Sender", "sender_for"]

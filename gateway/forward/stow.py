@@ -444,6 +444,9 @@ class StowSender:
             return failure.error
         return None
 
+    async def rest(self) -> None:
+        """Nothing to close: each batch's HTTP session ends with it."""
+
 
 async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
     """The answer body, at most ``_ANSWER_LIMIT`` bytes (the rest is left unread)."""

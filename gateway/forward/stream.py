@@ -20,7 +20,8 @@ the socket timeout after connecting, a PACS that stops reading blocks the DUL in
 
 What :func:`stream_c_store` does instead, for C-STORE requests only (everything
 else, the association's set-up and release, C-ECHO, the responses, stays
-pynetdicom's): it replaces ``send_msg`` on one association, encodes the P-DATA-TF
+pynetdicom's; :mod:`gateway.forward.direct_store` reads a plain C-STORE-RSP's status
+itself): it replaces ``send_msg`` on one association, encodes the P-DATA-TF
 PDUs itself — PDU type 0x04, one PDV item each, byte for byte what
 ``P_DATA_TF(primitive).encode()`` gives — and writes them from the calling thread
 straight to the association's socket, :data:`BURST` bytes of data (a few dozen PDUs)
@@ -109,7 +110,14 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from gateway.forward.bucket import TokenBucket
 
-__all__ = ["BURST", "MAX_FRAGMENT", "c_store_command", "encode_pdu", "stream_c_store"]
+__all__ = [
+    "BURST",
+    "MAX_FRAGMENT",
+    "c_store_command",
+    "direct_sender",
+    "encode_pdu",
+    "stream_c_store",
+]
 
 MAX_FRAGMENT: Final = 256 * 1024
 """Largest PDV item we send, whatever larger size the peer accepts (bytes)."""
@@ -151,6 +159,12 @@ def stream_c_store(assoc: Any, *, stall_timeout: float, bucket: TokenBucket | No
     turn = _one_writer(assoc.dul)
     _drop_silent_log_handlers(assoc)
     assoc.dimse.send_msg = _DirectSender(assoc, stall_timeout, assoc.dimse.send_msg, bucket, turn)
+
+
+def direct_sender(assoc: Any) -> _DirectSender | None:
+    """The writer :func:`stream_c_store` put on ``assoc`` (None: pynetdicom's own)."""
+    sender = assoc.dimse.send_msg
+    return sender if isinstance(sender, _DirectSender) else None
 
 
 _LOG_HANDLERS: Final = (
@@ -238,23 +252,35 @@ class _DirectSender:
         if not isinstance(primitive, C_STORE) or primitive.MessageIDBeingRespondedTo is not None:
             self._fallback(primitive, context_id)
             return
-        peer_limit = self._assoc.dimse.maximum_pdu_size
-        item = min(peer_limit, MAX_FRAGMENT) if peer_limit else MAX_FRAGMENT
-        per_pdu = max(1, item - 6)
-        burst = BURST if self._bucket is None else self._bucket.fragment_size()
         location = _file_only(primitive)
         if location is not None and not self._assoc.get_handlers(evt.EVT_DIMSE_SENT):
             # Nobody looks at the message object: encode the command set directly.
-            commands = _fragment(context_id, c_store_command(primitive), per_pdu)
-            with _data_set_file(location) as (source, length):
-                self._write(commands, source, length, context_id, per_pdu, burst)
+            self.send_file(primitive, context_id, location)
             return
+        item, per_pdu, burst = self._sizes()
         message = C_STORE_RQ()
         message.primitive_to_message(primitive)
         message.context_id = context_id
         evt.trigger(self._assoc, evt.EVT_DIMSE_SENT, {"message": message})
         commands = _command_pdus(message, context_id, item)
         with _data_set(message) as (source, length):
+            self._write(commands, source, length, context_id, per_pdu, burst)
+
+    def _sizes(self) -> tuple[int, int, int]:
+        """(PDV item limit, data bytes per PDU, data bytes per burst)."""
+        peer_limit = self._assoc.dimse.maximum_pdu_size
+        item = min(peer_limit, MAX_FRAGMENT) if peer_limit else MAX_FRAGMENT
+        burst = BURST if self._bucket is None else self._bucket.fragment_size()
+        return item, max(1, item - 6), burst
+
+    def send_file(self, request: Any, context_id: int, location: tuple[Any, int]) -> None:
+        """Write a C-STORE-RQ whose data set is the file ``location`` = (path, offset)
+        from that offset; ``request`` has what :func:`c_store_command` reads. Returns
+        without its last fragment when the message is given up (see the invariants).
+        """
+        _, per_pdu, burst = self._sizes()
+        commands = _fragment(context_id, c_store_command(request), per_pdu)
+        with _data_set_file(location) as (source, length):
             self._write(commands, source, length, context_id, per_pdu, burst)
 
     def _write(
