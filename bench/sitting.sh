@@ -15,13 +15,14 @@ PY=.venv/bin/python
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 out=${1:-bench-sitting-$commit}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 : >"$out/summary.txt"
 
 # Start-up as on a box, whose release venv pip compiled ahead of time: bytecode is
 # written (here into OUT/pycache, not the checkout) and compiled once before any
 # bench starts the gateway, so no run pays for compiling ~250 modules.
 unset PYTHONDONTWRITEBYTECODE
-export PYTHONPYCACHEPREFIX="$PWD/$out/pycache"
+export PYTHONPYCACHEPREFIX="$out/pycache"
 "$PY" -m compileall -q -j 0 gateway drivers "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null 2>&1
 
 run() {
