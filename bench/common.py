@@ -29,6 +29,7 @@ from typing import IO
 from drivers.serial_dermatoscope.images import make_dermoscopy_jpeg
 from gateway.core.capture import CaptureOffer, DeviceIdentity, GatewayIdentity, InstanceUIDs
 from gateway.core.uids import new_uid
+from gateway.demo.local_orthanc import OrthancProcess
 from gateway.dicom.dermoscopy import build_dermoscopic_photography
 from gateway.dicom.jpeg import read_jpeg_info
 from gateway.dicom.part10 import write_part10_encapsulated
@@ -349,3 +350,10 @@ def print_header(title: str, lines: Iterable[str]) -> None:
     for line in lines:
         print(line)
     sys.stdout.flush()
+
+
+def check_stored(orthanc: OrthancProcess, wanted: int, side: str) -> None:
+    """Fail loudly unless Orthanc holds exactly ``wanted`` instances."""
+    stored = orthanc.count_instances()
+    if stored != wanted:
+        raise RuntimeError(f"{side}: Orthanc stores {stored} instances, expected {wanted}")

@@ -41,6 +41,7 @@ from common import (
     TestImages,
     bench_dir,
     build_dicom,
+    check_stored,
     gateway_config,
     make_images,
     print_header,
@@ -69,13 +70,6 @@ def fresh_orthanc(workdir: Path, sync_storage: bool) -> Iterator[OrthancProcess]
     finally:
         orthanc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def check_stored(orthanc: OrthancProcess, wanted: int, side: str) -> None:
-    """Fail loudly unless Orthanc holds exactly ``wanted`` instances."""
-    stored = orthanc.count_instances()
-    if stored != wanted:
-        raise RuntimeError(f"{side}: Orthanc stores {stored} instances, expected {wanted}")
 
 
 def children_cpu() -> float:

@@ -40,6 +40,7 @@ from common import (
     DERMGATE,
     TestImages,
     bench_dir,
+    check_stored,
     count_in_states,
     gateway_config,
     print_header,
@@ -125,13 +126,6 @@ def fresh_orthanc(workdir: Path, listen_port: int) -> Iterator[OrthancProcess]:
     finally:
         orthanc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def check_stored(orthanc: OrthancProcess, wanted: int, side: str) -> None:
-    """Fail loudly unless Orthanc holds exactly ``wanted`` instances."""
-    stored = orthanc.count_instances()
-    if stored != wanted:
-        raise RuntimeError(f"{side}: Orthanc stores {stored} instances, expected {wanted}")
 
 
 # --------------------------------------------------------------------------- DCMTK pipeline
