@@ -180,6 +180,11 @@ class StatusBoard:
             log.info("%s written again", self.path)
             self._write_problem = None
 
+    async def write_now(self) -> None:
+        """Write the snapshot at once (start-up: the file lists every configured
+        device before the service says it runs), whatever :meth:`run` is doing."""
+        await self._flush()
+
     async def run(self, ready: Callable[[], None]) -> None:
         """Write the snapshot now and after every change, until cancelled (then once more)."""
         await self._flush()

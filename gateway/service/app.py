@@ -458,6 +458,7 @@ async def _run_locked(
             if source is not None:
                 manager = HotplugManager(source, slots, devices.launch)
                 await supervisor.start("hotplug", manager.run)
+            await board.write_now()  # pages, MQTT and tests read every device from it
             log.info(
                 "DermGate %s running as %s: %d device(s), %d destination(s)",
                 identity.software_version,
