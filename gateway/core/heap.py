@@ -14,9 +14,10 @@ the idle process +16 MB, +6 MB with the threshold fixed). Setting
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from typing import Final
+
+from gateway.core.libc import c_function
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,18 @@ MMAP_THRESHOLD: Final = 128 * 1024
 
 def keep_heap_flat() -> bool:
     """Fix the allocator's mmap threshold (glibc); False where there is no ``mallopt``."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+    mallopt = c_function("mallopt", (ctypes.c_int, ctypes.c_int))
+    if mallopt is None:  # not glibc (musl has no mallopt)
         return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
     done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     if not done:
         log.debug("mallopt(M_MMAP_THRESHOLD) refused")
     return done
+
+
+def give_back_free_heap() -> None:
+    """Return the heap's free pages to the system (glibc ``malloc_trim``; nothing
+    where the C library has none)."""
+    trim = c_function("malloc_trim", (ctypes.c_size_t,))
+    if trim is not None:
+        trim(0)

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Final
 
+from gateway.core.libc import c_function
+
 __all__ = ["FolderEvents"]
 
 log = logging.getLogger(__name__)
@@ -49,14 +51,10 @@ _GONE: Final = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_IGNORED
 _HEADER: Final = struct.Struct("iIII")
 
 
-def _libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.inotify_init1.argtypes = [ctypes.c_int]
-        libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-    except (OSError, AttributeError):
-        return None
-    return libc
+_INOTIFY_INIT1 = c_function("inotify_init1", (ctypes.c_int,))
+_INOTIFY_ADD_WATCH = c_function(
+    "inotify_add_watch", (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+)
 
 
 class FolderEvents:
@@ -73,14 +71,13 @@ class FolderEvents:
     @classmethod
     def open(cls, folder: Path) -> FolderEvents | None:
         """Watch ``folder`` (call on the event loop); None when inotify is unavailable."""
-        libc = _libc()
-        if libc is None:
+        if _INOTIFY_INIT1 is None or _INOTIFY_ADD_WATCH is None:
             return None
-        fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
+        fd = int(_INOTIFY_INIT1(_IN_NONBLOCK | _IN_CLOEXEC))
         if fd < 0:
             return None
         mask = _DONE | _CHANGED | _GONE
-        if libc.inotify_add_watch(fd, os.fsencode(folder), mask) < 0:
+        if _INOTIFY_ADD_WATCH(fd, os.fsencode(folder), mask) < 0:
             os.close(fd)
             return None
         events = cls(fd)

@@ -29,8 +29,6 @@ freed memory for the process otherwise, about 2 MB of an idle gateway's RSS.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import importlib
 import importlib.abc
@@ -38,6 +36,8 @@ import importlib.machinery
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+
+from gateway.core.heap import give_back_free_heap
 
 __all__ = ["import_dicom_stack", "pause_gc_for_start_up", "release_start_up_memory", "resume_gc"]
 
@@ -103,10 +103,4 @@ def release_start_up_memory() -> None:
     library has none)."""
     gc.enable()
     gc.collect()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
+    give_back_free_heap()
